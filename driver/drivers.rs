@@ -1,0 +1,306 @@
+//! The target drivers iosv knows: a fixed array of slots that hook paths read without
+//! locks (to attribute a call to the driver whose image contains its return address, and
+//! to find the device a driver is starting), and that the control plane writes at
+//! PASSIVE_LEVEL under the engine's lock.
+//!
+//! A slot's fields are written before its state is published (Release) and read after
+//! the state (Acquire); a slot is never freed, only marked gone, so a reader racing an
+//! unload sees either the old image range or none.
+
+use crate::protocol::NAME_LEN;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Driver slots (ids 1..=MAX_DRIVERS; 0 means "unattributed").
+pub const MAX_DRIVERS: usize = 64;
+/// Devices of one driver that can be starting at the same time.
+pub const MAX_STARTING: usize = 4;
+
+/// State of a driver slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DriverState {
+    /// Unused.
+    Free = 0,
+    /// Loaded and hooked.
+    Attached = 1,
+    /// Loaded, not hooked (known for attribution and names only).
+    Loaded = 2,
+    /// Unloaded or detached.
+    Gone = 3,
+}
+
+impl DriverState {
+    fn from_u32(v: u32) -> DriverState {
+        match v {
+            1 => DriverState::Attached,
+            2 => DriverState::Loaded,
+            3 => DriverState::Gone,
+            _ => DriverState::Free,
+        }
+    }
+}
+
+/// A driver's id: its slot number + 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DriverId(pub u16);
+
+impl DriverId {
+    /// "No driver": the call could not be attributed.
+    pub const NONE: DriverId = DriverId(0);
+    fn index(self) -> Option<usize> {
+        usize::from(self.0).checked_sub(1)
+    }
+}
+
+struct DriverSlot {
+    state: AtomicU32,
+    image_base: AtomicU64,
+    image_size: AtomicU64,
+    name: [AtomicU64; NAME_LEN / 8],
+    loads: AtomicU64,
+    starting_device: [AtomicU64; MAX_STARTING],
+    starting_thread: [AtomicU64; MAX_STARTING],
+}
+
+/// A copy of a slot's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverInfo {
+    /// Id.
+    pub id: DriverId,
+    /// State.
+    pub state: DriverState,
+    /// NUL-padded image name.
+    pub name: [u8; NAME_LEN],
+    /// Image base.
+    pub image_base: u64,
+    /// Image size.
+    pub image_size: u64,
+    /// Loads/attaches so far.
+    pub loads: u64,
+}
+
+/// The registry. See the module docs.
+pub struct Drivers {
+    slots: [DriverSlot; MAX_DRIVERS],
+    used: AtomicU32,
+}
+
+impl Default for Drivers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drivers {
+    /// An empty registry.
+    pub fn new() -> Drivers {
+        Drivers {
+            slots: core::array::from_fn(|_| DriverSlot {
+                state: AtomicU32::new(0),
+                image_base: AtomicU64::new(0),
+                image_size: AtomicU64::new(0),
+                name: core::array::from_fn(|_| AtomicU64::new(0)),
+                loads: AtomicU64::new(0),
+                starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
+                starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
+            }),
+            used: AtomicU32::new(0),
+        }
+    }
+
+    fn used(&self) -> &[DriverSlot] {
+        let n = (self.used.load(Ordering::Acquire) as usize).min(MAX_DRIVERS);
+        self.slots.get(..n).unwrap_or(&[])
+    }
+
+    fn slot(&self, id: DriverId) -> Option<&DriverSlot> {
+        self.slots.get(id.index()?)
+    }
+
+    /// The driver whose loaded image contains `addr` (hot path: a scan of used slots).
+    pub fn attribute(&self, addr: u64) -> DriverId {
+        if addr == 0 {
+            return DriverId::NONE;
+        }
+        for (i, s) in self.used().iter().enumerate() {
+            let st = s.state.load(Ordering::Acquire);
+            if st != DriverState::Attached as u32 && st != DriverState::Loaded as u32 {
+                continue;
+            }
+            let base = s.image_base.load(Ordering::Relaxed);
+            let size = s.image_size.load(Ordering::Relaxed);
+            if addr >= base && addr.wrapping_sub(base) < size {
+                return DriverId(u16::try_from(i.saturating_add(1)).unwrap_or(0));
+            }
+        }
+        DriverId::NONE
+    }
+
+    /// The id of the slot named `name` (case-insensitive), whatever its state.
+    pub fn find(&self, name: &[u8]) -> Option<DriverId> {
+        self.used().iter().enumerate().find_map(|(i, s)| {
+            let n = read_name(s);
+            names_equal(crate::protocol::name_bytes(&n), name)
+                .then(|| DriverId(u16::try_from(i.saturating_add(1)).unwrap_or(0)))
+        })
+    }
+
+    /// Registers a load (or attach) of `name` at `[base, base + size)`, reusing the slot
+    /// of an earlier load of the same name. Control plane only (serialised by the caller).
+    pub fn register(&self, name: &[u8], base: u64, size: u64, attached: bool) -> Option<DriverId> {
+        let id = match self.find(name) {
+            Some(id) => id,
+            None => {
+                let n = self.used.load(Ordering::Acquire);
+                let slot = self.slots.get(n as usize)?;
+                let wire = crate::protocol::wire_name(name);
+                for (dst, chunk) in slot.name.iter().zip(wire.chunks_exact(8)) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(chunk);
+                    dst.store(u64::from_le_bytes(b), Ordering::Relaxed);
+                }
+                self.used.store(n.saturating_add(1), Ordering::Release);
+                DriverId(u16::try_from(n.saturating_add(1)).ok()?)
+            }
+        };
+        let s = self.slot(id)?;
+        s.image_base.store(base, Ordering::Relaxed);
+        s.image_size.store(size, Ordering::Relaxed);
+        s.loads.fetch_add(1, Ordering::Relaxed);
+        let state = if attached { DriverState::Attached } else { DriverState::Loaded };
+        s.state.store(state as u32, Ordering::Release);
+        Some(id)
+    }
+
+    /// Sets a driver's state (attach/detach/unload).
+    pub fn set_state(&self, id: DriverId, state: DriverState) {
+        if let Some(s) = self.slot(id) {
+            s.state.store(state as u32, Ordering::Release);
+        }
+    }
+
+    /// A copy of the slot's identity.
+    pub fn info(&self, id: DriverId) -> Option<DriverInfo> {
+        let s = self.slot(id)?;
+        let state = DriverState::from_u32(s.state.load(Ordering::Acquire));
+        if state == DriverState::Free {
+            return None;
+        }
+        Some(DriverInfo {
+            id,
+            state,
+            name: read_name(s),
+            image_base: s.image_base.load(Ordering::Relaxed),
+            image_size: s.image_size.load(Ordering::Relaxed),
+            loads: s.loads.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The NUL-padded name of `id` (zeros for none).
+    pub fn name(&self, id: DriverId) -> [u8; NAME_LEN] {
+        self.slot(id).map(read_name).unwrap_or([0; NAME_LEN])
+    }
+
+    /// Every registered driver.
+    pub fn all(&self) -> impl Iterator<Item = DriverInfo> + '_ {
+        (1..=self.used().len()).filter_map(|i| self.info(DriverId(u16::try_from(i).unwrap_or(0))))
+    }
+
+    /// Notes that `device` of driver `id` starts on thread `thread`. False if the driver
+    /// already has [`MAX_STARTING`] devices starting.
+    pub fn start_begin(&self, id: DriverId, device: u64, thread: u64) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
+            if d.compare_exchange(0, device, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                t.store(thread, Ordering::Release);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Notes that `device` finished starting (or failed to).
+    pub fn start_end(&self, id: DriverId, device: u64) {
+        let Some(s) = self.slot(id) else { return };
+        for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
+            if d.load(Ordering::Acquire) == device {
+                t.store(0, Ordering::Relaxed);
+                d.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// The device a map by driver `id` on `thread` is attributed to: the device that
+    /// thread is starting, else the driver's only starting device, else none (0).
+    pub fn starting_device(&self, id: DriverId, thread: u64) -> u64 {
+        let Some(s) = self.slot(id) else { return 0 };
+        let mut only = 0u64;
+        let mut count = 0u32;
+        for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
+            let dev = d.load(Ordering::Acquire);
+            if dev == 0 {
+                continue;
+            }
+            if t.load(Ordering::Acquire) == thread {
+                return dev;
+            }
+            only = dev;
+            count = count.saturating_add(1);
+        }
+        if count == 1 {
+            only
+        } else {
+            0
+        }
+    }
+}
+
+fn read_name(s: &DriverSlot) -> [u8; NAME_LEN] {
+    let mut out = [0u8; NAME_LEN];
+    for (chunk, w) in out.chunks_exact_mut(8).zip(s.name.iter()) {
+        chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    out
+}
+
+/// Case-insensitive ASCII comparison of image names.
+pub fn names_equal(a: &[u8], b: &[u8]) -> bool {
+    let b = b.iter().position(|c| *c == 0).map_or(b, |n| b.get(..n).unwrap_or(b));
+    let b = b.get(..NAME_LEN.min(b.len())).unwrap_or(b);
+    a.eq_ignore_ascii_case(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_attribute_and_reuse() {
+        let d = Drivers::new();
+        let a = d.register(b"nic.sys", 0x1000_0000, 0x10000, true).unwrap();
+        let b = d.register(b"gpu.sys", 0x2000_0000, 0x10000, false).unwrap();
+        assert_eq!((a, b), (DriverId(1), DriverId(2)));
+        assert_eq!(d.attribute(0x1000_0010), a);
+        assert_eq!(d.attribute(0x2000_FFFF), b);
+        assert_eq!(d.attribute(0x2001_0000), DriverId::NONE);
+        d.set_state(a, DriverState::Gone);
+        assert_eq!(d.attribute(0x1000_0010), DriverId::NONE);
+        assert_eq!(d.register(b"NIC.SYS", 0x3000_0000, 0x1000, true), Some(a));
+        assert_eq!(d.info(a).unwrap().loads, 2);
+        assert_eq!(crate::protocol::name_bytes(&d.name(a)), b"nic.sys");
+        assert_eq!(d.all().count(), 2);
+    }
+
+    #[test]
+    fn starting_attribution() {
+        let d = Drivers::new();
+        let a = d.register(b"nic.sys", 0x1000, 0x1000, true).unwrap();
+        assert!(d.start_begin(a, 0xD1, 7));
+        assert_eq!(d.starting_device(a, 99), 0xD1);
+        assert!(d.start_begin(a, 0xD2, 8));
+        assert_eq!(d.starting_device(a, 8), 0xD2);
+        assert_eq!(d.starting_device(a, 99), 0);
+        d.start_end(a, 0xD1);
+        assert_eq!(d.starting_device(a, 99), 0xD2);
+    }
+}

@@ -1,0 +1,255 @@
+//! Physical-range facts: the cache class of a map call, parameter validation (IOSV011),
+//! and a lock-free *conflict filter* over physical regions for IOSV010.
+//!
+//! The filter counts live mappings per (2 MiB physical region, cache class) in a
+//! direct-mapped array of counters: a map whose regions hold no mapping of another class
+//! cannot conflict, so the exact check (a walk of the table) runs only when the filter
+//! says a conflict is possible. Hash collisions only cost an extra walk, never a missed
+//! conflict. Mappings spanning more than [`MAX_REGIONS`] regions are counted once in a
+//! per-class "huge" counter that every check consults. Counters are plain atomic
+//! increments: nothing waits.
+
+use crate::sync::{try_boxed_slice, AtomicU32, Ordering, OutOfMemory};
+use alloc::boxed::Box;
+
+/// log2 of the region size the filter counts in (2 MiB).
+pub const REGION_SHIFT: u32 = 21;
+/// Regions a mapping is counted in individually; larger mappings count as huge.
+pub const MAX_REGIONS: u64 = 64;
+
+/// `MmMaximumCacheType`: cache types of MmMapIoSpace must be below it.
+pub const MM_MAXIMUM_CACHE_TYPE: u32 = 6;
+/// `PAGE_READONLY`.
+pub const PAGE_READONLY: u32 = 0x02;
+/// `PAGE_READWRITE`.
+pub const PAGE_READWRITE: u32 = 0x04;
+/// `PAGE_EXECUTE`.
+pub const PAGE_EXECUTE: u32 = 0x10;
+/// `PAGE_EXECUTE_READ`.
+pub const PAGE_EXECUTE_READ: u32 = 0x20;
+/// `PAGE_EXECUTE_READWRITE`.
+pub const PAGE_EXECUTE_READWRITE: u32 = 0x40;
+/// `PAGE_NOCACHE`.
+pub const PAGE_NOCACHE: u32 = 0x200;
+/// `PAGE_WRITECOMBINE`.
+pub const PAGE_WRITECOMBINE: u32 = 0x400;
+
+/// How the processor may cache a mapping; mappings of one range must agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CacheClass {
+    /// Uncached (MmNonCached, MmNonCachedUnordered, PAGE_NOCACHE).
+    NonCached = 0,
+    /// Cached (MmCached, MmHardwareCoherentCached, no Ex cache flag).
+    Cached = 1,
+    /// Write-combined (MmWriteCombined, MmUSWCCached, PAGE_WRITECOMBINE).
+    WriteCombined = 2,
+}
+
+const CLASSES: usize = 3;
+
+impl CacheClass {
+    /// The class of a MmMapIoSpace cache type or a MmMapIoSpaceEx protection.
+    pub fn of(cache: u32, map_ex: bool) -> CacheClass {
+        if map_ex {
+            if cache & PAGE_NOCACHE != 0 {
+                CacheClass::NonCached
+            } else if cache & PAGE_WRITECOMBINE != 0 {
+                CacheClass::WriteCombined
+            } else {
+                CacheClass::Cached
+            }
+        } else {
+            match cache {
+                1 | 3 => CacheClass::Cached,
+                2 | 5 => CacheClass::WriteCombined,
+                _ => CacheClass::NonCached,
+            }
+        }
+    }
+
+    /// Name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CacheClass::NonCached => "non-cached",
+            CacheClass::Cached => "cached",
+            CacheClass::WriteCombined => "write-combined",
+        }
+    }
+}
+
+/// What is wrong with a map call's parameters (IOSV011), if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadParameter {
+    /// NumberOfBytes is zero.
+    ZeroLength,
+    /// PhysicalAddress + NumberOfBytes wraps past 2^64.
+    RangeWraps,
+    /// MmMapIoSpace cache type is not below MmMaximumCacheType.
+    CacheType,
+    /// MmMapIoSpaceEx protection is not one base protection plus at most one cache flag.
+    Protection,
+}
+
+/// Validates a map call's parameters.
+pub fn check_parameters(physical: u64, size: u64, cache: u32, map_ex: bool) -> Option<BadParameter> {
+    if size == 0 {
+        return Some(BadParameter::ZeroLength);
+    }
+    if physical.checked_add(size).is_none() {
+        return Some(BadParameter::RangeWraps);
+    }
+    if map_ex {
+        let base = cache & !(PAGE_NOCACHE | PAGE_WRITECOMBINE);
+        let flags = cache & (PAGE_NOCACHE | PAGE_WRITECOMBINE);
+        let base_ok = matches!(
+            base,
+            PAGE_READONLY | PAGE_READWRITE | PAGE_EXECUTE | PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE
+        );
+        if !base_ok || flags == PAGE_NOCACHE | PAGE_WRITECOMBINE {
+            return Some(BadParameter::Protection);
+        }
+    } else if cache >= MM_MAXIMUM_CACHE_TYPE {
+        return Some(BadParameter::CacheType);
+    }
+    None
+}
+
+/// The conflict filter. See the module docs.
+pub struct ConflictFilter {
+    counts: Box<[AtomicU32]>,
+    huge: [AtomicU32; CLASSES],
+    buckets: usize,
+}
+
+impl ConflictFilter {
+    /// A filter of `buckets` region counters per class.
+    pub fn new(buckets: usize) -> Result<ConflictFilter, OutOfMemory> {
+        let buckets = buckets.max(1);
+        Ok(ConflictFilter {
+            counts: try_boxed_slice(buckets.saturating_mul(CLASSES), |_| AtomicU32::new(0))?,
+            huge: core::array::from_fn(|_| AtomicU32::new(0)),
+            buckets,
+        })
+    }
+
+    fn regions(physical: u64, size: u64) -> Option<(u64, u64)> {
+        let last = physical.checked_add(size.checked_sub(1)?)?;
+        let first = physical >> REGION_SHIFT;
+        let last = last >> REGION_SHIFT;
+        let n = last.checked_sub(first)?.checked_add(1)?;
+        (n <= MAX_REGIONS).then_some((first, n))
+    }
+
+    fn counter(&self, region: u64, class: usize) -> Option<&AtomicU32> {
+        let h = region.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let b = (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize;
+        self.counts.get(b.checked_mul(CLASSES)?.checked_add(class)?)
+    }
+
+    fn each_counter(&self, physical: u64, size: u64, class: CacheClass, mut f: impl FnMut(&AtomicU32)) {
+        match Self::regions(physical, size) {
+            Some((first, n)) => {
+                for r in 0..n {
+                    if let Some(c) = self.counter(first.wrapping_add(r), class as usize) {
+                        f(c);
+                    }
+                }
+            }
+            None => {
+                if let Some(c) = self.huge.get(class as usize) {
+                    f(c);
+                }
+            }
+        }
+    }
+
+    /// Counts a live mapping.
+    pub fn add(&self, physical: u64, size: u64, class: CacheClass) {
+        self.each_counter(physical, size, class, |c| {
+            c.fetch_add(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Uncounts a mapping that is gone.
+    pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
+        self.each_counter(physical, size, class, |c| {
+            c.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// True if a live mapping of another class may overlap `[physical, physical + size)`.
+    pub fn may_conflict(&self, physical: u64, size: u64, class: CacheClass) -> bool {
+        for other in [CacheClass::NonCached, CacheClass::Cached, CacheClass::WriteCombined] {
+            if other == class {
+                continue;
+            }
+            if self.huge.get(other as usize).is_some_and(|c| c.load(Ordering::Acquire) > 0) {
+                return true;
+            }
+            let mut hit = false;
+            match Self::regions(physical, size) {
+                Some((first, n)) => {
+                    for r in 0..n {
+                        if self
+                            .counter(first.wrapping_add(r), other as usize)
+                            .is_some_and(|c| c.load(Ordering::Acquire) > 0)
+                        {
+                            hit = true;
+                            break;
+                        }
+                    }
+                }
+                // A huge mapping may overlap anything: check exactly.
+                None => hit = self.counts.iter().skip(other as usize).step_by(CLASSES).any(|c| c.load(Ordering::Acquire) > 0),
+            }
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters() {
+        assert_eq!(check_parameters(0x1000, 0, 0, false), Some(BadParameter::ZeroLength));
+        assert_eq!(check_parameters(u64::MAX, 2, 0, false), Some(BadParameter::RangeWraps));
+        assert_eq!(check_parameters(0, 1, 6, false), Some(BadParameter::CacheType));
+        assert_eq!(check_parameters(0, 1, 5, false), None);
+        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | PAGE_NOCACHE, true), None);
+        assert_eq!(check_parameters(0, 1, PAGE_EXECUTE_READ, true), None);
+        assert_eq!(
+            check_parameters(0, 1, PAGE_READWRITE | PAGE_NOCACHE | PAGE_WRITECOMBINE, true),
+            Some(BadParameter::Protection)
+        );
+        assert_eq!(check_parameters(0, 1, PAGE_NOCACHE, true), Some(BadParameter::Protection));
+        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | PAGE_READONLY, true), Some(BadParameter::Protection));
+        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | 0x1000, true), Some(BadParameter::Protection));
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(CacheClass::of(0, false), CacheClass::NonCached);
+        assert_eq!(CacheClass::of(1, false), CacheClass::Cached);
+        assert_eq!(CacheClass::of(5, false), CacheClass::WriteCombined);
+        assert_eq!(CacheClass::of(PAGE_READWRITE, true), CacheClass::Cached);
+        assert_eq!(CacheClass::of(PAGE_READWRITE | PAGE_WRITECOMBINE, true), CacheClass::WriteCombined);
+    }
+
+    #[test]
+    fn filter_flags_other_classes_only() {
+        let f = ConflictFilter::new(1024).unwrap();
+        f.add(0xF000_0000, 0x1000, CacheClass::NonCached);
+        assert!(!f.may_conflict(0xF000_0000, 0x1000, CacheClass::NonCached));
+        assert!(f.may_conflict(0xF000_0800, 0x10, CacheClass::Cached));
+        f.remove(0xF000_0000, 0x1000, CacheClass::NonCached);
+        assert!(!f.may_conflict(0xF000_0800, 0x10, CacheClass::Cached));
+        f.add(0, 1 << 40, CacheClass::WriteCombined);
+        assert!(f.may_conflict(0x1234_0000, 1, CacheClass::Cached));
+    }
+}

@@ -1,0 +1,132 @@
+//! The one trait through which the engine touches the operating system.
+//!
+//! Two implementations exist: `platform::windows` (wdk-sys glue, feature `kernel`, Windows
+//! only) and `platform::host` (the user-mode kernel of design.md §7, feature `host`).
+//! Everything the engine needs from a kernel — the caller's IRQL and identity, time, stack
+//! capture, the real Mm routines, break and bug check, patching one import slot — is a
+//! method here, so the engine itself is portable and tested on Linux.
+
+// TEMP use crate::intercept::SlotAccess;
+
+#[cfg(feature = "host")]
+pub mod host;
+#[cfg(all(feature = "kernel", windows))]
+pub mod windows;
+
+/// An interrupt request level, as the kernel numbers them on x64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Irql(pub u8);
+
+impl Irql {
+    /// PASSIVE_LEVEL (0).
+    pub const PASSIVE: Irql = Irql(0);
+    /// APC_LEVEL (1): the unmap ceiling Driver Verifier enforces (0xC4/0x7B).
+    pub const APC: Irql = Irql(1);
+    /// DISPATCH_LEVEL (2): the ceiling the DDI reference documents for the Mm I/O-space calls.
+    pub const DISPATCH: Irql = Irql(2);
+    /// CLOCK_LEVEL on x64 (13).
+    pub const CLOCK: Irql = Irql(13);
+    /// HIGH_LEVEL on x64 (15).
+    pub const HIGH: Irql = Irql(15);
+
+    /// The WDK name of this level (`"DISPATCH_LEVEL"`), or `None` for device IRQLs 3..=12.
+    pub const fn name(self) -> Option<&'static str> {
+        match self.0 {
+            0 => Some("PASSIVE_LEVEL"),
+            1 => Some("APC_LEVEL"),
+            2 => Some("DISPATCH_LEVEL"),
+            13 => Some("CLOCK_LEVEL"),
+            14 => Some("IPI_LEVEL"),
+            15 => Some("HIGH_LEVEL"),
+            _ => None,
+        }
+    }
+}
+
+/// Who made an intercepted call: the return address the hook saw, which the engine maps to
+/// the target driver whose image contains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Address in the calling image the hooked routine returns to (0 if unknown).
+    pub return_address: u64,
+}
+
+/// Bug-check code iosv raises when a rule's action is `bugcheck`:
+/// MANUALLY_INITIATED_CRASH1, so a dump is never mistaken for a system or Driver Verifier
+/// failure. Parameter 1 is [`BUGCHECK_SIGNATURE`] | rule number.
+pub const BUGCHECK_CODE: u32 = 0xDEAD_DEAD;
+/// High bits of bug-check parameter 1 ("IOSV").
+pub const BUGCHECK_SIGNATURE: u64 = 0x1050_5600_0000_0000;
+
+/// The four bug-check parameters iosv passes for a violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BugCheck {
+    /// [`BUGCHECK_SIGNATURE`] | rule number (1..=13).
+    pub p1: u64,
+    /// Base or address the call named.
+    pub p2: u64,
+    /// Size the call passed.
+    pub p3: u64,
+    /// Journal sequence number of the violation record (read it with `!iosv` or a dump).
+    pub p4: u64,
+}
+
+/// The operating-system services the engine uses. Every method may be called at any IRQL
+/// up to HIGH_LEVEL, on every processor at once, unless its doc says otherwise.
+pub trait Platform: Sync {
+    /// IRQL of the calling thread.
+    fn current_irql(&self) -> Irql;
+    /// Index of the current processor (0-based, across groups).
+    fn current_processor(&self) -> u32;
+    /// Number of processors that can run hooks (sizes the per-processor counters).
+    fn processor_count(&self) -> u32;
+    /// Id of the current process.
+    fn current_process_id(&self) -> u64;
+    /// Id of the current thread.
+    fn current_thread_id(&self) -> u64;
+    /// Monotonic time in nanoseconds since an arbitrary origin.
+    fn now_ns(&self) -> u64;
+    /// Fills `frames` with return addresses of the caller's stack, innermost first, after
+    /// skipping `skip` frames of iosv's own; returns how many were written.
+    fn capture_stack(&self, skip: u32, frames: &mut [u64]) -> usize;
+
+    /// Raises the IRQL to DISPATCH_LEVEL (if lower) and returns the previous level; used
+    /// around the engine's spin locks so they are never preempted while held.
+    fn raise_to_dispatch(&self) -> Irql;
+    /// Restores an IRQL returned by [`Platform::raise_to_dispatch`].
+    fn lower_irql(&self, previous: Irql);
+
+    /// The real `MmMapIoSpace`. Returns the base virtual address, or 0 on failure.
+    fn mm_map_io_space(&self, physical: u64, size: usize, cache_type: u32) -> u64;
+    /// The real `MmMapIoSpaceEx`. Returns the base virtual address, or 0 on failure.
+    fn mm_map_io_space_ex(&self, physical: u64, size: usize, protect: u32) -> u64;
+    /// The real `MmUnmapIoSpace`.
+    fn mm_unmap_io_space(&self, base: u64, size: usize);
+
+    /// Breaks into an attached kernel debugger (no-op when none is attached).
+    fn debug_break(&self);
+    /// Stops the machine with [`BUGCHECK_CODE`] and the given parameters. The host records
+    /// it and returns; the kernel never returns.
+    fn bugcheck(&self, params: BugCheck);
+
+    /// Attaches to an already loaded driver image by name (control IOCTL `ATTACH`).
+    /// Returns the number of import slots patched.
+    fn attach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError>;
+    /// Detaches from a driver image by name (control IOCTL `DETACH`), restoring its slots.
+    fn detach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError>;
+}
+
+/// Why a platform operation requested over the control device failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformError {
+    /// No loaded image has that name.
+    NotFound,
+    /// The operation is not available on this platform.
+    Unsupported,
+    /// A slot no longer held iosv's hook and was left alone.
+    SlotChanged,
+    /// The image could not be parsed.
+    BadImage,
+    /// Out of driver slots or another fixed resource.
+    NoResources,
+}

@@ -1,0 +1,609 @@
+//! The wire contract between `iosv.sys` (or the host endpoint) and its clients: IOCTL
+//! codes and the versioned, fixed-size, little-endian `#[repr(C)]` structs they carry —
+//! the Rust counterpart of a WDK sample's `Public.h`.
+//!
+//! Every request starts with `version: u32` ([`PROTOCOL_VERSION`]) and every reserved
+//! field must be zero. Replies that carry a list are a fixed header followed by as many
+//! fixed-size items as fit the output buffer (and the request's `max`). Structs derive
+//! zerocopy's traits, so they are read from and written to byte buffers without a
+//! hand-written transmute; their sizes are pinned by compile-time assertions below.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Version of this protocol. A request with another version gets
+/// [`Status::RevisionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// NT name of the control device.
+pub const DEVICE_NAME: &str = r"\Device\IoSpaceVerifier";
+/// DOS name (symbolic link) of the control device.
+pub const DOS_DEVICE_NAME: &str = r"\DosDevices\IoSpaceVerifier";
+/// Path a Win32 client opens.
+pub const WIN32_DEVICE_PATH: &str = r"\\.\IoSpaceVerifier";
+
+/// Vendor device type of the control device (0x8000 and above are for vendors).
+pub const DEVICE_TYPE: u32 = 0x8A55;
+/// `METHOD_BUFFERED`: the only transfer method iosv accepts.
+pub const METHOD_BUFFERED: u32 = 0;
+/// `FILE_READ_ACCESS`.
+pub const FILE_READ_ACCESS: u32 = 1;
+/// `FILE_WRITE_ACCESS`.
+pub const FILE_WRITE_ACCESS: u32 = 2;
+
+/// The WDK `CTL_CODE` macro.
+pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32) -> u32 {
+    (device_type << 16) | (access << 14) | (function << 2) | method
+}
+
+/// Protocol version and limits → [`HelloRequest`] / [`HelloReply`].
+pub const IOCTL_HELLO: u32 = ctl_code(DEVICE_TYPE, 0x800, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Global and per-driver statistics → [`StatsRequest`] / [`StatsReply`] + [`DriverStats`]s.
+pub const IOCTL_GET_STATS: u32 = ctl_code(DEVICE_TYPE, 0x801, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Violation records after a cursor → [`ReadViolationsRequest`] / [`ReadViolationsReply`] +
+/// [`ViolationRecord`]s.
+pub const IOCTL_READ_VIOLATIONS: u32 =
+    ctl_code(DEVICE_TYPE, 0x802, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Live mappings (the leak view) → [`ListMappingsRequest`] / [`ListMappingsReply`] +
+/// [`MappingRecord`]s.
+pub const IOCTL_LIST_MAPPINGS: u32 =
+    ctl_code(DEVICE_TYPE, 0x803, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Current configuration → [`GetConfigRequest`] / [`ConfigBlock`].
+pub const IOCTL_GET_CONFIG: u32 = ctl_code(DEVICE_TYPE, 0x804, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Replace the configuration → [`ConfigBlock`] / nothing.
+pub const IOCTL_SET_CONFIG: u32 = ctl_code(
+    DEVICE_TYPE,
+    0x805,
+    METHOD_BUFFERED,
+    FILE_READ_ACCESS | FILE_WRITE_ACCESS,
+);
+/// Discard journal records, reset statistics, forget unmapped bases → [`ClearRequest`].
+pub const IOCTL_CLEAR: u32 = ctl_code(DEVICE_TYPE, 0x806, METHOD_BUFFERED, FILE_WRITE_ACCESS);
+/// Attach to an already loaded driver → [`DriverNameRequest`] / [`AttachReply`].
+pub const IOCTL_ATTACH: u32 = ctl_code(DEVICE_TYPE, 0x807, METHOD_BUFFERED, FILE_WRITE_ACCESS);
+/// Detach from a driver → [`DriverNameRequest`] / [`AttachReply`].
+pub const IOCTL_DETACH: u32 = ctl_code(DEVICE_TYPE, 0x808, METHOD_BUFFERED, FILE_WRITE_ACCESS);
+
+/// Every IOCTL code iosv serves, with its name.
+pub const IOCTLS: [(u32, &str); 9] = [
+    (IOCTL_HELLO, "HELLO"),
+    (IOCTL_GET_STATS, "GET_STATS"),
+    (IOCTL_READ_VIOLATIONS, "READ_VIOLATIONS"),
+    (IOCTL_LIST_MAPPINGS, "LIST_MAPPINGS"),
+    (IOCTL_GET_CONFIG, "GET_CONFIG"),
+    (IOCTL_SET_CONFIG, "SET_CONFIG"),
+    (IOCTL_CLEAR, "CLEAR"),
+    (IOCTL_ATTACH, "ATTACH"),
+    (IOCTL_DETACH, "DETACH"),
+];
+
+/// Outcome of a control request: an NTSTATUS value, the same on the device and the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Status {
+    /// STATUS_SUCCESS.
+    Success = 0,
+    /// STATUS_INFO_LENGTH_MISMATCH: the input is longer than the request struct.
+    InputTooLong = 0xC000_0004,
+    /// STATUS_INVALID_PARAMETER: a reserved field or flag bit is not zero.
+    ReservedNotZero = 0xC000_000D,
+    /// STATUS_INVALID_DEVICE_REQUEST: unknown IOCTL code.
+    UnknownCode = 0xC000_0010,
+    /// STATUS_BUFFER_TOO_SMALL: the output buffer cannot hold the reply; the transport's
+    /// `Information` carries the required size.
+    OutputTooSmall = 0xC000_0023,
+    /// STATUS_REVISION_MISMATCH: the request's `version` is not [`PROTOCOL_VERSION`].
+    RevisionMismatch = 0xC000_0059,
+    /// STATUS_NOT_FOUND: no driver by that name.
+    NotFound = 0xC000_0225,
+    /// STATUS_NOT_SUPPORTED: the platform cannot do this.
+    NotSupported = 0xC000_00BB,
+    /// STATUS_INVALID_PARAMETER_2: a field's value is out of range.
+    InvalidField = 0xC000_00F0,
+    /// STATUS_INVALID_BUFFER_SIZE: the input is shorter than the request struct.
+    InputTooShort = 0xC000_0206,
+    /// STATUS_INSUFFICIENT_RESOURCES: a fixed table is full.
+    NoResources = 0xC000_009A,
+    /// STATUS_INVALID_IMAGE_FORMAT: the target image could not be parsed.
+    BadImage = 0xC000_007B,
+    /// STATUS_UNSUCCESSFUL: a slot changed under iosv and was left alone.
+    SlotChanged = 0xC000_0001,
+}
+
+impl Status {
+    /// The status with this NTSTATUS value.
+    pub fn from_ntstatus(v: u32) -> Option<Status> {
+        ALL_STATUSES.iter().copied().find(|s| *s as u32 == v)
+    }
+    /// Short explanation for people.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::InputTooLong => "input buffer longer than the request",
+            Status::ReservedNotZero => "a reserved field or flag is not zero",
+            Status::UnknownCode => "unknown IOCTL code",
+            Status::OutputTooSmall => "output buffer too small",
+            Status::RevisionMismatch => "protocol version mismatch",
+            Status::NotFound => "no loaded driver has that name",
+            Status::NotSupported => "not supported by this endpoint",
+            Status::InvalidField => "a field's value is out of range",
+            Status::InputTooShort => "input buffer shorter than the request",
+            Status::NoResources => "a fixed table is full",
+            Status::BadImage => "the driver image could not be parsed",
+            Status::SlotChanged => "an import slot no longer holds iosv's hook",
+        }
+    }
+}
+
+const ALL_STATUSES: [Status; 13] = [
+    Status::Success,
+    Status::InputTooLong,
+    Status::ReservedNotZero,
+    Status::UnknownCode,
+    Status::OutputTooSmall,
+    Status::RevisionMismatch,
+    Status::NotFound,
+    Status::NotSupported,
+    Status::InvalidField,
+    Status::InputTooShort,
+    Status::NoResources,
+    Status::BadImage,
+    Status::SlotChanged,
+];
+
+/// Bytes in a driver image name on the wire (NUL-padded ASCII; longer names are cut).
+pub const NAME_LEN: usize = 32;
+/// Frames in a wire stack (entries past a record's depth are zero).
+pub const MAX_STACK: usize = 16;
+/// Slots in per-rule arrays on the wire (13 rules used, room to grow).
+pub const RULE_SLOTS: usize = 16;
+/// Target image names a configuration holds.
+pub const MAX_TARGETS: usize = 16;
+
+/// `HelloReply::capabilities`: MmMapIoSpaceEx is hooked.
+pub const CAP_MAP_EX: u32 = 1 << 0;
+/// `HelloReply::capabilities`: unmap violations can be contained.
+pub const CAP_CONTAINMENT: u32 = 1 << 1;
+/// `HelloReply::capabilities`: map-site and call-site stacks are captured.
+pub const CAP_STACKS: u32 = 1 << 2;
+/// `HelloReply::capabilities`: ATTACH/DETACH work on this endpoint.
+pub const CAP_ATTACH: u32 = 1 << 3;
+/// `HelloReply::capabilities`: the endpoint is the user-mode host, not the kernel.
+pub const CAP_HOST: u32 = 1 << 4;
+
+/// Request of [`IOCTL_HELLO`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct HelloRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Reply of [`IOCTL_HELLO`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct HelloReply {
+    /// [`PROTOCOL_VERSION`] of the endpoint.
+    pub version: u32,
+    /// `CAP_*` bits.
+    pub capabilities: u32,
+    /// Version of the iosv component, NUL-padded (`"0.1.0"`).
+    pub component_version: [u8; 16],
+    /// Live mappings the table can hold.
+    pub table_capacity: u32,
+    /// Records the journal holds before the oldest is overwritten.
+    pub journal_capacity: u32,
+    /// Stack frames allocated per mapping and per record (the most `stack_depth` can be).
+    pub max_stack_depth: u32,
+    /// Driver slots.
+    pub max_drivers: u32,
+    /// Processors the statistics are kept for.
+    pub processor_count: u32,
+    /// `size_of::<ViolationRecord>()`.
+    pub violation_record_size: u32,
+    /// `size_of::<MappingRecord>()`.
+    pub mapping_record_size: u32,
+    /// `size_of::<DriverStats>()`.
+    pub driver_stats_size: u32,
+}
+
+/// Request of [`IOCTL_GET_STATS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct StatsRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Most [`DriverStats`] to return.
+    pub max_drivers: u32,
+}
+
+/// Global counters (sums over processors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Counters {
+    /// Successful maps seen (MmMapIoSpace + MmMapIoSpaceEx).
+    pub maps: u64,
+    /// Maps the real routine failed (returned NULL).
+    pub map_failures: u64,
+    /// Unmaps seen.
+    pub unmaps: u64,
+    /// Unmaps not passed to Mm as made (contained).
+    pub contained: u64,
+    /// Violations whose action was `ignore`.
+    pub ignored: u64,
+    /// Violation records written.
+    pub reported: u64,
+    /// Breaks into the debugger requested.
+    pub breaks: u64,
+    /// Bug checks requested.
+    pub bugchecks: u64,
+    /// Mappings in the table now.
+    pub live: u64,
+    /// Maps that found the table full (untracked).
+    pub table_full: u64,
+    /// Untracked mappings still live (their unmaps are passed through unverified).
+    pub untracked_live: u64,
+    /// Unmaps passed through because they may belong to an untracked mapping.
+    pub unverified_unmaps: u64,
+    /// Journal records ever written (the journal's tail sequence number).
+    pub journal_written: u64,
+    /// Violations per rule, indexed by rule number - 1.
+    pub per_rule: [u64; RULE_SLOTS],
+}
+
+/// Reply header of [`IOCTL_GET_STATS`]; `returned` [`DriverStats`] follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct StatsReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Driver slots in use.
+    pub total_drivers: u32,
+    /// [`DriverStats`] that follow.
+    pub returned: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Endpoint time (ns) when the counters were read.
+    pub now_ns: u64,
+    /// The counters.
+    pub counters: Counters,
+}
+
+/// `DriverStats::state`: loaded and hooked.
+pub const DRIVER_ATTACHED: u32 = 1;
+/// `DriverStats::state`: loaded, not hooked.
+pub const DRIVER_LOADED: u32 = 2;
+/// `DriverStats::state`: unloaded or detached.
+pub const DRIVER_GONE: u32 = 3;
+
+/// One driver's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DriverStats {
+    /// Driver id used in records (1-based slot).
+    pub driver_id: u32,
+    /// `DRIVER_*`.
+    pub state: u32,
+    /// Image name.
+    pub name: [u8; NAME_LEN],
+    /// Image base.
+    pub image_base: u64,
+    /// Image size.
+    pub image_size: u64,
+    /// Times this image was loaded or attached.
+    pub loads: u64,
+    /// Successful maps.
+    pub maps: u64,
+    /// Unmaps.
+    pub unmaps: u64,
+    /// Violations attributed to this driver.
+    pub violations: u64,
+    /// Mappings of this driver live now.
+    pub live: u64,
+    /// Bytes those mappings span.
+    pub live_bytes: u64,
+}
+
+/// Request of [`IOCTL_READ_VIOLATIONS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReadViolationsRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Most records to return (the output buffer may limit further).
+    pub max_records: u32,
+    /// First sequence number wanted (0 = from the oldest held; pass back `next_cursor`).
+    pub cursor: u64,
+}
+
+/// Reply header of [`IOCTL_READ_VIOLATIONS`]; `count` [`ViolationRecord`]s follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReadViolationsReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Records that follow.
+    pub count: u32,
+    /// Cursor for the next read.
+    pub next_cursor: u64,
+    /// Records between `cursor` and `next_cursor` this read could not return: overwritten
+    /// before they were read, or torn by a writer that was lapped.
+    pub lost: u64,
+    /// Records discarded by CLEAR between `cursor` and `next_cursor`.
+    pub discarded: u64,
+    /// Sequence number the next record written will get.
+    pub tail: u64,
+}
+
+/// `ViolationRecord::flags`: the call was contained (not passed to Mm as made).
+pub const VF_CONTAINED: u8 = 1 << 0;
+/// `ViolationRecord::flags`: the call was MmMapIoSpaceEx (cache field holds protection).
+pub const VF_MAP_EX: u8 = 1 << 1;
+/// `ViolationRecord::flags`: the mapping's fields (`base`, `mapped_size`, `physical`,
+/// map stack, owner) are known.
+pub const VF_MAPPING_KNOWN: u8 = 1 << 2;
+/// `ViolationRecord::flags`: the leak was found at a detach rather than an unload.
+pub const VF_DETACH: u8 = 1 << 3;
+
+/// One violation, as journaled and as sent. Names both sides of a conflict: what the call
+/// passed and what the tracked mapping holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ViolationRecord {
+    /// Journal sequence number.
+    pub seq: u64,
+    /// When it happened (endpoint time, ns).
+    pub timestamp_ns: u64,
+    /// Rule number (1..=13).
+    pub rule: u8,
+    /// [`crate::rules::Action`] taken.
+    pub action: u8,
+    /// `VF_*` bits.
+    pub flags: u8,
+    /// IRQL of the call (or of the PnP/unload event).
+    pub irql: u8,
+    /// Processor of the call.
+    pub processor: u32,
+    /// Driver that made the call (0 = unattributed).
+    pub driver_id: u16,
+    /// Driver that owns the mapping (0 = none/unknown).
+    pub owner_id: u16,
+    /// Valid frames in `map_stack`.
+    pub map_stack_depth: u8,
+    /// Valid frames in `call_stack`.
+    pub call_stack_depth: u8,
+    /// IRQL at which the mapping was made.
+    pub map_irql: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// Process of the call.
+    pub process_id: u64,
+    /// Thread of the call.
+    pub thread_id: u64,
+    /// Address the call passed (unmap) or returned (map).
+    pub address: u64,
+    /// Base of the tracked mapping involved (interior: the containing mapping).
+    pub base: u64,
+    /// Size the tracked mapping was made with.
+    pub mapped_size: u64,
+    /// Size the call passed.
+    pub passed_size: u64,
+    /// Physical address of the mapping (or of the map call).
+    pub physical: u64,
+    /// Cache type (MmMapIoSpace) or protection (MmMapIoSpaceEx) of the call/mapping.
+    pub cache: u32,
+    /// IOSV010: cache type of the conflicting live mapping.
+    pub other_cache: u32,
+    /// Device object the mapping is attributed to (0 = none).
+    pub device: u64,
+    /// When the mapping was made (ns).
+    pub map_time_ns: u64,
+    /// IOSV010: base of the conflicting mapping; IOSV005: when the earlier unmap happened.
+    pub other: u64,
+    /// Name of `driver_id`.
+    pub driver_name: [u8; NAME_LEN],
+    /// Name of `owner_id`.
+    pub owner_name: [u8; NAME_LEN],
+    /// Stack of the map call, innermost first.
+    pub map_stack: [u64; MAX_STACK],
+    /// Stack of the violating call, innermost first.
+    pub call_stack: [u64; MAX_STACK],
+}
+
+/// Request of [`IOCTL_LIST_MAPPINGS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ListMappingsRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Most records to return.
+    pub max_records: u32,
+    /// Resume point (0 to start; pass back `next_cursor`).
+    pub cursor: u64,
+    /// `LF_*` filter bits.
+    pub filter: u32,
+    /// With `LF_DRIVER`: only this driver's mappings.
+    pub driver_id: u32,
+    /// With `LF_DEVICE`: only mappings attributed to this device.
+    pub device: u64,
+    /// With `LF_MIN_AGE`: only mappings at least this old (ns).
+    pub min_age_ns: u64,
+}
+
+/// `ListMappingsRequest::filter`: by driver.
+pub const LF_DRIVER: u32 = 1 << 0;
+/// `ListMappingsRequest::filter`: by device.
+pub const LF_DEVICE: u32 = 1 << 1;
+/// `ListMappingsRequest::filter`: by minimum age.
+pub const LF_MIN_AGE: u32 = 1 << 2;
+/// Every defined `LF_*` bit.
+pub const LF_ALL: u32 = LF_DRIVER | LF_DEVICE | LF_MIN_AGE;
+
+/// Reply header of [`IOCTL_LIST_MAPPINGS`]; `count` [`MappingRecord`]s follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ListMappingsReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Records that follow.
+    pub count: u32,
+    /// Cursor to resume from.
+    pub next_cursor: u64,
+    /// 1 when the walk reached the end of the table.
+    pub done: u32,
+    /// Entries that changed under the walk too often to read (they were skipped).
+    pub skipped: u32,
+    /// Endpoint time (ns) of the walk, to compute ages.
+    pub now_ns: u64,
+}
+
+/// `MappingRecord::flags`: made by MmMapIoSpaceEx (`cache` holds the protection).
+pub const MF_MAP_EX: u8 = 1 << 0;
+/// `MappingRecord::flags`: already reported as leaked.
+pub const MF_LEAK_REPORTED: u8 = 1 << 1;
+
+/// One live mapping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct MappingRecord {
+    /// Base virtual address.
+    pub base: u64,
+    /// Bytes mapped.
+    pub size: u64,
+    /// Physical address.
+    pub physical: u64,
+    /// Device the mapping is attributed to (0 = none).
+    pub device: u64,
+    /// When it was made (ns, endpoint time).
+    pub map_time_ns: u64,
+    /// Cache type or protection.
+    pub cache: u32,
+    /// Owning driver id.
+    pub driver_id: u16,
+    /// Processor of the map call.
+    pub processor: u16,
+    /// IRQL of the map call.
+    pub irql: u8,
+    /// `MF_*` bits.
+    pub flags: u8,
+    /// Valid frames in `stack`.
+    pub stack_depth: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// Zero.
+    pub reserved2: u32,
+    /// Owning driver's name.
+    pub driver_name: [u8; NAME_LEN],
+    /// Stack of the map call.
+    pub stack: [u64; MAX_STACK],
+}
+
+/// Request of [`IOCTL_GET_CONFIG`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct GetConfigRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// `ConfigBlock::flags`: contain unknown/double/interior unmaps and size mismatches.
+pub const CF_CONTAINMENT: u32 = 1 << 0;
+/// `ConfigBlock::flags`: unmap IRQL ceiling is APC_LEVEL (Driver Verifier), not DISPATCH_LEVEL.
+pub const CF_VERIFIER_IRQL: u32 = 1 << 1;
+/// Every defined `CF_*` bit.
+pub const CF_ALL: u32 = CF_CONTAINMENT | CF_VERIFIER_IRQL;
+
+/// The runtime configuration (reply of GET_CONFIG, request of SET_CONFIG).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ConfigBlock {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// `CF_*` bits.
+    pub flags: u32,
+    /// Frames captured per map and per violation (0..=`max_stack_depth`).
+    pub stack_depth: u32,
+    /// Valid entries in `targets`.
+    pub target_count: u32,
+    /// Action per rule (index = rule number - 1; entries 13.. are zero).
+    pub actions: [u8; RULE_SLOTS],
+    /// Image names to hook when they load (NUL-padded ASCII, compared case-insensitively).
+    pub targets: [[u8; NAME_LEN]; MAX_TARGETS],
+}
+
+/// `ClearRequest::what`: discard journal records written so far.
+pub const CLR_JOURNAL: u32 = 1 << 0;
+/// `ClearRequest::what`: reset counters.
+pub const CLR_STATS: u32 = 1 << 1;
+/// `ClearRequest::what`: forget recently unmapped bases (double-unmap detection).
+pub const CLR_GRAVEYARD: u32 = 1 << 2;
+/// Every defined `CLR_*` bit.
+pub const CLR_ALL: u32 = CLR_JOURNAL | CLR_STATS | CLR_GRAVEYARD;
+
+/// Request of [`IOCTL_CLEAR`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ClearRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// `CLR_*` bits (at least one).
+    pub what: u32,
+}
+
+/// Request of [`IOCTL_ATTACH`] and [`IOCTL_DETACH`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DriverNameRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Image name (NUL-padded ASCII).
+    pub name: [u8; NAME_LEN],
+}
+
+/// Reply of [`IOCTL_ATTACH`] and [`IOCTL_DETACH`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct AttachReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Import slots patched (attach) or restored (detach).
+    pub slots: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<HelloRequest>() == 8);
+    assert!(core::mem::size_of::<HelloReply>() == 56);
+    assert!(core::mem::size_of::<Counters>() == 232);
+    assert!(core::mem::size_of::<StatsReply>() == 256);
+    assert!(core::mem::size_of::<DriverStats>() == 104);
+    assert!(core::mem::size_of::<ReadViolationsRequest>() == 16);
+    assert!(core::mem::size_of::<ReadViolationsReply>() == 40);
+    assert!(core::mem::size_of::<ViolationRecord>() == 440);
+    assert!(core::mem::size_of::<ListMappingsRequest>() == 40);
+    assert!(core::mem::size_of::<ListMappingsReply>() == 32);
+    assert!(core::mem::size_of::<MappingRecord>() == 216);
+    assert!(core::mem::size_of::<ConfigBlock>() == 544);
+    assert!(core::mem::size_of::<ClearRequest>() == 8);
+    assert!(core::mem::size_of::<DriverNameRequest>() == 40);
+    assert!(core::mem::size_of::<AttachReply>() == 8);
+};
+
+/// Copies `name` into a NUL-padded wire name, cutting it at [`NAME_LEN`] bytes.
+pub fn wire_name(name: &[u8]) -> [u8; NAME_LEN] {
+    let mut out = [0u8; NAME_LEN];
+    for (d, s) in out.iter_mut().zip(name.iter()) {
+        *d = *s;
+    }
+    out
+}
+
+/// The bytes of a wire name up to its first NUL.
+pub fn name_bytes(name: &[u8; NAME_LEN]) -> &[u8] {
+    let len = name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    name.get(..len).unwrap_or(&[])
+}

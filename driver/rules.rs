@@ -1,0 +1,367 @@
+//! The rules iosv checks, as data: id, name, severity, what fires them, where the
+//! requirement is documented. The engine, the client's SARIF/JUnit output and the docs all
+//! read this one table.
+
+/// A rule's stable identity (`IOSV001`..`IOSV013`); the discriminant is the rule number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum RuleId {
+    /// IOSV001: `NumberOfBytes` differs from the size given at map time.
+    UnmapSizeMismatch = 1,
+    /// IOSV002: unmap above the selected IRQL ceiling.
+    UnmapIrql = 2,
+    /// IOSV003: map above DISPATCH_LEVEL.
+    MapIrql = 3,
+    /// IOSV004: the base address was never mapped by a tracked driver.
+    UnmapUnknown = 4,
+    /// IOSV005: the base address was mapped and already unmapped.
+    DoubleUnmap = 5,
+    /// IOSV006: the address lies inside a live mapping but is not its base.
+    UnmapInterior = 6,
+    /// IOSV007: a mapping made during start is live when STOP_DEVICE completes.
+    LeakOnStop = 7,
+    /// IOSV008: a mapping made during start is live at SURPRISE_REMOVAL / REMOVE_DEVICE.
+    LeakOnRemove = 8,
+    /// IOSV009: a driver's mappings are live when it unloads or is detached.
+    LeakOnUnload = 9,
+    /// IOSV010: a range is mapped while an overlapping live mapping has another cache type.
+    CacheConflict = 10,
+    /// IOSV011: zero length, cache type or page protection out of range.
+    MapBadParameters = 11,
+    /// IOSV012: a driver unmaps another driver's mapping.
+    UnmapForeign = 12,
+    /// IOSV013: Mm returned a base the table still holds (an unmap was missed).
+    StaleEntry = 13,
+}
+
+/// Number of rules.
+pub const RULE_COUNT: usize = 13;
+
+impl RuleId {
+    /// Every rule, in id order.
+    pub const ALL: [RuleId; RULE_COUNT] = [
+        RuleId::UnmapSizeMismatch,
+        RuleId::UnmapIrql,
+        RuleId::MapIrql,
+        RuleId::UnmapUnknown,
+        RuleId::DoubleUnmap,
+        RuleId::UnmapInterior,
+        RuleId::LeakOnStop,
+        RuleId::LeakOnRemove,
+        RuleId::LeakOnUnload,
+        RuleId::CacheConflict,
+        RuleId::MapBadParameters,
+        RuleId::UnmapForeign,
+        RuleId::StaleEntry,
+    ];
+
+    /// The rule with number `n` (1..=13).
+    pub const fn from_number(n: u8) -> Option<RuleId> {
+        Some(match n {
+            1 => RuleId::UnmapSizeMismatch,
+            2 => RuleId::UnmapIrql,
+            3 => RuleId::MapIrql,
+            4 => RuleId::UnmapUnknown,
+            5 => RuleId::DoubleUnmap,
+            6 => RuleId::UnmapInterior,
+            7 => RuleId::LeakOnStop,
+            8 => RuleId::LeakOnRemove,
+            9 => RuleId::LeakOnUnload,
+            10 => RuleId::CacheConflict,
+            11 => RuleId::MapBadParameters,
+            12 => RuleId::UnmapForeign,
+            13 => RuleId::StaleEntry,
+            _ => return None,
+        })
+    }
+
+    /// The rule's number (1..=13).
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// Index into per-rule arrays (0..13).
+    pub const fn index(self) -> usize {
+        (self as u8).wrapping_sub(1) as usize
+    }
+
+    /// The rule's metadata.
+    pub fn info(self) -> &'static RuleInfo {
+        // Every variant's index is below RULE_COUNT; the fallback is never taken.
+        RULES.get(self.index()).unwrap_or(&RULES_FALLBACK)
+    }
+
+    /// The rule with this id (`"IOSV004"`) or name (`"unmap-unknown"`), case-insensitive.
+    pub fn parse(text: &str) -> Option<RuleId> {
+        RULES
+            .iter()
+            .find(|r| r.code.eq_ignore_ascii_case(text) || r.name.eq_ignore_ascii_case(text))
+            .map(|r| r.id)
+    }
+}
+
+/// How serious a violation of a rule is (SARIF `level`, `--fail-on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Severity {
+    /// Worth a look; may be legitimate.
+    Note = 0,
+    /// Likely a bug, but the system stays sound.
+    Warning = 1,
+    /// A bug that corrupts system state or leaks resources.
+    Error = 2,
+}
+
+impl Severity {
+    /// Lower-case name (`"error"`), as SARIF spells levels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Note => "note",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// What the engine does when a rule fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Action {
+    /// Count it, record nothing.
+    Ignore = 0,
+    /// Write a violation record to the journal (the default).
+    Report = 1,
+    /// Report, then break into the kernel debugger if one is attached.
+    Break = 2,
+    /// Report, then bug-check the machine (Driver Verifier style).
+    Bugcheck = 3,
+}
+
+impl Action {
+    /// The action with this wire value.
+    pub const fn from_u8(v: u8) -> Option<Action> {
+        match v {
+            0 => Some(Action::Ignore),
+            1 => Some(Action::Report),
+            2 => Some(Action::Break),
+            3 => Some(Action::Bugcheck),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name (`"report"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Ignore => "ignore",
+            Action::Report => "report",
+            Action::Break => "break",
+            Action::Bugcheck => "bugcheck",
+        }
+    }
+
+    /// The action with this name, case-insensitive.
+    pub fn parse(text: &str) -> Option<Action> {
+        [Action::Ignore, Action::Report, Action::Break, Action::Bugcheck]
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(text))
+    }
+}
+
+/// A rule's metadata.
+#[derive(Debug)]
+pub struct RuleInfo {
+    /// The rule.
+    pub id: RuleId,
+    /// Stable id, e.g. `"IOSV001"` (SARIF `ruleId`).
+    pub code: &'static str,
+    /// Short kebab-case name, e.g. `"unmap-size-mismatch"`.
+    pub name: &'static str,
+    /// Default severity.
+    pub severity: Severity,
+    /// One line: when the rule fires.
+    pub summary: &'static str,
+    /// What the driver should do instead.
+    pub help: &'static str,
+    /// Where the requirement is documented.
+    pub reference: &'static str,
+    /// Whether the engine can contain the violation (not pass the call to Mm as made).
+    pub containable: bool,
+}
+
+const DDI_UNMAP: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunmapiospace";
+const DDI_MAP: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospace";
+const DDI_MAP_EX: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospaceex";
+const BUGCHECK_C4: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-0xc4--driver-verifier-detected-violation";
+
+static RULES_FALLBACK: RuleInfo = RuleInfo {
+    id: RuleId::UnmapUnknown,
+    code: "IOSV000",
+    name: "unknown",
+    severity: Severity::Error,
+    summary: "",
+    help: "",
+    reference: "",
+    containable: false,
+};
+
+/// Every rule, indexed by [`RuleId::index`].
+pub static RULES: [RuleInfo; RULE_COUNT] = [
+    RuleInfo {
+        id: RuleId::UnmapSizeMismatch,
+        code: "IOSV001",
+        name: "unmap-size-mismatch",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace NumberOfBytes differs from the size given to MmMapIoSpace",
+        help: "Pass MmUnmapIoSpace the exact byte count that was mapped; keep it beside the base.",
+        reference: DDI_UNMAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::UnmapIrql,
+        code: "IOSV002",
+        name: "unmap-irql",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace called above the IRQL ceiling (DISPATCH_LEVEL; APC_LEVEL in Driver Verifier mode)",
+        help: "Unmap at IRQL <= DISPATCH_LEVEL (<= APC_LEVEL to satisfy Driver Verifier 0xC4/0x7B), e.g. from a work item.",
+        reference: BUGCHECK_C4,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::MapIrql,
+        code: "IOSV003",
+        name: "map-irql",
+        severity: Severity::Error,
+        summary: "MmMapIoSpace/MmMapIoSpaceEx called above DISPATCH_LEVEL",
+        help: "Map at IRQL <= DISPATCH_LEVEL, ideally at PASSIVE_LEVEL during start-device (Driver Verifier 0xC4/0x73).",
+        reference: DDI_MAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::UnmapUnknown,
+        code: "IOSV004",
+        name: "unmap-unknown",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace of an address that no tracked driver mapped",
+        help: "Only unmap bases returned by MmMapIoSpace/MmMapIoSpaceEx; check for corrupted or uninitialised pointers.",
+        reference: DDI_UNMAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::DoubleUnmap,
+        code: "IOSV005",
+        name: "double-unmap",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace of a base that was already unmapped",
+        help: "Clear the stored base after unmapping, and make stop and remove paths share one release routine.",
+        reference: DDI_UNMAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::UnmapInterior,
+        code: "IOSV006",
+        name: "unmap-interior",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace of an address inside a live mapping that is not its base",
+        help: "Unmap with the base MmMapIoSpace returned, not a register pointer derived from it.",
+        reference: DDI_UNMAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::LeakOnStop,
+        code: "IOSV007",
+        name: "leak-on-stop",
+        severity: Severity::Error,
+        summary: "a mapping made during start-device is still live when IRP_MN_STOP_DEVICE completes",
+        help: "Unmap every register range mapped in start-device when handling IRP_MN_STOP_DEVICE.",
+        reference: DDI_UNMAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::LeakOnRemove,
+        code: "IOSV008",
+        name: "leak-on-remove",
+        severity: Severity::Error,
+        summary: "a mapping made during start-device is still live at surprise removal or remove-device",
+        help: "Unmap in IRP_MN_SURPRISE_REMOVAL / IRP_MN_REMOVE_DEVICE (whichever comes first).",
+        reference: DDI_UNMAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::LeakOnUnload,
+        code: "IOSV009",
+        name: "leak-on-unload",
+        severity: Severity::Error,
+        summary: "a driver's I/O-space mappings are still live when it unloads or is detached",
+        help: "Release every mapping before DriverUnload returns; system PTEs leaked here are never recovered.",
+        reference: DDI_UNMAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::CacheConflict,
+        code: "IOSV010",
+        name: "cache-conflict",
+        severity: Severity::Warning,
+        summary: "a physical range is mapped with a cache type that differs from an overlapping live mapping",
+        help: "Map a physical range with one cache type everywhere; mixed attributes are undefined on x86 and ARM.",
+        reference: DDI_MAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::MapBadParameters,
+        code: "IOSV011",
+        name: "map-bad-parameters",
+        severity: Severity::Error,
+        summary: "MmMapIoSpace/MmMapIoSpaceEx with zero length, an out-of-range cache type or invalid protection flags",
+        help: "Pass a non-zero length, a MEMORY_CACHING_TYPE below MmMaximumCacheType, and one PAGE_* protection with at most one of PAGE_NOCACHE/PAGE_WRITECOMBINE.",
+        reference: DDI_MAP_EX,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::UnmapForeign,
+        code: "IOSV012",
+        name: "unmap-foreign",
+        severity: Severity::Warning,
+        summary: "a driver unmapped a mapping another driver made",
+        help: "Each driver unmaps what it mapped; hand ownership over explicitly if two drivers share registers.",
+        reference: DDI_UNMAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::StaleEntry,
+        code: "IOSV013",
+        name: "stale-entry",
+        severity: Severity::Warning,
+        summary: "Mm returned a base that the table still holds: its unmap was missed (made by an untracked path)",
+        help: "The earlier mapping at this base was unmapped without iosv seeing it, e.g. through a pointer resolved before attach.",
+        reference: DDI_UNMAP,
+        containable: false,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_in_id_order_and_codes_match_numbers() {
+        for (i, r) in RULES.iter().enumerate() {
+            assert_eq!(r.id.index(), i);
+            assert_eq!(r.code, format!("IOSV{:03}", r.id.number()));
+            assert_eq!(RuleId::from_number(r.id.number()), Some(r.id));
+            assert_eq!(RuleId::parse(r.name), Some(r.id));
+            assert_eq!(RuleId::parse(&r.code.to_lowercase()), Some(r.id));
+        }
+        assert_eq!(RuleId::from_number(0), None);
+        assert_eq!(RuleId::from_number(14), None);
+    }
+
+    #[test]
+    fn containable_rules_are_the_unmap_ones_design_names() {
+        let c: Vec<_> = RULES.iter().filter(|r| r.containable).map(|r| r.id).collect();
+        assert_eq!(
+            c,
+            [RuleId::UnmapSizeMismatch, RuleId::UnmapUnknown, RuleId::DoubleUnmap, RuleId::UnmapInterior]
+        );
+    }
+}

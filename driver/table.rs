@@ -1,0 +1,669 @@
+//! The live-mapping table: every mapping a tracked driver holds, keyed by base address.
+//!
+//! # Algorithm
+//! Open addressing over buckets of [`BUCKET`] slots, with per-bucket *overflow counts* in
+//! the manner of F14 / Folly: `overflow[b]` counts the live keys whose probe passed
+//! through bucket `b` without being stored there. A lookup scans the home bucket (one
+//! cache line of keys) and goes on to the next bucket only while the current one's
+//! overflow count is non-zero, so a lookup's cost never depends on how many keys were
+//! removed before — there are no tombstones to degrade it over hours of churn. Probing
+//! stops after [`MAX_PROBE_BUCKETS`] buckets: an insert that finds no free slot within
+//! that window reports the table full (the mapping is then *untracked*), so every
+//! operation does bounded work.
+//!
+//! # Slot states (the key word)
+//! `0` = free; `BUSY | base57` = owned by one thread that is writing it (insert) or
+//! tearing it down (remove); `LIVE | base57` = published. Bases are canonical virtual
+//! addresses, so their low 57 bits identify them (bits 57..63 are the sign extension of
+//! bit 56, even with 5-level paging); the two state bits live above those.
+//! Transitions, each a single CAS or store by the thread that owns the slot:
+//! `free → BUSY` (insert claims; CAS), `BUSY → LIVE` (insert publishes; store Release),
+//! `LIVE → BUSY` (remove claims; CAS — exactly one remover wins), `BUSY → free` (remove
+//! releases; store Release). Nobody ever waits for a BUSY slot: lookups treat it as
+//! absent, removers that lose the race report it.
+//!
+//! # Payload
+//! Written only by the owner while BUSY; the insert also bumps the slot's sequence number
+//! around its writes (seqlock), so readers that do not own the slot (listing, leak scans,
+//! interior search) detect a torn read and retry a bounded number of times, then skip.
+//!
+//! # Memory
+//! Per slot: 8 B key + 48 B payload = 56 B, plus `8 × stack_depth` B of stack. Slots =
+//! capacity × 4/3 rounded up to a whole bucket, so ≈ 75 B per mapping of capacity without
+//! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi).
+
+mod graveyard;
+mod untracked;
+
+pub use graveyard::{Graveyard, Tombstone};
+pub use untracked::UntrackedSet;
+
+use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
+use alloc::boxed::Box;
+
+/// Slots per bucket: eight 8-byte keys, one cache line.
+pub const BUCKET: usize = 8;
+/// Buckets an operation probes at most.
+pub const MAX_PROBE_BUCKETS: usize = 8;
+/// Most stack frames stored per mapping.
+pub const MAX_STACK_DEPTH: usize = 16;
+/// Times a non-owning reader retries a slot that changes under it before skipping it.
+const READ_RETRIES: u32 = 4;
+
+const MASK57: u64 = (1 << 57) - 1;
+const LIVE: u64 = 1 << 62;
+const BUSY: u64 = 1 << 61;
+
+/// Mapping flag: made by MmMapIoSpaceEx (`cache` holds the page protection).
+pub const FLAG_MAP_EX: u8 = 1 << 0;
+/// Mapping flag: already reported as leaked (each mapping is reported once).
+pub const FLAG_LEAK_REPORTED: u8 = 1 << 1;
+
+/// True if `addr` is a canonical x64 address (bits 57..63 copy bit 56; with 4-level paging
+/// this also holds, as bits 48..63 then copy bit 47).
+pub const fn is_canonical(addr: u64) -> bool {
+    sign_extend57(addr & MASK57) == addr
+}
+
+const fn sign_extend57(v: u64) -> u64 {
+    (((v << 7) as i64) >> 7) as u64
+}
+
+/// A mapping as the table holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// Base virtual address.
+    pub base: u64,
+    /// Bytes mapped.
+    pub size: u64,
+    /// Physical address.
+    pub physical: u64,
+    /// Device object it is attributed to (0 = none).
+    pub device: u64,
+    /// Map time (platform ns).
+    pub map_time_ns: u64,
+    /// Cache type (MmMapIoSpace) or protection (MmMapIoSpaceEx).
+    pub cache: u32,
+    /// Owning driver id (0 = unattributed).
+    pub driver: u16,
+    /// Processor of the map call.
+    pub processor: u16,
+    /// IRQL of the map call.
+    pub irql: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Valid frames in `stack`.
+    pub stack_depth: u8,
+    /// Map-site stack, innermost first.
+    pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+impl Mapping {
+    /// A mapping with the given base and size and every other field zero.
+    pub const fn new(base: u64, size: u64) -> Mapping {
+        Mapping {
+            base,
+            size,
+            physical: 0,
+            device: 0,
+            map_time_ns: 0,
+            cache: 0,
+            driver: 0,
+            processor: 0,
+            irql: 0,
+            flags: 0,
+            stack_depth: 0,
+            stack: [0; MAX_STACK_DEPTH],
+        }
+    }
+
+    /// True if `addr` lies in `[base, base + size)`.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr.wrapping_sub(self.base) < self.size
+    }
+
+    /// The valid part of the map-site stack.
+    pub fn frames(&self) -> &[u64] {
+        self.stack.get(..usize::from(self.stack_depth)).unwrap_or(&[])
+    }
+}
+
+struct Slot {
+    /// Seqlock: odd while the owner writes the payload.
+    seq: AtomicU32,
+    /// `flags | irql << 8 | stack_depth << 16`; flag bits may be set by non-owners.
+    meta: AtomicU32,
+    size: AtomicU64,
+    physical: AtomicU64,
+    device: AtomicU64,
+    map_time_ns: AtomicU64,
+    /// `cache | driver << 32 | processor << 48`.
+    info: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            seq: AtomicU32::new(0),
+            meta: AtomicU32::new(0),
+            size: AtomicU64::new(0),
+            physical: AtomicU64::new(0),
+            device: AtomicU64::new(0),
+            map_time_ns: AtomicU64::new(0),
+            info: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What [`Table::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored.
+    Inserted,
+    /// Stored, after removing a live entry with the same base (returned): an unmap of it
+    /// was missed (IOSV013).
+    ReplacedStale(Mapping),
+    /// No free slot in the probe window: not stored (the mapping is untracked).
+    Full,
+}
+
+/// What [`Table::remove`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveOutcome {
+    /// The live entry, now removed.
+    Removed(Mapping),
+    /// Another thread owns the entry with this base right now (a concurrent unmap of the
+    /// same base, or an unmap racing the map that is still returning).
+    Racing,
+    /// No entry with this base.
+    NotFound,
+}
+
+/// Where a walk over the table stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkEnd {
+    /// Slot index to resume from.
+    pub next: usize,
+    /// True when the end of the table was reached.
+    pub done: bool,
+    /// Live entries that changed under the walk too often to be read, and were skipped.
+    pub skipped: u32,
+}
+
+/// The lock-free table of live mappings. See the module docs.
+pub struct Table {
+    keys: Box<[AtomicU64]>,
+    slots: Box<[Slot]>,
+    overflow: Box<[AtomicU32]>,
+    stacks: Box<[AtomicU64]>,
+    stack_depth: usize,
+    buckets: usize,
+}
+
+impl Table {
+    /// A table for `capacity` live mappings storing up to `stack_depth` (≤ 16) frames each.
+    /// All memory is allocated here, once.
+    pub fn new(capacity: usize, stack_depth: usize) -> Result<Table, OutOfMemory> {
+        let stack_depth = stack_depth.min(MAX_STACK_DEPTH);
+        let wanted = capacity.saturating_mul(4) / 3;
+        let buckets = wanted.div_ceil(BUCKET).max(MAX_PROBE_BUCKETS);
+        let slots = buckets.checked_mul(BUCKET).ok_or(OutOfMemory)?;
+        let stack_words = slots.checked_mul(stack_depth).ok_or(OutOfMemory)?;
+        Ok(Table {
+            keys: try_boxed_slice(slots, |_| AtomicU64::new(0))?,
+            slots: try_boxed_slice(slots, |_| Slot::new())?,
+            overflow: try_boxed_slice(buckets, |_| AtomicU32::new(0))?,
+            stacks: try_boxed_slice(stack_words, |_| AtomicU64::new(0))?,
+            stack_depth,
+            buckets,
+        })
+    }
+
+    /// Number of slots (the bound of a walk's cursor).
+    pub fn slot_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Stack frames stored per mapping.
+    pub fn stack_depth(&self) -> usize {
+        self.stack_depth
+    }
+
+    /// Bytes of memory the table holds.
+    pub fn memory_bytes(&self) -> usize {
+        let per_slot = core::mem::size_of::<AtomicU64>()
+            .saturating_add(core::mem::size_of::<Slot>())
+            .saturating_add(self.stack_depth.saturating_mul(core::mem::size_of::<AtomicU64>()));
+        self.keys
+            .len()
+            .saturating_mul(per_slot)
+            .saturating_add(self.overflow.len().saturating_mul(core::mem::size_of::<AtomicU32>()))
+    }
+
+    fn home(&self, base: u64) -> usize {
+        // Fibonacci hashing, then Lemire's multiply-shift range reduction (any bucket count).
+        let h = base.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize
+    }
+
+    fn next_bucket(&self, b: usize) -> usize {
+        let n = b.wrapping_add(1);
+        if n >= self.buckets {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// Finds the slot holding `base` in state `state` (LIVE or BUSY), following overflow
+    /// counts. Returns the slot index and its bucket distance from home.
+    fn find(&self, base: u64, want_busy_too: bool) -> Found {
+        let live_key = LIVE | (base & MASK57);
+        let busy_key = BUSY | (base & MASK57);
+        let mut bucket = self.home(base);
+        let mut busy_seen = false;
+        for distance in 0..MAX_PROBE_BUCKETS {
+            let first = bucket.wrapping_mul(BUCKET);
+            for slot in first..first.wrapping_add(BUCKET) {
+                let Some(key) = self.keys.get(slot) else { break };
+                let k = key.load(Ordering::Acquire);
+                if k == live_key {
+                    return Found::Live { slot, distance };
+                }
+                if want_busy_too && k == busy_key {
+                    busy_seen = true;
+                }
+            }
+            let more = self.overflow.get(bucket).map_or(0, |o| o.load(Ordering::Acquire));
+            if more == 0 {
+                break;
+            }
+            bucket = self.next_bucket(bucket);
+        }
+        if busy_seen {
+            Found::Busy
+        } else {
+            Found::None
+        }
+    }
+
+    /// Stores a new live mapping (after the real map returned `entry.base`). If the table
+    /// still holds that base, the old entry is removed first and returned (IOSV013).
+    /// Never waits for another thread; bounded work.
+    pub fn insert(&self, entry: &Mapping) -> InsertOutcome {
+        if entry.base == 0 || !is_canonical(entry.base) {
+            return InsertOutcome::Full;
+        }
+        let stale = match self.remove(entry.base) {
+            RemoveOutcome::Removed(old) => Some(old),
+            RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
+        };
+        let busy_key = BUSY | (entry.base & MASK57);
+        let home = self.home(entry.base);
+        let mut bucket = home;
+        for distance in 0..MAX_PROBE_BUCKETS {
+            let first = bucket.wrapping_mul(BUCKET);
+            for slot in first..first.wrapping_add(BUCKET) {
+                let Some(key) = self.keys.get(slot) else { break };
+                if key.load(Ordering::Relaxed) != 0 {
+                    continue;
+                }
+                if key
+                    .compare_exchange(0, busy_key, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                // Owned. Count this key in the overflow of every bucket it passed.
+                self.adjust_overflow(home, distance, true);
+                self.write_payload(slot, entry);
+                key.store(LIVE | (entry.base & MASK57), Ordering::Release);
+                return match stale {
+                    Some(old) => InsertOutcome::ReplacedStale(old),
+                    None => InsertOutcome::Inserted,
+                };
+            }
+            bucket = self.next_bucket(bucket);
+        }
+        InsertOutcome::Full
+    }
+
+    /// Validates-and-removes the entry for `base` (before the real unmap runs). Exactly
+    /// one of several concurrent removers of the same base gets `Removed`.
+    pub fn remove(&self, base: u64) -> RemoveOutcome {
+        if base == 0 || !is_canonical(base) {
+            return RemoveOutcome::NotFound;
+        }
+        let live_key = LIVE | (base & MASK57);
+        let busy_key = BUSY | (base & MASK57);
+        match self.find(base, true) {
+            Found::Live { slot, distance } => {
+                let Some(key) = self.keys.get(slot) else {
+                    return RemoveOutcome::NotFound;
+                };
+                if key
+                    .compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    return RemoveOutcome::Racing;
+                }
+                let entry = self.read_owned(slot, base);
+                key.store(0, Ordering::Release);
+                self.adjust_overflow(self.home(base), distance, false);
+                RemoveOutcome::Removed(entry)
+            }
+            Found::Busy => RemoveOutcome::Racing,
+            Found::None => RemoveOutcome::NotFound,
+        }
+    }
+
+    /// A consistent copy of the live entry for `base`, if any.
+    pub fn get(&self, base: u64) -> Option<Mapping> {
+        if base == 0 || !is_canonical(base) {
+            return None;
+        }
+        match self.find(base, false) {
+            Found::Live { slot, .. } => self.read_shared(slot).map(|(m, _)| m),
+            Found::Busy | Found::None => None,
+        }
+    }
+
+    fn adjust_overflow(&self, home: usize, distance: usize, add: bool) {
+        let mut b = home;
+        for _ in 0..distance {
+            if let Some(o) = self.overflow.get(b) {
+                if add {
+                    o.fetch_add(1, Ordering::Release);
+                } else {
+                    o.fetch_sub(1, Ordering::Release);
+                }
+            }
+            b = self.next_bucket(b);
+        }
+    }
+
+    fn stack_range(&self, slot: usize) -> &[AtomicU64] {
+        let start = slot.saturating_mul(self.stack_depth);
+        self.stacks
+            .get(start..start.saturating_add(self.stack_depth))
+            .unwrap_or(&[])
+    }
+
+    fn write_payload(&self, slot: usize, e: &Mapping) {
+        let Some(s) = self.slots.get(slot) else { return };
+        let seq = s.seq.load(Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let frames = self.stack_range(slot);
+        let depth = usize::from(e.stack_depth).min(frames.len());
+        for (dst, src) in frames.iter().zip(e.stack.iter()).take(depth) {
+            dst.store(*src, Ordering::Relaxed);
+        }
+        s.size.store(e.size, Ordering::Relaxed);
+        s.physical.store(e.physical, Ordering::Relaxed);
+        s.device.store(e.device, Ordering::Relaxed);
+        s.map_time_ns.store(e.map_time_ns, Ordering::Relaxed);
+        s.info.store(
+            u64::from(e.cache) | u64::from(e.driver) << 32 | u64::from(e.processor) << 48,
+            Ordering::Relaxed,
+        );
+        s.meta.store(
+            u32::from(e.flags) | u32::from(e.irql) << 8 | (depth as u32) << 16,
+            Ordering::Relaxed,
+        );
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    fn load_payload(&self, slot: usize, base: u64) -> Mapping {
+        let mut m = Mapping::new(base, 0);
+        let Some(s) = self.slots.get(slot) else { return m };
+        m.size = s.size.load(Ordering::Relaxed);
+        m.physical = s.physical.load(Ordering::Relaxed);
+        m.device = s.device.load(Ordering::Relaxed);
+        m.map_time_ns = s.map_time_ns.load(Ordering::Relaxed);
+        let info = s.info.load(Ordering::Relaxed);
+        m.cache = info as u32;
+        m.driver = (info >> 32) as u16;
+        m.processor = (info >> 48) as u16;
+        let meta = s.meta.load(Ordering::Relaxed);
+        m.flags = meta as u8;
+        m.irql = (meta >> 8) as u8;
+        let frames = self.stack_range(slot);
+        let depth = ((meta >> 16) as u8).min(frames.len() as u8);
+        m.stack_depth = depth;
+        for (dst, src) in m.stack.iter_mut().zip(frames.iter()).take(usize::from(depth)) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        m
+    }
+
+    /// Reads a slot the caller owns (BUSY by this thread): no other writer can exist.
+    fn read_owned(&self, slot: usize, base: u64) -> Mapping {
+        self.load_payload(slot, base)
+    }
+
+    /// Reads a slot the caller does not own. Returns the entry and its key word if it was
+    /// live and read consistently, `None` if it is not live or kept changing.
+    fn read_shared(&self, slot: usize) -> Option<(Mapping, u64)> {
+        let key = self.keys.get(slot)?;
+        let s = self.slots.get(slot)?;
+        for _ in 0..READ_RETRIES {
+            let k1 = key.load(Ordering::Acquire);
+            if k1 & LIVE == 0 {
+                return None;
+            }
+            let s1 = s.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                crate::sync::spin_hint();
+                continue;
+            }
+            let m = self.load_payload(slot, sign_extend57(k1 & MASK57));
+            fence(Ordering::Acquire);
+            let s2 = s.seq.load(Ordering::Relaxed);
+            let k2 = key.load(Ordering::Relaxed);
+            if s1 == s2 && k1 == k2 {
+                return Some((m, k1));
+            }
+            crate::sync::spin_hint();
+        }
+        None
+    }
+
+    /// Walks live entries from slot `start`, handing each consistent copy to `visit`
+    /// until it returns false or `budget` slots were examined. Concurrent churn never
+    /// stops the walk: an entry that keeps changing is skipped and counted.
+    pub fn walk(
+        &self,
+        start: usize,
+        budget: usize,
+        mut visit: impl FnMut(&Mapping) -> bool,
+    ) -> WalkEnd {
+        let mut skipped = 0u32;
+        let end = start.saturating_add(budget).min(self.keys.len());
+        let mut slot = start;
+        while slot < end {
+            let Some(key) = self.keys.get(slot) else { break };
+            if key.load(Ordering::Relaxed) & LIVE != 0 {
+                match self.read_shared(slot) {
+                    Some((m, _)) => {
+                        if !visit(&m) {
+                            let next = slot.saturating_add(1);
+                            return WalkEnd { next, done: next >= self.keys.len(), skipped };
+                        }
+                    }
+                    None => {
+                        if key.load(Ordering::Relaxed) & LIVE != 0 {
+                            skipped = skipped.saturating_add(1);
+                        }
+                    }
+                }
+            }
+            slot = slot.saturating_add(1);
+        }
+        WalkEnd { next: slot, done: slot >= self.keys.len(), skipped }
+    }
+
+    /// The live mapping whose range contains `addr` (error path: examines every slot).
+    pub fn find_containing(&self, addr: u64) -> Option<Mapping> {
+        let mut found = None;
+        self.walk(0, usize::MAX, |m| {
+            if m.contains(addr) {
+                found = Some(*m);
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Sets `flag` on the live entry for `base` if it is still the entry mapped at
+    /// `map_time_ns`; returns true if this call set it (it was clear before).
+    pub fn mark(&self, base: u64, map_time_ns: u64, flag: u8) -> bool {
+        let Found::Live { slot, .. } = self.find(base, false) else {
+            return false;
+        };
+        let Some((m, _)) = self.read_shared(slot) else { return false };
+        if m.map_time_ns != map_time_ns {
+            return false;
+        }
+        let Some(s) = self.slots.get(slot) else { return false };
+        let old = s.meta.fetch_or(u32::from(flag), Ordering::AcqRel);
+        old & u32::from(flag) == 0
+    }
+}
+
+enum Found {
+    Live { slot: usize, distance: usize },
+    Busy,
+    None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(base: u64, size: u64) -> Mapping {
+        let mut e = Mapping::new(base, size);
+        e.physical = 0xF000_0000 + base % 0x1000_0000;
+        e.driver = 3;
+        e.stack_depth = 2;
+        e.stack[0] = 0x1111;
+        e.stack[1] = 0x2222;
+        e
+    }
+
+    const B: u64 = 0xFFFF_F880_0000_0000;
+
+    #[test]
+    fn canonical_addresses() {
+        assert!(is_canonical(B));
+        assert!(is_canonical(0x0000_7FFF_FFFF_F000));
+        assert!(is_canonical(0xFF00_0000_0000_0000)); // 5-level kernel half
+        assert!(!is_canonical(0x8000_0000_0000_0000));
+        assert!(!is_canonical(0x4000_0000_0000_1000));
+    }
+
+    #[test]
+    fn insert_get_remove_round_trip() {
+        let t = Table::new(64, 4).unwrap();
+        let e = m(B + 0x10, 0x2000);
+        assert_eq!(t.insert(&e), InsertOutcome::Inserted);
+        let got = t.get(B + 0x10).unwrap();
+        assert_eq!(got.size, 0x2000);
+        assert_eq!(got.frames(), &[0x1111, 0x2222]);
+        assert_eq!(t.remove(B + 0x10), RemoveOutcome::Removed(got));
+        assert_eq!(t.remove(B + 0x10), RemoveOutcome::NotFound);
+        assert_eq!(t.get(B + 0x10), None);
+    }
+
+    #[test]
+    fn stack_is_cut_to_the_table_depth() {
+        let t = Table::new(64, 1).unwrap();
+        t.insert(&m(B, 0x1000));
+        assert_eq!(t.get(B).unwrap().frames(), &[0x1111]);
+    }
+
+    #[test]
+    fn same_base_again_replaces_the_stale_entry() {
+        let t = Table::new(64, 0).unwrap();
+        let mut a = m(B, 0x1000);
+        a.stack_depth = 0;
+        t.insert(&a);
+        let mut b = a;
+        b.size = 0x3000;
+        assert_eq!(t.insert(&b), InsertOutcome::ReplacedStale(a));
+        assert_eq!(t.get(B).unwrap().size, 0x3000);
+    }
+
+    #[test]
+    fn overflow_chains_survive_removal_of_earlier_entries() {
+        // A tiny table: every key homes somewhere in 8 buckets; fill to force overflow.
+        let t = Table::new(48, 0).unwrap();
+        let bases: Vec<u64> = (0..60u64).map(|i| B + i * 0x1000).collect();
+        let mut stored = Vec::new();
+        for &b in &bases {
+            if t.insert(&Mapping::new(b, 0x1000)) == InsertOutcome::Inserted {
+                stored.push(b);
+            }
+        }
+        assert!(stored.len() >= 48, "stored {}", stored.len());
+        for (i, b) in stored.iter().enumerate() {
+            if i % 2 == 0 {
+                assert!(matches!(t.remove(*b), RemoveOutcome::Removed(_)));
+            }
+        }
+        for (i, b) in stored.iter().enumerate() {
+            assert_eq!(t.get(*b).is_some(), i % 2 == 1, "base {b:#x}");
+        }
+        // Overflow counts return to zero once everything is gone.
+        for b in &stored {
+            let _ = t.remove(*b);
+        }
+        assert!(t.overflow.iter().all(|o| o.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn full_window_is_reported_not_fatal() {
+        let t = Table::new(8, 0).unwrap();
+        let mut full = 0;
+        for i in 0..200u64 {
+            if t.insert(&Mapping::new(B + i * 0x1000, 1)) == InsertOutcome::Full {
+                full += 1;
+            }
+        }
+        assert!(full > 0);
+        assert_eq!(t.insert(&Mapping::new(0, 1)), InsertOutcome::Full);
+        assert_eq!(t.insert(&Mapping::new(0x8000_0000_0000_0000, 1)), InsertOutcome::Full);
+    }
+
+    #[test]
+    fn containing_and_walk() {
+        let t = Table::new(64, 0).unwrap();
+        t.insert(&Mapping::new(B, 0x3000));
+        t.insert(&Mapping::new(B + 0x10000, 0x1000));
+        assert_eq!(t.find_containing(B + 0x2FFF).unwrap().base, B);
+        assert_eq!(t.find_containing(B + 0x3000), None);
+        let mut seen = Vec::new();
+        let end = t.walk(0, usize::MAX, |e| {
+            seen.push(e.base);
+            true
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, [B, B + 0x10000]);
+        assert!(end.done);
+        assert_eq!(end.skipped, 0);
+    }
+
+    #[test]
+    fn mark_sets_a_flag_once() {
+        let t = Table::new(64, 0).unwrap();
+        let mut e = Mapping::new(B, 0x1000);
+        e.map_time_ns = 7;
+        t.insert(&e);
+        assert!(!t.mark(B, 8, FLAG_LEAK_REPORTED));
+        assert!(t.mark(B, 7, FLAG_LEAK_REPORTED));
+        assert!(!t.mark(B, 7, FLAG_LEAK_REPORTED));
+        assert_eq!(t.get(B).unwrap().flags, FLAG_LEAK_REPORTED);
+    }
+}

@@ -1,0 +1,592 @@
+//! The engine: joins the table, the rules, the journal and the statistics, and performs
+//! each intercepted call in the order design.md §5 requires — parameter and IRQL checks,
+//! then for a map the real `MmMapIoSpace` and *then* the insert; for an unmap the
+//! validate-and-remove and *then* the real `MmUnmapIoSpace` (or containment).
+//!
+//! Hook paths ([`Verifier::map_io_space`], [`Verifier::map_io_space_ex`],
+//! [`Verifier::unmap_io_space`]) take no lock, allocate nothing and never wait. PnP and
+//! driver events and control requests run at PASSIVE_LEVEL and serialise on one spin lock
+//! taken at DISPATCH_LEVEL ([`IrqlLock`]).
+
+use crate::config::{Settings, Targets};
+pub use crate::config::StartParams;
+use crate::drivers::{DriverId, DriverState, Drivers};
+use crate::journal::Journal;
+use crate::phys::{check_parameters, CacheClass, ConflictFilter};
+use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
+use crate::protocol::{ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX};
+use crate::rules::{Action, RuleId};
+use crate::stats::{Counter, DriverCounter, Stats};
+use crate::sync::OutOfMemory;
+use crate::table::{Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet, FLAG_LEAK_REPORTED, FLAG_MAP_EX};
+
+/// Frames of iosv's own the stack capture skips (the hook and the engine).
+const OWN_FRAMES: u32 = 2;
+
+/// A spin lock that raises the IRQL to DISPATCH_LEVEL while held, so its holder is never
+/// preempted on its processor (control plane only; hook paths never take it).
+pub struct IrqlLock<T> {
+    inner: spin::Mutex<T>,
+}
+
+impl<T> IrqlLock<T> {
+    /// A lock around `value`.
+    pub const fn new(value: T) -> Self {
+        IrqlLock { inner: spin::Mutex::new(value) }
+    }
+
+    /// Runs `f` with the value, at DISPATCH_LEVEL.
+    pub fn with<R>(&self, platform: &impl Platform, f: impl FnOnce(&mut T) -> R) -> R {
+        let old = platform.raise_to_dispatch();
+        let r = f(&mut self.inner.lock());
+        platform.lower_irql(old);
+        r
+    }
+}
+
+/// PnP state of a device, as the filter saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// START_DEVICE seen, not completed.
+    Starting,
+    /// Started.
+    Started,
+    /// STOP_DEVICE completed.
+    Stopped,
+    /// SURPRISE_REMOVAL completed.
+    SurpriseRemoved,
+}
+
+/// A PnP event of a device in a target driver's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// IRP_MN_START_DEVICE arrived; maps from now on are attributed to the device.
+    StartBegin,
+    /// IRP_MN_START_DEVICE completed (successfully or not).
+    StartEnd,
+    /// IRP_MN_STOP_DEVICE completed: IOSV007 for mappings still live.
+    Stopped,
+    /// IRP_MN_SURPRISE_REMOVAL completed: IOSV008.
+    SurpriseRemoved,
+    /// IRP_MN_REMOVE_DEVICE completed: IOSV008; the device is forgotten.
+    Removed,
+}
+
+/// Control-plane state behind the engine's lock.
+pub struct ControlState {
+    /// Drivers to hook when they load.
+    pub targets: Targets,
+    /// Devices seen by the filter, with their driver and state.
+    pub devices: hashbrown::HashMap<u64, (DriverId, DeviceState)>,
+}
+
+/// Who, where and when of one intercepted call.
+#[derive(Clone, Copy)]
+struct CallCtx {
+    irql: Irql,
+    processor: u32,
+    driver: DriverId,
+    thread: u64,
+    process: u64,
+    now: u64,
+}
+
+/// The verification engine. One per system (or per host instance).
+pub struct Verifier<P: Platform> {
+    platform: P,
+    params: StartParams,
+    table: Table,
+    graveyard: Graveyard,
+    untracked: UntrackedSet,
+    conflicts: ConflictFilter,
+    journal: Journal,
+    stats: Stats,
+    drivers: Drivers,
+    settings: Settings,
+    control: IrqlLock<ControlState>,
+}
+
+impl<P: Platform> Verifier<P> {
+    /// Allocates every fixed structure (the only allocation the engine makes outside the
+    /// control plane) and starts with default settings.
+    pub fn new(platform: P, params: StartParams) -> Result<Self, OutOfMemory> {
+        let params = params.clamped();
+        let processors = platform.processor_count() as usize;
+        Ok(Verifier {
+            table: Table::new(params.capacity, params.max_stack_depth)?,
+            graveyard: Graveyard::new(params.graveyard)?,
+            untracked: UntrackedSet::new(params.untracked)?,
+            conflicts: ConflictFilter::new(params.conflict_buckets)?,
+            journal: Journal::new(params.journal_records)?,
+            stats: Stats::new(processors)?,
+            drivers: Drivers::new(),
+            settings: Settings::new(params.max_stack_depth),
+            control: IrqlLock::new(ControlState { targets: Targets::default(), devices: hashbrown::HashMap::new() }),
+            platform,
+            params,
+        })
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+    /// The sizes fixed at start.
+    pub fn params(&self) -> &StartParams {
+        &self.params
+    }
+    /// The live-mapping table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+    /// The violation journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+    /// The statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The driver registry.
+    pub fn drivers(&self) -> &Drivers {
+        &self.drivers
+    }
+    /// The run-time settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    /// The graveyard of recent unmaps.
+    pub fn graveyard(&self) -> &Graveyard {
+        &self.graveyard
+    }
+    /// Untracked mappings.
+    pub fn untracked(&self) -> &UntrackedSet {
+        &self.untracked
+    }
+    /// Runs `f` on the control-plane state under the engine's lock.
+    pub fn with_control<R>(&self, f: impl FnOnce(&mut ControlState) -> R) -> R {
+        self.control.with(&self.platform, f)
+    }
+
+    fn ctx(&self, caller: Caller) -> CallCtx {
+        CallCtx {
+            irql: self.platform.current_irql(),
+            processor: self.platform.current_processor(),
+            driver: self.drivers.attribute(caller.return_address),
+            thread: self.platform.current_thread_id(),
+            process: self.platform.current_process_id(),
+            now: self.platform.now_ns(),
+        }
+    }
+
+    // ---- hook paths -------------------------------------------------------------------
+
+    /// The `MmMapIoSpace` hook: checks, calls the real routine, tracks the result.
+    pub fn map_io_space(&self, caller: Caller, physical: u64, size: usize, cache_type: u32) -> u64 {
+        self.map_common(caller, physical, size, cache_type, false)
+    }
+
+    /// The `MmMapIoSpaceEx` hook.
+    pub fn map_io_space_ex(&self, caller: Caller, physical: u64, size: usize, protect: u32) -> u64 {
+        self.map_common(caller, physical, size, protect, true)
+    }
+
+    fn map_common(&self, caller: Caller, physical: u64, size: usize, cache: u32, ex: bool) -> u64 {
+        let cx = self.ctx(caller);
+        let size64 = size as u64;
+        let probe = || {
+            let mut r = self.blank_record(&cx);
+            r.address = 0;
+            r.physical = physical;
+            r.passed_size = size64;
+            r.cache = cache;
+            if ex {
+                r.flags |= VF_MAP_EX;
+            }
+            r
+        };
+        if cx.irql > Irql::DISPATCH {
+            self.violate(RuleId::MapIrql, &cx, probe());
+        }
+        if check_parameters(physical, size64, cache, ex).is_some() {
+            self.violate(RuleId::MapBadParameters, &cx, probe());
+        }
+        let base = if ex {
+            self.platform.mm_map_io_space_ex(physical, size, cache)
+        } else {
+            self.platform.mm_map_io_space(physical, size, cache)
+        };
+        if base == 0 {
+            self.stats.bump(cx.processor, Counter::MapFailures);
+            return 0;
+        }
+        self.stats.bump(cx.processor, Counter::Maps);
+        self.stats.bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
+
+        let class = CacheClass::of(cache, ex);
+        if size64 != 0 && self.conflicts.may_conflict(physical, size64, class) {
+            self.check_conflict(&cx, base, physical, size64, cache, ex, class);
+        }
+
+        let mut m = Mapping::new(base, size64);
+        m.physical = physical;
+        m.device = self.drivers.starting_device(cx.driver, cx.thread);
+        m.map_time_ns = cx.now;
+        m.cache = cache;
+        m.driver = cx.driver.0;
+        m.processor = u16::try_from(cx.processor).unwrap_or(u16::MAX);
+        m.irql = cx.irql.0;
+        m.flags = if ex { FLAG_MAP_EX } else { 0 };
+        let depth = self.settings.stack_depth().min(self.table.stack_depth());
+        if let Some(frames) = m.stack.get_mut(..depth) {
+            let n = self.platform.capture_stack(OWN_FRAMES, frames);
+            m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+        }
+        match self.table.insert(&m) {
+            InsertOutcome::Inserted => {
+                if size64 != 0 {
+                    self.conflicts.add(physical, size64, class);
+                }
+            }
+            InsertOutcome::ReplacedStale(old) => {
+                self.forget_mapping(&old);
+                if size64 != 0 {
+                    self.conflicts.add(physical, size64, class);
+                }
+                let mut r = self.mapping_record(&cx, &old);
+                r.address = base;
+                r.passed_size = size64;
+                self.violate(RuleId::StaleEntry, &cx, r);
+            }
+            InsertOutcome::Full => {
+                self.stats.bump(cx.processor, Counter::TableFull);
+                self.untracked.add(base);
+            }
+        }
+        base
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_conflict(&self, cx: &CallCtx, base: u64, physical: u64, size: u64, cache: u32, ex: bool, class: CacheClass) {
+        let end = physical.saturating_add(size);
+        let mut other = None;
+        self.table.walk(0, usize::MAX, |m| {
+            let m_end = m.physical.saturating_add(m.size);
+            let overlaps = m.physical < end && physical < m_end;
+            if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
+                other = Some(*m);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(o) = other {
+            let mut r = self.blank_record(cx);
+            r.address = base;
+            r.physical = physical;
+            r.passed_size = size;
+            r.cache = cache;
+            r.other_cache = o.cache;
+            r.other = o.base;
+            r.base = o.base;
+            r.mapped_size = o.size;
+            r.owner_id = o.driver;
+            r.owner_name = self.drivers.name(DriverId(o.driver));
+            r.device = o.device;
+            r.map_time_ns = o.map_time_ns;
+            r.map_irql = o.irql;
+            copy_frames(&mut r.map_stack, &mut r.map_stack_depth, o.frames());
+            if ex {
+                r.flags |= VF_MAP_EX;
+            }
+            self.violate(RuleId::CacheConflict, cx, r);
+        }
+    }
+
+    /// The `MmUnmapIoSpace` hook: validates and removes the entry, then calls the real
+    /// routine — with the tracked size for a contained size mismatch — or contains it.
+    pub fn unmap_io_space(&self, caller: Caller, base: u64, size: usize) {
+        let cx = self.ctx(caller);
+        let size64 = size as u64;
+        self.stats.bump(cx.processor, Counter::Unmaps);
+        self.stats.bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
+        let contain = self.settings.containment();
+        let call = || {
+            let mut r = self.blank_record(&cx);
+            r.address = base;
+            r.passed_size = size64;
+            r
+        };
+
+        let ceiling = if self.settings.verifier_irql() { Irql::APC } else { Irql::DISPATCH };
+        let found = self.table.remove(base);
+        if cx.irql > ceiling {
+            let mut r = call();
+            if let RemoveOutcome::Removed(m) = &found {
+                r = self.mapping_record(&cx, m);
+                r.address = base;
+                r.passed_size = size64;
+            }
+            self.violate(RuleId::UnmapIrql, &cx, r);
+        }
+
+        match found {
+            RemoveOutcome::Removed(m) => {
+                self.forget_mapping(&m);
+                self.graveyard.bury(&Tombstone {
+                    base,
+                    size: m.size,
+                    physical: m.physical,
+                    map_time_ns: m.map_time_ns,
+                    unmap_time_ns: cx.now,
+                    driver: m.driver,
+                    unmapped_by: cx.driver.0,
+                });
+                let record = || {
+                    let mut r = self.mapping_record(&cx, &m);
+                    r.address = base;
+                    r.passed_size = size64;
+                    r
+                };
+                if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 {
+                    self.violate(RuleId::UnmapForeign, &cx, record());
+                }
+                if size64 != m.size {
+                    let mut r = record();
+                    if contain {
+                        r.flags |= VF_CONTAINED;
+                        self.stats.bump(cx.processor, Counter::Contained);
+                    }
+                    self.violate(RuleId::UnmapSizeMismatch, &cx, r);
+                    let real = if contain { usize::try_from(m.size).unwrap_or(size) } else { size };
+                    self.platform.mm_unmap_io_space(base, real);
+                } else {
+                    self.platform.mm_unmap_io_space(base, size);
+                }
+            }
+            RemoveOutcome::Racing => {
+                self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
+            }
+            RemoveOutcome::NotFound => {
+                if self.untracked.take_remembered(base) {
+                    self.platform.mm_unmap_io_space(base, size);
+                } else if let Some(t) = self.graveyard.find(base) {
+                    let mut r = call();
+                    r.base = t.base;
+                    r.mapped_size = t.size;
+                    r.physical = t.physical;
+                    r.map_time_ns = t.map_time_ns;
+                    r.other = t.unmap_time_ns;
+                    r.owner_id = t.driver;
+                    r.owner_name = self.drivers.name(DriverId(t.driver));
+                    self.contained_violation(RuleId::DoubleUnmap, &cx, r, contain, base, size);
+                } else if let Some(m) = self.table.find_containing(base) {
+                    let mut r = self.mapping_record(&cx, &m);
+                    r.address = base;
+                    r.passed_size = size64;
+                    self.contained_violation(RuleId::UnmapInterior, &cx, r, contain, base, size);
+                } else if self.untracked.take_uncounted() {
+                    self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+                    self.platform.mm_unmap_io_space(base, size);
+                } else {
+                    self.contained_violation(RuleId::UnmapUnknown, &cx, call(), contain, base, size);
+                }
+            }
+        }
+    }
+
+    fn contained_violation(&self, rule: RuleId, cx: &CallCtx, mut r: ViolationRecord, contain: bool, base: u64, size: usize) {
+        if contain {
+            r.flags |= VF_CONTAINED;
+            self.stats.bump(cx.processor, Counter::Contained);
+        }
+        self.violate(rule, cx, r);
+        if !contain {
+            self.platform.mm_unmap_io_space(base, size);
+        }
+    }
+
+    /// Bookkeeping when a mapping leaves the table.
+    fn forget_mapping(&self, m: &Mapping) {
+        if m.size != 0 {
+            self.conflicts.remove(m.physical, m.size, CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0));
+        }
+    }
+
+    // ---- records and actions ------------------------------------------------------------
+
+    fn blank_record(&self, cx: &CallCtx) -> ViolationRecord {
+        let mut r = ViolationRecord {
+            timestamp_ns: cx.now,
+            irql: cx.irql.0,
+            processor: cx.processor,
+            driver_id: cx.driver.0,
+            process_id: cx.process,
+            thread_id: cx.thread,
+            driver_name: self.drivers.name(cx.driver),
+            ..Default::default()
+        };
+        let depth = self.settings.stack_depth().min(MAX_STACK);
+        if let Some(frames) = r.call_stack.get_mut(..depth) {
+            let n = self.platform.capture_stack(OWN_FRAMES, frames);
+            r.call_stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+        }
+        r
+    }
+
+    fn mapping_record(&self, cx: &CallCtx, m: &Mapping) -> ViolationRecord {
+        let mut r = self.blank_record(cx);
+        r.flags |= VF_MAPPING_KNOWN;
+        if m.flags & FLAG_MAP_EX != 0 {
+            r.flags |= VF_MAP_EX;
+        }
+        r.base = m.base;
+        r.mapped_size = m.size;
+        r.physical = m.physical;
+        r.cache = m.cache;
+        r.device = m.device;
+        r.map_time_ns = m.map_time_ns;
+        r.map_irql = m.irql;
+        r.owner_id = m.driver;
+        r.owner_name = self.drivers.name(DriverId(m.driver));
+        copy_frames(&mut r.map_stack, &mut r.map_stack_depth, m.frames());
+        r
+    }
+
+    /// Applies `rule`'s action to a violation described by `r`.
+    fn violate(&self, rule: RuleId, cx: &CallCtx, mut r: ViolationRecord) {
+        let action = self.settings.action(rule);
+        self.stats.bump_rule(cx.processor, rule.index());
+        let blamed = if r.owner_id != 0 && matches!(rule, RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload) {
+            DriverId(r.owner_id)
+        } else {
+            cx.driver
+        };
+        self.stats.bump_driver(cx.processor, blamed, DriverCounter::Violations);
+        if action == Action::Ignore {
+            self.stats.bump(cx.processor, Counter::Ignored);
+            return;
+        }
+        r.rule = rule.number();
+        r.action = action as u8;
+        let seq = self.journal.push_record(&r);
+        self.stats.bump(cx.processor, Counter::Reported);
+        match action {
+            Action::Break => {
+                self.stats.bump(cx.processor, Counter::Breaks);
+                self.platform.debug_break();
+            }
+            Action::Bugcheck => {
+                self.stats.bump(cx.processor, Counter::Bugchecks);
+                self.platform.bugcheck(BugCheck {
+                    p1: BUGCHECK_SIGNATURE | u64::from(rule.number()),
+                    p2: if r.address != 0 { r.address } else { r.base },
+                    p3: r.passed_size,
+                    p4: seq,
+                });
+            }
+            Action::Ignore | Action::Report => {}
+        }
+    }
+
+    // ---- PnP and driver events (PASSIVE_LEVEL) ------------------------------------------
+
+    /// A PnP event of `device`, whose function driver is `driver`.
+    pub fn device_event(&self, driver: DriverId, device: u64, event: DeviceEvent) {
+        let thread = self.platform.current_thread_id();
+        self.with_control(|c| {
+            let state = match event {
+                DeviceEvent::StartBegin => Some(DeviceState::Starting),
+                DeviceEvent::StartEnd => Some(DeviceState::Started),
+                DeviceEvent::Stopped => Some(DeviceState::Stopped),
+                DeviceEvent::SurpriseRemoved => Some(DeviceState::SurpriseRemoved),
+                DeviceEvent::Removed => None,
+            };
+            match state {
+                Some(s) => {
+                    c.devices.insert(device, (driver, s));
+                }
+                None => {
+                    c.devices.remove(&device);
+                }
+            }
+        });
+        match event {
+            DeviceEvent::StartBegin => {
+                self.drivers.start_begin(driver, device, thread);
+            }
+            DeviceEvent::StartEnd => self.drivers.start_end(driver, device),
+            DeviceEvent::Stopped => self.report_leaks(RuleId::LeakOnStop, |m| m.device == device, 0),
+            DeviceEvent::SurpriseRemoved | DeviceEvent::Removed => {
+                self.drivers.start_end(driver, device);
+                self.report_leaks(RuleId::LeakOnRemove, |m| m.device == device, 0);
+            }
+        }
+    }
+
+    /// Reports every live, not yet reported mapping that `pick` selects as a leak.
+    fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
+        let cx = self.ctx(Caller { return_address: 0 });
+        let mut cursor = 0usize;
+        loop {
+            let mut batch = [None::<Mapping>; 32];
+            let mut n = 0usize;
+            let end = self.table.walk(cursor, usize::MAX, |m| {
+                if m.flags & FLAG_LEAK_REPORTED == 0 && pick(m) {
+                    if let Some(slot) = batch.get_mut(n) {
+                        *slot = Some(*m);
+                        n = n.saturating_add(1);
+                    }
+                    n < batch.len()
+                } else {
+                    true
+                }
+            });
+            for m in batch.iter().flatten() {
+                if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
+                    let mut r = self.mapping_record(&cx, m);
+                    r.address = m.base;
+                    r.flags |= extra_flags;
+                    self.violate(rule, &cx, r);
+                }
+            }
+            if end.done {
+                break;
+            }
+            cursor = end.next;
+        }
+    }
+
+    /// An image named `name` loaded at `[base, base + size)`. If it is a target, it is
+    /// registered as attached and its id returned: the caller must now patch its imports
+    /// (and call [`Verifier::driver_detached`] if that fails).
+    pub fn image_loaded(&self, name: &[u8], base: u64, size: u64) -> Option<DriverId> {
+        let is_target = self.with_control(|c| c.targets.contains(name));
+        if !is_target {
+            return None;
+        }
+        self.drivers.register(name, base, size, true)
+    }
+
+    /// Registers an explicit attach (control IOCTL) to an already loaded image.
+    pub fn driver_attached(&self, name: &[u8], base: u64, size: u64) -> Option<DriverId> {
+        self.drivers.register(name, base, size, true)
+    }
+
+    /// `driver` is unloading (`detach == false`) or being detached: IOSV009 for its live
+    /// mappings not yet reported, and it is marked gone.
+    pub fn driver_detached(&self, driver: DriverId, detach: bool) {
+        let flags = if detach { VF_DETACH } else { 0 };
+        self.report_leaks(RuleId::LeakOnUnload, |m| m.driver == driver.0, flags);
+        self.drivers.set_state(driver, DriverState::Gone);
+    }
+}
+
+fn copy_frames(dst: &mut [u64; MAX_STACK], depth: &mut u8, src: &[u64]) {
+    let mut n = 0u8;
+    for (d, s) in dst.iter_mut().zip(src.iter()) {
+        *d = *s;
+        n = n.saturating_add(1);
+    }
+    *depth = n;
+}
