@@ -218,9 +218,9 @@ mod tests {
         for i in 3..10u64 {
             j.push(|_, w| *w = [i, i]);
         }
-        got.clear();
-        let end = j.read(3, 10, |s, _| got.push(s));
-        assert_eq!(got, [6, 7, 8, 9]);
+        let mut seqs = Vec::new();
+        let end = j.read(3, 10, |s, _| seqs.push(s));
+        assert_eq!(seqs, [6, 7, 8, 9]);
         assert_eq!(end.lost, 3);
         assert_eq!(end.next, 10);
     }

@@ -12,6 +12,8 @@
 pub mod host;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
+#[cfg(test)]
+pub(crate) mod fake;
 
 /// An interrupt request level, as the kernel numbers them on x64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -589,6 +589,7 @@ mod tests {
         let t = Table::new(64, 0).unwrap();
         let mut a = m(B, 0x1000);
         a.stack_depth = 0;
+        a.stack = [0; MAX_STACK_DEPTH];
         t.insert(&a);
         let mut b = a;
         b.size = 0x3000;

@@ -590,3 +590,6 @@ fn copy_frames(dst: &mut [u64; MAX_STACK], depth: &mut u8, src: &[u64]) {
     }
     *depth = n;
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! Engine tests: each rule fires on its bug, and only on it; containment decides what
+//! reaches Mm.
+
+use super::*;
+use crate::platform::fake::FakePlatform;
+use crate::protocol::ViolationRecord;
+use std::sync::atomic::Ordering;
+
+const NIC: u64 = 0x1000_0000;
+const GPU: u64 = 0x2000_0000;
+
+struct Bed {
+    v: Verifier<FakePlatform>,
+    nic: DriverId,
+    gpu: DriverId,
+    cursor: core::cell::Cell<u64>,
+}
+
+fn bed() -> Bed {
+    bed_with(StartParams { capacity: 256, journal_records: 256, ..Default::default() })
+}
+
+fn bed_with(params: StartParams) -> Bed {
+    let v = Verifier::new(FakePlatform::new(), params).unwrap();
+    let nic = v.driver_attached(b"nic.sys", NIC, 0x10000).unwrap();
+    let gpu = v.driver_attached(b"gpu.sys", GPU, 0x10000).unwrap();
+    Bed { v, nic, gpu, cursor: core::cell::Cell::new(0) }
+}
+
+fn at(image: u64) -> Caller {
+    Caller { return_address: image + 0x123 }
+}
+
+impl Bed {
+    fn new_records(&self) -> Vec<ViolationRecord> {
+        let mut out = Vec::new();
+        let end = self.v.journal().read_records(self.cursor.get(), 1000, |r| out.push(*r));
+        assert_eq!(end.lost, 0);
+        self.cursor.set(end.next);
+        out
+    }
+    fn rules(&self) -> Vec<u8> {
+        self.new_records().iter().map(|r| r.rule).collect()
+    }
+    fn unmapped(&self) -> Vec<(u64, usize)> {
+        std::mem::take(&mut *self.v.platform().unmapped.lock().unwrap())
+    }
+    fn set_irql(&self, irql: u8) {
+        self.v.platform().irql.store(irql, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn well_behaved_map_unmap_is_silent_and_reaches_mm() {
+    let b = bed();
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    assert_ne!(base, 0);
+    assert_eq!(b.v.table().get(base).unwrap().driver, b.nic.0);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    assert_eq!(b.unmapped(), [(base, 0x1000)]);
+    assert!(b.rules().is_empty());
+    assert!(b.v.table().get(base).is_none());
+}
+
+#[test]
+fn iosv001_size_mismatch_contained_with_tracked_size() {
+    let b = bed();
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, 1);
+    assert_eq!((r[0].mapped_size, r[0].passed_size), (0x2000, 0x1000));
+    assert_ne!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    assert_eq!(crate::protocol::name_bytes(&r[0].driver_name), b"nic.sys");
+    assert_eq!(b.unmapped(), [(base, 0x2000)]);
+
+    b.v.settings().apply(&crate::protocol::ConfigBlock { flags: 0, actions: [1u8; 16], ..Default::default() });
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    assert_eq!(b.rules(), [1]);
+    assert_eq!(b.unmapped(), [(base, 0x1000)], "containment off passes the wrong size through");
+}
+
+#[test]
+fn iosv002_unmap_irql_ceiling_ddi_and_verifier_modes() {
+    let b = bed();
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.set_irql(2);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    assert!(b.rules().is_empty(), "DISPATCH_LEVEL is allowed by the DDI ceiling");
+    assert_eq!(b.unmapped(), [(base, 0x1000)]);
+    b.set_irql(0);
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.settings().apply(&crate::protocol::ConfigBlock {
+        flags: crate::protocol::CF_CONTAINMENT | crate::protocol::CF_VERIFIER_IRQL,
+        actions: [1u8; 16],
+        ..Default::default()
+    });
+    b.set_irql(2);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    let r = b.new_records();
+    assert_eq!(r.iter().map(|r| r.rule).collect::<Vec<_>>(), [2]);
+    assert_eq!(r[0].irql, 2);
+    assert_eq!(r[0].base, base);
+    assert_eq!(b.unmapped(), [(base, 0x1000)], "an IRQL violation is not contained");
+}
+
+#[test]
+fn iosv003_and_iosv011_map_checks() {
+    let b = bed();
+    b.set_irql(5);
+    let base = b.v.map_io_space(at(GPU), 0xE000_0000, 0x1000, 0);
+    b.set_irql(0);
+    assert_eq!(b.rules(), [3]);
+    assert_ne!(base, 0, "the map itself is passed through");
+    b.v.map_io_space(at(GPU), 0xE000_0000, 0, 0);
+    b.v.map_io_space(at(GPU), 0xE100_0000, 0x1000, 9);
+    b.v.map_io_space_ex(at(GPU), 0xE200_0000, 0x1000, crate::phys::PAGE_NOCACHE);
+    let r = b.new_records();
+    assert_eq!(r.iter().map(|r| r.rule).collect::<Vec<_>>(), [11, 11, 11]);
+    assert_eq!(r[1].cache, 9);
+    assert_ne!(r[2].flags & crate::protocol::VF_MAP_EX, 0);
+}
+
+#[test]
+fn iosv004_unknown_is_contained() {
+    let b = bed();
+    b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
+    assert_eq!(b.rules(), [4]);
+    assert!(b.unmapped().is_empty());
+    // Non-canonical garbage is unknown too.
+    b.v.unmap_io_space(at(NIC), 0x1234_5678_9ABC_DEF0, 0x1000);
+    assert_eq!(b.rules(), [4]);
+}
+
+#[test]
+fn iosv005_double_unmap_names_the_earlier_unmap() {
+    let b = bed();
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, 5);
+    assert_eq!(r[0].mapped_size, 0x1000);
+    assert_ne!(r[0].other, 0, "time of the first unmap");
+    assert!(b.unmapped().is_empty(), "contained");
+}
+
+#[test]
+fn iosv006_interior_unmap_names_the_containing_mapping() {
+    let b = bed();
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x4000, 0);
+    b.v.unmap_io_space(at(NIC), base + 0x1000, 0x1000);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].rule, r[0].base, r[0].address), (6, base, base + 0x1000));
+    assert!(b.unmapped().is_empty());
+    assert!(b.v.table().get(base).is_some(), "the mapping stays live");
+}
+
+#[test]
+fn iosv007_008_leaks_at_stop_and_remove_once_each_mapping() {
+    let b = bed();
+    let dev = 0xFFFF_A000_0000_1000;
+    b.v.device_event(b.nic, dev, DeviceEvent::StartBegin);
+    let bar0 = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    let bar1 = b.v.map_io_space(at(NIC), 0xFED1_0000, 0x1000, 0);
+    b.v.device_event(b.nic, dev, DeviceEvent::StartEnd);
+    let runtime = b.v.map_io_space(at(NIC), 0xFED2_0000, 0x1000, 0);
+    assert_eq!(b.v.table().get(bar0).unwrap().device, dev);
+    assert_eq!(b.v.table().get(runtime).unwrap().device, 0);
+    b.v.unmap_io_space(at(NIC), bar1, 0x1000);
+    b.v.device_event(b.nic, dev, DeviceEvent::Stopped);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].rule, r[0].base, r[0].device), (7, bar0, dev));
+    assert_eq!(r[0].map_stack_depth, 8);
+    b.v.device_event(b.nic, dev, DeviceEvent::Removed);
+    assert!(b.rules().is_empty(), "bar0 was reported already");
+
+    let dev2 = 0xFFFF_A000_0000_2000;
+    b.v.device_event(b.gpu, dev2, DeviceEvent::StartBegin);
+    let fb = b.v.map_io_space(at(GPU), 0xC000_0000, 0x10000, 2);
+    b.v.device_event(b.gpu, dev2, DeviceEvent::StartEnd);
+    b.v.device_event(b.gpu, dev2, DeviceEvent::SurpriseRemoved);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].base), (1, 8, fb));
+}
+
+#[test]
+fn iosv009_leak_on_unload_and_detach() {
+    let b = bed();
+    let a = b.v.map_io_space(at(GPU), 0xC000_0000, 0x1000, 1);
+    b.v.driver_detached(b.gpu, false);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].base, r[0].owner_id), (1, 9, a, b.gpu.0));
+    assert_eq!(r[0].flags & crate::protocol::VF_DETACH, 0);
+    let c = b.v.map_io_space(at(NIC), 0xC100_0000, 0x1000, 1);
+    b.v.driver_detached(b.nic, true);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].base), (1, 9, c));
+    assert_ne!(r[0].flags & crate::protocol::VF_DETACH, 0);
+}
+
+#[test]
+fn iosv010_cache_conflict_only_on_overlap_with_other_type() {
+    let b = bed();
+    let a = b.v.map_io_space(at(GPU), 0xC000_0000, 0x10000, 1); // cached
+    b.v.map_io_space(at(GPU), 0xC000_8000, 0x1000, 1); // same type: fine
+    b.v.map_io_space(at(GPU), 0xC001_0000, 0x1000, 0); // adjacent, other type: fine
+    assert!(b.rules().is_empty());
+    b.v.map_io_space(at(NIC), 0xC000_F000, 0x2000, 0); // overlaps a, non-cached
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].rule, r[0].other, r[0].other_cache, r[0].cache), (10, a, 1, 0));
+    b.v.unmap_io_space(at(GPU), a, 0x10000);
+    b.v.map_io_space_ex(at(NIC), 0xC000_0000, 0x1000, crate::phys::PAGE_READWRITE | crate::phys::PAGE_NOCACHE);
+    assert!(b.rules().is_empty(), "a is gone; 0xC000_8000 (cached) does not overlap");
+}
+
+#[test]
+fn iosv012_foreign_unmap_passes_through() {
+    let b = bed();
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(GPU), a, 0x1000);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].driver_id, r[0].owner_id), (1, 12, b.gpu.0, b.nic.0));
+    assert_eq!(b.unmapped(), [(a, 0x1000)]);
+}
+
+#[test]
+fn iosv013_stale_entry_when_mm_reuses_a_base_we_still_hold() {
+    let b = bed();
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    // The driver unmaps behind iosv's back; Mm hands the same VA out again.
+    b.v.platform().reuse.lock().unwrap().push(a);
+    let again = b.v.map_io_space(at(GPU), 0xFED0_0000, 0x3000, 0);
+    assert_eq!(again, a);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].mapped_size, r[0].passed_size), (1, 13, 0x1000, 0x3000));
+    assert_eq!(b.v.table().get(a).unwrap().size, 0x3000);
+}
+
+#[test]
+fn actions_ignore_break_bugcheck() {
+    let b = bed();
+    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Ignore);
+    b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
+    assert!(b.rules().is_empty());
+    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Break);
+    b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
+    assert_eq!(b.rules(), [4]);
+    assert_eq!(b.v.platform().breaks.load(Ordering::Relaxed), 1);
+    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Bugcheck);
+    b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
+    let r = b.new_records();
+    let bc = b.v.platform().bugchecks.lock().unwrap()[0];
+    assert_eq!(bc.p1, crate::platform::BUGCHECK_SIGNATURE | 4);
+    assert_eq!((bc.p2, bc.p3, bc.p4), (0xFFFF_F800_DEAD_0000, 0x1000, r[0].seq));
+    let t = b.v.stats().totals();
+    assert_eq!(t.get(Counter::Ignored), 1);
+    assert_eq!(t.per_rule[3], 3);
+}
+
+#[test]
+fn full_table_tracks_untracked_unmaps_without_reporting() {
+    let b = bed_with(StartParams { capacity: 16, untracked: 16, ..Default::default() });
+    let bases: Vec<u64> = (0..200u64).map(|i| b.v.map_io_space(at(NIC), 0xF000_0000 + i * 0x1000, 0x1000, 0)).collect();
+    let full = b.v.stats().totals().get(Counter::TableFull);
+    assert!(full > 0);
+    for base in &bases {
+        b.v.unmap_io_space(at(NIC), *base, 0x1000);
+    }
+    assert!(b.rules().is_empty(), "no unmap of an untracked mapping is reported");
+    assert_eq!(b.unmapped().len(), 200, "every unmap reached Mm");
+    assert_eq!(b.v.untracked().live(), 0);
+}
+
+#[test]
+fn map_failure_is_counted_not_tracked() {
+    let b = bed();
+    b.v.platform().fail_maps.store(true, Ordering::Relaxed);
+    assert_eq!(b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0), 0);
+    assert_eq!(b.v.stats().totals().get(Counter::MapFailures), 1);
+}
+
+#[test]
+fn image_loaded_registers_only_targets() {
+    let b = bed();
+    assert_eq!(b.v.image_loaded(b"disk.sys", 0x3000_0000, 0x1000), None);
+    b.v.with_control(|c| c.targets.add(b"DISK.SYS"));
+    let id = b.v.image_loaded(b"disk.sys", 0x3000_0000, 0x1000).unwrap();
+    assert_eq!(b.v.drivers().attribute(0x3000_0010), id);
+}
+
+#[test]
+fn unattributed_callers_are_still_checked() {
+    let b = bed();
+    let a = b.v.map_io_space(Caller { return_address: 0 }, 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(Caller { return_address: 0 }, a, 0x2000);
+    let r = b.new_records();
+    assert_eq!((r[0].rule, r[0].driver_id), (1, 0));
+}
