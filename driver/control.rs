@@ -384,3 +384,6 @@ fn attach<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8], attach: bo
         })),
     }
 }
+
+#[cfg(test)]
+mod tests;

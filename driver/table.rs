@@ -42,9 +42,18 @@ use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfM
 use alloc::boxed::Box;
 
 /// Slots per bucket: eight 8-byte keys, one cache line.
+#[cfg(not(loom))]
 pub const BUCKET: usize = 8;
 /// Buckets an operation probes at most.
+#[cfg(not(loom))]
 pub const MAX_PROBE_BUCKETS: usize = 8;
+/// Under loom the same algorithm runs with smaller buckets and window, so the model's
+/// state space stays explorable.
+#[cfg(loom)]
+pub const BUCKET: usize = 2;
+/// See the non-loom value.
+#[cfg(loom)]
+pub const MAX_PROBE_BUCKETS: usize = 2;
 /// Most stack frames stored per mapping.
 pub const MAX_STACK_DEPTH: usize = 16;
 /// Times a non-owning reader retries a slot that changes under it before skipping it.

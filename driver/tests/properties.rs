@@ -1,0 +1,136 @@
+//! Property tests of the lock-free structures against simple models: random operation
+//! sequences on the table against a `HashMap`, and on the journal against a `Vec`.
+#![cfg(not(loom))]
+
+use iosv::journal::RawJournal;
+use iosv::table::{InsertOutcome, Mapping, RemoveOutcome, Table};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+const BASE: u64 = 0xFFFF_F880_0000_0000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert { key: u8, size: u64 },
+    Remove { key: u8 },
+    Get { key: u8 },
+    Walk,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), 1u64..0x10_0000).prop_map(|(key, size)| Op::Insert { key, size }),
+        3 => any::<u8>().prop_map(|key| Op::Remove { key }),
+        2 => any::<u8>().prop_map(|key| Op::Get { key }),
+        1 => Just(Op::Walk),
+    ]
+}
+
+fn addr(key: u8) -> u64 {
+    // Spread keys over pages and odd offsets, as MmMapIoSpace bases are.
+    BASE + u64::from(key) * 0x1_1000 + u64::from(key % 7) * 0x10
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn table_matches_hashmap(capacity in 8usize..96, ops in prop::collection::vec(op(), 1..400)) {
+        let t = Table::new(capacity, 2).unwrap();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        for o in ops {
+            match o {
+                Op::Insert { key, size } => {
+                    let mut m = Mapping::new(addr(key), size);
+                    m.stack_depth = 2;
+                    m.stack[0] = size;
+                    m.stack[1] = u64::from(key);
+                    match t.insert(&m) {
+                        InsertOutcome::Inserted => {
+                            prop_assert!(model.insert(addr(key), size).is_none());
+                        }
+                        InsertOutcome::ReplacedStale(old) => {
+                            prop_assert_eq!(model.insert(addr(key), size), Some(old.size));
+                            prop_assert_eq!(old.stack[0], old.size);
+                        }
+                        InsertOutcome::Full => {
+                            // Full only after removing the stale copy, never for a key held.
+                            model.remove(&addr(key));
+                        }
+                    }
+                }
+                Op::Remove { key } => match t.remove(addr(key)) {
+                    RemoveOutcome::Removed(m) => {
+                        prop_assert_eq!(model.remove(&addr(key)), Some(m.size));
+                        prop_assert_eq!(m.frames(), &[m.size, u64::from(key)][..]);
+                    }
+                    RemoveOutcome::NotFound => prop_assert!(!model.contains_key(&addr(key))),
+                    RemoveOutcome::Racing => prop_assert!(false, "no concurrency here"),
+                },
+                Op::Get { key } => {
+                    prop_assert_eq!(t.get(addr(key)).map(|m| m.size), model.get(&addr(key)).copied());
+                }
+                Op::Walk => {
+                    let mut seen = HashMap::new();
+                    let end = t.walk(0, usize::MAX, |m| {
+                        seen.insert(m.base, m.size);
+                        true
+                    });
+                    prop_assert!(end.done);
+                    prop_assert_eq!(&seen, &model);
+                }
+            }
+        }
+        // Emptying the table leaves no overflow behind: a fresh key lands in its home.
+        for k in model.keys() {
+            prop_assert!(matches!(t.remove(*k), RemoveOutcome::Removed(_)));
+        }
+        let mut n = 0;
+        t.walk(0, usize::MAX, |_| { n += 1; true });
+        prop_assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn table_capacity_is_honoured(capacity in 16usize..512) {
+        // A table sized for `capacity` holds at least that many distinct mappings.
+        let t = Table::new(capacity, 0).unwrap();
+        let mut stored = 0usize;
+        for i in 0..capacity as u64 {
+            if t.insert(&Mapping::new(BASE + i * 0x1000, 0x1000)) == InsertOutcome::Inserted {
+                stored += 1;
+            }
+        }
+        prop_assert!(stored * 100 >= capacity * 99, "stored {} of {}", stored, capacity);
+    }
+
+    #[test]
+    fn journal_matches_vec(capacity in 1usize..16, steps in prop::collection::vec((0usize..6, 0usize..8), 1..100)) {
+        let j = RawJournal::<2>::new(capacity).unwrap();
+        let mut written: Vec<u64> = Vec::new();
+        let mut cursor = 0u64;
+        let mut delivered = 0u64;
+        let mut lost = 0u64;
+        for (pushes, max) in steps {
+            for _ in 0..pushes {
+                let seq = j.push(|seq, w| *w = [seq ^ 0x5555, seq.wrapping_mul(3)]);
+                prop_assert_eq!(seq, written.len() as u64);
+                written.push(seq);
+            }
+            let mut got = Vec::new();
+            let end = j.read(cursor, max, |seq, w| {
+                got.push(seq);
+                assert_eq!(*w, [seq ^ 0x5555, seq.wrapping_mul(3)]);
+            });
+            // Exactly the newest `capacity` records are readable, in order, from the cursor.
+            let oldest = (written.len() as u64).saturating_sub(capacity as u64);
+            let start = cursor.max(oldest);
+            let expect: Vec<u64> = (start..written.len() as u64).take(max).collect();
+            prop_assert_eq!(&got, &expect);
+            prop_assert_eq!(end.lost, start - cursor);
+            delivered += got.len() as u64;
+            lost += end.lost;
+            cursor = end.next;
+            prop_assert_eq!(cursor, delivered + lost, "every record delivered or counted lost");
+        }
+    }
+}
