@@ -6,7 +6,7 @@
 //! capture, the real Mm routines, break and bug check, patching one import slot — is a
 //! method here, so the engine itself is portable and tested on Linux.
 
-// TEMP use crate::intercept::SlotAccess;
+use crate::intercept::SlotAccess;
 
 #[cfg(feature = "host")]
 pub mod host;
@@ -75,7 +75,7 @@ pub struct BugCheck {
 
 /// The operating-system services the engine uses. Every method may be called at any IRQL
 /// up to HIGH_LEVEL, on every processor at once, unless its doc says otherwise.
-pub trait Platform: Sync {
+pub trait Platform: SlotAccess + Sync {
     /// IRQL of the calling thread.
     fn current_irql(&self) -> Irql;
     /// Index of the current processor (0-based, across groups).

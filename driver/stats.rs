@@ -85,7 +85,7 @@ impl Totals {
 
 impl Stats {
     /// Rows for `processors` processors (at least 1). A processor index beyond that
-    /// shares a row (still exact, just shared).
+    /// shares the last row (still exact, just shared).
     pub fn new(processors: usize) -> Result<Stats, OutOfMemory> {
         let processors = processors.max(1);
         let words = processors.checked_mul(ROW).ok_or(OutOfMemory)?;
@@ -93,7 +93,8 @@ impl Stats {
     }
 
     fn cell(&self, processor: u32, index: usize) -> Option<&AtomicU64> {
-        let row = (processor as usize).checked_rem(self.processors)?;
+        // Rows are per processor; an index past the allocated rows shares the last one.
+        let row = (processor as usize).min(self.processors.saturating_sub(1));
         self.rows.get(row.checked_mul(ROW)?.checked_add(index)?)
     }
 

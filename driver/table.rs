@@ -266,25 +266,30 @@ impl Table {
 
     /// Finds the slot holding `base` in state `state` (LIVE or BUSY), following overflow
     /// counts. Returns the slot index and its bucket distance from home.
+    fn bucket_keys(&self, bucket: usize) -> &[AtomicU64] {
+        let first = bucket.wrapping_mul(BUCKET);
+        self.keys.get(first..first.wrapping_add(BUCKET)).unwrap_or(&[])
+    }
+
+    fn more_after(&self, bucket: usize) -> bool {
+        self.overflow.get(bucket).is_some_and(|o| o.load(Ordering::Acquire) != 0)
+    }
+
     fn find(&self, base: u64, want_busy_too: bool) -> Found {
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
         let mut bucket = self.home(base);
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
-            let first = bucket.wrapping_mul(BUCKET);
-            for slot in first..first.wrapping_add(BUCKET) {
-                let Some(key) = self.keys.get(slot) else { break };
+            for (j, key) in self.bucket_keys(bucket).iter().enumerate() {
                 let k = key.load(Ordering::Acquire);
                 if k == live_key {
+                    let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
                     return Found::Live { slot, distance };
                 }
-                if want_busy_too && k == busy_key {
-                    busy_seen = true;
-                }
+                busy_seen |= want_busy_too && k == busy_key;
             }
-            let more = self.overflow.get(bucket).map_or(0, |o| o.load(Ordering::Acquire));
-            if more == 0 {
+            if !self.more_after(bucket) {
                 break;
             }
             bucket = self.next_bucket(bucket);
@@ -303,38 +308,84 @@ impl Table {
         if entry.base == 0 || !is_canonical(entry.base) {
             return InsertOutcome::Full;
         }
-        let stale = match self.remove(entry.base) {
-            RemoveOutcome::Removed(old) => Some(old),
-            RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
-        };
-        let busy_key = BUSY | (entry.base & MASK57);
+        let live_key = LIVE | (entry.base & MASK57);
         let home = self.home(entry.base);
+        // One pass over the probe chain: look for a stale copy of this base (following
+        // overflow counts, as a lookup does) and note the first free slot on the way.
+        let mut stale_at = None;
+        let mut free_at = None;
         let mut bucket = home;
         for distance in 0..MAX_PROBE_BUCKETS {
-            let first = bucket.wrapping_mul(BUCKET);
-            for slot in first..first.wrapping_add(BUCKET) {
-                let Some(key) = self.keys.get(slot) else { break };
-                if key.load(Ordering::Relaxed) != 0 {
-                    continue;
+            for (j, key) in self.bucket_keys(bucket).iter().enumerate() {
+                let k = key.load(Ordering::Acquire);
+                let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                if k == live_key && stale_at.is_none() {
+                    stale_at = Some((slot, distance));
+                } else if k == 0 && free_at.is_none() {
+                    free_at = Some((slot, distance));
                 }
-                if key
-                    .compare_exchange(0, busy_key, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
+            }
+            if free_at.is_some() && !self.more_after(bucket) {
+                break;
+            }
+            bucket = self.next_bucket(bucket);
+        }
+        let stale = stale_at.and_then(|(slot, distance)| self.take(slot, entry.base, distance));
+        if let Some((slot, distance)) = free_at {
+            if self.claim(slot, home, distance, entry) {
+                return Self::inserted(stale);
+            }
+        }
+        // The noted slot was taken meanwhile: claim the first free one in the window.
+        let mut bucket = home;
+        for distance in 0..MAX_PROBE_BUCKETS {
+            for j in 0..BUCKET {
+                let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                if self.claim(slot, home, distance, entry) {
+                    return Self::inserted(stale);
                 }
-                // Owned. Count this key in the overflow of every bucket it passed.
-                self.adjust_overflow(home, distance, true);
-                self.write_payload(slot, entry);
-                key.store(LIVE | (entry.base & MASK57), Ordering::Release);
-                return match stale {
-                    Some(old) => InsertOutcome::ReplacedStale(old),
-                    None => InsertOutcome::Inserted,
-                };
             }
             bucket = self.next_bucket(bucket);
         }
         InsertOutcome::Full
+    }
+
+    fn inserted(stale: Option<Mapping>) -> InsertOutcome {
+        match stale {
+            Some(old) => InsertOutcome::ReplacedStale(old),
+            None => InsertOutcome::Inserted,
+        }
+    }
+
+    /// Claims free `slot` (at `distance` buckets from `home`) for `entry`, writes and
+    /// publishes it. False if the slot is not free.
+    fn claim(&self, slot: usize, home: usize, distance: usize, entry: &Mapping) -> bool {
+        let Some(key) = self.keys.get(slot) else { return false };
+        if key.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let busy_key = BUSY | (entry.base & MASK57);
+        if key.compare_exchange(0, busy_key, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        // Owned. Count this key in the overflow of every bucket it passed.
+        self.adjust_overflow(home, distance, true);
+        self.write_payload(slot, entry);
+        key.store(LIVE | (entry.base & MASK57), Ordering::Release);
+        true
+    }
+
+    /// Takes the live entry for `base` at `slot` (found `distance` buckets from home) out
+    /// of the table; `None` if another thread got it first.
+    fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
+        let key = self.keys.get(slot)?;
+        let live_key = LIVE | (base & MASK57);
+        let busy_key = BUSY | (base & MASK57);
+        key.compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        let entry = self.read_owned(slot, base);
+        key.store(0, Ordering::Release);
+        self.adjust_overflow(self.home(base), distance, false);
+        Some(entry)
     }
 
     /// Validates-and-removes the entry for `base` (before the real unmap runs). Exactly
@@ -343,24 +394,11 @@ impl Table {
         if base == 0 || !is_canonical(base) {
             return RemoveOutcome::NotFound;
         }
-        let live_key = LIVE | (base & MASK57);
-        let busy_key = BUSY | (base & MASK57);
         match self.find(base, true) {
-            Found::Live { slot, distance } => {
-                let Some(key) = self.keys.get(slot) else {
-                    return RemoveOutcome::NotFound;
-                };
-                if key
-                    .compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    return RemoveOutcome::Racing;
-                }
-                let entry = self.read_owned(slot, base);
-                key.store(0, Ordering::Release);
-                self.adjust_overflow(self.home(base), distance, false);
-                RemoveOutcome::Removed(entry)
-            }
+            Found::Live { slot, distance } => match self.take(slot, base, distance) {
+                Some(entry) => RemoveOutcome::Removed(entry),
+                None => RemoveOutcome::Racing,
+            },
             Found::Busy => RemoveOutcome::Racing,
             Found::None => RemoveOutcome::NotFound,
         }

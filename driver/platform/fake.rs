@@ -46,6 +46,20 @@ impl FakePlatform {
     }
 }
 
+impl crate::intercept::SlotAccess for FakePlatform {
+    unsafe fn read_slot(&self, _address: usize) -> usize {
+        0
+    }
+    unsafe fn compare_exchange_slot(
+        &self,
+        _address: usize,
+        _current: usize,
+        _new: usize,
+    ) -> Result<(), crate::intercept::SlotWriteError> {
+        Err(crate::intercept::SlotWriteError::Failed)
+    }
+}
+
 impl Platform for FakePlatform {
     fn current_irql(&self) -> Irql {
         Irql(self.irql.load(Ordering::Relaxed))
