@@ -8,7 +8,8 @@
 //! unload sees either the old image range or none.
 
 use crate::protocol::NAME_LEN;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
+use alloc::boxed::Box;
 
 /// Driver slots (ids 1..=MAX_DRIVERS; 0 means "unattributed").
 pub const MAX_DRIVERS: usize = 64;
@@ -81,21 +82,15 @@ pub struct DriverInfo {
 
 /// The registry. See the module docs.
 pub struct Drivers {
-    slots: [DriverSlot; MAX_DRIVERS],
+    slots: Box<[DriverSlot]>,
     used: AtomicU32,
 }
 
-impl Default for Drivers {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Drivers {
-    /// An empty registry.
-    pub fn new() -> Drivers {
-        Drivers {
-            slots: core::array::from_fn(|_| DriverSlot {
+    /// An empty registry (allocated on the heap: it is ~8 KiB, too big for a kernel stack).
+    pub fn new() -> Result<Drivers, OutOfMemory> {
+        Ok(Drivers {
+            slots: try_boxed_slice(MAX_DRIVERS, |_| DriverSlot {
                 state: AtomicU32::new(0),
                 image_base: AtomicU64::new(0),
                 image_size: AtomicU64::new(0),
@@ -103,9 +98,9 @@ impl Drivers {
                 loads: AtomicU64::new(0),
                 starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
-            }),
+            })?,
             used: AtomicU32::new(0),
-        }
+        })
     }
 
     fn used(&self) -> &[DriverSlot] {
@@ -276,7 +271,7 @@ mod tests {
 
     #[test]
     fn register_attribute_and_reuse() {
-        let d = Drivers::new();
+        let d = Drivers::new().unwrap();
         let a = d.register(b"nic.sys", 0x1000_0000, 0x10000, true).unwrap();
         let b = d.register(b"gpu.sys", 0x2000_0000, 0x10000, false).unwrap();
         assert_eq!((a, b), (DriverId(1), DriverId(2)));
@@ -293,7 +288,7 @@ mod tests {
 
     #[test]
     fn starting_attribution() {
-        let d = Drivers::new();
+        let d = Drivers::new().unwrap();
         let a = d.register(b"nic.sys", 0x1000, 0x1000, true).unwrap();
         assert!(d.start_begin(a, 0xD1, 7));
         assert_eq!(d.starting_device(a, 99), 0xD1);

@@ -88,8 +88,10 @@ pub trait Platform: SlotAccess + Sync {
     fn current_thread_id(&self) -> u64;
     /// Monotonic time in nanoseconds since an arbitrary origin.
     fn now_ns(&self) -> u64;
-    /// Fills `frames` with return addresses of the caller's stack, innermost first, after
-    /// skipping `skip` frames of iosv's own; returns how many were written.
+    /// Fills `frames` with return addresses of the caller's stack, innermost first, without
+    /// iosv's own frames; returns how many were written. `skip` is how many of iosv's
+    /// frames the engine expects on top; an implementation may instead drop them by
+    /// address range (the Windows one does).
     fn capture_stack(&self, skip: u32, frames: &mut [u64]) -> usize;
 
     /// Raises the IRQL to DISPATCH_LEVEL (if lower) and returns the previous level; used

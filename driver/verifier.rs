@@ -108,7 +108,8 @@ pub struct Verifier<P: Platform> {
 
 impl<P: Platform> Verifier<P> {
     /// Allocates every fixed structure (the only allocation the engine makes outside the
-    /// control plane) and starts with default settings.
+    /// control plane) and starts with default settings. The value itself is small (its
+    /// tables live on the heap), so it can be built on a kernel stack and then boxed.
     pub fn new(platform: P, params: StartParams) -> Result<Self, OutOfMemory> {
         let params = params.clamped();
         let processors = platform.processor_count() as usize;
@@ -119,7 +120,7 @@ impl<P: Platform> Verifier<P> {
             conflicts: ConflictFilter::new(params.conflict_buckets)?,
             journal: Journal::new(params.journal_records)?,
             stats: Stats::new(processors)?,
-            drivers: Drivers::new(),
+            drivers: Drivers::new()?,
             settings: Settings::new(params.max_stack_depth),
             control: IrqlLock::new(ControlState { targets: Targets::default(), devices: hashbrown::HashMap::new() }),
             platform,

@@ -304,3 +304,10 @@ fn unattributed_callers_are_still_checked() {
     let r = b.new_records();
     assert_eq!((r[0].rule, r[0].driver_id), (1, 0));
 }
+
+#[test]
+fn engine_value_is_small_enough_for_a_kernel_stack() {
+    // Kernel stacks are 24 KiB on x64; the engine's tables are on the heap (the value
+    // holds their pointers, the settings and the 512-byte target list).
+    assert!(core::mem::size_of::<Verifier<FakePlatform>>() <= 2048, "{}", core::mem::size_of::<Verifier<FakePlatform>>());
+}

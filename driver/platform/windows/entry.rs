@@ -1,0 +1,214 @@
+//! `DriverEntry` and unload.
+//!
+//! Start-up order: AuxKlib; registry parameters (defaults on anything bad); the real
+//! routines and ntoskrnl's export ordinals; the engine, allocated once in non-paged pool
+//! on an expanded stack (`Verifier::new` uses `try_reserve`, so a short pool is
+//! `STATUS_INSUFFICIENT_RESOURCES`, not a bug check) and published; the dispatch table;
+//! the control device; the image-load callback; finally an attach to every configured
+//! target that is already loaded.
+//!
+//! Unload order: remove the image-load callback; restore every patched slot (the plans
+//! refuse slots that changed); unpublish the engine; wait for in-flight hooks to drain;
+//! delete the control device and its link; free the engine.
+
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use wdk_sys::ntddk::{
+    MmGetSystemRoutineAddress, PsRemoveLoadImageNotifyRoutine, PsSetLoadImageNotifyRoutine,
+};
+use wdk_sys::{
+    DEVICE_OBJECT, DRIVER_OBJECT, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, NT_SUCCESS, PCUNICODE_STRING,
+    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+};
+
+use super::dispatch::{add_device, create_control_device, delete_control_device, dispatch};
+use super::ffi::{self, ascii_wide, log, log_name, log_value, Level};
+use super::hooks::hook_addresses;
+use super::images::{attach_by_name, detach_all, load_image_notify, ntoskrnl_ordinals, Modules};
+use super::registry;
+use super::state::{on_big_stack, wait_for_drain, Glue, Reals, GLUE};
+use super::WindowsPlatform;
+
+extern crate wdk_panic;
+
+/// Kernel pool for `alloc` (non-paged, NX). Never reached from a hook path.
+#[global_allocator]
+static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+
+/// The control device, for unload.
+static CONTROL_DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(null_mut());
+/// Whether the image-load callback is registered.
+static NOTIFY_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+const MM_MAP_IO_SPACE: &str = "MmMapIoSpace";
+const MM_MAP_IO_SPACE_EX: &str = "MmMapIoSpaceEx";
+const MM_UNMAP_IO_SPACE: &str = "MmUnmapIoSpace";
+const MM_GET_SYSTEM_ROUTINE_ADDRESS: &str = "MmGetSystemRoutineAddress";
+
+/// The driver's entry point.
+///
+/// # Safety
+///
+/// Called once by the I/O manager with a valid driver object and registry path.
+#[export_name = "DriverEntry"]
+pub unsafe extern "system" fn driver_entry(
+    driver: PDRIVER_OBJECT,
+    registry_path: PCUNICODE_STRING,
+) -> NTSTATUS {
+    if driver.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: PASSIVE_LEVEL, first AuxKlib call.
+    let status = unsafe { ffi::AuxKlibInitialize() };
+    if !NT_SUCCESS(status) {
+        log_value(
+            Level::Error,
+            c"AuxKlibInitialize failed, status",
+            status as u32 as u64,
+        );
+        return status;
+    }
+    // SAFETY: DriverEntry's registry path, valid for the duration of DriverEntry.
+    let config = unsafe { registry::read(registry_path) };
+    let reals = real_routines();
+    let ordinals = match Modules::query() {
+        Ok(modules) => ntoskrnl_ordinals(&modules, reals.map),
+        Err(_) => Default::default(),
+    };
+    let platform = {
+        // SAFETY: the I/O manager's driver object, valid for the driver's lifetime.
+        let d = unsafe { &*driver };
+        WindowsPlatform::new(d.DriverStart as usize as u64, u64::from(d.DriverSize))
+    };
+    platform.refresh_debugger();
+    let created = on_big_stack(|| {
+        Glue::create(
+            platform,
+            config.params,
+            hook_addresses(),
+            reals,
+            ordinals,
+            driver,
+        )
+    });
+    let glue = match created {
+        Some(Ok(glue)) => glue,
+        Some(Err(status)) => {
+            log(Level::Error, c"not enough non-paged pool for the engine");
+            return status;
+        }
+        None => {
+            log(Level::Error, c"no stack to build the engine");
+            return STATUS_INSUFFICIENT_RESOURCES;
+        }
+    };
+    // SAFETY: just created, not yet published, so not shared.
+    let glue_ref = unsafe { &*glue };
+    glue_ref.verifier.with_control(|c| {
+        for name in config.targets.iter() {
+            if !c.targets.add(name) {
+                log_name(Level::Warning, c"target list full; skipped", name);
+            }
+        }
+    });
+    GLUE.store(glue, Ordering::SeqCst);
+
+    // SAFETY: the I/O manager's driver object; DriverEntry is the place to fill it in.
+    let driver_ref = unsafe { &mut *driver };
+    for entry in driver_ref
+        .MajorFunction
+        .iter_mut()
+        .take((IRP_MJ_MAXIMUM_FUNCTION as usize).saturating_add(1))
+    {
+        *entry = Some(dispatch);
+    }
+    driver_ref.DriverUnload = Some(driver_unload);
+    // SAFETY: every driver object has a driver extension.
+    let extension = unsafe { &mut *driver_ref.DriverExtension };
+    extension.AddDevice = Some(add_device);
+
+    // SAFETY: our driver object, in DriverEntry.
+    match unsafe { create_control_device(driver) } {
+        Ok(device) => CONTROL_DEVICE.store(device, Ordering::SeqCst),
+        Err(status) => {
+            log_value(
+                Level::Error,
+                c"cannot create the control device, status",
+                status as u32 as u64,
+            );
+            unpublish_and_free();
+            return status;
+        }
+    }
+
+    // SAFETY: PASSIVE_LEVEL; the routine stays valid until removed in unload.
+    let status = unsafe { PsSetLoadImageNotifyRoutine(Some(load_image_notify)) };
+    if NT_SUCCESS(status) {
+        NOTIFY_REGISTERED.store(true, Ordering::SeqCst);
+    } else {
+        log_value(
+            Level::Warning,
+            c"no image-load callback (only explicit attach works), status",
+            status as u32 as u64,
+        );
+    }
+
+    for name in config.targets.iter() {
+        match attach_by_name(name) {
+            Ok(_) => log_name(Level::Info, c"attached to loaded target", name),
+            Err(crate::platform::PlatformError::NotFound) => {}
+            Err(_) => log_name(Level::Warning, c"cannot attach to loaded target", name),
+        }
+    }
+    STATUS_SUCCESS
+}
+
+/// `DRIVER_UNLOAD`. Not called once iosv pinned itself (`Glue::pin` clears it).
+unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
+    if NOTIFY_REGISTERED.swap(false, Ordering::SeqCst) {
+        // SAFETY: registered in DriverEntry with this routine; PASSIVE_LEVEL.
+        let _ = unsafe { PsRemoveLoadImageNotifyRoutine(Some(load_image_notify)) };
+    }
+    let glue = GLUE.load(Ordering::SeqCst);
+    // SAFETY: published by DriverEntry and still alive (freed only below).
+    if let Some(glue_ref) = unsafe { glue.as_ref() } {
+        detach_all(glue_ref);
+    }
+    unpublish_and_free();
+    // SAFETY: the device DriverEntry created (or null); unload runs with no open handle.
+    unsafe { delete_control_device(CONTROL_DEVICE.swap(null_mut(), Ordering::SeqCst)) };
+}
+
+/// Unpublishes the engine, waits until no hook or callback runs iosv code, frees it.
+fn unpublish_and_free() {
+    let glue = GLUE.swap(null_mut(), Ordering::SeqCst);
+    wait_for_drain();
+    if !glue.is_null() {
+        // SAFETY: made by Glue::create, unpublished above, and every user has drained.
+        unsafe { Glue::destroy(glue) };
+    }
+}
+
+/// The real routines, resolved once (iosv's own imports are never patched).
+fn real_routines() -> Reals {
+    const MAP: [u16; MM_MAP_IO_SPACE.len()] = ascii_wide(MM_MAP_IO_SPACE);
+    const MAP_EX: [u16; MM_MAP_IO_SPACE_EX.len()] = ascii_wide(MM_MAP_IO_SPACE_EX);
+    const UNMAP: [u16; MM_UNMAP_IO_SPACE.len()] = ascii_wide(MM_UNMAP_IO_SPACE);
+    const GET: [u16; MM_GET_SYSTEM_ROUTINE_ADDRESS.len()] =
+        ascii_wide(MM_GET_SYSTEM_ROUTINE_ADDRESS);
+    let resolve = |units: &[u16]| -> usize {
+        let Some(mut name) = ffi::unicode_string(units) else {
+            return 0;
+        };
+        // SAFETY: a valid counted string; PASSIVE_LEVEL (DriverEntry).
+        let address = unsafe { MmGetSystemRoutineAddress(&mut name) };
+        address as usize
+    };
+    Reals {
+        map: resolve(&MAP),
+        map_ex: resolve(&MAP_EX),
+        unmap: resolve(&UNMAP),
+        get_routine: resolve(&GET),
+    }
+}

@@ -1,0 +1,277 @@
+//! The one global: the engine and the interception state ([`Glue`]), allocated once in
+//! `DriverEntry` and reached from hooks, IRP dispatch and the image-load callback through
+//! an `AtomicPtr`; the in-flight counter that lets unload wait for hooks to drain; the
+//! control-plane mutex; and a helper that runs control-plane work on an expanded stack.
+//!
+//! Hooks may run at any IRQL, so they take no lock and never wait: they bump
+//! [`InFlight`] (one atomic add), load the pointer, and call the engine. Rundown protection
+//! (`ExAcquireRundownProtection`) is documented only up to DISPATCH_LEVEL, hence the plain
+//! counter.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use wdk_sys::ntddk::{
+    KeAcquireGuardedMutex, KeDelayExecutionThread, KeExpandKernelStackAndCallout,
+    KeInitializeGuardedMutex, KeReleaseGuardedMutex,
+};
+use wdk_sys::{
+    KGUARDED_MUTEX, LARGE_INTEGER, NTSTATUS, PDRIVER_OBJECT, PVOID, STATUS_INSUFFICIENT_RESOURCES,
+};
+
+use super::WindowsPlatform;
+use crate::drivers::MAX_DRIVERS;
+use crate::intercept::{Hooks, Plan};
+use crate::pe::RoutineOrdinals;
+use crate::sync::try_boxed_slice;
+use crate::verifier::{StartParams, Verifier};
+
+/// Stack the control plane asks for with `KeExpandKernelStackAndCallout`: the engine's
+/// start-up and leak walks keep multi-kilobyte values on the stack. Below
+/// `MAXIMUM_EXPANSION_SIZE` (`KERNEL_LARGE_STACK_SIZE - PAGE_SIZE / 2`, 70 KiB on x64).
+const BIG_STACK: u64 = 0x1_0000;
+
+/// Poll interval while unload waits for hooks to drain (100 ns units, negative = relative).
+const DRAIN_POLL_100NS: i64 = -100_000; // 10 ms
+/// Grace period after the counter reached zero: a thread can have fetched a hook address
+/// from an IAT slot and not yet reached the counter's increment (see docs/windows.md).
+const DRAIN_GRACE_100NS: i64 = -5_000_000; // 500 ms
+
+/// Addresses of the real ntoskrnl routines (from `MmGetSystemRoutineAddress` at start; 0
+/// when the running kernel does not export one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reals {
+    /// `MmMapIoSpace`.
+    pub map: usize,
+    /// `MmMapIoSpaceEx`.
+    pub map_ex: usize,
+    /// `MmUnmapIoSpace`.
+    pub unmap: usize,
+    /// `MmGetSystemRoutineAddress`.
+    pub get_routine: usize,
+}
+
+/// A value behind a `KGUARDED_MUTEX`: control-plane state touched at PASSIVE_LEVEL only
+/// (attach, detach, image load, AddDevice, unload). Page faults are allowed while it is
+/// held, which the PE reads need.
+pub struct Locked<T> {
+    mutex: UnsafeCell<KGUARDED_MUTEX>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: `value` is only reached through `with`, which holds the guarded mutex for the
+// whole access; the mutex itself is a kernel object made for concurrent use.
+unsafe impl<T: Send> Sync for Locked<T> {}
+
+impl<T> Locked<T> {
+    fn new(value: T) -> Locked<T> {
+        Locked {
+            mutex: UnsafeCell::new(KGUARDED_MUTEX::default()),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Initialises the mutex in place. Called once, after the value reached its final
+    /// (heap) address and before any `with`.
+    fn init(&self) {
+        // SAFETY: the mutex lives in non-paged pool inside the Glue box and is not moved
+        // after this; PASSIVE_LEVEL (DriverEntry).
+        unsafe { KeInitializeGuardedMutex(self.mutex.get()) };
+    }
+
+    /// Runs `f` with the value under the mutex. IRQL <= APC_LEVEL.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: initialised in `init`; callers run at PASSIVE_LEVEL.
+        unsafe { KeAcquireGuardedMutex(self.mutex.get()) };
+        // SAFETY: the mutex is held, so this is the only reference to the value.
+        let result = f(unsafe { &mut *self.value.get() });
+        // SAFETY: acquired above by this thread.
+        unsafe { KeReleaseGuardedMutex(self.mutex.get()) };
+        result
+    }
+}
+
+/// The plans of the attached drivers, indexed by `DriverId.0` (0 unused).
+pub type Plans = Box<[Option<Plan>]>;
+
+/// Everything the glue shares between hooks, dispatch and callbacks.
+pub struct Glue {
+    /// The engine.
+    pub verifier: Verifier<WindowsPlatform>,
+    /// The hook addresses patched into import slots.
+    pub hooks: Hooks,
+    /// The real routines, to recognise snapped import slots.
+    pub reals: Reals,
+    /// Ordinals of the hooked routines in ntoskrnl's export table, for by-ordinal imports.
+    pub ordinals: RoutineOrdinals,
+    /// iosv's driver object, to pin the driver in memory (see [`Glue::pin`]).
+    pub driver: AtomicPtr<wdk_sys::DRIVER_OBJECT>,
+    pinned: AtomicBool,
+    plans: Locked<Plans>,
+}
+
+const _: () = {
+    const fn assert_sync<T: Sync>() {}
+    assert_sync::<Glue>();
+};
+
+impl Glue {
+    /// Allocates the engine, the plan table and the Glue itself (non-paged pool, through
+    /// the global allocator); `STATUS_INSUFFICIENT_RESOURCES` when memory is short. Run it
+    /// on a big stack: the Verifier value is several kilobytes before it reaches the heap.
+    pub fn create(
+        platform: WindowsPlatform,
+        params: StartParams,
+        hooks: Hooks,
+        reals: Reals,
+        ordinals: RoutineOrdinals,
+        driver: PDRIVER_OBJECT,
+    ) -> Result<*mut Glue, NTSTATUS> {
+        let verifier =
+            Verifier::new(platform, params).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let plans = try_boxed_slice(MAX_DRIVERS.saturating_add(1), |_| None)
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let mut one = Vec::new();
+        one.try_reserve_exact(1)
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        one.push(Glue {
+            verifier,
+            hooks,
+            reals,
+            ordinals,
+            driver: AtomicPtr::new(driver),
+            pinned: AtomicBool::new(false),
+            plans: Locked::new(plans),
+        });
+        // A one-element boxed slice has the layout of a `Box<Glue>`; it is rebuilt as a
+        // slice in `destroy`.
+        let glue = Box::into_raw(one.into_boxed_slice()).cast::<Glue>();
+        // SAFETY: just allocated, at its final address.
+        unsafe { &*glue }.plans.init();
+        Ok(glue)
+    }
+
+    /// Frees a Glue made by [`Glue::create`].
+    ///
+    /// # Safety
+    ///
+    /// `glue` came from `create`, is no longer published in [`GLUE`], and nothing can use
+    /// it any more (hooks drained, callbacks removed, devices deleted).
+    pub unsafe fn destroy(glue: *mut Glue) {
+        let slice = core::ptr::slice_from_raw_parts_mut(glue, 1);
+        // SAFETY: per the contract, this is the boxed slice `create` leaked.
+        drop(unsafe { Box::from_raw(slice) });
+    }
+
+    /// Runs `f` on the plan table under the control-plane mutex (PASSIVE_LEVEL).
+    pub fn with_plans<R>(&self, f: impl FnOnce(&mut Plans) -> R) -> R {
+        self.plans.with(f)
+    }
+
+    /// A target resolved a hooked routine through `MmGetSystemRoutineAddress` and holds
+    /// a pointer to one of iosv's hooks that no detach can take back: from now on iosv must
+    /// never be unloaded. Clearing `DriverUnload` makes the I/O manager refuse to unload
+    /// the driver (`sc stop` fails) until reboot.
+    pub fn pin(&self) {
+        if self.pinned.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let driver = self.driver.load(Ordering::Acquire);
+        if !driver.is_null() {
+            // SAFETY: iosv's own driver object outlives the driver; the I/O manager reads
+            // this field only when an unload is requested.
+            unsafe { (*driver).DriverUnload = None };
+        }
+    }
+
+    /// Whether [`Glue::pin`] happened.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::SeqCst)
+    }
+}
+
+/// The published Glue; null before DriverEntry finished allocating it and after unload
+/// began.
+pub static GLUE: AtomicPtr<Glue> = AtomicPtr::new(null_mut());
+
+/// Hooks and callbacks currently running iosv code.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The engine, if published. Hooks call this after [`InFlight::enter`].
+pub fn engine() -> Option<&'static Glue> {
+    let glue = GLUE.load(Ordering::SeqCst);
+    // SAFETY: a non-null value is the Glue published by DriverEntry. Unload clears GLUE
+    // first and frees the Glue only after IN_FLIGHT was seen at zero, and every user
+    // increments IN_FLIGHT (SeqCst) before this SeqCst load: either it sees null or unload
+    // sees it in flight.
+    unsafe { glue.as_ref() }
+}
+
+/// Marks one hook or callback as running iosv code until dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// One atomic add: callable at any IRQL, never waits.
+    pub fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (PASSIVE_LEVEL) until no hook or callback runs iosv code, then a grace period.
+pub fn wait_for_drain() {
+    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+        delay(DRAIN_POLL_100NS);
+    }
+    delay(DRAIN_GRACE_100NS);
+}
+
+fn delay(relative_100ns: i64) {
+    let mut interval = LARGE_INTEGER {
+        QuadPart: relative_100ns,
+    };
+    // SAFETY: `interval` is a valid relative time; KernelMode, non-alertable wait at
+    // PASSIVE_LEVEL.
+    let _ = unsafe { KeDelayExecutionThread(wdk_sys::_MODE::KernelMode as i8, 0, &mut interval) };
+}
+
+/// Runs `f` on a stack of at least [`BIG_STACK`] bytes (`KeExpandKernelStackAndCallout`,
+/// IRQL <= APC_LEVEL). `None` if the kernel could not provide one; then `f` was not run
+/// and the caller decides (run it here, or fail).
+pub fn on_big_stack<R>(f: impl FnOnce() -> R) -> Option<R> {
+    let mut job = Some(f);
+    let mut out = None;
+    {
+        let mut call = || {
+            if let Some(f) = job.take() {
+                out = Some(f());
+            }
+        };
+        let mut dyn_call: &mut dyn FnMut() = &mut call;
+        let param: *mut &mut dyn FnMut() = &mut dyn_call;
+        // SAFETY: the callout runs synchronously on this thread before the call returns,
+        // and `param` points at `dyn_call`, which outlives it.
+        let status = unsafe {
+            KeExpandKernelStackAndCallout(Some(run_callout), param.cast::<c_void>(), BIG_STACK)
+        };
+        let _ = status;
+    }
+    out
+}
+
+unsafe extern "C" fn run_callout(param: PVOID) {
+    // SAFETY: `param` is the `&mut &mut dyn FnMut()` that `on_big_stack` passed, alive for
+    // the duration of this call.
+    let call = unsafe { &mut *param.cast::<&mut dyn FnMut()>() };
+    call();
+}
