@@ -1,0 +1,335 @@
+//! `iosvctl lab` and `iosvctl host serve`: the user-mode host of design.md §7 inside
+//! iosvctl — run a scenario and report what the verifier found, or serve the host on a
+//! socket for other clients.
+
+use super::*;
+use crate::transport::inproc::InProcess;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use iosv::platform::host::scenario::{self, Progress, RunSummary, Scenario};
+use iosv::platform::host::{endpoint, Audit, Host};
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+/// A progress bar on stderr that appears only when a run lasts (and stderr is a terminal).
+struct Bar {
+    start: Instant,
+    bar: Option<ProgressBar>,
+    enabled: bool,
+}
+
+impl Bar {
+    fn new(enabled: bool) -> Bar {
+        Bar {
+            start: Instant::now(),
+            bar: None,
+            enabled: enabled && io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        if !self.enabled {
+            return;
+        }
+        if self.bar.is_none() && self.start.elapsed() >= Duration::from_millis(300) {
+            let b = ProgressBar::with_draw_target(Some(p.total), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            b.set_style(style);
+            self.bar = Some(b);
+        }
+        if let Some(b) = &self.bar {
+            b.set_length(p.total);
+            b.set_position(p.done);
+            b.set_message(p.phase.clone());
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Text of the built-in scenario (`Scenario::builtin_default()` parses the same file),
+/// for `--threads` / `--seed` without a scenario file.
+const BUILTIN_TEXT: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lab.toml"));
+/// Origin the host gives the built-in scenario.
+const BUILTIN_ORIGIN: &str = "builtin:lab.toml";
+
+fn load_scenario(path: Option<&std::path::Path>, run: &RunArgs) -> AppResult<Scenario> {
+    let bad = |e: scenario::ScenarioError| AppError(format!("bad scenario: {e}"));
+    let overrides = run.threads.is_some() || run.seed.is_some();
+    let (text, origin) = match (path, overrides) {
+        (Some(p), false) => return Scenario::from_file(p).map_err(bad),
+        (None, false) => return Ok(Scenario::builtin_default()),
+        (Some(p), true) => {
+            // Read and check it as written first, so errors point into the file.
+            let original = Scenario::from_file(p).map_err(bad)?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| AppError(format!("cannot read {}: {e}", p.display())))?;
+            (text, original.origin().to_string())
+        }
+        (None, true) => (BUILTIN_TEXT.to_string(), BUILTIN_ORIGIN.to_string()),
+    };
+    let rewritten = override_stress(&text, run)
+        .map_err(|e| AppError(format!("bad scenario: {origin}: {e}")))?;
+    let s =
+        Scenario::parse(&rewritten, &format!("{origin} (with --threads/--seed)")).map_err(bad)?;
+    if run.threads.is_some() && !s.has_stress() {
+        eprintln!("iosvctl: warning: {origin} has no stress phase; --threads changes nothing");
+    }
+    Ok(s)
+}
+
+/// The scenario text with `--threads` and `--seed` applied: the top-level `seed` and every
+/// `stress` step's `threads` and `seed` replaced. The host has no API to override them, so
+/// the scenario is rewritten and parsed again.
+fn override_stress(text: &str, run: &RunArgs) -> Result<String, String> {
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    // Scenario numbers may be strings ("0x…"), which keeps seeds above i64::MAX exact.
+    let seed = run.seed.map(|s| toml::Value::String(format!("0x{s:x}")));
+    if let Some(s) = &seed {
+        doc.insert("seed".to_string(), s.clone());
+    }
+    if let Some(toml::Value::Array(steps)) = doc.get_mut("step") {
+        for step in steps.iter_mut().filter_map(toml::Value::as_table_mut) {
+            if step.get("op").and_then(toml::Value::as_str) != Some("stress") {
+                continue;
+            }
+            if let Some(t) = run.threads {
+                let t = i64::try_from(t).map_err(|_| format!("--threads {t} is too large"))?;
+                step.insert("threads".to_string(), toml::Value::Integer(t));
+            }
+            if let Some(s) = &seed {
+                step.insert("seed".to_string(), s.clone());
+            }
+        }
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+fn new_host(params: iosv::config::StartParams) -> AppResult<Arc<Host>> {
+    Host::try_new(params)
+        .map(Arc::new)
+        .map_err(|e| AppError(format!("cannot start the host: {e}")))
+}
+
+fn run_scenario(host: &Host, scenario: &Scenario, progress: bool) -> AppResult<RunSummary> {
+    let mut bar = Bar::new(progress);
+    let r = scenario::run(host, scenario, &mut |p: &Progress| bar.update(p));
+    bar.finish();
+    r.map_err(|e| AppError(format!("scenario failed: {e}")))
+}
+
+fn describe_run(s: &RunSummary, origin: &str) -> String {
+    format!(
+        "scenario {:?} ({origin}): {} steps, {} driver operations in {}; {} bugs injected{}",
+        s.name,
+        s.steps,
+        s.operations,
+        model::age(u64::try_from(s.duration.as_nanos()).unwrap_or(u64::MAX)),
+        s.expected_total(),
+        if s.corruptions > 0 {
+            format!(", {} simulated PTE corruptions", s.corruptions)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
+    let injected: serde_json::Map<String, serde_json::Value> = iosv::rules::RULES
+        .iter()
+        .zip(s.expected_per_rule())
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| (r.code.to_string(), serde_json::Value::from(n)))
+        .collect();
+    serde_json::json!({
+        "kind": "lab",
+        "scenario": s.name,
+        "origin": origin,
+        "steps": s.steps,
+        "operations": s.operations,
+        "duration_ms": u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX),
+        "injected": injected,
+        "injected_total": s.expected_total(),
+        "corruptions": s.corruptions,
+    })
+}
+
+fn audit_json(a: &Audit) -> serde_json::Value {
+    let mismatches: Vec<serde_json::Value> = a
+        .mismatches
+        .iter()
+        .map(|m| serde_json::json!({ "rule": m.rule.info().code, "driver": m.driver, "injected": m.expected, "reported": m.reported }))
+        .collect();
+    serde_json::json!({
+        "clean": a.is_clean(),
+        "records": a.records,
+        "duplicate_records": a.duplicate_records,
+        "lost": a.lost,
+        "mismatches": mismatches,
+        "only_in_table": a.only_in_table.len(),
+        "only_in_mm": a.only_in_mm.len(),
+        "corruptions": a.corruptions.len(),
+    })
+}
+
+/// `iosvctl lab`.
+pub fn lab(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
+    let scenario = load_scenario(a.scenario.as_deref(), &a.run)?;
+    let host = new_host(a.params.apply(scenario.start_params()))?;
+    let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
+    apply_settings(&mut c, &a.settings)?;
+    let summary = run_scenario(&host, &scenario, !a.run.no_progress)?;
+    let containment = c.get_config()?.flags & iosv::protocol::CF_CONTAINMENT != 0;
+    let audit = host
+        .audit(&summary.expected, containment)
+        .map_err(|e| AppError(format!("cannot audit the run: {e}")))?;
+
+    let stats = c.stats()?;
+    let images = Images::from_stats(&stats.drivers);
+    let mappings = if a.no_mappings {
+        None
+    } else {
+        Some(c.list_mappings(&MappingFilter::default())?)
+    };
+    match g.format {
+        Format::Human => {
+            writeln!(out, "{}", describe_run(&summary, scenario.origin()))?;
+            if audit.is_clean() && summary.expected_total() == 0 {
+                writeln!(out, "audit: nothing injected, nothing reported; the table matches the simulated Mm\n")?;
+            } else if audit.is_clean() {
+                writeln!(out, "audit: every injected bug was reported once, nothing else; the table matches the simulated Mm\n")?;
+            } else {
+                write!(
+                    out,
+                    "audit: iosv's reports differ from the bugs the run injected (scripted misuse outside `bug` steps and stress phases is not counted as injected):\n{audit}\n"
+                )?;
+            }
+        }
+        Format::Json => {
+            let mut v = summary_json(&summary, scenario.origin());
+            if let Some(o) = v.as_object_mut() {
+                o.insert("audit".to_string(), audit_json(&audit));
+            }
+            writeln!(out, "{v}")?;
+        }
+        Format::Sarif | Format::Junit => {}
+    }
+    let mut sink = ViolationSink::new(g, out, images.clone());
+    let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
+    let info = sarif::RunInfo {
+        endpoint: format!("lab: {}", scenario.origin()),
+        component_version: model::text(&c.hello().component_version),
+        from_cursor: 0,
+        next_cursor: next,
+        ..Default::default()
+    };
+    let outcome = sink.finish(&info, &super::driver_names(&stats))?;
+    if let Some(list) = mappings {
+        match g.format {
+            Format::Human => {
+                writeln!(out, "\nstill mapped after the run:")?;
+                write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
+            }
+            Format::Json => {
+                for m in &list.records {
+                    writeln!(out, "{}", json::mapping(m, &list, &images))?;
+                }
+            }
+            Format::Sarif | Format::Junit => {}
+        }
+    }
+    Ok(outcome)
+}
+
+/// `iosvctl host serve`.
+pub fn serve(_g: &Global, a: &ServeArgs, _out: &mut dyn Write) -> AppResult {
+    let scenario = match &a.scenario {
+        Some(p) => Some(load_scenario(Some(p), &a.run)?),
+        None if a.run.threads.is_some() || a.run.seed.is_some() => {
+            return Err(AppError(
+                "--threads and --seed apply to the scenario of --scenario".to_string(),
+            ))
+        }
+        None => None,
+    };
+    let base = scenario
+        .as_ref()
+        .map(Scenario::start_params)
+        .unwrap_or_default();
+    let host = new_host(a.params.apply(base))?;
+    let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
+    apply_settings(&mut c, &a.settings)?;
+    if let Some(s) = &scenario {
+        let summary = run_scenario(&host, s, !a.run.no_progress)?;
+        eprintln!("iosvctl: {}", describe_run(&summary, s.origin()));
+    }
+    let path = a
+        .socket
+        .clone()
+        .unwrap_or_else(crate::transport::default_socket_path);
+    install_stop_handler();
+    eprintln!(
+        "iosvctl: host serving on {} (Ctrl-C to stop)",
+        path.display()
+    );
+    endpoint::serve(host, &path, &STOP)
+        .map_err(|e| AppError(format!("cannot serve on {}: {e}", path.display())))?;
+    eprintln!("iosvctl: host stopped");
+    Ok(Outcome::Clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(threads: Option<usize>, seed: Option<u64>) -> RunArgs {
+        RunArgs {
+            threads,
+            seed,
+            no_progress: true,
+        }
+    }
+
+    #[test]
+    fn builtin_text_is_the_builtin_scenario() {
+        assert_eq!(
+            Scenario::parse(BUILTIN_TEXT, BUILTIN_ORIGIN).ok(),
+            Some(Scenario::builtin_default())
+        );
+    }
+
+    #[test]
+    fn threads_and_seed_rewrite_every_stress_phase() {
+        let s = load_scenario(None, &run_args(Some(3), Some(u64::MAX))).unwrap();
+        assert!(s.has_stress());
+        assert_eq!(s.seed(), u64::MAX);
+        let text = override_stress(BUILTIN_TEXT, &run_args(Some(3), Some(5))).unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let stress: Vec<&toml::Table> = doc["step"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(toml::Value::as_table)
+            .filter(|t| t.get("op").and_then(toml::Value::as_str) == Some("stress"))
+            .collect();
+        assert!(!stress.is_empty());
+        for t in stress {
+            assert_eq!(t["threads"].as_integer(), Some(3));
+            assert_eq!(t["seed"].as_str(), Some("0x5"));
+        }
+        // Out of range: the host's parser says so.
+        let e = load_scenario(None, &run_args(Some(1000), None))
+            .err()
+            .unwrap();
+        assert!(e.0.contains("threads must be between"), "{e}");
+    }
+}

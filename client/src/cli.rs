@@ -1,0 +1,604 @@
+//! The `iosvctl` command line (clap): every command and flag, with the help text users
+//! read. What each command does is in [`crate::app`].
+
+use crate::output::Format;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL, MAX_TARGETS, NAME_LEN};
+use iosv::rules::{Action, RuleId, Severity, RULE_COUNT};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+const AFTER_HELP: &str = "\
+Endpoints:
+  On Windows iosvctl opens the control device \\\\.\\IoSpaceVerifier (Administrators and
+  SYSTEM only). Elsewhere it connects to a user-mode host (`iosvctl host serve`) at
+  $XDG_RUNTIME_DIR/iosv.sock, or /tmp/iosv-$UID.sock when XDG_RUNTIME_DIR is unset.
+  --device and --host PATH choose explicitly.
+
+Exit status:
+  0  no violation at or above --fail-on (for commands that read violations), or success
+  1  `violations` or `lab` saw a violation at or above --fail-on
+  2  usage error, unreachable or misbehaving endpoint, I/O error, bad scenario";
+
+/// `iosvctl`: the client of the iosv I/O-space mapping verifier.
+#[derive(Debug, Parser)]
+#[command(
+    name = "iosvctl",
+    version,
+    about = "Pull I/O-space mapping violations, live mappings and statistics from iosv, or run its user-mode host",
+    long_about = "iosvctl talks to iosv, the verifier of MmMapIoSpace / MmMapIoSpaceEx / MmUnmapIoSpace \
+                  use by Windows kernel drivers: it reads violation reports and live mappings, shows \
+                  statistics, changes the configuration, attaches to drivers, and runs the user-mode \
+                  host for lab runs without a Windows test machine.",
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Talk to the Windows control device \\.\IoSpaceVerifier (the default on Windows).
+    /// Give it before the command (`iosvctl --device status`): after `mappings`, --device
+    /// filters by device object.
+    #[arg(long, conflicts_with = "host", help_heading = "Global options")]
+    pub device: bool,
+
+    /// Talk to the host endpoint listening on the Unix socket PATH (the default off Windows:
+    /// $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub host: Option<PathBuf>,
+
+    /// Output format: human tables, JSON lines, a SARIF 2.1.0 log or a JUnit XML report
+    /// (sarif and junit only for `violations` and `lab`).
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Human, global = true, help_heading = "Global options")]
+    pub format: Format,
+
+    /// `violations` and `lab` exit 1 when they see a violation of at least this severity.
+    #[arg(long, value_enum, value_name = "SEVERITY", default_value_t = FailOn::Error, global = true, help_heading = "Global options")]
+    pub fail_on: FailOn,
+
+    /// More detail: each violation's message, context and stacks; each mapping's stack.
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
+    pub verbose: u8,
+
+    /// Seconds to wait for each reply of a host socket before giving up (0 waits forever).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub timeout: u64,
+}
+
+/// Severity threshold of `--fail-on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Fail on any violation.
+    Note,
+    /// Fail on warnings and errors.
+    Warning,
+    /// Fail on errors only.
+    Error,
+}
+
+impl FailOn {
+    /// The severity.
+    pub fn severity(self) -> Severity {
+        match self {
+            FailOn::Note => Severity::Note,
+            FailOn::Warning => Severity::Warning,
+            FailOn::Error => Severity::Error,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the endpoint's version, capabilities, limits, counters and per-driver statistics.
+    Status,
+    /// Print violation reports after a cursor; --follow keeps pulling new ones.
+    Violations(ViolationsArgs),
+    /// List live mappings (the leak view): age, size, physical address, cache type, stack.
+    Mappings(MappingsArgs),
+    /// Show or change the run-time configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Attach to an already loaded driver (patch its imports) without a reboot.
+    Attach(DriverName),
+    /// Detach from a driver and restore its imports; its live mappings are reported (IOSV009).
+    Detach(DriverName),
+    /// Discard journal records, reset counters and/or forget recent unmaps (all three when
+    /// no flag is given).
+    Clear(ClearArgs),
+    /// List the rules iosv checks (with -v: help and reference of each).
+    Rules,
+    /// Run a scenario in a user-mode host inside iosvctl, then show what the verifier found.
+    #[cfg(feature = "host")]
+    Lab(LabArgs),
+    /// Run the user-mode host.
+    #[cfg(feature = "host")]
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+/// `violations` options.
+#[derive(Debug, Args)]
+pub struct ViolationsArgs {
+    /// Start at this journal sequence number (0: the oldest record held). Pass the
+    /// `next cursor` an earlier run printed to see only what is new.
+    #[arg(long, value_name = "CURSOR", default_value_t = 0, value_parser = parse_u64)]
+    pub since: u64,
+
+    /// Stop after this many violations.
+    #[arg(long, value_name = "N")]
+    pub max: Option<u64>,
+
+    /// Keep pulling new violations until Ctrl-C, --duration or --until.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// With --follow: how long to wait between polls when nothing is new (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Follow for this long, then stop (e.g. 30s, 10m, 2h); implies --follow.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Follow until this time, then stop (RFC 3339, e.g. 2025-11-25T18:00:00Z); implies --follow.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<SystemTime>,
+
+    /// Only these rules (id such as IOSV004 or name such as unmap-unknown; repeatable).
+    #[arg(long, value_name = "RULE", value_parser = parse_rule)]
+    pub rule: Vec<RuleId>,
+
+    /// Only violations blamed on this driver (image name, case-insensitive; repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub driver: Vec<String>,
+}
+
+/// `mappings` options.
+#[derive(Debug, Args)]
+pub struct MappingsArgs {
+    /// Only mappings owned by this driver (image name, case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    pub driver: Option<String>,
+
+    /// Only mappings attributed to this device object (address, hex with 0x or decimal).
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_u64)]
+    pub device: Option<u64>,
+
+    /// Only mappings at least this old (e.g. 5s, 10m): long-lived ones are leak suspects.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show the configuration: containment, IRQL mode, stack depth, targets, rule actions.
+    Get,
+    /// Change the configuration (other settings keep their values), then show it.
+    Set(Settings),
+}
+
+/// Settings that `config set`, `lab` and `host serve` can change.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Configuration")]
+pub struct Settings {
+    /// Set a rule's action: RULE=ACTION, RULE an id (IOSV004), a name (unmap-unknown) or
+    /// `all`; ACTION one of ignore, report, break, bugcheck. Repeatable.
+    #[arg(long, value_name = "RULE=ACTION", value_parser = parse_rule_action)]
+    pub action: Vec<RuleAction>,
+
+    /// Unmap IRQL ceiling: ddi (DISPATCH_LEVEL, as the MmUnmapIoSpace reference) or
+    /// verifier (APC_LEVEL, as Driver Verifier 0xC4/0x7B).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub irql_mode: Option<IrqlMode>,
+
+    /// Contain unknown, double and interior unmaps (not passed to Mm) and unmap size
+    /// mismatches with the tracked size.
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub containment: Option<OnOff>,
+
+    /// Stack frames captured per map and per violation (0 up to the endpoint's maximum).
+    #[arg(long, value_name = "N")]
+    pub stack_depth: Option<u32>,
+
+    /// Hook this driver image when it loads (e.g. nic.sys; repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub target: Vec<String>,
+
+    /// Stop hooking this driver image at its next load (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub untarget: Vec<String>,
+
+    /// Remove every target before adding those of --target.
+    #[arg(long)]
+    pub clear_targets: bool,
+}
+
+/// One `--action RULE=ACTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleAction {
+    /// The rule, or `None` for all.
+    pub rule: Option<RuleId>,
+    /// The action.
+    pub action: Action,
+}
+
+/// `--irql-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IrqlMode {
+    /// Unmap ceiling DISPATCH_LEVEL (the DDI reference; the default).
+    Ddi,
+    /// Unmap ceiling APC_LEVEL (Driver Verifier 0xC4/0x7B).
+    Verifier,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl Settings {
+    /// True if no setting was given.
+    pub fn is_empty(&self) -> bool {
+        self.action.is_empty()
+            && self.irql_mode.is_none()
+            && self.containment.is_none()
+            && self.stack_depth.is_none()
+            && self.target.is_empty()
+            && self.untarget.is_empty()
+            && !self.clear_targets
+    }
+
+    /// Applies the settings to a configuration block.
+    pub fn apply(&self, b: &mut iosv::protocol::ConfigBlock) -> Result<(), String> {
+        for ra in &self.action {
+            let rules: Vec<RuleId> = match ra.rule {
+                Some(r) => vec![r],
+                None => RuleId::ALL.to_vec(),
+            };
+            for r in rules {
+                if let Some(slot) = b.actions.get_mut(r.index()) {
+                    *slot = ra.action as u8;
+                }
+            }
+        }
+        match self.irql_mode {
+            Some(IrqlMode::Verifier) => b.flags |= CF_VERIFIER_IRQL,
+            Some(IrqlMode::Ddi) => b.flags &= !CF_VERIFIER_IRQL,
+            None => {}
+        }
+        match self.containment {
+            Some(OnOff::On) => b.flags |= CF_CONTAINMENT,
+            Some(OnOff::Off) => b.flags &= !CF_CONTAINMENT,
+            None => {}
+        }
+        if let Some(d) = self.stack_depth {
+            b.stack_depth = d;
+        }
+        let count = (b.target_count as usize).min(MAX_TARGETS);
+        let mut targets: Vec<String> = b
+            .targets
+            .iter()
+            .take(count)
+            .map(crate::model::name)
+            .collect();
+        if self.clear_targets {
+            targets.clear();
+        }
+        targets.retain(|t| !self.untarget.iter().any(|u| u.eq_ignore_ascii_case(t)));
+        for t in &self.target {
+            if t.is_empty() || t.len() > NAME_LEN || !t.bytes().all(|c| c.is_ascii_graphic()) {
+                return Err(format!(
+                    "target {t:?}: an image name is 1..={NAME_LEN} printable ASCII characters"
+                ));
+            }
+            if !targets.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+                targets.push(t.clone());
+            }
+        }
+        if targets.len() > MAX_TARGETS {
+            return Err(format!(
+                "at most {MAX_TARGETS} targets fit the configuration ({} given)",
+                targets.len()
+            ));
+        }
+        b.targets = Default::default();
+        for (slot, t) in b.targets.iter_mut().zip(&targets) {
+            *slot = iosv::protocol::wire_name(t.as_bytes());
+        }
+        b.target_count = targets.len() as u32;
+        // Slots past the rules must stay zero.
+        for a in b.actions.iter_mut().skip(RULE_COUNT) {
+            *a = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A driver image name argument.
+#[derive(Debug, Args)]
+pub struct DriverName {
+    /// Image name of the driver, e.g. nic.sys.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `clear` options.
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// Discard the violation records written so far (readers see them as `discarded`).
+    #[arg(long)]
+    pub journal: bool,
+    /// Reset the counters and per-driver statistics.
+    #[arg(long)]
+    pub stats: bool,
+    /// Forget recently unmapped bases (double-unmap detection starts afresh).
+    #[arg(long)]
+    pub graveyard: bool,
+}
+
+/// Sizes of the memory a host allocates at start (as the driver's registry parameters).
+/// Unset sizes come from the scenario's `[host]` table, else from iosv's defaults.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Host sizes (default: the scenario's [host] table, else these)")]
+pub struct HostParams {
+    /// Live mappings the table can hold [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<usize>,
+    /// Violation records the journal holds before the oldest is overwritten [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub journal_records: Option<usize>,
+    /// Stack frames allocated per mapping and per record, 0..=16 [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_stack_depth: Option<usize>,
+    /// Recent unmaps remembered for double-unmap detection [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub graveyard_size: Option<usize>,
+}
+
+impl HostParams {
+    /// `base` with the sizes given on the command line.
+    pub fn apply(&self, base: iosv::config::StartParams) -> iosv::config::StartParams {
+        iosv::config::StartParams {
+            capacity: self.capacity.unwrap_or(base.capacity),
+            journal_records: self.journal_records.unwrap_or(base.journal_records),
+            max_stack_depth: self.max_stack_depth.unwrap_or(base.max_stack_depth),
+            graveyard: self.graveyard_size.unwrap_or(base.graveyard),
+            ..base
+        }
+    }
+}
+
+/// What a scenario run takes besides the scenario.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Run")]
+pub struct RunArgs {
+    /// OS threads of every stress phase of the scenario, 1..=64 (default: the scenario's).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Seed of the scenario and its stress phases, to replay or vary a run (default: the
+    /// scenario's).
+    #[arg(long, value_name = "S", value_parser = parse_u64)]
+    pub seed: Option<u64>,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `lab` options.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Scenario file (TOML). Without it the built-in one runs: a NIC, a GPU, a storage
+    /// controller and a sensor hub through start, I/O, stop, surprise removal and removal,
+    /// every rule's bug at least once, and a 2-thread stress phase.
+    #[arg(value_name = "SCENARIO.toml")]
+    pub scenario: Option<PathBuf>,
+    /// Do not list the mappings still live after the run.
+    #[arg(long)]
+    pub no_mappings: bool,
+    /// How the scenario runs.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Host sizes.
+    #[command(flatten)]
+    pub params: HostParams,
+    /// Configuration applied before the run (a scenario's own `[config]` and `config` steps
+    /// take effect after it).
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// `host` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Serve a user-mode host on a Unix socket until Ctrl-C (or SIGTERM); other iosvctl
+    /// invocations reach it with --host PATH.
+    Serve(ServeArgs),
+}
+
+/// `host serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket to listen on (default: $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Run this scenario (TOML) in the host before serving, so clients find its results.
+    #[arg(long, value_name = "SCENARIO.toml")]
+    pub scenario: Option<PathBuf>,
+    /// How the scenario runs.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Host sizes.
+    #[command(flatten)]
+    pub params: HostParams,
+    /// Configuration applied at start.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Parses a number, decimal or `0x` hex.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace(['_', '`'], "");
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal, or hex with 0x)"))
+}
+
+/// Parses a duration such as `500ms`, `30s`, `10m`, `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 10m or 2h: {e}"))
+}
+
+/// Parses an RFC 3339 time such as `2025-11-25T18:00:00Z`.
+pub fn parse_time(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2025-11-25T18:00:00Z: {e}"))
+}
+
+/// Parses a rule id or name.
+pub fn parse_rule(s: &str) -> Result<RuleId, String> {
+    RuleId::parse(s).ok_or_else(|| format!("unknown rule {s:?} (see `iosvctl rules`)"))
+}
+
+/// Parses `RULE=ACTION`.
+pub fn parse_rule_action(s: &str) -> Result<RuleAction, String> {
+    let (rule, action) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not RULE=ACTION (e.g. IOSV004=bugcheck)"))?;
+    let rule = if rule.eq_ignore_ascii_case("all") {
+        None
+    } else {
+        Some(parse_rule(rule)?)
+    };
+    let action = Action::parse(action).ok_or_else(|| {
+        format!("unknown action {action:?} (one of ignore, report, break, bugcheck)")
+    })?;
+    Ok(RuleAction { rule, action })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for a in cmd.get_arguments() {
+                if matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    a.get_help().is_some(),
+                    "{path} --{} has no help",
+                    a.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no about",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "iosvctl");
+    }
+
+    #[test]
+    fn parses_values() {
+        assert_eq!(parse_u64("0x10"), Ok(16));
+        assert_eq!(parse_u64("fffff800`00000000").ok(), None);
+        assert_eq!(parse_u64("0xfffff800`00000000"), Ok(0xfffff800_00000000));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_rule("iosv999").is_err());
+        assert_eq!(
+            parse_rule_action("unmap-unknown=bugcheck"),
+            Ok(RuleAction {
+                rule: Some(RuleId::UnmapUnknown),
+                action: Action::Bugcheck
+            })
+        );
+        assert_eq!(
+            parse_rule_action("ALL=ignore"),
+            Ok(RuleAction {
+                rule: None,
+                action: Action::Ignore
+            })
+        );
+        assert!(parse_rule_action("IOSV004").is_err());
+    }
+
+    #[test]
+    fn settings_apply_to_a_block() {
+        let s = Settings {
+            action: vec![RuleAction {
+                rule: Some(RuleId::UnmapUnknown),
+                action: Action::Bugcheck,
+            }],
+            irql_mode: Some(IrqlMode::Verifier),
+            containment: Some(OnOff::Off),
+            stack_depth: Some(4),
+            target: vec!["nic.sys".into(), "NIC.SYS".into(), "gpu.sys".into()],
+            untarget: vec!["old.sys".into()],
+            clear_targets: false,
+        };
+        let mut b = iosv::protocol::ConfigBlock {
+            flags: CF_CONTAINMENT,
+            target_count: 1,
+            ..Default::default()
+        };
+        b.targets[0] = iosv::protocol::wire_name(b"old.sys");
+        s.apply(&mut b).unwrap();
+        assert_eq!(
+            b.actions[RuleId::UnmapUnknown.index()],
+            Action::Bugcheck as u8
+        );
+        assert_eq!(b.flags, CF_VERIFIER_IRQL);
+        assert_eq!(b.stack_depth, 4);
+        assert_eq!(b.target_count, 2);
+        assert_eq!(crate::model::name(&b.targets[1]), "gpu.sys");
+        let too_long = Settings {
+            target: vec!["x".repeat(33)],
+            ..Default::default()
+        };
+        assert!(too_long.apply(&mut b).is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! What the wire records mean to people: names of IRQLs and cache types, the driver a
+//! violation is blamed on, a sentence naming both sides of each conflict, and stack
+//! frames as `module+offset`. Every output format reads these, so the human table, JSON,
+//! SARIF and JUnit say the same thing.
+
+use iosv::phys::{check_parameters, BadParameter};
+use iosv::platform::Irql;
+use iosv::protocol::*;
+use iosv::rules::{Action, RuleId, RuleInfo, Severity};
+
+/// A wire name (NUL-padded ASCII) as text; bytes that are not printable ASCII are escaped.
+pub fn name(n: &[u8; NAME_LEN]) -> String {
+    text(n)
+}
+
+/// NUL-padded ASCII bytes as text, up to the first NUL; other bytes that are not
+/// printable ASCII are escaped.
+pub fn text(b: &[u8]) -> String {
+    let len = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    b.iter()
+        .take(len)
+        .flat_map(|c| std::ascii::escape_default(*c))
+        .map(char::from)
+        .collect()
+}
+
+/// An address in hex (`0xfffff80012340000`).
+pub fn hex(v: u64) -> String {
+    format!("0x{v:x}")
+}
+
+/// A device object, or `-` for none.
+pub fn device(v: u64) -> String {
+    if v == 0 {
+        "-".to_string()
+    } else {
+        hex(v)
+    }
+}
+
+/// An IRQL by its WDK name (`DISPATCH_LEVEL`); device IRQLs as `DIRQL n`.
+pub fn irql(level: u8) -> String {
+    match Irql(level).name() {
+        Some(n) => n.to_string(),
+        None => format!("DIRQL {level}"),
+    }
+}
+
+/// A MmMapIoSpace cache type (`MmNonCached`) or a MmMapIoSpaceEx protection
+/// (`PAGE_READWRITE|PAGE_NOCACHE`).
+pub fn cache(value: u32, map_ex: bool) -> String {
+    if map_ex {
+        let mut parts = Vec::new();
+        let mut rest = value;
+        for (bit, n) in [
+            (0x01, "PAGE_NOACCESS"),
+            (0x02, "PAGE_READONLY"),
+            (0x04, "PAGE_READWRITE"),
+            (0x08, "PAGE_WRITECOPY"),
+            (0x10, "PAGE_EXECUTE"),
+            (0x20, "PAGE_EXECUTE_READ"),
+            (0x40, "PAGE_EXECUTE_READWRITE"),
+            (0x80, "PAGE_EXECUTE_WRITECOPY"),
+            (0x100, "PAGE_GUARD"),
+            (0x200, "PAGE_NOCACHE"),
+            (0x400, "PAGE_WRITECOMBINE"),
+        ] {
+            if value & bit != 0 {
+                parts.push(n.to_string());
+                rest &= !bit;
+            }
+        }
+        if rest != 0 || parts.is_empty() {
+            parts.push(format!("0x{rest:x}"));
+        }
+        parts.join("|")
+    } else {
+        match value {
+            0 => "MmNonCached".to_string(),
+            1 => "MmCached".to_string(),
+            2 => "MmWriteCombined".to_string(),
+            3 => "MmHardwareCoherentCached".to_string(),
+            4 => "MmNonCachedUnordered".to_string(),
+            5 => "MmUSWCCached".to_string(),
+            v => format!("cache type {v}"),
+        }
+    }
+}
+
+/// A duration in ns, short (`350ms`, `12.3s`, `5m07s`, `2h05m`).
+pub fn age(ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    if ms < 1000 {
+        if ns < 1_000_000 {
+            return format!("{}us", ns / 1000);
+        }
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    if s < 60 {
+        return format!("{}.{}s", s, (ms % 1000) / 100);
+    }
+    if s < 3600 {
+        return format!("{}m{:02}s", s / 60, s % 60);
+    }
+    format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+}
+
+/// Loaded driver images, to print stack frames as `nic.sys+0x1a2b`.
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    images: Vec<(u64, u64, String)>,
+}
+
+impl Images {
+    /// The images of the drivers GET_STATS reported.
+    pub fn from_stats(drivers: &[DriverStats]) -> Images {
+        let images = drivers
+            .iter()
+            .filter(|d| d.image_size != 0)
+            .map(|d| (d.image_base, d.image_size, name(&d.name)))
+            .collect();
+        Images { images }
+    }
+
+    /// `module+0xoffset` when `addr` lies in a known image, the raw address otherwise.
+    pub fn symbol(&self, addr: u64) -> String {
+        for (base, size, n) in &self.images {
+            if addr >= *base && addr - *base < *size {
+                return format!("{n}+0x{:x}", addr - base);
+            }
+        }
+        hex(addr)
+    }
+
+    /// The first `depth` frames of `stack`, symbolized.
+    pub fn stack(&self, stack: &[u64; MAX_STACK], depth: u8) -> Vec<String> {
+        stack
+            .iter()
+            .take(usize::from(depth))
+            .map(|a| self.symbol(*a))
+            .collect()
+    }
+}
+
+/// A violation record with its meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Violation<'a> {
+    /// The record.
+    pub rec: &'a ViolationRecord,
+}
+
+impl<'a> Violation<'a> {
+    /// Wraps a record.
+    pub fn new(rec: &'a ViolationRecord) -> Violation<'a> {
+        Violation { rec }
+    }
+
+    /// The rule, if the record's number names one.
+    pub fn rule(&self) -> Option<RuleId> {
+        RuleId::from_number(self.rec.rule)
+    }
+
+    /// The rule's metadata (a placeholder for unknown numbers).
+    pub fn info(&self) -> Option<&'static RuleInfo> {
+        self.rule().map(|r| r.info())
+    }
+
+    /// `IOSV001`, or `IOSV0nn` for a rule this build does not know.
+    pub fn code(&self) -> String {
+        self.info()
+            .map(|i| i.code.to_string())
+            .unwrap_or_else(|| format!("IOSV{:03}", self.rec.rule))
+    }
+
+    /// `unmap-size-mismatch`, or `unknown-rule`.
+    pub fn rule_name(&self) -> &'static str {
+        self.info().map(|i| i.name).unwrap_or("unknown-rule")
+    }
+
+    /// The rule's severity; unknown rules count as errors.
+    pub fn severity(&self) -> Severity {
+        self.info().map(|i| i.severity).unwrap_or(Severity::Error)
+    }
+
+    /// The action the endpoint took.
+    pub fn action(&self) -> String {
+        Action::from_u8(self.rec.action)
+            .map(|a| a.name().to_string())
+            .unwrap_or_else(|| format!("action {}", self.rec.action))
+    }
+
+    /// Whether the call was contained (not passed to Mm as made).
+    pub fn contained(&self) -> bool {
+        self.rec.flags & VF_CONTAINED != 0
+    }
+
+    /// Whether the call was MmMapIoSpaceEx.
+    pub fn map_ex(&self) -> bool {
+        self.rec.flags & VF_MAP_EX != 0
+    }
+
+    /// The driver that made the call (`None` when unattributed).
+    pub fn caller(&self) -> Option<String> {
+        (self.rec.driver_id != 0).then(|| name(&self.rec.driver_name))
+    }
+
+    /// The driver that owns the mapping involved, if known.
+    pub fn owner(&self) -> Option<String> {
+        (self.rec.owner_id != 0).then(|| name(&self.rec.owner_name))
+    }
+
+    /// Whether the rule is a leak (IOSV007–IOSV009), found at an event rather than a call.
+    pub fn is_leak(&self) -> bool {
+        matches!(
+            self.rule(),
+            Some(RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload)
+        )
+    }
+
+    /// The driver the violation is blamed on: the owner of a leaked mapping, otherwise the
+    /// caller (the owner when the caller is unattributed). `None` if neither is known.
+    pub fn driver(&self) -> Option<String> {
+        if self.is_leak() {
+            self.owner().or_else(|| self.caller())
+        } else {
+            self.caller().or_else(|| self.owner())
+        }
+    }
+
+    /// The blamed driver, or `(unattributed)`.
+    pub fn driver_label(&self) -> String {
+        self.driver()
+            .unwrap_or_else(|| "(unattributed)".to_string())
+    }
+
+    fn map_fn(&self) -> &'static str {
+        if self.map_ex() {
+            "MmMapIoSpaceEx"
+        } else {
+            "MmMapIoSpace"
+        }
+    }
+
+    /// One sentence naming both sides of the conflict: what the call passed and what the
+    /// tracked mapping holds.
+    pub fn message(&self) -> String {
+        let r = self.rec;
+        let caller = self
+            .caller()
+            .unwrap_or_else(|| "an unattributed caller".to_string());
+        let owner = self
+            .owner()
+            .unwrap_or_else(|| "an unknown driver".to_string());
+        let known = r.flags & VF_MAPPING_KNOWN != 0;
+        let unmap = format!(
+            "{caller} called MmUnmapIoSpace({}, 0x{:x})",
+            hex(r.address),
+            r.passed_size
+        );
+        let mapping = format!(
+            "the mapping at {} ({} bytes 0x{:x}, physical {}, {}) made by {owner}",
+            hex(r.base),
+            if known { "size" } else { "last known size" },
+            r.mapped_size,
+            hex(r.physical),
+            cache(r.cache, self.map_ex()),
+        );
+        let contained = if self.contained() {
+            match self.rule() {
+                Some(RuleId::UnmapSizeMismatch) => "; contained: unmapped with the tracked size",
+                _ => "; contained: the call was not passed to MmUnmapIoSpace",
+            }
+        } else {
+            ""
+        };
+        let text = match self.rule() {
+            Some(RuleId::UnmapSizeMismatch) => format!(
+                "{unmap}, but the mapping at that base was made with NumberOfBytes 0x{:x} (physical {}, by {owner})",
+                r.mapped_size,
+                hex(r.physical)
+            ),
+            Some(RuleId::UnmapIrql) => format!(
+                "{unmap} at {}, above the unmap IRQL ceiling (DISPATCH_LEVEL; APC_LEVEL in Driver Verifier mode)",
+                irql(r.irql)
+            ),
+            Some(RuleId::MapIrql) => format!(
+                "{caller} called {}(physical {}, 0x{:x}, {}) at {}, above DISPATCH_LEVEL",
+                self.map_fn(),
+                hex(r.physical),
+                r.passed_size,
+                cache(r.cache, self.map_ex()),
+                irql(r.irql)
+            ),
+            Some(RuleId::UnmapUnknown) => format!("{unmap}, but no tracked mapping has that base"),
+            Some(RuleId::DoubleUnmap) if r.base != 0 => {
+                let when = if r.other != 0 && r.timestamp_ns >= r.other {
+                    format!(" {} earlier", age(r.timestamp_ns - r.other))
+                } else {
+                    String::new()
+                };
+                format!("{unmap}, but that base was already unmapped{when}; {mapping}")
+            }
+            Some(RuleId::DoubleUnmap) => format!("{unmap} while another unmap of that base was in progress"),
+            Some(RuleId::UnmapInterior) => format!(
+                "{unmap}, 0x{:x} bytes inside the live mapping at {} (0x{:x} bytes, physical {}, made by {owner}); pass the base",
+                r.address.wrapping_sub(r.base),
+                hex(r.base),
+                r.mapped_size,
+                hex(r.physical)
+            ),
+            Some(RuleId::LeakOnStop) => format!(
+                "{mapping} while starting device {} is still live after IRP_MN_STOP_DEVICE",
+                device(r.device)
+            ),
+            Some(RuleId::LeakOnRemove) => format!(
+                "{mapping} while starting device {} is still live at surprise removal / IRP_MN_REMOVE_DEVICE",
+                device(r.device)
+            ),
+            Some(RuleId::LeakOnUnload) => format!(
+                "{mapping} is still live when {owner} {}",
+                if r.flags & VF_DETACH != 0 { "is detached" } else { "unloads" }
+            ),
+            Some(RuleId::CacheConflict) => format!(
+                "{caller} mapped physical {}+0x{:x} as {} (at {}) while the live mapping at {} (0x{:x} bytes, made by {owner}) covers it as {}",
+                hex(r.physical),
+                r.passed_size,
+                cache(r.cache, self.map_ex()),
+                hex(r.address),
+                hex(r.other),
+                r.mapped_size,
+                other_cache(r.other_cache)
+            ),
+            Some(RuleId::MapBadParameters) => {
+                let why = match check_parameters(r.physical, r.passed_size, r.cache, self.map_ex()) {
+                    Some(BadParameter::ZeroLength) => "NumberOfBytes is zero",
+                    Some(BadParameter::RangeWraps) => "the physical range wraps past 2^64",
+                    Some(BadParameter::CacheType) => "the cache type is not below MmMaximumCacheType",
+                    Some(BadParameter::Protection) => "the protection is not one PAGE_* value with at most one of PAGE_NOCACHE/PAGE_WRITECOMBINE",
+                    None => "the parameters are out of range",
+                };
+                format!(
+                    "{caller} called {}(physical {}, 0x{:x}, {}): {why}",
+                    self.map_fn(),
+                    hex(r.physical),
+                    r.passed_size,
+                    cache(r.cache, self.map_ex())
+                )
+            }
+            Some(RuleId::UnmapForeign) => format!(
+                "{unmap}, but {mapping}; each driver unmaps what it mapped"
+            ),
+            Some(RuleId::StaleEntry) => format!(
+                "Mm returned base {} to {caller} for 0x{:x} bytes, but the table still held {}: its unmap was missed",
+                hex(r.address),
+                r.passed_size,
+                mapping
+            ),
+            None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
+        };
+        format!("{text}{contained}")
+    }
+}
+
+/// Cache type of the other side of IOSV010. The record does not say whether that mapping
+/// was made with MmMapIoSpaceEx, so values that are valid MmMapIoSpace cache types are
+/// named as such and anything else as a protection.
+fn other_cache(v: u32) -> String {
+    if v < iosv::phys::MM_MAXIMUM_CACHE_TYPE {
+        cache(v, false)
+    } else {
+        cache(v, true)
+    }
+}
+
+/// Human name of a `DRIVER_*` state.
+pub fn driver_state(state: u32) -> &'static str {
+    match state {
+        DRIVER_ATTACHED => "attached",
+        DRIVER_LOADED => "loaded",
+        DRIVER_GONE => "gone",
+        _ => "?",
+    }
+}
+
+/// Names of the `CAP_*` bits set.
+pub fn capabilities(caps: u32) -> Vec<&'static str> {
+    [
+        (CAP_MAP_EX, "map-ex"),
+        (CAP_CONTAINMENT, "containment"),
+        (CAP_STACKS, "stacks"),
+        (CAP_ATTACH, "attach"),
+        (CAP_HOST, "host"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| caps & bit != 0)
+    .map(|(_, n)| n)
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(irql(2), "DISPATCH_LEVEL");
+        assert_eq!(irql(5), "DIRQL 5");
+        assert_eq!(cache(0, false), "MmNonCached");
+        assert_eq!(cache(9, false), "cache type 9");
+        assert_eq!(cache(0x204, true), "PAGE_READWRITE|PAGE_NOCACHE");
+        assert_eq!(cache(0x1000, true), "0x1000");
+        assert_eq!(age(350_000_000), "350ms");
+        assert_eq!(age(12_345_000_000), "12.3s");
+        assert_eq!(age(307_000_000_000), "5m07s");
+        assert_eq!(name(&wire_name(b"nic\x01.sys")), "nic\\x01.sys");
+    }
+
+    #[test]
+    fn frames_are_symbolized_inside_known_images_only() {
+        let d = DriverStats {
+            name: wire_name(b"nic.sys"),
+            image_base: 0x1000,
+            image_size: 0x100,
+            ..Default::default()
+        };
+        let im = Images::from_stats(&[d]);
+        assert_eq!(im.symbol(0x10a0), "nic.sys+0xa0");
+        assert_eq!(im.symbol(0x1100), "0x1100");
+        assert_eq!(im.symbol(0xfff), "0xfff");
+    }
+
+    #[test]
+    fn leaks_are_blamed_on_the_owner_and_unmaps_on_the_caller() {
+        let mut r = ViolationRecord {
+            rule: RuleId::LeakOnUnload.number(),
+            owner_id: 2,
+            owner_name: wire_name(b"gpu.sys"),
+            ..Default::default()
+        };
+        assert_eq!(Violation::new(&r).driver().as_deref(), Some("gpu.sys"));
+        r.rule = RuleId::UnmapForeign.number();
+        r.driver_id = 1;
+        r.driver_name = wire_name(b"nic.sys");
+        let v = Violation::new(&r);
+        assert_eq!(v.driver().as_deref(), Some("nic.sys"));
+        assert!(
+            v.message().contains("nic.sys") && v.message().contains("gpu.sys"),
+            "{}",
+            v.message()
+        );
+    }
+
+    #[test]
+    fn every_rule_has_a_message_naming_both_sizes_where_it_has_them() {
+        for rule in RuleId::ALL {
+            let r = ViolationRecord {
+                rule: rule.number(),
+                flags: VF_MAPPING_KNOWN,
+                driver_id: 1,
+                driver_name: wire_name(b"a.sys"),
+                owner_id: 1,
+                owner_name: wire_name(b"a.sys"),
+                passed_size: 0x800,
+                mapped_size: 0x1000,
+                base: 0x5000,
+                address: 0x5000,
+                ..Default::default()
+            };
+            let m = Violation::new(&r).message();
+            assert!(m.contains("a.sys"), "{rule:?}: {m}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! JSON output: one object per line, each with a `kind` (`violation`, `gap`, `mapping`,
+//! `status`, `config`, `rule`, `summary`, `end`). Addresses are hex strings (kernel
+//! addresses do not fit a JSON consumer's 53-bit integers); sizes and counts are numbers.
+
+use crate::client::{MappingList, Stats};
+use crate::model::{self, hex, Images, Violation};
+use iosv::protocol::*;
+use iosv::rules::{Action, RuleId, RULES};
+use serde_json::{json, Value};
+
+fn opt_hex(v: u64) -> Value {
+    if v == 0 {
+        Value::Null
+    } else {
+        Value::String(hex(v))
+    }
+}
+
+/// A violation.
+pub fn violation(v: &Violation<'_>, images: &Images) -> Value {
+    let r = v.rec;
+    let known = r.flags & VF_MAPPING_KNOWN != 0;
+    json!({
+        "kind": "violation",
+        "seq": r.seq,
+        "rule": v.code(),
+        "name": v.rule_name(),
+        "severity": v.severity().name(),
+        "action": v.action(),
+        "driver": v.driver(),
+        "caller": v.caller(),
+        "owner": v.owner(),
+        "device": opt_hex(r.device),
+        "address": hex(r.address),
+        "base": opt_hex(r.base),
+        "passed_size": if v.is_leak() { Value::Null } else { Value::from(r.passed_size) },
+        "mapped_size": if known || r.mapped_size != 0 { Value::from(r.mapped_size) } else { Value::Null },
+        "physical": hex(r.physical),
+        "cache": model::cache(r.cache, v.map_ex()),
+        "cache_value": r.cache,
+        "other_cache": if r.rule == RuleId::CacheConflict.number() { Value::from(r.other_cache) } else { Value::Null },
+        "other": opt_hex(r.other),
+        "irql": model::irql(r.irql),
+        "irql_level": r.irql,
+        "map_irql": if known { Value::from(model::irql(r.map_irql)) } else { Value::Null },
+        "processor": r.processor,
+        "process_id": r.process_id,
+        "thread_id": r.thread_id,
+        "contained": v.contained(),
+        "map_ex": v.map_ex(),
+        "mapping_known": known,
+        "detach": r.flags & VF_DETACH != 0,
+        "timestamp_ns": r.timestamp_ns,
+        "map_time_ns": r.map_time_ns,
+        "message": v.message(),
+        "call_stack": images.stack(&r.call_stack, r.call_stack_depth),
+        "map_stack": images.stack(&r.map_stack, r.map_stack_depth),
+    })
+}
+
+/// Records the journal could not return between two cursors.
+pub fn gap(from: u64, to: u64, lost: u64, discarded: u64) -> Value {
+    json!({ "kind": "gap", "from_cursor": from, "to_cursor": to, "lost": lost, "discarded": discarded })
+}
+
+/// The end of a violation read.
+pub fn end(next_cursor: u64, violations: u64, lost: u64, discarded: u64, failing: u64) -> Value {
+    json!({
+        "kind": "end",
+        "next_cursor": next_cursor,
+        "violations": violations,
+        "failing": failing,
+        "lost": lost,
+        "discarded": discarded,
+    })
+}
+
+/// A live mapping.
+pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
+    let ex = m.flags & MF_MAP_EX != 0;
+    json!({
+        "kind": "mapping",
+        "driver": model::name(&m.driver_name),
+        "driver_id": m.driver_id,
+        "device": opt_hex(m.device),
+        "base": hex(m.base),
+        "size": m.size,
+        "physical": hex(m.physical),
+        "cache": model::cache(m.cache, ex),
+        "cache_value": m.cache,
+        "map_ex": ex,
+        "age_ns": list.now_ns.saturating_sub(m.map_time_ns),
+        "map_time_ns": m.map_time_ns,
+        "irql": model::irql(m.irql),
+        "processor": m.processor,
+        "leak_reported": m.flags & MF_LEAK_REPORTED != 0,
+        "stack": images.stack(&m.stack, m.stack_depth),
+    })
+}
+
+/// HELLO and GET_STATS.
+pub fn status(endpoint: &str, hello: &HelloReply, stats: &Stats) -> Value {
+    let c = &stats.header.counters;
+    let per_rule: serde_json::Map<String, Value> = RULES
+        .iter()
+        .map(|r| {
+            (
+                r.code.to_string(),
+                Value::from(c.per_rule.get(r.id.index()).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let drivers: Vec<Value> = stats
+        .drivers
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.driver_id,
+                "name": model::name(&d.name),
+                "state": model::driver_state(d.state),
+                "image_base": hex(d.image_base),
+                "image_size": d.image_size,
+                "loads": d.loads,
+                "maps": d.maps,
+                "unmaps": d.unmaps,
+                "violations": d.violations,
+                "live": d.live,
+                "live_bytes": d.live_bytes,
+            })
+        })
+        .collect();
+    json!({
+        "kind": "status",
+        "endpoint": endpoint,
+        "protocol_version": hello.version,
+        "component_version": model::text(&hello.component_version),
+        "capabilities": model::capabilities(hello.capabilities),
+        "limits": {
+            "table_capacity": hello.table_capacity,
+            "journal_capacity": hello.journal_capacity,
+            "max_stack_depth": hello.max_stack_depth,
+            "max_drivers": hello.max_drivers,
+            "processor_count": hello.processor_count,
+        },
+        "now_ns": stats.header.now_ns,
+        "counters": {
+            "maps": c.maps,
+            "map_failures": c.map_failures,
+            "unmaps": c.unmaps,
+            "contained": c.contained,
+            "ignored": c.ignored,
+            "reported": c.reported,
+            "breaks": c.breaks,
+            "bugchecks": c.bugchecks,
+            "live": c.live,
+            "table_full": c.table_full,
+            "untracked_live": c.untracked_live,
+            "unverified_unmaps": c.unverified_unmaps,
+            "journal_written": c.journal_written,
+        },
+        "per_rule": per_rule,
+        "total_drivers": stats.header.total_drivers,
+        "drivers": drivers,
+    })
+}
+
+/// A configuration block.
+pub fn config(b: &ConfigBlock) -> Value {
+    let actions: serde_json::Map<String, Value> = RULES
+        .iter()
+        .map(|r| {
+            let a = b
+                .actions
+                .get(r.id.index())
+                .and_then(|a| Action::from_u8(*a));
+            (
+                r.code.to_string(),
+                Value::from(a.map(|a| a.name()).unwrap_or("?")),
+            )
+        })
+        .collect();
+    let targets: Vec<String> = b
+        .targets
+        .iter()
+        .take(b.target_count as usize)
+        .map(model::name)
+        .collect();
+    json!({
+        "kind": "config",
+        "containment": b.flags & CF_CONTAINMENT != 0,
+        "irql_mode": if b.flags & CF_VERIFIER_IRQL != 0 { "verifier" } else { "ddi" },
+        "stack_depth": b.stack_depth,
+        "targets": targets,
+        "actions": actions,
+    })
+}
+
+/// The rule table.
+pub fn rules() -> Vec<Value> {
+    RULES
+        .iter()
+        .map(|r| {
+            json!({
+                "kind": "rule",
+                "id": r.code,
+                "name": r.name,
+                "severity": r.severity.name(),
+                "summary": r.summary,
+                "help": r.help,
+                "reference": r.reference,
+                "containable": r.containable,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! JUnit XML output, for CI systems that show test results: one test suite per driver
+//! seen, one test case per rule in it, and a failure wherever that driver violated that
+//! rule (the failure's text lists every violation).
+
+use crate::model::Violation;
+use iosv::protocol::ViolationRecord;
+use iosv::rules::RULES;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Escapes text for an XML attribute or element; drops characters XML 1.0 forbids.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JUnit report of `records` over `drivers` (every driver seen, violations or not;
+/// drivers named only by records are added).
+pub fn report(records: &[ViolationRecord], drivers: &[String]) -> String {
+    // driver -> rule code -> messages
+    let mut by_driver: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for d in drivers {
+        by_driver.entry(d.clone()).or_default();
+    }
+    for r in records {
+        let v = Violation::new(r);
+        by_driver
+            .entry(v.driver_label())
+            .or_default()
+            .entry(v.code())
+            .or_default()
+            .push(format!("#{} {}", r.seq, v.message()));
+    }
+    let mut codes: Vec<(String, String)> = RULES
+        .iter()
+        .map(|r| (r.code.to_string(), r.name.to_string()))
+        .collect();
+    for rules in by_driver.values() {
+        for code in rules.keys() {
+            if !codes.iter().any(|(c, _)| c == code) {
+                codes.push((code.clone(), "unknown-rule".to_string()));
+            }
+        }
+    }
+
+    let tests = by_driver.len() * codes.len();
+    let failures: usize = by_driver.values().map(|m| m.len()).sum();
+    let mut x = String::new();
+    let _ = writeln!(x, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = writeln!(
+        x,
+        r#"<testsuites name="iosv" tests="{tests}" failures="{failures}" errors="0" skipped="0">"#
+    );
+    for (driver, rules) in &by_driver {
+        let d = escape(driver);
+        let _ = writeln!(
+            x,
+            r#"  <testsuite name="{d}" tests="{}" failures="{}" errors="0" skipped="0">"#,
+            codes.len(),
+            rules.len()
+        );
+        for (code, name) in &codes {
+            let _ = write!(
+                x,
+                r#"    <testcase classname="iosv.{d}" name="{} {}""#,
+                escape(code),
+                escape(name)
+            );
+            match rules.get(code) {
+                None => {
+                    let _ = writeln!(x, "/>");
+                }
+                Some(msgs) => {
+                    let _ = writeln!(x, ">");
+                    let _ = writeln!(
+                        x,
+                        r#"      <failure type="{}" message="{} violation{} of {} {} by {d}">{}</failure>"#,
+                        escape(code),
+                        msgs.len(),
+                        if msgs.len() == 1 { "" } else { "s" },
+                        escape(code),
+                        escape(name),
+                        escape(&msgs.join("\n"))
+                    );
+                    let _ = writeln!(x, "    </testcase>");
+                }
+            }
+        }
+        let _ = writeln!(x, "  </testsuite>");
+    }
+    let _ = writeln!(x, "</testsuites>");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iosv::protocol::wire_name;
+
+    #[test]
+    fn escapes_markup_and_drops_control_characters() {
+        assert_eq!(escape("a<b>&\"c'\u{1}"), "a&lt;b&gt;&amp;&quot;c&apos;");
+    }
+
+    #[test]
+    fn one_case_per_rule_and_driver_with_failures_where_violated() {
+        let r = ViolationRecord {
+            seq: 3,
+            rule: 4,
+            driver_id: 1,
+            driver_name: wire_name(b"bad<.sys"),
+            ..Default::default()
+        };
+        let x = report(&[r], &["good.sys".to_string()]);
+        assert!(x.contains(r#"tests="26" failures="1""#), "{x}");
+        assert!(x.contains("bad&lt;.sys"));
+        assert_eq!(x.matches("<testcase ").count(), 26);
+        assert_eq!(x.matches("<failure ").count(), 1);
+    }
+}

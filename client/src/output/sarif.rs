@@ -1,0 +1,149 @@
+//! SARIF 2.1.0 output: one run whose `tool.driver.rules` is iosv's rule table and whose
+//! results are the violations, each with the rule's level, a message naming both sides
+//! of the conflict, a logical location naming the driver (and the device, if any), and
+//! the call and map stacks.
+
+use crate::model::{hex, Images, Violation};
+use iosv::protocol::ViolationRecord;
+use iosv::rules::RULES;
+use serde_json::{json, Value};
+
+/// The `$schema` URI written into the log.
+pub const SCHEMA_URI: &str =
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json";
+
+/// Facts about the read that produced the results.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// The endpoint, as people name it.
+    pub endpoint: String,
+    /// Version of the iosv component that produced the records.
+    pub component_version: String,
+    /// Cursor the read started at.
+    pub from_cursor: u64,
+    /// Cursor to continue from.
+    pub next_cursor: u64,
+    /// Records lost to journal overflow.
+    pub lost: u64,
+    /// Records discarded by CLEAR.
+    pub discarded: u64,
+}
+
+fn rule_descriptors() -> Vec<Value> {
+    RULES
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.code,
+                "name": r.name,
+                "shortDescription": { "text": r.summary },
+                "fullDescription": { "text": r.summary },
+                "help": { "text": r.help },
+                "helpUri": r.reference,
+                "defaultConfiguration": { "level": r.severity.name() },
+                "properties": { "containable": r.containable },
+            })
+        })
+        .collect()
+}
+
+fn stack(label: &str, frames: Vec<String>) -> Value {
+    let frames: Vec<Value> = frames
+        .into_iter()
+        .map(|f| json!({ "location": { "logicalLocations": [{ "fullyQualifiedName": f }] } }))
+        .collect();
+    json!({ "message": { "text": label }, "frames": frames })
+}
+
+fn result(rec: &ViolationRecord, images: &Images) -> Value {
+    let v = Violation::new(rec);
+    let driver = v.driver_label();
+    let mut logical =
+        vec![json!({ "name": driver, "fullyQualifiedName": driver, "kind": "module" })];
+    if rec.device != 0 {
+        let dev = format!("device {}", hex(rec.device));
+        logical.push(json!({ "name": dev, "fullyQualifiedName": format!("{driver}/{dev}"), "kind": "object" }));
+    }
+    let mut stacks = Vec::new();
+    if rec.call_stack_depth > 0 {
+        stacks.push(stack(
+            "stack of the violating call",
+            images.stack(&rec.call_stack, rec.call_stack_depth),
+        ));
+    }
+    if rec.map_stack_depth > 0 {
+        stacks.push(stack(
+            "stack of the map call",
+            images.stack(&rec.map_stack, rec.map_stack_depth),
+        ));
+    }
+    let mut r = json!({
+        "ruleId": v.code(),
+        "level": v.severity().name(),
+        "message": { "text": v.message() },
+        "locations": [{ "logicalLocations": logical }],
+        "properties": {
+            "seq": rec.seq,
+            "action": v.action(),
+            "caller": v.caller(),
+            "owner": v.owner(),
+            "address": hex(rec.address),
+            "base": hex(rec.base),
+            "passedSize": rec.passed_size,
+            "mappedSize": rec.mapped_size,
+            "physical": hex(rec.physical),
+            "irql": crate::model::irql(rec.irql),
+            "contained": v.contained(),
+            "timestampNs": rec.timestamp_ns,
+        },
+    });
+    if let Some(obj) = r.as_object_mut() {
+        if let Some(rule) = v.rule() {
+            obj.insert("ruleIndex".to_string(), Value::from(rule.index()));
+        }
+        if !stacks.is_empty() {
+            obj.insert("stacks".to_string(), Value::from(stacks));
+        }
+    }
+    r
+}
+
+/// A SARIF log of `records`.
+pub fn log(records: &[ViolationRecord], images: &Images, info: &RunInfo) -> Value {
+    let results: Vec<Value> = records.iter().map(|r| result(r, images)).collect();
+    let mut notifications = Vec::new();
+    if info.lost > 0 {
+        notifications.push(json!({
+            "level": "warning",
+            "message": { "text": format!("{} violation records were lost to journal overflow before they could be read", info.lost) },
+        }));
+    }
+    let mut driver = json!({ "name": "iosv", "rules": rule_descriptors() });
+    if !info.component_version.is_empty() {
+        if let Some(obj) = driver.as_object_mut() {
+            obj.insert(
+                "version".to_string(),
+                Value::from(info.component_version.clone()),
+            );
+        }
+    }
+    json!({
+        "$schema": SCHEMA_URI,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": driver },
+            "invocations": [{
+                "executionSuccessful": true,
+                "toolExecutionNotifications": notifications,
+            }],
+            "results": results,
+            "properties": {
+                "endpoint": info.endpoint,
+                "fromCursor": info.from_cursor,
+                "nextCursor": info.next_cursor,
+                "lost": info.lost,
+                "discarded": info.discarded,
+            },
+        }],
+    })
+}

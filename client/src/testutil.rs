@@ -1,0 +1,223 @@
+//! Test doubles: a [`FakePlatform`] under a real engine behind a [`EngineTransport`] (real
+//! replies from `iosv::control`), and a [`Scripted`] transport that answers what it is told.
+
+use crate::transport::{RawReply, Transport, TransportError};
+use iosv::platform::{BugCheck, Irql, Platform, PlatformError};
+use iosv::verifier::{DeviceEvent, Verifier};
+use iosv::{Caller, StartParams};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Image base of the first fake driver (`nic.sys`); the second (`gpu.sys`) follows.
+pub const NIC_BASE: u64 = 0xfffff800_10000000;
+/// Image base of `gpu.sys`.
+pub const GPU_BASE: u64 = 0xfffff800_20000000;
+/// Image size of both.
+pub const IMAGE_SIZE: u64 = 0x10000;
+
+/// A platform whose IRQL the test sets and whose Mm hands out page-aligned addresses.
+#[derive(Default)]
+pub struct FakePlatform {
+    /// IRQL of "the current thread".
+    pub irql: AtomicU8,
+    clock: AtomicU64,
+    next_va: AtomicU64,
+    /// Return address the stack capture reports first.
+    pub frame: AtomicU64,
+}
+
+impl iosv::intercept::SlotAccess for FakePlatform {
+    unsafe fn read_slot(&self, _address: usize) -> usize {
+        0
+    }
+    unsafe fn compare_exchange_slot(
+        &self,
+        _address: usize,
+        _current: usize,
+        _new: usize,
+    ) -> Result<(), iosv::intercept::SlotWriteError> {
+        Err(iosv::intercept::SlotWriteError::Failed)
+    }
+}
+
+impl Platform for FakePlatform {
+    fn current_irql(&self) -> Irql {
+        Irql(self.irql.load(Ordering::SeqCst))
+    }
+    fn current_processor(&self) -> u32 {
+        0
+    }
+    fn processor_count(&self) -> u32 {
+        2
+    }
+    fn current_process_id(&self) -> u64 {
+        4
+    }
+    fn current_thread_id(&self) -> u64 {
+        0x100
+    }
+    fn now_ns(&self) -> u64 {
+        self.clock.fetch_add(1_000_000, Ordering::SeqCst)
+    }
+    fn capture_stack(&self, _skip: u32, frames: &mut [u64]) -> usize {
+        let top = self.frame.load(Ordering::SeqCst);
+        for (i, f) in frames.iter_mut().enumerate() {
+            *f = if i == 0 {
+                top
+            } else {
+                0xfffff801_00000000 + i as u64 * 0x40
+            };
+        }
+        frames.len()
+    }
+    fn raise_to_dispatch(&self) -> Irql {
+        Irql(self.irql.fetch_max(2, Ordering::SeqCst))
+    }
+    fn lower_irql(&self, previous: Irql) {
+        self.irql.store(previous.0, Ordering::SeqCst);
+    }
+    fn mm_map_io_space(&self, _physical: u64, _size: usize, _cache_type: u32) -> u64 {
+        0xffff9a00_00000000 + self.next_va.fetch_add(0x10000, Ordering::SeqCst)
+    }
+    fn mm_map_io_space_ex(&self, physical: u64, size: usize, protect: u32) -> u64 {
+        self.mm_map_io_space(physical, size, protect)
+    }
+    fn mm_unmap_io_space(&self, _base: u64, _size: usize) {}
+    fn debug_break(&self) {}
+    fn bugcheck(&self, _params: BugCheck) {}
+    fn attach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError> {
+        if image_name.eq_ignore_ascii_case(b"nic.sys") {
+            Ok(3)
+        } else {
+            Err(PlatformError::NotFound)
+        }
+    }
+    fn detach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError> {
+        self.attach_driver(image_name)
+    }
+}
+
+/// An engine with `nic.sys` and `gpu.sys` attached.
+pub struct Engine {
+    /// The engine.
+    pub v: Verifier<FakePlatform>,
+}
+
+impl Engine {
+    /// A fresh engine.
+    pub fn new() -> Arc<Engine> {
+        let params = StartParams {
+            capacity: 1024,
+            journal_records: 64,
+            ..Default::default()
+        };
+        let v = Verifier::new(FakePlatform::default(), params).expect("engine");
+        v.driver_attached(b"nic.sys", NIC_BASE, IMAGE_SIZE)
+            .expect("nic");
+        v.driver_attached(b"gpu.sys", GPU_BASE, IMAGE_SIZE)
+            .expect("gpu");
+        Arc::new(Engine { v })
+    }
+
+    fn caller(base: u64) -> Caller {
+        Caller {
+            return_address: base + 0x1a2b,
+        }
+    }
+
+    /// nic.sys maps `size` bytes of `physical` non-cached (returns the base).
+    pub fn nic_map(&self, physical: u64, size: usize) -> u64 {
+        self.map(false, physical, size, 0)
+    }
+
+    /// nic.sys (or gpu.sys with `gpu`) maps with a cache type (returns the base).
+    pub fn map(&self, gpu: bool, physical: u64, size: usize, cache: u32) -> u64 {
+        let b = if gpu { GPU_BASE } else { NIC_BASE };
+        self.v.platform().frame.store(b + 0x1a2b, Ordering::SeqCst);
+        self.v.map_io_space(Self::caller(b), physical, size, cache)
+    }
+
+    /// `nic.sys` (or gpu.sys with `gpu`) unmaps.
+    pub fn unmap(&self, gpu: bool, base: u64, size: usize) {
+        let b = if gpu { GPU_BASE } else { NIC_BASE };
+        self.v.platform().frame.store(b + 0x2000, Ordering::SeqCst);
+        self.v.unmap_io_space(Self::caller(b), base, size);
+    }
+
+    /// Runs a start-device of `device` by nic.sys that maps `size` bytes.
+    pub fn nic_start(&self, device: u64, physical: u64, size: usize) -> u64 {
+        let id = self.v.drivers().find(b"nic.sys").expect("nic id");
+        self.v.device_event(id, device, DeviceEvent::StartBegin);
+        let base = self.nic_map(physical, size);
+        self.v.device_event(id, device, DeviceEvent::StartEnd);
+        base
+    }
+
+    /// STOP_DEVICE of `device`.
+    pub fn nic_stop(&self, device: u64) {
+        let id = self.v.drivers().find(b"nic.sys").expect("nic id");
+        self.v.device_event(id, device, DeviceEvent::Stopped);
+    }
+
+    /// Sets the IRQL of the next calls.
+    pub fn set_irql(&self, irql: u8) {
+        self.v.platform().irql.store(irql, Ordering::SeqCst);
+    }
+}
+
+/// A transport that serves requests from an [`Engine`] through `iosv::control`.
+#[derive(Clone)]
+pub struct EngineTransport(pub Arc<Engine>);
+
+impl Transport for EngineTransport {
+    fn call(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<RawReply, TransportError> {
+        let mut out = vec![0u8; output_capacity];
+        let r = iosv::control::control(&self.0.v, code, input, &mut out);
+        let n = if r.status == iosv::protocol::Status::Success {
+            r.information.min(output_capacity)
+        } else {
+            0
+        };
+        out.truncate(n);
+        Ok(RawReply {
+            status: r.status as u32,
+            information: r.information as u64,
+            output: out,
+        })
+    }
+    fn describe(&self) -> String {
+        "fake engine".to_string()
+    }
+}
+
+/// A transport that answers from a script, recording the requests it got.
+#[derive(Default)]
+pub struct Scripted {
+    /// Replies, in order.
+    pub replies: VecDeque<Result<RawReply, TransportError>>,
+    /// (code, input length, capacity) of each request.
+    pub calls: Vec<(u32, usize, usize)>,
+}
+
+impl Transport for Scripted {
+    fn call(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<RawReply, TransportError> {
+        self.calls.push((code, input.len(), output_capacity));
+        self.replies
+            .pop_front()
+            .unwrap_or_else(|| Err(TransportError::Unsupported("script ended".into())))
+    }
+    fn describe(&self) -> String {
+        "script".to_string()
+    }
+}

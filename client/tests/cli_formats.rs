@@ -1,0 +1,105 @@
+//! Machine-readable output parses: JUnit is well-formed XML with one test case per rule
+//! and driver seen, and every command's `--format json` is one JSON object per line.
+#![cfg(all(unix, feature = "host"))]
+
+mod common;
+
+use common::{data, iosvctl, json_lines, parts, Server};
+
+#[test]
+fn junit_is_well_formed_with_failures_where_rules_were_broken() {
+    let server = Server::start(Some(&data("every_rule.toml")), &[]);
+    let (code, out, err) = parts(&server.run(&["violations", "--format", "junit"]));
+    assert_eq!(code, 1, "{err}");
+    let doc = roxmltree::Document::parse(&out).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    let suites: Vec<_> = root
+        .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .collect();
+    let names: Vec<&str> = suites
+        .iter()
+        .map(|s| s.attribute("name").unwrap())
+        .collect();
+    assert_eq!(names, ["bad.sys", "good.sys", "thief.sys"]);
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 3 * 13);
+    assert_eq!(root.attribute("tests"), Some("39"));
+    assert_eq!(root.attribute("failures"), Some("13"));
+    let failures: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .collect();
+    assert_eq!(failures.len(), 13);
+    let good = suites
+        .iter()
+        .find(|s| s.attribute("name") == Some("good.sys"))
+        .unwrap();
+    assert_eq!(good.attribute("failures"), Some("0"));
+    let thief = suites
+        .iter()
+        .find(|s| s.attribute("name") == Some("thief.sys"))
+        .unwrap();
+    let f = thief
+        .descendants()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap();
+    assert_eq!(f.attribute("type"), Some("IOSV012"));
+    assert!(
+        f.text()
+            .unwrap()
+            .contains("thief.sys called MmUnmapIoSpace"),
+        "{:?}",
+        f.text()
+    );
+
+    // No violations: still a document, every case passing.
+    let server = Server::start(Some(&data("well_behaved.toml")), &[]);
+    let (code, out, _) = parts(&server.run(&["violations", "--format", "junit"]));
+    assert_eq!(code, 0);
+    let doc = roxmltree::Document::parse(&out).expect("well-formed XML");
+    assert_eq!(doc.root_element().attribute("failures"), Some("0"));
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .count(),
+        2 * 13
+    );
+}
+
+#[test]
+fn every_command_speaks_json_lines() {
+    let server = Server::start(Some(&data("every_rule.toml")), &[]);
+    for (args, kind) in [
+        (&["status"][..], "status"),
+        (&["violations"][..], "violation"),
+        (&["mappings"][..], "mapping"),
+        (&["config", "get"][..], "config"),
+        (&["config", "set", "--stack-depth", "2"][..], "config"),
+        (&["attach", "thief.sys"][..], "attach"),
+        (&["detach", "thief.sys"][..], "detach"),
+        (&["clear", "--stats", "--graveyard"][..], "clear"),
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let (code, out, err) = parts(&server.run(&a));
+        assert!(code == 0 || code == 1, "{a:?}: {err}");
+        let lines = json_lines(&out);
+        assert!(!lines.is_empty(), "{a:?} printed nothing");
+        assert!(
+            lines.iter().all(|l| l["kind"].is_string()),
+            "{a:?}: every line has a kind"
+        );
+        assert_eq!(lines[0]["kind"], kind, "{a:?}");
+    }
+    let (code, out, _) = parts(&iosvctl(&["rules", "--format", "json"]));
+    assert_eq!(code, 0);
+    let rules = json_lines(&out);
+    assert_eq!(rules.len(), 13);
+    assert_eq!(rules[3]["id"], "IOSV004");
+    assert_eq!(rules[3]["containable"], true);
+}
