@@ -345,6 +345,9 @@ pub const VF_MAP_EX: u8 = 1 << 1;
 pub const VF_MAPPING_KNOWN: u8 = 1 << 2;
 /// `ViolationRecord::flags`: the leak was found at a detach rather than an unload.
 pub const VF_DETACH: u8 = 1 << 3;
+/// `ViolationRecord::flags` (IOSV010): the conflicting live mapping was made with
+/// MmMapIoSpaceEx, so `other_cache` holds a page protection, not a cache type.
+pub const VF_OTHER_MAP_EX: u8 = 1 << 4;
 
 /// One violation, as journaled and as sent. Names both sides of a conflict: what the call
 /// passed and what the tracked mapping holds.
@@ -399,7 +402,8 @@ pub struct ViolationRecord {
     pub device: u64,
     /// When the mapping was made (ns).
     pub map_time_ns: u64,
-    /// IOSV010: base of the conflicting mapping; IOSV005: when the earlier unmap happened.
+    /// IOSV010: physical address of the conflicting mapping (its base and size are in
+    /// `base` and `mapped_size`); IOSV005: when the earlier unmap happened.
     pub other: u64,
     /// Name of `driver_id`.
     pub driver_name: [u8; NAME_LEN],

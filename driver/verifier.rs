@@ -14,7 +14,9 @@ use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
 use crate::phys::{check_parameters, CacheClass, ConflictFilter};
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
-use crate::protocol::{ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX};
+use crate::protocol::{
+    ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX, VF_OTHER_MAP_EX,
+};
 use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::OutOfMemory;
@@ -288,7 +290,10 @@ impl<P: Platform> Verifier<P> {
             r.passed_size = size;
             r.cache = cache;
             r.other_cache = o.cache;
-            r.other = o.base;
+            r.other = o.physical;
+            if o.flags & FLAG_MAP_EX != 0 {
+                r.flags |= VF_OTHER_MAP_EX;
+            }
             r.base = o.base;
             r.mapped_size = o.size;
             r.owner_id = o.driver;

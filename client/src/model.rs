@@ -322,14 +322,15 @@ impl<'a> Violation<'a> {
                 if r.flags & VF_DETACH != 0 { "is detached" } else { "unloads" }
             ),
             Some(RuleId::CacheConflict) => format!(
-                "{caller} mapped physical {}+0x{:x} as {} (at {}) while the live mapping at {} (0x{:x} bytes, made by {owner}) covers it as {}",
+                "{caller} mapped physical {}+0x{:x} as {} (at {}) while the live mapping at {} (physical {}+0x{:x}, made by {owner}) covers it as {}",
                 hex(r.physical),
                 r.passed_size,
                 cache(r.cache, self.map_ex()),
                 hex(r.address),
+                hex(r.base),
                 hex(r.other),
                 r.mapped_size,
-                other_cache(r.other_cache)
+                cache(r.other_cache, r.flags & VF_OTHER_MAP_EX != 0)
             ),
             Some(RuleId::MapBadParameters) => {
                 let why = match check_parameters(r.physical, r.passed_size, r.cache, self.map_ex()) {
@@ -359,17 +360,6 @@ impl<'a> Violation<'a> {
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
         format!("{text}{contained}")
-    }
-}
-
-/// Cache type of the other side of IOSV010. The record does not say whether that mapping
-/// was made with MmMapIoSpaceEx, so values that are valid MmMapIoSpace cache types are
-/// named as such and anything else as a protection.
-fn other_cache(v: u32) -> String {
-    if v < iosv::phys::MM_MAXIMUM_CACHE_TYPE {
-        cache(v, false)
-    } else {
-        cache(v, true)
     }
 }
 

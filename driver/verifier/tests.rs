@@ -215,7 +215,8 @@ fn iosv010_cache_conflict_only_on_overlap_with_other_type() {
     b.v.map_io_space(at(NIC), 0xC000_F000, 0x2000, 0); // overlaps a, non-cached
     let r = b.new_records();
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].rule, r[0].other, r[0].other_cache, r[0].cache), (10, a, 1, 0));
+    assert_eq!((r[0].rule, r[0].base, r[0].other, r[0].other_cache, r[0].cache), (10, a, 0xC000_0000, 1, 0));
+    assert_eq!(r[0].flags & crate::protocol::VF_OTHER_MAP_EX, 0);
     b.v.unmap_io_space(at(GPU), a, 0x10000);
     b.v.map_io_space_ex(at(NIC), 0xC000_0000, 0x1000, crate::phys::PAGE_READWRITE | crate::phys::PAGE_NOCACHE);
     assert!(b.rules().is_empty(), "a is gone; 0xC000_8000 (cached) does not overlap");
