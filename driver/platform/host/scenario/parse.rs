@@ -1,0 +1,1070 @@
+//! Reading a scenario: TOML into raw, span-carrying structs (unknown keys refused), then
+//! checked and lowered into a [`Scenario`].
+
+use super::{
+    ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
+    StressSpec, UnmapTarget,
+};
+use crate::config::StartParams;
+use crate::phys::{
+    PAGE_EXECUTE, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOCACHE, PAGE_READONLY,
+    PAGE_READWRITE, PAGE_WRITECOMBINE,
+};
+use crate::platform::host::pnp::{Bar, Behaviour, Routine, AUTO_PHYSICAL, MAX_BAR_SIZE};
+use crate::protocol::{CLR_GRAVEYARD, CLR_JOURNAL, CLR_STATS, MAX_TARGETS, NAME_LEN};
+use crate::rules::{Action, RuleId};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::string::{String, ToString};
+use std::vec::Vec;
+use toml::{Spanned, Value};
+
+type Span = core::ops::Range<usize>;
+
+/// Most OS threads a stress phase may use.
+pub(crate) const MAX_THREADS: u64 = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<Spanned<String>>,
+    description: Option<Spanned<String>>,
+    seed: Option<Spanned<Value>>,
+    host: Option<Spanned<RawHost>>,
+    config: Option<Spanned<RawConfig>>,
+    #[serde(default)]
+    driver: Vec<Spanned<RawDriver>>,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    capacity: Option<Spanned<Value>>,
+    journal_records: Option<Spanned<Value>>,
+    max_stack_depth: Option<Spanned<Value>>,
+    graveyard: Option<Spanned<Value>>,
+    untracked: Option<Spanned<Value>>,
+    conflict_buckets: Option<Spanned<Value>>,
+}
+
+type Actions = Spanned<BTreeMap<Spanned<String>, Spanned<String>>>;
+type Names = Spanned<Vec<Spanned<String>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    targets: Option<Names>,
+    containment: Option<Spanned<bool>>,
+    irql_ceiling: Option<Spanned<String>>,
+    stack_depth: Option<Spanned<Value>>,
+    actions: Option<Actions>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDriver {
+    name: Spanned<String>,
+    behaviour: Option<Spanned<String>>,
+    bug_every: Option<Spanned<Value>>,
+    target: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    driver: Spanned<String>,
+    bars: Option<Spanned<Vec<Spanned<RawBar>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBar {
+    physical: Spanned<Value>,
+    size: Spanned<Value>,
+    cache: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    op: Spanned<String>,
+    thread: Option<Spanned<Value>>,
+    driver: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    mapping: Option<Spanned<String>>,
+    physical: Option<Spanned<Value>>,
+    size: Option<Spanned<Value>>,
+    offset: Option<Spanned<Value>>,
+    address: Option<Spanned<Value>>,
+    cache: Option<Spanned<Value>>,
+    protect: Option<Spanned<Value>>,
+    irql: Option<Spanned<Value>>,
+    routine: Option<Spanned<String>>,
+    bypass: Option<Spanned<bool>>,
+    complete: Option<Spanned<bool>>,
+    count: Option<Spanned<Value>>,
+    rule: Option<Spanned<String>>,
+    foreign: Option<Spanned<String>>,
+    targets: Option<Names>,
+    add_targets: Option<Names>,
+    containment: Option<Spanned<bool>>,
+    irql_ceiling: Option<Spanned<String>>,
+    stack_depth: Option<Spanned<Value>>,
+    actions: Option<Actions>,
+    what: Option<Names>,
+    threads: Option<Spanned<Value>>,
+    ops: Option<Spanned<Value>>,
+    duration_ms: Option<Spanned<Value>>,
+    seed: Option<Spanned<Value>>,
+    drivers: Option<Names>,
+    inject: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+}
+
+impl RawStep {
+    /// The fields present (besides `op`), with their spans.
+    fn present(&self) -> Vec<(&'static str, Span)> {
+        let mut v = Vec::new();
+        macro_rules! field {
+            ($($f:ident),*) => {
+                $(if let Some(x) = &self.$f { v.push((stringify!($f), x.span())); })*
+            };
+        }
+        field!(
+            thread,
+            driver,
+            device,
+            name,
+            mapping,
+            physical,
+            size,
+            offset,
+            address,
+            cache,
+            protect,
+            irql,
+            routine,
+            bypass,
+            complete,
+            count,
+            rule,
+            foreign,
+            targets,
+            add_targets,
+            containment,
+            irql_ceiling,
+            stack_depth,
+            actions,
+            what,
+            threads,
+            ops,
+            duration_ms,
+            seed,
+            drivers,
+            inject
+        );
+        v
+    }
+}
+
+/// Turns byte offsets into line and column.
+pub(crate) struct Lines<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Lines<'_> {
+    fn location(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or("");
+        let line = before
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            .saturating_add(1);
+        let start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+        let column = before
+            .get(start..)
+            .map_or(0, |s| s.chars().count())
+            .saturating_add(1);
+        Location {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn err(&self, span: &Span, message: impl Into<String>) -> ScenarioError {
+        let l = self.location(span.start);
+        ScenarioError {
+            origin: String::from(self.origin),
+            line: l.line,
+            column: l.column,
+            message: message.into(),
+        }
+    }
+}
+
+type R<T> = Result<T, ScenarioError>;
+
+fn num(l: &Lines<'_>, v: &Spanned<Value>, what: &str) -> R<u64> {
+    match v.get_ref() {
+        Value::Integer(i) => u64::try_from(*i)
+            .map_err(|_| l.err(&v.span(), std::format!("{what} must not be negative"))),
+        Value::String(s) => parse_number(s).ok_or_else(|| {
+            l.err(
+                &v.span(),
+                std::format!(
+                    "{what} `{s}` is not a number (write 4096, 0x1000 or \"0xFFFFD00000001000\")"
+                ),
+            )
+        }),
+        other => Err(l.err(
+            &v.span(),
+            std::format!("{what} must be a number, not {}", other.type_str()),
+        )),
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    let t: String = s.trim().chars().filter(|c| *c != '_').collect();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        t.parse().ok()
+    }
+}
+
+fn num_in(l: &Lines<'_>, v: &Spanned<Value>, what: &str, lo: u64, hi: u64) -> R<u64> {
+    let n = num(l, v, what)?;
+    if n < lo || n > hi {
+        return Err(l.err(
+            &v.span(),
+            std::format!("{what} must be between {lo} and {hi}, not {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn irql(l: &Lines<'_>, v: &Spanned<Value>) -> R<u8> {
+    if let Value::String(s) = v.get_ref() {
+        let t = s.trim().to_ascii_uppercase();
+        let t = t.strip_suffix("_LEVEL").unwrap_or(&t);
+        let n = match t {
+            "PASSIVE" => Some(0),
+            "APC" => Some(1),
+            "DISPATCH" => Some(2),
+            "DIRQL" => Some(5),
+            "CLOCK" => Some(13),
+            "IPI" => Some(14),
+            "HIGH" => Some(15),
+            _ => None,
+        };
+        return n.ok_or_else(|| {
+            l.err(&v.span(), std::format!("unknown IRQL `{s}` (PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL, DIRQL, CLOCK_LEVEL, IPI_LEVEL, HIGH_LEVEL or 0..=15)"))
+        });
+    }
+    let n = num_in(l, v, "irql", 0, 15)?;
+    Ok(u8::try_from(n).unwrap_or(15))
+}
+
+const CACHE_NAMES: [(&str, &str, u32); 6] = [
+    ("MmNonCached", "non-cached", 0),
+    ("MmCached", "cached", 1),
+    ("MmWriteCombined", "write-combined", 2),
+    ("MmHardwareCoherentCached", "hardware-coherent-cached", 3),
+    ("MmNonCachedUnordered", "non-cached-unordered", 4),
+    ("MmUSWCCached", "uswc-cached", 5),
+];
+
+fn cache(l: &Lines<'_>, v: &Spanned<Value>) -> R<u32> {
+    if let Value::String(s) = v.get_ref() {
+        let t = s.trim();
+        if let Some((_, _, n)) = CACHE_NAMES
+            .iter()
+            .find(|(a, b, _)| a.eq_ignore_ascii_case(t) || b.eq_ignore_ascii_case(t))
+        {
+            return Ok(*n);
+        }
+        if parse_number(t).is_none() {
+            return Err(l.err(
+                &v.span(),
+                std::format!("unknown cache type `{s}` (non-cached, cached, write-combined, hardware-coherent-cached, non-cached-unordered, uswc-cached, their MEMORY_CACHING_TYPE names, or a number)"),
+            ));
+        }
+    }
+    let n = num_in(l, v, "cache", 0, u64::from(u32::MAX))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+const PROTECT_NAMES: [(&str, u32); 7] = [
+    ("PAGE_READONLY", PAGE_READONLY),
+    ("PAGE_READWRITE", PAGE_READWRITE),
+    ("PAGE_EXECUTE", PAGE_EXECUTE),
+    ("PAGE_EXECUTE_READ", PAGE_EXECUTE_READ),
+    ("PAGE_EXECUTE_READWRITE", PAGE_EXECUTE_READWRITE),
+    ("PAGE_NOCACHE", PAGE_NOCACHE),
+    ("PAGE_WRITECOMBINE", PAGE_WRITECOMBINE),
+];
+
+fn protect(l: &Lines<'_>, v: &Spanned<Value>) -> R<u32> {
+    if let Value::String(s) = v.get_ref() {
+        if parse_number(s).is_none() {
+            let mut bits = 0u32;
+            for part in s.split('|') {
+                let p = part.trim();
+                let found = PROTECT_NAMES
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(p));
+                match found {
+                    Some((_, b)) => bits |= b,
+                    None => {
+                        return Err(l.err(
+                            &v.span(),
+                            std::format!("unknown page protection `{p}` (PAGE_READONLY, PAGE_READWRITE, PAGE_EXECUTE*, PAGE_NOCACHE, PAGE_WRITECOMBINE, joined with `|`, or a number)"),
+                        ))
+                    }
+                }
+            }
+            return Ok(bits);
+        }
+    }
+    let n = num_in(l, v, "protect", 0, u64::from(u32::MAX))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn routine(l: &Lines<'_>, v: &Spanned<String>) -> R<Routine> {
+    let all = [
+        ("driver-entry", Routine::DriverEntry),
+        ("driver-unload", Routine::DriverUnload),
+        ("start-device", Routine::StartDevice),
+        ("stop-device", Routine::StopDevice),
+        ("surprise-removal", Routine::SurpriseRemoval),
+        ("remove-device", Routine::RemoveDevice),
+        ("dispatch", Routine::Dispatch),
+        ("work-item", Routine::WorkItem),
+        ("dpc", Routine::Dpc),
+        ("isr", Routine::Isr),
+        ("script", Routine::Script),
+    ];
+    all.iter().find(|(n, _)| n.eq_ignore_ascii_case(v.get_ref().trim())).map(|(_, r)| *r).ok_or_else(|| {
+        l.err(&v.span(), std::format!("unknown routine `{}` (driver-entry, driver-unload, start-device, stop-device, surprise-removal, remove-device, dispatch, work-item, dpc, isr, script)", v.get_ref()))
+    })
+}
+
+fn image_name(l: &Lines<'_>, v: &Spanned<String>) -> R<String> {
+    let s = v.get_ref();
+    if s.is_empty() || s.len() > NAME_LEN || !s.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(l.err(&v.span(), std::format!("driver name `{s}` must be 1..={NAME_LEN} printable ASCII characters without spaces")));
+    }
+    Ok(s.clone())
+}
+
+fn rule(l: &Lines<'_>, v: &Spanned<String>) -> R<RuleId> {
+    RuleId::parse(v.get_ref().trim()).ok_or_else(|| {
+        l.err(
+            &v.span(),
+            std::format!(
+                "unknown rule `{}` (IOSV001..IOSV013 or a rule name such as double-unmap)",
+                v.get_ref()
+            ),
+        )
+    })
+}
+
+struct Names2<'a> {
+    drivers: &'a HashSet<String>,
+    devices: &'a HashSet<String>,
+}
+
+impl Names2<'_> {
+    fn driver(&self, l: &Lines<'_>, v: &Spanned<String>) -> R<String> {
+        let n = v.get_ref();
+        if self.drivers.contains(&n.to_ascii_lowercase()) {
+            Ok(n.clone())
+        } else {
+            Err(l.err(&v.span(), std::format!("no [[driver]] is named `{n}`")))
+        }
+    }
+    fn device(&self, l: &Lines<'_>, v: &Spanned<String>) -> R<String> {
+        let n = v.get_ref();
+        if self.devices.contains(n) {
+            Ok(n.clone())
+        } else {
+            Err(l.err(&v.span(), std::format!("no [[device]] is named `{n}`")))
+        }
+    }
+}
+
+fn config(
+    l: &Lines<'_>,
+    targets: Option<&Names>,
+    add_targets: Option<&Names>,
+    containment: Option<&Spanned<bool>>,
+    irql_ceiling: Option<&Spanned<String>>,
+    stack_depth: Option<&Spanned<Value>>,
+    actions: Option<&Actions>,
+) -> R<ConfigChange> {
+    let mut c = ConfigChange::default();
+    let names = |list: &Names| -> R<Vec<String>> {
+        if list.get_ref().len() > MAX_TARGETS {
+            return Err(l.err(&list.span(), std::format!("at most {MAX_TARGETS} targets")));
+        }
+        list.get_ref().iter().map(|n| image_name(l, n)).collect()
+    };
+    if let Some(t) = targets {
+        c.targets = Some(names(t)?);
+    }
+    if let Some(t) = add_targets {
+        c.add_targets = names(t)?;
+    }
+    c.containment = containment.map(|b| *b.get_ref());
+    if let Some(m) = irql_ceiling {
+        c.verifier_irql = Some(match m.get_ref().trim().to_ascii_lowercase().as_str() {
+            "dispatch" | "dispatch_level" | "ddi" => false,
+            "apc" | "apc_level" | "verifier" | "driver-verifier" => true,
+            other => return Err(l.err(&m.span(), std::format!("irql_ceiling must be \"dispatch\" (the DDI's) or \"apc\" (Driver Verifier's), not `{other}`"))),
+        });
+    }
+    if let Some(d) = stack_depth {
+        c.stack_depth = Some(u32::try_from(num_in(l, d, "stack_depth", 0, 16)?).unwrap_or(16));
+    }
+    if let Some(a) = actions {
+        for (k, v) in a.get_ref() {
+            let r = if k.get_ref().eq_ignore_ascii_case("all") {
+                None
+            } else {
+                Some(rule(l, k)?)
+            };
+            let action = Action::parse(v.get_ref().trim()).ok_or_else(|| {
+                l.err(
+                    &v.span(),
+                    std::format!(
+                        "unknown action `{}` (ignore, report, break, bugcheck)",
+                        v.get_ref()
+                    ),
+                )
+            })?;
+            c.actions.push((r, action));
+        }
+    }
+    Ok(c)
+}
+
+const STEP_FIELDS: [(&str, &[&str]); 19] = [
+    ("load", &["driver"]),
+    ("unload", &["driver"]),
+    ("attach", &["driver"]),
+    ("detach", &["driver"]),
+    ("add-device", &["device"]),
+    ("start", &["device", "complete"]),
+    ("complete-start", &["device"]),
+    ("stop", &["device"]),
+    ("surprise-remove", &["device"]),
+    ("remove", &["device"]),
+    ("io", &["device", "count"]),
+    (
+        "map",
+        &[
+            "driver", "physical", "size", "cache", "irql", "name", "routine",
+        ],
+    ),
+    (
+        "map-ex",
+        &[
+            "driver", "physical", "size", "protect", "irql", "name", "routine",
+        ],
+    ),
+    (
+        "unmap",
+        &[
+            "driver", "mapping", "offset", "address", "size", "irql", "bypass", "routine",
+        ],
+    ),
+    ("bug", &["driver", "device", "rule", "foreign", "count"]),
+    (
+        "config",
+        &[
+            "targets",
+            "add_targets",
+            "containment",
+            "irql_ceiling",
+            "stack_depth",
+            "actions",
+        ],
+    ),
+    ("mm-fail", &["count"]),
+    ("clear", &["what"]),
+    (
+        "stress",
+        &["threads", "ops", "duration_ms", "seed", "drivers", "inject"],
+    ),
+];
+
+fn required<'a, T>(l: &Lines<'_>, at: &Span, op: &str, field: &str, v: Option<&'a T>) -> R<&'a T> {
+    v.ok_or_else(|| l.err(at, std::format!("step `{op}` needs `{field}`")))
+}
+
+fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
+    let s = raw.get_ref();
+    let at = raw.span();
+    let op_name = s.op.get_ref().as_str();
+    let Some((op, allowed)) = STEP_FIELDS.iter().find(|(o, _)| *o == op_name).copied() else {
+        let ops: Vec<&str> = STEP_FIELDS.iter().map(|(o, _)| *o).collect();
+        return Err(l.err(
+            &s.op.span(),
+            std::format!("unknown op `{op_name}` (one of: {})", ops.join(", ")),
+        ));
+    };
+    for (field, span) in s.present() {
+        if field != "thread" && !allowed.contains(&field) {
+            return Err(l.err(
+                &span,
+                std::format!(
+                    "`{field}` does not apply to op `{op}` (it takes: {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    let thread = match &s.thread {
+        Some(t) => u32::try_from(num_in(l, t, "thread", 0, 1023)?).unwrap_or(0),
+        None => 0,
+    };
+    let drv = || -> R<String> { n.driver(l, required(l, &at, op, "driver", s.driver.as_ref())?) };
+    let dev = || -> R<String> { n.device(l, required(l, &at, op, "device", s.device.as_ref())?) };
+    let count = |default: u64| -> R<u64> {
+        s.count
+            .as_ref()
+            .map_or(Ok(default), |c| num_in(l, c, "count", 1, 1_000_000_000))
+    };
+    let irql_of = || -> R<u8> { s.irql.as_ref().map_or(Ok(0), |v| irql(l, v)) };
+    let routine_of = |irql: u8| -> R<Routine> {
+        match &s.routine {
+            Some(r) => routine(l, r),
+            None if irql > 2 => Ok(Routine::Isr),
+            None if irql == 2 => Ok(Routine::Dpc),
+            None => Ok(Routine::Script),
+        }
+    };
+    let kind = match op {
+        "load" => StepKind::Load(drv()?),
+        "unload" => StepKind::Unload(drv()?),
+        "attach" => StepKind::Attach(drv()?),
+        "detach" => StepKind::Detach(drv()?),
+        "add-device" => StepKind::AddDevice(dev()?),
+        "start" => StepKind::Start {
+            device: dev()?,
+            complete: s.complete.as_ref().is_none_or(|c| *c.get_ref()),
+        },
+        "complete-start" => StepKind::CompleteStart(dev()?),
+        "stop" => StepKind::Stop(dev()?),
+        "surprise-remove" => StepKind::SurpriseRemove(dev()?),
+        "remove" => StepKind::Remove(dev()?),
+        "io" => StepKind::Io {
+            device: dev()?,
+            count: count(1)?,
+        },
+        "map" | "map-ex" => {
+            let ex = op == "map-ex";
+            let physical = num(
+                l,
+                required(l, &at, op, "physical", s.physical.as_ref())?,
+                "physical",
+            )?;
+            let size = num(l, required(l, &at, op, "size", s.size.as_ref())?, "size")?;
+            let cache = if ex {
+                s.protect
+                    .as_ref()
+                    .map_or(Ok(PAGE_READWRITE | PAGE_NOCACHE), |v| protect(l, v))?
+            } else {
+                s.cache.as_ref().map_or(Ok(0), |v| cache(l, v))?
+            };
+            let irql = irql_of()?;
+            StepKind::Map {
+                driver: drv()?,
+                physical,
+                size,
+                cache,
+                ex,
+                irql,
+                name: s.name.as_ref().map(|v| v.get_ref().clone()),
+                routine: routine_of(irql)?,
+            }
+        }
+        "unmap" => {
+            let target = match (&s.mapping, &s.address) {
+                (Some(m), None) => UnmapTarget::Named {
+                    mapping: m.get_ref().clone(),
+                    offset: s.offset.as_ref().map_or(Ok(0), |o| num(l, o, "offset"))?,
+                },
+                (None, Some(a)) => {
+                    if let Some(o) = &s.offset {
+                        return Err(
+                            l.err(&o.span(), "`offset` applies to `mapping`, not to `address`")
+                        );
+                    }
+                    if s.size.is_none() {
+                        return Err(l.err(&a.span(), "an unmap by `address` needs `size`"));
+                    }
+                    UnmapTarget::Address(num(l, a, "address")?)
+                }
+                (Some(_), Some(a)) => {
+                    return Err(l.err(&a.span(), "give `mapping` or `address`, not both"))
+                }
+                (None, None) => {
+                    return Err(l.err(
+                        &at,
+                        "step `unmap` needs `mapping` (a name given to a map) or `address`",
+                    ))
+                }
+            };
+            let irql = irql_of()?;
+            StepKind::Unmap {
+                driver: drv()?,
+                target,
+                size: s.size.as_ref().map(|v| num(l, v, "size")).transpose()?,
+                irql,
+                bypass: s.bypass.as_ref().is_some_and(|b| *b.get_ref()),
+                routine: routine_of(irql)?,
+            }
+        }
+        "bug" => {
+            let r = rule(l, required(l, &at, op, "rule", s.rule.as_ref())?)?;
+            let device = s.device.as_ref().map(|d| n.device(l, d)).transpose()?;
+            if device.is_none() && matches!(r, RuleId::LeakOnStop | RuleId::LeakOnRemove) {
+                return Err(l.err(
+                    &at,
+                    std::format!("a `{}` bug needs `device`", r.info().name),
+                ));
+            }
+            let foreign = s.foreign.as_ref().map(|d| n.driver(l, d)).transpose()?;
+            if let (Some(f), false) = (&s.foreign, r == RuleId::UnmapForeign) {
+                return Err(l.err(
+                    &f.span(),
+                    "`foreign` applies to the unmap-foreign (IOSV012) bug only",
+                ));
+            }
+            StepKind::Bug {
+                rule: r,
+                driver: drv()?,
+                device,
+                foreign,
+                count: count(1)?,
+            }
+        }
+        "config" => StepKind::Config(config(
+            l,
+            s.targets.as_ref(),
+            s.add_targets.as_ref(),
+            s.containment.as_ref(),
+            s.irql_ceiling.as_ref(),
+            s.stack_depth.as_ref(),
+            s.actions.as_ref(),
+        )?),
+        "mm-fail" => StepKind::MmFail(count(1)?),
+        "clear" => {
+            let mut what = 0u32;
+            match &s.what {
+                None => what = CLR_JOURNAL | CLR_STATS | CLR_GRAVEYARD,
+                Some(list) => {
+                    for w in list.get_ref() {
+                        what |= match w.get_ref().as_str() {
+                            "journal" => CLR_JOURNAL,
+                            "stats" => CLR_STATS,
+                            "graveyard" => CLR_GRAVEYARD,
+                            other => {
+                                return Err(l.err(
+                                    &w.span(),
+                                    std::format!(
+                                        "unknown `what` `{other}` (journal, stats, graveyard)"
+                                    ),
+                                ))
+                            }
+                        };
+                    }
+                    if what == 0 {
+                        return Err(l.err(
+                            &list.span(),
+                            "`what` must name at least one of journal, stats, graveyard",
+                        ));
+                    }
+                }
+            }
+            StepKind::Clear(what)
+        }
+        _ => StepKind::Stress(stress(l, n, &at, s)?),
+    };
+    let location = l.location(at.start);
+    Ok(Step {
+        location,
+        op,
+        thread,
+        kind,
+    })
+}
+
+fn stress(l: &Lines<'_>, n: &Names2<'_>, at: &Span, s: &RawStep) -> R<StressSpec> {
+    let threads = s
+        .threads
+        .as_ref()
+        .map_or(Ok(2), |t| num_in(l, t, "threads", 1, MAX_THREADS))?;
+    let limit = match (&s.ops, &s.duration_ms) {
+        (Some(o), None) => Limit::Ops(num_in(l, o, "ops", 1, 1_000_000_000_000)?),
+        (None, Some(d)) => Limit::Millis(num_in(l, d, "duration_ms", 1, 86_400_000)?),
+        (Some(_), Some(d)) => return Err(l.err(&d.span(), "give `ops` or `duration_ms`, not both")),
+        (None, None) => {
+            return Err(l.err(
+                at,
+                "step `stress` needs `ops` (operations in total) or `duration_ms`",
+            ))
+        }
+    };
+    let seed = s.seed.as_ref().map(|v| num(l, v, "seed")).transpose()?;
+    let drivers = match &s.drivers {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .map(|d| n.driver(l, d))
+            .collect::<R<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let mut inject = Vec::new();
+    let mut total = 0.0f64;
+    if let Some(map) = &s.inject {
+        for (k, v) in map.get_ref() {
+            let r = rule(l, k)?;
+            let p = match v.get_ref() {
+                Value::Float(f) => *f,
+                Value::Integer(i) => *i as f64,
+                other => {
+                    return Err(l.err(
+                        &v.span(),
+                        std::format!(
+                            "an injection rate must be a number, not {}",
+                            other.type_str()
+                        ),
+                    ))
+                }
+            };
+            if !(0.0..=1.0).contains(&p) {
+                return Err(l.err(
+                    &v.span(),
+                    std::format!(
+                        "an injection rate is a probability per operation, 0.0..=1.0, not {p}"
+                    ),
+                ));
+            }
+            total += p;
+            inject.push((r, p));
+        }
+        if total > 1.0 {
+            return Err(l.err(
+                &map.span(),
+                std::format!("injection rates add up to {total}, more than 1.0"),
+            ));
+        }
+    }
+    Ok(StressSpec {
+        threads: u32::try_from(threads).unwrap_or(2),
+        limit,
+        seed,
+        drivers,
+        inject,
+    })
+}
+
+fn bars(
+    l: &Lines<'_>,
+    raw: &Spanned<Vec<Spanned<RawBar>>>,
+    taken: &mut Vec<(u64, u64, String)>,
+    device: &str,
+) -> R<Vec<Bar>> {
+    if raw.get_ref().is_empty() {
+        return Err(l.err(
+            &raw.span(),
+            "a device needs at least one BAR (or leave `bars` out for two automatic ones)",
+        ));
+    }
+    let mut out = Vec::new();
+    for b in raw.get_ref() {
+        let rb = b.get_ref();
+        let physical = num(l, &rb.physical, "physical")?;
+        let size = num(l, &rb.size, "size")?;
+        if size == 0 || size >= MAX_BAR_SIZE {
+            return Err(l.err(
+                &rb.size.span(),
+                std::format!("a BAR's size must be 1..{MAX_BAR_SIZE:#x} bytes (below 64 MiB)"),
+            ));
+        }
+        let end = physical.checked_add(size).filter(|e| *e <= AUTO_PHYSICAL);
+        let Some(end) = end else {
+            return Err(l.err(&rb.physical.span(), std::format!("a BAR must lie below {AUTO_PHYSICAL:#x} (the simulator places its own windows above)")));
+        };
+        if let Some((_, _, other)) = taken.iter().find(|(s, e, _)| physical < *e && *s < end) {
+            return Err(l.err(&b.span(), std::format!("this BAR overlaps a BAR of device `{other}`; devices must not share physical ranges")));
+        }
+        taken.push((physical, end, String::from(device)));
+        let cache = rb.cache.as_ref().map_or(Ok(0), |c| cache(l, c))?;
+        if cache >= crate::phys::MM_MAXIMUM_CACHE_TYPE {
+            return Err(l.err(
+                &rb.cache.as_ref().map_or(b.span(), Spanned::span),
+                "a BAR's cache type must be a valid MEMORY_CACHING_TYPE (0..=5)",
+            ));
+        }
+        out.push(Bar {
+            physical,
+            size,
+            cache,
+        });
+    }
+    Ok(out)
+}
+
+fn params(l: &Lines<'_>, h: &Spanned<RawHost>) -> R<StartParams> {
+    let d = StartParams::default();
+    let r = h.get_ref();
+    let get = |v: &Option<Spanned<Value>>, what: &str, def: usize, lo: u64, hi: u64| -> R<usize> {
+        match v {
+            Some(v) => Ok(usize::try_from(num_in(l, v, what, lo, hi)?).unwrap_or(def)),
+            None => Ok(def),
+        }
+    };
+    Ok(StartParams {
+        capacity: get(&r.capacity, "capacity", d.capacity, 16, 16 * 1024 * 1024)?,
+        journal_records: get(
+            &r.journal_records,
+            "journal_records",
+            d.journal_records,
+            1,
+            1024 * 1024,
+        )?,
+        max_stack_depth: get(
+            &r.max_stack_depth,
+            "max_stack_depth",
+            d.max_stack_depth,
+            0,
+            16,
+        )?,
+        graveyard: get(&r.graveyard, "graveyard", d.graveyard, 1, 1024 * 1024)?,
+        untracked: get(&r.untracked, "untracked", d.untracked, 16, 1024 * 1024)?,
+        conflict_buckets: get(
+            &r.conflict_buckets,
+            "conflict_buckets",
+            d.conflict_buckets,
+            1,
+            1024 * 1024,
+        )?,
+    })
+}
+
+pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
+    let l = Lines { text, origin };
+    let raw: RawScenario = toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
+        match e.span() {
+            Some(span) => l.err(&span, message),
+            None => ScenarioError {
+                origin: String::from(origin),
+                line: 0,
+                column: 0,
+                message,
+            },
+        }
+    })?;
+
+    let mut driver_names = HashSet::new();
+    let mut drivers = Vec::new();
+    for d in &raw.driver {
+        let rd = d.get_ref();
+        let name = image_name(&l, &rd.name)?;
+        if !driver_names.insert(name.to_ascii_lowercase()) {
+            return Err(l.err(
+                &rd.name.span(),
+                std::format!("driver `{name}` is declared twice"),
+            ));
+        }
+        let behaviour = match &rd.behaviour {
+            Some(b) => Behaviour::parse(b.get_ref().trim()).ok_or_else(|| {
+                l.err(&b.span(), std::format!("unknown behaviour `{}` (well-behaved, or a rule id or name such as IOSV005 or double-unmap)", b.get_ref()))
+            })?,
+            None => Behaviour::WellBehaved,
+        };
+        let bug_every = rd
+            .bug_every
+            .as_ref()
+            .map_or(Ok(100), |v| num_in(&l, v, "bug_every", 1, 1_000_000_000))?;
+        drivers.push(DriverDecl {
+            name,
+            behaviour,
+            bug_every,
+            target: rd.target.as_ref().is_none_or(|t| *t.get_ref()),
+        });
+    }
+    if drivers.len() > crate::drivers::MAX_DRIVERS {
+        return Err(l.err(
+            &(0..0),
+            std::format!("at most {} drivers", crate::drivers::MAX_DRIVERS),
+        ));
+    }
+
+    let mut device_names = HashSet::new();
+    let mut devices = Vec::new();
+    let mut taken = Vec::new();
+    for d in &raw.device {
+        let rd = d.get_ref();
+        let name = rd.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(l.err(
+                &rd.name.span(),
+                "a device name must be printable ASCII without spaces",
+            ));
+        }
+        if !device_names.insert(name.clone()) {
+            return Err(l.err(
+                &rd.name.span(),
+                std::format!("device `{name}` is declared twice"),
+            ));
+        }
+        if !driver_names.contains(&rd.driver.get_ref().to_ascii_lowercase()) {
+            return Err(l.err(
+                &rd.driver.span(),
+                std::format!("no [[driver]] is named `{}`", rd.driver.get_ref()),
+            ));
+        }
+        let b = rd
+            .bars
+            .as_ref()
+            .map(|b| bars(&l, b, &mut taken, &name))
+            .transpose()?;
+        devices.push(DeviceDecl {
+            name,
+            driver: rd.driver.get_ref().clone(),
+            bars: b,
+        });
+    }
+
+    let names = Names2 {
+        drivers: &driver_names,
+        devices: &device_names,
+    };
+    let steps = raw
+        .step
+        .iter()
+        .map(|s| step(&l, &names, s))
+        .collect::<R<Vec<_>>>()?;
+
+    let config = match &raw.config {
+        Some(c) => {
+            let rc = c.get_ref();
+            config(
+                &l,
+                rc.targets.as_ref(),
+                None,
+                rc.containment.as_ref(),
+                rc.irql_ceiling.as_ref(),
+                rc.stack_depth.as_ref(),
+                rc.actions.as_ref(),
+            )?
+        }
+        None => ConfigChange::default(),
+    };
+    let declared_targets = drivers.iter().filter(|d| d.target).count();
+    if config
+        .targets
+        .as_ref()
+        .map_or(0, Vec::len)
+        .saturating_add(declared_targets)
+        > MAX_TARGETS
+    {
+        return Err(l.err(
+            &raw.config.as_ref().map_or(0..0, Spanned::span),
+            std::format!("more than {MAX_TARGETS} targets"),
+        ));
+    }
+
+    Ok(Scenario {
+        origin: String::from(origin),
+        name: raw
+            .name
+            .as_ref()
+            .map_or_else(|| String::from(origin), |n| n.get_ref().clone()),
+        description: raw
+            .description
+            .as_ref()
+            .map_or_else(String::new, |d| d.get_ref().clone()),
+        seed: raw
+            .seed
+            .as_ref()
+            .map(|s| num(&l, s, "seed"))
+            .transpose()?
+            .unwrap_or(0x10_5EED),
+        params: raw.host.as_ref().map(|h| params(&l, h)).transpose()?,
+        config,
+        drivers,
+        devices,
+        steps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_line_column_and_reason() {
+        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`");
+        let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"lod\"\ndriver = \"a.sys\"\n");
+        assert!(e.starts_with("t.toml:4:6: unknown op `lod`"), "{e}");
+        let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"load\"\ndriver = \"b.sys\"\n");
+        assert_eq!(e, "t.toml:5:10: no [[driver]] is named `b.sys`");
+        let e = err(
+            "[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"load\"\ndriver = \"a.sys\"\nsize = 3\n",
+        );
+        assert!(
+            e.starts_with("t.toml:6:8: `size` does not apply to op `load`"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"map\"\ndriver = \"a.sys\"\nphysical = 0\nsize = 1\nirql = \"LOW\"\n");
+        assert!(e.starts_with("t.toml:8:8: unknown IRQL `LOW`"), "{e}");
+        let e =
+            err("[[step]]\nop = \"stress\"\nops = 1\ninject = { IOSV005 = 0.7, IOSV004 = 0.6 }\n");
+        assert!(
+            e.starts_with("t.toml:4:10: injection rates add up to"),
+            "{e}"
+        );
+        let e = err("name = [\n");
+        assert!(e.starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn numbers_and_names() {
+        assert_eq!(
+            parse_number("0xFFFF_D000_0000_1000"),
+            Some(0xFFFF_D000_0000_1000)
+        );
+        assert_eq!(parse_number("4096"), Some(4096));
+        let s = parse(
+            "[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = \"0xFFFFE00000000000\"\nsize = 4096\nirql = \"DISPATCH_LEVEL\"\n",
+            "x",
+        )
+        .unwrap();
+        assert!(matches!(
+            s.steps[0].kind,
+            StepKind::Unmap {
+                target: UnmapTarget::Address(0xFFFF_E000_0000_0000),
+                irql: 2,
+                routine: Routine::Dpc,
+                ..
+            }
+        ));
+    }
+}

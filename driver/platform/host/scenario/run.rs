@@ -1,0 +1,693 @@
+//! Running a scenario: the scripted steps in order on the calling thread, and each stress
+//! phase on its own OS threads against the shared host.
+//!
+//! # Stress phases
+//! The phase's drivers (its `drivers`, or every loaded driver iosv is attached to) are
+//! shared out round-robin: each driver, with all its devices, belongs to exactly one
+//! thread. When there are more threads than drivers, clones of the drivers are loaded
+//! (`nic-2.sys`, with devices of their own) so every thread owns one. Each thread has its
+//! own [`Actor`]. An operation is, with the configured probabilities, one injected bug of
+//! a rule, or else a well-behaved one: mostly runtime I/O on one of its started devices,
+//! sometimes a stop and restart, rarely a surprise removal (or removal), re-add and start.
+//! Ownership is what keeps every injected bug reported exactly once: iosv attributes a map
+//! made while a device of the same driver is starting to that device, so two threads
+//! sharing a driver could turn one thread's runtime mapping into the other's leak.
+
+use super::{
+    Limit, Progress, RunSummary, Scenario, ScenarioError, Step, StepKind, StressSpec,
+    StressSummary, UnmapTarget,
+};
+use crate::platform::host::pnp::{Actor, Device};
+use crate::platform::host::{thread, Host, HostError, Injected};
+use crate::platform::Irql;
+use crate::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
+use crate::rules::{RuleId, RULE_COUNT};
+use std::collections::HashMap;
+use std::string::String;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+fn diff(after: &Injected, before: &Injected) -> Injected {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+fn at(scenario: &Scenario, step: &Step, message: impl std::fmt::Display) -> ScenarioError {
+    ScenarioError {
+        origin: scenario.origin.clone(),
+        line: step.location.line,
+        column: step.location.column,
+        message: std::format!("step `{}` failed: {message}", step.op),
+    }
+}
+
+fn apply_config(host: &Host, c: &super::ConfigChange) -> Result<(), HostError> {
+    host.configure(|b| {
+        if let Some(targets) = &c.targets {
+            b.targets = Default::default();
+            b.target_count = 0;
+            for (slot, t) in b.targets.iter_mut().zip(targets) {
+                *slot = crate::protocol::wire_name(t.as_bytes());
+                b.target_count = b.target_count.saturating_add(1);
+            }
+        }
+        if let Some(on) = c.containment {
+            b.flags = if on {
+                b.flags | CF_CONTAINMENT
+            } else {
+                b.flags & !CF_CONTAINMENT
+            };
+        }
+        if let Some(on) = c.verifier_irql {
+            b.flags = if on {
+                b.flags | CF_VERIFIER_IRQL
+            } else {
+                b.flags & !CF_VERIFIER_IRQL
+            };
+        }
+        if let Some(d) = c.stack_depth {
+            b.stack_depth = d;
+        }
+        for (rule, action) in &c.actions {
+            match rule {
+                Some(r) => {
+                    if let Some(slot) = b.actions.get_mut(r.index()) {
+                        *slot = *action as u8;
+                    }
+                }
+                None => {
+                    for slot in b.actions.iter_mut().take(RULE_COUNT) {
+                        *slot = *action as u8;
+                    }
+                }
+            }
+        }
+    })?;
+    for t in &c.add_targets {
+        host.add_target(t)?;
+    }
+    Ok(())
+}
+
+struct Named {
+    base: u64,
+    size: u64,
+}
+
+/// Runs `scenario` against `host`, reporting progress to `progress` (on the calling
+/// thread). Declarations come first: every `[[driver]]` is declared with its behaviour,
+/// the `[config]` table and the drivers' `target` keys are applied through SET_CONFIG.
+/// Then the steps run in order. A failing step stops the run with its location.
+pub fn run(
+    host: &Host,
+    scenario: &Scenario,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunSummary, ScenarioError> {
+    let started = Instant::now();
+    let before = host.injected();
+    let corruptions_before = host.mm().counters().corruptions;
+    let top = |message: String| ScenarioError {
+        origin: scenario.origin.clone(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    for d in &scenario.drivers {
+        host.declare_driver(&d.name, d.behaviour, d.bug_every);
+    }
+    apply_config(host, &scenario.config)
+        .map_err(|e| top(std::format!("applying [config]: {e}")))?;
+    for d in scenario.drivers.iter().filter(|d| d.target) {
+        host.add_target(&d.name)
+            .map_err(|e| top(std::format!("adding target {}: {e}", d.name)))?;
+    }
+
+    let total = scenario.steps.len() as u64;
+    let mut names: HashMap<String, Named> = HashMap::new();
+    // Scripted steps run one at a time: any page count no BAR spans is private enough.
+    let mut actor = host.actor(scenario.seed);
+    if let Some(p) = host.private_page_counts(1).first() {
+        actor.set_private_pages(*p);
+    }
+    let mut operations = 0u64;
+    let mut stress = Vec::new();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let index = i as u64;
+        progress(&Progress {
+            done: index,
+            total,
+            phase: std::format!(
+                "step {}/{}: {}",
+                index.saturating_add(1),
+                total,
+                describe(step)
+            ),
+        });
+        thread::set_step(Some(index));
+        let r = thread::with_simulated_thread(step.thread, || {
+            run_step(
+                host,
+                scenario,
+                step,
+                &mut names,
+                &mut actor,
+                &mut operations,
+                &mut stress,
+                progress,
+            )
+        });
+        thread::set_step(None);
+        r.map_err(|m| at(scenario, step, m))?;
+    }
+    progress(&Progress {
+        done: total,
+        total,
+        phase: String::from("done"),
+    });
+    let after = host.injected();
+    Ok(RunSummary {
+        name: scenario.name.clone(),
+        steps: total,
+        operations,
+        expected: diff(&after, &before),
+        duration: started.elapsed(),
+        stress,
+        corruptions: host
+            .mm()
+            .counters()
+            .corruptions
+            .saturating_sub(corruptions_before),
+    })
+}
+
+fn describe(step: &Step) -> String {
+    match &step.kind {
+        StepKind::Load(d) | StepKind::Unload(d) | StepKind::Attach(d) | StepKind::Detach(d) => {
+            std::format!("{} {d}", step.op)
+        }
+        StepKind::AddDevice(d)
+        | StepKind::Start { device: d, .. }
+        | StepKind::CompleteStart(d)
+        | StepKind::Stop(d)
+        | StepKind::SurpriseRemove(d)
+        | StepKind::Remove(d)
+        | StepKind::Io { device: d, .. } => std::format!("{} {d}", step.op),
+        StepKind::Map { driver, .. } | StepKind::Unmap { driver, .. } => {
+            std::format!("{} by {driver}", step.op)
+        }
+        StepKind::Bug { rule, driver, .. } => std::format!("bug {} by {driver}", rule.info().code),
+        StepKind::Stress(s) => std::format!("stress on {} threads", s.threads),
+        _ => String::from(step.op),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    host: &Host,
+    scenario: &Scenario,
+    step: &Step,
+    names: &mut HashMap<String, Named>,
+    actor: &mut Actor,
+    operations: &mut u64,
+    stress: &mut Vec<StressSummary>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), String> {
+    let e = |e: HostError| e.to_string();
+    let op = |n: &mut u64| *n = n.saturating_add(1);
+    match &step.kind {
+        StepKind::Load(d) => {
+            host.load_driver(d).map_err(e)?;
+        }
+        StepKind::Unload(d) => host.unload_driver(d).map_err(e)?,
+        StepKind::Attach(d) => {
+            host.attach(d).map_err(e)?;
+        }
+        StepKind::Detach(d) => {
+            host.detach(d).map_err(e)?;
+        }
+        StepKind::AddDevice(name) => {
+            let decl = scenario
+                .devices
+                .iter()
+                .find(|d| &d.name == name)
+                .ok_or_else(|| std::format!("no device `{name}`"))?;
+            let bars = decl.bars.clone().unwrap_or_else(|| host.auto_bars());
+            host.add_device(name, &decl.driver, &bars).map_err(e)?;
+        }
+        StepKind::Start { device, complete } => {
+            let dev = host.device(device).map_err(e)?;
+            op(operations);
+            if !host.start_device(&dev, *complete).map_err(e)? {
+                return Err(std::format!(
+                    "the start of `{device}` failed: a BAR could not be mapped"
+                ));
+            }
+        }
+        StepKind::CompleteStart(device) => host
+            .complete_start(&*host.device(device).map_err(e)?)
+            .map_err(e)?,
+        StepKind::Stop(device) => {
+            op(operations);
+            host.stop_device(&*host.device(device).map_err(e)?)
+                .map_err(e)?;
+        }
+        StepKind::SurpriseRemove(device) => {
+            op(operations);
+            host.surprise_remove_device(&*host.device(device).map_err(e)?)
+                .map_err(e)?;
+        }
+        StepKind::Remove(device) => {
+            op(operations);
+            host.remove_device(&*host.device(device).map_err(e)?)
+                .map_err(e)?;
+        }
+        StepKind::Io { device, count } => {
+            let dev = host.device(device).map_err(e)?;
+            for _ in 0..*count {
+                host.device_io(&dev, actor).map_err(e)?;
+                op(operations);
+            }
+        }
+        StepKind::Map {
+            driver,
+            physical,
+            size,
+            cache,
+            ex,
+            irql,
+            name,
+            routine,
+        } => {
+            let d = host.driver(driver).map_err(e)?;
+            let (base, _) = thread::with_irql(Irql(*irql), || {
+                if *ex {
+                    d.map_io_space_ex(*routine, *physical, *size, *cache)
+                } else {
+                    d.map_io_space(*routine, *physical, *size, *cache)
+                }
+            })
+            .map_err(e)?;
+            op(operations);
+            if let Some(n) = name {
+                names.insert(n.clone(), Named { base, size: *size });
+            }
+        }
+        StepKind::Unmap {
+            driver,
+            target,
+            size,
+            irql,
+            bypass,
+            routine,
+        } => {
+            let d = host.driver(driver).map_err(e)?;
+            let (base, default_size) = match target {
+                UnmapTarget::Address(a) => (*a, 0),
+                UnmapTarget::Named { mapping, offset } => {
+                    let m = names.get(mapping).ok_or_else(|| {
+                        std::format!("no mapping named `{mapping}` was made before this step")
+                    })?;
+                    (m.base.wrapping_add(*offset), m.size)
+                }
+            };
+            let size = size.unwrap_or(default_size);
+            thread::with_irql(Irql(*irql), || {
+                if *bypass {
+                    d.unmap_io_space_direct(*routine, base, size)
+                } else {
+                    d.unmap_io_space(*routine, base, size).map(|_| ())
+                }
+            })
+            .map_err(e)?;
+            op(operations);
+        }
+        StepKind::Bug {
+            rule,
+            driver,
+            device,
+            foreign,
+            count,
+        } => {
+            for _ in 0..*count {
+                host.commit_bug_with(*rule, driver, device.as_deref(), foreign.as_deref(), actor)
+                    .map_err(e)?;
+                op(operations);
+            }
+        }
+        StepKind::Config(c) => apply_config(host, c).map_err(e)?,
+        StepKind::MmFail(n) => host.mm().fail_next_maps(*n),
+        StepKind::Clear(what) => host.clear(*what).map_err(e)?,
+        StepKind::Stress(spec) => {
+            let s = run_stress(host, scenario, step, spec, progress)?;
+            *operations = operations.saturating_add(s.operations);
+            stress.push(s);
+        }
+    }
+    Ok(())
+}
+
+/// A driver a stress thread owns, with its devices.
+struct Owned {
+    name: String,
+    devices: Vec<Arc<Device>>,
+}
+
+fn clone_name(name: &str, k: usize) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) => std::format!("{stem}-{k}.{ext}"),
+        None => std::format!("{name}-{k}"),
+    }
+}
+
+fn prepare(host: &Host, name: &str) -> Result<Owned, HostError> {
+    let mut devices = host.devices_of(name);
+    if devices.is_empty() {
+        let bars = host.auto_bars();
+        devices.push(host.add_device(&std::format!("{name}:stress0"), name, &bars)?);
+    }
+    let mut ready = Vec::new();
+    for dev in devices {
+        let dev = match dev.state() {
+            crate::platform::host::PnpState::Starting => {
+                host.complete_start(&dev)?;
+                dev
+            }
+            crate::platform::host::PnpState::SurpriseRemoved => {
+                host.remove_device(&dev)?;
+                host.add_device(dev.name(), name, dev.bars())?
+            }
+            _ => dev,
+        };
+        if matches!(
+            dev.state(),
+            crate::platform::host::PnpState::Added | crate::platform::host::PnpState::Stopped
+        ) && !host.start_device(&dev, true)?
+        {
+            return Err(HostError::MapFailed("BAR at start"));
+        }
+        ready.push(dev);
+    }
+    Ok(Owned {
+        name: String::from(name),
+        devices: ready,
+    })
+}
+
+fn run_stress(
+    host: &Host,
+    scenario: &Scenario,
+    step: &Step,
+    spec: &StressSpec,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<StressSummary, String> {
+    let started = Instant::now();
+    let before = host.injected();
+    let threads = spec.threads.max(1) as usize;
+    let mut drivers: Vec<String> = if spec.drivers.is_empty() {
+        host.driver_names()
+            .into_iter()
+            .filter(|n| host.driver(n).is_ok_and(|d| d.driver_id().is_some()))
+            .collect()
+    } else {
+        spec.drivers.clone()
+    };
+    if drivers.is_empty() {
+        return Err(String::from(
+            "no loaded driver that iosv is attached to; load a target driver first",
+        ));
+    }
+    for d in &drivers {
+        let r = host.driver(d).map_err(|e| e.to_string())?;
+        if r.driver_id().is_none() {
+            return Err(std::format!(
+                "iosv is not attached to `{d}` (make it a target before loading it, or attach)"
+            ));
+        }
+    }
+    // Clones, so that every thread owns a driver.
+    let templates = drivers.clone();
+    let mut k = drivers.len();
+    while drivers.len() < threads {
+        let Some(t) = templates.get(k.checked_rem(templates.len()).unwrap_or(0)) else {
+            break;
+        };
+        let name = clone_name(t, k);
+        let (behaviour, every) = scenario
+            .drivers
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(t))
+            .map_or((crate::platform::host::Behaviour::WellBehaved, 100), |d| {
+                (d.behaviour, d.bug_every)
+            });
+        host.declare_driver(&name, behaviour, every);
+        if host.driver(&name).is_err() {
+            host.add_target(&name).map_err(|e| e.to_string())?;
+            host.load_driver(&name).map_err(|e| e.to_string())?;
+        }
+        drivers.push(name);
+        k = k.saturating_add(1);
+    }
+    // Ownership: driver j belongs to thread j % threads.
+    let mut shares: Vec<Vec<Owned>> = (0..threads).map(|_| Vec::new()).collect();
+    for (j, name) in drivers.iter().enumerate() {
+        let owned = prepare(host, name).map_err(|e| std::format!("preparing `{name}`: {e}"))?;
+        if let Some(share) = shares.get_mut(j.checked_rem(threads).unwrap_or(0)) {
+            share.push(owned);
+        }
+    }
+    let seed = spec.seed.unwrap_or(scenario.seed);
+    let done = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let deadline = match spec.limit {
+        Limit::Millis(ms) => started.checked_add(Duration::from_millis(ms)),
+        Limit::Ops(_) => None,
+    };
+    let total = match spec.limit {
+        Limit::Ops(n) => n,
+        Limit::Millis(ms) => ms,
+    };
+    let all_drivers = drivers.clone();
+    // A page count per thread that nothing else in the phase maps (IOSV005 and IOSV013).
+    let private = host.private_page_counts(threads);
+    std::thread::scope(|scope| {
+        for (t, share) in shares.into_iter().enumerate() {
+            let budget = match spec.limit {
+                Limit::Ops(n) => {
+                    let per = n.checked_div(threads as u64).unwrap_or(n);
+                    let extra = u64::from((t as u64) < n.checked_rem(threads as u64).unwrap_or(0));
+                    Some(per.saturating_add(extra))
+                }
+                Limit::Millis(_) => None,
+            };
+            let (done, abort, failure, all) = (&done, &abort, &failure, &all_drivers);
+            let mut actor =
+                host.actor(seed.wrapping_add((t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            if let Some(p) = private.get(t) {
+                actor.set_private_pages(*p);
+            }
+            scope.spawn(move || {
+                let r = worker(
+                    host, share, all, spec, budget, deadline, &mut actor, done, abort,
+                );
+                if let Err(e) = r {
+                    abort.store(true, Ordering::Relaxed);
+                    let mut f = failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if f.is_none() {
+                        *f = Some(std::format!("stress thread {t}: {e}"));
+                    }
+                }
+            });
+        }
+        let phase = std::format!("stress: {threads} threads");
+        loop {
+            let finished = abort.load(Ordering::Relaxed)
+                || match spec.limit {
+                    Limit::Ops(n) => done.load(Ordering::Relaxed) >= n,
+                    Limit::Millis(_) => deadline.is_some_and(|d| Instant::now() >= d),
+                };
+            let units = match spec.limit {
+                Limit::Ops(_) => done.load(Ordering::Relaxed),
+                Limit::Millis(ms) => u64::try_from(started.elapsed().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(ms),
+            };
+            progress(&Progress {
+                done: units,
+                total,
+                phase: phase.clone(),
+            });
+            if finished {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    if let Some(f) = failure
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        return Err(f);
+    }
+    Ok(StressSummary {
+        location: step.location,
+        threads: spec.threads,
+        operations: done.load(Ordering::Relaxed),
+        duration: started.elapsed(),
+        seed,
+        drivers,
+        injected: diff(&host.injected(), &before),
+    })
+}
+
+fn pick_rule(actor: &mut Actor, inject: &[(RuleId, f64)]) -> Option<RuleId> {
+    let mut r = actor.rng.unit();
+    for (rule, p) in inject {
+        if r < *p {
+            return Some(*rule);
+        }
+        r -= *p;
+    }
+    None
+}
+
+fn refresh(host: &Host, owned: &mut Owned) {
+    owned.devices = host.devices_of(&owned.name);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    host: &Host,
+    mut share: Vec<Owned>,
+    all: &[String],
+    spec: &StressSpec,
+    budget: Option<u64>,
+    deadline: Option<Instant>,
+    actor: &mut Actor,
+    done: &AtomicU64,
+    abort: &AtomicBool,
+) -> Result<(), HostError> {
+    let mut n = 0u64;
+    loop {
+        if abort.load(Ordering::Relaxed) || budget.is_some_and(|b| n >= b) {
+            break;
+        }
+        if deadline.is_some_and(|d| n.is_multiple_of(64) && Instant::now() >= d) {
+            break;
+        }
+        let len = share.len() as u64;
+        let Some(owned) = share.get_mut(usize::try_from(actor.rng.below(len)).unwrap_or(0)) else {
+            break;
+        };
+        if let Some(rule) = pick_rule(actor, &spec.inject) {
+            inject(host, owned, all, rule, actor)?;
+        } else {
+            well_behaved(host, owned, actor)?;
+        }
+        n = n.saturating_add(1);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    for owned in &share {
+        for dev in &owned.devices {
+            host.release_runtime(dev)?;
+        }
+    }
+    Ok(())
+}
+
+fn inject(
+    host: &Host,
+    owned: &mut Owned,
+    all: &[String],
+    rule: RuleId,
+    actor: &mut Actor,
+) -> Result<(), HostError> {
+    let d = host.driver(&owned.name)?;
+    let dev = if owned.devices.is_empty() {
+        None
+    } else {
+        owned
+            .devices
+            .get(usize::try_from(actor.rng.below(owned.devices.len() as u64)).unwrap_or(0))
+            .cloned()
+    };
+    let foreign = if rule == RuleId::UnmapForeign {
+        // Another driver: prefer one of the phase's drivers; it may be reloading (its
+        // owner injecting a leak-on-unload), in which case this injection is skipped.
+        let others: Vec<&String> = all
+            .iter()
+            .filter(|n| !n.eq_ignore_ascii_case(&owned.name))
+            .collect();
+        let pick = others.get(usize::try_from(actor.rng.below(others.len() as u64)).unwrap_or(0));
+        match pick.map(|n| host.driver(n)) {
+            Some(Ok(f)) if f.driver_id().is_some() => Some(f),
+            Some(_) => return Ok(()),
+            None => return Err(HostError::NoForeignDriver),
+        }
+    } else {
+        None
+    };
+    let r = host.commit(rule, &d, dev.as_ref(), foreign.as_ref(), actor);
+    match r {
+        Ok(_) => {}
+        Err(HostError::NotLoaded(n))
+            if rule == RuleId::UnmapForeign && !n.eq_ignore_ascii_case(&owned.name) => {}
+        Err(e) => return Err(e),
+    }
+    if matches!(rule, RuleId::LeakOnRemove | RuleId::LeakOnUnload) {
+        refresh(host, owned);
+        for dev in owned.devices.clone() {
+            if matches!(
+                dev.state(),
+                crate::platform::host::PnpState::Added | crate::platform::host::PnpState::Stopped
+            ) {
+                host.start_device(&dev, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn well_behaved(host: &Host, owned: &mut Owned, actor: &mut Actor) -> Result<(), HostError> {
+    let len = owned.devices.len() as u64;
+    let Some(dev) = owned
+        .devices
+        .get(usize::try_from(actor.rng.below(len)).unwrap_or(0))
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let p = actor.rng.unit();
+    use crate::platform::host::PnpState;
+    match dev.state() {
+        PnpState::Started if p < 0.95 => host.device_io(&dev, actor),
+        PnpState::Started if p < 0.985 => {
+            host.stop_device(&dev)?;
+            host.start_device(&dev, true).map(|_| ())
+        }
+        PnpState::Started => {
+            if actor.rng.chance(0.5) {
+                host.surprise_remove_device(&dev)?;
+            }
+            host.remove_device(&dev)?;
+            let fresh = host.add_device(dev.name(), dev.driver_name(), dev.bars())?;
+            host.start_device(&fresh, true)?;
+            refresh(host, owned);
+            Ok(())
+        }
+        PnpState::Added | PnpState::Stopped => host.start_device(&dev, true).map(|_| ()),
+        _ => {
+            refresh(host, owned);
+            Ok(())
+        }
+    }
+}
