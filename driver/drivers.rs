@@ -59,6 +59,8 @@ struct DriverSlot {
     image_size: AtomicU64,
     name: [AtomicU64; NAME_LEN / 8],
     loads: AtomicU64,
+    /// 1 if the driver was attached after it loaded (its earlier mappings are unknown).
+    late: AtomicU32,
     starting_device: [AtomicU64; MAX_STARTING],
     starting_thread: [AtomicU64; MAX_STARTING],
 }
@@ -96,6 +98,7 @@ impl Drivers {
                 image_size: AtomicU64::new(0),
                 name: core::array::from_fn(|_| AtomicU64::new(0)),
                 loads: AtomicU64::new(0),
+                late: AtomicU32::new(0),
                 starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
             })?,
@@ -141,8 +144,10 @@ impl Drivers {
     }
 
     /// Registers a load (or attach) of `name` at `[base, base + size)`, reusing the slot
-    /// of an earlier load of the same name. Control plane only (serialised by the caller).
-    pub fn register(&self, name: &[u8], base: u64, size: u64, attached: bool) -> Option<DriverId> {
+    /// of an earlier load of the same name. `late` says it was attached after it loaded,
+    /// so mappings it made before are unknown to iosv. Control plane only (serialised by
+    /// the caller).
+    pub fn register(&self, name: &[u8], base: u64, size: u64, attached: bool, late: bool) -> Option<DriverId> {
         let id = match self.find(name) {
             Some(id) => id,
             None => {
@@ -162,6 +167,7 @@ impl Drivers {
         s.image_base.store(base, Ordering::Relaxed);
         s.image_size.store(size, Ordering::Relaxed);
         s.loads.fetch_add(1, Ordering::Relaxed);
+        s.late.store(u32::from(late), Ordering::Relaxed);
         let state = if attached { DriverState::Attached } else { DriverState::Loaded };
         s.state.store(state as u32, Ordering::Release);
         Some(id)
@@ -172,6 +178,11 @@ impl Drivers {
         if let Some(s) = self.slot(id) {
             s.state.store(state as u32, Ordering::Release);
         }
+    }
+
+    /// True if `id` was attached after it loaded (hook path: one load).
+    pub fn attached_late(&self, id: DriverId) -> bool {
+        self.slot(id).is_some_and(|s| s.late.load(Ordering::Relaxed) != 0)
     }
 
     /// A copy of the slot's identity.
@@ -272,16 +283,17 @@ mod tests {
     #[test]
     fn register_attribute_and_reuse() {
         let d = Drivers::new().unwrap();
-        let a = d.register(b"nic.sys", 0x1000_0000, 0x10000, true).unwrap();
-        let b = d.register(b"gpu.sys", 0x2000_0000, 0x10000, false).unwrap();
+        let a = d.register(b"nic.sys", 0x1000_0000, 0x10000, true, false).unwrap();
+        let b = d.register(b"gpu.sys", 0x2000_0000, 0x10000, false, false).unwrap();
         assert_eq!((a, b), (DriverId(1), DriverId(2)));
         assert_eq!(d.attribute(0x1000_0010), a);
         assert_eq!(d.attribute(0x2000_FFFF), b);
         assert_eq!(d.attribute(0x2001_0000), DriverId::NONE);
         d.set_state(a, DriverState::Gone);
         assert_eq!(d.attribute(0x1000_0010), DriverId::NONE);
-        assert_eq!(d.register(b"NIC.SYS", 0x3000_0000, 0x1000, true), Some(a));
+        assert_eq!(d.register(b"NIC.SYS", 0x3000_0000, 0x1000, true, true), Some(a));
         assert_eq!(d.info(a).unwrap().loads, 2);
+        assert!(d.attached_late(a) && !d.attached_late(b));
         assert_eq!(crate::protocol::name_bytes(&d.name(a)), b"nic.sys");
         assert_eq!(d.all().count(), 2);
     }
@@ -289,7 +301,7 @@ mod tests {
     #[test]
     fn starting_attribution() {
         let d = Drivers::new().unwrap();
-        let a = d.register(b"nic.sys", 0x1000, 0x1000, true).unwrap();
+        let a = d.register(b"nic.sys", 0x1000, 0x1000, true, false).unwrap();
         assert!(d.start_begin(a, 0xD1, 7));
         assert_eq!(d.starting_device(a, 99), 0xD1);
         assert!(d.start_begin(a, 0xD2, 8));

@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Words in one [`ViolationRecord`].
 pub const RECORD_WORDS: usize = core::mem::size_of::<ViolationRecord>() / 8;
-const _: () = assert!(core::mem::size_of::<ViolationRecord>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<ViolationRecord>().is_multiple_of(8));
 
 struct RingSlot<const W: usize> {
     stamp: AtomicU64,

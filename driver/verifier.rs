@@ -391,7 +391,7 @@ impl<P: Platform> Verifier<P> {
                     r.address = base;
                     r.passed_size = size64;
                     self.contained_violation(RuleId::UnmapInterior, &cx, r, contain, base, size);
-                } else if self.untracked.take_uncounted() {
+                } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
                     self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                     self.platform.mm_unmap_io_space(base, size);
                 } else {
@@ -567,24 +567,60 @@ impl<P: Platform> Verifier<P> {
     /// registered as attached and its id returned: the caller must now patch its imports
     /// (and call [`Verifier::driver_detached`] if that fails).
     pub fn image_loaded(&self, name: &[u8], base: u64, size: u64) -> Option<DriverId> {
-        let is_target = self.with_control(|c| c.targets.contains(name));
-        if !is_target {
-            return None;
-        }
-        self.drivers.register(name, base, size, true)
+        self.with_control(|c| {
+            if c.targets.contains(name) {
+                self.drivers.register(name, base, size, true, false)
+            } else {
+                None
+            }
+        })
     }
 
-    /// Registers an explicit attach (control IOCTL) to an already loaded image.
+    /// Registers an explicit attach (control IOCTL) to an already loaded image. Its
+    /// mappings made before the attach are unknown to iosv, so its unmaps of unknown bases
+    /// are passed through unverified (counted), not reported as IOSV004 or contained.
     pub fn driver_attached(&self, name: &[u8], base: u64, size: u64) -> Option<DriverId> {
-        self.drivers.register(name, base, size, true)
+        self.with_control(|_| self.drivers.register(name, base, size, true, true))
     }
 
     /// `driver` is unloading (`detach == false`) or being detached: IOSV009 for its live
     /// mappings not yet reported, and it is marked gone.
+    ///
+    /// After an unload its mappings stay in the table: they are still mapped (leaked), so
+    /// Mm cannot hand their addresses out again. After a detach the driver keeps running
+    /// unhooked and will unmap them where iosv cannot see it, so they are dropped (and
+    /// counted as untracked if the driver is attached again and unmaps one).
     pub fn driver_detached(&self, driver: DriverId, detach: bool) {
         let flags = if detach { VF_DETACH } else { 0 };
         self.report_leaks(RuleId::LeakOnUnload, |m| m.driver == driver.0, flags);
         self.drivers.set_state(driver, DriverState::Gone);
+        if detach {
+            let mut cursor = 0usize;
+            loop {
+                let mut batch = [0u64; 32];
+                let mut n = 0usize;
+                let end = self.table.walk(cursor, usize::MAX, |m| {
+                    if m.driver == driver.0 {
+                        if let Some(slot) = batch.get_mut(n) {
+                            *slot = m.base;
+                            n = n.saturating_add(1);
+                        }
+                        n < batch.len()
+                    } else {
+                        true
+                    }
+                });
+                for base in batch.iter().take(n) {
+                    if let RemoveOutcome::Removed(m) = self.table.remove(*base) {
+                        self.forget_mapping(&m);
+                    }
+                }
+                if end.done {
+                    break;
+                }
+                cursor = end.next;
+            }
+        }
     }
 }
 

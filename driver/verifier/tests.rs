@@ -22,8 +22,9 @@ fn bed() -> Bed {
 
 fn bed_with(params: StartParams) -> Bed {
     let v = Verifier::new(FakePlatform::new(), params).unwrap();
-    let nic = v.driver_attached(b"nic.sys", NIC, 0x10000).unwrap();
-    let gpu = v.driver_attached(b"gpu.sys", GPU, 0x10000).unwrap();
+    v.with_control(|c| c.targets.add(b"nic.sys") && c.targets.add(b"gpu.sys"));
+    let nic = v.image_loaded(b"nic.sys", NIC, 0x10000).unwrap();
+    let gpu = v.image_loaded(b"gpu.sys", GPU, 0x10000).unwrap();
     Bed { v, nic, gpu, cursor: core::cell::Cell::new(0) }
 }
 
@@ -311,4 +312,37 @@ fn engine_value_is_small_enough_for_a_kernel_stack() {
     // Kernel stacks are 24 KiB on x64; the engine's tables are on the heap (the value
     // holds their pointers, the settings and the 512-byte target list).
     assert!(core::mem::size_of::<Verifier<FakePlatform>>() <= 2048, "{}", core::mem::size_of::<Verifier<FakePlatform>>());
+}
+
+#[test]
+fn late_attached_driver_unmaps_of_unknown_bases_pass_through_unverified() {
+    let b = bed();
+    let late = b.v.driver_attached(b"late.sys", 0x3000_0000, 0x1000).unwrap();
+    let at_late = Caller { return_address: 0x3000_0010 };
+    // Mapped before the attach: iosv never saw it.
+    b.v.unmap_io_space(at_late, 0xFFFF_F800_1234_0000, 0x1000);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.unmapped(), [(0xFFFF_F800_1234_0000, 0x1000)]);
+    assert_eq!(b.v.stats().totals().get(Counter::UnverifiedUnmaps), 1);
+    // Its double unmaps are still caught.
+    let a = b.v.map_io_space(at_late, 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at_late, a, 0x1000);
+    b.v.unmap_io_space(at_late, a, 0x1000);
+    assert_eq!(b.rules(), [5]);
+    assert!(b.v.drivers().attached_late(late));
+}
+
+#[test]
+fn detach_reports_then_drops_entries_unload_keeps_them() {
+    let b = bed();
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    let g = b.v.map_io_space(at(GPU), 0xC000_0000, 0x1000, 0);
+    b.v.driver_detached(b.nic, true);
+    b.v.driver_detached(b.gpu, false);
+    assert_eq!(b.rules(), [9, 9]);
+    assert!(b.v.table().get(a).is_none(), "a detached driver unmaps unseen: entry dropped");
+    assert!(b.v.table().get(g).is_some(), "an unloaded driver's leak stays mapped");
+    // The detached driver's mapping is gone from the conflict filter too.
+    b.v.map_io_space(at(GPU), 0xFED0_0000, 0x1000, 1);
+    assert!(b.rules().is_empty());
 }

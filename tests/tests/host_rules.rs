@@ -541,9 +541,8 @@ fn detach_reports_live_mappings_as_expected_leaks() {
 /// Engine issue (reported to the owner of verifier.rs): after a detach, the detached
 /// driver's table entries stay; its later unmaps bypass iosv, so the entries go stale and
 /// the simulated Mm's reuse of their addresses is reported as IOSV013 against another
-/// driver. Ignored until the engine forgets (or marks) a detached driver's entries.
+/// driver: the engine drops a detached driver's entries once it has reported them.
 #[test]
-#[ignore = "engine: entries of a detached driver go stale (see report)"]
 fn detach_with_live_mappings_leaves_no_stale_entries() {
     let host = system();
     host.detach("a.sys").unwrap();
