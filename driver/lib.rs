@@ -32,6 +32,8 @@ extern crate alloc;
 pub mod config;
 pub mod control;
 pub mod drivers;
+#[cfg(feature = "std")]
+pub mod frame;
 pub mod intercept;
 pub mod journal;
 pub mod pe;

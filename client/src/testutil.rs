@@ -113,9 +113,11 @@ impl Engine {
             ..Default::default()
         };
         let v = Verifier::new(FakePlatform::default(), params).expect("engine");
-        v.driver_attached(b"nic.sys", NIC_BASE, IMAGE_SIZE)
+        // Both are targets hooked as they load, so every mapping they make is seen.
+        v.with_control(|c| c.targets.add(b"nic.sys") && c.targets.add(b"gpu.sys"));
+        v.image_loaded(b"nic.sys", NIC_BASE, IMAGE_SIZE)
             .expect("nic");
-        v.driver_attached(b"gpu.sys", GPU_BASE, IMAGE_SIZE)
+        v.image_loaded(b"gpu.sys", GPU_BASE, IMAGE_SIZE)
             .expect("gpu");
         Arc::new(Engine { v })
     }

@@ -1,54 +1,21 @@
-//! The host endpoint's frame format: how one control request and its reply travel over a
-//! byte stream (a Unix domain socket). It carries exactly what `DeviceIoControl` carries —
-//! code, input bytes, output capacity in; NTSTATUS, `Information`, output bytes out — so
-//! the device and the host speak the same protocol and only the transport differs.
-//!
-//! All integers are little-endian; a connection carries any number of frames in turn.
-//!
-//! ```text
-//! request : magic u32 = 0x5653_4F49, code u32, input_len u32, output_capacity u32, input
-//! reply   : magic u32 = 0x5653_4F49, status u32, information u64, output_len u32, output
-//! ```
-//!
-//! Readers trust nothing: a bad magic, an output longer than was asked for or a stream
-//! that ends inside a frame is an error, never a panic.
+//! Reading and writing host-endpoint frames on the client side. The frame format itself —
+//! header layout, magic, limits, encoders and decoders — is [`iosv::frame`], shared with
+//! the host's server; this module adds stream reading that tells a clean close between
+//! frames from a truncated frame, and errors that say which.
 
 use std::io::{self, Read, Write};
 
-/// First four bytes of every frame, both directions ("IOSV" read as little-endian bytes).
-pub const FRAME_MAGIC: u32 = 0x5653_4F49;
-/// Bytes in a request header.
-pub const REQUEST_HEADER_LEN: usize = 16;
-/// Bytes in a reply header.
-pub const REPLY_HEADER_LEN: usize = 20;
+pub use iosv::frame::{
+    decode_reply_header, decode_request_header, encode_reply, ReplyHeader, RequestHeader,
+    FRAME_MAGIC, REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
+};
+
 /// Largest request input the client sends (the biggest request struct is far smaller).
-pub const MAX_INPUT: usize = 64 * 1024;
+pub const MAX_INPUT: usize = iosv::frame::MAX_INPUT as usize;
 /// Largest output capacity the client asks for.
-pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+pub const MAX_OUTPUT: usize = iosv::frame::MAX_OUTPUT as usize;
 
-/// A request header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestHeader {
-    /// IOCTL code.
-    pub code: u32,
-    /// Input bytes that follow.
-    pub input_len: u32,
-    /// Output bytes the caller can take.
-    pub output_capacity: u32,
-}
-
-/// A reply header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyHeader {
-    /// NTSTATUS of the request.
-    pub status: u32,
-    /// `IoStatus.Information`: bytes written, or required for STATUS_BUFFER_TOO_SMALL.
-    pub information: u64,
-    /// Output bytes that follow.
-    pub output_len: u32,
-}
-
-/// Why a frame could not be read.
+/// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The stream ended inside a frame.
@@ -80,90 +47,34 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        w.copy_from_slice(s);
+impl From<iosv::frame::FrameError> for FrameError {
+    fn from(e: iosv::frame::FrameError) -> Self {
+        match e {
+            iosv::frame::FrameError::BadMagic(m) => FrameError::BadMagic(m),
+            iosv::frame::FrameError::InputTooLarge(n) => FrameError::TooLong {
+                what: "request input",
+                len: u64::from(n),
+                max: MAX_INPUT as u64,
+            },
+            iosv::frame::FrameError::OutputTooLarge(n) => FrameError::TooLong {
+                what: "output",
+                len: u64::from(n),
+                max: MAX_OUTPUT as u64,
+            },
+        }
     }
-    u32::from_le_bytes(w)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        w.copy_from_slice(s);
-    }
-    u64::from_le_bytes(w)
-}
-
-fn len_u32(what: &'static str, len: usize, max: usize) -> Result<u32, FrameError> {
-    if len > max {
-        return Err(FrameError::TooLong {
-            what,
-            len: len as u64,
-            max: max as u64,
-        });
-    }
-    u32::try_from(len).map_err(|_| FrameError::TooLong {
-        what,
-        len: len as u64,
-        max: u64::from(u32::MAX),
-    })
 }
 
 /// Encodes a request frame.
-pub fn encode_request(
-    code: u32,
-    input: &[u8],
-    output_capacity: usize,
-) -> Result<Vec<u8>, FrameError> {
-    let input_len = len_u32("request input", input.len(), MAX_INPUT)?;
-    let cap = len_u32("output capacity", output_capacity, MAX_OUTPUT)?;
-    let mut f = Vec::with_capacity(REQUEST_HEADER_LEN + input.len());
-    f.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    f.extend_from_slice(&code.to_le_bytes());
-    f.extend_from_slice(&input_len.to_le_bytes());
-    f.extend_from_slice(&cap.to_le_bytes());
-    f.extend_from_slice(input);
-    Ok(f)
-}
-
-/// Encodes a reply frame (used by test servers; the real server is the host's).
-pub fn encode_reply(status: u32, information: u64, output: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(output.len()).unwrap_or(u32::MAX);
-    let mut f = Vec::with_capacity(REPLY_HEADER_LEN + output.len());
-    f.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    f.extend_from_slice(&status.to_le_bytes());
-    f.extend_from_slice(&information.to_le_bytes());
-    f.extend_from_slice(&len.to_le_bytes());
-    f.extend_from_slice(output.get(..len as usize).unwrap_or(output));
-    f
-}
-
-/// Decodes a request header.
-pub fn decode_request_header(b: &[u8; REQUEST_HEADER_LEN]) -> Result<RequestHeader, FrameError> {
-    let magic = u32_at(b, 0);
-    if magic != FRAME_MAGIC {
-        return Err(FrameError::BadMagic(magic));
+pub fn encode_request(code: u32, input: &[u8], output_capacity: usize) -> Result<Vec<u8>, FrameError> {
+    if input.len() > MAX_INPUT {
+        return Err(FrameError::TooLong { what: "request input", len: input.len() as u64, max: MAX_INPUT as u64 });
     }
-    Ok(RequestHeader {
-        code: u32_at(b, 4),
-        input_len: u32_at(b, 8),
-        output_capacity: u32_at(b, 12),
-    })
-}
-
-/// Decodes a reply header.
-pub fn decode_reply_header(b: &[u8; REPLY_HEADER_LEN]) -> Result<ReplyHeader, FrameError> {
-    let magic = u32_at(b, 0);
-    if magic != FRAME_MAGIC {
-        return Err(FrameError::BadMagic(magic));
+    if output_capacity > MAX_OUTPUT {
+        return Err(FrameError::TooLong { what: "output capacity", len: output_capacity as u64, max: MAX_OUTPUT as u64 });
     }
-    Ok(ReplyHeader {
-        status: u32_at(b, 4),
-        information: u64_at(b, 8),
-        output_len: u32_at(b, 16),
-    })
+    let cap = u32::try_from(output_capacity).unwrap_or(u32::MAX);
+    Ok(iosv::frame::encode_request(code, input, cap)?)
 }
 
 /// Fills `buf` from `r`. `before` bytes of the frame were read already (for the message);
@@ -271,17 +182,25 @@ mod tests {
 
     #[test]
     fn reply_round_trips() {
-        let f = encode_reply(0xC000_0023, 1234, &[9; 7]);
+        let f = encode_reply(0, 1234, &[9; 7]);
         let (h, out) = read_reply(&mut &f[..], 100).unwrap();
         assert_eq!(
             h,
             ReplyHeader {
-                status: 0xC000_0023,
+                status: 0,
                 information: 1234,
                 output_len: 7
             }
         );
         assert_eq!(out, [9; 7]);
+    }
+
+    #[test]
+    fn a_failed_reply_carries_no_output() {
+        let f = encode_reply(0xC000_0023, 1234, &[9; 7]);
+        let (h, out) = read_reply(&mut &f[..], 100).unwrap();
+        assert_eq!((h.status, h.information, h.output_len), (0xC000_0023, 1234, 0));
+        assert!(out.is_empty());
     }
 
     #[test]
