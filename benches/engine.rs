@@ -126,6 +126,13 @@ fn engine() -> Verifier<BenchPlatform> {
     v
 }
 
+/// Physical page `i % 64` of this thread's own 16 MiB window: each thread plays a
+/// different device's BAR, as concurrent drivers do.
+fn thread_phys(i: u64) -> u64 {
+    let t = u64::from(THREAD.with(|t| *t));
+    0xF000_0000 + (t << 24) + ((i & 63) << 12)
+}
+
 /// Runs `pair` `iters` times on each of `threads` threads; returns wall time / iters.
 fn concurrent(threads: usize, iters: u64, pair: impl Fn(u64) + Sync) -> Duration {
     let barrier = Barrier::new(threads);
@@ -156,7 +163,7 @@ fn pair_benches(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {
                     let at = Caller { return_address: IMAGE + 0x40 };
-                    let phys = 0xF000_0000 + ((i & 63) << 12);
+                    let phys = thread_phys(i);
                     let base = v.map_io_space(at, phys, 0x1000, 0);
                     v.unmap_io_space(at, black_box(base), 0x1000);
                 })
@@ -172,7 +179,7 @@ fn pair_benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("dashmap", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {
-                    let phys = 0xF000_0000 + ((i & 63) << 12);
+                    let phys = thread_phys(i);
                     let base = p.mm_map_io_space(phys, 0x1000, 0);
                     dm.insert(base, entry(0x1000, phys));
                     let e = dm.remove(&black_box(base)).unwrap();
@@ -188,7 +195,7 @@ fn pair_benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("mutex_hashmap", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {
-                    let phys = 0xF000_0000 + ((i & 63) << 12);
+                    let phys = thread_phys(i);
                     let base = p.mm_map_io_space(phys, 0x1000, 0);
                     mx.lock().unwrap().insert(base, entry(0x1000, phys));
                     let e = mx.lock().unwrap().remove(&black_box(base)).unwrap();
