@@ -40,7 +40,12 @@ impl SlotAccess for BenchPlatform {
     unsafe fn read_slot(&self, _address: usize) -> usize {
         0
     }
-    unsafe fn compare_exchange_slot(&self, _address: usize, _current: usize, _new: usize) -> Result<(), SlotWriteError> {
+    unsafe fn compare_exchange_slot(
+        &self,
+        _address: usize,
+        _current: usize,
+        _new: usize,
+    ) -> Result<(), SlotWriteError> {
         Err(SlotWriteError::Failed)
     }
 }
@@ -111,12 +116,28 @@ struct Entry {
 }
 
 fn entry(size: u64, physical: u64) -> Entry {
-    Entry { size, physical, device: 0, time: 1, info: 2, meta: 3 }
+    Entry {
+        size,
+        physical,
+        device: 0,
+        time: 1,
+        info: 2,
+        meta: 3,
+    }
 }
 
 fn engine() -> Verifier<BenchPlatform> {
-    let params = StartParams { max_stack_depth: 0, ..Default::default() };
-    let v = Verifier::new(BenchPlatform { clock: AtomicU64::new(1) }, params).unwrap();
+    let params = StartParams {
+        max_stack_depth: 0,
+        ..Default::default()
+    };
+    let v = Verifier::new(
+        BenchPlatform {
+            clock: AtomicU64::new(1),
+        },
+        params,
+    )
+    .unwrap();
     v.driver_attached(b"bench.sys", IMAGE, 0x10_0000).unwrap();
     // Background mappings from another "thread" region.
     for i in 0..LIVE {
@@ -162,20 +183,28 @@ fn pair_benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("iosv", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {
-                    let at = Caller { return_address: IMAGE + 0x40 };
+                    let at = Caller {
+                        return_address: IMAGE + 0x40,
+                    };
                     let phys = thread_phys(i);
                     let base = v.map_io_space(at, phys, 0x1000, 0);
                     v.unmap_io_space(at, black_box(base), 0x1000);
                 })
             })
         });
-        assert_eq!(v.stats().totals().per_rule.iter().sum::<u64>(), 0, "bench churn must be clean");
+        assert_eq!(
+            v.stats().totals().per_rule.iter().sum::<u64>(),
+            0,
+            "bench churn must be clean"
+        );
 
         let dm: Arc<DashMap<u64, Entry>> = Arc::new(DashMap::with_capacity(65_536));
         for i in 0..LIVE {
             dm.insert(0xFFFF_B000_0000_0000 + (i << 12), entry(0x1000, 0));
         }
-        let p = BenchPlatform { clock: AtomicU64::new(1) };
+        let p = BenchPlatform {
+            clock: AtomicU64::new(1),
+        };
         g.bench_with_input(BenchmarkId::new("dashmap", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {
@@ -188,21 +217,28 @@ fn pair_benches(c: &mut Criterion) {
             })
         });
 
-        let mx: Arc<Mutex<HashMap<u64, Entry>>> = Arc::new(Mutex::new(HashMap::with_capacity(65_536)));
+        let mx: Arc<Mutex<HashMap<u64, Entry>>> =
+            Arc::new(Mutex::new(HashMap::with_capacity(65_536)));
         for i in 0..LIVE {
-            mx.lock().unwrap().insert(0xFFFF_B000_0000_0000 + (i << 12), entry(0x1000, 0));
+            mx.lock()
+                .unwrap()
+                .insert(0xFFFF_B000_0000_0000 + (i << 12), entry(0x1000, 0));
         }
-        g.bench_with_input(BenchmarkId::new("mutex_hashmap", threads), &threads, |b, &n| {
-            b.iter_custom(|iters| {
-                concurrent(n, iters, |i| {
-                    let phys = thread_phys(i);
-                    let base = p.mm_map_io_space(phys, 0x1000, 0);
-                    mx.lock().unwrap().insert(base, entry(0x1000, phys));
-                    let e = mx.lock().unwrap().remove(&black_box(base)).unwrap();
-                    assert_eq!(e.size, 0x1000);
+        g.bench_with_input(
+            BenchmarkId::new("mutex_hashmap", threads),
+            &threads,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    concurrent(n, iters, |i| {
+                        let phys = thread_phys(i);
+                        let base = p.mm_map_io_space(phys, 0x1000, 0);
+                        mx.lock().unwrap().insert(base, entry(0x1000, phys));
+                        let e = mx.lock().unwrap().remove(&black_box(base)).unwrap();
+                        assert_eq!(e.size, 0x1000);
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }
@@ -211,7 +247,12 @@ fn journal_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("journal");
     g.throughput(Throughput::Elements(1));
     let j = iosv::journal::Journal::new(4096).unwrap();
-    let r = ViolationRecord { rule: 4, address: 0xFFFF_F800_0000_1000, passed_size: 0x1000, ..Default::default() };
+    let r = ViolationRecord {
+        rule: 4,
+        address: 0xFFFF_F800_0000_1000,
+        passed_size: 0x1000,
+        ..Default::default()
+    };
     for threads in [1usize, 2] {
         g.bench_with_input(BenchmarkId::new("push", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {

@@ -1,7 +1,9 @@
 //! Configuration: the sizes fixed at start ([`StartParams`]) and the settings that can
 //! change at run time ([`Settings`]), which hook paths read with single relaxed loads.
 
-use crate::protocol::{ConfigBlock, CF_ALL, CF_CONTAINMENT, CF_VERIFIER_IRQL, MAX_TARGETS, NAME_LEN, PROTOCOL_VERSION};
+use crate::protocol::{
+    ConfigBlock, CF_ALL, CF_CONTAINMENT, CF_VERIFIER_IRQL, MAX_TARGETS, NAME_LEN, PROTOCOL_VERSION,
+};
 use crate::rules::{Action, RuleId, RULE_COUNT};
 use crate::sync::{AtomicU32, AtomicU8, Ordering};
 use crate::table::MAX_STACK_DEPTH;
@@ -89,7 +91,10 @@ impl Targets {
 
     /// The names.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.names.iter().take(self.count).map(crate::protocol::name_bytes)
+        self.names
+            .iter()
+            .take(self.count)
+            .map(crate::protocol::name_bytes)
     }
 }
 
@@ -183,7 +188,9 @@ impl Settings {
                 continue;
             }
             let bytes = crate::protocol::name_bytes(name);
-            let tail_clean = name.get(bytes.len()..).is_some_and(|t| t.iter().all(|c| *c == 0));
+            let tail_clean = name
+                .get(bytes.len()..)
+                .is_some_and(|t| t.iter().all(|c| *c == 0));
             if bytes.is_empty() || !tail_clean || !bytes.iter().all(|c| c.is_ascii_graphic()) {
                 return Err(ConfigError::Targets);
             }
@@ -200,7 +207,8 @@ impl Settings {
             }
         }
         self.flags.store(b.flags & CF_ALL, Ordering::Relaxed);
-        self.stack_depth.store(b.stack_depth.min(self.max_stack_depth), Ordering::Relaxed);
+        self.stack_depth
+            .store(b.stack_depth.min(self.max_stack_depth), Ordering::Relaxed);
     }
 }
 

@@ -27,13 +27,22 @@ pub struct Reply {
 
 impl Reply {
     fn ok(n: usize) -> Reply {
-        Reply { status: Status::Success, information: n }
+        Reply {
+            status: Status::Success,
+            information: n,
+        }
     }
     fn err(status: Status) -> Reply {
-        Reply { status, information: 0 }
+        Reply {
+            status,
+            information: 0,
+        }
     }
     fn too_small(required: usize) -> Reply {
-        Reply { status: Status::OutputTooSmall, information: required }
+        Reply {
+            status: Status::OutputTooSmall,
+            information: required,
+        }
     }
 }
 
@@ -47,7 +56,10 @@ fn request<T: FromBytes + KnownLayout + Immutable + Copy>(input: &[u8]) -> Resul
         return Err(Reply::err(Status::InputTooLong));
     }
     let t = T::read_from_bytes(input).map_err(|_| Reply::err(Status::InputTooShort))?;
-    let version = input.get(..4).and_then(|v| <[u8; 4]>::try_from(v).ok()).map(u32::from_le_bytes);
+    let version = input
+        .get(..4)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_le_bytes);
     if version != Some(PROTOCOL_VERSION) {
         return Err(Reply::err(Status::RevisionMismatch));
     }
@@ -57,7 +69,10 @@ fn request<T: FromBytes + KnownLayout + Immutable + Copy>(input: &[u8]) -> Resul
 /// Writes `value` at `offset` of `out`; false if it does not fit.
 fn put<T: IntoBytes + Immutable>(out: &mut [u8], offset: usize, value: &T) -> bool {
     let bytes = value.as_bytes();
-    match offset.checked_add(bytes.len()).and_then(|end| out.get_mut(offset..end)) {
+    match offset
+        .checked_add(bytes.len())
+        .and_then(|end| out.get_mut(offset..end))
+    {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             true
@@ -73,7 +88,10 @@ fn room(out_len: usize, header: usize, item: usize, max: usize) -> Result<usize,
     if out_len < required {
         return Err(Reply::too_small(required));
     }
-    let fit = out_len.saturating_sub(header).checked_div(item).unwrap_or(0);
+    let fit = out_len
+        .saturating_sub(header)
+        .checked_div(item)
+        .unwrap_or(0);
     Ok(fit.min(max))
 }
 
@@ -177,7 +195,12 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
         journal_written: v.journal().tail(),
         per_rule: [0; RULE_SLOTS],
     };
-    for (d, s) in c.per_rule.iter_mut().zip(totals.per_rule.iter()).take(RULE_COUNT) {
+    for (d, s) in c
+        .per_rule
+        .iter_mut()
+        .zip(totals.per_rule.iter())
+        .take(RULE_COUNT)
+    {
         *d = *s;
     }
     let drivers: alloc::vec::Vec<_> = v.drivers().all().collect();
@@ -218,10 +241,16 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
         counters: c,
     };
     put(out, 0, &reply);
-    Ok(Reply::ok(header.saturating_add(written.saturating_mul(item))))
+    Ok(Reply::ok(
+        header.saturating_add(written.saturating_mul(item)),
+    ))
 }
 
-fn read_violations<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<Reply, Reply> {
+fn read_violations<P: Platform>(
+    v: &Verifier<P>,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<Reply, Reply> {
     let req: ReadViolationsRequest = request(input)?;
     let header = core::mem::size_of::<ReadViolationsReply>();
     let item = core::mem::size_of::<ViolationRecord>();
@@ -245,7 +274,11 @@ fn read_violations<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -
     Ok(Reply::ok(header.saturating_add(n.saturating_mul(item))))
 }
 
-fn list_mappings<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<Reply, Reply> {
+fn list_mappings<P: Platform>(
+    v: &Verifier<P>,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<Reply, Reply> {
     let req: ListMappingsRequest = request(input)?;
     if req.filter & !LF_ALL != 0 {
         return Err(Reply::err(Status::ReservedNotZero));
@@ -266,12 +299,17 @@ fn list_mappings<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> 
     let now = v.platform().now_ns();
     let mut n = 0usize;
     let end = if fit == 0 {
-        crate::table::WalkEnd { next: start, done: start >= v.table().slot_count(), skipped: 0 }
+        crate::table::WalkEnd {
+            next: start,
+            done: start >= v.table().slot_count(),
+            skipped: 0,
+        }
     } else {
         v.table().walk(start, usize::MAX, |m| {
             let wanted = (req.filter & LF_DRIVER == 0 || u32::from(m.driver) == req.driver_id)
                 && (req.filter & LF_DEVICE == 0 || m.device == req.device)
-                && (req.filter & LF_MIN_AGE == 0 || now.saturating_sub(m.map_time_ns) >= req.min_age_ns);
+                && (req.filter & LF_MIN_AGE == 0
+                    || now.saturating_sub(m.map_time_ns) >= req.min_age_ns);
             if !wanted {
                 return true;
             }
@@ -358,13 +396,21 @@ fn clear<P: Platform>(v: &Verifier<P>, input: &[u8]) -> Result<Reply, Reply> {
     Ok(Reply::ok(0))
 }
 
-fn attach<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8], attach: bool) -> Result<Reply, Reply> {
+fn attach<P: Platform>(
+    v: &Verifier<P>,
+    input: &[u8],
+    out: &mut [u8],
+    attach: bool,
+) -> Result<Reply, Reply> {
     let req: DriverNameRequest = request(input)?;
     if req.reserved != 0 {
         return Err(Reply::err(Status::ReservedNotZero));
     }
     let name = name_bytes(&req.name);
-    let tail_clean = req.name.get(name.len()..).is_some_and(|t| t.iter().all(|c| *c == 0));
+    let tail_clean = req
+        .name
+        .get(name.len()..)
+        .is_some_and(|t| t.iter().all(|c| *c == 0));
     if name.is_empty() || !tail_clean || !name.iter().all(|c| c.is_ascii_graphic()) {
         return Err(Reply::err(Status::InvalidField));
     }
@@ -372,9 +418,19 @@ fn attach<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8], attach: bo
     if out.len() < size {
         return Err(Reply::too_small(size));
     }
-    let result = if attach { v.platform().attach_driver(name) } else { v.platform().detach_driver(name) };
+    let result = if attach {
+        v.platform().attach_driver(name)
+    } else {
+        v.platform().detach_driver(name)
+    };
     match result {
-        Ok(slots) => reply_fixed(out, &AttachReply { version: PROTOCOL_VERSION, slots }),
+        Ok(slots) => reply_fixed(
+            out,
+            &AttachReply {
+                version: PROTOCOL_VERSION,
+                slots,
+            },
+        ),
         Err(e) => Err(Reply::err(match e {
             PlatformError::NotFound => Status::NotFound,
             PlatformError::Unsupported => Status::NotSupported,

@@ -147,7 +147,14 @@ impl Drivers {
     /// of an earlier load of the same name. `late` says it was attached after it loaded,
     /// so mappings it made before are unknown to iosv. Control plane only (serialised by
     /// the caller).
-    pub fn register(&self, name: &[u8], base: u64, size: u64, attached: bool, late: bool) -> Option<DriverId> {
+    pub fn register(
+        &self,
+        name: &[u8],
+        base: u64,
+        size: u64,
+        attached: bool,
+        late: bool,
+    ) -> Option<DriverId> {
         let id = match self.find(name) {
             Some(id) => id,
             None => {
@@ -168,7 +175,11 @@ impl Drivers {
         s.image_size.store(size, Ordering::Relaxed);
         s.loads.fetch_add(1, Ordering::Relaxed);
         s.late.store(u32::from(late), Ordering::Relaxed);
-        let state = if attached { DriverState::Attached } else { DriverState::Loaded };
+        let state = if attached {
+            DriverState::Attached
+        } else {
+            DriverState::Loaded
+        };
         s.state.store(state as u32, Ordering::Release);
         Some(id)
     }
@@ -182,7 +193,8 @@ impl Drivers {
 
     /// True if `id` was attached after it loaded (hook path: one load).
     pub fn attached_late(&self, id: DriverId) -> bool {
-        self.slot(id).is_some_and(|s| s.late.load(Ordering::Relaxed) != 0)
+        self.slot(id)
+            .is_some_and(|s| s.late.load(Ordering::Relaxed) != 0)
     }
 
     /// A copy of the slot's identity.
@@ -217,7 +229,9 @@ impl Drivers {
     pub fn start_begin(&self, id: DriverId, device: u64, thread: u64) -> bool {
         let Some(s) = self.slot(id) else { return false };
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
-            if d.compare_exchange(0, device, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if d.compare_exchange(0, device, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 t.store(thread, Ordering::Release);
                 return true;
             }
@@ -271,7 +285,10 @@ fn read_name(s: &DriverSlot) -> [u8; NAME_LEN] {
 
 /// Case-insensitive ASCII comparison of image names.
 pub fn names_equal(a: &[u8], b: &[u8]) -> bool {
-    let b = b.iter().position(|c| *c == 0).map_or(b, |n| b.get(..n).unwrap_or(b));
+    let b = b
+        .iter()
+        .position(|c| *c == 0)
+        .map_or(b, |n| b.get(..n).unwrap_or(b));
     let b = b.get(..NAME_LEN.min(b.len())).unwrap_or(b);
     a.eq_ignore_ascii_case(b)
 }
@@ -283,15 +300,22 @@ mod tests {
     #[test]
     fn register_attribute_and_reuse() {
         let d = Drivers::new().unwrap();
-        let a = d.register(b"nic.sys", 0x1000_0000, 0x10000, true, false).unwrap();
-        let b = d.register(b"gpu.sys", 0x2000_0000, 0x10000, false, false).unwrap();
+        let a = d
+            .register(b"nic.sys", 0x1000_0000, 0x10000, true, false)
+            .unwrap();
+        let b = d
+            .register(b"gpu.sys", 0x2000_0000, 0x10000, false, false)
+            .unwrap();
         assert_eq!((a, b), (DriverId(1), DriverId(2)));
         assert_eq!(d.attribute(0x1000_0010), a);
         assert_eq!(d.attribute(0x2000_FFFF), b);
         assert_eq!(d.attribute(0x2001_0000), DriverId::NONE);
         d.set_state(a, DriverState::Gone);
         assert_eq!(d.attribute(0x1000_0010), DriverId::NONE);
-        assert_eq!(d.register(b"NIC.SYS", 0x3000_0000, 0x1000, true, true), Some(a));
+        assert_eq!(
+            d.register(b"NIC.SYS", 0x3000_0000, 0x1000, true, true),
+            Some(a)
+        );
         assert_eq!(d.info(a).unwrap().loads, 2);
         assert!(d.attached_late(a) && !d.attached_late(b));
         assert_eq!(crate::protocol::name_bytes(&d.name(a)), b"nic.sys");

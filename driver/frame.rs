@@ -240,4 +240,3 @@ pub fn call(
     }
     Ok(h)
 }
-

@@ -64,7 +64,9 @@ fn checksum(seq: u64, words: &[u64]) -> u64 {
         let h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         h ^ (h >> 29)
     }
-    words.iter().fold(round(0x243F_6A88_85A3_08D3, seq), |h, w| round(h, *w))
+    words
+        .iter()
+        .fold(round(0x243F_6A88_85A3_08D3, seq), |h, w| round(h, *w))
 }
 
 impl<const W: usize> RawJournal<W> {
@@ -102,7 +104,9 @@ impl<const W: usize> RawJournal<W> {
         let seq = self.tail.fetch_add(1, Ordering::AcqRel);
         let mut words = [0u64; W];
         fill(seq, &mut words);
-        let Some(slot) = self.slot(seq) else { return seq };
+        let Some(slot) = self.slot(seq) else {
+            return seq;
+        };
         let writing = seq.wrapping_mul(2).wrapping_add(1);
         let before = slot.stamp.fetch_max(writing, Ordering::AcqRel);
         if before > writing {
@@ -114,16 +118,27 @@ impl<const W: usize> RawJournal<W> {
             dst.store(*src, Ordering::Relaxed);
         }
         slot.check.store(checksum(seq, &words), Ordering::Relaxed);
-        slot.stamp.fetch_max(writing.wrapping_add(1), Ordering::Release);
+        slot.stamp
+            .fetch_max(writing.wrapping_add(1), Ordering::Release);
         seq
     }
 
     /// Reads up to `max` records from `cursor` on, handing each (with its sequence
     /// number) to `deliver`. See [`ReadEnd`].
-    pub fn read(&self, cursor: u64, max: usize, mut deliver: impl FnMut(u64, &[u64; W])) -> ReadEnd {
+    pub fn read(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut deliver: impl FnMut(u64, &[u64; W]),
+    ) -> ReadEnd {
         let tail = self.tail.load(Ordering::Acquire);
         let floor = self.floor.load(Ordering::Acquire);
-        let mut end = ReadEnd { next: cursor, lost: 0, discarded: 0, tail };
+        let mut end = ReadEnd {
+            next: cursor,
+            lost: 0,
+            discarded: 0,
+            tail,
+        };
         if end.next < floor {
             end.discarded = floor.saturating_sub(end.next);
             end.next = floor;
@@ -217,7 +232,15 @@ mod tests {
         let mut got = Vec::new();
         let end = j.read(0, 10, |s, w| got.push((s, w[1])));
         assert_eq!(got, [(0, 0), (1, 10), (2, 20)]);
-        assert_eq!(end, ReadEnd { next: 3, lost: 0, discarded: 0, tail: 3 });
+        assert_eq!(
+            end,
+            ReadEnd {
+                next: 3,
+                lost: 0,
+                discarded: 0,
+                tail: 3
+            }
+        );
         for i in 3..10u64 {
             j.push(|_, w| *w = [i, i]);
         }
@@ -270,7 +293,11 @@ mod tests {
     #[test]
     fn violation_records_round_trip() {
         let j = Journal::new(4).unwrap();
-        let mut r = ViolationRecord { rule: 4, address: 0xdead_0000, ..Default::default() };
+        let mut r = ViolationRecord {
+            rule: 4,
+            address: 0xdead_0000,
+            ..Default::default()
+        };
         r.call_stack[15] = 7;
         let s = j.push_record(&r);
         let mut out = Vec::new();

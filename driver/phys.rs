@@ -92,7 +92,12 @@ pub enum BadParameter {
 }
 
 /// Validates a map call's parameters.
-pub fn check_parameters(physical: u64, size: u64, cache: u32, map_ex: bool) -> Option<BadParameter> {
+pub fn check_parameters(
+    physical: u64,
+    size: u64,
+    cache: u32,
+    map_ex: bool,
+) -> Option<BadParameter> {
     if size == 0 {
         return Some(BadParameter::ZeroLength);
     }
@@ -104,7 +109,11 @@ pub fn check_parameters(physical: u64, size: u64, cache: u32, map_ex: bool) -> O
         let flags = cache & (PAGE_NOCACHE | PAGE_WRITECOMBINE);
         let base_ok = matches!(
             base,
-            PAGE_READONLY | PAGE_READWRITE | PAGE_EXECUTE | PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE
+            PAGE_READONLY
+                | PAGE_READWRITE
+                | PAGE_EXECUTE
+                | PAGE_EXECUTE_READ
+                | PAGE_EXECUTE_READWRITE
         );
         if !base_ok || flags == PAGE_NOCACHE | PAGE_WRITECOMBINE {
             return Some(BadParameter::Protection);
@@ -147,7 +156,13 @@ impl ConflictFilter {
         self.counts.get(b.checked_mul(CLASSES)?.checked_add(class)?)
     }
 
-    fn each_counter(&self, physical: u64, size: u64, class: CacheClass, mut f: impl FnMut(&AtomicU32)) {
+    fn each_counter(
+        &self,
+        physical: u64,
+        size: u64,
+        class: CacheClass,
+        mut f: impl FnMut(&AtomicU32),
+    ) {
         match Self::regions(physical, size) {
             Some((first, n)) => {
                 for r in 0..n {
@@ -180,11 +195,19 @@ impl ConflictFilter {
 
     /// True if a live mapping of another class may overlap `[physical, physical + size)`.
     pub fn may_conflict(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        for other in [CacheClass::NonCached, CacheClass::Cached, CacheClass::WriteCombined] {
+        for other in [
+            CacheClass::NonCached,
+            CacheClass::Cached,
+            CacheClass::WriteCombined,
+        ] {
             if other == class {
                 continue;
             }
-            if self.huge.get(other as usize).is_some_and(|c| c.load(Ordering::Acquire) > 0) {
+            if self
+                .huge
+                .get(other as usize)
+                .is_some_and(|c| c.load(Ordering::Acquire) > 0)
+            {
                 return true;
             }
             let mut hit = false;
@@ -201,7 +224,14 @@ impl ConflictFilter {
                     }
                 }
                 // A huge mapping may overlap anything: check exactly.
-                None => hit = self.counts.iter().skip(other as usize).step_by(CLASSES).any(|c| c.load(Ordering::Acquire) > 0),
+                None => {
+                    hit = self
+                        .counts
+                        .iter()
+                        .skip(other as usize)
+                        .step_by(CLASSES)
+                        .any(|c| c.load(Ordering::Acquire) > 0)
+                }
             }
             if hit {
                 return true;
@@ -217,19 +247,45 @@ mod tests {
 
     #[test]
     fn parameters() {
-        assert_eq!(check_parameters(0x1000, 0, 0, false), Some(BadParameter::ZeroLength));
-        assert_eq!(check_parameters(u64::MAX, 2, 0, false), Some(BadParameter::RangeWraps));
-        assert_eq!(check_parameters(0, 1, 6, false), Some(BadParameter::CacheType));
+        assert_eq!(
+            check_parameters(0x1000, 0, 0, false),
+            Some(BadParameter::ZeroLength)
+        );
+        assert_eq!(
+            check_parameters(u64::MAX, 2, 0, false),
+            Some(BadParameter::RangeWraps)
+        );
+        assert_eq!(
+            check_parameters(0, 1, 6, false),
+            Some(BadParameter::CacheType)
+        );
         assert_eq!(check_parameters(0, 1, 5, false), None);
-        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | PAGE_NOCACHE, true), None);
+        assert_eq!(
+            check_parameters(0, 1, PAGE_READWRITE | PAGE_NOCACHE, true),
+            None
+        );
         assert_eq!(check_parameters(0, 1, PAGE_EXECUTE_READ, true), None);
         assert_eq!(
-            check_parameters(0, 1, PAGE_READWRITE | PAGE_NOCACHE | PAGE_WRITECOMBINE, true),
+            check_parameters(
+                0,
+                1,
+                PAGE_READWRITE | PAGE_NOCACHE | PAGE_WRITECOMBINE,
+                true
+            ),
             Some(BadParameter::Protection)
         );
-        assert_eq!(check_parameters(0, 1, PAGE_NOCACHE, true), Some(BadParameter::Protection));
-        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | PAGE_READONLY, true), Some(BadParameter::Protection));
-        assert_eq!(check_parameters(0, 1, PAGE_READWRITE | 0x1000, true), Some(BadParameter::Protection));
+        assert_eq!(
+            check_parameters(0, 1, PAGE_NOCACHE, true),
+            Some(BadParameter::Protection)
+        );
+        assert_eq!(
+            check_parameters(0, 1, PAGE_READWRITE | PAGE_READONLY, true),
+            Some(BadParameter::Protection)
+        );
+        assert_eq!(
+            check_parameters(0, 1, PAGE_READWRITE | 0x1000, true),
+            Some(BadParameter::Protection)
+        );
     }
 
     #[test]
@@ -238,7 +294,10 @@ mod tests {
         assert_eq!(CacheClass::of(1, false), CacheClass::Cached);
         assert_eq!(CacheClass::of(5, false), CacheClass::WriteCombined);
         assert_eq!(CacheClass::of(PAGE_READWRITE, true), CacheClass::Cached);
-        assert_eq!(CacheClass::of(PAGE_READWRITE | PAGE_WRITECOMBINE, true), CacheClass::WriteCombined);
+        assert_eq!(
+            CacheClass::of(PAGE_READWRITE | PAGE_WRITECOMBINE, true),
+            CacheClass::WriteCombined
+        );
     }
 
     #[test]

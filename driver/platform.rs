@@ -8,12 +8,12 @@
 
 use crate::intercept::SlotAccess;
 
+#[cfg(test)]
+pub(crate) mod fake;
 #[cfg(feature = "host")]
 pub mod host;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
-#[cfg(test)]
-pub(crate) mod fake;
 
 /// An interrupt request level, as the kernel numbers them on x64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

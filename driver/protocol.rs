@@ -171,7 +171,9 @@ pub const CAP_ATTACH: u32 = 1 << 3;
 pub const CAP_HOST: u32 = 1 << 4;
 
 /// Request of [`IOCTL_HELLO`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct HelloRequest {
     /// [`PROTOCOL_VERSION`].
@@ -181,7 +183,9 @@ pub struct HelloRequest {
 }
 
 /// Reply of [`IOCTL_HELLO`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct HelloReply {
     /// [`PROTOCOL_VERSION`] of the endpoint.
@@ -209,7 +213,9 @@ pub struct HelloReply {
 }
 
 /// Request of [`IOCTL_GET_STATS`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct StatsRequest {
     /// [`PROTOCOL_VERSION`].
@@ -219,7 +225,9 @@ pub struct StatsRequest {
 }
 
 /// Global counters (sums over processors).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct Counters {
     /// Successful maps seen (MmMapIoSpace + MmMapIoSpaceEx).
@@ -253,7 +261,9 @@ pub struct Counters {
 }
 
 /// Reply header of [`IOCTL_GET_STATS`]; `returned` [`DriverStats`] follow it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct StatsReply {
     /// [`PROTOCOL_VERSION`].
@@ -278,7 +288,9 @@ pub const DRIVER_LOADED: u32 = 2;
 pub const DRIVER_GONE: u32 = 3;
 
 /// One driver's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct DriverStats {
     /// Driver id used in records (1-based slot).
@@ -306,7 +318,9 @@ pub struct DriverStats {
 }
 
 /// Request of [`IOCTL_READ_VIOLATIONS`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ReadViolationsRequest {
     /// [`PROTOCOL_VERSION`].
@@ -318,7 +332,9 @@ pub struct ReadViolationsRequest {
 }
 
 /// Reply header of [`IOCTL_READ_VIOLATIONS`]; `count` [`ViolationRecord`]s follow it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ReadViolationsReply {
     /// [`PROTOCOL_VERSION`].
@@ -351,7 +367,9 @@ pub const VF_OTHER_MAP_EX: u8 = 1 << 4;
 
 /// One violation, as journaled and as sent. Names both sides of a conflict: what the call
 /// passed and what the tracked mapping holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ViolationRecord {
     /// Journal sequence number.
@@ -416,7 +434,9 @@ pub struct ViolationRecord {
 }
 
 /// Request of [`IOCTL_LIST_MAPPINGS`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ListMappingsRequest {
     /// [`PROTOCOL_VERSION`].
@@ -445,7 +465,9 @@ pub const LF_MIN_AGE: u32 = 1 << 2;
 pub const LF_ALL: u32 = LF_DRIVER | LF_DEVICE | LF_MIN_AGE;
 
 /// Reply header of [`IOCTL_LIST_MAPPINGS`]; `count` [`MappingRecord`]s follow it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ListMappingsReply {
     /// [`PROTOCOL_VERSION`].
@@ -468,7 +490,9 @@ pub const MF_MAP_EX: u8 = 1 << 0;
 pub const MF_LEAK_REPORTED: u8 = 1 << 1;
 
 /// One live mapping.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct MappingRecord {
     /// Base virtual address.
@@ -504,7 +528,9 @@ pub struct MappingRecord {
 }
 
 /// Request of [`IOCTL_GET_CONFIG`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct GetConfigRequest {
     /// [`PROTOCOL_VERSION`].
@@ -521,7 +547,9 @@ pub const CF_VERIFIER_IRQL: u32 = 1 << 1;
 pub const CF_ALL: u32 = CF_CONTAINMENT | CF_VERIFIER_IRQL;
 
 /// The runtime configuration (reply of GET_CONFIG, request of SET_CONFIG).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ConfigBlock {
     /// [`PROTOCOL_VERSION`].
@@ -548,7 +576,9 @@ pub const CLR_GRAVEYARD: u32 = 1 << 2;
 pub const CLR_ALL: u32 = CLR_JOURNAL | CLR_STATS | CLR_GRAVEYARD;
 
 /// Request of [`IOCTL_CLEAR`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ClearRequest {
     /// [`PROTOCOL_VERSION`].
@@ -558,7 +588,9 @@ pub struct ClearRequest {
 }
 
 /// Request of [`IOCTL_ATTACH`] and [`IOCTL_DETACH`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct DriverNameRequest {
     /// [`PROTOCOL_VERSION`].
@@ -570,7 +602,9 @@ pub struct DriverNameRequest {
 }
 
 /// Reply of [`IOCTL_ATTACH`] and [`IOCTL_DETACH`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct AttachReply {
     /// [`PROTOCOL_VERSION`].

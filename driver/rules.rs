@@ -161,9 +161,14 @@ impl Action {
 
     /// The action with this name, case-insensitive.
     pub fn parse(text: &str) -> Option<Action> {
-        [Action::Ignore, Action::Report, Action::Break, Action::Bugcheck]
-            .into_iter()
-            .find(|a| a.name().eq_ignore_ascii_case(text))
+        [
+            Action::Ignore,
+            Action::Report,
+            Action::Break,
+            Action::Bugcheck,
+        ]
+        .into_iter()
+        .find(|a| a.name().eq_ignore_ascii_case(text))
     }
 }
 
@@ -188,9 +193,12 @@ pub struct RuleInfo {
     pub containable: bool,
 }
 
-const DDI_UNMAP: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunmapiospace";
-const DDI_MAP: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospace";
-const DDI_MAP_EX: &str = "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospaceex";
+const DDI_UNMAP: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunmapiospace";
+const DDI_MAP: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospace";
+const DDI_MAP_EX: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospaceex";
 const BUGCHECK_C4: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-0xc4--driver-verifier-detected-violation";
 
@@ -358,10 +366,19 @@ mod tests {
 
     #[test]
     fn containable_rules_are_the_unmap_ones_design_names() {
-        let c: Vec<_> = RULES.iter().filter(|r| r.containable).map(|r| r.id).collect();
+        let c: Vec<_> = RULES
+            .iter()
+            .filter(|r| r.containable)
+            .map(|r| r.id)
+            .collect();
         assert_eq!(
             c,
-            [RuleId::UnmapSizeMismatch, RuleId::UnmapUnknown, RuleId::DoubleUnmap, RuleId::UnmapInterior]
+            [
+                RuleId::UnmapSizeMismatch,
+                RuleId::UnmapUnknown,
+                RuleId::DoubleUnmap,
+                RuleId::UnmapInterior
+            ]
         );
     }
 }

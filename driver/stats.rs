@@ -72,7 +72,11 @@ pub struct Totals {
 
 impl Default for Totals {
     fn default() -> Self {
-        Totals { counters: [0; COUNTERS], per_rule: [0; RULE_COUNT], per_driver: [[0; 3]; MAX_DRIVERS + 1] }
+        Totals {
+            counters: [0; COUNTERS],
+            per_rule: [0; RULE_COUNT],
+            per_driver: [[0; 3]; MAX_DRIVERS + 1],
+        }
     }
 }
 
@@ -89,7 +93,10 @@ impl Stats {
     pub fn new(processors: usize) -> Result<Stats, OutOfMemory> {
         let processors = processors.max(1);
         let words = processors.checked_mul(ROW).ok_or(OutOfMemory)?;
-        Ok(Stats { rows: try_boxed_slice(words, |_| AtomicU64::new(0))?, processors })
+        Ok(Stats {
+            rows: try_boxed_slice(words, |_| AtomicU64::new(0))?,
+            processors,
+        })
     }
 
     fn cell(&self, processor: u32, index: usize) -> Option<&AtomicU64> {
@@ -118,7 +125,9 @@ impl Stats {
     pub fn bump_driver(&self, processor: u32, driver: DriverId, counter: DriverCounter) {
         let i = usize::from(driver.0);
         if i <= MAX_DRIVERS {
-            let at = DRIVERS_AT.saturating_add(i.saturating_mul(3)).saturating_add(counter as usize);
+            let at = DRIVERS_AT
+                .saturating_add(i.saturating_mul(3))
+                .saturating_add(counter as usize);
             if let Some(c) = self.cell(processor, at) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -137,7 +146,9 @@ impl Stats {
                     t.per_rule.get_mut(i.wrapping_sub(COUNTERS))
                 } else {
                     let d = i.wrapping_sub(DRIVERS_AT);
-                    t.per_driver.get_mut(d / 3).and_then(|row| row.get_mut(d % 3))
+                    t.per_driver
+                        .get_mut(d / 3)
+                        .and_then(|row| row.get_mut(d % 3))
                 };
                 if let Some(c) = slot {
                     *c = c.wrapping_add(v);

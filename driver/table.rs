@@ -133,7 +133,9 @@ impl Mapping {
 
     /// The valid part of the map-site stack.
     pub fn frames(&self) -> &[u64] {
-        self.stack.get(..usize::from(self.stack_depth)).unwrap_or(&[])
+        self.stack
+            .get(..usize::from(self.stack_depth))
+            .unwrap_or(&[])
     }
 }
 
@@ -242,11 +244,15 @@ impl Table {
     pub fn memory_bytes(&self) -> usize {
         let per_slot = core::mem::size_of::<AtomicU64>()
             .saturating_add(core::mem::size_of::<Slot>())
-            .saturating_add(self.stack_depth.saturating_mul(core::mem::size_of::<AtomicU64>()));
-        self.keys
-            .len()
-            .saturating_mul(per_slot)
-            .saturating_add(self.overflow.len().saturating_mul(core::mem::size_of::<AtomicU32>()))
+            .saturating_add(
+                self.stack_depth
+                    .saturating_mul(core::mem::size_of::<AtomicU64>()),
+            );
+        self.keys.len().saturating_mul(per_slot).saturating_add(
+            self.overflow
+                .len()
+                .saturating_mul(core::mem::size_of::<AtomicU32>()),
+        )
     }
 
     fn home(&self, base: u64) -> usize {
@@ -268,11 +274,15 @@ impl Table {
     /// counts. Returns the slot index and its bucket distance from home.
     fn bucket_keys(&self, bucket: usize) -> &[AtomicU64] {
         let first = bucket.wrapping_mul(BUCKET);
-        self.keys.get(first..first.wrapping_add(BUCKET)).unwrap_or(&[])
+        self.keys
+            .get(first..first.wrapping_add(BUCKET))
+            .unwrap_or(&[])
     }
 
     fn more_after(&self, bucket: usize) -> bool {
-        self.overflow.get(bucket).is_some_and(|o| o.load(Ordering::Acquire) != 0)
+        self.overflow
+            .get(bucket)
+            .is_some_and(|o| o.load(Ordering::Acquire) != 0)
     }
 
     fn find(&self, base: u64, want_busy_too: bool) -> Found {
@@ -360,12 +370,17 @@ impl Table {
     /// Claims free `slot` (at `distance` buckets from `home`) for `entry`, writes and
     /// publishes it. False if the slot is not free.
     fn claim(&self, slot: usize, home: usize, distance: usize, entry: &Mapping) -> bool {
-        let Some(key) = self.keys.get(slot) else { return false };
+        let Some(key) = self.keys.get(slot) else {
+            return false;
+        };
         if key.load(Ordering::Relaxed) != 0 {
             return false;
         }
         let busy_key = BUSY | (entry.base & MASK57);
-        if key.compare_exchange(0, busy_key, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if key
+            .compare_exchange(0, busy_key, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         // Owned. Count this key in the overflow of every bucket it passed.
@@ -381,7 +396,8 @@ impl Table {
         let key = self.keys.get(slot)?;
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
-        key.compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        key.compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
         let entry = self.read_owned(slot, base);
         key.store(0, Ordering::Release);
         self.adjust_overflow(self.home(base), distance, false);
@@ -437,7 +453,9 @@ impl Table {
     }
 
     fn write_payload(&self, slot: usize, e: &Mapping) {
-        let Some(s) = self.slots.get(slot) else { return };
+        let Some(s) = self.slots.get(slot) else {
+            return;
+        };
         let seq = s.seq.load(Ordering::Relaxed);
         s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
@@ -463,7 +481,9 @@ impl Table {
 
     fn load_payload(&self, slot: usize, base: u64) -> Mapping {
         let mut m = Mapping::new(base, 0);
-        let Some(s) = self.slots.get(slot) else { return m };
+        let Some(s) = self.slots.get(slot) else {
+            return m;
+        };
         m.size = s.size.load(Ordering::Relaxed);
         m.physical = s.physical.load(Ordering::Relaxed);
         m.device = s.device.load(Ordering::Relaxed);
@@ -478,7 +498,12 @@ impl Table {
         let frames = self.stack_range(slot);
         let depth = ((meta >> 16) as u8).min(frames.len() as u8);
         m.stack_depth = depth;
-        for (dst, src) in m.stack.iter_mut().zip(frames.iter()).take(usize::from(depth)) {
+        for (dst, src) in m
+            .stack
+            .iter_mut()
+            .zip(frames.iter())
+            .take(usize::from(depth))
+        {
             *dst = src.load(Ordering::Relaxed);
         }
         m
@@ -529,13 +554,19 @@ impl Table {
         let end = start.saturating_add(budget).min(self.keys.len());
         let mut slot = start;
         while slot < end {
-            let Some(key) = self.keys.get(slot) else { break };
+            let Some(key) = self.keys.get(slot) else {
+                break;
+            };
             if key.load(Ordering::Relaxed) & LIVE != 0 {
                 match self.read_shared(slot) {
                     Some((m, _)) => {
                         if !visit(&m) {
                             let next = slot.saturating_add(1);
-                            return WalkEnd { next, done: next >= self.keys.len(), skipped };
+                            return WalkEnd {
+                                next,
+                                done: next >= self.keys.len(),
+                                skipped,
+                            };
                         }
                     }
                     None => {
@@ -547,7 +578,11 @@ impl Table {
             }
             slot = slot.saturating_add(1);
         }
-        WalkEnd { next: slot, done: slot >= self.keys.len(), skipped }
+        WalkEnd {
+            next: slot,
+            done: slot >= self.keys.len(),
+            skipped,
+        }
     }
 
     /// The live mapping whose range contains `addr` (error path: examines every slot).
@@ -570,11 +605,15 @@ impl Table {
         let Found::Live { slot, .. } = self.find(base, false) else {
             return false;
         };
-        let Some((m, _)) = self.read_shared(slot) else { return false };
+        let Some((m, _)) = self.read_shared(slot) else {
+            return false;
+        };
         if m.map_time_ns != map_time_ns {
             return false;
         }
-        let Some(s) = self.slots.get(slot) else { return false };
+        let Some(s) = self.slots.get(slot) else {
+            return false;
+        };
         let old = s.meta.fetch_or(u32::from(flag), Ordering::AcqRel);
         old & u32::from(flag) == 0
     }
@@ -682,7 +721,10 @@ mod tests {
         }
         assert!(full > 0);
         assert_eq!(t.insert(&Mapping::new(0, 1)), InsertOutcome::Full);
-        assert_eq!(t.insert(&Mapping::new(0x8000_0000_0000_0000, 1)), InsertOutcome::Full);
+        assert_eq!(
+            t.insert(&Mapping::new(0x8000_0000_0000_0000, 1)),
+            InsertOutcome::Full
+        );
     }
 
     #[test]

@@ -8,19 +8,23 @@
 //! driver events and control requests run at PASSIVE_LEVEL and serialise on one spin lock
 //! taken at DISPATCH_LEVEL ([`IrqlLock`]).
 
-use crate::config::{Settings, Targets};
 pub use crate::config::StartParams;
+use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
 use crate::phys::{check_parameters, CacheClass, ConflictFilter};
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
 use crate::protocol::{
-    ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX, VF_OTHER_MAP_EX,
+    ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
+    VF_OTHER_MAP_EX,
 };
 use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::OutOfMemory;
-use crate::table::{Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet, FLAG_LEAK_REPORTED, FLAG_MAP_EX};
+use crate::table::{
+    Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet,
+    FLAG_LEAK_REPORTED, FLAG_MAP_EX,
+};
 
 /// Frames of iosv's own the stack capture skips (the hook and the engine).
 const OWN_FRAMES: u32 = 2;
@@ -34,7 +38,9 @@ pub struct IrqlLock<T> {
 impl<T> IrqlLock<T> {
     /// A lock around `value`.
     pub const fn new(value: T) -> Self {
-        IrqlLock { inner: spin::Mutex::new(value) }
+        IrqlLock {
+            inner: spin::Mutex::new(value),
+        }
     }
 
     /// Runs `f` with the value, at DISPATCH_LEVEL.
@@ -124,7 +130,10 @@ impl<P: Platform> Verifier<P> {
             stats: Stats::new(processors)?,
             drivers: Drivers::new()?,
             settings: Settings::new(params.max_stack_depth),
-            control: IrqlLock::new(ControlState { targets: Targets::default(), devices: hashbrown::HashMap::new() }),
+            control: IrqlLock::new(ControlState {
+                targets: Targets::default(),
+                devices: hashbrown::HashMap::new(),
+            }),
             platform,
             params,
         })
@@ -224,7 +233,8 @@ impl<P: Platform> Verifier<P> {
             return 0;
         }
         self.stats.bump(cx.processor, Counter::Maps);
-        self.stats.bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
 
         let class = CacheClass::of(cache, ex);
         if size64 != 0 && self.conflicts.may_conflict(physical, size64, class) {
@@ -270,7 +280,16 @@ impl<P: Platform> Verifier<P> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check_conflict(&self, cx: &CallCtx, base: u64, physical: u64, size: u64, cache: u32, ex: bool, class: CacheClass) {
+    fn check_conflict(
+        &self,
+        cx: &CallCtx,
+        base: u64,
+        physical: u64,
+        size: u64,
+        cache: u32,
+        ex: bool,
+        class: CacheClass,
+    ) {
         let end = physical.saturating_add(size);
         let mut other = None;
         self.table.walk(0, usize::MAX, |m| {
@@ -315,7 +334,8 @@ impl<P: Platform> Verifier<P> {
         let cx = self.ctx(caller);
         let size64 = size as u64;
         self.stats.bump(cx.processor, Counter::Unmaps);
-        self.stats.bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
         let call = || {
             let mut r = self.blank_record(&cx);
@@ -324,7 +344,11 @@ impl<P: Platform> Verifier<P> {
             r
         };
 
-        let ceiling = if self.settings.verifier_irql() { Irql::APC } else { Irql::DISPATCH };
+        let ceiling = if self.settings.verifier_irql() {
+            Irql::APC
+        } else {
+            Irql::DISPATCH
+        };
         let found = self.table.remove(base);
         if cx.irql > ceiling {
             let mut r = call();
@@ -364,7 +388,11 @@ impl<P: Platform> Verifier<P> {
                         self.stats.bump(cx.processor, Counter::Contained);
                     }
                     self.violate(RuleId::UnmapSizeMismatch, &cx, r);
-                    let real = if contain { usize::try_from(m.size).unwrap_or(size) } else { size };
+                    let real = if contain {
+                        usize::try_from(m.size).unwrap_or(size)
+                    } else {
+                        size
+                    };
                     self.platform.mm_unmap_io_space(base, real);
                 } else {
                     self.platform.mm_unmap_io_space(base, size);
@@ -395,13 +423,28 @@ impl<P: Platform> Verifier<P> {
                     self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                     self.platform.mm_unmap_io_space(base, size);
                 } else {
-                    self.contained_violation(RuleId::UnmapUnknown, &cx, call(), contain, base, size);
+                    self.contained_violation(
+                        RuleId::UnmapUnknown,
+                        &cx,
+                        call(),
+                        contain,
+                        base,
+                        size,
+                    );
                 }
             }
         }
     }
 
-    fn contained_violation(&self, rule: RuleId, cx: &CallCtx, mut r: ViolationRecord, contain: bool, base: u64, size: usize) {
+    fn contained_violation(
+        &self,
+        rule: RuleId,
+        cx: &CallCtx,
+        mut r: ViolationRecord,
+        contain: bool,
+        base: u64,
+        size: usize,
+    ) {
         if contain {
             r.flags |= VF_CONTAINED;
             self.stats.bump(cx.processor, Counter::Contained);
@@ -415,7 +458,11 @@ impl<P: Platform> Verifier<P> {
     /// Bookkeeping when a mapping leaves the table.
     fn forget_mapping(&self, m: &Mapping) {
         if m.size != 0 {
-            self.conflicts.remove(m.physical, m.size, CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0));
+            self.conflicts.remove(
+                m.physical,
+                m.size,
+                CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0),
+            );
         }
     }
 
@@ -463,12 +510,17 @@ impl<P: Platform> Verifier<P> {
     fn violate(&self, rule: RuleId, cx: &CallCtx, mut r: ViolationRecord) {
         let action = self.settings.action(rule);
         self.stats.bump_rule(cx.processor, rule.index());
-        let blamed = if r.owner_id != 0 && matches!(rule, RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload) {
+        let blamed = if r.owner_id != 0
+            && matches!(
+                rule,
+                RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload
+            ) {
             DriverId(r.owner_id)
         } else {
             cx.driver
         };
-        self.stats.bump_driver(cx.processor, blamed, DriverCounter::Violations);
+        self.stats
+            .bump_driver(cx.processor, blamed, DriverCounter::Violations);
         if action == Action::Ignore {
             self.stats.bump(cx.processor, Counter::Ignored);
             return;
@@ -522,7 +574,9 @@ impl<P: Platform> Verifier<P> {
                 self.drivers.start_begin(driver, device, thread);
             }
             DeviceEvent::StartEnd => self.drivers.start_end(driver, device),
-            DeviceEvent::Stopped => self.report_leaks(RuleId::LeakOnStop, |m| m.device == device, 0),
+            DeviceEvent::Stopped => {
+                self.report_leaks(RuleId::LeakOnStop, |m| m.device == device, 0)
+            }
             DeviceEvent::SurpriseRemoved | DeviceEvent::Removed => {
                 self.drivers.start_end(driver, device);
                 self.report_leaks(RuleId::LeakOnRemove, |m| m.device == device, 0);

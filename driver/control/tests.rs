@@ -9,7 +9,15 @@ use proptest::prelude::*;
 use zerocopy::IntoBytes;
 
 fn engine() -> Verifier<FakePlatform> {
-    Verifier::new(FakePlatform::new(), StartParams { capacity: 64, journal_records: 8, ..Default::default() }).unwrap()
+    Verifier::new(
+        FakePlatform::new(),
+        StartParams {
+            capacity: 64,
+            journal_records: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn call(v: &Verifier<FakePlatform>, code: u32, input: &[u8], out_len: usize) -> (Reply, Vec<u8>) {
@@ -19,7 +27,16 @@ fn call(v: &Verifier<FakePlatform>, code: u32, input: &[u8], out_len: usize) -> 
 }
 
 fn config(v: &Verifier<FakePlatform>) -> ConfigBlock {
-    let (r, out) = call(v, IOCTL_GET_CONFIG, GetConfigRequest { version: 1, reserved: 0 }.as_bytes(), 4096);
+    let (r, out) = call(
+        v,
+        IOCTL_GET_CONFIG,
+        GetConfigRequest {
+            version: 1,
+            reserved: 0,
+        }
+        .as_bytes(),
+        4096,
+    );
     assert_eq!(r.status, Status::Success);
     ConfigBlock::read_from_prefix(&out).unwrap().0
 }
@@ -27,28 +44,100 @@ fn config(v: &Verifier<FakePlatform>) -> ConfigBlock {
 #[test]
 fn hello_reports_limits() {
     let v = engine();
-    let (r, out) = call(&v, IOCTL_HELLO, HelloRequest { version: 1, reserved: 0 }.as_bytes(), 64);
-    assert_eq!(r, Reply { status: Status::Success, information: 56 });
+    let (r, out) = call(
+        &v,
+        IOCTL_HELLO,
+        HelloRequest {
+            version: 1,
+            reserved: 0,
+        }
+        .as_bytes(),
+        64,
+    );
+    assert_eq!(
+        r,
+        Reply {
+            status: Status::Success,
+            information: 56
+        }
+    );
     let h = HelloReply::read_from_prefix(&out).unwrap().0;
-    assert_eq!((h.version, h.table_capacity, h.journal_capacity), (1, 64, 8));
-    assert_eq!(h.violation_record_size as usize, core::mem::size_of::<ViolationRecord>());
-    assert_eq!(name_bytes(&wire_name(&h.component_version[..])), env!("CARGO_PKG_VERSION").as_bytes());
+    assert_eq!(
+        (h.version, h.table_capacity, h.journal_capacity),
+        (1, 64, 8)
+    );
+    assert_eq!(
+        h.violation_record_size as usize,
+        core::mem::size_of::<ViolationRecord>()
+    );
+    assert_eq!(
+        name_bytes(&wire_name(&h.component_version[..])),
+        env!("CARGO_PKG_VERSION").as_bytes()
+    );
 }
 
 #[test]
 fn each_malformed_input_has_its_own_status() {
     let v = engine();
-    let good = HelloRequest { version: 1, reserved: 0 };
+    let good = HelloRequest {
+        version: 1,
+        reserved: 0,
+    };
     let mut long = good.as_bytes().to_vec();
     long.push(0);
     let cases: [(u32, Vec<u8>, usize, Status); 7] = [
-        (IOCTL_HELLO, good.as_bytes()[..7].to_vec(), 64, Status::InputTooShort),
+        (
+            IOCTL_HELLO,
+            good.as_bytes()[..7].to_vec(),
+            64,
+            Status::InputTooShort,
+        ),
         (IOCTL_HELLO, long, 64, Status::InputTooLong),
-        (IOCTL_HELLO, HelloRequest { version: 2, reserved: 0 }.as_bytes().to_vec(), 64, Status::RevisionMismatch),
-        (IOCTL_HELLO, HelloRequest { version: 1, reserved: 1 }.as_bytes().to_vec(), 64, Status::ReservedNotZero),
-        (0x0022_0003, good.as_bytes().to_vec(), 64, Status::UnknownCode),
-        (IOCTL_HELLO, good.as_bytes().to_vec(), 10, Status::OutputTooSmall),
-        (IOCTL_CLEAR, ClearRequest { version: 1, what: 0 }.as_bytes().to_vec(), 0, Status::InvalidField),
+        (
+            IOCTL_HELLO,
+            HelloRequest {
+                version: 2,
+                reserved: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+            64,
+            Status::RevisionMismatch,
+        ),
+        (
+            IOCTL_HELLO,
+            HelloRequest {
+                version: 1,
+                reserved: 1,
+            }
+            .as_bytes()
+            .to_vec(),
+            64,
+            Status::ReservedNotZero,
+        ),
+        (
+            0x0022_0003,
+            good.as_bytes().to_vec(),
+            64,
+            Status::UnknownCode,
+        ),
+        (
+            IOCTL_HELLO,
+            good.as_bytes().to_vec(),
+            10,
+            Status::OutputTooSmall,
+        ),
+        (
+            IOCTL_CLEAR,
+            ClearRequest {
+                version: 1,
+                what: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+            0,
+            Status::InvalidField,
+        ),
     ];
     for (code, input, out_len, want) in cases {
         let (r, _) = call(&v, code, &input, out_len);
@@ -68,20 +157,35 @@ fn set_config_validates_then_applies_atomically() {
     assert_eq!(r.status, Status::InvalidField);
     let mut bad = before;
     bad.flags |= 1 << 7;
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status, Status::ReservedNotZero);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
+        Status::ReservedNotZero
+    );
     let mut bad = before;
     bad.actions[13] = 1;
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status, Status::ReservedNotZero);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
+        Status::ReservedNotZero
+    );
     let mut bad = before;
     bad.stack_depth = 17;
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status, Status::InvalidField);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
+        Status::InvalidField
+    );
     let mut bad = before;
     bad.target_count = 1;
     bad.targets[0] = wire_name(b"bad name");
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status, Status::InvalidField);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
+        Status::InvalidField
+    );
     let mut bad = before;
     bad.targets[3] = wire_name(b"x.sys");
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status, Status::ReservedNotZero);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
+        Status::ReservedNotZero
+    );
     assert_eq!(config(&v), before, "refused blocks changed nothing");
 
     let mut good = before;
@@ -91,7 +195,10 @@ fn set_config_validates_then_applies_atomically() {
     good.target_count = 2;
     good.targets[0] = wire_name(b"nic.sys");
     good.targets[1] = wire_name(b"gpu.sys");
-    assert_eq!(call(&v, IOCTL_SET_CONFIG, good.as_bytes(), 0).0.status, Status::Success);
+    assert_eq!(
+        call(&v, IOCTL_SET_CONFIG, good.as_bytes(), 0).0.status,
+        Status::Success
+    );
     assert_eq!(config(&v), good);
     assert!(v.image_loaded(b"GPU.SYS", 0x1000, 0x1000).is_some());
 }
@@ -104,20 +211,41 @@ fn read_violations_cursor_lost_and_clear() {
     for _ in 0..12 {
         v.unmap_io_space(Caller { return_address: 0 }, 0xFFFF_F800_0BAD_0000, 0x1000);
     }
-    let req = |cursor: u64, max: u32| ReadViolationsRequest { version: 1, max_records: max, cursor };
+    let req = |cursor: u64, max: u32| ReadViolationsRequest {
+        version: 1,
+        max_records: max,
+        cursor,
+    };
     let hdr = core::mem::size_of::<ReadViolationsReply>();
     let rec = core::mem::size_of::<ViolationRecord>();
     // Room for the header only: too small, and it says how much is needed for one record.
     let (r, _) = call(&v, IOCTL_READ_VIOLATIONS, req(0, 5).as_bytes(), hdr);
-    assert_eq!(r, Reply { status: Status::OutputTooSmall, information: hdr + rec });
-    let (r, out) = call(&v, IOCTL_READ_VIOLATIONS, req(0, 5).as_bytes(), hdr + 3 * rec + 7);
+    assert_eq!(
+        r,
+        Reply {
+            status: Status::OutputTooSmall,
+            information: hdr + rec
+        }
+    );
+    let (r, out) = call(
+        &v,
+        IOCTL_READ_VIOLATIONS,
+        req(0, 5).as_bytes(),
+        hdr + 3 * rec + 7,
+    );
     assert_eq!(r.information, hdr + 3 * rec);
     let h = ReadViolationsReply::read_from_prefix(&out).unwrap().0;
     assert_eq!((h.count, h.lost, h.next_cursor, h.tail), (3, 4, 7, 12));
     let first = ViolationRecord::read_from_prefix(&out[hdr..]).unwrap().0;
     assert_eq!((first.seq, first.rule), (4, 4));
-    let clr = ClearRequest { version: 1, what: CLR_JOURNAL | CLR_STATS };
-    assert_eq!(call(&v, IOCTL_CLEAR, clr.as_bytes(), 0).0.status, Status::Success);
+    let clr = ClearRequest {
+        version: 1,
+        what: CLR_JOURNAL | CLR_STATS,
+    };
+    assert_eq!(
+        call(&v, IOCTL_CLEAR, clr.as_bytes(), 0).0.status,
+        Status::Success
+    );
     let (_, out) = call(&v, IOCTL_READ_VIOLATIONS, req(7, 5).as_bytes(), 4096);
     let h = ReadViolationsReply::read_from_prefix(&out).unwrap().0;
     assert_eq!((h.count, h.discarded, h.next_cursor), (0, 5, 12));
@@ -127,19 +255,31 @@ fn read_violations_cursor_lost_and_clear() {
 fn list_mappings_filters_and_resumes() {
     let v = engine();
     let nic = v.driver_attached(b"nic.sys", 0x1000_0000, 0x1000).unwrap();
-    let at = Caller { return_address: 0x1000_0010 };
-    let bases: Vec<u64> = (0..5).map(|i| v.map_io_space(at, 0xF000_0000 + i * 0x1000, 0x1000, 0)).collect();
+    let at = Caller {
+        return_address: 0x1000_0010,
+    };
+    let bases: Vec<u64> = (0..5)
+        .map(|i| v.map_io_space(at, 0xF000_0000 + i * 0x1000, 0x1000, 0))
+        .collect();
     v.map_io_space(Caller { return_address: 0 }, 0xE000_0000, 0x1000, 0);
     let hdr = core::mem::size_of::<ListMappingsReply>();
     let rec = core::mem::size_of::<MappingRecord>();
-    let mut req = ListMappingsRequest { version: 1, max_records: 2, filter: LF_DRIVER, driver_id: u32::from(nic.0), ..Default::default() };
+    let mut req = ListMappingsRequest {
+        version: 1,
+        max_records: 2,
+        filter: LF_DRIVER,
+        driver_id: u32::from(nic.0),
+        ..Default::default()
+    };
     let mut seen = Vec::new();
     for _ in 0..10 {
         let (r, out) = call(&v, IOCTL_LIST_MAPPINGS, req.as_bytes(), hdr + 2 * rec);
         assert_eq!(r.status, Status::Success);
         let h = ListMappingsReply::read_from_prefix(&out).unwrap().0;
         for i in 0..h.count as usize {
-            let m = MappingRecord::read_from_prefix(&out[hdr + i * rec..]).unwrap().0;
+            let m = MappingRecord::read_from_prefix(&out[hdr + i * rec..])
+                .unwrap()
+                .0;
             assert_eq!(name_bytes(&m.driver_name), b"nic.sys");
             seen.push(m.base);
         }
@@ -152,44 +292,119 @@ fn list_mappings_filters_and_resumes() {
     let mut want = bases.clone();
     want.sort_unstable();
     assert_eq!(seen, want);
-    let bad = ListMappingsRequest { version: 1, max_records: 2, filter: 1 << 9, ..Default::default() };
-    assert_eq!(call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status, Status::ReservedNotZero);
-    let bad = ListMappingsRequest { version: 1, max_records: 2, device: 5, ..Default::default() };
-    assert_eq!(call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status, Status::ReservedNotZero);
-    let bad = ListMappingsRequest { version: 1, max_records: 2, cursor: u64::MAX, ..Default::default() };
-    assert_eq!(call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status, Status::InvalidField);
+    let bad = ListMappingsRequest {
+        version: 1,
+        max_records: 2,
+        filter: 1 << 9,
+        ..Default::default()
+    };
+    assert_eq!(
+        call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status,
+        Status::ReservedNotZero
+    );
+    let bad = ListMappingsRequest {
+        version: 1,
+        max_records: 2,
+        device: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status,
+        Status::ReservedNotZero
+    );
+    let bad = ListMappingsRequest {
+        version: 1,
+        max_records: 2,
+        cursor: u64::MAX,
+        ..Default::default()
+    };
+    assert_eq!(
+        call(&v, IOCTL_LIST_MAPPINGS, bad.as_bytes(), 4096).0.status,
+        Status::InvalidField
+    );
 }
 
 #[test]
 fn stats_count_per_driver_and_live() {
     let v = engine();
     let nic = v.driver_attached(b"nic.sys", 0x1000_0000, 0x1000).unwrap();
-    let at = Caller { return_address: 0x1000_0010 };
+    let at = Caller {
+        return_address: 0x1000_0010,
+    };
     let a = v.map_io_space(at, 0xF000_0000, 0x3000, 0);
     v.map_io_space(at, 0xF001_0000, 0x1000, 0);
     v.unmap_io_space(at, a, 0x1000);
-    let (r, out) = call(&v, IOCTL_GET_STATS, StatsRequest { version: 1, max_drivers: 4 }.as_bytes(), 4096);
+    let (r, out) = call(
+        &v,
+        IOCTL_GET_STATS,
+        StatsRequest {
+            version: 1,
+            max_drivers: 4,
+        }
+        .as_bytes(),
+        4096,
+    );
     assert_eq!(r.status, Status::Success);
     let h = StatsReply::read_from_prefix(&out).unwrap().0;
     assert_eq!((h.total_drivers, h.returned), (1, 1));
-    assert_eq!((h.counters.maps, h.counters.unmaps, h.counters.live, h.counters.per_rule[0]), (2, 1, 1, 1));
-    let d = DriverStats::read_from_prefix(&out[core::mem::size_of::<StatsReply>()..]).unwrap().0;
-    assert_eq!((d.driver_id, d.maps, d.unmaps, d.violations, d.live, d.live_bytes), (u32::from(nic.0), 2, 1, 1, 1, 0x1000));
+    assert_eq!(
+        (
+            h.counters.maps,
+            h.counters.unmaps,
+            h.counters.live,
+            h.counters.per_rule[0]
+        ),
+        (2, 1, 1, 1)
+    );
+    let d = DriverStats::read_from_prefix(&out[core::mem::size_of::<StatsReply>()..])
+        .unwrap()
+        .0;
+    assert_eq!(
+        (
+            d.driver_id,
+            d.maps,
+            d.unmaps,
+            d.violations,
+            d.live,
+            d.live_bytes
+        ),
+        (u32::from(nic.0), 2, 1, 1, 1, 0x1000)
+    );
 }
 
 #[test]
 fn attach_maps_platform_errors() {
     let v = engine();
-    let req = |name: &[u8]| DriverNameRequest { version: 1, reserved: 0, name: wire_name(name) };
+    let req = |name: &[u8]| DriverNameRequest {
+        version: 1,
+        reserved: 0,
+        name: wire_name(name),
+    };
     let (r, out) = call(&v, IOCTL_ATTACH, req(b"present.sys").as_bytes(), 8);
     assert_eq!(r.status, Status::Success);
     assert_eq!(AttachReply::read_from_prefix(&out).unwrap().0.slots, 3);
-    assert_eq!(call(&v, IOCTL_ATTACH, req(b"absent.sys").as_bytes(), 8).0.status, Status::NotFound);
-    assert_eq!(call(&v, IOCTL_DETACH, req(b"present.sys").as_bytes(), 8).0.status, Status::NotSupported);
-    assert_eq!(call(&v, IOCTL_ATTACH, req(b"").as_bytes(), 8).0.status, Status::InvalidField);
+    assert_eq!(
+        call(&v, IOCTL_ATTACH, req(b"absent.sys").as_bytes(), 8)
+            .0
+            .status,
+        Status::NotFound
+    );
+    assert_eq!(
+        call(&v, IOCTL_DETACH, req(b"present.sys").as_bytes(), 8)
+            .0
+            .status,
+        Status::NotSupported
+    );
+    assert_eq!(
+        call(&v, IOCTL_ATTACH, req(b"").as_bytes(), 8).0.status,
+        Status::InvalidField
+    );
     let mut junk = req(b"a.sys");
     junk.name[20] = b'x';
-    assert_eq!(call(&v, IOCTL_ATTACH, junk.as_bytes(), 8).0.status, Status::InvalidField);
+    assert_eq!(
+        call(&v, IOCTL_ATTACH, junk.as_bytes(), 8).0.status,
+        Status::InvalidField
+    );
 }
 
 proptest! {

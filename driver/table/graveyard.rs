@@ -80,12 +80,18 @@ impl Graveyard {
     /// Remembers an unmap. Returns false if the slot was busy with another writer (the
     /// tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
-        let Some(s) = self.slot(t.base) else { return false };
+        let Some(s) = self.slot(t.base) else {
+            return false;
+        };
         let seq = s.seq.load(Ordering::Relaxed);
         if seq & 1 == 1
-            || s
-                .seq
-                .compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            || s.seq
+                .compare_exchange(
+                    seq,
+                    seq.wrapping_add(1),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return false;
@@ -96,8 +102,10 @@ impl Graveyard {
         s.physical.store(t.physical, Ordering::Relaxed);
         s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
         s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
-        s.drivers
-            .store(u32::from(t.driver) | u32::from(t.unmapped_by) << 16, Ordering::Relaxed);
+        s.drivers.store(
+            u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
+            Ordering::Relaxed,
+        );
         s.seq.store(seq.wrapping_add(2), Ordering::Release);
         true
     }
@@ -134,9 +142,13 @@ impl Graveyard {
         let seq = s.seq.load(Ordering::Relaxed);
         if s.base.load(Ordering::Relaxed) != base
             || seq & 1 == 1
-            || s
-                .seq
-                .compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            || s.seq
+                .compare_exchange(
+                    seq,
+                    seq.wrapping_add(1),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return;
@@ -152,9 +164,13 @@ impl Graveyard {
         for s in self.slots.iter() {
             let seq = s.seq.load(Ordering::Relaxed);
             if seq & 1 == 0
-                && s
-                    .seq
-                    .compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+                && s.seq
+                    .compare_exchange(
+                        seq,
+                        seq.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 s.base.store(0, Ordering::Relaxed);
@@ -169,14 +185,25 @@ mod tests {
     use super::*;
 
     fn t(base: u64) -> Tombstone {
-        Tombstone { base, size: 0x1000, physical: 5, map_time_ns: 1, unmap_time_ns: 2, driver: 3, unmapped_by: 4 }
+        Tombstone {
+            base,
+            size: 0x1000,
+            physical: 5,
+            map_time_ns: 1,
+            unmap_time_ns: 2,
+            driver: 3,
+            unmapped_by: 4,
+        }
     }
 
     #[test]
     fn remembers_and_forgets() {
         let g = Graveyard::new(64).unwrap();
         assert!(g.bury(&t(0xFFFF_F000_0000_1000)));
-        assert_eq!(g.find(0xFFFF_F000_0000_1000), Some(t(0xFFFF_F000_0000_1000)));
+        assert_eq!(
+            g.find(0xFFFF_F000_0000_1000),
+            Some(t(0xFFFF_F000_0000_1000))
+        );
         assert_eq!(g.find(0xFFFF_F000_0000_2000), None);
         g.forget(0xFFFF_F000_0000_1000);
         assert_eq!(g.find(0xFFFF_F000_0000_1000), None);

@@ -36,9 +36,13 @@ impl UntrackedSet {
     pub fn add(&self, base: u64) {
         let start = self.start(base);
         for i in 0..PROBE {
-            let Some(idx) = start.wrapping_add(i).checked_rem(self.bases.len()) else { continue };
+            let Some(idx) = start.wrapping_add(i).checked_rem(self.bases.len()) else {
+                continue;
+            };
             if let Some(b) = self.bases.get(idx) {
-                if b.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if b.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return;
                 }
             }
@@ -53,9 +57,13 @@ impl UntrackedSet {
         }
         let start = self.start(base);
         for i in 0..PROBE {
-            let Some(idx) = start.wrapping_add(i).checked_rem(self.bases.len()) else { continue };
+            let Some(idx) = start.wrapping_add(i).checked_rem(self.bases.len()) else {
+                continue;
+            };
             if let Some(b) = self.bases.get(idx) {
-                if b.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if b.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return true;
                 }
             }
@@ -86,7 +94,11 @@ impl UntrackedSet {
 
     /// Untracked mappings believed live (remembered + only counted).
     pub fn live(&self) -> u64 {
-        let remembered = self.bases.iter().filter(|b| b.load(Ordering::Relaxed) != 0).count();
+        let remembered = self
+            .bases
+            .iter()
+            .filter(|b| b.load(Ordering::Relaxed) != 0)
+            .count();
         (remembered as u64).saturating_add(self.uncounted.load(Ordering::Relaxed))
     }
 }

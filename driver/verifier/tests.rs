@@ -17,7 +17,11 @@ struct Bed {
 }
 
 fn bed() -> Bed {
-    bed_with(StartParams { capacity: 256, journal_records: 256, ..Default::default() })
+    bed_with(StartParams {
+        capacity: 256,
+        journal_records: 256,
+        ..Default::default()
+    })
 }
 
 fn bed_with(params: StartParams) -> Bed {
@@ -25,17 +29,27 @@ fn bed_with(params: StartParams) -> Bed {
     v.with_control(|c| c.targets.add(b"nic.sys") && c.targets.add(b"gpu.sys"));
     let nic = v.image_loaded(b"nic.sys", NIC, 0x10000).unwrap();
     let gpu = v.image_loaded(b"gpu.sys", GPU, 0x10000).unwrap();
-    Bed { v, nic, gpu, cursor: core::cell::Cell::new(0) }
+    Bed {
+        v,
+        nic,
+        gpu,
+        cursor: core::cell::Cell::new(0),
+    }
 }
 
 fn at(image: u64) -> Caller {
-    Caller { return_address: image + 0x123 }
+    Caller {
+        return_address: image + 0x123,
+    }
 }
 
 impl Bed {
     fn new_records(&self) -> Vec<ViolationRecord> {
         let mut out = Vec::new();
-        let end = self.v.journal().read_records(self.cursor.get(), 1000, |r| out.push(*r));
+        let end = self
+            .v
+            .journal()
+            .read_records(self.cursor.get(), 1000, |r| out.push(*r));
         assert_eq!(end.lost, 0);
         self.cursor.set(end.next);
         out
@@ -76,11 +90,19 @@ fn iosv001_size_mismatch_contained_with_tracked_size() {
     assert_eq!(crate::protocol::name_bytes(&r[0].driver_name), b"nic.sys");
     assert_eq!(b.unmapped(), [(base, 0x2000)]);
 
-    b.v.settings().apply(&crate::protocol::ConfigBlock { flags: 0, actions: [1u8; 16], ..Default::default() });
+    b.v.settings().apply(&crate::protocol::ConfigBlock {
+        flags: 0,
+        actions: [1u8; 16],
+        ..Default::default()
+    });
     let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
     b.v.unmap_io_space(at(NIC), base, 0x1000);
     assert_eq!(b.rules(), [1]);
-    assert_eq!(b.unmapped(), [(base, 0x1000)], "containment off passes the wrong size through");
+    assert_eq!(
+        b.unmapped(),
+        [(base, 0x1000)],
+        "containment off passes the wrong size through"
+    );
 }
 
 #[test]
@@ -89,7 +111,10 @@ fn iosv002_unmap_irql_ceiling_ddi_and_verifier_modes() {
     let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
     b.set_irql(2);
     b.v.unmap_io_space(at(NIC), base, 0x1000);
-    assert!(b.rules().is_empty(), "DISPATCH_LEVEL is allowed by the DDI ceiling");
+    assert!(
+        b.rules().is_empty(),
+        "DISPATCH_LEVEL is allowed by the DDI ceiling"
+    );
     assert_eq!(b.unmapped(), [(base, 0x1000)]);
     b.set_irql(0);
     let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
@@ -104,7 +129,11 @@ fn iosv002_unmap_irql_ceiling_ddi_and_verifier_modes() {
     assert_eq!(r.iter().map(|r| r.rule).collect::<Vec<_>>(), [2]);
     assert_eq!(r[0].irql, 2);
     assert_eq!(r[0].base, base);
-    assert_eq!(b.unmapped(), [(base, 0x1000)], "an IRQL violation is not contained");
+    assert_eq!(
+        b.unmapped(),
+        [(base, 0x1000)],
+        "an IRQL violation is not contained"
+    );
 }
 
 #[test]
@@ -157,7 +186,10 @@ fn iosv006_interior_unmap_names_the_containing_mapping() {
     b.v.unmap_io_space(at(NIC), base + 0x1000, 0x1000);
     let r = b.new_records();
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].rule, r[0].base, r[0].address), (6, base, base + 0x1000));
+    assert_eq!(
+        (r[0].rule, r[0].base, r[0].address),
+        (6, base, base + 0x1000)
+    );
     assert!(b.unmapped().is_empty());
     assert!(b.v.table().get(base).is_some(), "the mapping stays live");
 }
@@ -197,7 +229,10 @@ fn iosv009_leak_on_unload_and_detach() {
     let a = b.v.map_io_space(at(GPU), 0xC000_0000, 0x1000, 1);
     b.v.driver_detached(b.gpu, false);
     let r = b.new_records();
-    assert_eq!((r.len(), r[0].rule, r[0].base, r[0].owner_id), (1, 9, a, b.gpu.0));
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].base, r[0].owner_id),
+        (1, 9, a, b.gpu.0)
+    );
     assert_eq!(r[0].flags & crate::protocol::VF_DETACH, 0);
     let c = b.v.map_io_space(at(NIC), 0xC100_0000, 0x1000, 1);
     b.v.driver_detached(b.nic, true);
@@ -216,11 +251,28 @@ fn iosv010_cache_conflict_only_on_overlap_with_other_type() {
     b.v.map_io_space(at(NIC), 0xC000_F000, 0x2000, 0); // overlaps a, non-cached
     let r = b.new_records();
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].rule, r[0].base, r[0].other, r[0].other_cache, r[0].cache), (10, a, 0xC000_0000, 1, 0));
+    assert_eq!(
+        (
+            r[0].rule,
+            r[0].base,
+            r[0].other,
+            r[0].other_cache,
+            r[0].cache
+        ),
+        (10, a, 0xC000_0000, 1, 0)
+    );
     assert_eq!(r[0].flags & crate::protocol::VF_OTHER_MAP_EX, 0);
     b.v.unmap_io_space(at(GPU), a, 0x10000);
-    b.v.map_io_space_ex(at(NIC), 0xC000_0000, 0x1000, crate::phys::PAGE_READWRITE | crate::phys::PAGE_NOCACHE);
-    assert!(b.rules().is_empty(), "a is gone; 0xC000_8000 (cached) does not overlap");
+    b.v.map_io_space_ex(
+        at(NIC),
+        0xC000_0000,
+        0x1000,
+        crate::phys::PAGE_READWRITE | crate::phys::PAGE_NOCACHE,
+    );
+    assert!(
+        b.rules().is_empty(),
+        "a is gone; 0xC000_8000 (cached) does not overlap"
+    );
 }
 
 #[test]
@@ -229,7 +281,10 @@ fn iosv012_foreign_unmap_passes_through() {
     let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
     b.v.unmap_io_space(at(GPU), a, 0x1000);
     let r = b.new_records();
-    assert_eq!((r.len(), r[0].rule, r[0].driver_id, r[0].owner_id), (1, 12, b.gpu.0, b.nic.0));
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].driver_id, r[0].owner_id),
+        (1, 12, b.gpu.0, b.nic.0)
+    );
     assert_eq!(b.unmapped(), [(a, 0x1000)]);
 }
 
@@ -242,26 +297,35 @@ fn iosv013_stale_entry_when_mm_reuses_a_base_we_still_hold() {
     let again = b.v.map_io_space(at(GPU), 0xFED0_0000, 0x3000, 0);
     assert_eq!(again, a);
     let r = b.new_records();
-    assert_eq!((r.len(), r[0].rule, r[0].mapped_size, r[0].passed_size), (1, 13, 0x1000, 0x3000));
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].mapped_size, r[0].passed_size),
+        (1, 13, 0x1000, 0x3000)
+    );
     assert_eq!(b.v.table().get(a).unwrap().size, 0x3000);
 }
 
 #[test]
 fn actions_ignore_break_bugcheck() {
     let b = bed();
-    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Ignore);
+    b.v.settings()
+        .set_action(RuleId::UnmapUnknown, Action::Ignore);
     b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
     assert!(b.rules().is_empty());
-    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Break);
+    b.v.settings()
+        .set_action(RuleId::UnmapUnknown, Action::Break);
     b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
     assert_eq!(b.rules(), [4]);
     assert_eq!(b.v.platform().breaks.load(Ordering::Relaxed), 1);
-    b.v.settings().set_action(RuleId::UnmapUnknown, Action::Bugcheck);
+    b.v.settings()
+        .set_action(RuleId::UnmapUnknown, Action::Bugcheck);
     b.v.unmap_io_space(at(NIC), 0xFFFF_F800_DEAD_0000, 0x1000);
     let r = b.new_records();
     let bc = b.v.platform().bugchecks.lock().unwrap()[0];
     assert_eq!(bc.p1, crate::platform::BUGCHECK_SIGNATURE | 4);
-    assert_eq!((bc.p2, bc.p3, bc.p4), (0xFFFF_F800_DEAD_0000, 0x1000, r[0].seq));
+    assert_eq!(
+        (bc.p2, bc.p3, bc.p4),
+        (0xFFFF_F800_DEAD_0000, 0x1000, r[0].seq)
+    );
     let t = b.v.stats().totals();
     assert_eq!(t.get(Counter::Ignored), 1);
     assert_eq!(t.per_rule[3], 3);
@@ -269,14 +333,25 @@ fn actions_ignore_break_bugcheck() {
 
 #[test]
 fn full_table_tracks_untracked_unmaps_without_reporting() {
-    let b = bed_with(StartParams { capacity: 16, untracked: 16, ..Default::default() });
-    let bases: Vec<u64> = (0..200u64).map(|i| b.v.map_io_space(at(NIC), 0xF000_0000 + i * 0x1000, 0x1000, 0)).collect();
+    let b = bed_with(StartParams {
+        capacity: 16,
+        untracked: 16,
+        ..Default::default()
+    });
+    let bases: Vec<u64> = (0..200u64)
+        .map(|i| {
+            b.v.map_io_space(at(NIC), 0xF000_0000 + i * 0x1000, 0x1000, 0)
+        })
+        .collect();
     let full = b.v.stats().totals().get(Counter::TableFull);
     assert!(full > 0);
     for base in &bases {
         b.v.unmap_io_space(at(NIC), *base, 0x1000);
     }
-    assert!(b.rules().is_empty(), "no unmap of an untracked mapping is reported");
+    assert!(
+        b.rules().is_empty(),
+        "no unmap of an untracked mapping is reported"
+    );
     assert_eq!(b.unmapped().len(), 200, "every unmap reached Mm");
     assert_eq!(b.v.untracked().live(), 0);
 }
@@ -301,7 +376,8 @@ fn image_loaded_registers_only_targets() {
 #[test]
 fn unattributed_callers_are_still_checked() {
     let b = bed();
-    let a = b.v.map_io_space(Caller { return_address: 0 }, 0xFED0_0000, 0x1000, 0);
+    let a =
+        b.v.map_io_space(Caller { return_address: 0 }, 0xFED0_0000, 0x1000, 0);
     b.v.unmap_io_space(Caller { return_address: 0 }, a, 0x2000);
     let r = b.new_records();
     assert_eq!((r[0].rule, r[0].driver_id), (1, 0));
@@ -311,14 +387,22 @@ fn unattributed_callers_are_still_checked() {
 fn engine_value_is_small_enough_for_a_kernel_stack() {
     // Kernel stacks are 24 KiB on x64; the engine's tables are on the heap (the value
     // holds their pointers, the settings and the 512-byte target list).
-    assert!(core::mem::size_of::<Verifier<FakePlatform>>() <= 2048, "{}", core::mem::size_of::<Verifier<FakePlatform>>());
+    assert!(
+        core::mem::size_of::<Verifier<FakePlatform>>() <= 2048,
+        "{}",
+        core::mem::size_of::<Verifier<FakePlatform>>()
+    );
 }
 
 #[test]
 fn late_attached_driver_unmaps_of_unknown_bases_pass_through_unverified() {
     let b = bed();
-    let late = b.v.driver_attached(b"late.sys", 0x3000_0000, 0x1000).unwrap();
-    let at_late = Caller { return_address: 0x3000_0010 };
+    let late =
+        b.v.driver_attached(b"late.sys", 0x3000_0000, 0x1000)
+            .unwrap();
+    let at_late = Caller {
+        return_address: 0x3000_0010,
+    };
     // Mapped before the attach: iosv never saw it.
     b.v.unmap_io_space(at_late, 0xFFFF_F800_1234_0000, 0x1000);
     assert!(b.rules().is_empty());
@@ -340,8 +424,14 @@ fn detach_reports_then_drops_entries_unload_keeps_them() {
     b.v.driver_detached(b.nic, true);
     b.v.driver_detached(b.gpu, false);
     assert_eq!(b.rules(), [9, 9]);
-    assert!(b.v.table().get(a).is_none(), "a detached driver unmaps unseen: entry dropped");
-    assert!(b.v.table().get(g).is_some(), "an unloaded driver's leak stays mapped");
+    assert!(
+        b.v.table().get(a).is_none(),
+        "a detached driver unmaps unseen: entry dropped"
+    );
+    assert!(
+        b.v.table().get(g).is_some(),
+        "an unloaded driver's leak stays mapped"
+    );
     // The detached driver's mapping is gone from the conflict filter too.
     b.v.map_io_space(at(GPU), 0xFED0_0000, 0x1000, 1);
     assert!(b.rules().is_empty());

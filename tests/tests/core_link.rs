@@ -18,15 +18,33 @@ fn core_links_into_a_native_driver_image_importing_only_ntoskrnl() {
         .current_dir(&crate_dir)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
-        .args(["rustc", "--release", "--lib", "--target", fixture::TARGET, "--"])
+        .args([
+            "rustc",
+            "--release",
+            "--lib",
+            "--target",
+            fixture::TARGET,
+            "--",
+        ])
         .args(["-C", "linker=rust-lld"])
         .args(["-C", "link-arg=/driver", "-C", "link-arg=/subsystem:native"])
-        .args(["-C", "link-arg=/entry:DriverEntry", "-C", "link-arg=/nodefaultlib"])
+        .args([
+            "-C",
+            "link-arg=/entry:DriverEntry",
+            "-C",
+            "link-arg=/nodefaultlib",
+        ])
         .output()
         .expect("run cargo");
-    assert!(out.status.success(), "link failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "link failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let dll = target_dir.join(fixture::TARGET).join("release/iosv_core_link.dll");
+    let dll = target_dir
+        .join(fixture::TARGET)
+        .join("release/iosv_core_link.dll");
     let file = std::fs::read(&dll).expect("read the linked image");
     let loaded = fixture::load(&file);
     let image = PeImage::parse(&loaded.bytes).expect("iosv::pe parses the image");
@@ -34,7 +52,11 @@ fn core_links_into_a_native_driver_image_importing_only_ntoskrnl() {
         .imported_dlls()
         .map(|d| d.expect("import descriptor").dll_name.to_vec())
         .collect();
-    assert_eq!(dlls, [b"ntoskrnl.exe".to_vec()], "imports only from ntoskrnl.exe");
+    assert_eq!(
+        dlls,
+        [b"ntoskrnl.exe".to_vec()],
+        "imports only from ntoskrnl.exe"
+    );
     let mut slots = Vec::new();
     for slot in image.hooked_slots(None) {
         slots.push(slot.expect("slot").routine);

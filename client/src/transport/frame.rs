@@ -66,12 +66,24 @@ impl From<iosv::frame::FrameError> for FrameError {
 }
 
 /// Encodes a request frame.
-pub fn encode_request(code: u32, input: &[u8], output_capacity: usize) -> Result<Vec<u8>, FrameError> {
+pub fn encode_request(
+    code: u32,
+    input: &[u8],
+    output_capacity: usize,
+) -> Result<Vec<u8>, FrameError> {
     if input.len() > MAX_INPUT {
-        return Err(FrameError::TooLong { what: "request input", len: input.len() as u64, max: MAX_INPUT as u64 });
+        return Err(FrameError::TooLong {
+            what: "request input",
+            len: input.len() as u64,
+            max: MAX_INPUT as u64,
+        });
     }
     if output_capacity > MAX_OUTPUT {
-        return Err(FrameError::TooLong { what: "output capacity", len: output_capacity as u64, max: MAX_OUTPUT as u64 });
+        return Err(FrameError::TooLong {
+            what: "output capacity",
+            len: output_capacity as u64,
+            max: MAX_OUTPUT as u64,
+        });
     }
     let cap = u32::try_from(output_capacity).unwrap_or(u32::MAX);
     Ok(iosv::frame::encode_request(code, input, cap)?)
@@ -199,7 +211,10 @@ mod tests {
     fn a_failed_reply_carries_no_output() {
         let f = encode_reply(0xC000_0023, 1234, &[9; 7]);
         let (h, out) = read_reply(&mut &f[..], 100).unwrap();
-        assert_eq!((h.status, h.information, h.output_len), (0xC000_0023, 1234, 0));
+        assert_eq!(
+            (h.status, h.information, h.output_len),
+            (0xC000_0023, 1234, 0)
+        );
         assert!(out.is_empty());
     }
 

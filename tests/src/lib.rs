@@ -1,0 +1,3 @@
+//! System-test helpers for iosv.
+
+pub mod fixture;
