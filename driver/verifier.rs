@@ -587,29 +587,37 @@ impl<P: Platform> Verifier<P> {
     /// Reports every live, not yet reported mapping that `pick` selects as a leak.
     fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
         let cx = self.ctx(Caller { return_address: 0 });
-        let mut cursor = 0usize;
-        loop {
-            let mut batch = [None::<Mapping>; 32];
-            let mut n = 0usize;
-            let end = self.table.walk(cursor, usize::MAX, |m| {
-                if m.flags & FLAG_LEAK_REPORTED == 0 && pick(m) {
-                    if let Some(slot) = batch.get_mut(n) {
-                        *slot = Some(*m);
-                        n = n.saturating_add(1);
-                    }
-                    n < batch.len()
-                } else {
-                    true
-                }
-            });
-            for m in batch.iter().flatten() {
+        self.for_each_picked(
+            |m| m.flags & FLAG_LEAK_REPORTED == 0 && pick(m),
+            |m| {
                 if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
                     let mut r = self.mapping_record(&cx, m);
                     r.address = m.base;
                     r.flags |= extra_flags;
                     self.violate(rule, &cx, r);
                 }
-            }
+            },
+        );
+    }
+
+    /// Walks the table and runs `act` on each live mapping `pick` selects — outside the
+    /// walk, in batches, so `act` may change the table (mark or remove entries).
+    fn for_each_picked(&self, pick: impl Fn(&Mapping) -> bool, mut act: impl FnMut(&Mapping)) {
+        let mut cursor = 0usize;
+        loop {
+            let mut batch = [None::<Mapping>; 32];
+            let mut n = 0usize;
+            let end = self.table.walk(cursor, usize::MAX, |m| {
+                if !pick(m) {
+                    return true;
+                }
+                if let Some(slot) = batch.get_mut(n) {
+                    *slot = Some(*m);
+                    n = n.saturating_add(1);
+                }
+                n < batch.len()
+            });
+            batch.iter().flatten().for_each(&mut act);
             if end.done {
                 break;
             }
@@ -649,31 +657,14 @@ impl<P: Platform> Verifier<P> {
         self.report_leaks(RuleId::LeakOnUnload, |m| m.driver == driver.0, flags);
         self.drivers.set_state(driver, DriverState::Gone);
         if detach {
-            let mut cursor = 0usize;
-            loop {
-                let mut batch = [0u64; 32];
-                let mut n = 0usize;
-                let end = self.table.walk(cursor, usize::MAX, |m| {
-                    if m.driver == driver.0 {
-                        if let Some(slot) = batch.get_mut(n) {
-                            *slot = m.base;
-                            n = n.saturating_add(1);
-                        }
-                        n < batch.len()
-                    } else {
-                        true
+            self.for_each_picked(
+                |m| m.driver == driver.0,
+                |m| {
+                    if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
+                        self.forget_mapping(&gone);
                     }
-                });
-                for base in batch.iter().take(n) {
-                    if let RemoveOutcome::Removed(m) = self.table.remove(*base) {
-                        self.forget_mapping(&m);
-                    }
-                }
-                if end.done {
-                    break;
-                }
-                cursor = end.next;
-            }
+                },
+            );
         }
     }
 }
