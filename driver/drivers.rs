@@ -61,6 +61,8 @@ struct DriverSlot {
     loads: AtomicU64,
     /// 1 if the driver was attached after it loaded (its earlier mappings are unknown).
     late: AtomicU32,
+    /// Devices of this driver starting now (lets maps skip the scan when 0).
+    starting: AtomicU32,
     starting_device: [AtomicU64; MAX_STARTING],
     starting_thread: [AtomicU64; MAX_STARTING],
 }
@@ -99,6 +101,7 @@ impl Drivers {
                 name: core::array::from_fn(|_| AtomicU64::new(0)),
                 loads: AtomicU64::new(0),
                 late: AtomicU32::new(0),
+                starting: AtomicU32::new(0),
                 starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
             })?,
@@ -233,6 +236,7 @@ impl Drivers {
                 .is_ok()
             {
                 t.store(thread, Ordering::Release);
+                s.starting.fetch_add(1, Ordering::AcqRel);
                 return true;
             }
         }
@@ -244,8 +248,14 @@ impl Drivers {
         let Some(s) = self.slot(id) else { return };
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
             if d.load(Ordering::Acquire) == device {
+                // Clear the thread before freeing the entry, so a start_begin that takes
+                // the entry next never has its thread overwritten.
                 t.store(0, Ordering::Relaxed);
-                d.store(0, Ordering::Release);
+                if d.compare_exchange(device, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    s.starting.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -254,6 +264,9 @@ impl Drivers {
     /// thread is starting, else the driver's only starting device, else none (0).
     pub fn starting_device(&self, id: DriverId, thread: u64) -> u64 {
         let Some(s) = self.slot(id) else { return 0 };
+        if s.starting.load(Ordering::Acquire) == 0 {
+            return 0; // the common case: no start in progress
+        }
         let mut only = 0u64;
         let mut count = 0u32;
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {

@@ -150,10 +150,16 @@ impl ConflictFilter {
         (n <= MAX_REGIONS).then_some((first, n))
     }
 
-    fn counter(&self, region: u64, class: usize) -> Option<&AtomicU32> {
+    /// The three class counters of `region`'s bucket.
+    fn bucket(&self, region: u64) -> Option<&[AtomicU32]> {
         let h = region.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize;
-        self.counts.get(b.checked_mul(CLASSES)?.checked_add(class)?)
+        let first = b.checked_mul(CLASSES)?;
+        self.counts.get(first..first.checked_add(CLASSES)?)
+    }
+
+    fn counter(&self, region: u64, class: usize) -> Option<&AtomicU32> {
+        self.bucket(region)?.get(class)
     }
 
     fn each_counter(
@@ -195,49 +201,33 @@ impl ConflictFilter {
 
     /// True if a live mapping of another class may overlap `[physical, physical + size)`.
     pub fn may_conflict(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        for other in [
-            CacheClass::NonCached,
-            CacheClass::Cached,
-            CacheClass::WriteCombined,
-        ] {
-            if other == class {
-                continue;
-            }
-            if self
-                .huge
-                .get(other as usize)
-                .is_some_and(|c| c.load(Ordering::Acquire) > 0)
-            {
-                return true;
-            }
-            let mut hit = false;
-            match Self::regions(physical, size) {
-                Some((first, n)) => {
-                    for r in 0..n {
-                        if self
-                            .counter(first.wrapping_add(r), other as usize)
-                            .is_some_and(|c| c.load(Ordering::Acquire) > 0)
-                        {
-                            hit = true;
-                            break;
-                        }
-                    }
-                }
-                // A huge mapping may overlap anything: check exactly.
-                None => {
-                    hit = self
-                        .counts
-                        .iter()
-                        .skip(other as usize)
-                        .step_by(CLASSES)
-                        .any(|c| c.load(Ordering::Acquire) > 0)
-                }
-            }
-            if hit {
-                return true;
-            }
+        let other = |i: usize| i != class as usize;
+        let live = |c: &AtomicU32| c.load(Ordering::Acquire) > 0;
+        if self
+            .huge
+            .iter()
+            .enumerate()
+            .any(|(i, c)| other(i) && live(c))
+        {
+            return true;
         }
-        false
+        match Self::regions(physical, size) {
+            // One hash per region; the region's three class counters are adjacent.
+            Some((first, n)) => (0..n).any(|r| {
+                self.bucket(first.wrapping_add(r)).is_some_and(|counters| {
+                    counters
+                        .iter()
+                        .enumerate()
+                        .any(|(i, c)| other(i) && live(c))
+                })
+            }),
+            // A huge mapping may overlap anything.
+            None => self
+                .counts
+                .iter()
+                .enumerate()
+                .any(|(i, c)| other(i % CLASSES) && live(c)),
+        }
     }
 }
 

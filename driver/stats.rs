@@ -12,11 +12,11 @@ use alloc::boxed::Box;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Counter {
-    /// Successful maps.
+    /// Successful maps (derived: the sum of the per-driver counts; never bumped).
     Maps = 0,
     /// Maps the real routine failed.
     MapFailures,
-    /// Unmaps.
+    /// Unmaps (derived: the sum of the per-driver counts; never bumped).
     Unmaps,
     /// Contained unmaps.
     Contained,
@@ -45,7 +45,7 @@ const ROW: usize = (DRIVERS_AT + DRIVER_WORDS).div_ceil(8) * 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum DriverCounter {
-    /// Successful maps.
+    /// Successful maps (derived: the sum of the per-driver counts; never bumped).
     Maps = 0,
     /// Unmaps.
     Unmaps = 1,
@@ -155,6 +155,18 @@ impl Stats {
                 }
             }
         }
+        let (maps, unmaps) = t
+            .per_driver
+            .iter()
+            .fold((0u64, 0u64), |(m, u), &[dm, du, _]| {
+                (m.wrapping_add(dm), u.wrapping_add(du))
+            });
+        if let Some(c) = t.counters.get_mut(Counter::Maps as usize) {
+            *c = maps;
+        }
+        if let Some(c) = t.counters.get_mut(Counter::Unmaps as usize) {
+            *c = unmaps;
+        }
         t
     }
 
@@ -173,9 +185,9 @@ mod tests {
     #[test]
     fn sums_rows() {
         let s = Stats::new(2).unwrap();
-        s.bump(0, Counter::Maps);
-        s.bump(1, Counter::Maps);
-        s.bump(5, Counter::Unmaps);
+        s.bump_driver(0, DriverId(1), DriverCounter::Maps);
+        s.bump_driver(1, DriverId(0), DriverCounter::Maps);
+        s.bump_driver(5, DriverId(3), DriverCounter::Unmaps);
         s.bump_rule(1, 3);
         s.bump_rule(1, 99);
         s.bump_driver(0, DriverId(64), DriverCounter::Violations);

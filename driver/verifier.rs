@@ -232,7 +232,7 @@ impl<P: Platform> Verifier<P> {
             self.stats.bump(cx.processor, Counter::MapFailures);
             return 0;
         }
-        self.stats.bump(cx.processor, Counter::Maps);
+        // The global Maps total is the sum of the per-driver ones (Stats::totals).
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
 
@@ -333,7 +333,6 @@ impl<P: Platform> Verifier<P> {
     pub fn unmap_io_space(&self, caller: Caller, base: u64, size: usize) {
         let cx = self.ctx(caller);
         let size64 = size as u64;
-        self.stats.bump(cx.processor, Counter::Unmaps);
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
