@@ -1,14 +1,18 @@
 //! A bounded graveyard of recent unmaps, so a second unmap of a base is told apart from an
 //! unmap of a base never mapped (IOSV005 vs IOSV004).
 //!
-//! Direct-mapped by a hash of the base: each slot remembers the last base unmapped into
-//! it, with its size, owner and times. A newer unmap whose base hashes to the same slot
-//! replaces it, so the graveyard remembers roughly its size in recent unmaps. Writers
-//! claim a slot with one CAS on its sequence number (even → odd) and skip a slot another
-//! writer holds — losing that tombstone, never waiting; readers validate the sequence
+//! Four-way set-associative by a hash of the base: a tombstone (base, size, owner,
+//! times) goes to a free slot of its set, or replaces the set's oldest, so the graveyard
+//! remembers roughly its size in recent unmaps and one busy set does not evict a fresh
+//! tombstone. Writers claim a slot with one CAS on its sequence number (even → odd) and
+//! move on to the next slot of the set if another writer holds it — dropping the
+//! tombstone only when all four are held, never waiting; readers validate the sequence
 //! around their reads (seqlock) and treat a torn slot as a miss.
 
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
+
+/// Slots per set: a tombstone can live in any of the [`WAYS`] slots of its set.
+pub const WAYS: usize = 4;
 use alloc::boxed::Box;
 
 /// A remembered unmap.
@@ -71,92 +75,121 @@ impl Graveyard {
         false
     }
 
-    fn slot(&self, base: u64) -> Option<&GraveSlot> {
+    /// The set of [`WAYS`] slots `base` may be remembered in.
+    fn set(&self, base: u64) -> &[GraveSlot] {
+        let sets = (self.slots.len() / WAYS).max(1);
         let h = base.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let idx = (u128::from(h).wrapping_mul(self.slots.len() as u128) >> 64) as usize;
-        self.slots.get(idx)
+        let set = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
+        let first = set.saturating_mul(WAYS);
+        self.slots
+            .get(first..first.saturating_add(WAYS).min(self.slots.len()))
+            .unwrap_or(&[])
     }
 
-    /// Remembers an unmap. Returns false if the slot was busy with another writer (the
-    /// tombstone is then dropped).
-    pub fn bury(&self, t: &Tombstone) -> bool {
-        let Some(s) = self.slot(t.base) else {
-            return false;
-        };
+    /// Claims `s` for writing (seq even → odd); the even value it had, or `None` if
+    /// another writer holds it.
+    fn claim(s: &GraveSlot) -> Option<u32> {
         let seq = s.seq.load(Ordering::Relaxed);
-        if seq & 1 == 1
-            || s.seq
-                .compare_exchange(
-                    seq,
-                    seq.wrapping_add(1),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return false;
+        if seq & 1 == 1 {
+            return None;
         }
+        s.seq
+            .compare_exchange(
+                seq,
+                seq.wrapping_add(1),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()?;
         fence(Ordering::Release);
-        s.base.store(t.base, Ordering::Relaxed);
-        s.size.store(t.size, Ordering::Relaxed);
-        s.physical.store(t.physical, Ordering::Relaxed);
-        s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
-        s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
-        s.drivers.store(
-            u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
-            Ordering::Relaxed,
-        );
-        s.seq.store(seq.wrapping_add(2), Ordering::Release);
-        true
+        Some(seq)
     }
 
-    /// The tombstone of `base`, if it is still remembered.
-    pub fn find(&self, base: u64) -> Option<Tombstone> {
-        let s = self.slot(base)?;
+    /// Remembers an unmap in its set: in place of an older tombstone of the same base,
+    /// else in a free slot, else in place of the oldest. Returns false if every slot of
+    /// the set was busy with another writer (the tombstone is then dropped).
+    pub fn bury(&self, t: &Tombstone) -> bool {
+        let set = self.set(t.base);
+        let preferred = set
+            .iter()
+            .position(|s| s.base.load(Ordering::Relaxed) == t.base)
+            .or_else(|| set.iter().position(|s| s.base.load(Ordering::Relaxed) == 0))
+            .or_else(|| {
+                set.iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.unmap_time_ns.load(Ordering::Relaxed))
+                    .map(|(i, _)| i)
+            })
+            .unwrap_or(0);
+        let order = (0..set.len()).filter_map(|i| preferred.wrapping_add(i).checked_rem(set.len()));
+        for i in order {
+            let Some(s) = set.get(i) else { continue };
+            let Some(seq) = Self::claim(s) else { continue };
+            s.base.store(t.base, Ordering::Relaxed);
+            s.size.store(t.size, Ordering::Relaxed);
+            s.physical.store(t.physical, Ordering::Relaxed);
+            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
+            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
+            s.drivers.store(
+                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
+                Ordering::Relaxed,
+            );
+            s.seq.store(seq.wrapping_add(2), Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// A consistent copy of slot `s`, or `None` if it kept changing.
+    fn read(s: &GraveSlot) -> Option<Tombstone> {
         for _ in 0..4 {
             let s1 = s.seq.load(Ordering::Acquire);
             if s1 & 1 == 1 {
                 crate::sync::spin_hint();
                 continue;
             }
+            let drivers = s.drivers.load(Ordering::Relaxed);
             let t = Tombstone {
                 base: s.base.load(Ordering::Relaxed),
                 size: s.size.load(Ordering::Relaxed),
                 physical: s.physical.load(Ordering::Relaxed),
                 map_time_ns: s.map_time_ns.load(Ordering::Relaxed),
                 unmap_time_ns: s.unmap_time_ns.load(Ordering::Relaxed),
-                driver: s.drivers.load(Ordering::Relaxed) as u16,
-                unmapped_by: (s.drivers.load(Ordering::Relaxed) >> 16) as u16,
+                driver: drivers as u16,
+                unmapped_by: (drivers >> 16) as u16,
             };
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) == s1 {
-                return (t.base == base && base != 0).then_some(t);
+                return Some(t);
             }
         }
         None
     }
 
+    /// The tombstone of `base`, if it is still remembered.
+    pub fn find(&self, base: u64) -> Option<Tombstone> {
+        if base == 0 {
+            return None;
+        }
+        self.set(base)
+            .iter()
+            .filter(|s| s.base.load(Ordering::Relaxed) == base)
+            .find_map(|s| Self::read(s).filter(|t| t.base == base))
+    }
+
     /// Forgets `base` if it is remembered (it was mapped again by a tracked driver).
     pub fn forget(&self, base: u64) {
-        let Some(s) = self.slot(base) else { return };
-        let seq = s.seq.load(Ordering::Relaxed);
-        if s.base.load(Ordering::Relaxed) != base
-            || seq & 1 == 1
-            || s.seq
-                .compare_exchange(
-                    seq,
-                    seq.wrapping_add(1),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
+        for s in self.set(base) {
+            if s.base.load(Ordering::Relaxed) != base {
+                continue;
+            }
+            if let Some(seq) = Self::claim(s) {
+                if s.base.load(Ordering::Relaxed) == base {
+                    s.base.store(0, Ordering::Relaxed);
+                }
+                s.seq.store(seq.wrapping_add(2), Ordering::Release);
+            }
         }
-        if s.base.load(Ordering::Relaxed) == base {
-            s.base.store(0, Ordering::Relaxed);
-        }
-        s.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
     /// Forgets everything (CLEAR). Slots busy with a writer keep what it writes.
@@ -194,6 +227,30 @@ mod tests {
             driver: 3,
             unmapped_by: 4,
         }
+    }
+
+    #[test]
+    fn a_set_keeps_four_and_evicts_the_oldest() {
+        let g = Graveyard::new(4).unwrap(); // one set
+        for i in 1..=4u64 {
+            let mut x = t(i << 12);
+            x.unmap_time_ns = i;
+            assert!(g.bury(&x));
+        }
+        for i in 1..=4u64 {
+            assert!(g.find(i << 12).is_some());
+        }
+        let mut x = t(5 << 12);
+        x.unmap_time_ns = 5;
+        g.bury(&x);
+        assert!(g.find(1 << 12).is_none(), "the oldest was evicted");
+        assert!(g.find(2 << 12).is_some() && g.find(5 << 12).is_some());
+        // A base unmapped again replaces its own older tombstone.
+        let mut y = t(3 << 12);
+        y.unmap_time_ns = 9;
+        g.bury(&y);
+        assert_eq!(g.find(3 << 12).unwrap().unmap_time_ns, 9);
+        assert!(g.find(2 << 12).is_some() && g.find(4 << 12).is_some());
     }
 
     #[test]
