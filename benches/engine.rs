@@ -13,95 +13,21 @@
 //!
 //! Run: `cargo bench -p iosv --bench engine` (figures in docs/performance.md).
 
+mod common;
+
+use common::{thread_phys, BenchPlatform, IMAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
-use iosv::intercept::{SlotAccess, SlotWriteError};
-use iosv::platform::{BugCheck, Caller, Irql, Platform, PlatformError};
+use iosv::platform::{Caller, Platform};
 use iosv::protocol::ViolationRecord;
 use iosv::verifier::{StartParams, Verifier};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-static NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
-thread_local! {
-    static THREAD: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-    static NEXT_VA: Cell<u64> = const { Cell::new(0) };
-}
-
-struct BenchPlatform {
-    clock: AtomicU64,
-}
-
-impl SlotAccess for BenchPlatform {
-    unsafe fn read_slot(&self, _address: usize) -> usize {
-        0
-    }
-    unsafe fn compare_exchange_slot(
-        &self,
-        _address: usize,
-        _current: usize,
-        _new: usize,
-    ) -> Result<(), SlotWriteError> {
-        Err(SlotWriteError::Failed)
-    }
-}
-
-impl Platform for BenchPlatform {
-    fn current_irql(&self) -> Irql {
-        Irql::PASSIVE
-    }
-    fn current_processor(&self) -> u32 {
-        THREAD.with(|t| *t)
-    }
-    fn processor_count(&self) -> u32 {
-        4
-    }
-    fn current_process_id(&self) -> u64 {
-        4
-    }
-    fn current_thread_id(&self) -> u64 {
-        u64::from(THREAD.with(|t| *t))
-    }
-    fn now_ns(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
-    }
-    fn capture_stack(&self, _skip: u32, _frames: &mut [u64]) -> usize {
-        0
-    }
-    fn raise_to_dispatch(&self) -> Irql {
-        Irql::PASSIVE
-    }
-    fn lower_irql(&self, _previous: Irql) {}
-    fn mm_map_io_space(&self, physical: u64, _size: usize, _cache_type: u32) -> u64 {
-        // Each thread owns a 4 GiB region and cycles through 64 Ki pages of it.
-        let t = u64::from(THREAD.with(|t| *t));
-        let page = NEXT_VA.with(|c| {
-            let v = c.get();
-            c.set((v + 1) % 65_536);
-            v
-        });
-        0xFFFF_A000_0000_0000 + (t << 32) + (page << 12) + (physical & 0xFFF)
-    }
-    fn mm_map_io_space_ex(&self, physical: u64, size: usize, _protect: u32) -> u64 {
-        self.mm_map_io_space(physical, size, 0)
-    }
-    fn mm_unmap_io_space(&self, _base: u64, _size: usize) {}
-    fn debug_break(&self) {}
-    fn bugcheck(&self, _params: BugCheck) {}
-    fn attach_driver(&self, _image_name: &[u8]) -> Result<u32, PlatformError> {
-        Err(PlatformError::Unsupported)
-    }
-    fn detach_driver(&self, _image_name: &[u8]) -> Result<u32, PlatformError> {
-        Err(PlatformError::Unsupported)
-    }
-}
-
 const LIVE: u64 = 10_000;
-const IMAGE: u64 = 0xFFFF_F806_1000_0000;
 
 /// What the peers store per mapping: the same 48 bytes the table's payload holds.
 #[derive(Clone, Copy)]
@@ -145,13 +71,6 @@ fn engine() -> Verifier<BenchPlatform> {
         v.table().insert(&iosv::table::Mapping::new(base, 0x1000));
     }
     v
-}
-
-/// Physical page `i % 64` of this thread's own 16 MiB window: each thread plays a
-/// different device's BAR, as concurrent drivers do.
-fn thread_phys(i: u64) -> u64 {
-    let t = u64::from(THREAD.with(|t| *t));
-    0xF000_0000 + (t << 24) + ((i & 63) << 12)
 }
 
 /// Runs `pair` `iters` times on each of `threads` threads; returns wall time / iters.

@@ -110,20 +110,26 @@ impl Graveyard {
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
         let set = self.set(t.base);
-        let preferred = set
-            .iter()
-            .position(|s| s.base.load(Ordering::Relaxed) == t.base)
-            .or_else(|| set.iter().position(|s| s.base.load(Ordering::Relaxed) == 0))
-            .or_else(|| {
-                set.iter()
-                    .enumerate()
-                    .min_by_key(|(_, s)| s.unmap_time_ns.load(Ordering::Relaxed))
-                    .map(|(i, _)| i)
-            })
-            .unwrap_or(0);
-        let order = (0..set.len()).filter_map(|i| preferred.wrapping_add(i).checked_rem(set.len()));
-        for i in order {
-            let Some(s) = set.get(i) else { continue };
+        // One pass: this base's own slot, else the first free one, else the oldest.
+        let (mut own, mut free, mut oldest) = (None, None, (0usize, u64::MAX));
+        for (i, s) in set.iter().enumerate() {
+            let base = s.base.load(Ordering::Relaxed);
+            if base == t.base {
+                own = Some(i);
+                break;
+            }
+            if base == 0 {
+                free = free.or(Some(i));
+            } else if free.is_none() {
+                let when = s.unmap_time_ns.load(Ordering::Relaxed);
+                if when < oldest.1 {
+                    oldest = (i, when);
+                }
+            }
+        }
+        let preferred = own.or(free).unwrap_or(oldest.0);
+        // Try the preferred slot first, then the rest of the set.
+        for s in set.iter().cycle().skip(preferred).take(set.len()) {
             let Some(seq) = Self::claim(s) else { continue };
             s.base.store(t.base, Ordering::Relaxed);
             s.size.store(t.size, Ordering::Relaxed);
