@@ -376,6 +376,15 @@ impl Report {
         self.outcomes.get(..self.len).unwrap_or(&[])
     }
 
+    /// How many slots a detach put back ([`Outcome::Restored`]).
+    #[must_use]
+    pub fn restored(&self) -> usize {
+        self.outcomes()
+            .iter()
+            .filter(|entry| matches!(entry.outcome, Outcome::Restored { .. }))
+            .count()
+    }
+
     /// How many outcomes are errors ([`Outcome::is_error`]).
     #[must_use]
     pub fn errors(&self) -> usize {

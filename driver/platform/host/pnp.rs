@@ -711,11 +711,7 @@ fn unpatch(platform: &HostPlatform, image: &SimImage) -> Result<u32, PlatformErr
     // SAFETY: the image is loaded and stays loaded for the call (loader lock held).
     let report = unsafe { plan.detach(platform) };
     *plan_slot = if plan.is_attached() { Some(plan) } else { None };
-    let restored = report
-        .outcomes()
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Restored { .. }))
-        .count();
+    let restored = report.restored();
     if report.is_clean() {
         Ok(u32::try_from(restored).unwrap_or(u32::MAX))
     } else {
@@ -1180,6 +1176,25 @@ impl Host {
         Ok(leaked)
     }
 
+    /// The common part of stop, surprise removal and remove, once the state was checked:
+    /// the driver's routine releases what the device holds (keeping BAR 0 if the driver
+    /// leaks on `t.rule`, or `force_leak`), the PnP event reaches the engine, the device
+    /// takes its new state, and an injected leak is counted. Returns whether it was.
+    fn tear_down(
+        &self,
+        dev: &Device,
+        inner: &mut DeviceInner,
+        t: Teardown,
+        force_leak: bool,
+    ) -> Result<bool, HostError> {
+        let d = self.driver_ref(&dev.driver)?;
+        let leak = force_leak || dev.driver.behaviour().0 == Behaviour::Buggy(t.rule);
+        let leaked = Self::release_all(&d, inner, t.routine, leak)?;
+        let seen = self.event(&d, dev, t.event);
+        inner.state = t.state;
+        Ok(self.count_leak(t.rule, &d, leaked, seen))
+    }
+
     fn count_leak(&self, rule: RuleId, d: &DriverRef, leaked: Option<Held>, seen: bool) -> bool {
         match leaked {
             Some(h) if seen && h.tracked && h.device_attr && !h.reported => {
@@ -1205,12 +1220,7 @@ impl Host {
                 operation: "stop",
             });
         }
-        let d = self.driver_ref(&dev.driver)?;
-        let leak = force_leak || dev.driver.behaviour().0 == Behaviour::Buggy(RuleId::LeakOnStop);
-        let leaked = Self::release_all(&d, &mut inner, Routine::StopDevice, leak)?;
-        let seen = self.event(&d, dev, DeviceEvent::Stopped);
-        inner.state = PnpState::Stopped;
-        Ok(self.count_leak(RuleId::LeakOnStop, &d, leaked, seen))
+        self.tear_down(dev, &mut inner, Teardown::STOP, force_leak)
     }
 
     /// Sends IRP_MN_SURPRISE_REMOVAL: the routine unmaps everything (a leak-on-remove
@@ -1231,12 +1241,7 @@ impl Host {
                 operation: "surprise-remove",
             });
         }
-        let d = self.driver_ref(&dev.driver)?;
-        let leak = force_leak || dev.driver.behaviour().0 == Behaviour::Buggy(RuleId::LeakOnRemove);
-        let leaked = Self::release_all(&d, &mut inner, Routine::SurpriseRemoval, leak)?;
-        let seen = self.event(&d, dev, DeviceEvent::SurpriseRemoved);
-        inner.state = PnpState::SurpriseRemoved;
-        Ok(self.count_leak(RuleId::LeakOnRemove, &d, leaked, seen))
+        self.tear_down(dev, &mut inner, Teardown::SURPRISE_REMOVAL, force_leak)
     }
 
     /// Sends IRP_MN_REMOVE_DEVICE: the routine unmaps whatever is left (a leak-on-remove
@@ -1254,11 +1259,7 @@ impl Host {
                 operation: "remove",
             });
         }
-        let d = self.driver_ref(&dev.driver)?;
-        let leak = force_leak || dev.driver.behaviour().0 == Behaviour::Buggy(RuleId::LeakOnRemove);
-        let leaked = Self::release_all(&d, &mut inner, Routine::RemoveDevice, leak)?;
-        let seen = self.event(&d, dev, DeviceEvent::Removed);
-        inner.state = PnpState::Removed;
+        let counted = self.tear_down(dev, &mut inner, Teardown::REMOVE, force_leak)?;
         let mut devices = lock(&self.sys.devices);
         if devices
             .get(&dev.name)
@@ -1266,7 +1267,7 @@ impl Host {
         {
             devices.remove(&dev.name);
         }
-        Ok(self.count_leak(RuleId::LeakOnRemove, &d, leaked, seen))
+        Ok(counted)
     }
 
     /// Unmaps the runtime windows the device holds.
@@ -1695,4 +1696,35 @@ impl Host {
         }
         Ok(attached && tracked && after > before)
     }
+}
+
+/// What one kind of device teardown does: the driver routine that runs, the PnP event
+/// the engine sees, the state the device ends in, and the leak rule it can break.
+#[derive(Clone, Copy)]
+struct Teardown {
+    routine: Routine,
+    event: DeviceEvent,
+    state: PnpState,
+    rule: RuleId,
+}
+
+impl Teardown {
+    const STOP: Teardown = Teardown {
+        routine: Routine::StopDevice,
+        event: DeviceEvent::Stopped,
+        state: PnpState::Stopped,
+        rule: RuleId::LeakOnStop,
+    };
+    const SURPRISE_REMOVAL: Teardown = Teardown {
+        routine: Routine::SurpriseRemoval,
+        event: DeviceEvent::SurpriseRemoved,
+        state: PnpState::SurpriseRemoved,
+        rule: RuleId::LeakOnRemove,
+    };
+    const REMOVE: Teardown = Teardown {
+        routine: Routine::RemoveDevice,
+        event: DeviceEvent::Removed,
+        state: PnpState::Removed,
+        rule: RuleId::LeakOnRemove,
+    };
 }

@@ -355,11 +355,7 @@ fn detach_locked(
     }
     // SAFETY: the image is still loaded at the plan's base (module list, just queried).
     let report = unsafe { plan.detach(glue.verifier.platform()) };
-    let restored = report
-        .outcomes()
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Restored { .. }))
-        .count();
+    let restored = report.restored();
     if report.is_clean() {
         *slot = None;
         Ok(u32::try_from(restored).unwrap_or(u32::MAX))
