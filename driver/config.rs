@@ -84,6 +84,11 @@ impl Targets {
         }
     }
 
+    /// True if no target is configured.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// True if `name` is a target (case-insensitive).
     pub fn contains(&self, name: &[u8]) -> bool {
         self.iter().any(|t| crate::drivers::names_equal(t, name))

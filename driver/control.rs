@@ -161,6 +161,8 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
     let header = core::mem::size_of::<StatsReply>();
     let item = core::mem::size_of::<DriverStats>();
     let fit = room(out.len(), header, item, req.max_drivers as usize)?;
+    // Let the platform notice drivers that went away before it reports on them.
+    v.platform().refresh();
 
     // Live mappings and bytes per driver: one walk of the table.
     let mut live = [[0u64; 2]; MAX_DRIVERS + 1];
@@ -225,6 +227,8 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
             violations: counts[2],
             live: row[0],
             live_bytes: row[1],
+            hook_refusal: d.hook_refusal,
+            reserved: 0,
         };
         let at = header.saturating_add(i.saturating_mul(item));
         if !put(out, at, &s) {
@@ -236,7 +240,7 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
         version: PROTOCOL_VERSION,
         total_drivers: u32::try_from(drivers.len()).unwrap_or(u32::MAX),
         returned: u32::try_from(written).unwrap_or(0),
-        reserved: 0,
+        flags: v.state_flags(),
         now_ns: v.platform().now_ns(),
         counters: c,
     };
@@ -437,6 +441,7 @@ fn attach<P: Platform>(
             PlatformError::SlotChanged => Status::SlotChanged,
             PlatformError::BadImage => Status::BadImage,
             PlatformError::NoResources => Status::NoResources,
+            PlatformError::Refused(_) => Status::HookRefused,
         })),
     }
 }

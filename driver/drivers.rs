@@ -61,6 +61,8 @@ struct DriverSlot {
     loads: AtomicU64,
     /// 1 if the driver was attached after it loaded (its earlier mappings are unknown).
     late: AtomicU32,
+    /// Why the last attach was refused (`SiteRefusal` code), 0 if it was not.
+    refusal: AtomicU32,
     /// Devices of this driver starting now (lets maps skip the scan when 0).
     starting: AtomicU32,
     starting_device: [AtomicU64; MAX_STARTING],
@@ -82,6 +84,8 @@ pub struct DriverInfo {
     pub image_size: u64,
     /// Loads/attaches so far.
     pub loads: u64,
+    /// Why the last attach was refused (`intercept::SiteRefusal` code), 0 if it was not.
+    pub hook_refusal: u32,
 }
 
 /// The registry. See the module docs.
@@ -101,6 +105,7 @@ impl Drivers {
                 name: core::array::from_fn(|_| AtomicU64::new(0)),
                 loads: AtomicU64::new(0),
                 late: AtomicU32::new(0),
+                refusal: AtomicU32::new(0),
                 starting: AtomicU32::new(0),
                 starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
@@ -194,6 +199,14 @@ impl Drivers {
         }
     }
 
+    /// Records why attaching `id` was refused (`None`: it was not). Control plane.
+    pub fn set_refusal(&self, id: DriverId, refusal: Option<crate::intercept::SiteRefusal>) {
+        if let Some(s) = self.slot(id) {
+            s.refusal
+                .store(refusal.map_or(0, |r| r.code()), Ordering::Relaxed);
+        }
+    }
+
     /// True if `id` was attached after it loaded (hook path: one load).
     pub fn attached_late(&self, id: DriverId) -> bool {
         self.slot(id)
@@ -214,6 +227,7 @@ impl Drivers {
             image_base: s.image_base.load(Ordering::Relaxed),
             image_size: s.image_size.load(Ordering::Relaxed),
             loads: s.loads.load(Ordering::Relaxed),
+            hook_refusal: s.refusal.load(Ordering::Relaxed),
         })
     }
 

@@ -145,6 +145,120 @@ pub trait SlotAccess {
     ) -> Result<(), SlotWriteError>;
 }
 
+/// Why iosv refuses to write an import slot. A refused plan is reported (per driver in
+/// `iosvctl status`, and as the status of `iosvctl attach`) and nothing of it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum SiteRefusal {
+    /// The slot lies in no section of the image.
+    OutsideSections = 1,
+    /// The slot lies in a code section (the IAT merged into `.text`): code pages are
+    /// never writable under HVCI, and iosv keeps W^X without it too.
+    ExecutableSection = 2,
+    /// The slot lies in a discardable section (`INIT`), freed after `DriverEntry`.
+    DiscardableSection = 3,
+    /// The slot lies in a pageable section (`PAGE*`).
+    PageableSection = 4,
+    /// The slot's page is not resident.
+    NotResident = 5,
+    /// The slot is not bound yet (holds an RVA or an ordinal, not a routine's address):
+    /// the loader would overwrite a patch.
+    Unbound = 6,
+    /// The platform could not lock, map or re-protect the slot's page (e.g. a page the
+    /// hypervisor protects); nothing was written.
+    WriteRefused = 7,
+    /// The image's driver object could not be found and referenced, so nothing keeps
+    /// the image loaded while it is read and patched (late attach only).
+    NoDriverObject = 8,
+}
+
+impl SiteRefusal {
+    /// Every refusal, in code order.
+    pub const ALL: [Self; 8] = [
+        Self::OutsideSections,
+        Self::ExecutableSection,
+        Self::DiscardableSection,
+        Self::PageableSection,
+        Self::NotResident,
+        Self::Unbound,
+        Self::WriteRefused,
+        Self::NoDriverObject,
+    ];
+
+    /// The wire code (`DriverStats::hook_refusal`); 0 means none.
+    #[must_use]
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The refusal with wire code `code`.
+    #[must_use]
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// One line for people.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::OutsideSections => "an import slot lies outside every section",
+            Self::ExecutableSection => {
+                "the import table lies in a code section (never written: W^X, HVCI)"
+            }
+            Self::DiscardableSection => "the import table lies in a discardable (INIT) section",
+            Self::PageableSection => "the import table lies in a pageable (PAGE*) section",
+            Self::NotResident => "an import slot's page is not resident",
+            Self::Unbound => "an import slot is not bound yet",
+            Self::WriteRefused => "the kernel refused to lock, map or re-protect a slot's page",
+            Self::NoDriverObject => {
+                "no driver object \\Driver\\<name> keeps the image loaded; attach through the filter"
+            }
+        }
+    }
+}
+
+/// Start of the kernel half of the x64 and ARM64 address spaces: a bound import slot
+/// holds an address at or above this; an unbound one holds an RVA or an ordinal.
+pub const KERNEL_SPACE_START: usize = 0xFFFF_8000_0000_0000;
+
+/// Whether an import slot's value is a bound kernel-mode routine address.
+#[must_use]
+pub const fn is_bound_value(value: usize) -> bool {
+    value >= KERNEL_SPACE_START
+}
+
+/// Checks one slot's site before anything is written: the section it lies in (`None`:
+/// none), whether its page is resident, and whether the value it holds is a bound
+/// routine address (or one of iosv's hooks). Portable: the Windows glue and the host
+/// call it with what their memory says.
+///
+/// # Errors
+///
+/// The first [`SiteRefusal`] that applies, in the order of the enum.
+pub fn check_site(
+    section: Option<&crate::pe::Section>,
+    resident: bool,
+    bound: bool,
+) -> Result<(), SiteRefusal> {
+    let section = section.ok_or(SiteRefusal::OutsideSections)?;
+    if section.is_executable() {
+        return Err(SiteRefusal::ExecutableSection);
+    }
+    if section.is_discardable() {
+        return Err(SiteRefusal::DiscardableSection);
+    }
+    if section.is_pageable() {
+        return Err(SiteRefusal::PageableSection);
+    }
+    if !resident {
+        return Err(SiteRefusal::NotResident);
+    }
+    if !bound {
+        return Err(SiteRefusal::Unbound);
+    }
+    Ok(())
+}
+
 /// The address of iosv's hook for each [`HookedRoutine`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hooks {
@@ -515,6 +629,44 @@ impl Plan {
     #[must_use]
     pub fn patches(&self) -> &[Patch] {
         self.patches.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Checks every slot of the plan with [`check_site`] before anything is written:
+    /// `resident(address)` says whether the slot's page is resident and
+    /// `bound(value)` whether a slot value is a bound routine address. A slot this plan
+    /// already patched passes (it holds a hook).
+    ///
+    /// # Errors
+    ///
+    /// The first slot's [`SiteRefusal`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`SlotAccess::read_slot`]: the image is loaded at the plan's base and stays
+    /// loaded for the call.
+    pub unsafe fn check_sites<A: SlotAccess + ?Sized>(
+        &self,
+        image: &PeImage<'_>,
+        access: &A,
+        resident: impl Fn(usize) -> bool,
+        bound: impl Fn(usize) -> bool,
+    ) -> Result<(), SiteRefusal> {
+        for patch in self.patches() {
+            let section = patch
+                .address
+                .checked_sub(self.image_base)
+                .and_then(|rva| u32::try_from(rva).ok())
+                .and_then(|rva| image.section_of_rva(rva));
+            let is_resident = resident(patch.address);
+            let is_bound = patch.is_attached()
+                || (is_resident && {
+                    // SAFETY: per this function's contract; resident checked just above.
+                    let value = unsafe { access.read_slot(patch.address) };
+                    bound(value) || self.hooks.routine_at(value).is_some()
+                });
+            check_site(section.as_ref(), is_resident, is_bound)?;
+        }
+        Ok(())
     }
 
     /// Whether any patch is attached.

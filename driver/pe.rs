@@ -105,6 +105,13 @@ pub const NTOSKRNL: &[u8] = b"ntoskrnl.exe";
 /// `IMAGE_SCN_MEM_DISCARDABLE`: the section may be freed after initialization (`INIT`).
 pub const SCN_MEM_DISCARDABLE: u32 = 0x0200_0000;
 
+/// `IMAGE_SCN_MEM_EXECUTE`: the section holds code. Under HVCI its pages are never
+/// writable, and iosv never writes into one (W^X) whether HVCI is on or not.
+pub const SCN_MEM_EXECUTE: u32 = 0x2000_0000;
+
+/// `IMAGE_SCN_CNT_CODE`: the section contains code.
+pub const SCN_CNT_CODE: u32 = 0x0000_0020;
+
 /// `IMAGE_FILE_MACHINE_AMD64`.
 pub const MACHINE_AMD64: u16 = 0x8664;
 
@@ -248,6 +255,19 @@ impl Section {
     #[must_use]
     pub const fn is_discardable(&self) -> bool {
         self.characteristics & SCN_MEM_DISCARDABLE != 0
+    }
+
+    /// Whether the section holds code (`IMAGE_SCN_MEM_EXECUTE` or `IMAGE_SCN_CNT_CODE`).
+    #[must_use]
+    pub const fn is_executable(&self) -> bool {
+        self.characteristics & (SCN_MEM_EXECUTE | SCN_CNT_CODE) != 0
+    }
+
+    /// Whether the kernel may page the section out: by the driver convention, a section
+    /// whose name starts with `PAGE` (`PAGE`, `PAGEDATA`, `PAGEcode`, …).
+    #[must_use]
+    pub fn is_pageable(&self) -> bool {
+        self.name.starts_with(b"PAGE")
     }
 }
 

@@ -118,6 +118,10 @@ pub trait Platform: SlotAccess + Sync {
     fn attach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError>;
     /// Detaches from a driver image by name (control IOCTL `DETACH`), restoring its slots.
     fn detach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError>;
+
+    /// Control-plane housekeeping before a status reply (PASSIVE_LEVEL on Windows): e.g.
+    /// noticing attached drivers that unloaded. Nothing by default.
+    fn refresh(&self) {}
 }
 
 /// Why a platform operation requested over the control device failed.
@@ -133,4 +137,6 @@ pub enum PlatformError {
     BadImage,
     /// Out of driver slots or another fixed resource.
     NoResources,
+    /// iosv refused to patch the image; nothing was written.
+    Refused(crate::intercept::SiteRefusal),
 }

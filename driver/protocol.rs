@@ -12,7 +12,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this protocol. A request with another version gets
 /// [`Status::RevisionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &str = r"\Device\IoSpaceVerifier";
@@ -107,6 +107,9 @@ pub enum Status {
     BadImage = 0xC000_007B,
     /// STATUS_UNSUCCESSFUL: a slot changed under iosv and was left alone.
     SlotChanged = 0xC000_0001,
+    /// STATUS_MEDIA_WRITE_PROTECTED: iosv refused to patch the driver's import slots;
+    /// the driver's `DriverStats::hook_refusal` says why. Nothing was written.
+    HookRefused = 0xC000_00A2,
 }
 
 impl Status {
@@ -130,11 +133,12 @@ impl Status {
             Status::NoResources => "a fixed table is full",
             Status::BadImage => "the driver image could not be parsed",
             Status::SlotChanged => "an import slot no longer holds iosv's hook",
+            Status::HookRefused => "iosv refused to patch the driver's import slots",
         }
     }
 }
 
-const ALL_STATUSES: [Status; 13] = [
+const ALL_STATUSES: [Status; 14] = [
     Status::Success,
     Status::InputTooLong,
     Status::ReservedNotZero,
@@ -148,6 +152,7 @@ const ALL_STATUSES: [Status; 13] = [
     Status::NoResources,
     Status::BadImage,
     Status::SlotChanged,
+    Status::HookRefused,
 ];
 
 /// Bytes in a driver image name on the wire (NUL-padded ASCII; longer names are cut).
@@ -272,13 +277,48 @@ pub struct StatsReply {
     pub total_drivers: u32,
     /// [`DriverStats`] that follow.
     pub returned: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// `STATE_*` bits: conditions a user must see (unload blocked, nothing verified,
+    /// bad configuration).
+    pub flags: u32,
     /// Endpoint time (ns) when the counters were read.
     pub now_ns: u64,
     /// The counters.
     pub counters: Counters,
 }
+
+/// `StatsReply::flags`: iosv.sys patched import slots (or handed out a hook through
+/// `MmGetSystemRoutineAddress`) and can no longer be unloaded until reboot.
+pub const STATE_UNLOAD_BLOCKED: u32 = 1 << 0;
+/// `StatsReply::flags`: no target is configured and no driver is attached: iosv verifies
+/// nothing.
+pub const STATE_NO_TARGETS: u32 = 1 << 1;
+/// `StatsReply::flags`: the `Targets` registry value was too long and was ignored.
+pub const STATE_TARGETS_TOO_LONG: u32 = 1 << 2;
+/// `StatsReply::flags`: the `Targets` value held names that are not printable ASCII or
+/// are too long; they were skipped.
+pub const STATE_TARGETS_BAD_NAME: u32 = 1 << 3;
+/// `StatsReply::flags`: the `Targets` value held more names than fit; the rest were
+/// skipped.
+pub const STATE_TARGETS_TOO_MANY: u32 = 1 << 4;
+/// `StatsReply::flags`: a `Targets` value of the wrong registry type was ignored.
+pub const STATE_TARGETS_WRONG_TYPE: u32 = 1 << 5;
+/// `StatsReply::flags`: a size parameter (`Capacity`, …) was malformed and its default
+/// used.
+pub const STATE_PARAMETER_IGNORED: u32 = 1 << 6;
+/// `StatsReply::flags`: hypervisor-protected code integrity (HVCI) is on.
+pub const STATE_HVCI: u32 = 1 << 7;
+
+/// Every `STATE_*` bit with a short name and its meaning, in bit order.
+pub const STATE_FLAGS: [(u32, &str, &str); 8] = [
+    (STATE_UNLOAD_BLOCKED, "unload-blocked", "import slots were patched: iosv.sys stays loaded until reboot"),
+    (STATE_NO_TARGETS, "no-targets", "no target configured or attached: iosv verifies nothing"),
+    (STATE_TARGETS_TOO_LONG, "targets-too-long", "the Targets registry value was too long and was ignored"),
+    (STATE_TARGETS_BAD_NAME, "targets-bad-name", "Targets held unusable names; they were skipped"),
+    (STATE_TARGETS_TOO_MANY, "targets-too-many", "Targets held more names than fit; the rest were skipped"),
+    (STATE_TARGETS_WRONG_TYPE, "targets-wrong-type", "Targets is not REG_MULTI_SZ and was ignored"),
+    (STATE_PARAMETER_IGNORED, "parameter-ignored", "a size parameter was malformed; its default is used"),
+    (STATE_HVCI, "hvci", "memory integrity (HVCI) is on"),
+];
 
 /// `DriverStats::state`: loaded and hooked.
 pub const DRIVER_ATTACHED: u32 = 1;
@@ -315,6 +355,11 @@ pub struct DriverStats {
     pub live: u64,
     /// Bytes those mappings span.
     pub live_bytes: u64,
+    /// Why iosv refused to hook this driver (an `intercept::SiteRefusal` code), 0 if it
+    /// did not.
+    pub hook_refusal: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// Request of [`IOCTL_READ_VIOLATIONS`].
@@ -618,7 +663,7 @@ const _: () = {
     assert!(core::mem::size_of::<HelloReply>() == 56);
     assert!(core::mem::size_of::<Counters>() == 232);
     assert!(core::mem::size_of::<StatsReply>() == 256);
-    assert!(core::mem::size_of::<DriverStats>() == 104);
+    assert!(core::mem::size_of::<DriverStats>() == 112);
     assert!(core::mem::size_of::<ReadViolationsRequest>() == 16);
     assert!(core::mem::size_of::<ReadViolationsReply>() == 40);
     assert!(core::mem::size_of::<ViolationRecord>() == 440);

@@ -14,13 +14,14 @@ use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
 use crate::phys::{check_parameters, CacheClass, ConflictFilter};
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
+use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::protocol::{
     ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
     VF_OTHER_MAP_EX,
 };
 use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
-use crate::sync::OutOfMemory;
+use crate::sync::{AtomicU32, Ordering, OutOfMemory};
 use crate::table::{
     Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet,
     FLAG_LEAK_REPORTED, FLAG_MAP_EX,
@@ -112,6 +113,8 @@ pub struct Verifier<P: Platform> {
     drivers: Drivers,
     settings: Settings,
     control: IrqlLock<ControlState>,
+    /// `STATE_*` bits the platform set (unload blocked, configuration problems, HVCI).
+    state: AtomicU32,
 }
 
 impl<P: Platform> Verifier<P> {
@@ -136,7 +139,41 @@ impl<P: Platform> Verifier<P> {
             }),
             platform,
             params,
+            state: AtomicU32::new(0),
         })
+    }
+
+    /// Sets `STATE_*` bits (`protocol::STATE_*`) that the platform knows of: configuration
+    /// problems found at start, the unload policy, HVCI. Bits are never cleared.
+    pub fn set_state_flags(&self, bits: u32) {
+        self.state.fetch_or(bits, Ordering::Relaxed);
+    }
+
+    /// Notes that the platform is about to write import slots: from now on the driver
+    /// hosting the engine must never be unloaded (a call may have fetched a hook's
+    /// address from a slot and not yet run its first instruction; no count inside the
+    /// hook can see it). Returns true the first time. See docs/windows.md, "Unload".
+    pub fn block_unload(&self) -> bool {
+        self.state.fetch_or(STATE_UNLOAD_BLOCKED, Ordering::SeqCst) & STATE_UNLOAD_BLOCKED == 0
+    }
+
+    /// Whether [`block_unload`](Self::block_unload) happened.
+    pub fn unload_blocked(&self) -> bool {
+        self.state.load(Ordering::SeqCst) & STATE_UNLOAD_BLOCKED != 0
+    }
+
+    /// The `STATE_*` bits for a status reply: those set by the platform, plus
+    /// `STATE_NO_TARGETS` when no target is configured and no driver is attached.
+    pub fn state_flags(&self) -> u32 {
+        let mut bits = self.state.load(Ordering::Relaxed);
+        let attached = self
+            .drivers
+            .all()
+            .any(|d| d.state == crate::drivers::DriverState::Attached);
+        if !attached && self.with_control(|c| c.targets.is_empty()) {
+            bits |= STATE_NO_TARGETS;
+        }
+        bits
     }
 
     /// The platform.

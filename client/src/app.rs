@@ -96,6 +96,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
     let g = &cli.global;
     match &cli.command {
         Command::Rules => rules(g, out),
+        Command::Inf(a) => inf(a, out),
         #[cfg(feature = "host")]
         Command::Lab(a) => lab::lab(g, a, out),
         #[cfg(feature = "host")]
@@ -119,11 +120,24 @@ pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write)
         Command::Attach(d) => attach(g, &d.name, true, c, out),
         Command::Detach(d) => attach(g, &d.name, false, c, out),
         Command::Clear(a) => clear(g, a, c, out),
+        Command::Inf(a) => inf(a, out),
         #[cfg(feature = "host")]
         Command::Lab(_) | Command::Host(_) => Err(AppError(
             "`lab` and `host` run a host of their own; they take no endpoint".to_string(),
         )),
     }
+}
+
+/// `inf`: renders iosv.inf for the named devices and targets.
+fn inf(a: &InfArgs, out: &mut dyn Write) -> AppResult {
+    let text = crate::inf::render(crate::inf::TEMPLATE, &a.hwids, &a.targets)
+        .map_err(|e| AppError(e.to_string()))?;
+    match &a.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| AppError(format!("cannot write {}: {e}", path.display())))?,
+        None => out.write_all(text.as_bytes())?,
+    }
+    Ok(Outcome::Clean)
 }
 
 /// The endpoint the global options select.
@@ -601,7 +615,30 @@ fn attach<T: Transport>(
     out: &mut dyn Write,
 ) -> AppResult {
     tabular_only(g, if on { "attach" } else { "detach" })?;
-    let slots = if on { c.attach(name)? } else { c.detach(name)? };
+    let result = if on { c.attach(name) } else { c.detach(name) };
+    let slots = match result {
+        Ok(slots) => slots,
+        Err(ClientError::Status {
+            status: iosv::protocol::Status::HookRefused,
+            ..
+        }) => {
+            // Say why: the driver's entry in the status carries the refusal.
+            let why = c
+                .stats()
+                .ok()
+                .and_then(|s| {
+                    s.drivers
+                        .iter()
+                        .find(|d| model::name(&d.name).eq_ignore_ascii_case(name))
+                        .and_then(|d| model::hook_refusal(d.hook_refusal))
+                })
+                .unwrap_or("see iosvctl status");
+            return Err(AppError(format!(
+                "iosv refused to hook {name}: {why}; nothing was patched"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     match g.format {
         Format::Json => line(
             out,
@@ -928,7 +965,7 @@ mod tests {
 
         let (_, out) = run_on(&e, &["status"]);
         assert!(
-            out.contains("nic.sys") && out.contains("attached") && out.contains("protocol 1"),
+            out.contains("nic.sys") && out.contains("attached") && out.contains(&format!("protocol {}", iosv::protocol::PROTOCOL_VERSION)),
             "{out}"
         );
         let (_, out) = run_on(&e, &["status", "-f", "json"]);

@@ -128,6 +128,9 @@ pub enum Command {
     Clear(ClearArgs),
     /// List the rules iosv checks (with -v: help and reference of each).
     Rules,
+    /// Write the installable iosv.inf for the devices and drivers to verify (from the
+    /// template iosv.inx); needs at least one --hwid and one --target.
+    Inf(InfArgs),
     /// Run a scenario in a user-mode host inside iosvctl, then show what the verifier found.
     #[cfg(feature = "host")]
     Lab(LabArgs),
@@ -346,6 +349,24 @@ pub struct DriverName {
     /// Image name of the driver, e.g. nic.sys.
     #[arg(value_name = "NAME")]
     pub name: String,
+}
+
+/// `inf` options.
+#[derive(Debug, Args)]
+pub struct InfArgs {
+    /// Hardware ID of a device iosv filters (repeat for more), e.g.
+    /// "PCI\VEN_8086&DEV_1533" (`pnputil /enum-devices /ids`).
+    #[arg(long = "hwid", value_name = "ID")]
+    pub hwids: Vec<String>,
+
+    /// Image name of a driver iosv hooks when it loads (repeat for more, up to 16), e.g.
+    /// nic.sys: usually the filtered device's function driver.
+    #[arg(long = "target", value_name = "NAME")]
+    pub targets: Vec<String>,
+
+    /// Write the INF here instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 /// `clear` options.

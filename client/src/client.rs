@@ -640,20 +640,21 @@ mod tests {
         ]);
         c.stats().unwrap();
         let caps: Vec<usize> = c.transport_mut().calls.iter().map(|c| c.2).collect();
-        assert_eq!(caps[1..], [256 + 4 * 104, 4000, 8000]);
+        let item = core::mem::size_of::<DriverStats>();
+        assert_eq!(caps[1..], [256 + 4 * item, 4000, 8000]);
     }
 
     #[test]
     fn refuses_other_versions_and_sizes() {
         let mut h = good_hello();
-        h.version = 2;
+        h.version = PROTOCOL_VERSION + 1;
         let t = Scripted {
             replies: vec![ok(h.as_bytes().to_vec())].into(),
             calls: Vec::new(),
         };
         assert!(matches!(
             Client::connect(t),
-            Err(ClientError::Version { endpoint: 2, .. })
+            Err(ClientError::Version { endpoint, .. }) if endpoint == PROTOCOL_VERSION + 1
         ));
         let t = Scripted {
             replies: vec![Ok(RawReply {

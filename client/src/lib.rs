@@ -5,7 +5,8 @@
 //! - [`client`]: the typed API (HELLO, GET_STATS, READ_VIOLATIONS, …) over a transport;
 //! - [`model`]: what the wire records mean to people (names, blame, messages, stacks);
 //! - [`output`]: human tables, JSON lines, SARIF 2.1.0 and JUnit XML;
-//! - [`cli`] and [`app`]: the `iosvctl` command line and what each command does.
+//! - [`cli`] and [`app`]: the `iosvctl` command line and what each command does;
+//! - [`inf`]: the installable `iosv.inf` rendered from the template `iosv.inx`.
 //!
 //! Everything an endpoint sends is hostile input: outside tests the crate denies
 //! `unwrap`, `expect`, `panic!` and unchecked indexing, so a bad reply is an error
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod inf;
 pub mod model;
 pub mod output;
 pub mod transport;

@@ -373,6 +373,23 @@ pub fn driver_state(state: u32) -> &'static str {
     }
 }
 
+/// Why iosv refused to hook a driver (`DriverStats::hook_refusal`), or `None`.
+pub fn hook_refusal(code: u32) -> Option<&'static str> {
+    if code == 0 {
+        return None;
+    }
+    Some(iosv::intercept::SiteRefusal::from_code(code).map_or("refused (unknown reason)", |r| r.describe()))
+}
+
+/// The `STATE_*` bits set in a status reply: (short name, meaning).
+pub fn state_flags(bits: u32) -> Vec<(&'static str, &'static str)> {
+    iosv::protocol::STATE_FLAGS
+        .into_iter()
+        .filter(|(bit, _, _)| bits & bit != 0)
+        .map(|(_, name, meaning)| (name, meaning))
+        .collect()
+}
+
 /// Names of the `CAP_*` bits set.
 pub fn capabilities(caps: u32) -> Vec<&'static str> {
     [

@@ -31,7 +31,7 @@ fn config(v: &Verifier<FakePlatform>) -> ConfigBlock {
         v,
         IOCTL_GET_CONFIG,
         GetConfigRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             reserved: 0,
         }
         .as_bytes(),
@@ -48,7 +48,7 @@ fn hello_reports_limits() {
         &v,
         IOCTL_HELLO,
         HelloRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             reserved: 0,
         }
         .as_bytes(),
@@ -64,7 +64,7 @@ fn hello_reports_limits() {
     let h = HelloReply::read_from_prefix(&out).unwrap().0;
     assert_eq!(
         (h.version, h.table_capacity, h.journal_capacity),
-        (1, 64, 8)
+        (PROTOCOL_VERSION, 64, 8)
     );
     assert_eq!(
         h.violation_record_size as usize,
@@ -80,7 +80,7 @@ fn hello_reports_limits() {
 fn each_malformed_input_has_its_own_status() {
     let v = engine();
     let good = HelloRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         reserved: 0,
     };
     let mut long = good.as_bytes().to_vec();
@@ -96,7 +96,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_HELLO,
             HelloRequest {
-                version: 2,
+                version: PROTOCOL_VERSION + 1,
                 reserved: 0,
             }
             .as_bytes()
@@ -107,7 +107,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_HELLO,
             HelloRequest {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 reserved: 1,
             }
             .as_bytes()
@@ -130,7 +130,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_CLEAR,
             ClearRequest {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 what: 0,
             }
             .as_bytes()
@@ -212,7 +212,7 @@ fn read_violations_cursor_lost_and_clear() {
         v.unmap_io_space(Caller { return_address: 0 }, 0xFFFF_F800_0BAD_0000, 0x1000);
     }
     let req = |cursor: u64, max: u32| ReadViolationsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: max,
         cursor,
     };
@@ -239,7 +239,7 @@ fn read_violations_cursor_lost_and_clear() {
     let first = ViolationRecord::read_from_prefix(&out[hdr..]).unwrap().0;
     assert_eq!((first.seq, first.rule), (4, 4));
     let clr = ClearRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         what: CLR_JOURNAL | CLR_STATS,
     };
     assert_eq!(
@@ -265,7 +265,7 @@ fn list_mappings_filters_and_resumes() {
     let hdr = core::mem::size_of::<ListMappingsReply>();
     let rec = core::mem::size_of::<MappingRecord>();
     let mut req = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         filter: LF_DRIVER,
         driver_id: u32::from(nic.0),
@@ -293,7 +293,7 @@ fn list_mappings_filters_and_resumes() {
     want.sort_unstable();
     assert_eq!(seen, want);
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         filter: 1 << 9,
         ..Default::default()
@@ -303,7 +303,7 @@ fn list_mappings_filters_and_resumes() {
         Status::ReservedNotZero
     );
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         device: 5,
         ..Default::default()
@@ -313,7 +313,7 @@ fn list_mappings_filters_and_resumes() {
         Status::ReservedNotZero
     );
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         cursor: u64::MAX,
         ..Default::default()
@@ -338,7 +338,7 @@ fn stats_count_per_driver_and_live() {
         &v,
         IOCTL_GET_STATS,
         StatsRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             max_drivers: 4,
         }
         .as_bytes(),
@@ -376,7 +376,7 @@ fn stats_count_per_driver_and_live() {
 fn attach_maps_platform_errors() {
     let v = engine();
     let req = |name: &[u8]| DriverNameRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         reserved: 0,
         name: wire_name(name),
     };

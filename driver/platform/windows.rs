@@ -230,6 +230,12 @@ impl Platform for WindowsPlatform {
     fn detach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError> {
         images::detach_by_name(image_name)
     }
+
+    fn refresh(&self) {
+        if let Some(glue) = state::engine() {
+            images::sweep(glue);
+        }
+    }
 }
 
 /// `KeLowerIrql`: a real export on AMD64 (wdm.h declares `KeLowerIrql` NTKERNELAPI for

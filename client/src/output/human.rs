@@ -303,6 +303,9 @@ pub fn status(endpoint: &str, hello: &HelloReply, stats: &Stats) -> String {
         hello.table_capacity, hello.journal_capacity, hello.max_stack_depth, hello.max_drivers, hello.processor_count
     );
     let _ = writeln!(s, "uptime        {}", model::age(stats.header.now_ns));
+    for (name, meaning) in model::state_flags(stats.header.flags) {
+        let _ = writeln!(s, "attention     {name}: {meaning}");
+    }
     let _ = writeln!(s, "\ncounters:");
     let rows = vec![
         vec![
@@ -398,6 +401,11 @@ pub fn status(endpoint: &str, hello: &HelloReply, stats: &Stats) -> String {
         ]);
     }
     s.push_str(&indent(&table(&rows)));
+    for d in &stats.drivers {
+        if let Some(why) = model::hook_refusal(d.hook_refusal) {
+            let _ = writeln!(s, "  {} not hooked: {why}", model::name(&d.name));
+        }
+    }
     s
 }
 

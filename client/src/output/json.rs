@@ -126,12 +126,17 @@ pub fn status(endpoint: &str, hello: &HelloReply, stats: &Stats) -> Value {
                 "violations": d.violations,
                 "live": d.live,
                 "live_bytes": d.live_bytes,
+                "hook_refusal": model::hook_refusal(d.hook_refusal),
             })
         })
         .collect();
     json!({
         "kind": "status",
         "endpoint": endpoint,
+        "state": model::state_flags(stats.header.flags)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>(),
         "protocol_version": hello.version,
         "component_version": model::text(&hello.component_version),
         "capabilities": model::capabilities(hello.capabilities),

@@ -213,6 +213,7 @@ pub fn status_from_win32(error: u32) -> Option<Status> {
         1450 => Status::NoResources,         // ERROR_NO_SYSTEM_RESOURCES
         193 => Status::BadImage,             // ERROR_BAD_EXE_FORMAT
         31 => Status::SlotChanged,           // ERROR_GEN_FAILURE
+        19 => Status::HookRefused,           // ERROR_WRITE_PROTECT
         _ => return None,
     })
 }

@@ -657,11 +657,15 @@ pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, 
             .driver_attached(image.name().as_bytes(), image.base(), image.size())
             .ok_or(PlatformError::NoResources)?,
     };
-    let patched = patch(platform, &image).inspect_err(|_| {
+    let patched = patch(platform, &image).inspect_err(|e| {
+        if let PlatformError::Refused(why) = e {
+            verifier.drivers().set_refusal(id, Some(*why));
+        }
         if attached_id(&image).is_none() {
             verifier.driver_detached(id, true);
         }
     })?;
+    verifier.drivers().set_refusal(id, None);
     image.set_driver_id(id.0);
     Ok(patched)
 }
@@ -680,6 +684,17 @@ fn patch(platform: &HostPlatform, image: &SimImage) -> Result<u32, PlatformError
                 .0
         }
     };
+    // The same site checks as the kernel: never a code, discardable, pageable or unbound
+    // slot. Every simulated page is resident.
+    let pe = PeImage::parse(image.bytes()).map_err(|_| PlatformError::BadImage)?;
+    // SAFETY: the image is loaded and stays loaded for the call (loader lock held).
+    unsafe { plan.check_sites(&pe, platform, |_| true, crate::intercept::is_bound_value) }
+        .map_err(PlatformError::Refused)?;
+    // From the first slot write on, iosv.sys could be called through a slot at any time:
+    // the same unload policy as the kernel.
+    if let Some(v) = platform.sys.verifier() {
+        v.block_unload();
+    }
     // SAFETY: the image is loaded (its rundown has not started: the loader lock is held
     // and unloads take it) and stays loaded for the call; the hooks are the simulated
     // iosv.sys addresses the simulated drivers dispatch on, ready to be "called".
@@ -883,8 +898,16 @@ impl Host {
                 .image_loaded(name.as_bytes(), base, image.size())
             {
                 match patch(self.platform(), &image) {
-                    Ok(_) => image.set_driver_id(id.0),
-                    Err(_) => self.verifier.driver_detached(id, true),
+                    Ok(_) => {
+                        self.verifier.drivers().set_refusal(id, None);
+                        image.set_driver_id(id.0);
+                    }
+                    Err(e) => {
+                        if let PlatformError::Refused(why) = e {
+                            self.verifier.drivers().set_refusal(id, Some(why));
+                        }
+                        self.verifier.driver_detached(id, true);
+                    }
                 }
             }
             *slot = Some(image);

@@ -1,21 +1,25 @@
 //! IRP dispatch for the two kinds of device object iosv creates, told apart by a tag in
 //! the device extension (one `MajorFunction` table serves the whole driver):
 //!
-//! - the **control device** `\Device\IoSpaceVerifier` (+ `\DosDevices\IoSpaceVerifier`):
-//!   IRP_MJ_CREATE admits only callers whose token is an administrator's (SYSTEM
-//!   included); CLOSE/CLEANUP succeed; DEVICE_CONTROL goes to `control::control` with the
-//!   METHOD_BUFFERED system buffer; everything else is refused.
+//! - the **control device** `\Device\IoSpaceVerifier` (+ `\DosDevices\IoSpaceVerifier`),
+//!   created with `IoCreateDeviceSecure` and the SDDL `D:P(A;;GA;;;SY)(A;;GA;;;BA)`
+//!   (SYSTEM and Administrators only); IRP_MJ_CREATE also checks the caller's token
+//!   (`SeTokenIsAdmin`), as defence in depth; CLOSE/CLEANUP succeed; DEVICE_CONTROL goes to
+//!   `control::control` with the METHOD_BUFFERED system buffer; everything else is
+//!   refused. Its lifetime follows the WDK filter samples: it exists while iosv runs as a
+//!   service or has filter instances; when the last filter instance is removed and no
+//!   import slot was ever patched, it is deleted so that the PnP manager can unload a
+//!   PnP-loaded iosv (a service-started iosv deletes it in its unload routine).
 //! - **filter devices**, one per device stack iosv is an upper filter of: START_DEVICE,
 //!   STOP_DEVICE, SURPRISE_REMOVAL and REMOVE_DEVICE are forwarded synchronously and
-//!   reported to the engine (`Verifier::device_event`); every other IRP, power included,
+//!   reported to the engine (`Verifier::device_event`); DEVICE_USAGE_NOTIFICATION mirrors
+//!   `DO_POWER_PAGABLE` as the filter samples do (set on the way down when the device
+//!   above is pageable or there is none, cleared on the way up when the device below is
+//!   not); every other IRP, power included,
 //!   is passed down untouched (`IoSkipCurrentIrpStackLocation` + `IofCallDriver`; since
 //!   Windows Vista `IoCallDriver`, not `PoCallDriver`, forwards power IRPs and
 //!   `PoStartNextPowerIrp` does nothing). A remove lock keeps the filter device alive while
 //!   IRPs are in it.
-//!
-//! Why not `IoCreateDeviceSecure`: it lives in the static library wdmsec.lib, which
-//! wdk-build neither binds nor links, and it offers nothing the create-time check does not
-//! (see docs/windows.md, "Who may open the control device").
 
 use alloc::vec::Vec;
 use core::ptr::{addr_of_mut, null_mut};
@@ -28,10 +32,11 @@ use wdk_sys::ntddk::{
 };
 use wdk_sys::{
     DO_BUFFERED_IO, DO_DEVICE_INITIALIZING, DO_DIRECT_IO, DO_POWER_PAGABLE,
-    FILE_DEVICE_SECURE_OPEN, FILE_DEVICE_UNKNOWN, IO_NO_INCREMENT, IO_REMOVE_LOCK, IRP_MJ_CLEANUP,
-    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_PNP, IRP_MN_REMOVE_DEVICE,
-    IRP_MN_START_DEVICE, IRP_MN_STOP_DEVICE, IRP_MN_SURPRISE_REMOVAL, NTSTATUS, NT_SUCCESS,
-    PDEVICE_OBJECT, PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, STATUS_ACCESS_DENIED,
+    FILE_DEVICE_SECURE_OPEN, FILE_DEVICE_UNKNOWN, GUID, IO_NO_INCREMENT, IO_REMOVE_LOCK,
+    IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_PNP,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION, IRP_MN_REMOVE_DEVICE, IRP_MN_START_DEVICE,
+    IRP_MN_STOP_DEVICE, IRP_MN_SURPRISE_REMOVAL, NTSTATUS, NT_SUCCESS, PDEVICE_OBJECT,
+    PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, STATUS_ACCESS_DENIED,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
     STATUS_SUCCESS,
 };
@@ -40,6 +45,7 @@ use super::ffi::{
     self, ascii_wide, current_stack_location, set_irp_status, skip_current_stack_location,
 };
 use super::state::{engine, on_big_stack};
+use core::sync::atomic::{AtomicPtr, Ordering};
 use crate::control::control;
 use crate::drivers::DriverId;
 use crate::protocol::{Status, DEVICE_NAME, DEVICE_TYPE, DOS_DEVICE_NAME, METHOD_BUFFERED};
@@ -58,6 +64,22 @@ const REMOVE_LOCK_SIZE: u32 = core::mem::size_of::<IO_REMOVE_LOCK>() as u32;
 const MAX_INPUT: usize = 64 * 1024;
 
 const DEVICE_NAME_W: [u16; DEVICE_NAME.len()] = ascii_wide(DEVICE_NAME);
+/// `SDDL_DEVOBJ_SYS_ALL_ADM_ALL` (wdmsec.h): SYSTEM and Administrators, all access.
+const SDDL_STR: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)";
+const SDDL_W: [u16; SDDL_STR.len()] = ascii_wide(SDDL_STR);
+/// iosv's device class GUID for the control device, under which an administrator may
+/// override the SDDL in the registry ({6c1c4a5e-3f4e-4a4b-9c7e-10535f760001}).
+const CONTROL_CLASS: GUID = GUID {
+    Data1: 0x6c1c_4a5e,
+    Data2: 0x3f4e,
+    Data3: 0x4a4b,
+    Data4: [0x9c, 0x7e, 0x10, 0x53, 0x5f, 0x76, 0x00, 0x01],
+};
+
+/// The control device (null while it does not exist).
+static CONTROL_DEVICE: AtomicPtr<wdk_sys::DEVICE_OBJECT> = AtomicPtr::new(null_mut());
+/// Filter devices alive (guarded by the control-plane mutex).
+static FILTERS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 const DOS_DEVICE_NAME_W: [u16; DOS_DEVICE_NAME.len()] = ascii_wide(DOS_DEVICE_NAME);
 
 /// The extension of every device object iosv creates.
@@ -72,32 +94,40 @@ pub struct DeviceExt {
     remove_lock: IO_REMOVE_LOCK,
 }
 
-/// Creates the control device and its symbolic link (DriverEntry, PASSIVE_LEVEL).
+/// Creates the control device and its symbolic link if it does not exist (DriverEntry,
+/// AddDevice; PASSIVE_LEVEL).
 ///
 /// # Safety
 ///
-/// `driver` is iosv's driver object, as passed to DriverEntry.
-pub unsafe fn create_control_device(driver: PDRIVER_OBJECT) -> Result<PDEVICE_OBJECT, NTSTATUS> {
+/// `driver` is iosv's driver object.
+pub unsafe fn create_control_device(driver: PDRIVER_OBJECT) -> Result<(), NTSTATUS> {
+    if !CONTROL_DEVICE.load(Ordering::SeqCst).is_null() {
+        return Ok(());
+    }
     let mut name = ffi::unicode_string(&DEVICE_NAME_W).ok_or(STATUS_INVALID_PARAMETER)?;
     let mut link = ffi::unicode_string(&DOS_DEVICE_NAME_W).ok_or(STATUS_INVALID_PARAMETER)?;
+    let sddl = ffi::unicode_string(&SDDL_W).ok_or(STATUS_INVALID_PARAMETER)?;
     let mut device: PDEVICE_OBJECT = null_mut();
-    // SAFETY: valid driver object and name; FILE_DEVICE_SECURE_OPEN so the device's ACL
-    // also guards opens of names below it; not exclusive (several clients may read).
+    // SAFETY: valid driver object, names and GUID; FILE_DEVICE_SECURE_OPEN so the DACL
+    // also guards opens of names below the device; not exclusive (several clients may
+    // read).
     let status = unsafe {
-        IoCreateDevice(
+        ffi::WdmlibIoCreateDeviceSecure(
             driver,
             core::mem::size_of::<DeviceExt>() as u32,
             &mut name,
             DEVICE_TYPE,
             FILE_DEVICE_SECURE_OPEN,
             0,
+            &sddl,
+            &CONTROL_CLASS,
             &mut device,
         )
     };
     if !NT_SUCCESS(status) {
         return Err(status);
     }
-    // SAFETY: IoCreateDevice succeeded: the extension is ours, zeroed, sized for DeviceExt.
+    // SAFETY: the device was created: the extension is ours, zeroed, sized for DeviceExt.
     let ext = unsafe { (*device).DeviceExtension }.cast::<DeviceExt>();
     // SAFETY: as above; nothing else uses the device yet.
     unsafe { (*ext).kind = KIND_CONTROL };
@@ -112,23 +142,24 @@ pub unsafe fn create_control_device(driver: PDRIVER_OBJECT) -> Result<PDEVICE_OB
     let flags = unsafe { &mut (*device).Flags };
     *flags |= DO_BUFFERED_IO;
     *flags &= !DO_DEVICE_INITIALIZING;
-    Ok(device)
+    CONTROL_DEVICE.store(device, Ordering::SeqCst);
+    Ok(())
 }
 
-/// Deletes the symbolic link and the control device (unload).
-///
-/// # Safety
-///
-/// `device` is null or the device `create_control_device` returned, with no open handle.
-pub unsafe fn delete_control_device(device: PDEVICE_OBJECT) {
+/// Deletes the symbolic link and the control device, if it exists (unload; the last
+/// filter instance's removal). PASSIVE_LEVEL.
+pub fn delete_control_device() {
+    let device = CONTROL_DEVICE.swap(null_mut(), Ordering::SeqCst);
+    if device.is_null() {
+        return;
+    }
     if let Some(mut link) = ffi::unicode_string(&DOS_DEVICE_NAME_W) {
         // SAFETY: a valid counted string; PASSIVE_LEVEL.
         let _ = unsafe { IoDeleteSymbolicLink(&mut link) };
     }
-    if !device.is_null() {
-        // SAFETY: created by create_control_device; no handle is open during unload.
-        unsafe { IoDeleteDevice(device) };
-    }
+    // SAFETY: created by create_control_device; a handle still open keeps the object
+    // until it closes (IoDeleteDevice marks it for deletion).
+    unsafe { IoDeleteDevice(device) };
 }
 
 /// The `DRIVER_DISPATCH` routine installed for every major function.
@@ -350,11 +381,24 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
     // The function driver (or the upper filter below us) owns the device we attached to.
     let function_driver = lower_ref.DriverObject;
     if !function_driver.is_null() {
-        // SAFETY: the driver object of a device in the stack outlives the attachment.
-        let fd = unsafe { &*function_driver };
-        let id = super::images::function_driver(fd.DriverStart as usize, fd.DriverSize as usize);
+        // SAFETY: the driver object of a device in the stack, valid while we are attached.
+        let id = unsafe { super::images::function_driver(function_driver) };
         // SAFETY: our extension, not yet reachable by IRPs.
         unsafe { (*ext).driver = id.0 };
+    }
+    // One more filter instance; the control device exists while any does (filter samples).
+    if let Some(glue) = engine() {
+        glue.with_plans(|_| {
+            FILTERS.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: our driver object, at PASSIVE_LEVEL.
+            if let Err(status) = unsafe { create_control_device(driver) } {
+                super::ffi::log_value(
+                    super::ffi::Level::Warning,
+                    c"cannot recreate the control device, status",
+                    status as u32 as u64,
+                );
+            }
+        });
     }
     filter_ref.Flags &= !DO_DEVICE_INITIALIZING;
     STATUS_SUCCESS
@@ -427,6 +471,14 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
             unsafe { IoDetachDevice(lower) };
             // SAFETY: as above.
             unsafe { IoDeleteDevice(device) };
+            last_filter_gone();
+            status
+        }
+        IRP_MN_DEVICE_USAGE_NOTIFICATION => {
+            // SAFETY: our device, `lower` attached; PASSIVE_LEVEL PnP IRP we own.
+            let status = unsafe { usage_notification(device, lower, irp) };
+            // SAFETY: acquired above.
+            unsafe { IoReleaseRemoveLockEx(lock, irp.cast(), REMOVE_LOCK_SIZE) };
             status
         }
         _ => {
@@ -441,6 +493,48 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
     }
 }
 
+/// One filter instance fewer: the last one takes the control device with it unless iosv
+/// must stay loaded anyway (unload blocked), so that the PnP manager can unload a
+/// PnP-loaded iosv. PASSIVE_LEVEL.
+fn last_filter_gone() {
+    let Some(glue) = engine() else { return };
+    glue.with_plans(|_| {
+        let left = FILTERS.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        if left == 0 && !glue.is_pinned() {
+            delete_control_device();
+        }
+    });
+}
+
+/// IRP_MN_DEVICE_USAGE_NOTIFICATION (paging, hibernation, dump file on this stack): the
+/// filter keeps `DO_POWER_PAGABLE` as the drivers around it have it (WDK filter sample):
+/// set on the way down when the device above is pageable or there is none, cleared on
+/// the way up when the device below is not.
+///
+/// # Safety
+///
+/// PASSIVE_LEVEL; `device` is our filter device attached above `lower`; `irp` is the PnP
+/// IRP we own.
+unsafe fn usage_notification(device: PDEVICE_OBJECT, lower: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: our own device object.
+    let above = unsafe { (*device).AttachedDevice };
+    // SAFETY: a device attached above ours stays valid while the IRP is in its stack.
+    let above_pageable = above.is_null() || unsafe { (*above).Flags } & DO_POWER_PAGABLE != 0;
+    if above_pageable {
+        // SAFETY: our own device object; the PnP manager serialises usage notifications.
+        unsafe { (*device).Flags |= DO_POWER_PAGABLE };
+    }
+    // SAFETY: per the contract.
+    let status = unsafe { forward_and_complete_with(lower, irp, || {
+        // SAFETY: the lower device is valid while we are attached.
+        if unsafe { (*lower).Flags } & DO_POWER_PAGABLE == 0 {
+            // SAFETY: our own device object.
+            unsafe { (*device).Flags &= !DO_POWER_PAGABLE };
+        }
+    }) };
+    status
+}
+
 /// Forwards a PnP IRP and waits for the lower stack (`IoForwardIrpSynchronously`: copies
 /// our stack location down, sets a completion routine, waits), then completes it with the
 /// lower drivers' status. If the IRP could not be forwarded that way (no stack location to
@@ -451,12 +545,28 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
 /// PASSIVE_LEVEL; `irp` is a PnP IRP we own; `lower` is the device we are attached to.
 unsafe fn forward_and_complete(lower: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
     // SAFETY: per the contract.
+    unsafe { forward_and_complete_with(lower, irp, || {}) }
+}
+
+/// [`forward_and_complete`] that runs `on_the_way_up` after the lower stack completed the
+/// IRP and before it is completed to the driver above.
+///
+/// # Safety
+///
+/// As for [`forward_and_complete`].
+unsafe fn forward_and_complete_with(
+    lower: PDEVICE_OBJECT,
+    irp: PIRP,
+    on_the_way_up: impl FnOnce(),
+) -> NTSTATUS {
+    // SAFETY: per the contract.
     if unsafe { IoForwardIrpSynchronously(lower, irp) } == 0 {
         // SAFETY: pass-through.
         unsafe { skip_current_stack_location(irp) };
         // SAFETY: the IRP belongs to the lower driver after this.
         return unsafe { IofCallDriver(lower, irp) };
     }
+    on_the_way_up();
     // SAFETY: the lower stack completed the IRP back to us; we own it again.
     let status = unsafe { ffi::irp_status(irp) };
     // SAFETY: `Information` is unchanged by us; complete with the lower status.

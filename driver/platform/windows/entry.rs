@@ -7,18 +7,19 @@
 //! the control device; the image-load callback; finally an attach to every configured
 //! target that is already loaded.
 //!
-//! Unload order: remove the image-load callback; restore every patched slot (the plans
-//! refuse slots that changed); unpublish the engine; wait for in-flight hooks to drain;
-//! delete the control device and its link; free the engine.
+//! Unload happens only while no import slot was ever patched and no hook handed out (the
+//! unload policy, `state` module docs: after that `DriverUnload` is cleared). Order:
+//! remove the image-load callback; drop the attachments (none holds a patch) and their
+//! driver object references; unpublish the engine; wait for callbacks to drain; delete
+//! the control device and its link; free the engine.
 
-use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use wdk_sys::ntddk::{
     MmGetSystemRoutineAddress, PsRemoveLoadImageNotifyRoutine, PsSetLoadImageNotifyRoutine,
 };
 use wdk_sys::{
-    DEVICE_OBJECT, DRIVER_OBJECT, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, NT_SUCCESS, PCUNICODE_STRING,
+    DRIVER_OBJECT, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, NT_SUCCESS, PCUNICODE_STRING,
     PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 
@@ -36,8 +37,6 @@ extern crate wdk_panic;
 #[global_allocator]
 static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
 
-/// The control device, for unload.
-static CONTROL_DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(null_mut());
 /// Whether the image-load callback is registered.
 static NOTIFY_REGISTERED: AtomicBool = AtomicBool::new(false);
 
@@ -105,13 +104,25 @@ pub unsafe extern "system" fn driver_entry(
     };
     // SAFETY: just created, not yet published, so not shared.
     let glue_ref = unsafe { &*glue };
+    let mut flags = config.problems;
     glue_ref.verifier.with_control(|c| {
         for name in config.targets.iter() {
             if !c.targets.add(name) {
                 log_name(Level::Warning, c"target list full; skipped", name);
+                flags |= crate::protocol::STATE_TARGETS_TOO_MANY;
             }
         }
     });
+    if config.targets.iter().next().is_none() {
+        log(
+            Level::Warning,
+            c"no Targets configured: nothing is verified until iosvctl attach or config set --target",
+        );
+    }
+    if hvci_enabled() {
+        flags |= crate::protocol::STATE_HVCI;
+    }
+    glue_ref.verifier.set_state_flags(flags);
     GLUE.store(glue, Ordering::SeqCst);
 
     // SAFETY: the I/O manager's driver object; DriverEntry is the place to fill it in.
@@ -130,7 +141,7 @@ pub unsafe extern "system" fn driver_entry(
 
     // SAFETY: our driver object, in DriverEntry.
     match unsafe { create_control_device(driver) } {
-        Ok(device) => CONTROL_DEVICE.store(device, Ordering::SeqCst),
+        Ok(()) => {}
         Err(status) => {
             log_value(
                 Level::Error,
@@ -164,23 +175,56 @@ pub unsafe extern "system" fn driver_entry(
     STATUS_SUCCESS
 }
 
-/// `DRIVER_UNLOAD`. Not called once iosv pinned itself (`Glue::pin` clears it).
+/// `DRIVER_UNLOAD`. Cleared (never called) once an import slot was patched or a hook
+/// handed out; if an unload was already pending then, it leaves everything in place (the
+/// extra reference `Glue::block_unload` took keeps the image mapped).
 unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
+    let glue = GLUE.load(Ordering::SeqCst);
+    // SAFETY: published by DriverEntry and still alive (freed only below).
+    if let Some(glue_ref) = unsafe { glue.as_ref() } {
+        if glue_ref.is_pinned() {
+            log(
+                Level::Error,
+                c"unload requested after import slots were patched: iosv stays until reboot",
+            );
+            return;
+        }
+    }
     if NOTIFY_REGISTERED.swap(false, Ordering::SeqCst) {
         // SAFETY: registered in DriverEntry with this routine; PASSIVE_LEVEL.
         let _ = unsafe { PsRemoveLoadImageNotifyRoutine(Some(load_image_notify)) };
     }
-    let glue = GLUE.load(Ordering::SeqCst);
-    // SAFETY: published by DriverEntry and still alive (freed only below).
+    // SAFETY: as above.
     if let Some(glue_ref) = unsafe { glue.as_ref() } {
         detach_all(glue_ref);
     }
     unpublish_and_free();
-    // SAFETY: the device DriverEntry created (or null); unload runs with no open handle.
-    unsafe { delete_control_device(CONTROL_DEVICE.swap(null_mut(), Ordering::SeqCst)) };
+    delete_control_device();
 }
 
-/// Unpublishes the engine, waits until no hook or callback runs iosv code, frees it.
+/// Whether memory integrity (HVCI) is on: `ZwQuerySystemInformation` of the code
+/// integrity options (PASSIVE_LEVEL). Reported in `iosvctl status`; iosv never writes a
+/// code page whether it is on or not.
+fn hvci_enabled() -> bool {
+    let mut info = ffi::CodeIntegrityInformation {
+        length: core::mem::size_of::<ffi::CodeIntegrityInformation>() as u32,
+        options: 0,
+    };
+    let mut returned = 0u32;
+    // SAFETY: a valid, correctly sized buffer whose Length field is set, as the class
+    // requires; PASSIVE_LEVEL (DriverEntry).
+    let status = unsafe {
+        ffi::ZwQuerySystemInformation(
+            ffi::SYSTEM_CODE_INTEGRITY_INFORMATION,
+            (&mut info as *mut ffi::CodeIntegrityInformation).cast(),
+            info.length,
+            &mut returned,
+        )
+    };
+    NT_SUCCESS(status) && info.options & ffi::CODEINTEGRITY_OPTION_HVCI_KMCI_ENABLED != 0
+}
+
+/// Unpublishes the engine, waits until no callback runs iosv code, frees it.
 fn unpublish_and_free() {
     let glue = GLUE.swap(null_mut(), Ordering::SeqCst);
     wait_for_drain();

@@ -7,7 +7,11 @@
 
 use core::ffi::{c_char, c_void, CStr};
 
-use wdk_sys::{ntddk::DbgPrintEx, NTSTATUS, PIO_STACK_LOCATION, PIRP, UNICODE_STRING};
+use wdk_sys::{
+    ntddk::DbgPrintEx, ACCESS_MASK, DEVICE_TYPE, GUID, NTSTATUS, PACCESS_STATE, PDEVICE_OBJECT,
+    PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, PMDL, POBJECT_TYPE, PUNICODE_STRING, PVOID,
+    UNICODE_STRING,
+};
 
 /// `ALL_PROCESSOR_GROUPS` (ntdef.h: 0xffff), for `KeQueryActiveProcessorCountEx`.
 pub const ALL_PROCESSOR_GROUPS: u16 = 0xFFFF;
@@ -29,6 +33,80 @@ unsafe extern "system" {
     /// `KeBugCheckEx` (wdm.h, `DECLSPEC_NORETURN`), declared as wdk-panic does so that
     /// the never-returning signature is certain.
     pub fn KeBugCheckEx(code: u32, p1: usize, p2: usize, p3: usize, p4: usize) -> !;
+}
+
+// seh.c, compiled and linked by build.rs (static library `iosv_seh`).
+unsafe extern "C" {
+    /// `MmProbeAndLockPages(mdl, access_mode, operation)` inside `__try/__except`: 0
+    /// (STATUS_SUCCESS) when the pages are locked, else the code of the exception the
+    /// routine raised. IRQL as for `MmProbeAndLockPages`.
+    pub fn iosv_probe_and_lock_pages(mdl: PMDL, access_mode: i8, operation: i32) -> NTSTATUS;
+}
+
+/// `SystemCodeIntegrityInformation`, the `SYSTEM_INFORMATION_CLASS` value of
+/// `ZwQuerySystemInformation` that fills a [`CodeIntegrityInformation`] (winternl.h).
+pub const SYSTEM_CODE_INTEGRITY_INFORMATION: u32 = 103;
+/// `CODEINTEGRITY_OPTION_HVCI_KMCI_ENABLED` (ntddk.h / winnt.h): kernel-mode code
+/// integrity is enforced by the hypervisor (memory integrity).
+pub const CODEINTEGRITY_OPTION_HVCI_KMCI_ENABLED: u32 = 0x400;
+
+/// `SYSTEM_CODEINTEGRITY_INFORMATION` (winternl.h).
+#[repr(C)]
+pub struct CodeIntegrityInformation {
+    /// `Length`: the size of this struct, set by the caller.
+    pub length: u32,
+    /// `CodeIntegrityOptions`: `CODEINTEGRITY_OPTION_*` bits.
+    pub options: u32,
+}
+
+// Exported by ntoskrnl.exe but not declared by the headers wdk-build feeds bindgen
+// (docs/wdk-api-checked.md, "Declared by iosv").
+#[link(name = "ntoskrnl")]
+unsafe extern "system" {
+    /// `ObReferenceObjectByName` (exported since NT 3.1; declared in ntifs.h of the
+    /// DDK's successors outside the WDK). PASSIVE_LEVEL. References the object named
+    /// `name` (e.g. `\Driver\nic`) if it is of `object_type`.
+    pub fn ObReferenceObjectByName(
+        name: PUNICODE_STRING,
+        attributes: u32,
+        access_state: PACCESS_STATE,
+        desired_access: ACCESS_MASK,
+        object_type: POBJECT_TYPE,
+        access_mode: i8,
+        parse_context: PVOID,
+        object: *mut PVOID,
+    ) -> NTSTATUS;
+    /// `IoDriverObjectType` (exported data: a pointer to the driver object type).
+    pub static IoDriverObjectType: *mut POBJECT_TYPE;
+    /// `ZwQuerySystemInformation` (exported; documented for user mode as
+    /// `NtQuerySystemInformation`). PASSIVE_LEVEL.
+    pub fn ZwQuerySystemInformation(
+        class: u32,
+        information: PVOID,
+        length: u32,
+        return_length: *mut u32,
+    ) -> NTSTATUS;
+}
+
+// wdmsec.h is not in wdk-build's bindgen input and wdmsec.lib not in its link list; the
+// library sits in the WDK's km/<arch> directory, which wdk-build puts on the search path.
+// wdmsec.h: `#define IoCreateDeviceSecure WdmlibIoCreateDeviceSecure`.
+#[link(name = "wdmsec", kind = "static")]
+unsafe extern "system" {
+    /// `IoCreateDeviceSecure` (wdmsec.h): `IoCreateDevice` with a default DACL given as
+    /// SDDL, which the registry can override per device class (`class_guid`).
+    /// PASSIVE_LEVEL.
+    pub fn WdmlibIoCreateDeviceSecure(
+        driver: PDRIVER_OBJECT,
+        extension_size: u32,
+        name: PUNICODE_STRING,
+        device_type: DEVICE_TYPE,
+        characteristics: u32,
+        exclusive: u8,
+        sddl: *const UNICODE_STRING,
+        class_guid: *const GUID,
+        device: *mut PDEVICE_OBJECT,
+    ) -> NTSTATUS;
 }
 
 /// `AUX_MODULE_EXTENDED_INFO` (aux_klib.h).
@@ -237,8 +315,9 @@ impl Level {
     }
 }
 
-/// `DbgPrintEx(DPFLTR_IHVDRIVER_ID, level, "iosv: %s\n", message)`. PASSIVE_LEVEL callers
-/// only (never from a hook).
+/// `DbgPrintEx(DPFLTR_IHVDRIVER_ID, level, "iosv: %s\n", message)`. `DbgPrintEx` allows
+/// IRQL <= DIRQL; iosv logs from the control plane only (PASSIVE_LEVEL, or DISPATCH_LEVEL
+/// inside `with_control`), never from a hook.
 pub fn log(level: Level, message: &CStr) {
     // SAFETY: constant format with one `%s`, matched by a NUL-terminated string.
     unsafe {
@@ -251,7 +330,7 @@ pub fn log(level: Level, message: &CStr) {
     };
 }
 
-/// `DbgPrintEx(…, "iosv: %s 0x%I64x\n", message, value)`. PASSIVE_LEVEL callers only.
+/// `DbgPrintEx(…, "iosv: %s 0x%I64x\n", message, value)`. Control plane only (see [`log`]).
 pub fn log_value(level: Level, message: &CStr, value: u64) {
     // SAFETY: constant format; `%s` gets a NUL-terminated string, `%I64x` a 64-bit value.
     unsafe {
@@ -266,7 +345,7 @@ pub fn log_value(level: Level, message: &CStr, value: u64) {
 }
 
 /// `DbgPrintEx(…, "iosv: %s %.*s\n", message, len, bytes)`: a message and an ASCII name
-/// that is not NUL-terminated. PASSIVE_LEVEL callers only.
+/// that is not NUL-terminated. Control plane only (see [`log`]).
 pub fn log_name(level: Level, message: &CStr, name: &[u8]) {
     let len = i32::try_from(name.len()).unwrap_or(0);
     // SAFETY: constant format; `%.*s` reads at most `len` bytes of `name`.

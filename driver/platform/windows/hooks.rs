@@ -11,14 +11,17 @@
 //! the caller left it, so the body returns straight to the target driver; the Win64 ABI's
 //! 32-byte home area, which every caller allocates, covers the extra register argument.
 //!
-//! Each body: [`InFlight::enter`] (one atomic add), then the engine if published, else the
-//! real routine. No lock, no allocation, no wait (design.md §5).
+//! Each body calls the engine if it is published, else the real routine. No lock, no
+//! allocation, no wait, no shared counter (design.md §5). No in-flight count is kept on
+//! the hook path: it could not cover a call interrupted between fetching a slot and the
+//! hook's first instruction, so iosv never unloads once a slot was patched
+//! (`state` module docs) and the engine is never freed while a hook can run.
 
 use wdk_sys::ntddk::{MmGetSystemRoutineAddress, MmMapIoSpace, MmMapIoSpaceEx, MmUnmapIoSpace};
 use wdk_sys::{MEMORY_CACHING_TYPE, PHYSICAL_ADDRESS, PUNICODE_STRING, PVOID, SIZE_T, ULONG};
 
 use super::ffi::unicode_units;
-use super::state::{engine, InFlight};
+use super::state::engine;
 use crate::intercept::system_routine_override;
 use crate::platform::Caller;
 
@@ -122,7 +125,6 @@ unsafe extern "system" fn map_io_space_body(
     cache: MEMORY_CACHING_TYPE,
     return_address: usize,
 ) -> PVOID {
-    let _in_flight = InFlight::enter();
     match engine() {
         Some(glue) => {
             // SAFETY: every bit pattern of the 8-byte union is a valid i64.
@@ -146,7 +148,6 @@ unsafe extern "system" fn map_io_space_ex_body(
     protect: ULONG,
     return_address: usize,
 ) -> PVOID {
-    let _in_flight = InFlight::enter();
     match engine() {
         Some(glue) => {
             // SAFETY: every bit pattern of the 8-byte union is a valid i64.
@@ -165,7 +166,6 @@ unsafe extern "system" fn map_io_space_ex_body(
 }
 
 unsafe extern "system" fn unmap_io_space_body(base: PVOID, size: SIZE_T, return_address: usize) {
-    let _in_flight = InFlight::enter();
     match engine() {
         Some(glue) => {
             let caller = Caller {
@@ -181,14 +181,13 @@ unsafe extern "system" fn unmap_io_space_body(base: PVOID, size: SIZE_T, return_
 
 /// Replaces `MmGetSystemRoutineAddress` (PASSIVE_LEVEL by contract): hands out iosv's hook
 /// for a hooked routine, so pointers resolved at run time are verified too. The caller
-/// then holds a pointer into iosv that no detach can revoke, so the first such answer pins
-/// iosv in memory ([`Glue::pin`](super::state::Glue::pin)).
+/// then holds a pointer into iosv that no detach can revoke, so the first such answer
+/// blocks iosv's unload ([`Glue::block_unload`](super::state::Glue::block_unload)).
 ///
 /// # Safety
 ///
 /// Called as `MmGetSystemRoutineAddress`: `name` is a valid `UNICODE_STRING`.
 pub unsafe extern "system" fn hook_mm_get_system_routine_address(name: PUNICODE_STRING) -> PVOID {
-    let _in_flight = InFlight::enter();
     // SAFETY: iosv's own import is not patched: this is the real routine, given the
     // caller's argument unchanged.
     let real = unsafe { MmGetSystemRoutineAddress(name) };
@@ -202,7 +201,7 @@ pub unsafe extern "system" fn hook_mm_get_system_routine_address(name: PUNICODE_
     let units = unsafe { unicode_units(name) };
     match system_routine_override(units, &glue.hooks) {
         Some(hook) => {
-            glue.pin();
+            glue.block_unload();
             hook as PVOID
         }
         None => real,

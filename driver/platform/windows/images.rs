@@ -1,22 +1,38 @@
 //! Loaded images: the module list (AuxKlib), patching a target's import slots at load time
 //! (image-load notification) or on request (control IOCTL `ATTACH`, AddDevice, start-up),
-//! and restoring them (IOCTL `DETACH`, unload).
+//! and restoring them (IOCTL `DETACH`, the target's unload).
 //!
 //! The decisions are portable: `pe` finds the slots, `intercept::Plan` patches and
-//! restores them idempotently and refuses slots that changed, `Verifier` registers the
-//! driver and reports its leaks. What is Windows-specific, and lives here, is where the
-//! bytes come from and when they may be read:
+//! restores them idempotently and refuses slots that changed, `intercept::check_site`
+//! refuses sites that must not be written, `Verifier` registers the driver and reports its
+//! leaks. What is Windows-specific, and lives here, is where the bytes come from and what
+//! keeps them there:
 //!
-//! - At load time (the image-load callback runs before the driver's `DriverEntry`) the
-//!   whole image is present, so the import descriptors are parsed.
-//! - After `DriverEntry`, the `INIT` section is freed; drivers linked with `/DRIVER` keep
-//!   their import descriptors there (only the IAT lives in `.rdata`). Reading a freed page
-//!   is bug check 0x50. So for a late attach whose import directory lies in a discardable
-//!   section, the IAT directory is scanned instead, and a slot is taken to import a
-//!   hooked routine when it holds that routine's address (or one of iosv's hooks).
-//! - Every slot to be written must lie in a section that is neither discardable nor
-//!   pageable, be resident, and hold a kernel address (a bound import); otherwise the
-//!   attach is refused before anything is written.
+//! - **What keeps the image loaded.** At load time the image-load callback runs inside
+//!   the loader, before the target's `DriverEntry`: the image cannot go away. Any other
+//!   time (late attach, detach, AddDevice) iosv first takes a reference on the target's
+//!   driver object — from AddDevice (the device below the filter), or by name
+//!   (`\Driver\<image name without .sys>`, `ObReferenceObjectByName`) — checks that the
+//!   object's `DriverStart` is the module's base, and only then reads the module list and
+//!   the image. The I/O manager unloads a driver's image only when its driver object is
+//!   deleted, which a reference defers. A late attach with no driver object is refused
+//!   (`SiteRefusal::NoDriverObject`), never done unprotected. An attachment keeps its
+//!   reference until it ends.
+//! - **A target that unloads while attached.** Drivers get no unload notification. At
+//!   each control-plane moment (attach, detach, AddDevice, every status request; not in
+//!   the image-load callback, which runs under the loader's locks) iosv
+//!   sweeps its attachments: a driver object with `DRVO_UNLOAD_INVOKED` set has run its
+//!   `DriverUnload`; its image is still mapped (iosv's reference), so its slots are
+//!   restored, its live mappings are reported as IOSV009, and the reference is dropped.
+//!   Load-time attachments get their driver object at the first sweep after it exists.
+//! - **Which bytes may be read.** After `DriverEntry`, the `INIT` section is freed;
+//!   drivers linked with `/DRIVER` keep their import descriptors there (only the IAT lives
+//!   in `.rdata`). So a late attach whose import directory lies in a discardable section
+//!   scans the IAT directory instead, and a slot is taken to import a hooked routine when
+//!   it holds that routine's address (or one of iosv's hooks).
+//! - **Which slots may be written**: `intercept::check_site` — not in a code, discardable
+//!   or pageable section, resident (`MmIsAddressValid`), bound. A refusal is recorded for
+//!   the driver (`iosvctl status`) and nothing is written.
 //!
 //! Lock order: the module list is queried *before* taking the control-plane mutex,
 //! because `AuxKlibQueryModuleInformation` takes the loader's locks, and the image-load
@@ -26,22 +42,128 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 
-use wdk_sys::ntddk::MmIsAddressValid;
+use wdk_sys::ntddk::{MmIsAddressValid, ObfDereferenceObject, ObfReferenceObject};
 use wdk_sys::{
-    HANDLE, NTSTATUS, PASSIVE_LEVEL, PIMAGE_INFO, PUNICODE_STRING, PVOID, STATUS_BUFFER_TOO_SMALL,
+    DRVO_UNLOAD_INVOKED, HANDLE, NTSTATUS, PASSIVE_LEVEL, PDRIVER_OBJECT, PIMAGE_INFO,
+    PUNICODE_STRING, PVOID, STATUS_BUFFER_TOO_SMALL,
 };
 
 use super::ffi::{self, log_name, log_value, AuxModuleExtendedInfo, Level};
 use super::irql;
-use super::state::{engine, on_big_stack, Glue, InFlight, Plans};
-use crate::drivers::{names_equal, DriverId, DriverState};
-use crate::intercept::{Outcome, Plan, PlanError, Report, SlotAccess, MAX_PATCHES};
+use super::state::{engine, on_big_stack, Attachment, Glue, InFlight, Plans};
+use crate::drivers::{names_equal, DriverId, DriverState, MAX_DRIVERS};
+use crate::intercept::{
+    is_bound_value, Outcome, Plan, PlanError, Report, SiteRefusal, MAX_PATCHES,
+};
 use crate::pe::{Directory, HookedRoutine, IatSlot, PeImage, NTOSKRNL};
 use crate::platform::PlatformError;
 
-/// Start of the kernel half of the address space (x64 and ARM64): a bound import slot
-/// holds an address at or above this; an unbound one holds an RVA or an ordinal.
-const KERNEL_SPACE_START: usize = 0xFFFF_8000_0000_0000;
+/// `OBJ_CASE_INSENSITIVE` (ntdef.h).
+const OBJ_CASE_INSENSITIVE: u32 = 0x40;
+/// `\Driver\`, the object directory of driver objects.
+const DRIVER_DIRECTORY: [u16; 8] = ffi::ascii_wide("\\Driver\\");
+
+/// A referenced driver object, dereferenced on drop unless [`DriverRef::into_raw`] hands
+/// the reference to an [`Attachment`].
+pub struct DriverRef(PDRIVER_OBJECT);
+
+impl DriverRef {
+    /// Takes a reference on `object` (AddDevice: the device below the filter).
+    ///
+    /// # Safety
+    ///
+    /// `object` is a valid driver object that the caller keeps alive for this call.
+    pub unsafe fn new(object: PDRIVER_OBJECT) -> Option<DriverRef> {
+        if object.is_null() {
+            return None;
+        }
+        // SAFETY: a valid object per the contract; IRQL <= DISPATCH_LEVEL.
+        unsafe { ObfReferenceObject(object.cast()) };
+        Some(DriverRef(object))
+    }
+
+    /// References `\Driver\<stem>` for the image file name `name` (PASSIVE_LEVEL).
+    pub fn by_image_name(name: &[u8]) -> Option<DriverRef> {
+        let stem = name
+            .len()
+            .checked_sub(4)
+            .and_then(|n| name.get(n..))
+            .filter(|ext| ext.eq_ignore_ascii_case(b".sys"))
+            .map_or(name, |_| name.get(..name.len().saturating_sub(4)).unwrap_or(name));
+        let mut path = [0u16; DRIVER_DIRECTORY.len() + MAX_IMAGE_NAME];
+        let mut len = 0usize;
+        for (dst, src) in path.iter_mut().zip(
+            DRIVER_DIRECTORY
+                .iter()
+                .copied()
+                .chain(stem.iter().map(|b| u16::from(*b))),
+        ) {
+            *dst = src;
+            len = len.saturating_add(1);
+        }
+        if stem.is_empty() || len != DRIVER_DIRECTORY.len().saturating_add(stem.len()) {
+            return None;
+        }
+        let mut object_name = ffi::unicode_string(path.get(..len)?)?;
+        let mut object: PVOID = null_mut();
+        // SAFETY: reads the exported data pointer to the driver object type.
+        let driver_type = unsafe { *ffi::IoDriverObjectType };
+        // SAFETY: a valid counted name that outlives the call; kernel-mode lookup of an
+        // object of the driver type only; `object` receives a referenced pointer.
+        let status = unsafe {
+            ffi::ObReferenceObjectByName(
+                &mut object_name,
+                OBJ_CASE_INSENSITIVE,
+                null_mut(),
+                0,
+                driver_type,
+                wdk_sys::_MODE::KernelMode as i8,
+                null_mut(),
+                &mut object,
+            )
+        };
+        if !wdk_sys::NT_SUCCESS(status) || object.is_null() {
+            return None;
+        }
+        Some(DriverRef(object.cast()))
+    }
+
+    /// The image base the object names (`DriverStart`).
+    pub fn driver_start(&self) -> usize {
+        // SAFETY: a referenced driver object; `DriverStart` is set before DriverEntry.
+        unsafe { (*self.0).DriverStart as usize }
+    }
+
+    /// Whether the driver's `DriverUnload` ran (`DRVO_UNLOAD_INVOKED`).
+    pub fn unload_invoked(&self) -> bool {
+        // SAFETY: a referenced driver object; the I/O manager sets the flag before it
+        // calls DriverUnload.
+        unsafe { (*self.0).Flags & DRVO_UNLOAD_INVOKED != 0 }
+    }
+
+    /// Hands the reference over (to an [`Attachment`]).
+    pub fn into_raw(self) -> PDRIVER_OBJECT {
+        let object = self.0;
+        core::mem::forget(self);
+        object
+    }
+
+    /// Takes back a reference handed over by [`DriverRef::into_raw`] (null: none).
+    ///
+    /// # Safety
+    ///
+    /// `object` is null or a reference from `into_raw` not taken back before.
+    pub unsafe fn from_raw(object: PDRIVER_OBJECT) -> Option<DriverRef> {
+        (!object.is_null()).then_some(DriverRef(object))
+    }
+}
+
+impl Drop for DriverRef {
+    fn drop(&mut self) {
+        // SAFETY: this value owns one reference, released once; IRQL <= DISPATCH_LEVEL.
+        unsafe { ObfDereferenceObject(self.0.cast()) };
+    }
+}
 
 /// Longest image file name handled (the wire name is cut to `NAME_LEN` later).
 pub const MAX_IMAGE_NAME: usize = 64;
@@ -238,43 +360,24 @@ fn build_plan(glue: &Glue, base: usize, size: usize, at_load: bool) -> Result<Pl
     } else {
         plan_by_value(glue, base, &image)?
     };
-    check_sites(glue, &image, base, &plan)?;
     Ok(plan)
 }
 
 /// Refuses a plan with a slot that must not or cannot be written (see module docs).
-fn check_sites(
-    glue: &Glue,
-    image: &PeImage<'_>,
-    base: usize,
-    plan: &Plan,
-) -> Result<(), PlatformError> {
-    for patch in plan.patches() {
-        let rva = patch
-            .address
-            .checked_sub(base)
-            .and_then(|r| u32::try_from(r).ok())
-            .ok_or(PlatformError::BadImage)?;
-        let section = image.section_of_rva(rva).ok_or(PlatformError::BadImage)?;
-        if section.is_discardable() || section.name.starts_with(b"PAGE") {
-            return Err(PlatformError::BadImage);
-        }
-        // SAFETY: MmIsAddressValid only inspects page tables; it never faults.
-        if unsafe { MmIsAddressValid(patch.address as PVOID) } == 0 {
-            return Err(PlatformError::BadImage);
-        }
-        if patch.is_attached() {
-            continue;
-        }
-        // SAFETY: a pointer-aligned slot inside the loaded image (checked by Plan::new),
-        // resident (checked just above).
-        let value = unsafe { glue.verifier.platform().read_slot(patch.address) };
-        if value < KERNEL_SPACE_START && glue.hooks.routine_at(value).is_none() {
-            // Not bound yet: patching would be undone by the loader.
-            return Err(PlatformError::BadImage);
-        }
+fn check_sites(glue: &Glue, image: &PeImage<'_>, plan: &Plan) -> Result<(), PlatformError> {
+    let platform = glue.verifier.platform();
+    // SAFETY: the image is loaded at the plan's base and stays loaded (load callback, or a
+    // referenced driver object) for the call.
+    unsafe {
+        plan.check_sites(
+            image,
+            platform,
+            // SAFETY: MmIsAddressValid only inspects page tables; it never faults.
+            |address| unsafe { MmIsAddressValid(address as PVOID) } != 0,
+            is_bound_value,
+        )
     }
-    Ok(())
+    .map_err(PlatformError::Refused)
 }
 
 fn report_error(report: &Report) -> PlatformError {
@@ -283,7 +386,7 @@ fn report_error(report: &Report) -> PlatformError {
         .iter()
         .any(|o| matches!(o.outcome, Outcome::WriteFailed))
     {
-        PlatformError::NoResources
+        PlatformError::Refused(SiteRefusal::WriteRefused)
     } else {
         PlatformError::SlotChanged
     }
@@ -293,71 +396,100 @@ fn attached_count(plan: &Plan) -> u32 {
     u32::try_from(plan.patches().iter().filter(|p| p.is_attached()).count()).unwrap_or(u32::MAX)
 }
 
-/// Patches driver `id` loaded at `[base, base + size)`; control-plane mutex held.
+/// Records the outcome of an attach for `iosvctl status`.
+fn note_outcome(glue: &Glue, id: DriverId, result: &Result<u32, PlatformError>) {
+    let refusal = match result {
+        Err(PlatformError::Refused(why)) => Some(*why),
+        _ => None,
+    };
+    glue.verifier.drivers().set_refusal(id, refusal);
+}
+
+/// Patches driver `id` loaded at `[base, base + size)`; control-plane mutex held. `object`
+/// (a reference, or none at load time) goes to the attachment on success and is dropped
+/// otherwise.
 fn attach_locked(
     glue: &Glue,
     plans: &mut Plans,
     id: DriverId,
-    base: usize,
-    size: usize,
+    (base, size): (usize, usize),
     at_load: bool,
+    object: Option<DriverRef>,
 ) -> Result<u32, PlatformError> {
     let slot = plans
         .get_mut(usize::from(id.0))
         .ok_or(PlatformError::NoResources)?;
-    if let Some(old) = slot.as_ref() {
-        if old.image_base() != base {
-            // The image this plan patched has been unloaded (drivers get no unload
-            // notification): its slots are gone with it, nothing to restore.
-            *slot = None;
+    if slot.as_ref().is_some_and(|old| old.plan.image_base() != base) {
+        // The image this plan patched has been unloaded: its slots are gone with it,
+        // nothing to restore; its reference (if any) is dropped.
+        end_attachment(slot.take());
+    }
+    let (mut plan, mut held) = match slot.take() {
+        Some(existing) => {
+            // SAFETY: the attachment's own reference, taken back once.
+            (existing.plan, unsafe { DriverRef::from_raw(existing.object) })
         }
+        None => (build_plan(glue, base, size, at_load)?, None),
+    };
+    if held.is_none() {
+        held = object;
     }
-    let mut plan = match slot.take() {
-        Some(existing) => existing,
-        None => build_plan(glue, base, size, at_load)?,
-    };
-    let platform = glue.verifier.platform();
-    // SAFETY: the image is loaded at the plan's base (see build_plan) and GLUE is
-    // published, so every hook is ready to run.
-    let report = unsafe { plan.attach(platform) };
-    let result = if report.is_clean() {
-        Ok(attached_count(&plan))
-    } else {
-        // Put back what this call patched; a slot that cannot be restored keeps its
-        // original in the plan for a later detach.
-        // SAFETY: as above.
-        let _undo = unsafe { plan.detach(platform) };
-        Err(report_error(&report))
-    };
+    let result = (|| {
+        // SAFETY: the image is loaded at the plan's base (see build_plan / the reference).
+        let bytes = unsafe { image_bytes(base, size) };
+        let image = PeImage::parse(bytes).map_err(|_| PlatformError::BadImage)?;
+        check_sites(glue, &image, &plan)?;
+        // From the first write on, a hook may be entered at any time: never unload again.
+        glue.block_unload();
+        let platform = glue.verifier.platform();
+        // SAFETY: the image is loaded at the plan's base and GLUE is published, so every
+        // hook is ready to run.
+        let report = unsafe { plan.attach(platform) };
+        if report.is_clean() {
+            Ok(attached_count(&plan))
+        } else {
+            // Put back what this call patched; a slot that cannot be restored keeps its
+            // original in the plan for a later detach.
+            // SAFETY: as above.
+            let _undo = unsafe { plan.detach(platform) };
+            Err(report_error(&report))
+        }
+    })();
     if result.is_ok() || plan.is_attached() {
-        *slot = Some(plan);
+        *slot = Some(Attachment {
+            plan,
+            object: held.map_or(null_mut(), DriverRef::into_raw),
+        });
     }
+    note_outcome(glue, id, &result);
     result
 }
 
-/// Restores driver `id`'s slots; `Ok(restored)` or the first problem. Mutex held.
-fn detach_locked(
-    glue: &Glue,
-    plans: &mut Plans,
-    modules: &Modules,
-    id: DriverId,
-    name: &[u8],
-) -> Result<u32, PlatformError> {
+/// Drops an attachment: its slots are not touched; its driver object reference is
+/// released.
+fn end_attachment(attachment: Option<Attachment>) {
+    if let Some(a) = attachment {
+        // SAFETY: the attachment's own reference, released once.
+        drop(unsafe { DriverRef::from_raw(a.object) });
+    }
+}
+
+/// Restores driver `id`'s slots; `Ok(restored)` or the first problem. Mutex held; the
+/// image is loaded (checked by the caller, under a reference).
+fn detach_locked(glue: &Glue, plans: &mut Plans, id: DriverId) -> Result<u32, PlatformError> {
     let slot = plans
         .get_mut(usize::from(id.0))
         .ok_or(PlatformError::NotFound)?;
-    let Some(plan) = slot.as_mut() else {
+    let Some(attachment) = slot.as_mut() else {
         return Ok(0);
     };
-    if !modules.is_loaded(name, plan.image_base()) {
-        *slot = None;
-        return Ok(0);
-    }
-    // SAFETY: the image is still loaded at the plan's base (module list, just queried).
-    let report = unsafe { plan.detach(glue.verifier.platform()) };
+    // SAFETY: the image is loaded at the plan's base (caller). Each write is a
+    // compare-and-exchange through a locked page that fails, not faults, if the page is
+    // gone, and writes only where iosv's own hook still is.
+    let report = unsafe { attachment.plan.detach(glue.verifier.platform()) };
     let restored = report.restored();
     if report.is_clean() {
-        *slot = None;
+        end_attachment(slot.take());
         Ok(u32::try_from(restored).unwrap_or(u32::MAX))
     } else {
         Err(PlatformError::SlotChanged)
@@ -384,30 +516,56 @@ fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize) {
     let live = matches!(info.state, DriverState::Attached | DriverState::Loaded);
     if live && info.image_base != base as u64 {
         if let Some(slot) = plans.get_mut(usize::from(old.0)) {
-            *slot = None;
+            end_attachment(slot.take());
         }
         detached(glue, old, false);
     }
 }
 
-/// IOCTL `ATTACH` and start-up: hooks the loaded image named `name`.
+/// Registers `name` (not hooked) and records why it could not be hooked.
+fn refuse(glue: &Glue, name: &[u8], base: usize, size: usize, why: SiteRefusal) -> PlatformError {
+    let drivers = glue.verifier.drivers();
+    let known = drivers
+        .find(name)
+        .and_then(|id| drivers.info(id))
+        .is_some_and(|i| i.state == DriverState::Attached);
+    let id = if known {
+        drivers.find(name)
+    } else {
+        drivers.register(name, base as u64, size as u64, false, false)
+    };
+    if let Some(id) = id {
+        drivers.set_refusal(id, Some(why));
+    }
+    log_name(Level::Warning, c"not hooked (see iosvctl status):", name);
+    PlatformError::Refused(why)
+}
+
+/// IOCTL `ATTACH` and start-up: hooks the loaded image named `name`, under a reference on
+/// its driver object.
 pub fn attach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     let glue = engine().ok_or(PlatformError::Unsupported)?;
     if irql() != PASSIVE_LEVEL as u8 {
         return Err(PlatformError::Unsupported);
     }
+    sweep(glue);
+    let object = DriverRef::by_image_name(name);
+    // Under the reference (if any), the module list cannot name an image that unloads.
     let modules = Modules::query().map_err(|_| PlatformError::NoResources)?;
     let module = modules.by_name(name).ok_or(PlatformError::NotFound)?;
     let base = module.image_base as usize;
     let size = module.image_size as usize;
     let file_name = module.file_name();
+    let Some(object) = object.filter(|o| o.driver_start() == base) else {
+        return Err(refuse(glue, file_name, base, size, SiteRefusal::NoDriverObject));
+    };
     glue.with_plans(|plans| {
         retire_stale(glue, plans, file_name, base);
         let id = glue
             .verifier
             .driver_attached(file_name, base as u64, size as u64)
             .ok_or(PlatformError::NoResources)?;
-        let result = attach_locked(glue, plans, id, base, size, false);
+        let result = attach_locked(glue, plans, id, (base, size), false, Some(object));
         if result.is_err() && plans.get(usize::from(id.0)).is_none_or(Option::is_none) {
             detached(glue, id, true);
         }
@@ -415,12 +573,17 @@ pub fn attach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     })
 }
 
-/// IOCTL `DETACH`: restores the slots of the driver named `name`.
+/// IOCTL `DETACH`: restores the slots of the driver named `name`. Its mappings still live
+/// are reported (IOSV009) and stay in the leak view.
 pub fn detach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     let glue = engine().ok_or(PlatformError::Unsupported)?;
     if irql() != PASSIVE_LEVEL as u8 {
         return Err(PlatformError::Unsupported);
     }
+    sweep(glue);
+    // Hold the image for the restore: the attachment's reference if it has one (kept
+    // until the attachment ends under the mutex), else one taken now.
+    let _held = DriverRef::by_image_name(name);
     let modules = Modules::query().map_err(|_| PlatformError::NoResources)?;
     glue.with_plans(|plans| {
         let id = glue
@@ -437,19 +600,114 @@ pub fn detach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
             return Err(PlatformError::NotFound);
         }
         let still_loaded = modules.is_loaded(name, info.image_base as usize);
-        let restored = detach_locked(glue, plans, &modules, id, name)?;
+        let restored = if still_loaded {
+            detach_locked(glue, plans, id)?
+        } else {
+            // Gone: its slots went with it.
+            if let Some(slot) = plans.get_mut(usize::from(id.0)) {
+                end_attachment(slot.take());
+            }
+            0
+        };
         detached(glue, id, still_loaded);
         Ok(restored)
     })
 }
 
-/// AddDevice: the id of the function driver whose image starts at `base`, registering it
-/// (hooked if it is a target, else known for attribution only). `DriverId::NONE` if it
-/// cannot be named.
-pub fn function_driver(base: usize, size: usize) -> DriverId {
+/// Ends the attachments whose driver has unloaded (`DRVO_UNLOAD_INVOKED`) or whose image
+/// is gone, and gives load-time attachments their driver object once it exists (module
+/// docs). PASSIVE_LEVEL; takes the control-plane mutex.
+pub fn sweep(glue: &Glue) {
+    if irql() != PASSIVE_LEVEL as u8 {
+        return;
+    }
+    // Names of attachments without a driver object, looked up before taking the mutex.
+    let mut wanted: [Option<([u8; crate::protocol::NAME_LEN], usize)>; MAX_DRIVERS] =
+        [None; MAX_DRIVERS];
+    let any = glue.with_plans(|plans| {
+        let mut any = false;
+        for (index, slot) in plans.iter().enumerate() {
+            let Some(a) = slot.as_ref() else { continue };
+            any = true;
+            if a.object.is_null() {
+                let id = DriverId(u16::try_from(index).unwrap_or(0));
+                if let Some(w) = index.checked_sub(1).and_then(|i| wanted.get_mut(i)) {
+                    *w = Some((glue.verifier.drivers().name(id), a.plan.image_base()));
+                }
+            }
+        }
+        any
+    });
+    if !any {
+        return;
+    }
+    let mut found: [Option<DriverRef>; MAX_DRIVERS] = core::array::from_fn(|_| None);
+    for (w, f) in wanted.iter().zip(found.iter_mut()) {
+        if let Some((name, base)) = w {
+            *f = DriverRef::by_image_name(crate::protocol::name_bytes(name))
+                .filter(|o| o.driver_start() == *base);
+        }
+    }
+    let modules = Modules::query().ok();
+    glue.with_plans(|plans| {
+        for (index, slot) in plans.iter_mut().enumerate() {
+            let Some(a) = slot.as_mut() else { continue };
+            let id = DriverId(u16::try_from(index).unwrap_or(0));
+            if a.object.is_null() {
+                if let Some(object) = index
+                    .checked_sub(1)
+                    .and_then(|i| found.get_mut(i))
+                    .and_then(Option::take)
+                {
+                    a.object = object.into_raw();
+                }
+            }
+            // SAFETY: the attachment's reference, borrowed for the check and handed back.
+            let held = unsafe { DriverRef::from_raw(a.object) };
+            let unloaded = held.as_ref().is_some_and(DriverRef::unload_invoked);
+            let gone = held.is_none()
+                && modules.as_ref().is_some_and(|m| {
+                    let name = glue.verifier.drivers().name(id);
+                    !m.is_loaded(crate::protocol::name_bytes(&name), a.plan.image_base())
+                });
+            let object = held.map_or(null_mut(), DriverRef::into_raw);
+            a.object = object;
+            if unloaded {
+                // DriverUnload ran; the image is still mapped (our reference): restore
+                // what can be restored, report the leaks, let the image go.
+                // SAFETY: the image is loaded (referenced driver object).
+                let _report = unsafe { a.plan.detach(glue.verifier.platform()) };
+                end_attachment(slot.take());
+                detached(glue, id, false);
+            } else if gone {
+                // Unloaded before iosv could reference it (e.g. DriverEntry failed).
+                end_attachment(slot.take());
+                detached(glue, id, false);
+            }
+        }
+    });
+}
+
+/// AddDevice: the id of the function driver `object` (the owner of the device below the
+/// filter), registering it (hooked if it is a target, else known for attribution only).
+/// `DriverId::NONE` if it cannot be named.
+///
+/// # Safety
+///
+/// `object` is the driver object of a device in the stack being built (valid for the
+/// call).
+pub unsafe fn function_driver(object: PDRIVER_OBJECT) -> DriverId {
     let Some(glue) = engine() else {
         return DriverId::NONE;
     };
+    // SAFETY: valid for the call per the contract.
+    let Some(held) = (unsafe { DriverRef::new(object) }) else {
+        return DriverId::NONE;
+    };
+    let base = held.driver_start();
+    // SAFETY: a referenced driver object.
+    let size = unsafe { (*object).DriverSize } as usize;
+    sweep(glue);
     let Ok(modules) = Modules::query() else {
         return DriverId::NONE;
     };
@@ -468,6 +726,12 @@ pub fn function_driver(base: usize, size: usize) -> DriverId {
                     && matches!(i.state, DriverState::Attached | DriverState::Loaded)
             });
             if current {
+                // Already attached at load: give the attachment the object now.
+                if let Some(a) = plans.get_mut(usize::from(id.0)).and_then(Option::as_mut) {
+                    if a.object.is_null() {
+                        a.object = held.into_raw();
+                    }
+                }
                 return id;
             }
         }
@@ -478,54 +742,39 @@ pub fn function_driver(base: usize, size: usize) -> DriverId {
                 .verifier
                 .driver_attached(name, base as u64, size as u64)
             {
-                match attach_locked(glue, plans, id, base, size, false) {
+                match attach_locked(glue, plans, id, (base, size), false, Some(held)) {
                     Ok(_) => return id,
                     Err(_) => {
                         log_name(Level::Warning, c"cannot hook function driver", name);
                         if plans.get(usize::from(id.0)).is_none_or(Option::is_none) {
                             detached(glue, id, true);
                         }
+                        return drivers.find(name).unwrap_or(DriverId::NONE);
                     }
                 }
             }
         }
         drivers
-            .register(name, base as u64, size as u64, false)
+            .register(name, base as u64, size as u64, false, false)
             .unwrap_or(DriverId::NONE)
     })
 }
 
-/// Unload: restores every plan whose image is still loaded. Slots that cannot be restored
-/// are logged: after unload they would call into freed memory, which is why iosv pins
-/// itself when it cannot take a hook back (see `Glue::pin`).
+/// Unload (reached only when no slot was ever patched, so no attachment holds a patch):
+/// drops every attachment and its reference.
 pub fn detach_all(glue: &Glue) {
-    let modules = match Modules::query() {
-        Ok(m) => m,
-        Err(status) => {
-            log_value(
-                Level::Error,
-                c"unload: no module list; slots left as they are, status",
-                status as u32 as u64,
-            );
-            return;
-        }
-    };
     glue.with_plans(|plans| {
         for (index, slot) in plans.iter_mut().enumerate() {
-            let Some(plan) = slot.as_mut() else { continue };
-            let loaded = modules.by_base(plan.image_base()).is_some();
-            if loaded {
-                // SAFETY: the image is loaded at the plan's base (module list, just queried).
-                let report = unsafe { plan.detach(glue.verifier.platform()) };
-                if !report.is_clean() {
-                    log_value(
-                        Level::Error,
-                        c"unload: import slots of driver id could not be restored:",
-                        index as u64,
-                    );
-                }
+            if slot.as_ref().is_some_and(|a| a.plan.is_attached()) {
+                // Cannot happen under the unload policy; never free what a slot points at.
+                log_value(
+                    Level::Error,
+                    c"unload: driver id still has patched slots:",
+                    index as u64,
+                );
+                continue;
             }
-            *slot = None;
+            end_attachment(slot.take());
         }
     });
 }
@@ -567,7 +816,9 @@ pub unsafe extern "C" fn load_image_notify(
             let Some(id) = glue.verifier.image_loaded(name, base as u64, size as u64) else {
                 return;
             };
-            match attach_locked(glue, plans, id, base, size, true) {
+            // The loader holds the image for the callback; the driver object does not
+            // exist yet (the next sweep finds it).
+            match attach_locked(glue, plans, id, (base, size), true, None) {
                 Ok(slots) => log_value(Level::Info, c"hooked at load, slots:", u64::from(slots)),
                 Err(_) => {
                     log_name(Level::Warning, c"cannot hook at load:", name);

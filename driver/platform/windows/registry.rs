@@ -11,20 +11,28 @@
 //! | `ConflictBuckets` | REG_DWORD | `StartParams::conflict_buckets` |
 //! | `Targets` | REG_MULTI_SZ | image names hooked when they load |
 //!
-//! A missing key or value, a wrong type or length, or an unusable name leaves the default
-//! and is logged; bad input never fails the load. Ranges are clamped by
-//! `StartParams::clamped` in `Verifier::new`.
+//! A missing key or value leaves the default. A wrong type or length, a `Targets` value
+//! longer than 4 KiB, an unusable name or more names than fit is logged and recorded in
+//! [`Config::problems`] (`STATE_*` bits, shown by `iosvctl status`); bad input never fails
+//! the load. Ranges are clamped by `StartParams::clamped` in `Verifier::new`.
 
 use alloc::vec::Vec;
 use core::ffi::CStr;
 use core::ptr::null_mut;
 
 use wdk_sys::ntddk::{ZwClose, ZwOpenKey, ZwQueryValueKey};
-use wdk_sys::{HANDLE, KEY_QUERY_VALUE, NT_SUCCESS, OBJECT_ATTRIBUTES, PCUNICODE_STRING, PVOID};
+use wdk_sys::{
+    HANDLE, KEY_QUERY_VALUE, NT_SUCCESS, OBJECT_ATTRIBUTES, PCUNICODE_STRING, PVOID,
+    STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_UNSUCCESSFUL,
+};
 use zerocopy::IntoBytes;
 
 use super::ffi::{self, ascii_wide, log, log_name, log_value, unicode_string, Level};
-use crate::protocol::{MAX_TARGETS, NAME_LEN};
+use crate::protocol::{
+    MAX_TARGETS, NAME_LEN, STATE_PARAMETER_IGNORED, STATE_TARGETS_BAD_NAME, STATE_TARGETS_TOO_LONG,
+    STATE_TARGETS_TOO_MANY, STATE_TARGETS_WRONG_TYPE,
+};
 use crate::verifier::StartParams;
 
 /// `OBJ_CASE_INSENSITIVE` (ntdef.h).
@@ -98,6 +106,16 @@ pub struct Config {
     pub params: StartParams,
     /// Drivers to hook when they load.
     pub targets: TargetNames,
+    /// `STATE_*` bits for what was wrong with the values (0: nothing).
+    pub problems: u32,
+}
+
+/// Why a value could not be read.
+enum QueryError {
+    /// Absent (or the key could not be read): the default applies silently.
+    Absent,
+    /// Longer than the caller accepts.
+    TooLong,
 }
 
 /// Reads `<registry_path>\Parameters` (PASSIVE_LEVEL). Never fails: defaults fill in.
@@ -109,6 +127,7 @@ pub unsafe fn read(registry_path: PCUNICODE_STRING) -> Config {
     let mut config = Config {
         params: StartParams::default(),
         targets: TargetNames::new(),
+        problems: 0,
     };
     // SAFETY: DriverEntry's registry path is valid for the duration of DriverEntry.
     let service = unsafe { ffi::unicode_units(registry_path) };
@@ -161,38 +180,58 @@ pub unsafe fn read(registry_path: PCUNICODE_STRING) -> Config {
             &mut p.conflict_buckets,
         ),
     ];
+    let mut problems = 0u32;
     for (name, label, field) in fields {
         match query(key, name, 16) {
-            Some((ffi::REG_DWORD, data)) => match <[u8; 4]>::try_from(data.as_slice()) {
+            Ok((ffi::REG_DWORD, data)) => match <[u8; 4]>::try_from(data.as_slice()) {
                 Ok(bytes) => *field = u32::from_le_bytes(bytes) as usize,
-                Err(_) => log_name(
-                    Level::Warning,
-                    c"ignored, not a 4-byte REG_DWORD:",
-                    label.to_bytes(),
-                ),
+                Err(_) => {
+                    problems |= STATE_PARAMETER_IGNORED;
+                    log_name(
+                        Level::Warning,
+                        c"ignored, not a 4-byte REG_DWORD:",
+                        label.to_bytes(),
+                    );
+                }
             },
-            Some(_) => log_name(
-                Level::Warning,
-                c"ignored, not a REG_DWORD:",
-                label.to_bytes(),
-            ),
-            None => {}
+            Ok(_) | Err(QueryError::TooLong) => {
+                problems |= STATE_PARAMETER_IGNORED;
+                log_name(
+                    Level::Warning,
+                    c"ignored, not a REG_DWORD:",
+                    label.to_bytes(),
+                );
+            }
+            Err(QueryError::Absent) => {}
         }
     }
-    if let Some((kind, data)) = query(key, &TARGETS, MAX_MULTI_SZ) {
-        if kind == ffi::REG_MULTI_SZ {
-            parse_targets(&data, &mut config.targets);
-        } else {
-            log(Level::Warning, c"Targets is not REG_MULTI_SZ; ignored");
+    match query(key, &TARGETS, MAX_MULTI_SZ) {
+        Ok((ffi::REG_MULTI_SZ, data)) => {
+            problems |= parse_targets(&data, &mut config.targets);
         }
+        Ok(_) => {
+            problems |= STATE_TARGETS_WRONG_TYPE;
+            log(Level::Error, c"Targets is not REG_MULTI_SZ; ignored");
+        }
+        Err(QueryError::TooLong) => {
+            problems |= STATE_TARGETS_TOO_LONG;
+            log(
+                Level::Error,
+                c"Targets is longer than 4 KiB (16 names of at most 31 characters fit); ignored",
+            );
+        }
+        Err(QueryError::Absent) => {}
     }
+    config.problems = problems;
     // SAFETY: opened above, closed once.
     let _ = unsafe { ZwClose(key) };
     config
 }
 
 /// Splits a REG_MULTI_SZ (UTF-16LE bytes) into ASCII names; skips and logs bad ones.
-fn parse_targets(data: &[u8], out: &mut TargetNames) {
+/// Returns the `STATE_TARGETS_*` bits of what was skipped.
+fn parse_targets(data: &[u8], out: &mut TargetNames) -> u32 {
+    let mut problems = 0u32;
     let mut name = [0u8; NAME_LEN];
     let mut len = 0usize;
     let mut bad = false;
@@ -205,12 +244,14 @@ fn parse_targets(data: &[u8], out: &mut TargetNames) {
         if unit == 0 {
             let current = name.get(..len).unwrap_or(&[]);
             if bad {
+                problems |= STATE_TARGETS_BAD_NAME;
                 log_name(
                     Level::Warning,
                     c"bad target name skipped (not printable ASCII or too long):",
                     current,
                 );
             } else if !current.is_empty() && !out.push(current) {
+                problems |= STATE_TARGETS_TOO_MANY;
                 log_name(Level::Warning, c"too many targets; skipped", current);
             }
             len = 0;
@@ -228,16 +269,30 @@ fn parse_targets(data: &[u8], out: &mut TargetNames) {
             _ => bad = true,
         }
     }
+    problems
 }
 
-/// Reads value `name` (at most `max` data bytes); `(type, data)` or `None` if absent or
-/// unreadable.
-fn query(key: HANDLE, name: &[u16], max: usize) -> Option<(u32, Vec<u8>)> {
-    let mut value_name = unicode_string(name)?;
+/// Reads value `name` (at most `max` data bytes): `(type, data)`, or why not.
+fn query(key: HANDLE, name: &[u16], max: usize) -> Result<(u32, Vec<u8>), QueryError> {
+    read_value(key, name, max).map_err(|status| {
+        if status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL {
+            QueryError::TooLong
+        } else {
+            QueryError::Absent
+        }
+    })
+}
+
+/// [`query`]'s body; the NTSTATUS of what failed (`STATUS_UNSUCCESSFUL` for a reply that
+/// does not hold together).
+fn read_value(key: HANDLE, name: &[u16], max: usize) -> Result<(u32, Vec<u8>), i32> {
+    let mut value_name = unicode_string(name).ok_or(STATUS_UNSUCCESSFUL)?;
     let size = ffi::PARTIAL_INFO_HEADER.saturating_add(max);
     let mut buffer: Vec<u64> = Vec::new();
     let words = size.div_ceil(8);
-    buffer.try_reserve_exact(words).ok()?;
+    buffer
+        .try_reserve_exact(words)
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     buffer.resize(words, 0);
     let mut result = 0u32;
     // SAFETY: `buffer` has `size` writable bytes, 8-aligned as KEY_VALUE_PARTIAL_INFORMATION
@@ -248,24 +303,27 @@ fn query(key: HANDLE, name: &[u16], max: usize) -> Option<(u32, Vec<u8>)> {
             &mut value_name,
             wdk_sys::_KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation,
             buffer.as_mut_ptr().cast::<core::ffi::c_void>() as PVOID,
-            u32::try_from(size).ok()?,
+            u32::try_from(size).map_err(|_| STATUS_UNSUCCESSFUL)?,
             &mut result,
         )
     };
     if !NT_SUCCESS(status) {
-        return None;
+        return Err(status);
     }
     let bytes: &[u8] = buffer.as_slice().as_bytes();
     let field = |at: usize| -> Option<u32> {
         let b = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes(<[u8; 4]>::try_from(b).ok()?))
     };
-    let kind = field(4)?;
-    let length = field(8)? as usize;
-    let data =
-        bytes.get(ffi::PARTIAL_INFO_HEADER..ffi::PARTIAL_INFO_HEADER.checked_add(length)?)?;
+    let kind = field(4).ok_or(STATUS_UNSUCCESSFUL)?;
+    let length = field(8).ok_or(STATUS_UNSUCCESSFUL)? as usize;
+    let data = ffi::PARTIAL_INFO_HEADER
+        .checked_add(length)
+        .and_then(|end| bytes.get(ffi::PARTIAL_INFO_HEADER..end))
+        .ok_or(STATUS_UNSUCCESSFUL)?;
     let mut out = Vec::new();
-    out.try_reserve_exact(data.len()).ok()?;
+    out.try_reserve_exact(data.len())
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     out.extend_from_slice(data);
-    Some((kind, out))
+    Ok((kind, out))
 }

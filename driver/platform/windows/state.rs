@@ -1,13 +1,19 @@
 //! The one global: the engine and the interception state ([`Glue`]), allocated once in
 //! `DriverEntry` and reached from hooks, IRP dispatch and the image-load callback through
-//! an `AtomicPtr`; the in-flight counter that lets unload wait for hooks to drain; the
-//! control-plane mutex; and a helper that runs control-plane work on an expanded stack.
+//! an `AtomicPtr`; the in-flight counter that lets unload wait for callbacks to drain; the
+//! control-plane mutex; the unload policy; and a helper that runs control-plane work on an
+//! expanded stack.
 //!
-//! Hooks may run at any IRQL, so they take no lock and never wait: they bump
-//! [`InFlight`] (one atomic add), load the pointer, and call the engine. Rundown protection
-//! (`ExAcquireRundownProtection`) is documented only up to DISPATCH_LEVEL, hence the plain
-//! counter.
-
+//! Unload policy (docs/windows.md, "Unload"): once iosv is about to write its first
+//! import slot, or hands out a hook through `MmGetSystemRoutineAddress`, it can never be
+//! unloaded again: a thread may have fetched a hook's address from a slot and been
+//! interrupted before the hook's first instruction, and nothing iosv counts can see it.
+//! [`Glue::block_unload`] clears `DriverUnload` (the I/O manager then refuses `sc stop`)
+//! and takes a reference on iosv's own driver object (so the image stays mapped even if
+//! an unload was already pending when the first slot was written).
+//!
+//! Hooks may run at any IRQL, so they take no lock and never wait: they call the engine
+//! if it is published, else the real routine.
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -17,7 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use wdk_sys::ntddk::{
     KeAcquireGuardedMutex, KeDelayExecutionThread, KeExpandKernelStackAndCallout,
-    KeInitializeGuardedMutex, KeReleaseGuardedMutex,
+    KeInitializeGuardedMutex, KeReleaseGuardedMutex, ObfReferenceObject,
 };
 use wdk_sys::{
     KGUARDED_MUTEX, LARGE_INTEGER, NTSTATUS, PDRIVER_OBJECT, PVOID, STATUS_INSUFFICIENT_RESOURCES,
@@ -35,11 +41,9 @@ use crate::verifier::{StartParams, Verifier};
 /// `MAXIMUM_EXPANSION_SIZE` (`KERNEL_LARGE_STACK_SIZE - PAGE_SIZE / 2`, 70 KiB on x64).
 const BIG_STACK: u64 = 0x1_0000;
 
-/// Poll interval while unload waits for hooks to drain (100 ns units, negative = relative).
+/// Poll interval while unload waits for callbacks to drain (100 ns units, negative =
+/// relative).
 const DRAIN_POLL_100NS: i64 = -100_000; // 10 ms
-/// Grace period after the counter reached zero: a thread can have fetched a hook address
-/// from an IAT slot and not yet reached the counter's increment (see docs/windows.md).
-const DRAIN_GRACE_100NS: i64 = -5_000_000; // 500 ms
 
 /// Addresses of the real ntoskrnl routines (from `MmGetSystemRoutineAddress` at start; 0
 /// when the running kernel does not export one).
@@ -95,8 +99,23 @@ impl<T> Locked<T> {
     }
 }
 
-/// The plans of the attached drivers, indexed by `DriverId.0` (0 unused).
-pub type Plans = Box<[Option<Plan>]>;
+/// One attached image: its plan and, when iosv holds one, a referenced pointer to its
+/// driver object (which keeps the image loaded: the I/O manager unloads a driver's image
+/// only when its driver object is deleted, after the last reference).
+pub struct Attachment {
+    /// The patched slots.
+    pub plan: Plan,
+    /// The target's driver object, referenced by iosv (`ObfReferenceObject`), or null
+    /// when none is known yet (attached at load, before the object exists).
+    pub object: wdk_sys::PDRIVER_OBJECT,
+}
+
+// SAFETY: `object` is a referenced kernel object pointer, used only under the control
+// mutex; the kernel object itself is made for use from any thread.
+unsafe impl Send for Attachment {}
+
+/// The attachments, indexed by `DriverId.0` (0 unused).
+pub type Plans = Box<[Option<Attachment>]>;
 
 /// Everything the glue shares between hooks, dispatch and callbacks.
 pub struct Glue {
@@ -108,7 +127,7 @@ pub struct Glue {
     pub reals: Reals,
     /// Ordinals of the hooked routines in ntoskrnl's export table, for by-ordinal imports.
     pub ordinals: RoutineOrdinals,
-    /// iosv's driver object, to pin the driver in memory (see [`Glue::pin`]).
+    /// iosv's driver object (see [`Glue::block_unload`]).
     pub driver: AtomicPtr<wdk_sys::DRIVER_OBJECT>,
     pinned: AtomicBool,
     plans: Locked<Plans>,
@@ -172,23 +191,28 @@ impl Glue {
         self.plans.with(f)
     }
 
-    /// A target resolved a hooked routine through `MmGetSystemRoutineAddress` and holds
-    /// a pointer to one of iosv's hooks that no detach can take back: from now on iosv must
-    /// never be unloaded. Clearing `DriverUnload` makes the I/O manager refuse to unload
-    /// the driver (`sc stop` fails) until reboot.
-    pub fn pin(&self) {
+    /// Applies the unload policy (module docs) before the first slot write or the first
+    /// hook handed out: iosv.sys stays loaded until reboot. Idempotent; any IRQL (the
+    /// driver object reference is taken at IRQL <= DISPATCH_LEVEL only, which every caller
+    /// is: the control plane and `MmGetSystemRoutineAddress`, a PASSIVE_LEVEL routine).
+    pub fn block_unload(&self) {
+        self.verifier.block_unload();
         if self.pinned.swap(true, Ordering::SeqCst) {
             return;
         }
         let driver = self.driver.load(Ordering::Acquire);
-        if !driver.is_null() {
-            // SAFETY: iosv's own driver object outlives the driver; the I/O manager reads
-            // this field only when an unload is requested.
-            unsafe { (*driver).DriverUnload = None };
+        if driver.is_null() {
+            return;
         }
+        // SAFETY: iosv's own driver object outlives the driver; the I/O manager reads this
+        // field only when an unload is requested, and a null routine makes it refuse.
+        unsafe { (*driver).DriverUnload = None };
+        // SAFETY: a valid, referenced object (the I/O manager's reference); this extra
+        // reference is never released, so the object and the image it unloads with stay.
+        unsafe { ObfReferenceObject(driver.cast()) };
     }
 
-    /// Whether [`Glue::pin`] happened.
+    /// Whether [`Glue::block_unload`] happened.
     pub fn is_pinned(&self) -> bool {
         self.pinned.load(Ordering::SeqCst)
     }
@@ -198,20 +222,20 @@ impl Glue {
 /// began.
 pub static GLUE: AtomicPtr<Glue> = AtomicPtr::new(null_mut());
 
-/// Hooks and callbacks currently running iosv code.
+/// Callbacks (image load) currently running iosv code.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// The engine, if published. Hooks call this after [`InFlight::enter`].
+/// The engine, if published.
 pub fn engine() -> Option<&'static Glue> {
     let glue = GLUE.load(Ordering::SeqCst);
-    // SAFETY: a non-null value is the Glue published by DriverEntry. Unload clears GLUE
-    // first and frees the Glue only after IN_FLIGHT was seen at zero, and every user
-    // increments IN_FLIGHT (SeqCst) before this SeqCst load: either it sees null or unload
-    // sees it in flight.
+    // SAFETY: a non-null value is the Glue published by DriverEntry. Unload frees it only
+    // when no import slot was ever patched and no hook handed out (the unload policy,
+    // module docs), after clearing GLUE and draining the callbacks, which count
+    // themselves in IN_FLIGHT (SeqCst) before this SeqCst load.
     unsafe { glue.as_ref() }
 }
 
-/// Marks one hook or callback as running iosv code until dropped.
+/// Marks one callback as running iosv code until dropped.
 pub struct InFlight(());
 
 impl InFlight {
@@ -228,12 +252,12 @@ impl Drop for InFlight {
     }
 }
 
-/// Waits (PASSIVE_LEVEL) until no hook or callback runs iosv code, then a grace period.
+/// Waits (PASSIVE_LEVEL) until no callback or dispatch runs iosv code. Only reached when
+/// no slot was ever patched (else unload is blocked), so no hook can be running.
 pub fn wait_for_drain() {
     while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
         delay(DRAIN_POLL_100NS);
     }
-    delay(DRAIN_GRACE_100NS);
 }
 
 fn delay(relative_100ns: i64) {
