@@ -187,6 +187,7 @@ impl SiteRefusal {
 
     /// The wire code (`DriverStats::hook_refusal`); 0 means none.
     #[must_use]
+    #[allow(clippy::as_conversions)] // a fieldless `repr(u32)` enum: its discriminant
     pub const fn code(self) -> u32 {
         self as u32
     }
@@ -1285,5 +1286,57 @@ mod tests {
         assert!(PlanError::from(PeError::Pe32NotSupported)
             .to_string()
             .contains("PE32+"));
+    }
+
+    #[test]
+    fn site_checks_in_order() {
+        use crate::pe::{Section, SCN_MEM_DISCARDABLE, SCN_MEM_EXECUTE};
+        let section = |name: &[u8; 8], characteristics| Section {
+            name: *name,
+            virtual_address: 0x1000,
+            size: 0x1000,
+            characteristics,
+        };
+        let rdata = section(b".rdata\0\0", 0x4000_0040);
+        assert_eq!(check_site(Some(&rdata), true, true), Ok(()));
+        assert_eq!(
+            check_site(None, true, true),
+            Err(SiteRefusal::OutsideSections)
+        );
+        let text = section(b".text\0\0\0", 0x6000_0020);
+        assert_eq!(
+            check_site(Some(&text), true, true),
+            Err(SiteRefusal::ExecutableSection)
+        );
+        let exec_only = section(b".idata\0\0", SCN_MEM_EXECUTE | 0x4000_0000);
+        assert_eq!(
+            check_site(Some(&exec_only), true, true),
+            Err(SiteRefusal::ExecutableSection)
+        );
+        let init = section(b"INIT\0\0\0\0", SCN_MEM_DISCARDABLE | 0x4000_0040);
+        assert_eq!(
+            check_site(Some(&init), true, true),
+            Err(SiteRefusal::DiscardableSection)
+        );
+        let page = section(b"PAGEDATA", 0x4000_0040);
+        assert_eq!(
+            check_site(Some(&page), true, true),
+            Err(SiteRefusal::PageableSection)
+        );
+        assert_eq!(
+            check_site(Some(&rdata), false, true),
+            Err(SiteRefusal::NotResident)
+        );
+        assert_eq!(
+            check_site(Some(&rdata), true, false),
+            Err(SiteRefusal::Unbound)
+        );
+        for r in SiteRefusal::ALL {
+            assert_eq!(SiteRefusal::from_code(r.code()), Some(r));
+            assert!(!r.describe().is_empty());
+        }
+        assert_eq!(SiteRefusal::from_code(0), None);
+        assert!(is_bound_value(0xFFFF_F800_0000_1000));
+        assert!(!is_bound_value(0x3000));
     }
 }

@@ -310,13 +310,41 @@ pub const STATE_HVCI: u32 = 1 << 7;
 
 /// Every `STATE_*` bit with a short name and its meaning, in bit order.
 pub const STATE_FLAGS: [(u32, &str, &str); 8] = [
-    (STATE_UNLOAD_BLOCKED, "unload-blocked", "import slots were patched: iosv.sys stays loaded until reboot"),
-    (STATE_NO_TARGETS, "no-targets", "no target configured or attached: iosv verifies nothing"),
-    (STATE_TARGETS_TOO_LONG, "targets-too-long", "the Targets registry value was too long and was ignored"),
-    (STATE_TARGETS_BAD_NAME, "targets-bad-name", "Targets held unusable names; they were skipped"),
-    (STATE_TARGETS_TOO_MANY, "targets-too-many", "Targets held more names than fit; the rest were skipped"),
-    (STATE_TARGETS_WRONG_TYPE, "targets-wrong-type", "Targets is not REG_MULTI_SZ and was ignored"),
-    (STATE_PARAMETER_IGNORED, "parameter-ignored", "a size parameter was malformed; its default is used"),
+    (
+        STATE_UNLOAD_BLOCKED,
+        "unload-blocked",
+        "import slots were patched: iosv.sys stays loaded until reboot",
+    ),
+    (
+        STATE_NO_TARGETS,
+        "no-targets",
+        "no target configured or attached: iosv verifies nothing",
+    ),
+    (
+        STATE_TARGETS_TOO_LONG,
+        "targets-too-long",
+        "the Targets registry value was too long and was ignored",
+    ),
+    (
+        STATE_TARGETS_BAD_NAME,
+        "targets-bad-name",
+        "Targets held unusable names; they were skipped",
+    ),
+    (
+        STATE_TARGETS_TOO_MANY,
+        "targets-too-many",
+        "Targets held more names than fit; the rest were skipped",
+    ),
+    (
+        STATE_TARGETS_WRONG_TYPE,
+        "targets-wrong-type",
+        "Targets is not REG_MULTI_SZ and was ignored",
+    ),
+    (
+        STATE_PARAMETER_IGNORED,
+        "parameter-ignored",
+        "a size parameter was malformed; its default is used",
+    ),
     (STATE_HVCI, "hvci", "memory integrity (HVCI) is on"),
 ];
 

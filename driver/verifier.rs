@@ -14,11 +14,11 @@ use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
 use crate::phys::{check_parameters, CacheClass, ConflictFilter};
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
-use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::protocol::{
     ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
     VF_OTHER_MAP_EX,
 };
+use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};

@@ -24,7 +24,9 @@ pub const MAX_HWID_LEN: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InfError {
     /// No hardware ID was given.
-    #[error("no hardware ID: name the device(s) to filter with --hwid (pnputil /enum-devices /ids)")]
+    #[error(
+        "no hardware ID: name the device(s) to filter with --hwid (pnputil /enum-devices /ids)"
+    )]
     NoHardwareId,
     /// No target driver was given.
     #[error("no target driver: name the function driver image(s) to verify with --target (e.g. nic.sys)")]
@@ -57,7 +59,9 @@ fn check_hwid(id: &str) -> Result<(), InfError> {
 fn check_target(name: &str) -> Result<(), InfError> {
     let ok = !name.is_empty()
         && name.len() < NAME_LEN
-        && name.chars().all(|c| is_inf_safe(c) && c != '\\' && c != '/');
+        && name
+            .chars()
+            .all(|c| is_inf_safe(c) && c != '\\' && c != '/');
     if ok {
         Ok(())
     } else {
@@ -140,26 +144,56 @@ mod tests {
         ));
         assert!(inf.contains("HKR,Parameters,Targets,0x00010002,\"e1r68x64.sys\",\"nic.sys\"\r\n"));
         assert!(!inf.contains("@IOSV_"), "every marker is replaced");
-        assert!(!inf.contains("IOSV_TARGET_HWID"), "no placeholder hardware ID");
-        assert!(!inf.replace("\r\n", "").contains('\n'), "CRLF line ends only");
-        assert!(inf.contains("NT$ARCH$.10.0...19041"), "minimum Windows 10 2004");
+        assert!(
+            !inf.contains("IOSV_TARGET_HWID"),
+            "no placeholder hardware ID"
+        );
+        assert!(
+            !inf.replace("\r\n", "").contains('\n'),
+            "CRLF line ends only"
+        );
+        assert!(
+            inf.contains("NT$ARCH$.10.0...19041"),
+            "minimum Windows 10 2004"
+        );
     }
 
     #[test]
     fn refuses_without_a_device_or_a_target() {
-        assert_eq!(render(TEMPLATE, &[], &s(&["nic.sys"])), Err(InfError::NoHardwareId));
-        assert_eq!(render(TEMPLATE, &s(&["PCI\\VEN_1"]), &[]), Err(InfError::NoTarget));
+        assert_eq!(
+            render(TEMPLATE, &[], &s(&["nic.sys"])),
+            Err(InfError::NoHardwareId)
+        );
+        assert_eq!(
+            render(TEMPLATE, &s(&["PCI\\VEN_1"]), &[]),
+            Err(InfError::NoTarget)
+        );
     }
 
     #[test]
     fn refuses_what_an_inf_cannot_hold() {
-        for bad in ["", "PCI\\VEN 8086", "A,B", "A;B", "A\"B", "%X%", &"X".repeat(201)] {
+        for bad in [
+            "",
+            "PCI\\VEN 8086",
+            "A,B",
+            "A;B",
+            "A\"B",
+            "%X%",
+            &"X".repeat(201),
+        ] {
             assert!(matches!(
                 render(TEMPLATE, &s(&[bad]), &s(&["nic.sys"])),
                 Err(InfError::BadHardwareId(_))
             ));
         }
-        for bad in ["", "dir\\nic.sys", "a/b.sys", "a\"b.sys", &"n".repeat(32), "ünï.sys"] {
+        for bad in [
+            "",
+            "dir\\nic.sys",
+            "a/b.sys",
+            "a\"b.sys",
+            &"n".repeat(32),
+            "ünï.sys",
+        ] {
             assert!(matches!(
                 render(TEMPLATE, &s(&["PCI\\VEN_1"]), &s(&[bad])),
                 Err(InfError::BadTarget(_))

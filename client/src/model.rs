@@ -378,7 +378,10 @@ pub fn hook_refusal(code: u32) -> Option<&'static str> {
     if code == 0 {
         return None;
     }
-    Some(iosv::intercept::SiteRefusal::from_code(code).map_or("refused (unknown reason)", |r| r.describe()))
+    Some(
+        iosv::intercept::SiteRefusal::from_code(code)
+            .map_or("refused (unknown reason)", |r| r.describe()),
+    )
 }
 
 /// The `STATE_*` bits set in a status reply: (short name, meaning).

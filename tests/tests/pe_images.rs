@@ -922,3 +922,43 @@ fn looping_thunks_are_bounded() {
         PlanError::TooManySlots
     );
 }
+
+#[test]
+fn slots_are_checked_before_anything_is_written() {
+    use iosv::intercept::{is_bound_value, SiteRefusal};
+    for (name, want) in [
+        ("maps_by_name", Ok(())),
+        ("iat_in_text", Err(SiteRefusal::ExecutableSection)),
+    ] {
+        let file = fixture::build(name);
+        let mut loaded = fixture::load(file);
+        let base = usize::try_from(loaded.image_base).unwrap();
+        let unbound_memory = Memory {
+            base,
+            bytes: RefCell::new(loaded.bytes.clone()),
+        };
+        bind(&mut loaded, file);
+        let pe = PeImage::parse(&loaded.bytes).unwrap();
+        let (plan, _) = Plan::for_image(base, &pe, None, &HOOKS).unwrap();
+        assert!(!plan.patches().is_empty(), "{name}");
+        let memory = Memory {
+            base,
+            bytes: RefCell::new(loaded.bytes.clone()),
+        };
+        // SAFETY: `memory` is the whole loaded image.
+        let got = unsafe { plan.check_sites(&pe, &memory, |_| true, is_bound_value) };
+        assert_eq!(got, want, "{name}");
+        if want.is_ok() {
+            // The same slots before the loader bound them, or with a page not resident.
+            // SAFETY: as above.
+            let unbound =
+                unsafe { plan.check_sites(&pe, &unbound_memory, |_| true, is_bound_value) };
+            assert_eq!(unbound, Err(SiteRefusal::Unbound), "{name}");
+            // SAFETY: as above.
+            let absent = unsafe { plan.check_sites(&pe, &memory, |_| false, is_bound_value) };
+            assert_eq!(absent, Err(SiteRefusal::NotResident), "{name}");
+        }
+        // A refusal writes nothing.
+        assert_eq!(*memory.bytes.borrow(), loaded.bytes, "{name}");
+    }
+}

@@ -126,7 +126,9 @@ fn rva(offset: usize) -> u32 {
 
 /// Lays out the image (loaded layout) and returns its bytes and the RVA of each import's
 /// IAT slot, in [`IMPORTS`] order.
-fn build(base: u64) -> (Vec<u8>, [usize; IMPORTS.len()]) {
+/// With `iat_in_code`, the section holding the import tables is a code section, as in an
+/// image linked with `/MERGE:.rdata=.text`.
+fn build(base: u64, iat_in_code: bool) -> (Vec<u8>, [usize; IMPORTS.len()]) {
     let size = usize::try_from(IMAGE_SIZE).unwrap_or(0);
     let mut w = Writer {
         buf: std::vec![0u8; size],
@@ -148,7 +150,16 @@ fn build(base: u64) -> (Vec<u8>, [usize; IMPORTS.len()]) {
     w.u32(OPTIONAL.wrapping_add(108), 16);
     let sections: [(&[u8], u32, u32, u32); 2] = [
         (b".text", 0x1000, 0x2000, 0x6000_0020),
-        (b".rdata", rva(RDATA), 0x1000, 0x4000_0040),
+        (
+            b".rdata",
+            rva(RDATA),
+            0x1000,
+            if iat_in_code {
+                0x6000_0020 // CNT_CODE | MEM_EXECUTE | MEM_READ
+            } else {
+                0x4000_0040 // CNT_INITIALIZED_DATA | MEM_READ
+            },
+        ),
     ];
     let mut at = SECTIONS;
     for (name, va, len, flags) in sections {
@@ -225,7 +236,13 @@ pub struct SimImage {
 impl SimImage {
     /// Lays out a new image of `name` at `base`, with its IAT bound to the real routines.
     pub fn new(name: &str, base: u64) -> SimImage {
-        let (bytes, slots) = build(base);
+        SimImage::with_layout(name, base, false)
+    }
+
+    /// An image whose import tables lie in a code section when `iat_in_code` (linked with
+    /// `/MERGE:.rdata=.text`): iosv refuses to patch it.
+    pub fn with_layout(name: &str, base: u64, iat_in_code: bool) -> SimImage {
+        let (bytes, slots) = build(base, iat_in_code);
         let words = bytes
             .chunks_exact(8)
             .map(|c| {

@@ -48,7 +48,7 @@ use crate::protocol::{
 use crate::rules::RuleId;
 use crate::verifier::{DeviceEvent, Verifier};
 use std::string::String;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 use zerocopy::{FromBytes, IntoBytes};
@@ -255,6 +255,8 @@ pub(crate) struct SimDriver {
     /// Driver-global mappings (control blocks) and whether each is leaked at unload.
     globals: Mutex<Vec<(Held, bool)>>,
     io_ops: AtomicU64,
+    /// Its images keep their import tables in a code section (see `link_iat_into_code`).
+    iat_in_code: AtomicBool,
 }
 
 impl SimDriver {
@@ -850,10 +852,20 @@ impl Host {
                         image: Mutex::new(None),
                         globals: Mutex::new(Vec::new()),
                         io_ops: AtomicU64::new(0),
+                        iat_in_code: AtomicBool::new(false),
                     }),
                 );
             }
         }
+    }
+
+    /// From its next load on, driver `name`'s image keeps its import tables in a code
+    /// section (linked with `/MERGE:.rdata=.text`): iosv must refuse to patch it.
+    pub fn link_iat_into_code(&self, name: &str) -> Result<(), HostError> {
+        self.sim_driver(name)?
+            .iat_in_code
+            .store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The loaded driver `name`.
@@ -891,7 +903,11 @@ impl Host {
                 .checked_mul(IMAGE_STRIDE)
                 .and_then(|o| IMAGE_REGION.checked_add(o))
                 .ok_or(HostError::NoResources)?;
-            let image = Arc::new(SimImage::new(name, base));
+            let image = Arc::new(SimImage::with_layout(
+                name,
+                base,
+                driver.iat_in_code.load(Ordering::Relaxed),
+            ));
             lock(&self.sys.images).push(Arc::clone(&image));
             if let Some(id) = self
                 .verifier

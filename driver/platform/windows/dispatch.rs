@@ -36,20 +36,19 @@ use wdk_sys::{
     IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_PNP,
     IRP_MN_DEVICE_USAGE_NOTIFICATION, IRP_MN_REMOVE_DEVICE, IRP_MN_START_DEVICE,
     IRP_MN_STOP_DEVICE, IRP_MN_SURPRISE_REMOVAL, NTSTATUS, NT_SUCCESS, PDEVICE_OBJECT,
-    PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, STATUS_ACCESS_DENIED,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
-    STATUS_SUCCESS,
+    PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 
 use super::ffi::{
     self, ascii_wide, current_stack_location, set_irp_status, skip_current_stack_location,
 };
 use super::state::{engine, on_big_stack};
-use core::sync::atomic::{AtomicPtr, Ordering};
 use crate::control::control;
 use crate::drivers::DriverId;
 use crate::protocol::{Status, DEVICE_NAME, DEVICE_TYPE, DOS_DEVICE_NAME, METHOD_BUFFERED};
 use crate::verifier::DeviceEvent;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Tag of the control device's extension ("iosC").
 const KIND_CONTROL: u32 = u32::from_le_bytes(*b"iosC");
@@ -525,13 +524,15 @@ unsafe fn usage_notification(device: PDEVICE_OBJECT, lower: PDEVICE_OBJECT, irp:
         unsafe { (*device).Flags |= DO_POWER_PAGABLE };
     }
     // SAFETY: per the contract.
-    let status = unsafe { forward_and_complete_with(lower, irp, || {
-        // SAFETY: the lower device is valid while we are attached.
-        if unsafe { (*lower).Flags } & DO_POWER_PAGABLE == 0 {
-            // SAFETY: our own device object.
-            unsafe { (*device).Flags &= !DO_POWER_PAGABLE };
-        }
-    }) };
+    let status = unsafe {
+        forward_and_complete_with(lower, irp, || {
+            // SAFETY: the lower device is valid while we are attached.
+            if unsafe { (*lower).Flags } & DO_POWER_PAGABLE == 0 {
+                // SAFETY: our own device object.
+                unsafe { (*device).Flags &= !DO_POWER_PAGABLE };
+            }
+        })
+    };
     status
 }
 

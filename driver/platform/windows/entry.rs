@@ -19,8 +19,8 @@ use wdk_sys::ntddk::{
     MmGetSystemRoutineAddress, PsRemoveLoadImageNotifyRoutine, PsSetLoadImageNotifyRoutine,
 };
 use wdk_sys::{
-    DRIVER_OBJECT, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, NT_SUCCESS, PCUNICODE_STRING,
-    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    DRIVER_OBJECT, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, NT_SUCCESS, PCUNICODE_STRING, PDRIVER_OBJECT,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 
 use super::dispatch::{add_device, create_control_device, delete_control_device, dispatch};

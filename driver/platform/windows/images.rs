@@ -89,7 +89,9 @@ impl DriverRef {
             .checked_sub(4)
             .and_then(|n| name.get(n..))
             .filter(|ext| ext.eq_ignore_ascii_case(b".sys"))
-            .map_or(name, |_| name.get(..name.len().saturating_sub(4)).unwrap_or(name));
+            .map_or(name, |_| {
+                name.get(..name.len().saturating_sub(4)).unwrap_or(name)
+            });
         let mut path = [0u16; DRIVER_DIRECTORY.len() + MAX_IMAGE_NAME];
         let mut len = 0usize;
         for (dst, src) in path.iter_mut().zip(
@@ -419,7 +421,10 @@ fn attach_locked(
     let slot = plans
         .get_mut(usize::from(id.0))
         .ok_or(PlatformError::NoResources)?;
-    if slot.as_ref().is_some_and(|old| old.plan.image_base() != base) {
+    if slot
+        .as_ref()
+        .is_some_and(|old| old.plan.image_base() != base)
+    {
         // The image this plan patched has been unloaded: its slots are gone with it,
         // nothing to restore; its reference (if any) is dropped.
         end_attachment(slot.take());
@@ -427,7 +432,9 @@ fn attach_locked(
     let (mut plan, mut held) = match slot.take() {
         Some(existing) => {
             // SAFETY: the attachment's own reference, taken back once.
-            (existing.plan, unsafe { DriverRef::from_raw(existing.object) })
+            (existing.plan, unsafe {
+                DriverRef::from_raw(existing.object)
+            })
         }
         None => (build_plan(glue, base, size, at_load)?, None),
     };
@@ -557,7 +564,13 @@ pub fn attach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     let size = module.image_size as usize;
     let file_name = module.file_name();
     let Some(object) = object.filter(|o| o.driver_start() == base) else {
-        return Err(refuse(glue, file_name, base, size, SiteRefusal::NoDriverObject));
+        return Err(refuse(
+            glue,
+            file_name,
+            base,
+            size,
+            SiteRefusal::NoDriverObject,
+        ));
     };
     glue.with_plans(|plans| {
         retire_stale(glue, plans, file_name, base);
