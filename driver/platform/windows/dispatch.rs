@@ -523,17 +523,15 @@ unsafe fn usage_notification(device: PDEVICE_OBJECT, lower: PDEVICE_OBJECT, irp:
         // SAFETY: our own device object; the PnP manager serialises usage notifications.
         unsafe { (*device).Flags |= DO_POWER_PAGABLE };
     }
-    // SAFETY: per the contract.
-    let status = unsafe {
-        forward_and_complete_with(lower, irp, || {
-            // SAFETY: the lower device is valid while we are attached.
-            if unsafe { (*lower).Flags } & DO_POWER_PAGABLE == 0 {
-                // SAFETY: our own device object.
-                unsafe { (*device).Flags &= !DO_POWER_PAGABLE };
-            }
-        })
+    let on_the_way_up = || {
+        // SAFETY: the lower device is valid while we are attached.
+        if unsafe { (*lower).Flags } & DO_POWER_PAGABLE == 0 {
+            // SAFETY: our own device object.
+            unsafe { (*device).Flags &= !DO_POWER_PAGABLE };
+        }
     };
-    status
+    // SAFETY: per the contract.
+    unsafe { forward_and_complete_with(lower, irp, on_the_way_up) }
 }
 
 /// Forwards a PnP IRP and waits for the lower stack (`IoForwardIrpSynchronously`: copies

@@ -13,6 +13,7 @@
 //! driver object references; unpublish the engine; wait for callbacks to drain; delete
 //! the control device and its link; free the engine.
 
+use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use wdk_sys::ntddk::{

@@ -8,9 +8,8 @@
 use core::ffi::{c_char, c_void, CStr};
 
 use wdk_sys::{
-    ntddk::DbgPrintEx, ACCESS_MASK, DEVICE_TYPE, GUID, NTSTATUS, PACCESS_STATE, PDEVICE_OBJECT,
-    PDRIVER_OBJECT, PIO_STACK_LOCATION, PIRP, PMDL, POBJECT_TYPE, PUNICODE_STRING, PVOID,
-    UNICODE_STRING,
+    ntddk::DbgPrintEx, ACCESS_MASK, GUID, NTSTATUS, PACCESS_STATE, PDEVICE_OBJECT, PDRIVER_OBJECT,
+    PIO_STACK_LOCATION, PIRP, PMDL, POBJECT_TYPE, PUNICODE_STRING, PVOID, UNICODE_STRING,
 };
 
 /// `ALL_PROCESSOR_GROUPS` (ntdef.h: 0xffff), for `KeQueryActiveProcessorCountEx`.
@@ -100,7 +99,7 @@ unsafe extern "system" {
         driver: PDRIVER_OBJECT,
         extension_size: u32,
         name: PUNICODE_STRING,
-        device_type: DEVICE_TYPE,
+        device_type: u32, // DEVICE_TYPE: `#define DEVICE_TYPE ULONG` (devioctl.h)
         characteristics: u32,
         exclusive: u8,
         sddl: *const UNICODE_STRING,

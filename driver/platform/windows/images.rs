@@ -368,18 +368,12 @@ fn build_plan(glue: &Glue, base: usize, size: usize, at_load: bool) -> Result<Pl
 /// Refuses a plan with a slot that must not or cannot be written (see module docs).
 fn check_sites(glue: &Glue, image: &PeImage<'_>, plan: &Plan) -> Result<(), PlatformError> {
     let platform = glue.verifier.platform();
+    // SAFETY: MmIsAddressValid only inspects page tables; it never faults.
+    let resident = |address: usize| unsafe { MmIsAddressValid(address as PVOID) } != 0;
     // SAFETY: the image is loaded at the plan's base and stays loaded (load callback, or a
     // referenced driver object) for the call.
-    unsafe {
-        plan.check_sites(
-            image,
-            platform,
-            // SAFETY: MmIsAddressValid only inspects page tables; it never faults.
-            |address| unsafe { MmIsAddressValid(address as PVOID) } != 0,
-            is_bound_value,
-        )
-    }
-    .map_err(PlatformError::Refused)
+    unsafe { plan.check_sites(image, platform, resident, is_bound_value) }
+        .map_err(PlatformError::Refused)
 }
 
 fn report_error(report: &Report) -> PlatformError {
