@@ -928,7 +928,9 @@ mod tests {
 
         let (_, out) = run_on(&e, &["status"]);
         assert!(
-            out.contains("nic.sys") && out.contains("attached") && out.contains("protocol 1"),
+            out.contains("nic.sys")
+                && out.contains("attached")
+                && out.contains(&format!("protocol {}", iosv::protocol::PROTOCOL_VERSION)),
             "{out}"
         );
         let (_, out) = run_on(&e, &["status", "-f", "json"]);

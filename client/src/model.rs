@@ -3,7 +3,7 @@
 //! frames as `module+offset`. Every output format reads these, so the human table, JSON,
 //! SARIF and JUnit say the same thing.
 
-use iosv::phys::{check_parameters, BadParameter};
+use iosv::phys::{byte_offset, check_parameters, shared_pages, span_pages, BadParameter};
 use iosv::platform::Irql;
 use iosv::protocol::*;
 use iosv::rules::{Action, RuleId, RuleInfo, Severity};
@@ -85,6 +85,26 @@ pub fn cache(value: u32, map_ex: bool) -> String {
             v => format!("cache type {v}"),
         }
     }
+}
+
+/// What a cache field holds: a `MEMORY_CACHING_TYPE` (MmMapIoSpace) or a page
+/// protection (MmMapIoSpaceEx). The two share numbers (4 is both PAGE_READWRITE and
+/// MmNonCachedUnordered), so every report names the kind beside the value.
+pub fn cache_kind(map_ex: bool) -> &'static str {
+    if map_ex {
+        "PAGE_PROTECTION"
+    } else {
+        "MEMORY_CACHING_TYPE"
+    }
+}
+
+/// A cache field for machine-readable reports: its kind, its name and its value.
+pub fn cache_json(value: u32, map_ex: bool) -> serde_json::Value {
+    serde_json::json!({
+        "kind": cache_kind(map_ex),
+        "name": cache(value, map_ex),
+        "value": value,
+    })
 }
 
 /// A duration in ns, short (`350ms`, `12.3s`, `5m07s`, `2h05m`).
@@ -200,6 +220,42 @@ impl<'a> Violation<'a> {
         self.rec.flags & VF_MAP_EX != 0
     }
 
+    /// Whether the record's `cache` field means something: the rule judges a map call,
+    /// or the record carries the tracked mapping (a graveyard tombstone has no cache).
+    pub fn cache_known(&self) -> bool {
+        self.rec.flags & VF_MAPPING_KNOWN != 0
+            || matches!(
+                self.rule(),
+                Some(RuleId::MapIrql | RuleId::MapBadParameters | RuleId::CacheConflict)
+            )
+    }
+
+    /// The cache field (kind, name, value), `None` when the record has none.
+    pub fn cache(&self) -> Option<serde_json::Value> {
+        self.cache_known()
+            .then(|| cache_json(self.rec.cache, self.map_ex()))
+    }
+
+    /// IOSV010: the conflicting live mapping's cache field.
+    pub fn other_cache(&self) -> Option<serde_json::Value> {
+        (self.rule() == Some(RuleId::CacheConflict))
+            .then(|| cache_json(self.rec.other_cache, self.rec.flags & VF_OTHER_MAP_EX != 0))
+    }
+
+    /// IOSV010: the physical pages both mappings cover, `[first, end)`.
+    pub fn shared_pages(&self) -> Option<(u64, u64)> {
+        let r = self.rec;
+        if self.rule() != Some(RuleId::CacheConflict) {
+            return None;
+        }
+        shared_pages(r.physical, r.passed_size, r.other, r.mapped_size)
+    }
+
+    /// IOSV005: Mm handed the base to another driver since the caller unmapped it.
+    pub fn reused(&self) -> bool {
+        self.rec.flags & VF_REUSED != 0
+    }
+
     /// The driver that made the call (`None` when unattributed).
     pub fn caller(&self) -> Option<String> {
         (self.rec.driver_id != 0).then(|| name(&self.rec.driver_name))
@@ -259,20 +315,35 @@ impl<'a> Violation<'a> {
             r.passed_size
         );
         let mapping = format!(
-            "the mapping at {} ({} bytes 0x{:x}, physical {}, {}) made by {owner}",
+            "the mapping at {} ({} bytes 0x{:x}, physical {}{}) made by {owner}",
             hex(r.base),
             if known { "size" } else { "last known size" },
             r.mapped_size,
             hex(r.physical),
-            cache(r.cache, self.map_ex()),
+            if self.cache_known() {
+                format!(", {}", cache(r.cache, self.map_ex()))
+            } else {
+                String::new()
+            },
         );
         let contained = if self.contained() {
             match self.rule() {
-                Some(RuleId::UnmapSizeMismatch) => "; contained: unmapped with the tracked size",
-                _ => "; contained: the call was not passed to MmUnmapIoSpace",
+                Some(RuleId::UnmapSizeMismatch) => {
+                    "; contained: unmapped with the tracked size".to_string()
+                }
+                Some(RuleId::UnmapPageBase) => {
+                    "; contained: unmapped with the tracked base and size".to_string()
+                }
+                Some(RuleId::UnmapForeign) => format!(
+                    "; contained: the call was not passed to MmUnmapIoSpace, {owner}'s mapping stays mapped"
+                ),
+                Some(RuleId::DoubleUnmap) if self.reused() => format!(
+                    "; contained: the call was not passed to MmUnmapIoSpace, {owner}'s mapping stays mapped"
+                ),
+                _ => "; contained: the call was not passed to MmUnmapIoSpace".to_string(),
             }
         } else {
-            ""
+            String::new()
         };
         let text = match self.rule() {
             Some(RuleId::UnmapSizeMismatch) => format!(
@@ -293,6 +364,23 @@ impl<'a> Violation<'a> {
                 irql(r.irql)
             ),
             Some(RuleId::UnmapUnknown) => format!("{unmap}, but no tracked mapping has that base"),
+            Some(RuleId::DoubleUnmap) if self.reused() => {
+                let when = if r.other != 0 && r.timestamp_ns >= r.other {
+                    format!(" {} ago", age(r.timestamp_ns - r.other))
+                } else {
+                    String::new()
+                };
+                let site = if r.prior_map_site != 0 {
+                    format!(", mapped at {}", hex(r.prior_map_site))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{unmap} through a stale pointer: it mapped that address itself (0x{:x} bytes, physical {}{site}) and unmapped it{when}, and Mm has since reused it for {mapping}; the call would have torn down {owner}'s live mapping",
+                    r.prior_size,
+                    hex(r.prior_physical),
+                )
+            }
             Some(RuleId::DoubleUnmap) if r.base != 0 => {
                 let when = if r.other != 0 && r.timestamp_ns >= r.other {
                     format!(" {} earlier", age(r.timestamp_ns - r.other))
@@ -331,7 +419,15 @@ impl<'a> Violation<'a> {
                 hex(r.other),
                 r.mapped_size,
                 cache(r.other_cache, r.flags & VF_OTHER_MAP_EX != 0)
-            ),
+            ) + &match self.shared_pages() {
+                Some((first, end)) => format!(
+                    "; they share physical page{} {}..{} (the cache attribute belongs to the page)",
+                    if end.wrapping_sub(first) > 0x1000 { "s" } else { "" },
+                    hex(first),
+                    hex(end)
+                ),
+                None => String::new(),
+            },
             Some(RuleId::MapBadParameters) => {
                 let why = match check_parameters(r.physical, r.passed_size, r.cache, self.map_ex()) {
                     Some(BadParameter::ZeroLength) => "NumberOfBytes is zero",
@@ -357,6 +453,30 @@ impl<'a> Violation<'a> {
                 r.passed_size,
                 mapping
             ),
+            Some(RuleId::UnmapPageBase) => {
+                let ask = span_pages(r.address, r.passed_size).unwrap_or(0);
+                let spans = span_pages(r.base, r.mapped_size).unwrap_or(0);
+                let effect = match ask.cmp(&spans) {
+                    core::cmp::Ordering::Less => format!(
+                        ", leaving {} of its pages mapped (a leaked system PTE range)",
+                        spans - ask
+                    ),
+                    core::cmp::Ordering::Greater => format!(
+                        ", {} more than it maps (PTEs of whatever follows)",
+                        ask - spans
+                    ),
+                    core::cmp::Ordering::Equal => {
+                        ", which happens to cover it: the call works only by Mm's rounding".to_string()
+                    }
+                };
+                format!(
+                    "{unmap}, the page-aligned address of {mapping}, whose base carries the physical page offset 0x{:x}; MmUnmapIoSpace rounds down and would unmap {ask} page{} from {} where the mapping spans {spans}{effect}; pass the base {}",
+                    byte_offset(r.base),
+                    if ask == 1 { "" } else { "s" },
+                    hex(r.address),
+                    hex(r.base)
+                )
+            }
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
         format!("{text}{contained}")

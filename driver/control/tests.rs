@@ -4,6 +4,7 @@
 use super::*;
 use crate::platform::fake::FakePlatform;
 use crate::platform::Caller;
+use crate::rules::RULE_COUNT;
 use crate::verifier::StartParams;
 use proptest::prelude::*;
 use zerocopy::IntoBytes;
@@ -31,7 +32,7 @@ fn config(v: &Verifier<FakePlatform>) -> ConfigBlock {
         v,
         IOCTL_GET_CONFIG,
         GetConfigRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             reserved: 0,
         }
         .as_bytes(),
@@ -48,7 +49,7 @@ fn hello_reports_limits() {
         &v,
         IOCTL_HELLO,
         HelloRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             reserved: 0,
         }
         .as_bytes(),
@@ -64,7 +65,7 @@ fn hello_reports_limits() {
     let h = HelloReply::read_from_prefix(&out).unwrap().0;
     assert_eq!(
         (h.version, h.table_capacity, h.journal_capacity),
-        (1, 64, 8)
+        (PROTOCOL_VERSION, 64, 8)
     );
     assert_eq!(
         h.violation_record_size as usize,
@@ -80,7 +81,7 @@ fn hello_reports_limits() {
 fn each_malformed_input_has_its_own_status() {
     let v = engine();
     let good = HelloRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         reserved: 0,
     };
     let mut long = good.as_bytes().to_vec();
@@ -96,7 +97,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_HELLO,
             HelloRequest {
-                version: 2,
+                version: PROTOCOL_VERSION + 1,
                 reserved: 0,
             }
             .as_bytes()
@@ -107,7 +108,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_HELLO,
             HelloRequest {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 reserved: 1,
             }
             .as_bytes()
@@ -130,7 +131,7 @@ fn each_malformed_input_has_its_own_status() {
         (
             IOCTL_CLEAR,
             ClearRequest {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 what: 0,
             }
             .as_bytes()
@@ -162,7 +163,7 @@ fn set_config_validates_then_applies_atomically() {
         Status::ReservedNotZero
     );
     let mut bad = before;
-    bad.actions[13] = 1;
+    bad.actions[RULE_COUNT] = 1;
     assert_eq!(
         call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
         Status::ReservedNotZero
@@ -212,7 +213,7 @@ fn read_violations_cursor_lost_and_clear() {
         v.unmap_io_space(Caller { return_address: 0 }, 0xFFFF_F800_0BAD_0000, 0x1000);
     }
     let req = |cursor: u64, max: u32| ReadViolationsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: max,
         cursor,
     };
@@ -239,7 +240,7 @@ fn read_violations_cursor_lost_and_clear() {
     let first = ViolationRecord::read_from_prefix(&out[hdr..]).unwrap().0;
     assert_eq!((first.seq, first.rule), (4, 4));
     let clr = ClearRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         what: CLR_JOURNAL | CLR_STATS,
     };
     assert_eq!(
@@ -265,7 +266,7 @@ fn list_mappings_filters_and_resumes() {
     let hdr = core::mem::size_of::<ListMappingsReply>();
     let rec = core::mem::size_of::<MappingRecord>();
     let mut req = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         filter: LF_DRIVER,
         driver_id: u32::from(nic.0),
@@ -293,7 +294,7 @@ fn list_mappings_filters_and_resumes() {
     want.sort_unstable();
     assert_eq!(seen, want);
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         filter: 1 << 9,
         ..Default::default()
@@ -303,7 +304,7 @@ fn list_mappings_filters_and_resumes() {
         Status::ReservedNotZero
     );
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         device: 5,
         ..Default::default()
@@ -313,7 +314,7 @@ fn list_mappings_filters_and_resumes() {
         Status::ReservedNotZero
     );
     let bad = ListMappingsRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_records: 2,
         cursor: u64::MAX,
         ..Default::default()
@@ -338,7 +339,7 @@ fn stats_count_per_driver_and_live() {
         &v,
         IOCTL_GET_STATS,
         StatsRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             max_drivers: 4,
         }
         .as_bytes(),
@@ -376,7 +377,7 @@ fn stats_count_per_driver_and_live() {
 fn attach_maps_platform_errors() {
     let v = engine();
     let req = |name: &[u8]| DriverNameRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         reserved: 0,
         name: wire_name(name),
     };
@@ -421,7 +422,7 @@ proptest! {
         let code = IOCTLS.get(code_pick).map_or(raw_code, |c| c.0);
         let mut input = input;
         if valid_version && input.len() >= 4 {
-            input[..4].copy_from_slice(&1u32.to_le_bytes());
+            input[..4].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         }
         let before = config(&v);
         let mut out = vec![0u8; out_len];

@@ -178,7 +178,7 @@ fn malformed_files_are_refused_with_file_line_column_and_reason() {
         ("missing", format!("{HEAD}[[step]]\nop = \"map\"\ndriver = \"a.sys\"\nsize = 4096\n"), "6:1", "step `map` needs `physical`"),
         ("not-applicable", format!("{HEAD}[[step]]\nop = \"stop\"\ndevice = \"d0\"\nirql = 2\n"), "9:8", "`irql` does not apply to op `stop`"),
         ("irql", format!("{HEAD}[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = 1\nsize = 1\nirql = 16\n"), "11:8", "irql must be between 0 and 15"),
-        ("rule", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"IOSV014\"\n"), "9:8", "unknown rule `IOSV014`"),
+        ("rule", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"IOSV099\"\n"), "9:8", "unknown rule `IOSV099`"),
         ("leak-needs-device", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"leak-on-stop\"\n"), "6:1", "needs `device`"),
         ("behaviour", "[[driver]]\nname = \"a.sys\"\nbehaviour = \"sloppy\"\n".into(), "3:13", "unknown behaviour `sloppy`"),
         ("duplicate", "[[driver]]\nname = \"a.sys\"\n[[driver]]\nname = \"A.SYS\"\n".into(), "4:8", "declared twice"),

@@ -230,6 +230,9 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
         if m.flags & MF_LEAK_REPORTED != 0 {
             flags.push("leak-reported");
         }
+        if m.flags & MF_DETACHED != 0 {
+            flags.push("detached");
+        }
         rows.push(vec![
             hex(m.base),
             format!("0x{:x}", m.size),
