@@ -527,6 +527,106 @@ mod tests {
     }
 
     #[test]
+    fn cache_fields_name_their_kind() {
+        // 4 is MmNonCachedUnordered and PAGE_READWRITE: the kind tells them apart.
+        let t = cache_json(4, false);
+        let p = cache_json(4, true);
+        assert_eq!(
+            (t["kind"].as_str(), t["name"].as_str()),
+            (Some("MEMORY_CACHING_TYPE"), Some("MmNonCachedUnordered"))
+        );
+        assert_eq!(
+            (p["kind"].as_str(), p["name"].as_str()),
+            (Some("PAGE_PROTECTION"), Some("PAGE_READWRITE"))
+        );
+        let mut r = ViolationRecord {
+            rule: RuleId::CacheConflict.number(),
+            flags: VF_OTHER_MAP_EX,
+            cache: 1,
+            other_cache: 0x204,
+            physical: 0x5800,
+            passed_size: 0x800,
+            other: 0x5000,
+            mapped_size: 0x800,
+            ..Default::default()
+        };
+        let v = Violation::new(&r);
+        assert_eq!(v.cache().unwrap()["name"], "MmCached");
+        assert_eq!(v.other_cache().unwrap()["kind"], "PAGE_PROTECTION");
+        assert_eq!(
+            v.other_cache().unwrap()["name"],
+            "PAGE_READWRITE|PAGE_NOCACHE"
+        );
+        assert_eq!(v.shared_pages(), Some((0x5000, 0x6000)));
+        assert!(
+            v.message().contains("share physical page 0x5000..0x6000"),
+            "{}",
+            v.message()
+        );
+        // An unmap of an unknown address names no cache at all.
+        r = ViolationRecord {
+            rule: RuleId::UnmapUnknown.number(),
+            ..Default::default()
+        };
+        let v = Violation::new(&r);
+        assert!(v.cache().is_none() && v.other_cache().is_none());
+    }
+
+    #[test]
+    fn stale_pointer_and_page_base_messages_say_what_mm_would_do() {
+        let r = ViolationRecord {
+            rule: RuleId::DoubleUnmap.number(),
+            flags: VF_MAPPING_KNOWN | VF_REUSED | VF_CONTAINED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 2,
+            owner_name: wire_name(b"b.sys"),
+            address: 0x7000,
+            base: 0x7000,
+            passed_size: 0x2000,
+            mapped_size: 0x3000,
+            prior_size: 0x2000,
+            prior_physical: 0xF000_0000,
+            prior_map_site: 0x1234,
+            ..Default::default()
+        };
+        let m = Violation::new(&r).message();
+        for part in [
+            "a.sys",
+            "b.sys",
+            "stale pointer",
+            "0x1234",
+            "0xf0000000",
+            "b.sys's mapping stays mapped",
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+        let r = ViolationRecord {
+            rule: RuleId::UnmapPageBase.number(),
+            flags: VF_MAPPING_KNOWN | VF_CONTAINED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 1,
+            owner_name: wire_name(b"a.sys"),
+            address: 0x7000,
+            base: 0x7800,
+            passed_size: 0x1000,
+            mapped_size: 0x1000,
+            ..Default::default()
+        };
+        let m = Violation::new(&r).message();
+        for part in [
+            "would unmap 1 page from 0x7000",
+            "spans 2",
+            "leaving 1",
+            "pass the base 0x7800",
+            "tracked base and size",
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+    }
+
+    #[test]
     fn frames_are_symbolized_inside_known_images_only() {
         let d = DriverStats {
             name: wire_name(b"nic.sys"),

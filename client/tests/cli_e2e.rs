@@ -249,7 +249,7 @@ fn every_rule_exactly_once_over_the_socket() {
         .map(|d| (d["name"].as_str().unwrap(), d))
         .collect();
     assert_eq!(drivers["good.sys"]["violations"], 0);
-    assert_eq!(drivers["bad.sys"]["violations"], 12);
+    assert_eq!(drivers["bad.sys"]["violations"], 13);
     assert_eq!(drivers["thief.sys"]["violations"], 1);
     assert_eq!(s["per_rule"]["IOSV001"], 1);
     assert!(s["capabilities"]

@@ -654,3 +654,43 @@ fn iosv014_unmap_at_the_page_of_an_unaligned_base_is_contained_with_the_tracked_
     );
     assert!(b.v.table().get(base).is_none());
 }
+
+#[test]
+fn iosv014_wins_over_an_old_tombstone_of_the_same_page_and_a_stale_page_is_iosv005() {
+    let b = bed();
+    // nic maps and unmaps a page-aligned mapping; Mm reuses its page for nic's unaligned
+    // mapping; nic unmaps at the page: the live mapping's page, not the old base.
+    let old = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    b.v.platform().reuse.lock().unwrap().push(old);
+    let base = b.v.map_io_space(at(NIC), 0xFED1_0800, 0x1000, 0);
+    assert_eq!(base, old + 0x800);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    assert_eq!(b.rules(), [14]);
+    assert_eq!(b.unmapped(), [(base, 0x1000)]);
+
+    // The same page given to gpu's unaligned mapping: nic's pointer is stale.
+    let old = b.v.map_io_space(at(NIC), 0xFED2_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    b.v.platform().reuse.lock().unwrap().push(old);
+    let theirs = b.v.map_io_space(at(GPU), 0xFED3_0800, 0x1000, 0);
+    assert_eq!(theirs, old + 0x800);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    let r = b.new_records();
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].driver_id, r[0].owner_id),
+        (1, 5, b.nic.0, b.gpu.0)
+    );
+    assert_ne!(r[0].flags & crate::protocol::VF_REUSED, 0);
+    assert!(b.unmapped().is_empty(), "contained");
+    assert!(b.v.table().get(theirs).is_some(), "gpu's mapping survives");
+}
+
+#[test]
+fn mapping_records_carry_the_detached_flag_on_the_wire() {
+    assert_eq!(FLAG_DETACHED, crate::protocol::MF_DETACHED);
+    assert_eq!(FLAG_LEAK_REPORTED, crate::protocol::MF_LEAK_REPORTED);
+    assert_eq!(FLAG_MAP_EX, crate::protocol::MF_MAP_EX);
+}
