@@ -15,7 +15,7 @@
 //!   so a call reaches the verifier exactly when the slot holds the hook.
 //! - **PnP and drivers** ([`pnp`]): drivers load and unload, devices are added, started,
 //!   stopped, surprise-removed and removed, with well-behaved or buggy routines — one bug
-//!   per rule IOSV001–IOSV013 ([`Behaviour`]), each injectable on demand
+//!   per rule IOSV001–IOSV014 ([`Behaviour`]), each injectable on demand
 //!   ([`Host::commit_bug`]) with a count of what was injected ([`Host::injected`]).
 //! - **Endpoint** ([`endpoint`]): the control codes over a Unix domain socket, for
 //!   `iosvctl`.
