@@ -405,46 +405,61 @@ impl<P: Platform> Verifier<P> {
             RemoveOutcome::Racing => {
                 self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
             }
-            RemoveOutcome::NotFound => {
-                if self.untracked.take_remembered(base) {
-                    self.platform.mm_unmap_io_space(base, size);
-                } else if let Some(m) = self.find_by_page_base(base) {
-                    // Before the graveyard: Mm reuses blocks, so an earlier mapping whose
-                    // base was this page may have left a tombstone here.
-                    self.page_base_unmap(&cx, &m, base, size, contain);
-                } else if let Some(t) = self.graveyard.find(base) {
-                    let mut r = call();
-                    r.base = t.base;
-                    r.mapped_size = t.size;
-                    r.physical = t.physical;
-                    r.map_time_ns = t.map_time_ns;
-                    r.other = t.unmap_time_ns;
-                    r.owner_id = t.driver;
-                    r.owner_name = self.drivers.name(DriverId(t.driver));
-                    r.prior_map_site = t.map_site;
-                    if t.map_site != 0 {
-                        copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
-                    }
-                    self.contained_violation(RuleId::DoubleUnmap, &cx, r, contain, base, size);
-                } else if let Some(m) = self.table.find_containing(base) {
-                    let mut r = self.mapping_record(&cx, &m);
-                    r.address = base;
-                    r.passed_size = size64;
-                    self.contained_violation(RuleId::UnmapInterior, &cx, r, contain, base, size);
-                } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
-                    self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-                    self.platform.mm_unmap_io_space(base, size);
-                } else {
-                    self.contained_violation(
-                        RuleId::UnmapUnknown,
-                        &cx,
-                        call(),
-                        contain,
-                        base,
-                        size,
-                    );
-                }
+            RemoveOutcome::NotFound => self.unmap_not_found(&cx, base, size, contain),
+        }
+    }
+
+    /// An unmap of a base the table does not hold: untracked, IOSV014, IOSV005, IOSV006,
+    /// unverified or IOSV004, in that order of checks.
+    fn unmap_not_found(&self, cx: &CallCtx, base: u64, size: usize, contain: bool) {
+        if self.untracked.take_remembered(base) {
+            self.platform.mm_unmap_io_space(base, size);
+            return;
+        }
+        let call = || {
+            let mut r = self.blank_record(cx);
+            r.address = base;
+            r.passed_size = size as u64;
+            r
+        };
+        // A page-aligned address is checked against live unaligned bases before the
+        // graveyard (Mm reuses blocks, so an earlier mapping whose base was this page may
+        // have left a tombstone here); the same walk finds the mapping containing it, so
+        // no unmap walks the table twice.
+        let scan = if base != 0 && byte_offset(base) == 0 {
+            Some(self.scan_page(base))
+        } else {
+            None
+        };
+        if let Some((Some(m), _)) = scan {
+            self.page_base_unmap(cx, &m, base, size, contain);
+        } else if let Some(t) = self.graveyard.find(base) {
+            let mut r = call();
+            r.base = t.base;
+            r.mapped_size = t.size;
+            r.physical = t.physical;
+            r.map_time_ns = t.map_time_ns;
+            r.other = t.unmap_time_ns;
+            r.owner_id = t.driver;
+            r.owner_name = self.drivers.name(DriverId(t.driver));
+            r.prior_map_site = t.map_site;
+            if t.map_site != 0 {
+                copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
             }
+            self.contained_violation(RuleId::DoubleUnmap, cx, r, contain, base, size);
+        } else if let Some(m) = match scan {
+            Some((_, containing)) => containing,
+            None => self.table.find_containing(base),
+        } {
+            let mut r = self.mapping_record(cx, &m);
+            r.address = base;
+            r.passed_size = size as u64;
+            self.contained_violation(RuleId::UnmapInterior, cx, r, contain, base, size);
+        } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            self.platform.mm_unmap_io_space(base, size);
+        } else {
+            self.contained_violation(RuleId::UnmapUnknown, cx, call(), contain, base, size);
         }
     }
 
@@ -519,22 +534,20 @@ impl<P: Platform> Verifier<P> {
             .filter(|t| t.driver == cx.driver.0 || t.unmapped_by == cx.driver.0)
     }
 
-    /// The live mapping whose base is not page-aligned and lies in the page starting at
-    /// `addr` (error path: examines every slot).
-    fn find_by_page_base(&self, addr: u64) -> Option<Mapping> {
-        if addr == 0 || byte_offset(addr) != 0 {
-            return None;
-        }
-        let mut found = None;
+    /// One walk over the table for the page-aligned address `addr` (error path: examines
+    /// every slot): the live mapping whose base is not page-aligned and lies in the page
+    /// starting at `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
+    fn scan_page(&self, addr: u64) -> (Option<Mapping>, Option<Mapping>) {
+        let (mut page_owner, mut containing) = (None, None);
         self.table.walk(0, usize::MAX, |m| {
             if m.base != addr && page_align(m.base) == addr {
-                found = Some(*m);
-                false
-            } else {
-                true
+                page_owner = Some(*m);
+            } else if containing.is_none() && m.contains(addr) {
+                containing = Some(*m);
             }
+            page_owner.is_none()
         });
-        found
+        (page_owner, containing)
     }
 
     /// IOSV014: an unmap at `addr`, the page-aligned address of `m`'s unaligned base.
