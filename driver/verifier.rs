@@ -497,7 +497,10 @@ impl<P: Platform> Verifier<P> {
     /// the table). If the caller's own earlier mapping at this base is in the graveyard,
     /// its pointer is stale and Mm reused the address: IOSV005, naming both mappings.
     /// Otherwise IOSV012. Either way, contained, the owner's mapping stays mapped and
-    /// tracked; without containment the call reaches Mm and the entry stays removed.
+    /// tracked (re-inserted: the common, correct unmap pays for no extra lookup; an
+    /// owner's unmap racing this bad call in the instant between removal and re-insert
+    /// finds no entry and is judged as such); without containment the call reaches Mm
+    /// and the entry stays removed.
     fn foreign_unmap(&self, cx: &CallCtx, m: Mapping, base: u64, size: usize, contain: bool) {
         let mut r = self.mapping_record(cx, &m);
         r.address = base;

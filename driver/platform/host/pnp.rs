@@ -1612,7 +1612,16 @@ impl Host {
                 };
                 let (p, size) = actor.window();
                 thread::with_irql(Irql::PASSIVE, || {
-                    let h = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                    // An address `other` mapped or unmapped itself before would make its
+                    // unmap a stale pointer after reuse (IOSV005, as iosv judges it): the
+                    // owner takes another mapping instead, a bounded number of times.
+                    let mut spare = Vec::new();
+                    let mut h = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                    while spare.len() < 8 && self.was_used_by(h.base, &other) {
+                        let next = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                        spare.push(core::mem::replace(&mut h, next));
+                    }
+                    let unambiguous = !self.was_used_by(h.base, &other);
                     let reached = match other.release(Routine::Dispatch, &h) {
                         Ok(r) => r,
                         Err(e) => {
@@ -1624,6 +1633,14 @@ impl Host {
                     if self.mm().is_mapped(h.base) {
                         d.release(Routine::Dispatch, &h)?;
                     }
+                    for s in &spare {
+                        d.release(Routine::Dispatch, s)?;
+                    }
+                    let rule = if unambiguous {
+                        rule
+                    } else {
+                        RuleId::DoubleUnmap
+                    };
                     Ok(self.counted(
                         rule,
                         &other,
@@ -1659,6 +1676,21 @@ impl Host {
                 })
             }
         }
+    }
+
+    /// Whether iosv remembers `other` mapping or unmapping a mapping at `base` (a
+    /// graveyard tombstone naming it): `other` unmapping a live mapping there is then its
+    /// stale pointer after reuse. A tombstone of a base that is live cannot appear
+    /// meanwhile (only an unmap of that base writes one), so the answer stays true or
+    /// becomes false (evicted) — never the other way.
+    fn was_used_by(&self, base: u64, other: &DriverRef) -> bool {
+        let Some(id) = other.driver_id() else {
+            return false;
+        };
+        self.verifier
+            .graveyard()
+            .find(base)
+            .is_some_and(|t| t.driver == id.0 || t.unmapped_by == id.0)
     }
 
     /// IOSV005 through a stale pointer: `d` maps and unmaps (its private page count), Mm
