@@ -315,7 +315,7 @@ impl<'a> Violation<'a> {
             r.passed_size
         );
         let mapping = format!(
-            "the mapping at {} ({} bytes 0x{:x}, physical {}{}) made by {owner}",
+            "the mapping at {} ({} 0x{:x} bytes, physical {}{}) made by {owner}",
             hex(r.base),
             if known { "size" } else { "last known size" },
             r.mapped_size,

@@ -1,6 +1,11 @@
 //! JSON output: one object per line, each with a `kind` (`violation`, `gap`, `mapping`,
 //! `status`, `config`, `rule`, `summary`, `end`). Addresses are hex strings (kernel
 //! addresses do not fit a JSON consumer's 53-bit integers); sizes and counts are numbers.
+//! Cache fields (`cache`, `other_cache`) are objects that name their kind, because the two
+//! kinds share numbers: `{"kind": "MEMORY_CACHING_TYPE", "name": "MmNonCached", "value":
+//! 0}` (MmMapIoSpace) or `{"kind": "PAGE_PROTECTION", "name":
+//! "PAGE_READWRITE|PAGE_NOCACHE", "value": 516}` (MmMapIoSpaceEx); `null` where the record
+//! has none (an unmap of an address no mapping is known for).
 
 use crate::client::{MappingList, Stats};
 use crate::model::{self, hex, Images, Violation};
