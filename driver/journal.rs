@@ -18,7 +18,7 @@
 //! as lost, exactly: every sequence number between the old and the new cursor is either
 //! delivered, counted lost, or counted discarded (by CLEAR).
 //!
-//! Memory: `(8 × W + 16)` bytes per record slot (456 B for [`ViolationRecord`]).
+//! Memory: `(8 × W + 16)` bytes per record slot (488 B for [`ViolationRecord`]).
 
 use crate::protocol::ViolationRecord;
 use crate::sync::{fence, try_boxed_slice, AtomicU64, Ordering, OutOfMemory};

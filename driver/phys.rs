@@ -17,6 +17,44 @@ pub const REGION_SHIFT: u32 = 21;
 /// Regions a mapping is counted in individually; larger mappings count as huge.
 pub const MAX_REGIONS: u64 = 64;
 
+/// Size of a page (x64 and ARM64 small pages): Mm maps, caches and unmaps whole pages.
+pub const PAGE_SIZE: u64 = 0x1000;
+
+/// `BYTE_OFFSET(va)`: the offset of `va` in its page.
+pub const fn byte_offset(va: u64) -> u64 {
+    va & (PAGE_SIZE - 1)
+}
+
+/// `PAGE_ALIGN(va)`: the start of `va`'s page.
+pub const fn page_align(va: u64) -> u64 {
+    va & !(PAGE_SIZE - 1)
+}
+
+/// `ADDRESS_AND_SIZE_TO_SPAN_PAGES(va, size)`: the pages `[va, va + size)` touches — what
+/// MmMapIoSpace maps for an address and a size, and what MmUnmapIoSpace unmaps from
+/// `PAGE_ALIGN(va)`. `None` if the range wraps.
+pub fn span_pages(va: u64, size: u64) -> Option<u64> {
+    let end = byte_offset(va).checked_add(size)?;
+    Some(end.div_ceil(PAGE_SIZE))
+}
+
+/// The whole pages `[first, end)` that the byte range `[start, start + size)` touches
+/// (`None` for an empty or wrapping range).
+pub fn page_range(start: u64, size: u64) -> Option<(u64, u64)> {
+    let last = start.checked_add(size.checked_sub(1)?)?;
+    Some((page_align(start), page_align(last).checked_add(PAGE_SIZE)?))
+}
+
+/// The pages two physical byte ranges share, `[first, end)`: the cache attribute belongs
+/// to the page, so ranges that share a page conflict even when their bytes do not
+/// overlap (IOSV010). `None` if they share none.
+pub fn shared_pages(a: u64, a_size: u64, b: u64, b_size: u64) -> Option<(u64, u64)> {
+    let (a0, a1) = page_range(a, a_size)?;
+    let (b0, b1) = page_range(b, b_size)?;
+    let (first, end) = (a0.max(b0), a1.min(b1));
+    (first < end).then_some((first, end))
+}
+
 /// `MmMaximumCacheType`: cache types of MmMapIoSpace must be below it.
 pub const MM_MAXIMUM_CACHE_TYPE: u32 = 6;
 /// `PAGE_READONLY`.
@@ -275,6 +313,32 @@ mod tests {
         assert_eq!(
             check_parameters(0, 1, PAGE_READWRITE | 0x1000, true),
             Some(BadParameter::Protection)
+        );
+    }
+
+    #[test]
+    fn pages() {
+        assert_eq!(span_pages(0x1010, 0x1000), Some(2));
+        assert_eq!(span_pages(0x1000, 0x1000), Some(1));
+        assert_eq!(span_pages(0x1FFF, 1), Some(1));
+        assert_eq!(span_pages(u64::MAX, 2), Some(2));
+        assert_eq!(page_range(0x1800, 0x100), Some((0x1000, 0x2000)));
+        assert_eq!(page_range(0x1800, 0x900), Some((0x1000, 0x3000)));
+        assert_eq!(page_range(0x1800, 0), None);
+        assert_eq!(
+            page_range(u64::MAX - 0x10, 0x10),
+            None,
+            "the last page's end wraps"
+        );
+        // Two halves of one page share it; neighbouring pages share nothing.
+        assert_eq!(
+            shared_pages(0x5000, 0x800, 0x5800, 0x800),
+            Some((0x5000, 0x6000))
+        );
+        assert_eq!(shared_pages(0x5000, 0x1000, 0x6000, 0x1000), None);
+        assert_eq!(
+            shared_pages(0x5000, 0x3000, 0x6FF0, 0x20),
+            Some((0x6000, 0x8000))
         );
     }
 

@@ -11,7 +11,9 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this protocol. A request with another version gets
-/// [`Status::RevisionMismatch`].
+/// [`Status::RevisionMismatch`]. Version 2 added the `prior_*` fields of
+/// [`ViolationRecord`] (IOSV005 after address reuse), rule IOSV014,
+/// `DriverStats::hook_refusal`, `StatsReply::flags` and [`Status::HookRefused`].
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// NT name of the control device.
@@ -159,7 +161,7 @@ const ALL_STATUSES: [Status; 14] = [
 pub const NAME_LEN: usize = 32;
 /// Frames in a wire stack (entries past a record's depth are zero).
 pub const MAX_STACK: usize = 16;
-/// Slots in per-rule arrays on the wire (13 rules used, room to grow).
+/// Slots in per-rule arrays on the wire (14 rules used, room to grow).
 pub const RULE_SLOTS: usize = 16;
 /// Target image names a configuration holds.
 pub const MAX_TARGETS: usize = 16;
@@ -437,6 +439,12 @@ pub const VF_DETACH: u8 = 1 << 3;
 /// `ViolationRecord::flags` (IOSV010): the conflicting live mapping was made with
 /// MmMapIoSpaceEx, so `other_cache` holds a page protection, not a cache type.
 pub const VF_OTHER_MAP_EX: u8 = 1 << 4;
+/// `ViolationRecord::flags` (IOSV005): Mm handed the unmapped base to another driver
+/// since the caller's own mapping there was unmapped. The live mapping the call would
+/// have torn down (its owner, size, physical address, map stack) is in the mapping fields;
+/// the caller's own earlier mapping is in the `prior_*` fields and its unmap time in
+/// `other`.
+pub const VF_REUSED: u8 = 1 << 5;
 
 /// One violation, as journaled and as sent. Names both sides of a conflict: what the call
 /// passed and what the tracked mapping holds.
@@ -449,7 +457,7 @@ pub struct ViolationRecord {
     pub seq: u64,
     /// When it happened (endpoint time, ns).
     pub timestamp_ns: u64,
-    /// Rule number (1..=13).
+    /// Rule number (1..=14).
     pub rule: u8,
     /// [`crate::rules::Action`] taken.
     pub action: u8,
@@ -485,9 +493,11 @@ pub struct ViolationRecord {
     pub passed_size: u64,
     /// Physical address of the mapping (or of the map call).
     pub physical: u64,
-    /// Cache type (MmMapIoSpace) or protection (MmMapIoSpaceEx) of the call/mapping.
+    /// Cache type (MmMapIoSpace, a MEMORY_CACHING_TYPE) or page protection
+    /// (MmMapIoSpaceEx, with [`VF_MAP_EX`]) of the call/mapping.
     pub cache: u32,
-    /// IOSV010: cache type of the conflicting live mapping.
+    /// IOSV010: cache type of the conflicting live mapping (a page protection with
+    /// [`VF_OTHER_MAP_EX`]).
     pub other_cache: u32,
     /// Device object the mapping is attributed to (0 = none).
     pub device: u64,
@@ -504,6 +514,15 @@ pub struct ViolationRecord {
     pub map_stack: [u64; MAX_STACK],
     /// Stack of the violating call, innermost first.
     pub call_stack: [u64; MAX_STACK],
+    /// With [`VF_REUSED`]: size of the caller's own earlier mapping at this base.
+    pub prior_size: u64,
+    /// With [`VF_REUSED`]: its physical address.
+    pub prior_physical: u64,
+    /// With [`VF_REUSED`]: when it was mapped (ns).
+    pub prior_map_time_ns: u64,
+    /// IOSV005: the map site of the mapping that was unmapped before (the return address
+    /// of its map call; 0 if unknown).
+    pub prior_map_site: u64,
 }
 
 /// Request of [`IOCTL_LIST_MAPPINGS`].
@@ -561,6 +580,10 @@ pub struct ListMappingsReply {
 pub const MF_MAP_EX: u8 = 1 << 0;
 /// `MappingRecord::flags`: already reported as leaked.
 pub const MF_LEAK_REPORTED: u8 = 1 << 1;
+/// `MappingRecord::flags`: its driver was detached while it was live (reported as
+/// IOSV009 then). It stays listed until an unmap iosv sees, the image's unload, or Mm
+/// handing its address out again (the driver unmapped it unhooked) removes it.
+pub const MF_DETACHED: u8 = 1 << 2;
 
 /// One live mapping.
 #[derive(
@@ -694,7 +717,7 @@ const _: () = {
     assert!(core::mem::size_of::<DriverStats>() == 112);
     assert!(core::mem::size_of::<ReadViolationsRequest>() == 16);
     assert!(core::mem::size_of::<ReadViolationsReply>() == 40);
-    assert!(core::mem::size_of::<ViolationRecord>() == 440);
+    assert!(core::mem::size_of::<ViolationRecord>() == 472);
     assert!(core::mem::size_of::<ListMappingsRequest>() == 40);
     assert!(core::mem::size_of::<ListMappingsReply>() == 32);
     assert!(core::mem::size_of::<MappingRecord>() == 216);

@@ -2,7 +2,7 @@
 //! requirement is documented. The engine, the client's SARIF/JUnit output and the docs all
 //! read this one table.
 
-/// A rule's stable identity (`IOSV001`..`IOSV013`); the discriminant is the rule number.
+/// A rule's stable identity (`IOSV001`..`IOSV014`); the discriminant is the rule number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum RuleId {
@@ -14,7 +14,9 @@ pub enum RuleId {
     MapIrql = 3,
     /// IOSV004: the base address was never mapped by a tracked driver.
     UnmapUnknown = 4,
-    /// IOSV005: the base address was mapped and already unmapped.
+    /// IOSV005: the base address was mapped and already unmapped — by the caller's own
+    /// earlier mapping too when Mm has since handed the address to another driver (a stale
+    /// pointer after address reuse).
     DoubleUnmap = 5,
     /// IOSV006: the address lies inside a live mapping but is not its base.
     UnmapInterior = 6,
@@ -32,10 +34,13 @@ pub enum RuleId {
     UnmapForeign = 12,
     /// IOSV013: Mm returned a base the table still holds (an unmap was missed).
     StaleEntry = 13,
+    /// IOSV014: unmap at the page-aligned address of a mapping whose base is not
+    /// page-aligned (the base MmMapIoSpace returned carries the physical page offset).
+    UnmapPageBase = 14,
 }
 
 /// Number of rules.
-pub const RULE_COUNT: usize = 13;
+pub const RULE_COUNT: usize = 14;
 
 impl RuleId {
     /// Every rule, in id order.
@@ -53,9 +58,10 @@ impl RuleId {
         RuleId::MapBadParameters,
         RuleId::UnmapForeign,
         RuleId::StaleEntry,
+        RuleId::UnmapPageBase,
     ];
 
-    /// The rule with number `n` (1..=13).
+    /// The rule with number `n` (1..=14).
     pub const fn from_number(n: u8) -> Option<RuleId> {
         Some(match n {
             1 => RuleId::UnmapSizeMismatch,
@@ -71,16 +77,17 @@ impl RuleId {
             11 => RuleId::MapBadParameters,
             12 => RuleId::UnmapForeign,
             13 => RuleId::StaleEntry,
+            14 => RuleId::UnmapPageBase,
             _ => return None,
         })
     }
 
-    /// The rule's number (1..=13).
+    /// The rule's number (1..=14).
     pub const fn number(self) -> u8 {
         self as u8
     }
 
-    /// Index into per-rule arrays (0..13).
+    /// Index into per-rule arrays (0..14).
     pub const fn index(self) -> usize {
         (self as u8).wrapping_sub(1) as usize
     }
@@ -260,8 +267,8 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV005",
         name: "double-unmap",
         severity: Severity::Error,
-        summary: "MmUnmapIoSpace of a base that was already unmapped",
-        help: "Clear the stored base after unmapping, and make stop and remove paths share one release routine.",
+        summary: "MmUnmapIoSpace of a base that was already unmapped, including through a stale pointer after Mm handed the address to another driver (the caller's own earlier mapping is remembered, the other driver's live mapping is kept)",
+        help: "Clear the stored base after unmapping, and make stop and remove paths share one release routine; a stale pointer unmaps whatever Mm mapped there since.",
         reference: DDI_UNMAP,
         containable: true,
     },
@@ -329,11 +336,16 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         id: RuleId::UnmapForeign,
         code: "IOSV012",
         name: "unmap-foreign",
-        severity: Severity::Warning,
-        summary: "a driver unmapped a mapping another driver made",
-        help: "Each driver unmaps what it mapped; hand ownership over explicitly if two drivers share registers.",
+        // Reviewed for issue 8: a driver unmapping another driver's live mapping is almost
+        // never right — the owner still holds the base and will use and unmap it, and once
+        // Mm hands the address out again that is the corruption IOSV005-after-reuse
+        // describes. So: an error, and contained (the owner's mapping stays mapped and
+        // tracked; with containment off the call reaches Mm and the entry is removed).
+        severity: Severity::Error,
+        summary: "a driver unmapped a live mapping another driver made (contained: the owner's mapping stays mapped)",
+        help: "Each driver unmaps what it mapped; if two drivers share registers, have the owner unmap them (e.g. through an interface callback).",
         reference: DDI_UNMAP,
-        containable: false,
+        containable: true,
     },
     RuleInfo {
         id: RuleId::StaleEntry,
@@ -344,6 +356,16 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "The earlier mapping at this base was unmapped without iosv seeing it, e.g. through a pointer resolved before attach.",
         reference: DDI_UNMAP,
         containable: false,
+    },
+    RuleInfo {
+        id: RuleId::UnmapPageBase,
+        code: "IOSV014",
+        name: "unmap-page-base",
+        severity: Severity::Error,
+        summary: "MmUnmapIoSpace of the page-aligned address of a live mapping whose base is not page-aligned (MmMapIoSpace of an unaligned physical address returns page + offset); Mm would round down and unmap ceil(NumberOfBytes / PAGE_SIZE) pages, missing the mapping's last page when offset + size crosses one more page (contained: unmapped with the tracked base and size)",
+        help: "Pass MmUnmapIoSpace the exact pointer MmMapIoSpace returned, offset included; do not round it down to the page.",
+        reference: DDI_UNMAP,
+        containable: true,
     },
 ];
 
@@ -361,11 +383,12 @@ mod tests {
             assert_eq!(RuleId::parse(&r.code.to_lowercase()), Some(r.id));
         }
         assert_eq!(RuleId::from_number(0), None);
-        assert_eq!(RuleId::from_number(14), None);
+        assert_eq!(RuleId::from_number(15), None);
+        assert_eq!(RuleId::ALL.len(), RULE_COUNT);
     }
 
     #[test]
-    fn containable_rules_are_the_unmap_ones_design_names() {
+    fn containable_rules_are_the_unmap_ones() {
         let c: Vec<_> = RULES
             .iter()
             .filter(|r| r.containable)
@@ -377,7 +400,9 @@ mod tests {
                 RuleId::UnmapSizeMismatch,
                 RuleId::UnmapUnknown,
                 RuleId::DoubleUnmap,
-                RuleId::UnmapInterior
+                RuleId::UnmapInterior,
+                RuleId::UnmapForeign,
+                RuleId::UnmapPageBase,
             ]
         );
     }

@@ -70,6 +70,9 @@ const BUSY: u64 = 1 << 61;
 pub const FLAG_MAP_EX: u8 = 1 << 0;
 /// Mapping flag: already reported as leaked (each mapping is reported once).
 pub const FLAG_LEAK_REPORTED: u8 = 1 << 1;
+/// Mapping flag: its driver was detached while it was live; the driver may unmap it
+/// where iosv cannot see (wire value [`crate::protocol::MF_DETACHED`]).
+pub const FLAG_DETACHED: u8 = 1 << 2;
 
 /// True if `addr` is a canonical x64 address (bits 57..63 copy bit 56; with 4-level paging
 /// this also holds, as bits 48..63 then copy bit 47).

@@ -12,11 +12,13 @@ pub use crate::config::StartParams;
 use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
-use crate::phys::{check_parameters, CacheClass, ConflictFilter};
+use crate::phys::{
+    byte_offset, check_parameters, page_align, page_range, CacheClass, ConflictFilter,
+};
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
 use crate::protocol::{
     ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
-    VF_OTHER_MAP_EX,
+    VF_OTHER_MAP_EX, VF_REUSED,
 };
 use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::rules::{Action, RuleId};
@@ -24,7 +26,7 @@ use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};
 use crate::table::{
     Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet,
-    FLAG_LEAK_REPORTED, FLAG_MAP_EX,
+    FLAG_DETACHED, FLAG_LEAK_REPORTED, FLAG_MAP_EX,
 };
 
 /// Frames of iosv's own the stack capture skips (the hook and the engine).
@@ -298,6 +300,15 @@ impl<P: Platform> Verifier<P> {
                     self.conflicts.add(physical, size64, class);
                 }
             }
+            InsertOutcome::ReplacedStale(old) if old.flags & FLAG_DETACHED != 0 => {
+                // Its driver was detached and unmapped it unhooked, as a detached driver
+                // may: not a missed unmap of a tracked driver, so no IOSV013.
+                self.forget_mapping(&old);
+                if size64 != 0 {
+                    self.conflicts.add(physical, size64, class);
+                }
+                self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            }
             InsertOutcome::ReplacedStale(old) => {
                 self.forget_mapping(&old);
                 if size64 != 0 {
@@ -327,11 +338,15 @@ impl<P: Platform> Verifier<P> {
         ex: bool,
         class: CacheClass,
     ) {
-        let end = physical.saturating_add(size);
+        // The cache attribute belongs to the page: compare whole pages. Mappings of a
+        // detached driver are skipped (it may have unmapped them unseen).
+        let Some((first, end)) = page_range(physical, size) else {
+            return;
+        };
         let mut other = None;
         self.table.walk(0, usize::MAX, |m| {
-            let m_end = m.physical.saturating_add(m.size);
-            let overlaps = m.physical < end && physical < m_end;
+            let overlaps = m.flags & FLAG_DETACHED == 0
+                && page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
             if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
                 other = Some(*m);
                 false
@@ -397,28 +412,18 @@ impl<P: Platform> Verifier<P> {
         }
 
         match found {
+            RemoveOutcome::Removed(m)
+                if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 =>
+            {
+                self.foreign_unmap(&cx, m, base, size, contain);
+            }
             RemoveOutcome::Removed(m) => {
                 self.forget_mapping(&m);
-                self.graveyard.bury(&Tombstone {
-                    base,
-                    size: m.size,
-                    physical: m.physical,
-                    map_time_ns: m.map_time_ns,
-                    unmap_time_ns: cx.now,
-                    driver: m.driver,
-                    unmapped_by: cx.driver.0,
-                });
-                let record = || {
+                self.bury(&cx, &m);
+                if size64 != m.size {
                     let mut r = self.mapping_record(&cx, &m);
                     r.address = base;
                     r.passed_size = size64;
-                    r
-                };
-                if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 {
-                    self.violate(RuleId::UnmapForeign, &cx, record());
-                }
-                if size64 != m.size {
-                    let mut r = record();
                     if contain {
                         r.flags |= VF_CONTAINED;
                         self.stats.bump(cx.processor, Counter::Contained);
@@ -437,38 +442,201 @@ impl<P: Platform> Verifier<P> {
             RemoveOutcome::Racing => {
                 self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
             }
-            RemoveOutcome::NotFound => {
-                if self.untracked.take_remembered(base) {
-                    self.platform.mm_unmap_io_space(base, size);
-                } else if let Some(t) = self.graveyard.find(base) {
-                    let mut r = call();
-                    r.base = t.base;
-                    r.mapped_size = t.size;
-                    r.physical = t.physical;
-                    r.map_time_ns = t.map_time_ns;
-                    r.other = t.unmap_time_ns;
-                    r.owner_id = t.driver;
-                    r.owner_name = self.drivers.name(DriverId(t.driver));
-                    self.contained_violation(RuleId::DoubleUnmap, &cx, r, contain, base, size);
-                } else if let Some(m) = self.table.find_containing(base) {
-                    let mut r = self.mapping_record(&cx, &m);
-                    r.address = base;
-                    r.passed_size = size64;
-                    self.contained_violation(RuleId::UnmapInterior, &cx, r, contain, base, size);
-                } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
-                    self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-                    self.platform.mm_unmap_io_space(base, size);
-                } else {
-                    self.contained_violation(
-                        RuleId::UnmapUnknown,
-                        &cx,
-                        call(),
-                        contain,
-                        base,
-                        size,
-                    );
-                }
+            RemoveOutcome::NotFound => self.unmap_not_found(&cx, base, size, contain),
+        }
+    }
+
+    /// An unmap of a base the table does not hold: untracked, IOSV014, IOSV005, IOSV006,
+    /// unverified or IOSV004, in that order of checks.
+    fn unmap_not_found(&self, cx: &CallCtx, base: u64, size: usize, contain: bool) {
+        if self.untracked.take_remembered(base) {
+            self.platform.mm_unmap_io_space(base, size);
+            return;
+        }
+        let call = || {
+            let mut r = self.blank_record(cx);
+            r.address = base;
+            r.passed_size = size as u64;
+            r
+        };
+        // A page-aligned address is checked against live unaligned bases before the
+        // graveyard (Mm reuses blocks, so an earlier mapping whose base was this page may
+        // have left a tombstone here); the same walk finds the mapping containing it, so
+        // no unmap walks the table twice.
+        let scan = if base != 0 && byte_offset(base) == 0 {
+            Some(self.scan_page(base))
+        } else {
+            None
+        };
+        if let Some((Some(m), _)) = scan {
+            self.page_base_unmap(cx, &m, base, size, contain);
+        } else if let Some(t) = self.graveyard.find(base) {
+            let mut r = call();
+            r.base = t.base;
+            r.mapped_size = t.size;
+            r.physical = t.physical;
+            r.map_time_ns = t.map_time_ns;
+            r.other = t.unmap_time_ns;
+            r.owner_id = t.driver;
+            r.owner_name = self.drivers.name(DriverId(t.driver));
+            r.prior_map_site = t.map_site;
+            if t.map_site != 0 {
+                copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
             }
+            self.contained_violation(RuleId::DoubleUnmap, cx, r, contain, base, size);
+        } else if let Some(m) = match scan {
+            Some((_, containing)) => containing,
+            None => self.table.find_containing(base),
+        } {
+            let mut r = self.mapping_record(cx, &m);
+            r.address = base;
+            r.passed_size = size as u64;
+            self.contained_violation(RuleId::UnmapInterior, cx, r, contain, base, size);
+        } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            self.platform.mm_unmap_io_space(base, size);
+        } else {
+            self.contained_violation(RuleId::UnmapUnknown, cx, call(), contain, base, size);
+        }
+    }
+
+    /// Remembers the unmap of `m` (by the caller of `cx`) in the graveyard.
+    fn bury(&self, cx: &CallCtx, m: &Mapping) {
+        self.graveyard.bury(&Tombstone {
+            base: m.base,
+            size: m.size,
+            physical: m.physical,
+            map_time_ns: m.map_time_ns,
+            unmap_time_ns: cx.now,
+            driver: m.driver,
+            unmapped_by: cx.driver.0,
+            map_site: m.frames().first().copied().unwrap_or(0),
+        });
+    }
+
+    /// Puts a mapping taken out of the table for a contained unmap back (hook path:
+    /// bounded, never waits). If the table has no room now, the mapping becomes untracked.
+    fn restore(&self, cx: &CallCtx, m: &Mapping) {
+        match self.table.insert(m) {
+            InsertOutcome::Inserted => {}
+            // Mm cannot have handed out a base that is still mapped; if the table held
+            // one anyway, the newer entry wins and the old one is forgotten.
+            InsertOutcome::ReplacedStale(old) => self.forget_mapping(&old),
+            InsertOutcome::Full => {
+                self.forget_mapping(m);
+                self.stats.bump(cx.processor, Counter::TableFull);
+                self.untracked.add(m.base);
+            }
+        }
+    }
+
+    /// `cx`'s driver unmaps `m`, the live mapping of another driver (already taken out of
+    /// the table). If the caller's own earlier mapping at this base is in the graveyard,
+    /// its pointer is stale and Mm reused the address: IOSV005, naming both mappings.
+    /// Otherwise IOSV012. Either way, contained, the owner's mapping stays mapped and
+    /// tracked (re-inserted: the common, correct unmap pays for no extra lookup; an
+    /// owner's unmap racing this bad call in the instant between removal and re-insert
+    /// finds no entry and is judged as such); without containment the call reaches Mm
+    /// and the entry stays removed.
+    fn foreign_unmap(&self, cx: &CallCtx, m: Mapping, base: u64, size: usize, contain: bool) {
+        let mut r = self.mapping_record(cx, &m);
+        r.address = base;
+        r.passed_size = size as u64;
+        let rule = match self.stale_prior(cx, base, m.driver) {
+            Some(t) => {
+                note_reuse(&mut r, &t);
+                RuleId::DoubleUnmap
+            }
+            None => RuleId::UnmapForeign,
+        };
+        if contain {
+            self.restore(cx, &m);
+            r.flags |= VF_CONTAINED;
+            self.stats.bump(cx.processor, Counter::Contained);
+            self.violate(rule, cx, r);
+        } else {
+            self.forget_mapping(&m);
+            self.bury(cx, &m);
+            self.violate(rule, cx, r);
+            self.platform.mm_unmap_io_space(base, size);
+        }
+    }
+
+    /// The caller's own tombstone at `addr` (it mapped or unmapped the mapping that was
+    /// there) when the live mapping there now belongs to another driver, `owner`: the
+    /// caller's pointer is stale and Mm reused the address.
+    fn stale_prior(&self, cx: &CallCtx, addr: u64, owner: u16) -> Option<Tombstone> {
+        if owner == 0 || cx.driver == DriverId::NONE || owner == cx.driver.0 {
+            return None;
+        }
+        self.graveyard
+            .find(addr)
+            .filter(|t| t.driver == cx.driver.0 || t.unmapped_by == cx.driver.0)
+    }
+
+    /// One walk over the table for the page-aligned address `addr` (error path: examines
+    /// every slot): the live mapping whose base is not page-aligned and lies in the page
+    /// starting at `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
+    fn scan_page(&self, addr: u64) -> (Option<Mapping>, Option<Mapping>) {
+        let (mut page_owner, mut containing) = (None, None);
+        self.table.walk(0, usize::MAX, |m| {
+            if m.base != addr && page_align(m.base) == addr {
+                page_owner = Some(*m);
+            } else if containing.is_none() && m.contains(addr) {
+                containing = Some(*m);
+            }
+            page_owner.is_none()
+        });
+        (page_owner, containing)
+    }
+
+    /// IOSV014: an unmap at `addr`, the page-aligned address of `m`'s unaligned base.
+    /// Mm would unmap `span_pages(addr, size)` pages from `addr`, which misses the
+    /// mapping's last page when its offset pushes it onto one more page. Contained, the
+    /// mapping is unmapped with its tracked base and size; without containment the call
+    /// reaches Mm as made. Either way the entry is removed (Mm unmaps from that page).
+    ///
+    /// If the page was the base of the caller's own earlier mapping and `m` is another
+    /// driver's, the caller's pointer is stale (IOSV005 after reuse): contained, nothing
+    /// reaches Mm and `m` stays; without containment the call reaches Mm as made.
+    fn page_base_unmap(&self, cx: &CallCtx, m: &Mapping, addr: u64, size: usize, contain: bool) {
+        let mut r = self.mapping_record(cx, m);
+        r.address = addr;
+        r.passed_size = size as u64;
+        let stale = self.stale_prior(cx, addr, m.driver);
+        if let Some(t) = &stale {
+            note_reuse(&mut r, t);
+            if contain {
+                r.flags |= VF_CONTAINED;
+                self.stats.bump(cx.processor, Counter::Contained);
+                self.violate(RuleId::DoubleUnmap, cx, r);
+                return;
+            }
+        }
+        let rule = if stale.is_some() {
+            RuleId::DoubleUnmap
+        } else {
+            RuleId::UnmapPageBase
+        };
+        let removed = match self.table.remove(m.base) {
+            RemoveOutcome::Removed(gone) => {
+                self.forget_mapping(&gone);
+                self.bury(cx, &gone);
+                Some(gone)
+            }
+            RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
+        };
+        if contain {
+            r.flags |= VF_CONTAINED;
+            self.stats.bump(cx.processor, Counter::Contained);
+            self.violate(rule, cx, r);
+            if let Some(gone) = removed {
+                let real = usize::try_from(gone.size).unwrap_or(size);
+                self.platform.mm_unmap_io_space(gone.base, real);
+            }
+        } else {
+            self.violate(rule, cx, r);
+            self.platform.mm_unmap_io_space(addr, size);
         }
     }
 
@@ -682,19 +850,31 @@ impl<P: Platform> Verifier<P> {
     }
 
     /// `driver` is unloading (`detach == false`) or being detached: IOSV009 for its live
-    /// mappings not yet reported, and it is marked gone.
+    /// mappings not yet reported (each mapping is reported once, whatever reported it
+    /// first), and it is marked gone.
     ///
-    /// After an unload its mappings stay in the table: they are still mapped (leaked), so
-    /// Mm cannot hand their addresses out again. After a detach the driver keeps running
-    /// unhooked and will unmap them where iosv cannot see it, so they are dropped (and
-    /// counted as untracked if the driver is attached again and unmaps one).
+    /// Its mappings stay in the table either way: they are still mapped. After an unload
+    /// they are leaked, so Mm cannot hand their addresses out again. After a detach they
+    /// are flagged detached (listed as such): the driver keeps running unhooked and may
+    /// unmap them where iosv cannot see it, so when Mm hands such an address out again
+    /// the entry is replaced without IOSV013 (counted as an unverified unmap), and they
+    /// are not compared for cache conflicts. Only an unmap iosv sees, or the image's
+    /// unload (call this again with `detach == false` when a detached image unloads),
+    /// removes a detached mapping.
     pub fn driver_detached(&self, driver: DriverId, detach: bool) {
         let flags = if detach { VF_DETACH } else { 0 };
         self.report_leaks(RuleId::LeakOnUnload, |m| m.driver == driver.0, flags);
         self.drivers.set_state(driver, DriverState::Gone);
         if detach {
             self.for_each_picked(
-                |m| m.driver == driver.0,
+                |m| m.driver == driver.0 && m.flags & FLAG_DETACHED == 0,
+                |m| {
+                    self.table.mark(m.base, m.map_time_ns, FLAG_DETACHED);
+                },
+            );
+        } else {
+            self.for_each_picked(
+                |m| m.driver == driver.0 && m.flags & FLAG_DETACHED != 0,
                 |m| {
                     if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
                         self.forget_mapping(&gone);
@@ -703,6 +883,16 @@ impl<P: Platform> Verifier<P> {
             );
         }
     }
+}
+
+/// Fills the IOSV005-after-reuse fields of `r` from the caller's own tombstone `t`.
+fn note_reuse(r: &mut ViolationRecord, t: &Tombstone) {
+    r.flags |= VF_REUSED;
+    r.other = t.unmap_time_ns;
+    r.prior_size = t.size;
+    r.prior_physical = t.physical;
+    r.prior_map_time_ns = t.map_time_ns;
+    r.prior_map_site = t.map_site;
 }
 
 fn copy_frames(dst: &mut [u64; MAX_STACK], depth: &mut u8, src: &[u64]) {

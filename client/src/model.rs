@@ -3,7 +3,7 @@
 //! frames as `module+offset`. Every output format reads these, so the human table, JSON,
 //! SARIF and JUnit say the same thing.
 
-use iosv::phys::{check_parameters, BadParameter};
+use iosv::phys::{byte_offset, check_parameters, shared_pages, span_pages, BadParameter};
 use iosv::platform::Irql;
 use iosv::protocol::*;
 use iosv::rules::{Action, RuleId, RuleInfo, Severity};
@@ -85,6 +85,26 @@ pub fn cache(value: u32, map_ex: bool) -> String {
             v => format!("cache type {v}"),
         }
     }
+}
+
+/// What a cache field holds: a `MEMORY_CACHING_TYPE` (MmMapIoSpace) or a page
+/// protection (MmMapIoSpaceEx). The two share numbers (4 is both PAGE_READWRITE and
+/// MmNonCachedUnordered), so every report names the kind beside the value.
+pub fn cache_kind(map_ex: bool) -> &'static str {
+    if map_ex {
+        "PAGE_PROTECTION"
+    } else {
+        "MEMORY_CACHING_TYPE"
+    }
+}
+
+/// A cache field for machine-readable reports: its kind, its name and its value.
+pub fn cache_json(value: u32, map_ex: bool) -> serde_json::Value {
+    serde_json::json!({
+        "kind": cache_kind(map_ex),
+        "name": cache(value, map_ex),
+        "value": value,
+    })
 }
 
 /// A duration in ns, short (`350ms`, `12.3s`, `5m07s`, `2h05m`).
@@ -200,6 +220,42 @@ impl<'a> Violation<'a> {
         self.rec.flags & VF_MAP_EX != 0
     }
 
+    /// Whether the record's `cache` field means something: the rule judges a map call,
+    /// or the record carries the tracked mapping (a graveyard tombstone has no cache).
+    pub fn cache_known(&self) -> bool {
+        self.rec.flags & VF_MAPPING_KNOWN != 0
+            || matches!(
+                self.rule(),
+                Some(RuleId::MapIrql | RuleId::MapBadParameters | RuleId::CacheConflict)
+            )
+    }
+
+    /// The cache field (kind, name, value), `None` when the record has none.
+    pub fn cache(&self) -> Option<serde_json::Value> {
+        self.cache_known()
+            .then(|| cache_json(self.rec.cache, self.map_ex()))
+    }
+
+    /// IOSV010: the conflicting live mapping's cache field.
+    pub fn other_cache(&self) -> Option<serde_json::Value> {
+        (self.rule() == Some(RuleId::CacheConflict))
+            .then(|| cache_json(self.rec.other_cache, self.rec.flags & VF_OTHER_MAP_EX != 0))
+    }
+
+    /// IOSV010: the physical pages both mappings cover, `[first, end)`.
+    pub fn shared_pages(&self) -> Option<(u64, u64)> {
+        let r = self.rec;
+        if self.rule() != Some(RuleId::CacheConflict) {
+            return None;
+        }
+        shared_pages(r.physical, r.passed_size, r.other, r.mapped_size)
+    }
+
+    /// IOSV005: Mm handed the base to another driver since the caller unmapped it.
+    pub fn reused(&self) -> bool {
+        self.rec.flags & VF_REUSED != 0
+    }
+
     /// The driver that made the call (`None` when unattributed).
     pub fn caller(&self) -> Option<String> {
         (self.rec.driver_id != 0).then(|| name(&self.rec.driver_name))
@@ -259,20 +315,35 @@ impl<'a> Violation<'a> {
             r.passed_size
         );
         let mapping = format!(
-            "the mapping at {} ({} bytes 0x{:x}, physical {}, {}) made by {owner}",
+            "the mapping at {} ({} 0x{:x} bytes, physical {}{}) made by {owner}",
             hex(r.base),
             if known { "size" } else { "last known size" },
             r.mapped_size,
             hex(r.physical),
-            cache(r.cache, self.map_ex()),
+            if self.cache_known() {
+                format!(", {}", cache(r.cache, self.map_ex()))
+            } else {
+                String::new()
+            },
         );
         let contained = if self.contained() {
             match self.rule() {
-                Some(RuleId::UnmapSizeMismatch) => "; contained: unmapped with the tracked size",
-                _ => "; contained: the call was not passed to MmUnmapIoSpace",
+                Some(RuleId::UnmapSizeMismatch) => {
+                    "; contained: unmapped with the tracked size".to_string()
+                }
+                Some(RuleId::UnmapPageBase) => {
+                    "; contained: unmapped with the tracked base and size".to_string()
+                }
+                Some(RuleId::UnmapForeign) => format!(
+                    "; contained: the call was not passed to MmUnmapIoSpace, {owner}'s mapping stays mapped"
+                ),
+                Some(RuleId::DoubleUnmap) if self.reused() => format!(
+                    "; contained: the call was not passed to MmUnmapIoSpace, {owner}'s mapping stays mapped"
+                ),
+                _ => "; contained: the call was not passed to MmUnmapIoSpace".to_string(),
             }
         } else {
-            ""
+            String::new()
         };
         let text = match self.rule() {
             Some(RuleId::UnmapSizeMismatch) => format!(
@@ -293,6 +364,23 @@ impl<'a> Violation<'a> {
                 irql(r.irql)
             ),
             Some(RuleId::UnmapUnknown) => format!("{unmap}, but no tracked mapping has that base"),
+            Some(RuleId::DoubleUnmap) if self.reused() => {
+                let when = if r.other != 0 && r.timestamp_ns >= r.other {
+                    format!(" {} ago", age(r.timestamp_ns - r.other))
+                } else {
+                    String::new()
+                };
+                let site = if r.prior_map_site != 0 {
+                    format!(", mapped at {}", hex(r.prior_map_site))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{unmap} through a stale pointer: it mapped that address itself (0x{:x} bytes, physical {}{site}) and unmapped it{when}, and Mm has since reused it for {mapping}; the call would have torn down {owner}'s live mapping",
+                    r.prior_size,
+                    hex(r.prior_physical),
+                )
+            }
             Some(RuleId::DoubleUnmap) if r.base != 0 => {
                 let when = if r.other != 0 && r.timestamp_ns >= r.other {
                     format!(" {} earlier", age(r.timestamp_ns - r.other))
@@ -331,7 +419,15 @@ impl<'a> Violation<'a> {
                 hex(r.other),
                 r.mapped_size,
                 cache(r.other_cache, r.flags & VF_OTHER_MAP_EX != 0)
-            ),
+            ) + &match self.shared_pages() {
+                Some((first, end)) => format!(
+                    "; they share physical page{} {}..{} (the cache attribute belongs to the page)",
+                    if end.wrapping_sub(first) > 0x1000 { "s" } else { "" },
+                    hex(first),
+                    hex(end)
+                ),
+                None => String::new(),
+            },
             Some(RuleId::MapBadParameters) => {
                 let why = match check_parameters(r.physical, r.passed_size, r.cache, self.map_ex()) {
                     Some(BadParameter::ZeroLength) => "NumberOfBytes is zero",
@@ -357,6 +453,30 @@ impl<'a> Violation<'a> {
                 r.passed_size,
                 mapping
             ),
+            Some(RuleId::UnmapPageBase) => {
+                let ask = span_pages(r.address, r.passed_size).unwrap_or(0);
+                let spans = span_pages(r.base, r.mapped_size).unwrap_or(0);
+                let effect = match ask.cmp(&spans) {
+                    core::cmp::Ordering::Less => format!(
+                        ", leaving {} of its pages mapped (a leaked system PTE range)",
+                        spans - ask
+                    ),
+                    core::cmp::Ordering::Greater => format!(
+                        ", {} more than it maps (PTEs of whatever follows)",
+                        ask - spans
+                    ),
+                    core::cmp::Ordering::Equal => {
+                        ", which happens to cover it: the call works only by Mm's rounding".to_string()
+                    }
+                };
+                format!(
+                    "{unmap}, the page-aligned address of {mapping}, whose base carries the physical page offset 0x{:x}; MmUnmapIoSpace rounds down and would unmap {ask} page{} from {} where the mapping spans {spans}{effect}; pass the base {}",
+                    byte_offset(r.base),
+                    if ask == 1 { "" } else { "s" },
+                    hex(r.address),
+                    hex(r.base)
+                )
+            }
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
         format!("{text}{contained}")
@@ -424,6 +544,106 @@ mod tests {
         assert_eq!(age(12_345_000_000), "12.3s");
         assert_eq!(age(307_000_000_000), "5m07s");
         assert_eq!(name(&wire_name(b"nic\x01.sys")), "nic\\x01.sys");
+    }
+
+    #[test]
+    fn cache_fields_name_their_kind() {
+        // 4 is MmNonCachedUnordered and PAGE_READWRITE: the kind tells them apart.
+        let t = cache_json(4, false);
+        let p = cache_json(4, true);
+        assert_eq!(
+            (t["kind"].as_str(), t["name"].as_str()),
+            (Some("MEMORY_CACHING_TYPE"), Some("MmNonCachedUnordered"))
+        );
+        assert_eq!(
+            (p["kind"].as_str(), p["name"].as_str()),
+            (Some("PAGE_PROTECTION"), Some("PAGE_READWRITE"))
+        );
+        let mut r = ViolationRecord {
+            rule: RuleId::CacheConflict.number(),
+            flags: VF_OTHER_MAP_EX,
+            cache: 1,
+            other_cache: 0x204,
+            physical: 0x5800,
+            passed_size: 0x800,
+            other: 0x5000,
+            mapped_size: 0x800,
+            ..Default::default()
+        };
+        let v = Violation::new(&r);
+        assert_eq!(v.cache().unwrap()["name"], "MmCached");
+        assert_eq!(v.other_cache().unwrap()["kind"], "PAGE_PROTECTION");
+        assert_eq!(
+            v.other_cache().unwrap()["name"],
+            "PAGE_READWRITE|PAGE_NOCACHE"
+        );
+        assert_eq!(v.shared_pages(), Some((0x5000, 0x6000)));
+        assert!(
+            v.message().contains("share physical page 0x5000..0x6000"),
+            "{}",
+            v.message()
+        );
+        // An unmap of an unknown address names no cache at all.
+        r = ViolationRecord {
+            rule: RuleId::UnmapUnknown.number(),
+            ..Default::default()
+        };
+        let v = Violation::new(&r);
+        assert!(v.cache().is_none() && v.other_cache().is_none());
+    }
+
+    #[test]
+    fn stale_pointer_and_page_base_messages_say_what_mm_would_do() {
+        let r = ViolationRecord {
+            rule: RuleId::DoubleUnmap.number(),
+            flags: VF_MAPPING_KNOWN | VF_REUSED | VF_CONTAINED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 2,
+            owner_name: wire_name(b"b.sys"),
+            address: 0x7000,
+            base: 0x7000,
+            passed_size: 0x2000,
+            mapped_size: 0x3000,
+            prior_size: 0x2000,
+            prior_physical: 0xF000_0000,
+            prior_map_site: 0x1234,
+            ..Default::default()
+        };
+        let m = Violation::new(&r).message();
+        for part in [
+            "a.sys",
+            "b.sys",
+            "stale pointer",
+            "0x1234",
+            "0xf0000000",
+            "b.sys's mapping stays mapped",
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+        let r = ViolationRecord {
+            rule: RuleId::UnmapPageBase.number(),
+            flags: VF_MAPPING_KNOWN | VF_CONTAINED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 1,
+            owner_name: wire_name(b"a.sys"),
+            address: 0x7000,
+            base: 0x7800,
+            passed_size: 0x1000,
+            mapped_size: 0x1000,
+            ..Default::default()
+        };
+        let m = Violation::new(&r).message();
+        for part in [
+            "would unmap 1 page from 0x7000",
+            "spans 2",
+            "leaving 1",
+            "pass the base 0x7800",
+            "tracked base and size",
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
     }
 
     #[test]

@@ -40,7 +40,9 @@ fn every_rule_exactly_once_over_the_socket() {
     let rules: Vec<&str> = v.keys().map(String::as_str).collect();
     assert_eq!(
         rules,
-        (1..=13).map(|n| format!("IOSV{n:03}")).collect::<Vec<_>>()
+        (1..=iosv::rules::RULE_COUNT)
+            .map(|n| format!("IOSV{n:03}"))
+            .collect::<Vec<_>>()
     );
 
     // Nothing is blamed on, made by or owned by the well-behaved driver.
@@ -138,9 +140,17 @@ fn every_rule_exactly_once_over_the_socket() {
         (hex(&r["physical"]), r["passed_size"].as_u64()),
         (0xF304_0000, Some(0x1000))
     );
+    // Each cache field names its kind: a MEMORY_CACHING_TYPE here, on both sides.
+    assert_eq!(r["cache"]["kind"], "MEMORY_CACHING_TYPE");
+    assert_eq!(r["cache"]["name"], "MmCached");
+    assert_eq!(r["other_cache"]["kind"], "MEMORY_CACHING_TYPE");
+    assert_eq!(r["other_cache"]["name"], "MmNonCached");
     assert_eq!(
-        (r["cache"].as_str(), r["other_cache"].as_u64()),
-        (Some("MmCached"), Some(0))
+        (
+            hex(&r["shared_pages"]["first"]),
+            hex(&r["shared_pages"]["end"])
+        ),
+        (0xF304_0000, 0xF304_1000)
     );
 
     let r = &v["IOSV011"];
@@ -167,15 +177,35 @@ fn every_rule_exactly_once_over_the_socket() {
         msg.contains("thief.sys") && msg.contains("bad.sys"),
         "both sides named: {msg}"
     );
+    assert_eq!(
+        (r["severity"].as_str(), r["contained"].as_bool()),
+        (Some("error"), Some(true))
+    );
+    // Unmaps that name no mapping carry no cache field.
+    assert!(v["IOSV004"]["cache"].is_null(), "{}", v["IOSV004"]);
 
     let r = &v["IOSV013"];
     assert_eq!(r["severity"], "warning");
     assert_eq!(r["address"], r["base"]);
 
+    let r = &v["IOSV014"];
+    assert_eq!(
+        (r["severity"].as_str(), r["contained"].as_bool()),
+        (Some("error"), Some(true))
+    );
+    assert_eq!(hex(&r["address"]), hex(&r["base"]) & !0xFFF);
+    assert_eq!(hex(&r["base"]) & 0xFFF, 0x800);
+    assert_eq!(r["cache"]["name"], "MmNonCached");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("would unmap 1 page") && msg.contains("spans 2"),
+        "{msg}"
+    );
+
     let end = lines.last().unwrap();
     assert_eq!(
         (end["kind"].as_str(), end["next_cursor"].as_u64()),
-        (Some("end"), Some(13))
+        (Some("end"), Some(14))
     );
     assert_eq!(
         (
@@ -183,7 +213,7 @@ fn every_rule_exactly_once_over_the_socket() {
             end["failing"].as_u64(),
             end["lost"].as_u64()
         ),
-        (Some(13), Some(10), Some(0))
+        (Some(14), Some(12), Some(0))
     );
 
     // The leak view agrees: the leaked mappings are still live, on the same devices.
@@ -219,7 +249,7 @@ fn every_rule_exactly_once_over_the_socket() {
         .map(|d| (d["name"].as_str().unwrap(), d))
         .collect();
     assert_eq!(drivers["good.sys"]["violations"], 0);
-    assert_eq!(drivers["bad.sys"]["violations"], 12);
+    assert_eq!(drivers["bad.sys"]["violations"], 13);
     assert_eq!(drivers["thief.sys"]["violations"], 1);
     assert_eq!(s["per_rule"]["IOSV001"], 1);
     assert!(s["capabilities"]
@@ -254,10 +284,10 @@ fn human_output_names_rules_drivers_irqls_and_stacks() {
         "{out}"
     );
     assert!(
-        out.contains("13 violations (10 error, 3 warning, 0 note)"),
+        out.contains("14 violations (12 error, 2 warning, 0 note)"),
         "{out}"
     );
-    assert!(out.contains("next cursor: 13"), "{out}");
+    assert!(out.contains("next cursor: 14"), "{out}");
     // -v: the sentence and the stacks, frames inside a loaded image as module+offset.
     let (_, out, _) = parts(&server.run(&["violations", "-v", "--rule", "IOSV012"]));
     assert!(out.contains("thief.sys called MmUnmapIoSpace("), "{out}");
@@ -285,7 +315,7 @@ fn cursors_filters_follow_and_fail_on() {
         .filter(|v| v["kind"] == "violation")
         .map(|v| v["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [10, 11, 12]);
+    assert_eq!(seqs, [10, 11, 12, 13]);
 
     let (code, out, _) = parts(&server.run(&["violations", "--max", "2", "--format", "json"]));
     assert_eq!(code, 1);
@@ -299,17 +329,14 @@ fn cursors_filters_follow_and_fail_on() {
         "--rule",
         "cache-conflict",
         "--rule",
-        "IOSV012",
-        "--rule",
         "stale-entry",
     ];
     assert_eq!(parts(&server.run(&warnings)).0, 0);
     let mut strict = warnings.to_vec();
     strict.extend(["--fail-on", "warning"]);
     assert_eq!(parts(&server.run(&strict)).0, 1);
-    let mut driver = vec!["violations", "--driver", "THIEF.SYS", "--format", "json"];
-    assert_eq!(parts(&server.run(&driver)).0, 0);
-    driver.extend(["--fail-on", "note"]);
+    // thief.sys's only violation, IOSV012, is an error.
+    let driver = ["violations", "--driver", "THIEF.SYS", "--format", "json"];
     let (code, out, _) = parts(&server.run(&driver));
     assert_eq!(code, 1);
     assert_eq!(json_lines(&out)[0]["rule"], "IOSV012");
@@ -333,7 +360,7 @@ fn cursors_filters_follow_and_fail_on() {
             .iter()
             .filter(|v| v["kind"] == "violation")
             .count(),
-        13
+        14
     );
 }
 
@@ -422,10 +449,10 @@ fn configuration_clear_and_attach_over_the_socket() {
     assert_eq!(code, 0, "nothing left to fail on");
     let l = json_lines(&out);
     assert!(
-        l.iter().any(|v| v["kind"] == "gap" && v["discarded"] == 13),
+        l.iter().any(|v| v["kind"] == "gap" && v["discarded"] == 14),
         "{out}"
     );
-    assert_eq!(l.last().unwrap()["discarded"], 13);
+    assert_eq!(l.last().unwrap()["discarded"], 14);
 }
 
 #[test]
@@ -463,7 +490,7 @@ fn lab_runs_in_process_and_gates_on_severity() {
     assert_eq!(l[0]["kind"], "lab");
     assert_eq!(l[0]["scenario"], "every-rule");
     let v = violations(&l);
-    assert_eq!(v.len(), 13);
+    assert_eq!(v.len(), 14);
     assert_eq!(v["IOSV001"]["passed_size"], 0x1000);
     assert_eq!(v["IOSV012"]["driver"], "thief.sys");
     assert_eq!(l.iter().filter(|x| x["kind"] == "mapping").count(), 3);
@@ -490,7 +517,7 @@ fn lab_runs_in_process_and_gates_on_severity() {
         .filter(|v| v["kind"] == "violation")
         .map(|v| v["rule"].as_str().unwrap())
         .collect();
-    assert_eq!(rules.len(), 13);
+    assert_eq!(rules.len(), iosv::rules::RULE_COUNT);
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn violations_sarif_is_schema_valid_and_complete() {
 
     let run = &log["runs"][0];
     let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 13);
+    assert_eq!(rules.len(), iosv::rules::RULE_COUNT);
     for (i, r) in rules.iter().enumerate() {
         let info = &iosv::rules::RULES[i];
         assert_eq!(r["id"], info.code);
@@ -117,7 +117,14 @@ fn violations_sarif_is_schema_valid_and_complete() {
         assert_eq!(r["defaultConfiguration"]["level"], info.severity.name());
     }
     let results = run["results"].as_array().unwrap();
-    assert_eq!(results.len(), 13);
+    assert_eq!(results.len(), iosv::rules::RULE_COUNT);
+    // Cache fields name their kind (MEMORY_CACHING_TYPE or PAGE_PROTECTION), both sides.
+    let conflict = results.iter().find(|r| r["ruleId"] == "IOSV010").unwrap();
+    let props = &conflict["properties"];
+    assert_eq!(props["cache"]["kind"], "MEMORY_CACHING_TYPE");
+    assert_eq!(props["cache"]["name"], "MmCached");
+    assert_eq!(props["otherCache"]["name"], "MmNonCached");
+    assert_eq!(props["sharedPages"]["first"], "0xf3040000");
     for r in results {
         let id = r["ruleId"].as_str().unwrap();
         let idx = r["ruleIndex"].as_u64().unwrap() as usize;

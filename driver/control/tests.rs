@@ -4,6 +4,7 @@
 use super::*;
 use crate::platform::fake::FakePlatform;
 use crate::platform::Caller;
+use crate::rules::RULE_COUNT;
 use crate::verifier::StartParams;
 use proptest::prelude::*;
 use zerocopy::IntoBytes;
@@ -162,7 +163,7 @@ fn set_config_validates_then_applies_atomically() {
         Status::ReservedNotZero
     );
     let mut bad = before;
-    bad.actions[13] = 1;
+    bad.actions[RULE_COUNT] = 1;
     assert_eq!(
         call(&v, IOCTL_SET_CONFIG, bad.as_bytes(), 0).0.status,
         Status::ReservedNotZero
@@ -421,7 +422,7 @@ proptest! {
         let code = IOCTLS.get(code_pick).map_or(raw_code, |c| c.0);
         let mut input = input;
         if valid_version && input.len() >= 4 {
-            input[..4].copy_from_slice(&1u32.to_le_bytes());
+            input[..4].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         }
         let before = config(&v);
         let mut out = vec![0u8; out_len];

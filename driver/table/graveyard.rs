@@ -32,6 +32,8 @@ pub struct Tombstone {
     pub driver: u16,
     /// Driver that unmapped it.
     pub unmapped_by: u16,
+    /// Map site: the innermost frame of the map call's stack (0 if none was captured).
+    pub map_site: u64,
 }
 
 struct GraveSlot {
@@ -41,6 +43,7 @@ struct GraveSlot {
     physical: AtomicU64,
     map_time_ns: AtomicU64,
     unmap_time_ns: AtomicU64,
+    map_site: AtomicU64,
     drivers: AtomicU32,
 }
 
@@ -60,6 +63,7 @@ impl Graveyard {
                 physical: AtomicU64::new(0),
                 map_time_ns: AtomicU64::new(0),
                 unmap_time_ns: AtomicU64::new(0),
+                map_site: AtomicU64::new(0),
                 drivers: AtomicU32::new(0),
             })?,
         })
@@ -136,6 +140,7 @@ impl Graveyard {
             s.physical.store(t.physical, Ordering::Relaxed);
             s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
             s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
+            s.map_site.store(t.map_site, Ordering::Relaxed);
             s.drivers.store(
                 u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
                 Ordering::Relaxed,
@@ -163,6 +168,7 @@ impl Graveyard {
                 unmap_time_ns: s.unmap_time_ns.load(Ordering::Relaxed),
                 driver: drivers as u16,
                 unmapped_by: (drivers >> 16) as u16,
+                map_site: s.map_site.load(Ordering::Relaxed),
             };
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) == s1 {
@@ -232,6 +238,7 @@ mod tests {
             unmap_time_ns: 2,
             driver: 3,
             unmapped_by: 4,
+            map_site: 0x1000_0123,
         }
     }
 

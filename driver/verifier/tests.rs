@@ -60,6 +60,13 @@ impl Bed {
     fn unmapped(&self) -> Vec<(u64, usize)> {
         std::mem::take(&mut *self.v.platform().unmapped.lock().unwrap())
     }
+    fn containment_off(&self) {
+        self.v.settings().apply(&crate::protocol::ConfigBlock {
+            flags: 0,
+            actions: [1u8; 16],
+            ..Default::default()
+        });
+    }
     fn set_irql(&self, irql: u8) {
         self.v.platform().irql.store(irql, Ordering::Relaxed);
     }
@@ -276,7 +283,7 @@ fn iosv010_cache_conflict_only_on_overlap_with_other_type() {
 }
 
 #[test]
-fn iosv012_foreign_unmap_passes_through() {
+fn iosv012_foreign_unmap_is_contained_and_the_owner_keeps_its_mapping() {
     let b = bed();
     let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
     b.v.unmap_io_space(at(GPU), a, 0x1000);
@@ -285,7 +292,94 @@ fn iosv012_foreign_unmap_passes_through() {
         (r.len(), r[0].rule, r[0].driver_id, r[0].owner_id),
         (1, 12, b.gpu.0, b.nic.0)
     );
+    assert_ne!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    assert_eq!(r[0].flags & crate::protocol::VF_REUSED, 0);
+    assert!(b.unmapped().is_empty(), "contained: not passed to Mm");
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.nic.0, "still nic's");
+    // The owner's own unmap is then clean.
+    b.v.unmap_io_space(at(NIC), a, 0x1000);
+    assert!(b.rules().is_empty());
     assert_eq!(b.unmapped(), [(a, 0x1000)]);
+
+    // Containment off: the call reaches Mm and the entry is gone.
+    b.containment_off();
+    let c = b.v.map_io_space(at(NIC), 0xFED1_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(GPU), c, 0x1000);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule), (1, 12));
+    assert_eq!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    assert_eq!(b.unmapped(), [(c, 0x1000)]);
+    assert!(b.v.table().get(c).is_none());
+}
+
+#[test]
+fn iosv005_stale_pointer_after_reuse_blames_the_stale_caller_and_spares_the_victim() {
+    let b = bed();
+    // nic maps and unmaps; Mm hands the same address to gpu.
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
+    b.v.unmap_io_space(at(NIC), a, 0x2000);
+    b.v.platform().reuse.lock().unwrap().push(a);
+    let g = b.v.map_io_space(at(GPU), 0xC000_0000, 0x3000, 1);
+    assert_eq!(g, a, "address reused");
+    assert_eq!(b.unmapped(), [(a, 0x2000)]);
+    assert!(b.rules().is_empty());
+    // nic unmaps again through its stale pointer.
+    b.v.unmap_io_space(at(NIC), a, 0x2000);
+    let r = b.new_records();
+    assert_eq!(
+        r.len(),
+        1,
+        "{:?}",
+        r.iter().map(|x| x.rule).collect::<Vec<_>>()
+    );
+    let r = r[0];
+    assert_eq!(r.rule, RuleId::DoubleUnmap.number());
+    assert_eq!(
+        (r.driver_id, r.owner_id),
+        (b.nic.0, b.gpu.0),
+        "both drivers"
+    );
+    assert_eq!(crate::protocol::name_bytes(&r.owner_name), b"gpu.sys");
+    assert_ne!(r.flags & crate::protocol::VF_REUSED, 0);
+    assert_ne!(r.flags & crate::protocol::VF_CONTAINED, 0);
+    // The victim's live mapping and the caller's own earlier one.
+    assert_eq!(
+        (r.base, r.mapped_size, r.physical, r.cache),
+        (a, 0x3000, 0xC000_0000, 1)
+    );
+    assert_eq!((r.prior_size, r.prior_physical), (0x2000, 0xFED0_0000));
+    assert!(
+        r.map_stack_depth > 0 && r.prior_map_site != 0,
+        "both map sites"
+    );
+    assert!(
+        r.other > r.prior_map_time_ns && r.map_time_ns > r.other,
+        "map, unmap, reuse"
+    );
+    assert!(b.unmapped().is_empty(), "gpu's mapping was not torn down");
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.gpu.0);
+    assert_eq!(b.v.stats().totals().per_rule[4], 1);
+    // gpu's own, correct unmap is clean.
+    b.v.unmap_io_space(at(GPU), a, 0x3000);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.unmapped(), [(a, 0x3000)]);
+}
+
+#[test]
+fn iosv005_stale_pointer_without_containment_reaches_mm() {
+    let b = bed();
+    b.containment_off();
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), a, 0x1000);
+    b.v.platform().reuse.lock().unwrap().push(a);
+    assert_eq!(b.v.map_io_space(at(GPU), 0xC000_0000, 0x1000, 1), a);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), a, 0x1000);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].driver_id), (1, 5, b.nic.0));
+    assert_eq!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    assert_eq!(b.unmapped(), [(a, 0x1000)]);
+    assert!(b.v.table().get(a).is_none());
 }
 
 #[test]
@@ -417,22 +511,186 @@ fn late_attached_driver_unmaps_of_unknown_bases_pass_through_unverified() {
 }
 
 #[test]
-fn detach_reports_then_drops_entries_unload_keeps_them() {
+fn detach_keeps_live_mappings_flagged_until_seen_unmapped_reused_or_unloaded() {
     let b = bed();
     let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    let a2 = b.v.map_io_space(at(NIC), 0xFED1_0000, 0x1000, 0);
     let g = b.v.map_io_space(at(GPU), 0xC000_0000, 0x1000, 0);
     b.v.driver_detached(b.nic, true);
-    b.v.driver_detached(b.gpu, false);
     assert_eq!(b.rules(), [9, 9]);
-    assert!(
-        b.v.table().get(a).is_none(),
-        "a detached driver unmaps unseen: entry dropped"
-    );
-    assert!(
-        b.v.table().get(g).is_some(),
-        "an unloaded driver's leak stays mapped"
-    );
-    // The detached driver's mapping is gone from the conflict filter too.
+    for base in [a, a2] {
+        let m =
+            b.v.table()
+                .get(base)
+                .expect("a detached driver's mapping stays listed");
+        assert_ne!(m.flags & FLAG_DETACHED, 0);
+        assert_ne!(m.flags & FLAG_LEAK_REPORTED, 0);
+    }
+    // A detached mapping is not compared for cache conflicts (it may be gone).
     b.v.map_io_space(at(GPU), 0xFED0_0000, 0x1000, 1);
     assert!(b.rules().is_empty());
+    // The detached driver unmapped `a` unhooked; Mm hands its address out again: no
+    // IOSV013, counted as unverified.
+    b.v.platform().reuse.lock().unwrap().push(a);
+    assert_eq!(b.v.map_io_space(at(GPU), 0xFED2_0000, 0x1000, 0), a);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.v.stats().totals().get(Counter::UnverifiedUnmaps), 1);
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.gpu.0);
+    // Attached again, it unmaps `a2` where iosv sees it: clean, removed.
+    let again = b.v.driver_attached(b"nic.sys", NIC, 0x10000).unwrap();
+    assert_eq!(again, b.nic);
+    b.v.unmap_io_space(at(NIC), a2, 0x1000);
+    assert!(b.rules().is_empty());
+    assert!(b.v.table().get(a2).is_none());
+    // A detached mapping is removed at the image's unload, reported only once.
+    let a3 = b.v.map_io_space(at(NIC), 0xFED3_0000, 0x1000, 0);
+    b.v.driver_detached(b.nic, true);
+    assert_eq!(b.rules(), [9]);
+    b.v.driver_detached(b.nic, false);
+    assert!(b.rules().is_empty(), "each mapping is reported once");
+    assert!(b.v.table().get(a3).is_none());
+    // An unloaded driver's leaks stay: still mapped, Mm cannot reuse their addresses.
+    b.v.driver_detached(b.gpu, false);
+    assert_eq!(
+        b.rules(),
+        [9, 9, 9],
+        "g, the mapping of nic's old physical page, and a"
+    );
+    let m =
+        b.v.table()
+            .get(g)
+            .expect("an unloaded driver's leak stays mapped");
+    assert_eq!(m.flags & FLAG_DETACHED, 0);
+}
+
+#[test]
+fn leaks_are_reported_once_whichever_event_comes_first() {
+    let b = bed();
+    let dev = 0xFFFF_A000_0000_1000;
+    b.v.device_event(b.nic, dev, DeviceEvent::StartBegin);
+    let bar = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.device_event(b.nic, dev, DeviceEvent::StartEnd);
+    b.v.device_event(b.nic, dev, DeviceEvent::Stopped);
+    b.v.device_event(b.nic, dev, DeviceEvent::SurpriseRemoved);
+    b.v.device_event(b.nic, dev, DeviceEvent::Removed);
+    b.v.driver_detached(b.nic, true);
+    b.v.driver_detached(b.nic, false);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].base), (1, 7, bar));
+}
+
+#[test]
+fn iosv010_compares_whole_pages() {
+    let b = bed();
+    // Two halves of one physical page, MmNonCached and MmCached: they share the page.
+    let lo = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x800, 0);
+    let hi = b.v.map_io_space(at(GPU), 0xFED0_0800, 0x800, 1);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (
+            r[0].rule,
+            r[0].base,
+            r[0].other,
+            r[0].address,
+            r[0].driver_id
+        ),
+        (10, lo, 0xFED0_0000, hi, b.gpu.0)
+    );
+    assert_eq!(
+        crate::phys::shared_pages(
+            r[0].physical,
+            r[0].passed_size,
+            r[0].other,
+            r[0].mapped_size
+        ),
+        Some((0xFED0_0000, 0xFED0_1000))
+    );
+    // The next page, other type: no page in common.
+    b.v.map_io_space(at(GPU), 0xFED0_1000, 0x800, 1);
+    // The last byte of the page before, other type.
+    b.v.map_io_space(at(GPU), 0xFECF_FFFF, 1, 2);
+    assert!(b.rules().is_empty());
+    // One byte into lo's page from the page before: conflict.
+    b.v.map_io_space(at(GPU), 0xFECF_FFFF, 2, 2);
+    assert_eq!(b.rules(), [10]);
+}
+
+#[test]
+fn iosv014_unmap_at_the_page_of_an_unaligned_base_is_contained_with_the_tracked_base() {
+    let b = bed();
+    // MmMapIoSpace of an unaligned physical address returns page + offset.
+    let base = b.v.map_io_space(at(NIC), 0xFED0_0800, 0x1000, 0);
+    assert_eq!(base & 0xFFF, 0x800);
+    let page = base & !0xFFF;
+    b.v.unmap_io_space(at(NIC), page, 0x1000);
+    let r = b.new_records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::UnmapPageBase.number());
+    assert_eq!((r[0].address, r[0].base), (page, base));
+    assert_eq!((r[0].passed_size, r[0].mapped_size), (0x1000, 0x1000));
+    assert_ne!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    // Mm would unmap one page from `page`; the mapping spans two.
+    assert_eq!(crate::phys::span_pages(page, 0x1000), Some(1));
+    assert_eq!(crate::phys::span_pages(base, 0x1000), Some(2));
+    assert_eq!(
+        b.unmapped(),
+        [(base, 0x1000)],
+        "unmapped with the tracked base and size"
+    );
+    assert!(b.v.table().get(base).is_none());
+    // Its base again is a double unmap; a page-aligned mapping's base is a plain base.
+    b.v.unmap_io_space(at(NIC), base, 0x1000);
+    assert_eq!(b.rules(), [5]);
+
+    b.containment_off();
+    let base = b.v.map_io_space(at(NIC), 0xFED1_0010, 0x100, 0);
+    b.v.unmap_io_space(at(NIC), base & !0xFFF, 0x100);
+    assert_eq!(b.rules(), [14]);
+    assert_eq!(
+        b.unmapped(),
+        [(base & !0xFFF, 0x100)],
+        "passed through as made"
+    );
+    assert!(b.v.table().get(base).is_none());
+}
+
+#[test]
+fn iosv014_wins_over_an_old_tombstone_of_the_same_page_and_a_stale_page_is_iosv005() {
+    let b = bed();
+    // nic maps and unmaps a page-aligned mapping; Mm reuses its page for nic's unaligned
+    // mapping; nic unmaps at the page: the live mapping's page, not the old base.
+    let old = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    b.v.platform().reuse.lock().unwrap().push(old);
+    let base = b.v.map_io_space(at(NIC), 0xFED1_0800, 0x1000, 0);
+    assert_eq!(base, old + 0x800);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    assert_eq!(b.rules(), [14]);
+    assert_eq!(b.unmapped(), [(base, 0x1000)]);
+
+    // The same page given to gpu's unaligned mapping: nic's pointer is stale.
+    let old = b.v.map_io_space(at(NIC), 0xFED2_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    b.v.platform().reuse.lock().unwrap().push(old);
+    let theirs = b.v.map_io_space(at(GPU), 0xFED3_0800, 0x1000, 0);
+    assert_eq!(theirs, old + 0x800);
+    b.unmapped();
+    b.v.unmap_io_space(at(NIC), old, 0x1000);
+    let r = b.new_records();
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].driver_id, r[0].owner_id),
+        (1, 5, b.nic.0, b.gpu.0)
+    );
+    assert_ne!(r[0].flags & crate::protocol::VF_REUSED, 0);
+    assert!(b.unmapped().is_empty(), "contained");
+    assert!(b.v.table().get(theirs).is_some(), "gpu's mapping survives");
+}
+
+#[test]
+fn mapping_records_carry_the_detached_flag_on_the_wire() {
+    assert_eq!(FLAG_DETACHED, crate::protocol::MF_DETACHED);
+    assert_eq!(FLAG_LEAK_REPORTED, crate::protocol::MF_LEAK_REPORTED);
+    assert_eq!(FLAG_MAP_EX, crate::protocol::MF_MAP_EX);
 }

@@ -10,10 +10,10 @@ use iosv::platform::host::pnp::{MM_CACHED, MM_NON_CACHED};
 use iosv::platform::host::{thread, Bar, Behaviour, Host, HostError, Routine};
 use iosv::platform::{Irql, BUGCHECK_SIGNATURE};
 use iosv::protocol::{
-    name_bytes, ViolationRecord, CF_CONTAINMENT, CF_VERIFIER_IRQL, VF_CONTAINED, VF_DETACH,
-    VF_MAPPING_KNOWN,
+    name_bytes, ViolationRecord, CF_CONTAINMENT, CF_VERIFIER_IRQL, MF_DETACHED, MF_LEAK_REPORTED,
+    VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_REUSED,
 };
-use iosv::rules::{Action, RuleId};
+use iosv::rules::{Action, RuleId, RULE_COUNT};
 
 const BAR0: Bar = Bar {
     physical: 0xF000_0000,
@@ -192,6 +192,77 @@ fn iosv005_double_unmap() {
 }
 
 #[test]
+fn iosv005_stale_pointer_after_reuse_spares_the_other_drivers_mapping() {
+    let host = system();
+    let mut actor = host.actor(4);
+    actor.set_private_pages(37);
+    // The first IOSV005 of an actor is the plain double unmap, the second the stale
+    // pointer after Mm handed the address to another driver (b.sys here).
+    for _ in 0..2 {
+        assert!(host
+            .commit_bug(RuleId::DoubleUnmap, "a.sys", None, &mut actor)
+            .unwrap());
+    }
+    let r = records(&host);
+    assert_eq!(
+        r.len(),
+        2,
+        "{:?}",
+        r.iter().map(|x| x.rule).collect::<Vec<_>>()
+    );
+    let (plain, stale) = (r[0], r[1]);
+    assert_eq!(plain.flags & VF_REUSED, 0);
+    assert_eq!((stale.rule, name(&stale.driver_name)), (5, "a.sys"));
+    assert_eq!(name(&stale.owner_name), "b.sys", "the victim is named");
+    assert_ne!(stale.flags & VF_REUSED, 0);
+    assert_ne!(stale.flags & VF_CONTAINED, 0);
+    assert_eq!(
+        stale.address, stale.base,
+        "the victim's mapping has that base"
+    );
+    assert_eq!(
+        (stale.prior_size, stale.mapped_size),
+        (37 * 0x1000, 37 * 0x1000)
+    );
+    assert!(
+        in_image(&host, "a.sys", stale.prior_map_site),
+        "the stale caller's map site"
+    );
+    assert!(
+        in_image(&host, "b.sys", stale.map_stack[0]),
+        "the victim's map site"
+    );
+    assert!(stale.map_time_ns > stale.other && stale.other > stale.prior_map_time_ns);
+    assert!(
+        !host.mm().is_mapped(stale.base),
+        "b.sys then unmapped it itself"
+    );
+    assert_eq!(
+        host.injected()
+            .get(&(RuleId::DoubleUnmap, "a.sys".to_string())),
+        Some(&2)
+    );
+    assert!(host.mm().corruptions().is_empty());
+    let audit = host.audit(&host.injected(), true).unwrap();
+    assert!(audit.is_clean(), "nothing blamed on b.sys: {audit}");
+}
+
+#[test]
+fn iosv014_unmap_at_the_page_of_an_unaligned_base() {
+    let host = system();
+    let r = one(&host, RuleId::UnmapPageBase, None);
+    assert_eq!(r.base & 0xFFF, 0x800, "the base carries the page offset");
+    assert_eq!(r.address, r.base & !0xFFF);
+    assert_eq!((r.passed_size, r.mapped_size), (0x1000, 0x1000));
+    assert_ne!(r.flags & VF_CONTAINED, 0);
+    assert!(
+        !host.mm().is_mapped(r.base),
+        "unmapped with the tracked base"
+    );
+    assert!(host.mm().corruptions().is_empty());
+}
+
+#[test]
 fn iosv006_interior_unmap() {
     let host = system();
     let r = one(&host, RuleId::UnmapInterior, None);
@@ -317,6 +388,11 @@ fn iosv012_foreign_unmap_blames_the_unmapping_driver() {
     assert_eq!(r[0].rule, 12);
     assert_eq!(name(&r[0].driver_name), "b.sys");
     assert_eq!(name(&r[0].owner_name), "a.sys");
+    assert_ne!(r[0].flags & VF_CONTAINED, 0, "contained by default");
+    assert!(
+        !host.mm().is_mapped(r[0].base),
+        "a.sys kept it mapped, then unmapped it itself"
+    );
     assert_eq!(
         host.injected()
             .get(&(RuleId::UnmapForeign, "b.sys".to_string())),
@@ -340,6 +416,8 @@ fn containment_off_lets_the_bad_unmaps_reach_mm() {
         (RuleId::UnmapUnknown, "not mapped"),
         (RuleId::DoubleUnmap, "not mapped"),
         (RuleId::UnmapInterior, "not mapped"),
+        // Mm rounds the page address down and unmaps one page of two.
+        (RuleId::UnmapPageBase, "size"),
     ] {
         let host = system();
         host.configure(|b| b.flags &= !CF_CONTAINMENT).unwrap();
@@ -385,7 +463,7 @@ fn containment_on_keeps_mm_sound_under_every_bug() {
     assert!(host.mm().corruptions().is_empty());
     let audit = host.audit(&host.injected(), true).unwrap();
     assert!(audit.is_clean(), "{audit}");
-    assert_eq!(audit.records, 13 * 3);
+    assert_eq!(audit.records, RULE_COUNT as u64 * 3);
 }
 
 #[test]
@@ -538,18 +616,60 @@ fn detach_reports_live_mappings_as_expected_leaks() {
     );
 }
 
-/// Engine issue (reported to the owner of verifier.rs): after a detach, the detached
-/// driver's table entries stay; its later unmaps bypass iosv, so the entries go stale and
-/// the simulated Mm's reuse of their addresses is reported as IOSV013 against another
-/// driver: the engine drops a detached driver's entries once it has reported them.
+/// A detached driver's live mappings stay listed, flagged detached and leak-reported,
+/// and the table still agrees with the Mm. Its later unmaps bypass iosv: the audit lists
+/// those entries as expected, and when the Mm hands such an address to another driver
+/// the entry is replaced without IOSV013.
 #[test]
-fn detach_with_live_mappings_leaves_no_stale_entries() {
+fn detach_keeps_the_truth() {
     let host = system();
-    host.detach("a.sys").unwrap();
     let dev = host.device("a0").unwrap();
+    let bars: Vec<(u64, u64)> = dev.bar_mappings().into_iter().flatten().collect();
+    assert_eq!(host.detach("a.sys").unwrap(), 4);
+    assert_eq!(records(&host).len(), 2);
+    let listed = host.tracked_mappings().unwrap().0;
+    for (base, _) in &bars {
+        let m = listed
+            .iter()
+            .find(|m| m.base == *base)
+            .expect("still listed");
+        assert_ne!(m.flags & MF_DETACHED, 0);
+        assert_ne!(m.flags & MF_LEAK_REPORTED, 0);
+    }
+    let audit = host.audit(&host.injected(), true).unwrap();
+    assert!(
+        audit.is_clean() && audit.detached_unmapped_unseen.is_empty(),
+        "{audit}"
+    );
+
     host.stop_device(&dev).unwrap(); // unmaps through the restored (real) slots
     let audit = host.audit(&host.injected(), true).unwrap();
-    assert!(audit.only_in_table.is_empty(), "{audit}");
+    assert!(audit.is_clean(), "{audit}");
+    assert_eq!(audit.detached_unmapped_unseen.len(), 2, "{audit}");
+
+    // b.sys maps BAR0's page count: the Mm hands BAR0's block out again.
+    let b = host.driver("b.sys").unwrap();
+    let (base, hooked) = b
+        .map_io_space(Routine::Dispatch, 0x3_0000_0000, BAR0.size, MM_NON_CACHED)
+        .unwrap();
+    assert!(hooked);
+    assert_eq!(base, bars[0].0, "address reused");
+    assert_eq!(records(&host).len(), 2, "no IOSV013 against b.sys");
+    b.unmap_io_space(Routine::Dispatch, base, BAR0.size)
+        .unwrap();
+    assert_eq!(records(&host).len(), 2);
+
+    // Unloading the detached image removes what is left, without another report.
+    host.remove_device(&dev).unwrap();
+    host.unload_driver("a.sys").unwrap();
+    assert_eq!(records(&host).len(), 2, "each mapping is reported once");
+    let listed = host.tracked_mappings().unwrap().0;
+    assert!(listed.iter().all(|m| m.flags & MF_DETACHED == 0));
+    let audit = host.audit(&host.injected(), true).unwrap();
+    assert!(
+        audit.is_clean() && audit.detached_unmapped_unseen.is_empty(),
+        "{audit}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use iosv::platform::host::scenario::{run, Scenario};
 use iosv::platform::host::thread::SIMULATED_THREAD_BASE;
 use iosv::platform::host::Host;
-use iosv::protocol::{name_bytes, ViolationRecord, VF_CONTAINED};
+use iosv::protocol::{name_bytes, ViolationRecord, VF_CONTAINED, VF_DETACH, VF_REUSED};
 use iosv::rules::RuleId;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +80,66 @@ fn scripted_unmaps_break_the_rules_in_order() {
         "records of raw steps are not in the expected set"
     );
     assert!(audit.only_in_mm.is_empty() && audit.only_in_table.is_empty());
+}
+
+#[test]
+fn mm_semantics() {
+    let (host, summary, records) = run_file("mm-semantics.toml");
+    assert_eq!(rules(&records), [5, 10, 14, 9, 9]);
+    let caller = |r: &ViolationRecord| {
+        std::str::from_utf8(name_bytes(&r.driver_name))
+            .unwrap()
+            .to_string()
+    };
+    // 1. The stale caller is blamed, the victim named and spared.
+    let stale = &records[0];
+    assert_eq!((caller(stale).as_str(), owner(stale)), ("a.sys", "b.sys"));
+    assert_ne!(stale.flags & VF_REUSED, 0);
+    assert_ne!(stale.flags & VF_CONTAINED, 0);
+    assert_eq!(
+        (stale.prior_physical, stale.physical),
+        (0xF800_0000, 0xF900_0000)
+    );
+    // 2. Per page.
+    let conflict = &records[1];
+    assert_eq!(
+        (caller(conflict).as_str(), owner(conflict)),
+        ("b.sys", "a.sys")
+    );
+    assert_eq!(
+        iosv::phys::shared_pages(
+            conflict.physical,
+            conflict.passed_size,
+            conflict.other,
+            conflict.mapped_size
+        ),
+        Some((0xFA00_0000, 0xFA00_1000))
+    );
+    // 3. The page of an unaligned base.
+    let page = &records[2];
+    assert_eq!(page.address, page.base & !0xFFF);
+    assert_ne!(page.flags & VF_CONTAINED, 0);
+    // 4. Detach: one report per live mapping, nothing after.
+    for leak in &records[3..] {
+        assert_ne!(leak.flags & VF_DETACH, 0);
+        assert_eq!(owner(leak), "c.sys");
+    }
+    assert!(host.mm().corruptions().is_empty());
+    // The bug step and the detach leak were injected; the raw steps' IOSV005 and IOSV010
+    // are the only other records, and the table matches the simulated Mm.
+    assert_eq!(summary.expected_total(), 3);
+    let audit = host.audit(&summary.expected, true).unwrap();
+    let raw: Vec<RuleId> = audit.mismatches.iter().map(|m| m.rule).collect();
+    assert_eq!(raw, [RuleId::DoubleUnmap, RuleId::CacheConflict], "{audit}");
+    assert!(
+        audit.only_in_mm.is_empty() && audit.only_in_table.is_empty(),
+        "{audit}"
+    );
+    assert!(
+        audit.detached_unmapped_unseen.is_empty(),
+        "the unload removed them: {audit}"
+    );
+    assert_eq!(audit.table_entries, 0);
 }
 
 #[test]
@@ -178,7 +238,7 @@ fn malformed_files_are_refused_with_file_line_column_and_reason() {
         ("missing", format!("{HEAD}[[step]]\nop = \"map\"\ndriver = \"a.sys\"\nsize = 4096\n"), "6:1", "step `map` needs `physical`"),
         ("not-applicable", format!("{HEAD}[[step]]\nop = \"stop\"\ndevice = \"d0\"\nirql = 2\n"), "9:8", "`irql` does not apply to op `stop`"),
         ("irql", format!("{HEAD}[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = 1\nsize = 1\nirql = 16\n"), "11:8", "irql must be between 0 and 15"),
-        ("rule", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"IOSV014\"\n"), "9:8", "unknown rule `IOSV014`"),
+        ("rule", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"IOSV099\"\n"), "9:8", "unknown rule `IOSV099`"),
         ("leak-needs-device", format!("{HEAD}[[step]]\nop = \"bug\"\ndriver = \"a.sys\"\nrule = \"leak-on-stop\"\n"), "6:1", "needs `device`"),
         ("behaviour", "[[driver]]\nname = \"a.sys\"\nbehaviour = \"sloppy\"\n".into(), "3:13", "unknown behaviour `sloppy`"),
         ("duplicate", "[[driver]]\nname = \"a.sys\"\n[[driver]]\nname = \"A.SYS\"\n".into(), "4:8", "declared twice"),

@@ -8,7 +8,9 @@ use iosv::platform::host::Host;
 use iosv::rules::RULE_COUNT;
 
 fn stress_scenario(threads: u32, ops: u64, containment: bool, rate: f64) -> String {
-    let inject: Vec<String> = (1..=13).map(|n| format!("IOSV{n:03} = {rate}")).collect();
+    let inject: Vec<String> = (1..=RULE_COUNT)
+        .map(|n| format!("IOSV{n:03} = {rate}"))
+        .collect();
     format!(
         r#"
 name = "stress-test"

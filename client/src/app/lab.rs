@@ -177,6 +177,7 @@ fn audit_json(a: &Audit) -> serde_json::Value {
         "mismatches": mismatches,
         "only_in_table": a.only_in_table.len(),
         "only_in_mm": a.only_in_mm.len(),
+        "detached_unmapped_unseen": a.detached_unmapped_unseen.len(),
         "corruptions": a.corruptions.len(),
     })
 }

@@ -68,6 +68,9 @@ pub fn violation(v: &Violation<'_>, verbose: bool, images: &Images) -> String {
     if r.flags & VF_DETACH != 0 {
         flags.push("detach".to_string());
     }
+    if v.reused() {
+        flags.push("reused".to_string());
+    }
     let action = v.action();
     if action != Action::Report.name() {
         flags.push(action);
@@ -132,6 +135,14 @@ pub fn violation(v: &Violation<'_>, verbose: bool, images: &Images) -> String {
                 images.stack(&r.call_stack, r.call_stack_depth),
             ),
             ("map stack", images.stack(&r.map_stack, r.map_stack_depth)),
+            (
+                "the caller's own earlier map site",
+                if v.reused() && r.prior_map_site != 0 {
+                    vec![images.symbol(r.prior_map_site)]
+                } else {
+                    Vec::new()
+                },
+            ),
         ] {
             if frames.is_empty() {
                 continue;
@@ -229,6 +240,9 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
         }
         if m.flags & MF_LEAK_REPORTED != 0 {
             flags.push("leak-reported");
+        }
+        if m.flags & MF_DETACHED != 0 {
+            flags.push("detached");
         }
         rows.push(vec![
             hex(m.base),

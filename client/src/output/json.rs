@@ -1,11 +1,16 @@
 //! JSON output: one object per line, each with a `kind` (`violation`, `gap`, `mapping`,
 //! `status`, `config`, `rule`, `summary`, `end`). Addresses are hex strings (kernel
 //! addresses do not fit a JSON consumer's 53-bit integers); sizes and counts are numbers.
+//! Cache fields (`cache`, `other_cache`) are objects that name their kind, because the two
+//! kinds share numbers: `{"kind": "MEMORY_CACHING_TYPE", "name": "MmNonCached", "value":
+//! 0}` (MmMapIoSpace) or `{"kind": "PAGE_PROTECTION", "name":
+//! "PAGE_READWRITE|PAGE_NOCACHE", "value": 516}` (MmMapIoSpaceEx); `null` where the record
+//! has none (an unmap of an address no mapping is known for).
 
 use crate::client::{MappingList, Stats};
 use crate::model::{self, hex, Images, Violation};
 use iosv::protocol::*;
-use iosv::rules::{Action, RuleId, RULES};
+use iosv::rules::{Action, RULES};
 use serde_json::{json, Value};
 
 fn opt_hex(v: u64) -> Value {
@@ -36,10 +41,22 @@ pub fn violation(v: &Violation<'_>, images: &Images) -> Value {
         "passed_size": if v.is_leak() { Value::Null } else { Value::from(r.passed_size) },
         "mapped_size": if known || r.mapped_size != 0 { Value::from(r.mapped_size) } else { Value::Null },
         "physical": hex(r.physical),
-        "cache": model::cache(r.cache, v.map_ex()),
-        "cache_value": r.cache,
-        "other_cache": if r.rule == RuleId::CacheConflict.number() { Value::from(r.other_cache) } else { Value::Null },
+        "cache": v.cache(),
+        "other_cache": v.other_cache(),
+        "shared_pages": v.shared_pages().map(|(first, end)| json!({ "first": hex(first), "end": hex(end) })),
         "other": opt_hex(r.other),
+        "reused": v.reused(),
+        "prior": if r.flags & VF_REUSED != 0 {
+            json!({
+                "size": r.prior_size,
+                "physical": hex(r.prior_physical),
+                "map_time_ns": r.prior_map_time_ns,
+                "unmap_time_ns": r.other,
+                "map_site": if r.prior_map_site != 0 { Value::from(images.symbol(r.prior_map_site)) } else { Value::Null },
+            })
+        } else {
+            Value::Null
+        },
         "irql": model::irql(r.irql),
         "irql_level": r.irql,
         "map_irql": if known { Value::from(model::irql(r.map_irql)) } else { Value::Null },
@@ -86,14 +103,14 @@ pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value 
         "base": hex(m.base),
         "size": m.size,
         "physical": hex(m.physical),
-        "cache": model::cache(m.cache, ex),
-        "cache_value": m.cache,
+        "cache": model::cache_json(m.cache, ex),
         "map_ex": ex,
         "age_ns": list.now_ns.saturating_sub(m.map_time_ns),
         "map_time_ns": m.map_time_ns,
         "irql": model::irql(m.irql),
         "processor": m.processor,
         "leak_reported": m.flags & MF_LEAK_REPORTED != 0,
+        "detached": m.flags & MF_DETACHED != 0,
         "stack": images.stack(&m.stack, m.stack_depth),
     })
 }

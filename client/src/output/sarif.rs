@@ -77,6 +77,12 @@ fn result(rec: &ViolationRecord, images: &Images) -> Value {
             images.stack(&rec.map_stack, rec.map_stack_depth),
         ));
     }
+    if v.reused() && rec.prior_map_site != 0 {
+        stacks.push(stack(
+            "map site of the caller's own earlier mapping at this address",
+            vec![images.symbol(rec.prior_map_site)],
+        ));
+    }
     let mut r = json!({
         "ruleId": v.code(),
         "level": v.severity().name(),
@@ -93,6 +99,10 @@ fn result(rec: &ViolationRecord, images: &Images) -> Value {
             "mappedSize": rec.mapped_size,
             "physical": hex(rec.physical),
             "irql": crate::model::irql(rec.irql),
+            "cache": v.cache(),
+            "otherCache": v.other_cache(),
+            "sharedPages": v.shared_pages().map(|(first, end)| json!({ "first": hex(first), "end": hex(end) })),
+            "reused": v.reused(),
             "contained": v.contained(),
             "timestampNs": rec.timestamp_ns,
         },

@@ -251,18 +251,33 @@ impl SimMm {
             map_ex,
             via_iosv,
         };
-        if let Some(s) = self.shard(base) {
-            lock(s).insert(base, Live { m, pages });
+        if let Some(s) = self.shard(block) {
+            lock(s).insert(block, Live { m, pages });
         }
         self.maps.fetch_add(1, Ordering::Relaxed);
         base
     }
 
-    /// `MmUnmapIoSpace`. An unmap the real routine would not survive is recorded as a
-    /// [`Corruption`].
+    /// `MmUnmapIoSpace`. Like the real routine, it unmaps from `PAGE_ALIGN(base)`: the
+    /// base the map returned, or the page-aligned address of its first page (what a
+    /// driver that drops the page offset passes, IOSV014), both release the block. An
+    /// unmap the real routine would not survive — of an address that is neither, or with
+    /// a byte count that spans another number of pages from that address — is recorded
+    /// as a [`Corruption`].
     pub fn unmap(&self, base: u64, size: u64, via_iosv: bool) {
         self.unmaps.fetch_add(1, Ordering::Relaxed);
-        let removed = self.shard(base).and_then(|s| lock(s).remove(&base));
+        let block = base & !(PAGE_SIZE - 1);
+        let removed = self.shard(block).and_then(|s| {
+            let mut live = lock(s);
+            let accepted = live
+                .get(&block)
+                .is_some_and(|l| l.m.base == base || base == block);
+            if accepted {
+                live.remove(&block)
+            } else {
+                None
+            }
+        });
         let Some(live) = removed else {
             self.corrupt(Corruption::NotMapped {
                 base,
@@ -279,7 +294,6 @@ impl SimMm {
                 via_iosv,
             });
         }
-        let block = base & !(PAGE_SIZE - 1);
         lock(&self.alloc)
             .free
             .entry(live.pages)
@@ -299,14 +313,14 @@ impl SimMm {
 
     /// Whether the Mm holds a mapping with this base.
     pub fn is_mapped(&self, base: u64) -> bool {
-        self.shard(base)
-            .is_some_and(|s| lock(s).contains_key(&base))
+        self.mapping(base).is_some()
     }
 
     /// The mapping with this base, if any.
     pub fn mapping(&self, base: u64) -> Option<MmMapping> {
-        self.shard(base)
-            .and_then(|s| lock(s).get(&base).map(|l| l.m))
+        let block = base & !(PAGE_SIZE - 1);
+        self.shard(block)
+            .and_then(|s| lock(s).get(&block).map(|l| l.m).filter(|m| m.base == base))
     }
 
     /// Every live mapping (the ground truth), sorted by base. Not atomic across shards:

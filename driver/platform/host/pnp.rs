@@ -37,7 +37,7 @@ use super::image::{
 use super::mm::{NEVER_MAPPED_START, PAGE_SIZE};
 use super::rng::Rng;
 use super::{attached_id, lock, thread, Host, HostError, HostPlatform, System};
-use crate::drivers::DriverId;
+use crate::drivers::{DriverId, DriverState};
 use crate::intercept::{Outcome, Plan};
 use crate::pe::{HookedRoutine, PeImage};
 use crate::phys::{CacheClass, PAGE_NOCACHE, PAGE_READWRITE, PAGE_WRITECOMBINE};
@@ -326,6 +326,7 @@ pub struct Actor {
     pub rng: Rng,
     index: u32,
     bad_parameter: u32,
+    double_unmap: u32,
     private_pages: Option<u64>,
 }
 
@@ -983,6 +984,17 @@ impl Host {
             let _ = unpatch(self.platform(), &d.image);
             self.verifier.driver_detached(id, false);
             d.image.set_driver_id(0);
+        } else if let Some(id) = self.verifier.drivers().find(name.as_bytes()) {
+            // iosv was detached from it: the unload removes its mappings still listed as
+            // detached (already reported at the detach, not reported again).
+            if self
+                .verifier
+                .drivers()
+                .info(id)
+                .is_some_and(|i| i.state == DriverState::Gone)
+            {
+                self.verifier.driver_detached(id, false);
+            }
         }
         lock(&self.sys.images).retain(|i| !Arc::ptr_eq(i, &d.image));
         *lock(&driver.image) = None;
@@ -1046,6 +1058,7 @@ impl Host {
             rng: Rng::new(seed ^ u64::from(index).wrapping_mul(0x9E37_79B9)),
             index,
             bad_parameter: 0,
+            double_unmap: 0,
             private_pages: None,
         }
     }
@@ -1520,6 +1533,15 @@ impl Host {
                 Ok(self.counted(rule, d, reached))
             }
             RuleId::DoubleUnmap => {
+                // Every other time, when another attached driver is loaded: the stale
+                // pointer after address reuse.
+                let stale = actor.double_unmap % 2 == 1;
+                actor.double_unmap = actor.double_unmap.wrapping_add(1);
+                if stale {
+                    if let Ok(other) = self.foreign_for(d) {
+                        return self.stale_unmap_after_reuse(d, &other, actor);
+                    }
+                }
                 let size = actor.private_pages().wrapping_mul(PAGE_SIZE);
                 let h = thread::with_irql(Irql::PASSIVE, || {
                     d.hold(Routine::Dispatch, actor.scratch(), size, MM_NON_CACHED)
@@ -1629,7 +1651,16 @@ impl Host {
                 };
                 let (p, size) = actor.window();
                 thread::with_irql(Irql::PASSIVE, || {
-                    let h = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                    // An address `other` mapped or unmapped itself before would make its
+                    // unmap a stale pointer after reuse (IOSV005, as iosv judges it): the
+                    // owner takes another mapping instead, a bounded number of times.
+                    let mut spare = Vec::new();
+                    let mut h = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                    while spare.len() < 8 && self.was_used_by(h.base, &other) {
+                        let next = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+                        spare.push(core::mem::replace(&mut h, next));
+                    }
+                    let unambiguous = !self.was_used_by(h.base, &other);
                     let reached = match other.release(Routine::Dispatch, &h) {
                         Ok(r) => r,
                         Err(e) => {
@@ -1637,11 +1668,35 @@ impl Host {
                             return Err(e);
                         }
                     };
+                    // Contained, the owner's mapping is still mapped: it unmaps it itself.
+                    if self.mm().is_mapped(h.base) {
+                        d.release(Routine::Dispatch, &h)?;
+                    }
+                    for s in &spare {
+                        d.release(Routine::Dispatch, s)?;
+                    }
+                    let rule = if unambiguous {
+                        rule
+                    } else {
+                        RuleId::DoubleUnmap
+                    };
                     Ok(self.counted(
                         rule,
                         &other,
                         h.tracked && reached && other.driver_id().is_some(),
                     ))
+                })
+            }
+            RuleId::UnmapPageBase => {
+                // Half a page into a page of the window, one page long: the mapping spans
+                // two pages, and MmUnmapIoSpace(PAGE_ALIGN(base), PAGE_SIZE) would unmap one.
+                let (p, _) = actor.window();
+                let p = (p & !(PAGE_SIZE - 1)) | 0x800;
+                thread::with_irql(Irql::PASSIVE, || {
+                    let h = d.hold(Routine::Dispatch, p, PAGE_SIZE, MM_NON_CACHED)?;
+                    let reached =
+                        d.unmap_io_space(Routine::Dispatch, h.base & !(PAGE_SIZE - 1), PAGE_SIZE)?;
+                    Ok(self.counted(rule, d, h.tracked && reached))
                 })
             }
             RuleId::StaleEntry => {
@@ -1660,6 +1715,46 @@ impl Host {
                 })
             }
         }
+    }
+
+    /// Whether iosv remembers `other` mapping or unmapping a mapping at `base` (a
+    /// graveyard tombstone naming it): `other` unmapping a live mapping there is then its
+    /// stale pointer after reuse. A tombstone of a base that is live cannot appear
+    /// meanwhile (only an unmap of that base writes one), so the answer stays true or
+    /// becomes false (evicted) — never the other way.
+    fn was_used_by(&self, base: u64, other: &DriverRef) -> bool {
+        let Some(id) = other.driver_id() else {
+            return false;
+        };
+        self.verifier
+            .graveyard()
+            .find(base)
+            .is_some_and(|t| t.driver == id.0 || t.unmapped_by == id.0)
+    }
+
+    /// IOSV005 through a stale pointer: `d` maps and unmaps (its private page count), Mm
+    /// hands the block to `other`, and `d` unmaps its old base again. Contained, `other`'s
+    /// mapping survives and `other` unmaps it cleanly; without containment the stale
+    /// call tore it down and `other` has nothing left to unmap. Blamed on `d` either way
+    /// (a plain double unmap if another thread took the block meanwhile).
+    fn stale_unmap_after_reuse(
+        &self,
+        d: &DriverRef,
+        other: &DriverRef,
+        actor: &mut Actor,
+    ) -> Result<bool, HostError> {
+        let size = actor.private_pages().wrapping_mul(PAGE_SIZE);
+        let p = actor.scratch();
+        thread::with_irql(Irql::PASSIVE, || {
+            let mine = d.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+            let first = d.release(Routine::Dispatch, &mine)?;
+            let theirs = other.hold(Routine::Dispatch, p, size, MM_NON_CACHED)?;
+            let stale = d.release(Routine::RemoveDevice, &mine)?;
+            if self.mm().is_mapped(theirs.base) {
+                other.release(Routine::Dispatch, &theirs)?;
+            }
+            Ok(self.counted(RuleId::DoubleUnmap, d, mine.tracked && first && stale))
+        })
     }
 
     fn ensure_started(&self, dev: &Device) -> Result<(), HostError> {

@@ -504,8 +504,9 @@ fn detached(glue: &Glue, id: DriverId, detach: bool) {
     }
 }
 
-/// Forgets an earlier instance of `name` still registered as live: a new load of the same
-/// image means the old one unloaded. Its mappings still live are IOSV009. Mutex held.
+/// Forgets an earlier instance of `name`: a new load of the same image at another base
+/// means the old one unloaded. Its mappings still live are IOSV009 (each reported once);
+/// those it kept flagged after a detach are dropped. Mutex held.
 fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize) {
     let drivers = glue.verifier.drivers();
     let Some(old) = drivers.find(name) else {
@@ -514,8 +515,14 @@ fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize) {
     let Some(info) = drivers.info(old) else {
         return;
     };
+    if info.image_base == base as u64 {
+        return;
+    }
+    // A new load at another base: the earlier image has unloaded. A live one reports its
+    // leaks (IOSV009); one iosv was detached from drops the mappings it kept flagged
+    // detached (`Verifier::driver_detached` with `detach == false` at the image's unload).
     let live = matches!(info.state, DriverState::Attached | DriverState::Loaded);
-    if live && info.image_base != base as u64 {
+    if live || info.state == DriverState::Gone {
         if let Some(slot) = plans.get_mut(usize::from(old.0)) {
             end_attachment(slot.take());
         }
