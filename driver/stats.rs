@@ -53,9 +53,14 @@ pub enum DriverCounter {
     Violations = 2,
 }
 
+/// One processor's counters, starting on a cache line of their own (the alignment is
+/// real, not just a row length in whole lines: two processors never share a line).
+#[repr(align(64))]
+struct Row([AtomicU64; ROW]);
+
 /// Per-processor counters. See the module docs.
 pub struct Stats {
-    rows: Box<[AtomicU64]>,
+    rows: Box<[Row]>,
     processors: usize,
 }
 
@@ -92,9 +97,10 @@ impl Stats {
     /// shares the last row (still exact, just shared).
     pub fn new(processors: usize) -> Result<Stats, OutOfMemory> {
         let processors = processors.max(1);
-        let words = processors.checked_mul(ROW).ok_or(OutOfMemory)?;
         Ok(Stats {
-            rows: try_boxed_slice(words, |_| AtomicU64::new(0))?,
+            rows: try_boxed_slice(processors, |_| {
+                Row(core::array::from_fn(|_| AtomicU64::new(0)))
+            })?,
             processors,
         })
     }
@@ -102,7 +108,7 @@ impl Stats {
     fn cell(&self, processor: u32, index: usize) -> Option<&AtomicU64> {
         // Rows are per processor; an index past the allocated rows shares the last one.
         let row = (processor as usize).min(self.processors.saturating_sub(1));
-        self.rows.get(row.checked_mul(ROW)?.checked_add(index)?)
+        self.rows.get(row)?.0.get(index)
     }
 
     /// Adds one to `counter` on `processor`'s row.
@@ -137,8 +143,8 @@ impl Stats {
     /// Sums every row.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
-        for row in self.rows.chunks(ROW) {
-            for (i, w) in row.iter().enumerate() {
+        for row in self.rows.iter() {
+            for (i, w) in row.0.iter().enumerate() {
                 let v = w.load(Ordering::Relaxed);
                 let slot = if i < COUNTERS {
                     t.counters.get_mut(i)
@@ -172,7 +178,7 @@ impl Stats {
 
     /// Zeroes every counter (CLEAR). Increments racing with it may survive.
     pub fn reset(&self) {
-        for w in self.rows.iter() {
+        for w in self.rows.iter().flat_map(|r| r.0.iter()) {
             w.store(0, Ordering::Relaxed);
         }
     }

@@ -196,6 +196,17 @@ pub enum RemoveOutcome {
     NotFound,
 }
 
+/// What [`Table::remove_into`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The live entry was removed (and written out).
+    Removed,
+    /// As [`RemoveOutcome::Racing`].
+    Racing,
+    /// As [`RemoveOutcome::NotFound`].
+    NotFound,
+}
+
 /// Where a walk over the table stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkEnd {
@@ -207,9 +218,14 @@ pub struct WalkEnd {
     pub skipped: u32,
 }
 
+/// One bucket's keys: [`BUCKET`] words in one cache line of their own (the alignment is
+/// real: the bucket is never split across two lines, and two buckets never share one).
+#[repr(align(64))]
+struct KeyBucket([AtomicU64; BUCKET]);
+
 /// The lock-free table of live mappings. See the module docs.
 pub struct Table {
-    keys: Box<[AtomicU64]>,
+    keys: Box<[KeyBucket]>,
     slots: Box<[Slot]>,
     overflow: Box<[AtomicU32]>,
     stacks: Box<[AtomicU64]>,
@@ -227,7 +243,9 @@ impl Table {
         let slots = buckets.checked_mul(BUCKET).ok_or(OutOfMemory)?;
         let stack_words = slots.checked_mul(stack_depth).ok_or(OutOfMemory)?;
         Ok(Table {
-            keys: try_boxed_slice(slots, |_| AtomicU64::new(0))?,
+            keys: try_boxed_slice(buckets, |_| {
+                KeyBucket(core::array::from_fn(|_| AtomicU64::new(0)))
+            })?,
             slots: try_boxed_slice(slots, |_| Slot::new())?,
             overflow: try_boxed_slice(buckets, |_| AtomicU32::new(0))?,
             stacks: try_boxed_slice(stack_words, |_| AtomicU64::new(0))?,
@@ -238,7 +256,12 @@ impl Table {
 
     /// Number of slots (the bound of a walk's cursor).
     pub fn slot_count(&self) -> usize {
-        self.keys.len()
+        self.slots.len()
+    }
+
+    /// The key word of `slot`.
+    fn key(&self, slot: usize) -> Option<&AtomicU64> {
+        self.keys.get(slot / BUCKET)?.0.get(slot % BUCKET)
     }
 
     /// Stack frames stored per mapping.
@@ -254,7 +277,7 @@ impl Table {
                 self.stack_depth
                     .saturating_mul(core::mem::size_of::<AtomicU64>()),
             );
-        self.keys.len().saturating_mul(per_slot).saturating_add(
+        self.slots.len().saturating_mul(per_slot).saturating_add(
             self.overflow
                 .len()
                 .saturating_mul(core::mem::size_of::<AtomicU32>()),
@@ -276,13 +299,27 @@ impl Table {
         }
     }
 
-    /// Finds the slot holding `base` in state `state` (LIVE or BUSY), following overflow
-    /// counts. Returns the slot index and its bucket distance from home.
-    fn bucket_keys(&self, bucket: usize) -> &[AtomicU64] {
-        let first = bucket.wrapping_mul(BUCKET);
-        self.keys
-            .get(first..first.wrapping_add(BUCKET))
-            .unwrap_or(&[])
+    /// Bit masks of the slots of `bucket` whose key is `a` and whose key is `b` (bit `j`
+    /// for slot `j`); both empty past the end. A fixed-size, branch-free pass over one
+    /// cache line that the compiler unrolls.
+    fn match_keys(&self, bucket: usize, a: u64, b: u64) -> (u32, u32) {
+        let Some(kb) = self.keys.get(bucket) else {
+            return (0, 0);
+        };
+        let (mut ma, mut mb) = (0u32, 0u32);
+        for (j, key) in kb.0.iter().enumerate() {
+            let k = key.load(Ordering::Acquire);
+            ma |= u32::from(k == a) << j;
+            mb |= u32::from(k == b) << j;
+        }
+        (ma, mb)
+    }
+
+    /// Slot index of the lowest bit of non-empty `mask` in `bucket`.
+    fn slot_of(bucket: usize, mask: u32) -> usize {
+        bucket
+            .wrapping_mul(BUCKET)
+            .wrapping_add(mask.trailing_zeros() as usize)
     }
 
     fn more_after(&self, bucket: usize) -> bool {
@@ -291,19 +328,24 @@ impl Table {
             .is_some_and(|o| o.load(Ordering::Acquire) != 0)
     }
 
+    /// Finds the slot holding `base` in state `state` (LIVE or BUSY), following overflow
+    /// counts. Returns the slot index and its bucket distance from home.
     fn find(&self, base: u64, want_busy_too: bool) -> Found {
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
         let mut bucket = self.home(base);
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
-            for (j, key) in self.bucket_keys(bucket).iter().enumerate() {
-                let k = key.load(Ordering::Acquire);
-                if k == live_key {
-                    let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                    return Found::Live { slot, distance };
+            // Stops at the first match (a lookup usually finds its key in the home bucket).
+            if let Some(kb) = self.keys.get(bucket) {
+                for (j, key) in kb.0.iter().enumerate() {
+                    let k = key.load(Ordering::Acquire);
+                    if k == live_key {
+                        let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                        return Found::Live { slot, distance };
+                    }
+                    busy_seen |= want_busy_too && k == busy_key;
                 }
-                busy_seen |= want_busy_too && k == busy_key;
             }
             if !self.more_after(bucket) {
                 break;
@@ -332,14 +374,12 @@ impl Table {
         let mut free_at = None;
         let mut bucket = home;
         for distance in 0..MAX_PROBE_BUCKETS {
-            for (j, key) in self.bucket_keys(bucket).iter().enumerate() {
-                let k = key.load(Ordering::Acquire);
-                let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                if k == live_key && stale_at.is_none() {
-                    stale_at = Some((slot, distance));
-                } else if k == 0 && free_at.is_none() {
-                    free_at = Some((slot, distance));
-                }
+            let (live, free) = self.match_keys(bucket, live_key, 0);
+            if live != 0 && stale_at.is_none() {
+                stale_at = Some((Self::slot_of(bucket, live), distance));
+            }
+            if free != 0 && free_at.is_none() {
+                free_at = Some((Self::slot_of(bucket, free), distance));
             }
             if free_at.is_some() && !self.more_after(bucket) {
                 break;
@@ -376,7 +416,7 @@ impl Table {
     /// Claims free `slot` (at `distance` buckets from `home`) for `entry`, writes and
     /// publishes it. False if the slot is not free.
     fn claim(&self, slot: usize, home: usize, distance: usize, entry: &Mapping) -> bool {
-        let Some(key) = self.keys.get(slot) else {
+        let Some(key) = self.key(slot) else {
             return false;
         };
         if key.load(Ordering::Relaxed) != 0 {
@@ -399,30 +439,60 @@ impl Table {
     /// Takes the live entry for `base` at `slot` (found `distance` buckets from home) out
     /// of the table; `None` if another thread got it first.
     fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
-        let key = self.keys.get(slot)?;
+        let mut entry = Mapping::new(base, 0);
+        self.take_into(slot, base, distance, &mut entry)
+            .then_some(entry)
+    }
+
+    /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]).
+    fn take_into(&self, slot: usize, base: u64, distance: usize, out: &mut Mapping) -> bool {
+        let Some(key) = self.key(slot) else {
+            return false;
+        };
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
-        key.compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        let entry = self.read_owned(slot, base);
+        if key
+            .compare_exchange(live_key, busy_key, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Owned (BUSY by this thread): no other writer can exist.
+        self.load_payload_into(slot, base, out);
         key.store(0, Ordering::Release);
         self.adjust_overflow(self.home(base), distance, false);
-        Some(entry)
+        true
     }
 
     /// Validates-and-removes the entry for `base` (before the real unmap runs). Exactly
     /// one of several concurrent removers of the same base gets `Removed`.
     pub fn remove(&self, base: u64) -> RemoveOutcome {
+        let mut entry = Mapping::new(base, 0);
+        match self.remove_into(base, &mut entry) {
+            Removal::Removed => RemoveOutcome::Removed(entry),
+            Removal::Racing => RemoveOutcome::Racing,
+            Removal::NotFound => RemoveOutcome::NotFound,
+        }
+    }
+
+    /// [`remove`](Self::remove) for the hook path: the removed entry is written to `out`
+    /// in place (no copy of a whole [`Mapping`] through the result), only when the result
+    /// is [`Removal::Removed`]. Frames of `out.stack` past the entry's depth are left as
+    /// they were (pass a [`Mapping::new`] to have them zero).
+    pub fn remove_into(&self, base: u64, out: &mut Mapping) -> Removal {
         if base == 0 || !is_canonical(base) {
-            return RemoveOutcome::NotFound;
+            return Removal::NotFound;
         }
         match self.find(base, true) {
-            Found::Live { slot, distance } => match self.take(slot, base, distance) {
-                Some(entry) => RemoveOutcome::Removed(entry),
-                None => RemoveOutcome::Racing,
-            },
-            Found::Busy => RemoveOutcome::Racing,
-            Found::None => RemoveOutcome::NotFound,
+            Found::Live { slot, distance } => {
+                if self.take_into(slot, base, distance, out) {
+                    Removal::Removed
+                } else {
+                    Removal::Racing
+                }
+            }
+            Found::Busy => Removal::Racing,
+            Found::None => Removal::NotFound,
         }
     }
 
@@ -487,8 +557,26 @@ impl Table {
 
     fn load_payload(&self, slot: usize, base: u64) -> Mapping {
         let mut m = Mapping::new(base, 0);
+        self.load_payload_into(slot, base, &mut m);
+        m
+    }
+
+    /// Writes the payload of `slot` with key `base` into `m` (every field but the frames
+    /// of `m.stack` past the stored depth).
+    fn load_payload_into(&self, slot: usize, base: u64, m: &mut Mapping) {
+        m.base = base;
         let Some(s) = self.slots.get(slot) else {
-            return m;
+            m.size = 0;
+            m.physical = 0;
+            m.device = 0;
+            m.map_time_ns = 0;
+            m.cache = 0;
+            m.driver = 0;
+            m.processor = 0;
+            m.irql = 0;
+            m.flags = 0;
+            m.stack_depth = 0;
+            return;
         };
         m.size = s.size.load(Ordering::Relaxed);
         m.physical = s.physical.load(Ordering::Relaxed);
@@ -512,18 +600,12 @@ impl Table {
         {
             *dst = src.load(Ordering::Relaxed);
         }
-        m
-    }
-
-    /// Reads a slot the caller owns (BUSY by this thread): no other writer can exist.
-    fn read_owned(&self, slot: usize, base: u64) -> Mapping {
-        self.load_payload(slot, base)
     }
 
     /// Reads a slot the caller does not own. Returns the entry and its key word if it was
     /// live and read consistently, `None` if it is not live or kept changing.
     fn read_shared(&self, slot: usize) -> Option<(Mapping, u64)> {
-        let key = self.keys.get(slot)?;
+        let key = self.key(slot)?;
         let s = self.slots.get(slot)?;
         for _ in 0..READ_RETRIES {
             let k1 = key.load(Ordering::Acquire);
@@ -557,10 +639,10 @@ impl Table {
         mut visit: impl FnMut(&Mapping) -> bool,
     ) -> WalkEnd {
         let mut skipped = 0u32;
-        let end = start.saturating_add(budget).min(self.keys.len());
+        let end = start.saturating_add(budget).min(self.slots.len());
         let mut slot = start;
         while slot < end {
-            let Some(key) = self.keys.get(slot) else {
+            let Some(key) = self.key(slot) else {
                 break;
             };
             if key.load(Ordering::Relaxed) & LIVE != 0 {
@@ -570,7 +652,7 @@ impl Table {
                             let next = slot.saturating_add(1);
                             return WalkEnd {
                                 next,
-                                done: next >= self.keys.len(),
+                                done: next >= self.slots.len(),
                                 skipped,
                             };
                         }
@@ -586,7 +668,7 @@ impl Table {
         }
         WalkEnd {
             next: slot,
-            done: slot >= self.keys.len(),
+            done: slot >= self.slots.len(),
             skipped,
         }
     }

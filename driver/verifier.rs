@@ -25,7 +25,7 @@ use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};
 use crate::table::{
-    Graveyard, InsertOutcome, Mapping, RemoveOutcome, Table, Tombstone, UntrackedSet,
+    Graveyard, InsertOutcome, Mapping, Removal, RemoveOutcome, Table, Tombstone, UntrackedSet,
     FLAG_DETACHED, FLAG_LEAK_REPORTED, FLAG_MAP_EX,
 };
 
@@ -400,11 +400,13 @@ impl<P: Platform> Verifier<P> {
         } else {
             Irql::DISPATCH
         };
-        let found = self.table.remove(base);
+        // The entry is written in place (no copy of the whole Mapping through a result).
+        let mut m = Mapping::new(base, 0);
+        let found = self.table.remove_into(base, &mut m);
         if cx.irql > ceiling {
             let mut r = call();
-            if let RemoveOutcome::Removed(m) = &found {
-                r = self.mapping_record(&cx, m);
+            if found == Removal::Removed {
+                r = self.mapping_record(&cx, &m);
                 r.address = base;
                 r.passed_size = size64;
             }
@@ -412,12 +414,12 @@ impl<P: Platform> Verifier<P> {
         }
 
         match found {
-            RemoveOutcome::Removed(m)
+            Removal::Removed
                 if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 =>
             {
-                self.foreign_unmap(&cx, m, base, size, contain);
+                self.foreign_unmap(&cx, &m, base, size, contain);
             }
-            RemoveOutcome::Removed(m) => {
+            Removal::Removed => {
                 self.forget_mapping(&m);
                 self.bury(&cx, &m);
                 if size64 != m.size {
@@ -439,10 +441,10 @@ impl<P: Platform> Verifier<P> {
                     self.platform.mm_unmap_io_space(base, size);
                 }
             }
-            RemoveOutcome::Racing => {
+            Removal::Racing => {
                 self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
             }
-            RemoveOutcome::NotFound => self.unmap_not_found(&cx, base, size, contain),
+            Removal::NotFound => self.unmap_not_found(&cx, base, size, contain),
         }
     }
 
@@ -538,8 +540,8 @@ impl<P: Platform> Verifier<P> {
     /// owner's unmap racing this bad call in the instant between removal and re-insert
     /// finds no entry and is judged as such); without containment the call reaches Mm
     /// and the entry stays removed.
-    fn foreign_unmap(&self, cx: &CallCtx, m: Mapping, base: u64, size: usize, contain: bool) {
-        let mut r = self.mapping_record(cx, &m);
+    fn foreign_unmap(&self, cx: &CallCtx, m: &Mapping, base: u64, size: usize, contain: bool) {
+        let mut r = self.mapping_record(cx, m);
         r.address = base;
         r.passed_size = size as u64;
         let rule = match self.stale_prior(cx, base, m.driver) {
@@ -550,13 +552,13 @@ impl<P: Platform> Verifier<P> {
             None => RuleId::UnmapForeign,
         };
         if contain {
-            self.restore(cx, &m);
+            self.restore(cx, m);
             r.flags |= VF_CONTAINED;
             self.stats.bump(cx.processor, Counter::Contained);
             self.violate(rule, cx, r);
         } else {
-            self.forget_mapping(&m);
-            self.bury(cx, &m);
+            self.forget_mapping(m);
+            self.bury(cx, m);
             self.violate(rule, cx, r);
             self.platform.mm_unmap_io_space(base, size);
         }

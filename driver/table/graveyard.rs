@@ -36,6 +36,9 @@ pub struct Tombstone {
     pub map_site: u64,
 }
 
+/// One slot: a cache line of its own (really aligned), so writers of neighbouring
+/// slots never share a line.
+#[repr(align(64))]
 struct GraveSlot {
     seq: AtomicU32,
     base: AtomicU64,
@@ -50,12 +53,15 @@ struct GraveSlot {
 /// See the module docs.
 pub struct Graveyard {
     slots: Box<[GraveSlot]>,
+    /// Number of sets: `len / WAYS`, at least 1 (fixed at start).
+    sets: usize,
 }
 
 impl Graveyard {
     /// A graveyard of `len` slots (at least 1).
     pub fn new(len: usize) -> Result<Graveyard, OutOfMemory> {
         Ok(Graveyard {
+            sets: (len.max(1) / WAYS).max(1),
             slots: try_boxed_slice(len.max(1), |_| GraveSlot {
                 seq: AtomicU32::new(0),
                 base: AtomicU64::new(0),
@@ -81,9 +87,8 @@ impl Graveyard {
 
     /// The set of [`WAYS`] slots `base` may be remembered in.
     fn set(&self, base: u64) -> &[GraveSlot] {
-        let sets = (self.slots.len() / WAYS).max(1);
         let h = base.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let set = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
+        let set = (u128::from(h).wrapping_mul(self.sets as u128) >> 64) as usize;
         let first = set.saturating_mul(WAYS);
         self.slots
             .get(first..first.saturating_add(WAYS).min(self.slots.len()))
@@ -133,7 +138,8 @@ impl Graveyard {
         }
         let preferred = own.or(free).unwrap_or(oldest.0);
         // Try the preferred slot first, then the rest of the set.
-        for s in set.iter().cycle().skip(preferred).take(set.len()) {
+        let (before, after) = set.split_at(preferred.min(set.len()));
+        for s in after.iter().chain(before) {
             let Some(seq) = Self::claim(s) else { continue };
             s.base.store(t.base, Ordering::Relaxed);
             s.size.store(t.size, Ordering::Relaxed);
