@@ -162,9 +162,30 @@ pub fn check_parameters(
     None
 }
 
+/// The counters of one region bucket, one per class (the fourth is padding): 16 bytes,
+/// aligned, so a bucket never straddles two cache lines.
+#[repr(align(16))]
+struct RegionCounts([AtomicU32; 4]);
+
+impl RegionCounts {
+    /// The counter of `class` (`class as usize` is below 3: no bounds check fails).
+    fn of(&self, class: CacheClass) -> &AtomicU32 {
+        &self.0[class as usize & 3]
+    }
+
+    /// True if a class other than `class` has a live mapping here.
+    fn other_live(&self, class: CacheClass) -> bool {
+        self.0
+            .iter()
+            .take(CLASSES)
+            .enumerate()
+            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0)
+    }
+}
+
 /// The conflict filter. See the module docs.
 pub struct ConflictFilter {
-    counts: Box<[AtomicU32]>,
+    counts: Box<[RegionCounts]>,
     huge: [AtomicU32; CLASSES],
     buckets: usize,
 }
@@ -174,7 +195,9 @@ impl ConflictFilter {
     pub fn new(buckets: usize) -> Result<ConflictFilter, OutOfMemory> {
         let buckets = buckets.max(1);
         Ok(ConflictFilter {
-            counts: try_boxed_slice(buckets.saturating_mul(CLASSES), |_| AtomicU32::new(0))?,
+            counts: try_boxed_slice(buckets, |_| {
+                RegionCounts(core::array::from_fn(|_| AtomicU32::new(0)))
+            })?,
             huge: core::array::from_fn(|_| AtomicU32::new(0)),
             buckets,
         })
@@ -183,21 +206,16 @@ impl ConflictFilter {
     fn regions(physical: u64, size: u64) -> Option<(u64, u64)> {
         let last = physical.checked_add(size.checked_sub(1)?)?;
         let first = physical >> REGION_SHIFT;
-        let last = last >> REGION_SHIFT;
-        let n = last.checked_sub(first)?.checked_add(1)?;
+        // `last >= physical`, so `last >> REGION_SHIFT >= first` and `n` cannot wrap.
+        let n = (last >> REGION_SHIFT).wrapping_sub(first).wrapping_add(1);
         (n <= MAX_REGIONS).then_some((first, n))
     }
 
-    /// The three class counters of `region`'s bucket.
-    fn bucket(&self, region: u64) -> Option<&[AtomicU32]> {
+    /// The class counters of `region`'s bucket.
+    fn bucket(&self, region: u64) -> Option<&RegionCounts> {
         let h = region.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize;
-        let first = b.checked_mul(CLASSES)?;
-        self.counts.get(first..first.checked_add(CLASSES)?)
-    }
-
-    fn counter(&self, region: u64, class: usize) -> Option<&AtomicU32> {
-        self.bucket(region)?.get(class)
+        self.counts.get(b)
     }
 
     fn each_counter(
@@ -210,8 +228,8 @@ impl ConflictFilter {
         match Self::regions(physical, size) {
             Some((first, n)) => {
                 for r in 0..n {
-                    if let Some(c) = self.counter(first.wrapping_add(r), class as usize) {
-                        f(c);
+                    if let Some(b) = self.bucket(first.wrapping_add(r)) {
+                        f(b.of(class));
                     }
                 }
             }
@@ -252,19 +270,11 @@ impl ConflictFilter {
         match Self::regions(physical, size) {
             // One hash per region; the region's three class counters are adjacent.
             Some((first, n)) => (0..n).any(|r| {
-                self.bucket(first.wrapping_add(r)).is_some_and(|counters| {
-                    counters
-                        .iter()
-                        .enumerate()
-                        .any(|(i, c)| other(i) && live(c))
-                })
+                self.bucket(first.wrapping_add(r))
+                    .is_some_and(|b| b.other_live(class))
             }),
             // A huge mapping may overlap anything.
-            None => self
-                .counts
-                .iter()
-                .enumerate()
-                .any(|(i, c)| other(i % CLASSES) && live(c)),
+            None => self.counts.iter().any(|b| b.other_live(class)),
         }
     }
 }
