@@ -6,7 +6,10 @@
 //!   churn on `DashMap` and on `Mutex<HashMap>` holding an entry of the same size. 10 000
 //!   mappings stay live in every structure so lookups meet populated buckets. At 2 threads,
 //!   each thread runs the pairs concurrently; the figure is wall time per pair per thread.
-//! * `journal/*`: violation records pushed per second, 1 and 2 producers.
+//! * `live/*`: the same pair at 1 thread with 1 000 and with 1 000 000 other mappings live,
+//!   in one table sized for 1.1 M (the per-pair cost must not grow with the live count).
+//! * `journal/*`: a violation record pushed into the journal, against a crossbeam
+//!   `ArrayQueue` push + pop of the same record, 1 and 2 producers.
 //!
 //! The platform here is the cheapest possible (a counter for time, a per-thread address
 //! pool for Mm) so the figures are the engine's own cost.
@@ -17,6 +20,7 @@ mod common;
 
 use common::{thread_phys, BenchPlatform, IMAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use iosv::platform::{Caller, Platform};
 use iosv::protocol::ViolationRecord;
@@ -53,8 +57,13 @@ fn entry(size: u64, physical: u64) -> Entry {
 }
 
 fn engine() -> Verifier<BenchPlatform> {
+    engine_with(64 * 1024, LIVE)
+}
+
+fn engine_with(capacity: usize, live: u64) -> Verifier<BenchPlatform> {
     let params = StartParams {
         max_stack_depth: 0,
+        capacity,
         ..Default::default()
     };
     let v = Verifier::new(
@@ -66,11 +75,37 @@ fn engine() -> Verifier<BenchPlatform> {
     .unwrap();
     v.driver_attached(b"bench.sys", IMAGE, 0x10_0000).unwrap();
     // Background mappings from another "thread" region.
-    for i in 0..LIVE {
+    for i in 0..live {
         let base = 0xFFFF_B000_0000_0000 + (i << 12);
         v.table().insert(&iosv::table::Mapping::new(base, 0x1000));
     }
     v
+}
+
+fn live_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("live");
+    g.throughput(Throughput::Elements(1));
+    for (name, live) in [("1k", 1_000u64), ("1M", 1_000_000)] {
+        let v = engine_with(1_100_000, live);
+        assert_eq!(v.stats().totals().get(iosv::stats::Counter::TableFull), 0);
+        g.bench_function(BenchmarkId::new("iosv", name), |b| {
+            b.iter_custom(|iters| {
+                concurrent(1, iters, |i| {
+                    let at = Caller {
+                        return_address: IMAGE + 0x40,
+                    };
+                    let base = v.map_io_space(at, thread_phys(i), 0x1000, 0);
+                    v.unmap_io_space(at, black_box(base), 0x1000);
+                })
+            })
+        });
+        assert_eq!(
+            v.stats().totals().per_rule.iter().sum::<u64>(),
+            0,
+            "bench churn must be clean"
+        );
+    }
+    g.finish();
 }
 
 /// Runs `pair` `iters` times on each of `threads` threads; returns wall time / iters.
@@ -172,6 +207,7 @@ fn journal_benches(c: &mut Criterion) {
         passed_size: 0x1000,
         ..Default::default()
     };
+    let q: ArrayQueue<ViolationRecord> = ArrayQueue::new(4096);
     for threads in [1usize, 2] {
         g.bench_with_input(BenchmarkId::new("push", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
@@ -180,6 +216,18 @@ fn journal_benches(c: &mut Criterion) {
                 })
             })
         });
+        g.bench_with_input(
+            BenchmarkId::new("arrayqueue_push_pop", threads),
+            &threads,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    concurrent(n, iters, |_| {
+                        let _ = q.push(black_box(r));
+                        black_box(q.pop());
+                    })
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -187,6 +235,6 @@ fn journal_benches(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    targets = pair_benches, journal_benches
+    targets = pair_benches, live_benches, journal_benches
 }
 criterion_main!(benches);

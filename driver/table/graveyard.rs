@@ -89,9 +89,10 @@ impl Graveyard {
     fn set(&self, base: u64) -> &[GraveSlot] {
         let h = base.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         let set = (u128::from(h).wrapping_mul(self.sets as u128) >> 64) as usize;
-        let first = set.saturating_mul(WAYS);
+        // `set < sets <= max(len / WAYS, 1)`: `first + WAYS` cannot overflow.
+        let first = set.wrapping_mul(WAYS);
         self.slots
-            .get(first..first.saturating_add(WAYS).min(self.slots.len()))
+            .get(first..first.wrapping_add(WAYS).min(self.slots.len()))
             .unwrap_or(&[])
     }
 
