@@ -168,9 +168,14 @@ pub fn check_parameters(
 struct RegionCounts([AtomicU32; 4]);
 
 impl RegionCounts {
-    /// The counter of `class` (`class as usize` is below 3: no bounds check fails).
+    /// The counter of `class`.
     fn of(&self, class: CacheClass) -> &AtomicU32 {
-        &self.0[class as usize & 3]
+        let [non_cached, cached, write_combined, _] = &self.0;
+        match class {
+            CacheClass::NonCached => non_cached,
+            CacheClass::Cached => cached,
+            CacheClass::WriteCombined => write_combined,
+        }
     }
 
     /// True if a class other than `class` has a live mapping here.
