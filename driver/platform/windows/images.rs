@@ -490,7 +490,7 @@ pub fn function_driver(base: usize, size: usize) -> DriverId {
             }
         }
         drivers
-            .register(name, base as u64, size as u64, false)
+            .register(name, base as u64, size as u64, false, false)
             .unwrap_or(DriverId::NONE)
     })
 }
