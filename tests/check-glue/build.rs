@@ -7,7 +7,8 @@
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=IOSV_GLUE_MAP");
-    let map = std::env::var("IOSV_GLUE_MAP").map_or_else(|_| "/MAP".to_owned(), |p| format!("/MAP:{p}"));
+    let map =
+        std::env::var("IOSV_GLUE_MAP").map_or_else(|_| "/MAP".to_owned(), |p| format!("/MAP:{p}"));
     for arg in [
         "/DRIVER",
         "/NODEFAULTLIB",

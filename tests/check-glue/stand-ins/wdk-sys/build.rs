@@ -96,7 +96,10 @@ fn wdk_default(include: &Path, resource_dir: &str) -> Builder {
         .detect_include_paths(false)
         .clang_arg("--target=x86_64-pc-windows-msvc")
         .clang_arg("-fno-builtin")
-        .clang_arg(format!("--include-directory={}", include.join("ddk").display()))
+        .clang_arg(format!(
+            "--include-directory={}",
+            include.join("ddk").display()
+        ))
         .clang_arg(format!("--include-directory={}", include.display()))
         // libclang (unlike the clang binary) does not find its own headers here.
         .clang_arg(format!("-isystem{resource_dir}/include"))
@@ -146,8 +149,8 @@ fn generate(
 fn ntstatus(include: &Path, out: &Path) {
     let header = include.join("ntstatus.h");
     println!("cargo::rerun-if-changed={}", header.display());
-    let text = fs::read_to_string(&header)
-        .unwrap_or_else(|e| panic!("read {}: {e}", header.display()));
+    let text =
+        fs::read_to_string(&header).unwrap_or_else(|e| panic!("read {}: {e}", header.display()));
     let mut rust = String::from("// Generated from mingw-w64's ntstatus.h by build.rs.\n");
     let mut seen = std::collections::BTreeSet::new();
     for line in text.lines() {
@@ -165,7 +168,10 @@ fn ntstatus(include: &Path, out: &Path) {
             .trim_start_matches("((NTSTATUS)")
             .trim_end_matches(')')
             .trim_end_matches(['L', 'l']);
-        let parsed = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        let parsed = match digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"))
+        {
             Some(hex) => u32::from_str_radix(hex, 16).ok(),
             None => digits.parse::<u32>().ok(),
         };
@@ -270,7 +276,9 @@ fn main() {
         .arg("-print-resource-dir")
         .output()
         .unwrap_or_else(|e| panic!("run {clang}: {e} (install clang)"));
-    let resource_dir = String::from_utf8_lossy(&resource_dir.stdout).trim().to_owned();
+    let resource_dir = String::from_utf8_lossy(&resource_dir.stdout)
+        .trim()
+        .to_owned();
     let headers = (include.as_path(), resource_dir.as_str());
     generate(headers, &out, "types.rs", CodegenConfig::TYPES, None);
     generate(headers, &out, "constants.rs", CodegenConfig::VARS, None);

@@ -56,7 +56,11 @@ pub mod functions {
         ) -> PVOID;
     }
 
-    #[link(name = "iosv_declared_ntoskrnl", kind = "static", modifiers = "-bundle")]
+    #[link(
+        name = "iosv_declared_ntoskrnl",
+        kind = "static",
+        modifiers = "-bundle"
+    )]
     unsafe extern "C" {
         /// `ExAllocatePool2` (wdm.h, Windows 10 2004+).
         pub fn ExAllocatePool2(Flags: POOL_FLAGS, NumberOfBytes: SIZE_T, Tag: ULONG) -> PVOID;
