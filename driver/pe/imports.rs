@@ -301,12 +301,14 @@ impl<'a> ImportedNames<'a> {
             return Err(PeError::TooManyThunks { limit: MAX_THUNKS });
         }
         let image = self.image.bytes();
-        // Without a lookup table the unbound IAT holds the same thunks (as the loader reads it).
-        let (table, what) = if self.dll.lookup_table_rva != 0 {
-            (self.dll.lookup_table_rva, Structure::ImportLookupTable)
-        } else {
-            (self.dll.address_table_rva, Structure::ImportAddressTable)
-        };
+        // Names only come from the lookup table: in a loaded image the IAT is bound.
+        let table = self.dll.lookup_table_rva;
+        if table == 0 {
+            return Err(PeError::MissingLookupTable {
+                descriptor: self.dll.descriptor,
+            });
+        }
+        let what = Structure::ImportLookupTable;
         let thunk_at = self
             .index
             .checked_mul(THUNK_SIZE)
