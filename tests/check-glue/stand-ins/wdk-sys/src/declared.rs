@@ -1,8 +1,9 @@
 //! What the real wdk-sys binds from the WDK headers but Debian's mingw-w64 DDK headers do
-//! not declare: each item is declared here by hand from its WDK header, and cited in
-//! docs/wdk-api-checked.md ("Declared by hand for the Linux check"). The routines are
-//! ntoskrnl.exe exports that mingw's `libntoskrnl.a` also lacks, so the build script
-//! makes an import library for them (`iosv_declared_ntoskrnl.lib`, from `declared.def`).
+//! not declare, declare inline, or shape differently: each item is declared here by hand
+//! from its WDK header, and cited in docs/wdk-api-checked.md §10 ("Declared by hand for
+//! the Linux check"). Routines that mingw's `libntoskrnl.a` lacks too are listed in
+//! `declared.def`, from which the build script makes an import library
+//! (`iosv_declared_ntoskrnl.lib`).
 //!
 //! Keep this list and `declared.def` in step; the image check test
 //! (tests/tests/glue_image.rs) reads `declared.def` as the list of accepted extra imports.
