@@ -188,7 +188,7 @@ pub fn endpoint(g: &Global) -> Endpoint {
 
 fn open(g: &Global) -> AppResult<Client<Box<dyn Transport>>> {
     let timeout = (g.timeout > 0).then(|| Duration::from_secs(g.timeout));
-    let t = endpoint(g).open(timeout)?;
+    let t = endpoint(g).open(timeout, g.allow_other_user)?;
     Ok(Client::connect(t)?)
 }
 

@@ -13,8 +13,10 @@ const AFTER_HELP: &str = "\
 Endpoints:
   On Windows iosvctl opens the control device \\\\.\\IoSpaceVerifier (Administrators and
   SYSTEM only). Elsewhere it connects to a user-mode host (`iosvctl host serve`) at
-  $XDG_RUNTIME_DIR/iosv.sock, or /tmp/iosv-$UID.sock when XDG_RUNTIME_DIR is unset.
-  --device and --host PATH choose explicitly.
+  $XDG_RUNTIME_DIR/iosv.sock, or /tmp/iosv-$UID/iosv.sock (a directory of mode 0700
+  that must belong to you) when XDG_RUNTIME_DIR is unset. --device and --host PATH
+  choose explicitly. A host socket served by another user (not root) is refused unless
+  --allow-other-user is given.
 
 Exit status (the first that applies, top down):
   2  usage error, bad input (scenario file, sizes, --threads), unreachable or misbehaving
@@ -60,7 +62,7 @@ pub struct Global {
     pub device: bool,
 
     /// Talk to the host endpoint listening on the Unix socket PATH (the default off Windows:
-    /// $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    /// $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID/iosv.sock).
     #[arg(
         long,
         value_name = "PATH",
@@ -81,6 +83,11 @@ pub struct Global {
     /// More detail: each violation's message, context and stacks; each mapping's stack.
     #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
+
+    /// Trust a host socket served by another user. Without it iosvctl checks the server's
+    /// user id (SO_PEERCRED) and refuses any but yours and root's.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub allow_other_user: bool,
 
     /// Seconds to wait for each reply of a host socket before giving up (0 waits forever).
     #[arg(
@@ -478,7 +485,9 @@ pub enum HostCommand {
 /// `host serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Socket to listen on (default: $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    /// Socket to listen on (default: $XDG_RUNTIME_DIR/iosv.sock, else
+    /// /tmp/iosv-$UID/iosv.sock in a private directory made if missing). The socket is
+    /// created with mode 0600.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Run this scenario (TOML) in the host before serving, so clients find its results.

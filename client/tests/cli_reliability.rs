@@ -165,3 +165,111 @@ fn a_reader_that_goes_away_ends_iosvctl_by_sigpipe() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A cursor past the journal's end was accepted, and a follower silently skipped every
+/// record up to it.
+#[test]
+fn a_cursor_past_the_journal_end_is_refused() {
+    let server = common::Server::start(Some(&data("every_rule.toml")), &[]);
+    let (code, out, _) = parts(&server.run(&["violations", "-f", "json"]));
+    assert_eq!(code, 1);
+    let end = common::json_lines(&out).pop().expect("end line");
+    let next = end["next_cursor"].as_u64().expect("cursor");
+    let (code, _, err) = parts(&server.run(&["violations", "--since", &next.to_string()]));
+    assert_eq!(code, 0, "the tail itself is a valid cursor: {err}");
+    let (code, _, err) = parts(&server.run(&["violations", "--since", &(next + 1).to_string()]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("past the end of the endpoint's journal"),
+        "{err}"
+    );
+}
+
+/// "host serving on PATH" was printed before the bind, even when the bind then failed.
+#[test]
+fn serving_is_announced_only_once_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taken");
+    std::fs::write(&path, "a regular file").unwrap();
+    let (code, _, err) = parts(&iosvctl(&[
+        "host",
+        "serve",
+        "--socket",
+        path.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a socket"), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+}
+
+/// The default socket lives in a private directory; one another user could have made
+/// (open to others) is refused, not used.
+#[test]
+fn the_default_socket_directory_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let dir = tmp.path().join(format!("iosv-{uid}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(common::IOSVCTL)
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    };
+    let (code, _, err) = parts(&run(&["host", "serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("open to other users"), "{err}");
+    let (code, _, err) = parts(&run(&["status"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("open to other users"), "{err}");
+}
+
+/// A client refuses a server that runs as another user (it could serve made-up reports)
+/// unless told to trust it. Needs root to run a server as another user.
+#[test]
+fn a_server_of_another_user_is_refused_unless_allowed() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start a server as another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
+    let socket = tmp.path().join("other.sock");
+    let mut child = Command::new(common::IOSVCTL)
+        .args(["host", "serve", "--socket"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn as nobody");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            eprintln!("skipped: the server could not run as uid 65534 here");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = socket.to_str().unwrap();
+    let (code, _, err) = parts(&iosvctl(&["--host", s, "status"]));
+    // The socket is 0600 and nobody's: root can connect, and is refused by the check.
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("runs as uid 65534"), "{err}");
+    assert!(err.contains("--allow-other-user"), "{err}");
+    let (code, _, err) = parts(&iosvctl(&["--host", s, "--allow-other-user", "status"]));
+    assert_eq!(code, 0, "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

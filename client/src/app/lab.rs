@@ -333,17 +333,28 @@ pub fn serve(_g: &Global, a: &ServeArgs, _out: &mut dyn Write) -> AppResult {
         let summary = run_scenario(&host, s, !a.run.no_progress)?;
         eprintln!("iosvctl: {}", describe_run(&summary, s.origin()));
     }
-    let path = a
-        .socket
-        .clone()
-        .unwrap_or_else(crate::transport::default_socket_path);
+    let path = match &a.socket {
+        Some(p) => p.clone(),
+        None => {
+            let p = crate::transport::default_socket_path();
+            #[cfg(unix)]
+            if let Some(dir) = p.parent() {
+                crate::transport::prepare_private_dir(dir)
+                    .map_err(|e| AppError(format!("cannot serve on {}: {e}", p.display())))?;
+            }
+            p
+        }
+    };
     install_stop_handler();
+    let bound = endpoint::bind(&path)
+        .map_err(|e| AppError(format!("cannot serve on {}: {e}", path.display())))?;
     eprintln!(
         "iosvctl: host serving on {} (Ctrl-C to stop)",
         path.display()
     );
-    endpoint::serve(host, &path, &STOP)
-        .map_err(|e| AppError(format!("cannot serve on {}: {e}", path.display())))?;
+    bound
+        .serve(host, &STOP, endpoint::Limits::default())
+        .map_err(|e| AppError(format!("serving on {} failed: {e}", path.display())))?;
     eprintln!("iosvctl: host stopped");
     Ok(Outcome::Clean)
 }
