@@ -273,3 +273,21 @@ fn a_server_of_another_user_is_refused_unless_allowed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `violations` against an endpoint whose journal overflowed: exit 3 in every format.
+#[test]
+fn violations_with_lost_records_exit_3() {
+    let server = common::Server::start(Some(&data("every_rule.toml")), &["--journal-records", "2"]);
+    for format in ["human", "json", "sarif", "junit"] {
+        let (code, out, err) = parts(&server.run(&["violations", "--format", format]));
+        assert_eq!(code, 3, "{format}: {err}");
+        assert!(err.contains("lost"), "{format}: {err}");
+        if format == "sarif" {
+            let log: serde_json::Value = serde_json::from_str(&out).expect("SARIF");
+            assert_eq!(
+                log["runs"][0]["invocations"][0]["executionSuccessful"],
+                false
+            );
+        }
+    }
+}

@@ -507,3 +507,65 @@ fn the_socket_is_never_open_to_others_even_under_umask_000() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The output granted to a request (`reply_bound`) always holds the whole reply the
+/// control code produces with an unbounded buffer.
+#[test]
+fn reply_bounds_hold_every_whole_reply() {
+    use iosv::protocol::{
+        GetConfigRequest, ListMappingsRequest, StatsRequest, IOCTL_GET_CONFIG, IOCTL_LIST_MAPPINGS,
+    };
+    use zerocopy::IntoBytes;
+    let host = host();
+    let mut actor = host.actor(1);
+    for _ in 0..5 {
+        host.commit_bug(RuleId::UnmapUnknown, "a.sys", None, &mut actor)
+            .unwrap();
+    }
+    let v = PROTOCOL_VERSION;
+    let cases: Vec<(u32, Vec<u8>)> = vec![
+        (IOCTL_HELLO, hello_input()),
+        (
+            IOCTL_GET_STATS,
+            StatsRequest {
+                version: v,
+                max_drivers: u32::MAX,
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (
+            IOCTL_GET_CONFIG,
+            GetConfigRequest {
+                version: v,
+                reserved: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (IOCTL_READ_VIOLATIONS, read_violations_input(0, u32::MAX)),
+        (IOCTL_READ_VIOLATIONS, read_violations_input(2, 2)),
+        (
+            IOCTL_LIST_MAPPINGS,
+            ListMappingsRequest {
+                version: v,
+                max_records: u32::MAX,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+    ];
+    let mut full = vec![0u8; MAX_OUTPUT as usize];
+    for (code, input) in cases {
+        let r = host.control(code, &input, &mut full);
+        assert_eq!(r.status, iosv::protocol::Status::Success, "{code:#x}");
+        let bound = endpoint::reply_bound(&host, code, &input, MAX_OUTPUT as usize);
+        assert!(
+            r.information <= bound,
+            "code {code:#x}: reply of {} bytes, bound {bound}",
+            r.information
+        );
+        assert!(bound < 2 * 1024 * 1024, "code {code:#x}: bound {bound}");
+    }
+}
