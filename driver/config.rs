@@ -106,7 +106,7 @@ impl SizeParam {
     /// `value` clamped into [`SizeParam::range`].
     pub fn clamp(self, value: usize) -> usize {
         let (lo, hi) = self.range();
-        value.clamp(lo, hi)
+        value.max(lo).min(hi)
     }
 }
 
