@@ -39,11 +39,10 @@
 //! error.
 
 use super::Host;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::vec::Vec;
 
 pub use crate::frame::*;
 
@@ -245,11 +244,14 @@ mod other {
 #[cfg(unix)]
 mod unix {
     use super::*;
+    use std::io::{Read, Write};
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
+    use std::vec::Vec;
 
     /// A socket bound at its path and listening, not yet served.
     pub struct Bound {
