@@ -39,17 +39,140 @@ impl Default for StartParams {
     }
 }
 
-impl StartParams {
-    /// The parameters with every size clamped to what iosv supports.
-    pub fn clamped(self) -> StartParams {
-        StartParams {
-            capacity: self.capacity.clamp(16, 16 * 1024 * 1024),
-            journal_records: self.journal_records.clamp(1, 1024 * 1024),
-            max_stack_depth: self.max_stack_depth.min(MAX_STACK_DEPTH),
-            graveyard: self.graveyard.clamp(1, 1024 * 1024),
-            untracked: self.untracked.clamp(16, 1024 * 1024),
-            conflict_buckets: self.conflict_buckets.clamp(1, 1024 * 1024),
+/// One of the sizes in [`StartParams`], with the range iosv supports. The scenario's
+/// `[host]` table, `iosvctl --capacity` and friends, and the driver's registry parameters
+/// all check a size with [`SizeParam::check`], so a value is accepted or refused the same
+/// way wherever it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeParam {
+    /// [`StartParams::capacity`].
+    Capacity,
+    /// [`StartParams::journal_records`].
+    JournalRecords,
+    /// [`StartParams::max_stack_depth`].
+    MaxStackDepth,
+    /// [`StartParams::graveyard`].
+    Graveyard,
+    /// [`StartParams::untracked`].
+    Untracked,
+    /// [`StartParams::conflict_buckets`].
+    ConflictBuckets,
+}
+
+impl SizeParam {
+    /// Every size, in [`StartParams`] field order.
+    pub const ALL: [SizeParam; 6] = [
+        SizeParam::Capacity,
+        SizeParam::JournalRecords,
+        SizeParam::MaxStackDepth,
+        SizeParam::Graveyard,
+        SizeParam::Untracked,
+        SizeParam::ConflictBuckets,
+    ];
+
+    /// The key of the scenario's `[host]` table (`capacity`, `journal_records`, ...).
+    pub const fn key(self) -> &'static str {
+        match self {
+            SizeParam::Capacity => "capacity",
+            SizeParam::JournalRecords => "journal_records",
+            SizeParam::MaxStackDepth => "max_stack_depth",
+            SizeParam::Graveyard => "graveyard",
+            SizeParam::Untracked => "untracked",
+            SizeParam::ConflictBuckets => "conflict_buckets",
         }
+    }
+
+    /// The smallest and largest value iosv supports (both inclusive).
+    pub const fn range(self) -> (usize, usize) {
+        match self {
+            SizeParam::Capacity => (16, 16 * 1024 * 1024),
+            SizeParam::JournalRecords => (1, 1024 * 1024),
+            SizeParam::MaxStackDepth => (0, MAX_STACK_DEPTH),
+            SizeParam::Graveyard => (1, 1024 * 1024),
+            SizeParam::Untracked => (16, 1024 * 1024),
+            SizeParam::ConflictBuckets => (1, 1024 * 1024),
+        }
+    }
+
+    /// `value` if it is in [`SizeParam::range`], else an error naming the range.
+    pub fn check(self, value: u64) -> Result<usize, SizeError> {
+        let (lo, hi) = self.range();
+        match usize::try_from(value) {
+            Ok(v) if v >= lo && v <= hi => Ok(v),
+            _ => Err(SizeError { param: self, value }),
+        }
+    }
+
+    /// `value` clamped into [`SizeParam::range`].
+    pub fn clamp(self, value: usize) -> usize {
+        let (lo, hi) = self.range();
+        value.max(lo).min(hi)
+    }
+}
+
+/// A size out of its supported range. Displays as `KEY must be between LO and HI, not V`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeError {
+    /// The size.
+    pub param: SizeParam,
+    /// The value refused.
+    pub value: u64,
+}
+
+impl core::fmt::Display for SizeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (lo, hi) = self.param.range();
+        write!(
+            f,
+            "{} must be between {lo} and {hi}, not {}",
+            self.param.key(),
+            self.value
+        )
+    }
+}
+
+impl StartParams {
+    /// The value of one size.
+    pub fn get(&self, p: SizeParam) -> usize {
+        match p {
+            SizeParam::Capacity => self.capacity,
+            SizeParam::JournalRecords => self.journal_records,
+            SizeParam::MaxStackDepth => self.max_stack_depth,
+            SizeParam::Graveyard => self.graveyard,
+            SizeParam::Untracked => self.untracked,
+            SizeParam::ConflictBuckets => self.conflict_buckets,
+        }
+    }
+
+    /// Sets one size (unchecked; see [`StartParams::validate`]).
+    pub fn set(&mut self, p: SizeParam, value: usize) {
+        match p {
+            SizeParam::Capacity => self.capacity = value,
+            SizeParam::JournalRecords => self.journal_records = value,
+            SizeParam::MaxStackDepth => self.max_stack_depth = value,
+            SizeParam::Graveyard => self.graveyard = value,
+            SizeParam::Untracked => self.untracked = value,
+            SizeParam::ConflictBuckets => self.conflict_buckets = value,
+        }
+    }
+
+    /// The first size out of its supported range, if any.
+    pub fn validate(&self) -> Result<(), SizeError> {
+        for p in SizeParam::ALL {
+            let v = u64::try_from(self.get(p)).unwrap_or(u64::MAX);
+            p.check(v)?;
+        }
+        Ok(())
+    }
+
+    /// The parameters with every size clamped to what iosv supports (for sizes that come
+    /// from where nobody can be told, such as the registry at boot).
+    pub fn clamped(self) -> StartParams {
+        let mut out = self;
+        for p in SizeParam::ALL {
+            out.set(p, p.clamp(self.get(p)));
+        }
+        out
     }
 }
 

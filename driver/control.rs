@@ -256,6 +256,11 @@ fn read_violations<P: Platform>(
     out: &mut [u8],
 ) -> Result<Reply, Reply> {
     let req: ReadViolationsRequest = request(input)?;
+    // A cursor past the tail was never handed out by this journal (another endpoint's,
+    // or one from before a restart): reading from it would skip every record up to it.
+    if req.cursor > v.journal().tail() {
+        return Err(Reply::err(Status::InvalidField));
+    }
     let header = core::mem::size_of::<ReadViolationsReply>();
     let item = core::mem::size_of::<ViolationRecord>();
     let fit = room(out.len(), header, item, req.max_records as usize)?;

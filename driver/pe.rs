@@ -80,7 +80,10 @@ use zerocopy::FromBytes;
 
 pub use error::{PeError, Structure};
 pub use exports::{ExportTarget, ExportedName, ExportedNames, Exports, RoutineOrdinals};
-pub use imports::{HookedSlots, IatSlot, ImportedDll, ImportedDlls, OrdinalResolver, ScanSummary};
+pub use imports::{
+    HookedSlots, IatSlot, ImportedDll, ImportedDlls, ImportedName, ImportedNames, OrdinalResolver,
+    ScanSummary,
+};
 
 /// Most import descriptors walked in one import directory (regular or delay-load) before
 /// the scan fails with [`PeError::TooManyDescriptors`].
@@ -117,6 +120,9 @@ pub const MACHINE_AMD64: u16 = 0x8664;
 
 /// `IMAGE_FILE_MACHINE_ARM64`.
 pub const MACHINE_ARM64: u16 = 0xAA64;
+
+/// `IMAGE_SUBSYSTEM_NATIVE`: the `Subsystem` of kernel-mode drivers.
+pub const SUBSYSTEM_NATIVE: u16 = 1;
 
 const DOS_MAGIC: u16 = 0x5A4D; // "MZ"
 const NT_SIGNATURE: u32 = 0x0000_4550; // "PE\0\0"
@@ -279,6 +285,8 @@ pub struct PeImage<'a> {
     machine: u16,
     image_base: u64,
     size_of_headers: u32,
+    entry_point: u32,
+    subsystem: u16,
     /// Offset of the first data directory.
     directories: usize,
     /// Data directories declared, at most [`MAX_DIRECTORIES`].
@@ -381,6 +389,8 @@ impl<'a> PeImage<'a> {
             machine: file.machine.get(),
             image_base: opt.image_base.get(),
             size_of_headers: opt.size_of_headers.get(),
+            entry_point: opt.address_of_entry_point.get(),
+            subsystem: opt.subsystem.get(),
             directories,
             directory_count,
             sections,
@@ -430,6 +440,18 @@ impl<'a> PeImage<'a> {
     #[must_use]
     pub const fn size_of_headers(&self) -> u32 {
         self.size_of_headers
+    }
+
+    /// `AddressOfEntryPoint` (an RVA; 0 when the image has no entry point), as recorded.
+    #[must_use]
+    pub const fn entry_point(&self) -> u32 {
+        self.entry_point
+    }
+
+    /// `Subsystem` (e.g. [`SUBSYSTEM_NATIVE`]).
+    #[must_use]
+    pub const fn subsystem(&self) -> u16 {
+        self.subsystem
     }
 
     /// Number of sections in the section table.
@@ -484,6 +506,15 @@ impl<'a> PeImage<'a> {
     #[must_use]
     pub const fn imported_dlls(&self) -> ImportedDlls<'a> {
         ImportedDlls::new(*self)
+    }
+
+    /// What descriptor `dll` imports (from its lookup table), in table order.
+    ///
+    /// Shares the [`MAX_THUNKS`] bound of a scan; the iterator yields at most one error
+    /// and then ends.
+    #[must_use]
+    pub const fn imported_names(&self, dll: ImportedDll<'a>) -> ImportedNames<'a> {
+        ImportedNames::new(*self, dll)
     }
 
     /// The IAT slots that import a [`HookedRoutine`] from `ntoskrnl.exe`, regular imports

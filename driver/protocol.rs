@@ -132,7 +132,9 @@ impl Status {
             Status::NotSupported => "not supported by this endpoint",
             Status::InvalidField => "a field's value is out of range",
             Status::InputTooShort => "input buffer shorter than the request",
-            Status::NoResources => "a fixed table is full",
+            Status::NoResources => {
+                "insufficient resources (a fixed table is full, or the endpoint is at its connection or memory limit)"
+            }
             Status::BadImage => "the driver image could not be parsed",
             Status::SlotChanged => "an import slot no longer holds iosv's hook",
             Status::HookRefused => "iosv refused to patch the driver's import slots",

@@ -1,6 +1,9 @@
 //! What each `iosvctl` command does, and its exit status: [`Outcome::Clean`] (0),
-//! [`Outcome::Violations`] (1: a violation at or above `--fail-on`), or an [`AppError`]
-//! (2: usage, endpoint or I/O error — never a panic).
+//! [`Outcome::Violations`] (1: a violation at or above `--fail-on`), an [`AppError`]
+//! (2: usage, input, endpoint or I/O error — never a panic), [`Outcome::RecordsLost`]
+//! (3: records were lost, the results are incomplete) or [`Outcome::AuditUnclean`] (4:
+//! `lab` only, iosv's reports differ from what the run did). The codes are listed once,
+//! in `iosvctl --help` ([`crate::cli`]) and the README.
 
 use crate::cli::*;
 use crate::client::{Client, ClientError, MappingFilter, VIOLATIONS_PER_CALL};
@@ -14,14 +17,38 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How a command ended, when it did not fail.
+/// How a command ended, when it did not fail. When several apply, the one with the
+/// highest [`Outcome::exit_code`] other than 1 wins over 1: an unclean audit over lost
+/// records over violations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Nothing at or above `--fail-on` (exit 0).
     Clean,
     /// A violation at or above `--fail-on` (exit 1).
     Violations,
+    /// Violation records were lost to journal overflow: the results are incomplete,
+    /// whatever they say (exit 3).
+    RecordsLost,
+    /// `lab`: the audit found iosv's reports or live table differ from what the run did
+    /// (exit 4).
+    AuditUnclean,
 }
+
+impl Outcome {
+    /// The process exit status.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Clean => 0,
+            Outcome::Violations => 1,
+            Outcome::RecordsLost => 3,
+            Outcome::AuditUnclean => 4,
+        }
+    }
+}
+
+/// Set when a write to stdout failed because its reader went away (`iosvctl ... | head`):
+/// [`main`] then ends the process by SIGPIPE, as `cat` or `grep` do.
+static BROKEN_PIPE: AtomicBool = AtomicBool::new(false);
 
 /// A command failed (exit 2). The text is the whole message.
 #[derive(Debug)]
@@ -50,7 +77,8 @@ impl From<TransportError> for AppError {
 impl From<io::Error> for AppError {
     fn from(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {
-            // The reader went away (`| head`): stop quietly.
+            // The reader went away (`| head`): stop quietly (see `main`).
+            BROKEN_PIPE.store(true, Ordering::SeqCst);
             AppError(String::new())
         } else {
             AppError(format!("cannot write output: {e}"))
@@ -79,9 +107,11 @@ pub fn main(cli: Cli) -> ExitCode {
     let mut out = stdout.lock();
     let r = run(&cli, &mut out);
     let _ = out.flush();
+    if BROKEN_PIPE.load(Ordering::SeqCst) {
+        die_of_sigpipe();
+    }
     match r {
-        Ok(Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(Outcome::Violations) => ExitCode::from(1),
+        Ok(o) => ExitCode::from(o.exit_code()),
         Err(e) => {
             if !e.0.is_empty() {
                 eprintln!("iosvctl: error: {e}");
@@ -89,6 +119,25 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Ends the process the way a Unix filter ends when its reader goes away: by SIGPIPE (the
+/// shell shows status 141). Rust ignores SIGPIPE so that sockets report EPIPE; the default
+/// action is restored only here, at the very end. Elsewhere: exit status 2, quietly.
+fn die_of_sigpipe() -> ! {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal() with SIG_DFL for SIGPIPE installs no handler code; no other
+        // thread relies on SIGPIPE being ignored this late (the process is ending).
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        // SAFETY: raise() has no preconditions; with the default action the process ends.
+        unsafe {
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    std::process::exit(2)
 }
 
 /// Runs one command, writing results to `out` (messages for people go to stderr).
@@ -153,7 +202,7 @@ pub fn endpoint(g: &Global) -> Endpoint {
 
 fn open(g: &Global) -> AppResult<Client<Box<dyn Transport>>> {
     let timeout = (g.timeout > 0).then(|| Duration::from_secs(g.timeout));
-    let t = endpoint(g).open(timeout)?;
+    let t = endpoint(g).open(timeout, g.allow_other_user)?;
     Ok(Client::connect(t)?)
 }
 
@@ -286,8 +335,24 @@ impl<'a> ViolationSink<'a> {
         self.tally.at_least(self.fail_on)
     }
 
+    /// The outcome so far: [`Outcome::AuditUnclean`] when `run_problem`, else
+    /// [`Outcome::RecordsLost`] if records were lost, else by `--fail-on`.
+    pub fn outcome(&self, run_problem: bool) -> Outcome {
+        if run_problem {
+            Outcome::AuditUnclean
+        } else if self.lost > 0 {
+            Outcome::RecordsLost
+        } else if self.failing() > 0 {
+            Outcome::Violations
+        } else {
+            Outcome::Clean
+        }
+    }
+
     /// Prints the end: the human summary, the JSON end line, or the SARIF/JUnit document.
+    /// `info.problems` (an unclean lab audit) make the outcome [`Outcome::AuditUnclean`].
     pub fn finish(&mut self, info: &sarif::RunInfo, drivers: &[String]) -> AppResult {
+        let outcome = self.outcome(!info.problems.is_empty());
         match self.format {
             Format::Human => {
                 if self.tally.total > 0 {
@@ -315,20 +380,40 @@ impl<'a> ViolationSink<'a> {
                 let mut info = info.clone();
                 info.lost = self.lost;
                 info.discarded = self.discarded;
+                info.exit_code = outcome.exit_code();
                 writeln!(
                     self.out,
                     "{:#}",
                     sarif::log(&self.kept, &self.images, &info)
                 )?;
             }
-            Format::Junit => write!(self.out, "{}", junit::report(&self.kept, drivers))?,
+            Format::Junit => {
+                let mut checks = vec![junit::RunCheck {
+                    name: "journal: no violation record lost".to_string(),
+                    problem: (self.lost > 0).then(|| {
+                        format!(
+                            "{} violation records were lost to journal overflow: the results are incomplete",
+                            self.lost
+                        )
+                    }),
+                }];
+                if info.audited {
+                    checks.push(junit::RunCheck {
+                        name: "lab audit: reports match what the run did".to_string(),
+                        problem: (!info.problems.is_empty()).then(|| info.problems.join("; ")),
+                    });
+                }
+                write!(self.out, "{}", junit::report(&self.kept, drivers, &checks))?
+            }
         }
         self.out.flush()?;
-        Ok(if self.failing() > 0 {
-            Outcome::Violations
-        } else {
-            Outcome::Clean
-        })
+        if self.lost > 0 && self.format != Format::Human {
+            eprintln!(
+                "iosvctl: error: {} violation records were lost: the results are incomplete (exit 3)",
+                self.lost
+            );
+        }
+        Ok(outcome)
     }
 }
 
@@ -895,8 +980,14 @@ mod tests {
         let cases: Vec<_> = doc
             .descendants()
             .filter(|n| n.has_tag_name("testcase"))
+            .filter(|n| n.attribute("classname") != Some("iosvctl.run"))
             .collect();
         assert_eq!(cases.len(), 2 * iosv::rules::RULE_COUNT);
+        // The run's own check: nothing was lost.
+        assert_eq!(doc.root_element().attribute("errors"), Some("0"));
+        assert!(doc
+            .descendants()
+            .any(|n| n.attribute("classname") == Some("iosvctl.run")));
         let failed: Vec<String> = cases
             .iter()
             .filter(|c| c.children().any(|n| n.has_tag_name("failure")))

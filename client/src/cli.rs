@@ -3,6 +3,7 @@
 
 use crate::output::Format;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use iosv::config::{SizeParam, StartParams};
 use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL, MAX_TARGETS, NAME_LEN};
 use iosv::rules::{Action, RuleId, Severity, RULE_COUNT};
 use std::path::PathBuf;
@@ -12,13 +13,22 @@ const AFTER_HELP: &str = "\
 Endpoints:
   On Windows iosvctl opens the control device \\\\.\\IoSpaceVerifier (Administrators and
   SYSTEM only). Elsewhere it connects to a user-mode host (`iosvctl host serve`) at
-  $XDG_RUNTIME_DIR/iosv.sock, or /tmp/iosv-$UID.sock when XDG_RUNTIME_DIR is unset.
-  --device and --host PATH choose explicitly.
+  $XDG_RUNTIME_DIR/iosv.sock, or /tmp/iosv-$UID/iosv.sock (a directory of mode 0700
+  that must belong to you) when XDG_RUNTIME_DIR is unset. --device and --host PATH
+  choose explicitly. A host socket served by another user (not root) is refused unless
+  --allow-other-user is given.
 
-Exit status:
-  0  no violation at or above --fail-on (for commands that read violations), or success
+Exit status (the first that applies, top down):
+  2  usage error, bad input (scenario file, sizes, --threads), unreachable or misbehaving
+     endpoint, I/O error
+  4  `lab`: the audit is unclean — iosv's reports or live table differ from what the run
+     did (SARIF: executionSuccessful false; JUnit: an error in suite iosvctl)
+  3  violation records were lost to journal overflow: the results are incomplete (SARIF:
+     executionSuccessful false; JUnit: an error in suite iosvctl)
   1  `violations` or `lab` saw a violation at or above --fail-on
-  2  usage error, unreachable or misbehaving endpoint, I/O error, bad scenario";
+  0  otherwise: success
+  When the reader of stdout goes away (`iosvctl ... | head`), iosvctl ends by SIGPIPE,
+  as other filters do.";
 
 /// `iosvctl`: the client of the iosv I/O-space mapping verifier.
 #[derive(Debug, Parser)]
@@ -52,7 +62,7 @@ pub struct Global {
     pub device: bool,
 
     /// Talk to the host endpoint listening on the Unix socket PATH (the default off Windows:
-    /// $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    /// $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID/iosv.sock).
     #[arg(
         long,
         value_name = "PATH",
@@ -73,6 +83,11 @@ pub struct Global {
     /// More detail: each violation's message, context and stacks; each mapping's stack.
     #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
+
+    /// Trust a host socket served by another user. Without it iosvctl checks the server's
+    /// user id (SO_PEERCRED) and refuses any but yours and root's.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub allow_other_user: bool,
 
     /// Seconds to wait for each reply of a host socket before giving up (0 waits forever).
     #[arg(
@@ -384,34 +399,59 @@ pub struct ClearArgs {
 }
 
 /// Sizes of the memory a host allocates at start (as the driver's registry parameters).
-/// Unset sizes come from the scenario's `[host]` table, else from iosv's defaults.
+/// Unset sizes come from the scenario's `[host]` table, else from iosv's defaults. Each is
+/// checked against the same range as the `[host]` table (exit 2 when out of range).
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Host sizes (default: the scenario's [host] table, else these)")]
 pub struct HostParams {
-    /// Live mappings the table can hold [default: 65536].
-    #[arg(long, value_name = "N")]
-    pub capacity: Option<usize>,
-    /// Violation records the journal holds before the oldest is overwritten [default: 4096].
-    #[arg(long, value_name = "N")]
-    pub journal_records: Option<usize>,
+    /// Live mappings the table can hold, 16..=16777216 [default: 65536].
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    pub capacity: Option<u64>,
+    /// Violation records the journal holds before the oldest is overwritten,
+    /// 1..=1048576 [default: 4096].
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    pub journal_records: Option<u64>,
     /// Stack frames allocated per mapping and per record, 0..=16 [default: 8].
-    #[arg(long, value_name = "N")]
-    pub max_stack_depth: Option<usize>,
-    /// Recent unmaps remembered for double-unmap detection [default: 16384].
-    #[arg(long, value_name = "N")]
-    pub graveyard_size: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    pub max_stack_depth: Option<u64>,
+    /// Recent unmaps remembered for double-unmap detection, 1..=1048576 [default: 16384].
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    pub graveyard_size: Option<u64>,
 }
 
 impl HostParams {
-    /// `base` with the sizes given on the command line.
-    pub fn apply(&self, base: iosv::config::StartParams) -> iosv::config::StartParams {
-        iosv::config::StartParams {
-            capacity: self.capacity.unwrap_or(base.capacity),
-            journal_records: self.journal_records.unwrap_or(base.journal_records),
-            max_stack_depth: self.max_stack_depth.unwrap_or(base.max_stack_depth),
-            graveyard: self.graveyard_size.unwrap_or(base.graveyard),
-            ..base
+    /// `base` with the sizes given on the command line, each checked by
+    /// [`SizeParam::check`] (the check the scenario's `[host]` table gets).
+    pub fn apply(&self, base: StartParams) -> Result<StartParams, String> {
+        let mut out = base;
+        for (flag, p, v) in [
+            ("--capacity", SizeParam::Capacity, self.capacity),
+            (
+                "--journal-records",
+                SizeParam::JournalRecords,
+                self.journal_records,
+            ),
+            (
+                "--max-stack-depth",
+                SizeParam::MaxStackDepth,
+                self.max_stack_depth,
+            ),
+            (
+                "--graveyard-size",
+                SizeParam::Graveyard,
+                self.graveyard_size,
+            ),
+        ] {
+            if let Some(v) = v {
+                let n = p.check(v).map_err(|e| {
+                    let (lo, hi) = e.param.range();
+                    format!("{flag} must be between {lo} and {hi}, not {v}")
+                })?;
+                out.set(p, n);
+            }
         }
+        out.validate().map_err(|e| e.to_string())?;
+        Ok(out)
     }
 }
 
@@ -419,7 +459,8 @@ impl HostParams {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Run")]
 pub struct RunArgs {
-    /// OS threads of every stress phase of the scenario, 1..=64 (default: the scenario's).
+    /// OS threads of every stress phase of the scenario, 1..=16 (each thread owns a hooked
+    /// driver, and iosv hooks at most 16; default: the scenario's).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Seed of the scenario and its stress phases, to replay or vary a run (default: the
@@ -465,7 +506,9 @@ pub enum HostCommand {
 /// `host serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Socket to listen on (default: $XDG_RUNTIME_DIR/iosv.sock, else /tmp/iosv-$UID.sock).
+    /// Socket to listen on (default: $XDG_RUNTIME_DIR/iosv.sock, else
+    /// /tmp/iosv-$UID/iosv.sock in a private directory made if missing). The socket is
+    /// created with mode 0600.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Run this scenario (TOML) in the host before serving, so clients find its results.
@@ -621,5 +664,49 @@ mod tests {
             ..Default::default()
         };
         assert!(too_long.apply(&mut b).is_err());
+    }
+
+    #[cfg(feature = "host")]
+    #[test]
+    fn host_sizes_are_checked_like_the_host_table() {
+        let base = StartParams::default();
+        for (flag, bad) in [
+            ("--capacity", "0"),
+            ("--capacity", "18446744073709551615"),
+            ("--journal-records", "0"),
+            ("--max-stack-depth", "17"),
+            ("--graveyard-size", "0"),
+        ] {
+            let cli = Cli::try_parse_from(["iosvctl", "lab", flag, bad]).expect("parses");
+            let Command::Lab(a) = cli.command else {
+                panic!("not lab")
+            };
+            let e = a.params.apply(base).expect_err(flag);
+            assert!(e.contains(flag) && e.contains("must be between"), "{e}");
+            // The scenario's [host] table refuses the same value.
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            let key = if key == "graveyard_size" {
+                "graveyard".to_string()
+            } else {
+                key
+            };
+            let toml = format!("[host]\n{key} = {bad}\n");
+            let r = iosv::platform::host::scenario::Scenario::parse(&toml, "t.toml");
+            assert!(r.is_err(), "[host] {key} = {bad} accepted");
+        }
+        let cli = Cli::try_parse_from([
+            "iosvctl",
+            "lab",
+            "--capacity",
+            "16",
+            "--max-stack-depth",
+            "16",
+        ])
+        .expect("parses");
+        let Command::Lab(a) = cli.command else {
+            panic!("not lab")
+        };
+        let p = a.params.apply(base).expect("in range");
+        assert_eq!((p.capacity, p.max_stack_depth), (16, 16));
     }
 }

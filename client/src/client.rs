@@ -47,6 +47,12 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// READ_VIOLATIONS from a cursor the endpoint's journal has not reached.
+    #[error("cursor {cursor} is past the end of the endpoint's journal: it comes from another endpoint or from before a restart (start again with --since 0)")]
+    CursorPastEnd {
+        /// The cursor.
+        cursor: u64,
+    },
     /// The endpoint speaks another protocol version.
     #[error("protocol version mismatch: the endpoint speaks version {endpoint}, this iosvctl speaks {client}; use matching builds")]
     Version {
@@ -312,7 +318,14 @@ impl<T: Transport> Client<T> {
             IOCTL_READ_VIOLATIONS,
             req.as_bytes(),
             cap,
-        )?;
+        )
+        .map_err(|e| match e {
+            ClientError::Status {
+                status: Status::InvalidField,
+                ..
+            } => ClientError::CursorPastEnd { cursor },
+            e => e,
+        })?;
         let header: ReadViolationsReply = read("READ_VIOLATIONS", &out)?;
         version_check("READ_VIOLATIONS", header.version)?;
         if header.count > max {

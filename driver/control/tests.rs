@@ -250,6 +250,14 @@ fn read_violations_cursor_lost_and_clear() {
     let (_, out) = call(&v, IOCTL_READ_VIOLATIONS, req(7, 5).as_bytes(), 4096);
     let h = ReadViolationsReply::read_from_prefix(&out).unwrap().0;
     assert_eq!((h.count, h.discarded, h.next_cursor), (0, 5, 12));
+    // The tail itself is a valid cursor (nothing new yet); past it, a follower would skip
+    // the records written up to its cursor without a word: refused (issue 9).
+    let (r, _) = call(&v, IOCTL_READ_VIOLATIONS, req(12, 5).as_bytes(), 4096);
+    assert_eq!(r.status, Status::Success);
+    for past in [13, u64::MAX] {
+        let (r, _) = call(&v, IOCTL_READ_VIOLATIONS, req(past, 5).as_bytes(), 4096);
+        assert_eq!(r.status, Status::InvalidField, "cursor {past}");
+    }
 }
 
 #[test]

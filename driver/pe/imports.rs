@@ -267,6 +267,106 @@ impl<'a> Iterator for ImportedDlls<'a> {
 
 impl FusedIterator for ImportedDlls<'_> {}
 
+/// One import of a descriptor: by name or by ordinal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportedName<'a> {
+    /// By name (the hint/name entry's name, without NUL).
+    Name(&'a [u8]),
+    /// By ordinal (the low 16 bits of the thunk).
+    Ordinal(u16),
+}
+
+/// Iterator over the imports of one descriptor; see [`PeImage::imported_names`].
+#[derive(Debug, Clone)]
+pub struct ImportedNames<'a> {
+    image: PeImage<'a>,
+    dll: ImportedDll<'a>,
+    /// Index of the next thunk.
+    index: usize,
+    done: bool,
+}
+
+impl<'a> ImportedNames<'a> {
+    pub(super) const fn new(image: PeImage<'a>, dll: ImportedDll<'a>) -> Self {
+        Self {
+            image,
+            dll,
+            index: 0,
+            done: false,
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<ImportedName<'a>>, PeError> {
+        if self.index >= MAX_THUNKS {
+            return Err(PeError::TooManyThunks { limit: MAX_THUNKS });
+        }
+        let image = self.image.bytes();
+        // Names only come from the lookup table: in a loaded image the IAT is bound.
+        let table = self.dll.lookup_table_rva;
+        if table == 0 {
+            return Err(PeError::MissingLookupTable {
+                descriptor: self.dll.descriptor,
+            });
+        }
+        let what = Structure::ImportLookupTable;
+        let thunk_at = self
+            .index
+            .checked_mul(THUNK_SIZE)
+            .and_then(|delta| to_usize(table).checked_add(delta));
+        let value = thunk_at
+            .and_then(|at| read::<U64>(image, at, what).ok())
+            .map(U64::get)
+            .ok_or(PeError::UnterminatedThunkTable { what, rva: table })?;
+        if value == 0 {
+            return Ok(None);
+        }
+        self.index = self.index.saturating_add(1);
+        if value & ORDINAL_FLAG != 0 {
+            return Ok(Some(ImportedName::Ordinal(
+                u16::try_from(value & 0xFFFF).unwrap_or(u16::MAX),
+            )));
+        }
+        let at = thunk_at.unwrap_or(usize::MAX);
+        if value & !NAME_RVA_MASK != 0 {
+            return Err(PeError::BadThunk { at, value });
+        }
+        let hint_rva = u32::try_from(value).unwrap_or(u32::MAX);
+        let name_rva = hint_rva
+            .checked_add(2)
+            .filter(|&rva| to_usize(rva) < image.len())
+            .ok_or(PeError::RvaOutOfImage {
+                what: Structure::HintName,
+                rva: hint_rva,
+                at,
+            })?;
+        c_string(image, name_rva, Structure::HintName, at)
+            .map(|name| Some(ImportedName::Name(name)))
+    }
+}
+
+impl<'a> Iterator for ImportedNames<'a> {
+    type Item = Result<ImportedName<'a>, PeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(name)) => Some(Ok(name)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+impl FusedIterator for ImportedNames<'_> {}
+
 /// The `ntoskrnl.exe` descriptor being walked.
 #[derive(Debug, Clone, Copy)]
 struct Walk<'a> {

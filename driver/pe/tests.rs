@@ -407,6 +407,84 @@ fn missing_lookup_table_is_refused_for_ntoskrnl_only() {
 }
 
 #[test]
+fn imported_names_lists_every_import_of_a_descriptor() {
+    let mut b = Builder::new();
+    let placed = b.imports(&[
+        ("HAL.dll", &[Imp::Name("KeStallExecutionProcessor")]),
+        (
+            "ntoskrnl.exe",
+            &[
+                Imp::Name("DbgPrintEx"),
+                Imp::Ordinal(7),
+                Imp::Name("MmMapIoSpace"),
+            ],
+        ),
+    ]);
+    // Bound IAT: names still come from the lookup table.
+    b.u64(placed[1].iat, 0xFFFF_F800_1234_5678);
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let dlls: Vec<_> = pe.imported_dlls().map(Result::unwrap).collect();
+    let hal: Vec<_> = pe.imported_names(dlls[0]).map(Result::unwrap).collect();
+    assert_eq!(hal, [ImportedName::Name(b"KeStallExecutionProcessor")]);
+    let nt: Vec<_> = pe.imported_names(dlls[1]).map(Result::unwrap).collect();
+    assert_eq!(
+        nt,
+        [
+            ImportedName::Name(b"DbgPrintEx"),
+            ImportedName::Ordinal(7),
+            ImportedName::Name(b"MmMapIoSpace"),
+        ]
+    );
+
+    // No lookup table: refused, once.
+    b.u32(placed[0].descriptor, 0);
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let hal = pe.imported_dlls().next().unwrap().unwrap();
+    let mut names = pe.imported_names(hal);
+    assert_eq!(
+        names.next(),
+        Some(Err(PeError::MissingLookupTable {
+            descriptor: placed[0].descriptor
+        }))
+    );
+    assert_eq!(names.next(), None);
+
+    // A name RVA outside the image, and an unterminated table: one error, then the end.
+    let mut b = Builder::new();
+    let placed = b.imports(&[("ntoskrnl.exe", &[Imp::Name("MmMapIoSpace")])]);
+    b.u64(placed[0].lookup, 0x7FFF_0000);
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let dll = pe.imported_dlls().next().unwrap().unwrap();
+    let mut names = pe.imported_names(dll);
+    assert!(matches!(
+        names.next(),
+        Some(Err(PeError::RvaOutOfImage { .. }))
+    ));
+    assert_eq!(names.next(), None);
+    b.u32(placed[0].descriptor, (SIZE_OF_IMAGE - 8) as u32);
+    b.u64(SIZE_OF_IMAGE - 8, 0x2000 | 1 << 63);
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let dll = pe.imported_dlls().next().unwrap().unwrap();
+    let names: Vec<_> = pe.imported_names(dll).collect();
+    assert_eq!(names.len(), 2);
+    assert!(matches!(
+        names[1],
+        Err(PeError::UnterminatedThunkTable { .. })
+    ));
+}
+
+#[test]
+fn entry_point_and_subsystem_as_recorded() {
+    let b = Builder::new();
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let opt = OPTIONAL;
+    let entry = u32::from_le_bytes(b.buf[opt + 16..opt + 20].try_into().unwrap());
+    let subsystem = u16::from_le_bytes(b.buf[opt + 68..opt + 70].try_into().unwrap());
+    assert_eq!(pe.entry_point(), entry);
+    assert_eq!(pe.subsystem(), subsystem);
+}
+
+#[test]
 fn names_come_from_the_lookup_table_not_the_bound_iat() {
     let mut b = Builder::new();
     let placed = b.imports(&[(

@@ -115,6 +115,9 @@ pub enum HostError {
     BadCallTarget(u64),
     /// Too many drivers or devices for the simulated system.
     NoResources,
+    /// The configuration holds [`MAX_TARGETS`](crate::protocol::MAX_TARGETS) target names
+    /// already; this one does not fit.
+    TargetsFull(String),
 }
 
 impl fmt::Display for HostError {
@@ -162,6 +165,11 @@ impl fmt::Display for HostError {
             HostError::NoResources => {
                 write!(f, "the simulated system is out of driver or device slots")
             }
+            HostError::TargetsFull(name) => write!(
+                f,
+                "cannot make `{name}` a target: the configuration holds at most {} target drivers",
+                crate::protocol::MAX_TARGETS
+            ),
         }
     }
 }
@@ -466,6 +474,7 @@ impl Host {
 
     /// Adds `name` to the drivers iosv hooks when they load.
     pub fn add_target(&self, name: &str) -> Result<(), HostError> {
+        let mut full = false;
         self.configure(|b| {
             let wire = crate::protocol::wire_name(name.as_bytes());
             let n = b.target_count as usize;
@@ -473,12 +482,19 @@ impl Host {
                 crate::drivers::names_equal(crate::protocol::name_bytes(t), name.as_bytes())
             });
             if !present {
-                if let Some(slot) = b.targets.get_mut(n) {
-                    *slot = wire;
-                    b.target_count = b.target_count.saturating_add(1);
+                match b.targets.get_mut(n) {
+                    Some(slot) => {
+                        *slot = wire;
+                        b.target_count = b.target_count.saturating_add(1);
+                    }
+                    None => full = true,
                 }
             }
-        })
+        })?;
+        if full {
+            return Err(HostError::TargetsFull(String::from(name)));
+        }
+        Ok(())
     }
 
     /// CLEAR with `what` (`CLR_*` bits).
@@ -740,7 +756,7 @@ impl fmt::Display for Audit {
             )?;
         }
         for c in &self.corruptions {
-            writeln!(f, "  corruption: {c:?}")?;
+            writeln!(f, "  corruption: {c}")?;
         }
         Ok(())
     }

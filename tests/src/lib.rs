@@ -1,3 +1,4 @@
 //! System-test helpers for iosv.
 
 pub mod fixture;
+pub mod fuzz;

@@ -277,3 +277,295 @@ fn socket_file_life() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(!path.exists());
 }
+
+// ---- Issue 9: bounded resources -------------------------------------------------------
+
+use endpoint::{Limits, STATUS_INSUFFICIENT_RESOURCES};
+
+fn read_violations_input(cursor: u64, max: u32) -> Vec<u8> {
+    use zerocopy::IntoBytes;
+    iosv::protocol::ReadViolationsRequest {
+        version: PROTOCOL_VERSION,
+        max_records: max,
+        cursor,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+/// One 24-byte request asking for 16 MiB of output used to pin a 16 MiB buffer for the
+/// life of its connection; 150 of them took 2.4 GiB. Buffers are now sized by what the
+/// reply can hold and live for one request.
+#[test]
+fn reply_memory_is_sized_by_what_is_produced() {
+    let host = host();
+    let path = socket_path("mem");
+    let ep = endpoint::spawn_with(
+        Arc::clone(&host),
+        &path,
+        Limits {
+            max_connections: 200,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..150 {
+        let mut s = connect(&path);
+        endpoint::write_request(
+            &mut s,
+            IOCTL_READ_VIOLATIONS,
+            &read_violations_input(0, u32::MAX),
+            MAX_OUTPUT,
+        )
+        .unwrap();
+        let (h, _) = read_reply(&mut s).unwrap();
+        assert_eq!(h.status, 0);
+        conns.push(s); // held open
+    }
+    let peak = ep.stats().peak_reply_bytes.load(Ordering::Relaxed);
+    assert!(
+        peak < 1024 * 1024,
+        "{peak} bytes of reply buffers at once for an empty journal"
+    );
+    assert_eq!(ep.stats().reply_bytes.load(Ordering::Relaxed), 0);
+}
+
+/// All reply buffers together stay within the budget; a request that does not fit gets
+/// STATUS_INSUFFICIENT_RESOURCES and the connection stays usable.
+#[test]
+fn reply_memory_has_a_budget() {
+    let host = host();
+    let path = socket_path("budget");
+    let ep = endpoint::spawn_with(
+        Arc::clone(&host),
+        &path,
+        Limits {
+            reply_budget: 100,
+            frame_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let mut s = connect(&path);
+    let mut out = vec![0u8; 4096];
+    let h = call(&mut s, IOCTL_HELLO, &hello_input(), &mut out).unwrap();
+    assert_eq!(h.status, STATUS_INSUFFICIENT_RESOURCES);
+    assert_eq!(ep.stats().refused_requests.load(Ordering::Relaxed), 1);
+    // Within the budget: served on the same connection.
+    let mut small = [0u8; 56];
+    let h = call(&mut s, IOCTL_HELLO, &hello_input(), &mut small).unwrap();
+    assert_eq!(h.status, 0);
+}
+
+/// Connections beyond the limit get one refusal and are closed; a freed slot is reused.
+#[test]
+fn connections_are_capped() {
+    let host = host();
+    let path = socket_path("cap");
+    let ep = endpoint::spawn_with(
+        Arc::clone(&host),
+        &path,
+        Limits {
+            max_connections: 4,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let mut held: Vec<UnixStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(&path);
+            let mut out = [0u8; 56];
+            assert_eq!(
+                call(&mut s, IOCTL_HELLO, &hello_input(), &mut out)
+                    .unwrap()
+                    .status,
+                0
+            );
+            s
+        })
+        .collect();
+    let mut extra = connect(&path);
+    let mut hb = [0u8; REPLY_HEADER_LEN];
+    extra.read_exact(&mut hb).unwrap();
+    assert_eq!(
+        decode_reply_header(&hb).unwrap().status,
+        STATUS_INSUFFICIENT_RESOURCES
+    );
+    assert!(closed_by_server(&mut extra));
+    assert_eq!(ep.stats().refused_connections.load(Ordering::Relaxed), 1);
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect(&path);
+        let mut out = [0u8; 56];
+        if let Ok(h) = call(&mut s, IOCTL_HELLO, &hello_input(), &mut out) {
+            if h.status == 0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection that idles, or sends a request slowly (slowloris), is closed.
+#[test]
+fn idle_and_slow_connections_are_closed() {
+    let host = host();
+    let path = socket_path("idle");
+    let ep = endpoint::spawn_with(
+        Arc::clone(&host),
+        &path,
+        Limits {
+            idle_timeout: Duration::from_millis(300),
+            frame_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut idle = connect(&path);
+    let mut slow = connect(&path);
+    slow.write_all(&FRAME_MAGIC.to_le_bytes()[..2]).unwrap();
+    assert!(closed_by_server(&mut idle));
+    assert!(closed_by_server(&mut slow));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(ep.stats().timed_out.load(Ordering::Relaxed), 2);
+}
+
+/// A client that sends requests and never reads its replies no longer holds a stopping
+/// server for the 10-second write timeout.
+#[test]
+fn stop_does_not_wait_for_a_client_that_does_not_read() {
+    let host = host();
+    let path = socket_path("noread");
+    let ep = endpoint::spawn(Arc::clone(&host), &path).unwrap();
+    let s = connect(&path);
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let req = endpoint::encode_request(IOCTL_HELLO, &hello_input(), 4096).unwrap();
+    // Until the socket buffers are full both ways: the server is stuck writing a reply.
+    for _ in 0..200_000 {
+        if w.write_all(&req).is_err() {
+            break;
+        }
+    }
+    let started = Instant::now();
+    ep.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    drop(s);
+}
+
+/// The socket never exists with a mode other than 0600, whatever the umask: it is bound
+/// in a private directory and renamed into place.
+#[test]
+fn the_socket_is_never_open_to_others_even_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = host();
+    let dir = std::env::temp_dir().join(format!("iosv-ep-umask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    // SAFETY: umask(2) has no preconditions; it is restored below.
+    let old = unsafe { libc::umask(0) };
+    let seen_bad = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (path, seen_bad, done) = (path.clone(), Arc::clone(&seen_bad), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    if m.permissions().mode() & 0o077 != 0 {
+                        seen_bad.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    for _ in 0..100 {
+        let ep = endpoint::spawn(Arc::clone(&host), &path).unwrap();
+        drop(ep);
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    assert!(
+        !seen_bad.load(Ordering::Relaxed),
+        "the socket was seen open to others"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "bind directories left behind: {leftovers:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The output granted to a request (`reply_bound`) always holds the whole reply the
+/// control code produces with an unbounded buffer.
+#[test]
+fn reply_bounds_hold_every_whole_reply() {
+    use iosv::protocol::{
+        GetConfigRequest, ListMappingsRequest, StatsRequest, IOCTL_GET_CONFIG, IOCTL_LIST_MAPPINGS,
+    };
+    use zerocopy::IntoBytes;
+    let host = host();
+    let mut actor = host.actor(1);
+    for _ in 0..5 {
+        host.commit_bug(RuleId::UnmapUnknown, "a.sys", None, &mut actor)
+            .unwrap();
+    }
+    let v = PROTOCOL_VERSION;
+    let cases: Vec<(u32, Vec<u8>)> = vec![
+        (IOCTL_HELLO, hello_input()),
+        (
+            IOCTL_GET_STATS,
+            StatsRequest {
+                version: v,
+                max_drivers: u32::MAX,
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (
+            IOCTL_GET_CONFIG,
+            GetConfigRequest {
+                version: v,
+                reserved: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (IOCTL_READ_VIOLATIONS, read_violations_input(0, u32::MAX)),
+        (IOCTL_READ_VIOLATIONS, read_violations_input(2, 2)),
+        (
+            IOCTL_LIST_MAPPINGS,
+            ListMappingsRequest {
+                version: v,
+                max_records: u32::MAX,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+    ];
+    let mut full = vec![0u8; MAX_OUTPUT as usize];
+    for (code, input) in cases {
+        let r = host.control(code, &input, &mut full);
+        assert_eq!(r.status, iosv::protocol::Status::Success, "{code:#x}");
+        let bound = endpoint::reply_bound(&host, code, &input, MAX_OUTPUT as usize);
+        assert!(
+            r.information <= bound,
+            "code {code:#x}: reply of {} bytes, bound {bound}",
+            r.information
+        );
+        assert!(bound < 2 * 1024 * 1024, "code {code:#x}: bound {bound}");
+    }
+}

@@ -255,7 +255,7 @@ fn malformed_files_are_refused_with_file_line_column_and_reason() {
         ("rates", format!("{HEAD}[[step]]\nop = \"stress\"\nops = 10\ninject = {{ IOSV001 = 0.6, double-unmap = 0.6 }}\n"), "9:10", "add up to"),
         ("rate", format!("{HEAD}[[step]]\nop = \"stress\"\nops = 10\ninject = {{ IOSV001 = 2 }}\n"), "9:22", "0.0..=1.0"),
         ("limit", format!("{HEAD}[[step]]\nop = \"stress\"\nthreads = 2\n"), "6:1", "needs `ops`"),
-        ("threads", format!("{HEAD}[[step]]\nop = \"stress\"\nops = 1\nthreads = 0\n"), "9:11", "threads must be between 1 and 64"),
+        ("threads", format!("{HEAD}[[step]]\nop = \"stress\"\nops = 1\nthreads = 0\n"), "9:11", "threads must be between 1 and 16"),
         ("offset", format!("{HEAD}[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = 4096\nsize = 1\noffset = 8\n"), "11:10", "`offset` applies to `mapping`"),
         ("negative", format!("{HEAD}[[step]]\nop = \"map\"\ndriver = \"a.sys\"\nphysical = -1\nsize = 1\n"), "9:12", "physical must not be negative"),
         ("action", "[config]\nactions = { IOSV001 = \"explode\" }\n".into(), "2:23", "unknown action `explode`"),

@@ -3,9 +3,10 @@
 //! duplicated or lost, the statistics agree, and the verifier's table equals the simulated
 //! Mm's ground truth afterwards.
 
+use iosv::config::StartParams;
 use iosv::platform::host::scenario::{run, Scenario};
-use iosv::platform::host::Host;
-use iosv::rules::RULE_COUNT;
+use iosv::platform::host::{Behaviour, Host, HostError};
+use iosv::rules::{RuleId, RULE_COUNT};
 
 fn stress_scenario(threads: u32, ops: u64, containment: bool, rate: f64) -> String {
     let inject: Vec<String> = (1..=RULE_COUNT)
@@ -167,6 +168,74 @@ fn a_stress_phase_bounded_by_time() {
     assert!(summary.stress[0].duration.as_millis() >= 300);
     let audit = host.audit(&summary.expected, true).unwrap();
     assert!(audit.is_clean(), "{audit}");
+}
+
+/// The bugs that call as a second driver (IOSV005 after address reuse maps through it,
+/// IOSV012 unmaps through it) while the thread that owns that driver unloads and reloads
+/// it and stops, starts and does I/O on its device: each is committed whole or not at all,
+/// so what iosv reports is exactly what was counted (no leak of a borrowed mapping, no
+/// failed call through an unloaded image, no count decided after the driver went away).
+#[test]
+fn bugs_through_a_driver_its_owner_is_reloading() {
+    let host = Host::with_processors(
+        StartParams {
+            journal_records: 65536,
+            ..Default::default()
+        },
+        4,
+    )
+    .unwrap();
+    for name in ["a.sys", "b.sys"] {
+        host.declare_driver(name, Behaviour::WellBehaved, 0);
+        host.add_target(name).unwrap();
+        host.load_driver(name).unwrap();
+    }
+    let bars = host.auto_bars();
+    let b0 = host.add_device("b0", "b.sys", &bars).unwrap();
+    assert!(host.start_device(&b0, true).unwrap());
+    let rounds = 150;
+    std::thread::scope(|s| {
+        let borrower = s.spawn(|| {
+            let mut actor = host.actor(1);
+            for _ in 0..rounds * 4 {
+                host.commit_bug(RuleId::DoubleUnmap, "a.sys", None, &mut actor)
+                    .unwrap();
+                match host.commit_bug_with(
+                    RuleId::UnmapForeign,
+                    "a.sys",
+                    None,
+                    Some("b.sys"),
+                    &mut actor,
+                ) {
+                    Ok(_) | Err(HostError::NotLoaded(_)) => {}
+                    Err(e) => panic!("IOSV012: {e}"),
+                }
+            }
+        });
+        let owner = s.spawn(|| {
+            let mut actor = host.actor(2);
+            for _ in 0..rounds {
+                host.commit_bug(RuleId::LeakOnUnload, "b.sys", None, &mut actor)
+                    .unwrap();
+                let dev = host.device("b0").unwrap();
+                for _ in 0..8 {
+                    host.device_io(&dev, &mut actor).unwrap();
+                }
+                host.stop_device(&dev).unwrap();
+                host.start_device(&dev, true).unwrap();
+            }
+        });
+        borrower.join().unwrap();
+        owner.join().unwrap();
+    });
+    for dev in host.devices_of("b.sys") {
+        host.release_runtime(&dev).unwrap();
+    }
+    let expected = host.injected();
+    assert!(expected.contains_key(&(RuleId::DoubleUnmap, "a.sys".to_string())));
+    let audit = host.audit(&expected, true).unwrap();
+    assert!(audit.is_clean(), "{audit}");
+    assert!(host.mm().corruptions().is_empty());
 }
 
 /// A long run for hunting rare races: `cargo test --release -p iosv-tests --test

@@ -1,6 +1,7 @@
 //! Fuzz-style property tests: mutated fixture images (byte flips, field overwrites at
 //! header and import-table offsets, random windows, truncations) go through every entry
-//! point of `iosv::pe` and through `iosv::intercept`. Whatever the bytes, nothing panics,
+//! point of `iosv::pe` and through `iosv::intercept` (`iosv_tests::fuzz::pe`, also the
+//! body of the cargo-fuzz target `pe`). Whatever the bytes, nothing panics,
 //! results stay inside the image and within the documented caps, iterators stop after
 //! their first error, and a plan that could be built patches and restores only slots
 //! inside the image.
@@ -13,26 +14,13 @@
     clippy::too_many_lines
 )]
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use iosv::intercept::{Hooks, Plan, SlotAccess, SlotWriteError, SLOT_SIZE};
-use iosv::pe::{
-    Directory, HookedRoutine, IatSlot, OrdinalResolver, PeImage, RoutineOrdinals, MAX_EXPORTS,
-    MAX_NAME_LEN, MAX_THUNKS,
-};
+use iosv::pe::{Directory, PeImage};
 use iosv_tests::fixture;
+use iosv_tests::fuzz::pe as exercise;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-
-const HOOKS: Hooks = Hooks {
-    map_io_space: 0xFFFF_F807_1000_0010,
-    map_io_space_ex: 0xFFFF_F807_1000_0020,
-    unmap_io_space: 0xFFFF_F807_1000_0030,
-    get_system_routine_address: 0xFFFF_F807_1000_0040,
-};
-
-const BASE: usize = 0xFFFF_F806_4000_0000;
 
 /// A loaded fixture and the offsets of the 32-bit fields worth overwriting.
 struct Target {
@@ -196,176 +184,6 @@ fn apply(target: &Target, mutations: &[Mutation]) -> Vec<u8> {
         }
     }
     image
-}
-
-const fn fixture_ordinal(ordinal: u16) -> Option<&'static [u8]> {
-    match ordinal {
-        1234 => Some(b"MmMapIoSpace"),
-        1240 => Some(b"MmUnmapIoSpace"),
-        _ => None,
-    }
-}
-
-/// Image memory at `BASE` that refuses (by panicking) any access outside it.
-struct Memory {
-    bytes: RefCell<Vec<u8>>,
-}
-
-impl Memory {
-    fn offset(&self, address: usize) -> usize {
-        let at = address.checked_sub(BASE).expect("slot below the image");
-        assert!(
-            at + SLOT_SIZE <= self.bytes.borrow().len(),
-            "slot past the image"
-        );
-        assert_eq!(at % SLOT_SIZE, 0, "misaligned slot");
-        at
-    }
-}
-
-impl SlotAccess for Memory {
-    unsafe fn read_slot(&self, address: usize) -> usize {
-        let at = self.offset(address);
-        let bytes = self.bytes.borrow();
-        usize::from_le_bytes(bytes[at..at + SLOT_SIZE].try_into().unwrap())
-    }
-
-    unsafe fn compare_exchange_slot(
-        &self,
-        address: usize,
-        current: usize,
-        new: usize,
-    ) -> Result<(), SlotWriteError> {
-        // SAFETY: reads the test buffer only.
-        let found = unsafe { self.read_slot(address) };
-        if found != current {
-            return Err(SlotWriteError::Changed { found });
-        }
-        let at = self.offset(address);
-        self.bytes.borrow_mut()[at..at + SLOT_SIZE].copy_from_slice(&new.to_le_bytes());
-        Ok(())
-    }
-}
-
-/// Drives every entry point over `image` and checks the invariants.
-fn exercise(image: &[u8]) {
-    let Ok(pe) = PeImage::parse(image) else {
-        return;
-    };
-    let len = pe.bytes().len();
-    assert!(len <= image.len());
-    assert_eq!(pe.size_of_image() as usize, len);
-    for section in pe.sections() {
-        let end = u64::from(section.virtual_address) + u64::from(section.size);
-        assert!(end <= len as u64);
-    }
-    for directory in [
-        Directory::Export,
-        Directory::Import,
-        Directory::BaseRelocation,
-        Directory::ImportAddressTable,
-        Directory::DelayImport,
-    ] {
-        let _ = pe.data_directory(directory);
-    }
-
-    let mut dlls = pe.imported_dlls();
-    let mut count = 0;
-    for dll in &mut dlls {
-        match dll {
-            Ok(dll) => {
-                assert!(dll.dll_name.len() <= MAX_NAME_LEN);
-                assert!(dll.descriptor < len);
-                count += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    assert!(count <= 2 * iosv::pe::MAX_IMPORT_DESCRIPTORS);
-    assert!(dlls.next().is_none(), "imported_dlls goes on after its end");
-
-    let resolver: &dyn OrdinalResolver = &fixture_ordinal;
-    let mut slots = pe.hooked_slots(Some(resolver));
-    let mut found = 0usize;
-    for slot in &mut slots {
-        match slot {
-            Ok(slot) => {
-                assert!(slot.rva as usize + 8 <= len);
-                assert!(pe.section_of_rva(slot.rva).is_some());
-                assert!(slot.dll_name.eq_ignore_ascii_case(b"ntoskrnl.exe"));
-                if let Some(ordinal) = slot.ordinal {
-                    assert_eq!(
-                        fixture_ordinal(ordinal),
-                        Some(slot.routine.name().as_bytes())
-                    );
-                }
-                found += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    assert!(
-        slots.next().is_none(),
-        "hooked_slots goes on after an error"
-    );
-    assert!(slots.ntoskrnl_thunks() <= MAX_THUNKS);
-    assert!(found <= slots.ntoskrnl_thunks());
-    assert!(slots.unresolved_ordinals() <= slots.ntoskrnl_thunks());
-
-    let mut out = [IatSlot::EMPTY; 8];
-    if let Ok(summary) = pe.find_hooked_slots(Some(resolver), &mut out) {
-        assert!(summary.slots <= out.len());
-        assert_eq!(summary.slots, found);
-    }
-
-    if let Ok(Some(exports)) = pe.exports() {
-        assert!(exports.function_count() as usize <= MAX_EXPORTS);
-        assert!(exports.name_count() as usize <= MAX_EXPORTS);
-        let _ = exports.dll_name();
-        let mut names = exports.names();
-        for entry in names.by_ref().take(64) {
-            if entry.is_err() {
-                assert!(names.next().is_none());
-                break;
-            }
-        }
-        let base = exports.ordinal_base();
-        for ordinal in [
-            0,
-            1,
-            base,
-            base.wrapping_add(1),
-            base.wrapping_add(1000),
-            0xFFFF,
-        ] {
-            let ordinal = (ordinal & 0xFFFF) as u16;
-            let _ = exports.name_of_ordinal(ordinal);
-            let _ = exports.target(ordinal);
-        }
-        let _ = exports.ordinal_of_name(b"MmMapIoSpace");
-        if let Ok(ordinals) = RoutineOrdinals::from_exports(&exports) {
-            for routine in HookedRoutine::ALL {
-                if let Some(ordinal) = ordinals.ordinal(routine) {
-                    assert!(ordinals.routine_of(ordinal).is_some(), "{routine:?}");
-                }
-            }
-        }
-    }
-
-    if let Ok((mut plan, _)) = Plan::for_image(BASE, &pe, Some(resolver), &HOOKS) {
-        let memory = Memory {
-            bytes: RefCell::new(pe.bytes().to_vec()),
-        };
-        // SAFETY: `memory` stands in for the image at `BASE`; it checks every access.
-        let attached = unsafe { plan.attach(&memory) };
-        assert_eq!(attached.outcomes().len(), plan.patches().len());
-        // SAFETY: as above.
-        let detached = unsafe { plan.detach(&memory) };
-        assert_eq!(detached.outcomes().len(), plan.patches().len());
-        if attached.is_clean() && detached.is_clean() {
-            assert_eq!(*memory.bytes.borrow(), pe.bytes(), "detach did not restore");
-        }
-    }
 }
 
 fn config() -> Config {

@@ -69,8 +69,7 @@ fn load_scenario(path: Option<&std::path::Path>, run: &RunArgs) -> AppResult<Sce
         (Some(p), true) => {
             // Read and check it as written first, so errors point into the file.
             let original = Scenario::from_file(p).map_err(bad)?;
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| AppError(format!("cannot read {}: {e}", p.display())))?;
+            let text = scenario::read_file(p).map_err(bad)?;
             (text, original.origin().to_string())
         }
         (None, true) => (BUILTIN_TEXT.to_string(), BUILTIN_ORIGIN.to_string()),
@@ -182,14 +181,67 @@ fn audit_json(a: &Audit) -> serde_json::Value {
     })
 }
 
+/// What the audit found wrong beyond what lost records explain (those make exit 3 on
+/// their own): duplicates, a table that differs from the simulated Mm, corruption of the
+/// simulated system, or counts that differ from what was injected (with lost records,
+/// only counts above the injected ones). Empty when the audit is clean.
+///
+/// With `scripted` (the scenario scripts misuse with raw steps, which iosv reports but
+/// the run does not count as injected), only injected bugs that were not reported count.
+fn audit_problems(a: &Audit, scripted: bool) -> Vec<String> {
+    let mut p = Vec::new();
+    if a.duplicate_records > 0 {
+        p.push(format!("{} duplicate records", a.duplicate_records));
+    }
+    for m in &a.mismatches {
+        let missed = m.reported < m.expected && a.lost == 0;
+        let extra = m.reported > m.expected && !scripted;
+        if missed || extra {
+            p.push(format!(
+                "{} {}: injected {}, reported {}",
+                m.rule.info().code,
+                m.driver,
+                m.expected,
+                m.reported
+            ));
+        }
+    }
+    if a.table_skipped > 0 {
+        p.push(format!(
+            "{} table entries skipped by the listing",
+            a.table_skipped
+        ));
+    }
+    if !a.only_in_table.is_empty() || !a.only_in_mm.is_empty() {
+        p.push(format!(
+            "the table and the simulated Mm differ ({} only in the table, {} only in the Mm)",
+            a.only_in_table.len(),
+            a.only_in_mm.len()
+        ));
+    }
+    if !a.corruptions.is_empty() {
+        p.push(format!(
+            "{} simulated PTE corruptions with containment on",
+            a.corruptions.len()
+        ));
+    }
+    p
+}
+
 /// `iosvctl lab`.
 pub fn lab(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
     let scenario = load_scenario(a.scenario.as_deref(), &a.run)?;
-    let host = new_host(a.params.apply(scenario.start_params()))?;
+    let params = a.params.apply(scenario.start_params()).map_err(AppError)?;
+    let host = new_host(params)?;
     let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
-    apply_settings(&mut c, &a.settings)?;
+    let contained_at_start =
+        apply_settings(&mut c, &a.settings)?.flags & iosv::protocol::CF_CONTAINMENT != 0;
     let summary = run_scenario(&host, &scenario, !a.run.no_progress)?;
-    let containment = c.get_config()?.flags & iosv::protocol::CF_CONTAINMENT != 0;
+    // Corruptions count only if containment was on throughout: on at the start (after
+    // the command line's settings), never turned off by the scenario, on at the end.
+    let containment = contained_at_start
+        && scenario.keeps_containment()
+        && c.get_config()?.flags & iosv::protocol::CF_CONTAINMENT != 0;
     let audit = host
         .audit(&summary.expected, containment)
         .map_err(|e| AppError(format!("cannot audit the run: {e}")))?;
@@ -226,14 +278,23 @@ pub fn lab(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
     }
     let mut sink = ViolationSink::new(g, out, images.clone());
     let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
+    let problems = audit_problems(&audit, scenario.scripts_misuse());
     let info = sarif::RunInfo {
         endpoint: format!("lab: {}", scenario.origin()),
         component_version: model::text(&c.hello().component_version),
         from_cursor: 0,
         next_cursor: next,
+        problems: problems.clone(),
+        audited: true,
         ..Default::default()
     };
     let outcome = sink.finish(&info, &super::driver_names(&stats))?;
+    if !problems.is_empty() && g.format != Format::Human {
+        eprintln!(
+            "iosvctl: error: the lab audit is unclean (exit 4): {}",
+            problems.join("; ")
+        );
+    }
     if let Some(list) = mappings {
         match g.format {
             Format::Human => {
@@ -266,24 +327,35 @@ pub fn serve(_g: &Global, a: &ServeArgs, _out: &mut dyn Write) -> AppResult {
         .as_ref()
         .map(Scenario::start_params)
         .unwrap_or_default();
-    let host = new_host(a.params.apply(base))?;
+    let host = new_host(a.params.apply(base).map_err(AppError)?)?;
     let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
     apply_settings(&mut c, &a.settings)?;
     if let Some(s) = &scenario {
         let summary = run_scenario(&host, s, !a.run.no_progress)?;
         eprintln!("iosvctl: {}", describe_run(&summary, s.origin()));
     }
-    let path = a
-        .socket
-        .clone()
-        .unwrap_or_else(crate::transport::default_socket_path);
+    let path = match &a.socket {
+        Some(p) => p.clone(),
+        None => {
+            let p = crate::transport::default_socket_path();
+            #[cfg(unix)]
+            if let Some(dir) = p.parent() {
+                crate::transport::prepare_private_dir(dir)
+                    .map_err(|e| AppError(format!("cannot serve on {}: {e}", p.display())))?;
+            }
+            p
+        }
+    };
     install_stop_handler();
+    let bound = endpoint::bind(&path)
+        .map_err(|e| AppError(format!("cannot serve on {}: {e}", path.display())))?;
     eprintln!(
         "iosvctl: host serving on {} (Ctrl-C to stop)",
         path.display()
     );
-    endpoint::serve(host, &path, &STOP)
-        .map_err(|e| AppError(format!("cannot serve on {}: {e}", path.display())))?;
+    bound
+        .serve(host, &STOP, endpoint::Limits::default())
+        .map_err(|e| AppError(format!("serving on {} failed: {e}", path.display())))?;
     eprintln!("iosvctl: host stopped");
     Ok(Outcome::Clean)
 }
@@ -332,5 +404,58 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.0.contains("threads must be between"), "{e}");
+    }
+
+    fn audit() -> Audit {
+        Audit {
+            records: 3,
+            duplicate_records: 0,
+            lost: 0,
+            mismatches: Vec::new(),
+            table_entries: 0,
+            table_skipped: 0,
+            only_in_table: Vec::new(),
+            only_in_mm: Vec::new(),
+            detached_unmapped_unseen: Vec::new(),
+            corruptions: Vec::new(),
+        }
+    }
+
+    fn mismatch(expected: u64, reported: u64) -> iosv::platform::host::Mismatch {
+        iosv::platform::host::Mismatch {
+            rule: iosv::rules::RuleId::UnmapUnknown,
+            driver: "a.sys".to_string(),
+            expected,
+            reported,
+        }
+    }
+
+    /// An unclean audit is its own outcome (exit 4); what lost records or scripted misuse
+    /// explain is not counted against it.
+    #[test]
+    fn audit_problems_make_their_own_outcome() {
+        assert!(audit_problems(&audit(), false).is_empty());
+        let mut a = audit();
+        a.mismatches.push(mismatch(2, 1));
+        assert_eq!(
+            audit_problems(&a, true).len(),
+            1,
+            "a missed bug always counts"
+        );
+        a.lost = 1;
+        assert!(
+            audit_problems(&a, false).is_empty(),
+            "loss explains it (exit 3)"
+        );
+        let mut a = audit();
+        a.mismatches.push(mismatch(0, 1));
+        assert_eq!(audit_problems(&a, false).len(), 1);
+        assert!(audit_problems(&a, true).is_empty(), "scripted misuse");
+        let mut a = audit();
+        a.only_in_mm.push((0x1000, 0x1000));
+        a.duplicate_records = 1;
+        assert_eq!(audit_problems(&a, true).len(), 2);
+        assert_eq!(Outcome::AuditUnclean.exit_code(), 4);
+        assert_eq!(Outcome::RecordsLost.exit_code(), 3);
     }
 }

@@ -26,9 +26,21 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// A check of the run itself (not of a driver): the journal delivered every record, the
+/// lab audit matched. Reported as a test case of the suite `iosvctl`, with an `<error>`
+/// when it failed, so a CI system never shows an incomplete run as a clean one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCheck {
+    /// Test case name, e.g. `journal: no records lost`.
+    pub name: String,
+    /// What went wrong, or `None` if the check passed.
+    pub problem: Option<String>,
+}
+
 /// A JUnit report of `records` over `drivers` (every driver seen, violations or not;
-/// drivers named only by records are added).
-pub fn report(records: &[ViolationRecord], drivers: &[String]) -> String {
+/// drivers named only by records are added), followed by the suite `iosvctl` with one
+/// test case per check of the run (`checks`).
+pub fn report(records: &[ViolationRecord], drivers: &[String], checks: &[RunCheck]) -> String {
     // driver -> rule code -> messages
     let mut by_driver: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for d in drivers {
@@ -55,13 +67,14 @@ pub fn report(records: &[ViolationRecord], drivers: &[String]) -> String {
         }
     }
 
-    let tests = by_driver.len() * codes.len();
+    let tests = by_driver.len() * codes.len() + checks.len();
     let failures: usize = by_driver.values().map(|m| m.len()).sum();
+    let errors = checks.iter().filter(|c| c.problem.is_some()).count();
     let mut x = String::new();
     let _ = writeln!(x, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     let _ = writeln!(
         x,
-        r#"<testsuites name="iosv" tests="{tests}" failures="{failures}" errors="0" skipped="0">"#
+        r#"<testsuites name="iosv" tests="{tests}" failures="{failures}" errors="{errors}" skipped="0">"#
     );
     for (driver, rules) in &by_driver {
         let d = escape(driver);
@@ -100,6 +113,31 @@ pub fn report(records: &[ViolationRecord], drivers: &[String]) -> String {
         }
         let _ = writeln!(x, "  </testsuite>");
     }
+    if !checks.is_empty() {
+        let _ = writeln!(
+            x,
+            r#"  <testsuite name="iosvctl" tests="{}" failures="0" errors="{errors}" skipped="0">"#,
+            checks.len()
+        );
+        for c in checks {
+            let n = escape(&c.name);
+            match &c.problem {
+                None => {
+                    let _ = writeln!(x, r#"    <testcase classname="iosvctl.run" name="{n}"/>"#);
+                }
+                Some(p) => {
+                    let p = escape(p);
+                    let _ = writeln!(x, r#"    <testcase classname="iosvctl.run" name="{n}">"#);
+                    let _ = writeln!(
+                        x,
+                        r#"      <error type="incomplete" message="{p}">{p}</error>"#
+                    );
+                    let _ = writeln!(x, "    </testcase>");
+                }
+            }
+        }
+        let _ = writeln!(x, "  </testsuite>");
+    }
     let _ = writeln!(x, "</testsuites>");
     x
 }
@@ -123,7 +161,7 @@ mod tests {
             driver_name: wire_name(b"bad<.sys"),
             ..Default::default()
         };
-        let x = report(&[r], &["good.sys".to_string()]);
+        let x = report(&[r], &["good.sys".to_string()], &[]);
         let cases = 2 * iosv::rules::RULE_COUNT;
         assert!(
             x.contains(&format!(r#"tests="{cases}" failures="1""#)),
@@ -132,5 +170,29 @@ mod tests {
         assert!(x.contains("bad&lt;.sys"));
         assert_eq!(x.matches("<testcase ").count(), cases);
         assert_eq!(x.matches("<failure ").count(), 1);
+    }
+
+    #[test]
+    fn run_checks_are_errors_of_their_own_suite() {
+        let checks = [
+            RunCheck {
+                name: "journal: no records lost".to_string(),
+                problem: Some("7 records lost".to_string()),
+            },
+            RunCheck {
+                name: "lab audit".to_string(),
+                problem: None,
+            },
+        ];
+        let x = report(&[], &["a.sys".to_string()], &checks);
+        let doc = roxmltree::Document::parse(&x).expect("well-formed");
+        let root = doc.root_element();
+        assert_eq!(root.attribute("errors"), Some("1"));
+        let errors: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("error"))
+            .map(|n| n.attribute("message").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(errors, ["7 records lost"]);
     }
 }

@@ -27,6 +27,13 @@ pub struct RunInfo {
     pub lost: u64,
     /// Records discarded by CLEAR.
     pub discarded: u64,
+    /// Problems with the run itself besides lost records (e.g. an unclean lab audit):
+    /// each is an error notification and makes `executionSuccessful` false.
+    pub problems: Vec<String>,
+    /// The exit status iosvctl returns for this run.
+    pub exit_code: u8,
+    /// The run was audited (`lab`): JUnit shows the audit as a test case.
+    pub audited: bool,
 }
 
 fn rule_descriptors() -> Vec<Value> {
@@ -124,10 +131,14 @@ pub fn log(records: &[ViolationRecord], images: &Images, info: &RunInfo) -> Valu
     let mut notifications = Vec::new();
     if info.lost > 0 {
         notifications.push(json!({
-            "level": "warning",
-            "message": { "text": format!("{} violation records were lost to journal overflow before they could be read", info.lost) },
+            "level": "error",
+            "message": { "text": format!("{} violation records were lost to journal overflow before they could be read: the results are incomplete", info.lost) },
         }));
     }
+    for p in &info.problems {
+        notifications.push(json!({ "level": "error", "message": { "text": p } }));
+    }
+    let successful = info.lost == 0 && info.problems.is_empty();
     let mut driver = json!({ "name": "iosv", "rules": rule_descriptors() });
     if !info.component_version.is_empty() {
         if let Some(obj) = driver.as_object_mut() {
@@ -143,7 +154,8 @@ pub fn log(records: &[ViolationRecord], images: &Images, info: &RunInfo) -> Valu
         "runs": [{
             "tool": { "driver": driver },
             "invocations": [{
-                "executionSuccessful": true,
+                "executionSuccessful": successful,
+                "exitCode": info.exit_code,
                 "toolExecutionNotifications": notifications,
             }],
             "results": results,

@@ -126,11 +126,16 @@ impl Endpoint {
         }
     }
 
-    /// Opens the endpoint; `timeout` bounds each socket read and write.
-    pub fn open(&self, timeout: Option<Duration>) -> Result<Box<dyn Transport>, TransportError> {
+    /// Opens the endpoint; `timeout` bounds each socket read and write. A host socket
+    /// must be served by this user (or root) unless `allow_other_user`.
+    pub fn open(
+        &self,
+        timeout: Option<Duration>,
+        allow_other_user: bool,
+    ) -> Result<Box<dyn Transport>, TransportError> {
         match self {
             Endpoint::Device => open_device(),
-            Endpoint::Socket(path) => open_socket(path, timeout),
+            Endpoint::Socket(path) => open_socket(path, timeout, allow_other_user),
         }
     }
 }
@@ -161,14 +166,29 @@ fn open_device() -> Result<Box<dyn Transport>, TransportError> {
 fn open_socket(
     path: &Path,
     timeout: Option<Duration>,
+    allow_other_user: bool,
 ) -> Result<Box<dyn Transport>, TransportError> {
-    Ok(Box::new(socket::SocketTransport::connect(path, timeout)?))
+    if path == default_socket_path() {
+        if let Some(dir) = path.parent() {
+            check_private_dir(dir).map_err(|e| TransportError::Connect {
+                endpoint: format!("host socket {}", path.display()),
+                source: e,
+                hint: String::new(),
+            })?;
+        }
+    }
+    Ok(Box::new(socket::SocketTransport::connect(
+        path,
+        timeout,
+        allow_other_user,
+    )?))
 }
 
 #[cfg(not(unix))]
 fn open_socket(
     path: &Path,
     _timeout: Option<Duration>,
+    _allow_other_user: bool,
 ) -> Result<Box<dyn Transport>, TransportError> {
     Err(TransportError::Unsupported(format!(
         "host sockets ({}) are Unix domain sockets, which this build does not support",
@@ -176,23 +196,75 @@ fn open_socket(
     )))
 }
 
-/// Where a host endpoint listens unless told otherwise: `$XDG_RUNTIME_DIR/iosv.sock`, or
-/// `/tmp/iosv-$UID.sock` when that variable is unset or empty.
+/// Where a host endpoint listens unless told otherwise: `$XDG_RUNTIME_DIR/iosv.sock` (a
+/// directory private to the user by the XDG spec), or `iosv.sock` in the private directory
+/// `/tmp/iosv-$UID/` when that variable is unset or empty (see [`prepare_private_dir`]).
 pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("iosv.sock"),
-        _ => std::env::temp_dir().join(format!("iosv-{}.sock", user_id())),
+        _ => std::env::temp_dir()
+            .join(format!("iosv-{}", user_id()))
+            .join("iosv.sock"),
     }
 }
 
+/// Checks that `dir` is a directory (not a symbolic link) owned by this user and closed to
+/// everyone else (no group or other permission bits): a directory another user made in a
+/// world-writable place (squatting the default path) is refused.
 #[cfg(unix)]
-fn user_id() -> u32 {
+pub fn check_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let uid = user_id();
+    let problem = if !meta.file_type().is_dir() {
+        Some("is not a directory".to_string())
+    } else if meta.uid() != uid {
+        Some(format!(
+            "belongs to uid {}, not to you (uid {uid})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "is open to other users (mode {:o}; it must be 0700)",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} {p}: refusing to use it for the host socket (remove it, or pass --host / --socket PATH)",
+                dir.display()
+            ),
+        )),
+    }
+}
+
+/// Creates `dir` with mode 0700 if it does not exist, then [`check_private_dir`]s it.
+#[cfg(unix)]
+pub fn prepare_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    check_private_dir(dir)
+}
+
+/// This process's user id.
+#[cfg(unix)]
+pub fn user_id() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
 
 #[cfg(not(unix))]
-fn user_id() -> u32 {
+/// This process's user id (0: no such notion here).
+pub fn user_id() -> u32 {
     0
 }
 
@@ -234,7 +306,7 @@ mod tests {
         let p = default_socket_path();
         match std::env::var_os("XDG_RUNTIME_DIR") {
             Some(d) if !d.is_empty() => assert_eq!(p, Path::new(&d).join("iosv.sock")),
-            _ => assert!(p.to_string_lossy().contains("iosv-")),
+            _ => assert!(p.ends_with(format!("iosv-{}/iosv.sock", user_id()))),
         }
     }
 
@@ -242,10 +314,43 @@ mod tests {
     #[test]
     fn device_is_refused_off_windows_with_a_hint() {
         let e = Endpoint::Device
-            .open(None)
+            .open(None, false)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("--host"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_default_socket_directory_must_be_private_and_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("iosv-priv-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("d");
+        prepare_private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A squatter's directory open to others is refused, not used.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare_private_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("open to other users"), "{e}");
+        // So is a symbolic link to a private directory.
+        let link = base.join("l");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let e = check_private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        // And one that belongs to another user (only root can make one here).
+        if user_id() == 0 {
+            let other = base.join("o");
+            std::fs::create_dir(&other).unwrap();
+            std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&other, Some(65534), None).unwrap();
+            let e = check_private_dir(&other).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

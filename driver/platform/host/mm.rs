@@ -88,6 +88,33 @@ pub enum Corruption {
     },
 }
 
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let via = |v: bool| if v { "through iosv" } else { "bypassing iosv" };
+        match self {
+            Corruption::NotMapped {
+                base,
+                size,
+                via_iosv,
+            } => write!(
+                f,
+                "MmUnmapIoSpace({base:#x}, {size:#x}) {} of an address the Mm does not hold as a base",
+                via(*via_iosv)
+            ),
+            Corruption::SizeMismatch {
+                base,
+                mapped,
+                passed,
+                via_iosv,
+            } => write!(
+                f,
+                "MmUnmapIoSpace({base:#x}, {passed:#x}) {} of a mapping of {mapped:#x} bytes",
+                via(*via_iosv)
+            ),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Allocator {
     /// Page count → page-aligned blocks, most recently freed last.
@@ -350,6 +377,28 @@ impl SimMm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: the audit printed corruptions as Rust debug structs with decimal addresses.
+    #[test]
+    fn corruptions_display_in_hex_as_calls() {
+        let c = Corruption::SizeMismatch {
+            base: 0xFFFF_D000_0000_1000,
+            mapped: 0x2000,
+            passed: 0x3000,
+            via_iosv: true,
+        };
+        let s = std::format!("{c}");
+        assert_eq!(
+            s,
+            "MmUnmapIoSpace(0xffffd00000001000, 0x3000) through iosv of a mapping of 0x2000 bytes"
+        );
+        let c = Corruption::NotMapped {
+            base: 0x10,
+            size: 0x1000,
+            via_iosv: false,
+        };
+        assert!(std::format!("{c}").starts_with("MmUnmapIoSpace(0x10, 0x1000) bypassing iosv"));
+    }
 
     #[test]
     fn offsets_pages_and_lifo_reuse() {

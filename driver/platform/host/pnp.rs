@@ -28,8 +28,14 @@
 //! double unmaps and stale entries use a page count private to the actor, so no other
 //! thread can be handed the freed address in between; unknown addresses come from a
 //! range the simulated Mm never hands out; cache conflicts overlap only the actor's own
-//! scratch window or the device's own BAR. Every bug that reaches iosv (the driver is
-//! hooked) is counted in [`Host::injected`], with the driver iosv should blame.
+//! scratch window or the device's own BAR. The two bugs that call as a second driver
+//! (IOSV005 after address reuse maps through it, IOSV012 unmaps through it) borrow that
+//! driver from whichever thread owns it: while borrowed it cannot unload, be detached or
+//! attached, or start a device (iosv would report the borrowed mapping as its leak, or
+//! attribute it to the starting device); if it cannot be borrowed at once, the first
+//! becomes a plain double unmap and the second is not committed. Every bug that reaches
+//! iosv (the driver is hooked) is counted in [`Host::injected`], with the driver iosv
+//! should blame.
 
 use super::image::{
     kernel_frames, real_routine, SimImage, HOOKS, IMAGE_REGION, IMAGE_STRIDE, REAL, TEXT_RVA,
@@ -48,8 +54,8 @@ use crate::protocol::{
 use crate::rules::RuleId;
 use crate::verifier::{DeviceEvent, Verifier};
 use std::string::String;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::vec::Vec;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -257,12 +263,40 @@ pub(crate) struct SimDriver {
     io_ops: AtomicU64,
     /// Its images keep their import tables in a code section (see `link_iat_into_code`).
     iat_in_code: AtomicBool,
+    /// Lets another thread's bug injection call as this driver without racing the
+    /// thread that owns it (see [`borrow`]): the driver's unload, attach, detach and
+    /// device starts hold it shared; a borrower holds it exclusively, and only ever
+    /// tries to take it (never waits), so no thread blocks on a borrower that waits on it.
+    gate: RwLock<()>,
+    /// Its devices in the Starting state (START_DEVICE sent, not completed): iosv
+    /// attributes a map this driver makes meanwhile, on any thread, to such a device.
+    starting: AtomicU32,
 }
 
 impl SimDriver {
     fn behaviour(&self) -> (Behaviour, u64) {
         *lock(&self.behaviour)
     }
+
+    /// The owner's side of [`SimDriver::gate`], held across an operation a borrower
+    /// must not overlap.
+    fn owner_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Borrows `other` for a bug injection that calls as it from a thread that may not own
+/// it (IOSV005 after reuse, IOSV012): while the guard lives, its image stays loaded, iosv
+/// stays attached or detached as it is now, and none of its devices starts. `None` if
+/// its owner is doing one of those now (or another thread borrows it), or its image is
+/// not loaded any more.
+fn borrow(other: &DriverRef) -> Option<RwLockWriteGuard<'_, ()>> {
+    let guard = match other.driver.gate.try_write() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    other.is_loaded().then_some(guard)
 }
 
 struct DeviceInner {
@@ -646,8 +680,10 @@ fn name_key(name: &str) -> String {
 /// Attaches iosv to the loaded image `name` (the platform side of IOCTL_ATTACH).
 pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, PlatformError> {
     let sys = &platform.sys;
-    let _loader = lock(&sys.loader);
     let wanted = String::from_utf8_lossy(name);
+    let driver = lock(&sys.drivers).get(&name_key(&wanted)).cloned();
+    let _owner = driver.as_deref().map(SimDriver::owner_gate);
+    let _loader = lock(&sys.loader);
     let image = lock(&sys.images)
         .iter()
         .find(|i| i.name().eq_ignore_ascii_case(&wanted))
@@ -755,8 +791,10 @@ fn expect_unload_leaks(sys: &System, driver: &SimDriver) {
 /// Detaches iosv from the loaded image `name` (the platform side of IOCTL_DETACH).
 pub(crate) fn detach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, PlatformError> {
     let sys = &platform.sys;
-    let _loader = lock(&sys.loader);
     let wanted = String::from_utf8_lossy(name);
+    let owner = lock(&sys.drivers).get(&name_key(&wanted)).cloned();
+    let _owner = owner.as_deref().map(SimDriver::owner_gate);
+    let _loader = lock(&sys.loader);
     let image = lock(&sys.images)
         .iter()
         .find(|i| i.name().eq_ignore_ascii_case(&wanted))
@@ -854,6 +892,8 @@ impl Host {
                         globals: Mutex::new(Vec::new()),
                         io_ops: AtomicU64::new(0),
                         iat_in_code: AtomicBool::new(false),
+                        gate: RwLock::new(()),
+                        starting: AtomicU32::new(0),
                     }),
                 );
             }
@@ -955,6 +995,7 @@ impl Host {
     /// while the driver has devices.
     pub fn unload_driver(&self, name: &str) -> Result<(), HostError> {
         let driver = self.sim_driver(name)?;
+        let _owner = driver.owner_gate();
         let d = self.driver_ref(&driver)?;
         if let Some(dev) = lock(&self.sys.devices)
             .values()
@@ -1142,6 +1183,8 @@ impl Host {
     /// `complete == false` the start stays pending until [`Host::complete_start`]. Returns
     /// false if a map failed (the routine unmapped what it had mapped and the start failed).
     pub fn start_device(&self, dev: &Device, complete: bool) -> Result<bool, HostError> {
+        // Before the device lock: a borrower of the driver may wait on that lock.
+        let _owner = dev.driver.owner_gate();
         let mut inner = lock(&dev.inner);
         let previous = inner.state;
         if !matches!(previous, PnpState::Added | PnpState::Stopped) {
@@ -1152,6 +1195,7 @@ impl Host {
             });
         }
         let d = self.driver_ref(&dev.driver)?;
+        dev.driver.starting.fetch_add(1, Ordering::SeqCst);
         let seen = self.event(&d, dev, DeviceEvent::StartBegin);
         inner.state = PnpState::Starting;
         let mut failed = false;
@@ -1179,11 +1223,13 @@ impl Host {
             }
             self.event(&d, dev, DeviceEvent::StartEnd);
             inner.state = previous;
+            dev.driver.starting.fetch_sub(1, Ordering::SeqCst);
             return Ok(false);
         }
         if complete {
             self.event(&d, dev, DeviceEvent::StartEnd);
             inner.state = PnpState::Started;
+            dev.driver.starting.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(true)
     }
@@ -1201,6 +1247,7 @@ impl Host {
         let d = self.driver_ref(&dev.driver)?;
         self.event(&d, dev, DeviceEvent::StartEnd);
         inner.state = PnpState::Started;
+        dev.driver.starting.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -1467,7 +1514,8 @@ impl Host {
         reached
     }
 
-    fn foreign_for(&self, d: &DriverRef) -> Result<DriverRef, HostError> {
+    /// The loaded drivers other than `d` that iosv is attached to, by name.
+    fn foreign_drivers(&self, d: &DriverRef) -> Vec<DriverRef> {
         let drivers: Vec<Arc<SimDriver>> = {
             let mut v: Vec<Arc<SimDriver>> = lock(&self.sys.drivers).values().cloned().collect();
             v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1477,7 +1525,14 @@ impl Host {
             .iter()
             .filter(|o| !Arc::ptr_eq(o, &d.driver))
             .filter_map(|o| self.driver_ref(o).ok())
-            .find(|o| o.driver_id().is_some() && o.is_loaded())
+            .filter(|o| o.driver_id().is_some() && o.is_loaded())
+            .collect()
+    }
+
+    fn foreign_for(&self, d: &DriverRef) -> Result<DriverRef, HostError> {
+        self.foreign_drivers(d)
+            .into_iter()
+            .next()
             .ok_or(HostError::NoForeignDriver)
     }
 
@@ -1538,8 +1593,19 @@ impl Host {
                 let stale = actor.double_unmap % 2 == 1;
                 actor.double_unmap = actor.double_unmap.wrapping_add(1);
                 if stale {
-                    if let Ok(other) = self.foreign_for(d) {
-                        return self.stale_unmap_after_reuse(d, &other, actor);
+                    // The other driver maps in between: borrowed, so its owner cannot
+                    // unload it (iosv would report the mapping as its leak) or start one
+                    // of its devices (iosv would attribute the mapping to the device)
+                    // meanwhile. If none can be borrowed now, a plain double unmap.
+                    for other in self.foreign_drivers(d) {
+                        let Some(_borrowed) = borrow(&other) else {
+                            continue;
+                        };
+                        if other.driver_id().is_some()
+                            && other.driver.starting.load(Ordering::SeqCst) == 0
+                        {
+                            return self.stale_unmap_after_reuse(d, &other, actor);
+                        }
                     }
                 }
                 let size = actor.private_pages().wrapping_mul(PAGE_SIZE);
@@ -1649,6 +1715,12 @@ impl Host {
                     Some(f) => f.clone(),
                     None => self.foreign_for(d)?,
                 };
+                // Borrowed, so its owner cannot unload (or detach) it between its unmap
+                // and the count; if it is busy now, no bug is committed.
+                let Some(_borrowed) = borrow(&other) else {
+                    return Ok(false);
+                };
+                let attached = other.driver_id().is_some();
                 let (p, size) = actor.window();
                 thread::with_irql(Irql::PASSIVE, || {
                     // An address `other` mapped or unmapped itself before would make its
@@ -1661,30 +1733,29 @@ impl Host {
                         spare.push(core::mem::replace(&mut h, next));
                     }
                     let unambiguous = !self.was_used_by(h.base, &other);
-                    let reached = match other.release(Routine::Dispatch, &h) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            d.release(Routine::Dispatch, &h)?;
-                            return Err(e);
-                        }
+                    let reached = other.release(Routine::Dispatch, &h);
+                    // The owner's mapping is still mapped if iosv contained the call or
+                    // the call was never made: the owner unmaps it itself (and its spares,
+                    // whatever happened). Not asked of the Mm: once the call unmapped it,
+                    // another thread may already have been handed the same base.
+                    let kept = match reached {
+                        Ok(true) => self.verifier.settings().containment(),
+                        Ok(false) => false,
+                        Err(_) => true,
                     };
-                    // Contained, the owner's mapping is still mapped: it unmaps it itself.
-                    if self.mm().is_mapped(h.base) {
+                    if kept {
                         d.release(Routine::Dispatch, &h)?;
                     }
                     for s in &spare {
                         d.release(Routine::Dispatch, s)?;
                     }
+                    let reached = reached?;
                     let rule = if unambiguous {
                         rule
                     } else {
                         RuleId::DoubleUnmap
                     };
-                    Ok(self.counted(
-                        rule,
-                        &other,
-                        h.tracked && reached && other.driver_id().is_some(),
-                    ))
+                    Ok(self.counted(rule, &other, h.tracked && reached && attached))
                 })
             }
             RuleId::UnmapPageBase => {

@@ -257,20 +257,74 @@ pub struct Scenario {
     pub(crate) steps: Vec<Step>,
 }
 
+/// Largest scenario file [`read_file`] accepts (16 MiB: some 200 000 steps).
+pub const MAX_SCENARIO_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a scenario file: only a regular file (not a FIFO, a device such as `/dev/zero`, or
+/// a directory, which could block or never end) of at most [`MAX_SCENARIO_BYTES`], in
+/// UTF-8. Every refusal is a [`ScenarioError`] naming the file.
+pub fn read_file(path: &std::path::Path) -> Result<String, ScenarioError> {
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let fail = |message: String| ScenarioError {
+        origin: origin.clone(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        fail(std::format!(
+            "cannot read the scenario: not a regular file (a {}); give a .toml file",
+            if meta.is_dir() {
+                "directory"
+            } else {
+                "FIFO, socket or device"
+            }
+        ))
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+    let meta =
+        std::fs::metadata(path).map_err(|e| fail(std::format!("cannot read the scenario: {e}")))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(std::format!("cannot read the scenario: {e}")))?;
+    // And again on what was opened, in case the path changed in between.
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(std::format!("cannot read the scenario: {e}")))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let too_large = || {
+        fail(std::format!(
+            "the scenario is larger than the {MAX_SCENARIO_BYTES}-byte limit ({} MiB)",
+            MAX_SCENARIO_BYTES / (1024 * 1024)
+        ))
+    };
+    if meta.len() > MAX_SCENARIO_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SCENARIO_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(std::format!("cannot read the scenario: {e}")))?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| fail(std::format!("the scenario is not UTF-8 text: {e}")))
+}
+
 /// The scenario `iosvctl lab` runs by default (`examples/lab.toml`).
 const BUILTIN_DEFAULT: &str = include_str!("../../../examples/lab.toml");
 
 impl Scenario {
-    /// Reads and parses the scenario file at `path`.
+    /// Reads and parses the scenario file at `path` (see [`read_file`] for what is
+    /// refused).
     pub fn from_file(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-            origin: origin.clone(),
-            line: 0,
-            column: 0,
-            message: std::format!("cannot read the scenario: {e}"),
-        })?;
-        Scenario::parse(&text, &origin)
+        let text = read_file(path)?;
+        Scenario::parse(&text, &path.display().to_string())
     }
 
     /// Parses scenario `text`; `origin` names it in errors (usually the file path).
@@ -324,6 +378,27 @@ impl Scenario {
             .iter()
             .any(|s| matches!(s.kind, StepKind::Stress(_)))
     }
+    /// True if the scenario has raw `map` or `unmap` steps or `clear` steps: misuse they
+    /// script is reported by iosv but not counted as injected, and cleared records are
+    /// not read back, so the audit's per-rule counts can differ from the injected ones
+    /// without anything being wrong.
+    pub fn scripts_misuse(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s.kind,
+                StepKind::Map { .. } | StepKind::Unmap { .. } | StepKind::Clear(_)
+            )
+        })
+    }
+    /// True unless the scenario turns containment off (in `[config]` or a `config` step):
+    /// then uncontained bad unmaps reach the simulated Mm by design.
+    pub fn keeps_containment(&self) -> bool {
+        self.config.containment != Some(false)
+            && !self
+                .steps
+                .iter()
+                .any(|s| matches!(&s.kind, StepKind::Config(c) if c.containment == Some(false)))
+    }
     /// The start parameters its `[host]` table asks for (defaults where it is silent).
     pub fn start_params(&self) -> StartParams {
         self.params.unwrap_or_default()
@@ -337,6 +412,36 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: `/dev/zero` grew without bound and a FIFO blocked forever.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(std::format!("iosv-scn-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        for p in ["/dev/zero", "/dev/null"] {
+            let e = read_file(std::path::Path::new(p)).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let e = read_file(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = read_file(&fifo).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let big = dir.join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_SCENARIO_BYTES + 1).unwrap();
+        let e = read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than the"), "{e}");
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, "name = \"x\"\n").unwrap();
+        assert_eq!(Scenario::from_file(&ok).unwrap().name(), "x");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn builtin_default_parses() {

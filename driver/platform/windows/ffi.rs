@@ -75,8 +75,11 @@ unsafe extern "system" {
         parse_context: PVOID,
         object: *mut PVOID,
     ) -> NTSTATUS;
-    /// `IoDriverObjectType` (exported data: a pointer to the driver object type).
-    pub static IoDriverObjectType: *mut POBJECT_TYPE;
+    /// `IoDriverObjectType`, the kernel's variable holding the driver object type. The
+    /// `#[link]` makes this a dllimport: Rust reads the variable through
+    /// `__imp_IoDriverObjectType`, so its type is the variable's own (`POBJECT_TYPE`), not
+    /// the `POBJECT_TYPE *` a C declaration without dllimport uses.
+    pub static IoDriverObjectType: POBJECT_TYPE;
     /// `ZwQuerySystemInformation` (exported; documented for user mode as
     /// `NtQuerySystemInformation`). PASSIVE_LEVEL.
     pub fn ZwQuerySystemInformation(

@@ -108,8 +108,8 @@ impl DriverRef {
         }
         let mut object_name = ffi::unicode_string(path.get(..len)?)?;
         let mut object: PVOID = null_mut();
-        // SAFETY: reads the exported data pointer to the driver object type.
-        let driver_type = unsafe { *ffi::IoDriverObjectType };
+        // SAFETY: reads the kernel's exported variable (set before any driver loads).
+        let driver_type = unsafe { ffi::IoDriverObjectType };
         // SAFETY: a valid counted name that outlives the call; kernel-mode lookup of an
         // object of the driver type only; `object` receives a referenced pointer.
         let status = unsafe {

@@ -5,7 +5,7 @@ use super::{
     ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
     StressSpec, UnmapTarget,
 };
-use crate::config::StartParams;
+use crate::config::{SizeParam, StartParams};
 use crate::phys::{
     PAGE_EXECUTE, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOCACHE, PAGE_READONLY,
     PAGE_READWRITE, PAGE_WRITECOMBINE,
@@ -21,8 +21,9 @@ use toml::{Spanned, Value};
 
 type Span = core::ops::Range<usize>;
 
-/// Most OS threads a stress phase may use.
-pub(crate) const MAX_THREADS: u64 = 64;
+/// Most OS threads a stress phase may use: each thread owns a hooked driver of its own,
+/// and the configuration holds at most [`MAX_TARGETS`] target names.
+pub(crate) const MAX_THREADS: u64 = MAX_TARGETS as u64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,24 +173,43 @@ impl RawStep {
     }
 }
 
-/// Turns byte offsets into line and column.
+/// Turns byte offsets into line and column: the offsets where lines start are found once,
+/// so each lookup is a binary search plus a walk along one line (parsing stays linear in
+/// the size of the file).
 pub(crate) struct Lines<'a> {
     text: &'a str,
     origin: &'a str,
+    starts: Vec<usize>,
 }
 
-impl Lines<'_> {
+impl<'a> Lines<'a> {
+    fn new(text: &'a str, origin: &'a str) -> Lines<'a> {
+        let mut starts = std::vec![0usize];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i.saturating_add(1)),
+        );
+        Lines {
+            text,
+            origin,
+            starts,
+        }
+    }
+
     fn location(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or("");
-        let line = before
-            .bytes()
-            .filter(|b| *b == b'\n')
-            .count()
-            .saturating_add(1);
-        let start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
-        let column = before
-            .get(start..)
+        // The number of line starts at or before `offset` is the 1-based line.
+        let line = self.starts.partition_point(|s| *s <= offset).max(1);
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
             .map_or(0, |s| s.chars().count())
             .saturating_add(1);
         Location {
@@ -826,44 +846,27 @@ fn bars(
 }
 
 fn params(l: &Lines<'_>, h: &Spanned<RawHost>) -> R<StartParams> {
-    let d = StartParams::default();
     let r = h.get_ref();
-    let get = |v: &Option<Spanned<Value>>, what: &str, def: usize, lo: u64, hi: u64| -> R<usize> {
-        match v {
-            Some(v) => Ok(usize::try_from(num_in(l, v, what, lo, hi)?).unwrap_or(def)),
-            None => Ok(def),
+    let mut out = StartParams::default();
+    for (p, v) in [
+        (SizeParam::Capacity, &r.capacity),
+        (SizeParam::JournalRecords, &r.journal_records),
+        (SizeParam::MaxStackDepth, &r.max_stack_depth),
+        (SizeParam::Graveyard, &r.graveyard),
+        (SizeParam::Untracked, &r.untracked),
+        (SizeParam::ConflictBuckets, &r.conflict_buckets),
+    ] {
+        if let Some(v) = v {
+            let n = num(l, v, p.key())?;
+            let n = p.check(n).map_err(|e| l.err(&v.span(), e.to_string()))?;
+            out.set(p, n);
         }
-    };
-    Ok(StartParams {
-        capacity: get(&r.capacity, "capacity", d.capacity, 16, 16 * 1024 * 1024)?,
-        journal_records: get(
-            &r.journal_records,
-            "journal_records",
-            d.journal_records,
-            1,
-            1024 * 1024,
-        )?,
-        max_stack_depth: get(
-            &r.max_stack_depth,
-            "max_stack_depth",
-            d.max_stack_depth,
-            0,
-            16,
-        )?,
-        graveyard: get(&r.graveyard, "graveyard", d.graveyard, 1, 1024 * 1024)?,
-        untracked: get(&r.untracked, "untracked", d.untracked, 16, 1024 * 1024)?,
-        conflict_buckets: get(
-            &r.conflict_buckets,
-            "conflict_buckets",
-            d.conflict_buckets,
-            1,
-            1024 * 1024,
-        )?,
-    })
+    }
+    Ok(out)
 }
 
 pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
-    let l = Lines { text, origin };
+    let l = Lines::new(text, origin);
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
         match e.span() {
@@ -1066,5 +1069,53 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn steps(n: usize) -> String {
+        let mut t = String::from("[[driver]]\nname = \"a.sys\"\n");
+        for _ in 0..n {
+            t.push_str("[[step]]\nop = \"load\"\ndriver = \"a.sys\"\n");
+        }
+        t
+    }
+
+    /// Issue 9: each step's line and column used to be counted from the start of the file,
+    /// so 10^5 steps took ~100x as long as 10^4. Linear parsing takes ~10x.
+    #[test]
+    fn parsing_is_linear_in_the_number_of_steps() {
+        let time = |n: usize| {
+            let text = steps(n);
+            (0..3)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let s = parse(&text, "t.toml").expect("parses");
+                    assert_eq!(s.steps.len(), n);
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let small = time(10_000);
+        let large = time(100_000);
+        assert!(
+            large < small * 20,
+            "10^4 steps: {small:?}, 10^5 steps: {large:?} (more than 20x)"
+        );
+    }
+
+    #[test]
+    fn locations_are_right_deep_into_a_large_file() {
+        let mut text = steps(5_000);
+        text.push_str("[[step]]\nop = \"load\"\ndriver = \"b.sys\"\n");
+        let line = 2 + 3 * 5_000 + 3;
+        assert_eq!(
+            err(&text),
+            std::format!("t.toml:{line}:10: no [[driver]] is named `b.sys`")
+        );
+        let l = Lines::new("ab\n\u{e9}x\n", "o");
+        assert_eq!(l.location(0), Location { line: 1, column: 1 });
+        assert_eq!(l.location(3), Location { line: 2, column: 1 });
+        assert_eq!(l.location(5), Location { line: 2, column: 2 });
+        assert_eq!(l.location(99), Location { line: 3, column: 1 });
     }
 }

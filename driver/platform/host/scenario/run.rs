@@ -448,7 +448,15 @@ fn run_stress(
             });
         host.declare_driver(&name, behaviour, every);
         if host.driver(&name).is_err() {
-            host.add_target(&name).map_err(|e| e.to_string())?;
+            host.add_target(&name).map_err(|e| match e {
+                HostError::TargetsFull(_) => std::format!(
+                    "a stress phase on {threads} threads needs {threads} drivers iosv hooks (one \
+                     per thread; clones are made for the missing ones), but the configuration \
+                     holds at most {} targets: use fewer threads",
+                    crate::protocol::MAX_TARGETS
+                ),
+                e => e.to_string(),
+            })?;
             host.load_driver(&name).map_err(|e| e.to_string())?;
         }
         drivers.push(name);
