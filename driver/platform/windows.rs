@@ -69,6 +69,12 @@ impl WindowsPlatform {
         address >= self.own_start && address < self.own_end
     }
 
+    /// Whether `base` is iosv's own image (never hooked: its imports are the real
+    /// routines the hooks call).
+    pub fn is_own_image(&self, base: usize) -> bool {
+        base as u64 == self.own_start
+    }
+
     /// Updates [`DEBUGGER_PRESENT`] (IRQL <= DISPATCH_LEVEL only) and returns it.
     pub fn refresh_debugger(&self) -> bool {
         if irql() <= DISPATCH_LEVEL as u8 {

@@ -307,9 +307,9 @@ unsafe fn device_control(irp: PIRP, sl: PIO_STACK_LOCATION) -> (NTSTATUS, usize)
         // separate copy, so nothing aliases this slice.
         unsafe { core::slice::from_raw_parts_mut(buffer, out_len) }
     };
-    let reply = match on_big_stack(|| control(&glue.verifier, code, &input, &mut *output)) {
-        Some(reply) => reply,
-        None => control(&glue.verifier, code, &input, output),
+    // Its walks keep kilobytes on the stack: never on the caller's stack.
+    let Some(reply) = on_big_stack(|| control(&glue.verifier, code, &input, &mut *output)) else {
+        return (STATUS_INSUFFICIENT_RESOURCES, 0);
     };
     let status = reply.status as u32 as NTSTATUS;
     // On success the I/O manager copies `information` bytes back: never more than the
@@ -386,18 +386,17 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
         unsafe { (*ext).driver = id.0 };
     }
     // One more filter instance; the control device exists while any does (filter samples).
-    if let Some(glue) = engine() {
-        glue.with_plans(|_| {
-            FILTERS.fetch_add(1, Ordering::SeqCst);
-            // SAFETY: our driver object, at PASSIVE_LEVEL.
-            if let Err(status) = unsafe { create_control_device(driver) } {
-                super::ffi::log_value(
-                    super::ffi::Level::Warning,
-                    c"cannot recreate the control device, status",
-                    status as u32 as u64,
-                );
-            }
-        });
+    // No iosv lock is held around device creation and deletion: the PnP manager
+    // serialises AddDevice and REMOVE_DEVICE, and the pointer is swapped atomically, so
+    // the worst interleaving is a failed recreate, logged.
+    FILTERS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: our driver object, at PASSIVE_LEVEL.
+    if let Err(status) = unsafe { create_control_device(driver) } {
+        super::ffi::log_value(
+            super::ffi::Level::Warning,
+            c"cannot recreate the control device, status",
+            status as u32 as u64,
+        );
     }
     filter_ref.Flags &= !DO_DEVICE_INITIALIZING;
     STATUS_SUCCESS
@@ -497,12 +496,12 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
 /// PnP-loaded iosv. PASSIVE_LEVEL.
 fn last_filter_gone() {
     let Some(glue) = engine() else { return };
-    glue.with_plans(|_| {
-        let left = FILTERS.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        if left == 0 && !glue.is_pinned() {
-            delete_control_device();
-        }
-    });
+    let left = FILTERS.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+    // No iosv lock held: deleting our last device may run our unload routine on this
+    // thread, which takes iosv's locks.
+    if left == 0 && !glue.is_pinned() {
+        delete_control_device();
+    }
 }
 
 /// IRP_MN_DEVICE_USAGE_NOTIFICATION (paging, hibernation, dump file on this stack): the
@@ -578,7 +577,13 @@ unsafe fn forward_and_complete_with(
 /// mappings on the stack).
 fn report(driver: DriverId, device: u64, event: DeviceEvent) {
     let Some(glue) = engine() else { return };
+    // Never on the IRP's own stack (kilobytes of leak batch): without a bigger stack the
+    // event is dropped and said so, rather than risk a double fault.
     if on_big_stack(|| glue.verifier.device_event(driver, device, event)).is_none() {
-        glue.verifier.device_event(driver, device, event);
+        super::ffi::log_value(
+            super::ffi::Level::Error,
+            c"no stack for a PnP event; dropped, device",
+            device,
+        );
     }
 }

@@ -176,14 +176,15 @@ pub unsafe extern "system" fn driver_entry(
     STATUS_SUCCESS
 }
 
-/// `DRIVER_UNLOAD`. Cleared (never called) once an import slot was patched or a hook
-/// handed out; if an unload was already pending then, it leaves everything in place (the
-/// extra reference `Glue::block_unload` took keeps the image mapped).
+/// `DRIVER_UNLOAD`. Tears down only if no import slot was ever patched and no hook handed
+/// out, and from its first step on none can be (`Glue::begin_unload`); otherwise it
+/// leaves the engine, the hooks, the callback and the control device in place (the
+/// extra driver-object reference `Glue::block_unload` took keeps the image mapped).
 unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     let glue = GLUE.load(Ordering::SeqCst);
     // SAFETY: published by DriverEntry and still alive (freed only below).
     if let Some(glue_ref) = unsafe { glue.as_ref() } {
-        if glue_ref.is_pinned() {
+        if !glue_ref.begin_unload() {
             log(
                 Level::Error,
                 c"unload requested after import slots were patched: iosv stays until reboot",

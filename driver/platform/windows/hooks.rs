@@ -200,10 +200,10 @@ pub unsafe extern "system" fn hook_mm_get_system_routine_address(name: PUNICODE_
     // just read it.
     let units = unsafe { unicode_units(name) };
     match system_routine_override(units, &glue.hooks) {
-        Some(hook) => {
-            glue.block_unload();
-            hook as PVOID
-        }
+        // Once an unload has begun, no hook is handed out (the caller gets the real
+        // routine, unverified).
+        Some(hook) if glue.block_unload() => hook as PVOID,
+        Some(_) => real,
         None => real,
     }
 }

@@ -12,19 +12,22 @@
 //!   the loader, before the target's `DriverEntry`: the image cannot go away. Any other
 //!   time (late attach, detach, AddDevice) iosv first takes a reference on the target's
 //!   driver object — from AddDevice (the device below the filter), or by name
-//!   (`\Driver\<image name without .sys>`, `ObReferenceObjectByName`) — checks that the
+//!   (`\\Driver\\<image name without .sys>`, `ObReferenceObjectByName`) — checks that the
 //!   object's `DriverStart` is the module's base, and only then reads the module list and
-//!   the image. The I/O manager unloads a driver's image only when its driver object is
+//!   the image. The I/O manager unmaps a driver's image only when its driver object is
 //!   deleted, which a reference defers. A late attach with no driver object is refused
-//!   (`SiteRefusal::NoDriverObject`), never done unprotected. An attachment keeps its
-//!   reference until it ends.
-//! - **A target that unloads while attached.** Drivers get no unload notification. At
-//!   each control-plane moment (attach, detach, AddDevice, every status request; not in
-//!   the image-load callback, which runs under the loader's locks) iosv
-//!   sweeps its attachments: a driver object with `DRVO_UNLOAD_INVOKED` set has run its
-//!   `DriverUnload`; its image is still mapped (iosv's reference), so its slots are
-//!   restored, its live mappings are reported as IOSV009, and the reference is dropped.
-//!   Load-time attachments get their driver object at the first sweep after it exists.
+//!   (`SiteRefusal::NoDriverObject`), never done unprotected. The reference is held for
+//!   that one operation only: held longer, it would keep an unloaded target's image in
+//!   memory and its next load would fail (Code 38). It is released with
+//!   `ObDereferenceObjectDeferDelete`, so that a last reference never unloads an image on
+//!   a thread that holds iosv's mutex (the loader takes its own lock, then ours).
+//! - **A target that unloads while attached.** Drivers get no unload notification; the
+//!   target's own unmaps in its `DriverUnload` still go through the hooks. iosv notices
+//!   the unload when the same image loads again (image-load callback, whatever the base)
+//!   and at each control-plane moment (attach, detach, AddDevice, every status request)
+//!   by a sweep over the module list: an attachment whose image is no longer loaded at its
+//!   base is retired, its still-live mappings reported as IOSV009. Its slots went with
+//!   the image; nothing is written.
 //! - **Which bytes may be read.** After `DriverEntry`, the `INIT` section is freed;
 //!   drivers linked with `/DRIVER` keep their import descriptors there (only the IAT lives
 //!   in `.rdata`). So a late attach whose import directory lies in a discardable section
@@ -42,16 +45,16 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 
-use wdk_sys::ntddk::{MmIsAddressValid, ObfDereferenceObject, ObfReferenceObject};
+use wdk_sys::ntddk::{MmIsAddressValid, ObDereferenceObjectDeferDelete, ObfReferenceObject};
 use wdk_sys::{
-    DRVO_UNLOAD_INVOKED, HANDLE, NTSTATUS, PASSIVE_LEVEL, PDRIVER_OBJECT, PIMAGE_INFO,
-    PUNICODE_STRING, PVOID, STATUS_BUFFER_TOO_SMALL,
+    HANDLE, NTSTATUS, PASSIVE_LEVEL, PDRIVER_OBJECT, PIMAGE_INFO, PUNICODE_STRING, PVOID,
+    STATUS_BUFFER_TOO_SMALL,
 };
 
 use super::ffi::{self, log_name, log_value, AuxModuleExtendedInfo, Level};
 use super::irql;
-use super::state::{engine, on_big_stack, Attachment, Glue, InFlight, Plans};
-use crate::drivers::{names_equal, DriverId, DriverState, MAX_DRIVERS};
+use super::state::{engine, on_big_stack, Glue, InFlight, Plans};
+use crate::drivers::{names_equal, DriverId, DriverState};
 use crate::intercept::{
     is_bound_value, Outcome, Plan, PlanError, Report, SiteRefusal, MAX_PATCHES,
 };
@@ -63,8 +66,8 @@ const OBJ_CASE_INSENSITIVE: u32 = 0x40;
 /// `\Driver\`, the object directory of driver objects.
 const DRIVER_DIRECTORY: [u16; 8] = ffi::ascii_wide("\\Driver\\");
 
-/// A referenced driver object, dereferenced on drop unless [`DriverRef::into_raw`] hands
-/// the reference to an [`Attachment`].
+/// A referenced driver object, held for one control-plane operation and dereferenced
+/// (deferred) on drop.
 pub struct DriverRef(PDRIVER_OBJECT);
 
 impl DriverRef {
@@ -135,35 +138,14 @@ impl DriverRef {
         // SAFETY: a referenced driver object; `DriverStart` is set before DriverEntry.
         unsafe { (*self.0).DriverStart as usize }
     }
-
-    /// Whether the driver's `DriverUnload` ran (`DRVO_UNLOAD_INVOKED`).
-    pub fn unload_invoked(&self) -> bool {
-        // SAFETY: a referenced driver object; the I/O manager sets the flag before it
-        // calls DriverUnload.
-        unsafe { (*self.0).Flags & DRVO_UNLOAD_INVOKED != 0 }
-    }
-
-    /// Hands the reference over (to an [`Attachment`]).
-    pub fn into_raw(self) -> PDRIVER_OBJECT {
-        let object = self.0;
-        core::mem::forget(self);
-        object
-    }
-
-    /// Takes back a reference handed over by [`DriverRef::into_raw`] (null: none).
-    ///
-    /// # Safety
-    ///
-    /// `object` is null or a reference from `into_raw` not taken back before.
-    pub unsafe fn from_raw(object: PDRIVER_OBJECT) -> Option<DriverRef> {
-        (!object.is_null()).then_some(DriverRef(object))
-    }
 }
 
 impl Drop for DriverRef {
     fn drop(&mut self) {
         // SAFETY: this value owns one reference, released once; IRQL <= DISPATCH_LEVEL.
-        unsafe { ObfDereferenceObject(self.0.cast()) };
+        // Deferred: if it is the last one, the object (and the image with it) goes on a
+        // worker thread, never on this one, which may hold iosv's mutex.
+        unsafe { ObDereferenceObjectDeferDelete(self.0.cast()) };
     }
 }
 
@@ -401,47 +383,42 @@ fn note_outcome(glue: &Glue, id: DriverId, result: &Result<u32, PlatformError>) 
     glue.verifier.drivers().set_refusal(id, refusal);
 }
 
-/// Patches driver `id` loaded at `[base, base + size)`; control-plane mutex held. `object`
-/// (a reference, or none at load time) goes to the attachment on success and is dropped
-/// otherwise.
+/// Patches driver `id` loaded at `[base, base + size)`; control-plane mutex held, the
+/// image held (load callback, or a driver object reference the caller keeps for the
+/// call). At load time any earlier plan is stale (the name was unloaded before it could
+/// load again), so a fresh one is built.
 fn attach_locked(
     glue: &Glue,
     plans: &mut Plans,
     id: DriverId,
     (base, size): (usize, usize),
     at_load: bool,
-    object: Option<DriverRef>,
 ) -> Result<u32, PlatformError> {
+    if glue.verifier.platform().is_own_image(base) {
+        return Err(PlatformError::Unsupported);
+    }
     let slot = plans
         .get_mut(usize::from(id.0))
         .ok_or(PlatformError::NoResources)?;
-    if slot
-        .as_ref()
-        .is_some_and(|old| old.plan.image_base() != base)
-    {
+    if at_load || slot.as_ref().is_some_and(|old| old.image_base() != base) {
         // The image this plan patched has been unloaded: its slots are gone with it,
-        // nothing to restore; its reference (if any) is dropped.
-        end_attachment(slot.take());
+        // nothing to restore.
+        *slot = None;
     }
-    let (mut plan, mut held) = match slot.take() {
-        Some(existing) => {
-            // SAFETY: the attachment's own reference, taken back once.
-            (existing.plan, unsafe {
-                DriverRef::from_raw(existing.object)
-            })
-        }
-        None => (build_plan(glue, base, size, at_load)?, None),
+    let mut plan = match slot.take() {
+        Some(existing) => existing,
+        None => build_plan(glue, base, size, at_load)?,
     };
-    if held.is_none() {
-        held = object;
-    }
     let result = (|| {
-        // SAFETY: the image is loaded at the plan's base (see build_plan / the reference).
+        // SAFETY: the image is loaded at the plan's base (see above).
         let bytes = unsafe { image_bytes(base, size) };
         let image = PeImage::parse(bytes).map_err(|_| PlatformError::BadImage)?;
         check_sites(glue, &image, &plan)?;
         // From the first write on, a hook may be entered at any time: never unload again.
-        glue.block_unload();
+        // Refused if an unload has begun (then nothing is written).
+        if !glue.block_unload() {
+            return Err(PlatformError::Unsupported);
+        }
         let platform = glue.verifier.platform();
         // SAFETY: the image is loaded at the plan's base and GLUE is published, so every
         // hook is ready to run.
@@ -457,22 +434,10 @@ fn attach_locked(
         }
     })();
     if result.is_ok() || plan.is_attached() {
-        *slot = Some(Attachment {
-            plan,
-            object: held.map_or(null_mut(), DriverRef::into_raw),
-        });
+        *slot = Some(plan);
     }
     note_outcome(glue, id, &result);
     result
-}
-
-/// Drops an attachment: its slots are not touched; its driver object reference is
-/// released.
-fn end_attachment(attachment: Option<Attachment>) {
-    if let Some(a) = attachment {
-        // SAFETY: the attachment's own reference, released once.
-        drop(unsafe { DriverRef::from_raw(a.object) });
-    }
 }
 
 /// Restores driver `id`'s slots; `Ok(restored)` or the first problem. Mutex held; the
@@ -481,16 +446,16 @@ fn detach_locked(glue: &Glue, plans: &mut Plans, id: DriverId) -> Result<u32, Pl
     let slot = plans
         .get_mut(usize::from(id.0))
         .ok_or(PlatformError::NotFound)?;
-    let Some(attachment) = slot.as_mut() else {
+    let Some(plan) = slot.as_mut() else {
         return Ok(0);
     };
     // SAFETY: the image is loaded at the plan's base (caller). Each write is a
     // compare-and-exchange through a locked page that fails, not faults, if the page is
     // gone, and writes only where iosv's own hook still is.
-    let report = unsafe { attachment.plan.detach(glue.verifier.platform()) };
+    let report = unsafe { plan.detach(glue.verifier.platform()) };
     let restored = report.restored();
     if report.is_clean() {
-        end_attachment(slot.take());
+        *slot = None;
         Ok(u32::try_from(restored).unwrap_or(u32::MAX))
     } else {
         Err(PlatformError::SlotChanged)
@@ -499,15 +464,22 @@ fn detach_locked(glue: &Glue, plans: &mut Plans, id: DriverId) -> Result<u32, Pl
 
 /// `driver_detached` on a big stack (its leak walk keeps a batch of mappings on the stack).
 fn detached(glue: &Glue, id: DriverId, detach: bool) {
+    // Never on the caller's stack: without a bigger one the report is dropped and said so,
+    // rather than risk a double fault.
     if on_big_stack(|| glue.verifier.driver_detached(id, detach)).is_none() {
-        glue.verifier.driver_detached(id, detach);
+        log_value(
+            Level::Error,
+            c"no stack to report a detached driver's mappings; driver id",
+            u64::from(id.0),
+        );
     }
 }
 
-/// Forgets an earlier instance of `name`: a new load of the same image at another base
-/// means the old one unloaded. Its mappings still live are IOSV009 (each reported once);
-/// those it kept flagged after a detach are dropped. Mutex held.
-fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize) {
+/// Forgets an earlier instance of `name` when it must have unloaded: a load of the same
+/// image (`at_load`: the loader refuses a name that is still loaded, whatever the base),
+/// or a registration at another base. Its mappings still live are IOSV009 (each reported
+/// once); those it kept flagged after a detach are dropped. Mutex held.
+fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize, at_load: bool) {
     let drivers = glue.verifier.drivers();
     let Some(old) = drivers.find(name) else {
         return;
@@ -515,16 +487,13 @@ fn retire_stale(glue: &Glue, plans: &mut Plans, name: &[u8], base: usize) {
     let Some(info) = drivers.info(old) else {
         return;
     };
-    if info.image_base == base as u64 {
+    if !at_load && info.image_base == base as u64 {
         return;
     }
-    // A new load at another base: the earlier image has unloaded. A live one reports its
-    // leaks (IOSV009); one iosv was detached from drops the mappings it kept flagged
-    // detached (`Verifier::driver_detached` with `detach == false` at the image's unload).
     let live = matches!(info.state, DriverState::Attached | DriverState::Loaded);
     if live || info.state == DriverState::Gone {
         if let Some(slot) = plans.get_mut(usize::from(old.0)) {
-            end_attachment(slot.take());
+            *slot = None;
         }
         detached(glue, old, false);
     }
@@ -564,7 +533,10 @@ pub fn attach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     let base = module.image_base as usize;
     let size = module.image_size as usize;
     let file_name = module.file_name();
-    let Some(object) = object.filter(|o| o.driver_start() == base) else {
+    if glue.verifier.platform().is_own_image(base) {
+        return Err(PlatformError::Unsupported);
+    }
+    let Some(_object) = object.filter(|o| o.driver_start() == base) else {
         return Err(refuse(
             glue,
             file_name,
@@ -574,12 +546,13 @@ pub fn attach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
         ));
     };
     glue.with_plans(|plans| {
-        retire_stale(glue, plans, file_name, base);
+        retire_stale(glue, plans, file_name, base, false);
         let id = glue
             .verifier
             .driver_attached(file_name, base as u64, size as u64)
             .ok_or(PlatformError::NoResources)?;
-        let result = attach_locked(glue, plans, id, (base, size), false, Some(object));
+        // `_object` holds the image until this function returns.
+        let result = attach_locked(glue, plans, id, (base, size), false);
         if result.is_err() && plans.get(usize::from(id.0)).is_none_or(Option::is_none) {
             detached(glue, id, true);
         }
@@ -595,8 +568,8 @@ pub fn detach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
         return Err(PlatformError::Unsupported);
     }
     sweep(glue);
-    // Hold the image for the restore: the attachment's reference if it has one (kept
-    // until the attachment ends under the mutex), else one taken now.
+    // Hold the image for the restore (without a driver object each write is still safe:
+    // see detach_locked).
     let _held = DriverRef::by_image_name(name);
     let modules = Modules::query().map_err(|_| PlatformError::NoResources)?;
     glue.with_plans(|plans| {
@@ -619,7 +592,7 @@ pub fn detach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
         } else {
             // Gone: its slots went with it.
             if let Some(slot) = plans.get_mut(usize::from(id.0)) {
-                end_attachment(slot.take());
+                *slot = None;
             }
             0
         };
@@ -628,74 +601,27 @@ pub fn detach_by_name(name: &[u8]) -> Result<u32, PlatformError> {
     })
 }
 
-/// Ends the attachments whose driver has unloaded (`DRVO_UNLOAD_INVOKED`) or whose image
-/// is gone, and gives load-time attachments their driver object once it exists (module
-/// docs). PASSIVE_LEVEL; takes the control-plane mutex.
+/// Retires the attachments whose image is no longer loaded at their base (the target
+/// unloaded): their still-live mappings are reported as IOSV009 (module docs).
+/// PASSIVE_LEVEL; queries the module list, then takes the control-plane mutex.
 pub fn sweep(glue: &Glue) {
     if irql() != PASSIVE_LEVEL as u8 {
         return;
     }
-    // Names of attachments without a driver object, looked up before taking the mutex.
-    let mut wanted: [Option<([u8; crate::protocol::NAME_LEN], usize)>; MAX_DRIVERS] =
-        [None; MAX_DRIVERS];
-    let any = glue.with_plans(|plans| {
-        let mut any = false;
-        for (index, slot) in plans.iter().enumerate() {
-            let Some(a) = slot.as_ref() else { continue };
-            any = true;
-            if a.object.is_null() {
-                let id = DriverId(u16::try_from(index).unwrap_or(0));
-                if let Some(w) = index.checked_sub(1).and_then(|i| wanted.get_mut(i)) {
-                    *w = Some((glue.verifier.drivers().name(id), a.plan.image_base()));
-                }
-            }
-        }
-        any
-    });
+    let any = glue.with_plans(|plans| plans.iter().any(Option::is_some));
     if !any {
         return;
     }
-    let mut found: [Option<DriverRef>; MAX_DRIVERS] = core::array::from_fn(|_| None);
-    for (w, f) in wanted.iter().zip(found.iter_mut()) {
-        if let Some((name, base)) = w {
-            *f = DriverRef::by_image_name(crate::protocol::name_bytes(name))
-                .filter(|o| o.driver_start() == *base);
-        }
-    }
-    let modules = Modules::query().ok();
+    let Ok(modules) = Modules::query() else {
+        return;
+    };
     glue.with_plans(|plans| {
         for (index, slot) in plans.iter_mut().enumerate() {
-            let Some(a) = slot.as_mut() else { continue };
+            let Some(plan) = slot.as_ref() else { continue };
             let id = DriverId(u16::try_from(index).unwrap_or(0));
-            if a.object.is_null() {
-                if let Some(object) = index
-                    .checked_sub(1)
-                    .and_then(|i| found.get_mut(i))
-                    .and_then(Option::take)
-                {
-                    a.object = object.into_raw();
-                }
-            }
-            // SAFETY: the attachment's reference, borrowed for the check and handed back.
-            let held = unsafe { DriverRef::from_raw(a.object) };
-            let unloaded = held.as_ref().is_some_and(DriverRef::unload_invoked);
-            let gone = held.is_none()
-                && modules.as_ref().is_some_and(|m| {
-                    let name = glue.verifier.drivers().name(id);
-                    !m.is_loaded(crate::protocol::name_bytes(&name), a.plan.image_base())
-                });
-            let object = held.map_or(null_mut(), DriverRef::into_raw);
-            a.object = object;
-            if unloaded {
-                // DriverUnload ran; the image is still mapped (our reference): restore
-                // what can be restored, report the leaks, let the image go.
-                // SAFETY: the image is loaded (referenced driver object).
-                let _report = unsafe { a.plan.detach(glue.verifier.platform()) };
-                end_attachment(slot.take());
-                detached(glue, id, false);
-            } else if gone {
-                // Unloaded before iosv could reference it (e.g. DriverEntry failed).
-                end_attachment(slot.take());
+            let name = glue.verifier.drivers().name(id);
+            if !modules.is_loaded(crate::protocol::name_bytes(&name), plan.image_base()) {
+                *slot = None;
                 detached(glue, id, false);
             }
         }
@@ -732,31 +658,31 @@ pub unsafe fn function_driver(object: PDRIVER_OBJECT) -> DriverId {
     if name.is_empty() {
         return DriverId::NONE;
     }
+    let is_target = glue.verifier.with_control(|c| c.targets.contains(name));
+    let own = glue.verifier.platform().is_own_image(base);
     glue.with_plans(|plans| {
         let drivers = glue.verifier.drivers();
         if let Some(id) = drivers.find(name) {
-            let current = drivers.info(id).is_some_and(|i| {
-                i.image_base == base as u64
-                    && matches!(i.state, DriverState::Attached | DriverState::Loaded)
-            });
-            if current {
-                // Already attached at load: give the attachment the object now.
-                if let Some(a) = plans.get_mut(usize::from(id.0)).and_then(Option::as_mut) {
-                    if a.object.is_null() {
-                        a.object = held.into_raw();
-                    }
-                }
+            let state = drivers
+                .info(id)
+                .filter(|i| i.image_base == base as u64)
+                .map(|i| i.state);
+            // Hooked already (at load), or known and not to be hooked: nothing to do. A
+            // target registered but not hooked (e.g. refused earlier) is tried again.
+            if state == Some(DriverState::Attached)
+                || (state == Some(DriverState::Loaded) && (!is_target || own))
+            {
                 return id;
             }
         }
-        retire_stale(glue, plans, name, base);
-        let is_target = glue.verifier.with_control(|c| c.targets.contains(name));
-        if is_target {
+        retire_stale(glue, plans, name, base, false);
+        if is_target && !own {
             if let Some(id) = glue
                 .verifier
                 .driver_attached(name, base as u64, size as u64)
             {
-                match attach_locked(glue, plans, id, (base, size), false, Some(held)) {
+                // `held` keeps the image loaded for the call.
+                match attach_locked(glue, plans, id, (base, size), false) {
                     Ok(_) => return id,
                     Err(_) => {
                         log_name(Level::Warning, c"cannot hook function driver", name);
@@ -774,12 +700,12 @@ pub unsafe fn function_driver(object: PDRIVER_OBJECT) -> DriverId {
     })
 }
 
-/// Unload (reached only when no slot was ever patched, so no attachment holds a patch):
-/// drops every attachment and its reference.
+/// Unload (reached only when no slot was ever patched, so no plan holds a patch): drops
+/// every plan.
 pub fn detach_all(glue: &Glue) {
     glue.with_plans(|plans| {
         for (index, slot) in plans.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|a| a.plan.is_attached()) {
+            if slot.as_ref().is_some_and(Plan::is_attached) {
                 // Cannot happen under the unload policy; never free what a slot points at.
                 log_value(
                     Level::Error,
@@ -788,7 +714,7 @@ pub fn detach_all(glue: &Glue) {
                 );
                 continue;
             }
-            end_attachment(slot.take());
+            *slot = None;
         }
     });
 }
@@ -826,13 +752,12 @@ pub unsafe extern "C" fn load_image_notify(
     let size = info.ImageSize as usize;
     let work = || {
         glue.with_plans(|plans| {
-            retire_stale(glue, plans, name, base);
+            retire_stale(glue, plans, name, base, true);
             let Some(id) = glue.verifier.image_loaded(name, base as u64, size as u64) else {
                 return;
             };
-            // The loader holds the image for the callback; the driver object does not
-            // exist yet (the next sweep finds it).
-            match attach_locked(glue, plans, id, (base, size), true, None) {
+            // The loader holds the image for the callback.
+            match attach_locked(glue, plans, id, (base, size), true) {
                 Ok(slots) => log_value(Level::Info, c"hooked at load, slots:", u64::from(slots)),
                 Err(_) => {
                     log_name(Level::Warning, c"cannot hook at load:", name);

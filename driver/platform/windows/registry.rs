@@ -235,12 +235,17 @@ fn parse_targets(data: &[u8], out: &mut TargetNames) -> u32 {
     let mut name = [0u8; NAME_LEN];
     let mut len = 0usize;
     let mut bad = false;
-    for unit in data.chunks_exact(2).map(|c| {
-        u16::from_le_bytes([
-            c.first().copied().unwrap_or(0),
-            c.get(1).copied().unwrap_or(0),
-        ])
-    }) {
+    // A final name without its NUL (a value written by hand) ends at the data's end.
+    for unit in data
+        .chunks_exact(2)
+        .chain(core::iter::once(&[0u8, 0][..]))
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
+    {
         if unit == 0 {
             let current = name.get(..len).unwrap_or(&[]);
             if bad {

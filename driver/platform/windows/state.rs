@@ -8,9 +8,14 @@
 //! import slot, or hands out a hook through `MmGetSystemRoutineAddress`, it can never be
 //! unloaded again: a thread may have fetched a hook's address from a slot and been
 //! interrupted before the hook's first instruction, and nothing iosv counts can see it.
-//! [`Glue::block_unload`] clears `DriverUnload` (the I/O manager then refuses `sc stop`)
-//! and takes a reference on iosv's own driver object (so the image stays mapped even if
-//! an unload was already pending when the first slot was written).
+//! [`Glue::block_unload`] takes a reference on iosv's own driver object that is never
+//! released, so the image stays mapped whatever the I/O manager does, and the unload
+//! routine, if it is still called, leaves everything in place. `DriverUnload` is not
+//! cleared: changing it after `DriverEntry` is undocumented, and an unload that was
+//! already pending would call through the field later. Unload and the first slot write
+//! are ordered by [`Glue::block_unload`] / [`Glue::begin_unload`] (Dekker-style, SeqCst):
+//! either the unload sees the block and keeps everything, or the write sees the unload
+//! and is refused.
 //!
 //! Hooks may run at any IRQL, so they take no lock and never wait: they call the engine
 //! if it is published, else the real routine.
@@ -99,23 +104,8 @@ impl<T> Locked<T> {
     }
 }
 
-/// One attached image: its plan and, when iosv holds one, a referenced pointer to its
-/// driver object (which keeps the image loaded: the I/O manager unloads a driver's image
-/// only when its driver object is deleted, after the last reference).
-pub struct Attachment {
-    /// The patched slots.
-    pub plan: Plan,
-    /// The target's driver object, referenced by iosv (`ObfReferenceObject`), or null
-    /// when none is known yet (attached at load, before the object exists).
-    pub object: wdk_sys::PDRIVER_OBJECT,
-}
-
-// SAFETY: `object` is a referenced kernel object pointer, used only under the control
-// mutex; the kernel object itself is made for use from any thread.
-unsafe impl Send for Attachment {}
-
-/// The attachments, indexed by `DriverId.0` (0 unused).
-pub type Plans = Box<[Option<Attachment>]>;
+/// The plans of the attached drivers, indexed by `DriverId.0` (0 unused).
+pub type Plans = Box<[Option<Plan>]>;
 
 /// Everything the glue shares between hooks, dispatch and callbacks.
 pub struct Glue {
@@ -130,6 +120,7 @@ pub struct Glue {
     /// iosv's driver object (see [`Glue::block_unload`]).
     pub driver: AtomicPtr<wdk_sys::DRIVER_OBJECT>,
     pinned: AtomicBool,
+    unloading: AtomicBool,
     plans: Locked<Plans>,
 }
 
@@ -164,6 +155,7 @@ impl Glue {
             ordinals,
             driver: AtomicPtr::new(driver),
             pinned: AtomicBool::new(false),
+            unloading: AtomicBool::new(false),
             plans: Locked::new(plans),
         });
         // A one-element boxed slice has the layout of a `Box<Glue>`; it is rebuilt as a
@@ -191,25 +183,34 @@ impl Glue {
         self.plans.with(f)
     }
 
-    /// Applies the unload policy (module docs) before the first slot write or the first
-    /// hook handed out: iosv.sys stays loaded until reboot. Idempotent; any IRQL (the
-    /// driver object reference is taken at IRQL <= DISPATCH_LEVEL only, which every caller
-    /// is: the control plane and `MmGetSystemRoutineAddress`, a PASSIVE_LEVEL routine).
-    pub fn block_unload(&self) {
-        self.verifier.block_unload();
-        if self.pinned.swap(true, Ordering::SeqCst) {
-            return;
+    /// Applies the unload policy (module docs) before a slot write or a hook handed out:
+    /// iosv.sys stays loaded until reboot. False if an unload has begun: then the caller
+    /// must not write the slot or hand out the hook. Any IRQL <= DISPATCH_LEVEL (the
+    /// control plane, and `MmGetSystemRoutineAddress`, a PASSIVE_LEVEL routine).
+    pub fn block_unload(&self) -> bool {
+        // Announce the block, then look for an unload (begin_unload does the reverse).
+        let first = !self.pinned.swap(true, Ordering::SeqCst);
+        if self.unloading.load(Ordering::SeqCst) {
+            return false;
         }
-        let driver = self.driver.load(Ordering::Acquire);
-        if driver.is_null() {
-            return;
+        if first {
+            self.verifier.block_unload();
+            let driver = self.driver.load(Ordering::Acquire);
+            if !driver.is_null() {
+                // SAFETY: a valid, referenced object (the I/O manager's reference); this
+                // extra reference is never released, so the object and the image it
+                // unloads with stay mapped.
+                unsafe { ObfReferenceObject(driver.cast()) };
+            }
         }
-        // SAFETY: iosv's own driver object outlives the driver; the I/O manager reads this
-        // field only when an unload is requested, and a null routine makes it refuse.
-        unsafe { (*driver).DriverUnload = None };
-        // SAFETY: a valid, referenced object (the I/O manager's reference); this extra
-        // reference is never released, so the object and the image it unloads with stay.
-        unsafe { ObfReferenceObject(driver.cast()) };
+        true
+    }
+
+    /// The unload routine's first step: true if it may tear down (nothing was ever
+    /// patched or handed out, and nothing can be from now on), false if iosv must stay.
+    pub fn begin_unload(&self) -> bool {
+        self.unloading.store(true, Ordering::SeqCst);
+        !self.pinned.load(Ordering::SeqCst)
     }
 
     /// Whether [`Glue::block_unload`] happened.
