@@ -392,18 +392,26 @@ impl Table {
         }
     }
 
-    /// Bit masks of the slots of `bucket` whose key is `a` and whose key is `b` (bit `j`
-    /// for slot `j`); both empty past the end. A fixed-size, branch-free pass over one
-    /// cache line that the compiler unrolls.
+    /// Bit masks of the lowest slot of `bucket` whose key is `a` and of the lowest whose
+    /// key is `b` (bit `j` for slot `j`); both empty if none or past the end. A fixed-size, branch-free pass over one
+    /// cache line that the compiler unrolls. Each mask holds only the lowest match (all
+    /// that its users, through [`Table::slot_of`], look at), found with a conditional
+    /// move per key instead of a shift-and-or.
     fn match_keys(&self, bucket: usize, a: u64, b: u64) -> (u32, u32) {
         let Some(kb) = self.keys.get(bucket) else {
             return (0, 0);
         };
+        // Bit `j` for a match at slot `j`; 0 for none. Keys are read in slot order; the
+        // lowest match wins (a later, lower match overwrites a higher one).
         let (mut ma, mut mb) = (0u32, 0u32);
-        for (j, key) in kb.0.iter().enumerate() {
-            let k = key.load(Ordering::Acquire);
-            ma |= u32::from(k == a) << j;
-            mb |= u32::from(k == b) << j;
+        let loaded: [u64; BUCKET] = core::array::from_fn(|j| match kb.0.get(j) {
+            Some(key) => key.load(Ordering::Acquire),
+            None => 1,
+        });
+        for (j, &k) in loaded.iter().enumerate().rev() {
+            let bit = 1u32 << j;
+            ma = if k == a { bit } else { ma };
+            mb = if k == b { bit } else { mb };
         }
         (ma, mb)
     }
@@ -430,16 +438,14 @@ impl Table {
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
             // Stops at the first match (a lookup usually finds its key in the home bucket).
-            if let Some(kb) = self.keys.get(bucket) {
-                for (j, key) in kb.0.iter().enumerate() {
-                    let k = key.load(Ordering::Acquire);
-                    if k == live_key {
-                        let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                        return Found::Live { slot, distance };
-                    }
-                    busy_seen |= want_busy_too && k == busy_key;
-                }
+            // The whole bucket in one branch-free pass (the lowest live match wins, as a
+            // scan that stops at the first would find).
+            let (live, busy) = self.match_keys(bucket, live_key, busy_key);
+            if live != 0 {
+                let slot = Self::slot_of(bucket, live);
+                return Found::Live { slot, distance };
             }
+            busy_seen |= want_busy_too && busy != 0;
             if !self.more_after(bucket) {
                 break;
             }
