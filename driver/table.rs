@@ -494,7 +494,7 @@ impl Table {
         }
         let stale = stale_at.and_then(|(slot, distance)| self.take(slot, entry.base, distance));
         if let Some((slot, distance)) = free_at {
-            if self.claim(slot, home, distance, entry, frames) {
+            if self.claim_inline(slot, home, distance, entry, frames) {
                 return Self::inserted(stale);
             }
         }
@@ -522,6 +522,19 @@ impl Table {
     /// Claims free `slot` (at `distance` buckets from `home`) for `entry`, writes and
     /// publishes it. False if the slot is not free.
     fn claim(
+        &self,
+        slot: usize,
+        home: usize,
+        distance: usize,
+        entry: &MappingHead,
+        frames: &[u64],
+    ) -> bool {
+        self.claim_inline(slot, home, distance, entry, frames)
+    }
+
+    /// [`claim`](Self::claim), inlined into the insert's first try (the common path).
+    #[inline(always)]
+    fn claim_inline(
         &self,
         slot: usize,
         home: usize,
