@@ -276,11 +276,18 @@ impl Drivers {
 
     /// The device a map by driver `id` on `thread` is attributed to: the device that
     /// thread is starting, else the driver's only starting device, else none (0).
+    #[inline]
     pub fn starting_device(&self, id: DriverId, thread: u64) -> u64 {
         let Some(s) = self.slot(id) else { return 0 };
         if s.starting.load(Ordering::Acquire) == 0 {
-            return 0; // the common case: no start in progress
+            return 0; // the common case: no start in progress (inlined into the hook)
         }
+        Self::starting_device_of(s, thread)
+    }
+
+    /// [`starting_device`](Self::starting_device) while a start is in progress.
+    #[inline(never)]
+    fn starting_device_of(s: &DriverSlot, thread: u64) -> u64 {
         let mut only = 0u64;
         let mut count = 0u32;
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {

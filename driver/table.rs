@@ -145,6 +145,99 @@ impl Mapping {
     }
 }
 
+/// A [`Mapping`] without its map-site stack: what the hook paths move around (the frames,
+/// if any, travel separately as a slice of the configured depth, so a depth-0 engine never
+/// builds, zeroes or copies a 16-frame array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappingHead {
+    /// Base virtual address.
+    pub base: u64,
+    /// Bytes mapped.
+    pub size: u64,
+    /// Physical address.
+    pub physical: u64,
+    /// Device object it is attributed to (0 = none).
+    pub device: u64,
+    /// Map time (platform ns).
+    pub map_time_ns: u64,
+    /// Cache type (MmMapIoSpace) or protection (MmMapIoSpaceEx).
+    pub cache: u32,
+    /// Owning driver id (0 = unattributed).
+    pub driver: u16,
+    /// Processor of the map call.
+    pub processor: u16,
+    /// IRQL of the map call.
+    pub irql: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Valid frames (of the slice that goes with it).
+    pub stack_depth: u8,
+}
+
+impl MappingHead {
+    /// A head with the given base and size and every other field zero.
+    pub const fn new(base: u64, size: u64) -> MappingHead {
+        MappingHead {
+            base,
+            size,
+            physical: 0,
+            device: 0,
+            map_time_ns: 0,
+            cache: 0,
+            driver: 0,
+            processor: 0,
+            irql: 0,
+            flags: 0,
+            stack_depth: 0,
+        }
+    }
+
+    /// The whole mapping: this head with `frames` (cut to `stack_depth` frames and to
+    /// [`MAX_STACK_DEPTH`]).
+    pub fn with_frames(&self, frames: &[u64]) -> Mapping {
+        let mut m = Mapping::new(self.base, self.size);
+        m.physical = self.physical;
+        m.device = self.device;
+        m.map_time_ns = self.map_time_ns;
+        m.cache = self.cache;
+        m.driver = self.driver;
+        m.processor = self.processor;
+        m.irql = self.irql;
+        m.flags = self.flags;
+        let mut n = 0u8;
+        for (dst, src) in m
+            .stack
+            .iter_mut()
+            .zip(frames.iter())
+            .take(usize::from(self.stack_depth))
+        {
+            *dst = *src;
+            n = n.saturating_add(1);
+        }
+        m.stack_depth = n;
+        m
+    }
+}
+
+impl Mapping {
+    /// This mapping without its stack.
+    pub const fn head(&self) -> MappingHead {
+        MappingHead {
+            base: self.base,
+            size: self.size,
+            physical: self.physical,
+            device: self.device,
+            map_time_ns: self.map_time_ns,
+            cache: self.cache,
+            driver: self.driver,
+            processor: self.processor,
+            irql: self.irql,
+            flags: self.flags,
+            stack_depth: self.stack_depth,
+        }
+    }
+}
+
 struct Slot {
     /// Seqlock: odd while the owner writes the payload.
     seq: AtomicU32,
@@ -299,18 +392,26 @@ impl Table {
         }
     }
 
-    /// Bit masks of the slots of `bucket` whose key is `a` and whose key is `b` (bit `j`
-    /// for slot `j`); both empty past the end. A fixed-size, branch-free pass over one
-    /// cache line that the compiler unrolls.
+    /// Bit masks of the lowest slot of `bucket` whose key is `a` and of the lowest whose
+    /// key is `b` (bit `j` for slot `j`); both empty if none or past the end. A fixed-size, branch-free pass over one
+    /// cache line that the compiler unrolls. Each mask holds only the lowest match (all
+    /// that its users, through [`Table::slot_of`], look at), found with a conditional
+    /// move per key instead of a shift-and-or.
     fn match_keys(&self, bucket: usize, a: u64, b: u64) -> (u32, u32) {
         let Some(kb) = self.keys.get(bucket) else {
             return (0, 0);
         };
+        // Bit `j` for a match at slot `j`; 0 for none. Keys are read in slot order; the
+        // lowest match wins (a later, lower match overwrites a higher one).
         let (mut ma, mut mb) = (0u32, 0u32);
-        for (j, key) in kb.0.iter().enumerate() {
-            let k = key.load(Ordering::Acquire);
-            ma |= u32::from(k == a) << j;
-            mb |= u32::from(k == b) << j;
+        let loaded: [u64; BUCKET] = core::array::from_fn(|j| match kb.0.get(j) {
+            Some(key) => key.load(Ordering::Acquire),
+            None => 1,
+        });
+        for (j, &k) in loaded.iter().enumerate().rev() {
+            let bit = 1u32 << j;
+            ma = if k == a { bit } else { ma };
+            mb = if k == b { bit } else { mb };
         }
         (ma, mb)
     }
@@ -337,16 +438,14 @@ impl Table {
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
             // Stops at the first match (a lookup usually finds its key in the home bucket).
-            if let Some(kb) = self.keys.get(bucket) {
-                for (j, key) in kb.0.iter().enumerate() {
-                    let k = key.load(Ordering::Acquire);
-                    if k == live_key {
-                        let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                        return Found::Live { slot, distance };
-                    }
-                    busy_seen |= want_busy_too && k == busy_key;
-                }
+            // The whole bucket in one branch-free pass (the lowest live match wins, as a
+            // scan that stops at the first would find).
+            let (live, busy) = self.match_keys(bucket, live_key, busy_key);
+            if live != 0 {
+                let slot = Self::slot_of(bucket, live);
+                return Found::Live { slot, distance };
             }
+            busy_seen |= want_busy_too && busy != 0;
             if !self.more_after(bucket) {
                 break;
             }
@@ -363,6 +462,13 @@ impl Table {
     /// still holds that base, the old entry is removed first and returned (IOSV013).
     /// Never waits for another thread; bounded work.
     pub fn insert(&self, entry: &Mapping) -> InsertOutcome {
+        self.insert_head(&entry.head(), &entry.stack)
+    }
+
+    /// [`insert`](Self::insert) for the hook path: the entry without its stack, and its
+    /// first `entry.stack_depth` frames at the front of `frames` (empty at depth 0; the table
+    /// stores at most its own depth of them).
+    pub fn insert_head(&self, entry: &MappingHead, frames: &[u64]) -> InsertOutcome {
         if entry.base == 0 || !is_canonical(entry.base) {
             return InsertOutcome::Full;
         }
@@ -388,7 +494,7 @@ impl Table {
         }
         let stale = stale_at.and_then(|(slot, distance)| self.take(slot, entry.base, distance));
         if let Some((slot, distance)) = free_at {
-            if self.claim(slot, home, distance, entry) {
+            if self.claim_inline(slot, home, distance, entry, frames) {
                 return Self::inserted(stale);
             }
         }
@@ -397,7 +503,7 @@ impl Table {
         for distance in 0..MAX_PROBE_BUCKETS {
             for j in 0..BUCKET {
                 let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                if self.claim(slot, home, distance, entry) {
+                if self.claim(slot, home, distance, entry, frames) {
                     return Self::inserted(stale);
                 }
             }
@@ -415,7 +521,27 @@ impl Table {
 
     /// Claims free `slot` (at `distance` buckets from `home`) for `entry`, writes and
     /// publishes it. False if the slot is not free.
-    fn claim(&self, slot: usize, home: usize, distance: usize, entry: &Mapping) -> bool {
+    fn claim(
+        &self,
+        slot: usize,
+        home: usize,
+        distance: usize,
+        entry: &MappingHead,
+        frames: &[u64],
+    ) -> bool {
+        self.claim_inline(slot, home, distance, entry, frames)
+    }
+
+    /// [`claim`](Self::claim), inlined into the insert's first try (the common path).
+    #[inline(always)]
+    fn claim_inline(
+        &self,
+        slot: usize,
+        home: usize,
+        distance: usize,
+        entry: &MappingHead,
+        frames: &[u64],
+    ) -> bool {
         let Some(key) = self.key(slot) else {
             return false;
         };
@@ -431,7 +557,7 @@ impl Table {
         }
         // Owned. Count this key in the overflow of every bucket it passed.
         self.adjust_overflow(home, distance, true);
-        self.write_payload(slot, entry);
+        self.write_payload(slot, entry, frames);
         key.store(LIVE | (entry.base & MASK57), Ordering::Release);
         true
     }
@@ -439,13 +565,21 @@ impl Table {
     /// Takes the live entry for `base` at `slot` (found `distance` buckets from home) out
     /// of the table; `None` if another thread got it first.
     fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
-        let mut entry = Mapping::new(base, 0);
-        self.take_into(slot, base, distance, &mut entry)
-            .then_some(entry)
+        let mut head = MappingHead::new(base, 0);
+        let mut frames = [0u64; MAX_STACK_DEPTH];
+        self.take_into(slot, base, distance, &mut head, &mut frames)
+            .then(|| head.with_frames(&frames))
     }
 
     /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]).
-    fn take_into(&self, slot: usize, base: u64, distance: usize, out: &mut Mapping) -> bool {
+    fn take_into(
+        &self,
+        slot: usize,
+        base: u64,
+        distance: usize,
+        out: &mut MappingHead,
+        frames: &mut [u64],
+    ) -> bool {
         let Some(key) = self.key(slot) else {
             return false;
         };
@@ -458,7 +592,7 @@ impl Table {
             return false;
         }
         // Owned (BUSY by this thread): no other writer can exist.
-        self.load_payload_into(slot, base, out);
+        self.load_payload_into(slot, base, out, frames);
         key.store(0, Ordering::Release);
         self.adjust_overflow(self.home(base), distance, false);
         true
@@ -480,12 +614,34 @@ impl Table {
     /// is [`Removal::Removed`]. Frames of `out.stack` past the entry's depth are left as
     /// they were (pass a [`Mapping::new`] to have them zero).
     pub fn remove_into(&self, base: u64, out: &mut Mapping) -> Removal {
+        let mut head = out.head();
+        let r = self.remove_head(base, &mut head, &mut out.stack);
+        if r == Removal::Removed {
+            out.base = head.base;
+            out.size = head.size;
+            out.physical = head.physical;
+            out.device = head.device;
+            out.map_time_ns = head.map_time_ns;
+            out.cache = head.cache;
+            out.driver = head.driver;
+            out.processor = head.processor;
+            out.irql = head.irql;
+            out.flags = head.flags;
+            out.stack_depth = head.stack_depth;
+        }
+        r
+    }
+
+    /// [`remove_into`](Self::remove_into) without a whole [`Mapping`]: the entry's stack
+    /// goes to the front of `frames` (at most `frames.len()` of them; `out.stack_depth`
+    /// says how many), the rest to `out`, only when the result is [`Removal::Removed`].
+    pub fn remove_head(&self, base: u64, out: &mut MappingHead, frames: &mut [u64]) -> Removal {
         if base == 0 || !is_canonical(base) {
             return Removal::NotFound;
         }
         match self.find(base, true) {
             Found::Live { slot, distance } => {
-                if self.take_into(slot, base, distance, out) {
+                if self.take_into(slot, base, distance, out, frames) {
                     Removal::Removed
                 } else {
                     Removal::Racing
@@ -528,17 +684,23 @@ impl Table {
             .unwrap_or(&[])
     }
 
-    fn write_payload(&self, slot: usize, e: &Mapping) {
+    fn write_payload(&self, slot: usize, e: &MappingHead, src_frames: &[u64]) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
         let seq = s.seq.load(Ordering::Relaxed);
         s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
-        let frames = self.stack_range(slot);
-        let depth = usize::from(e.stack_depth).min(frames.len());
-        for (dst, src) in frames.iter().zip(e.stack.iter()).take(depth) {
-            dst.store(*src, Ordering::Relaxed);
+        // A depth-0 table stores no frames (and computes no stack range).
+        let mut depth = 0;
+        if self.stack_depth != 0 {
+            let frames = self.stack_range(slot);
+            depth = usize::from(e.stack_depth)
+                .min(frames.len())
+                .min(src_frames.len());
+            for (dst, src) in frames.iter().zip(src_frames.iter()).take(depth) {
+                dst.store(*src, Ordering::Relaxed);
+            }
         }
         s.size.store(e.size, Ordering::Relaxed);
         s.physical.store(e.physical, Ordering::Relaxed);
@@ -556,14 +718,15 @@ impl Table {
     }
 
     fn load_payload(&self, slot: usize, base: u64) -> Mapping {
-        let mut m = Mapping::new(base, 0);
-        self.load_payload_into(slot, base, &mut m);
-        m
+        let mut m = MappingHead::new(base, 0);
+        let mut frames = [0u64; MAX_STACK_DEPTH];
+        self.load_payload_into(slot, base, &mut m, &mut frames);
+        m.with_frames(&frames)
     }
 
     /// Writes the payload of `slot` with key `base` into `m` (every field but the frames
     /// of `m.stack` past the stored depth).
-    fn load_payload_into(&self, slot: usize, base: u64, m: &mut Mapping) {
+    fn load_payload_into(&self, slot: usize, base: u64, m: &mut MappingHead, out: &mut [u64]) {
         m.base = base;
         let Some(s) = self.slots.get(slot) else {
             m.size = 0;
@@ -589,17 +752,17 @@ impl Table {
         let meta = s.meta.load(Ordering::Relaxed);
         m.flags = meta as u8;
         m.irql = (meta >> 8) as u8;
-        let frames = self.stack_range(slot);
-        let depth = ((meta >> 16) as u8).min(frames.len() as u8);
-        m.stack_depth = depth;
-        for (dst, src) in m
-            .stack
-            .iter_mut()
-            .zip(frames.iter())
-            .take(usize::from(depth))
-        {
-            *dst = src.load(Ordering::Relaxed);
+        let mut depth = 0;
+        if self.stack_depth != 0 {
+            let frames = self.stack_range(slot);
+            depth = usize::from((meta >> 16) as u8)
+                .min(frames.len())
+                .min(out.len());
+            for (dst, src) in out.iter_mut().zip(frames.iter()).take(depth) {
+                *dst = src.load(Ordering::Relaxed);
+            }
         }
+        m.stack_depth = depth as u8;
     }
 
     /// Reads a slot the caller does not own. Returns the entry and its key word if it was

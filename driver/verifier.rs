@@ -25,8 +25,8 @@ use crate::rules::{Action, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};
 use crate::table::{
-    Graveyard, InsertOutcome, Mapping, Removal, RemoveOutcome, Table, Tombstone, UntrackedSet,
-    FLAG_DETACHED, FLAG_LEAK_REPORTED, FLAG_MAP_EX,
+    Graveyard, InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, Table, Tombstone,
+    UntrackedSet, FLAG_DETACHED, FLAG_LEAK_REPORTED, FLAG_MAP_EX, MAX_STACK_DEPTH,
 };
 
 /// Frames of iosv's own the stack capture skips (the hook and the engine).
@@ -280,7 +280,9 @@ impl<P: Platform> Verifier<P> {
             self.check_conflict(&cx, base, physical, size64, cache, ex, class);
         }
 
-        let mut m = Mapping::new(base, size64);
+        // No 16-frame array on this path: the frames (if any) travel as a slice of the
+        // configured depth, and at depth 0 there are none to build, zero or copy.
+        let mut m = MappingHead::new(base, size64);
         m.physical = physical;
         m.device = self.drivers.starting_device(cx.driver, cx.thread);
         m.map_time_ns = cx.now;
@@ -290,11 +292,19 @@ impl<P: Platform> Verifier<P> {
         m.irql = cx.irql.0;
         m.flags = if ex { FLAG_MAP_EX } else { 0 };
         let depth = self.settings.stack_depth().min(self.table.stack_depth());
-        if let Some(frames) = m.stack.get_mut(..depth) {
-            let n = self.platform.capture_stack(OWN_FRAMES, frames);
+        let outcome = if depth == 0 {
+            let n = self.platform.capture_stack(OWN_FRAMES, &mut []);
             m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
-        }
-        match self.table.insert(&m) {
+            self.table.insert_head(&m, &[])
+        } else {
+            let mut stack = [0u64; MAX_STACK_DEPTH];
+            if let Some(frames) = stack.get_mut(..depth) {
+                let n = self.platform.capture_stack(OWN_FRAMES, frames);
+                m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+            }
+            self.table.insert_head(&m, &stack)
+        };
+        match outcome {
             InsertOutcome::Inserted => {
                 if size64 != 0 {
                     self.conflicts.add(physical, size64, class);
@@ -383,6 +393,19 @@ impl<P: Platform> Verifier<P> {
     /// The `MmUnmapIoSpace` hook: validates and removes the entry, then calls the real
     /// routine — with the tracked size for a contained size mismatch — or contains it.
     pub fn unmap_io_space(&self, caller: Caller, base: u64, size: usize) {
+        // The entry is written in place, without its stack (no copy of the whole Mapping
+        // through a result, and no 16-frame array at all at depth 0); a whole Mapping is
+        // built only for a violation record.
+        if self.table.stack_depth() == 0 {
+            self.unmap_with(caller, base, size, &mut []);
+        } else {
+            let mut stack = [0u64; MAX_STACK_DEPTH];
+            self.unmap_with(caller, base, size, &mut stack);
+        }
+    }
+
+    /// [`unmap_io_space`](Self::unmap_io_space) with room for the removed entry's frames.
+    fn unmap_with(&self, caller: Caller, base: u64, size: usize, frames: &mut [u64]) {
         let cx = self.ctx(caller);
         let size64 = size as u64;
         self.stats
@@ -400,13 +423,13 @@ impl<P: Platform> Verifier<P> {
         } else {
             Irql::DISPATCH
         };
-        // The entry is written in place (no copy of the whole Mapping through a result).
-        let mut m = Mapping::new(base, 0);
-        let found = self.table.remove_into(base, &mut m);
+        let mut h = MappingHead::new(base, 0);
+        let found = self.table.remove_head(base, &mut h, frames);
+        let frames: &[u64] = frames.get(..usize::from(h.stack_depth)).unwrap_or(&[]);
         if cx.irql > ceiling {
             let mut r = call();
             if found == Removal::Removed {
-                r = self.mapping_record(&cx, &m);
+                r = self.mapping_record(&cx, &h.with_frames(frames));
                 r.address = base;
                 r.passed_size = size64;
             }
@@ -415,15 +438,15 @@ impl<P: Platform> Verifier<P> {
 
         match found {
             Removal::Removed
-                if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 =>
+                if h.driver != 0 && cx.driver != DriverId::NONE && h.driver != cx.driver.0 =>
             {
-                self.foreign_unmap(&cx, &m, base, size, contain);
+                self.foreign_unmap(&cx, &h.with_frames(frames), base, size, contain);
             }
             Removal::Removed => {
-                self.forget_mapping(&m);
-                self.bury(&cx, &m);
-                if size64 != m.size {
-                    let mut r = self.mapping_record(&cx, &m);
+                self.forget_head(&h);
+                self.bury_head(&cx, &h, frames.first().copied().unwrap_or(0));
+                if size64 != h.size {
+                    let mut r = self.mapping_record(&cx, &h.with_frames(frames));
                     r.address = base;
                     r.passed_size = size64;
                     if contain {
@@ -432,7 +455,7 @@ impl<P: Platform> Verifier<P> {
                     }
                     self.violate(RuleId::UnmapSizeMismatch, &cx, r);
                     let real = if contain {
-                        usize::try_from(m.size).unwrap_or(size)
+                        usize::try_from(h.size).unwrap_or(size)
                     } else {
                         size
                     };
@@ -504,6 +527,12 @@ impl<P: Platform> Verifier<P> {
 
     /// Remembers the unmap of `m` (by the caller of `cx`) in the graveyard.
     fn bury(&self, cx: &CallCtx, m: &Mapping) {
+        self.bury_head(cx, &m.head(), m.frames().first().copied().unwrap_or(0));
+    }
+
+    /// [`bury`](Self::bury) of a mapping without its stack, `map_site` its innermost frame
+    /// (0 if none).
+    fn bury_head(&self, cx: &CallCtx, m: &MappingHead, map_site: u64) {
         self.graveyard.bury(&Tombstone {
             base: m.base,
             size: m.size,
@@ -512,7 +541,7 @@ impl<P: Platform> Verifier<P> {
             unmap_time_ns: cx.now,
             driver: m.driver,
             unmapped_by: cx.driver.0,
-            map_site: m.frames().first().copied().unwrap_or(0),
+            map_site,
         });
     }
 
@@ -663,6 +692,11 @@ impl<P: Platform> Verifier<P> {
 
     /// Bookkeeping when a mapping leaves the table.
     fn forget_mapping(&self, m: &Mapping) {
+        self.forget_head(&m.head());
+    }
+
+    /// [`forget_mapping`](Self::forget_mapping) of a mapping without its stack.
+    fn forget_head(&self, m: &MappingHead) {
         if m.size != 0 {
             self.conflicts.remove(
                 m.physical,

@@ -120,27 +120,45 @@ impl Graveyard {
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
         let set = self.set(t.base);
-        // One pass: this base's own slot, else the first free one, else the oldest.
-        let (mut own, mut free, mut oldest) = (None, None, (0usize, u64::MAX));
+        let n = set.len();
+        // One pass with plain indexes (no Option juggling): the first slot holding this
+        // base, else the first free one, else the oldest (the first of equal times). The
+        // oldest is tracked over every used slot, but used only when none is free.
+        const NONE: usize = usize::MAX;
+        let (mut own, mut free, mut oldest, mut oldest_when) = (NONE, NONE, 0usize, u64::MAX);
         for (i, s) in set.iter().enumerate() {
             let base = s.base.load(Ordering::Relaxed);
             if base == t.base {
-                own = Some(i);
+                own = i;
                 break;
             }
             if base == 0 {
-                free = free.or(Some(i));
-            } else if free.is_none() {
+                if free == NONE {
+                    free = i;
+                }
+            } else {
                 let when = s.unmap_time_ns.load(Ordering::Relaxed);
-                if when < oldest.1 {
-                    oldest = (i, when);
+                if when < oldest_when {
+                    oldest = i;
+                    oldest_when = when;
                 }
             }
         }
-        let preferred = own.or(free).unwrap_or(oldest.0);
-        // Try the preferred slot first, then the rest of the set.
-        let (before, after) = set.split_at(preferred.min(set.len()));
-        for s in after.iter().chain(before) {
+        let preferred = if own != NONE {
+            own
+        } else if free != NONE {
+            free
+        } else {
+            oldest
+        };
+        // Claim order: the preferred slot, then the ones after it, wrapping around.
+        let mut i = preferred;
+        for _ in 0..n {
+            if i >= n {
+                i = 0;
+            }
+            let Some(s) = set.get(i) else { break };
+            i = i.wrapping_add(1);
             let Some(seq) = Self::claim(s) else { continue };
             s.base.store(t.base, Ordering::Relaxed);
             s.size.store(t.size, Ordering::Relaxed);
