@@ -608,7 +608,22 @@ pub fn sweep(glue: &Glue) {
     if irql() != PASSIVE_LEVEL as u8 {
         return;
     }
-    let any = glue.with_plans(|plans| plans.iter().any(Option::is_some));
+    // Which instance each attachment is (its base and load count), before the module list
+    // is read: an image loaded meanwhile (the load callback re-attaches it) is a new
+    // instance and is left alone below.
+    let mut seen = [(0usize, 0u64); crate::drivers::MAX_DRIVERS + 1];
+    let any = glue.with_plans(|plans| {
+        let mut any = false;
+        for ((index, slot), seen) in plans.iter().enumerate().zip(seen.iter_mut()) {
+            if let Some(plan) = slot {
+                let id = DriverId(u16::try_from(index).unwrap_or(0));
+                let loads = glue.verifier.drivers().info(id).map_or(0, |i| i.loads);
+                *seen = (plan.image_base(), loads);
+                any = true;
+            }
+        }
+        any
+    });
     if !any {
         return;
     }
@@ -616,11 +631,15 @@ pub fn sweep(glue: &Glue) {
         return;
     };
     glue.with_plans(|plans| {
-        for (index, slot) in plans.iter_mut().enumerate() {
+        for ((index, slot), seen) in plans.iter_mut().enumerate().zip(seen.iter()) {
             let Some(plan) = slot.as_ref() else { continue };
             let id = DriverId(u16::try_from(index).unwrap_or(0));
-            let name = glue.verifier.drivers().name(id);
-            if !modules.is_loaded(crate::protocol::name_bytes(&name), plan.image_base()) {
+            let Some(info) = glue.verifier.drivers().info(id) else {
+                continue;
+            };
+            let same_instance = *seen == (plan.image_base(), info.loads);
+            let name = crate::protocol::name_bytes(&info.name);
+            if same_instance && !modules.is_loaded(name, plan.image_base()) {
                 *slot = None;
                 detached(glue, id, false);
             }
