@@ -84,63 +84,42 @@ const fn sign_extend57(v: u64) -> u64 {
     (((v << 7) as i64) >> 7) as u64
 }
 
-/// A mapping as the table holds it.
+/// A mapping as the table holds it: its [`MappingHead`] (reached through `Deref`, so
+/// `m.base` reads the head's field) and its map-site stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
-    /// Base virtual address.
-    pub base: u64,
-    /// Bytes mapped.
-    pub size: u64,
-    /// Physical address.
-    pub physical: u64,
-    /// Device object it is attributed to (0 = none).
-    pub device: u64,
-    /// Map time (platform ns).
-    pub map_time_ns: u64,
-    /// Cache type (MmMapIoSpace) or protection (MmMapIoSpaceEx).
-    pub cache: u32,
-    /// Owning driver id (0 = unattributed).
-    pub driver: u16,
-    /// Processor of the map call.
-    pub processor: u16,
-    /// IRQL of the map call.
-    pub irql: u8,
-    /// `FLAG_*` bits.
-    pub flags: u8,
-    /// Valid frames in `stack`.
-    pub stack_depth: u8,
-    /// Map-site stack, innermost first.
+    /// Everything but the stack.
+    pub head: MappingHead,
+    /// Map-site stack, innermost first (`head.stack_depth` frames valid).
     pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+impl core::ops::Deref for Mapping {
+    type Target = MappingHead;
+    fn deref(&self) -> &MappingHead {
+        &self.head
+    }
+}
+
+impl core::ops::DerefMut for Mapping {
+    fn deref_mut(&mut self) -> &mut MappingHead {
+        &mut self.head
+    }
 }
 
 impl Mapping {
     /// A mapping with the given base and size and every other field zero.
     pub const fn new(base: u64, size: u64) -> Mapping {
         Mapping {
-            base,
-            size,
-            physical: 0,
-            device: 0,
-            map_time_ns: 0,
-            cache: 0,
-            driver: 0,
-            processor: 0,
-            irql: 0,
-            flags: 0,
-            stack_depth: 0,
+            head: MappingHead::new(base, size),
             stack: [0; MAX_STACK_DEPTH],
         }
-    }
-
-    /// True if `addr` lies in `[base, base + size)`.
-    pub fn contains(&self, addr: u64) -> bool {
-        addr >= self.base && addr.wrapping_sub(self.base) < self.size
     }
 
     /// The valid part of the map-site stack.
     pub fn frames(&self) -> &[u64] {
         self.stack
-            .get(..usize::from(self.stack_depth))
+            .get(..usize::from(self.head.stack_depth))
             .unwrap_or(&[])
     }
 }
@@ -170,7 +149,7 @@ pub struct MappingHead {
     pub irql: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    /// Valid frames (of the slice that goes with it).
+    /// Valid frames (in [`Mapping::stack`], or in the slice that goes with a head).
     pub stack_depth: u8,
 }
 
@@ -192,18 +171,18 @@ impl MappingHead {
         }
     }
 
+    /// True if `addr` lies in `[base, base + size)`.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr.wrapping_sub(self.base) < self.size
+    }
+
     /// The whole mapping: this head with `frames` (cut to `stack_depth` frames and to
     /// [`MAX_STACK_DEPTH`]).
     pub fn with_frames(&self, frames: &[u64]) -> Mapping {
-        let mut m = Mapping::new(self.base, self.size);
-        m.physical = self.physical;
-        m.device = self.device;
-        m.map_time_ns = self.map_time_ns;
-        m.cache = self.cache;
-        m.driver = self.driver;
-        m.processor = self.processor;
-        m.irql = self.irql;
-        m.flags = self.flags;
+        let mut m = Mapping {
+            head: *self,
+            stack: [0; MAX_STACK_DEPTH],
+        };
         let mut n = 0u8;
         for (dst, src) in m
             .stack
@@ -214,27 +193,8 @@ impl MappingHead {
             *dst = *src;
             n = n.saturating_add(1);
         }
-        m.stack_depth = n;
+        m.head.stack_depth = n;
         m
-    }
-}
-
-impl Mapping {
-    /// This mapping without its stack.
-    pub const fn head(&self) -> MappingHead {
-        MappingHead {
-            base: self.base,
-            size: self.size,
-            physical: self.physical,
-            device: self.device,
-            map_time_ns: self.map_time_ns,
-            cache: self.cache,
-            driver: self.driver,
-            processor: self.processor,
-            irql: self.irql,
-            flags: self.flags,
-            stack_depth: self.stack_depth,
-        }
     }
 }
 
@@ -462,7 +422,7 @@ impl Table {
     /// still holds that base, the old entry is removed first and returned (IOSV013).
     /// Never waits for another thread; bounded work.
     pub fn insert(&self, entry: &Mapping) -> InsertOutcome {
-        self.insert_head(&entry.head(), &entry.stack)
+        self.insert_head(&entry.head, &entry.stack)
     }
 
     /// [`insert`](Self::insert) for the hook path: the entry without its stack, and its
@@ -614,20 +574,10 @@ impl Table {
     /// is [`Removal::Removed`]. Frames of `out.stack` past the entry's depth are left as
     /// they were (pass a [`Mapping::new`] to have them zero).
     pub fn remove_into(&self, base: u64, out: &mut Mapping) -> Removal {
-        let mut head = out.head();
+        let mut head = out.head;
         let r = self.remove_head(base, &mut head, &mut out.stack);
         if r == Removal::Removed {
-            out.base = head.base;
-            out.size = head.size;
-            out.physical = head.physical;
-            out.device = head.device;
-            out.map_time_ns = head.map_time_ns;
-            out.cache = head.cache;
-            out.driver = head.driver;
-            out.processor = head.processor;
-            out.irql = head.irql;
-            out.flags = head.flags;
-            out.stack_depth = head.stack_depth;
+            out.head = head;
         }
         r
     }

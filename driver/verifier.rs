@@ -527,7 +527,7 @@ impl<P: Platform> Verifier<P> {
 
     /// Remembers the unmap of `m` (by the caller of `cx`) in the graveyard.
     fn bury(&self, cx: &CallCtx, m: &Mapping) {
-        self.bury_head(cx, &m.head(), m.frames().first().copied().unwrap_or(0));
+        self.bury_head(cx, &m.head, m.frames().first().copied().unwrap_or(0));
     }
 
     /// [`bury`](Self::bury) of a mapping without its stack, `map_site` its innermost frame
@@ -692,7 +692,7 @@ impl<P: Platform> Verifier<P> {
 
     /// Bookkeeping when a mapping leaves the table.
     fn forget_mapping(&self, m: &Mapping) {
-        self.forget_head(&m.head());
+        self.forget_head(&m.head);
     }
 
     /// [`forget_mapping`](Self::forget_mapping) of a mapping without its stack.
