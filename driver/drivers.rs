@@ -199,6 +199,16 @@ impl Drivers {
         }
     }
 
+    /// Records the outcome of the latest attempt to hook `id`, for status: why it was
+    /// refused, or nothing if it was not refused. Control plane (every platform's attach).
+    pub fn note_attach<T>(&self, id: DriverId, result: &Result<T, crate::platform::PlatformError>) {
+        let refusal = match result {
+            Err(crate::platform::PlatformError::Refused(why)) => Some(*why),
+            _ => None,
+        };
+        self.set_refusal(id, refusal);
+    }
+
     /// Records why attaching `id` was refused (`None`: it was not). Control plane.
     pub fn set_refusal(&self, id: DriverId, refusal: Option<crate::intercept::SiteRefusal>) {
         if let Some(s) = self.slot(id) {

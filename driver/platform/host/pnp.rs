@@ -696,15 +696,13 @@ pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, 
             .driver_attached(image.name().as_bytes(), image.base(), image.size())
             .ok_or(PlatformError::NoResources)?,
     };
-    let patched = patch(platform, &image).inspect_err(|e| {
-        if let PlatformError::Refused(why) = e {
-            verifier.drivers().set_refusal(id, Some(*why));
-        }
+    let result = patch(platform, &image);
+    verifier.drivers().note_attach(id, &result);
+    let patched = result.inspect_err(|_| {
         if attached_id(&image).is_none() {
             verifier.driver_detached(id, true);
         }
     })?;
-    verifier.drivers().set_refusal(id, None);
     image.set_driver_id(id.0);
     Ok(patched)
 }
@@ -954,17 +952,11 @@ impl Host {
                 .verifier
                 .image_loaded(name.as_bytes(), base, image.size())
             {
-                match patch(self.platform(), &image) {
-                    Ok(_) => {
-                        self.verifier.drivers().set_refusal(id, None);
-                        image.set_driver_id(id.0);
-                    }
-                    Err(e) => {
-                        if let PlatformError::Refused(why) = e {
-                            self.verifier.drivers().set_refusal(id, Some(why));
-                        }
-                        self.verifier.driver_detached(id, true);
-                    }
+                let result = patch(self.platform(), &image);
+                self.verifier.drivers().note_attach(id, &result);
+                match result {
+                    Ok(_) => image.set_driver_id(id.0),
+                    Err(_) => self.verifier.driver_detached(id, true),
                 }
             }
             *slot = Some(image);

@@ -374,15 +374,6 @@ fn attached_count(plan: &Plan) -> u32 {
     u32::try_from(plan.patches().iter().filter(|p| p.is_attached()).count()).unwrap_or(u32::MAX)
 }
 
-/// Records the outcome of an attach for `iosvctl status`.
-fn note_outcome(glue: &Glue, id: DriverId, result: &Result<u32, PlatformError>) {
-    let refusal = match result {
-        Err(PlatformError::Refused(why)) => Some(*why),
-        _ => None,
-    };
-    glue.verifier.drivers().set_refusal(id, refusal);
-}
-
 /// Patches driver `id` loaded at `[base, base + size)`; control-plane mutex held, the
 /// image held (load callback, or a driver object reference the caller keeps for the
 /// call). At load time any earlier plan is stale (the name was unloaded before it could
@@ -436,7 +427,7 @@ fn attach_locked(
     if result.is_ok() || plan.is_attached() {
         *slot = Some(plan);
     }
-    note_outcome(glue, id, &result);
+    glue.verifier.drivers().note_attach(id, &result);
     result
 }
 
