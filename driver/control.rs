@@ -340,6 +340,7 @@ fn list_mappings<P: Platform>(
             for (d, s) in rec.stack.iter_mut().zip(m.frames()) {
                 *d = *s;
             }
+            crate::mdl::fill_record(&mut rec, m);
             let at = header.saturating_add(n.saturating_mul(item));
             if put(out, at, &rec) {
                 n = n.saturating_add(1);

@@ -36,6 +36,7 @@ pub mod drivers;
 pub mod frame;
 pub mod intercept;
 pub mod journal;
+pub mod mdl;
 pub mod pe;
 pub mod phys;
 pub mod platform;

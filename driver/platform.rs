@@ -110,6 +110,86 @@ pub trait Platform: SlotAccess + Sync {
     /// The real `MmUnmapIoSpace`.
     fn mm_unmap_io_space(&self, base: u64, size: usize);
 
+    // ---- the MDL and reserved-mapping family (issue 11; crate::mdl) --------------------
+    //
+    // The engine calls these only from the hooks of the same routines, which a platform
+    // installs only if its hook table names them (`intercept::MdlHooks`). The defaults do
+    // nothing and map nothing, for platforms that do not hook the family; a platform that
+    // hooks it overrides every one of them.
+
+    /// The real `MmMapLockedPagesSpecifyCache` (`mdl` is the `PMDL`, `access_mode` a
+    /// `KPROCESSOR_MODE`). Returns the address, or 0 on failure.
+    fn mm_map_locked_pages_specify_cache(
+        &self,
+        mdl: u64,
+        access_mode: u8,
+        cache_type: u32,
+        requested_address: u64,
+        bugcheck_on_failure: u32,
+        priority: u32,
+    ) -> u64 {
+        let _ = (mdl, access_mode, cache_type, requested_address);
+        let _ = (bugcheck_on_failure, priority);
+        0
+    }
+    /// The real `MmMapLockedPages`. Returns the address, or 0 on failure.
+    fn mm_map_locked_pages(&self, mdl: u64, access_mode: u8) -> u64 {
+        let _ = (mdl, access_mode);
+        0
+    }
+    /// The real `MmUnmapLockedPages`.
+    fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
+        let _ = (base, mdl);
+    }
+    /// The real `IoFreeMdl`.
+    fn io_free_mdl(&self, mdl: u64) {
+        let _ = mdl;
+    }
+    /// The real `MmUnlockPages`.
+    fn mm_unlock_pages(&self, mdl: u64) {
+        let _ = mdl;
+    }
+    /// The real `MmPrepareMdlForReuse`.
+    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
+        let _ = mdl;
+    }
+    /// The real `MmAllocateMappingAddress`. Returns the range's base, or 0.
+    fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
+        let _ = (size, pool_tag);
+        0
+    }
+    /// The real `MmAllocateMappingAddressEx`. Returns the range's base, or 0.
+    fn mm_allocate_mapping_address_ex(&self, size: usize, pool_tag: u32, flags: u32) -> u64 {
+        let _ = (size, pool_tag, flags);
+        0
+    }
+    /// The real `MmMapLockedPagesWithReservedMapping`. Returns the mapped address (the
+    /// range's base plus the MDL's byte offset), or 0.
+    fn mm_map_locked_pages_with_reserved_mapping(
+        &self,
+        mapping_address: u64,
+        pool_tag: u32,
+        mdl: u64,
+        cache_type: u32,
+    ) -> u64 {
+        let _ = (mapping_address, pool_tag, mdl, cache_type);
+        0
+    }
+    /// The real `MmUnmapReservedMapping`.
+    fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {
+        let _ = (base, pool_tag, mdl);
+    }
+    /// The real `MmFreeMappingAddress`.
+    fn mm_free_mapping_address(&self, base: u64, pool_tag: u32) {
+        let _ = (base, pool_tag);
+    }
+    /// The header fields of the MDL at `mdl` (the caller passed it to a hooked routine,
+    /// which reads it too), or `None` if the platform cannot read it.
+    fn mdl_info(&self, mdl: u64) -> Option<crate::mdl::MdlInfo> {
+        let _ = mdl;
+        None
+    }
+
     /// Breaks into an attached kernel debugger (no-op when none is attached).
     fn debug_break(&self);
     /// Stops the machine with [`BUGCHECK_CODE`] and the given parameters. The host records

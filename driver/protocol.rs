@@ -14,7 +14,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// [`Status::RevisionMismatch`]. Version 2 added the `prior_*` fields of
 /// [`ViolationRecord`] (IOSV005 after address reuse), rule IOSV014,
 /// `DriverStats::hook_refusal`, `StatsReply::flags` and [`Status::HookRefused`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 added the MDL and reserved mapping family (issue 11): rules
+/// IOSV015–IOSV021 (`RULE_SLOTS` 32), `kind`, `mdl` and `passed_mdl` of
+/// [`ViolationRecord`], `kind`, `mdl` and `process_id` of [`MappingRecord`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &str = r"\Device\IoSpaceVerifier";
@@ -164,7 +167,7 @@ pub const NAME_LEN: usize = 32;
 /// Frames in a wire stack (entries past a record's depth are zero).
 pub const MAX_STACK: usize = 16;
 /// Slots in per-rule arrays on the wire (14 rules used, room to grow).
-pub const RULE_SLOTS: usize = 16;
+pub const RULE_SLOTS: usize = 32;
 /// Target image names a configuration holds.
 pub const MAX_TARGETS: usize = 16;
 
@@ -459,7 +462,7 @@ pub struct ViolationRecord {
     pub seq: u64,
     /// When it happened (endpoint time, ns).
     pub timestamp_ns: u64,
-    /// Rule number (1..=14).
+    /// Rule number (1..=21).
     pub rule: u8,
     /// [`crate::rules::Action`] taken.
     pub action: u8,
@@ -479,8 +482,9 @@ pub struct ViolationRecord {
     pub call_stack_depth: u8,
     /// IRQL at which the mapping was made.
     pub map_irql: u8,
-    /// Zero.
-    pub reserved: u8,
+    /// [`MappingKind`](crate::mdl::MappingKind) of the mapping or call involved:
+    /// 0 I/O space, 1 MDL, 2 reserved range (`MK_*`).
+    pub kind: u8,
     /// Process of the call.
     pub process_id: u64,
     /// Thread of the call.
@@ -525,7 +529,23 @@ pub struct ViolationRecord {
     /// IOSV005: the map site of the mapping that was unmapped before (the return address
     /// of its map call; 0 if unknown).
     pub prior_map_site: u64,
+    /// MDL and reserved kinds: the MDL the mapping was made with (a reserved range: the
+    /// MDL mapped into it now; 0 if none or unknown).
+    pub mdl: u64,
+    /// MDL and reserved kinds: the MDL the call passed (0 if none).
+    pub passed_mdl: u64,
 }
+
+/// `ViolationRecord::kind` / `MappingRecord::kind`: an I/O-space mapping
+/// (MmMapIoSpace/MmMapIoSpaceEx).
+pub const MK_IO_SPACE: u8 = 0;
+/// `ViolationRecord::kind` / `MappingRecord::kind`: an MDL mapping
+/// (MmMapLockedPagesSpecifyCache/MmMapLockedPages, also through
+/// MmGetSystemAddressForMdlSafe).
+pub const MK_MDL: u8 = 1;
+/// `ViolationRecord::kind` / `MappingRecord::kind`: a reserved range
+/// (MmAllocateMappingAddress(Ex)), mapped or not.
+pub const MK_RESERVED: u8 = 2;
 
 /// Request of [`IOCTL_LIST_MAPPINGS`].
 #[derive(
@@ -587,6 +607,15 @@ pub const MF_LEAK_REPORTED: u8 = 1 << 1;
 /// handing its address out again (the driver unmapped it unhooked) removes it.
 pub const MF_DETACHED: u8 = 1 << 2;
 
+/// `MappingRecord::flags`: an MDL mapping (`kind` [`MK_MDL`]).
+pub const MF_KIND_MDL: u8 = 1 << 3;
+/// `MappingRecord::flags`: a reserved range (`kind` [`MK_RESERVED`]).
+pub const MF_KIND_RESERVED: u8 = 1 << 4;
+/// `MappingRecord::flags`: an MDL mapping into user space (AccessMode UserMode).
+pub const MF_USER: u8 = 1 << 5;
+/// `MappingRecord::flags`: a reserved range with an MDL mapped into it now.
+pub const MF_RESERVED_MAPPED: u8 = 1 << 6;
+
 /// One live mapping.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
@@ -597,13 +626,13 @@ pub struct MappingRecord {
     pub base: u64,
     /// Bytes mapped.
     pub size: u64,
-    /// Physical address.
+    /// Physical address (I/O space; 0 for the other kinds).
     pub physical: u64,
     /// Device the mapping is attributed to (0 = none).
     pub device: u64,
     /// When it was made (ns, endpoint time).
     pub map_time_ns: u64,
-    /// Cache type or protection.
+    /// Cache type or protection (a reserved range: its pool tag).
     pub cache: u32,
     /// Owning driver id.
     pub driver_id: u16,
@@ -615,14 +644,19 @@ pub struct MappingRecord {
     pub flags: u8,
     /// Valid frames in `stack`.
     pub stack_depth: u8,
-    /// Zero.
-    pub reserved: u8,
+    /// `MK_*`: I/O space, MDL or reserved range.
+    pub kind: u8,
     /// Zero.
     pub reserved2: u32,
     /// Owning driver's name.
     pub driver_name: [u8; NAME_LEN],
     /// Stack of the map call.
     pub stack: [u64; MAX_STACK],
+    /// MDL kind: the MDL mapped; reserved kind: the MDL mapped into the range now (0 if
+    /// none); I/O space: 0.
+    pub mdl: u64,
+    /// MDL kind with [`MF_USER`]: the process mapped into; 0 otherwise.
+    pub process_id: u64,
 }
 
 /// Request of [`IOCTL_GET_CONFIG`].
@@ -658,7 +692,7 @@ pub struct ConfigBlock {
     pub stack_depth: u32,
     /// Valid entries in `targets`.
     pub target_count: u32,
-    /// Action per rule (index = rule number - 1; entries 13.. are zero).
+    /// Action per rule (index = rule number - 1; entries past the last rule are zero).
     pub actions: [u8; RULE_SLOTS],
     /// Image names to hook when they load (NUL-padded ASCII, compared case-insensitively).
     pub targets: [[u8; NAME_LEN]; MAX_TARGETS],
@@ -714,16 +748,16 @@ pub struct AttachReply {
 const _: () = {
     assert!(core::mem::size_of::<HelloRequest>() == 8);
     assert!(core::mem::size_of::<HelloReply>() == 56);
-    assert!(core::mem::size_of::<Counters>() == 232);
-    assert!(core::mem::size_of::<StatsReply>() == 256);
+    assert!(core::mem::size_of::<Counters>() == 360);
+    assert!(core::mem::size_of::<StatsReply>() == 384);
     assert!(core::mem::size_of::<DriverStats>() == 112);
     assert!(core::mem::size_of::<ReadViolationsRequest>() == 16);
     assert!(core::mem::size_of::<ReadViolationsReply>() == 40);
-    assert!(core::mem::size_of::<ViolationRecord>() == 472);
+    assert!(core::mem::size_of::<ViolationRecord>() == 488);
     assert!(core::mem::size_of::<ListMappingsRequest>() == 40);
     assert!(core::mem::size_of::<ListMappingsReply>() == 32);
-    assert!(core::mem::size_of::<MappingRecord>() == 216);
-    assert!(core::mem::size_of::<ConfigBlock>() == 544);
+    assert!(core::mem::size_of::<MappingRecord>() == 232);
+    assert!(core::mem::size_of::<ConfigBlock>() == 560);
     assert!(core::mem::size_of::<ClearRequest>() == 8);
     assert!(core::mem::size_of::<DriverNameRequest>() == 40);
     assert!(core::mem::size_of::<AttachReply>() == 8);

@@ -2,7 +2,9 @@
 //! requirement is documented. The engine, the client's SARIF/JUnit output and the docs all
 //! read this one table.
 
-/// A rule's stable identity (`IOSV001`..`IOSV014`); the discriminant is the rule number.
+/// A rule's stable identity (`IOSV001`..`IOSV021`); the discriminant is the rule number.
+/// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV021 the MDL and reserved
+/// mapping family (see [`crate::mdl`]). The leak rules IOSV007–IOSV009 cover every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum RuleId {
@@ -37,10 +39,31 @@ pub enum RuleId {
     /// IOSV014: unmap at the page-aligned address of a mapping whose base is not
     /// page-aligned (the base MmMapIoSpace returned carries the physical page offset).
     UnmapPageBase = 14,
+    /// IOSV015: `MmUnmapLockedPages` / `MmUnmapReservedMapping` with an MDL other than the
+    /// one the mapping was made with.
+    MdlUnmapWrongMdl = 15,
+    /// IOSV016: `MmUnmapLockedPages` above the ceiling of the mapping's mode
+    /// (DISPATCH_LEVEL for system space, APC_LEVEL for user space), or
+    /// `MmUnmapReservedMapping` above DISPATCH_LEVEL.
+    MdlUnmapIrql = 16,
+    /// IOSV017: `IoFreeMdl`, `MmUnlockPages` or `MmPrepareMdlForReuse` of an MDL whose
+    /// explicit mapping is live and is not released by that call.
+    MdlReleasedWhileMapped = 17,
+    /// IOSV018: `MmFreeMappingAddress` of a reserved range that is still mapped.
+    ReservedFreedWhileMapped = 18,
+    /// IOSV019: `MmMapLockedPagesWithReservedMapping` into a reserved range that is
+    /// already mapped.
+    ReservedMappedTwice = 19,
+    /// IOSV020: `MmMapLockedPagesWithReservedMapping` with an MDL that spans more pages
+    /// than the reserved range.
+    ReservedSize = 20,
+    /// IOSV021: a user-space MDL mapping unmapped from another process than the one it
+    /// was mapped into.
+    UnmapOtherProcess = 21,
 }
 
 /// Number of rules.
-pub const RULE_COUNT: usize = 14;
+pub const RULE_COUNT: usize = 21;
 
 impl RuleId {
     /// Every rule, in id order.
@@ -59,9 +82,16 @@ impl RuleId {
         RuleId::UnmapForeign,
         RuleId::StaleEntry,
         RuleId::UnmapPageBase,
+        RuleId::MdlUnmapWrongMdl,
+        RuleId::MdlUnmapIrql,
+        RuleId::MdlReleasedWhileMapped,
+        RuleId::ReservedFreedWhileMapped,
+        RuleId::ReservedMappedTwice,
+        RuleId::ReservedSize,
+        RuleId::UnmapOtherProcess,
     ];
 
-    /// The rule with number `n` (1..=14).
+    /// The rule with number `n` (1..=21).
     pub const fn from_number(n: u8) -> Option<RuleId> {
         Some(match n {
             1 => RuleId::UnmapSizeMismatch,
@@ -78,16 +108,23 @@ impl RuleId {
             12 => RuleId::UnmapForeign,
             13 => RuleId::StaleEntry,
             14 => RuleId::UnmapPageBase,
+            15 => RuleId::MdlUnmapWrongMdl,
+            16 => RuleId::MdlUnmapIrql,
+            17 => RuleId::MdlReleasedWhileMapped,
+            18 => RuleId::ReservedFreedWhileMapped,
+            19 => RuleId::ReservedMappedTwice,
+            20 => RuleId::ReservedSize,
+            21 => RuleId::UnmapOtherProcess,
             _ => return None,
         })
     }
 
-    /// The rule's number (1..=14).
+    /// The rule's number (1..=21).
     pub const fn number(self) -> u8 {
         self as u8
     }
 
-    /// Index into per-rule arrays (0..14).
+    /// Index into per-rule arrays (0..21).
     pub const fn index(self) -> usize {
         (self as u8).wrapping_sub(1) as usize
     }
@@ -206,6 +243,16 @@ const DDI_MAP: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospace";
 const DDI_MAP_EX: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmapiospaceex";
+const DDI_MDL_UNMAP: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunmaplockedpages";
+const DDI_UNLOCK: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunlockpages";
+const DDI_FREE_MAPPING: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmfreemappingaddress";
+const DDI_RESERVED_MAP: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmaplockedpageswithreservedmapping";
+const BUGCHECK_DA: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-0xda--system-pte-misuse";
 const BUGCHECK_C4: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-0xc4--driver-verifier-detected-violation";
 
@@ -367,6 +414,76 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         reference: DDI_UNMAP,
         containable: true,
     },
+    RuleInfo {
+        id: RuleId::MdlUnmapWrongMdl,
+        code: "IOSV015",
+        name: "mdl-unmap-wrong-mdl",
+        severity: Severity::Error,
+        summary: "MmUnmapLockedPages/MmUnmapReservedMapping with an MDL other than the one the mapping was made with (Mm would unmap the other MDL's page count and leave the mapped MDL flagged mapped: bug check 0xDA/0x02-0x06) (contained: unmapped with the tracked MDL)",
+        help: "Pass the unmap the MDL that was mapped, and keep the MDL alive until the mapping is released.",
+        reference: BUGCHECK_DA,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::MdlUnmapIrql,
+        code: "IOSV016",
+        name: "mdl-unmap-irql",
+        severity: Severity::Error,
+        summary: "MmUnmapLockedPages above DISPATCH_LEVEL for a system-space mapping or above APC_LEVEL for a user-space one, or MmUnmapReservedMapping above DISPATCH_LEVEL",
+        help: "Unmap system-space MDL mappings at IRQL <= DISPATCH_LEVEL and user-space ones at PASSIVE_LEVEL or APC_LEVEL (Driver Verifier 0xC4/0x79-0x7A).",
+        reference: DDI_MDL_UNMAP,
+        containable: false,
+    },
+    RuleInfo {
+        id: RuleId::MdlReleasedWhileMapped,
+        code: "IOSV017",
+        name: "mdl-released-while-mapped",
+        severity: Severity::Error,
+        summary: "IoFreeMdl, MmUnlockPages or MmPrepareMdlForReuse of an MDL whose explicit mapping is live and not released by that call (a user-space mapping, or a system-space mapping of a non-partial MDL at IoFreeMdl/MmPrepareMdlForReuse): the PTEs leak or map unlocked pages (contained: iosv unmaps first)",
+        help: "MmUnmapLockedPages every explicit mapping before unlocking or freeing its MDL; only MmUnlockPages releases a system-space mapping of a locked MDL by itself.",
+        reference: DDI_UNLOCK,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::ReservedFreedWhileMapped,
+        code: "IOSV018",
+        name: "reserved-freed-while-mapped",
+        severity: Severity::Error,
+        summary: "MmFreeMappingAddress of a reserved range that MmMapLockedPagesWithReservedMapping mapped and nothing unmapped (contained: iosv unmaps it first)",
+        help: "Call MmUnmapReservedMapping before MmFreeMappingAddress.",
+        reference: DDI_FREE_MAPPING,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::ReservedMappedTwice,
+        code: "IOSV019",
+        name: "reserved-mapped-twice",
+        severity: Severity::Error,
+        summary: "MmMapLockedPagesWithReservedMapping into a reserved range that is already mapped (contained: not passed to Mm, NULL returned)",
+        help: "Unmap the reserved range with MmUnmapReservedMapping before mapping another MDL into it; use one reserved range per concurrent user.",
+        reference: DDI_RESERVED_MAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::ReservedSize,
+        code: "IOSV020",
+        name: "reserved-size",
+        severity: Severity::Error,
+        summary: "MmMapLockedPagesWithReservedMapping with an MDL whose pages (byte offset + byte count) do not fit the reserved range (contained: not passed to Mm, NULL returned, as Mm documents for this case)",
+        help: "Reserve the largest transfer (plus one page for an unaligned buffer) with MmAllocateMappingAddress, or split the transfer.",
+        reference: DDI_RESERVED_MAP,
+        containable: true,
+    },
+    RuleInfo {
+        id: RuleId::UnmapOtherProcess,
+        code: "IOSV021",
+        name: "unmap-other-process",
+        severity: Severity::Error,
+        summary: "MmUnmapLockedPages of a user-space MDL mapping from another process than the one it was mapped into (Mm would unmap that range of the current process) (contained: not passed to Mm, the mapping stays tracked)",
+        help: "Unmap a user-space mapping in the context of the process it was mapped into (e.g. in IRP_MJ_CLEANUP of that process's handle).",
+        reference: DDI_MDL_UNMAP,
+        containable: true,
+    },
 ];
 
 #[cfg(test)]
@@ -383,7 +500,7 @@ mod tests {
             assert_eq!(RuleId::parse(&r.code.to_lowercase()), Some(r.id));
         }
         assert_eq!(RuleId::from_number(0), None);
-        assert_eq!(RuleId::from_number(15), None);
+        assert_eq!(RuleId::from_number(22), None);
         assert_eq!(RuleId::ALL.len(), RULE_COUNT);
     }
 
@@ -403,6 +520,12 @@ mod tests {
                 RuleId::UnmapInterior,
                 RuleId::UnmapForeign,
                 RuleId::UnmapPageBase,
+                RuleId::MdlUnmapWrongMdl,
+                RuleId::MdlReleasedWhileMapped,
+                RuleId::ReservedFreedWhileMapped,
+                RuleId::ReservedMappedTwice,
+                RuleId::ReservedSize,
+                RuleId::UnmapOtherProcess,
             ]
         );
     }

@@ -12,6 +12,7 @@ pub use crate::config::StartParams;
 use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
+use crate::mdl::{is_io_space, MappingKind, MdlIndex, FLAG_USER};
 use crate::phys::{
     byte_offset, check_parameters, page_align, page_range, CacheClass, ConflictFilter,
 };
@@ -110,6 +111,8 @@ pub struct Verifier<P: Platform> {
     graveyard: Graveyard,
     untracked: UntrackedSet,
     conflicts: ConflictFilter,
+    /// MDLs of live MDL mappings (the family's hooks, `verifier/mdl.rs`).
+    mdls: MdlIndex,
     journal: Journal,
     stats: Stats,
     drivers: Drivers,
@@ -131,6 +134,7 @@ impl<P: Platform> Verifier<P> {
             graveyard: Graveyard::new(params.graveyard)?,
             untracked: UntrackedSet::new(params.untracked)?,
             conflicts: ConflictFilter::new(params.conflict_buckets)?,
+            mdls: MdlIndex::new()?,
             journal: Journal::new(params.journal_records)?,
             stats: Stats::new(processors)?,
             drivers: Drivers::new()?,
@@ -356,6 +360,7 @@ impl<P: Platform> Verifier<P> {
         let mut other = None;
         self.table.walk(0, usize::MAX, |m| {
             let overlaps = m.flags & FLAG_DETACHED == 0
+                && is_io_space(m.flags)
                 && page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
             if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
                 other = Some(*m);
@@ -437,6 +442,25 @@ impl<P: Platform> Verifier<P> {
         }
 
         match found {
+            Removal::Removed if !is_io_space(h.flags) => {
+                // MmUnmapIoSpace of an MDL mapping or a reserved range: not an I/O-space
+                // mapping. IOSV004, contained: the entry stays (crate::mdl).
+                let m = h.with_frames(frames);
+                let mut r = self.mapping_record(&cx, &m);
+                r.address = base;
+                r.passed_size = size64;
+                if contain {
+                    self.restore(&cx, &m);
+                    r.flags |= VF_CONTAINED;
+                    self.stats.bump(cx.processor, Counter::Contained);
+                    self.violate(RuleId::UnmapUnknown, &cx, r);
+                } else {
+                    self.forget_mapping(&m);
+                    self.bury(&cx, &m);
+                    self.violate(RuleId::UnmapUnknown, &cx, r);
+                    self.platform.mm_unmap_io_space(base, size);
+                }
+            }
             Removal::Removed
                 if h.driver != 0 && cx.driver != DriverId::NONE && h.driver != cx.driver.0 =>
             {
@@ -690,9 +714,13 @@ impl<P: Platform> Verifier<P> {
         }
     }
 
-    /// Bookkeeping when a mapping leaves the table.
+    /// Bookkeeping when a mapping (of any kind) leaves the table.
     fn forget_mapping(&self, m: &Mapping) {
-        self.forget_head(&m.head);
+        if is_io_space(m.flags) {
+            self.forget_head(&m.head);
+        } else {
+            self.forget_family(&m.head);
+        }
     }
 
     /// [`forget_mapping`](Self::forget_mapping) of a mapping without its stack.
@@ -743,6 +771,16 @@ impl<P: Platform> Verifier<P> {
         r.owner_id = m.driver;
         r.owner_name = self.drivers.name(DriverId(m.driver));
         copy_frames(&mut r.map_stack, &mut r.map_stack_depth, m.frames());
+        if !is_io_space(m.flags) {
+            // The MDL and reserved kinds keep their MDL in `physical` (crate::mdl), and a
+            // user-space mapping its process in `device`.
+            r.kind = MappingKind::of(m.flags) as u8;
+            r.mdl = m.physical;
+            r.physical = 0;
+            if m.flags & FLAG_USER != 0 {
+                r.device = 0;
+            }
+        }
         r
     }
 
@@ -940,5 +978,6 @@ fn copy_frames(dst: &mut [u64; MAX_STACK], depth: &mut u8, src: &[u64]) {
     *depth = n;
 }
 
+mod mdl;
 #[cfg(test)]
 mod tests;

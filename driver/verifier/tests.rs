@@ -63,7 +63,7 @@ impl Bed {
     fn containment_off(&self) {
         self.v.settings().apply(&crate::protocol::ConfigBlock {
             flags: 0,
-            actions: [1u8; 16],
+            actions: [1u8; crate::protocol::RULE_SLOTS],
             ..Default::default()
         });
     }
@@ -99,7 +99,7 @@ fn iosv001_size_mismatch_contained_with_tracked_size() {
 
     b.v.settings().apply(&crate::protocol::ConfigBlock {
         flags: 0,
-        actions: [1u8; 16],
+        actions: [1u8; crate::protocol::RULE_SLOTS],
         ..Default::default()
     });
     let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
@@ -127,7 +127,7 @@ fn iosv002_unmap_irql_ceiling_ddi_and_verifier_modes() {
     let base = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
     b.v.settings().apply(&crate::protocol::ConfigBlock {
         flags: crate::protocol::CF_CONTAINMENT | crate::protocol::CF_VERIFIER_IRQL,
-        actions: [1u8; 16],
+        actions: [1u8; crate::protocol::RULE_SLOTS],
         ..Default::default()
     });
     b.set_irql(2);

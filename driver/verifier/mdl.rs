@@ -1,0 +1,570 @@
+//! The engine's hooks for the MDL and reserved-mapping family (issue 11; the data model
+//! and what the documentation says are in [`crate::mdl`]).
+//!
+//! Same order as the I/O-space hooks (design.md §5): a map calls the real routine and
+//! *then* inserts; an unmap validates and removes *before* the real routine runs (or is
+//! contained). A reserved range is one entry for its whole life; mapping an MDL into it
+//! or unmapping one takes the entry out, updates it and puts it back (bounded, never
+//! waits — a call racing that instant on the same range finds no entry and is judged as
+//! such, which only a driver using one range from two threads at once can see).
+//! `IoFreeMdl` / `MmUnlockPages` / `MmPrepareMdlForReuse` first ask the [`MdlIndex`]
+//! (one load) whether the MDL may have a tracked mapping, and walk the table only if so.
+//!
+//! [`MdlIndex`]: crate::mdl::MdlIndex
+
+use super::{copy_frames, CallCtx, Verifier, OWN_FRAMES};
+use crate::drivers::DriverId;
+use crate::mdl::{
+    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED,
+    FLAG_USER, USER_MODE,
+};
+use crate::phys::page_align;
+use crate::platform::{Caller, Irql, Platform};
+use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
+use crate::rules::RuleId;
+use crate::stats::{Counter, DriverCounter};
+use crate::table::{
+    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, FLAG_DETACHED,
+    FLAG_LEAK_REPORTED, MAX_STACK_DEPTH,
+};
+
+/// `MmCached`: the cache type `MmMapLockedPages` maps with.
+const MM_CACHED: u32 = 1;
+
+impl<P: Platform> Verifier<P> {
+    // ---- MDL mappings -------------------------------------------------------------------
+
+    /// The `MmMapLockedPagesSpecifyCache` hook (also what `MmGetSystemAddressForMdlSafe`
+    /// expands to): calls the real routine, then tracks the mapping.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_locked_pages_specify_cache(
+        &self,
+        caller: Caller,
+        mdl: u64,
+        access_mode: u8,
+        cache_type: u32,
+        requested_address: u64,
+        bugcheck_on_failure: u32,
+        priority: u32,
+    ) -> u64 {
+        let cx = self.ctx(caller);
+        let base = self.platform.mm_map_locked_pages_specify_cache(
+            mdl,
+            access_mode,
+            cache_type,
+            requested_address,
+            bugcheck_on_failure,
+            priority,
+        );
+        self.track_mdl_mapping(&cx, base, mdl, access_mode, cache_type)
+    }
+
+    /// The `MmMapLockedPages` hook (the legacy form: cached, bug check on failure in
+    /// kernel mode).
+    pub fn map_locked_pages(&self, caller: Caller, mdl: u64, access_mode: u8) -> u64 {
+        let cx = self.ctx(caller);
+        let base = self.platform.mm_map_locked_pages(mdl, access_mode);
+        self.track_mdl_mapping(&cx, base, mdl, access_mode, MM_CACHED)
+    }
+
+    fn track_mdl_mapping(&self, cx: &CallCtx, base: u64, mdl: u64, mode: u8, cache: u32) -> u64 {
+        if base == 0 {
+            self.stats.bump(cx.processor, Counter::MapFailures);
+            return 0;
+        }
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
+        let user = mode == USER_MODE;
+        let size = self
+            .platform
+            .mdl_info(mdl)
+            .map_or(0, |i| u64::from(i.byte_count));
+        let mut m = self.family_head(cx, base, size);
+        m.physical = mdl;
+        m.cache = cache;
+        if user {
+            m.flags = FLAG_KIND_MDL | FLAG_USER;
+            m.device = cx.process;
+        } else {
+            m.flags = FLAG_KIND_MDL;
+        }
+        self.insert_family(cx, m);
+        base
+    }
+
+    /// The `MmUnmapLockedPages` hook: validates and removes the entry, then calls the real
+    /// routine (with the tracked MDL for a contained IOSV015) or contains the call.
+    pub fn unmap_locked_pages(&self, caller: Caller, base: u64, mdl: u64) {
+        let cx = self.ctx(caller);
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
+        let contain = self.settings.containment();
+        let mut frames = [0u64; MAX_STACK_DEPTH];
+        let mut h = MappingHead::new(base, 0);
+        let found = self.table.remove_head(base, &mut h, &mut frames);
+        let depth = usize::from(h.stack_depth);
+        let m = h.with_frames(frames.get(..depth).unwrap_or(&[]));
+        let real = |mdl: u64| self.platform.mm_unmap_locked_pages(base, mdl);
+        match found {
+            Removal::Removed if MappingKind::of(m.flags) != MappingKind::Mdl => {
+                // MmUnmapLockedPages of an I/O-space mapping or a reserved range: not an
+                // MDL mapping (Mm would bug-check 0xDA). Contained, the entry stays.
+                let mut r = self.family_record(&cx, &m);
+                r.address = base;
+                r.passed_mdl = mdl;
+                if contain {
+                    self.restore(&cx, &m);
+                    self.contain_record(&cx, &mut r);
+                    self.violate(RuleId::UnmapUnknown, &cx, r);
+                } else {
+                    self.forget_mapping(&m);
+                    self.bury(&cx, &m);
+                    self.violate(RuleId::UnmapUnknown, &cx, r);
+                    real(mdl);
+                }
+            }
+            Removal::Removed => self.unmap_mdl_entry(&cx, &m, base, mdl, contain),
+            Removal::Racing => {
+                let mut r = self.blank_record(&cx);
+                r.address = base;
+                r.passed_mdl = mdl;
+                r.kind = MappingKind::Mdl as u8;
+                if contain {
+                    self.contain_record(&cx, &mut r);
+                }
+                self.violate(RuleId::DoubleUnmap, &cx, r);
+                if !contain {
+                    real(mdl);
+                }
+            }
+            Removal::NotFound => {
+                if self.family_not_found(&cx, base, mdl, MappingKind::Mdl, contain) {
+                    real(mdl);
+                }
+            }
+        }
+    }
+
+    /// An `MmUnmapLockedPages` of the live MDL mapping `m` (already out of the table).
+    fn unmap_mdl_entry(&self, cx: &CallCtx, m: &Mapping, base: u64, mdl: u64, contain: bool) {
+        let user = m.flags & FLAG_USER != 0;
+        let record = || {
+            let mut r = self.family_record(cx, m);
+            r.address = base;
+            r.passed_mdl = mdl;
+            r
+        };
+        let ceiling = if user { Irql::APC } else { Irql::DISPATCH };
+        if cx.irql > ceiling {
+            self.violate(RuleId::MdlUnmapIrql, cx, record());
+        }
+        if user && m.device != cx.process {
+            // Mm would unmap that range of the *current* process. Contained: nothing
+            // reaches Mm and the mapping stays tracked (its process still maps it).
+            let mut r = record();
+            if contain {
+                self.restore(cx, m);
+                self.contain_record(cx, &mut r);
+                self.violate(RuleId::UnmapOtherProcess, cx, r);
+            } else {
+                self.forget_mapping(m);
+                self.bury(cx, m);
+                self.violate(RuleId::UnmapOtherProcess, cx, r);
+                self.platform.mm_unmap_locked_pages(base, mdl);
+            }
+            return;
+        }
+        self.forget_mapping(m);
+        self.bury(cx, m);
+        if mdl != m.physical {
+            let mut r = record();
+            if contain {
+                self.contain_record(cx, &mut r);
+            }
+            self.violate(RuleId::MdlUnmapWrongMdl, cx, r);
+            let pass = if contain { m.physical } else { mdl };
+            self.platform.mm_unmap_locked_pages(base, pass);
+        } else {
+            self.platform.mm_unmap_locked_pages(base, mdl);
+        }
+    }
+
+    /// The `IoFreeMdl` hook.
+    pub fn io_free_mdl(&self, caller: Caller, mdl: u64) {
+        self.mdl_released(caller, mdl, MdlRelease::Free);
+        self.platform.io_free_mdl(mdl);
+    }
+
+    /// The `MmUnlockPages` hook.
+    pub fn unlock_pages(&self, caller: Caller, mdl: u64) {
+        self.mdl_released(caller, mdl, MdlRelease::Unlock);
+        self.platform.mm_unlock_pages(mdl);
+    }
+
+    /// The `MmPrepareMdlForReuse` hook.
+    pub fn prepare_mdl_for_reuse(&self, caller: Caller, mdl: u64) {
+        self.mdl_released(caller, mdl, MdlRelease::PrepareForReuse);
+        self.platform.mm_prepare_mdl_for_reuse(mdl);
+    }
+
+    /// Before `how` releases `mdl`: its live mappings that the routine releases by itself
+    /// leave the table (an implicit release); the others are IOSV017 — contained by
+    /// unmapping them first when that is legal here (a system-space mapping at
+    /// IRQL <= DISPATCH_LEVEL, a user-space one at <= APC_LEVEL in its own process),
+    /// otherwise reported once and kept listed (flagged leak-reported).
+    fn mdl_released(&self, caller: Caller, mdl: u64, how: MdlRelease) {
+        if mdl == 0 || !self.mdls.may_hold(mdl) {
+            return;
+        }
+        let cx = self.ctx(caller);
+        let info = self.platform.mdl_info(mdl);
+        let contain = self.settings.containment();
+        self.for_each_picked(
+            |m| MappingKind::of(m.flags) == MappingKind::Mdl && m.physical == mdl,
+            |m| {
+                if how.releases(m.flags, info) {
+                    if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
+                        self.forget_mapping(&gone);
+                        self.bury(&cx, &gone);
+                    }
+                    return;
+                }
+                if m.flags & FLAG_LEAK_REPORTED != 0 {
+                    return;
+                }
+                let user = m.flags & FLAG_USER != 0;
+                let can_unmap = if user {
+                    cx.irql <= Irql::APC && m.device == cx.process
+                } else {
+                    cx.irql <= Irql::DISPATCH
+                };
+                let mut r = self.family_record(&cx, m);
+                r.address = m.base;
+                r.passed_mdl = mdl;
+                if contain && can_unmap {
+                    if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
+                        self.forget_mapping(&gone);
+                        self.bury(&cx, &gone);
+                        self.contain_record(&cx, &mut r);
+                        self.violate(RuleId::MdlReleasedWhileMapped, &cx, r);
+                        self.platform.mm_unmap_locked_pages(gone.base, mdl);
+                    }
+                } else if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
+                    self.violate(RuleId::MdlReleasedWhileMapped, &cx, r);
+                }
+            },
+        );
+    }
+
+    // ---- reserved ranges ---------------------------------------------------------------
+
+    /// The `MmAllocateMappingAddress` hook.
+    pub fn allocate_mapping_address(&self, caller: Caller, size: usize, pool_tag: u32) -> u64 {
+        let cx = self.ctx(caller);
+        let base = self.platform.mm_allocate_mapping_address(size, pool_tag);
+        self.track_reserved(&cx, base, size, pool_tag)
+    }
+
+    /// The `MmAllocateMappingAddressEx` hook.
+    pub fn allocate_mapping_address_ex(
+        &self,
+        caller: Caller,
+        size: usize,
+        pool_tag: u32,
+        flags: u32,
+    ) -> u64 {
+        let cx = self.ctx(caller);
+        let base = self
+            .platform
+            .mm_allocate_mapping_address_ex(size, pool_tag, flags);
+        self.track_reserved(&cx, base, size, pool_tag)
+    }
+
+    fn track_reserved(&self, cx: &CallCtx, base: u64, size: usize, tag: u32) -> u64 {
+        if base == 0 {
+            self.stats.bump(cx.processor, Counter::MapFailures);
+            return 0;
+        }
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
+        let mut m = self.family_head(cx, base, size as u64);
+        m.cache = tag;
+        m.flags = FLAG_KIND_RESERVED;
+        self.insert_family(cx, m);
+        base
+    }
+
+    /// The `MmMapLockedPagesWithReservedMapping` hook: IOSV019 if the range is mapped
+    /// already, IOSV020 if the MDL does not fit it (both contained: NULL, nothing reaches
+    /// Mm); otherwise the real routine, and the range records the MDL.
+    pub fn map_reserved(
+        &self,
+        caller: Caller,
+        mapping_address: u64,
+        pool_tag: u32,
+        mdl: u64,
+        cache_type: u32,
+    ) -> u64 {
+        let cx = self.ctx(caller);
+        let contain = self.settings.containment();
+        let real = || {
+            self.platform
+                .mm_map_locked_pages_with_reserved_mapping(mapping_address, pool_tag, mdl, cache_type)
+        };
+        let Some(mut m) = self.take_reserved(&cx, page_align(mapping_address)) else {
+            // Not a range iosv tracks (allocated before the attach, or untracked): pass.
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            return real();
+        };
+        let record = |m: &Mapping| {
+            let mut r = self.family_record(&cx, m);
+            r.address = mapping_address;
+            r.passed_mdl = mdl;
+            r
+        };
+        let rule = if m.flags & FLAG_RESERVED_MAPPED != 0 {
+            Some(RuleId::ReservedMappedTwice)
+        } else if self
+            .platform
+            .mdl_info(mdl)
+            .and_then(|i| i.span_bytes())
+            .is_some_and(|span| span > m.size)
+        {
+            Some(RuleId::ReservedSize)
+        } else {
+            None
+        };
+        if let Some(rule) = rule {
+            let mut r = record(&m);
+            r.passed_size = self
+                .platform
+                .mdl_info(mdl)
+                .and_then(|i| i.span_bytes())
+                .unwrap_or(0);
+            if contain {
+                self.restore(&cx, &m);
+                self.contain_record(&cx, &mut r);
+                self.violate(rule, &cx, r);
+                return 0;
+            }
+            self.violate(rule, &cx, r);
+        }
+        let va = real();
+        if va != 0 {
+            m.physical = mdl;
+            m.flags |= FLAG_RESERVED_MAPPED;
+            self.stats
+                .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
+        }
+        self.restore(&cx, &m);
+        va
+    }
+
+    /// The `MmUnmapReservedMapping` hook.
+    pub fn unmap_reserved(&self, caller: Caller, base: u64, pool_tag: u32, mdl: u64) {
+        let cx = self.ctx(caller);
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
+        let contain = self.settings.containment();
+        let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
+        let Some(mut m) = self.take_reserved(&cx, page_align(base)) else {
+            if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
+                real(mdl);
+            }
+            return;
+        };
+        let record = |m: &Mapping| {
+            let mut r = self.family_record(&cx, m);
+            r.address = base;
+            r.passed_mdl = mdl;
+            r
+        };
+        if m.flags & FLAG_RESERVED_MAPPED == 0 {
+            // Nothing is mapped into the range: an unmap of an unmapped range.
+            let mut r = record(&m);
+            self.restore(&cx, &m);
+            if contain {
+                self.contain_record(&cx, &mut r);
+            }
+            self.violate(RuleId::DoubleUnmap, &cx, r);
+            if !contain {
+                real(mdl);
+            }
+            return;
+        }
+        if cx.irql > Irql::DISPATCH {
+            self.violate(RuleId::MdlUnmapIrql, &cx, record(&m));
+        }
+        let mapped = m.physical;
+        if mdl != mapped {
+            let mut r = record(&m);
+            if contain {
+                self.contain_record(&cx, &mut r);
+            }
+            self.violate(RuleId::MdlUnmapWrongMdl, &cx, r);
+            real(if contain { mapped } else { mdl });
+        } else {
+            real(mdl);
+        }
+        m.physical = 0;
+        m.flags &= !FLAG_RESERVED_MAPPED;
+        self.restore(&cx, &m);
+    }
+
+    /// The `MmFreeMappingAddress` hook: IOSV018 if the range is still mapped (contained:
+    /// iosv unmaps it first, with the tracked MDL).
+    pub fn free_mapping_address(&self, caller: Caller, base: u64, pool_tag: u32) {
+        let cx = self.ctx(caller);
+        let contain = self.settings.containment();
+        let Some(m) = self.take_reserved(&cx, base) else {
+            if self.family_not_found(&cx, base, 0, MappingKind::Reserved, contain) {
+                self.platform.mm_free_mapping_address(base, pool_tag);
+            }
+            return;
+        };
+        self.forget_mapping(&m);
+        self.bury(&cx, &m);
+        if m.flags & FLAG_RESERVED_MAPPED != 0 {
+            let mut r = self.family_record(&cx, &m);
+            r.address = base;
+            if contain {
+                self.contain_record(&cx, &mut r);
+                self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
+                self.platform
+                    .mm_unmap_reserved_mapping(m.base, m.cache, m.physical);
+            } else {
+                self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
+            }
+        }
+        self.platform.mm_free_mapping_address(base, pool_tag);
+    }
+
+    /// Takes the reserved range at `base` out of the table. `None` if no reserved range
+    /// is there (another kind's entry found there is put back).
+    fn take_reserved(&self, cx: &CallCtx, base: u64) -> Option<Mapping> {
+        match self.table.remove(base) {
+            RemoveOutcome::Removed(m) if MappingKind::of(m.flags) == MappingKind::Reserved => {
+                Some(m)
+            }
+            RemoveOutcome::Removed(other) => {
+                self.restore(cx, &other);
+                None
+            }
+            RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
+        }
+    }
+
+    // ---- shared ------------------------------------------------------------------------
+
+    /// A head for a new entry of the family made by `cx` (map-site fields filled; the
+    /// caller sets kind, MDL and cache).
+    fn family_head(&self, cx: &CallCtx, base: u64, size: u64) -> MappingHead {
+        let mut m = MappingHead::new(base, size);
+        m.device = self.drivers.starting_device(cx.driver, cx.thread);
+        m.map_time_ns = cx.now;
+        m.driver = cx.driver.0;
+        m.processor = u16::try_from(cx.processor).unwrap_or(u16::MAX);
+        m.irql = cx.irql.0;
+        m
+    }
+
+    /// Inserts a new entry of the family with the map-site stack (IOSV013 if the table
+    /// still held its base, as for I/O space).
+    fn insert_family(&self, cx: &CallCtx, mut m: MappingHead) {
+        let depth = self.settings.stack_depth().min(self.table.stack_depth());
+        let mut stack = [0u64; MAX_STACK_DEPTH];
+        if let Some(frames) = stack.get_mut(..depth) {
+            let n = self.platform.capture_stack(OWN_FRAMES, frames);
+            m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+        }
+        let outcome = self.table.insert_head(&m, &stack);
+        if !matches!(outcome, InsertOutcome::Full) && MappingKind::of(m.flags) == MappingKind::Mdl {
+            self.mdls.add(m.physical);
+        }
+        match outcome {
+            InsertOutcome::Inserted => {}
+            InsertOutcome::ReplacedStale(old) => {
+                self.forget_mapping(&old);
+                if old.flags & FLAG_DETACHED != 0 {
+                    self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+                } else {
+                    let mut r = self.mapping_record(cx, &old);
+                    r.address = m.base;
+                    r.passed_size = m.size;
+                    self.violate(RuleId::StaleEntry, cx, r);
+                }
+            }
+            InsertOutcome::Full => {
+                self.stats.bump(cx.processor, Counter::TableFull);
+                self.untracked.add(m.base);
+            }
+        }
+    }
+
+    /// The family's part of [`forget_mapping`](Self::forget_mapping): an MDL mapping
+    /// leaves the MDL index.
+    pub(super) fn forget_family(&self, m: &MappingHead) {
+        if MappingKind::of(m.flags) == MappingKind::Mdl {
+            self.mdls.remove(m.physical);
+        }
+    }
+
+    /// A record naming the mapping `m` (any kind).
+    fn family_record(&self, cx: &CallCtx, m: &Mapping) -> ViolationRecord {
+        let mut r = self.mapping_record(cx, m);
+        r.flags |= VF_MAPPING_KNOWN;
+        r
+    }
+
+    fn contain_record(&self, cx: &CallCtx, r: &mut ViolationRecord) {
+        r.flags |= VF_CONTAINED;
+        self.stats.bump(cx.processor, Counter::Contained);
+    }
+
+    /// An unmap (or free) of the family at `base` that the table does not hold: an
+    /// untracked mapping (passed), a double unmap (the graveyard remembers it: IOSV005),
+    /// a late-attached driver's (passed, counted unverified) or unknown (IOSV004). True if
+    /// the call should reach Mm.
+    fn family_not_found(
+        &self,
+        cx: &CallCtx,
+        base: u64,
+        mdl: u64,
+        kind: MappingKind,
+        contain: bool,
+    ) -> bool {
+        if self.untracked.take_remembered(base) {
+            return true;
+        }
+        let mut r = self.blank_record(cx);
+        r.address = base;
+        r.passed_mdl = mdl;
+        r.kind = kind as u8;
+        let rule = if let Some(t) = self.graveyard.find(base) {
+            r.base = t.base;
+            r.mapped_size = t.size;
+            r.map_time_ns = t.map_time_ns;
+            r.other = t.unmap_time_ns;
+            r.owner_id = t.driver;
+            r.owner_name = self.drivers.name(DriverId(t.driver));
+            r.prior_map_site = t.map_site;
+            if t.map_site != 0 {
+                copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
+            }
+            RuleId::DoubleUnmap
+        } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            return true;
+        } else {
+            RuleId::UnmapUnknown
+        };
+        if contain {
+            self.contain_record(cx, &mut r);
+        }
+        self.violate(rule, cx, r);
+        !contain
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,574 @@
+//! Engine tests of the MDL and reserved-mapping family: each new rule fires on its bug and
+//! only on it, containment decides what reaches Mm, implicit releases are silent, and the
+//! leak rules cover the new kinds. A platform of its own records every Mm call in order.
+
+use super::super::*;
+use crate::mdl::{
+    MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
+    MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
+};
+use crate::platform::{BugCheck, PlatformError};
+use crate::protocol::{ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+const DRV: u64 = 0x3000_0000;
+const MDL_A: u64 = 0xFFFF_C000_0000_1000;
+const MDL_B: u64 = 0xFFFF_C000_0000_2000;
+
+/// What reached "Mm", in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    UnmapLocked(u64, u64),
+    FreeMdl(u64),
+    Unlock(u64),
+    Prepare(u64),
+    MapReserved(u64, u64),
+    UnmapReserved(u64, u32, u64),
+    FreeReserved(u64, u32),
+    UnmapIoSpace(u64),
+}
+
+struct Fake {
+    irql: AtomicU8,
+    process: AtomicU64,
+    next: AtomicU64,
+    now: AtomicU64,
+    mdls: Mutex<HashMap<u64, MdlInfo>>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl crate::intercept::SlotAccess for Fake {
+    unsafe fn read_slot(&self, _address: usize) -> usize {
+        0
+    }
+    unsafe fn compare_exchange_slot(
+        &self,
+        _address: usize,
+        _current: usize,
+        _new: usize,
+    ) -> Result<(), crate::intercept::SlotWriteError> {
+        Err(crate::intercept::SlotWriteError::Failed)
+    }
+}
+
+impl Fake {
+    fn va(&self) -> u64 {
+        self.next.fetch_add(0x10_0000, Ordering::Relaxed)
+    }
+    fn call(&self, c: Call) {
+        self.calls.lock().unwrap().push(c);
+    }
+}
+
+impl Platform for Fake {
+    fn current_irql(&self) -> Irql {
+        Irql(self.irql.load(Ordering::Relaxed))
+    }
+    fn current_processor(&self) -> u32 {
+        0
+    }
+    fn processor_count(&self) -> u32 {
+        1
+    }
+    fn current_process_id(&self) -> u64 {
+        self.process.load(Ordering::Relaxed)
+    }
+    fn current_thread_id(&self) -> u64 {
+        1
+    }
+    fn now_ns(&self) -> u64 {
+        self.now.fetch_add(1, Ordering::Relaxed)
+    }
+    fn capture_stack(&self, _skip: u32, frames: &mut [u64]) -> usize {
+        frames.iter_mut().for_each(|f| *f = 0xAAAA);
+        frames.len()
+    }
+    fn raise_to_dispatch(&self) -> Irql {
+        self.current_irql()
+    }
+    fn lower_irql(&self, _previous: Irql) {}
+    fn mm_map_io_space(&self, physical: u64, _size: usize, _cache_type: u32) -> u64 {
+        self.va() + (physical & 0xFFF)
+    }
+    fn mm_map_io_space_ex(&self, physical: u64, _size: usize, _protect: u32) -> u64 {
+        self.va() + (physical & 0xFFF)
+    }
+    fn mm_unmap_io_space(&self, base: u64, _size: usize) {
+        self.call(Call::UnmapIoSpace(base));
+    }
+    fn debug_break(&self) {}
+    fn bugcheck(&self, _params: BugCheck) {}
+    fn attach_driver(&self, _image_name: &[u8]) -> Result<u32, PlatformError> {
+        Err(PlatformError::Unsupported)
+    }
+    fn detach_driver(&self, _image_name: &[u8]) -> Result<u32, PlatformError> {
+        Err(PlatformError::Unsupported)
+    }
+    fn mm_map_locked_pages_specify_cache(
+        &self,
+        mdl: u64,
+        mode: u8,
+        _cache: u32,
+        _requested: u64,
+        _bugcheck: u32,
+        _priority: u32,
+    ) -> u64 {
+        let off = self.mdls.lock().unwrap().get(&mdl).map_or(0, |i| i.byte_offset);
+        if mode == USER_MODE {
+            0x0000_0200_0000_0000 + self.va() % 0x1_0000_0000 + u64::from(off)
+        } else {
+            self.va() + u64::from(off)
+        }
+    }
+    fn mm_map_locked_pages(&self, mdl: u64, mode: u8) -> u64 {
+        self.mm_map_locked_pages_specify_cache(mdl, mode, 1, 0, 1, 0)
+    }
+    fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
+        self.call(Call::UnmapLocked(base, mdl));
+    }
+    fn io_free_mdl(&self, mdl: u64) {
+        self.call(Call::FreeMdl(mdl));
+    }
+    fn mm_unlock_pages(&self, mdl: u64) {
+        self.call(Call::Unlock(mdl));
+    }
+    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
+        self.call(Call::Prepare(mdl));
+    }
+    fn mm_allocate_mapping_address(&self, _size: usize, _tag: u32) -> u64 {
+        self.va()
+    }
+    fn mm_allocate_mapping_address_ex(&self, _size: usize, _tag: u32, _flags: u32) -> u64 {
+        self.va()
+    }
+    fn mm_map_locked_pages_with_reserved_mapping(
+        &self,
+        address: u64,
+        _tag: u32,
+        mdl: u64,
+        _cache: u32,
+    ) -> u64 {
+        self.call(Call::MapReserved(address, mdl));
+        let off = self.mdls.lock().unwrap().get(&mdl).map_or(0, |i| i.byte_offset);
+        address + u64::from(off)
+    }
+    fn mm_unmap_reserved_mapping(&self, base: u64, tag: u32, mdl: u64) {
+        self.call(Call::UnmapReserved(base, tag, mdl));
+    }
+    fn mm_free_mapping_address(&self, base: u64, tag: u32) {
+        self.call(Call::FreeReserved(base, tag));
+    }
+    fn mdl_info(&self, mdl: u64) -> Option<MdlInfo> {
+        self.mdls.lock().unwrap().get(&mdl).copied()
+    }
+}
+
+struct Bed {
+    v: Verifier<Fake>,
+    drv: DriverId,
+    cursor: core::cell::Cell<u64>,
+}
+
+fn bed() -> Bed {
+    let fake = Fake {
+        irql: AtomicU8::new(0),
+        process: AtomicU64::new(4),
+        next: AtomicU64::new(0xFFFF_F800_1000_0000),
+        now: AtomicU64::new(1000),
+        mdls: Mutex::new(HashMap::new()),
+        calls: Mutex::new(Vec::new()),
+    };
+    let params = StartParams {
+        capacity: 256,
+        journal_records: 256,
+        ..Default::default()
+    };
+    let v = Verifier::new(fake, params).unwrap();
+    v.with_control(|c| c.targets.add(b"mdl.sys"));
+    let drv = v.image_loaded(b"mdl.sys", DRV, 0x10000).unwrap();
+    let b = Bed {
+        v,
+        drv,
+        cursor: core::cell::Cell::new(0),
+    };
+    b.mdl(MDL_A, 0x200, 0x1800, MDL_PAGES_LOCKED);
+    b.mdl(MDL_B, 0, 0x3000, MDL_PAGES_LOCKED);
+    b
+}
+
+fn me() -> Caller {
+    Caller {
+        return_address: DRV + 0x123,
+    }
+}
+
+impl Bed {
+    fn mdl(&self, mdl: u64, byte_offset: u32, byte_count: u32, flags: u16) {
+        self.v.platform().mdls.lock().unwrap().insert(
+            mdl,
+            MdlInfo {
+                byte_count,
+                byte_offset,
+                flags,
+                mapped_system_va: 0,
+            },
+        );
+    }
+    fn records(&self) -> Vec<ViolationRecord> {
+        let mut out = Vec::new();
+        let end = self
+            .v
+            .journal()
+            .read_records(self.cursor.get(), 1000, |r| out.push(*r));
+        self.cursor.set(end.next);
+        out
+    }
+    fn rules(&self) -> Vec<RuleId> {
+        self.records()
+            .iter()
+            .filter_map(|r| RuleId::from_number(r.rule))
+            .collect()
+    }
+    fn calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.v.platform().calls.lock().unwrap())
+    }
+    fn irql(&self, irql: Irql) {
+        self.v.platform().irql.store(irql.0, Ordering::Relaxed);
+    }
+    fn process(&self, p: u64) {
+        self.v.platform().process.store(p, Ordering::Relaxed);
+    }
+    fn containment_off(&self) {
+        self.v.settings().apply(&ConfigBlock {
+            flags: 0,
+            actions: [1u8; RULE_SLOTS],
+            ..Default::default()
+        });
+    }
+    fn live(&self) -> usize {
+        let mut n = 0;
+        self.v.table().walk(0, usize::MAX, |_| {
+            n += 1;
+            true
+        });
+        n
+    }
+    fn map_kernel(&self, mdl: u64) -> u64 {
+        let va = self
+            .v
+            .map_locked_pages_specify_cache(me(), mdl, KERNEL_MODE, 1, 0, 0, 16);
+        assert_ne!(va, 0);
+        va
+    }
+    fn reserve(&self, size: usize) -> u64 {
+        let r = self.v.allocate_mapping_address(me(), size, u32::from_le_bytes(*b"Tag1"));
+        assert_ne!(r, 0);
+        r
+    }
+}
+
+const TAG: u32 = u32::from_le_bytes(*b"Tag1");
+
+#[test]
+fn a_clean_mdl_mapping_is_tracked_with_its_kind_and_mdl_then_released() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    let m = b.v.table().get(va).unwrap();
+    assert_eq!(MappingKind::of(m.flags), MappingKind::Mdl);
+    assert_eq!((m.physical, m.size, m.driver), (MDL_A, 0x1800, b.drv.0));
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert_eq!(b.calls(), [Call::UnmapLocked(va, MDL_A)]);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+    // The MDL's later release finds nothing to check.
+    b.v.io_free_mdl(me(), MDL_A);
+    assert_eq!(b.calls(), [Call::FreeMdl(MDL_A)]);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn legacy_map_locked_pages_is_tracked_too() {
+    let b = bed();
+    let va = b.v.map_locked_pages(me(), MDL_B, KERNEL_MODE);
+    assert_eq!(b.v.table().get(va).unwrap().cache, 1);
+    b.v.unmap_locked_pages(me(), va, MDL_B);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn iosv015_unmap_with_another_mdl_is_contained_with_the_tracked_one() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    b.v.unmap_locked_pages(me(), va, MDL_B);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MdlUnmapWrongMdl.number());
+    assert_eq!((r[0].mdl, r[0].passed_mdl, r[0].kind), (MDL_A, MDL_B, MK_MDL));
+    assert_ne!(r[0].flags & VF_CONTAINED, 0);
+    assert_eq!(b.calls(), [Call::UnmapLocked(va, MDL_A)]);
+    assert_eq!(b.live(), 0);
+    // Without containment the call reaches Mm as made.
+    b.containment_off();
+    let va = b.map_kernel(MDL_A);
+    b.v.unmap_locked_pages(me(), va, MDL_B);
+    assert_eq!(b.rules(), [RuleId::MdlUnmapWrongMdl]);
+    assert_eq!(b.calls(), [Call::UnmapLocked(va, MDL_B)]);
+}
+
+#[test]
+fn iosv016_ceiling_depends_on_the_mappings_mode() {
+    let b = bed();
+    // System space: DISPATCH_LEVEL is fine, a DIRQL is not.
+    let va = b.map_kernel(MDL_A);
+    b.irql(Irql::DISPATCH);
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert!(b.rules().is_empty());
+    b.irql(Irql::PASSIVE);
+    let va = b.map_kernel(MDL_A);
+    b.irql(Irql(5));
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert_eq!(b.rules(), [RuleId::MdlUnmapIrql]);
+    // User space: APC_LEVEL is the ceiling.
+    b.irql(Irql::PASSIVE);
+    let uva = b
+        .v
+        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    b.irql(Irql::APC);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert!(b.rules().is_empty());
+    b.irql(Irql::PASSIVE);
+    let uva = b
+        .v
+        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    b.irql(Irql::DISPATCH);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert_eq!(b.rules(), [RuleId::MdlUnmapIrql]);
+    // Not contained: every unmap reached Mm.
+    assert_eq!(b.calls().len(), 4);
+}
+
+#[test]
+fn iosv017_free_of_a_mapped_mdl_is_contained_by_unmapping_first() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    b.v.io_free_mdl(me(), MDL_A);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MdlReleasedWhileMapped.number());
+    assert_eq!((r[0].base, r[0].mdl), (va, MDL_A));
+    assert_ne!(r[0].flags & VF_CONTAINED, 0);
+    assert_eq!(
+        b.calls(),
+        [Call::UnmapLocked(va, MDL_A), Call::FreeMdl(MDL_A)]
+    );
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv017_without_containment_is_reported_once_and_stays_listed() {
+    let b = bed();
+    b.containment_off();
+    let va = b.map_kernel(MDL_A);
+    b.v.prepare_mdl_for_reuse(me(), MDL_A);
+    assert_eq!(b.rules(), [RuleId::MdlReleasedWhileMapped]);
+    assert_eq!(b.calls(), [Call::Prepare(MDL_A)]);
+    assert_ne!(b.v.table().get(va).unwrap().flags & FLAG_LEAK_REPORTED, 0);
+    // Reported: neither a second release nor the unload reports it again.
+    b.v.io_free_mdl(me(), MDL_A);
+    b.v.driver_detached(b.drv, false);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn unlock_releases_a_system_mapping_by_itself_and_a_later_unmap_is_a_double_unmap() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    b.v.unlock_pages(me(), MDL_A);
+    assert!(b.rules().is_empty(), "MmUnlockPages releases a system mapping");
+    assert_eq!(b.calls(), [Call::Unlock(MDL_A)]);
+    assert_eq!(b.live(), 0);
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert_eq!(b.rules(), [RuleId::DoubleUnmap]);
+    assert!(b.calls().is_empty(), "contained");
+}
+
+#[test]
+fn freeing_a_mapped_partial_mdl_is_an_implicit_release() {
+    let b = bed();
+    b.mdl(
+        MDL_A,
+        0,
+        0x1000,
+        MDL_PARTIAL | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_MAPPED_TO_SYSTEM_VA,
+    );
+    b.map_kernel(MDL_A);
+    b.v.io_free_mdl(me(), MDL_A);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::FreeMdl(MDL_A)]);
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv017_unlock_under_a_user_mapping() {
+    let b = bed();
+    let uva = b
+        .v
+        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    b.v.unlock_pages(me(), MDL_B);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MdlReleasedWhileMapped.number());
+    assert_eq!(b.calls(), [Call::UnmapLocked(uva, MDL_B), Call::Unlock(MDL_B)]);
+}
+
+#[test]
+fn iosv021_user_mapping_unmapped_in_another_process_is_contained() {
+    let b = bed();
+    let uva = b
+        .v
+        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    b.process(8);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert_eq!(b.rules(), [RuleId::UnmapOtherProcess]);
+    assert!(b.calls().is_empty());
+    assert_eq!(b.v.table().get(uva).map(|m| m.device), Some(4));
+    // Back in its own process the unmap is clean.
+    b.process(4);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::UnmapLocked(uva, MDL_B)]);
+}
+
+#[test]
+fn a_clean_reserved_cycle_is_silent() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    let va = b.v.map_reserved(me(), range, TAG, MDL_A, 1);
+    assert_eq!(va, range + 0x200);
+    let m = b.v.table().get(range).unwrap();
+    assert_eq!(MappingKind::of(m.flags), MappingKind::Reserved);
+    assert_eq!((m.physical, m.cache), (MDL_A, TAG));
+    b.v.unmap_reserved(me(), range, TAG, MDL_A);
+    b.v.free_mapping_address(me(), range, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(
+        b.calls(),
+        [
+            Call::MapReserved(range, MDL_A),
+            Call::UnmapReserved(range, TAG, MDL_A),
+            Call::FreeReserved(range, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv018_free_while_mapped_is_contained_by_unmapping_first() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    b.v.map_reserved(me(), range, TAG, MDL_A, 1);
+    b.calls();
+    b.v.free_mapping_address(me(), range, TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::ReservedFreedWhileMapped.number());
+    assert_eq!((r[0].kind, r[0].mdl), (MK_RESERVED, MDL_A));
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(range, TAG, MDL_A),
+            Call::FreeReserved(range, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv019_mapping_a_mapped_range_again_returns_null_and_keeps_the_first() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    b.v.map_reserved(me(), range, TAG, MDL_A, 1);
+    b.calls();
+    assert_eq!(b.v.map_reserved(me(), range, TAG, MDL_B, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    assert!(b.calls().is_empty());
+    assert_eq!(b.v.table().get(range).unwrap().physical, MDL_A);
+}
+
+#[test]
+fn iosv020_an_mdl_larger_than_the_range_is_refused() {
+    let b = bed();
+    let range = b.reserve(0x2000);
+    // MDL_B spans 3 pages.
+    assert_eq!(b.v.map_reserved(me(), range, TAG, MDL_B, 1), 0);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::ReservedSize.number());
+    assert_eq!((r[0].mapped_size, r[0].passed_size), (0x2000, 0x3000));
+    assert!(b.calls().is_empty());
+    // MDL_A (0x200 + 0x1800) spans exactly 2 pages: fits.
+    assert_ne!(b.v.map_reserved(me(), range, TAG, MDL_A, 1), 0);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn iosv015_and_iosv016_for_reserved_unmaps() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    b.v.map_reserved(me(), range, TAG, MDL_A, 1);
+    b.calls();
+    b.irql(Irql(5));
+    b.v.unmap_reserved(me(), range, TAG, MDL_B);
+    assert_eq!(
+        b.rules(),
+        [RuleId::MdlUnmapIrql, RuleId::MdlUnmapWrongMdl]
+    );
+    assert_eq!(b.calls(), [Call::UnmapReserved(range, TAG, MDL_A)]);
+    b.irql(Irql::PASSIVE);
+    // Unmapped now: a second unmap is a double unmap, contained.
+    b.v.unmap_reserved(me(), range, TAG, MDL_A);
+    assert_eq!(b.rules(), [RuleId::DoubleUnmap]);
+    assert!(b.calls().is_empty());
+}
+
+#[test]
+fn leaks_cover_the_new_kinds_once_each() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    let range = b.reserve(0x1000);
+    b.v.driver_detached(b.drv, false);
+    let r = b.records();
+    let mut seen: Vec<(u8, u64, u8)> = r.iter().map(|r| (r.rule, r.base, r.kind)).collect();
+    seen.sort_unstable();
+    let mut want = vec![(9, va, MK_MDL), (9, range, MK_RESERVED)];
+    want.sort_unstable();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn wrong_routine_unmaps_are_unknown_and_contained() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    b.v.unmap_io_space(me(), va, 0x1800);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert!(b.calls().is_empty());
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_locked_pages(me(), io, MDL_A);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert!(b.calls().is_empty());
+    // Both entries survived and unmap cleanly with their own routines.
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    b.v.unmap_io_space(me(), io, 0x1000);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn unknown_mdl_unmap_is_contained() {
+    let b = bed();
+    b.v.unmap_locked_pages(me(), 0xFFFF_F800_7777_0000, MDL_A);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert!(b.calls().is_empty());
+}
