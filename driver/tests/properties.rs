@@ -201,3 +201,40 @@ fn churn_at_full_load_does_not_degrade() {
         assert_eq!(t.insert(&Mapping::new(b, 1)), InsertOutcome::Inserted);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The MDL index against a multiset: never a false negative for an MDL with a live
+    /// mapping, and back to "nothing" once every mapping is gone.
+    #[test]
+    fn mdl_index_matches_multiset(ops in prop::collection::vec((any::<bool>(), 0u16..64), 1..400)) {
+        let ix = iosv::mdl::MdlIndex::new().unwrap();
+        let mut model: HashMap<u64, u32> = HashMap::new();
+        let mdl = |k: u16| 0xFFFF_C000_0000_0000 + u64::from(k) * 0x170;
+        for (add, k) in ops {
+            let c = model.entry(mdl(k)).or_insert(0);
+            if add {
+                ix.add(mdl(k));
+                *c += 1;
+            } else if *c > 0 {
+                // The engine removes only what it added.
+                ix.remove(mdl(k));
+                *c -= 1;
+            }
+            for (m, n) in &model {
+                if *n > 0 {
+                    prop_assert!(ix.may_hold(*m));
+                }
+            }
+        }
+        for (m, n) in model {
+            for _ in 0..n {
+                ix.remove(m);
+            }
+        }
+        for k in 0..64 {
+            prop_assert!(!ix.may_hold(mdl(k)));
+        }
+    }
+}
