@@ -57,6 +57,7 @@
 //!     map_io_space_ex: 0xB0,
 //!     unmap_io_space: 0xC0,
 //!     get_system_routine_address: 0xD0,
+//!     mdl: iosv::intercept::MdlHooks::NONE,
 //! };
 //! let slot = IatSlot { rva: 0, routine: HookedRoutine::UnmapIoSpace, ..IatSlot::EMPTY };
 //! let mut plan = Plan::new(0x1000, 8, &[slot], &hooks).unwrap();
@@ -89,7 +90,7 @@ use core::fmt;
 use crate::pe::{HookedRoutine, IatSlot, OrdinalResolver, PeError, PeImage, ScanSummary};
 
 /// Most patches one [`Plan`] holds.
-pub const MAX_PATCHES: usize = 16;
+pub const MAX_PATCHES: usize = 32;
 
 /// Size and required alignment of an IAT slot: one pointer.
 pub const SLOT_SIZE: usize = core::mem::size_of::<usize>();
@@ -271,23 +272,89 @@ pub struct Hooks {
     pub unmap_io_space: usize,
     /// Hook of `MmGetSystemRoutineAddress`.
     pub get_system_routine_address: usize,
+    /// Hooks of the MDL and reserved-mapping family ([`MdlHooks::NONE`]: not hooked).
+    pub mdl: MdlHooks,
+}
+
+/// The hooks of the MDL and reserved-mapping family (issue 11, [`crate::mdl`]). A 0 hook
+/// means the platform does not hook that routine: its slots are left alone and
+/// `MmGetSystemRoutineAddress` hands out the real routine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MdlHooks {
+    /// Hook of `MmMapLockedPagesSpecifyCache`.
+    pub map_locked_pages_specify_cache: usize,
+    /// Hook of `MmMapLockedPages`.
+    pub map_locked_pages: usize,
+    /// Hook of `MmUnmapLockedPages`.
+    pub unmap_locked_pages: usize,
+    /// Hook of `IoFreeMdl`.
+    pub free_mdl: usize,
+    /// Hook of `MmUnlockPages`.
+    pub unlock_pages: usize,
+    /// Hook of `MmPrepareMdlForReuse`.
+    pub prepare_mdl_for_reuse: usize,
+    /// Hook of `MmAllocateMappingAddress`.
+    pub allocate_mapping_address: usize,
+    /// Hook of `MmAllocateMappingAddressEx`.
+    pub allocate_mapping_address_ex: usize,
+    /// Hook of `MmMapLockedPagesWithReservedMapping`.
+    pub map_locked_pages_with_reserved_mapping: usize,
+    /// Hook of `MmUnmapReservedMapping`.
+    pub unmap_reserved_mapping: usize,
+    /// Hook of `MmFreeMappingAddress`.
+    pub free_mapping_address: usize,
+}
+
+impl MdlHooks {
+    /// The family is not hooked.
+    pub const NONE: MdlHooks = MdlHooks {
+        map_locked_pages_specify_cache: 0,
+        map_locked_pages: 0,
+        unmap_locked_pages: 0,
+        free_mdl: 0,
+        unlock_pages: 0,
+        prepare_mdl_for_reuse: 0,
+        allocate_mapping_address: 0,
+        allocate_mapping_address_ex: 0,
+        map_locked_pages_with_reserved_mapping: 0,
+        unmap_reserved_mapping: 0,
+        free_mapping_address: 0,
+    };
 }
 
 impl Hooks {
-    /// The hook of `routine`.
+    /// The hook of `routine` (0 for a routine of the MDL family the platform does not
+    /// hook).
     #[must_use]
     pub const fn get(&self, routine: HookedRoutine) -> usize {
+        let m = &self.mdl;
         match routine {
             HookedRoutine::MapIoSpace => self.map_io_space,
             HookedRoutine::MapIoSpaceEx => self.map_io_space_ex,
             HookedRoutine::UnmapIoSpace => self.unmap_io_space,
             HookedRoutine::GetSystemRoutineAddress => self.get_system_routine_address,
+            HookedRoutine::MapLockedPagesSpecifyCache => m.map_locked_pages_specify_cache,
+            HookedRoutine::MapLockedPages => m.map_locked_pages,
+            HookedRoutine::UnmapLockedPages => m.unmap_locked_pages,
+            HookedRoutine::FreeMdl => m.free_mdl,
+            HookedRoutine::UnlockPages => m.unlock_pages,
+            HookedRoutine::PrepareMdlForReuse => m.prepare_mdl_for_reuse,
+            HookedRoutine::AllocateMappingAddress => m.allocate_mapping_address,
+            HookedRoutine::AllocateMappingAddressEx => m.allocate_mapping_address_ex,
+            HookedRoutine::MapLockedPagesWithReservedMapping => {
+                m.map_locked_pages_with_reserved_mapping
+            }
+            HookedRoutine::UnmapReservedMapping => m.unmap_reserved_mapping,
+            HookedRoutine::FreeMappingAddress => m.free_mapping_address,
         }
     }
 
-    /// The routine whose hook is at `address`, if any.
+    /// The routine whose hook is at `address`, if any (never for address 0).
     #[must_use]
     pub fn routine_at(&self, address: usize) -> Option<HookedRoutine> {
+        if address == 0 {
+            return None;
+        }
         HookedRoutine::ALL
             .into_iter()
             .find(|&routine| self.get(routine) == address)
@@ -532,7 +599,9 @@ impl Plan {
     ///
     /// # Errors
     ///
-    /// A [`PlanError`] when a hook is 0, a slot is outside the image or misaligned, two
+    /// A [`PlanError`] when a hook of the I/O-space routines or `MmGetSystemRoutineAddress`
+    /// is 0 (the MDL family's may be: their slots are then skipped), a slot is outside the
+    /// image or misaligned, two
     /// slots conflict, or there are more than [`MAX_PATCHES`].
     pub fn new(
         image_base: usize,
@@ -542,7 +611,7 @@ impl Plan {
     ) -> Result<Self, PlanError> {
         if let Some(routine) = HookedRoutine::ALL
             .into_iter()
-            .find(|&routine| hooks.get(routine) == 0)
+            .find(|&routine| !routine.is_mdl_family() && hooks.get(routine) == 0)
         {
             return Err(PlanError::NullHook { routine });
         }
@@ -554,6 +623,10 @@ impl Plan {
             len: 0,
         };
         for slot in slots {
+            if hooks.get(slot.routine) == 0 {
+                // A routine of the MDL family this platform does not hook: left alone.
+                continue;
+            }
             let rva = slot.rva;
             let offset = usize::try_from(rva).map_err(|_| PlanError::SlotOutOfImage { rva })?;
             let inside = offset
@@ -799,6 +872,7 @@ pub fn system_routine_override(name: &[u16], hooks: &Hooks) -> Option<usize> {
                     .all(|(&byte, &unit)| u16::from(byte) == unit)
         })
         .map(|routine| hooks.get(routine))
+        .filter(|&hook| hook != 0)
 }
 
 #[cfg(test)]
@@ -827,6 +901,7 @@ mod tests {
         map_io_space_ex: 0xFFFF_F807_0000_2000,
         unmap_io_space: 0xFFFF_F807_0000_3000,
         get_system_routine_address: 0xFFFF_F807_0000_4000,
+        mdl: MdlHooks::NONE,
     };
     const REAL: usize = 0xFFFF_F800_AAAA_0000;
 

@@ -141,17 +141,53 @@ pub enum HookedRoutine {
     /// `MmUnmapIoSpace`.
     UnmapIoSpace,
     /// `MmGetSystemRoutineAddress`, hooked so that dynamically resolved pointers to the
-    /// other three are hooked too.
+    /// other routines are hooked too.
     GetSystemRoutineAddress,
+    /// `MmMapLockedPagesSpecifyCache` (the MDL family, [`crate::mdl`]).
+    MapLockedPagesSpecifyCache,
+    /// `MmMapLockedPages`.
+    MapLockedPages,
+    /// `MmUnmapLockedPages`.
+    UnmapLockedPages,
+    /// `IoFreeMdl`.
+    FreeMdl,
+    /// `MmUnlockPages`.
+    UnlockPages,
+    /// `MmPrepareMdlForReuse`.
+    PrepareMdlForReuse,
+    /// `MmAllocateMappingAddress`.
+    AllocateMappingAddress,
+    /// `MmAllocateMappingAddressEx`.
+    AllocateMappingAddressEx,
+    /// `MmMapLockedPagesWithReservedMapping`.
+    MapLockedPagesWithReservedMapping,
+    /// `MmUnmapReservedMapping`.
+    UnmapReservedMapping,
+    /// `MmFreeMappingAddress`.
+    FreeMappingAddress,
 }
 
 impl HookedRoutine {
+    /// Number of hooked routines.
+    pub const COUNT: usize = 15;
+
     /// Every hooked routine, in [`index`](Self::index) order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; Self::COUNT] = [
         Self::MapIoSpace,
         Self::MapIoSpaceEx,
         Self::UnmapIoSpace,
         Self::GetSystemRoutineAddress,
+        Self::MapLockedPagesSpecifyCache,
+        Self::MapLockedPages,
+        Self::UnmapLockedPages,
+        Self::FreeMdl,
+        Self::UnlockPages,
+        Self::PrepareMdlForReuse,
+        Self::AllocateMappingAddress,
+        Self::AllocateMappingAddressEx,
+        Self::MapLockedPagesWithReservedMapping,
+        Self::UnmapReservedMapping,
+        Self::FreeMappingAddress,
     ];
 
     /// The exported name in `ntoskrnl.exe`.
@@ -162,18 +198,31 @@ impl HookedRoutine {
             Self::MapIoSpaceEx => "MmMapIoSpaceEx",
             Self::UnmapIoSpace => "MmUnmapIoSpace",
             Self::GetSystemRoutineAddress => "MmGetSystemRoutineAddress",
+            Self::MapLockedPagesSpecifyCache => "MmMapLockedPagesSpecifyCache",
+            Self::MapLockedPages => "MmMapLockedPages",
+            Self::UnmapLockedPages => "MmUnmapLockedPages",
+            Self::FreeMdl => "IoFreeMdl",
+            Self::UnlockPages => "MmUnlockPages",
+            Self::PrepareMdlForReuse => "MmPrepareMdlForReuse",
+            Self::AllocateMappingAddress => "MmAllocateMappingAddress",
+            Self::AllocateMappingAddressEx => "MmAllocateMappingAddressEx",
+            Self::MapLockedPagesWithReservedMapping => "MmMapLockedPagesWithReservedMapping",
+            Self::UnmapReservedMapping => "MmUnmapReservedMapping",
+            Self::FreeMappingAddress => "MmFreeMappingAddress",
         }
     }
 
-    /// A dense index, `0..4`, for per-routine tables.
+    /// A dense index, `0..COUNT`, for per-routine tables.
     #[must_use]
     pub const fn index(self) -> usize {
-        match self {
-            Self::MapIoSpace => 0,
-            Self::MapIoSpaceEx => 1,
-            Self::UnmapIoSpace => 2,
-            Self::GetSystemRoutineAddress => 3,
-        }
+        self as usize
+    }
+
+    /// True for the MDL and reserved-mapping family (issue 11): a platform may leave
+    /// their hooks 0, and then their slots are not patched.
+    #[must_use]
+    pub const fn is_mdl_family(self) -> bool {
+        self.index() >= Self::MapLockedPagesSpecifyCache.index()
     }
 
     /// The routine exported as `name` (exact, case-sensitive, without NUL), if hooked.

@@ -301,7 +301,7 @@ impl FusedIterator for ExportedNames<'_> {}
 /// by-ordinal imports that costs no walk per lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RoutineOrdinals {
-    ordinals: [Option<u16>; 4],
+    ordinals: [Option<u16>; HookedRoutine::COUNT],
 }
 
 impl RoutineOrdinals {

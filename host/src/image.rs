@@ -14,7 +14,7 @@
 //! every load), the simulated `ntoskrnl.exe` lives at `0xFFFFF800_00000000` and `iosv.sys`
 //! at `0xFFFFF807_70000000`.
 
-use iosv::intercept::Hooks;
+use iosv::intercept::{Hooks, MdlHooks};
 use iosv::pe::HookedRoutine;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -35,6 +35,19 @@ pub const HOOKS: Hooks = Hooks {
     map_io_space_ex: 0xFFFF_F807_7000_1200,
     unmap_io_space: 0xFFFF_F807_7000_1400,
     get_system_routine_address: 0xFFFF_F807_7000_1600,
+    mdl: MdlHooks {
+        map_locked_pages_specify_cache: 0xFFFF_F807_7000_2000,
+        map_locked_pages: 0xFFFF_F807_7000_2100,
+        unmap_locked_pages: 0xFFFF_F807_7000_2200,
+        free_mdl: 0xFFFF_F807_7000_2300,
+        unlock_pages: 0xFFFF_F807_7000_2400,
+        prepare_mdl_for_reuse: 0xFFFF_F807_7000_2500,
+        allocate_mapping_address: 0xFFFF_F807_7000_2600,
+        allocate_mapping_address_ex: 0xFFFF_F807_7000_2700,
+        map_locked_pages_with_reserved_mapping: 0xFFFF_F807_7000_2800,
+        unmap_reserved_mapping: 0xFFFF_F807_7000_2900,
+        free_mapping_address: 0xFFFF_F807_7000_2A00,
+    },
 };
 
 /// Addresses of the real routines in the simulated `ntoskrnl.exe`.
@@ -43,6 +56,19 @@ pub const REAL: Hooks = Hooks {
     map_io_space_ex: 0xFFFF_F800_0042_1200,
     unmap_io_space: 0xFFFF_F800_0042_1400,
     get_system_routine_address: 0xFFFF_F800_0051_0000,
+    mdl: MdlHooks {
+        map_locked_pages_specify_cache: 0xFFFF_F800_0043_1000,
+        map_locked_pages: 0xFFFF_F800_0043_1200,
+        unmap_locked_pages: 0xFFFF_F800_0043_1400,
+        free_mdl: 0xFFFF_F800_0037_1000,
+        unlock_pages: 0xFFFF_F800_0043_1600,
+        prepare_mdl_for_reuse: 0xFFFF_F800_0043_1800,
+        allocate_mapping_address: 0xFFFF_F800_0043_2000,
+        allocate_mapping_address_ex: 0xFFFF_F800_0043_2200,
+        map_locked_pages_with_reserved_mapping: 0xFFFF_F800_0043_2400,
+        unmap_reserved_mapping: 0xFFFF_F800_0043_2600,
+        free_mapping_address: 0xFFFF_F800_0043_2800,
+    },
 };
 
 /// Synthetic kernel frames that call into drivers (the outer frames of simulated stacks).
@@ -64,7 +90,7 @@ pub mod kernel_frames {
 }
 
 /// An import of the simulated images: (dll, routine, real address).
-const IMPORTS: [(&str, &str, u64); 7] = [
+const IMPORTS: [(&str, &str, u64); 18] = [
     ("ntoskrnl.exe", "MmMapIoSpace", REAL.map_io_space as u64),
     ("ntoskrnl.exe", "ExAllocatePool2", 0xFFFF_F800_0033_0000),
     (
@@ -78,6 +104,53 @@ const IMPORTS: [(&str, &str, u64); 7] = [
         "ntoskrnl.exe",
         "MmGetSystemRoutineAddress",
         REAL.get_system_routine_address as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmMapLockedPagesSpecifyCache",
+        REAL.mdl.map_locked_pages_specify_cache as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmMapLockedPages",
+        REAL.mdl.map_locked_pages as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmUnmapLockedPages",
+        REAL.mdl.unmap_locked_pages as u64,
+    ),
+    ("ntoskrnl.exe", "IoFreeMdl", REAL.mdl.free_mdl as u64),
+    ("ntoskrnl.exe", "MmUnlockPages", REAL.mdl.unlock_pages as u64),
+    (
+        "ntoskrnl.exe",
+        "MmPrepareMdlForReuse",
+        REAL.mdl.prepare_mdl_for_reuse as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmAllocateMappingAddress",
+        REAL.mdl.allocate_mapping_address as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmAllocateMappingAddressEx",
+        REAL.mdl.allocate_mapping_address_ex as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmMapLockedPagesWithReservedMapping",
+        REAL.mdl.map_locked_pages_with_reserved_mapping as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmUnmapReservedMapping",
+        REAL.mdl.unmap_reserved_mapping as u64,
+    ),
+    (
+        "ntoskrnl.exe",
+        "MmFreeMappingAddress",
+        REAL.mdl.free_mapping_address as u64,
     ),
     (
         "HAL.dll",

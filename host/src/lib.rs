@@ -57,6 +57,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 pub mod endpoint;
 pub mod image;
+pub mod mdl;
 pub mod mm;
 pub mod pnp;
 pub mod rng;
@@ -206,6 +207,8 @@ pub(crate) struct System {
     origin: Instant,
     process_id: u64,
     pub(crate) mm: SimMm,
+    /// The MDL side of Mm (issue 11).
+    pub(crate) mdls: mdl::SimMdls,
     pub(crate) verifier: OnceLock<Weak<Verifier<HostPlatform>>>,
     /// Serialises loads, unloads, attaches and detaches (the loader lock).
     pub(crate) loader: Mutex<()>,
@@ -224,6 +227,12 @@ pub(crate) struct System {
 }
 
 impl System {
+    /// The host's own process id (what `current_process_id` returns unless a thread is
+    /// attached to a simulated process, [`mdl::with_process`]).
+    pub(crate) fn process_id(&self) -> u64 {
+        self.process_id
+    }
+
     pub(crate) fn verifier(&self) -> Option<Arc<Verifier<HostPlatform>>> {
         self.verifier.get().and_then(Weak::upgrade)
     }
@@ -286,7 +295,7 @@ impl Platform for HostPlatform {
         self.sys.processors
     }
     fn current_process_id(&self) -> u64 {
-        self.sys.process_id
+        mdl::attached_process().unwrap_or(self.sys.process_id)
     }
     fn current_thread_id(&self) -> u64 {
         thread::thread_id()
@@ -317,6 +326,61 @@ impl Platform for HostPlatform {
     }
     fn mm_unmap_io_space(&self, base: u64, size: usize) {
         self.sys.mm.unmap(base, size as u64, true);
+    }
+    fn mm_map_locked_pages_specify_cache(
+        &self,
+        mdl: u64,
+        access_mode: u8,
+        _cache_type: u32,
+        _requested_address: u64,
+        _bugcheck_on_failure: u32,
+        _priority: u32,
+    ) -> u64 {
+        let process = self.current_process_id();
+        self.sys.mdls.map_locked(mdl, access_mode, process, true)
+    }
+    fn mm_map_locked_pages(&self, mdl: u64, access_mode: u8) -> u64 {
+        let process = self.current_process_id();
+        self.sys.mdls.map_locked(mdl, access_mode, process, true)
+    }
+    fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
+        let process = self.current_process_id();
+        self.sys.mdls.unmap_locked(base, mdl, process, true);
+    }
+    fn io_free_mdl(&self, mdl: u64) {
+        self.sys.mdls.prepare_or_free(mdl, true, true);
+    }
+    fn mm_unlock_pages(&self, mdl: u64) {
+        self.sys.mdls.unlock(mdl, true);
+    }
+    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
+        self.sys.mdls.prepare_or_free(mdl, false, true);
+    }
+    fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
+        self.sys.mdls.allocate_reserved(size as u64, pool_tag, true)
+    }
+    fn mm_allocate_mapping_address_ex(&self, size: usize, pool_tag: u32, _flags: u32) -> u64 {
+        self.sys.mdls.allocate_reserved(size as u64, pool_tag, true)
+    }
+    fn mm_map_locked_pages_with_reserved_mapping(
+        &self,
+        mapping_address: u64,
+        pool_tag: u32,
+        mdl: u64,
+        _cache_type: u32,
+    ) -> u64 {
+        self.sys
+            .mdls
+            .map_reserved(mapping_address, pool_tag, mdl, true)
+    }
+    fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {
+        self.sys.mdls.unmap_reserved(base, pool_tag, mdl, true);
+    }
+    fn mm_free_mapping_address(&self, base: u64, pool_tag: u32) {
+        self.sys.mdls.free_reserved(base, pool_tag, true);
+    }
+    fn mdl_info(&self, mdl: u64) -> Option<iosv::mdl::MdlInfo> {
+        self.sys.mdls.info(mdl)
     }
     fn debug_break(&self) {
         self.sys.breaks.fetch_add(1, Ordering::Relaxed);
@@ -392,6 +456,7 @@ impl Host {
             origin: Instant::now(),
             process_id: u64::from(std::process::id()),
             mm: SimMm::new(),
+            mdls: mdl::SimMdls::new(),
             verifier: OnceLock::new(),
             loader: Mutex::new(()),
             images: Mutex::new(Vec::new()),
@@ -637,13 +702,23 @@ impl Host {
             .partition(|m| m.flags & MF_DETACHED != 0 && !self.mm().is_mapped(m.base));
         let mut tracked: Vec<(u64, u64)> = table.iter().map(|m| (m.base, m.size)).collect();
         tracked.sort_unstable();
-        let truth: Vec<(u64, u64)> = self
+        let mut truth: Vec<(u64, u64)> = self
             .mm()
             .mappings()
             .iter()
             .filter(|m| m.via_iosv)
             .map(|m| (m.base, m.size))
             .collect();
+        // The MDL side (issue 11): MDL mappings and reserved ranges made through iosv.
+        truth.extend(
+            self.sys
+                .mdls
+                .mappings()
+                .iter()
+                .filter(|m| m.via_iosv)
+                .map(|m| (m.base, m.size)),
+        );
+        truth.sort_unstable();
         let only_table: Vec<(u64, u64)> = tracked
             .iter()
             .filter(|t| truth.binary_search(t).is_err())
@@ -654,7 +729,8 @@ impl Host {
             .filter(|t| tracked.binary_search(t).is_err())
             .copied()
             .collect();
-        let corruptions = self.mm().corruptions();
+        let mut corruptions = self.mm().corruptions();
+        corruptions.extend(self.sys.mdls.corruptions());
         Ok(Audit {
             records: records.len() as u64,
             duplicate_records: (records.len() as u64).saturating_sub(seqs.len() as u64),

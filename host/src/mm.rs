@@ -86,6 +86,18 @@ pub enum Corruption {
         /// The call came through iosv.
         via_iosv: bool,
     },
+    /// A call of the MDL / reserved-mapping family a real system would not survive
+    /// ([`crate::mdl::SimMdls`]).
+    Family {
+        /// What happened.
+        what: &'static str,
+        /// Address passed (0 if none).
+        address: u64,
+        /// MDL passed (0 if none).
+        mdl: u64,
+        /// The call came through iosv.
+        via_iosv: bool,
+    },
 }
 
 impl std::fmt::Display for Corruption {
@@ -109,6 +121,16 @@ impl std::fmt::Display for Corruption {
             } => write!(
                 f,
                 "MmUnmapIoSpace({base:#x}, {passed:#x}) {} of a mapping of {mapped:#x} bytes",
+                via(*via_iosv)
+            ),
+            Corruption::Family {
+                what,
+                address,
+                mdl,
+                via_iosv,
+            } => write!(
+                f,
+                "{what} (address {address:#x}, MDL {mdl:#x}) {}",
                 via(*via_iosv)
             ),
         }

@@ -430,6 +430,14 @@ impl DriverRef {
     pub fn is_loaded(&self) -> bool {
         self.image.is_loaded()
     }
+    /// The simulated system (for the MDL family's calls, `crate::mdl`).
+    pub(crate) fn sys(&self) -> &System {
+        &self.sys
+    }
+    /// The verifier whose hooks this driver's patched slots reach.
+    pub(crate) fn verifier(&self) -> &Verifier<HostPlatform> {
+        &self.verifier
+    }
 
     /// What a call to `routine` through the driver's import slot reaches now.
     fn target(&self, routine: HookedRoutine) -> u64 {
@@ -456,7 +464,11 @@ impl DriverRef {
         }
     }
 
-    fn frames(&self, routine: Routine, ret: u64) -> ([u64; thread::CHAIN_FRAMES], usize) {
+    pub(crate) fn frames(
+        &self,
+        routine: Routine,
+        ret: u64,
+    ) -> ([u64; thread::CHAIN_FRAMES], usize) {
         let mut f = [
             ret,
             routine.entry(self.image.base()),
@@ -1777,6 +1789,14 @@ impl Host {
                     ))
                 })
             }
+            // The MDL and reserved-mapping family (issue 11): crate::mdl.
+            RuleId::MdlUnmapWrongMdl
+            | RuleId::MdlUnmapIrql
+            | RuleId::MdlReleasedWhileMapped
+            | RuleId::ReservedFreedWhileMapped
+            | RuleId::ReservedMappedTwice
+            | RuleId::ReservedSize
+            | RuleId::UnmapOtherProcess => super::mdl::commit(self, rule, d),
         }
     }
 
