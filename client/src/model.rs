@@ -314,7 +314,19 @@ impl<'a> Violation<'a> {
             hex(r.address),
             r.passed_size
         );
-        let mapping = format!(
+        let kind = iosv::mdl::MappingKind::from_u8(r.kind).unwrap_or(iosv::mdl::MappingKind::IoSpace);
+        let mapping = if kind != iosv::mdl::MappingKind::IoSpace {
+            format!(
+                "the {} at {} (0x{:x} bytes, MDL {}) made by {owner}",
+                match kind {
+                    iosv::mdl::MappingKind::Reserved => "reserved range",
+                    _ => "MDL mapping",
+                },
+                hex(r.base),
+                r.mapped_size,
+                hex(r.mdl)
+            )
+        } else { format!(
             "the mapping at {} ({} 0x{:x} bytes, physical {}{}) made by {owner}",
             hex(r.base),
             if known { "size" } else { "last known size" },
@@ -325,7 +337,7 @@ impl<'a> Violation<'a> {
             } else {
                 String::new()
             },
-        );
+        ) };
         let contained = if self.contained() {
             match self.rule() {
                 Some(RuleId::UnmapSizeMismatch) => {
@@ -340,6 +352,21 @@ impl<'a> Violation<'a> {
                 Some(RuleId::DoubleUnmap) if self.reused() => format!(
                     "; contained: the call was not passed to MmUnmapIoSpace, {owner}'s mapping stays mapped"
                 ),
+                Some(RuleId::MdlUnmapWrongMdl) => {
+                    "; contained: unmapped with the tracked MDL".to_string()
+                }
+                Some(RuleId::MdlReleasedWhileMapped | RuleId::ReservedFreedWhileMapped) => {
+                    "; contained: iosv unmapped it first".to_string()
+                }
+                Some(RuleId::ReservedMappedTwice | RuleId::ReservedSize) => {
+                    "; contained: not passed to Mm, NULL returned".to_string()
+                }
+                Some(RuleId::UnmapOtherProcess) => {
+                    "; contained: not passed to MmUnmapLockedPages, the mapping stays tracked".to_string()
+                }
+                _ if kind != iosv::mdl::MappingKind::IoSpace => {
+                    "; contained: the call was not passed to Mm".to_string()
+                }
                 _ => "; contained: the call was not passed to MmUnmapIoSpace".to_string(),
             }
         } else {
@@ -477,6 +504,41 @@ impl<'a> Violation<'a> {
                     hex(r.base)
                 )
             }
+            Some(RuleId::MdlUnmapWrongMdl) => format!(
+                "{caller} unmapped {} with MDL {}, but {mapping}",
+                hex(r.address),
+                hex(r.passed_mdl)
+            ),
+            Some(RuleId::MdlUnmapIrql) => format!(
+                "{caller} unmapped {} at {}: {mapping}; the ceiling is DISPATCH_LEVEL for system space, APC_LEVEL for user space",
+                hex(r.address),
+                irql(r.irql)
+            ),
+            Some(RuleId::MdlReleasedWhileMapped) => format!(
+                "{caller} freed, unlocked or reused MDL {} while {mapping} was live and not released by that call",
+                hex(r.passed_mdl)
+            ),
+            Some(RuleId::ReservedFreedWhileMapped) => format!(
+                "{caller} called MmFreeMappingAddress({}) while MDL {} is still mapped into {mapping}",
+                hex(r.address),
+                hex(r.mdl)
+            ),
+            Some(RuleId::ReservedMappedTwice) => format!(
+                "{caller} mapped MDL {} into {mapping}, which MDL {} already maps",
+                hex(r.passed_mdl),
+                hex(r.mdl)
+            ),
+            Some(RuleId::ReservedSize) => format!(
+                "{caller} mapped MDL {} spanning 0x{:x} bytes of pages into {mapping}, which reserves 0x{:x}",
+                hex(r.passed_mdl),
+                r.passed_size,
+                r.mapped_size
+            ),
+            Some(RuleId::UnmapOtherProcess) => format!(
+                "{caller} unmapped the user-space {} from process {}, not the process it was mapped into; {mapping}",
+                hex(r.address),
+                r.process_id
+            ),
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
         format!("{text}{contained}")
