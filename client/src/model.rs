@@ -545,6 +545,21 @@ impl<'a> Violation<'a> {
     }
 }
 
+/// The kind of a mapping record (`MK_*`; an unknown value reads as I/O space).
+pub fn mapping_kind(kind: u8) -> iosv::mdl::MappingKind {
+    iosv::mdl::MappingKind::from_u8(kind).unwrap_or(iosv::mdl::MappingKind::IoSpace)
+}
+
+/// A pool tag as its four characters (`'Rsvd'`), non-printable bytes as `.`.
+pub fn pool_tag(tag: u32) -> String {
+    let chars: String = tag
+        .to_le_bytes()
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '.' })
+        .collect();
+    format!("'{chars}'")
+}
+
 /// Human name of a `DRIVER_*` state.
 pub fn driver_state(state: u32) -> &'static str {
     match state {

@@ -228,7 +228,8 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
     recs.sort_by_key(|m| (m.map_time_ns, m.base));
     let mut s = String::new();
     let header = [
-        "BASE", "SIZE", "PHYSICAL", "CACHE", "DRIVER", "DEVICE", "AGE", "IRQL", "CPU", "FLAGS",
+        "BASE", "SIZE", "KIND", "PHYSICAL", "MDL", "CACHE", "DRIVER", "DEVICE", "AGE", "IRQL",
+        "CPU", "FLAGS",
     ];
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     let mut stacks = Vec::new();
@@ -244,11 +245,25 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
         if m.flags & MF_DETACHED != 0 {
             flags.push("detached");
         }
+        let kind = model::mapping_kind(m.kind);
+        let user = format!("user:pid {}", m.process_id);
+        if m.flags & iosv::protocol::MF_USER != 0 {
+            flags.push(&user);
+        }
+        if m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0 {
+            flags.push("mapped");
+        }
+        let io = kind == iosv::mdl::MappingKind::IoSpace;
         rows.push(vec![
             hex(m.base),
             format!("0x{:x}", m.size),
-            hex(m.physical),
-            model::cache(m.cache, ex),
+            kind.name().to_string(),
+            if io { hex(m.physical) } else { "-".to_string() },
+            if m.mdl != 0 { hex(m.mdl) } else { "-".to_string() },
+            match kind {
+                iosv::mdl::MappingKind::Reserved => model::pool_tag(m.cache),
+                _ => model::cache(m.cache, ex),
+            },
             model::name(&m.driver_name),
             device(m.device),
             model::age(list.now_ns.saturating_sub(m.map_time_ns)),

@@ -111,6 +111,11 @@ pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value 
         "processor": m.processor,
         "leak_reported": m.flags & MF_LEAK_REPORTED != 0,
         "detached": m.flags & MF_DETACHED != 0,
+        "mapping_kind": model::mapping_kind(m.kind).name(),
+        "mdl": opt_hex(m.mdl),
+        "user_mode": m.flags & iosv::protocol::MF_USER != 0,
+        "process_id": m.process_id,
+        "reserved_mapped": m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0,
         "stack": images.stack(&m.stack, m.stack_depth),
     })
 }
