@@ -291,8 +291,6 @@ pub struct MdlHooks {
     pub free_mdl: usize,
     /// Hook of `MmUnlockPages`.
     pub unlock_pages: usize,
-    /// Hook of `MmPrepareMdlForReuse`.
-    pub prepare_mdl_for_reuse: usize,
     /// Hook of `MmAllocateMappingAddress`.
     pub allocate_mapping_address: usize,
     /// Hook of `MmAllocateMappingAddressEx`.
@@ -313,7 +311,6 @@ impl MdlHooks {
         unmap_locked_pages: 0,
         free_mdl: 0,
         unlock_pages: 0,
-        prepare_mdl_for_reuse: 0,
         allocate_mapping_address: 0,
         allocate_mapping_address_ex: 0,
         map_locked_pages_with_reserved_mapping: 0,
@@ -338,7 +335,6 @@ impl Hooks {
             HookedRoutine::UnmapLockedPages => m.unmap_locked_pages,
             HookedRoutine::FreeMdl => m.free_mdl,
             HookedRoutine::UnlockPages => m.unlock_pages,
-            HookedRoutine::PrepareMdlForReuse => m.prepare_mdl_for_reuse,
             HookedRoutine::AllocateMappingAddress => m.allocate_mapping_address,
             HookedRoutine::AllocateMappingAddressEx => m.allocate_mapping_address_ex,
             HookedRoutine::MapLockedPagesWithReservedMapping => {

@@ -1,6 +1,6 @@
 //! The MDL and reserved-mapping family (issue 11): what iosv tracks of
 //! `MmMapLockedPagesSpecifyCache` / `MmMapLockedPages` / `MmUnmapLockedPages`, of the
-//! implicit releases by `MmUnlockPages` / `IoFreeMdl` / `MmPrepareMdlForReuse`, and of
+//! implicit releases by `MmUnlockPages` / `IoFreeMdl`, and of
 //! `MmAllocateMappingAddress(Ex)` / `MmMapLockedPagesWithReservedMapping` /
 //! `MmUnmapReservedMapping` / `MmFreeMappingAddress`. The engine's hooks for them are in
 //! `verifier/mdl.rs`; this module is the data model they share with the control plane and
@@ -35,8 +35,11 @@
 //!   entry leaves the table and a later `MmUnmapLockedPages` of it is a double unmap,
 //!   IOSV005). A user-space mapping is not released by it: IOSV017.
 //! - `IoFreeMdl` of a partial MDL whose mapping `MmPrepareMdlForReuse` releases
-//!   (`MDL_PARTIAL_HAS_BEEN_MAPPED`) is an implicit release too; any other live explicit
-//!   mapping of the MDL at `IoFreeMdl` or `MmPrepareMdlForReuse` leaks its PTEs: IOSV017.
+//!   (`MDL_PARTIAL_HAS_BEEN_MAPPED`; `IoFreeMdl` runs it first, as the WRK's does) is an
+//!   implicit release too; any other live explicit mapping of the MDL at `IoFreeMdl` leaks
+//!   its PTEs: IOSV017. `MmPrepareMdlForReuse` itself is a wdm.h macro that calls
+//!   `MmUnmapLockedPages(Mdl->MappedSystemVa, Mdl)` for such an MDL: iosv sees (and checks)
+//!   that unmap, not the macro.
 //! - `MmFreeMappingAddress`: "If the memory range has already been mapped by
 //!   MmMapLockedPagesWithReservedMapping, it must first be unmapped with
 //!   MmUnmapReservedMapping" (IOSV018).
@@ -49,7 +52,7 @@
 //!   reported once, by the first event that finds it live.
 //!
 //! # The MDL index
-//! `IoFreeMdl`, `MmUnlockPages` and `MmPrepareMdlForReuse` run for every MDL in the system,
+//! `IoFreeMdl` and `MmUnlockPages` run for every MDL in the system,
 //! and almost none of those MDLs has an explicit mapping iosv tracks. [`MdlIndex`] is a
 //! counting filter over MDL addresses (one `AtomicU32` per bucket, incremented when an MDL
 //! mapping is tracked, decremented when it leaves the table): a release of an MDL whose
@@ -174,8 +177,6 @@ pub enum MdlRelease {
     Free,
     /// `MmUnlockPages`.
     Unlock,
-    /// `MmPrepareMdlForReuse`.
-    PrepareForReuse,
 }
 
 impl MdlRelease {
@@ -184,7 +185,6 @@ impl MdlRelease {
         match self {
             MdlRelease::Free => "IoFreeMdl",
             MdlRelease::Unlock => "MmUnlockPages",
-            MdlRelease::PrepareForReuse => "MmPrepareMdlForReuse",
         }
     }
 
@@ -197,7 +197,7 @@ impl MdlRelease {
         }
         match self {
             MdlRelease::Unlock => true,
-            MdlRelease::Free | MdlRelease::PrepareForReuse => {
+            MdlRelease::Free => {
                 info.is_some_and(|i| i.released_by_prepare_for_reuse())
             }
         }
@@ -327,7 +327,6 @@ mod tests {
         assert!(!MdlRelease::Unlock.releases(FLAG_KIND_MDL | FLAG_USER, locked));
         assert!(!MdlRelease::Free.releases(FLAG_KIND_MDL, locked));
         assert!(MdlRelease::Free.releases(FLAG_KIND_MDL, partial));
-        assert!(MdlRelease::PrepareForReuse.releases(FLAG_KIND_MDL, partial));
         assert!(!MdlRelease::Free.releases(FLAG_KIND_MDL, None));
     }
 

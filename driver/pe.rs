@@ -143,7 +143,9 @@ pub enum HookedRoutine {
     /// `MmGetSystemRoutineAddress`, hooked so that dynamically resolved pointers to the
     /// other routines are hooked too.
     GetSystemRoutineAddress,
-    /// `MmMapLockedPagesSpecifyCache` (the MDL family, [`crate::mdl`]).
+    /// `MmMapLockedPagesSpecifyCache` (the MDL family, [`crate::mdl`]; what the
+    /// `MmGetSystemAddressForMdlSafe` macro calls). `MmPrepareMdlForReuse` is a wdm.h
+    /// macro over `MmUnmapLockedPages`, so it has no entry of its own.
     MapLockedPagesSpecifyCache,
     /// `MmMapLockedPages`.
     MapLockedPages,
@@ -153,8 +155,6 @@ pub enum HookedRoutine {
     FreeMdl,
     /// `MmUnlockPages`.
     UnlockPages,
-    /// `MmPrepareMdlForReuse`.
-    PrepareMdlForReuse,
     /// `MmAllocateMappingAddress`.
     AllocateMappingAddress,
     /// `MmAllocateMappingAddressEx`.
@@ -169,7 +169,7 @@ pub enum HookedRoutine {
 
 impl HookedRoutine {
     /// Number of hooked routines.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 14;
 
     /// Every hooked routine, in [`index`](Self::index) order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -182,7 +182,6 @@ impl HookedRoutine {
         Self::UnmapLockedPages,
         Self::FreeMdl,
         Self::UnlockPages,
-        Self::PrepareMdlForReuse,
         Self::AllocateMappingAddress,
         Self::AllocateMappingAddressEx,
         Self::MapLockedPagesWithReservedMapping,
@@ -203,7 +202,6 @@ impl HookedRoutine {
             Self::UnmapLockedPages => "MmUnmapLockedPages",
             Self::FreeMdl => "IoFreeMdl",
             Self::UnlockPages => "MmUnlockPages",
-            Self::PrepareMdlForReuse => "MmPrepareMdlForReuse",
             Self::AllocateMappingAddress => "MmAllocateMappingAddress",
             Self::AllocateMappingAddressEx => "MmAllocateMappingAddressEx",
             Self::MapLockedPagesWithReservedMapping => "MmMapLockedPagesWithReservedMapping",

@@ -149,10 +149,6 @@ pub trait Platform: SlotAccess + Sync {
     fn mm_unlock_pages(&self, mdl: u64) {
         let _ = mdl;
     }
-    /// The real `MmPrepareMdlForReuse`.
-    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
-        let _ = mdl;
-    }
     /// The real `MmAllocateMappingAddress`. Returns the range's base, or 0.
     fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
         let _ = (size, pool_tag);

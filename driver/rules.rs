@@ -46,7 +46,7 @@ pub enum RuleId {
     /// (DISPATCH_LEVEL for system space, APC_LEVEL for user space), or
     /// `MmUnmapReservedMapping` above DISPATCH_LEVEL.
     MdlUnmapIrql = 16,
-    /// IOSV017: `IoFreeMdl`, `MmUnlockPages` or `MmPrepareMdlForReuse` of an MDL whose
+    /// IOSV017: `IoFreeMdl` or `MmUnlockPages` of an MDL whose
     /// explicit mapping is live and is not released by that call.
     MdlReleasedWhileMapped = 17,
     /// IOSV018: `MmFreeMappingAddress` of a reserved range that is still mapped.
@@ -439,7 +439,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV017",
         name: "mdl-released-while-mapped",
         severity: Severity::Error,
-        summary: "IoFreeMdl, MmUnlockPages or MmPrepareMdlForReuse of an MDL whose explicit mapping is live and not released by that call (a user-space mapping, or a system-space mapping of a non-partial MDL at IoFreeMdl/MmPrepareMdlForReuse): the PTEs leak or map unlocked pages (contained: iosv unmaps first)",
+        summary: "IoFreeMdl or MmUnlockPages of an MDL whose explicit mapping is live and not released by that call (a user-space mapping, or at IoFreeMdl a system-space mapping of an MDL that is not a mapped partial MDL): the PTEs leak or map unlocked pages (contained: iosv unmaps first)",
         help: "MmUnmapLockedPages every explicit mapping before unlocking or freeing its MDL; only MmUnlockPages releases a system-space mapping of a locked MDL by itself.",
         reference: DDI_UNLOCK,
         containable: true,

@@ -22,6 +22,7 @@ pub mod entry;
 pub mod ffi;
 pub mod hooks;
 pub mod images;
+pub mod mdl_hooks;
 pub mod registry;
 pub mod slots;
 pub mod state;
@@ -205,6 +206,62 @@ impl Platform for WindowsPlatform {
         // SAFETY: the engine calls this only for a base it validated (or, with containment
         // off, for what the target passed — exactly what the target would have done).
         unsafe { MmUnmapIoSpace(base as usize as PVOID, size as SIZE_T) };
+    }
+
+    // The MDL and reserved-mapping family: mdl_hooks.
+    fn mm_map_locked_pages_specify_cache(
+        &self,
+        mdl: u64,
+        access_mode: u8,
+        cache_type: u32,
+        requested_address: u64,
+        bugcheck_on_failure: u32,
+        priority: u32,
+    ) -> u64 {
+        mdl_hooks::map_locked_pages_specify_cache(
+            mdl,
+            access_mode,
+            cache_type,
+            requested_address,
+            bugcheck_on_failure,
+            priority,
+        )
+    }
+    fn mm_map_locked_pages(&self, mdl: u64, access_mode: u8) -> u64 {
+        mdl_hooks::map_locked_pages(mdl, access_mode)
+    }
+    fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
+        mdl_hooks::unmap_locked_pages(base, mdl);
+    }
+    fn io_free_mdl(&self, mdl: u64) {
+        mdl_hooks::free_mdl(mdl);
+    }
+    fn mm_unlock_pages(&self, mdl: u64) {
+        mdl_hooks::unlock_pages(mdl);
+    }
+    fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
+        mdl_hooks::allocate_mapping_address(size, pool_tag)
+    }
+    fn mm_allocate_mapping_address_ex(&self, size: usize, pool_tag: u32, flags: u32) -> u64 {
+        mdl_hooks::allocate_mapping_address_ex(size, pool_tag, flags)
+    }
+    fn mm_map_locked_pages_with_reserved_mapping(
+        &self,
+        mapping_address: u64,
+        pool_tag: u32,
+        mdl: u64,
+        cache_type: u32,
+    ) -> u64 {
+        mdl_hooks::map_locked_pages_with_reserved_mapping(mapping_address, pool_tag, mdl, cache_type)
+    }
+    fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {
+        mdl_hooks::unmap_reserved_mapping(base, pool_tag, mdl);
+    }
+    fn mm_free_mapping_address(&self, base: u64, pool_tag: u32) {
+        mdl_hooks::free_mapping_address(base, pool_tag);
+    }
+    fn mdl_info(&self, mdl: u64) -> Option<crate::mdl::MdlInfo> {
+        mdl_hooks::mdl_info(mdl)
     }
 
     fn debug_break(&self) {

@@ -7,7 +7,7 @@
 //! or unmapping one takes the entry out, updates it and puts it back (bounded, never
 //! waits — a call racing that instant on the same range finds no entry and is judged as
 //! such, which only a driver using one range from two threads at once can see).
-//! `IoFreeMdl` / `MmUnlockPages` / `MmPrepareMdlForReuse` first ask the [`MdlIndex`]
+//! `IoFreeMdl` / `MmUnlockPages` first ask the [`MdlIndex`]
 //! (one load) whether the MDL may have a tracked mapping, and walk the table only if so.
 //!
 //! [`MdlIndex`]: crate::mdl::MdlIndex
@@ -199,12 +199,6 @@ impl<P: Platform> Verifier<P> {
     pub fn unlock_pages(&self, caller: Caller, mdl: u64) {
         self.mdl_released(caller, mdl, MdlRelease::Unlock);
         self.platform.mm_unlock_pages(mdl);
-    }
-
-    /// The `MmPrepareMdlForReuse` hook.
-    pub fn prepare_mdl_for_reuse(&self, caller: Caller, mdl: u64) {
-        self.mdl_released(caller, mdl, MdlRelease::PrepareForReuse);
-        self.platform.mm_prepare_mdl_for_reuse(mdl);
     }
 
     /// Before `how` releases `mdl`: its live mappings that the routine releases by itself

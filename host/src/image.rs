@@ -41,7 +41,6 @@ pub const HOOKS: Hooks = Hooks {
         unmap_locked_pages: 0xFFFF_F807_7000_2200,
         free_mdl: 0xFFFF_F807_7000_2300,
         unlock_pages: 0xFFFF_F807_7000_2400,
-        prepare_mdl_for_reuse: 0xFFFF_F807_7000_2500,
         allocate_mapping_address: 0xFFFF_F807_7000_2600,
         allocate_mapping_address_ex: 0xFFFF_F807_7000_2700,
         map_locked_pages_with_reserved_mapping: 0xFFFF_F807_7000_2800,
@@ -62,7 +61,6 @@ pub const REAL: Hooks = Hooks {
         unmap_locked_pages: 0xFFFF_F800_0043_1400,
         free_mdl: 0xFFFF_F800_0037_1000,
         unlock_pages: 0xFFFF_F800_0043_1600,
-        prepare_mdl_for_reuse: 0xFFFF_F800_0043_1800,
         allocate_mapping_address: 0xFFFF_F800_0043_2000,
         allocate_mapping_address_ex: 0xFFFF_F800_0043_2200,
         map_locked_pages_with_reserved_mapping: 0xFFFF_F800_0043_2400,
@@ -90,7 +88,7 @@ pub mod kernel_frames {
 }
 
 /// An import of the simulated images: (dll, routine, real address).
-const IMPORTS: [(&str, &str, u64); 18] = [
+const IMPORTS: [(&str, &str, u64); 17] = [
     ("ntoskrnl.exe", "MmMapIoSpace", REAL.map_io_space as u64),
     ("ntoskrnl.exe", "ExAllocatePool2", 0xFFFF_F800_0033_0000),
     (
@@ -122,11 +120,6 @@ const IMPORTS: [(&str, &str, u64); 18] = [
     ),
     ("ntoskrnl.exe", "IoFreeMdl", REAL.mdl.free_mdl as u64),
     ("ntoskrnl.exe", "MmUnlockPages", REAL.mdl.unlock_pages as u64),
-    (
-        "ntoskrnl.exe",
-        "MmPrepareMdlForReuse",
-        REAL.mdl.prepare_mdl_for_reuse as u64,
-    ),
     (
         "ntoskrnl.exe",
         "MmAllocateMappingAddress",

@@ -353,9 +353,6 @@ impl Platform for HostPlatform {
     fn mm_unlock_pages(&self, mdl: u64) {
         self.sys.mdls.unlock(mdl, true);
     }
-    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
-        self.sys.mdls.prepare_or_free(mdl, false, true);
-    }
     fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
         self.sys.mdls.allocate_reserved(size as u64, pool_tag, true)
     }

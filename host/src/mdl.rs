@@ -4,8 +4,8 @@
 //! [`Corruption`] for every call a real system would not survive.
 //!
 //! The real routines behave as their DDI pages say (see `iosv::mdl` for the quotes):
-//! `MmUnlockPages` releases the MDL's system-space mapping; `IoFreeMdl` and
-//! `MmPrepareMdlForReuse` release the mapping of a partial MDL
+//! `MmUnlockPages` releases the MDL's system-space mapping; `IoFreeMdl` releases the
+//! mapping of a partial MDL
 //! (`MDL_PARTIAL_HAS_BEEN_MAPPED`) and leak any other (the PTEs stay used: a corruption);
 //! `MmMapLockedPagesWithReservedMapping` returns NULL when the range cannot span the MDL;
 //! `MmFreeMappingAddress` of a mapped range, an unmap with another MDL or in another
@@ -303,8 +303,9 @@ impl SimMdls {
         }
     }
 
-    /// `MmPrepareMdlForReuse(mdl)` (`free == false`) or `IoFreeMdl(mdl)`: a partial
-    /// MDL's mapping is released; any other live mapping leaks (stays, a corruption).
+    /// `IoFreeMdl(mdl)` (`free`; `false`: the part of it `MmPrepareMdlForReuse` does): a
+    /// partial MDL's mapping is released; any other live mapping leaks (stays, a
+    /// corruption).
     pub fn prepare_or_free(&self, mdl: u64, free: bool, via_iosv: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.state);

@@ -251,10 +251,28 @@ fn real_routines() -> Reals {
         let address = unsafe { MmGetSystemRoutineAddress(&mut name) };
         address as usize
     };
+    let mut family = [0usize; crate::pe::HookedRoutine::COUNT];
+    for routine in crate::pe::HookedRoutine::ALL {
+        if !routine.is_mdl_family() {
+            continue;
+        }
+        // Names are ASCII and shorter than 64 units.
+        let mut units = [0u16; 64];
+        let name = routine.name().as_bytes();
+        for (d, s) in units.iter_mut().zip(name) {
+            *d = u16::from(*s);
+        }
+        if let (Some(slot), Some(units)) =
+            (family.get_mut(routine.index()), units.get(..name.len()))
+        {
+            *slot = resolve(units);
+        }
+    }
     Reals {
         map: resolve(&MAP),
         map_ex: resolve(&MAP_EX),
         unmap: resolve(&UNMAP),
         get_routine: resolve(&GET),
+        family,
     }
 }

@@ -215,6 +215,7 @@ pub fn hook_addresses() -> crate::intercept::Hooks {
         map_io_space_ex: hook_mm_map_io_space_ex as *const () as usize,
         unmap_io_space: hook_mm_unmap_io_space as *const () as usize,
         get_system_routine_address: hook_mm_get_system_routine_address as *const () as usize,
+        mdl: super::mdl_hooks::hook_addresses(),
     }
 }
 

@@ -273,6 +273,11 @@ fn routine_of_value(glue: &Glue, value: usize) -> Option<HookedRoutine> {
         Some(HookedRoutine::UnmapIoSpace)
     } else if value == r.get_routine {
         Some(HookedRoutine::GetSystemRoutineAddress)
+    } else if let Some(routine) = HookedRoutine::ALL
+        .into_iter()
+        .find(|x| x.is_mdl_family() && r.family.get(x.index()) == Some(&value))
+    {
+        Some(routine)
     } else {
         glue.hooks.routine_at(value)
     }

@@ -62,6 +62,9 @@ pub struct Reals {
     pub unmap: usize,
     /// `MmGetSystemRoutineAddress`.
     pub get_routine: usize,
+    /// The MDL and reserved-mapping family, indexed by `HookedRoutine::index` (the other
+    /// entries 0).
+    pub family: [usize; crate::pe::HookedRoutine::COUNT],
 }
 
 /// A value behind a `KGUARDED_MUTEX`: control-plane state touched at PASSIVE_LEVEL only

@@ -23,7 +23,6 @@ enum Call {
     UnmapLocked(u64, u64),
     FreeMdl(u64),
     Unlock(u64),
-    Prepare(u64),
     MapReserved(u64, u64),
     UnmapReserved(u64, u32, u64),
     FreeReserved(u64, u32),
@@ -133,9 +132,6 @@ impl Platform for Fake {
     }
     fn mm_unlock_pages(&self, mdl: u64) {
         self.call(Call::Unlock(mdl));
-    }
-    fn mm_prepare_mdl_for_reuse(&self, mdl: u64) {
-        self.call(Call::Prepare(mdl));
     }
     fn mm_allocate_mapping_address(&self, _size: usize, _tag: u32) -> u64 {
         self.va()
@@ -371,12 +367,13 @@ fn iosv017_without_containment_is_reported_once_and_stays_listed() {
     let b = bed();
     b.containment_off();
     let va = b.map_kernel(MDL_A);
-    b.v.prepare_mdl_for_reuse(me(), MDL_A);
+    b.v.unlock_pages(me(), MDL_B); // another MDL: nothing to do
+    b.v.io_free_mdl(me(), MDL_A);
     assert_eq!(b.rules(), [RuleId::MdlReleasedWhileMapped]);
-    assert_eq!(b.calls(), [Call::Prepare(MDL_A)]);
+    assert_eq!(b.calls(), [Call::Unlock(MDL_B), Call::FreeMdl(MDL_A)]);
     assert_ne!(b.v.table().get(va).unwrap().flags & FLAG_LEAK_REPORTED, 0);
     // Reported: neither a second release nor the unload reports it again.
-    b.v.io_free_mdl(me(), MDL_A);
+    b.v.unlock_pages(me(), MDL_A);
     b.v.driver_detached(b.drv, false);
     assert!(b.rules().is_empty());
 }

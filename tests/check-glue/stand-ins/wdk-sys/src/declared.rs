@@ -73,5 +73,11 @@ pub mod functions {
         ) -> PVOID;
         /// `KeQueryInterruptTimePrecise` (wdm.h, Windows 8.1+).
         pub fn KeQueryInterruptTimePrecise(QpcTimeStamp: PULONG64) -> ULONG64;
+        /// `MmAllocateMappingAddressEx` (wdm.h, Windows 10 2004+).
+        pub fn MmAllocateMappingAddressEx(
+            NumberOfBytes: SIZE_T,
+            PoolTag: ULONG,
+            Flags: ULONG,
+        ) -> PVOID;
     }
 }
