@@ -166,7 +166,7 @@ const ALL_STATUSES: [Status; 14] = [
 pub const NAME_LEN: usize = 32;
 /// Frames in a wire stack (entries past a record's depth are zero).
 pub const MAX_STACK: usize = 16;
-/// Slots in per-rule arrays on the wire (14 rules used, room to grow).
+/// Slots in per-rule arrays on the wire (21 rules used, room to grow).
 pub const RULE_SLOTS: usize = 32;
 /// Target image names a configuration holds.
 pub const MAX_TARGETS: usize = 16;

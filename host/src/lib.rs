@@ -6,7 +6,8 @@
 //! - **IRQL and identity** ([`thread`]): every OS thread has a simulated IRQL that code
 //!   raises and lowers, a thread id and a processor index; scenario steps can run as a
 //!   fixed simulated thread.
-//! - **Memory manager** ([`mm`]): hands out canonical kernel addresses for I/O-space
+//! - **Memory manager** ([`mm`], and [`mdl`] for MDLs, MDL mappings and reserved ranges):
+//!   hands out canonical kernel addresses for I/O-space
 //!   mappings, reuses freed ones eagerly, and keeps the ground truth of what is mapped,
 //!   recording every unmap a real system would not survive as a [`mm::Corruption`].
 //! - **Driver images** ([`image`]): each load of a simulated driver is a real little PE32+
@@ -15,7 +16,7 @@
 //!   so a call reaches the verifier exactly when the slot holds the hook.
 //! - **PnP and drivers** ([`pnp`]): drivers load and unload, devices are added, started,
 //!   stopped, surprise-removed and removed, with well-behaved or buggy routines — one bug
-//!   per rule IOSV001–IOSV014 ([`Behaviour`]), each injectable on demand
+//!   per rule IOSV001–IOSV021 ([`Behaviour`]; the MDL family's in [`mdl`]), each injectable on demand
 //!   ([`Host::commit_bug`]) with a count of what was injected ([`Host::injected`]).
 //! - **Endpoint** ([`endpoint`]): the control codes over a Unix domain socket, for
 //!   `iosvctl`.

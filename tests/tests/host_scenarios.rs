@@ -289,3 +289,20 @@ fn a_step_that_fails_at_run_time_is_reported_at_the_step() {
         "{err}"
     );
 }
+
+#[test]
+fn mdl_family_example_reports_each_rule_once_contained() {
+    let (host, summary, records) = run_file("mdl.toml");
+    assert_eq!(rules(&records), [15, 16, 17, 18, 19, 20, 21]);
+    for r in &records {
+        // Every record names an MDL mapping or a reserved range and its MDL.
+        assert_ne!(r.kind, iosv::protocol::MK_IO_SPACE, "rule {}", r.rule);
+        assert!(r.mdl != 0 || r.passed_mdl != 0, "rule {}", r.rule);
+        // IOSV016 is reported and passed; every other one is contained.
+        assert_eq!(r.flags & VF_CONTAINED != 0, r.rule != 16, "rule {}", r.rule);
+    }
+    let audit = host.audit(&summary.expected, true).unwrap();
+    assert!(audit.is_clean(), "{audit}");
+    assert_eq!(audit.table_entries, 0, "nothing left mapped");
+    assert!(host.mm().corruptions().is_empty());
+}
