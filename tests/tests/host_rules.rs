@@ -15,6 +15,9 @@ use iosv_host::mm::{Corruption, NEVER_MAPPED_START};
 use iosv_host::pnp::{MM_CACHED, MM_NON_CACHED};
 use iosv_host::{thread, Bar, Behaviour, Host, HostError, Routine};
 
+/// Import slots of a simulated image that iosv hooks (every hooked routine).
+const SLOTS: u32 = iosv::pe::HookedRoutine::COUNT as u32;
+
 const BAR0: Bar = Bar {
     physical: 0xF000_0000,
     size: 0x8000,
@@ -566,10 +569,10 @@ fn attach_and_detach_through_the_control_codes() {
 
     assert_eq!(
         host.attach("late.sys").unwrap(),
-        4,
-        "four import slots hooked"
+        SLOTS,
+        "every hooked import slot (the I/O-space routines, MmGetSystemRoutineAddress and the MDL family)"
     );
-    assert_eq!(host.attach("late.sys").unwrap(), 4, "idempotent");
+    assert_eq!(host.attach("late.sys").unwrap(), SLOTS, "idempotent");
     assert!(matches!(
         host.attach("nope.sys"),
         Err(HostError::Control(iosv::protocol::Status::NotFound))
@@ -590,7 +593,7 @@ fn attach_and_detach_through_the_control_codes() {
     );
     host.stop_device(&dev).unwrap();
     host.remove_device(&dev).unwrap();
-    assert_eq!(host.detach("late.sys").unwrap(), 4, "four slots restored");
+    assert_eq!(host.detach("late.sys").unwrap(), SLOTS, "every slot restored");
     assert!(d.driver_id().is_none());
     let (base, hooked) = d
         .map_io_space(Routine::Dispatch, 0x2_0000_0000, 0x1000, 0)
@@ -605,7 +608,7 @@ fn attach_and_detach_through_the_control_codes() {
 fn detach_reports_live_mappings_as_expected_leaks() {
     let host = system();
     // a0's two BARs are live when a.sys is detached: IOSV009 with the detach flag, twice.
-    assert_eq!(host.detach("a.sys").unwrap(), 4);
+    assert_eq!(host.detach("a.sys").unwrap(), SLOTS);
     let r = records(&host);
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|x| x.rule == 9 && x.flags & VF_DETACH != 0));
@@ -625,7 +628,7 @@ fn detach_keeps_the_truth() {
     let host = system();
     let dev = host.device("a0").unwrap();
     let bars: Vec<(u64, u64)> = dev.bar_mappings().into_iter().flatten().collect();
-    assert_eq!(host.detach("a.sys").unwrap(), 4);
+    assert_eq!(host.detach("a.sys").unwrap(), SLOTS);
     assert_eq!(records(&host).len(), 2);
     let listed = host.tracked_mappings().unwrap().0;
     for (base, _) in &bars {
