@@ -897,7 +897,23 @@ mod tests {
         map_io_space_ex: 0xFFFF_F807_0000_2000,
         unmap_io_space: 0xFFFF_F807_0000_3000,
         get_system_routine_address: 0xFFFF_F807_0000_4000,
+        mdl: MdlHooks {
+            map_locked_pages_specify_cache: 0xFFFF_F807_0000_5000,
+            map_locked_pages: 0xFFFF_F807_0000_5100,
+            unmap_locked_pages: 0xFFFF_F807_0000_5200,
+            free_mdl: 0xFFFF_F807_0000_5300,
+            unlock_pages: 0xFFFF_F807_0000_5400,
+            allocate_mapping_address: 0xFFFF_F807_0000_5500,
+            allocate_mapping_address_ex: 0xFFFF_F807_0000_5600,
+            map_locked_pages_with_reserved_mapping: 0xFFFF_F807_0000_5700,
+            unmap_reserved_mapping: 0xFFFF_F807_0000_5800,
+            free_mapping_address: 0xFFFF_F807_0000_5900,
+        },
+    };
+    /// The same hooks, without the MDL family.
+    const IO_ONLY: Hooks = Hooks {
         mdl: MdlHooks::NONE,
+        ..HOOKS
     };
     const REAL: usize = 0xFFFF_F800_AAAA_0000;
 
@@ -1285,6 +1301,30 @@ mod tests {
             .unwrap()
             .patches()
             .is_empty());
+    }
+
+    #[test]
+    fn an_unhooked_mdl_family_is_left_alone() {
+        let slots = [
+            slot(0x10, HookedRoutine::MapIoSpace),
+            slot(0x18, HookedRoutine::MapLockedPagesSpecifyCache),
+            slot(0x20, HookedRoutine::FreeMdl),
+        ];
+        let plan = Plan::new(BASE, 0x100, &slots, &IO_ONLY).unwrap();
+        let routines: Vec<_> = plan.patches().iter().map(|p| p.routine).collect();
+        assert_eq!(routines, [HookedRoutine::MapIoSpace]);
+        assert_eq!(IO_ONLY.routine_at(0), None, "a 0 hook names no routine");
+        assert_eq!(
+            system_routine_override(&utf16("MmMapLockedPagesSpecifyCache"), &IO_ONLY),
+            None,
+            "the real routine is handed out"
+        );
+        // With the family hooked, its slots are patched like the others.
+        let plan = Plan::new(BASE, 0x100, &slots, &HOOKS).unwrap();
+        assert_eq!(plan.patches().len(), 3);
+        assert!(HookedRoutine::ALL
+            .iter()
+            .all(|r| r.is_mdl_family() == (r.index() >= 4)));
     }
 
     #[test]
