@@ -213,7 +213,22 @@ impl HookedRoutine {
     /// A dense index, `0..COUNT`, for per-routine tables.
     #[must_use]
     pub const fn index(self) -> usize {
-        self as usize
+        match self {
+            Self::MapIoSpace => 0,
+            Self::MapIoSpaceEx => 1,
+            Self::UnmapIoSpace => 2,
+            Self::GetSystemRoutineAddress => 3,
+            Self::MapLockedPagesSpecifyCache => 4,
+            Self::MapLockedPages => 5,
+            Self::UnmapLockedPages => 6,
+            Self::FreeMdl => 7,
+            Self::UnlockPages => 8,
+            Self::AllocateMappingAddress => 9,
+            Self::AllocateMappingAddressEx => 10,
+            Self::MapLockedPagesWithReservedMapping => 11,
+            Self::UnmapReservedMapping => 12,
+            Self::FreeMappingAddress => 13,
+        }
     }
 
     /// True for the MDL and reserved-mapping family (issue 11): a platform may leave

@@ -654,7 +654,8 @@ mod tests {
         c.stats().unwrap();
         let caps: Vec<usize> = c.transport_mut().calls.iter().map(|c| c.2).collect();
         let item = core::mem::size_of::<DriverStats>();
-        assert_eq!(caps[1..], [256 + 4 * item, 4000, 8000]);
+        let header = core::mem::size_of::<StatsReply>();
+        assert_eq!(caps[1..], [header + 4 * item, 4000, 8000]);
     }
 
     #[test]

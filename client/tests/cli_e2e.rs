@@ -188,6 +188,18 @@ fn every_rule_exactly_once_over_the_socket() {
     assert_eq!(r["severity"], "warning");
     assert_eq!(r["address"], r["base"]);
 
+    // The MDL family: kind, MDL and the call's MDL named; all contained but IOSV016.
+    for n in 15..=21 {
+        let r = &v[&format!("IOSV{n:03}")];
+        let kind = if (18..=20).contains(&n) { "reserved" } else { "mdl" };
+        assert_eq!(r["mapping_kind"], kind, "{r}");
+        assert_eq!(r["contained"].as_bool(), Some(n != 16), "{r}");
+        assert!(!r["mdl"].is_null() || !r["passed_mdl"].is_null(), "{r}");
+    }
+    let r = &v["IOSV015"];
+    assert_ne!(r["mdl"], r["passed_mdl"]);
+    assert_eq!(v["IOSV016"]["irql"], "DIRQL 5");
+
     let r = &v["IOSV014"];
     assert_eq!(
         (r["severity"].as_str(), r["contained"].as_bool()),
