@@ -197,9 +197,7 @@ impl MdlRelease {
         }
         match self {
             MdlRelease::Unlock => true,
-            MdlRelease::Free => {
-                info.is_some_and(|i| i.released_by_prepare_for_reuse())
-            }
+            MdlRelease::Free => info.is_some_and(|i| i.released_by_prepare_for_reuse()),
         }
     }
 }
@@ -290,13 +288,19 @@ mod tests {
         assert_eq!(FLAG_KIND_RESERVED, MF_KIND_RESERVED);
         assert_eq!(FLAG_USER, MF_USER);
         assert_eq!(FLAG_RESERVED_MAPPED, MF_RESERVED_MAPPED);
-        for k in [MappingKind::IoSpace, MappingKind::Mdl, MappingKind::Reserved] {
+        for k in [
+            MappingKind::IoSpace,
+            MappingKind::Mdl,
+            MappingKind::Reserved,
+        ] {
             assert_eq!(MappingKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(MappingKind::of(0), MappingKind::IoSpace);
         assert_eq!(MappingKind::of(FLAG_KIND_MDL | FLAG_USER), MappingKind::Mdl);
         assert_eq!(MappingKind::of(FLAG_KIND_RESERVED), MappingKind::Reserved);
-        assert!(is_io_space(crate::table::FLAG_MAP_EX | crate::table::FLAG_LEAK_REPORTED));
+        assert!(is_io_space(
+            crate::table::FLAG_MAP_EX | crate::table::FLAG_LEAK_REPORTED
+        ));
         assert!(!is_io_space(FLAG_KIND_RESERVED));
     }
 

@@ -314,7 +314,8 @@ impl<'a> Violation<'a> {
             hex(r.address),
             r.passed_size
         );
-        let kind = iosv::mdl::MappingKind::from_u8(r.kind).unwrap_or(iosv::mdl::MappingKind::IoSpace);
+        let kind =
+            iosv::mdl::MappingKind::from_u8(r.kind).unwrap_or(iosv::mdl::MappingKind::IoSpace);
         let mapping = if kind != iosv::mdl::MappingKind::IoSpace {
             format!(
                 "the {} at {} (0x{:x} bytes, MDL {}) made by {owner}",
@@ -326,18 +327,20 @@ impl<'a> Violation<'a> {
                 r.mapped_size,
                 hex(r.mdl)
             )
-        } else { format!(
-            "the mapping at {} ({} 0x{:x} bytes, physical {}{}) made by {owner}",
-            hex(r.base),
-            if known { "size" } else { "last known size" },
-            r.mapped_size,
-            hex(r.physical),
-            if self.cache_known() {
-                format!(", {}", cache(r.cache, self.map_ex()))
-            } else {
-                String::new()
-            },
-        ) };
+        } else {
+            format!(
+                "the mapping at {} ({} 0x{:x} bytes, physical {}{}) made by {owner}",
+                hex(r.base),
+                if known { "size" } else { "last known size" },
+                r.mapped_size,
+                hex(r.physical),
+                if self.cache_known() {
+                    format!(", {}", cache(r.cache, self.map_ex()))
+                } else {
+                    String::new()
+                },
+            )
+        };
         let contained = if self.contained() {
             match self.rule() {
                 Some(RuleId::UnmapSizeMismatch) => {
@@ -555,7 +558,13 @@ pub fn pool_tag(tag: u32) -> String {
     let chars: String = tag
         .to_le_bytes()
         .iter()
-        .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '.' })
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
         .collect();
     format!("'{chars}'")
 }

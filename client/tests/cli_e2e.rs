@@ -194,7 +194,11 @@ fn every_rule_exactly_once_over_the_socket() {
     // The MDL family: kind, MDL and the call's MDL named; all contained but IOSV016.
     for n in 15..=21 {
         let r = &v[&format!("IOSV{n:03}")];
-        let kind = if (18..=20).contains(&n) { "reserved" } else { "mdl" };
+        let kind = if (18..=20).contains(&n) {
+            "reserved"
+        } else {
+            "mdl"
+        };
         assert_eq!(r["mapping_kind"], kind, "{r}");
         assert_eq!(r["contained"].as_bool(), Some(n != 16), "{r}");
         assert!(!r["mdl"].is_null() || !r["passed_mdl"].is_null(), "{r}");
@@ -299,7 +303,10 @@ fn human_output_names_rules_drivers_irqls_and_stacks() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{N} violations ({} error, 2 warning, 0 note)", N - 2)),
+        out.contains(&format!(
+            "{N} violations ({} error, 2 warning, 0 note)",
+            N - 2
+        )),
         "{out}"
     );
     assert!(out.contains(&format!("next cursor: {N}")), "{out}");

@@ -252,7 +252,12 @@ impl Platform for WindowsPlatform {
         mdl: u64,
         cache_type: u32,
     ) -> u64 {
-        mdl_hooks::map_locked_pages_with_reserved_mapping(mapping_address, pool_tag, mdl, cache_type)
+        mdl_hooks::map_locked_pages_with_reserved_mapping(
+            mapping_address,
+            pool_tag,
+            mdl,
+            cache_type,
+        )
     }
     fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {
         mdl_hooks::unmap_reserved_mapping(base, pool_tag, mdl);

@@ -15,8 +15,8 @@
 use super::{copy_frames, CallCtx, Verifier, OWN_FRAMES};
 use crate::drivers::DriverId;
 use crate::mdl::{
-    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED,
-    FLAG_USER, USER_MODE,
+    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED, FLAG_USER,
+    USER_MODE,
 };
 use crate::phys::page_align;
 use crate::platform::{Caller, Irql, Platform};
@@ -24,8 +24,8 @@ use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
 use crate::rules::RuleId;
 use crate::stats::{Counter, DriverCounter};
 use crate::table::{
-    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, FLAG_DETACHED,
-    FLAG_LEAK_REPORTED, MAX_STACK_DEPTH,
+    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, FLAG_DETACHED, FLAG_LEAK_REPORTED,
+    MAX_STACK_DEPTH,
 };
 
 /// `MmCached`: the cache type `MmMapLockedPages` maps with.
@@ -302,8 +302,12 @@ impl<P: Platform> Verifier<P> {
         let cx = self.ctx(caller);
         let contain = self.settings.containment();
         let real = || {
-            self.platform
-                .mm_map_locked_pages_with_reserved_mapping(mapping_address, pool_tag, mdl, cache_type)
+            self.platform.mm_map_locked_pages_with_reserved_mapping(
+                mapping_address,
+                pool_tag,
+                mdl,
+                cache_type,
+            )
         };
         let Some(mut m) = self.take_reserved(&cx, page_align(mapping_address)) else {
             // Not a range iosv tracks (allocated before the attach, or untracked): pass.

@@ -119,7 +119,11 @@ const IMPORTS: [(&str, &str, u64); 17] = [
         REAL.mdl.unmap_locked_pages as u64,
     ),
     ("ntoskrnl.exe", "IoFreeMdl", REAL.mdl.free_mdl as u64),
-    ("ntoskrnl.exe", "MmUnlockPages", REAL.mdl.unlock_pages as u64),
+    (
+        "ntoskrnl.exe",
+        "MmUnlockPages",
+        REAL.mdl.unlock_pages as u64,
+    ),
     (
         "ntoskrnl.exe",
         "MmAllocateMappingAddress",

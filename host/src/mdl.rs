@@ -258,13 +258,23 @@ impl SimMdls {
         let mut s = lock(&self.state);
         let Some(m) = s.live.get(&base).copied() else {
             drop(s);
-            self.corrupt("MmUnmapLockedPages of an address not mapped", base, mdl, via_iosv);
+            self.corrupt(
+                "MmUnmapLockedPages of an address not mapped",
+                base,
+                mdl,
+                via_iosv,
+            );
             return;
         };
         Self::release(&mut s, &m);
         drop(s);
         if m.mdl != mdl {
-            self.corrupt("MmUnmapLockedPages with another MDL than the mapped one", base, mdl, via_iosv);
+            self.corrupt(
+                "MmUnmapLockedPages with another MDL than the mapped one",
+                base,
+                mdl,
+                via_iosv,
+            );
         }
         if m.user && m.process != process {
             self.corrupt(
@@ -299,7 +309,12 @@ impl SimMdls {
         }
         drop(s);
         for base in bad {
-            self.corrupt("MmUnlockPages under a live user-space mapping", base, mdl, via_iosv);
+            self.corrupt(
+                "MmUnlockPages under a live user-space mapping",
+                base,
+                mdl,
+                via_iosv,
+            );
         }
     }
 
@@ -371,7 +386,12 @@ impl SimMdls {
         let base = address & !(PAGE_SIZE - 1);
         let Some(r) = s.reserved.get(&base).copied() else {
             drop(s);
-            self.corrupt("MmMapLockedPagesWithReservedMapping of no reserved range", address, mdl, via_iosv);
+            self.corrupt(
+                "MmMapLockedPagesWithReservedMapping of no reserved range",
+                address,
+                mdl,
+                via_iosv,
+            );
             return 0;
         };
         let span = info.and_then(|i| i.span_bytes()).unwrap_or(u64::MAX);
@@ -515,7 +535,12 @@ fn process(d: &DriverRef) -> u64 {
 impl DriverRef {
     /// `MmMapLockedPagesSpecifyCache(mdl, mode, MmCached, NULL, FALSE, Normal)` from
     /// `from`. Returns the address and whether iosv's hook ran.
-    pub fn map_locked_pages(&self, from: Routine, mdl: u64, mode: u8) -> Result<(u64, bool), HostError> {
+    pub fn map_locked_pages(
+        &self,
+        from: Routine,
+        mdl: u64,
+        mode: u8,
+    ) -> Result<(u64, bool), HostError> {
         call(
             self,
             from,
@@ -529,13 +554,22 @@ impl DriverRef {
     }
 
     /// `MmUnmapLockedPages(base, mdl)` from `from`.
-    pub fn unmap_locked_pages(&self, from: Routine, base: u64, mdl: u64) -> Result<bool, HostError> {
+    pub fn unmap_locked_pages(
+        &self,
+        from: Routine,
+        base: u64,
+        mdl: u64,
+    ) -> Result<bool, HostError> {
         call(
             self,
             from,
             HookedRoutine::UnmapLockedPages,
             |c| self.verifier().unmap_locked_pages(c, base, mdl),
-            || self.sys().mdls.unmap_locked(base, mdl, process(self), false),
+            || {
+                self.sys()
+                    .mdls
+                    .unmap_locked(base, mdl, process(self), false)
+            },
         )
         .map(|(_, hooked)| hooked)
     }
@@ -565,25 +599,44 @@ impl DriverRef {
     }
 
     /// `MmAllocateMappingAddress(size, RESERVED_TAG)` from `from`.
-    pub fn allocate_mapping_address(&self, from: Routine, size: u64) -> Result<(u64, bool), HostError> {
+    pub fn allocate_mapping_address(
+        &self,
+        from: Routine,
+        size: u64,
+    ) -> Result<(u64, bool), HostError> {
         let bytes = usize::try_from(size).unwrap_or(usize::MAX);
         call(
             self,
             from,
             HookedRoutine::AllocateMappingAddress,
-            |c| self.verifier().allocate_mapping_address(c, bytes, RESERVED_TAG),
+            |c| {
+                self.verifier()
+                    .allocate_mapping_address(c, bytes, RESERVED_TAG)
+            },
             || self.sys().mdls.allocate_reserved(size, RESERVED_TAG, false),
         )
     }
 
     /// `MmMapLockedPagesWithReservedMapping(range, RESERVED_TAG, mdl, MmCached)`.
-    pub fn map_reserved(&self, from: Routine, range: u64, mdl: u64) -> Result<(u64, bool), HostError> {
+    pub fn map_reserved(
+        &self,
+        from: Routine,
+        range: u64,
+        mdl: u64,
+    ) -> Result<(u64, bool), HostError> {
         call(
             self,
             from,
             HookedRoutine::MapLockedPagesWithReservedMapping,
-            |c| self.verifier().map_reserved(c, range, RESERVED_TAG, mdl, MM_CACHED),
-            || self.sys().mdls.map_reserved(range, RESERVED_TAG, mdl, false),
+            |c| {
+                self.verifier()
+                    .map_reserved(c, range, RESERVED_TAG, mdl, MM_CACHED)
+            },
+            || {
+                self.sys()
+                    .mdls
+                    .map_reserved(range, RESERVED_TAG, mdl, false)
+            },
         )
     }
 
@@ -594,7 +647,11 @@ impl DriverRef {
             from,
             HookedRoutine::UnmapReservedMapping,
             |c| self.verifier().unmap_reserved(c, range, RESERVED_TAG, mdl),
-            || self.sys().mdls.unmap_reserved(range, RESERVED_TAG, mdl, false),
+            || {
+                self.sys()
+                    .mdls
+                    .unmap_reserved(range, RESERVED_TAG, mdl, false)
+            },
         )
         .map(|(_, hooked)| hooked)
     }

@@ -593,7 +593,11 @@ fn attach_and_detach_through_the_control_codes() {
     );
     host.stop_device(&dev).unwrap();
     host.remove_device(&dev).unwrap();
-    assert_eq!(host.detach("late.sys").unwrap(), SLOTS, "every slot restored");
+    assert_eq!(
+        host.detach("late.sys").unwrap(),
+        SLOTS,
+        "every slot restored"
+    );
     assert!(d.driver_id().is_none());
     let (base, hooked) = d
         .map_io_space(Routine::Dispatch, 0x2_0000_0000, 0x1000, 0)

@@ -259,7 +259,11 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
             format!("0x{:x}", m.size),
             kind.name().to_string(),
             if io { hex(m.physical) } else { "-".to_string() },
-            if m.mdl != 0 { hex(m.mdl) } else { "-".to_string() },
+            if m.mdl != 0 {
+                hex(m.mdl)
+            } else {
+                "-".to_string()
+            },
             match kind {
                 iosv::mdl::MappingKind::Reserved => model::pool_tag(m.cache),
                 _ => model::cache(m.cache, ex),

@@ -141,10 +141,11 @@ unsafe extern "system" fn map_locked_pages_body(
     return_address: usize,
 ) -> PVOID {
     match engine() {
-        Some(glue) => glue
-            .verifier
-            .map_locked_pages(caller(return_address), mdl as usize as u64, mode as u8)
-            as usize as PVOID,
+        Some(glue) => {
+            glue.verifier
+                .map_locked_pages(caller(return_address), mdl as usize as u64, mode as u8)
+                as usize as PVOID
+        }
         // SAFETY: iosv is not running: the real routine, the caller's arguments unchanged.
         None => unsafe { MmMapLockedPages(mdl, mode) },
     }
@@ -188,10 +189,11 @@ unsafe extern "system" fn allocate_mapping_address_body(
     return_address: usize,
 ) -> PVOID {
     match engine() {
-        Some(glue) => glue
-            .verifier
-            .allocate_mapping_address(caller(return_address), size as usize, tag)
-            as usize as PVOID,
+        Some(glue) => {
+            glue.verifier
+                .allocate_mapping_address(caller(return_address), size as usize, tag)
+                as usize as PVOID
+        }
         // SAFETY: as above.
         None => unsafe { MmAllocateMappingAddress(size, tag) },
     }
@@ -233,7 +235,11 @@ unsafe extern "system" fn unmap_reserved_mapping_body(
     }
 }
 
-unsafe extern "system" fn free_mapping_address_body(base: PVOID, tag: ULONG, return_address: usize) {
+unsafe extern "system" fn free_mapping_address_body(
+    base: PVOID,
+    tag: ULONG,
+    return_address: usize,
+) {
     match engine() {
         Some(glue) => {
             glue.verifier

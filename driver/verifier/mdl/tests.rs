@@ -114,7 +114,12 @@ impl Platform for Fake {
         _bugcheck: u32,
         _priority: u32,
     ) -> u64 {
-        let off = self.mdls.lock().unwrap().get(&mdl).map_or(0, |i| i.byte_offset);
+        let off = self
+            .mdls
+            .lock()
+            .unwrap()
+            .get(&mdl)
+            .map_or(0, |i| i.byte_offset);
         if mode == USER_MODE {
             0x0000_0200_0000_0000 + self.va() % 0x1_0000_0000 + u64::from(off)
         } else {
@@ -147,7 +152,12 @@ impl Platform for Fake {
         _cache: u32,
     ) -> u64 {
         self.call(Call::MapReserved(address, mdl));
-        let off = self.mdls.lock().unwrap().get(&mdl).map_or(0, |i| i.byte_offset);
+        let off = self
+            .mdls
+            .lock()
+            .unwrap()
+            .get(&mdl)
+            .map_or(0, |i| i.byte_offset);
         address + u64::from(off)
     }
     fn mm_unmap_reserved_mapping(&self, base: u64, tag: u32, mdl: u64) {
@@ -259,7 +269,9 @@ impl Bed {
         va
     }
     fn reserve(&self, size: usize) -> u64 {
-        let r = self.v.allocate_mapping_address(me(), size, u32::from_le_bytes(*b"Tag1"));
+        let r = self
+            .v
+            .allocate_mapping_address(me(), size, u32::from_le_bytes(*b"Tag1"));
         assert_ne!(r, 0);
         r
     }
@@ -301,7 +313,10 @@ fn iosv015_unmap_with_another_mdl_is_contained_with_the_tracked_one() {
     let r = b.records();
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].rule, RuleId::MdlUnmapWrongMdl.number());
-    assert_eq!((r[0].mdl, r[0].passed_mdl, r[0].kind), (MDL_A, MDL_B, MK_MDL));
+    assert_eq!(
+        (r[0].mdl, r[0].passed_mdl, r[0].kind),
+        (MDL_A, MDL_B, MK_MDL)
+    );
     assert_ne!(r[0].flags & VF_CONTAINED, 0);
     assert_eq!(b.calls(), [Call::UnmapLocked(va, MDL_A)]);
     assert_eq!(b.live(), 0);
@@ -328,16 +343,14 @@ fn iosv016_ceiling_depends_on_the_mappings_mode() {
     assert_eq!(b.rules(), [RuleId::MdlUnmapIrql]);
     // User space: APC_LEVEL is the ceiling.
     b.irql(Irql::PASSIVE);
-    let uva = b
-        .v
-        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
     b.irql(Irql::APC);
     b.v.unmap_locked_pages(me(), uva, MDL_B);
     assert!(b.rules().is_empty());
     b.irql(Irql::PASSIVE);
-    let uva = b
-        .v
-        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
     b.irql(Irql::DISPATCH);
     b.v.unmap_locked_pages(me(), uva, MDL_B);
     assert_eq!(b.rules(), [RuleId::MdlUnmapIrql]);
@@ -383,7 +396,10 @@ fn unlock_releases_a_system_mapping_by_itself_and_a_later_unmap_is_a_double_unma
     let b = bed();
     let va = b.map_kernel(MDL_A);
     b.v.unlock_pages(me(), MDL_A);
-    assert!(b.rules().is_empty(), "MmUnlockPages releases a system mapping");
+    assert!(
+        b.rules().is_empty(),
+        "MmUnlockPages releases a system mapping"
+    );
     assert_eq!(b.calls(), [Call::Unlock(MDL_A)]);
     assert_eq!(b.live(), 0);
     b.v.unmap_locked_pages(me(), va, MDL_A);
@@ -410,22 +426,23 @@ fn freeing_a_mapped_partial_mdl_is_an_implicit_release() {
 #[test]
 fn iosv017_unlock_under_a_user_mapping() {
     let b = bed();
-    let uva = b
-        .v
-        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
     b.v.unlock_pages(me(), MDL_B);
     let r = b.records();
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].rule, RuleId::MdlReleasedWhileMapped.number());
-    assert_eq!(b.calls(), [Call::UnmapLocked(uva, MDL_B), Call::Unlock(MDL_B)]);
+    assert_eq!(
+        b.calls(),
+        [Call::UnmapLocked(uva, MDL_B), Call::Unlock(MDL_B)]
+    );
 }
 
 #[test]
 fn iosv021_user_mapping_unmapped_in_another_process_is_contained() {
     let b = bed();
-    let uva = b
-        .v
-        .map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
     b.process(8);
     b.v.unmap_locked_pages(me(), uva, MDL_B);
     assert_eq!(b.rules(), [RuleId::UnmapOtherProcess]);
@@ -518,10 +535,7 @@ fn iosv015_and_iosv016_for_reserved_unmaps() {
     b.calls();
     b.irql(Irql(5));
     b.v.unmap_reserved(me(), range, TAG, MDL_B);
-    assert_eq!(
-        b.rules(),
-        [RuleId::MdlUnmapIrql, RuleId::MdlUnmapWrongMdl]
-    );
+    assert_eq!(b.rules(), [RuleId::MdlUnmapIrql, RuleId::MdlUnmapWrongMdl]);
     assert_eq!(b.calls(), [Call::UnmapReserved(range, TAG, MDL_A)]);
     b.irql(Irql::PASSIVE);
     // Unmapped now: a second unmap is a double unmap, contained.
