@@ -50,7 +50,9 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "x86_64")]
-// SAFETY: as for hook_mm_map_io_space.
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
+// map_io_space_ex_body, whose first three arguments are this routine's (rcx, rdx, r8,
+// untouched) and whose fourth is r9, free here (MmMapIoSpaceEx has three).
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_map_io_space_ex(
     _physical: PHYSICAL_ADDRESS,
@@ -66,7 +68,9 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "x86_64")]
-// SAFETY: as for hook_mm_map_io_space.
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
+// unmap_io_space_body, whose first two arguments are this routine's (rcx, rdx, untouched)
+// and whose third is r8, free here (MmUnmapIoSpace has two).
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T) {
     core::arch::naked_asm!("mov r8, qword ptr [rsp]", "jmp {body}", body = sym unmap_io_space_body)
@@ -95,7 +99,9 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "aarch64")]
-// SAFETY: as above.
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
+// map_io_space_ex_body, whose first three arguments are this routine's (x0..x2, untouched)
+// and whose fourth is x3, free here (MmMapIoSpaceEx has three); LR is left as it was.
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_map_io_space_ex(
     _physical: PHYSICAL_ADDRESS,
@@ -111,7 +117,9 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "aarch64")]
-// SAFETY: as above.
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
+// unmap_io_space_body, whose first two arguments are this routine's (x0, x1, untouched)
+// and whose third is x2, free here (MmUnmapIoSpace has two); LR is left as it was.
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T) {
     core::arch::naked_asm!("mov x2, x30", "b {body}", body = sym unmap_io_space_body)
