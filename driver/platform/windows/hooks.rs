@@ -33,6 +33,10 @@ use crate::platform::Caller;
 ///
 /// Only ever called by a target driver through a patched import slot, as `MmMapIoSpace`.
 #[cfg(target_arch = "x86_64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to a
 // function with the same arguments plus one register argument the ABI leaves free.
 #[unsafe(naked)]
@@ -50,6 +54,10 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "x86_64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
 // map_io_space_ex_body, whose first three arguments are this routine's (rcx, rdx, r8,
 // untouched) and whose fourth is r9, free here (MmMapIoSpaceEx has three).
@@ -68,6 +76,10 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "x86_64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
 // unmap_io_space_body, whose first two arguments are this routine's (rcx, rdx, untouched)
 // and whose third is r8, free here (MmUnmapIoSpace has two).
@@ -82,6 +94,10 @@ pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T
 ///
 /// Only called through a patched import slot, as `MmMapIoSpace`.
 #[cfg(target_arch = "aarch64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to a
 // function with the same arguments plus one register argument the ABI leaves free.
 #[unsafe(naked)]
@@ -99,6 +115,10 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "aarch64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
 // map_io_space_ex_body, whose first three arguments are this routine's (x0..x2, untouched)
 // and whose fourth is x3, free here (MmMapIoSpaceEx has three); LR is left as it was.
@@ -117,6 +137,10 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "aarch64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
 // unmap_io_space_body, whose first two arguments are this routine's (x0, x1, untouched)
 // and whose third is x2, free here (MmUnmapIoSpace has two); LR is left as it was.
