@@ -68,7 +68,7 @@ pub enum DeviceEvent {
     Stopped,
     /// IRP_MN_SURPRISE_REMOVAL completed: IOSV008.
     SurpriseRemoved,
-    /// IRP_MN_REMOVE_DEVICE completed: IOSV008; the device is forgotten.
+    /// IRP_MN_REMOVE_DEVICE completed: IOSV008 for mappings still live.
     Removed,
 }
 
