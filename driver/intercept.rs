@@ -74,9 +74,9 @@
 //! assert_eq!(memory.0.get(), 0x5555);
 //! ```
 
-// The crate's no-panic lints (driver/lib.rs) hold here as everywhere in the kernel's
-// non-test code; this module computes slot addresses inside a live image, so it also refuses `as` casts
-// (a silent truncation is an out-of-bounds offset), in its tests too.
+// The crate's no-panic lints (driver/lib.rs) hold here as in all the kernel's non-test
+// code. This module computes slot addresses inside a live image, so it also refuses `as`
+// casts (a silent truncation is an out-of-bounds address); its tests allow them again.
 #![deny(clippy::as_conversions)]
 
 use core::fmt;

@@ -56,9 +56,9 @@
 //! ```
 
 #![forbid(unsafe_code)]
-// The crate's no-panic lints (driver/lib.rs) hold here as everywhere in the kernel's
-// non-test code; this module reads untrusted image bytes, so it also refuses `as` casts
-// (a silent truncation is an out-of-bounds offset), in its tests too.
+// The crate's no-panic lints (driver/lib.rs) hold here as in all the kernel's non-test
+// code. This module reads untrusted image bytes, so it also refuses `as` casts (a silent
+// truncation is an out-of-bounds offset); its tests allow them again.
 #![deny(clippy::as_conversions)]
 
 mod error;
