@@ -11,6 +11,8 @@
 //! Everything an endpoint sends is hostile input: outside tests the crate denies
 //! `unwrap`, `expect`, `panic!` and unchecked indexing, so a bad reply is an error
 //! message and exit status 2, never a panic.
+// Crate-level, not in `[workspace.lints]`: they hold on non-test code only (as the kernel's
+// list in driver/lib.rs, of which this is the hostile-input subset).
 #![cfg_attr(
     not(test),
     deny(

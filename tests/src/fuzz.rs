@@ -335,10 +335,15 @@ pub fn pe(image: &[u8]) {
         let memory = Memory {
             bytes: RefCell::new(pe.bytes().to_vec()),
         };
-        // SAFETY: `memory` stands in for the image at `BASE`; it checks every access.
+        // SAFETY: `Memory`'s accessors are safe code over `memory.bytes` (the image's bytes
+        // at `BASE`): `Memory::offset` asserts every address lies inside them and is
+        // aligned, so nothing else is read or written; `memory` outlives the call, and no
+        // hook is called through it.
         let attached = unsafe { plan.attach(&memory) };
         assert_eq!(attached.outcomes().len(), plan.patches().len());
-        // SAFETY: as above.
+        // SAFETY: the same `memory`, still alive; its accessors touch only `memory.bytes`
+        // at offsets `Memory::offset` checks, and detach writes back only values attach
+        // read there.
         let detached = unsafe { plan.detach(&memory) };
         assert_eq!(detached.outcomes().len(), plan.patches().len());
         if attached.is_clean() && detached.is_clean() {

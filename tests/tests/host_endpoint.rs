@@ -494,7 +494,8 @@ fn the_socket_is_never_open_to_others_even_under_umask_000() {
     }
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
-    // SAFETY: as above.
+    // SAFETY: umask(2) has no preconditions and cannot fail; this puts back the mask saved
+    // before the loop (`old`).
     unsafe { libc::umask(old) };
     assert!(
         !seen_bad.load(Ordering::Relaxed),
