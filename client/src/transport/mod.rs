@@ -5,14 +5,13 @@
 //! would. Three exist:
 //!
 //! - [`socket::SocketTransport`] (Unix): the host endpoint's Unix domain socket, in the
-//!   [`frame`] format;
+//!   [`iosv::frame`] format;
 //! - `windows::DeviceTransport` (Windows): the control device `\\.\IoSpaceVerifier`;
 //! - `inproc::InProcess` (feature `host`): a [`iosv::platform::host::Host`] in this
 //!   process, for `iosvctl lab`.
 //!
 //! [`Endpoint`] names one of them as the user chose it on the command line and opens it.
 
-pub mod frame;
 #[cfg(feature = "host")]
 pub mod inproc;
 #[cfg(unix)]
@@ -73,7 +72,7 @@ pub enum TransportError {
         /// The endpoint.
         endpoint: String,
         /// What was wrong.
-        source: frame::FrameError,
+        source: iosv::frame::FrameError,
     },
     /// This transport does not exist on this platform or build.
     #[error("{0}")]
