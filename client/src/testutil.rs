@@ -223,3 +223,37 @@ impl Transport for Scripted {
         "script".to_string()
     }
 }
+
+/// Runs `iosvctl ARGS` against `e`: the command's result and what it wrote to stdout.
+pub fn run_on(e: &Arc<Engine>, args: &[&str]) -> (crate::error::AppResult, String) {
+    use clap::Parser;
+    let mut argv = vec!["iosvctl"];
+    argv.extend_from_slice(args);
+    let cli = crate::cli::Cli::try_parse_from(argv).expect("args");
+    let mut c = crate::client::Client::connect(EngineTransport(e.clone())).expect("connect");
+    let mut out = Vec::new();
+    let r = crate::app::run_with(&cli, &mut c, &mut out);
+    (r, String::from_utf8(out).expect("utf-8"))
+}
+
+/// IOSV001 and IOSV004 by nic.sys, IOSV010 (a warning) by gpu.sys, IOSV002 at DIRQL 5.
+pub fn buggy() -> Arc<Engine> {
+    let e = Engine::new();
+    let b = e.nic_map(0xfe00_0000, 0x1000);
+    e.unmap(false, b, 0x800);
+    e.unmap(false, 0xdead_0000, 0x1000);
+    e.nic_map(0xfc00_0000, 0x1000);
+    e.map(true, 0xfc00_0000, 0x1000, 1);
+    let b = e.nic_map(0xfb00_0000, 0x1000);
+    e.set_irql(5);
+    e.unmap(false, b, 0x1000);
+    e.set_irql(0);
+    e
+}
+
+/// Each line of `s` as JSON.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

@@ -1,0 +1,58 @@
+//! The `iosvctl` commands, one module each; [`crate::app`] dispatches to them. Each takes
+//! the global options, its own arguments, the endpoint's [`Client`](crate::client::Client)
+//! where it needs one, and the stream results go to; it returns the
+//! [`Outcome`](crate::outcome::Outcome) that makes the exit status.
+
+pub mod attach;
+pub mod clear;
+pub mod config;
+pub mod inf;
+pub mod journal;
+#[cfg(feature = "host")]
+pub mod lab;
+pub mod mappings;
+#[cfg(feature = "host")]
+mod progress;
+pub mod rules;
+#[cfg(feature = "host")]
+pub mod scenario;
+#[cfg(feature = "host")]
+pub mod serve;
+pub mod status;
+pub mod violations;
+
+use crate::cli::Global;
+use crate::client::Stats;
+use crate::error::{AppError, AppResult};
+use crate::output::Format;
+use std::io::Write;
+
+/// Refuses SARIF and JUnit for commands that have no violations to report.
+fn tabular_only(g: &Global, command: &'static str) -> AppResult<()> {
+    match g.format {
+        Format::Human | Format::Json => Ok(()),
+        Format::Sarif => Err(AppError::FormatNotSupported {
+            format: "sarif",
+            command,
+        }),
+        Format::Junit => Err(AppError::FormatNotSupported {
+            format: "junit",
+            command,
+        }),
+    }
+}
+
+/// Writes one JSON line.
+fn json_line(out: &mut dyn Write, v: &serde_json::Value) -> AppResult<()> {
+    writeln!(out, "{v}")?;
+    Ok(())
+}
+
+/// The image names of the drivers the endpoint knows.
+fn driver_names(stats: &Stats) -> Vec<String> {
+    stats
+        .drivers
+        .iter()
+        .map(|d| crate::model::name(&d.name))
+        .collect()
+}
