@@ -1,14 +1,14 @@
 //! `iosvctl`'s top: runs the command line — each command is a module of [`crate::cmd`] —
 //! and turns the result into the exit status: an [`Outcome`] (0, 1, 3 or 4) or an
-//! [`AppError`] (2). The codes are listed once for users, in `iosvctl --help`
-//! ([`crate::cli`]) and the README.
+//! [`AppError`](crate::error::AppError) (2). The codes are listed once for users, in
+//! `iosvctl --help` ([`crate::cli`]) and the README.
 
 #[cfg(feature = "host")]
 use crate::cli::HostCommand;
 use crate::cli::{Cli, Command, Global};
 use crate::client::Client;
 use crate::cmd;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::transport::{Endpoint, Transport};
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -83,7 +83,7 @@ pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write)
         Command::Clear(a) => cmd::clear::run(g, a, c, out),
         Command::Inf(a) => cmd::inf::run(a, out),
         #[cfg(feature = "host")]
-        Command::Lab(_) | Command::Host(_) => Err(AppError::NoEndpointCommand),
+        Command::Lab(_) | Command::Host(_) => Err(crate::error::AppError::NoEndpointCommand),
     }
 }
 
