@@ -56,7 +56,10 @@ fn die_of_sigpipe() -> ! {
 pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
     let g = &cli.global;
     match &cli.command {
-        Command::Rules => cmd::rules::run(g, out),
+        Command::Rules => {
+            cmd::check_format(&cli.command, g)?;
+            cmd::rules::run(g, out)
+        }
         Command::Inf(a) => cmd::inf::run(a, out),
         #[cfg(feature = "host")]
         Command::Lab(a) => cmd::lab::run(g, a, out),
@@ -72,6 +75,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
 /// Runs a command that talks to an endpoint over `c`.
 pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write) -> AppResult {
     let g = &cli.global;
+    cmd::check_format(&cli.command, g)?;
     match &cli.command {
         Command::Rules => cmd::rules::run(g, out),
         Command::Status => cmd::status::run(g, c, out),

@@ -320,13 +320,7 @@ impl Settings {
         if let Some(d) = self.stack_depth {
             b.stack_depth = d;
         }
-        let count = (b.target_count as usize).min(MAX_TARGETS);
-        let mut targets: Vec<String> = b
-            .targets
-            .iter()
-            .take(count)
-            .map(crate::model::name)
-            .collect();
+        let mut targets = crate::model::target_names(b);
         if self.clear_targets {
             targets.clear();
         }

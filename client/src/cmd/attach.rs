@@ -1,7 +1,7 @@
 //! `iosvctl attach` and `detach`: patch or restore a loaded driver's import slots without a
 //! reboot.
 
-use super::{json_line, tabular_only};
+use super::json_line;
 use crate::cli::Global;
 use crate::client::{Client, ClientError};
 use crate::error::{AppError, AppResult};
@@ -19,7 +19,6 @@ pub fn run<T: Transport>(
     c: &mut Client<T>,
     out: &mut dyn Write,
 ) -> AppResult {
-    tabular_only(g, if on { "attach" } else { "detach" })?;
     let result = if on { c.attach(name) } else { c.detach(name) };
     let slots = match result {
         Ok(slots) => slots,

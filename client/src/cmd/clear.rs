@@ -1,7 +1,7 @@
 //! `iosvctl clear`: discard journal records, reset counters and/or forget recent unmaps
 //! (all three when no flag is given).
 
-use super::{json_line, tabular_only};
+use super::json_line;
 use crate::cli::{ClearArgs, Global};
 use crate::client::Client;
 use crate::error::AppResult;
@@ -18,7 +18,6 @@ pub fn run<T: Transport>(
     c: &mut Client<T>,
     out: &mut dyn Write,
 ) -> AppResult {
-    tabular_only(g, "clear")?;
     let mut what = 0;
     if a.journal {
         what |= CLR_JOURNAL;

@@ -1,7 +1,7 @@
 //! `iosvctl config get | set`, and the settings `lab` and `host serve` apply at start:
 //! read, change and write the run-time configuration block.
 
-use super::{json_line, tabular_only};
+use super::json_line;
 use crate::cli::{ConfigCommand, Global, Settings};
 use crate::client::Client;
 use crate::error::{AppError, AppResult};
@@ -35,7 +35,6 @@ pub fn run<T: Transport>(
     c: &mut Client<T>,
     out: &mut dyn Write,
 ) -> AppResult {
-    tabular_only(g, "config")?;
     let block = match cmd {
         ConfigCommand::Get => c.get_config()?,
         ConfigCommand::Set(s) => {
@@ -55,27 +54,15 @@ pub fn run<T: Transport>(
 #[cfg(test)]
 mod tests {
     use crate::outcome::Outcome;
-    use crate::testutil::{run_on, Engine};
+    use crate::testutil::{run_line, run_on, Engine};
 
     #[test]
     fn config_set_changes_what_config_get_shows() {
         let e = Engine::new();
-        let (r, out) = run_on(
+        let (r, out) = run_line(
             &e,
-            &[
-                "config",
-                "set",
-                "--action",
-                "IOSV004=bugcheck",
-                "--irql-mode",
-                "verifier",
-                "--containment",
-                "off",
-                "--stack-depth",
-                "3",
-                "--target",
-                "nic.sys",
-            ],
+            "config set --action IOSV004=bugcheck --irql-mode verifier --containment off \
+             --stack-depth 3 --target nic.sys",
         );
         assert_eq!(r.unwrap(), Outcome::Clean);
         assert!(

@@ -130,25 +130,14 @@ pub fn read_violations<T: Transport>(
 #[cfg(test)]
 mod tests {
     use crate::outcome::Outcome;
-    use crate::testutil::{buggy, json_lines, run_on};
+    use crate::testutil::{buggy, json_lines, run_line};
     use std::time::{Duration, Instant};
 
     #[test]
     fn follow_stops_at_its_deadline() {
         let e = buggy();
         let start = Instant::now();
-        let (r, out) = run_on(
-            &e,
-            &[
-                "violations",
-                "-f",
-                "json",
-                "--duration",
-                "300ms",
-                "--interval",
-                "50ms",
-            ],
-        );
+        let (r, out) = run_line(&e, "violations -f json --duration 300ms --interval 50ms");
         assert_eq!(r.unwrap(), Outcome::Violations);
         assert!(start.elapsed() >= Duration::from_millis(300));
         assert_eq!(

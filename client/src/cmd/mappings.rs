@@ -1,7 +1,7 @@
 //! `iosvctl mappings`: the live mappings (the leak view) — age, size, physical address,
 //! cache type, owner, device and stack.
 
-use super::{driver_names, json_line, tabular_only};
+use super::{driver_names, json_line};
 use crate::cli::{Global, MappingsArgs};
 use crate::client::{Client, MappingFilter, MappingList};
 use crate::error::{AppError, AppResult};
@@ -19,7 +19,6 @@ pub fn run<T: Transport>(
     c: &mut Client<T>,
     out: &mut dyn Write,
 ) -> AppResult {
-    tabular_only(g, "mappings")?;
     let stats = c.stats()?;
     let images = Images::from_stats(&stats.drivers);
     let base = MappingFilter {
@@ -75,13 +74,11 @@ pub fn run<T: Transport>(
 
 #[cfg(test)]
 mod tests {
-    use crate::testutil::{json_lines, run_on, Engine};
+    use crate::testutil::{json_lines, run_on, two_mappings};
 
     #[test]
     fn mappings_filter_by_driver_device_and_name_the_known_drivers() {
-        let e = Engine::new();
-        e.nic_start(0xffffc000_00001000, 0xfe00_0000, 0x2000);
-        e.map(true, 0xfd00_0000, 0x1000, 1);
+        let e = two_mappings();
         let (_, out) = run_on(&e, &["mappings"]);
         assert!(out.contains("2 live mappings, 0x3000 bytes"), "{out}");
         assert!(

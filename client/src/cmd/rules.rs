@@ -1,6 +1,6 @@
 //! `iosvctl rules`: the rules iosv checks (with -v: help and reference of each).
 
-use super::{json_line, tabular_only};
+use super::json_line;
 use crate::cli::Global;
 use crate::error::AppResult;
 use crate::outcome::Outcome;
@@ -9,7 +9,6 @@ use std::io::Write;
 
 /// `iosvctl rules`.
 pub fn run(g: &Global, out: &mut dyn Write) -> AppResult {
-    tabular_only(g, "rules")?;
     match g.format {
         Format::Json => {
             for r in json::rules() {

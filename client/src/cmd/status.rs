@@ -1,7 +1,7 @@
 //! `iosvctl status`: the endpoint's version, capabilities, limits, counters and
 //! per-driver statistics.
 
-use super::{json_line, tabular_only};
+use super::json_line;
 use crate::cli::Global;
 use crate::client::Client;
 use crate::error::AppResult;
@@ -12,7 +12,6 @@ use std::io::Write;
 
 /// `iosvctl status`.
 pub fn run<T: Transport>(g: &Global, c: &mut Client<T>, out: &mut dyn Write) -> AppResult {
-    tabular_only(g, "status")?;
     let stats = c.stats()?;
     let endpoint = c.describe();
     match g.format {
@@ -24,12 +23,10 @@ pub fn run<T: Transport>(g: &Global, c: &mut Client<T>, out: &mut dyn Write) -> 
 
 #[cfg(test)]
 mod tests {
-    use crate::testutil::{run_on, Engine};
+    use crate::testutil::{run_on, two_mappings};
     #[test]
     fn status_names_the_drivers_and_counts() {
-        let e = Engine::new();
-        e.nic_start(0xffffc000_00001000, 0xfe00_0000, 0x2000);
-        e.map(true, 0xfd00_0000, 0x1000, 1);
+        let e = two_mappings();
         let (_, out) = run_on(&e, &["status"]);
         assert!(
             out.contains("nic.sys")

@@ -66,7 +66,7 @@ pub fn run<T: Transport>(
 #[cfg(test)]
 mod tests {
     use crate::outcome::Outcome;
-    use crate::testutil::{buggy, json_lines, run_on, Engine};
+    use crate::testutil::{buggy, json_lines, run_line, run_on, Engine};
 
     #[test]
     fn violations_as_human_lines_with_names_and_a_summary() {
@@ -156,18 +156,7 @@ mod tests {
         );
 
         let e = buggy();
-        let (_, out) = run_on(
-            &e,
-            &[
-                "violations",
-                "-f",
-                "json",
-                "--rule",
-                "unmap-unknown",
-                "--rule",
-                "IOSV002",
-            ],
-        );
+        let (_, out) = run_line(&e, "violations -f json --rule unmap-unknown --rule IOSV002");
         let rules: Vec<_> = json_lines(&out)
             .iter()
             .filter(|o| o["kind"] == "violation")

@@ -37,6 +37,24 @@ pub struct RawReply {
     pub output: Vec<u8>,
 }
 
+impl RawReply {
+    /// The reply of a request served in this process by `iosv::control`: `output` is the
+    /// buffer it wrote into, kept up to `information` bytes on success, none otherwise.
+    pub fn from_control(reply: iosv::control::Reply, mut output: Vec<u8>) -> RawReply {
+        let valid = if reply.status == Status::Success {
+            reply.information.min(output.len())
+        } else {
+            0
+        };
+        output.truncate(valid);
+        RawReply {
+            status: reply.status as u32,
+            information: reply.information as u64,
+            output,
+        }
+    }
+}
+
 /// Why a request did not reach the endpoint or its reply did not come back whole.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -79,26 +97,19 @@ pub enum TransportError {
     Unsupported(String),
 }
 
+/// What one [`Transport::call`] brings back: the reply, or why there is none.
+pub type CallResult = Result<RawReply, TransportError>;
+
 /// One way to reach an endpoint. Implementations are synchronous: one request at a time.
 pub trait Transport {
     /// Sends a request and waits for its reply.
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError>;
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult;
     /// The endpoint, as people name it (`host socket /run/user/1000/iosv.sock`).
     fn describe(&self) -> String;
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         (**self).call(code, input, output_capacity)
     }
     fn describe(&self) -> String {

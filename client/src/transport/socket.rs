@@ -1,6 +1,6 @@
 //! The host endpoint over a Unix domain socket, in the [`iosv::frame`] format.
 
-use super::{RawReply, Transport, TransportError};
+use super::{CallResult, RawReply, Transport, TransportError};
 use iosv::frame::{self, FrameError};
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -154,12 +154,7 @@ impl SocketTransport {
 }
 
 impl Transport for SocketTransport {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         if self.broken {
             return Err(TransportError::Io {
                 endpoint: self.describe(),
