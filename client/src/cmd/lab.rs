@@ -15,6 +15,7 @@ use iosv::platform::host::Audit;
 use std::io::Write;
 use std::sync::Arc;
 
+/// The `lab` JSON line: the scenario, its size and the bugs it injected per rule.
 fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
     let injected: serde_json::Map<String, serde_json::Value> = iosv::rules::RULES
         .iter()
@@ -35,6 +36,7 @@ fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
     })
 }
 
+/// The `audit` object of the `lab` JSON line.
 fn audit_json(a: &Audit) -> serde_json::Value {
     let mismatches: Vec<serde_json::Value> = a
         .mismatches

@@ -13,6 +13,7 @@ use crate::transport::Transport;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
+/// When following ends: the earlier of `--duration` from now and `--until`.
 fn deadline(a: &ViolationsArgs) -> Option<Instant> {
     let d1 = a.duration.map(|d| Instant::now() + d);
     let d2 = a.until.map(|t| {
