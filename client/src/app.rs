@@ -1,7 +1,7 @@
 //! `iosvctl`'s top: runs the command line — each command is a module of [`crate::cmd`] —
-//! and turns the result into the exit status: an [`Outcome`] (0, 1, 3 or 4) or an
-//! [`AppError`](crate::error::AppError) (2). The codes are listed once for users, in
-//! `iosvctl --help` ([`crate::cli`]) and the README.
+//! and turns the result into the exit status: an [`Outcome`](crate::outcome::Outcome)
+//! (0, 1, 3 or 4) or an [`AppError`](crate::error::AppError) (2). The codes are listed
+//! once for users, in `iosvctl --help` ([`crate::cli`]) and the README.
 
 #[cfg(feature = "host")]
 use crate::cli::HostCommand;
@@ -13,8 +13,6 @@ use crate::transport::{Endpoint, Transport};
 use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
-
-pub use crate::outcome::Outcome;
 
 /// Runs the command line and turns its outcome into the exit status.
 pub fn main(cli: Cli) -> ExitCode {
