@@ -37,7 +37,7 @@ extern crate alloc;
 pub mod config;
 pub mod control;
 pub mod drivers;
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 pub mod frame;
 pub mod intercept;
 pub mod journal;
