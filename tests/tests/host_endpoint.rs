@@ -274,7 +274,9 @@ fn socket_file_life() {
     let started = Instant::now();
     stop.store(true, Ordering::Relaxed);
     t.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // The client stays connected and idle: a server that waited for it would never stop.
+    // The bound only separates "stopped" from "hung" on a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!path.exists());
 }
 
