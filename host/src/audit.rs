@@ -214,4 +214,3 @@ impl fmt::Display for Audit {
         Ok(())
     }
 }
-

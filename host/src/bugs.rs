@@ -137,8 +137,7 @@ fn double_unmap(b: &mut Bug<'_>) -> Result<bool, HostError> {
             let Some(_borrowed) = borrow(&other) else {
                 continue;
             };
-            if other.driver_id().is_some() && other.driver.starting.load(Ordering::SeqCst) == 0
-            {
+            if other.driver_id().is_some() && other.driver.starting.load(Ordering::SeqCst) == 0 {
                 return b.host.stale_unmap_after_reuse(b.d, &other, b.actor);
             }
         }
@@ -221,8 +220,12 @@ fn cache_conflict(b: &mut Bug<'_>) -> Result<bool, HostError> {
     thread::with_irql(Irql::PASSIVE, || match bar0 {
         Some(bar) => {
             let size = bar.size.min(PAGE_SIZE);
-            let (base, hooked) =
-                d.map_io_space(Routine::Dispatch, bar.physical, size, other_class(bar.cache))?;
+            let (base, hooked) = d.map_io_space(
+                Routine::Dispatch,
+                bar.physical,
+                size,
+                other_class(bar.cache),
+            )?;
             if base != 0 {
                 d.unmap_io_space(Routine::Dispatch, base, size)?;
             }

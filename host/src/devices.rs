@@ -12,10 +12,10 @@
 use crate::actor::PRIVATE_PAGES;
 use crate::driver_calls::{DriverRef, Held, Routine};
 use crate::drivers::Behaviour;
+use crate::drivers::SimDriver;
 use crate::expected::expect_teardown_leak;
 use crate::mm::{MM_NON_CACHED, PAGE_SIZE};
 use crate::{lock, thread, Host, HostError};
-use crate::drivers::SimDriver;
 use iosv::platform::Irql;
 use iosv::rules::RuleId;
 use iosv::verifier::DeviceEvent;
@@ -381,7 +381,13 @@ impl Host {
         let leaked = Self::release_all(&d, inner, t.routine, leak)?;
         let seen = self.event(&d, dev, t.event);
         inner.state = t.state;
-        Ok(expect_teardown_leak(&self.sys, t.rule, d.name(), leaked, seen))
+        Ok(expect_teardown_leak(
+            &self.sys,
+            t.rule,
+            d.name(),
+            leaked,
+            seen,
+        ))
     }
 
     /// Sends IRP_MN_STOP_DEVICE: the stop routine unmaps the runtime windows and the BARs
@@ -453,7 +459,6 @@ impl Host {
         }
     }
 }
-
 
 /// What one kind of device teardown does: the driver routine that runs, the PnP event
 /// the engine sees, the state the device ends in, and the leak rule it can break.
@@ -576,7 +581,10 @@ mod tests {
         );
         host.remove_device(&dev).unwrap();
         assert_eq!(dev.state(), Removed);
-        assert!(matches!(host.device("a0"), Err(HostError::UnknownDevice(_))));
+        assert!(matches!(
+            host.device("a0"),
+            Err(HostError::UnknownDevice(_))
+        ));
         assert_eq!(refused(host.remove_device(&dev)), (Removed, "remove"));
         assert!(host.mm().mappings().is_empty(), "everything unmapped");
         assert!(host.injected().is_empty());
@@ -590,7 +598,10 @@ mod tests {
         assert_eq!(dev.state(), Added);
         assert!(dev.bar_mappings().iter().all(Option::is_none));
         assert!(host.mm().mappings().is_empty());
-        assert!(host.start_device(&dev, true).unwrap(), "starts once Mm maps again");
+        assert!(
+            host.start_device(&dev, true).unwrap(),
+            "starts once Mm maps again"
+        );
     }
 
     #[test]
@@ -599,7 +610,10 @@ mod tests {
         assert!(host.start_device(&dev, true).unwrap());
         host.stop_device(&dev).unwrap();
         assert_eq!(host.mm().mappings().len(), 1, "BAR 0 is still mapped");
-        assert!(dev.bar_mappings().iter().all(Option::is_none), "and forgotten");
+        assert!(
+            dev.bar_mappings().iter().all(Option::is_none),
+            "and forgotten"
+        );
         let injected = host.injected();
         assert_eq!(
             injected.get(&(RuleId::LeakOnStop, String::from("a.sys"))),

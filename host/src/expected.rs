@@ -171,14 +171,44 @@ mod tests {
     fn a_teardown_leak_counts_only_a_device_mapping_iosv_saw() {
         let host = Host::with_processors(StartParams::default(), 1).unwrap();
         let mut h = held(true);
-        assert!(!expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", Some(h), true));
+        assert!(!expect_teardown_leak(
+            &host.sys,
+            RuleId::LeakOnStop,
+            "a.sys",
+            Some(h),
+            true
+        ));
         h.device_attr = true;
-        assert!(!expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", Some(h), false));
-        assert!(!expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", None, true));
+        assert!(!expect_teardown_leak(
+            &host.sys,
+            RuleId::LeakOnStop,
+            "a.sys",
+            Some(h),
+            false
+        ));
+        assert!(!expect_teardown_leak(
+            &host.sys,
+            RuleId::LeakOnStop,
+            "a.sys",
+            None,
+            true
+        ));
         h.reported = true;
-        assert!(!expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", Some(h), true));
+        assert!(!expect_teardown_leak(
+            &host.sys,
+            RuleId::LeakOnStop,
+            "a.sys",
+            Some(h),
+            true
+        ));
         h.reported = false;
-        assert!(expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", Some(h), true));
+        assert!(expect_teardown_leak(
+            &host.sys,
+            RuleId::LeakOnStop,
+            "a.sys",
+            Some(h),
+            true
+        ));
         assert_eq!(host.sys.ledger.count_of(RuleId::LeakOnStop, "a.sys"), 1);
     }
 

@@ -13,8 +13,7 @@
 use crate::{Host, HostError};
 use iosv::protocol::{
     AttachReply, ClearRequest, ConfigBlock, DriverNameRequest, GetConfigRequest, Status,
-    IOCTL_ATTACH, IOCTL_CLEAR, IOCTL_DETACH, IOCTL_GET_CONFIG, IOCTL_SET_CONFIG,
-    PROTOCOL_VERSION,
+    IOCTL_ATTACH, IOCTL_CLEAR, IOCTL_DETACH, IOCTL_GET_CONFIG, IOCTL_SET_CONFIG, PROTOCOL_VERSION,
 };
 use std::string::String;
 use zerocopy::{FromBytes, IntoBytes};
@@ -46,11 +45,10 @@ pub(crate) fn add_target(host: &Host, name: &str) -> Result<(), HostError> {
     configure(host, |b| {
         let wire = iosv::protocol::wire_name(name.as_bytes());
         let n = b.target_count as usize;
-        let present = b
-            .targets
-            .iter()
-            .take(n)
-            .any(|t| iosv::drivers::names_equal(iosv::protocol::name_bytes(t), name.as_bytes()));
+        let present =
+            b.targets.iter().take(n).any(|t| {
+                iosv::drivers::names_equal(iosv::protocol::name_bytes(t), name.as_bytes())
+            });
         if !present {
             match b.targets.get_mut(n) {
                 Some(slot) => {

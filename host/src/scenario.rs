@@ -18,8 +18,8 @@ mod run;
 
 pub use run::run;
 
-use crate::Behaviour;
 use super::{Host, Injected};
+use crate::Behaviour;
 use iosv::config::StartParams;
 use iosv::rules::{Action, RuleId, RULE_COUNT};
 use std::fmt;

@@ -18,8 +18,8 @@ use super::{
     StressSummary, UnmapTarget,
 };
 use crate::requests::{add_target, clear, configure};
-use crate::{Actor, Device};
 use crate::{thread, Host, HostError, Injected};
+use crate::{Actor, Device};
 use iosv::platform::Irql;
 use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
 use iosv::rules::{RuleId, RULE_COUNT};
