@@ -4,7 +4,7 @@
 //! corruption of the simulated system.
 //!
 //! The host reads its own verifier's journal and table from the engine, as the kernel
-//! component would, not through a control client (see [`requests`](crate::requests)).
+//! component would, not through a control client (see `requests`).
 
 use crate::{blamed_driver_name, mm, Host, HostError, Injected};
 use iosv::protocol::{ViolationRecord, MF_DETACHED};

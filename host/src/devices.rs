@@ -6,7 +6,7 @@
 //! and end events, so iosv attributes the mappings to the device; its stop,
 //! surprise-removal and remove routines unmap them — a driver that leaks on that rule
 //! keeps BAR 0 and forgets it. Which request a state accepts is one table,
-//! [`PnpRequest::accepted_in`]. A device operation holds the device's lock for its
+//! `PnpRequest::accepted_in`. A device operation holds the device's lock for its
 //! duration; devices are not shared between the threads of a stress phase.
 
 use crate::actor::PRIVATE_PAGES;

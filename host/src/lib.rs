@@ -12,7 +12,7 @@
 //!   recording every unmap a real system would not survive as a [`mm::Corruption`].
 //! - **Driver images** ([`image`]): each load of a simulated driver is a real little PE32+
 //!   image whose import address table the engine's [`intercept`](iosv::intercept) plan
-//!   patches through [`SlotAccess`]; drivers call the Mm routines *through* their IAT,
+//!   patches through [`SlotAccess`](iosv::intercept::SlotAccess); drivers call the Mm routines *through* their IAT,
 //!   so a call reaches the verifier exactly when the slot holds the hook.
 //! - **Drivers** ([`drivers`]): declared with a [`Behaviour`], loaded and unloaded; each
 //!   calls the Mm routines through its import table from one of its [`Routine`]s
@@ -29,7 +29,7 @@
 //!   phases (`docs/scenarios.md`).
 //!
 //! # Stack capture
-//! [`HostPlatform::capture_stack`] reports the *simulated* call chain of the calling
+//! [`HostPlatform::capture_stack`](iosv::platform::Platform::capture_stack) reports the *simulated* call chain of the calling
 //! thread, not the host process's own frames: innermost first, the return address in the
 //! simulated driver's image (its call site of the Mm routine), the entry of the driver
 //! routine making the call (`StartDevice`, `DpcRoutine`, ...), the synthetic kernel frame

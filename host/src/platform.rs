@@ -1,6 +1,6 @@
 //! The [`Platform`] of the user-mode host: [`HostPlatform`] over the simulated
-//! [`System`] (IRQL and identity from [`thread`], the simulated Mm, breaks and bug
-//! checks, attach and detach through [`patching`](crate::patching)), and its
+//! simulated `System` (IRQL and identity from [`thread`], the simulated Mm, breaks and bug
+//! checks, attach and detach through `patching`), and its
 //! [`SlotAccess`] to the simulated images' import slots.
 
 use crate::devices::Device;
