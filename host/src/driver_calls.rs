@@ -126,6 +126,10 @@ impl Held {
     }
 }
 
+/// What a map call returns: the base (0 if the map failed) and whether the call went
+/// through iosv's hook.
+pub type Mapped = Result<(u64, bool), HostError>;
+
 /// A loaded driver image and how to call the Mm routines from it.
 #[derive(Clone)]
 pub struct DriverRef {
@@ -195,15 +199,15 @@ impl DriverRef {
         (f, n)
     }
 
-    fn do_map(
+    /// Runs `call` as a call of kind `kind` made from `routine` in this image: inside the
+    /// image (it cannot run down meanwhile), with the simulated call chain of that call
+    /// site, given the caller iosv sees.
+    fn call_from<R>(
         &self,
         routine: Routine,
-        target: u64,
-        physical: u64,
-        size: u64,
-        cache: u32,
         kind: CallKind,
-    ) -> Result<(u64, bool), HostError> {
+        call: impl FnOnce(Caller) -> Result<R, HostError>,
+    ) -> Result<R, HostError> {
         let _in = self
             .image
             .enter()
@@ -213,8 +217,21 @@ impl DriverRef {
         let caller = Caller {
             return_address: ret,
         };
+        thread::with_call_chain(frames.get(..n).unwrap_or(&[]), || call(caller))
+    }
+
+    /// A map call from `routine` to `target` (iosv's hook or the real routine).
+    fn do_map(
+        &self,
+        routine: Routine,
+        target: u64,
+        physical: u64,
+        size: u64,
+        cache: u32,
+        kind: CallKind,
+    ) -> Mapped {
         let bytes = usize::try_from(size).unwrap_or(usize::MAX);
-        thread::with_call_chain(frames.get(..n).unwrap_or(&[]), || {
+        self.call_from(routine, kind, |caller| {
             if target == HOOKS.map_io_space as u64 {
                 Ok((
                     self.verifier.map_io_space(caller, physical, bytes, cache),
@@ -236,6 +253,8 @@ impl DriverRef {
         })
     }
 
+    /// An unmap call from `routine` to `target` (iosv's hook or the real routine); whether
+    /// it went through the hook.
     fn do_unmap(
         &self,
         routine: Routine,
@@ -244,22 +263,10 @@ impl DriverRef {
         size: u64,
         kind: CallKind,
     ) -> Result<bool, HostError> {
-        let _in = self
-            .image
-            .enter()
-            .ok_or_else(|| HostError::NotLoaded(self.driver.name.clone()))?;
-        let ret = return_address(routine, self.image.base(), kind);
-        let (frames, n) = self.frames(routine, ret);
         let bytes = usize::try_from(size).unwrap_or(usize::MAX);
-        thread::with_call_chain(frames.get(..n).unwrap_or(&[]), || {
+        self.call_from(routine, kind, |caller| {
             if target == HOOKS.unmap_io_space as u64 {
-                self.verifier.unmap_io_space(
-                    Caller {
-                        return_address: ret,
-                    },
-                    base,
-                    bytes,
-                );
+                self.verifier.unmap_io_space(caller, base, bytes);
                 Ok(true)
             } else if target == REAL.unmap_io_space as u64 {
                 self.sys.mm.unmap(base, size, false);
@@ -272,39 +279,15 @@ impl DriverRef {
 
     /// `MmMapIoSpace` called from `routine` through the driver's IAT. Returns the base (0
     /// if the map failed) and whether the call went through iosv's hook.
-    pub fn map_io_space(
-        &self,
-        routine: Routine,
-        physical: u64,
-        size: u64,
-        cache: u32,
-    ) -> Result<(u64, bool), HostError> {
-        self.do_map(
-            routine,
-            self.target(HookedRoutine::MapIoSpace),
-            physical,
-            size,
-            cache,
-            CallKind::Map,
-        )
+    pub fn map_io_space(&self, routine: Routine, physical: u64, size: u64, cache: u32) -> Mapped {
+        let target = self.target(HookedRoutine::MapIoSpace);
+        self.do_map(routine, target, physical, size, cache, CallKind::Map)
     }
 
     /// `MmMapIoSpaceEx` called from `routine` through the driver's IAT.
-    pub fn map_io_space_ex(
-        &self,
-        routine: Routine,
-        physical: u64,
-        size: u64,
-        protect: u32,
-    ) -> Result<(u64, bool), HostError> {
-        self.do_map(
-            routine,
-            self.target(HookedRoutine::MapIoSpaceEx),
-            physical,
-            size,
-            protect,
-            CallKind::MapEx,
-        )
+    pub fn map_io_space_ex(&self, routine: Routine, physical: u64, size: u64, prot: u32) -> Mapped {
+        let target = self.target(HookedRoutine::MapIoSpaceEx);
+        self.do_map(routine, target, physical, size, prot, CallKind::MapEx)
     }
 
     /// `MmMapIoSpaceEx` through a pointer resolved just now with `MmGetSystemRoutineAddress`
@@ -315,7 +298,7 @@ impl DriverRef {
         physical: u64,
         size: u64,
         protect: u32,
-    ) -> Result<(u64, bool), HostError> {
+    ) -> Mapped {
         let target = self.resolve("MmMapIoSpaceEx")?;
         self.do_map(routine, target, physical, size, protect, CallKind::MapEx)
     }
@@ -328,13 +311,8 @@ impl DriverRef {
         base: u64,
         size: u64,
     ) -> Result<bool, HostError> {
-        self.do_unmap(
-            routine,
-            self.target(HookedRoutine::UnmapIoSpace),
-            base,
-            size,
-            CallKind::Unmap,
-        )
+        let target = self.target(HookedRoutine::UnmapIoSpace);
+        self.do_unmap(routine, target, base, size, CallKind::Unmap)
     }
 
     /// `MmUnmapIoSpace` through a pointer that bypasses the hook (resolved before iosv

@@ -170,45 +170,26 @@ mod tests {
     #[test]
     fn a_teardown_leak_counts_only_a_device_mapping_iosv_saw() {
         let host = Host::with_processors(StartParams::default(), 1).unwrap();
-        let mut h = held(true);
-        assert!(!expect_teardown_leak(
-            &host.sys,
-            RuleId::LeakOnStop,
-            "a.sys",
-            Some(h),
-            true
-        ));
-        h.device_attr = true;
-        assert!(!expect_teardown_leak(
-            &host.sys,
-            RuleId::LeakOnStop,
-            "a.sys",
-            Some(h),
-            false
-        ));
-        assert!(!expect_teardown_leak(
-            &host.sys,
-            RuleId::LeakOnStop,
-            "a.sys",
-            None,
-            true
-        ));
-        h.reported = true;
-        assert!(!expect_teardown_leak(
-            &host.sys,
-            RuleId::LeakOnStop,
-            "a.sys",
-            Some(h),
-            true
-        ));
-        h.reported = false;
-        assert!(expect_teardown_leak(
-            &host.sys,
-            RuleId::LeakOnStop,
-            "a.sys",
-            Some(h),
-            true
-        ));
+        let device = Held {
+            device_attr: true,
+            ..held(true)
+        };
+        let reported = Held {
+            reported: true,
+            ..device
+        };
+        // (what was kept mapped, whether iosv saw the PnP event, counted)
+        let cases = [
+            (Some(held(true)), true, false),
+            (Some(device), false, false),
+            (None, true, false),
+            (Some(reported), true, false),
+            (Some(device), true, true),
+        ];
+        for (leaked, seen, counted) in cases {
+            let leak = expect_teardown_leak(&host.sys, RuleId::LeakOnStop, "a.sys", leaked, seen);
+            assert_eq!(leak, counted, "{leaked:?} seen={seen}");
+        }
         assert_eq!(host.sys.ledger.count_of(RuleId::LeakOnStop, "a.sys"), 1);
     }
 

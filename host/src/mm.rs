@@ -43,12 +43,6 @@ pub const NEVER_MAPPED_START: u64 = 0xFFFF_E000_0000_0000;
 pub const PAGE_SIZE: u64 = 0x1000;
 /// Shards of the live map.
 pub const SHARDS: usize = 64;
-/// `MmNonCached` (a MEMORY_CACHING_TYPE).
-pub const MM_NON_CACHED: u32 = 0;
-/// `MmCached`.
-pub const MM_CACHED: u32 = 1;
-/// `MmWriteCombined`.
-pub const MM_WRITE_COMBINED: u32 = 2;
 
 /// One mapping the simulated Mm holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +373,13 @@ impl SimMm {
         }
     }
 }
+
+/// `MmNonCached` (a MEMORY_CACHING_TYPE).
+pub const MM_NON_CACHED: u32 = 0;
+/// `MmCached`.
+pub const MM_CACHED: u32 = 1;
+/// `MmWriteCombined`.
+pub const MM_WRITE_COMBINED: u32 = 2;
 
 #[cfg(test)]
 mod tests {

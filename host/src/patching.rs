@@ -19,39 +19,46 @@ fn declared(sys: &System, name: &str) -> Option<Arc<SimDriver>> {
     lock(&sys.drivers).get(&name_key(name)).cloned()
 }
 
-/// The loaded image named `name`.
-fn loaded_image(sys: &System, name: &str) -> Result<Arc<SimImage>, PlatformError> {
-    lock(&sys.images)
+/// Runs `f` on the loaded image `name` (lossy UTF-8) while its driver's owner gate (if it
+/// is declared) and the loader lock are held: what attach and detach run under.
+fn with_loaded_image(
+    sys: &System,
+    name: &[u8],
+    f: impl FnOnce(&Arc<SimImage>) -> Result<u32, PlatformError>,
+) -> Result<u32, PlatformError> {
+    let wanted = String::from_utf8_lossy(name);
+    let driver = declared(sys, &wanted);
+    let _owner = driver.as_deref().map(SimDriver::owner_gate);
+    let _loader = lock(&sys.loader);
+    let image = lock(&sys.images)
         .iter()
-        .find(|i| i.name().eq_ignore_ascii_case(name))
+        .find(|i| i.name().eq_ignore_ascii_case(&wanted))
         .cloned()
-        .ok_or(PlatformError::NotFound)
+        .ok_or(PlatformError::NotFound)?;
+    f(&image)
 }
 
 /// Attaches iosv to the loaded image `name` (the platform side of IOCTL_ATTACH).
 pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, PlatformError> {
     let sys = &platform.sys;
-    let wanted = String::from_utf8_lossy(name);
-    let driver = declared(sys, &wanted);
-    let _owner = driver.as_deref().map(SimDriver::owner_gate);
-    let _loader = lock(&sys.loader);
-    let image = loaded_image(sys, &wanted)?;
-    let verifier = sys.verifier().ok_or(PlatformError::Unsupported)?;
-    let id = match attached_id(&image) {
-        Some(id) => id,
-        None => verifier
-            .driver_attached(image.name().as_bytes(), image.base(), image.size())
-            .ok_or(PlatformError::NoResources)?,
-    };
-    let result = patch(platform, &image);
-    verifier.drivers().note_attach(id, &result);
-    let patched = result.inspect_err(|_| {
-        if attached_id(&image).is_none() {
-            verifier.driver_detached(id, true);
-        }
-    })?;
-    image.set_driver_id(id.0);
-    Ok(patched)
+    with_loaded_image(sys, name, |image| {
+        let verifier = sys.verifier().ok_or(PlatformError::Unsupported)?;
+        let id = match attached_id(image) {
+            Some(id) => id,
+            None => verifier
+                .driver_attached(image.name().as_bytes(), image.base(), image.size())
+                .ok_or(PlatformError::NoResources)?,
+        };
+        let result = patch(platform, image);
+        verifier.drivers().note_attach(id, &result);
+        let patched = result.inspect_err(|_| {
+            if attached_id(image).is_none() {
+                verifier.driver_detached(id, true);
+            }
+        })?;
+        image.set_driver_id(id.0);
+        Ok(patched)
+    })
 }
 
 /// Builds (once) and applies the image's interception plan; returns the slots that hold
@@ -117,28 +124,26 @@ pub(crate) fn unpatch(platform: &HostPlatform, image: &SimImage) -> Result<u32, 
         Err(PlatformError::SlotChanged)
     }
 }
+
 /// Detaches iosv from the loaded image `name` (the platform side of IOCTL_DETACH).
 pub(crate) fn detach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, PlatformError> {
     let sys = &platform.sys;
-    let wanted = String::from_utf8_lossy(name);
-    let owner = declared(sys, &wanted);
-    let _owner = owner.as_deref().map(SimDriver::owner_gate);
-    let _loader = lock(&sys.loader);
-    let image = loaded_image(sys, &wanted)?;
-    let Some(id) = attached_id(&image) else {
-        return Ok(0);
-    };
-    let restored = unpatch(platform, &image)?;
-    // Drain: calls that read a hook address before the restore finish (bounded wait).
-    drain(&image);
-    if let Some(d) = declared(sys, image.name()) {
-        expect_detach_leaks(sys, &d);
-    }
-    if let Some(v) = sys.verifier() {
-        v.driver_detached(id, true);
-    }
-    image.set_driver_id(0);
-    Ok(restored)
+    with_loaded_image(sys, name, |image| {
+        let Some(id) = attached_id(image) else {
+            return Ok(0);
+        };
+        let restored = unpatch(platform, image)?;
+        // Drain: calls that read a hook address before the restore finish (bounded wait).
+        drain(image);
+        if let Some(d) = declared(sys, image.name()) {
+            expect_detach_leaks(sys, &d);
+        }
+        if let Some(v) = sys.verifier() {
+            v.driver_detached(id, true);
+        }
+        image.set_driver_id(0);
+        Ok(restored)
+    })
 }
 
 /// Waits (100 ms at most) for the calls that read a hook address before the restore.
