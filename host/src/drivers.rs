@@ -3,10 +3,10 @@
 //!
 //! Each load creates a new image ([`SimImage`]) at a new base. If the name is one of
 //! iosv's targets when it loads, the load notification registers it with the verifier and
-//! iosv's import plan patches its IAT (`patching`) before
-//! `DriverEntry` runs, as in the kernel. `DriverUnload` releases what the driver holds;
-//! then the image runs down (waits for calls in it), its slots are restored and the
-//! verifier is told (IOSV009 for what is still mapped).
+//! iosv's import plan patches its IAT (`patching`) before `DriverEntry` runs, as in the
+//! kernel. `DriverUnload` releases what the driver holds; then the image runs down (waits
+//! for calls in it), its slots are restored and the verifier is told (IOSV009 for what is
+//! still mapped).
 
 use crate::driver_calls::{DriverRef, Held, Routine};
 use crate::expected::expect_unload_leaks;

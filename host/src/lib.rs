@@ -12,8 +12,9 @@
 //!   recording every unmap a real system would not survive as a [`mm::Corruption`].
 //! - **Driver images** ([`image`]): each load of a simulated driver is a real little PE32+
 //!   image whose import address table the engine's [`intercept`](iosv::intercept) plan
-//!   patches through [`SlotAccess`](iosv::intercept::SlotAccess); drivers call the Mm routines *through* their IAT,
-//!   so a call reaches the verifier exactly when the slot holds the hook.
+//!   patches through [`SlotAccess`](iosv::intercept::SlotAccess); drivers call the Mm
+//!   routines *through* their IAT, so a call reaches the verifier exactly when the slot
+//!   holds the hook.
 //! - **Drivers** ([`drivers`]): declared with a [`Behaviour`], loaded and unloaded; each
 //!   calls the Mm routines through its import table from one of its [`Routine`]s
 //!   ([`driver_calls`]); iosv patches the imports of its targets (`patching`).
@@ -22,6 +23,8 @@
 //! - **Bugs** (`bugs`): one per rule IOSV001–IOSV014, committed by buggy drivers or on
 //!   demand ([`Host::commit_bug`]) by a thread's [`Actor`] ([`actor`]), each counted with
 //!   the driver iosv should blame ([`Host::injected`], `expected`).
+//! - **Requests** (`requests`): the configuration changes, clears, attaches and detaches
+//!   the scenario runner makes of its own verifier, through the control entry point.
 //! - **Audit** ([`audit`]): the run's ground truth against iosv's journal and table.
 //! - **Endpoint** ([`endpoint`]): the control codes over a Unix domain socket, for
 //!   `iosvctl`.
@@ -29,12 +32,13 @@
 //!   phases (`docs/scenarios.md`).
 //!
 //! # Stack capture
-//! [`HostPlatform::capture_stack`](iosv::platform::Platform::capture_stack) reports the *simulated* call chain of the calling
-//! thread, not the host process's own frames: innermost first, the return address in the
-//! simulated driver's image (its call site of the Mm routine), the entry of the driver
-//! routine making the call (`StartDevice`, `DpcRoutine`, ...), the synthetic kernel frame
-//! that called that routine ([`image::kernel_frames`]: PnP IRP, DPC dispatcher, ISR, ...)
-//! and a frame naming the scenario step. The `skip` argument counts iosv's own frames,
+//! [`HostPlatform::capture_stack`](iosv::platform::Platform::capture_stack) reports the
+//! *simulated* call chain of the calling thread, not the host process's own frames:
+//! innermost first, the return address in the simulated driver's image (its call site of
+//! the Mm routine), the entry of the driver routine making the call (`StartDevice`,
+//! `DpcRoutine`, ...), the synthetic kernel frame that called that routine
+//! ([`image::kernel_frames`]: PnP IRP, DPC dispatcher, ISR, ...) and a frame naming the
+//! scenario step. The `skip` argument counts iosv's own frames,
 //! which the simulated chain never contains, so it skips nothing. This is cheap (a copy
 //! of a thread-local array), deterministic, and yields stacks that name driver routines
 //! the way a symbolised kernel stack would.

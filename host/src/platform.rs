@@ -1,7 +1,7 @@
-//! The [`Platform`] of the user-mode host: [`HostPlatform`] over the simulated
-//! simulated `System` (IRQL and identity from [`thread`], the simulated Mm, breaks and bug
-//! checks, attach and detach through `patching`), and its
-//! [`SlotAccess`] to the simulated images' import slots.
+//! The [`Platform`] of the user-mode host: [`HostPlatform`] over the simulated `System`
+//! (IRQL and identity from [`thread`], the simulated Mm, breaks and bug checks, attach and
+//! detach through `patching`), and its [`SlotAccess`] to the simulated images' import
+//! slots.
 
 use crate::devices::Device;
 use crate::drivers::SimDriver;
