@@ -10,6 +10,7 @@ use iosv_host::endpoint::{
     MAX_INPUT, MAX_OUTPUT, REPLY_HEADER_LEN, STATUS_INVALID_PARAMETER,
 };
 use iosv_host::{Behaviour, Host};
+use iosv_tests::control::add_target;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,11 +25,11 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 fn host() -> Arc<Host> {
-    let host = Host::with_processors(StartParams::default(), 2).unwrap();
+    let host = Arc::new(Host::with_processors(StartParams::default(), 2).unwrap());
     host.declare_driver("a.sys", Behaviour::WellBehaved, 0);
-    host.add_target("a.sys").unwrap();
+    add_target(&host, "a.sys").unwrap();
     host.load_driver("a.sys").unwrap();
-    Arc::new(host)
+    host
 }
 
 fn hello_input() -> Vec<u8> {

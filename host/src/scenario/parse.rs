@@ -5,7 +5,8 @@ use super::{
     ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
     StressSpec, UnmapTarget,
 };
-use crate::pnp::{Bar, Behaviour, Routine, AUTO_PHYSICAL, MAX_BAR_SIZE};
+use crate::devices::{Bar, AUTO_PHYSICAL, MAX_BAR_SIZE};
+use crate::{Behaviour, Routine};
 use iosv::config::{SizeParam, StartParams};
 use iosv::phys::{
     PAGE_EXECUTE, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOCACHE, PAGE_READONLY,
