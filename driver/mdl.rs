@@ -58,6 +58,8 @@
 //! mapping is tracked, decremented when it leaves the table): a release of an MDL whose
 //! bucket is zero costs one load; only a non-zero bucket walks the table.
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{try_boxed_slice, AtomicU32, Ordering, OutOfMemory};
 use alloc::boxed::Box;
 

@@ -11,6 +11,8 @@ use crate::intercept::SlotAccess;
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+pub(crate) mod mdl_fake;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
 

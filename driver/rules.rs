@@ -2,6 +2,8 @@
 //! requirement is documented. The engine, the client's SARIF/JUnit output and the docs all
 //! read this one table.
 
+#![forbid(unsafe_code)]
+
 /// A rule's stable identity (`IOSV001`..`IOSV021`); the discriminant is the rule number.
 /// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV021 the MDL and reserved
 /// mapping family (see [`crate::mdl`]). The leak rules IOSV007–IOSV009 cover every kind.

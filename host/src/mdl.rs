@@ -20,10 +20,10 @@
 //! The simulated drivers' bugs of rules IOSV015–IOSV021 ([`commit`]) each allocate their
 //! own MDLs and ranges, so they run beside any other thread's work.
 
-use super::image::{HOOKS, REAL};
-use super::mm::{Corruption, PAGE_SIZE};
-use super::pnp::{DriverRef, Routine};
-use super::{lock, thread, Host, HostError};
+use crate::driver_calls::{DriverRef, Routine};
+use crate::image::{HOOKS, REAL};
+use crate::mm::{Corruption, PAGE_SIZE};
+use crate::{lock, thread, Host, HostError};
 use iosv::mdl::{
     MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
     MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
@@ -529,7 +529,7 @@ fn call<R>(
 }
 
 fn process(d: &DriverRef) -> u64 {
-    attached_process().unwrap_or_else(|| d.sys().process_id())
+    attached_process().unwrap_or_else(|| d.sys.process_id())
 }
 
 impl DriverRef {
@@ -546,10 +546,10 @@ impl DriverRef {
             from,
             HookedRoutine::MapLockedPagesSpecifyCache,
             |c| {
-                self.verifier()
+                self.verifier
                     .map_locked_pages_specify_cache(c, mdl, mode, MM_CACHED, 0, 0, 16)
             },
-            || self.sys().mdls.map_locked(mdl, mode, process(self), false),
+            || self.sys.mdls.map_locked(mdl, mode, process(self), false),
         )
     }
 
@@ -564,10 +564,9 @@ impl DriverRef {
             self,
             from,
             HookedRoutine::UnmapLockedPages,
-            |c| self.verifier().unmap_locked_pages(c, base, mdl),
+            |c| self.verifier.unmap_locked_pages(c, base, mdl),
             || {
-                self.sys()
-                    .mdls
+                self.sys.mdls
                     .unmap_locked(base, mdl, process(self), false)
             },
         )
@@ -580,8 +579,8 @@ impl DriverRef {
             self,
             from,
             HookedRoutine::FreeMdl,
-            |c| self.verifier().io_free_mdl(c, mdl),
-            || self.sys().mdls.prepare_or_free(mdl, true, false),
+            |c| self.verifier.io_free_mdl(c, mdl),
+            || self.sys.mdls.prepare_or_free(mdl, true, false),
         )
         .map(|(_, hooked)| hooked)
     }
@@ -592,8 +591,8 @@ impl DriverRef {
             self,
             from,
             HookedRoutine::UnlockPages,
-            |c| self.verifier().unlock_pages(c, mdl),
-            || self.sys().mdls.unlock(mdl, false),
+            |c| self.verifier.unlock_pages(c, mdl),
+            || self.sys.mdls.unlock(mdl, false),
         )
         .map(|(_, hooked)| hooked)
     }
@@ -610,10 +609,10 @@ impl DriverRef {
             from,
             HookedRoutine::AllocateMappingAddress,
             |c| {
-                self.verifier()
+                self.verifier
                     .allocate_mapping_address(c, bytes, RESERVED_TAG)
             },
-            || self.sys().mdls.allocate_reserved(size, RESERVED_TAG, false),
+            || self.sys.mdls.allocate_reserved(size, RESERVED_TAG, false),
         )
     }
 
@@ -629,12 +628,11 @@ impl DriverRef {
             from,
             HookedRoutine::MapLockedPagesWithReservedMapping,
             |c| {
-                self.verifier()
+                self.verifier
                     .map_reserved(c, range, RESERVED_TAG, mdl, MM_CACHED)
             },
             || {
-                self.sys()
-                    .mdls
+                self.sys.mdls
                     .map_reserved(range, RESERVED_TAG, mdl, false)
             },
         )
@@ -646,10 +644,9 @@ impl DriverRef {
             self,
             from,
             HookedRoutine::UnmapReservedMapping,
-            |c| self.verifier().unmap_reserved(c, range, RESERVED_TAG, mdl),
+            |c| self.verifier.unmap_reserved(c, range, RESERVED_TAG, mdl),
             || {
-                self.sys()
-                    .mdls
+                self.sys.mdls
                     .unmap_reserved(range, RESERVED_TAG, mdl, false)
             },
         )
@@ -662,8 +659,8 @@ impl DriverRef {
             self,
             from,
             HookedRoutine::FreeMappingAddress,
-            |c| self.verifier().free_mapping_address(c, range, RESERVED_TAG),
-            || self.sys().mdls.free_reserved(range, RESERVED_TAG, false),
+            |c| self.verifier.free_mapping_address(c, range, RESERVED_TAG),
+            || self.sys.mdls.free_reserved(range, RESERVED_TAG, false),
         )
         .map(|(_, hooked)| hooked)
     }

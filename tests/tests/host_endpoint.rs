@@ -10,6 +10,7 @@ use iosv_host::endpoint::{
     MAX_INPUT, MAX_OUTPUT, REPLY_HEADER_LEN, STATUS_INVALID_PARAMETER,
 };
 use iosv_host::{Behaviour, Host};
+use iosv_tests::control::add_target;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,11 +25,11 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 fn host() -> Arc<Host> {
-    let host = Host::with_processors(StartParams::default(), 2).unwrap();
+    let host = Arc::new(Host::with_processors(StartParams::default(), 2).unwrap());
     host.declare_driver("a.sys", Behaviour::WellBehaved, 0);
-    host.add_target("a.sys").unwrap();
+    add_target(&host, "a.sys").unwrap();
     host.load_driver("a.sys").unwrap();
-    Arc::new(host)
+    host
 }
 
 fn hello_input() -> Vec<u8> {
@@ -209,7 +210,7 @@ fn frames_that_break_the_limits_are_refused_and_closed() {
     let mut s = connect(&path);
     let big = vec![0u8; MAX_INPUT as usize];
     endpoint::write_request(&mut s, IOCTL_HELLO, &big, MAX_OUTPUT).unwrap();
-    let (h, out) = read_reply(&mut s).unwrap();
+    let (h, out) = read_reply(&mut s, MAX_OUTPUT as usize).unwrap();
     assert_eq!(h.status, iosv::protocol::Status::InputTooLong as u32);
     assert!(out.is_empty());
     // Output too small: the size needed comes back in `information`, no bytes.
@@ -274,7 +275,9 @@ fn socket_file_life() {
     let started = Instant::now();
     stop.store(true, Ordering::Relaxed);
     t.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // The client stays connected and idle: a server that waited for it would never stop.
+    // The bound only separates "stopped" from "hung" on a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!path.exists());
 }
 
@@ -319,7 +322,7 @@ fn reply_memory_is_sized_by_what_is_produced() {
             MAX_OUTPUT,
         )
         .unwrap();
-        let (h, _) = read_reply(&mut s).unwrap();
+        let (h, _) = read_reply(&mut s, MAX_OUTPUT as usize).unwrap();
         assert_eq!(h.status, 0);
         conns.push(s); // held open
     }
@@ -494,7 +497,8 @@ fn the_socket_is_never_open_to_others_even_under_umask_000() {
     }
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
-    // SAFETY: as above.
+    // SAFETY: umask(2) has no preconditions and cannot fail; this puts back the mask saved
+    // before the loop (`old`).
     unsafe { libc::umask(old) };
     assert!(
         !seen_bad.load(Ordering::Relaxed),
