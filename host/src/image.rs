@@ -2,8 +2,9 @@
 //! whose import address table the engine's own [`intercept`](iosv::intercept) plan
 //! patches through [`SlotAccess`](iosv::intercept::SlotAccess), exactly as in the kernel.
 //!
-//! Each image imports `MmMapIoSpace`, `MmMapIoSpaceEx`, `MmUnmapIoSpace` and
-//! `MmGetSystemRoutineAddress` (plus a few unhooked routines) from `ntoskrnl.exe`. At load
+//! Each image imports `MmMapIoSpace`, `MmMapIoSpaceEx`, `MmUnmapIoSpace`,
+//! `MmGetSystemRoutineAddress` and the MDL and reserved-mapping family (every
+//! [`HookedRoutine`], plus a few unhooked routines) from `ntoskrnl.exe`. At load
 //! the "loader" binds every IAT slot to the address of the real routine ([`REAL`]); a
 //! simulated driver calls an Mm routine by reading its slot and dispatching on the value:
 //! iosv's hook address ([`HOOKS`]) goes to the verifier, the real address straight to the
@@ -457,11 +458,11 @@ mod tests {
     use iosv::pe::PeImage;
 
     #[test]
-    fn image_parses_and_exposes_the_four_slots() {
+    fn image_parses_and_exposes_a_slot_per_hooked_routine() {
         let img = SimImage::new("nic.sys", IMAGE_REGION);
         let pe = PeImage::parse(img.bytes()).unwrap();
         let slots: Vec<_> = pe.hooked_slots(None).map(|s| s.unwrap()).collect();
-        assert_eq!(slots.len(), 4);
+        assert_eq!(slots.len(), iosv::pe::HookedRoutine::COUNT);
         for s in &slots {
             let addr = IMAGE_REGION + u64::from(s.rva);
             assert_eq!(addr, img.slot_address(s.routine));
