@@ -172,4 +172,3 @@ impl Platform for Fake {
         self.mdls.lock().unwrap().get(&mdl).copied()
     }
 }
-

@@ -565,10 +565,7 @@ impl DriverRef {
             from,
             HookedRoutine::UnmapLockedPages,
             |c| self.verifier.unmap_locked_pages(c, base, mdl),
-            || {
-                self.sys.mdls
-                    .unmap_locked(base, mdl, process(self), false)
-            },
+            || self.sys.mdls.unmap_locked(base, mdl, process(self), false),
         )
         .map(|(_, hooked)| hooked)
     }
@@ -631,10 +628,7 @@ impl DriverRef {
                 self.verifier
                     .map_reserved(c, range, RESERVED_TAG, mdl, MM_CACHED)
             },
-            || {
-                self.sys.mdls
-                    .map_reserved(range, RESERVED_TAG, mdl, false)
-            },
+            || self.sys.mdls.map_reserved(range, RESERVED_TAG, mdl, false),
         )
     }
 
@@ -646,7 +640,8 @@ impl DriverRef {
             HookedRoutine::UnmapReservedMapping,
             |c| self.verifier.unmap_reserved(c, range, RESERVED_TAG, mdl),
             || {
-                self.sys.mdls
+                self.sys
+                    .mdls
                     .unmap_reserved(range, RESERVED_TAG, mdl, false)
             },
         )
