@@ -346,7 +346,6 @@ impl<P: Platform> Verifier<P> {
         let mut other = None;
         self.table.walk(0, usize::MAX, |m| {
             let overlaps = m.flags & FLAG_DETACHED == 0
-                && is_io_space(m.flags)
                 && page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
             if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
                 other = Some(*m);
@@ -429,23 +428,7 @@ impl<P: Platform> Verifier<P> {
 
         match found {
             Removal::Removed if !is_io_space(h.flags) => {
-                // MmUnmapIoSpace of an MDL mapping or a reserved range: not an I/O-space
-                // mapping. IOSV004, contained: the entry stays (crate::mdl).
-                let m = h.with_frames(frames);
-                let mut r = self.mapping_record(&cx, &m);
-                r.address = base;
-                r.passed_size = size64;
-                if contain {
-                    self.restore(&cx, &m);
-                    r.flags |= VF_CONTAINED;
-                    self.stats.bump(cx.processor, Counter::Contained);
-                    self.violate(RuleId::UnmapUnknown, &cx, r);
-                } else {
-                    self.forget_mapping(&m);
-                    self.bury(&cx, &m);
-                    self.violate(RuleId::UnmapUnknown, &cx, r);
-                    self.platform.mm_unmap_io_space(base, size);
-                }
+                self.unmap_io_space_of_family(&cx, &h.with_frames(frames), size, contain);
             }
             Removal::Removed
                 if h.driver != 0 && cx.driver != DriverId::NONE && h.driver != cx.driver.0 =>
@@ -478,6 +461,28 @@ impl<P: Platform> Verifier<P> {
                 self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
             }
             Removal::NotFound => self.unmap_not_found(&cx, base, size, contain),
+        }
+    }
+
+    /// `MmUnmapIoSpace` of an MDL mapping or a reserved range `m` (already out of the
+    /// table): not an I/O-space mapping. IOSV004; contained, the entry stays
+    /// (`crate::mdl`). Out of line: the I/O-space unmap path stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn unmap_io_space_of_family(&self, cx: &CallCtx, m: &Mapping, size: usize, contain: bool) {
+        let mut r = self.mapping_record(cx, m);
+        r.address = m.base;
+        r.passed_size = size as u64;
+        if contain {
+            self.restore(cx, m);
+            r.flags |= VF_CONTAINED;
+            self.stats.bump(cx.processor, Counter::Contained);
+            self.violate(RuleId::UnmapUnknown, cx, r);
+        } else {
+            self.forget_mapping(m);
+            self.bury(cx, m);
+            self.violate(RuleId::UnmapUnknown, cx, r);
+            self.platform.mm_unmap_io_space(m.base, size);
         }
     }
 
