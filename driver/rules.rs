@@ -137,6 +137,33 @@ impl RuleId {
         RULES.get(self.index()).unwrap_or(&RULES_FALLBACK)
     }
 
+    /// Whether this rule blames the owner of the mapping ([`RuleInfo::blames_owner`]).
+    pub fn blames_owner(self) -> bool {
+        self.info().blames_owner
+    }
+
+    /// Which driver a violation of this rule is blamed on, given the id of the mapping's
+    /// owner (0: no mapping, or its owner unknown). The one statement of the blame rule,
+    /// used by the engine's per-driver violation counts, the host's audit and the client:
+    ///
+    /// - the leak rules ([`RuleInfo::blames_owner`]: IOSV007 leak-on-stop, IOSV008
+    ///   leak-on-remove, IOSV009 leak-on-unload) blame the owner of the leaked mapping —
+    ///   the leak is found at an event (stop, removal, unload, detach), not at a call, and
+    ///   it is the owner that failed to unmap; the caller if the owner is unknown;
+    /// - every other rule blames the driver that made the call, even where it touched
+    ///   another driver's mapping: IOSV012 unmap-foreign blames the unmapping driver, not
+    ///   the owner whose mapping it tore at, and IOSV005 for a stale pointer after address
+    ///   reuse blames the stale caller and spares the driver Mm gave the address to. An
+    ///   unattributed caller (id 0) stays unattributed: the owner of the mapping it hit is
+    ///   the victim, never the culprit.
+    pub fn blamed(self, owner_id: u16) -> Blamed {
+        if self.blames_owner() && owner_id != 0 {
+            Blamed::Owner
+        } else {
+            Blamed::Caller
+        }
+    }
+
     /// The rule with this id (`"IOSV004"`) or name (`"unmap-unknown"`), case-insensitive.
     pub fn parse(text: &str) -> Option<RuleId> {
         RULES
@@ -144,6 +171,15 @@ impl RuleId {
             .find(|r| r.code.eq_ignore_ascii_case(text) || r.name.eq_ignore_ascii_case(text))
             .map(|r| r.id)
     }
+}
+
+/// The side of a violation its rule blames ([`RuleId::blamed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Blamed {
+    /// The driver that made the call (`driver_id` of a record; 0 if unattributed).
+    Caller,
+    /// The driver that owns the mapping involved (`owner_id` of a record).
+    Owner,
 }
 
 /// How serious a violation of a rule is (SARIF `level`, `--fail-on`).
@@ -237,6 +273,10 @@ pub struct RuleInfo {
     pub reference: &'static str,
     /// Whether the engine can contain the violation (not pass the call to Mm as made).
     pub containable: bool,
+    /// Whether a violation is blamed on the owner of the mapping rather than on the
+    /// driver that made the call: true for the leaks (IOSV007–IOSV009), found at an event
+    /// about the owner; see [`RuleId::blamed`].
+    pub blames_owner: bool,
 }
 
 const DDI_UNMAP: &str =
@@ -267,6 +307,7 @@ static RULES_FALLBACK: RuleInfo = RuleInfo {
     help: "",
     reference: "",
     containable: false,
+    blames_owner: false,
 };
 
 /// Every rule, indexed by [`RuleId::index`].
@@ -280,6 +321,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass MmUnmapIoSpace the exact byte count that was mapped; keep it beside the base.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapIrql,
@@ -290,6 +332,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap at IRQL <= DISPATCH_LEVEL (<= APC_LEVEL to satisfy Driver Verifier 0xC4/0x7B), e.g. from a work item.",
         reference: BUGCHECK_C4,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MapIrql,
@@ -300,6 +343,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Map at IRQL <= DISPATCH_LEVEL, ideally at PASSIVE_LEVEL during start-device (Driver Verifier 0xC4/0x73).",
         reference: DDI_MAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapUnknown,
@@ -310,6 +354,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Only unmap bases returned by MmMapIoSpace/MmMapIoSpaceEx; check for corrupted or uninitialised pointers.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::DoubleUnmap,
@@ -320,6 +365,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Clear the stored base after unmapping, and make stop and remove paths share one release routine; a stale pointer unmaps whatever Mm mapped there since.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapInterior,
@@ -330,6 +376,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap with the base MmMapIoSpace returned, not a register pointer derived from it.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::LeakOnStop,
@@ -340,6 +387,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap every register range mapped in start-device when handling IRP_MN_STOP_DEVICE.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::LeakOnRemove,
@@ -350,6 +398,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap in IRP_MN_SURPRISE_REMOVAL / IRP_MN_REMOVE_DEVICE (whichever comes first).",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::LeakOnUnload,
@@ -360,6 +409,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Release every mapping before DriverUnload returns; system PTEs leaked here are never recovered.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::CacheConflict,
@@ -370,6 +420,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Map a physical range with one cache type everywhere; mixed attributes are undefined on x86 and ARM.",
         reference: DDI_MAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MapBadParameters,
@@ -380,6 +431,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass a non-zero length, a MEMORY_CACHING_TYPE below MmMaximumCacheType, and one PAGE_* protection with at most one of PAGE_NOCACHE/PAGE_WRITECOMBINE.",
         reference: DDI_MAP_EX,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapForeign,
@@ -395,6 +447,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Each driver unmaps what it mapped; if two drivers share registers, have the owner unmap them (e.g. through an interface callback).",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::StaleEntry,
@@ -405,6 +458,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "The earlier mapping at this base was unmapped without iosv seeing it, e.g. through a pointer resolved before attach.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapPageBase,
@@ -415,6 +469,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass MmUnmapIoSpace the exact pointer MmMapIoSpace returned, offset included; do not round it down to the page.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MdlUnmapWrongMdl,
@@ -425,6 +480,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass the unmap the MDL that was mapped, and keep the MDL alive until the mapping is released.",
         reference: BUGCHECK_DA,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MdlUnmapIrql,
@@ -435,6 +491,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap system-space MDL mappings at IRQL <= DISPATCH_LEVEL and user-space ones at PASSIVE_LEVEL or APC_LEVEL (Driver Verifier 0xC4/0x79-0x7A).",
         reference: DDI_MDL_UNMAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MdlReleasedWhileMapped,
@@ -445,6 +502,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "MmUnmapLockedPages every explicit mapping before unlocking or freeing its MDL; only MmUnlockPages releases a system-space mapping of a locked MDL by itself.",
         reference: DDI_UNLOCK,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::ReservedFreedWhileMapped,
@@ -455,6 +513,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Call MmUnmapReservedMapping before MmFreeMappingAddress.",
         reference: DDI_FREE_MAPPING,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::ReservedMappedTwice,
@@ -465,6 +524,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap the reserved range with MmUnmapReservedMapping before mapping another MDL into it; use one reserved range per concurrent user.",
         reference: DDI_RESERVED_MAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::ReservedSize,
@@ -475,6 +535,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Reserve the largest transfer (plus one page for an unaligned buffer) with MmAllocateMappingAddress, or split the transfer.",
         reference: DDI_RESERVED_MAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapOtherProcess,
@@ -485,12 +546,104 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap a user-space mapping in the context of the process it was mapped into (e.g. in IRP_MJ_CLEANUP of that process's handle).",
         reference: DDI_MDL_UNMAP,
         containable: true,
+        blames_owner: false,
     },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record of `rule` by caller 3 (`c.sys`) about a mapping of owner 7 (`o.sys`), or
+    /// with `owner` 0, one whose owner is unknown.
+    fn record(rule: RuleId, caller: u16, owner: u16) -> crate::protocol::ViolationRecord {
+        let mut r = crate::protocol::ViolationRecord {
+            rule: rule.number(),
+            driver_id: caller,
+            owner_id: owner,
+            ..Default::default()
+        };
+        if caller != 0 {
+            r.driver_name[..5].copy_from_slice(b"c.sys");
+        }
+        if owner != 0 {
+            r.owner_name[..5].copy_from_slice(b"o.sys");
+        }
+        r
+    }
+
+    /// Checks `rule` blames `side` (with a known owner) through the rule table, the
+    /// record's id and its name, and the caller when the owner is unknown.
+    fn assert_blames(rule: RuleId, side: Blamed) {
+        assert_eq!(rule.blamed(7), side, "{rule:?}");
+        assert_eq!(rule.blames_owner(), side == Blamed::Owner, "{rule:?}");
+        let r = record(rule, 3, 7);
+        let (id, name): (u16, &[u8]) = match side {
+            Blamed::Caller => (3, b"c.sys"),
+            Blamed::Owner => (7, b"o.sys"),
+        };
+        assert_eq!((r.blamed(), r.blamed_driver()), (side, id), "{rule:?}");
+        assert_eq!(r.blamed_driver_name(), name, "{rule:?}");
+        // Owner unknown: the caller.
+        let r = record(rule, 3, 0);
+        assert_eq!(
+            (r.blamed_driver(), r.blamed_driver_name()),
+            (3, &b"c.sys"[..])
+        );
+        // Unattributed caller: nobody for a call rule (the owner is the victim), the owner
+        // for a leak.
+        let r = record(rule, 0, 7);
+        let expected: (u16, &[u8]) = match side {
+            Blamed::Caller => (0, b""),
+            Blamed::Owner => (7, b"o.sys"),
+        };
+        assert_eq!((r.blamed_driver(), r.blamed_driver_name()), expected);
+    }
+
+    /// One test per rule: whom it blames. Rules found at a call blame the caller; the
+    /// leaks, found at an event, blame the mapping's owner (see [`RuleId::blamed`]).
+    macro_rules! blame {
+        ($($test:ident: $rule:ident => $side:ident;)*) => {
+            $(
+                #[test]
+                fn $test() {
+                    assert_blames(RuleId::$rule, Blamed::$side);
+                }
+            )*
+
+            /// Every rule has its test above (a new rule must say whom it blames).
+            #[test]
+            fn every_rule_has_a_blame_test() {
+                let mut covered = vec![$(RuleId::$rule),*];
+                covered.sort();
+                assert_eq!(covered, RuleId::ALL.to_vec());
+            }
+        };
+    }
+
+    blame! {
+        iosv001_unmap_size_mismatch_blames_the_caller: UnmapSizeMismatch => Caller;
+        iosv002_unmap_irql_blames_the_caller: UnmapIrql => Caller;
+        iosv003_map_irql_blames_the_caller: MapIrql => Caller;
+        iosv004_unmap_unknown_blames_the_caller: UnmapUnknown => Caller;
+        iosv005_double_unmap_and_stale_pointer_blame_the_caller_not_the_new_owner: DoubleUnmap => Caller;
+        iosv006_unmap_interior_blames_the_caller: UnmapInterior => Caller;
+        iosv007_leak_on_stop_blames_the_owner: LeakOnStop => Owner;
+        iosv008_leak_on_remove_blames_the_owner: LeakOnRemove => Owner;
+        iosv009_leak_on_unload_blames_the_owner: LeakOnUnload => Owner;
+        iosv010_cache_conflict_blames_the_new_mapper: CacheConflict => Caller;
+        iosv011_map_bad_parameters_blames_the_caller: MapBadParameters => Caller;
+        iosv012_unmap_foreign_blames_the_unmapping_driver_not_the_owner: UnmapForeign => Caller;
+        iosv013_stale_entry_blames_the_caller: StaleEntry => Caller;
+        iosv014_unmap_page_base_blames_the_caller: UnmapPageBase => Caller;
+    }
+
+    #[test]
+    fn an_unknown_rule_number_blames_the_caller() {
+        let mut r = record(RuleId::LeakOnStop, 3, 7);
+        r.rule = 0;
+        assert_eq!((r.blamed(), r.blamed_driver()), (Blamed::Caller, 3));
+    }
 
     #[test]
     fn table_is_in_id_order_and_codes_match_numbers() {
