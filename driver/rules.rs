@@ -636,6 +636,13 @@ mod tests {
         iosv012_unmap_foreign_blames_the_unmapping_driver_not_the_owner: UnmapForeign => Caller;
         iosv013_stale_entry_blames_the_caller: StaleEntry => Caller;
         iosv014_unmap_page_base_blames_the_caller: UnmapPageBase => Caller;
+        iosv015_mdl_unmap_wrong_mdl_blames_the_caller: MdlUnmapWrongMdl => Caller;
+        iosv016_mdl_unmap_irql_blames_the_caller: MdlUnmapIrql => Caller;
+        iosv017_mdl_released_while_mapped_blames_the_releasing_caller: MdlReleasedWhileMapped => Caller;
+        iosv018_reserved_freed_while_mapped_blames_the_caller: ReservedFreedWhileMapped => Caller;
+        iosv019_reserved_mapped_twice_blames_the_caller: ReservedMappedTwice => Caller;
+        iosv020_reserved_size_blames_the_caller: ReservedSize => Caller;
+        iosv021_unmap_other_process_blames_the_caller: UnmapOtherProcess => Caller;
     }
 
     #[test]
