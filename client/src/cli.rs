@@ -208,6 +208,11 @@ pub struct MappingsArgs {
     /// Only mappings at least this old (e.g. 5s, 10m): long-lived ones are leak suspects.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
+
+    /// Only mappings of this kind: io-space (MmMapIoSpace/Ex), mdl (MDL mappings) or
+    /// reserved (MmAllocateMappingAddress ranges): the leak view per kind.
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Option<iosv::mdl::MappingKind>,
 }
 
 /// `config` subcommands.
@@ -571,6 +576,15 @@ pub fn parse_time(s: &str) -> Result<SystemTime, String> {
 /// Parses a rule id or name.
 pub fn parse_rule(s: &str) -> Result<RuleId, String> {
     RuleId::parse(s).ok_or_else(|| format!("unknown rule {s:?} (see `iosvctl rules`)"))
+}
+
+/// Parses a mapping kind: `io-space`, `mdl` or `reserved` (case-insensitive).
+pub fn parse_kind(s: &str) -> Result<iosv::mdl::MappingKind, String> {
+    use iosv::mdl::MappingKind;
+    [MappingKind::IoSpace, MappingKind::Mdl, MappingKind::Reserved]
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown kind {s:?} (io-space, mdl or reserved)"))
 }
 
 /// Parses `RULE=ACTION`.

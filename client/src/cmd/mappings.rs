@@ -12,7 +12,7 @@ use crate::transport::Transport;
 use std::io::Write;
 
 /// `iosvctl mappings`: the live mappings (the leak view), optionally of one driver, one
-/// device or a minimum age.
+/// device, a minimum age or one kind (I/O space, MDL, reserved range).
 pub fn run<T: Transport>(
     g: &Global,
     a: &MappingsArgs,
@@ -28,7 +28,7 @@ pub fn run<T: Transport>(
             .min_age
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     };
-    let list = match &a.driver {
+    let mut list = match &a.driver {
         None => c.list_mappings(&base)?,
         Some(name) => {
             let ids: Vec<u32> = stats
@@ -61,6 +61,9 @@ pub fn run<T: Transport>(
             all
         }
     };
+    if let Some(kind) = a.kind {
+        list.records.retain(|m| model::mapping_kind(m.kind) == kind);
+    }
     match g.format {
         Format::Json => {
             for m in &list.records {
@@ -98,6 +101,15 @@ mod tests {
             out.contains("1 live mapping,") && out.contains("#0  nic.sys+0x1a2b"),
             "{out}"
         );
+        // The leak view per kind: both are I/O-space mappings.
+        let (_, out) = run_on(&e, &["mappings", "--kind", "io-space", "-f", "json"]);
+        let v = json_lines(&out);
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|m| m["mapping_kind"] == "io-space" && m["mdl"].is_null()));
+        let (_, out) = run_on(&e, &["mappings", "--kind", "MDL"]);
+        assert_eq!(out, "no live mappings\n");
+        let (_, out) = run_on(&e, &["mappings"]);
+        assert!(out.contains("KIND") && out.contains("io-space"), "{out}");
         let (r, _) = run_on(&e, &["mappings", "--driver", "ghost.sys"]);
         assert!(r
             .unwrap_err()
