@@ -40,7 +40,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
 /// The header over [`violation`] lines.
 pub fn violation_header() -> String {
     format!(
-        "{:<6} {:<7} {:<20} {:<7} {:<14} {:<18} {:<23} {:<18} {:<10} {:<10} {:<15} FLAGS",
+        "{:<6} {:<7} {:<w$} {:<7} {:<14} {:<18} {:<23} {:<18} {:<10} {:<10} {:<15} FLAGS",
         "SEQ",
         "RULE",
         "NAME",
@@ -51,8 +51,18 @@ pub fn violation_header() -> String {
         "BASE",
         "PASSED",
         "MAPPED",
-        "IRQL"
+        "IRQL",
+        w = name_width()
     )
+}
+
+/// Width of the NAME column: the longest rule name.
+fn name_width() -> usize {
+    iosv::rules::RULES
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(20)
 }
 
 /// One violation: a line, and with `verbose` the message, context and stacks below it.
@@ -92,13 +102,14 @@ pub fn violation(v: &Violation<'_>, verbose: bool, images: &Images) -> String {
         hex(r.address)
     };
     // Leaks are found at PnP or unload events, not in a call that passes a size.
-    let passed = if v.is_leak() {
+    // The MDL family's calls pass an MDL, not a size (the MDL is in the verbose lines).
+    let passed = if v.is_leak() || (r.kind != 0 && r.passed_size == 0) {
         "-".to_string()
     } else {
         format!("0x{:x}", r.passed_size)
     };
     let mut s = format!(
-        "{:<6} {:<7} {:<20} {:<7} {:<14} {:<18} {:<23} {:<18} {:<10} {:<10} {:<15} {}",
+        "{:<6} {:<7} {:<w$} {:<7} {:<14} {:<18} {:<23} {:<18} {:<10} {:<10} {:<15} {}",
         r.seq,
         v.code(),
         v.rule_name(),
@@ -114,7 +125,8 @@ pub fn violation(v: &Violation<'_>, verbose: bool, images: &Images) -> String {
             "-".to_string()
         } else {
             flags.join(",")
-        }
+        },
+        w = name_width()
     );
     s = s.trim_end().to_string();
     s.push('\n');
