@@ -86,7 +86,6 @@ struct CallCtx {
     processor: u32,
     driver: DriverId,
     thread: u64,
-    process: u64,
     now: u64,
 }
 
@@ -215,7 +214,6 @@ impl<P: Platform> Verifier<P> {
             processor: self.platform.current_processor(),
             driver: self.drivers.attribute(caller.return_address),
             thread: self.platform.current_thread_id(),
-            process: self.platform.current_process_id(),
             now: self.platform.now_ns(),
         }
     }
@@ -733,7 +731,9 @@ impl<P: Platform> Verifier<P> {
             irql: cx.irql.0,
             processor: cx.processor,
             driver_id: cx.driver.0,
-            process_id: cx.process,
+            // Read here, not on every hook call: only records and user-space MDL
+            // mappings need it.
+            process_id: self.platform.current_process_id(),
             thread_id: cx.thread,
             driver_name: self.drivers.name(cx.driver),
             ..Default::default()

@@ -581,10 +581,14 @@ pub fn parse_rule(s: &str) -> Result<RuleId, String> {
 /// Parses a mapping kind: `io-space`, `mdl` or `reserved` (case-insensitive).
 pub fn parse_kind(s: &str) -> Result<iosv::mdl::MappingKind, String> {
     use iosv::mdl::MappingKind;
-    [MappingKind::IoSpace, MappingKind::Mdl, MappingKind::Reserved]
-        .into_iter()
-        .find(|k| k.name().eq_ignore_ascii_case(s))
-        .ok_or_else(|| format!("unknown kind {s:?} (io-space, mdl or reserved)"))
+    [
+        MappingKind::IoSpace,
+        MappingKind::Mdl,
+        MappingKind::Reserved,
+    ]
+    .into_iter()
+    .find(|k| k.name().eq_ignore_ascii_case(s))
+    .ok_or_else(|| format!("unknown kind {s:?} (io-space, mdl or reserved)"))
 }
 
 /// Parses `RULE=ACTION`.

@@ -84,7 +84,7 @@ impl<P: Platform> Verifier<P> {
         m.cache = cache;
         if user {
             m.flags = FLAG_KIND_MDL | FLAG_USER;
-            m.device = cx.process;
+            m.device = self.platform.current_process_id();
         } else {
             m.flags = FLAG_KIND_MDL;
         }
@@ -158,7 +158,7 @@ impl<P: Platform> Verifier<P> {
         if cx.irql > ceiling {
             self.violate(RuleId::MdlUnmapIrql, cx, record());
         }
-        if user && m.device != cx.process {
+        if user && m.device != self.platform.current_process_id() {
             // Mm would unmap that range of the *current* process. Contained: nothing
             // reaches Mm and the mapping stays tracked (its process still maps it).
             let mut r = record();
@@ -228,7 +228,7 @@ impl<P: Platform> Verifier<P> {
                 }
                 let user = m.flags & FLAG_USER != 0;
                 let can_unmap = if user {
-                    cx.irql <= Irql::APC && m.device == cx.process
+                    cx.irql <= Irql::APC && m.device == self.platform.current_process_id()
                 } else {
                     cx.irql <= Irql::DISPATCH
                 };

@@ -105,7 +105,9 @@ mod tests {
         let (_, out) = run_on(&e, &["mappings", "--kind", "io-space", "-f", "json"]);
         let v = json_lines(&out);
         assert_eq!(v.len(), 2);
-        assert!(v.iter().all(|m| m["mapping_kind"] == "io-space" && m["mdl"].is_null()));
+        assert!(v
+            .iter()
+            .all(|m| m["mapping_kind"] == "io-space" && m["mdl"].is_null()));
         let (_, out) = run_on(&e, &["mappings", "--kind", "MDL"]);
         assert_eq!(out, "no live mappings\n");
         let (_, out) = run_on(&e, &["mappings"]);
