@@ -43,6 +43,10 @@ macro_rules! trampoline {
         /// Only ever called by a target driver through a patched import slot, as the
         /// routine it replaces.
         #[cfg(target_arch = "x86_64")]
+        #[allow(
+            clippy::unnecessary_safety_comment,
+            reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+        )]
         // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
         // a function with the same arguments plus one register argument the ABI leaves
         // free (the routine has fewer than four arguments).
@@ -61,6 +65,10 @@ macro_rules! trampoline {
         ///
         /// As for the x64 version.
         #[cfg(target_arch = "aarch64")]
+        #[allow(
+            clippy::unnecessary_safety_comment,
+            reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+        )]
         // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch
         // to a function with the same arguments plus one register argument.
         #[unsafe(naked)]
