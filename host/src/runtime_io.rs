@@ -2,8 +2,9 @@
 //! window of a BAR through `MmMapIoSpace` or `MmMapIoSpaceEx` (resolved through
 //! `MmGetSystemRoutineAddress`) at PASSIVE or DISPATCH level, or unmap one it holds at
 //! PASSIVE or APC level, always with the BAR's cache class and the exact size, keeping up
-//! to [`MAX_RUNTIME`] windows mapped between operations. A buggy driver commits its bug
-//! ([`bugs`](crate::bugs)) instead on every `bug_every`-th operation.
+//! to [`MAX_RUNTIME`] windows mapped between operations; one operation in 16 is a clean
+//! MDL and reserved-mapping cycle instead ([`crate::mdl::clean_cycle`]). A buggy driver
+//! commits its bug ([`bugs`](crate::bugs)) instead on every `bug_every`-th operation.
 
 use crate::actor::Actor;
 use crate::devices::{check, Device, PnpRequest};
@@ -59,6 +60,12 @@ impl Host {
         check(dev, inner.state, PnpRequest::Io)?;
         let d = self.driver_ref(&dev.driver)?;
         let rng = &mut actor.rng;
+        if rng.chance(1.0 / 16.0) {
+            // A request with a buffer: a clean MDL and reserved-mapping cycle
+            // (crate::mdl::clean_cycle), nothing to report.
+            drop(inner);
+            return crate::mdl::clean_cycle(self, &d);
+        }
         let map = inner.runtime.is_empty() || inner.runtime.len() < MAX_RUNTIME && rng.chance(0.5);
         if map {
             let Some(bar) = dev
