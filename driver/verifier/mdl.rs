@@ -220,6 +220,9 @@ impl<P: Platform> Verifier<P> {
                     if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
                         self.forget_mapping(&gone);
                         self.bury(&cx, &gone);
+                        // An implicit release is an unmap (maps and unmaps stay equal).
+                        self.stats
+                            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
                     }
                     return;
                 }
@@ -239,6 +242,8 @@ impl<P: Platform> Verifier<P> {
                     if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
                         self.forget_mapping(&gone);
                         self.bury(&cx, &gone);
+                        self.stats
+                            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
                         self.contain_record(&cx, &mut r);
                         self.violate(RuleId::MdlReleasedWhileMapped, &cx, r);
                         self.platform.mm_unmap_locked_pages(gone.base, mdl);
@@ -351,8 +356,6 @@ impl<P: Platform> Verifier<P> {
         if va != 0 {
             m.physical = mdl;
             m.flags |= FLAG_RESERVED_MAPPED;
-            self.stats
-                .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
         }
         self.restore(&cx, &m);
         va
@@ -361,8 +364,6 @@ impl<P: Platform> Verifier<P> {
     /// The `MmUnmapReservedMapping` hook.
     pub fn unmap_reserved(&self, caller: Caller, base: u64, pool_tag: u32, mdl: u64) {
         let cx = self.ctx(caller);
-        self.stats
-            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
         let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
         let Some(mut m) = self.take_reserved(&cx, page_align(base)) else {
@@ -413,6 +414,10 @@ impl<P: Platform> Verifier<P> {
     /// iosv unmaps it first, with the tracked MDL).
     pub fn free_mapping_address(&self, caller: Caller, base: u64, pool_tag: u32) {
         let cx = self.ctx(caller);
+        // Statistics count a reserved range as one map (its allocation) and one unmap
+        // (its free); mapping MDLs into it and out again is not counted.
+        self.stats
+            .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
         let Some(m) = self.take_reserved(&cx, base) else {
             if self.family_not_found(&cx, base, 0, MappingKind::Reserved, contain) {
