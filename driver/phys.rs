@@ -3,8 +3,9 @@
 //!
 //! The filter counts live mappings per (2 MiB physical region, cache class) in a
 //! direct-mapped array of counters: a map whose regions hold no mapping of another class
-//! cannot conflict, so the exact check (a walk of the table) runs only when the filter
-//! says a conflict is possible. Hash collisions only cost an extra walk, never a missed
+//! cannot conflict, so the exact check (a bounded lookup in the table's physical index,
+//! which also asks the filter which regions to probe) runs only when the filter says a
+//! conflict is possible. Hash collisions only cost an extra walk, never a missed
 //! conflict. Mappings spanning more than [`MAX_REGIONS`] regions are counted once in a
 //! per-class "huge" counter that every check consults. Counters are plain atomic
 //! increments: nothing waits.
@@ -258,6 +259,16 @@ impl ConflictFilter {
         self.each_counter(physical, size, class, |c| {
             c.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// True if a live mapping of another class than `class` may lie (partly) in 2 MiB
+    /// region `region` (never false when one does).
+    pub fn region_may_conflict(&self, region: u64, class: CacheClass) -> bool {
+        self.huge
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0)
+            || self.bucket(region).is_some_and(|b| b.other_live(class))
     }
 
     /// True if a live mapping of another class may overlap `[physical, physical + size)`.

@@ -354,7 +354,9 @@ impl<P: Platform> Verifier<P> {
             return;
         };
         let mut other = None;
-        self.table.walk(0, usize::MAX, |m| {
+        let flagged = |region: u64| self.conflicts.region_may_conflict(region, class);
+        // Bounded: the table's physical index, probed only where the filter flags.
+        self.table.visit_physical(first, end, flagged, |m| {
             let overlaps = m.flags & FLAG_DETACHED == 0
                 && page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
             if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
@@ -486,8 +488,8 @@ impl<P: Platform> Verifier<P> {
         };
         // A page-aligned address is checked against live unaligned bases before the
         // graveyard (Mm reuses blocks, so an earlier mapping whose base was this page may
-        // have left a tombstone here); the same walk finds the mapping containing it, so
-        // no unmap walks the table twice.
+        // have left a tombstone here); the same index lookup finds the mapping containing it, so
+        // no unmap looks twice.
         let scan = if base != 0 && byte_offset(base) == 0 {
             Some(self.scan_page(base))
         } else {
@@ -605,12 +607,12 @@ impl<P: Platform> Verifier<P> {
             .filter(|t| t.driver == cx.driver.0 || t.unmapped_by == cx.driver.0)
     }
 
-    /// One walk over the table for the page-aligned address `addr` (error path: examines
-    /// every slot): the live mapping whose base is not page-aligned and lies in the page
-    /// starting at `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
+    /// One bounded lookup in the table's virtual index for the page-aligned address `addr`:
+    /// the live mapping whose base is not page-aligned and lies in the page starting at
+    /// `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
     fn scan_page(&self, addr: u64) -> (Option<Mapping>, Option<Mapping>) {
         let (mut page_owner, mut containing) = (None, None);
-        self.table.walk(0, usize::MAX, |m| {
+        self.table.visit_around(addr, |m| {
             if m.base != addr && page_align(m.base) == addr {
                 page_owner = Some(*m);
             } else if containing.is_none() && m.contains(addr) {
