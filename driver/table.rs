@@ -961,6 +961,17 @@ mod tests {
     const B: u64 = 0xFFFF_F880_0000_0000;
 
     #[test]
+    fn key_buckets_are_really_lines() {
+        // Issue 12: each bucket's keys are one aligned cache line, in the allocation too.
+        assert_eq!(core::mem::align_of::<KeyBucket>(), 64);
+        assert_eq!(core::mem::size_of::<KeyBucket>(), 64);
+        let t = Table::new(100, 0).unwrap();
+        for b in t.keys.iter() {
+            assert_eq!(core::ptr::from_ref(b) as usize % 64, 0);
+        }
+    }
+
+    #[test]
     fn canonical_addresses() {
         assert!(is_canonical(B));
         assert!(is_canonical(0x0000_7FFF_FFFF_F000));
