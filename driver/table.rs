@@ -630,15 +630,13 @@ impl Table {
     /// Files the entry about to be published in `slot` in both indexes.
     #[inline(always)]
     fn index_add(&self, slot: usize, e: &MappingHead) {
-        self.index.add(Space::Virtual, e.base, e.size, slot);
-        self.index.add(Space::Physical, e.physical, e.size, slot);
+        self.index.add_both(e.base, e.physical, e.size, slot);
     }
 
     /// Unfiles the entry just taken out of `slot` (its payload as read by the owner).
     #[inline(always)]
     fn index_remove(&self, slot: usize, e: &MappingHead) {
-        self.index.remove(Space::Virtual, e.base, e.size, slot);
-        self.index.remove(Space::Physical, e.physical, e.size, slot);
+        self.index.remove_both(e.base, e.physical, e.size, slot);
     }
 
     fn adjust_overflow(&self, home: usize, distance: usize, add: bool) {

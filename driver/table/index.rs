@@ -167,15 +167,103 @@ impl SpanIndex {
     /// Files table slot `slot`, holding a mapping of `size` bytes from `start`, in `space`.
     /// Called by the slot's owner before it publishes the slot. Bounded work.
     pub fn add(&self, space: Space, start: u64, size: u64, slot: usize) {
-        let Some((key, word)) =
-            Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?)))
-        else {
-            self.unindexed.fetch_add(1, Ordering::AcqRel);
-            return;
-        };
+        match Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?))) {
+            Some((key, word)) => self.add_word(key, word),
+            None => self.count_unindexed(),
+        }
+    }
+
+    /// Unfiles what [`add`](Self::add) filed for the same arguments. Called by the slot's
+    /// owner after it took the slot (BUSY), before it frees it. Bounded work.
+    pub fn remove(&self, space: Space, start: u64, size: u64, slot: usize) {
+        match Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?))) {
+            Some((key, word)) => self.remove_word(key, word),
+            None => self.uncount_unindexed(),
+        }
+    }
+
+    /// [`add`](Self::add) in both spaces at once (the table's insert: one level and one
+    /// slot word for the two keys).
+    #[inline(always)]
+    pub fn add_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
+        match Self::both(virt, phys, size, slot) {
+            Some((v, p, n)) => {
+                self.add_word(v, v.tag | n);
+                self.add_word(p, p.tag | n);
+            }
+            None => {
+                self.count_unindexed();
+                self.count_unindexed();
+            }
+        }
+    }
+
+    /// [`remove`](Self::remove) in both spaces at once.
+    #[inline(always)]
+    pub fn remove_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
+        match Self::both(virt, phys, size, slot) {
+            Some((v, p, n)) => {
+                self.remove_word(v, v.tag | n);
+                self.remove_word(p, p.tag | n);
+            }
+            None => {
+                self.uncount_unindexed();
+                self.uncount_unindexed();
+            }
+        }
+    }
+
+    /// The virtual and physical keys of a mapping and its slot number + 1.
+    #[inline(always)]
+    fn both(virt: u64, phys: u64, size: u64, slot: usize) -> Option<(Key, Key, u64)> {
+        let level = level_of(size)?;
+        let n = (slot as u64).wrapping_add(1);
+        if n > SLOT_MASK || n == 0 {
+            return None;
+        }
+        let s = shift(level);
+        Some((
+            Key::new(Space::Virtual, level, virt >> s),
+            Key::new(Space::Physical, level, phys >> s),
+            n,
+        ))
+    }
+
+    #[cold]
+    fn count_unindexed(&self) {
+        self.unindexed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[cold]
+    fn uncount_unindexed(&self) {
+        // Not filed: it was counted instead.
+        let _ = self
+            .unindexed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    #[inline(always)]
+    fn add_word(&self, key: Key, word: u64) {
         let home = self.home(key);
-        let mut b = home;
-        for distance in 0..MAX_PROBE_BUCKETS {
+        // The common case: a free word in the home bucket.
+        if let Some(bucket) = self.buckets.get(home) {
+            for w in &bucket.0 {
+                if w.load(Ordering::Relaxed) == 0
+                    && w.compare_exchange(0, word, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+        self.add_far(home, word);
+    }
+
+    /// [`add_word`](Self::add_word) past the home bucket.
+    #[inline(never)]
+    fn add_far(&self, home: usize, word: u64) {
+        let mut b = self.next(home);
+        for distance in 1..MAX_PROBE_BUCKETS {
             if let Some(bucket) = self.buckets.get(b) {
                 for w in &bucket.0 {
                     if w.load(Ordering::Relaxed) == 0
@@ -189,38 +277,47 @@ impl SpanIndex {
             }
             b = self.next(b);
         }
-        self.unindexed.fetch_add(1, Ordering::AcqRel);
+        self.count_unindexed();
     }
 
-    /// Unfiles what [`add`](Self::add) filed for the same arguments. Called by the slot's
-    /// owner after it took the slot (BUSY), before it frees it. Bounded work.
-    pub fn remove(&self, space: Space, start: u64, size: u64, slot: usize) {
-        let found = Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?)));
-        if let Some((key, word)) = found {
-            let home = self.home(key);
-            let mut b = home;
-            for distance in 0..MAX_PROBE_BUCKETS {
-                if let Some(bucket) = self.buckets.get(b) {
-                    for w in &bucket.0 {
-                        if w.load(Ordering::Relaxed) == word
-                            && w.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
-                                .is_ok()
-                        {
-                            self.adjust(home, distance, false);
-                            return;
-                        }
-                    }
+    #[inline(always)]
+    fn remove_word(&self, key: Key, word: u64) {
+        let home = self.home(key);
+        if let Some(bucket) = self.buckets.get(home) {
+            for w in &bucket.0 {
+                if w.load(Ordering::Relaxed) == word
+                    && w.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return;
                 }
-                if !self.more_after(b) {
-                    break;
-                }
-                b = self.next(b);
             }
         }
-        // Not filed: it was counted instead.
-        let _ = self
-            .unindexed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.remove_far(home, word);
+    }
+
+    /// [`remove_word`](Self::remove_word) past the home bucket.
+    #[inline(never)]
+    fn remove_far(&self, home: usize, word: u64) {
+        let mut b = home;
+        for distance in 1..MAX_PROBE_BUCKETS {
+            if !self.more_after(b) {
+                break;
+            }
+            b = self.next(b);
+            if let Some(bucket) = self.buckets.get(b) {
+                for w in &bucket.0 {
+                    if w.load(Ordering::Relaxed) == word
+                        && w.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        self.adjust(home, distance, false);
+                        return;
+                    }
+                }
+            }
+        }
+        self.uncount_unindexed();
     }
 
     fn more_after(&self, b: usize) -> bool {
