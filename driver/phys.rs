@@ -254,6 +254,35 @@ impl ConflictFilter {
         });
     }
 
+    /// [`add`](Self::add) and [`may_conflict`](Self::may_conflict) (for the other classes,
+    /// so this mapping's own count does not matter) in one pass: each region's bucket is
+    /// hashed once. Returns true if a live mapping of another class may overlap.
+    pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
+        let huge_other = self
+            .huge
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0);
+        match Self::regions(physical, size) {
+            Some((first, n)) => {
+                let mut other = huge_other;
+                for r in 0..n {
+                    if let Some(b) = self.bucket(first.wrapping_add(r)) {
+                        b.of(class).fetch_add(1, Ordering::AcqRel);
+                        other = other || b.other_live(class);
+                    }
+                }
+                other
+            }
+            None => {
+                if let Some(c) = self.huge.get(class as usize) {
+                    c.fetch_add(1, Ordering::AcqRel);
+                }
+                huge_other || self.counts.iter().any(|b| b.other_live(class))
+            }
+        }
+    }
+
     /// Uncounts a mapping that is gone.
     pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
         self.each_counter(physical, size, class, |c| {
@@ -390,5 +419,13 @@ mod tests {
         assert!(!f.may_conflict(0xF000_0800, 0x10, CacheClass::Cached));
         f.add(0, 1 << 40, CacheClass::WriteCombined);
         assert!(f.may_conflict(0x1234_0000, 1, CacheClass::Cached));
+        f.remove(0, 1 << 40, CacheClass::WriteCombined);
+        // add_checked counts and answers may_conflict for the other classes.
+        assert!(!f.add_checked(0xF000_0000, 0x1000, CacheClass::NonCached));
+        assert!(!f.add_checked(0xF000_0000, 0x1000, CacheClass::NonCached));
+        assert!(f.add_checked(0xF000_0800, 0x10, CacheClass::Cached));
+        assert!(f.may_conflict(0xF000_0000, 1, CacheClass::WriteCombined));
+        assert!(f.add_checked(0, 1 << 40, CacheClass::WriteCombined));
+        assert!(f.may_conflict(0x1234_0000, 1, CacheClass::NonCached));
     }
 }

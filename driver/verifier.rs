@@ -275,8 +275,10 @@ impl<P: Platform> Verifier<P> {
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
 
+        // Counted in the conflict filter now (uncounted again if the table has no room),
+        // with the check for other classes in the same pass over the regions.
         let class = CacheClass::of(cache, ex);
-        if size64 != 0 && self.conflicts.may_conflict(physical, size64, class) {
+        if size64 != 0 && self.conflicts.add_checked(physical, size64, class) {
             self.check_conflict(&cx, base, physical, size64, cache, ex, class);
         }
 
@@ -305,31 +307,24 @@ impl<P: Platform> Verifier<P> {
             self.table.insert_head(&m, &stack)
         };
         match outcome {
-            InsertOutcome::Inserted => {
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
-            }
+            InsertOutcome::Inserted => {}
             InsertOutcome::ReplacedStale(old) if old.flags & FLAG_DETACHED != 0 => {
                 // Its driver was detached and unmapped it unhooked, as a detached driver
                 // may: not a missed unmap of a tracked driver, so no IOSV013.
                 self.forget_mapping(&old);
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
             }
             InsertOutcome::ReplacedStale(old) => {
                 self.forget_mapping(&old);
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
                 let mut r = self.mapping_record(&cx, &old);
                 r.address = base;
                 r.passed_size = size64;
                 self.violate(RuleId::StaleEntry, &cx, r);
             }
             InsertOutcome::Full => {
+                if size64 != 0 {
+                    self.conflicts.remove(physical, size64, class);
+                }
                 self.stats.bump(cx.processor, Counter::TableFull);
                 self.untracked.add(base);
             }
