@@ -30,7 +30,14 @@
 //! # Memory
 //! Per slot: 8 B key + 48 B payload = 56 B, plus `8 × stack_depth` B of stack. Slots =
 //! capacity × 4/3 rounded up to a whole bucket, so ≈ 75 B per mapping of capacity without
-//! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi).
+//! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi), plus ≈ 23 B for the
+//! [`index`] (one word per mapping per address space at a 3/4 load).
+//!
+//! # Indexes
+//! Every live entry is also filed by virtual and by physical address in a [`SpanIndex`]
+//! (filed before the slot is published, unfiled after it is taken), so that the lookups
+//! by address ([`Table::visit_around`], [`Table::visit_physical`],
+//! [`Table::find_containing`]) do bounded work instead of walking every slot.
 
 mod graveyard;
 pub mod index;
