@@ -236,10 +236,9 @@ impl SpanIndex {
 
     #[cold]
     fn uncount_unindexed(&self) {
-        // Not filed: it was counted instead.
-        let _ = self
-            .unindexed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        // Not filed: it was counted instead (exactly once, by the same owner), so the
+        // count is at least 1 here.
+        self.unindexed.fetch_sub(1, Ordering::AcqRel);
     }
 
     #[inline(always)]
