@@ -896,10 +896,11 @@ impl Table {
                         break 'levels;
                     }
                     if let Some(per) = region_shift.checked_sub(s).filter(|p| *p > 0) {
-                        // A mapping filed under chunk `c` is smaller than a region, so it
-                        // lies in the chunk's region or the next one.
+                        // A mapping filed under chunk `c` starts in the chunk's region,
+                        // so the filter counts it there (it counts every region a
+                        // mapping spans): an unflagged region has none of them.
                         let r = c >> per;
-                        if !flagged(r) && !flagged(r.wrapping_add(1)) {
+                        if !flagged(r) {
                             c = r.wrapping_add(1) << per;
                             if c == 0 {
                                 break;

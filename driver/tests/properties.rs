@@ -59,7 +59,8 @@ fn ix_op() -> impl Strategy<Value = IxOp> {
         4 => (any::<u8>(), 0u8..26, any::<u16>(), any::<u16>())
             .prop_map(|(key, size_log, odd, phys)| IxOp::Insert { key, size_log, odd, phys }),
         2 => any::<u8>().prop_map(|key| IxOp::Remove { key }),
-        3 => (any::<u8>(), any::<u32>()).prop_map(|(key, off)| IxOp::Containing { key, off }),
+        // Offsets up to 48 MiB: inside mappings of every size here, across chunk borders.
+        3 => (any::<u8>(), 0u32..0x30_0000).prop_map(|(key, off)| IxOp::Containing { key, off }),
         3 => (any::<u16>(), 1u16..600, any::<bool>())
             .prop_map(|(phys, pages, flag_all)| IxOp::Physical { phys, pages, flag_all }),
     ]
