@@ -812,3 +812,67 @@ pub(crate) fn commit(host: &Host, rule: RuleId, d: &DriverRef) -> Result<bool, H
 pub fn is_family_rule(rule: RuleId) -> bool {
     rule.number() >= RuleId::MdlUnmapWrongMdl.number()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_ptes_and_implicit_releases_follow_the_documentation() {
+        let m = SimMdls::new();
+        let a = m.allocate_mdl(0x800, 0x1000, false); // two pages
+        let va = m.map_locked(a, KERNEL_MODE, 4, true);
+        assert_eq!(va & 0xFFF, 0x800, "the byte offset is kept");
+        assert_eq!(m.system_ptes(), (2, 2));
+        assert_ne!(m.info(a).unwrap().flags & MDL_MAPPED_TO_SYSTEM_VA, 0);
+        // MmUnlockPages releases a system-space mapping by itself.
+        m.unlock(a, true);
+        assert_eq!(m.system_ptes().0, 0);
+        assert!(!m.is_mapped(va));
+        m.prepare_or_free(a, true, true);
+        assert!(m.corruptions().is_empty());
+    }
+
+    #[test]
+    fn a_freed_mdl_leaks_its_mapping_unless_it_is_a_mapped_partial_mdl() {
+        let m = SimMdls::new();
+        let partial = m.allocate_mdl(0, 0x1000, true);
+        m.map_locked(partial, KERNEL_MODE, 4, true);
+        m.prepare_or_free(partial, true, true);
+        assert_eq!(m.system_ptes().0, 0, "released by MmPrepareMdlForReuse");
+        let full = m.allocate_mdl(0, 0x3000, false);
+        let va = m.map_locked(full, KERNEL_MODE, 4, true);
+        m.prepare_or_free(full, true, true);
+        assert_eq!(m.system_ptes().0, 3, "leaked");
+        assert!(m.is_mapped(va));
+        assert_eq!(m.corruptions().len(), 1);
+    }
+
+    #[test]
+    fn user_mappings_belong_to_their_process() {
+        let m = SimMdls::new();
+        let a = m.allocate_mdl(0, 0x1000, false);
+        let uva = m.map_locked(a, USER_MODE, CLIENT_PROCESS, true);
+        assert!(uva < 0x8000_0000_0000, "a user-space address");
+        assert_eq!(m.system_ptes().0, 0, "no system PTE");
+        m.unlock(a, true);
+        assert_eq!(m.corruptions().len(), 1, "unlocked under a user mapping");
+        m.unmap_locked(uva, a, OTHER_PROCESS, true);
+        assert_eq!(m.corruptions().len(), 2, "unmapped from another process");
+    }
+
+    #[test]
+    fn reserved_ranges_refuse_what_does_not_fit_and_record_misuse() {
+        let m = SimMdls::new();
+        let r = m.allocate_reserved(0x2000, RESERVED_TAG, true);
+        let big = m.allocate_mdl(0x800, 0x2000, false);
+        assert_eq!(m.map_reserved(r, RESERVED_TAG, big, true), 0, "three pages into two");
+        let fits = m.allocate_mdl(0x10, 0x1000, false);
+        assert_eq!(m.map_reserved(r, RESERVED_TAG, fits, true), r + 0x10);
+        assert!(m.corruptions().is_empty());
+        m.free_reserved(r, RESERVED_TAG, true);
+        assert_eq!(m.corruptions().len(), 1, "freed while mapped");
+        assert!(m.mappings().is_empty());
+        assert_eq!(m.system_ptes().0, 0);
+    }
+}
