@@ -89,9 +89,11 @@ impl Host {
         let (table, skipped) = self.table_entries();
         // A detached driver may unmap where iosv cannot see: its entries stay (flagged)
         // until an unmap iosv sees, its unload or Mm's reuse of the address removes them.
-        let (unseen, table): (Vec<Entry>, Vec<Entry>) = table
-            .into_iter()
-            .partition(|m| m.flags & MF_DETACHED != 0 && !self.mm().is_mapped(m.base));
+        let (unseen, table): (Vec<Entry>, Vec<Entry>) = table.into_iter().partition(|m| {
+            m.flags & MF_DETACHED != 0
+                && !self.mm().is_mapped(m.base)
+                && !self.sys.mdls.holds(m.base)
+        });
         let mut tracked: Vec<(u64, u64)> = table.iter().map(|m| (m.base, m.size)).collect();
         tracked.sort_unstable();
         let mut truth: Vec<(u64, u64)> = self

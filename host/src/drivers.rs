@@ -221,12 +221,18 @@ impl Host {
                 let h = Held::new(base, 0x2000, tracked);
                 lock(&driver.globals).push((h, true));
             }
+            // And a reserved range for its DMA bounce path, leaked too (IOSV009 of kind
+            // reserved: the leak rules cover every kind, docs/mdl.md).
+            let (range, tracked) = d.allocate_mapping_address(Routine::DriverEntry, 0x4000)?;
+            if range != 0 {
+                lock(&driver.globals).push((Held::new(range, 0x4000, tracked), true));
+            }
         }
         Ok(d)
     }
 
     /// Unloads driver `name`: its DriverUnload releases its global mappings (a driver
-    /// with the leak-on-unload bug keeps its control block), the image runs down, iosv's
+    /// with the leak-on-unload bug keeps its control block and reserved range), the image runs down, iosv's
     /// slots are restored and iosv is told (IOSV009 for what is still mapped). Refused
     /// while the driver has devices.
     pub fn unload_driver(&self, name: &str) -> Result<(), HostError> {

@@ -471,6 +471,12 @@ impl SimMdls {
         lock(&self.state).live.contains_key(&base)
     }
 
+    /// True if an MDL mapping or a reserved range at `base` is live.
+    pub fn holds(&self, base: u64) -> bool {
+        let s = lock(&self.state);
+        s.live.contains_key(&base) || s.reserved.contains_key(&base)
+    }
+
     /// System PTEs in use now and at most so far (MDL mappings and reserved ranges).
     pub fn system_ptes(&self) -> (u64, u64) {
         let s = lock(&self.state);
@@ -866,7 +872,11 @@ mod tests {
         let m = SimMdls::new();
         let r = m.allocate_reserved(0x2000, RESERVED_TAG, true);
         let big = m.allocate_mdl(0x800, 0x2000, false);
-        assert_eq!(m.map_reserved(r, RESERVED_TAG, big, true), 0, "three pages into two");
+        assert_eq!(
+            m.map_reserved(r, RESERVED_TAG, big, true),
+            0,
+            "three pages into two"
+        );
         let fits = m.allocate_mdl(0x10, 0x1000, false);
         assert_eq!(m.map_reserved(r, RESERVED_TAG, fits, true), r + 0x10);
         assert!(m.corruptions().is_empty());
