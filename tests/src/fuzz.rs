@@ -242,10 +242,16 @@ pub fn pe(image: &[u8]) {
         Directory::Export,
         Directory::Import,
         Directory::BaseRelocation,
+        Directory::Debug,
         Directory::ImportAddressTable,
         Directory::DelayImport,
     ] {
         let _ = pe.data_directory(directory);
+    }
+
+    if let Ok(Some(cv)) = pe.codeview() {
+        assert!(cv.pdb_path.len() <= MAX_NAME_LEN);
+        assert!(cv.pdb_file_name().len() <= cv.pdb_path.len());
     }
 
     let mut dlls = pe.imported_dlls();
