@@ -62,6 +62,20 @@ impl<'a> PeImage<'a> {
     /// A [`PeError`] when the debug directory or the CodeView record it points at lies
     /// outside the image, or the PDB path is not NUL-terminated.
     pub fn codeview(&self) -> Result<Option<CodeView<'a>>, PeError> {
+        self.codeview_where(|_, _| true)
+    }
+
+    /// [`codeview`](Self::codeview), reading only the spans `readable(rva, len)`
+    /// allows: the kernel passes a check that the pages are resident (not in a discarded
+    /// `INIT` section, not pageable). A directory or record it refuses counts as absent.
+    ///
+    /// # Errors
+    ///
+    /// As [`codeview`](Self::codeview).
+    pub fn codeview_where(
+        &self,
+        readable: impl Fn(u32, u32) -> bool,
+    ) -> Result<Option<CodeView<'a>>, PeError> {
         let Some(dir) = self.data_directory(Directory::Debug) else {
             return Ok(None);
         };
@@ -97,7 +111,7 @@ impl<'a> PeImage<'a> {
             }
             let rva = entry.address_of_raw_data.get();
             let size = to_usize(entry.size_of_data.get());
-            if rva == 0 || size < RSDS_FIXED_SIZE {
+            if rva == 0 || size < RSDS_FIXED_SIZE || !readable(rva, entry.size_of_data.get()) {
                 continue;
             }
             // The field that holds the RVA is at offset 20 of the entry.

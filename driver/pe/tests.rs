@@ -1171,6 +1171,15 @@ fn codeview_record_is_read() {
         ..cv
     };
     assert_eq!(bare.pdb_file_name(), b"z.pdb");
+    // A reader that may not touch the record's pages finds none; nor one that may not
+    // touch the directory.
+    let record = (RDATA + 0x400) as u32;
+    assert_eq!(pe.codeview_where(|rva, _| rva != record), Ok(None));
+    assert_eq!(
+        pe.codeview_where(|rva, _| rva != (RDATA + 0x300) as u32),
+        Ok(None)
+    );
+    assert_eq!(pe.codeview_where(|_, _| true), Ok(Some(cv)));
 }
 
 #[test]

@@ -698,6 +698,7 @@ pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, 
     };
     let result = patch(platform, &image);
     verifier.drivers().note_attach(id, &result);
+    image.record_debug(verifier.drivers(), id);
     let patched = result.inspect_err(|_| {
         if attached_id(&image).is_none() {
             verifier.driver_detached(id, true);
@@ -954,6 +955,7 @@ impl Host {
             {
                 let result = patch(self.platform(), &image);
                 self.verifier.drivers().note_attach(id, &result);
+                image.record_debug(self.verifier.drivers(), id);
                 match result {
                     Ok(_) => image.set_driver_id(id.0),
                     Err(_) => self.verifier.driver_detached(id, true),
