@@ -251,11 +251,7 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
     ))
 }
 
-fn image_debug<P: Platform>(
-    v: &Verifier<P>,
-    input: &[u8],
-    out: &mut [u8],
-) -> Result<Reply, Reply> {
+fn image_debug<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<Reply, Reply> {
     let req: ImageDebugRequest = request(input)?;
     let header = core::mem::size_of::<ImageDebugReply>();
     let item = core::mem::size_of::<ImageDebugRecord>();

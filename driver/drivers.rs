@@ -7,7 +7,9 @@
 //! the state (Acquire); a slot is never freed, only marked gone, so a reader racing an
 //! unload sees either the old image range or none.
 
-use crate::protocol::{ImageDebugRecord, IDF_BAD_DEBUG_DIRECTORY, IDF_CODEVIEW, IDF_NAME_CUT, NAME_LEN, PDB_NAME_LEN};
+use crate::protocol::{
+    ImageDebugRecord, IDF_BAD_DEBUG_DIRECTORY, IDF_CODEVIEW, IDF_NAME_CUT, NAME_LEN, PDB_NAME_LEN,
+};
 use crate::sync::{try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
 use alloc::boxed::Box;
 

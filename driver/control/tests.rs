@@ -502,7 +502,10 @@ fn image_debug_lists_every_driver_with_its_pdb_identity() {
             .0
     };
     let n = rec(0);
-    assert_eq!((n.driver_id, n.flags, n.age), (u32::from(nic.0), IDF_CODEVIEW, 3));
+    assert_eq!(
+        (n.driver_id, n.flags, n.age),
+        (u32::from(nic.0), IDF_CODEVIEW, 3)
+    );
     assert_eq!(n.guid, [7; 16]);
     assert_eq!(&n.pdb_name[..8], b"nic.pdb\0");
     let g = rec(1);

@@ -92,6 +92,9 @@ impl<'a> PeImage<'a> {
                 size: dir.size,
             });
         }
+        if !readable(dir.rva, dir.size) {
+            return Ok(None);
+        }
         let entries = to_usize(dir.size)
             .checked_div(DEBUG_ENTRY_SIZE)
             .unwrap_or(0)

@@ -1153,7 +1153,10 @@ fn codeview_record_is_read() {
     with_debug(
         &mut b,
         RDATA + 0x300,
-        &[(16, 0, 0), (DEBUG_TYPE_CODEVIEW, (RDATA + 0x400) as u32, size)],
+        &[
+            (16, 0, 0),
+            (DEBUG_TYPE_CODEVIEW, (RDATA + 0x400) as u32, size),
+        ],
     );
     let pe = PeImage::parse(&b.buf).unwrap();
     let cv = pe.codeview().unwrap().unwrap();

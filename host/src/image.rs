@@ -107,7 +107,10 @@ pub fn simulated_guid(name: &str) -> [u8; 16] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut out = [0u8; 16];
     for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
-        for b in name.bytes().chain(core::iter::once(u8::try_from(i).unwrap_or(0))) {
+        for b in name
+            .bytes()
+            .chain(core::iter::once(u8::try_from(i).unwrap_or(0)))
+        {
             h ^= u64::from(b.to_ascii_lowercase());
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -302,10 +305,10 @@ impl SimImage {
     /// Records this image's PDB identity (its CodeView record) for driver `id`, as the
     /// Windows glue does for a real image.
     pub fn record_debug(&self, drivers: &iosv::drivers::Drivers, id: iosv::drivers::DriverId) {
-        let debug = iosv::pe::PeImage::parse(&self.bytes).map_or(
-            iosv::drivers::ImageDebug::Malformed,
-            |pe| iosv::drivers::ImageDebug::of(&pe),
-        );
+        let debug = iosv::pe::PeImage::parse(&self.bytes)
+            .map_or(iosv::drivers::ImageDebug::Malformed, |pe| {
+                iosv::drivers::ImageDebug::of(&pe)
+            });
         drivers.set_debug(id, self.base, debug);
     }
 

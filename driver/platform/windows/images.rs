@@ -329,9 +329,11 @@ fn plan_by_value(glue: &Glue, base: usize, image: &PeImage<'_>) -> Result<Plan, 
 fn record_debug(glue: &Glue, id: DriverId, base: usize, image: &PeImage<'_>, at_load: bool) {
     let resident = |rva: u32, len: u32| {
         image.section_of_rva(rva).is_some_and(|s| {
-            let inside = rva
-                .checked_add(len)
-                .is_some_and(|end| s.virtual_address.checked_add(s.size).is_some_and(|e| end <= e));
+            let inside = rva.checked_add(len).is_some_and(|end| {
+                s.virtual_address
+                    .checked_add(s.size)
+                    .is_some_and(|e| end <= e)
+            });
             inside && (at_load || (!s.is_discardable() && !s.is_pageable()))
         })
     };
