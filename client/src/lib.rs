@@ -6,6 +6,8 @@
 //! - [`model`]: what the wire records mean to people (names, blame, messages, stacks);
 //! - [`output`]: human tables, JSON lines, SARIF 2.1.0 and JUnit XML;
 //! - [`cli`] and [`app`]: the `iosvctl` command line and what each command does;
+//! - [`symbols`]: stack frames as function and source line from local PDBs;
+//! - [`report`]: the self-contained HTML report and its SVG plots;
 //! - [`inf`]: the installable `iosv.inf` rendered from the template `iosv.inx`.
 //!
 //! Everything an endpoint sends is hostile input: outside tests the crate denies
@@ -28,6 +30,7 @@ pub mod client;
 pub mod inf;
 pub mod model;
 pub mod output;
+pub mod symbols;
 pub mod transport;
 
 #[cfg(test)]
