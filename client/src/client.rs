@@ -302,6 +302,37 @@ impl<T: Transport> Client<T> {
         Ok(Stats { header, drivers })
     }
 
+    /// GET_IMAGE_DEBUG: every registered image's PDB identity (CodeView GUID, age, PDB
+    /// name). Empty when the endpoint does not announce [`CAP_IMAGE_DEBUG`] (an older
+    /// `iosv.sys`): stacks then stay `module+offset`.
+    pub fn image_debug(&mut self) -> Result<Vec<ImageDebugRecord>> {
+        if self.hello.capabilities & CAP_IMAGE_DEBUG == 0 {
+            return Ok(Vec::new());
+        }
+        let max = self.hello.max_drivers.max(1);
+        let req = ImageDebugRequest {
+            version: PROTOCOL_VERSION,
+            max_records: max,
+        };
+        let cap = core::mem::size_of::<ImageDebugReply>()
+            + max as usize * core::mem::size_of::<ImageDebugRecord>();
+        let out = call(
+            &mut self.transport,
+            "GET_IMAGE_DEBUG",
+            IOCTL_GET_IMAGE_DEBUG,
+            req.as_bytes(),
+            cap,
+        )?;
+        let header: ImageDebugReply = read("GET_IMAGE_DEBUG", &out)?;
+        version_check("GET_IMAGE_DEBUG", header.version)?;
+        items(
+            "GET_IMAGE_DEBUG",
+            &out,
+            core::mem::size_of::<ImageDebugReply>(),
+            header.count,
+        )
+    }
+
     /// READ_VIOLATIONS: up to `max` records from `cursor` (0 = the oldest held).
     pub fn read_violations(&mut self, cursor: u64, max: u32) -> Result<ViolationBatch> {
         let max = max.clamp(1, VIOLATIONS_PER_CALL);

@@ -34,7 +34,9 @@ pub enum SymbolPathError {
     #[error("symbol directory {0:?} does not exist or is not a directory")]
     NotADirectory(String),
     /// `--symbols` names a network location, which iosvctl never reads.
-    #[error("symbol path element {0:?} is a network location: iosvctl reads local directories only")]
+    #[error(
+        "symbol path element {0:?} is a network location: iosvctl reads local directories only"
+    )]
     Network(String),
     /// `--symbols` names no directory at all.
     #[error("symbol path {0:?} names no directory")]
@@ -361,6 +363,16 @@ impl Symbolizer {
         (Module::Unavailable, status)
     }
 
+    /// Resolves a return address at `rva` (every frame iosv captures is one): the
+    /// instruction before it, the call, is looked up, so the line is the call's; the
+    /// offset is from the function start to `rva`.
+    pub fn resolve_return_address(&self, image: &ImageIdentity, rva: u32) -> Option<Resolved> {
+        let probe = rva.checked_sub(1)?;
+        let mut r = self.resolve(image, probe)?;
+        r.function_offset = r.function_offset.saturating_add(1);
+        Some(r)
+    }
+
     /// Resolves `rva` in the image whose PDB identity is `image`; `None` when no
     /// matching PDB is on the path or it does not cover the address.
     pub fn resolve(&self, image: &ImageIdentity, rva: u32) -> Option<Resolved> {
@@ -410,7 +422,12 @@ fn lookup(bytes: &[u8], rva: u32) -> Result<Option<Resolved>, String> {
     use pdb_addr2line::pdb::PDB;
     let pdb = PDB::open(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
     let data = pdb_addr2line::ContextPdbData::try_from_pdb(pdb).map_err(|e| e.to_string())?;
-    let context = data.make_context().map_err(|e| e.to_string())?;
+    // Names as the debuggers print them in stacks: qualified, without argument types.
+    let flags = pdb_addr2line::TypeFormatterFlags::default()
+        | pdb_addr2line::TypeFormatterFlags::NO_ARGUMENTS;
+    let context = data
+        .make_context_with_formatter_flags(flags)
+        .map_err(|e| e.to_string())?;
     let Some(found) = context.find_frames(rva).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -418,7 +435,10 @@ fn lookup(bytes: &[u8], rva: u32) -> Result<Option<Resolved>, String> {
         .frames
         .iter()
         .map(|f| SourceFrame {
-            function: f.function.clone().unwrap_or_else(|| "<unknown>".to_string()),
+            function: f
+                .function
+                .clone()
+                .unwrap_or_else(|| "<unknown>".to_string()),
             file: f.file.as_deref().map(str::to_string),
             line: f.line,
         })
@@ -482,8 +502,8 @@ mod tests {
         let id = ImageIdentity {
             pdb_name: "nic.pdb".into(),
             guid: [
-                0xE0, 0x04, 0x25, 0x3F, 0x89, 0x4F, 0xD3, 0x41, 0x9A, 0x0C, 0x03, 0x05, 0xE8,
-                0x2C, 0x33, 0x01,
+                0xE0, 0x04, 0x25, 0x3F, 0x89, 0x4F, 0xD3, 0x41, 0x9A, 0x0C, 0x03, 0x05, 0xE8, 0x2C,
+                0x33, 0x01,
             ],
             age: 0x1a,
         };

@@ -21,8 +21,40 @@ fn opt_hex(v: u64) -> Value {
     }
 }
 
-/// A violation.
+/// The structured frames of a stack (address, module, offset, function, file, line),
+/// when symbols resolved at least one of them; `None` otherwise (the `*_stack` strings
+/// say everything then).
+fn frames(images: &Images, stack: &[u64; MAX_STACK], depth: u8) -> Option<Value> {
+    let frames = images.frames(stack, depth);
+    frames
+        .iter()
+        .any(|f| f.source.is_some())
+        .then(|| Value::from(frames.iter().map(model::Frame::json).collect::<Vec<_>>()))
+}
+
+/// Adds `key: value` to a JSON object when `value` is some.
+fn insert(mut v: Value, key: &str, value: Option<Value>) -> Value {
+    if let (Some(obj), Some(value)) = (v.as_object_mut(), value) {
+        obj.insert(key.to_string(), value);
+    }
+    v
+}
+
+/// A violation. With symbols, `call_frames` and `map_frames` carry the structured
+/// frames beside the `call_stack` and `map_stack` strings.
 pub fn violation(v: &Violation<'_>, images: &Images) -> Value {
+    let r = v.rec;
+    let call_frames = frames(images, &r.call_stack, r.call_stack_depth);
+    let map_frames = frames(images, &r.map_stack, r.map_stack_depth);
+    let v = violation_fields(v, images);
+    insert(
+        insert(v, "call_frames", call_frames),
+        "map_frames",
+        map_frames,
+    )
+}
+
+fn violation_fields(v: &Violation<'_>, images: &Images) -> Value {
     let r = v.rec;
     let known = r.flags & VF_MAPPING_KNOWN != 0;
     json!({
@@ -92,8 +124,13 @@ pub fn end(next_cursor: u64, violations: u64, lost: u64, discarded: u64, failing
     })
 }
 
-/// A live mapping.
+/// A live mapping. With symbols, `stack_frames` carries the structured frames.
 pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
+    let f = frames(images, &m.stack, m.stack_depth);
+    insert(mapping_fields(m, list, images), "stack_frames", f)
+}
+
+fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
     let ex = m.flags & MF_MAP_EX != 0;
     json!({
         "kind": "mapping",
