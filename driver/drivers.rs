@@ -7,6 +7,8 @@
 //! the state (Acquire); a slot is never freed, only marked gone, so a reader racing an
 //! unload sees either the old image range or none.
 
+#![forbid(unsafe_code)]
+
 use crate::protocol::{
     ImageDebugRecord, IDF_BAD_DEBUG_DIRECTORY, IDF_CODEVIEW, IDF_NAME_CUT, NAME_LEN, PDB_NAME_LEN,
 };
