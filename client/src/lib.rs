@@ -37,6 +37,7 @@ pub mod inf;
 pub mod model;
 pub mod outcome;
 pub mod output;
+pub mod report;
 pub mod stop;
 pub mod symbols;
 pub mod transport;

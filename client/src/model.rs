@@ -268,6 +268,11 @@ impl Images {
         self.symbols.as_deref()
     }
 
+    /// A shared handle on the symbolizer, if any.
+    pub fn symbols(&self) -> Option<std::sync::Arc<crate::symbols::Symbolizer>> {
+        self.symbols.clone()
+    }
+
     /// Each image's name and PDB identity (when its CodeView record was read).
     pub fn identities(&self) -> Vec<(String, Option<crate::symbols::ImageIdentity>)> {
         self.images

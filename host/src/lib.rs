@@ -62,6 +62,7 @@ pub mod pnp;
 pub mod rng;
 pub mod scenario;
 pub mod thread;
+pub mod timeline;
 
 pub use pnp::{Actor, Bar, Behaviour, Device, DriverRef, PnpState, Routine};
 

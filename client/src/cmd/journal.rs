@@ -11,6 +11,9 @@ use crate::transport::Transport;
 use iosv::protocol::ViolationRecord;
 use std::time::{Duration, Instant};
 
+/// How often `violations --follow --format json` writes a `sample` line.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// What to read and when to stop.
 #[derive(Debug, Clone, Default)]
 pub struct ReadPlan {
@@ -54,7 +57,17 @@ pub fn read_violations<T: Transport>(
     let mut matched = 0u64;
     let mut idle = 0u32;
     let mut last_images = Instant::now();
+    let mut last_sample: Option<Instant> = None;
     loop {
+        // Following: a `sample` line (JSON) at most every SAMPLE_EVERY, the time series
+        // of the HTML report (`iosvctl report --html`).
+        if plan.follow
+            && sink.wants_samples()
+            && last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY)
+        {
+            sink.sample(&c.stats()?)?;
+            last_sample = Some(Instant::now());
+        }
         let want = match plan.max {
             Some(m) => u32::try_from(m.saturating_sub(matched))
                 .unwrap_or(u32::MAX)
@@ -74,7 +87,13 @@ pub fn read_violations<T: Transport>(
             && last_images.elapsed() > Duration::from_secs(1)
         {
             // Drivers may have loaded since the stacks' images were read.
-            sink.set_images(Images::from_stats(&c.stats()?.drivers));
+            let fresh = Images::from_stats(&c.stats()?.drivers);
+            let fresh = if sink.images().symbolizer().is_some() {
+                fresh.with_debug(&c.image_debug()?)
+            } else {
+                fresh
+            };
+            sink.set_images(fresh);
             last_images = Instant::now();
         }
         for rec in &batch.records {

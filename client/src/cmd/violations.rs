@@ -6,7 +6,7 @@ use super::journal::{read_violations, ReadPlan};
 use crate::cli::{Global, ViolationsArgs};
 use crate::client::Client;
 use crate::error::AppResult;
-use crate::model::{self, Images};
+use crate::model;
 use crate::output::sarif;
 use crate::output::sink::ViolationSink;
 use crate::transport::Transport;
@@ -47,7 +47,8 @@ pub fn run<T: Transport>(
         crate::stop::install_handler();
     }
     let stats = c.stats()?;
-    let mut sink = ViolationSink::new(g, out, Images::from_stats(&stats.drivers));
+    let images = super::images(g, c, &stats)?;
+    let mut sink = ViolationSink::new(g, out, images);
     let next = read_violations(c, &plan, &mut sink)?;
     let drivers = if plan.follow {
         driver_names(&c.stats()?)
@@ -61,7 +62,12 @@ pub fn run<T: Transport>(
         next_cursor: next,
         ..Default::default()
     };
-    sink.finish(&info, &drivers)
+    let outcome = sink.finish(&info, &drivers);
+    super::symbol_notes(
+        sink.images(),
+        c.hello().capabilities & iosv::protocol::CAP_HOST != 0,
+    );
+    outcome
 }
 
 #[cfg(test)]

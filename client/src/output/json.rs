@@ -152,6 +152,33 @@ fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Val
     })
 }
 
+/// A `sample` line: every driver's live mappings and bytes at endpoint time `t_ns` (the
+/// time series the HTML report plots); `step` is the scenario step just run, if any.
+pub fn sample<'a>(
+    t_ns: u64,
+    step: Option<u64>,
+    drivers: impl IntoIterator<Item = (&'a str, u64, u64)>,
+) -> Value {
+    let drivers: Vec<Value> = drivers
+        .into_iter()
+        .map(|(name, live, live_bytes)| json!({ "name": name, "live": live, "live_bytes": live_bytes }))
+        .collect();
+    json!({ "kind": "sample", "t_ns": t_ns, "step": step, "drivers": drivers })
+}
+
+/// A `sample` line from GET_STATS.
+pub fn stats_sample(stats: &Stats) -> Value {
+    let names: Vec<String> = stats.drivers.iter().map(|d| model::name(&d.name)).collect();
+    sample(
+        stats.header.now_ns,
+        None,
+        names
+            .iter()
+            .zip(&stats.drivers)
+            .map(|(n, d)| (n.as_str(), d.live, d.live_bytes)),
+    )
+}
+
 /// HELLO and GET_STATS.
 pub fn status(endpoint: &str, hello: &HelloReply, stats: &Stats) -> Value {
     let c = &stats.header.counters;

@@ -138,6 +138,8 @@ pub fn run(
     }
     let mut operations = 0u64;
     let mut stress = Vec::new();
+    let mut timeline = crate::timeline::Timeline::default();
+    timeline.sample(host, None);
     for (i, step) in scenario.steps.iter().enumerate() {
         let index = i as u64;
         progress(&Progress {
@@ -165,6 +167,7 @@ pub fn run(
         });
         thread::set_step(None);
         r.map_err(|m| at(scenario, step, m))?;
+        timeline.sample(host, Some(index));
     }
     progress(&Progress {
         done: total,
@@ -184,6 +187,7 @@ pub fn run(
             .counters()
             .corruptions
             .saturating_sub(corruptions_before),
+        timeline,
     })
 }
 
