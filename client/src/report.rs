@@ -306,6 +306,7 @@ const SCRIPT: &str = r#"
   }
   selects.forEach(function (s) { s.addEventListener('change', apply); });
   apply();
+  document.body.setAttribute('data-ready', '1');
 })();
 "#;
 

@@ -41,19 +41,31 @@ const RIGHT: f64 = 72.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 40.0;
 
-/// A "nice" upper bound for an axis of values up to `max` (1, 2 or 5 × 10^n).
-fn nice(max: f64) -> f64 {
-    if max <= 0.0 {
-        return 1.0;
-    }
-    let exp = max.log10().floor();
-    let base = 10f64.powf(exp);
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if max <= m * base {
-            return m * base;
+/// The live-mappings axis maximum: the smallest of 4, 8, 20, 40, 80, 200, … at or above
+/// `max`, so that the quarter ticks are whole numbers.
+fn nice_count(max: f64) -> f64 {
+    let mut scale = 1.0;
+    loop {
+        for m in [4.0, 8.0, 20.0] {
+            if max <= m * scale {
+                return m * scale;
+            }
+        }
+        scale *= 10.0;
+        if scale > 1e18 {
+            return max;
         }
     }
-    10.0 * base
+}
+
+/// The bytes axis maximum: the power of two at or above `max` (at least 4 KiB), so that
+/// the quarter ticks are round sizes.
+fn nice_bytes(max: f64) -> f64 {
+    let mut v = 4096.0;
+    while v < max && v < 1.8e19 {
+        v *= 2.0;
+    }
+    v
 }
 
 /// Bytes as people read them (`512`, `64K`, `16M`, `2G`).
@@ -110,8 +122,8 @@ pub fn svg(name: &str, series: &[Point], marks: &[Mark]) -> String {
         .unwrap_or(0)
         .max(1);
     let t_max = f(span);
-    let live_max = nice(f(series.iter().map(|p| p.live).max().unwrap_or(0)));
-    let bytes_max = nice(f(series.iter().map(|p| p.bytes).max().unwrap_or(0)));
+    let live_max = nice_count(f(series.iter().map(|p| p.live).max().unwrap_or(0)));
+    let bytes_max = nice_bytes(f(series.iter().map(|p| p.bytes).max().unwrap_or(0)));
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let x = |t: u64| LEFT + f(t) / t_max * pw;
@@ -217,9 +229,12 @@ mod tests {
 
     #[test]
     fn axes_labels_and_marks() {
-        assert_eq!(nice(0.0), 1.0);
-        assert_eq!(nice(3.0), 5.0);
-        assert_eq!(nice(1200.0), 2000.0);
+        assert_eq!(nice_count(0.0), 4.0);
+        assert_eq!(nice_count(5.0), 8.0);
+        assert_eq!(nice_count(13.0), 20.0);
+        assert_eq!(nice_count(1200.0), 2000.0);
+        assert_eq!(nice_bytes(0.0), 4096.0);
+        assert_eq!(nice_bytes(0x1078000 as f64), 32.0 * 1_048_576.0);
         assert_eq!(bytes_label(16.0 * 1_048_576.0), "16M");
         assert_eq!(bytes_label(1536.0), "1.5K");
         assert_eq!(time_label(2.5e6), "2.5ms");
