@@ -241,6 +241,11 @@ pub struct ViolationsArgs {
     /// Only violations blamed on this driver (image name, case-insensitive; repeatable).
     #[arg(long, value_name = "NAME")]
     pub driver: Vec<String>,
+
+    /// No status line while following, even on a terminal (it shows only when the
+    /// results go to a file or pipe and stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `report` options.

@@ -387,7 +387,7 @@ pub fn render(d: &ReportData, title: &str) -> String {
         d.mappings.len(),
         d.samples.len()
     );
-    let _ = write!(h, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(h, "<script>{SCRIPT}</script></body></html>");
     h
 }
 
@@ -431,7 +431,7 @@ fn summary(h: &mut String, d: &ReportData) {
             "",
         );
         card(h, &str_of(&lab["injected_total"]), "bugs injected", "");
-        let clean = lab["audit"]["clean"].as_bool();
+        let clean = lab.pointer("/audit/clean").and_then(Value::as_bool);
         card(
             h,
             match clean {
@@ -588,7 +588,7 @@ fn mappings(h: &mut String, d: &ReportData) {
             escape(&str_of(&m["base"])),
             escape(&m["size"].as_u64().map_or("-".to_string(), |n| format!("0x{n:x}"))),
             escape(&str_of(&m["physical"])),
-            escape(&str_of(&m["cache"]["name"])),
+            escape(&str_of(m.pointer("/cache/name").unwrap_or(&Value::Null))),
             escape(&str_of(&m["driver"])),
             escape(&str_of(&m["device"])),
             escape(&age),

@@ -52,7 +52,7 @@ impl Timeline {
     /// has been thinned).
     pub fn sample(&mut self, host: &Host, step: Option<u64>) {
         let stride = self.stride.max(1);
-        let take = self.seen % stride == 0;
+        let take = self.seen.is_multiple_of(stride);
         self.seen = self.seen.saturating_add(1);
         if !take {
             return;
@@ -64,7 +64,7 @@ impl Timeline {
             let mut i = 0usize;
             self.samples.retain(|_| {
                 i = i.wrapping_add(1);
-                i % 2 == 1
+                !i.is_multiple_of(2)
             });
             self.stride = stride.saturating_mul(2);
         }

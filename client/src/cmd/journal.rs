@@ -31,6 +31,52 @@ pub struct ReadPlan {
     pub rules: Vec<iosv::rules::RuleId>,
     /// Only these blamed drivers (empty: all).
     pub drivers: Vec<String>,
+    /// Following with results redirected and stderr a terminal: a status line on stderr
+    /// (violations so far, cursor). `violations --no-progress` turns it off.
+    pub progress: bool,
+}
+
+/// The status line of `violations --follow` on a terminal while the results go to a file
+/// or pipe (when they go to the terminal, they are the progress).
+struct FollowStatus {
+    enabled: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl FollowStatus {
+    fn new(plan: &ReadPlan) -> FollowStatus {
+        use std::io::IsTerminal;
+        FollowStatus {
+            enabled: plan.follow
+                && plan.progress
+                && std::io::stderr().is_terminal()
+                && !std::io::stdout().is_terminal(),
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, matched: u64, cursor: u64) {
+        if !self.enabled
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        eprint!("\r\x1b[2Kiosvctl: following: {matched} violations so far, cursor {cursor} (Ctrl-C to stop)");
+        self.last = Some(Instant::now());
+        self.shown = true;
+    }
+}
+
+impl Drop for FollowStatus {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 impl ReadPlan {
@@ -58,7 +104,9 @@ pub fn read_violations<T: Transport>(
     let mut idle = 0u32;
     let mut last_images = Instant::now();
     let mut last_sample: Option<Instant> = None;
+    let mut status = FollowStatus::new(plan);
     loop {
+        status.update(matched, cursor);
         // Following: a `sample` line (JSON) at most every SAMPLE_EVERY, the time series
         // of the HTML report (`iosvctl report --html`).
         if plan.follow

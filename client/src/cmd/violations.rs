@@ -42,6 +42,7 @@ pub fn run<T: Transport>(
         deadline: deadline(a),
         rules: a.rule.clone(),
         drivers: a.driver.clone(),
+        progress: !a.no_progress,
     };
     if plan.follow {
         crate::stop::install_handler();
