@@ -36,7 +36,7 @@ pub fn run(name: &str, data: &[u8]) {
 
 /// The control codes the first input byte chooses from (a byte past the list takes the
 /// next four bytes as a raw code).
-pub const CODES: [u32; 9] = [
+pub const CODES: [u32; 10] = [
     iosv::protocol::IOCTL_HELLO,
     iosv::protocol::IOCTL_GET_STATS,
     iosv::protocol::IOCTL_READ_VIOLATIONS,
@@ -46,6 +46,7 @@ pub const CODES: [u32; 9] = [
     iosv::protocol::IOCTL_CLEAR,
     iosv::protocol::IOCTL_ATTACH,
     iosv::protocol::IOCTL_DETACH,
+    iosv::protocol::IOCTL_GET_IMAGE_DEBUG,
 ];
 
 fn fuzz_host() -> &'static iosv_host::Host {

@@ -37,7 +37,7 @@ fn write_seed_corpora() {
         std::fs::write(dir.join(name), bytes).unwrap();
     };
     let v = PROTOCOL_VERSION;
-    let requests: [(&str, Vec<u8>); 9] = [
+    let requests: [(&str, Vec<u8>); 10] = [
         (
             "hello",
             HelloRequest {
@@ -121,6 +121,15 @@ fn write_seed_corpora() {
                 version: v,
                 name: wire_name(b"b.sys"),
                 ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (
+            "imagedebug",
+            ImageDebugRequest {
+                version: v,
+                max_records: 4,
             }
             .as_bytes()
             .to_vec(),
