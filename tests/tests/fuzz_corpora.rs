@@ -159,6 +159,15 @@ fn write_seed_corpora() {
     for name in iosv_tests::fixture::names() {
         put("pe", &name, &iosv_tests::fixture::loaded(&name).bytes);
     }
+    // An image with a debug directory and its CodeView record (linked with /DEBUG).
+    let dir = std::env::temp_dir().join(format!("iosv-seed-{}", std::process::id()));
+    let debug = iosv_tests::fixture::build_with_pdb("symbolized", &dir);
+    put(
+        "pe",
+        "symbolized_debug",
+        &iosv_tests::fixture::load(&debug).bytes,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     for dir in ["../examples", "data"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         for e in std::fs::read_dir(&dir).unwrap() {
