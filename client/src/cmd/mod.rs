@@ -92,6 +92,7 @@ pub fn symbol_notes(images: &crate::model::Images, simulated: bool) {
     let Some(s) = images.symbolizer() else {
         return;
     };
+    let mut simulated_names = Vec::new();
     for (id, status) in s.statuses() {
         use crate::symbols::PdbStatus;
         match status {
@@ -100,9 +101,7 @@ pub fn symbol_notes(images: &crate::model::Images, simulated: bool) {
             }
             PdbStatus::NotFound { mismatched } if mismatched.is_empty() => {
                 if simulated {
-                    eprintln!(
-                        "iosvctl: symbols: {id}: none (the host's simulated drivers are host code with a synthetic CodeView record: no PDB exists for them; frames stay module+offset)"
-                    );
+                    simulated_names.push(id.pdb_name.clone());
                 } else {
                     eprintln!("iosvctl: symbols: {id}: not found on the symbol path");
                 }
@@ -122,6 +121,12 @@ pub fn symbol_notes(images: &crate::model::Images, simulated: bool) {
                 );
             }
         }
+    }
+    if !simulated_names.is_empty() {
+        eprintln!(
+            "iosvctl: symbols: no PDB for {}: the host's simulated drivers are host code whose images carry a synthetic CodeView record, not compiled drivers; their frames stay module+offset",
+            simulated_names.join(", ")
+        );
     }
 }
 

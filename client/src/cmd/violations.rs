@@ -74,7 +74,7 @@ pub fn run<T: Transport>(
 #[cfg(test)]
 mod tests {
     use crate::outcome::Outcome;
-    use crate::testutil::{buggy, json_lines, run_line, run_on, Engine};
+    use crate::testutil::{buggy, json_lines, run_line, run_on, two_mappings, Engine};
 
     #[test]
     fn violations_as_human_lines_with_names_and_a_summary() {
@@ -187,6 +187,44 @@ mod tests {
         let v = json_lines(&out);
         assert_eq!(v[0]["seq"], 1);
         assert_eq!(v.last().unwrap()["next_cursor"], 2);
+    }
+
+    #[test]
+    fn following_as_json_writes_samples_for_the_report() {
+        let e = two_mappings();
+        let (r, out) = run_on(
+            &e,
+            &[
+                "violations",
+                "-f",
+                "json",
+                "--duration",
+                "300ms",
+                "--no-progress",
+            ],
+        );
+        assert_eq!(r.unwrap(), Outcome::Clean);
+        let v = json_lines(&out);
+        let sample = v.iter().find(|o| o["kind"] == "sample").expect(&out);
+        let nic = sample["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "nic.sys")
+            .unwrap();
+        assert_eq!(
+            (nic["live"].as_u64(), nic["live_bytes"].as_u64()),
+            (Some(1), Some(0x2000))
+        );
+        let html =
+            crate::report::render(&crate::report::ReportData::from_json_lines(&out), "follow");
+        assert!(html.contains("<svg class=\"series\""));
+        // Not following: no samples.
+        let (_, out) = run_on(&e, &["violations", "-f", "json"]);
+        assert!(!out.contains("\"sample\""));
+        // HTML is the lab's (and `report`'s) format.
+        let (r, _) = run_on(&e, &["violations", "-f", "html"]);
+        assert!(r.unwrap_err().to_string().contains("report --html"));
     }
 
     #[test]
