@@ -73,8 +73,9 @@ pub struct Global {
     )]
     pub host: Option<PathBuf>,
 
-    /// Output format: human tables, JSON lines, a SARIF 2.1.0 log or a JUnit XML report
-    /// (sarif and junit only for `violations` and `lab`).
+    /// Output format: human tables, JSON lines, a SARIF 2.1.0 log, a JUnit XML report or
+    /// a self-contained HTML report (sarif and junit only for `violations` and `lab`, html
+    /// only for `lab`; `iosvctl report --html` makes it from saved JSON lines).
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Human, global = true, help_heading = "Global options")]
     pub format: Format,
 
