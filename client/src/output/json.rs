@@ -1,8 +1,9 @@
 //! JSON output: one object per line, each with a `kind` (`violation`, `gap`, `mapping`,
 //! `status`, `config`, `rule`, `summary`, `end`, and `sample`: every driver's live
 //! mappings and bytes at one time, written by `lab` after each step and by `violations
-//! --follow` once a second, the time series of the HTML report). Addresses are hex strings (kernel
-//! addresses do not fit a JSON consumer's 53-bit integers); sizes and counts are numbers.
+//! --follow` once a second, the time series of the HTML report). Addresses are hex
+//! strings (kernel addresses do not fit a JSON consumer's 53-bit integers); sizes and
+//! counts are numbers.
 //! Cache fields (`cache`, `other_cache`) are objects that name their kind, because the two
 //! kinds share numbers: `{"kind": "MEMORY_CACHING_TYPE", "name": "MmNonCached", "value":
 //! 0}` (MmMapIoSpace) or `{"kind": "PAGE_PROTECTION", "name":
