@@ -79,7 +79,7 @@ pub fn file_uri(path: &str) -> String {
 
 /// A SARIF `location` for a frame: its logical location (the symbolized text) and, when
 /// the PDB gave one, its physical location (file and line).
-fn frame_location(f: &Frame) -> Value {
+pub fn frame_location(f: &Frame) -> Value {
     let mut loc = json!({ "logicalLocations": [{ "fullyQualifiedName": f.text() }] });
     if let (Some(obj), Some((file, line))) = (loc.as_object_mut(), f.file_line()) {
         let mut physical = json!({ "artifactLocation": { "uri": file_uri(file) } });
