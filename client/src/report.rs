@@ -3,8 +3,9 @@
 //! of iosvctl's `--format json` outputs — `lab`, `violations` (also `--follow`),
 //! `mappings` and `status` lines, in any mix and order.
 //!
-//! It shows the run summary, the violations (filter by rule, driver and severity; each
-//! row expands to both stacks), the live mappings, and per driver a plot of its live
+//! It shows the run summary, the violations (filter by rule, driver and severity, also
+//! preset by a link such as `report.html#severity=warning&driver=nic.sys`; each row
+//! expands to both stacks), the live mappings, and per driver a plot of its live
 //! mappings and mapped bytes over time with its violations marked
 //! ([`plot`]). The time series comes from `sample` lines (the host records one after
 //! every scenario step; `violations --follow` writes one per poll of the statistics) and
@@ -305,6 +306,20 @@ const SCRIPT: &str = r#"
     if (count) { count.textContent = String(shown); }
   }
   selects.forEach(function (s) { s.addEventListener('change', apply); });
+  // A link may preselect filters: report.html#severity=warning&driver=nic.sys
+  location.hash.replace(/^#/, '').split('&').forEach(function (kv) {
+    var i = kv.indexOf('=');
+    if (i < 1) { return; }
+    var key = decodeURIComponent(kv.slice(0, i));
+    var value = decodeURIComponent(kv.slice(i + 1));
+    selects.forEach(function (s) {
+      if (s.getAttribute('data-filter') === key) {
+        for (var j = 0; j < s.options.length; j++) {
+          if (s.options[j].value === value) { s.value = value; }
+        }
+      }
+    });
+  });
   apply();
   document.body.setAttribute('data-ready', '1');
 })();

@@ -90,6 +90,11 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> Output {
 
 /// Headless Chromium on `page` with `args`; its own profile directory under `work`.
 fn browse(browser: &Path, work: &Path, page: &Path, args: &[&str]) -> Output {
+    browse_url(browser, work, &format!("file://{}", page.display()), args)
+}
+
+/// Headless Chromium on `url` with `args`.
+fn browse_url(browser: &Path, work: &Path, url: &str, args: &[&str]) -> Output {
     let profile = tempfile::tempdir_in(work).unwrap();
     let mut cmd = Command::new(browser);
     cmd.args([
@@ -105,7 +110,7 @@ fn browse(browser: &Path, work: &Path, page: &Path, args: &[&str]) -> Output {
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()))
     .args(args)
-    .arg(format!("file://{}", page.display()));
+    .arg(url);
     let out = run_with_limit(cmd, Duration::from_secs(120));
     assert!(
         out.status.success(),
@@ -206,6 +211,25 @@ fn default_lab_report_renders_with_its_plots() {
     assert!(dom.contains("<g class=\"violation\"><title>#0 IOSV001"));
     assert_eq!(dom.matches("<tr data-rule=").count(), 38);
     assert!(dom.contains("id=\"mappings\""));
+
+    // The filters, preset by the link: only the 4 warnings stay shown.
+    let url = format!("file://{}#severity=warning", page.display());
+    let out = browse_url(&browser, work.path(), &url, &["--dump-dom"]);
+    assert!(console_lines(&out.stderr).is_empty());
+    let filtered = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        filtered.contains("<span id=\"shown\">4</span>"),
+        "filter not applied"
+    );
+    let shown: Vec<&str> = filtered
+        .split("<tr data-rule=")
+        .skip(1)
+        .filter(|row| !row.split('>').next().unwrap_or("").contains("hidden"))
+        .collect();
+    assert_eq!(shown.len(), 4);
+    assert!(shown
+        .iter()
+        .all(|r| r.contains("data-severity=\"warning\"")));
 
     let png = work.path().join("lab-report.png");
     screenshot(&browser, work.path(), &page, &png);
