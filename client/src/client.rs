@@ -599,6 +599,64 @@ mod tests {
     }
 
     #[test]
+    fn image_debug_needs_the_capability_and_checks_the_reply() {
+        // An older endpoint (no CAP_IMAGE_DEBUG): nothing is asked, nothing is known.
+        let mut c = scripted(vec![]);
+        assert_eq!(c.image_debug().unwrap(), vec![]);
+        assert!(c
+            .transport_mut()
+            .calls
+            .iter()
+            .all(|x| x.0 != IOCTL_GET_IMAGE_DEBUG));
+
+        // An endpoint that has it: the records are decoded.
+        let hello = HelloReply {
+            capabilities: CAP_IMAGE_DEBUG,
+            ..good_hello()
+        };
+        let rec = ImageDebugRecord {
+            driver_id: 1,
+            flags: IDF_CODEVIEW,
+            age: 2,
+            ..ImageDebugRecord::default()
+        };
+        let mut reply = ImageDebugReply {
+            version: PROTOCOL_VERSION,
+            count: 1,
+        }
+        .as_bytes()
+        .to_vec();
+        reply.extend_from_slice(rec.as_bytes());
+        let mut c = Client::connect(Scripted {
+            replies: vec![ok(hello.as_bytes().to_vec()), ok(reply.clone())].into(),
+            calls: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(c.image_debug().unwrap(), vec![rec]);
+
+        // A reply claiming more records than it carries is a protocol error, not a panic.
+        let mut short = ImageDebugReply {
+            version: PROTOCOL_VERSION,
+            count: 2,
+        }
+        .as_bytes()
+        .to_vec();
+        short.extend_from_slice(rec.as_bytes());
+        let mut c = Client::connect(Scripted {
+            replies: vec![ok(hello.as_bytes().to_vec()), ok(short)].into(),
+            calls: Vec::new(),
+        })
+        .unwrap();
+        assert!(matches!(
+            c.image_debug(),
+            Err(ClientError::Protocol {
+                op: "GET_IMAGE_DEBUG",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn reads_real_replies_of_the_engine() {
         let e = Engine::new();
         let base = e.nic_map(0xfe00_0000, 0x1000);
