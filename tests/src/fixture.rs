@@ -16,6 +16,8 @@
 //!
 //! where each `// iosv-fixture-link-arg: ARG` line of the source adds `-C link-arg=ARG`.
 //! The output goes to a private temporary directory that is removed once read.
+//! [`build_with_pdb`] links with debug information instead (`-C debuginfo=2`,
+//! `/debug /pdb:DIR/NAME.pdb /pdbaltpath:NAME.pdb`) into a directory the caller keeps.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
