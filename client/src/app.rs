@@ -53,6 +53,10 @@ fn die_of_sigpipe() -> ! {
 /// Runs one command, writing results to `out` (messages for people go to stderr).
 pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
     let g = &cli.global;
+    // A bad --symbols is a usage error whatever the command.
+    if g.symbols.is_some() {
+        g.symbolizer()?;
+    }
     match &cli.command {
         Command::Rules => {
             cmd::check_format(&cli.command, g)?;
