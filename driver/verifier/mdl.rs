@@ -67,6 +67,22 @@ impl<P: Platform> Verifier<P> {
         self.track_mdl_mapping(&cx, base, mdl, access_mode, MM_CACHED)
     }
 
+    /// For a platform whose hook must make the real `MmMapLockedPagesSpecifyCache` /
+    /// `MmMapLockedPages` call itself (the Windows glue: a user-mode failure raises an
+    /// exception that must not unwind through the engine): tracks the mapping the real
+    /// routine returned at `base` (0: it failed). Returns `base`.
+    pub fn track_locked_pages(
+        &self,
+        caller: Caller,
+        base: u64,
+        mdl: u64,
+        access_mode: u8,
+        cache_type: u32,
+    ) -> u64 {
+        let cx = self.ctx(caller);
+        self.track_mdl_mapping(&cx, base, mdl, access_mode, cache_type)
+    }
+
     fn track_mdl_mapping(&self, cx: &CallCtx, base: u64, mdl: u64, mode: u8, cache: u32) -> u64 {
         if base == 0 {
             self.stats.bump(cx.processor, Counter::MapFailures);

@@ -3,11 +3,14 @@
 //!
 //! Routines with at most three arguments get the same naked trampolines as the I/O-space
 //! hooks (`hooks` module docs): the caller's return address goes into the first free
-//! argument register and the body runs with it. `MmMapLockedPagesSpecifyCache` (six
-//! arguments) and `MmMapLockedPagesWithReservedMapping` (four) have no free register: their
-//! hooks are the bodies themselves, and read their return address with
+//! argument register and the body runs with it. `MmMapLockedPagesSpecifyCache` and
+//! `MmMapLockedPages` raise an exception on a user-mode failure, which must not unwind
+//! through Rust: their hooks are C (`seh.c`), which calls the real routine and then
+//! [`iosv_after_map_locked_pages`] with `_ReturnAddress()`.
+//! `MmMapLockedPagesWithReservedMapping` (four arguments) has no free register: its hook is
+//! the body itself, and reads its return address with
 //! `RtlCaptureStackBackTrace` (two frames up from a helper) — documented for IRQL <= DISPATCH_LEVEL, which is the
-//! documented ceiling of both routines; above it (a caller already in violation) the call
+//! documented ceiling of the routine; above it (a caller already in violation) the call
 //! is unattributed.
 //!
 //! `MmPrepareMdlForReuse` and `MmGetSystemAddressForMdlSafe` are wdm.h macros over
@@ -79,11 +82,6 @@ macro_rules! trampoline {
 }
 
 trampoline!(
-    /// Replaces `MmMapLockedPages`.
-    hook_mm_map_locked_pages(_mdl: PMDL, _mode: KPROCESSOR_MODE) -> PVOID,
-    "r8", "x2", map_locked_pages_body
-);
-trampoline!(
     /// Replaces `MmUnmapLockedPages`.
     hook_mm_unmap_locked_pages(_base: PVOID, _mdl: PMDL),
     "r8", "x2", unmap_locked_pages_body
@@ -141,22 +139,6 @@ fn hook_return_address() -> usize {
         return 0;
     }
     frames.get(2).map_or(0, |f| *f as usize)
-}
-
-unsafe extern "system" fn map_locked_pages_body(
-    mdl: PMDL,
-    mode: KPROCESSOR_MODE,
-    return_address: usize,
-) -> PVOID {
-    match engine() {
-        Some(glue) => {
-            glue.verifier
-                .map_locked_pages(caller(return_address), mdl as usize as u64, mode as u8)
-                as usize as PVOID
-        }
-        // SAFETY: iosv is not running: the real routine, the caller's arguments unchanged.
-        None => unsafe { MmMapLockedPages(mdl, mode) },
-    }
 }
 
 unsafe extern "system" fn unmap_locked_pages_body(base: PVOID, mdl: PMDL, return_address: usize) {
@@ -258,34 +240,43 @@ unsafe extern "system" fn free_mapping_address_body(
     }
 }
 
-/// Replaces `MmMapLockedPagesSpecifyCache` (and so `MmGetSystemAddressForMdlSafe`).
-///
-/// # Safety
-///
-/// Only called through a patched import slot (or a resolved pointer), as the routine.
-#[inline(never)]
-pub unsafe extern "system" fn hook_mm_map_locked_pages_specify_cache(
+// The hooks of MmMapLockedPagesSpecifyCache (and so MmGetSystemAddressForMdlSafe) and
+// MmMapLockedPages are C (seh.c): with UserMode a failure raises an exception, which must
+// not unwind through Rust frames. They call the real routine, then this.
+unsafe extern "C" {
+    /// seh.c: the hook of `MmMapLockedPagesSpecifyCache`.
+    fn iosv_hook_map_locked_pages_specify_cache(
+        mdl: PMDL,
+        mode: KPROCESSOR_MODE,
+        cache: MEMORY_CACHING_TYPE,
+        requested: PVOID,
+        bugcheck_on_failure: ULONG,
+        priority: ULONG,
+    ) -> PVOID;
+    /// seh.c: the hook of `MmMapLockedPages`.
+    fn iosv_hook_map_locked_pages(mdl: PMDL, mode: KPROCESSOR_MODE) -> PVOID;
+}
+
+/// Called by the C hooks of the two map routines after the real routine returned `va`
+/// (it did not raise): tracks the mapping (the engine's
+/// [`track_locked_pages`](crate::verifier::Verifier::track_locked_pages)). Returns `va`.
+#[unsafe(no_mangle)]
+extern "C" fn iosv_after_map_locked_pages(
+    va: PVOID,
     mdl: PMDL,
     mode: KPROCESSOR_MODE,
     cache: MEMORY_CACHING_TYPE,
-    requested: PVOID,
-    bugcheck_on_failure: ULONG,
-    priority: ULONG,
+    return_address: u64,
 ) -> PVOID {
     match engine() {
-        Some(glue) => glue.verifier.map_locked_pages_specify_cache(
-            caller(hook_return_address()),
+        Some(glue) => glue.verifier.track_locked_pages(
+            Caller { return_address },
+            va as usize as u64,
             mdl as usize as u64,
             mode as u8,
             cache as u32,
-            requested as usize as u64,
-            bugcheck_on_failure,
-            priority,
         ) as usize as PVOID,
-        // SAFETY: as above.
-        None => unsafe {
-            MmMapLockedPagesSpecifyCache(mdl, mode, cache, requested, bugcheck_on_failure, priority)
-        },
+        None => va,
     }
 }
 
@@ -317,9 +308,9 @@ pub unsafe extern "system" fn hook_mm_map_locked_pages_with_reserved_mapping(
 /// The family's hook addresses, for the interception plans.
 pub fn hook_addresses() -> MdlHooks {
     MdlHooks {
-        map_locked_pages_specify_cache: hook_mm_map_locked_pages_specify_cache as *const ()
+        map_locked_pages_specify_cache: iosv_hook_map_locked_pages_specify_cache as *const ()
             as usize,
-        map_locked_pages: hook_mm_map_locked_pages as *const () as usize,
+        map_locked_pages: iosv_hook_map_locked_pages as *const () as usize,
         unmap_locked_pages: hook_mm_unmap_locked_pages as *const () as usize,
         free_mdl: hook_io_free_mdl as *const () as usize,
         unlock_pages: hook_mm_unlock_pages as *const () as usize,

@@ -1,5 +1,6 @@
 /*
- * iosv's only C: MmProbeAndLockPages behind a structured-exception handler.
+ * iosv's C: MmProbeAndLockPages behind a structured-exception handler, and the hooks of
+ * the two MDL map routines that raise an exception on a user-mode failure.
  *
  * MmProbeAndLockPages reports failure by raising an exception (DDI reference: "Calls to
  * MmProbeAndLockPages must be enclosed in a try/except block"). Rust cannot catch an SEH
@@ -14,6 +15,7 @@
 
 typedef long NTSTATUS;
 typedef struct _MDL MDL;
+typedef void *PVOID;
 
 __declspec(dllimport) void __stdcall MmProbeAndLockPages(MDL *Mdl, char AccessMode, int Operation);
 unsigned long __cdecl _exception_code(void);
@@ -29,4 +31,40 @@ NTSTATUS iosv_probe_and_lock_pages(MDL *mdl, char access_mode, int operation)
         status = (NTSTATUS)_exception_code();
     }
     return status;
+}
+
+
+/*
+ * The hooks of MmMapLockedPagesSpecifyCache and MmMapLockedPages. With AccessMode UserMode
+ * a failure raises an exception (DDI reference) that the target catches in its __try.
+ * Made from Rust, that exception would unwind through Rust frames (undefined behaviour),
+ * so the hook is this C function: it calls the real routine (an exception then unwinds
+ * through C frames only, straight back to the target) and hands a successful result to
+ * iosv's engine (iosv_after_map_locked_pages, in Rust, platform/windows/mdl_hooks.rs),
+ * with the return address into the target for attribution (exact at any IRQL).
+ */
+__declspec(dllimport) PVOID __stdcall MmMapLockedPagesSpecifyCache(MDL *Mdl, char AccessMode,
+    int CacheType, PVOID RequestedAddress, unsigned long BugCheckOnFailure,
+    unsigned long Priority);
+__declspec(dllimport) PVOID __stdcall MmMapLockedPages(MDL *Mdl, char AccessMode);
+void *_ReturnAddress(void);
+#pragma intrinsic(_ReturnAddress)
+PVOID iosv_after_map_locked_pages(PVOID va, MDL *mdl, char access_mode, int cache_type,
+    unsigned long long return_address);
+
+PVOID iosv_hook_map_locked_pages_specify_cache(MDL *mdl, char access_mode, int cache_type,
+    PVOID requested_address, unsigned long bugcheck_on_failure, unsigned long priority)
+{
+    unsigned long long ret = (unsigned long long)_ReturnAddress();
+    PVOID va = MmMapLockedPagesSpecifyCache(mdl, access_mode, cache_type, requested_address,
+        bugcheck_on_failure, priority);
+    return iosv_after_map_locked_pages(va, mdl, access_mode, cache_type, ret);
+}
+
+/* MmMapLockedPages maps cached (MmCached = 1). */
+PVOID iosv_hook_map_locked_pages(MDL *mdl, char access_mode)
+{
+    unsigned long long ret = (unsigned long long)_ReturnAddress();
+    PVOID va = MmMapLockedPages(mdl, access_mode);
+    return iosv_after_map_locked_pages(va, mdl, access_mode, 1, ret);
 }

@@ -134,6 +134,23 @@ fn a_clean_mdl_mapping_is_tracked_with_its_kind_and_mdl_then_released() {
 }
 
 #[test]
+fn a_map_made_by_the_platform_is_tracked_the_same() {
+    let b = bed();
+    // What the Windows glue's C hook does: the real call, then the engine.
+    let va = b.v.platform().mm_map_locked_pages(MDL_A, KERNEL_MODE);
+    assert_eq!(b.v.track_locked_pages(me(), va, MDL_A, KERNEL_MODE, 1), va);
+    assert_eq!(b.v.table().get(va).unwrap().physical, MDL_A);
+    assert_eq!(
+        b.v.track_locked_pages(me(), 0, MDL_A, KERNEL_MODE, 1),
+        0,
+        "failed: nothing"
+    );
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
 fn legacy_map_locked_pages_is_tracked_too() {
     let b = bed();
     let va = b.v.map_locked_pages(me(), MDL_B, KERNEL_MODE);
