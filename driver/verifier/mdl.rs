@@ -174,6 +174,22 @@ impl<P: Platform> Verifier<P> {
         if cx.irql > ceiling {
             self.violate(RuleId::MdlUnmapIrql, cx, record());
         }
+        if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 {
+            // Another driver's live MDL mapping (IOSV012, as for I/O space). Contained:
+            // the owner's mapping stays mapped and tracked.
+            let mut r = record();
+            if contain {
+                self.restore(cx, m);
+                self.contain_record(cx, &mut r);
+                self.violate(RuleId::UnmapForeign, cx, r);
+            } else {
+                self.forget_mapping(m);
+                self.bury(cx, m);
+                self.violate(RuleId::UnmapForeign, cx, r);
+                self.platform.mm_unmap_locked_pages(base, mdl);
+            }
+            return;
+        }
         if user && m.device != self.platform.current_process_id() {
             // Mm would unmap that range of the *current* process. Contained: nothing
             // reaches Mm and the mapping stays tracked (its process still maps it).

@@ -15,6 +15,8 @@ const DRV: u64 = 0x3000_0000;
 const MDL_A: u64 = 0xFFFF_C000_0000_1000;
 const MDL_B: u64 = 0xFFFF_C000_0000_2000;
 
+const OTHER: u64 = 0x4000_0000;
+
 struct Bed {
     v: Verifier<Fake>,
     drv: DriverId,
@@ -29,8 +31,9 @@ fn bed() -> Bed {
         ..Default::default()
     };
     let v = Verifier::new(fake, params).unwrap();
-    v.with_control(|c| c.targets.add(b"mdl.sys"));
+    v.with_control(|c| c.targets.add(b"mdl.sys") && c.targets.add(b"other.sys"));
     let drv = v.image_loaded(b"mdl.sys", DRV, 0x10000).unwrap();
+    v.image_loaded(b"other.sys", OTHER, 0x10000).unwrap();
     let b = Bed {
         v,
         drv,
@@ -426,6 +429,24 @@ fn wrong_routine_unmaps_are_unknown_and_contained() {
     // Both entries survived and unmap cleanly with their own routines.
     b.v.unmap_locked_pages(me(), va, MDL_A);
     b.v.unmap_io_space(me(), io, 0x1000);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn another_drivers_mdl_mapping_is_a_foreign_unmap_contained() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    let other = Caller {
+        return_address: OTHER + 0x40,
+    };
+    b.v.unmap_locked_pages(other, va, MDL_A);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::UnmapForeign.number());
+    assert_eq!((r[0].kind, r[0].owner_id), (MK_MDL, b.drv.0));
+    assert!(b.calls().is_empty(), "the owner's mapping stays mapped");
+    b.v.unmap_locked_pages(me(), va, MDL_A);
     assert!(b.rules().is_empty());
     assert_eq!(b.live(), 0);
 }
