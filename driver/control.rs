@@ -131,7 +131,7 @@ fn hello<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<R
     if p.max_stack_depth > 0 {
         caps |= CAP_STACKS;
     }
-    if cfg!(feature = "host") {
+    if P::SIMULATED {
         caps |= CAP_HOST;
     }
     let reply = HelloReply {

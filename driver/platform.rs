@@ -1,7 +1,8 @@
 //! The one trait through which the engine touches the operating system.
 //!
 //! Two implementations exist: `platform::windows` (wdk-sys glue, feature `kernel`, Windows
-//! only) and `platform::host` (the user-mode kernel of design.md §7, feature `host`).
+//! only) and the `iosv-host` package's `HostPlatform` (the user-mode kernel of design.md
+//! §7, in `host/`).
 //! Everything the engine needs from a kernel — the caller's IRQL and identity, time, stack
 //! capture, the real Mm routines, break and bug check, patching one import slot — is a
 //! method here, so the engine itself is portable and tested on Linux.
@@ -10,8 +11,6 @@ use crate::intercept::SlotAccess;
 
 #[cfg(test)]
 pub(crate) mod fake;
-#[cfg(feature = "host")]
-pub mod host;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
 
@@ -76,6 +75,10 @@ pub struct BugCheck {
 /// The operating-system services the engine uses. Every method may be called at any IRQL
 /// up to HIGH_LEVEL, on every processor at once, unless its doc says otherwise.
 pub trait Platform: SlotAccess + Sync {
+    /// True for the user-mode host (design.md §7): HELLO then advertises `CAP_HOST`, so a
+    /// client knows it talks to a simulation, not to `iosv.sys`.
+    const SIMULATED: bool = false;
+
     /// IRQL of the calling thread.
     fn current_irql(&self) -> Irql;
     /// Index of the current processor (0-based, across groups).

@@ -691,7 +691,7 @@ mod tests {
                 key
             };
             let toml = format!("[host]\n{key} = {bad}\n");
-            let r = iosv::platform::host::scenario::Scenario::parse(&toml, "t.toml");
+            let r = iosv_host::scenario::Scenario::parse(&toml, "t.toml");
             assert!(r.is_err(), "[host] {key} = {bad} accepted");
         }
         let cli = Cli::try_parse_from([

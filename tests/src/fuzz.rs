@@ -48,9 +48,9 @@ pub const CODES: [u32; 9] = [
     iosv::protocol::IOCTL_DETACH,
 ];
 
-fn fuzz_host() -> &'static iosv::platform::host::Host {
-    use iosv::platform::host::{Behaviour, Host};
+fn fuzz_host() -> &'static iosv_host::Host {
     use iosv::rules::RuleId;
+    use iosv_host::{Behaviour, Host};
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
         let params = iosv::config::StartParams {
@@ -157,7 +157,7 @@ pub fn scenario(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = iosv::platform::host::scenario::Scenario::parse(text, "fuzz.toml") {
+    if let Err(e) = iosv_host::scenario::Scenario::parse(text, "fuzz.toml") {
         let lines = text.split('\n').count();
         assert!(e.line as usize <= lines.max(1), "{e} in {lines} lines");
         assert!(!e.message.is_empty());

@@ -3,13 +3,13 @@
 #![cfg(unix)]
 
 use iosv::config::StartParams;
-use iosv::platform::host::endpoint::{
+use iosv::protocol::{IOCTL_GET_STATS, IOCTL_HELLO, IOCTL_READ_VIOLATIONS, PROTOCOL_VERSION};
+use iosv::rules::RuleId;
+use iosv_host::endpoint::{
     self, call, decode_reply_header, encode_request_header, read_reply, RequestHeader, FRAME_MAGIC,
     MAX_INPUT, MAX_OUTPUT, REPLY_HEADER_LEN, STATUS_INVALID_PARAMETER,
 };
-use iosv::platform::host::{Behaviour, Host};
-use iosv::protocol::{IOCTL_GET_STATS, IOCTL_HELLO, IOCTL_READ_VIOLATIONS, PROTOCOL_VERSION};
-use iosv::rules::RuleId;
+use iosv_host::{Behaviour, Host};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

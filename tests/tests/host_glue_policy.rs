@@ -5,10 +5,10 @@
 //! leaks reported (IOSV009).
 
 use iosv::intercept::SiteRefusal;
-use iosv::platform::host::{Behaviour, Host, HostError};
 use iosv::protocol::{Status, STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use iosv::rules::RuleId;
 use iosv::verifier::StartParams;
+use iosv_host::{Behaviour, Host, HostError};
 
 fn host() -> Host {
     Host::with_processors(StartParams::default(), 2).unwrap()

@@ -1,6 +1,6 @@
 //! The builtin lab scenario end to end: every rule fires, exactly as injected.
 
-use iosv::platform::host::scenario::{run, Scenario};
+use iosv_host::scenario::{run, Scenario};
 
 #[test]
 fn builtin_lab_reports_every_rule_exactly_as_injected() {

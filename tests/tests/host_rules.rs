@@ -4,16 +4,16 @@
 //! and without it the bad call does reach the simulated Mm.
 
 use iosv::config::StartParams;
-use iosv::platform::host::image::{kernel_frames, IMAGE_SIZE};
-use iosv::platform::host::mm::{Corruption, NEVER_MAPPED_START};
-use iosv::platform::host::pnp::{MM_CACHED, MM_NON_CACHED};
-use iosv::platform::host::{thread, Bar, Behaviour, Host, HostError, Routine};
 use iosv::platform::{Irql, BUGCHECK_SIGNATURE};
 use iosv::protocol::{
     name_bytes, ViolationRecord, CF_CONTAINMENT, CF_VERIFIER_IRQL, MF_DETACHED, MF_LEAK_REPORTED,
     VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_REUSED,
 };
 use iosv::rules::{Action, RuleId, RULE_COUNT};
+use iosv_host::image::{kernel_frames, IMAGE_SIZE};
+use iosv_host::mm::{Corruption, NEVER_MAPPED_START};
+use iosv_host::pnp::{MM_CACHED, MM_NON_CACHED};
+use iosv_host::{thread, Bar, Behaviour, Host, HostError, Routine};
 
 const BAR0: Bar = Bar {
     physical: 0xF000_0000,
@@ -326,7 +326,7 @@ fn iosv009_leak_on_unload_reloads_the_driver() {
     );
     assert_eq!(
         host.device("a0").unwrap().state(),
-        iosv::platform::host::PnpState::Started
+        iosv_host::PnpState::Started
     );
 }
 
@@ -680,7 +680,7 @@ fn a_failed_start_leaves_nothing_mapped() {
     host.mm().fail_next_maps(1);
     assert!(!host.start_device(&dev, true).unwrap());
     assert_eq!(host.mm().mappings().len(), before);
-    assert_eq!(dev.state(), iosv::platform::host::PnpState::Added);
+    assert_eq!(dev.state(), iosv_host::PnpState::Added);
     assert!(host.start_device(&dev, true).unwrap());
     assert!(records(&host).is_empty());
     assert!(host.audit(&host.injected(), true).unwrap().is_clean());

@@ -1,11 +1,11 @@
 //! Scenario files: the shipped examples run as documented, and malformed files are refused
 //! with `file:line:col: what is wrong`.
 
-use iosv::platform::host::scenario::{run, Scenario};
-use iosv::platform::host::thread::SIMULATED_THREAD_BASE;
-use iosv::platform::host::Host;
 use iosv::protocol::{name_bytes, ViolationRecord, VF_CONTAINED, VF_DETACH, VF_REUSED};
 use iosv::rules::RuleId;
+use iosv_host::scenario::{run, Scenario};
+use iosv_host::thread::SIMULATED_THREAD_BASE;
+use iosv_host::Host;
 use std::path::{Path, PathBuf};
 
 fn example(name: &str) -> PathBuf {
@@ -14,13 +14,7 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run_file(
-    name: &str,
-) -> (
-    Host,
-    iosv::platform::host::scenario::RunSummary,
-    Vec<ViolationRecord>,
-) {
+fn run_file(name: &str) -> (Host, iosv_host::scenario::RunSummary, Vec<ViolationRecord>) {
     let scenario = Scenario::from_file(&example(name)).unwrap();
     let host = scenario.new_host().unwrap();
     let summary = run(&host, &scenario, &mut |_| {}).unwrap();

@@ -4,9 +4,9 @@
 //! Mm's ground truth afterwards.
 
 use iosv::config::StartParams;
-use iosv::platform::host::scenario::{run, Scenario};
-use iosv::platform::host::{Behaviour, Host, HostError};
 use iosv::rules::{RuleId, RULE_COUNT};
+use iosv_host::scenario::{run, Scenario};
+use iosv_host::{Behaviour, Host, HostError};
 
 fn stress_scenario(threads: u32, ops: u64, containment: bool, rate: f64) -> String {
     let inject: Vec<String> = (1..=RULE_COUNT)

@@ -10,10 +10,10 @@
 //! `IOSV_SOAK_SECS` (default 10) bounds the time; a round in progress finishes.
 #![cfg(unix)]
 
-use iosv::platform::host::endpoint;
-use iosv::platform::host::scenario::{self, Scenario};
 use iosv_client::client::Client;
 use iosv_client::transport::socket::SocketTransport;
+use iosv_host::endpoint;
+use iosv_host::scenario::{self, Scenario};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 use super::*;
 use crate::transport::inproc::InProcess;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use iosv::platform::host::scenario::{self, Progress, RunSummary, Scenario};
-use iosv::platform::host::{endpoint, Audit, Host};
+use iosv_host::scenario::{self, Progress, RunSummary, Scenario};
+use iosv_host::{endpoint, Audit, Host};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -421,8 +421,8 @@ mod tests {
         }
     }
 
-    fn mismatch(expected: u64, reported: u64) -> iosv::platform::host::Mismatch {
-        iosv::platform::host::Mismatch {
+    fn mismatch(expected: u64, reported: u64) -> iosv_host::Mismatch {
+        iosv_host::Mismatch {
             rule: iosv::rules::RuleId::UnmapUnknown,
             driver: "a.sys".to_string(),
             expected,

@@ -2,8 +2,8 @@
 //! same bytes the device and the socket carry. `iosvctl lab` reads its results this way.
 
 use super::{RawReply, Transport, TransportError};
-use iosv::platform::host::Host;
 use iosv::protocol::Status;
+use iosv_host::Host;
 use std::sync::Arc;
 
 /// Transport over an in-process [`Host`].

@@ -7,7 +7,7 @@
 //! - [`socket::SocketTransport`] (Unix): the host endpoint's Unix domain socket, in the
 //!   [`frame`] format;
 //! - `windows::DeviceTransport` (Windows): the control device `\\.\IoSpaceVerifier`;
-//! - `inproc::InProcess` (feature `host`): a [`iosv::platform::host::Host`] in this
+//! - `inproc::InProcess` (feature `host`): a [`iosv_host::Host`] in this
 //!   process, for `iosvctl lab`.
 //!
 //! [`Endpoint`] names one of them as the user chose it on the command line and opens it.

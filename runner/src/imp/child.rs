@@ -6,7 +6,7 @@ use super::engine::{Engine, HostEngine};
 use super::kernel::{self, layout as l, STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS};
 use super::{entering, loader, report, trap, Obj};
 use crate::{BarSpec, IoctlSpec, RunOptions};
-use iosv::platform::host::{endpoint, Host};
+use iosv_host::{endpoint, Host};
 use iosv::verifier::DeviceEvent;
 use std::io::Read;
 use std::path::PathBuf;

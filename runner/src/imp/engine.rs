@@ -7,7 +7,7 @@ use super::loader::LoadedImage;
 use iosv::drivers::DriverId;
 use iosv::intercept::{Hooks, Outcome, Plan, SlotAccess, SlotWriteError};
 use iosv::pe::{IatSlot, PeImage};
-use iosv::platform::host::{thread, Host};
+use iosv_host::{thread, Host};
 use iosv::platform::{Caller, Irql};
 use iosv::verifier::DeviceEvent;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1027,7 +1027,7 @@ extern "win64" fn ke_get_current_thread() -> usize {
 }
 
 extern "win64" fn ps_get_current_thread_id() -> usize {
-    iosv::platform::host::thread::thread_id() as usize
+    iosv_host::thread::thread_id() as usize
 }
 
 extern "win64" fn ps_get_current_process_id() -> usize {

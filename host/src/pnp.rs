@@ -43,16 +43,16 @@ use super::image::{
 use super::mm::{NEVER_MAPPED_START, PAGE_SIZE};
 use super::rng::Rng;
 use super::{attached_id, lock, thread, Host, HostError, HostPlatform, System};
-use crate::drivers::{DriverId, DriverState};
-use crate::intercept::{Outcome, Plan};
-use crate::pe::{HookedRoutine, PeImage};
-use crate::phys::{CacheClass, PAGE_NOCACHE, PAGE_READWRITE, PAGE_WRITECOMBINE};
-use crate::platform::{Caller, Irql, PlatformError};
-use crate::protocol::{
+use iosv::drivers::{DriverId, DriverState};
+use iosv::intercept::{Outcome, Plan};
+use iosv::pe::{HookedRoutine, PeImage};
+use iosv::phys::{CacheClass, PAGE_NOCACHE, PAGE_READWRITE, PAGE_WRITECOMBINE};
+use iosv::platform::{Caller, Irql, PlatformError};
+use iosv::protocol::{
     AttachReply, DriverNameRequest, Status, IOCTL_ATTACH, IOCTL_DETACH, PROTOCOL_VERSION,
 };
-use crate::rules::RuleId;
-use crate::verifier::{DeviceEvent, Verifier};
+use iosv::rules::RuleId;
+use iosv::verifier::{DeviceEvent, Verifier};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
@@ -447,7 +447,7 @@ impl DriverRef {
                 n = n.saturating_add(1);
             }
             let hooked =
-                crate::intercept::system_routine_override(wide.get(..n).unwrap_or(&[]), &HOOKS);
+                iosv::intercept::system_routine_override(wide.get(..n).unwrap_or(&[]), &HOOKS);
             Ok(hooked.map_or_else(|| real_routine(name), |a| a as u64))
         } else if gsra == REAL.get_system_routine_address as u64 {
             Ok(real_routine(name))
@@ -725,7 +725,7 @@ fn patch(platform: &HostPlatform, image: &SimImage) -> Result<u32, PlatformError
     // slot. Every simulated page is resident.
     let pe = PeImage::parse(image.bytes()).map_err(|_| PlatformError::BadImage)?;
     // SAFETY: the image is loaded and stays loaded for the call (loader lock held).
-    unsafe { plan.check_sites(&pe, platform, |_| true, crate::intercept::is_bound_value) }
+    unsafe { plan.check_sites(&pe, platform, |_| true, iosv::intercept::is_bound_value) }
         .map_err(PlatformError::Refused)?;
     // From the first slot write on, iosv.sys could be called through a slot at any time:
     // the same unload policy as the kernel.
@@ -1049,7 +1049,7 @@ impl Host {
         let req = DriverNameRequest {
             version: PROTOCOL_VERSION,
             reserved: 0,
-            name: crate::protocol::wire_name(name.as_bytes()),
+            name: iosv::protocol::wire_name(name.as_bytes()),
         };
         let mut out = AttachReply::default();
         let r = self.control(code, req.as_bytes(), out.as_mut_bytes());

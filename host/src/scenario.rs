@@ -20,8 +20,8 @@ pub use run::run;
 
 use super::pnp::Behaviour;
 use super::{Host, Injected};
-use crate::config::StartParams;
-use crate::rules::{Action, RuleId, RULE_COUNT};
+use iosv::config::StartParams;
+use iosv::rules::{Action, RuleId, RULE_COUNT};
 use std::fmt;
 use std::string::String;
 use std::time::Duration;
@@ -317,7 +317,7 @@ pub fn read_file(path: &std::path::Path) -> Result<String, ScenarioError> {
 }
 
 /// The scenario `iosvctl lab` runs by default (`examples/lab.toml`).
-const BUILTIN_DEFAULT: &str = include_str!("../../../examples/lab.toml");
+const BUILTIN_DEFAULT: &str = include_str!("../../examples/lab.toml");
 
 impl Scenario {
     /// Reads and parses the scenario file at `path` (see [`read_file`] for what is

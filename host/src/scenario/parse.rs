@@ -5,14 +5,14 @@ use super::{
     ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
     StressSpec, UnmapTarget,
 };
-use crate::config::{SizeParam, StartParams};
-use crate::phys::{
+use crate::pnp::{Bar, Behaviour, Routine, AUTO_PHYSICAL, MAX_BAR_SIZE};
+use iosv::config::{SizeParam, StartParams};
+use iosv::phys::{
     PAGE_EXECUTE, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOCACHE, PAGE_READONLY,
     PAGE_READWRITE, PAGE_WRITECOMBINE,
 };
-use crate::platform::host::pnp::{Bar, Behaviour, Routine, AUTO_PHYSICAL, MAX_BAR_SIZE};
-use crate::protocol::{CLR_GRAVEYARD, CLR_JOURNAL, CLR_STATS, MAX_TARGETS, NAME_LEN};
-use crate::rules::{Action, RuleId};
+use iosv::protocol::{CLR_GRAVEYARD, CLR_JOURNAL, CLR_STATS, MAX_TARGETS, NAME_LEN};
+use iosv::rules::{Action, RuleId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::string::{String, ToString};
@@ -830,7 +830,7 @@ fn bars(
         }
         taken.push((physical, end, String::from(device)));
         let cache = rb.cache.as_ref().map_or(Ok(0), |c| cache(l, c))?;
-        if cache >= crate::phys::MM_MAXIMUM_CACHE_TYPE {
+        if cache >= iosv::phys::MM_MAXIMUM_CACHE_TYPE {
             return Err(l.err(
                 &rb.cache.as_ref().map_or(b.span(), Spanned::span),
                 "a BAR's cache type must be a valid MEMORY_CACHING_TYPE (0..=5)",
@@ -908,10 +908,10 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
             target: rd.target.as_ref().is_none_or(|t| *t.get_ref()),
         });
     }
-    if drivers.len() > crate::drivers::MAX_DRIVERS {
+    if drivers.len() > iosv::drivers::MAX_DRIVERS {
         return Err(l.err(
             &(0..0),
-            std::format!("at most {} drivers", crate::drivers::MAX_DRIVERS),
+            std::format!("at most {} drivers", iosv::drivers::MAX_DRIVERS),
         ));
     }
 

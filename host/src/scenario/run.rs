@@ -17,11 +17,11 @@ use super::{
     Limit, Progress, RunSummary, Scenario, ScenarioError, Step, StepKind, StressSpec,
     StressSummary, UnmapTarget,
 };
-use crate::platform::host::pnp::{Actor, Device};
-use crate::platform::host::{thread, Host, HostError, Injected};
-use crate::platform::Irql;
-use crate::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
-use crate::rules::{RuleId, RULE_COUNT};
+use crate::pnp::{Actor, Device};
+use crate::{thread, Host, HostError, Injected};
+use iosv::platform::Irql;
+use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
+use iosv::rules::{RuleId, RULE_COUNT};
 use std::collections::HashMap;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,7 +54,7 @@ fn apply_config(host: &Host, c: &super::ConfigChange) -> Result<(), HostError> {
             b.targets = Default::default();
             b.target_count = 0;
             for (slot, t) in b.targets.iter_mut().zip(targets) {
-                *slot = crate::protocol::wire_name(t.as_bytes());
+                *slot = iosv::protocol::wire_name(t.as_bytes());
                 b.target_count = b.target_count.saturating_add(1);
             }
         }
@@ -375,11 +375,11 @@ fn prepare(host: &Host, name: &str) -> Result<Owned, HostError> {
     let mut ready = Vec::new();
     for dev in devices {
         let dev = match dev.state() {
-            crate::platform::host::PnpState::Starting => {
+            crate::PnpState::Starting => {
                 host.complete_start(&dev)?;
                 dev
             }
-            crate::platform::host::PnpState::SurpriseRemoved => {
+            crate::PnpState::SurpriseRemoved => {
                 host.remove_device(&dev)?;
                 host.add_device(dev.name(), name, dev.bars())?
             }
@@ -387,7 +387,7 @@ fn prepare(host: &Host, name: &str) -> Result<Owned, HostError> {
         };
         if matches!(
             dev.state(),
-            crate::platform::host::PnpState::Added | crate::platform::host::PnpState::Stopped
+            crate::PnpState::Added | crate::PnpState::Stopped
         ) && !host.start_device(&dev, true)?
         {
             return Err(HostError::MapFailed("BAR at start"));
@@ -443,7 +443,7 @@ fn run_stress(
             .drivers
             .iter()
             .find(|d| d.name.eq_ignore_ascii_case(t))
-            .map_or((crate::platform::host::Behaviour::WellBehaved, 100), |d| {
+            .map_or((crate::Behaviour::WellBehaved, 100), |d| {
                 (d.behaviour, d.bug_every)
             });
         host.declare_driver(&name, behaviour, every);
@@ -453,7 +453,7 @@ fn run_stress(
                     "a stress phase on {threads} threads needs {threads} drivers iosv hooks (one \
                      per thread; clones are made for the missing ones), but the configuration \
                      holds at most {} targets: use fewer threads",
-                    crate::protocol::MAX_TARGETS
+                    iosv::protocol::MAX_TARGETS
                 ),
                 e => e.to_string(),
             })?;
@@ -656,7 +656,7 @@ fn inject(
         for dev in owned.devices.clone() {
             if matches!(
                 dev.state(),
-                crate::platform::host::PnpState::Added | crate::platform::host::PnpState::Stopped
+                crate::PnpState::Added | crate::PnpState::Stopped
             ) {
                 host.start_device(&dev, true)?;
             }
@@ -675,7 +675,7 @@ fn well_behaved(host: &Host, owned: &mut Owned, actor: &mut Actor) -> Result<(),
         return Ok(());
     };
     let p = actor.rng.unit();
-    use crate::platform::host::PnpState;
+    use crate::PnpState;
     match dev.state() {
         PnpState::Started if p < 0.95 => host.device_io(&dev, actor),
         PnpState::Started if p < 0.985 => {

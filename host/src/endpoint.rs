@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-pub use crate::frame::*;
+pub use iosv::frame::*;
 
 /// How often the server checks its stop flag.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -114,12 +114,12 @@ pub struct EndpointStats {
 /// [`FIXED_REPLY_BOUND`]. A bound below what the reply needs only shortens a
 /// cursor-based read (the client reads on), as a smaller buffer would.
 pub fn reply_bound(host: &Host, code: u32, input: &[u8], capacity: usize) -> usize {
-    use crate::protocol::{
+    use core::mem::size_of;
+    use iosv::protocol::{
         DriverStats, ListMappingsReply, ListMappingsRequest, MappingRecord, ReadViolationsReply,
         ReadViolationsRequest, StatsReply, StatsRequest, ViolationRecord, IOCTL_GET_STATS,
         IOCTL_LIST_MAPPINGS, IOCTL_READ_VIOLATIONS,
     };
-    use core::mem::size_of;
     use zerocopy::FromBytes;
     let records = |header: usize, item: usize, n: usize| {
         header.saturating_add(n.clamp(1, MAX_RECORDS_PER_REPLY).saturating_mul(item))
@@ -149,7 +149,7 @@ pub fn reply_bound(host: &Host, code: u32, input: &[u8], capacity: usize) -> usi
         IOCTL_GET_STATS => match StatsRequest::read_from_prefix(input) {
             Ok((r, _)) => size_of::<StatsReply>().saturating_add(
                 (r.max_drivers as usize)
-                    .min(crate::drivers::MAX_DRIVERS)
+                    .min(iosv::drivers::MAX_DRIVERS)
                     .saturating_mul(size_of::<DriverStats>()),
             ),
             Err(_) => FIXED_REPLY_BOUND,

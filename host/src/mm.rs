@@ -24,7 +24,7 @@
 //! allocator and one of [`SHARDS`] for the live map — so a map or unmap takes two
 //! uncontended-in-the-common-case locks.
 
-use crate::phys::{
+use iosv::phys::{
     MM_MAXIMUM_CACHE_TYPE, PAGE_EXECUTE, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOCACHE,
     PAGE_READONLY, PAGE_READWRITE, PAGE_WRITECOMBINE,
 };

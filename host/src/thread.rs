@@ -7,10 +7,10 @@
 //! A scenario can run a step "on simulated thread N" ([`with_simulated_thread`]): the step
 //! then reports a fixed thread id and processor for N, whatever OS thread runs it.
 //!
-//! [`HostPlatform::capture_stack`]: crate::platform::Platform::capture_stack
+//! [`HostPlatform::capture_stack`]: iosv::platform::Platform::capture_stack
 
-use crate::platform::Irql;
 use core::cell::Cell;
+use iosv::platform::Irql;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Frames in a simulated call chain.

@@ -10,7 +10,7 @@
 //!   mappings, reuses freed ones eagerly, and keeps the ground truth of what is mapped,
 //!   recording every unmap a real system would not survive as a [`mm::Corruption`].
 //! - **Driver images** ([`image`]): each load of a simulated driver is a real little PE32+
-//!   image whose import address table the engine's [`intercept`](crate::intercept) plan
+//!   image whose import address table the engine's [`intercept`](iosv::intercept) plan
 //!   patches through [`SlotAccess`]; drivers call the Mm routines *through* their IAT,
 //!   so a call reaches the verifier exactly when the slot holds the hook.
 //! - **PnP and drivers** ([`pnp`]): drivers load and unload, devices are added, started,
@@ -33,19 +33,19 @@
 //! of a thread-local array), deterministic, and yields stacks that name driver routines
 //! the way a symbolised kernel stack would.
 
-use crate::config::StartParams;
-use crate::control::Reply;
-use crate::drivers::DriverId;
-use crate::intercept::{SlotAccess, SlotWriteError};
-use crate::platform::{BugCheck, Irql, Platform, PlatformError};
-use crate::protocol::{
+use iosv::config::StartParams;
+use iosv::control::Reply;
+use iosv::drivers::DriverId;
+use iosv::intercept::{SlotAccess, SlotWriteError};
+use iosv::platform::{BugCheck, Irql, Platform, PlatformError};
+use iosv::protocol::{
     ClearRequest, ConfigBlock, GetConfigRequest, ListMappingsReply, ListMappingsRequest,
     MappingRecord, ReadViolationsReply, ReadViolationsRequest, StatsReply, StatsRequest, Status,
     ViolationRecord, IOCTL_CLEAR, IOCTL_GET_CONFIG, IOCTL_GET_STATS, IOCTL_LIST_MAPPINGS,
     IOCTL_READ_VIOLATIONS, IOCTL_SET_CONFIG, MF_DETACHED, PROTOCOL_VERSION,
 };
-use crate::rules::RuleId;
-use crate::verifier::Verifier;
+use iosv::rules::RuleId;
+use iosv::verifier::Verifier;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::string::String;
@@ -115,7 +115,7 @@ pub enum HostError {
     BadCallTarget(u64),
     /// Too many drivers or devices for the simulated system.
     NoResources,
-    /// The configuration holds [`MAX_TARGETS`](crate::protocol::MAX_TARGETS) target names
+    /// The configuration holds [`MAX_TARGETS`](iosv::protocol::MAX_TARGETS) target names
     /// already; this one does not fit.
     TargetsFull(String),
 }
@@ -168,7 +168,7 @@ impl fmt::Display for HostError {
             HostError::TargetsFull(name) => write!(
                 f,
                 "cannot make `{name}` a target: the configuration holds at most {} target drivers",
-                crate::protocol::MAX_TARGETS
+                iosv::protocol::MAX_TARGETS
             ),
         }
     }
@@ -197,7 +197,7 @@ pub fn blamed_driver_name(r: &ViolationRecord) -> String {
     } else {
         &r.driver_name
     };
-    String::from_utf8_lossy(crate::protocol::name_bytes(name)).into_owned()
+    String::from_utf8_lossy(iosv::protocol::name_bytes(name)).into_owned()
 }
 
 /// The simulated system shared by the [`Host`] and its [`HostPlatform`].
@@ -240,7 +240,7 @@ impl System {
     pub(crate) fn inject(&self, rule: RuleId, driver: &str) {
         if self
             .verifier()
-            .is_some_and(|v| v.settings().action(rule) == crate::rules::Action::Ignore)
+            .is_some_and(|v| v.settings().action(rule) == iosv::rules::Action::Ignore)
         {
             return;
         }
@@ -272,6 +272,8 @@ impl HostPlatform {
 }
 
 impl Platform for HostPlatform {
+    const SIMULATED: bool = true;
+
     fn current_irql(&self) -> Irql {
         thread::current_irql()
     }
@@ -373,7 +375,6 @@ impl Host {
     pub fn new(params: StartParams) -> Host {
         match Host::try_new(params) {
             Ok(h) => h,
-            #[allow(clippy::panic)]
             Err(e) => panic!("iosv host: {e}"),
         }
     }
@@ -432,7 +433,7 @@ impl Host {
 
     /// Serves one control request, exactly as the device's dispatch routine does.
     pub fn control(&self, code: u32, input: &[u8], output: &mut [u8]) -> Reply {
-        crate::control::control(&self.verifier, code, input, output)
+        iosv::control::control(&self.verifier, code, input, output)
     }
 
     /// Bugs injected so far (what the verifier is expected to report; see [`Injected`]).
@@ -476,10 +477,10 @@ impl Host {
     pub fn add_target(&self, name: &str) -> Result<(), HostError> {
         let mut full = false;
         self.configure(|b| {
-            let wire = crate::protocol::wire_name(name.as_bytes());
+            let wire = iosv::protocol::wire_name(name.as_bytes());
             let n = b.target_count as usize;
             let present = b.targets.iter().take(n).any(|t| {
-                crate::drivers::names_equal(crate::protocol::name_bytes(t), name.as_bytes())
+                iosv::drivers::names_equal(iosv::protocol::name_bytes(t), name.as_bytes())
             });
             if !present {
                 match b.targets.get_mut(n) {

@@ -1,6 +1,6 @@
 //! Simulated driver images: a real (tiny) PE32+ image in loaded layout per driver load,
-//! whose import address table the engine's own [`intercept`](crate::intercept) plan
-//! patches through [`SlotAccess`](crate::intercept::SlotAccess), exactly as in the kernel.
+//! whose import address table the engine's own [`intercept`](iosv::intercept) plan
+//! patches through [`SlotAccess`](iosv::intercept::SlotAccess), exactly as in the kernel.
 //!
 //! Each image imports `MmMapIoSpace`, `MmMapIoSpaceEx`, `MmUnmapIoSpace` and
 //! `MmGetSystemRoutineAddress` (plus a few unhooked routines) from `ntoskrnl.exe`. At load
@@ -14,8 +14,8 @@
 //! every load), the simulated `ntoskrnl.exe` lives at `0xFFFFF800_00000000` and `iosv.sys`
 //! at `0xFFFFF807_70000000`.
 
-use crate::intercept::Hooks;
-use crate::pe::HookedRoutine;
+use iosv::intercept::Hooks;
+use iosv::pe::HookedRoutine;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::vec::Vec;
@@ -136,7 +136,7 @@ fn build(base: u64, iat_in_code: bool) -> (Vec<u8>, [usize; IMPORTS.len()]) {
     w.u16(0, 0x5A4D);
     w.u32(0x3C, rva(NT));
     w.u32(NT, 0x0000_4550);
-    w.u16(NT.wrapping_add(4), crate::pe::MACHINE_AMD64);
+    w.u16(NT.wrapping_add(4), iosv::pe::MACHINE_AMD64);
     w.u16(NT.wrapping_add(6), 2);
     w.u16(NT.wrapping_add(20), 240);
     w.u16(NT.wrapping_add(22), 0x0022);
@@ -230,7 +230,7 @@ pub struct SimImage {
     inflight: AtomicU64,
     driver_id: AtomicU16,
     /// The plan that patched this image's slots, while attached.
-    pub(crate) plan: std::sync::Mutex<Option<crate::intercept::Plan>>,
+    pub(crate) plan: std::sync::Mutex<Option<iosv::intercept::Plan>>,
 }
 
 impl SimImage {
@@ -384,7 +384,7 @@ pub fn real_routine(name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pe::PeImage;
+    use iosv::pe::PeImage;
 
     #[test]
     fn image_parses_and_exposes_the_four_slots() {
