@@ -2,7 +2,9 @@
 //! [`Outcome::Violations`] (1: a violation at or above `--fail-on`), an [`AppError`]
 //! (2: usage, input, endpoint or I/O error — never a panic), [`Outcome::RecordsLost`]
 //! (3: records were lost, the results are incomplete) or [`Outcome::AuditUnclean`] (4:
-//! `lab` only, iosv's reports differ from what the run did). The codes are listed once,
+//! `lab` only, iosv's reports differ from what the run did); `run` adds 5 (the driver
+//! crashed), 6 (it called a routine the host lacks), 7 (it hung) and 8 (the image did
+//! not load). The codes are listed once,
 //! in `iosvctl --help` ([`crate::cli`]) and the README.
 
 use crate::cli::*;
@@ -32,6 +34,14 @@ pub enum Outcome {
     /// `lab`: the audit found iosv's reports or live table differ from what the run did
     /// (exit 4).
     AuditUnclean,
+    /// `run`: driver code crashed or bug-checked (exit 5).
+    DriverCrashed,
+    /// `run`: the driver called a routine the host does not implement (exit 6).
+    Unimplemented,
+    /// `run`: a driver routine did not return within the watchdog's time (exit 7).
+    DriverHung,
+    /// `run`: the image could not be loaded (exit 8).
+    LoadFailed,
 }
 
 impl Outcome {
@@ -42,6 +52,10 @@ impl Outcome {
             Outcome::Violations => 1,
             Outcome::RecordsLost => 3,
             Outcome::AuditUnclean => 4,
+            Outcome::DriverCrashed => 5,
+            Outcome::Unimplemented => 6,
+            Outcome::DriverHung => 7,
+            Outcome::LoadFailed => 8,
         }
     }
 }
@@ -150,6 +164,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
         Command::Lab(a) => lab::lab(g, a, out),
         #[cfg(feature = "host")]
         Command::Host(HostCommand::Serve(a)) => lab::serve(g, a, out),
+        #[cfg(feature = "host")]
+        Command::Run(a) => run::run(g, a, out),
         _ => {
             let mut c = open(g)?;
             run_with(cli, &mut c, out)
@@ -171,8 +187,8 @@ pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write)
         Command::Clear(a) => clear(g, a, c, out),
         Command::Inf(a) => inf(a, out),
         #[cfg(feature = "host")]
-        Command::Lab(_) | Command::Host(_) => Err(AppError(
-            "`lab` and `host` run a host of their own; they take no endpoint".to_string(),
+        Command::Lab(_) | Command::Host(_) | Command::Run(_) => Err(AppError(
+            "`lab`, `run` and `host` run a host of their own; they take no endpoint".to_string(),
         )),
     }
 }
@@ -782,6 +798,8 @@ fn clear<T: Transport>(
 
 #[cfg(feature = "host")]
 pub mod lab;
+#[cfg(feature = "host")]
+pub mod run;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,147 @@
+//! `iosvctl run IMAGE.sys`: verify a compiled driver image on this Linux machine.
+//!
+//! iosvctl re-executes itself as a child process ([`iosv_runner::CHILD_ARG`]) that loads
+//! the image, runs its device through its life cycle under iosv, and serves the
+//! verifier's control codes on a Unix socket; this process pulls the reports over that
+//! socket, exactly as from `iosvctl host serve`, and prints them like `lab`. A driver
+//! that crashes, calls a routine the host lacks, hangs or does not load ends the run with
+//! its own exit status (5–8) and a report on stderr.
+
+use super::*;
+use crate::transport::socket::SocketTransport;
+use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
+
+/// When this process was started as the child of `iosvctl run`: runs it and returns its
+/// exit status. `None` for every other command line.
+pub fn child_if_requested() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != iosv_runner::CHILD_ARG {
+        return None;
+    }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        let code = iosv_runner::child::main(&rest);
+        Some(ExitCode::from(u8::try_from(code).unwrap_or(2)))
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        drop(args);
+        Some(ExitCode::from(2))
+    }
+}
+
+fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
+    let bars = a
+        .bars
+        .iter()
+        .map(|b| BarSpec::parse(b).map_err(|e| AppError(format!("--bar {e}"))))
+        .collect::<AppResult<Vec<_>>>()?;
+    let ioctls = a
+        .ioctls
+        .iter()
+        .map(|i| IoctlSpec::parse(i).map_err(|e| AppError(format!("--ioctl {e}"))))
+        .collect::<AppResult<Vec<_>>>()?;
+    if a.watchdog == 0 {
+        return Err(AppError("--watchdog must be at least 1 second".to_string()));
+    }
+    Ok(RunOptions {
+        image: a.image.clone(),
+        bars,
+        ioctls,
+        watchdog_secs: a.watchdog,
+    })
+}
+
+/// `iosvctl run`.
+pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
+    let opts = options(a)?;
+    if !a.image.is_file() {
+        return Err(AppError(format!("{}: no such file", a.image.display())));
+    }
+    let program = std::env::current_exe()
+        .map_err(|e| AppError(format!("cannot find iosvctl's own executable: {e}")))?;
+    let session = match parent::start(&program, &opts) {
+        Ok(s) => s,
+        Err(RunError::Ended { kind, report }) => {
+            eprintln!("iosvctl: {report}");
+            return Ok(match kind {
+                ExitKind::Crashed => Outcome::DriverCrashed,
+                ExitKind::Unimplemented => Outcome::Unimplemented,
+                ExitKind::Hung => Outcome::DriverHung,
+                ExitKind::LoadFailed => Outcome::LoadFailed,
+            });
+        }
+        Err(e) => return Err(AppError(e.to_string())),
+    };
+    let transport = SocketTransport::connect(&session.socket, Some(Duration::from_secs(10)), false)?;
+    let mut c = Client::connect(transport)?;
+    let stats = c.stats()?;
+    let images = Images::from_stats(&stats.drivers);
+    let mappings = if a.no_mappings {
+        None
+    } else {
+        Some(c.list_mappings(&MappingFilter::default())?)
+    };
+    let elapsed_ms = u64::try_from(session.elapsed.as_millis()).unwrap_or(u64::MAX);
+    match g.format {
+        Format::Human => {
+            writeln!(
+                out,
+                "driver {} ({}): loaded at {:#x}, life cycle done in {} ms",
+                session.image.name,
+                a.image.display(),
+                session.image.base,
+                elapsed_ms
+            )?;
+            for n in &session.notes {
+                if g.verbose > 0 || !n.starts_with("import slot") {
+                    writeln!(out, "  {n}")?;
+                }
+            }
+            writeln!(out)?;
+        }
+        Format::Json => {
+            let v = serde_json::json!({
+                "kind": "run",
+                "image": a.image.display().to_string(),
+                "driver": session.image.name,
+                "base": format!("{:#x}", session.image.base),
+                "size": session.image.size,
+                "duration_ms": elapsed_ms,
+                "notes": session.notes,
+            });
+            writeln!(out, "{v}")?;
+        }
+        Format::Sarif | Format::Junit => {}
+    }
+    let mut sink = ViolationSink::new(g, out, images.clone());
+    let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
+    let info = sarif::RunInfo {
+        endpoint: format!("run: {}", a.image.display()),
+        component_version: model::text(&c.hello().component_version),
+        from_cursor: 0,
+        next_cursor: next,
+        ..Default::default()
+    };
+    let outcome = sink.finish(&info, &super::driver_names(&stats))?;
+    if let Some(list) = mappings {
+        match g.format {
+            Format::Human => {
+                writeln!(out, "\nstill mapped after the run:")?;
+                write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
+            }
+            Format::Json => {
+                for m in &list.records {
+                    writeln!(out, "{}", json::mapping(m, &list, &images))?;
+                }
+            }
+            Format::Sarif | Format::Junit => {}
+        }
+    }
+    drop(c);
+    session
+        .finish()
+        .map_err(|e| AppError(format!("after the run: {e}")))?;
+    Ok(outcome)
+}
