@@ -74,7 +74,8 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         }
         Err(e) => return Err(AppError(e.to_string())),
     };
-    let transport = SocketTransport::connect(&session.socket, Some(Duration::from_secs(10)), false)?;
+    let transport =
+        SocketTransport::connect(&session.socket, Some(Duration::from_secs(10)), false)?;
     let mut c = Client::connect(transport)?;
     let stats = c.stats()?;
     let images = Images::from_stats(&stats.drivers);

@@ -7,9 +7,9 @@ use super::loader::LoadedImage;
 use iosv::drivers::DriverId;
 use iosv::intercept::{Hooks, Outcome, Plan, SlotAccess, SlotWriteError};
 use iosv::pe::{IatSlot, PeImage};
-use iosv_host::{thread, Host};
 use iosv::platform::{Caller, Irql};
 use iosv::verifier::DeviceEvent;
+use iosv_host::{thread, Host};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The host services the runner's kernel routines and hooks use.
