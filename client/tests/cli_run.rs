@@ -84,7 +84,8 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 #[test]
 fn every_bug_build_gets_exactly_its_reports() {
     // (fixture, reports, exit status, mappings still live after the run)
-    let cases: &[(&str, &[(&str, u64)], i32, usize)] = &[
+    type Case = (&'static str, &'static [(&'static str, u64)], i32, usize);
+    let cases: &[Case] = &[
         ("clean.sys", &[], 0, 0),
         // Vetoes QUERY_STOP; REMOVE unmaps BAR0 with 0x1000 instead of 0x4000 (contained:
         // unmapped with the tracked size) and forgets BAR1.

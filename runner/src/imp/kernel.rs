@@ -1401,7 +1401,7 @@ mod tests {
         let seen = [0u32; 1];
         let top = irp + l::IRP + l::STACK;
         let s = obj(top, l::STACK);
-        s.set::<u64>(l::SL_COMPLETION, more as usize as u64);
+        s.set::<u64>(l::SL_COMPLETION, more as *const () as usize as u64);
         s.set::<u64>(l::SL_CONTEXT, seen.as_ptr() as u64);
         s.set::<u8>(l::SL_CONTROL, SL_INVOKE_ON_SUCCESS);
         i.set::<u8>(l::IRP_CURRENT_LOCATION, 2);

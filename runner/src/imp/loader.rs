@@ -128,7 +128,7 @@ impl LoadedImage {
         current: usize,
         new: usize,
     ) -> Result<(), Option<usize>> {
-        if !self.contains(address) || address % 8 != 0 || !self.contains(address + 7) {
+        if !self.contains(address) || !address.is_multiple_of(8) || !self.contains(address + 7) {
             return Err(None);
         }
         let page = (address - self.base) / PAGE;
@@ -164,7 +164,7 @@ impl LoadedImage {
     /// Reads the pointer-sized slot at `address` (0 if it is not a slot of the image).
     #[must_use]
     pub fn read_slot(&self, address: usize) -> usize {
-        if !self.contains(address) || address % 8 != 0 || !self.contains(address + 7) {
+        if !self.contains(address) || !address.is_multiple_of(8) || !self.contains(address + 7) {
             return 0;
         }
         // SAFETY: 8-aligned, inside the image, which is mapped readable for the life of
@@ -394,7 +394,7 @@ fn collect_imports(pe: &PeImage<'_>) -> Result<Vec<RawImport>, LoadError> {
 /// anywhere. Returns the base and whether it differs from `preferred`.
 fn map_region(preferred: u64, size: usize) -> Result<(usize, bool), LoadError> {
     let end = preferred.checked_add(size as u64);
-    if preferred % PAGE as u64 == 0 && preferred >= 0x1_0000 && end.is_some_and(|e| e <= USER_LIMIT)
+    if preferred.is_multiple_of(PAGE as u64) && preferred >= 0x1_0000 && end.is_some_and(|e| e <= USER_LIMIT)
     {
         // SAFETY: an anonymous private mapping; MAP_FIXED_NOREPLACE never replaces an
         // existing mapping (it fails instead).

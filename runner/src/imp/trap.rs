@@ -129,7 +129,9 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         }
     }
     // SAFETY: `info` is valid for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let info = unsafe { &*info };
+    // SAFETY: si_addr reads the fault address field of a fault signal's siginfo.
+    let addr = unsafe { info.si_addr() } as usize;
     crash(sig, addr, rip, why);
 }
 
