@@ -1371,6 +1371,21 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_name_every_implemented_routine() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/running-drivers.md"
+        ))
+        .unwrap();
+        for name in IMPLEMENTED {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/running-drivers.md lacks {name}"
+            );
+        }
+    }
+
+    #[test]
     fn printf_formats_like_dbgprint() {
         let f = b"a %s %d %5u|%-3x|%08lX %wZ %%\0";
         let s = b"str\0";

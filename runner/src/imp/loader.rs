@@ -394,7 +394,9 @@ fn collect_imports(pe: &PeImage<'_>) -> Result<Vec<RawImport>, LoadError> {
 /// anywhere. Returns the base and whether it differs from `preferred`.
 fn map_region(preferred: u64, size: usize) -> Result<(usize, bool), LoadError> {
     let end = preferred.checked_add(size as u64);
-    if preferred.is_multiple_of(PAGE as u64) && preferred >= 0x1_0000 && end.is_some_and(|e| e <= USER_LIMIT)
+    if preferred.is_multiple_of(PAGE as u64)
+        && preferred >= 0x1_0000
+        && end.is_some_and(|e| e <= USER_LIMIT)
     {
         // SAFETY: an anonymous private mapping; MAP_FIXED_NOREPLACE never replaces an
         // existing mapping (it fails instead).
