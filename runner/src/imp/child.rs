@@ -117,8 +117,9 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
         .filter(|i| !i.implemented)
         .map(|i| format!("{}!{}", i.dll, i.name))
         .collect();
+    let delay = image.imports.iter().filter(|i| i.delay_load).count();
     note(&format!(
-        "loaded {} at {:#x}{} ({} imports, {} bound to lazy stubs{}{})",
+        "loaded {} at {:#x}{} ({} imports{}, {} bound to lazy stubs{}{})",
         image.name,
         image.base,
         if image.relocated {
@@ -127,6 +128,11 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
             String::new()
         },
         image.imports.len(),
+        if delay > 0 {
+            format!(" of which {delay} delay-load")
+        } else {
+            String::new()
+        },
         missing.len(),
         if missing.is_empty() { "" } else { ": " },
         missing.join(", ")
@@ -370,10 +376,14 @@ fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions
     }
     let ext = obj(d.get::<u64>(l::DRV_EXTENSION) as usize, 0x40);
     let add_device = ext.get::<u64>(l::EXT_ADD_DEVICE) as usize;
+    let control = d.get::<u64>(l::DRV_DEVICE_OBJECT) as usize;
     if add_device != 0 {
         pnp_device(engine, driver, add_device, opts);
+    } else if control != 0 {
+        note("the driver has no AddDevice routine (a legacy driver): its requests go to the device it created in DriverEntry");
+        io_requests(kernel_top(control), opts);
     } else {
-        note("the driver has no AddDevice routine: no device is started (a legacy driver)");
+        note("the driver has no AddDevice routine and created no device: only DriverEntry and unload run");
     }
     let unload = d.get::<u64>(l::DRV_UNLOAD) as usize;
     if unload == 0 {
@@ -479,6 +489,18 @@ fn pnp_device(engine: &dyn Engine, driver: usize, add_device: usize, opts: &RunO
         [(0, 0); 4],
     );
     engine.device_event(fdo as u64, DeviceEvent::Removed);
+}
+
+fn kernel_top(device: usize) -> usize {
+    let mut top = device;
+    for _ in 0..64 {
+        let up = obj(top, l::DEVICE_OBJECT).get::<u64>(l::DEV_ATTACHED) as usize;
+        if up == 0 {
+            break;
+        }
+        top = up;
+    }
+    top
 }
 
 fn kernel_create_device(driver: usize, name: usize, out: usize) -> i32 {
