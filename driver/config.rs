@@ -1,6 +1,8 @@
 //! Configuration: the sizes fixed at start ([`StartParams`]) and the settings that can
 //! change at run time ([`Settings`]), which hook paths read with single relaxed loads.
 
+#![forbid(unsafe_code)]
+
 use crate::protocol::{
     ConfigBlock, CF_ALL, CF_CONTAINMENT, CF_VERIFIER_IRQL, MAX_TARGETS, NAME_LEN, PROTOCOL_VERSION,
 };

@@ -7,6 +7,8 @@
 //! [`Status`] and changes nothing. An output buffer that cannot hold the reply gets
 //! [`Status::OutputTooSmall`] with the size it needs.
 
+#![forbid(unsafe_code)]
+
 use crate::drivers::{DriverId, DriverState, MAX_DRIVERS};
 use crate::platform::{Platform, PlatformError};
 use crate::protocol::*;

@@ -7,6 +7,8 @@
 //! the state (Acquire); a slot is never freed, only marked gone, so a reader racing an
 //! unload sees either the old image range or none.
 
+#![forbid(unsafe_code)]
+
 use crate::protocol::NAME_LEN;
 use crate::sync::{try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
 use alloc::boxed::Box;

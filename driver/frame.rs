@@ -2,7 +2,8 @@
 //! over a byte stream (a Unix domain socket). It carries exactly what `DeviceIoControl`
 //! carries — code, input bytes, output capacity in; NTSTATUS, `Information`, output bytes
 //! out — so the device and the host speak the same protocol and only the transport
-//! differs. Shared by the host's server and `iosvctl`'s socket transport.
+//! differs. The one codec of both sides: the host's server and `iosvctl`'s socket
+//! transport.
 //!
 //! All integers are little-endian; a connection carries any number of frames in turn.
 //!
@@ -11,7 +12,9 @@
 //! reply   : magic u32 = 0x5653_4F49, status u32, information u64, output_len u32, output
 //! ```
 //!
-//! Decoders trust nothing: a bad magic or a length over the limits is an error.
+//! Decoders trust nothing: a bad magic or a length over the limits is an error, and the
+//! stream readers tell a clean close between frames ([`FrameError::Closed`]) from a frame
+//! cut short ([`FrameError::Truncated`]).
 
 use std::io::{self, Read, Write};
 use std::vec::Vec;
@@ -51,40 +54,80 @@ pub struct ReplyHeader {
     pub output_len: u32,
 }
 
-/// What is wrong with a frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a frame could not be decoded, read or written.
+#[derive(Debug)]
 pub enum FrameError {
+    /// The stream ended inside a frame.
+    Truncated {
+        /// Bytes of the frame received.
+        got: usize,
+        /// Bytes the frame needed.
+        expected: usize,
+    },
+    /// The stream ended cleanly between frames.
+    Closed,
     /// The frame does not start with [`FRAME_MAGIC`].
     BadMagic(u32),
-    /// `input_len` is above [`MAX_INPUT`].
-    InputTooLarge(u32),
-    /// `output_capacity` (or a reply's `output_len`) is above [`MAX_OUTPUT`].
-    OutputTooLarge(u32),
+    /// A length field is larger than allowed.
+    TooLong {
+        /// Which length (`"request input"`, `"output capacity"`, `"reply output"`).
+        what: &'static str,
+        /// Its value.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A read or write failed.
+    Io(io::Error),
 }
 
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FrameError::BadMagic(m) => write!(
+            FrameError::Truncated { got, expected } => write!(
                 f,
-                "frame magic is {m:#010x}, not {FRAME_MAGIC:#010x} (\"IOSV\")"
+                "connection closed after {got} of {expected} bytes of a frame"
             ),
-            FrameError::InputTooLarge(n) => {
-                write!(f, "input of {n} bytes exceeds the {MAX_INPUT}-byte limit")
+            FrameError::Closed => f.write_str("connection closed"),
+            FrameError::BadMagic(m) => {
+                write!(
+                    f,
+                    "bad frame magic 0x{m:08x} (expected 0x{FRAME_MAGIC:08x})"
+                )
             }
-            FrameError::OutputTooLarge(n) => {
-                write!(f, "output of {n} bytes exceeds the {MAX_OUTPUT}-byte limit")
+            FrameError::TooLong { what, len, max } => {
+                write!(f, "{what} of {len} bytes exceeds the limit of {max}")
             }
+            FrameError::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for FrameError {}
-
-impl From<FrameError> for io::Error {
-    fn from(e: FrameError) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, e)
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
     }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// [`FrameError::TooLong`] when `len` is above `max`.
+fn check_len(what: &'static str, len: u64, max: u32) -> Result<(), FrameError> {
+    if len > u64::from(max) {
+        return Err(FrameError::TooLong {
+            what,
+            len,
+            max: u64::from(max),
+        });
+    }
+    Ok(())
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -126,12 +169,8 @@ pub fn decode_request_header(b: &[u8; REQUEST_HEADER_LEN]) -> Result<RequestHead
         input_len: le32(b, 8),
         output_capacity: le32(b, 12),
     };
-    if h.input_len > MAX_INPUT {
-        return Err(FrameError::InputTooLarge(h.input_len));
-    }
-    if h.output_capacity > MAX_OUTPUT {
-        return Err(FrameError::OutputTooLarge(h.output_capacity));
-    }
+    check_len("request input", h.input_len.into(), MAX_INPUT)?;
+    check_len("output capacity", h.output_capacity.into(), MAX_OUTPUT)?;
     Ok(h)
 }
 
@@ -156,9 +195,7 @@ pub fn decode_reply_header(b: &[u8; REPLY_HEADER_LEN]) -> Result<ReplyHeader, Fr
         information: le64(b, 8),
         output_len: le32(b, 16),
     };
-    if h.output_len > MAX_OUTPUT {
-        return Err(FrameError::OutputTooLarge(h.output_len));
-    }
+    check_len("reply output", h.output_len.into(), MAX_OUTPUT)?;
     Ok(h)
 }
 
@@ -169,12 +206,8 @@ pub fn encode_request(
     output_capacity: u32,
 ) -> Result<Vec<u8>, FrameError> {
     let input_len = u32::try_from(input.len()).unwrap_or(u32::MAX);
-    if input_len > MAX_INPUT {
-        return Err(FrameError::InputTooLarge(input_len));
-    }
-    if output_capacity > MAX_OUTPUT {
-        return Err(FrameError::OutputTooLarge(output_capacity));
-    }
+    check_len("request input", input_len.into(), MAX_INPUT)?;
+    check_len("output capacity", output_capacity.into(), MAX_OUTPUT)?;
     let mut v = Vec::with_capacity(REQUEST_HEADER_LEN.saturating_add(input.len()));
     v.extend_from_slice(&encode_request_header(&RequestHeader {
         code,
@@ -200,25 +233,93 @@ pub fn encode_reply(status: u32, information: u64, output: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Fills `buf` from `r`. `before` bytes of the frame (of `total`) were read already, for
+/// the message; `clean_eof` allows an end of stream before the frame's first byte.
+fn read_full(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    before: usize,
+    total: usize,
+    clean_eof: bool,
+) -> Result<(), FrameError> {
+    let mut got = 0usize;
+    while let Some(rest) = buf.get_mut(got..).filter(|rest| !rest.is_empty()) {
+        match r.read(rest) {
+            Ok(0) if got == 0 && before == 0 && clean_eof => return Err(FrameError::Closed),
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    got: before.saturating_add(got),
+                    expected: total,
+                })
+            }
+            Ok(n) => got = got.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request frame; [`FrameError::Closed`] when the peer hung up between frames.
+pub fn read_request(r: &mut impl Read) -> Result<(RequestHeader, Vec<u8>), FrameError> {
+    let mut h = [0u8; REQUEST_HEADER_LEN];
+    read_full(r, &mut h, 0, REQUEST_HEADER_LEN, true)?;
+    let header = decode_request_header(&h)?;
+    let len = header.input_len as usize;
+    let mut input = std::vec![0u8; len];
+    read_full(
+        r,
+        &mut input,
+        REQUEST_HEADER_LEN,
+        REQUEST_HEADER_LEN.saturating_add(len),
+        false,
+    )?;
+    Ok((header, input))
+}
+
+/// Reads one reply frame whose output may be at most `max_output` bytes (the capacity
+/// the request named).
+pub fn read_reply(
+    r: &mut impl Read,
+    max_output: usize,
+) -> Result<(ReplyHeader, Vec<u8>), FrameError> {
+    let mut h = [0u8; REPLY_HEADER_LEN];
+    read_full(r, &mut h, 0, REPLY_HEADER_LEN, false)?;
+    let header = decode_reply_header(&h)?;
+    let len = header.output_len as usize;
+    if len > max_output {
+        return Err(FrameError::TooLong {
+            what: "reply output",
+            len: len as u64,
+            max: max_output as u64,
+        });
+    }
+    let mut out = std::vec![0u8; len];
+    read_full(
+        r,
+        &mut out,
+        REPLY_HEADER_LEN,
+        REPLY_HEADER_LEN.saturating_add(len),
+        false,
+    )?;
+    Ok((header, out))
+}
+
+/// Writes a whole frame and flushes it.
+pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame)?;
+    w.flush()?;
+    Ok(())
+}
+
 /// Writes one request frame.
 pub fn write_request(
     w: &mut impl Write,
     code: u32,
     input: &[u8],
     output_capacity: u32,
-) -> io::Result<()> {
-    w.write_all(&encode_request(code, input, output_capacity)?)?;
-    w.flush()
-}
-
-/// Reads one reply frame.
-pub fn read_reply(r: &mut impl Read) -> io::Result<(ReplyHeader, Vec<u8>)> {
-    let mut hb = [0u8; REPLY_HEADER_LEN];
-    r.read_exact(&mut hb)?;
-    let h = decode_reply_header(&hb)?;
-    let mut out = std::vec![0u8; h.output_len as usize];
-    r.read_exact(&mut out)?;
-    Ok((h, out))
+) -> Result<(), FrameError> {
+    write_frame(w, &encode_request(code, input, output_capacity)?)
 }
 
 /// One control call over a connected stream: sends `code` and `input` with the capacity
@@ -228,15 +329,106 @@ pub fn call(
     code: u32,
     input: &[u8],
     output: &mut [u8],
-) -> io::Result<ReplyHeader> {
+) -> Result<ReplyHeader, FrameError> {
     let cap = u32::try_from(output.len())
         .unwrap_or(u32::MAX)
         .min(MAX_OUTPUT);
     write_request(stream, code, input, cap)?;
-    let (h, bytes) = read_reply(stream)?;
+    let (h, bytes) = read_reply(stream, MAX_OUTPUT as usize)?;
     let n = bytes.len().min(output.len());
     if let (Some(dst), Some(src)) = (output.get_mut(..n), bytes.get(..n)) {
         dst.copy_from_slice(src);
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let f = encode_request(0x8A55_2000, &[1, 2, 3], 4096).unwrap();
+        assert_eq!(f.len(), REQUEST_HEADER_LEN + 3);
+        assert_eq!(&f[..4], &[0x49, 0x4F, 0x53, 0x56]); // "IOSV"
+        let (h, input) = read_request(&mut &f[..]).unwrap();
+        assert_eq!(
+            h,
+            RequestHeader {
+                code: 0x8A55_2000,
+                input_len: 3,
+                output_capacity: 4096
+            }
+        );
+        assert_eq!(input, [1, 2, 3]);
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let f = encode_reply(0, 1234, &[9; 7]);
+        let (h, out) = read_reply(&mut &f[..], 100).unwrap();
+        assert_eq!(
+            h,
+            ReplyHeader {
+                status: 0,
+                information: 1234,
+                output_len: 7
+            }
+        );
+        assert_eq!(out, [9; 7]);
+    }
+
+    #[test]
+    fn a_failed_reply_carries_no_output() {
+        let f = encode_reply(0xC000_0023, 1234, &[9; 7]);
+        let (h, out) = read_reply(&mut &f[..], 100).unwrap();
+        assert_eq!(
+            (h.status, h.information, h.output_len),
+            (0xC000_0023, 1234, 0)
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn truncated_reply_is_an_error_not_a_panic() {
+        let f = encode_reply(0, 8, &[1; 8]);
+        for cut in 0..f.len() {
+            let e = read_reply(&mut &f[..cut], 100).unwrap_err();
+            assert!(
+                matches!(e, FrameError::Truncated { got, expected } if got == cut && expected >= REPLY_HEADER_LEN),
+                "{cut}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_oversized_output_are_refused() {
+        let mut f = encode_reply(0, 0, &[]);
+        f[0] ^= 0xFF;
+        assert!(matches!(
+            read_reply(&mut &f[..], 10),
+            Err(FrameError::BadMagic(_))
+        ));
+        let f = encode_reply(0, 0, &[0; 11]);
+        assert!(matches!(
+            read_reply(&mut &f[..], 10),
+            Err(FrameError::TooLong { .. })
+        ));
+        assert!(matches!(
+            encode_request(1, &[], MAX_OUTPUT + 1),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn clean_close_between_requests_is_distinguished() {
+        assert!(matches!(
+            read_request(&mut &[][..]),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_request(&mut &[0x49][..]),
+            Err(FrameError::Truncated { got: 1, .. })
+        ));
+    }
 }

@@ -62,27 +62,22 @@
 //! let mut plan = Plan::new(0x1000, 8, &[slot], &hooks).unwrap();
 //! let memory = OneSlot(Cell::new(0x5555));
 //!
-//! // SAFETY: `memory` is the whole image, and it outlives the calls.
+//! // SAFETY: the plan's one slot (0x1000) is `memory`'s cell, which lives to the end of
+//! // the example; OneSlot's accessors touch only that cell, and the hook 0xC0 is never
+//! // called through it.
 //! let report = unsafe { plan.attach(&memory) };
 //! assert_eq!(report.outcomes()[0].outcome, Outcome::Patched { original: 0x5555 });
 //! assert_eq!(memory.0.get(), 0xC0);
-//! // SAFETY: as above.
+//! // SAFETY: the same live cell; detach writes back 0x5555, the value attach found there.
 //! let report = unsafe { plan.detach(&memory) };
 //! assert_eq!(report.outcomes()[0].outcome, Outcome::Restored { original: 0x5555 });
 //! assert_eq!(memory.0.get(), 0x5555);
 //! ```
 
-#![deny(
-    clippy::arithmetic_side_effects,
-    clippy::as_conversions,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::todo,
-    clippy::unimplemented,
-    clippy::unreachable,
-    clippy::unwrap_used
-)]
+// The crate's no-panic lints (driver/lib.rs) hold here as in all the kernel's non-test
+// code. This module computes slot addresses inside a live image, so it also refuses `as`
+// casts (a silent truncation is an out-of-bounds address); its tests allow them again.
+#![deny(clippy::as_conversions)]
 
 use core::fmt;
 
@@ -703,8 +698,10 @@ impl Plan {
             } else if is_unbound(current, self.image_size) {
                 Outcome::NotBound { found: current }
             } else {
-                // SAFETY: as above; the new value is the hook, which the caller
-                // guarantees is ready to be called.
+                // SAFETY: `address` is the slot just read: inside the image and
+                // pointer-aligned (checked in `new`), the image loaded at `image_base` for
+                // this call (this function's contract). The new value is `patch.hook`, a
+                // hook the caller guarantees ready to be called through the slot.
                 let exchanged =
                     unsafe { access.compare_exchange_slot(address, current, patch.hook) };
                 match exchanged {
@@ -803,10 +800,7 @@ pub fn system_routine_override(name: &[u16], hooks: &Hooks) -> Option<usize> {
 
 #[cfg(test)]
 #[allow(
-    clippy::arithmetic_side_effects,
     clippy::as_conversions,
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
     clippy::cast_sign_loss,
@@ -894,6 +888,22 @@ mod tests {
         }
     }
 
+    /// [`Plan::attach`] over the fake image.
+    fn attach(plan: &mut Plan, mem: &Fake) -> Report {
+        // SAFETY: `Fake`'s accessors are safe code over its own `words` (every address is
+        // bounds-checked by `Fake::index`, which panics rather than reach outside), so the
+        // "image" is `mem`, alive for the whole call; no hook is ever called through it.
+        unsafe { plan.attach(mem) }
+    }
+
+    /// [`Plan::detach`] over the fake image.
+    fn detach(plan: &mut Plan, mem: &Fake) -> Report {
+        // SAFETY: `Fake`'s accessors are safe code that touch only `mem.words`, through
+        // indices `Fake::index` bounds-checks; `mem` outlives the call, and detach writes
+        // back only values it read from those words at attach.
+        unsafe { plan.detach(mem) }
+    }
+
     fn slot(rva: u32, routine: HookedRoutine) -> IatSlot<'static> {
         IatSlot {
             rva,
@@ -926,8 +936,7 @@ mod tests {
         assert_eq!(plan.patches()[1].hook, HOOKS.unmap_io_space);
         assert!(!plan.is_attached());
 
-        // SAFETY: test memory stands in for the image.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert!(report.is_clean());
         assert_eq!(
             kinds(&report),
@@ -954,8 +963,7 @@ mod tests {
         assert!(plan.is_attached());
         assert_eq!(plan.patches()[0].original(), Some(REAL + 0x10));
 
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&mem) };
+        let report = detach(&mut plan, &mem);
         assert!(report.is_clean());
         assert_eq!(
             kinds(&report)[1],
@@ -966,8 +974,7 @@ mod tests {
         assert_eq!(*mem.words.borrow(), before);
         assert!(!plan.is_attached());
 
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&mem) };
+        let report = detach(&mut plan, &mem);
         assert_eq!(kinds(&report), [Outcome::NotAttached; 3]);
         assert_eq!(*mem.words.borrow(), before);
     }
@@ -976,19 +983,16 @@ mod tests {
     fn attach_is_idempotent() {
         let mem = Fake::new();
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
-        // SAFETY: test memory stands in for the image.
-        unsafe { plan.attach(&mem) };
+        attach(&mut plan, &mem);
         let writes = mem.writes.get();
-        // SAFETY: as above.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(kinds(&report), [Outcome::AlreadyAttached; 3]);
         assert_eq!(mem.writes.get(), writes);
         assert_eq!(plan.patches()[0].original(), Some(REAL + 0x10));
 
         // A second plan over the same image neither patches nor records our hook.
         let mut second = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
-        // SAFETY: as above.
-        let report = unsafe { second.attach(&mem) };
+        let report = attach(&mut second, &mem);
         assert!(report.is_clean());
         assert_eq!(
             kinds(&report)[0],
@@ -998,14 +1002,12 @@ mod tests {
         );
         assert!(!second.is_attached());
         assert_eq!(mem.writes.get(), writes);
-        // SAFETY: as above.
-        let report = unsafe { second.detach(&mem) };
+        let report = detach(&mut second, &mem);
         assert_eq!(kinds(&report), [Outcome::NotAttached; 3]);
         assert_eq!(mem.get(0x10), HOOKS.map_io_space);
 
         // The first plan still restores the real originals.
-        // SAFETY: as above.
-        unsafe { plan.detach(&mem) };
+        detach(&mut plan, &mem);
         assert_eq!(mem.get(0x10), REAL + 0x10);
     }
 
@@ -1014,8 +1016,7 @@ mod tests {
         let mem = Fake::new();
         mem.set(0x10, HOOKS.unmap_io_space);
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
-        // SAFETY: test memory stands in for the image.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(
             kinds(&report)[0],
             Outcome::AlreadyHooked {
@@ -1035,8 +1036,7 @@ mod tests {
         mem.set(0x40, 0);
         let before = mem.words.borrow().clone();
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
-        // SAFETY: test memory stands in for the image.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(
             kinds(&report),
             [
@@ -1060,18 +1060,15 @@ mod tests {
     fn detach_refuses_a_changed_slot() {
         let mem = Fake::new();
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
-        // SAFETY: test memory stands in for the image.
-        unsafe { plan.attach(&mem) };
+        attach(&mut plan, &mem);
         let other = 0xFFFF_F808_DEAD_0000;
         mem.set(0x18, other);
 
-        // SAFETY: as above.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(kinds(&report)[1], Outcome::Changed { found: other });
         assert_eq!(report.errors(), 1);
 
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&mem) };
+        let report = detach(&mut plan, &mem);
         assert_eq!(report.errors(), 1);
         assert_eq!(
             kinds(&report),
@@ -1092,8 +1089,7 @@ mod tests {
 
         // Once our hook is back, a later detach restores it.
         mem.set(0x18, HOOKS.unmap_io_space);
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&mem) };
+        let report = detach(&mut plan, &mem);
         assert_eq!(
             kinds(&report),
             [
@@ -1112,39 +1108,33 @@ mod tests {
         let mem = Fake::new();
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
         mem.interfere.set(Some(0x1234));
-        // SAFETY: test memory stands in for the image.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(kinds(&report)[0], Outcome::Raced { found: 0x1234 });
         assert!(matches!(kinds(&report)[1], Outcome::Patched { .. }));
         assert_eq!(mem.get(0x10), 0x1234);
         assert!(!plan.patches()[0].is_attached());
 
         // A retry picks the new value up as the original.
-        // SAFETY: as above.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(kinds(&report)[0], Outcome::Patched { original: 0x1234 });
 
         let mem = Fake::new();
         let before = mem.words.borrow().clone();
         let mut plan = Plan::new(BASE, SIZE, &three(), &HOOKS).unwrap();
         mem.fail.set(true);
-        // SAFETY: as above.
-        let report = unsafe { plan.attach(&mem) };
+        let report = attach(&mut plan, &mem);
         assert_eq!(kinds(&report), [Outcome::WriteFailed; 3]);
         assert!(!plan.is_attached());
         assert_eq!(*mem.words.borrow(), before);
 
         mem.fail.set(false);
-        // SAFETY: as above.
-        unsafe { plan.attach(&mem) };
+        attach(&mut plan, &mem);
         mem.fail.set(true);
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&mem) };
+        let report = detach(&mut plan, &mem);
         assert_eq!(kinds(&report), [Outcome::WriteFailed; 3]);
         assert!(plan.is_attached());
         mem.fail.set(false);
-        // SAFETY: as above.
-        assert!(unsafe { plan.detach(&mem) }.is_clean());
+        assert!(detach(&mut plan, &mem).is_clean());
         assert_eq!(*mem.words.borrow(), before);
     }
 

@@ -20,6 +20,8 @@
 //!
 //! Memory: `(8 × W + 16)` bytes per record slot (488 B for [`ViolationRecord`]).
 
+#![forbid(unsafe_code)]
+
 use crate::protocol::ViolationRecord;
 use crate::sync::{fence, try_boxed_slice, AtomicU64, Ordering, OutOfMemory};
 use alloc::boxed::Box;

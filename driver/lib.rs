@@ -10,6 +10,11 @@
 //! See `design.md` in the project's shared material for the data flow and the rules of
 //! conduct every hook path obeys (no locks, no allocation, no waiting on another hook).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+// The kernel's no-panic lints: a panic in a hook is a bug check. They are crate-level here,
+// not in `[workspace.lints]` (Cargo.toml), because they hold on this crate's non-test code
+// only: a `[lints]` table reaches every target of every member, and unit tests,
+// integration tests, benches and the client's tests unwrap by design. Everything else is
+// in `[workspace.lints]`; driver/pe.rs and driver/intercept.rs add `as_conversions`.
 #![cfg_attr(
     not(test),
     deny(
@@ -32,7 +37,7 @@ extern crate alloc;
 pub mod config;
 pub mod control;
 pub mod drivers;
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 pub mod frame;
 pub mod intercept;
 pub mod journal;

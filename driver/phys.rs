@@ -9,6 +9,8 @@
 //! per-class "huge" counter that every check consults. Counters are plain atomic
 //! increments: nothing waits.
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{try_boxed_slice, AtomicU32, Ordering, OutOfMemory};
 use alloc::boxed::Box;
 

@@ -8,6 +8,8 @@
 //! zerocopy's traits, so they are read from and written to byte buffers without a
 //! hand-written transmute; their sizes are pinned by compile-time assertions below.
 
+#![forbid(unsafe_code)]
+
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this protocol. A request with another version gets

@@ -2,6 +2,8 @@
 //! requirement is documented. The engine, the client's SARIF/JUnit output and the docs all
 //! read this one table.
 
+#![forbid(unsafe_code)]
+
 /// A rule's stable identity (`IOSV001`..`IOSV014`); the discriminant is the rule number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]

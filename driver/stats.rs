@@ -3,6 +3,8 @@
 //! interrupted mid-increment by a higher-IRQL hook on the same row is still correct,
 //! because the increment is one atomic instruction.
 
+#![forbid(unsafe_code)]
+
 use crate::drivers::{DriverId, MAX_DRIVERS};
 use crate::rules::RULE_COUNT;
 use crate::sync::{try_boxed_slice, AtomicU64, Ordering, OutOfMemory};

@@ -1,7 +1,10 @@
 //! Atomics used by the lock-free structures, swapped for loom's under `cfg(loom)`.
 //!
 //! Every lock-free module imports its atomics from here, so the loom models in
-//! `tests/loom_*.rs` (run with `RUSTFLAGS="--cfg loom"`) check the very code the driver runs.
+//! `driver/tests/loom.rs` (`RUSTFLAGS="--cfg loom" cargo test -p iosv --test loom --release`,
+//! as scripts/test runs them) check the very code the driver runs.
+
+#![forbid(unsafe_code)]
 
 #[cfg(loom)]
 pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};

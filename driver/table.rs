@@ -32,6 +32,8 @@
 //! capacity × 4/3 rounded up to a whole bucket, so ≈ 75 B per mapping of capacity without
 //! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi).
 
+#![forbid(unsafe_code)]
+
 mod graveyard;
 mod untracked;
 
@@ -389,8 +391,10 @@ impl Table {
             .is_some_and(|o| o.load(Ordering::Acquire) != 0)
     }
 
-    /// Finds the slot holding `base` in state `state` (LIVE or BUSY), following overflow
-    /// counts. Returns the slot index and its bucket distance from home.
+    /// Finds the live entry for `base`, following overflow counts: its slot index and
+    /// bucket distance from home. With no live entry, `Busy` if `want_busy_too` and a
+    /// BUSY key for `base` was seen on the way (an owner is writing or removing it), else
+    /// `None`.
     fn find(&self, base: u64, want_busy_too: bool) -> Found {
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);

@@ -8,6 +8,8 @@
 //! driver events and control requests run at PASSIVE_LEVEL and serialise on one spin lock
 //! taken at DISPATCH_LEVEL ([`IrqlLock`]).
 
+#![forbid(unsafe_code)]
+
 pub use crate::config::StartParams;
 use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
@@ -55,19 +57,6 @@ impl<T> IrqlLock<T> {
     }
 }
 
-/// PnP state of a device, as the filter saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceState {
-    /// START_DEVICE seen, not completed.
-    Starting,
-    /// Started.
-    Started,
-    /// STOP_DEVICE completed.
-    Stopped,
-    /// SURPRISE_REMOVAL completed.
-    SurpriseRemoved,
-}
-
 /// A PnP event of a device in a target driver's stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceEvent {
@@ -79,7 +68,7 @@ pub enum DeviceEvent {
     Stopped,
     /// IRP_MN_SURPRISE_REMOVAL completed: IOSV008.
     SurpriseRemoved,
-    /// IRP_MN_REMOVE_DEVICE completed: IOSV008; the device is forgotten.
+    /// IRP_MN_REMOVE_DEVICE completed: IOSV008 for mappings still live.
     Removed,
 }
 
@@ -87,8 +76,6 @@ pub enum DeviceEvent {
 pub struct ControlState {
     /// Drivers to hook when they load.
     pub targets: Targets,
-    /// Devices seen by the filter, with their driver and state.
-    pub devices: hashbrown::HashMap<u64, (DriverId, DeviceState)>,
 }
 
 /// Who, where and when of one intercepted call.
@@ -137,7 +124,6 @@ impl<P: Platform> Verifier<P> {
             settings: Settings::new(params.max_stack_depth),
             control: IrqlLock::new(ControlState {
                 targets: Targets::default(),
-                devices: hashbrown::HashMap::new(),
             }),
             platform,
             params,
@@ -792,23 +778,6 @@ impl<P: Platform> Verifier<P> {
     /// A PnP event of `device`, whose function driver is `driver`.
     pub fn device_event(&self, driver: DriverId, device: u64, event: DeviceEvent) {
         let thread = self.platform.current_thread_id();
-        self.with_control(|c| {
-            let state = match event {
-                DeviceEvent::StartBegin => Some(DeviceState::Starting),
-                DeviceEvent::StartEnd => Some(DeviceState::Started),
-                DeviceEvent::Stopped => Some(DeviceState::Stopped),
-                DeviceEvent::SurpriseRemoved => Some(DeviceState::SurpriseRemoved),
-                DeviceEvent::Removed => None,
-            };
-            match state {
-                Some(s) => {
-                    c.devices.insert(device, (driver, s));
-                }
-                None => {
-                    c.devices.remove(&device);
-                }
-            }
-        });
         match event {
             DeviceEvent::StartBegin => {
                 self.drivers.start_begin(driver, device, thread);

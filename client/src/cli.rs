@@ -1,5 +1,7 @@
 //! The `iosvctl` command line (clap): every command and flag, with the help text users
-//! read. What each command does is in [`crate::app`].
+//! read. Ranges and defaults of the engine's sizes come from the engine ([`SizeParam`],
+//! [`StartParams`], [`MAX_TARGETS`]), not copies. What each command does is in
+//! [`crate::cmd`].
 
 use crate::output::Format;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -350,13 +352,7 @@ impl Settings {
         if let Some(d) = self.stack_depth {
             b.stack_depth = d;
         }
-        let count = (b.target_count as usize).min(MAX_TARGETS);
-        let mut targets: Vec<String> = b
-            .targets
-            .iter()
-            .take(count)
-            .map(crate::model::name)
-            .collect();
+        let mut targets = crate::model::target_names(b);
         if self.clear_targets {
             targets.clear();
         }
@@ -406,9 +402,12 @@ pub struct InfArgs {
     #[arg(long = "hwid", value_name = "ID")]
     pub hwids: Vec<String>,
 
-    /// Image name of a driver iosv hooks when it loads (repeat for more, up to 16), e.g.
-    /// nic.sys: usually the filtered device's function driver.
-    #[arg(long = "target", value_name = "NAME")]
+    /// Image name of a driver iosv hooks when it loads (repeat for more, up to
+    /// [`MAX_TARGETS`]), e.g. nic.sys: usually the filtered device's function driver.
+    #[arg(long = "target", value_name = "NAME", help = format!(
+        "Image name of a driver iosv hooks when it loads (repeat for more, up to {MAX_TARGETS}), \
+         e.g. nic.sys: usually the filtered device's function driver"
+    ))]
     pub targets: Vec<String>,
 
     /// Write the INF here instead of standard output.
@@ -436,19 +435,38 @@ pub struct ClearArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Host sizes (default: the scenario's [host] table, else these)")]
 pub struct HostParams {
-    /// Live mappings the table can hold, 16..=16777216 [default: 65536].
-    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    /// Live mappings the table can hold ([`SizeParam::Capacity`]).
+    #[arg(long, value_name = "N", value_parser = parse_u64, help = size_help(
+        SizeParam::Capacity,
+        "Live mappings the table can hold"
+    ))]
     pub capacity: Option<u64>,
-    /// Violation records the journal holds before the oldest is overwritten,
-    /// 1..=1048576 [default: 4096].
-    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    /// Violation records the journal holds ([`SizeParam::JournalRecords`]).
+    #[arg(long, value_name = "N", value_parser = parse_u64, help = size_help(
+        SizeParam::JournalRecords,
+        "Violation records the journal holds before the oldest is overwritten"
+    ))]
     pub journal_records: Option<u64>,
-    /// Stack frames allocated per mapping and per record, 0..=16 [default: 8].
-    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    /// Stack frames allocated per mapping and per record ([`SizeParam::MaxStackDepth`]).
+    #[arg(long, value_name = "N", value_parser = parse_u64, help = size_help(
+        SizeParam::MaxStackDepth,
+        "Stack frames allocated per mapping and per record"
+    ))]
     pub max_stack_depth: Option<u64>,
-    /// Recent unmaps remembered for double-unmap detection, 1..=1048576 [default: 16384].
-    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    /// Recent unmaps remembered for double-unmap detection ([`SizeParam::Graveyard`]).
+    #[arg(long, value_name = "N", value_parser = parse_u64, help = size_help(
+        SizeParam::Graveyard,
+        "Recent unmaps remembered for double-unmap detection"
+    ))]
     pub graveyard_size: Option<u64>,
+}
+
+/// The help of a host size flag: `what`, then the range iosv supports and its default,
+/// both from the engine ([`SizeParam::range`], [`StartParams::default`]).
+fn size_help(p: SizeParam, what: &str) -> String {
+    let (lo, hi) = p.range();
+    let default = StartParams::default().get(p);
+    format!("{what}, {lo}..={hi} [default: {default}]")
 }
 
 impl HostParams {
@@ -491,9 +509,12 @@ impl HostParams {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Run")]
 pub struct RunArgs {
-    /// OS threads of every stress phase of the scenario, 1..=16 (each thread owns a hooked
-    /// driver, and iosv hooks at most 16; default: the scenario's).
-    #[arg(long, value_name = "N")]
+    /// OS threads of every stress phase of the scenario, 1..=[`MAX_TARGETS`] (each thread
+    /// owns a hooked driver; default: the scenario's).
+    #[arg(long, value_name = "N", help = format!(
+        "OS threads of every stress phase of the scenario, 1..={MAX_TARGETS} (each thread owns \
+         a hooked driver, and iosv hooks at most {MAX_TARGETS}; default: the scenario's)"
+    ))]
     pub threads: Option<usize>,
     /// Seed of the scenario and its stress phases, to replay or vary a run (default: the
     /// scenario's).

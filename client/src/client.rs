@@ -15,7 +15,7 @@ pub const VIOLATIONS_PER_CALL: u32 = 256;
 /// Records asked for per LIST_MAPPINGS call.
 pub const MAPPINGS_PER_CALL: u32 = 512;
 /// The largest output buffer the client grows to.
-pub const MAX_OUTPUT: usize = crate::transport::frame::MAX_OUTPUT;
+pub const MAX_OUTPUT: usize = iosv::frame::MAX_OUTPUT as usize;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

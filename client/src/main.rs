@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // `iosvctl run` re-executes iosvctl as its child, the simulated machine.
     #[cfg(feature = "host")]
-    if let Some(code) = iosv_client::app::run::child_if_requested() {
+    if let Some(code) = iosv_client::cmd::run::child_if_requested() {
         return code;
     }
     let cli = match iosv_client::cli::Cli::try_parse() {

@@ -13,6 +13,15 @@ pub fn name(n: &[u8; NAME_LEN]) -> String {
     text(n)
 }
 
+/// The names of a configuration block's targets (the first `target_count` slots).
+pub fn target_names(b: &iosv::protocol::ConfigBlock) -> Vec<String> {
+    b.targets
+        .iter()
+        .take(b.target_count as usize)
+        .map(name)
+        .collect()
+}
+
 /// NUL-padded ASCII bytes as text, up to the first NUL; other bytes that are not
 /// printable ASCII are escaped.
 pub fn text(b: &[u8]) -> String {

@@ -1,7 +1,7 @@
 //! Test doubles: a [`FakePlatform`] under a real engine behind a [`EngineTransport`] (real
 //! replies from `iosv::control`), and a [`Scripted`] transport that answers what it is told.
 
-use crate::transport::{RawReply, Transport, TransportError};
+use crate::transport::{CallResult, RawReply, Transport, TransportError};
 use iosv::platform::{BugCheck, Irql, Platform, PlatformError};
 use iosv::verifier::{DeviceEvent, Verifier};
 use iosv::{Caller, StartParams};
@@ -173,25 +173,10 @@ impl Engine {
 pub struct EngineTransport(pub Arc<Engine>);
 
 impl Transport for EngineTransport {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         let mut out = vec![0u8; output_capacity];
         let r = iosv::control::control(&self.0.v, code, input, &mut out);
-        let n = if r.status == iosv::protocol::Status::Success {
-            r.information.min(output_capacity)
-        } else {
-            0
-        };
-        out.truncate(n);
-        Ok(RawReply {
-            status: r.status as u32,
-            information: r.information as u64,
-            output: out,
-        })
+        Ok(RawReply::from_control(r, out))
     }
     fn describe(&self) -> String {
         "fake engine".to_string()
@@ -208,12 +193,7 @@ pub struct Scripted {
 }
 
 impl Transport for Scripted {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         self.calls.push((code, input.len(), output_capacity));
         self.replies
             .pop_front()
@@ -222,4 +202,52 @@ impl Transport for Scripted {
     fn describe(&self) -> String {
         "script".to_string()
     }
+}
+
+/// Runs `iosvctl ARGS` against `e`: the command's result and what it wrote to stdout.
+pub fn run_on(e: &Arc<Engine>, args: &[&str]) -> (crate::error::AppResult, String) {
+    use clap::Parser;
+    let mut argv = vec!["iosvctl"];
+    argv.extend_from_slice(args);
+    let cli = crate::cli::Cli::try_parse_from(argv).expect("args");
+    let mut c = crate::client::Client::connect(EngineTransport(e.clone())).expect("connect");
+    let mut out = Vec::new();
+    let r = crate::app::run_with(&cli, &mut c, &mut out);
+    (r, String::from_utf8(out).expect("utf-8"))
+}
+
+/// [`run_on`] with the arguments of a command line (split at white space).
+pub fn run_line(e: &Arc<Engine>, line: &str) -> (crate::error::AppResult, String) {
+    run_on(e, &line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// Two live mappings: nic.sys started device 0xffffc000_00001000 and mapped 0x2000 bytes
+/// for it; gpu.sys mapped 0x1000 bytes cached.
+pub fn two_mappings() -> Arc<Engine> {
+    let e = Engine::new();
+    e.nic_start(0xffffc000_00001000, 0xfe00_0000, 0x2000);
+    e.map(true, 0xfd00_0000, 0x1000, 1);
+    e
+}
+
+/// IOSV001 and IOSV004 by nic.sys, IOSV010 (a warning) by gpu.sys, IOSV002 at DIRQL 5.
+pub fn buggy() -> Arc<Engine> {
+    let e = Engine::new();
+    let b = e.nic_map(0xfe00_0000, 0x1000);
+    e.unmap(false, b, 0x800);
+    e.unmap(false, 0xdead_0000, 0x1000);
+    e.nic_map(0xfc00_0000, 0x1000);
+    e.map(true, 0xfc00_0000, 0x1000, 1);
+    let b = e.nic_map(0xfb00_0000, 0x1000);
+    e.set_irql(5);
+    e.unmap(false, b, 0x1000);
+    e.set_irql(0);
+    e
+}
+
+/// Each line of `s` as JSON.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }

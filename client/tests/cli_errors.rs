@@ -5,7 +5,7 @@
 mod common;
 
 use common::{iosvctl, parts};
-use iosv_client::transport::frame;
+use iosv::frame;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 

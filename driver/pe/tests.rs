@@ -2,12 +2,7 @@
 //! run under miri too.
 
 #![allow(
-    clippy::arithmetic_side_effects,
     clippy::as_conversions,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::unwrap_used,
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
     clippy::cast_sign_loss,

@@ -196,7 +196,9 @@ impl Platform for WindowsPlatform {
         let pa = PHYSICAL_ADDRESS {
             QuadPart: physical as i64,
         };
-        // SAFETY: as for mm_map_io_space.
+        // SAFETY: iosv's own import of MmMapIoSpaceEx is never patched (plans are built for
+        // target images only), so this is the real routine; the arguments are the
+        // caller's, passed through unchanged, and Mm validates them itself.
         let base = unsafe { MmMapIoSpaceEx(pa, size as SIZE_T, protect) };
         base as usize as u64
     }
@@ -255,6 +257,7 @@ fn lower_to(level: u8) {
 
 #[cfg(target_arch = "aarch64")]
 fn lower_to(level: u8) {
-    // SAFETY: as above.
+    // SAFETY: only called with a level below the current IRQL that an earlier raise
+    // returned (KfLowerIrql's contract, as KeLowerIrql's on x64).
     unsafe { wdk_sys::ntddk::KfLowerIrql(level) }
 }

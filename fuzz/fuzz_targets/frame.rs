@@ -1,5 +1,5 @@
-//! Fuzz target `frame`: the host endpoint's frame decoders, server and client side
-//! (body: `iosv_tests::fuzz::frame`).
+//! Fuzz target `frame`: the host endpoint's frame codec `iosv::frame`, used by the server
+//! and the client alike (body: `iosv_tests::fuzz::frame`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -31,9 +31,11 @@ extern "C" {
 // The precompiled `core` for this target carries unwind tables naming the MSVC C++
 // personality routine, and float code references `_fltused`; the WDK's kernel CRT
 // (libcntpr.lib) supplies both in a real build. Here: stand-ins (panic=abort: never called).
+/// Referenced by float code; the kernel CRT defines it in a real build.
 #[no_mangle]
 pub static _fltused: i32 = 0;
 
+/// The MSVC C++ personality routine `core`'s unwind tables name (never called: panic=abort).
 #[no_mangle]
 pub extern "C" fn __CxxFrameHandler3() -> i32 {
     1 // ExceptionContinueSearch
@@ -130,6 +132,7 @@ static KEEP2: (
     unsafe extern "C" fn(),
 ) = (memset, memcmp, strlen, __chkstk);
 
+/// The image's entry point: one map/unmap pair and one HELLO through the core.
 #[export_name = "DriverEntry"]
 pub extern "system" fn driver_entry(_driver: *mut u8, _registry: *const u8) -> i32 {
     let Ok(v) = Verifier::new(KernelStandIn, StartParams::default()) else {

@@ -111,11 +111,11 @@ pub fn control(data: &[u8]) {
     }
 }
 
-// ---- frame: the host endpoint's frame decoders (server and client side) -------------
+// ---- frame: the host endpoint's frame codec (iosv::frame, both sides) ---------------
 
-/// Arbitrary bytes as a request header, a reply frame (host and client readers) and a
-/// request frame (client reader). Whatever decodes is within the limits and encodes back
-/// to the same bytes.
+/// Arbitrary bytes as a request header, a reply frame (read with the largest capacity and
+/// with a small one) and a request frame. Whatever decodes is within the limits and
+/// encodes back to the same bytes.
 pub fn frame(data: &[u8]) {
     use iosv::frame as f;
     if let Some(head) = data.first_chunk::<{ f::REQUEST_HEADER_LEN }>() {
@@ -130,22 +130,18 @@ pub fn frame(data: &[u8]) {
             assert_eq!(&f::encode_reply_header(&h), head);
         }
     }
-    if let Ok((h, out)) = f::read_reply(&mut std::io::Cursor::new(data)) {
+    if let Ok((h, out)) = f::read_reply(&mut std::io::Cursor::new(data), f::MAX_OUTPUT as usize) {
         assert_eq!(out.len(), h.output_len as usize);
     }
     let cap = data.get(4).map_or(0, |b| usize::from(*b) * 64);
-    if let Ok((_, out)) =
-        iosv_client::transport::frame::read_reply(&mut std::io::Cursor::new(data), cap)
-    {
+    if let Ok((_, out)) = f::read_reply(&mut std::io::Cursor::new(data), cap) {
         assert!(
             out.len() <= cap,
             "{} bytes for a {cap}-byte buffer",
             out.len()
         );
     }
-    if let Ok((h, input)) =
-        iosv_client::transport::frame::read_request(&mut std::io::Cursor::new(data))
-    {
+    if let Ok((h, input)) = f::read_request(&mut std::io::Cursor::new(data)) {
         assert_eq!(input.len(), h.input_len as usize);
     }
 }
@@ -335,10 +331,15 @@ pub fn pe(image: &[u8]) {
         let memory = Memory {
             bytes: RefCell::new(pe.bytes().to_vec()),
         };
-        // SAFETY: `memory` stands in for the image at `BASE`; it checks every access.
+        // SAFETY: `Memory`'s accessors are safe code over `memory.bytes` (the image's bytes
+        // at `BASE`): `Memory::offset` asserts every address lies inside them and is
+        // aligned, so nothing else is read or written; `memory` outlives the call, and no
+        // hook is called through it.
         let attached = unsafe { plan.attach(&memory) };
         assert_eq!(attached.outcomes().len(), plan.patches().len());
-        // SAFETY: as above.
+        // SAFETY: the same `memory`, still alive; its accessors touch only `memory.bytes`
+        // at offsets `Memory::offset` checks, and detach writes back only values attach
+        // read there.
         let detached = unsafe { plan.detach(&memory) };
         assert_eq!(detached.outcomes().len(), plan.patches().len());
         if attached.is_clean() && detached.is_clean() {

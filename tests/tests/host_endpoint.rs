@@ -209,7 +209,7 @@ fn frames_that_break_the_limits_are_refused_and_closed() {
     let mut s = connect(&path);
     let big = vec![0u8; MAX_INPUT as usize];
     endpoint::write_request(&mut s, IOCTL_HELLO, &big, MAX_OUTPUT).unwrap();
-    let (h, out) = read_reply(&mut s).unwrap();
+    let (h, out) = read_reply(&mut s, MAX_OUTPUT as usize).unwrap();
     assert_eq!(h.status, iosv::protocol::Status::InputTooLong as u32);
     assert!(out.is_empty());
     // Output too small: the size needed comes back in `information`, no bytes.
@@ -319,7 +319,7 @@ fn reply_memory_is_sized_by_what_is_produced() {
             MAX_OUTPUT,
         )
         .unwrap();
-        let (h, _) = read_reply(&mut s).unwrap();
+        let (h, _) = read_reply(&mut s, MAX_OUTPUT as usize).unwrap();
         assert_eq!(h.status, 0);
         conns.push(s); // held open
     }
@@ -494,7 +494,8 @@ fn the_socket_is_never_open_to_others_even_under_umask_000() {
     }
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
-    // SAFETY: as above.
+    // SAFETY: umask(2) has no preconditions and cannot fail; this puts back the mask saved
+    // before the loop (`old`).
     unsafe { libc::umask(old) };
     assert!(
         !seen_bad.load(Ordering::Relaxed),

@@ -13,7 +13,10 @@
 
 use std::cell::RefCell;
 
-use iosv::intercept::{Hooks, Outcome, Plan, PlanError, SlotAccess, SlotWriteError};
+use iosv::intercept::{
+    is_bound_value, Hooks, Outcome, Plan, PlanError, Report, SiteRefusal, SlotAccess,
+    SlotWriteError,
+};
 use iosv::pe::{
     Directory, ExportTarget, HookedRoutine, IatSlot, OrdinalResolver, PeError, PeImage,
     RoutineOrdinals, Structure, MACHINE_AMD64,
@@ -173,6 +176,36 @@ impl Memory {
         assert!(at + 8 <= bytes.len(), "{address:#x} past the image");
         assert_eq!(at % 8, 0, "misaligned slot {address:#x}");
         u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize
+    }
+}
+
+impl Memory {
+    /// [`Plan::attach`] over this memory.
+    fn attach(&self, plan: &mut Plan) -> Report {
+        // SAFETY: `Memory`'s accessors are safe code over `self.bytes`: `word` asserts that
+        // every address lies inside them and is aligned, so nothing outside the vector is
+        // read or written; `self` outlives the call, and no hook is called through it.
+        unsafe { plan.attach(self) }
+    }
+
+    /// [`Plan::detach`] over this memory.
+    fn detach(&self, plan: &mut Plan) -> Report {
+        // SAFETY: `Memory`'s accessors are safe code that touch only `self.bytes`, at
+        // addresses `word` bounds- and alignment-checks; `self` outlives the call.
+        unsafe { plan.detach(self) }
+    }
+
+    /// [`Plan::check_sites`] over this memory, with `resident` for every slot's page.
+    fn check_sites(
+        &self,
+        plan: &Plan,
+        pe: &PeImage<'_>,
+        resident: bool,
+    ) -> Result<(), SiteRefusal> {
+        // SAFETY: check_sites only reads slots through `Memory::read_slot`, safe code over
+        // `self.bytes` whose addresses `word` bounds- and alignment-checks; `self` outlives
+        // the call.
+        unsafe { plan.check_sites(pe, self, |_| resident, is_bound_value) }
     }
 }
 
@@ -520,8 +553,7 @@ fn attach_and_detach_on_loaded_fixtures() {
             base,
             bytes: RefCell::new(loaded.bytes.clone()),
         };
-        // SAFETY: `memory` stands in for the image at `base`.
-        let report = unsafe { plan.attach(&memory) };
+        let report = memory.attach(&mut plan);
         for (patch, outcome) in plan.patches().iter().zip(report.outcomes()) {
             if patch.delay_load {
                 assert!(matches!(outcome.outcome, Outcome::Patched { .. }), "{name}");
@@ -533,8 +565,7 @@ fn attach_and_detach_on_loaded_fixtures() {
                 assert!(!patch.is_attached());
             }
         }
-        // SAFETY: as above.
-        assert!(unsafe { plan.detach(&memory) }.is_clean());
+        assert!(memory.detach(&mut plan).is_clean());
         assert_eq!(*memory.bytes.borrow(), loaded.bytes, "{name}");
 
         bind(&mut loaded, file);
@@ -548,8 +579,7 @@ fn attach_and_detach_on_loaded_fixtures() {
             base,
             bytes: RefCell::new(loaded.bytes.clone()),
         };
-        // SAFETY: `memory` stands in for the image at `base`.
-        let report = unsafe { plan.attach(&memory) };
+        let report = memory.attach(&mut plan);
         assert!(report.is_clean(), "{name}: {report:?}");
         for (patch, outcome) in plan.patches().iter().zip(report.outcomes()) {
             let at = patch.address - base;
@@ -580,15 +610,13 @@ fn attach_and_detach_on_loaded_fixtures() {
         let patched = memory.bytes.borrow().clone();
         assert_eq!(found_slots(&patched), found_slots(&pristine), "{name}");
 
-        // SAFETY: as above.
-        let again = unsafe { plan.attach(&memory) };
+        let again = memory.attach(&mut plan);
         assert!(again
             .outcomes()
             .iter()
             .all(|o| o.outcome == Outcome::AlreadyAttached));
 
-        // SAFETY: as above.
-        let report = unsafe { plan.detach(&memory) };
+        let report = memory.detach(&mut plan);
         assert!(report.is_clean(), "{name}: {report:?}");
         assert_eq!(
             *memory.bytes.borrow(),
@@ -610,14 +638,12 @@ fn detach_refuses_a_slot_someone_else_changed() {
         base,
         bytes: RefCell::new(loaded.bytes.clone()),
     };
-    // SAFETY: `memory` stands in for the image at `base`.
-    unsafe { plan.attach(&memory) };
+    memory.attach(&mut plan);
     let victim = plan.patches()[1];
     let at = victim.address - base;
     memory.bytes.borrow_mut()[at..at + 8].copy_from_slice(&0x1122_3344u64.to_le_bytes());
 
-    // SAFETY: as above.
-    let report = unsafe { plan.detach(&memory) };
+    let report = memory.detach(&mut plan);
     assert_eq!(report.errors(), 1);
     assert_eq!(
         report.outcomes()[1].outcome,
@@ -925,7 +951,6 @@ fn looping_thunks_are_bounded() {
 
 #[test]
 fn slots_are_checked_before_anything_is_written() {
-    use iosv::intercept::{is_bound_value, SiteRefusal};
     for (name, want) in [
         ("maps_by_name", Ok(())),
         ("iat_in_text", Err(SiteRefusal::ExecutableSection)),
@@ -945,17 +970,13 @@ fn slots_are_checked_before_anything_is_written() {
             base,
             bytes: RefCell::new(loaded.bytes.clone()),
         };
-        // SAFETY: `memory` is the whole loaded image.
-        let got = unsafe { plan.check_sites(&pe, &memory, |_| true, is_bound_value) };
+        let got = memory.check_sites(&plan, &pe, true);
         assert_eq!(got, want, "{name}");
         if want.is_ok() {
             // The same slots before the loader bound them, or with a page not resident.
-            // SAFETY: as above.
-            let unbound =
-                unsafe { plan.check_sites(&pe, &unbound_memory, |_| true, is_bound_value) };
+            let unbound = unbound_memory.check_sites(&plan, &pe, true);
             assert_eq!(unbound, Err(SiteRefusal::Unbound), "{name}");
-            // SAFETY: as above.
-            let absent = unsafe { plan.check_sites(&pe, &memory, |_| false, is_bound_value) };
+            let absent = memory.check_sites(&plan, &pe, false);
             assert_eq!(absent, Err(SiteRefusal::NotResident), "{name}");
         }
         // A refusal writes nothing.

@@ -90,7 +90,7 @@ fn soak() {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(rounds);
         let s = Scenario::parse(
-            &text.replace("\nseed = 42\n", &format!("\nseed = {seed}\n")),
+            &text.replace("\nseed = 42\n", &format!("\nseed = \"0x{seed:x}\"\n")),
             &format!("stress.toml (seed {seed})"),
         )
         .expect("parses");

@@ -445,12 +445,7 @@ pub fn config(b: &ConfigBlock) -> String {
         }
     );
     let _ = writeln!(s, "stack depth   {}", b.stack_depth);
-    let targets: Vec<String> = b
-        .targets
-        .iter()
-        .take(b.target_count as usize)
-        .map(model::name)
-        .collect();
+    let targets = model::target_names(b);
     let _ = writeln!(
         s,
         "targets       {}",

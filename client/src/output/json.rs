@@ -201,12 +201,7 @@ pub fn config(b: &ConfigBlock) -> Value {
             )
         })
         .collect();
-    let targets: Vec<String> = b
-        .targets
-        .iter()
-        .take(b.target_count as usize)
-        .map(model::name)
-        .collect();
+    let targets = model::target_names(b);
     json!({
         "kind": "config",
         "containment": b.flags & CF_CONTAINMENT != 0,

@@ -1,9 +1,15 @@
-//! Output formats: [`human`] tables, [`json`] lines, [`sarif`] 2.1.0 and [`junit`] XML.
+//! Output: the formats — [`human`] tables, [`json`] lines, [`sarif`] 2.1.0 and [`junit`]
+//! XML — the [`sink`] that sends violations to one of them as they are read, and the
+//! [`tally`] of what was seen.
 
 pub mod human;
 pub mod json;
 pub mod junit;
 pub mod sarif;
+pub mod sink;
+pub mod tally;
+
+pub use tally::{BySeverity, Tally};
 
 /// How `iosvctl` prints its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,71 +22,4 @@ pub enum Format {
     Sarif,
     /// One JUnit XML report, a test case per rule and driver (`violations`, `lab`).
     Junit,
-}
-
-use crate::model::Violation;
-use iosv::rules::Severity;
-use std::collections::BTreeMap;
-
-/// Violations counted per severity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BySeverity {
-    /// Errors.
-    pub error: u64,
-    /// Warnings.
-    pub warning: u64,
-    /// Notes.
-    pub note: u64,
-}
-
-impl BySeverity {
-    /// Counts one of `sev`.
-    pub fn add(&mut self, sev: Severity) {
-        match sev {
-            Severity::Error => self.error += 1,
-            Severity::Warning => self.warning += 1,
-            Severity::Note => self.note += 1,
-        }
-    }
-
-    /// How many are at or above `threshold`.
-    pub fn at_least(&self, threshold: Severity) -> u64 {
-        match threshold {
-            Severity::Error => self.error,
-            Severity::Warning => self.error + self.warning,
-            Severity::Note => self.error + self.warning + self.note,
-        }
-    }
-}
-
-/// Violation counts per rule, per driver and per severity, for summaries.
-#[derive(Debug, Clone, Default)]
-pub struct Tally {
-    /// Violations counted.
-    pub total: u64,
-    /// Per severity.
-    pub by_severity: BySeverity,
-    /// Per rule: (code, name, severity) → count.
-    pub by_rule: BTreeMap<(String, &'static str, Severity), u64>,
-    /// Per blamed driver, per severity.
-    pub by_driver: BTreeMap<String, BySeverity>,
-}
-
-impl Tally {
-    /// Counts one violation.
-    pub fn add(&mut self, v: &Violation<'_>) {
-        let sev = v.severity();
-        self.total += 1;
-        self.by_severity.add(sev);
-        *self
-            .by_rule
-            .entry((v.code(), v.rule_name(), sev))
-            .or_default() += 1;
-        self.by_driver.entry(v.driver_label()).or_default().add(sev);
-    }
-
-    /// Violations at or above `threshold`.
-    pub fn at_least(&self, threshold: Severity) -> u64 {
-        self.by_severity.at_least(threshold)
-    }
 }

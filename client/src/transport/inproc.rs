@@ -1,8 +1,7 @@
 //! A host in this very process: requests go straight to [`Host::control`], through the
 //! same bytes the device and the socket carry. `iosvctl lab` reads its results this way.
 
-use super::{RawReply, Transport, TransportError};
-use iosv::protocol::Status;
+use super::{CallResult, RawReply, Transport};
 use iosv_host::Host;
 use std::sync::Arc;
 
@@ -20,25 +19,10 @@ impl InProcess {
 }
 
 impl Transport for InProcess {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         let mut output = vec![0u8; output_capacity];
         let reply = self.host.control(code, input, &mut output);
-        let valid = if reply.status == Status::Success {
-            reply.information.min(output_capacity)
-        } else {
-            0
-        };
-        output.truncate(valid);
-        Ok(RawReply {
-            status: reply.status as u32,
-            information: reply.information as u64,
-            output,
-        })
+        Ok(RawReply::from_control(reply, output))
     }
 
     fn describe(&self) -> String {

@@ -5,14 +5,13 @@
 //! would. Three exist:
 //!
 //! - [`socket::SocketTransport`] (Unix): the host endpoint's Unix domain socket, in the
-//!   [`frame`] format;
+//!   [`iosv::frame`] format;
 //! - `windows::DeviceTransport` (Windows): the control device `\\.\IoSpaceVerifier`;
 //! - `inproc::InProcess` (feature `host`): a [`iosv_host::Host`] in this
 //!   process, for `iosvctl lab`.
 //!
 //! [`Endpoint`] names one of them as the user chose it on the command line and opens it.
 
-pub mod frame;
 #[cfg(feature = "host")]
 pub mod inproc;
 #[cfg(unix)]
@@ -36,6 +35,24 @@ pub struct RawReply {
     pub information: u64,
     /// The output bytes returned (never more than the capacity asked for).
     pub output: Vec<u8>,
+}
+
+impl RawReply {
+    /// The reply of a request served in this process by `iosv::control`: `output` is the
+    /// buffer it wrote into, kept up to `information` bytes on success, none otherwise.
+    pub fn from_control(reply: iosv::control::Reply, mut output: Vec<u8>) -> RawReply {
+        let valid = if reply.status == Status::Success {
+            reply.information.min(output.len())
+        } else {
+            0
+        };
+        output.truncate(valid);
+        RawReply {
+            status: reply.status as u32,
+            information: reply.information as u64,
+            output,
+        }
+    }
 }
 
 /// Why a request did not reach the endpoint or its reply did not come back whole.
@@ -73,33 +90,26 @@ pub enum TransportError {
         /// The endpoint.
         endpoint: String,
         /// What was wrong.
-        source: frame::FrameError,
+        source: iosv::frame::FrameError,
     },
     /// This transport does not exist on this platform or build.
     #[error("{0}")]
     Unsupported(String),
 }
 
+/// What one [`Transport::call`] brings back: the reply, or why there is none.
+pub type CallResult = Result<RawReply, TransportError>;
+
 /// One way to reach an endpoint. Implementations are synchronous: one request at a time.
 pub trait Transport {
     /// Sends a request and waits for its reply.
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError>;
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult;
     /// The endpoint, as people name it (`host socket /run/user/1000/iosv.sock`).
     fn describe(&self) -> String;
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         (**self).call(code, input, output_capacity)
     }
     fn describe(&self) -> String {

@@ -1,7 +1,7 @@
-//! The host endpoint over a Unix domain socket, in the [`super::frame`] format.
+//! The host endpoint over a Unix domain socket, in the [`iosv::frame`] format.
 
-use super::frame::{self, FrameError};
-use super::{RawReply, Transport, TransportError};
+use super::{CallResult, RawReply, Transport, TransportError};
+use iosv::frame::{self, FrameError};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -154,20 +154,17 @@ impl SocketTransport {
 }
 
 impl Transport for SocketTransport {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         if self.broken {
             return Err(TransportError::Io {
                 endpoint: self.describe(),
                 source: io::Error::other("connection unusable after an earlier error"),
             });
         }
-        let request =
-            frame::encode_request(code, input, output_capacity).map_err(|e| self.error(e))?;
+        // The client never asks for more than `iosv::frame::MAX_OUTPUT`; a larger capacity
+        // is refused by the encoder.
+        let capacity = u32::try_from(output_capacity).unwrap_or(u32::MAX);
+        let request = frame::encode_request(code, input, capacity).map_err(|e| self.error(e))?;
         if self.last_used.elapsed() >= RECONNECT_AFTER {
             // The host may have closed this idle connection; nothing was sent on it since.
             self.stream = Self::open(&self.path, self.timeout, self.allow_other_user)?;

@@ -7,7 +7,7 @@
 //! arrives without the required size (`information` = 0) and the client grows its buffer
 //! geometrically instead.
 
-use super::{status_from_win32, RawReply, Transport, TransportError};
+use super::{status_from_win32, CallResult, RawReply, Transport, TransportError};
 use iosv::protocol::WIN32_DEVICE_PATH;
 use std::io;
 use std::ptr;
@@ -67,12 +67,7 @@ impl DeviceTransport {
 }
 
 impl Transport for DeviceTransport {
-    fn call(
-        &mut self,
-        code: u32,
-        input: &[u8],
-        output_capacity: usize,
-    ) -> Result<RawReply, TransportError> {
+    fn call(&mut self, code: u32, input: &[u8], output_capacity: usize) -> CallResult {
         let too_big = |what: &str| TransportError::Io {
             endpoint: self.describe(),
             source: io::Error::new(

@@ -128,7 +128,10 @@ pub unsafe fn create_control_device(driver: PDRIVER_OBJECT) -> Result<(), NTSTAT
     }
     // SAFETY: the device was created: the extension is ours, zeroed, sized for DeviceExt.
     let ext = unsafe { (*device).DeviceExtension }.cast::<DeviceExt>();
-    // SAFETY: as above; nothing else uses the device yet.
+    // SAFETY: `ext` is the extension IoCreateDevice just allocated with this device:
+    // non-null, aligned and sized for DeviceExt; no symbolic link exists yet and
+    // DO_DEVICE_INITIALIZING is still set, so no IRP can reach it and nobody reads it
+    // concurrently.
     unsafe { (*ext).kind = KIND_CONTROL };
     // SAFETY: both names are valid counted strings; PASSIVE_LEVEL.
     let status = unsafe { IoCreateSymbolicLink(&mut link, &mut name) };
@@ -193,7 +196,9 @@ pub unsafe extern "C" fn dispatch(device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS
 unsafe fn complete(irp: PIRP, status: NTSTATUS, information: usize) -> NTSTATUS {
     // SAFETY: the caller owns the IRP.
     unsafe { set_irp_status(irp, status, information) };
-    // SAFETY: as above; the IRP is not touched afterwards.
+    // SAFETY: the caller owns `irp` and has not passed it on (this function's contract), so
+    // this is its one completion; the I/O manager may free it, and it is not touched
+    // afterwards.
     unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT as i8) };
     status
 }
@@ -239,8 +244,10 @@ unsafe fn admit(sl: PIO_STACK_LOCATION) -> NTSTATUS {
     if access_state.is_null() {
         return STATUS_ACCESS_DENIED;
     }
-    // SAFETY: as above; `SeQuerySubjectContextToken` (a macro) picks the client token if
-    // the caller impersonates, else the primary token.
+    // SAFETY: `access_state` is non-null (checked just above) and is this create's
+    // ACCESS_STATE, which the I/O manager keeps valid for the whole dispatch; we borrow one
+    // field for the rest of it. `SeQuerySubjectContextToken` (a macro) picks the client
+    // token if the caller impersonates, else the primary token.
     let subject = unsafe { &(*access_state).SubjectSecurityContext };
     let token = if subject.ClientToken.is_null() {
         subject.PrimaryToken
@@ -303,8 +310,10 @@ unsafe fn device_control(irp: PIRP, sl: PIO_STACK_LOCATION) -> (NTSTATUS, usize)
     let output: &mut [u8] = if out_len == 0 {
         &mut []
     } else {
-        // SAFETY: as above, `out_len` bytes are ours until the IRP completes; `input` is a
-        // separate copy, so nothing aliases this slice.
+        // SAFETY: `buffer` is non-null here (checked above when `out_len != 0`) and is the
+        // system buffer of max(in, out) bytes the I/O manager allocated for this
+        // METHOD_BUFFERED IRP, ours until it completes; `input` is a separate copy, so
+        // nothing aliases this slice.
         unsafe { core::slice::from_raw_parts_mut(buffer, out_len) }
     };
     // Its walks keep kilobytes on the stack: never on the caller's stack.
@@ -350,9 +359,12 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
     }
     // SAFETY: just created; the extension is zeroed and sized for DeviceExt.
     let ext = unsafe { (*filter).DeviceExtension }.cast::<DeviceExt>();
-    // SAFETY: as above, not yet reachable by any IRP.
+    // SAFETY: `ext` is the extension IoCreateDevice just allocated: non-null, aligned and
+    // sized for DeviceExt; the device is not attached yet, so no IRP reaches it and
+    // nobody reads it concurrently.
     unsafe { (*ext).kind = KIND_FILTER };
-    // SAFETY: as above.
+    // SAFETY: the same fresh, unattached extension, written by this thread only; a
+    // DeviceExt field of plain pointer type.
     unsafe { (*ext).pdo = pdo };
     // SAFETY: a place projection inside our extension; nothing is read.
     let lock = unsafe { addr_of_mut!((*ext).remove_lock) };
@@ -446,7 +458,8 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
             status
         }
         IRP_MN_STOP_DEVICE | IRP_MN_SURPRISE_REMOVAL => {
-            // SAFETY: as above.
+            // SAFETY: a PnP IRP (PASSIVE_LEVEL) that we own, the remove lock held;
+            // `lower` is attached (detached only on REMOVE).
             let status = unsafe { forward_and_complete(lower, irp) };
             if u32::from(minor) == IRP_MN_SURPRISE_REMOVAL {
                 event(DeviceEvent::SurpriseRemoved);
@@ -461,13 +474,17 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
             // Wait for every other IRP in this device to leave it.
             // SAFETY: acquired above; PASSIVE_LEVEL.
             unsafe { IoReleaseRemoveLockAndWaitEx(lock, irp.cast(), REMOVE_LOCK_SIZE) };
-            // SAFETY: as above.
+            // SAFETY: a PnP IRP (PASSIVE_LEVEL) that we own; `lower` is still attached
+            // (IoDetachDevice comes after).
             let status = unsafe { forward_and_complete(lower, irp) };
             event(DeviceEvent::Removed);
             // SAFETY: detach from the device we attached to, then delete ours; no IRP can
             // reach it any more.
             unsafe { IoDetachDevice(lower) };
-            // SAFETY: as above.
+            // SAFETY: `device` is our filter device from add_device, now detached; the
+            // release-and-wait above drained every other IRP and the PnP manager sends none
+            // after REMOVE, so nothing references it. Its extension (`ext`, `lock`) is not
+            // touched after this point.
             unsafe { IoDeleteDevice(device) };
             last_filter_gone();
             status
@@ -482,7 +499,8 @@ unsafe fn filter_dispatch(device: PDEVICE_OBJECT, ext: *mut DeviceExt, irp: PIRP
         _ => {
             // SAFETY: pass-through as for non-PnP IRPs.
             unsafe { skip_current_stack_location(irp) };
-            // SAFETY: as above.
+            // SAFETY: `lower` is the device we are attached to (valid while attached, and we
+            // hold the remove lock); after the skip the IRP belongs to it.
             let status = unsafe { IofCallDriver(lower, irp) };
             // SAFETY: acquired above.
             unsafe { IoReleaseRemoveLockEx(lock, irp.cast(), REMOVE_LOCK_SIZE) };

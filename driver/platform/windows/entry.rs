@@ -196,7 +196,8 @@ unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
         // SAFETY: registered in DriverEntry with this routine; PASSIVE_LEVEL.
         let _ = unsafe { PsRemoveLoadImageNotifyRoutine(Some(load_image_notify)) };
     }
-    // SAFETY: as above.
+    // SAFETY: `glue` is null or the Glue DriverEntry published, which nothing has freed
+    // yet: only unpublish_and_free (two lines below) frees it, and unload runs once.
     if let Some(glue_ref) = unsafe { glue.as_ref() } {
         detach_all(glue_ref);
     }

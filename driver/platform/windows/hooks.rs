@@ -33,6 +33,10 @@ use crate::platform::Caller;
 ///
 /// Only ever called by a target driver through a patched import slot, as `MmMapIoSpace`.
 #[cfg(target_arch = "x86_64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to a
 // function with the same arguments plus one register argument the ABI leaves free.
 #[unsafe(naked)]
@@ -50,7 +54,13 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "x86_64")]
-// SAFETY: as for hook_mm_map_io_space.
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
+// map_io_space_ex_body, whose first three arguments are this routine's (rcx, rdx, r8,
+// untouched) and whose fourth is r9, free here (MmMapIoSpaceEx has three).
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_map_io_space_ex(
     _physical: PHYSICAL_ADDRESS,
@@ -66,7 +76,13 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "x86_64")]
-// SAFETY: as for hook_mm_map_io_space.
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
+// unmap_io_space_body, whose first two arguments are this routine's (rcx, rdx, untouched)
+// and whose third is r8, free here (MmUnmapIoSpace has two).
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T) {
     core::arch::naked_asm!("mov r8, qword ptr [rsp]", "jmp {body}", body = sym unmap_io_space_body)
@@ -78,6 +94,10 @@ pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T
 ///
 /// Only called through a patched import slot, as `MmMapIoSpace`.
 #[cfg(target_arch = "aarch64")]
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
 // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to a
 // function with the same arguments plus one register argument the ABI leaves free.
 #[unsafe(naked)]
@@ -95,7 +115,13 @@ pub unsafe extern "system" fn hook_mm_map_io_space(
 ///
 /// Only called through a patched import slot, as `MmMapIoSpaceEx`.
 #[cfg(target_arch = "aarch64")]
-// SAFETY: as above.
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
+// map_io_space_ex_body, whose first three arguments are this routine's (x0..x2, untouched)
+// and whose fourth is x3, free here (MmMapIoSpaceEx has three); LR is left as it was.
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_map_io_space_ex(
     _physical: PHYSICAL_ADDRESS,
@@ -111,7 +137,13 @@ pub unsafe extern "system" fn hook_mm_map_io_space_ex(
 ///
 /// Only called through a patched import slot, as `MmUnmapIoSpace`.
 #[cfg(target_arch = "aarch64")]
-// SAFETY: as above.
+#[allow(
+    clippy::unnecessary_safety_comment,
+    reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
+)]
+// SAFETY: a naked function: two instructions, no stack use, ends in a tail branch to
+// unmap_io_space_body, whose first two arguments are this routine's (x0, x1, untouched)
+// and whose third is x2, free here (MmUnmapIoSpace has two); LR is left as it was.
 #[unsafe(naked)]
 pub unsafe extern "system" fn hook_mm_unmap_io_space(_base: PVOID, _size: SIZE_T) {
     core::arch::naked_asm!("mov x2, x30", "b {body}", body = sym unmap_io_space_body)

@@ -419,7 +419,10 @@ fn attach_locked(
         } else {
             // Put back what this call patched; a slot that cannot be restored keeps its
             // original in the plan for a later detach.
-            // SAFETY: as above.
+            // SAFETY: the image is still held at `base`, the plan's base, for this whole
+            // call (load callback, or the driver-object reference the caller keeps: see
+            // this function's doc); detach writes back only the originals that the attach
+            // just above read from those slots.
             let _undo = unsafe { plan.detach(platform) };
             Err(report_error(&report))
         }

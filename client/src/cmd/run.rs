@@ -7,9 +7,20 @@
 //! that crashes, calls a routine the host lacks, hangs or does not load ends the run with
 //! its own exit status (5–8) and a report on stderr.
 
-use super::*;
+use super::driver_names;
+use super::journal::{read_violations, ReadPlan};
+use crate::cli::{Global, RunImageArgs};
+use crate::client::{Client, MappingFilter};
+use crate::error::{AppError, AppResult};
+use crate::model::{self, Images};
+use crate::outcome::Outcome;
+use crate::output::sink::ViolationSink;
+use crate::output::{human, json, sarif, Format};
 use crate::transport::socket::SocketTransport;
 use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
 
 /// When this process was started as the child of `iosvctl run`: runs it and returns its
 /// exit status. `None` for every other command line.
@@ -35,15 +46,15 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
     let bars = a
         .bars
         .iter()
-        .map(|b| BarSpec::parse(b).map_err(|e| AppError(format!("--bar {e}"))))
+        .map(|b| BarSpec::parse(b).map_err(|e| AppError::Run(format!("--bar {e}"))))
         .collect::<AppResult<Vec<_>>>()?;
     let ioctls = a
         .ioctls
         .iter()
-        .map(|i| IoctlSpec::parse(i).map_err(|e| AppError(format!("--ioctl {e}"))))
+        .map(|i| IoctlSpec::parse(i).map_err(|e| AppError::Run(format!("--ioctl {e}"))))
         .collect::<AppResult<Vec<_>>>()?;
     if a.watchdog == 0 {
-        return Err(AppError("--watchdog must be at least 1 second".to_string()));
+        return Err(AppError::Run("--watchdog must be at least 1 second".to_string()));
     }
     Ok(RunOptions {
         image: a.image.clone(),
@@ -57,10 +68,10 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
 pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
     let opts = options(a)?;
     if !a.image.is_file() {
-        return Err(AppError(format!("{}: no such file", a.image.display())));
+        return Err(AppError::Run(format!("{}: no such file", a.image.display())));
     }
     let program = std::env::current_exe()
-        .map_err(|e| AppError(format!("cannot find iosvctl's own executable: {e}")))?;
+        .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;
     let session = match parent::start(&program, &opts) {
         Ok(s) => s,
         Err(RunError::Ended { kind, report }) => {
@@ -72,7 +83,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
                 ExitKind::LoadFailed => Outcome::LoadFailed,
             });
         }
-        Err(e) => return Err(AppError(e.to_string())),
+        Err(e) => return Err(AppError::Run(e.to_string())),
     };
     let transport =
         SocketTransport::connect(&session.socket, Some(Duration::from_secs(10)), false)?;
@@ -125,7 +136,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         next_cursor: next,
         ..Default::default()
     };
-    let outcome = sink.finish(&info, &super::driver_names(&stats))?;
+    let outcome = sink.finish(&info, &driver_names(&stats))?;
     if let Some(list) = mappings {
         match g.format {
             Format::Human => {
@@ -143,6 +154,6 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
     drop(c);
     session
         .finish()
-        .map_err(|e| AppError(format!("after the run: {e}")))?;
+        .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
     Ok(outcome)
 }
