@@ -157,6 +157,9 @@ fn every_bug_build_gets_exactly_its_reports() {
         // Unload ends in `jmp [IAT MmUnmapIoSpace]`: the return address is not in the
         // driver, yet the report blames it (the routine entered is remembered).
         ("tail_call_unmap.sys", &[("IOSV001", 1)], 1, 0),
+        // clang-built: two access violations handled by __try/__except (one through a
+        // __finally frame), then a wrong-size unmap.
+        ("seh.sys", &[("IOSV001", 1)], 1, 0),
         // The size/leak driver again, preferring a kernel-space base: relocated.
         ("relocated.sys", &[("IOSV001", 1), ("IOSV008", 1)], 1, 1),
     ];
@@ -214,6 +217,20 @@ fn a_rust_legacy_driver_with_delay_load_imports_is_hooked_and_judged() {
         .map(|l| (l["rule"].as_str().unwrap(), l["caller"].as_str().unwrap()))
         .collect();
     assert_eq!(rules, vec![("IOSV005", "rust_control.sys")]);
+}
+
+#[test]
+fn exceptions_reach_the_drivers_try_except_and_finally_blocks() {
+    let path = fixture("seh.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 1, "{out}\n{err}");
+    // DriverEntry prints what its handlers saw and fails unless both were reached with
+    // STATUS_ACCESS_VIOLATION and the __finally ran once.
+    assert!(
+        err.contains("DbgPrint: seh: first c0000005 second c0000005 finally 1"),
+        "{err}"
+    );
+    assert!(!out.contains("DriverEntry failed"), "{out}");
 }
 
 #[test]

@@ -241,11 +241,17 @@ fn section_file_ranges_and_the_loader_directories() {
     assert_eq!(pe.section_file_range(2), None);
     assert_eq!(
         pe.data_directory(Directory::Exception),
-        Some(DataDirectory { rva: 0x2100, size: 0x18 })
+        Some(DataDirectory {
+            rva: 0x2100,
+            size: 0x18
+        })
     );
     assert_eq!(
         pe.data_directory(Directory::LoadConfig),
-        Some(DataDirectory { rva: 0x2200, size: 0x140 })
+        Some(DataDirectory {
+            rva: 0x2200,
+            size: 0x140
+        })
     );
     assert_eq!(Directory::LoadConfig.index(), 10);
     assert_eq!(Directory::Exception.name(), "exception");

@@ -14,9 +14,9 @@ pub mod lab;
 pub mod mappings;
 #[cfg(feature = "host")]
 mod progress;
+pub mod rules;
 #[cfg(feature = "host")]
 pub mod run;
-pub mod rules;
 #[cfg(feature = "host")]
 pub mod scenario;
 #[cfg(feature = "host")]

@@ -54,7 +54,9 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
         .map(|i| IoctlSpec::parse(i).map_err(|e| AppError::Run(format!("--ioctl {e}"))))
         .collect::<AppResult<Vec<_>>>()?;
     if a.watchdog == 0 {
-        return Err(AppError::Run("--watchdog must be at least 1 second".to_string()));
+        return Err(AppError::Run(
+            "--watchdog must be at least 1 second".to_string(),
+        ));
     }
     Ok(RunOptions {
         image: a.image.clone(),
@@ -68,7 +70,10 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
 pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
     let opts = options(a)?;
     if !a.image.is_file() {
-        return Err(AppError::Run(format!("{}: no such file", a.image.display())));
+        return Err(AppError::Run(format!(
+            "{}: no such file",
+            a.image.display()
+        )));
     }
     let program = std::env::current_exe()
         .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;

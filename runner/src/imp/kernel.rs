@@ -363,6 +363,7 @@ routines! {
     "ZwQueryValueKey" => not_found6,
     "ZwSetValueKey" => not_found6,
     "ZwClose" => success1,
+    "__C_specific_handler" => c_specific_handler,
     "DbgPrint" => iosv_runner_dbgprint,
     "DbgPrintEx" => iosv_runner_dbgprintex,
     "memcpy" => c_memmove,
@@ -399,6 +400,24 @@ pub extern "win64" fn unimplemented_entry(index: u64) -> ! {
     ]);
     // SAFETY: ends the process without unwinding through driver frames.
     unsafe { libc::_exit(trap::UNIMPLEMENTED_STATUS) }
+}
+
+/// `__C_specific_handler`: the language handler of `__try` scopes. The fault handler
+/// recognises it in unwind info and interprets the scope tables itself ([`super::seh`]);
+/// called directly it answers `ExceptionContinueSearch`.
+extern "win64" fn c_specific_handler(
+    _record: usize,
+    _frame: u64,
+    _context: usize,
+    _dispatcher: usize,
+) -> i32 {
+    1
+}
+
+/// The address bound to `__C_specific_handler` imports.
+#[must_use]
+pub fn c_specific_handler_address() -> usize {
+    c_specific_handler as *const () as usize
 }
 
 // ---- generic answers ------------------------------------------------------------------

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod kernel;
 pub mod loader;
 pub mod mmio;
+pub mod seh;
 pub mod trap;
 
 use std::cell::Cell;

@@ -15,7 +15,7 @@
 //! (signal, faulting address, RIP, the driver routine running) and exit status 5; the
 //! parent turns it into the report.
 
-use super::{current, mmio, report};
+use super::{current, mmio, report, seh};
 use core::fmt::Write as _;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,12 +127,66 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
             Ok(()) => return,
             Err(reason) => why = reason,
         }
+        if raise(gregs, sig) {
+            return;
+        }
     }
     // SAFETY: `info` is valid for SA_SIGINFO handlers.
     let info = unsafe { &*info };
     // SAFETY: si_addr reads the fault address field of a fault signal's siginfo.
     let addr = unsafe { info.si_addr() } as usize;
     crash(sig, addr, rip, why);
+}
+
+/// Dispatches the fault as an exception to the driver's `__try`/`__except` blocks;
+/// true when one handled it (and `gregs` now resume there).
+fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
+    let code = match sig {
+        libc::SIGILL => seh::ILLEGAL_INSTRUCTION,
+        libc::SIGFPE => seh::INTEGER_DIVIDE_BY_ZERO,
+        libc::SIGTRAP => seh::BREAKPOINT,
+        _ => seh::ACCESS_VIOLATION,
+    };
+    let order = [
+        libc::REG_RAX,
+        libc::REG_RCX,
+        libc::REG_RDX,
+        libc::REG_RBX,
+        libc::REG_RSP,
+        libc::REG_RBP,
+        libc::REG_RSI,
+        libc::REG_RDI,
+        libc::REG_R8,
+        libc::REG_R9,
+        libc::REG_R10,
+        libc::REG_R11,
+        libc::REG_R12,
+        libc::REG_R13,
+        libc::REG_R14,
+        libc::REG_R15,
+    ];
+    let mut ctx = seh::Context {
+        regs: [0; 16],
+        rip: reg_at(gregs, libc::REG_RIP),
+    };
+    for (slot, &index) in ctx.regs.iter_mut().zip(&order) {
+        *slot = reg_at(gregs, index);
+    }
+    let marker = super::kernel::c_specific_handler_address() as u64;
+    match seh::dispatch(&ctx, code, marker) {
+        Some(seh::Resume::Retry) => true,
+        Some(seh::Resume::Handler(to)) => {
+            // Nonvolatile registers, RSP, RIP of the target frame; RAX = the code.
+            for k in [0usize, 3, 4, 5, 6, 7, 12, 13, 14, 15] {
+                if let (Some(&index), Some(&v)) = (order.get(k), to.regs.get(k)) {
+                    set_reg_at(gregs, index, v);
+                }
+            }
+            set_reg_at(gregs, libc::REG_RIP, to.rip);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Reports a crash and ends the child.
