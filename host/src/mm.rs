@@ -374,6 +374,13 @@ impl SimMm {
     }
 }
 
+/// `MmNonCached` (a MEMORY_CACHING_TYPE).
+pub const MM_NON_CACHED: u32 = 0;
+/// `MmCached`.
+pub const MM_CACHED: u32 = 1;
+/// `MmWriteCombined`.
+pub const MM_WRITE_COMBINED: u32 = 2;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,8 @@ mod run;
 
 pub use run::run;
 
-use super::pnp::Behaviour;
 use super::{Host, Injected};
+use crate::Behaviour;
 use iosv::config::StartParams;
 use iosv::rules::{Action, RuleId, RULE_COUNT};
 use std::fmt;
@@ -161,7 +161,7 @@ pub(crate) struct DriverDecl {
 pub(crate) struct DeviceDecl {
     pub(crate) name: String,
     pub(crate) driver: String,
-    pub(crate) bars: Option<Vec<super::pnp::Bar>>,
+    pub(crate) bars: Option<Vec<crate::Bar>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,7 +212,7 @@ pub(crate) enum StepKind {
         ex: bool,
         irql: u8,
         name: Option<String>,
-        routine: super::pnp::Routine,
+        routine: crate::Routine,
     },
     Unmap {
         driver: String,
@@ -220,7 +220,7 @@ pub(crate) enum StepKind {
         size: Option<u64>,
         irql: u8,
         bypass: bool,
-        routine: super::pnp::Routine,
+        routine: crate::Routine,
     },
     Bug {
         rule: RuleId,

@@ -51,7 +51,7 @@ pub const CODES: [u32; 9] = [
 fn fuzz_host() -> &'static iosv_host::Host {
     use iosv::rules::RuleId;
     use iosv_host::{Behaviour, Host};
-    static HOST: OnceLock<Host> = OnceLock::new();
+    static HOST: OnceLock<std::sync::Arc<Host>> = OnceLock::new();
     HOST.get_or_init(|| {
         let params = iosv::config::StartParams {
             capacity: 64,
@@ -61,10 +61,10 @@ fn fuzz_host() -> &'static iosv_host::Host {
             untracked: 16,
             conflict_buckets: 16,
         };
-        let host = Host::with_processors(params, 2).expect("host");
+        let host = std::sync::Arc::new(Host::with_processors(params, 2).expect("host"));
         for name in ["a.sys", "b.sys"] {
             host.declare_driver(name, Behaviour::WellBehaved, 0);
-            host.add_target(name).expect("target");
+            crate::control::add_target(&host, name).expect("target");
             host.load_driver(name).expect("load");
         }
         let mut actor = host.actor(1);

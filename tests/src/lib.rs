@@ -1,4 +1,5 @@
 //! System-test helpers for iosv.
 
+pub mod control;
 pub mod fixture;
 pub mod fuzz;

@@ -10,6 +10,7 @@ use iosv_host::endpoint::{
     MAX_INPUT, MAX_OUTPUT, REPLY_HEADER_LEN, STATUS_INVALID_PARAMETER,
 };
 use iosv_host::{Behaviour, Host};
+use iosv_tests::control::add_target;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,11 +25,11 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 fn host() -> Arc<Host> {
-    let host = Host::with_processors(StartParams::default(), 2).unwrap();
+    let host = Arc::new(Host::with_processors(StartParams::default(), 2).unwrap());
     host.declare_driver("a.sys", Behaviour::WellBehaved, 0);
-    host.add_target("a.sys").unwrap();
+    add_target(&host, "a.sys").unwrap();
     host.load_driver("a.sys").unwrap();
-    Arc::new(host)
+    host
 }
 
 fn hello_input() -> Vec<u8> {
@@ -274,7 +275,9 @@ fn socket_file_life() {
     let started = Instant::now();
     stop.store(true, Ordering::Relaxed);
     t.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // The client stays connected and idle: a server that waited for it would never stop.
+    // The bound only separates "stopped" from "hung" on a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!path.exists());
 }
 

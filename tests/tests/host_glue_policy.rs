@@ -9,9 +9,11 @@ use iosv::protocol::{Status, STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use iosv::rules::RuleId;
 use iosv::verifier::StartParams;
 use iosv_host::{Behaviour, Host, HostError};
+use iosv_tests::control::{add_target, stats, violations};
+use std::sync::Arc;
 
-fn host() -> Host {
-    Host::with_processors(StartParams::default(), 2).unwrap()
+fn host() -> Arc<Host> {
+    Arc::new(Host::with_processors(StartParams::default(), 2).unwrap())
 }
 
 fn refusal_of(host: &Host, name: &str) -> u32 {
@@ -25,7 +27,7 @@ fn an_import_table_in_a_code_section_is_refused_and_reported() {
     let host = host();
     host.declare_driver("merged.sys", Behaviour::WellBehaved, 0);
     host.link_iat_into_code("merged.sys").unwrap();
-    host.add_target("merged.sys").unwrap();
+    add_target(&host, "merged.sys").unwrap();
     let d = host.load_driver("merged.sys").unwrap();
     assert_eq!(d.driver_id(), None, "not hooked at load");
     assert_eq!(
@@ -41,7 +43,7 @@ fn an_import_table_in_a_code_section_is_refused_and_reported() {
         refusal_of(&host, "merged.sys"),
         SiteRefusal::ExecutableSection.code()
     );
-    let flags = host.stats().unwrap().flags;
+    let flags = stats(&host).unwrap().flags;
     assert_eq!(
         flags & STATE_UNLOAD_BLOCKED,
         0,
@@ -57,34 +59,34 @@ fn an_import_table_in_a_code_section_is_refused_and_reported() {
 fn the_first_patched_slot_blocks_unload() {
     let host = host();
     host.declare_driver("nic.sys", Behaviour::WellBehaved, 0);
-    assert_eq!(host.stats().unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
+    assert_eq!(stats(&host).unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
     assert!(!host.verifier().unload_blocked());
-    host.add_target("nic.sys").unwrap();
+    add_target(&host, "nic.sys").unwrap();
     host.load_driver("nic.sys").unwrap();
     assert!(host.verifier().unload_blocked());
-    assert_ne!(host.stats().unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
+    assert_ne!(stats(&host).unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
     assert_eq!(refusal_of(&host, "nic.sys"), 0, "hooked: no refusal");
     // Detaching does not lift it: a call may still be on its way into a hook.
     host.detach("nic.sys").unwrap();
-    assert_ne!(host.stats().unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
+    assert_ne!(stats(&host).unwrap().flags & STATE_UNLOAD_BLOCKED, 0);
 }
 
 #[test]
 fn a_configuration_that_verifies_nothing_says_so() {
     let host = host();
-    assert_ne!(host.stats().unwrap().flags & STATE_NO_TARGETS, 0);
-    host.add_target("nic.sys").unwrap();
-    assert_eq!(host.stats().unwrap().flags & STATE_NO_TARGETS, 0);
+    assert_ne!(stats(&host).unwrap().flags & STATE_NO_TARGETS, 0);
+    add_target(&host, "nic.sys").unwrap();
+    assert_eq!(stats(&host).unwrap().flags & STATE_NO_TARGETS, 0);
 }
 
 #[test]
 fn a_target_that_unloads_while_attached_reports_its_leaks() {
     let host = host();
     host.declare_driver("legacy.sys", Behaviour::Buggy(RuleId::LeakOnUnload), 1);
-    host.add_target("legacy.sys").unwrap();
+    add_target(&host, "legacy.sys").unwrap();
     host.load_driver("legacy.sys").unwrap();
     host.unload_driver("legacy.sys").unwrap();
-    let (records, lost) = host.violations().unwrap();
+    let (records, lost) = violations(&host).unwrap();
     assert_eq!(lost, 0);
     assert!(
         records.iter().any(|r| r.rule == RuleId::LeakOnUnload as u8),

@@ -11,9 +11,10 @@ use iosv::protocol::{
 };
 use iosv::rules::{Action, RuleId, RULE_COUNT};
 use iosv_host::image::{kernel_frames, IMAGE_SIZE};
-use iosv_host::mm::{Corruption, NEVER_MAPPED_START};
-use iosv_host::pnp::{MM_CACHED, MM_NON_CACHED};
+use iosv_host::mm::{Corruption, MM_CACHED, MM_NON_CACHED, NEVER_MAPPED_START};
 use iosv_host::{thread, Bar, Behaviour, Host, HostError, Routine};
+use iosv_tests::control::{add_target, configure, mappings, violations};
+use std::sync::Arc;
 
 const BAR0: Bar = Bar {
     physical: 0xF000_0000,
@@ -27,7 +28,7 @@ const BAR1: Bar = Bar {
 };
 
 /// A host with two target drivers (`a.sys`, `b.sys`), `a.sys` owning started device `a0`.
-fn system() -> Host {
+fn system() -> Arc<Host> {
     let host = Host::with_processors(
         StartParams {
             journal_records: 4096,
@@ -36,9 +37,10 @@ fn system() -> Host {
         4,
     )
     .unwrap();
+    let host = Arc::new(host);
     for name in ["a.sys", "b.sys"] {
         host.declare_driver(name, Behaviour::WellBehaved, 0);
-        host.add_target(name).unwrap();
+        add_target(&host, name).unwrap();
         assert!(host.load_driver(name).unwrap().driver_id().is_some());
     }
     let dev = host.add_device("a0", "a.sys", &[BAR0, BAR1]).unwrap();
@@ -46,8 +48,8 @@ fn system() -> Host {
     host
 }
 
-fn records(host: &Host) -> Vec<ViolationRecord> {
-    let (r, lost) = host.violations().unwrap();
+fn records(host: &Arc<Host>) -> Vec<ViolationRecord> {
+    let (r, lost) = violations(host).unwrap();
     assert_eq!(lost, 0);
     r
 }
@@ -57,7 +59,7 @@ fn name(n: &[u8; 32]) -> &str {
 }
 
 /// Commits `rule` once by `a.sys` and returns its only record.
-fn one(host: &Host, rule: RuleId, device: Option<&str>) -> ViolationRecord {
+fn one(host: &Arc<Host>, rule: RuleId, device: Option<&str>) -> ViolationRecord {
     let mut actor = host.actor(7);
     assert!(
         host.commit_bug(rule, "a.sys", device, &mut actor).unwrap(),
@@ -420,7 +422,7 @@ fn containment_off_lets_the_bad_unmaps_reach_mm() {
         (RuleId::UnmapPageBase, "size"),
     ] {
         let host = system();
-        host.configure(|b| b.flags &= !CF_CONTAINMENT).unwrap();
+        configure(&host, |b| b.flags &= !CF_CONTAINMENT).unwrap();
         let mut actor = host.actor(9);
         assert!(host.commit_bug(rule, "a.sys", None, &mut actor).unwrap());
         let r = records(&host);
@@ -471,7 +473,7 @@ fn buggy_behaviours_commit_their_bug_where_a_driver_would() {
     for rule in RuleId::ALL {
         let host = system();
         host.declare_driver("bug.sys", Behaviour::Buggy(rule), 10);
-        host.add_target("bug.sys").unwrap();
+        add_target(&host, "bug.sys").unwrap();
         host.load_driver("bug.sys").unwrap();
         let dev = host
             .add_device("bug0", "bug.sys", &host.auto_bars())
@@ -514,7 +516,7 @@ fn irql_ceiling_follows_the_configuration() {
         records(&host).is_empty(),
         "DISPATCH_LEVEL is allowed by the DDI"
     );
-    host.configure(|b| b.flags |= CF_VERIFIER_IRQL).unwrap();
+    configure(&host, |b| b.flags |= CF_VERIFIER_IRQL).unwrap();
     unmap_at(Irql::APC);
     assert!(records(&host).is_empty());
     unmap_at(Irql::DISPATCH);
@@ -527,7 +529,7 @@ fn irql_ceiling_follows_the_configuration() {
 #[test]
 fn actions_break_bugcheck_and_ignore() {
     let host = system();
-    host.configure(|b| {
+    configure(&host, |b| {
         b.actions[RuleId::UnmapUnknown.index()] = Action::Bugcheck as u8;
         b.actions[RuleId::MapIrql.index()] = Action::Break as u8;
         b.actions[RuleId::UnmapInterior.index()] = Action::Ignore as u8;
@@ -553,7 +555,7 @@ fn actions_break_bugcheck_and_ignore() {
 
 #[test]
 fn attach_and_detach_through_the_control_codes() {
-    let host = Host::with_processors(StartParams::default(), 2).unwrap();
+    let host = Arc::new(Host::with_processors(StartParams::default(), 2).unwrap());
     host.declare_driver("late.sys", Behaviour::WellBehaved, 0);
     let d = host.load_driver("late.sys").unwrap();
     assert!(d.driver_id().is_none(), "not a target: not hooked");
@@ -585,7 +587,7 @@ fn attach_and_detach_through_the_control_codes() {
         host.device_io(&dev, &mut actor).unwrap();
     }
     assert!(
-        host.tracked_mappings().unwrap().0.len() >= 2,
+        mappings(&host).unwrap().0.len() >= 2,
         "BARs tracked after attach"
     );
     host.stop_device(&dev).unwrap();
@@ -627,7 +629,7 @@ fn detach_keeps_the_truth() {
     let bars: Vec<(u64, u64)> = dev.bar_mappings().into_iter().flatten().collect();
     assert_eq!(host.detach("a.sys").unwrap(), 4);
     assert_eq!(records(&host).len(), 2);
-    let listed = host.tracked_mappings().unwrap().0;
+    let listed = mappings(&host).unwrap().0;
     for (base, _) in &bars {
         let m = listed
             .iter()
@@ -663,7 +665,7 @@ fn detach_keeps_the_truth() {
     host.remove_device(&dev).unwrap();
     host.unload_driver("a.sys").unwrap();
     assert_eq!(records(&host).len(), 2, "each mapping is reported once");
-    let listed = host.tracked_mappings().unwrap().0;
+    let listed = mappings(&host).unwrap().0;
     assert!(listed.iter().all(|m| m.flags & MF_DETACHED == 0));
     let audit = host.audit(&host.injected(), true).unwrap();
     assert!(

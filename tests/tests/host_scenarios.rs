@@ -6,7 +6,9 @@ use iosv::rules::RuleId;
 use iosv_host::scenario::{run, Scenario};
 use iosv_host::thread::SIMULATED_THREAD_BASE;
 use iosv_host::Host;
+use iosv_tests::control::{stats, violations};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -14,11 +16,17 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run_file(name: &str) -> (Host, iosv_host::scenario::RunSummary, Vec<ViolationRecord>) {
+fn run_file(
+    name: &str,
+) -> (
+    Arc<Host>,
+    iosv_host::scenario::RunSummary,
+    Vec<ViolationRecord>,
+) {
     let scenario = Scenario::from_file(&example(name)).unwrap();
-    let host = scenario.new_host().unwrap();
+    let host = Arc::new(scenario.new_host().unwrap());
     let summary = run(&host, &scenario, &mut |_| {}).unwrap();
-    let (records, lost) = host.violations().unwrap();
+    let (records, lost) = violations(&host).unwrap();
     assert_eq!(lost, 0);
     (host, summary, records)
 }
@@ -180,7 +188,7 @@ fn policy_changes_mid_run() {
     assert_eq!(host.mm().corruptions().len(), 1);
     assert_eq!(summary.corruptions, 1);
     assert_eq!(
-        host.stats().unwrap().counters.ignored,
+        stats(&host).unwrap().counters.ignored,
         1,
         "the cache conflict was ignored"
     );

@@ -7,6 +7,8 @@ use iosv::config::StartParams;
 use iosv::rules::{RuleId, RULE_COUNT};
 use iosv_host::scenario::{run, Scenario};
 use iosv_host::{Behaviour, Host, HostError};
+use iosv_tests::control::{add_target, stats};
+use std::sync::Arc;
 
 fn stress_scenario(threads: u32, ops: u64, containment: bool, rate: f64) -> String {
     let inject: Vec<String> = (1..=RULE_COUNT)
@@ -87,8 +89,8 @@ inject = {{ {} }}
     )
 }
 
-fn per_rule_stats(host: &Host) -> [u64; RULE_COUNT] {
-    let reply = host.stats().unwrap();
+fn per_rule_stats(host: &Arc<Host>) -> [u64; RULE_COUNT] {
+    let reply = stats(host).unwrap();
     let mut v = [0u64; RULE_COUNT];
     v.copy_from_slice(&reply.counters.per_rule[..RULE_COUNT]);
     v
@@ -97,7 +99,7 @@ fn per_rule_stats(host: &Host) -> [u64; RULE_COUNT] {
 fn check(threads: u32, ops: u64, containment: bool, rate: f64) {
     let text = stress_scenario(threads, ops, containment, rate);
     let scenario = Scenario::parse(&text, "stress.toml").unwrap();
-    let host = scenario.new_host().unwrap();
+    let host = Arc::new(scenario.new_host().unwrap());
     let mut last = None;
     let summary = run(&host, &scenario, &mut |p| last = Some(p.clone())).unwrap();
     let last = last.unwrap();
@@ -185,9 +187,10 @@ fn bugs_through_a_driver_its_owner_is_reloading() {
         4,
     )
     .unwrap();
+    let host = Arc::new(host);
     for name in ["a.sys", "b.sys"] {
         host.declare_driver(name, Behaviour::WellBehaved, 0);
-        host.add_target(name).unwrap();
+        add_target(&host, name).unwrap();
         host.load_driver(name).unwrap();
     }
     let bars = host.auto_bars();

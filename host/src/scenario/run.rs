@@ -17,8 +17,9 @@ use super::{
     Limit, Progress, RunSummary, Scenario, ScenarioError, Step, StepKind, StressSpec,
     StressSummary, UnmapTarget,
 };
-use crate::pnp::{Actor, Device};
+use crate::requests::{add_target, clear, configure};
 use crate::{thread, Host, HostError, Injected};
+use crate::{Actor, Device};
 use iosv::platform::Irql;
 use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
 use iosv::rules::{RuleId, RULE_COUNT};
@@ -49,7 +50,7 @@ fn at(scenario: &Scenario, step: &Step, message: impl std::fmt::Display) -> Scen
 }
 
 fn apply_config(host: &Host, c: &super::ConfigChange) -> Result<(), HostError> {
-    host.configure(|b| {
+    configure(host, |b| {
         if let Some(targets) = &c.targets {
             b.targets = Default::default();
             b.target_count = 0;
@@ -91,7 +92,7 @@ fn apply_config(host: &Host, c: &super::ConfigChange) -> Result<(), HostError> {
         }
     })?;
     for t in &c.add_targets {
-        host.add_target(t)?;
+        add_target(host, t)?;
     }
     Ok(())
 }
@@ -125,7 +126,7 @@ pub fn run(
     apply_config(host, &scenario.config)
         .map_err(|e| top(std::format!("applying [config]: {e}")))?;
     for d in scenario.drivers.iter().filter(|d| d.target) {
-        host.add_target(&d.name)
+        add_target(host, &d.name)
             .map_err(|e| top(std::format!("adding target {}: {e}", d.name)))?;
     }
 
@@ -343,7 +344,7 @@ fn run_step(
         }
         StepKind::Config(c) => apply_config(host, c).map_err(e)?,
         StepKind::MmFail(n) => host.mm().fail_next_maps(*n),
-        StepKind::Clear(what) => host.clear(*what).map_err(e)?,
+        StepKind::Clear(what) => clear(host, *what).map_err(e)?,
         StepKind::Stress(spec) => {
             let s = run_stress(host, scenario, step, spec, progress)?;
             *operations = operations.saturating_add(s.operations);
@@ -448,7 +449,7 @@ fn run_stress(
             });
         host.declare_driver(&name, behaviour, every);
         if host.driver(&name).is_err() {
-            host.add_target(&name).map_err(|e| match e {
+            add_target(host, &name).map_err(|e| match e {
                 HostError::TargetsFull(_) => std::format!(
                     "a stress phase on {threads} threads needs {threads} drivers iosv hooks (one \
                      per thread; clones are made for the missing ones), but the configuration \

@@ -80,6 +80,37 @@ impl SlotAccess for ImageSlots<'_> {
     }
 }
 
+/// Adds `name` to the drivers iosv hooks when they load, through the control codes
+/// (GET_CONFIG, SET_CONFIG), as `iosvctl config set --target` does.
+fn add_target(host: &Host, name: &str) -> Result<(), String> {
+    use iosv::protocol::{
+        wire_name, ConfigBlock, GetConfigRequest, Status, IOCTL_GET_CONFIG, IOCTL_SET_CONFIG,
+        PROTOCOL_VERSION,
+    };
+    use zerocopy::IntoBytes;
+    let req = GetConfigRequest {
+        version: PROTOCOL_VERSION,
+        reserved: 0,
+    };
+    let mut block = ConfigBlock::default();
+    let r = host.control(IOCTL_GET_CONFIG, req.as_bytes(), block.as_mut_bytes());
+    if r.status != Status::Success {
+        return Err(format!("GET_CONFIG failed: {}", r.status.describe()));
+    }
+    let n = block.target_count as usize;
+    let slot = block
+        .targets
+        .get_mut(n)
+        .ok_or_else(|| "the target list is full".to_string())?;
+    *slot = wire_name(name.as_bytes());
+    block.target_count += 1;
+    let r = host.control(IOCTL_SET_CONFIG, block.as_bytes(), &mut []);
+    if r.status != Status::Success {
+        return Err(format!("SET_CONFIG failed: {}", r.status.describe()));
+    }
+    Ok(())
+}
+
 impl HostEngine {
     /// An engine over `host`, whose hooks are at `hooks`.
     #[must_use]
@@ -153,8 +184,7 @@ impl Engine for HostEngine {
     }
 
     fn attach(&self, image: &LoadedImage) -> Result<Vec<String>, String> {
-        self.host
-            .add_target(&image.name)
+        add_target(&self.host, &image.name)
             .map_err(|e| format!("cannot make {} a target: {e}", image.name))?;
         let id = self
             .host
