@@ -157,6 +157,14 @@ fn every_bug_build_gets_exactly_its_reports() {
         // Unload ends in `jmp [IAT MmUnmapIoSpace]`: the return address is not in the
         // driver, yet the report blames it (the routine entered is remembered).
         ("tail_call_unmap.sys", &[("IOSV001", 1)], 1, 0),
+        // Maps and unmaps inside KeSynchronizeExecution with its connected interrupt: at
+        // the interrupt's DIRQL (5).
+        (
+            "unmap_in_synch.sys",
+            &[("IOSV002", 1), ("IOSV003", 1)],
+            1,
+            0,
+        ),
         // clang-built: two access violations handled by __try/__except (one through a
         // __finally frame), then a wrong-size unmap.
         ("seh.sys", &[("IOSV001", 1)], 1, 0),
@@ -231,6 +239,24 @@ fn exceptions_reach_the_drivers_try_except_and_finally_blocks() {
         "{err}"
     );
     assert!(!out.contains("DriverEntry failed"), "{out}");
+}
+
+#[test]
+fn work_items_dpcs_and_timers_run_when_the_routine_returns_at_their_irql() {
+    let path = fixture("clean.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The IOCTL queued a DPC, a work item and a 1 ms timer; they run once the dispatch
+    // routine has returned: the DPC first (at DISPATCH_LEVEL), then the work item
+    // (PASSIVE_LEVEL), then the timer's DPC.
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: work item ran at IRQL 0 (DPCs 1, timer DPCs 0)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: timer DPC ran at IRQL 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -327,7 +353,7 @@ fn an_unimplemented_routine_is_named_with_exit_6() {
     let (code, _, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
     assert_eq!(code, 6, "{err}");
     assert!(
-        err.contains("driver unimplemented.sys called ntoskrnl.exe!IoAllocateWorkItem, which the host does not implement (in IRP_MJ_DEVICE_CONTROL dispatch)"),
+        err.contains("driver unimplemented.sys called ntoskrnl.exe!IoGetDmaAdapter, which the host does not implement (in IRP_MJ_DEVICE_CONTROL dispatch)"),
         "{err}"
     );
 }

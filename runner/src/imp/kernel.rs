@@ -364,6 +364,27 @@ routines! {
     "ZwSetValueKey" => not_found6,
     "ZwClose" => success1,
     "__C_specific_handler" => c_specific_handler,
+    "IoAllocateWorkItem" => io_allocate_work_item,
+    "IoQueueWorkItem" => io_queue_work_item,
+    "IoFreeWorkItem" => io_free_work_item,
+    "KeInitializeDpc" => ke_initialize_dpc,
+    "KeInsertQueueDpc" => ke_insert_queue_dpc,
+    "KeRemoveQueueDpc" => ke_remove_queue_dpc,
+    "KeInitializeTimer" => ke_initialize_timer,
+    "KeInitializeTimerEx" => ke_initialize_timer_ex,
+    "KeSetTimer" => ke_set_timer,
+    "KeSetTimerEx" => ke_set_timer_ex,
+    "KeCancelTimer" => ke_cancel_timer,
+    "IoInitializeRemoveLockEx" => io_initialize_remove_lock_ex,
+    "IoAcquireRemoveLockEx" => io_acquire_remove_lock_ex,
+    "IoReleaseRemoveLockEx" => io_release_remove_lock_ex,
+    "IoReleaseRemoveLockAndWaitEx" => io_release_remove_lock_and_wait_ex,
+    "IoConnectInterrupt" => io_connect_interrupt,
+    "IoDisconnectInterrupt" => io_disconnect_interrupt,
+    "KeSynchronizeExecution" => ke_synchronize_execution,
+    "IoAllocateMdl" => io_allocate_mdl,
+    "IoFreeMdl" => io_free_mdl,
+    "MmBuildMdlForNonPagedPool" => mm_build_mdl_for_non_paged_pool,
     "DbgPrint" => iosv_runner_dbgprint,
     "DbgPrintEx" => iosv_runner_dbgprintex,
     "memcpy" => c_memmove,
@@ -418,6 +439,314 @@ extern "win64" fn c_specific_handler(
 #[must_use]
 pub fn c_specific_handler_address() -> usize {
     c_specific_handler as *const () as usize
+}
+
+// ---- deferred work: work items, DPCs, timers ------------------------------------------
+
+/// Work queued by the driver, run by [`run_deferred`] when the driver routine the runner
+/// called returns (there is no other thread or processor to run it meanwhile).
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    /// A work item: `routine(device, context)` at PASSIVE_LEVEL.
+    Work {
+        routine: usize,
+        device: usize,
+        context: usize,
+    },
+    /// A DPC object (`KDPC`) queued by KeInsertQueueDpc or a timer, run at DISPATCH_LEVEL.
+    Dpc(usize),
+}
+
+static DEFERRED: Mutex<std::collections::VecDeque<Deferred>> =
+    Mutex::new(std::collections::VecDeque::new());
+/// Timers set and not yet expired or cancelled (`KTIMER` addresses).
+static TIMERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Most deferred routines run after one driver routine (a DPC that queues itself
+/// forever would otherwise never let the run end; the watchdog covers slow ones).
+const MAX_DEFERRED_PER_DRAIN: usize = 1000;
+
+fn push(d: Deferred) {
+    DEFERRED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push_back(d);
+}
+
+/// Runs the work items and DPCs queued so far, and fires the timers set (their DPC is
+/// queued, a one-shot timer expires, a periodic one fires once per drain). Called when a
+/// top-level driver routine returns; returns how many routines ran.
+pub fn run_deferred() -> usize {
+    let timers: Vec<usize> =
+        std::mem::take(&mut *TIMERS.lock().unwrap_or_else(PoisonError::into_inner));
+    for timer in timers {
+        let t = obj(timer, 0x40);
+        t.set::<i32>(4, 1); // signalled
+        let dpc = t.get::<u64>(0x30) as usize;
+        if dpc != 0 {
+            ke_insert_queue_dpc(dpc, 0, 0);
+        }
+        if t.get::<u32>(0x3C) != 0 {
+            TIMERS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(timer);
+        }
+    }
+    let mut ran = 0;
+    while ran < MAX_DEFERRED_PER_DRAIN {
+        let next = DEFERRED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let Some(d) = next else { break };
+        ran += 1;
+        match d {
+            Deferred::Work {
+                routine,
+                device,
+                context,
+            } => {
+                type Work = extern "win64" fn(usize, usize);
+                // SAFETY: IO_WORKITEM_ROUTINE, as the driver passed it to IoQueueWorkItem.
+                let f = unsafe { std::mem::transmute::<usize, Work>(routine) };
+                entering("work item routine", routine, || f(device, context));
+            }
+            Deferred::Dpc(dpc) => {
+                let k = obj(dpc, 0x40);
+                let routine = k.get::<u64>(0x18) as usize;
+                let (context, a1, a2) = (
+                    k.get::<u64>(0x20) as usize,
+                    k.get::<u64>(0x28) as usize,
+                    k.get::<u64>(0x30) as usize,
+                );
+                k.set::<u64>(0x38, 0); // no longer queued
+                if routine == 0 {
+                    continue;
+                }
+                type DpcRoutine = extern "win64" fn(usize, usize, usize, usize);
+                // SAFETY: KDEFERRED_ROUTINE, as the driver passed it to KeInitializeDpc.
+                let f = unsafe { std::mem::transmute::<usize, DpcRoutine>(routine) };
+                let old = set_irql(2);
+                entering("DPC routine", routine, || f(dpc, context, a1, a2));
+                set_irql(old);
+            }
+        }
+    }
+    ran
+}
+
+extern "win64" fn io_allocate_work_item(device: usize) -> usize {
+    let item = alloc_zeroed(0x20);
+    obj(item, 0x20).set::<u64>(0, device as u64);
+    item
+}
+
+extern "win64" fn io_queue_work_item(item: usize, routine: usize, _queue: u32, context: usize) {
+    let device = obj(item, 0x20).get::<u64>(0) as usize;
+    push(Deferred::Work {
+        routine,
+        device,
+        context,
+    });
+}
+
+extern "win64" fn io_free_work_item(_item: usize) {}
+
+/// `KDPC`: routine at 0x18, context 0x20, arguments 0x28/0x30, "queued" at 0x38.
+extern "win64" fn ke_initialize_dpc(dpc: usize, routine: usize, context: usize) {
+    let k = obj(dpc, 0x40);
+    k.zero();
+    k.set::<u8>(0, 0x13);
+    k.set::<u64>(0x18, routine as u64);
+    k.set::<u64>(0x20, context as u64);
+}
+
+extern "win64" fn ke_insert_queue_dpc(dpc: usize, a1: usize, a2: usize) -> u8 {
+    let k = obj(dpc, 0x40);
+    if k.get::<u64>(0x38) != 0 {
+        return 0;
+    }
+    k.set::<u64>(0x28, a1 as u64);
+    k.set::<u64>(0x30, a2 as u64);
+    k.set::<u64>(0x38, 1);
+    push(Deferred::Dpc(dpc));
+    1
+}
+
+extern "win64" fn ke_remove_queue_dpc(dpc: usize) -> u8 {
+    let mut q = DEFERRED.lock().unwrap_or_else(PoisonError::into_inner);
+    let before = q.len();
+    q.retain(|d| !matches!(d, Deferred::Dpc(x) if *x == dpc));
+    obj(dpc, 0x40).set::<u64>(0x38, 0);
+    u8::from(q.len() != before)
+}
+
+/// `KTIMER`: DISPATCHER_HEADER, DueTime 0x18, Dpc 0x30, Period 0x3C.
+extern "win64" fn ke_initialize_timer_ex(timer: usize, kind: u32) {
+    let t = obj(timer, 0x40);
+    t.zero();
+    t.set::<u8>(0, 8 + kind as u8); // TimerNotificationObject / TimerSynchronizationObject
+    t.set::<u64>(8, (timer + 8) as u64);
+    t.set::<u64>(16, (timer + 8) as u64);
+}
+
+extern "win64" fn ke_initialize_timer(timer: usize) {
+    ke_initialize_timer_ex(timer, 0);
+}
+
+extern "win64" fn ke_set_timer_ex(timer: usize, due: i64, period: i32, dpc: usize) -> u8 {
+    let was = ke_cancel_timer(timer);
+    let t = obj(timer, 0x40);
+    t.set::<i64>(0x18, due);
+    t.set::<u64>(0x30, dpc as u64);
+    t.set::<u32>(0x3C, period.max(0) as u32);
+    t.set::<i32>(4, 0);
+    TIMERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(timer);
+    was
+}
+
+extern "win64" fn ke_set_timer(timer: usize, due: i64, dpc: usize) -> u8 {
+    ke_set_timer_ex(timer, due, 0, dpc)
+}
+
+extern "win64" fn ke_cancel_timer(timer: usize) -> u8 {
+    let mut timers = TIMERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let before = timers.len();
+    timers.retain(|&t| t != timer);
+    u8::from(timers.len() != before)
+}
+
+// ---- remove locks ---------------------------------------------------------------------
+
+/// `IO_REMOVE_LOCK_COMMON_BLOCK`: Removed at 0, IoCount at 4, RemoveEvent at 8.
+fn remove_lock_count(lock: usize) -> &'static AtomicI32 {
+    let o = obj(lock, 0x20);
+    // SAFETY: IoCount is an aligned LONG of a live remove lock (DDI contract); all
+    // accesses here are atomic.
+    unsafe { &*((o.addr() + 4) as *const AtomicI32) }
+}
+
+extern "win64" fn io_initialize_remove_lock_ex(
+    lock: usize,
+    _tag: u32,
+    _max: u32,
+    _high: u32,
+    _size: u32,
+) {
+    let o = obj(lock, 0x20);
+    o.set::<u8>(0, 0);
+    remove_lock_count(lock).store(1, Ordering::SeqCst);
+    ke_initialize_event(lock + 8, 0, 0);
+}
+
+extern "win64" fn io_acquire_remove_lock_ex(
+    lock: usize,
+    _tag: usize,
+    _file: usize,
+    _line: u32,
+    _size: u32,
+) -> Status {
+    let count = remove_lock_count(lock);
+    count.fetch_add(1, Ordering::SeqCst);
+    if obj(lock, 0x20).get::<u8>(0) != 0 {
+        if count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            ke_set_event(lock + 8, 0, 0);
+        }
+        return 0xC000_0056_u32 as i32; // STATUS_DELETE_PENDING
+    }
+    STATUS_SUCCESS
+}
+
+extern "win64" fn io_release_remove_lock_ex(lock: usize, _tag: usize, _size: u32) {
+    if remove_lock_count(lock).fetch_sub(1, Ordering::SeqCst) == 1 {
+        ke_set_event(lock + 8, 0, 0);
+    }
+}
+
+extern "win64" fn io_release_remove_lock_and_wait_ex(lock: usize, tag: usize, size: u32) {
+    obj(lock, 0x20).set::<u8>(0, 1);
+    // The bias of IoInitializeRemoveLock, then the caller's own acquisition.
+    io_release_remove_lock_ex(lock, tag, size);
+    io_release_remove_lock_ex(lock, tag, size);
+    ke_wait_for_single_object(lock + 8, 0, 0, 0, 0);
+}
+
+// ---- interrupts (connected, never raised) and MDLs ------------------------------------
+
+/// Our `KINTERRUPT`: service routine, context, synchronize IRQL.
+extern "win64" fn io_connect_interrupt(
+    out: usize,
+    routine: usize,
+    context: usize,
+    _spin_lock: usize,
+    _vector: u32,
+    _irql: u8,
+    synchronize_irql: u8,
+    _mode: u32,
+    _share: u8,
+    _affinity: u64,
+    _float: u8,
+) -> Status {
+    let k = alloc_zeroed(0x20);
+    let o = obj(k, 0x20);
+    o.set::<u64>(0, routine as u64);
+    o.set::<u64>(8, context as u64);
+    o.set::<u8>(0x10, synchronize_irql);
+    obj(out, 8).set::<u64>(0, k as u64);
+    STATUS_SUCCESS
+}
+
+extern "win64" fn io_disconnect_interrupt(_interrupt: usize) {}
+
+/// Runs `routine(context)` at the interrupt's synchronize IRQL (DIRQL).
+extern "win64" fn ke_synchronize_execution(interrupt: usize, routine: usize, context: usize) -> u8 {
+    let irql = obj(interrupt, 0x20).get::<u8>(0x10);
+    type Synch = extern "win64" fn(usize) -> u8;
+    // SAFETY: KSYNCHRONIZE_ROUTINE, as the driver passed it.
+    let f = unsafe { std::mem::transmute::<usize, Synch>(routine) };
+    let old = set_irql(irql.max(irql_now()));
+    let r = f(context);
+    set_irql(old);
+    r
+}
+
+fn irql_now() -> u8 {
+    irql()
+}
+
+/// `MDL`: Next 0, Size 8, MdlFlags 0xA, Process 0x10, MappedSystemVa 0x18, StartVa 0x20,
+/// ByteCount 0x28, ByteOffset 0x2C.
+extern "win64" fn io_allocate_mdl(
+    va: usize,
+    length: u32,
+    _secondary: u8,
+    _charge: u8,
+    _irp: usize,
+) -> usize {
+    let pages = (va % 0x1000 + length as usize).div_ceil(0x1000);
+    let size = 0x30 + 8 * pages;
+    let m = alloc_zeroed(size);
+    let o = obj(m, size);
+    o.set::<u16>(8, size as u16);
+    o.set::<u64>(0x20, (va & !0xFFF) as u64);
+    o.set::<u32>(0x28, length);
+    o.set::<u32>(0x2C, (va & 0xFFF) as u32);
+    m
+}
+
+extern "win64" fn io_free_mdl(mdl: usize) {
+    // SAFETY: MDLs come from io_allocate_mdl (calloc); the DDI requires freeing only those.
+    unsafe { libc::free(mdl as *mut libc::c_void) };
+}
+
+extern "win64" fn mm_build_mdl_for_non_paged_pool(mdl: usize) {
+    let o = obj(mdl, 0x30);
+    let va = o.get::<u64>(0x20) + u64::from(o.get::<u32>(0x2C));
+    o.set::<u64>(0x18, va);
+    o.set::<u16>(0xA, o.get::<u16>(0xA) | 0x4); // MDL_SOURCE_IS_NONPAGED_POOL
 }
 
 // ---- generic answers ------------------------------------------------------------------

@@ -82,6 +82,7 @@ pub struct Entered {
 
 thread_local! {
     static CURRENT: Cell<Option<Entered>> = const { Cell::new(None) };
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The driver routine the calling thread runs, if any.
@@ -98,6 +99,12 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
     let previous = CURRENT.with(|c| c.replace(Some(Entered { name, entry })));
     let r = f();
     CURRENT.with(|c| c.set(previous));
+    if previous.is_none() && !DRAINING.with(|d| d.replace(true)) {
+        // Back in the runner: the work the routine queued runs now (once, not from
+        // within the routines this runs).
+        kernel::run_deferred();
+        DRAINING.with(|d| d.set(false));
+    }
     r
 }
 
