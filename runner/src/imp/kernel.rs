@@ -1715,7 +1715,7 @@ mod tests {
             assert!(resolve("NTOSKRNL.EXE", name).is_some());
         }
         assert_eq!(resolve("user32.dll", "MmMapIoSpace"), None);
-        assert_eq!(lookup("IoAllocateWorkItem"), None);
+        assert_eq!(lookup("IoGetDmaAdapter"), None);
     }
 
     #[test]
