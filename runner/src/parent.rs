@@ -241,8 +241,14 @@ fn died_report(
     routine: Option<&str>,
     status: std::process::ExitStatus,
 ) -> String {
-    use std::os::unix::process::ExitStatusExt as _;
-    let how = match status.signal() {
+    #[cfg(unix)]
+    let signal = {
+        use std::os::unix::process::ExitStatusExt as _;
+        status.signal()
+    };
+    #[cfg(not(unix))]
+    let signal: Option<i32> = None;
+    let how = match signal {
         Some(sig) => format!("was killed by signal {sig}"),
         None => format!("exited with {status}"),
     };

@@ -16,11 +16,10 @@ use crate::model::{self, Images};
 use crate::outcome::Outcome;
 use crate::output::sink::ViolationSink;
 use crate::output::{human, json, sarif, Format};
-use crate::transport::socket::SocketTransport;
+use crate::transport::Transport;
 use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// When this process was started as the child of `iosvctl run`: runs it and returns its
 /// exit status. `None` for every other command line.
@@ -66,6 +65,25 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
     })
 }
 
+/// The child's socket (it runs as this user).
+#[cfg(unix)]
+fn connect(socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+    let t = crate::transport::socket::SocketTransport::connect(
+        socket,
+        Some(std::time::Duration::from_secs(10)),
+        false,
+    )?;
+    Ok(Box::new(t))
+}
+
+/// No Unix sockets here; [`parent::start`] refuses to run anyway.
+#[cfg(not(unix))]
+fn connect(_socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+    Err(AppError::Run(
+        "running driver images needs x86-64 Linux".to_string(),
+    ))
+}
+
 /// `iosvctl run`.
 pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
     let opts = options(a)?;
@@ -90,9 +108,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         }
         Err(e) => return Err(AppError::Run(e.to_string())),
     };
-    let transport =
-        SocketTransport::connect(&session.socket, Some(Duration::from_secs(10)), false)?;
-    let mut c = Client::connect(transport)?;
+    let mut c = Client::connect(connect(&session.socket)?)?;
     let stats = c.stats()?;
     let images = Images::from_stats(&stats.drivers);
     let mappings = if a.no_mappings {
