@@ -321,9 +321,14 @@ fn pnp(top: usize, minor: u8, name: &str, words: [(usize, u64); 4]) -> i32 {
     status
 }
 
-/// A CM_RESOURCE_LIST with the memory BARs and one interrupt.
+/// The I/O port range every device gets (after its memory BARs).
+const PORT_BASE: u64 = 0xE000;
+/// Its length.
+const PORT_LENGTH: u32 = 0x100;
+
+/// A CM_RESOURCE_LIST with the memory BARs, one I/O port range and one interrupt.
 fn resource_list(bars: &[BarSpec], translated: bool) -> usize {
-    let n = bars.len() + 1;
+    let n = bars.len() + 2;
     let len = 0x14 + 0x14 * n;
     let list = kernel::alloc_zeroed(len);
     let o = obj(list, len);
@@ -340,6 +345,12 @@ fn resource_list(bars: &[BarSpec], translated: bool) -> usize {
         o.set::<u32>(d + 0xC, bar.length);
     }
     let d = 0x14 + 0x14 * bars.len();
+    o.set::<u8>(d, 1); // CmResourceTypePort
+    o.set::<u8>(d + 1, 1);
+    o.set::<u16>(d + 2, 0x1); // CM_RESOURCE_PORT_IO
+    o.set::<u64>(d + 4, PORT_BASE);
+    o.set::<u32>(d + 0xC, PORT_LENGTH);
+    let d = d + 0x14;
     o.set::<u8>(d, 2); // CmResourceTypeInterrupt
     o.set::<u8>(d + 1, 1);
     o.set::<u16>(d + 2, 0); // level-sensitive

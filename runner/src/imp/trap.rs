@@ -350,6 +350,22 @@ fn emulate(gregs: &mut [libc::greg_t; 23], rip: usize, end: usize) -> Result<(),
             set_reg_at(gregs, libc::REG_RAX, 0);
             set_reg_at(gregs, libc::REG_RDX, 0);
         }
+        // I/O ports (READ_PORT_* / WRITE_PORT_*): no device answers; reads float high.
+        Code::In_AL_imm8 | Code::In_AL_DX => {
+            put(gregs, Register::AL, 0xFF).ok_or("bad-register")?;
+        }
+        Code::In_AX_imm8 | Code::In_AX_DX => {
+            put(gregs, Register::AX, 0xFFFF).ok_or("bad-register")?;
+        }
+        Code::In_EAX_imm8 | Code::In_EAX_DX => {
+            put(gregs, Register::EAX, 0xFFFF_FFFF).ok_or("bad-register")?;
+        }
+        Code::Out_imm8_AL
+        | Code::Out_imm8_AX
+        | Code::Out_imm8_EAX
+        | Code::Out_DX_AL
+        | Code::Out_DX_AX
+        | Code::Out_DX_EAX => {}
         _ => emulate_memory(gregs, &ins)?,
     }
     set_reg_at(gregs, libc::REG_RIP, ins.next_ip());
