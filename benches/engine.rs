@@ -27,7 +27,6 @@ use iosv::protocol::ViolationRecord;
 use iosv::verifier::{StartParams, Verifier};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,13 +65,7 @@ fn engine_with(capacity: usize, live: u64) -> Verifier<BenchPlatform> {
         capacity,
         ..Default::default()
     };
-    let v = Verifier::new(
-        BenchPlatform {
-            clock: AtomicU64::new(1),
-        },
-        params,
-    )
-    .unwrap();
+    let v = Verifier::new(BenchPlatform::bench(), params).unwrap();
     v.driver_attached(b"bench.sys", IMAGE, 0x10_0000).unwrap();
     // Background mappings from another "thread" region.
     for i in 0..live {
@@ -156,9 +149,7 @@ fn pair_benches(c: &mut Criterion) {
         for i in 0..LIVE {
             dm.insert(0xFFFF_B000_0000_0000 + (i << 12), entry(0x1000, 0));
         }
-        let p = BenchPlatform {
-            clock: AtomicU64::new(1),
-        };
+        let p = BenchPlatform::bench();
         g.bench_with_input(BenchmarkId::new("dashmap", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
                 concurrent(n, iters, |i| {

@@ -15,7 +15,6 @@ use common::{thread_phys, BenchPlatform, IMAGE};
 use iosv::platform::Caller;
 use iosv::verifier::{StartParams, Verifier};
 use std::hint::black_box;
-use std::sync::atomic::AtomicU64;
 
 fn main() {
     let pairs: u64 = std::env::args()
@@ -26,13 +25,7 @@ fn main() {
         max_stack_depth: 0,
         ..Default::default()
     };
-    let v = Verifier::new(
-        BenchPlatform {
-            clock: AtomicU64::new(1),
-        },
-        params,
-    )
-    .expect("engine");
+    let v = Verifier::new(BenchPlatform::bench(), params).expect("engine");
     v.driver_attached(b"bench.sys", IMAGE, 0x10_0000)
         .expect("driver slot");
     let at = Caller {

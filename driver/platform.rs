@@ -2,15 +2,15 @@
 //!
 //! Two implementations exist: `platform::windows` (wdk-sys glue, feature `kernel`, Windows
 //! only) and the `iosv-host` package's `HostPlatform` (the user-mode kernel of design.md
-//! §7, in `host/`).
+//! §7, in `host/`); `platform::fake` (feature `test-support`) is the one for tests and benches.
 //! Everything the engine needs from a kernel — the caller's IRQL and identity, time, stack
 //! capture, the real Mm routines, break and bug check, patching one import slot — is a
 //! method here, so the engine itself is portable and tested on Linux.
 
 use crate::intercept::SlotAccess;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
 

@@ -529,6 +529,32 @@ pub struct ViolationRecord {
     pub prior_map_site: u64,
 }
 
+impl ViolationRecord {
+    /// The side this record blames: [`crate::rules::RuleId::blamed`] for its rule (the
+    /// caller when the rule number is unknown).
+    pub fn blamed(&self) -> crate::rules::Blamed {
+        crate::rules::RuleId::from_number(self.rule)
+            .map_or(crate::rules::Blamed::Caller, |r| r.blamed(self.owner_id))
+    }
+
+    /// The id of the driver this record blames (0: unattributed).
+    pub fn blamed_driver(&self) -> u16 {
+        match self.blamed() {
+            crate::rules::Blamed::Caller => self.driver_id,
+            crate::rules::Blamed::Owner => self.owner_id,
+        }
+    }
+
+    /// The name of the driver this record blames (empty when unattributed).
+    pub fn blamed_driver_name(&self) -> &[u8] {
+        match self.blamed() {
+            crate::rules::Blamed::Caller if self.driver_id == 0 => &[],
+            crate::rules::Blamed::Caller => name_bytes(&self.driver_name),
+            crate::rules::Blamed::Owner => name_bytes(&self.owner_name),
+        }
+    }
+}
+
 /// Request of [`IOCTL_LIST_MAPPINGS`].
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,

@@ -100,6 +100,33 @@ impl RuleId {
         RULES.get(self.index()).unwrap_or(&RULES_FALLBACK)
     }
 
+    /// Whether this rule blames the owner of the mapping ([`RuleInfo::blames_owner`]).
+    pub fn blames_owner(self) -> bool {
+        self.info().blames_owner
+    }
+
+    /// Which driver a violation of this rule is blamed on, given the id of the mapping's
+    /// owner (0: no mapping, or its owner unknown). The one statement of the blame rule,
+    /// used by the engine's per-driver violation counts, the host's audit and the client:
+    ///
+    /// - the leak rules ([`RuleInfo::blames_owner`]: IOSV007 leak-on-stop, IOSV008
+    ///   leak-on-remove, IOSV009 leak-on-unload) blame the owner of the leaked mapping —
+    ///   the leak is found at an event (stop, removal, unload, detach), not at a call, and
+    ///   it is the owner that failed to unmap; the caller if the owner is unknown;
+    /// - every other rule blames the driver that made the call, even where it touched
+    ///   another driver's mapping: IOSV012 unmap-foreign blames the unmapping driver, not
+    ///   the owner whose mapping it tore at, and IOSV005 for a stale pointer after address
+    ///   reuse blames the stale caller and spares the driver Mm gave the address to. An
+    ///   unattributed caller (id 0) stays unattributed: the owner of the mapping it hit is
+    ///   the victim, never the culprit.
+    pub fn blamed(self, owner_id: u16) -> Blamed {
+        if self.blames_owner() && owner_id != 0 {
+            Blamed::Owner
+        } else {
+            Blamed::Caller
+        }
+    }
+
     /// The rule with this id (`"IOSV004"`) or name (`"unmap-unknown"`), case-insensitive.
     pub fn parse(text: &str) -> Option<RuleId> {
         RULES
@@ -107,6 +134,15 @@ impl RuleId {
             .find(|r| r.code.eq_ignore_ascii_case(text) || r.name.eq_ignore_ascii_case(text))
             .map(|r| r.id)
     }
+}
+
+/// The side of a violation its rule blames ([`RuleId::blamed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Blamed {
+    /// The driver that made the call (`driver_id` of a record; 0 if unattributed).
+    Caller,
+    /// The driver that owns the mapping involved (`owner_id` of a record).
+    Owner,
 }
 
 /// How serious a violation of a rule is (SARIF `level`, `--fail-on`).
@@ -200,6 +236,10 @@ pub struct RuleInfo {
     pub reference: &'static str,
     /// Whether the engine can contain the violation (not pass the call to Mm as made).
     pub containable: bool,
+    /// Whether a violation is blamed on the owner of the mapping rather than on the
+    /// driver that made the call: true for the leaks (IOSV007–IOSV009), found at an event
+    /// about the owner; see [`RuleId::blamed`].
+    pub blames_owner: bool,
 }
 
 const DDI_UNMAP: &str =
@@ -220,6 +260,7 @@ static RULES_FALLBACK: RuleInfo = RuleInfo {
     help: "",
     reference: "",
     containable: false,
+    blames_owner: false,
 };
 
 /// Every rule, indexed by [`RuleId::index`].
@@ -233,6 +274,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass MmUnmapIoSpace the exact byte count that was mapped; keep it beside the base.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapIrql,
@@ -243,6 +285,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap at IRQL <= DISPATCH_LEVEL (<= APC_LEVEL to satisfy Driver Verifier 0xC4/0x7B), e.g. from a work item.",
         reference: BUGCHECK_C4,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MapIrql,
@@ -253,6 +296,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Map at IRQL <= DISPATCH_LEVEL, ideally at PASSIVE_LEVEL during start-device (Driver Verifier 0xC4/0x73).",
         reference: DDI_MAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapUnknown,
@@ -263,6 +307,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Only unmap bases returned by MmMapIoSpace/MmMapIoSpaceEx; check for corrupted or uninitialised pointers.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::DoubleUnmap,
@@ -273,6 +318,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Clear the stored base after unmapping, and make stop and remove paths share one release routine; a stale pointer unmaps whatever Mm mapped there since.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapInterior,
@@ -283,6 +329,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap with the base MmMapIoSpace returned, not a register pointer derived from it.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::LeakOnStop,
@@ -293,6 +340,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap every register range mapped in start-device when handling IRP_MN_STOP_DEVICE.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::LeakOnRemove,
@@ -303,6 +351,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Unmap in IRP_MN_SURPRISE_REMOVAL / IRP_MN_REMOVE_DEVICE (whichever comes first).",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::LeakOnUnload,
@@ -313,6 +362,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Release every mapping before DriverUnload returns; system PTEs leaked here are never recovered.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: true,
     },
     RuleInfo {
         id: RuleId::CacheConflict,
@@ -323,6 +373,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Map a physical range with one cache type everywhere; mixed attributes are undefined on x86 and ARM.",
         reference: DDI_MAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::MapBadParameters,
@@ -333,6 +384,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass a non-zero length, a MEMORY_CACHING_TYPE below MmMaximumCacheType, and one PAGE_* protection with at most one of PAGE_NOCACHE/PAGE_WRITECOMBINE.",
         reference: DDI_MAP_EX,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapForeign,
@@ -348,6 +400,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Each driver unmaps what it mapped; if two drivers share registers, have the owner unmap them (e.g. through an interface callback).",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::StaleEntry,
@@ -358,6 +411,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "The earlier mapping at this base was unmapped without iosv seeing it, e.g. through a pointer resolved before attach.",
         reference: DDI_UNMAP,
         containable: false,
+        blames_owner: false,
     },
     RuleInfo {
         id: RuleId::UnmapPageBase,
@@ -368,12 +422,104 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         help: "Pass MmUnmapIoSpace the exact pointer MmMapIoSpace returned, offset included; do not round it down to the page.",
         reference: DDI_UNMAP,
         containable: true,
+        blames_owner: false,
     },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record of `rule` by caller 3 (`c.sys`) about a mapping of owner 7 (`o.sys`), or
+    /// with `owner` 0, one whose owner is unknown.
+    fn record(rule: RuleId, caller: u16, owner: u16) -> crate::protocol::ViolationRecord {
+        let mut r = crate::protocol::ViolationRecord {
+            rule: rule.number(),
+            driver_id: caller,
+            owner_id: owner,
+            ..Default::default()
+        };
+        if caller != 0 {
+            r.driver_name[..5].copy_from_slice(b"c.sys");
+        }
+        if owner != 0 {
+            r.owner_name[..5].copy_from_slice(b"o.sys");
+        }
+        r
+    }
+
+    /// Checks `rule` blames `side` (with a known owner) through the rule table, the
+    /// record's id and its name, and the caller when the owner is unknown.
+    fn assert_blames(rule: RuleId, side: Blamed) {
+        assert_eq!(rule.blamed(7), side, "{rule:?}");
+        assert_eq!(rule.blames_owner(), side == Blamed::Owner, "{rule:?}");
+        let r = record(rule, 3, 7);
+        let (id, name): (u16, &[u8]) = match side {
+            Blamed::Caller => (3, b"c.sys"),
+            Blamed::Owner => (7, b"o.sys"),
+        };
+        assert_eq!((r.blamed(), r.blamed_driver()), (side, id), "{rule:?}");
+        assert_eq!(r.blamed_driver_name(), name, "{rule:?}");
+        // Owner unknown: the caller.
+        let r = record(rule, 3, 0);
+        assert_eq!(
+            (r.blamed_driver(), r.blamed_driver_name()),
+            (3, &b"c.sys"[..])
+        );
+        // Unattributed caller: nobody for a call rule (the owner is the victim), the owner
+        // for a leak.
+        let r = record(rule, 0, 7);
+        let expected: (u16, &[u8]) = match side {
+            Blamed::Caller => (0, b""),
+            Blamed::Owner => (7, b"o.sys"),
+        };
+        assert_eq!((r.blamed_driver(), r.blamed_driver_name()), expected);
+    }
+
+    /// One test per rule: whom it blames. Rules found at a call blame the caller; the
+    /// leaks, found at an event, blame the mapping's owner (see [`RuleId::blamed`]).
+    macro_rules! blame {
+        ($($test:ident: $rule:ident => $side:ident;)*) => {
+            $(
+                #[test]
+                fn $test() {
+                    assert_blames(RuleId::$rule, Blamed::$side);
+                }
+            )*
+
+            /// Every rule has its test above (a new rule must say whom it blames).
+            #[test]
+            fn every_rule_has_a_blame_test() {
+                let mut covered = vec![$(RuleId::$rule),*];
+                covered.sort();
+                assert_eq!(covered, RuleId::ALL.to_vec());
+            }
+        };
+    }
+
+    blame! {
+        iosv001_unmap_size_mismatch_blames_the_caller: UnmapSizeMismatch => Caller;
+        iosv002_unmap_irql_blames_the_caller: UnmapIrql => Caller;
+        iosv003_map_irql_blames_the_caller: MapIrql => Caller;
+        iosv004_unmap_unknown_blames_the_caller: UnmapUnknown => Caller;
+        iosv005_double_unmap_and_stale_pointer_blame_the_caller_not_the_new_owner: DoubleUnmap => Caller;
+        iosv006_unmap_interior_blames_the_caller: UnmapInterior => Caller;
+        iosv007_leak_on_stop_blames_the_owner: LeakOnStop => Owner;
+        iosv008_leak_on_remove_blames_the_owner: LeakOnRemove => Owner;
+        iosv009_leak_on_unload_blames_the_owner: LeakOnUnload => Owner;
+        iosv010_cache_conflict_blames_the_new_mapper: CacheConflict => Caller;
+        iosv011_map_bad_parameters_blames_the_caller: MapBadParameters => Caller;
+        iosv012_unmap_foreign_blames_the_unmapping_driver_not_the_owner: UnmapForeign => Caller;
+        iosv013_stale_entry_blames_the_caller: StaleEntry => Caller;
+        iosv014_unmap_page_base_blames_the_caller: UnmapPageBase => Caller;
+    }
+
+    #[test]
+    fn an_unknown_rule_number_blames_the_caller() {
+        let mut r = record(RuleId::LeakOnStop, 3, 7);
+        r.rule = 0;
+        assert_eq!((r.blamed(), r.blamed_driver()), (Blamed::Caller, 3));
+    }
 
     #[test]
     fn table_is_in_id_order_and_codes_match_numbers() {

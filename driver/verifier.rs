@@ -23,7 +23,7 @@ use crate::protocol::{
     VF_OTHER_MAP_EX, VF_REUSED,
 };
 use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
-use crate::rules::{Action, RuleId};
+use crate::rules::{Action, Blamed, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};
 use crate::table::{
@@ -736,14 +736,9 @@ impl<P: Platform> Verifier<P> {
     fn violate(&self, rule: RuleId, cx: &CallCtx, mut r: ViolationRecord) {
         let action = self.settings.action(rule);
         self.stats.bump_rule(cx.processor, rule.index());
-        let blamed = if r.owner_id != 0
-            && matches!(
-                rule,
-                RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload
-            ) {
-            DriverId(r.owner_id)
-        } else {
-            cx.driver
+        let blamed = match rule.blamed(r.owner_id) {
+            Blamed::Owner => DriverId(r.owner_id),
+            Blamed::Caller => cx.driver,
         };
         self.stats
             .bump_driver(cx.processor, blamed, DriverCounter::Violations);

@@ -283,14 +283,11 @@ impl<'a> Violation<'a> {
         )
     }
 
-    /// The driver the violation is blamed on: the owner of a leaked mapping, otherwise the
-    /// caller (the owner when the caller is unattributed). `None` if neither is known.
+    /// The driver the violation is blamed on (iosv's one blame rule,
+    /// [`iosv::rules::RuleId::blamed`]): the owner of a leaked mapping, otherwise the
+    /// caller. `None` if that driver is unattributed.
     pub fn driver(&self) -> Option<String> {
-        if self.is_leak() {
-            self.owner().or_else(|| self.caller())
-        } else {
-            self.caller().or_else(|| self.owner())
-        }
+        (self.rec.blamed_driver() != 0).then(|| text(self.rec.blamed_driver_name()))
     }
 
     /// The blamed driver, or `(unattributed)`.
@@ -688,6 +685,11 @@ mod tests {
             "{}",
             v.message()
         );
+        // An unattributed caller is not blamed on the owner whose mapping it hit.
+        r.driver_id = 0;
+        r.driver_name = [0; NAME_LEN];
+        assert_eq!(Violation::new(&r).driver(), None);
+        assert_eq!(Violation::new(&r).driver_label(), "(unattributed)");
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! Test doubles: a [`FakePlatform`] under a real engine behind a [`EngineTransport`] (real
+//! Test doubles: iosv's [`FakePlatform`] under a real engine behind a [`EngineTransport`] (real
 //! replies from `iosv::control`), and a [`Scripted`] transport that answers what it is told.
 
 use crate::transport::{CallResult, RawReply, Transport, TransportError};
-use iosv::platform::{BugCheck, Irql, Platform, PlatformError};
+use iosv::platform::fake::{FakeConfig, FakePlatform};
 use iosv::verifier::{DeviceEvent, Verifier};
 use iosv::{Caller, StartParams};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Image base of the first fake driver (`nic.sys`); the second (`gpu.sys`) follows.
@@ -16,86 +16,21 @@ pub const GPU_BASE: u64 = 0xfffff800_20000000;
 /// Image size of both.
 pub const IMAGE_SIZE: u64 = 0x10000;
 
-/// A platform whose IRQL the test sets and whose Mm hands out page-aligned addresses.
-#[derive(Default)]
-pub struct FakePlatform {
-    /// IRQL of "the current thread".
-    pub irql: AtomicU8,
-    clock: AtomicU64,
-    next_va: AtomicU64,
-    /// Return address the stack capture reports first.
-    pub frame: AtomicU64,
-}
-
-impl iosv::intercept::SlotAccess for FakePlatform {
-    unsafe fn read_slot(&self, _address: usize) -> usize {
-        0
-    }
-    unsafe fn compare_exchange_slot(
-        &self,
-        _address: usize,
-        _current: usize,
-        _new: usize,
-    ) -> Result<(), iosv::intercept::SlotWriteError> {
-        Err(iosv::intercept::SlotWriteError::Failed)
-    }
-}
-
-impl Platform for FakePlatform {
-    fn current_irql(&self) -> Irql {
-        Irql(self.irql.load(Ordering::SeqCst))
-    }
-    fn current_processor(&self) -> u32 {
-        0
-    }
-    fn processor_count(&self) -> u32 {
-        2
-    }
-    fn current_process_id(&self) -> u64 {
-        4
-    }
-    fn current_thread_id(&self) -> u64 {
-        0x100
-    }
-    fn now_ns(&self) -> u64 {
-        self.clock.fetch_add(1_000_000, Ordering::SeqCst)
-    }
-    fn capture_stack(&self, _skip: u32, frames: &mut [u64]) -> usize {
-        let top = self.frame.load(Ordering::SeqCst);
-        for (i, f) in frames.iter_mut().enumerate() {
-            *f = if i == 0 {
-                top
-            } else {
-                0xfffff801_00000000 + i as u64 * 0x40
-            };
-        }
-        frames.len()
-    }
-    fn raise_to_dispatch(&self) -> Irql {
-        Irql(self.irql.fetch_max(2, Ordering::SeqCst))
-    }
-    fn lower_irql(&self, previous: Irql) {
-        self.irql.store(previous.0, Ordering::SeqCst);
-    }
-    fn mm_map_io_space(&self, _physical: u64, _size: usize, _cache_type: u32) -> u64 {
-        0xffff9a00_00000000 + self.next_va.fetch_add(0x10000, Ordering::SeqCst)
-    }
-    fn mm_map_io_space_ex(&self, physical: u64, size: usize, protect: u32) -> u64 {
-        self.mm_map_io_space(physical, size, protect)
-    }
-    fn mm_unmap_io_space(&self, _base: u64, _size: usize) {}
-    fn debug_break(&self) {}
-    fn bugcheck(&self, _params: BugCheck) {}
-    fn attach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError> {
-        if image_name.eq_ignore_ascii_case(b"nic.sys") {
-            Ok(3)
-        } else {
-            Err(PlatformError::NotFound)
-        }
-    }
-    fn detach_driver(&self, image_name: &[u8]) -> Result<u32, PlatformError> {
-        self.attach_driver(image_name)
-    }
+/// The client tests' [`FakePlatform`]: thread 0x100, a clock in 1 ms steps from 0, Mm
+/// addresses 64 KiB apart from `0xffff9a00_00000000`, stacks topped by
+/// [`FakePlatform::frame`], `nic.sys` attachable and detachable.
+fn platform() -> FakePlatform {
+    FakePlatform::with(FakeConfig {
+        thread: 0x100,
+        clock_start: 0,
+        clock_step: 1_000_000,
+        va_base: 0xffff9a00_00000000,
+        va_step: 0x10000,
+        stack: Some((0xfffff801_00000000, 0x40)),
+        attachable: b"nic.sys",
+        detach: true,
+        ..FakeConfig::default()
+    })
 }
 
 /// An engine with `nic.sys` and `gpu.sys` attached.
@@ -112,7 +47,7 @@ impl Engine {
             journal_records: 64,
             ..Default::default()
         };
-        let v = Verifier::new(FakePlatform::default(), params).expect("engine");
+        let v = Verifier::new(platform(), params).expect("engine");
         // Both are targets hooked as they load, so every mapping they make is seen.
         v.with_control(|c| c.targets.add(b"nic.sys") && c.targets.add(b"gpu.sys"));
         v.image_loaded(b"nic.sys", NIC_BASE, IMAGE_SIZE)

@@ -249,6 +249,30 @@ fn iosv009_leak_on_unload_and_detach() {
 }
 
 #[test]
+fn per_driver_violation_counts_follow_the_blame_rule() {
+    use crate::stats::DriverCounter;
+    let b = bed();
+    let count = |d: DriverId| {
+        b.v.stats().totals().per_driver[usize::from(d.0)][DriverCounter::Violations as usize]
+    };
+    // IOSV012: gpu unmaps nic's mapping: gpu is blamed, nic (the victim) is not.
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(GPU), a, 0x1000);
+    assert_eq!((count(b.gpu), count(b.nic)), (1, 0));
+    // IOSV009: nic's mapping leaks at its detach: nic, the owner, is blamed.
+    b.v.driver_detached(b.nic, false);
+    assert_eq!(b.new_records().last().map(|r| r.rule), Some(9));
+    assert_eq!((count(b.gpu), count(b.nic)), (1, 1));
+    // IOSV001 by an unattributed caller on gpu's mapping: unattributed (slot 0), not gpu.
+    let g = b.v.map_io_space(at(GPU), 0xFED1_0000, 0x1000, 0);
+    b.v.unmap_io_space(Caller { return_address: 0 }, g, 0x2000);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule), (1, 1));
+    assert_eq!((r[0].owner_id, r[0].blamed_driver()), (b.gpu.0, 0));
+    assert_eq!((count(DriverId::NONE), count(b.gpu)), (1, 1));
+}
+
+#[test]
 fn iosv010_cache_conflict_only_on_overlap_with_other_type() {
     let b = bed();
     let a = b.v.map_io_space(at(GPU), 0xC000_0000, 0x10000, 1); // cached

@@ -6,7 +6,7 @@
 //! The host reads its own verifier's journal and table from the engine, as the kernel
 //! component would, not through a control client (see `requests`).
 
-use crate::{blamed_driver_name, mm, Host, HostError, Injected};
+use crate::{mm, Host, HostError, Injected};
 use iosv::protocol::{ViolationRecord, MF_DETACHED};
 use iosv::rules::RuleId;
 use std::collections::BTreeMap;
@@ -62,7 +62,12 @@ impl Host {
         seqs.dedup();
         for r in &records {
             if let Some(rule) = RuleId::from_number(r.rule) {
-                let c = reported.entry((rule, blamed_driver_name(r))).or_insert(0);
+                let c = reported
+                    .entry((
+                        rule,
+                        String::from_utf8_lossy(r.blamed_driver_name()).into_owned(),
+                    ))
+                    .or_insert(0);
                 *c = c.saturating_add(1);
             }
         }

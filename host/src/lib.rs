@@ -45,7 +45,6 @@
 
 use iosv::config::StartParams;
 use iosv::control::Reply;
-use iosv::protocol::ViolationRecord;
 use iosv::rules::RuleId;
 use iosv::verifier::Verifier;
 use std::collections::BTreeMap;
@@ -89,27 +88,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Expected violation records: (rule, blamed driver name) → count. The blamed driver is
 /// the one that made the violating call, except for the leak rules (IOSV007–009), where it
-/// is the owner of the leaked mapping — see [`blamed_driver`]. Bugs of a rule whose action
+/// is the owner of the leaked mapping — see `iosv::rules::RuleId::blamed`, which the audit
+/// applies through [`ViolationRecord::blamed_driver_name`](iosv::protocol::ViolationRecord::blamed_driver_name). Bugs of a rule whose action
 /// is `ignore` when they are committed are not counted (iosv journals nothing for them).
 pub type Injected = BTreeMap<(RuleId, String), u64>;
-
-/// The id of the driver a record blames: the owner for leaks, the caller otherwise.
-pub fn blamed_driver(r: &ViolationRecord) -> u16 {
-    match RuleId::from_number(r.rule) {
-        Some(RuleId::LeakOnStop | RuleId::LeakOnRemove | RuleId::LeakOnUnload) => r.owner_id,
-        _ => r.driver_id,
-    }
-}
-
-/// The name a record gives the driver it blames.
-pub fn blamed_driver_name(r: &ViolationRecord) -> String {
-    let name = if blamed_driver(r) == r.owner_id && r.owner_id != 0 {
-        &r.owner_name
-    } else {
-        &r.driver_name
-    };
-    String::from_utf8_lossy(iosv::protocol::name_bytes(name)).into_owned()
-}
 
 /// A verifier hosted in this process, with its simulated system. See the module docs.
 pub struct Host {

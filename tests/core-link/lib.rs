@@ -63,6 +63,12 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The platform of this image. Not `iosv::platform::fake` (the one fake the engine's,
+/// client's and benches' tests share): this crate is a `no_std` kernel image and what it
+/// checks is its import table, so its Mm calls must be the real `MmMapIoSpace` /
+/// `MmUnmapIoSpace` imports from ntoskrnl above; the fake needs std (feature
+/// `test-support`, thread-locals, `Mutex`) and calls nothing, so it could neither link
+/// here nor produce the imports.
 struct KernelStandIn;
 
 impl SlotAccess for KernelStandIn {
