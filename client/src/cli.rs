@@ -187,6 +187,10 @@ pub struct RunImageArgs {
     /// Do not list the mappings still live after the run.
     #[arg(long)]
     pub no_mappings: bool,
+    /// After the IOCTLs, remove the device by surprise (IRP_MN_SURPRISE_REMOVAL, then
+    /// IRP_MN_REMOVE_DEVICE) instead of stopping and removing it.
+    #[arg(long)]
+    pub surprise_removal: bool,
 }
 
 /// `violations` options.

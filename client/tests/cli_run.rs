@@ -260,6 +260,20 @@ fn work_items_dpcs_and_timers_run_when_the_routine_returns_at_their_irql() {
 }
 
 #[test]
+fn surprise_removal_reports_leaks_at_the_surprise_removal() {
+    // The size/leak driver unmaps in SURPRISE_REMOVAL as in REMOVE: a wrong size for
+    // BAR0, and BAR1 leaked — reported when the surprise removal completes.
+    let (code, rules, drivers, live) =
+        run_json("size_and_leak_on_remove.sys", &["--surprise-removal"]);
+    assert_eq!(rules, counts(&[("IOSV001", 1), ("IOSV008", 1)]));
+    assert_eq!(code, 1);
+    assert!(drivers.iter().all(|d| d == "size_and_leak_on_remove.sys"));
+    assert_eq!(live, 1);
+    let (code, rules, _, live) = run_json("clean.sys", &["--surprise-removal"]);
+    assert_eq!((code, rules.len(), live), (0, 0, 0));
+}
+
+#[test]
 fn human_output_names_the_driver_and_the_rules() {
     let path = fixture("size_and_leak_on_remove.sys");
     let (code, out, _) = parts(&iosvctl(&["run", &path]));

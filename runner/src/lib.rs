@@ -187,6 +187,9 @@ pub struct RunOptions {
     pub ioctls: Vec<IoctlSpec>,
     /// Seconds one driver routine may run before the watchdog ends the run.
     pub watchdog_secs: u64,
+    /// End the device with IRP_MN_SURPRISE_REMOVAL then IRP_MN_REMOVE_DEVICE (the device
+    /// vanished) instead of QUERY_STOP/STOP and QUERY_REMOVE/REMOVE.
+    pub surprise_removal: bool,
 }
 
 impl fmt::Display for BarSpec {

@@ -121,6 +121,9 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     for b in &opts.bars {
         cmd.arg("--bar").arg(b.to_string());
     }
+    if opts.surprise_removal {
+        cmd.arg("--surprise-removal").arg("yes");
+    }
     for io in &opts.ioctls {
         let hex: String = io.input.iter().map(|b| format!("{b:02x}")).collect();
         cmd.arg("--ioctl").arg(format!("{:#x}:{hex}", io.code));

@@ -62,6 +62,7 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
         bars,
         ioctls,
         watchdog_secs: a.watchdog,
+        surprise_removal: a.surprise_removal,
     })
 }
 

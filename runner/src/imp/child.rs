@@ -25,6 +25,7 @@ const IRP_MN_STOP_DEVICE: u8 = 4;
 const IRP_MN_QUERY_STOP_DEVICE: u8 = 5;
 const IRP_MN_CANCEL_STOP_DEVICE: u8 = 6;
 const IRP_MN_SET_POWER: u8 = 2;
+const IRP_MN_SURPRISE_REMOVAL: u8 = 0x17;
 /// The child's exit status when the image cannot be loaded.
 pub const LOAD_FAILED_STATUS: i32 = 8;
 
@@ -42,12 +43,14 @@ pub fn parse_args(args: &[String]) -> Result<(PathBuf, RunOptions), String> {
         bars: Vec::new(),
         ioctls: Vec::new(),
         watchdog_secs: 0,
+        surprise_removal: false,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--bar" => opts.bars.push(BarSpec::parse(value)?),
             "--ioctl" => opts.ioctls.push(IoctlSpec::parse(value)?),
+            "--surprise-removal" => opts.surprise_removal = value == "yes",
             other => return Err(format!("unknown child argument {other}")),
         }
     }
@@ -468,6 +471,23 @@ fn pnp_device(engine: &dyn Engine, driver: usize, add_device: usize, opts: &RunO
             ));
         }
         io_requests(top, opts);
+        if opts.surprise_removal {
+            pnp(
+                top,
+                IRP_MN_SURPRISE_REMOVAL,
+                "IRP_MN_SURPRISE_REMOVAL",
+                [(0, 0); 4],
+            );
+            engine.device_event(fdo as u64, DeviceEvent::SurpriseRemoved);
+            pnp(
+                top,
+                IRP_MN_REMOVE_DEVICE,
+                "IRP_MN_REMOVE_DEVICE",
+                [(0, 0); 4],
+            );
+            engine.device_event(fdo as u64, DeviceEvent::Removed);
+            return;
+        }
         let query = pnp(
             top,
             IRP_MN_QUERY_STOP_DEVICE,
