@@ -8,6 +8,14 @@
 //! ```
 //!
 //! Under `cargo bench` it runs a short loop and prints the time per pair.
+//!
+//! `pair_count <n> <mode> <live>` counts the error paths that used to walk the table, with
+//! `<live>` other mappings live (run it for two `n` and divide the difference, as
+//! `scripts/bench-check` does; keep `n + live` under 65 536, the benchmark platform's
+//! virtual pages): `interior` = `n` unmaps at an interior address of a live mapping
+//! (IOSV006, contained), `conflict` = `n` map + unmap pairs whose map shares a page with a
+//! live mapping of another cache type (IOSV010), `walk` = `n` lookups of an interior
+//! address by a walk over every slot (what `interior` cost before the virtual index).
 
 mod common;
 
@@ -31,6 +39,36 @@ fn main() {
     let at = Caller {
         return_address: IMAGE + 0x40,
     };
+    let mut args = std::env::args().skip(2);
+    let mode = args.next().unwrap_or_default();
+    let live: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    if !mode.is_empty() {
+        // Live mappings of one page each, non-cached, on consecutive physical pages.
+        let phys = |i: u64| 0x9_0000_0000 + ((i % live.max(1)) << 12);
+        let bases: Vec<u64> = (0..live)
+            .map(|i| v.map_io_space(at, phys(i), 0x1000, 0))
+            .collect();
+        let interior = |i: u64| {
+            bases
+                .get((i % live.max(1)) as usize)
+                .map_or(0, |b| b + 0x800)
+        };
+        for i in 0..pairs {
+            match mode.as_str() {
+                "interior" => v.unmap_io_space(at, black_box(interior(i)), 0x1000),
+                "walk" => {
+                    black_box(v.table().find_containing_by_walk(interior(i)));
+                }
+                "conflict" => {
+                    let base = v.map_io_space(at, phys(i), 0x1000, 1);
+                    v.unmap_io_space(at, black_box(base), 0x1000);
+                }
+                _ => panic!("mode: interior, walk or conflict"),
+            }
+        }
+        println!("{pairs} {mode} with {live} live");
+        return;
+    }
     let t0 = std::time::Instant::now();
     for i in 0..pairs {
         let base = v.map_io_space(at, thread_phys(i), 0x1000, 0);

@@ -131,8 +131,10 @@ impl Drivers {
             return DriverId::NONE;
         }
         for (i, s) in self.used().iter().enumerate() {
+            // Attached (1) or Loaded (2), in one compare.
+            const _: () = assert!(DriverState::Loaded as u32 == DriverState::Attached as u32 + 1);
             let st = s.state.load(Ordering::Acquire);
-            if st != DriverState::Attached as u32 && st != DriverState::Loaded as u32 {
+            if st.wrapping_sub(DriverState::Attached as u32) > 1 {
                 continue;
             }
             let base = s.image_base.load(Ordering::Relaxed);

@@ -15,6 +15,7 @@
 //! Decoders trust nothing: a bad magic or a length over the limits is an error, and the
 //! stream readers tell a clean close between frames ([`FrameError::Closed`]) from a frame
 //! cut short ([`FrameError::Truncated`]).
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::vec::Vec;

@@ -3,8 +3,9 @@
 //!
 //! The filter counts live mappings per (2 MiB physical region, cache class) in a
 //! direct-mapped array of counters: a map whose regions hold no mapping of another class
-//! cannot conflict, so the exact check (a walk of the table) runs only when the filter
-//! says a conflict is possible. Hash collisions only cost an extra walk, never a missed
+//! cannot conflict, so the exact check (a bounded lookup in the table's physical index,
+//! which also asks the filter which regions to probe) runs only when the filter says a
+//! conflict is possible. Hash collisions only cost an extra walk, never a missed
 //! conflict. Mappings spanning more than [`MAX_REGIONS`] regions are counted once in a
 //! per-class "huge" counter that every check consults. Counters are plain atomic
 //! increments: nothing waits.
@@ -255,11 +256,50 @@ impl ConflictFilter {
         });
     }
 
+    /// [`add`](Self::add) and [`may_conflict`](Self::may_conflict) (for the other classes,
+    /// so this mapping's own count does not matter) in one pass: each region's bucket is
+    /// hashed once. Returns true if a live mapping of another class may overlap.
+    pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
+        let huge_other = self
+            .huge
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0);
+        match Self::regions(physical, size) {
+            Some((first, n)) => {
+                let mut other = huge_other;
+                for r in 0..n {
+                    if let Some(b) = self.bucket(first.wrapping_add(r)) {
+                        b.of(class).fetch_add(1, Ordering::AcqRel);
+                        other = other || b.other_live(class);
+                    }
+                }
+                other
+            }
+            None => {
+                if let Some(c) = self.huge.get(class as usize) {
+                    c.fetch_add(1, Ordering::AcqRel);
+                }
+                huge_other || self.counts.iter().any(|b| b.other_live(class))
+            }
+        }
+    }
+
     /// Uncounts a mapping that is gone.
     pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
         self.each_counter(physical, size, class, |c| {
             c.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// True if a live mapping of another class than `class` may lie (partly) in 2 MiB
+    /// region `region` (never false when one does).
+    pub fn region_may_conflict(&self, region: u64, class: CacheClass) -> bool {
+        self.huge
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0)
+            || self.bucket(region).is_some_and(|b| b.other_live(class))
     }
 
     /// True if a live mapping of another class may overlap `[physical, physical + size)`.
@@ -381,5 +421,13 @@ mod tests {
         assert!(!f.may_conflict(0xF000_0800, 0x10, CacheClass::Cached));
         f.add(0, 1 << 40, CacheClass::WriteCombined);
         assert!(f.may_conflict(0x1234_0000, 1, CacheClass::Cached));
+        f.remove(0, 1 << 40, CacheClass::WriteCombined);
+        // add_checked counts and answers may_conflict for the other classes.
+        assert!(!f.add_checked(0xF000_0000, 0x1000, CacheClass::NonCached));
+        assert!(!f.add_checked(0xF000_0000, 0x1000, CacheClass::NonCached));
+        assert!(f.add_checked(0xF000_0800, 0x10, CacheClass::Cached));
+        assert!(f.may_conflict(0xF000_0000, 1, CacheClass::WriteCombined));
+        assert!(f.add_checked(0, 1 << 40, CacheClass::WriteCombined));
+        assert!(f.may_conflict(0x1234_0000, 1, CacheClass::NonCached));
     }
 }

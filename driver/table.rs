@@ -30,14 +30,23 @@
 //! # Memory
 //! Per slot: 8 B key + 48 B payload = 56 B, plus `8 × stack_depth` B of stack. Slots =
 //! capacity × 4/3 rounded up to a whole bucket, so ≈ 75 B per mapping of capacity without
-//! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi).
+//! stacks (4.7 MiB for the default 64 Ki; 75 MiB for 1 Mi), plus ≈ 23 B for the
+//! [`index`] (one word per mapping per address space at a 3/4 load).
+//!
+//! # Indexes
+//! Every live entry is also filed by virtual and by physical address in a [`SpanIndex`]
+//! (filed before the slot is published, unfiled after it is taken), so that the lookups
+//! by address ([`Table::visit_around`], [`Table::visit_physical`],
+//! [`Table::find_containing`]) do bounded work instead of walking every slot.
 
 #![forbid(unsafe_code)]
 
 mod graveyard;
+pub mod index;
 mod untracked;
 
 pub use graveyard::{Graveyard, Tombstone};
+pub use index::{Space, SpanIndex};
 pub use untracked::UntrackedSet;
 
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
@@ -61,6 +70,8 @@ pub const BUCKET: usize = 2;
 pub const MAX_PROBE_BUCKETS: usize = 2;
 /// Most stack frames stored per mapping.
 pub const MAX_STACK_DEPTH: usize = 16;
+/// Most chunk probes of one [`Table::visit_physical`] before it walks instead.
+pub const PHYS_PROBE_LIMIT: usize = 1 << 14;
 /// Times a non-owning reader retries a slot that changes under it before skipping it.
 const READ_RETRIES: u32 = 4;
 
@@ -286,6 +297,8 @@ pub struct Table {
     stacks: Box<[AtomicU64]>,
     stack_depth: usize,
     buckets: usize,
+    /// Every live entry by virtual and by physical address (bounded lookups, no walks).
+    index: SpanIndex,
 }
 
 impl Table {
@@ -306,6 +319,7 @@ impl Table {
             stacks: try_boxed_slice(stack_words, |_| AtomicU64::new(0))?,
             stack_depth,
             buckets,
+            index: SpanIndex::new(capacity.saturating_mul(2))?,
         })
     }
 
@@ -332,11 +346,15 @@ impl Table {
                 self.stack_depth
                     .saturating_mul(core::mem::size_of::<AtomicU64>()),
             );
-        self.slots.len().saturating_mul(per_slot).saturating_add(
-            self.overflow
-                .len()
-                .saturating_mul(core::mem::size_of::<AtomicU32>()),
-        )
+        self.slots
+            .len()
+            .saturating_mul(per_slot)
+            .saturating_add(
+                self.overflow
+                    .len()
+                    .saturating_mul(core::mem::size_of::<AtomicU32>()),
+            )
+            .saturating_add(self.index.memory_bytes())
     }
 
     fn home(&self, base: u64) -> usize {
@@ -519,8 +537,10 @@ impl Table {
         {
             return false;
         }
-        // Owned. Count this key in the overflow of every bucket it passed.
+        // Owned. Count this key in the overflow of every bucket it passed, and file it in
+        // the indexes before it is published (a live slot is always filed or counted).
         self.adjust_overflow(home, distance, true);
+        self.index_add(slot, entry);
         self.write_payload(slot, entry, frames);
         key.store(LIVE | (entry.base & MASK57), Ordering::Release);
         true
@@ -557,6 +577,7 @@ impl Table {
         }
         // Owned (BUSY by this thread): no other writer can exist.
         self.load_payload_into(slot, base, out, frames);
+        self.index_remove(slot, out);
         key.store(0, Ordering::Release);
         self.adjust_overflow(self.home(base), distance, false);
         true
@@ -615,6 +636,18 @@ impl Table {
             Found::Live { slot, .. } => self.read_shared(slot).map(|(m, _)| m),
             Found::Busy | Found::None => None,
         }
+    }
+
+    /// Files the entry about to be published in `slot` in both indexes.
+    #[inline(always)]
+    fn index_add(&self, slot: usize, e: &MappingHead) {
+        self.index.add_both(e.base, e.physical, e.size, slot);
+    }
+
+    /// Unfiles the entry just taken out of `slot` (its payload as read by the owner).
+    #[inline(always)]
+    fn index_remove(&self, slot: usize, e: &MappingHead) {
+        self.index.remove_both(e.base, e.physical, e.size, slot);
     }
 
     fn adjust_overflow(&self, home: usize, distance: usize, add: bool) {
@@ -790,8 +823,23 @@ impl Table {
         }
     }
 
-    /// The live mapping whose range contains `addr` (error path: examines every slot).
+    /// The live mapping whose range contains `addr` (bounded: the virtual index).
     pub fn find_containing(&self, addr: u64) -> Option<Mapping> {
+        let mut found = None;
+        self.visit_around(addr, |m| {
+            if m.contains(addr) {
+                found = Some(*m);
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// [`find_containing`](Self::find_containing) by a walk over every slot (the model the
+    /// index is tested against).
+    pub fn find_containing_by_walk(&self, addr: u64) -> Option<Mapping> {
         let mut found = None;
         self.walk(0, usize::MAX, |m| {
             if m.contains(addr) {
@@ -802,6 +850,82 @@ impl Table {
             }
         });
         found
+    }
+
+    /// Hands `visit` a consistent copy of every live mapping that may contain the virtual
+    /// address `addr` (and possibly others: `visit` must test), until it returns false.
+    /// Every live mapping that contains `addr`, or whose base lies in the page of a
+    /// page-aligned `addr`, is among them. Bounded work ([`index::LEVELS`] × 2 probe
+    /// windows), unless the index is incomplete (an entry could not be filed): then a walk.
+    pub fn visit_around(&self, addr: u64, mut visit: impl FnMut(&Mapping) -> bool) {
+        if !self.index.complete() {
+            self.walk(0, usize::MAX, visit);
+            return;
+        }
+        self.index.around(Space::Virtual, addr, &mut |slot| {
+            self.read_shared(slot).is_none_or(|(m, _)| visit(&m))
+        });
+    }
+
+    /// Hands `visit` a consistent copy of every live mapping whose physical range may share
+    /// a page with the pages `[first, end)` (and possibly others: `visit` must test), until
+    /// it returns false. `flagged(region)` says whether the 2 MiB physical region
+    /// ([`crate::phys::REGION_SHIFT`]) may hold such a mapping (the conflict filter; it must
+    /// never say no for a region that does): levels finer than a region are probed only
+    /// in flagged regions. Bounded: at most [`PHYS_PROBE_LIMIT`] chunk probes, else (and
+    /// while the index is incomplete) a walk.
+    pub fn visit_physical(
+        &self,
+        first: u64,
+        end: u64,
+        flagged: impl Fn(u64) -> bool,
+        mut visit: impl FnMut(&Mapping) -> bool,
+    ) {
+        let region_shift = crate::phys::REGION_SHIFT;
+        let Some(last) = end.checked_sub(1) else {
+            return;
+        };
+        if self.index.complete() {
+            let mut f = |slot: usize| self.read_shared(slot).is_none_or(|(m, _)| visit(&m));
+            let mut budget = PHYS_PROBE_LIMIT;
+            let mut bounded = true;
+            'levels: for level in 0..index::LEVELS {
+                let s = index::shift(level);
+                let mut c = (first >> s).saturating_sub(1);
+                let hi = last >> s;
+                while c <= hi {
+                    budget = budget.saturating_sub(1);
+                    if budget == 0 {
+                        bounded = false;
+                        break 'levels;
+                    }
+                    if let Some(per) = region_shift.checked_sub(s).filter(|p| *p > 0) {
+                        // A mapping filed under chunk `c` starts in the chunk's region,
+                        // so the filter counts it there (it counts every region a
+                        // mapping spans): an unflagged region has none of them.
+                        let r = c >> per;
+                        if !flagged(r) {
+                            c = r.wrapping_add(1) << per;
+                            if c == 0 {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                    if !self.index.candidates(Space::Physical, level, c, &mut f) {
+                        return;
+                    }
+                    let Some(n) = c.checked_add(1) else {
+                        break;
+                    };
+                    c = n;
+                }
+            }
+            if bounded {
+                return;
+            }
+        }
+        self.walk(0, usize::MAX, visit);
     }
 
     /// Sets `flag` on the live entry for `base` if it is still the entry mapped at
@@ -845,6 +969,17 @@ mod tests {
     }
 
     const B: u64 = 0xFFFF_F880_0000_0000;
+
+    #[test]
+    fn key_buckets_are_really_lines() {
+        // Issue 12: each bucket's keys are one aligned cache line, in the allocation too.
+        assert_eq!(core::mem::align_of::<KeyBucket>(), 64);
+        assert_eq!(core::mem::size_of::<KeyBucket>(), 64);
+        let t = Table::new(100, 0).unwrap();
+        for b in t.keys.iter() {
+            assert_eq!(core::ptr::from_ref(b) as usize % 64, 0);
+        }
+    }
 
     #[test]
     fn canonical_addresses() {

@@ -261,8 +261,10 @@ impl<P: Platform> Verifier<P> {
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
 
+        // Counted in the conflict filter now (uncounted again if the table has no room),
+        // with the check for other classes in the same pass over the regions.
         let class = CacheClass::of(cache, ex);
-        if size64 != 0 && self.conflicts.may_conflict(physical, size64, class) {
+        if size64 != 0 && self.conflicts.add_checked(physical, size64, class) {
             self.check_conflict(&cx, base, physical, size64, cache, ex, class);
         }
 
@@ -291,31 +293,24 @@ impl<P: Platform> Verifier<P> {
             self.table.insert_head(&m, &stack)
         };
         match outcome {
-            InsertOutcome::Inserted => {
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
-            }
+            InsertOutcome::Inserted => {}
             InsertOutcome::ReplacedStale(old) if old.flags & FLAG_DETACHED != 0 => {
                 // Its driver was detached and unmapped it unhooked, as a detached driver
                 // may: not a missed unmap of a tracked driver, so no IOSV013.
                 self.forget_mapping(&old);
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
             }
             InsertOutcome::ReplacedStale(old) => {
                 self.forget_mapping(&old);
-                if size64 != 0 {
-                    self.conflicts.add(physical, size64, class);
-                }
                 let mut r = self.mapping_record(&cx, &old);
                 r.address = base;
                 r.passed_size = size64;
                 self.violate(RuleId::StaleEntry, &cx, r);
             }
             InsertOutcome::Full => {
+                if size64 != 0 {
+                    self.conflicts.remove(physical, size64, class);
+                }
                 self.stats.bump(cx.processor, Counter::TableFull);
                 self.untracked.add(base);
             }
@@ -340,7 +335,9 @@ impl<P: Platform> Verifier<P> {
             return;
         };
         let mut other = None;
-        self.table.walk(0, usize::MAX, |m| {
+        let flagged = |region: u64| self.conflicts.region_may_conflict(region, class);
+        // Bounded: the table's physical index, probed only where the filter flags.
+        self.table.visit_physical(first, end, flagged, |m| {
             let overlaps = m.flags & FLAG_DETACHED == 0
                 && page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
             if overlaps && CacheClass::of(m.cache, m.flags & FLAG_MAP_EX != 0) != class {
@@ -472,8 +469,8 @@ impl<P: Platform> Verifier<P> {
         };
         // A page-aligned address is checked against live unaligned bases before the
         // graveyard (Mm reuses blocks, so an earlier mapping whose base was this page may
-        // have left a tombstone here); the same walk finds the mapping containing it, so
-        // no unmap walks the table twice.
+        // have left a tombstone here); the same index lookup finds the mapping containing it, so
+        // no unmap looks twice.
         let scan = if base != 0 && byte_offset(base) == 0 {
             Some(self.scan_page(base))
         } else {
@@ -591,12 +588,12 @@ impl<P: Platform> Verifier<P> {
             .filter(|t| t.driver == cx.driver.0 || t.unmapped_by == cx.driver.0)
     }
 
-    /// One walk over the table for the page-aligned address `addr` (error path: examines
-    /// every slot): the live mapping whose base is not page-aligned and lies in the page
-    /// starting at `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
+    /// One bounded lookup in the table's virtual index for the page-aligned address `addr`:
+    /// the live mapping whose base is not page-aligned and lies in the page starting at
+    /// `addr` (IOSV014), and the live mapping containing `addr` (IOSV006).
     fn scan_page(&self, addr: u64) -> (Option<Mapping>, Option<Mapping>) {
         let (mut page_owner, mut containing) = (None, None);
-        self.table.walk(0, usize::MAX, |m| {
+        self.table.visit_around(addr, |m| {
             if m.base != addr && page_align(m.base) == addr {
                 page_owner = Some(*m);
             } else if containing.is_none() && m.contains(addr) {

@@ -254,6 +254,16 @@ impl Graveyard {
 mod tests {
     use super::*;
 
+    #[test]
+    fn slots_are_really_lines() {
+        assert_eq!(core::mem::align_of::<GraveSlot>(), 64);
+        assert_eq!(core::mem::size_of::<GraveSlot>(), 64);
+        let g = Graveyard::new(9).unwrap();
+        for s in g.slots.iter() {
+            assert_eq!(core::ptr::from_ref(s) as usize % 64, 0);
+        }
+    }
+
     fn t(base: u64) -> Tombstone {
         Tombstone {
             base,

@@ -1,5 +1,6 @@
 //! Property tests of the lock-free structures against simple models: random operation
-//! sequences on the table against a `HashMap`, and on the journal against a `Vec`.
+//! sequences on the table against a `HashMap`, and on the journal against a `Vec`; the
+//! table's virtual and physical indexes against a walk over every slot.
 #![cfg(not(loom))]
 
 use iosv::journal::RawJournal;
@@ -31,8 +32,121 @@ fn addr(key: u8) -> u64 {
     BASE + u64::from(key) * 0x1_1000 + u64::from(key % 7) * 0x10
 }
 
+#[derive(Debug, Clone)]
+enum IxOp {
+    Insert {
+        key: u8,
+        size_log: u8,
+        odd: u16,
+        phys: u16,
+    },
+    Remove {
+        key: u8,
+    },
+    Containing {
+        key: u8,
+        off: u32,
+    },
+    Physical {
+        phys: u16,
+        pages: u16,
+        flag_all: bool,
+    },
+}
+
+fn ix_op() -> impl Strategy<Value = IxOp> {
+    prop_oneof![
+        4 => (any::<u8>(), 0u8..26, any::<u16>(), any::<u16>())
+            .prop_map(|(key, size_log, odd, phys)| IxOp::Insert { key, size_log, odd, phys }),
+        2 => any::<u8>().prop_map(|key| IxOp::Remove { key }),
+        // Offsets up to 48 MiB: inside mappings of every size here, across chunk borders.
+        3 => (any::<u8>(), 0u32..0x30_0000).prop_map(|(key, off)| IxOp::Containing { key, off }),
+        3 => (any::<u16>(), 1u16..600, any::<bool>())
+            .prop_map(|(phys, pages, flag_all)| IxOp::Physical { phys, pages, flag_all }),
+    ]
+}
+
+/// Virtual base of index-test key `key`: bases 16 MiB apart, so that mappings of every
+/// level (up to 32 MiB here) overlap their neighbours sometimes.
+fn ix_base(key: u8) -> u64 {
+    BASE + u64::from(key) * 0x100_0000
+}
+
+/// Physical address of `phys`: pages in a 256 MiB window, so ranges overlap often.
+fn ix_phys(phys: u16) -> u64 {
+    0x8000_0000 + u64::from(phys) * 0x1000 + u64::from(phys % 5) * 0x40
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The bounded lookups (`visit_around`, `visit_physical`) see exactly the mappings a
+    /// walk over every slot sees, through inserts, stale replacements and removals.
+    #[test]
+    fn indexes_match_a_walk(capacity in 8usize..96, ops in prop::collection::vec(ix_op(), 1..300)) {
+        use iosv::phys::{page_range, CacheClass, ConflictFilter};
+        use std::collections::BTreeSet;
+        let t = Table::new(capacity, 0).unwrap();
+        // The filter, kept as the verifier keeps it (one class for everything here), is the
+        // region predicate of the physical lookup.
+        let filter = ConflictFilter::new(64).unwrap();
+        let live = |t: &Table| {
+            let mut v = Vec::new();
+            t.walk(0, usize::MAX, |m| { v.push(*m); true });
+            v
+        };
+        for o in ops {
+            match o {
+                IxOp::Insert { key, size_log, odd, phys } => {
+                    let size = (1u64 << size_log) + u64::from(odd % 3);
+                    let mut m = Mapping::new(ix_base(key) + u64::from(odd % 0x1000), size);
+                    m.physical = ix_phys(phys);
+                    match t.insert(&m) {
+                        InsertOutcome::Inserted => filter.add(m.physical, size, CacheClass::Cached),
+                        InsertOutcome::ReplacedStale(old) => {
+                            filter.remove(old.physical, old.size, CacheClass::Cached);
+                            filter.add(m.physical, size, CacheClass::Cached);
+                        }
+                        InsertOutcome::Full => {}
+                    }
+                }
+                IxOp::Remove { key } => {
+                    let base = live(&t).into_iter().map(|m| m.base).find(|b| {
+                        (b & !0xFFF) == ix_base(key)
+                    });
+                    if let Some(b) = base {
+                        if let RemoveOutcome::Removed(m) = t.remove(b) {
+                            filter.remove(m.physical, m.size, CacheClass::Cached);
+                        }
+                    }
+                }
+                IxOp::Containing { key, off } => {
+                    let addr = ix_base(key) + u64::from(off) * 0x10;
+                    let want: BTreeSet<u64> = live(&t).iter().filter(|m| m.contains(addr)).map(|m| m.base).collect();
+                    let mut got = BTreeSet::new();
+                    t.visit_around(addr, |m| { if m.contains(addr) { got.insert(m.base); } true });
+                    prop_assert_eq!(&got, &want);
+                    let page = addr & !0xFFF;
+                    let want: BTreeSet<u64> = live(&t).iter().filter(|m| m.base & !0xFFF == page).map(|m| m.base).collect();
+                    let mut got = BTreeSet::new();
+                    t.visit_around(page, |m| { if m.base & !0xFFF == page { got.insert(m.base); } true });
+                    prop_assert_eq!(&got, &want);
+                    prop_assert_eq!(t.find_containing(addr).is_some(), t.find_containing_by_walk(addr).is_some());
+                }
+                IxOp::Physical { phys, pages, flag_all } => {
+                    let (first, end) = (ix_phys(phys) & !0xFFF, (ix_phys(phys) & !0xFFF) + u64::from(pages) * 0x1000);
+                    let shares = |m: &Mapping| page_range(m.physical, m.size).is_some_and(|(f, e)| f < end && first < e);
+                    let want: BTreeSet<u64> = live(&t).iter().filter(|m| shares(m)).map(|m| m.base).collect();
+                    let mut got = BTreeSet::new();
+                    // The filter counts one class, so "another class" = WriteCombined asks
+                    // for regions holding any mapping.
+                    let flagged = |r: u64| flag_all || filter.region_may_conflict(r, CacheClass::WriteCombined);
+                    t.visit_physical(first, end, flagged, |m| { if shares(m) { got.insert(m.base); } true });
+                    prop_assert_eq!(&got, &want, "pages {:#x}..{:#x}", first, end);
+                }
+            }
+        }
+    }
 
     #[test]
     fn table_matches_hashmap(capacity in 8usize..96, ops in prop::collection::vec(op(), 1..400)) {
