@@ -257,6 +257,11 @@ fn work_items_dpcs_and_timers_run_when_the_routine_returns_at_their_irql() {
         err.contains("DbgPrint: wdm_pnp: timer DPC ran at IRQL 2"),
         "{err}"
     );
+    // The headers' inline lookaside routines over the host's SList routines.
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: lookaside entry reused"),
+        "{err}"
+    );
 }
 
 #[test]

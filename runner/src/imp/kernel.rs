@@ -382,6 +382,16 @@ routines! {
     "IoConnectInterrupt" => io_connect_interrupt,
     "IoDisconnectInterrupt" => io_disconnect_interrupt,
     "KeSynchronizeExecution" => ke_synchronize_execution,
+    "IoConnectInterruptEx" => io_connect_interrupt_ex,
+    "IoDisconnectInterruptEx" => nothing1,
+    "KeQueryActiveProcessorCountEx" => ke_query_active_processor_count_ex,
+    "KeGetCurrentProcessorNumberEx" => ke_get_current_processor_number_ex,
+    "ExInitializeNPagedLookasideList" => ex_initialize_npaged_lookaside_list,
+    "ExDeleteNPagedLookasideList" => ex_delete_npaged_lookaside_list,
+    "ExpInterlockedPushEntrySList" => exp_interlocked_push_entry_slist,
+    "ExpInterlockedPopEntrySList" => exp_interlocked_pop_entry_slist,
+    "ExpInterlockedFlushSList" => exp_interlocked_flush_slist,
+    "ExQueryDepthSList" => ex_query_depth_slist,
     "IoAllocateMdl" => io_allocate_mdl,
     "IoFreeMdl" => io_free_mdl,
     "MmBuildMdlForNonPagedPool" => mm_build_mdl_for_non_paged_pool,
@@ -715,6 +725,142 @@ extern "win64" fn ke_synchronize_execution(interrupt: usize, routine: usize, con
 
 fn irql_now() -> u8 {
     irql()
+}
+
+/// `IoConnectInterruptEx`: CONNECT_FULLY_SPECIFIED (1) and CONNECT_LINE_BASED (2)
+/// connect like `IoConnectInterrupt` (a line-based interrupt synchronizes at the DIRQL of
+/// the device's translated interrupt resource, 5); CONNECT_MESSAGE_BASED (3) is refused
+/// with STATUS_NOT_SUPPORTED (no message-signalled interrupts here).
+extern "win64" fn io_connect_interrupt_ex(params: usize) -> Status {
+    let p = obj(params, 0x50);
+    let version = p.get::<u32>(0);
+    if !matches!(version, 1 | 2) {
+        return STATUS_NOT_SUPPORTED;
+    }
+    let out = p.get::<u64>(0x10) as usize;
+    let routine = p.get::<u64>(0x18) as usize;
+    let context = p.get::<u64>(0x20) as usize;
+    let mut synch = p.get::<u8>(0x30);
+    if version == 2 && synch == 0 {
+        synch = 5;
+    }
+    if version == 1 {
+        synch = synch.max(p.get::<u8>(0x38));
+    }
+    io_connect_interrupt(out, routine, context, 0, 0, synch, synch, 0, 1, 1, 0)
+}
+
+extern "win64" fn ke_query_active_processor_count_ex(_group: u16) -> u32 {
+    1
+}
+
+extern "win64" fn ke_get_current_processor_number_ex(number: usize) -> u32 {
+    if number != 0 {
+        // PROCESSOR_NUMBER { Group: u16, Number: u8, Reserved: u8 }.
+        obj(number, 4).set::<u32>(0, 0);
+    }
+    0
+}
+
+// ---- lookaside lists and SLists ------------------------------------------------------
+
+/// One lock for every SList: there is one thread running driver code, so this only
+/// keeps the header and its entries consistent.
+static SLISTS: Mutex<()> = Mutex::new(());
+
+/// x64 `SLIST_HEADER`: Depth in bits 0..16 of the first quadword, the first entry's
+/// address in bits 4..64 of the second (entries are 16-byte aligned).
+extern "win64" fn exp_interlocked_push_entry_slist(head: usize, entry: usize) -> usize {
+    let _g = SLISTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = obj(head, 16);
+    let first = h.get::<u64>(8) & !0xF;
+    obj(entry, 8).set::<u64>(0, first);
+    h.set::<u64>(8, (entry as u64) & !0xF);
+    let q = h.get::<u64>(0);
+    let depth = (q & 0xFFFF).wrapping_add(1) & 0xFFFF;
+    let sequence = ((q >> 16).wrapping_add(1)) << 16;
+    h.set::<u64>(0, sequence | depth);
+    first as usize
+}
+
+extern "win64" fn exp_interlocked_pop_entry_slist(head: usize) -> usize {
+    let _g = SLISTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = obj(head, 16);
+    let first = (h.get::<u64>(8) & !0xF) as usize;
+    if first == 0 {
+        return 0;
+    }
+    h.set::<u64>(8, obj(first, 8).get::<u64>(0) & !0xF);
+    let q = h.get::<u64>(0);
+    let depth = (q & 0xFFFF).saturating_sub(1);
+    h.set::<u64>(0, (q & !0xFFFF) | depth);
+    first
+}
+
+extern "win64" fn ex_query_depth_slist(head: usize) -> u16 {
+    (obj(head, 16).get::<u64>(0) & 0xFFFF) as u16
+}
+
+extern "win64" fn exp_interlocked_flush_slist(head: usize) -> usize {
+    let _g = SLISTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = obj(head, 16);
+    let first = (h.get::<u64>(8) & !0xF) as usize;
+    h.set::<u64>(8, 0);
+    h.set::<u64>(0, h.get::<u64>(0) & !0xFFFF);
+    first
+}
+
+/// `GENERAL_LOOKASIDE`: ListHead 0, Depth 0x10, MaximumDepth 0x12, Type 0x24, Tag 0x28,
+/// Size 0x2C, Allocate 0x30, Free 0x38, ListEntry 0x40. The headers' inline
+/// ExAllocateFrom/ExFreeToNPagedLookasideList do the rest through the SList routines.
+extern "win64" fn ex_initialize_npaged_lookaside_list(
+    lookaside: usize,
+    allocate: usize,
+    free: usize,
+    _flags: u32,
+    size: usize,
+    tag: u32,
+    _depth: u16,
+) {
+    let l = obj(lookaside, 0x80);
+    l.zero();
+    l.set::<u16>(0x10, 4);
+    l.set::<u16>(0x12, 256);
+    l.set::<u32>(0x24, 0); // NonPagedPool
+    l.set::<u32>(0x28, tag);
+    l.set::<u32>(0x2C, size as u32);
+    let default_allocate = ex_allocate_pool_with_tag as *const () as usize;
+    let default_free = ex_free_pool as *const () as usize;
+    l.set::<u64>(
+        0x30,
+        if allocate == 0 {
+            default_allocate
+        } else {
+            allocate
+        } as u64,
+    );
+    l.set::<u64>(0x38, if free == 0 { default_free } else { free } as u64);
+    l.set::<u64>(0x40, (lookaside + 0x40) as u64);
+    l.set::<u64>(0x48, (lookaside + 0x40) as u64);
+}
+
+/// Frees the entries the list still holds with its Free routine.
+extern "win64" fn ex_delete_npaged_lookaside_list(lookaside: usize) {
+    let l = obj(lookaside, 0x80);
+    type Free = extern "win64" fn(usize);
+    let free = l.get::<u64>(0x38) as usize;
+    if free == 0 {
+        return;
+    }
+    // SAFETY: PFREE_FUNCTION, as ExInitializeNPagedLookasideList stored it.
+    let f = unsafe { std::mem::transmute::<usize, Free>(free) };
+    for _ in 0..65536 {
+        let entry = exp_interlocked_pop_entry_slist(lookaside);
+        if entry == 0 {
+            break;
+        }
+        f(entry);
+    }
 }
 
 /// `MDL`: Next 0, Size 8, MdlFlags 0xA, Process 0x10, MappedSystemVa 0x18, StartVa 0x20,
