@@ -277,7 +277,7 @@ fn send(top: usize, major: u8, minor: u8, p: &Parameters<'_>) -> i32 {
         i.set::<u64>(l::IRP_SYSTEM_BUFFER, buf as u64);
     }
     let next = obj(
-        i.get::<u64>(l::IRP_CURRENT_STACK) as usize - l::STACK,
+        (i.get::<u64>(l::IRP_CURRENT_STACK) as usize).wrapping_sub(l::STACK),
         l::STACK,
     );
     next.set::<u8>(0, major);

@@ -1219,7 +1219,7 @@ pub extern "win64" fn iof_call_driver(device: usize, irp: usize) -> Status {
         );
     }
     i.set::<u8>(l::IRP_CURRENT_LOCATION, location - 1);
-    let sl = i.get::<u64>(l::IRP_CURRENT_STACK) as usize - l::STACK;
+    let sl = (i.get::<u64>(l::IRP_CURRENT_STACK) as usize).wrapping_sub(l::STACK);
     i.set::<u64>(l::IRP_CURRENT_STACK, sl as u64);
     let s = obj(sl, l::STACK);
     s.set::<u64>(l::SL_DEVICE, device as u64);
@@ -1275,7 +1275,7 @@ pub extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
         sl.set::<u8>(l::SL_CONTROL, 0);
         sl.set::<u64>(l::SL_COMPLETION, 0);
         sl.set::<u64>(l::SL_CONTEXT, 0);
-        i.set::<u8>(l::IRP_CURRENT_LOCATION, location + 1);
+        i.set::<u8>(l::IRP_CURRENT_LOCATION, location.saturating_add(1));
         let up = sl.addr() + l::STACK;
         i.set::<u64>(l::IRP_CURRENT_STACK, up as u64);
         let device = if location < count {
