@@ -279,6 +279,40 @@ fn surprise_removal_reports_leaks_at_the_surprise_removal() {
 }
 
 #[test]
+fn the_ground_truth_audit_catches_what_iosv_could_not_see() {
+    // seh.c linked against mingw's import library: its IAT slots are 4-byte aligned, iosv
+    // refuses to patch them, and the driver's wrong-size unmap reaches the simulated Mm
+    // directly. No report, but the audit sees the corruption: exit 4.
+    let path = fixture("unhooked.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(
+        out.contains("iosv could not attach to unhooked.sys: MisalignedSlot"),
+        "{out}"
+    );
+    assert!(out.contains("audit: unclean:"), "{out}");
+    assert!(
+        out.contains("MmUnmapIoSpace(0xffffd00000000000, 0x1000) bypassing iosv of a mapping of 0x2000 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("no violations"), "{out}");
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "sarif"]));
+    assert_eq!(code, 4);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["runs"][0]["invocations"][0]["executionSuccessful"],
+        false
+    );
+    // Where iosv is attached, the same audit is clean.
+    let (code, out, _) = parts(&iosvctl(&["run", &fixture("seh.sys")]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("audit: the verifier's table matches the simulated Mm; no corruption"),
+        "{out}"
+    );
+}
+
+#[test]
 fn human_output_names_the_driver_and_the_rules() {
     let path = fixture("size_and_leak_on_remove.sys");
     let (code, out, _) = parts(&iosvctl(&["run", &path]));

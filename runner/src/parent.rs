@@ -49,6 +49,9 @@ pub struct Session {
     pub image: ImageInfo,
     /// What the child noted on the way (imports bound to stubs, failed IRPs, ...).
     pub notes: Vec<String>,
+    /// Where the verifier's live table and the simulated Mm's ground truth differ after
+    /// the run, or the Mm was corrupted (empty: they match).
+    pub audit_problems: Vec<String>,
     /// Time from start to the end of the driver's life cycle.
     pub elapsed: Duration,
 }
@@ -166,6 +169,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     });
     let mut image = ImageInfo::default();
     let mut notes = Vec::new();
+    let mut audit_problems = Vec::new();
     let mut routine: Option<String> = None;
     loop {
         let message = match rx.recv_timeout(watchdog) {
@@ -192,6 +196,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
             Some(Message::Image { name, base, size }) => image = ImageInfo { name, base, size },
             Some(Message::Enter(r)) => routine = Some(r),
             Some(Message::Note(n)) => notes.push(n),
+            Some(Message::Audit(a)) => audit_problems.push(a),
             Some(Message::Ready) => {
                 return Ok(Session {
                     child,
@@ -200,6 +205,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
                     socket,
                     image,
                     notes,
+                    audit_problems,
                     elapsed: began.elapsed(),
                 })
             }

@@ -6,6 +6,7 @@
 //! | `image NAME BASE SIZE` | the image is mapped at BASE (hex), SIZE bytes |
 //! | `enter ROUTINE` | the child is about to call driver routine ROUTINE (the watchdog restarts) |
 //! | `note TEXT` | something the user should see (e.g. a failed IRP) |
+//! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
 //! | `ready` | the run is complete and the verifier serves its control codes on the socket |
 //! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
 //! | `unimplemented TEXT` | the driver called a routine the host lacks; TEXT names it |
@@ -30,6 +31,8 @@ pub enum Message {
     Enter(String),
     /// `note TEXT`.
     Note(String),
+    /// `audit TEXT`.
+    Audit(String),
     /// `ready`.
     Ready,
     /// `crash TEXT`.
@@ -60,6 +63,7 @@ impl Message {
             "enter" => Self::Enter(text),
             "note" => Self::Note(text),
             "ready" => Self::Ready,
+            "audit" => Self::Audit(text),
             "crash" => Self::Crash(text),
             "unimplemented" => Self::Unimplemented(text),
             "loadfail" => Self::LoadFail(text),

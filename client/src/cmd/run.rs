@@ -133,7 +133,18 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
                     writeln!(out, "  {n}")?;
                 }
             }
-            writeln!(out)?;
+            if session.audit_problems.is_empty() {
+                writeln!(
+                    out,
+                    "audit: the verifier's table matches the simulated Mm; no corruption\n"
+                )?;
+            } else {
+                writeln!(out, "audit: unclean:")?;
+                for p in &session.audit_problems {
+                    writeln!(out, "  {p}")?;
+                }
+                writeln!(out)?;
+            }
         }
         Format::Json => {
             let v = serde_json::json!({
@@ -144,6 +155,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
                 "size": session.image.size,
                 "duration_ms": elapsed_ms,
                 "notes": session.notes,
+                "audit": { "clean": session.audit_problems.is_empty(), "problems": session.audit_problems },
             });
             writeln!(out, "{v}")?;
         }
@@ -156,9 +168,17 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         component_version: model::text(&c.hello().component_version),
         from_cursor: 0,
         next_cursor: next,
+        problems: session.audit_problems.clone(),
+        audited: true,
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
+    if !info.problems.is_empty() && g.format != Format::Human {
+        eprintln!(
+            "iosvctl: error: the run's audit is unclean (exit 4): {}",
+            info.problems.join("; ")
+        );
+    }
     if let Some(list) = mappings {
         match g.format {
             Format::Human => {

@@ -146,6 +146,7 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
     }
 
     lifecycle(&*engine, &image, opts);
+    audit(&host);
 
     report::line(&["ready"]);
     // Serve until the parent closes our standard input.
@@ -154,6 +155,44 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
     while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
     let _ = server.stop();
     0
+}
+
+/// Compares the verifier's live table with the simulated Mm's ground truth (what was
+/// mapped through the hooks and is still mapped) and checks the Mm was not corrupted:
+/// one `audit` line per problem. What the driver did is not known in advance, so the
+/// reports themselves are not audited (`lab`'s injected counts have no equivalent).
+fn audit(host: &Host) {
+    let a = match host.audit(&iosv_host::Injected::new(), true) {
+        Ok(a) => a,
+        Err(e) => {
+            report::line(&["audit cannot audit the run: ", &e.to_string()]);
+            return;
+        }
+    };
+    for (b, s) in &a.only_in_table {
+        report::line(&[
+            "audit ",
+            &format!("the verifier's table holds {b:#x}+{s:#x}, the simulated Mm does not"),
+        ]);
+    }
+    for (b, s) in &a.only_in_mm {
+        report::line(&[
+            "audit ",
+            &format!("the simulated Mm holds {b:#x}+{s:#x} (mapped through iosv), the verifier's table does not"),
+        ]);
+    }
+    for c in &a.corruptions {
+        report::line(&["audit ", &format!("the simulated Mm was corrupted: {c}")]);
+    }
+    if a.duplicate_records > 0 || a.table_skipped > 0 {
+        report::line(&[
+            "audit ",
+            &format!(
+                "{} duplicate records, {} table entries skipped",
+                a.duplicate_records, a.table_skipped
+            ),
+        ]);
+    }
 }
 
 fn random_cookie() -> u64 {
