@@ -24,7 +24,8 @@ Exit status (the first that applies, top down):
   2  usage error, bad input (scenario file, sizes, --threads), unreachable or misbehaving
      endpoint, I/O error
   4  `lab`: the audit is unclean — iosv's reports or live table differ from what the run
-     did (SARIF: executionSuccessful false; JUnit: an error in suite iosvctl)
+     did; `run`: the live table differs from the simulated Mm or the Mm was corrupted
+     (SARIF: executionSuccessful false; JUnit: an error in suite iosvctl)
   3  violation records were lost to journal overflow: the results are incomplete (SARIF:
      executionSuccessful false; JUnit: an error in suite iosvctl)
   1  `violations`, `lab` or `run` saw a violation at or above --fail-on
