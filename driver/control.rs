@@ -109,6 +109,7 @@ pub fn control<P: Platform>(v: &Verifier<P>, code: u32, input: &[u8], output: &m
         IOCTL_CLEAR => clear(v, input),
         IOCTL_ATTACH => attach(v, input, output, true),
         IOCTL_DETACH => attach(v, input, output, false),
+        IOCTL_GET_IMAGE_DEBUG => image_debug(v, input, output),
         _ => Err(Reply::err(Status::UnknownCode)),
     };
     r.unwrap_or_else(|e| e)
@@ -129,7 +130,7 @@ fn hello<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<R
         return Err(Reply::err(Status::ReservedNotZero));
     }
     let p = v.params();
-    let mut caps = CAP_MAP_EX | CAP_CONTAINMENT | CAP_ATTACH;
+    let mut caps = CAP_MAP_EX | CAP_CONTAINMENT | CAP_ATTACH | CAP_IMAGE_DEBUG;
     if p.max_stack_depth > 0 {
         caps |= CAP_STACKS;
     }
@@ -245,6 +246,38 @@ fn get_stats<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Resu
         flags: v.state_flags(),
         now_ns: v.platform().now_ns(),
         counters: c,
+    };
+    put(out, 0, &reply);
+    Ok(Reply::ok(
+        header.saturating_add(written.saturating_mul(item)),
+    ))
+}
+
+fn image_debug<P: Platform>(v: &Verifier<P>, input: &[u8], out: &mut [u8]) -> Result<Reply, Reply> {
+    let req: ImageDebugRequest = request(input)?;
+    let header = core::mem::size_of::<ImageDebugReply>();
+    let item = core::mem::size_of::<ImageDebugRecord>();
+    let fit = room(out.len(), header, item, req.max_records as usize)?;
+    let drivers = v.drivers();
+    let mut written = 0usize;
+    for d in drivers.all() {
+        if written >= fit {
+            break;
+        }
+        let rec = drivers.debug(d.id).unwrap_or(ImageDebugRecord {
+            driver_id: u32::from(d.id.0),
+            image_base: d.image_base,
+            ..ImageDebugRecord::default()
+        });
+        let at = header.saturating_add(written.saturating_mul(item));
+        if !put(out, at, &rec) {
+            break;
+        }
+        written = written.saturating_add(1);
+    }
+    let reply = ImageDebugReply {
+        version: PROTOCOL_VERSION,
+        count: u32::try_from(written).unwrap_or(0),
     };
     put(out, 0, &reply);
     Ok(Reply::ok(

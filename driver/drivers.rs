@@ -9,7 +9,9 @@
 
 #![forbid(unsafe_code)]
 
-use crate::protocol::NAME_LEN;
+use crate::protocol::{
+    ImageDebugRecord, IDF_BAD_DEBUG_DIRECTORY, IDF_CODEVIEW, IDF_NAME_CUT, NAME_LEN, PDB_NAME_LEN,
+};
 use crate::sync::{try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
 use alloc::boxed::Box;
 
@@ -94,6 +96,32 @@ pub struct DriverInfo {
 pub struct Drivers {
     slots: Box<[DriverSlot]>,
     used: AtomicU32,
+    /// Per slot: the PDB identity of the image's latest load (control plane only, so
+    /// behind a lock and apart from the slots the hook paths scan).
+    debug: spin::Mutex<Box<[ImageDebugRecord]>>,
+}
+
+/// What a platform read from a loaded image's debug directory, for
+/// [`Drivers::set_debug`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageDebug<'a> {
+    /// The image has no CodeView (`RSDS`) record.
+    None,
+    /// The debug directory is malformed.
+    Malformed,
+    /// The CodeView record: GUID, age and the PDB path (its last component is kept).
+    CodeView(crate::pe::CodeView<'a>),
+}
+
+impl<'a> ImageDebug<'a> {
+    /// Reads the debug directory of a parsed image.
+    pub fn of(image: &crate::pe::PeImage<'a>) -> ImageDebug<'a> {
+        match image.codeview() {
+            Ok(Some(cv)) => ImageDebug::CodeView(cv),
+            Ok(None) => ImageDebug::None,
+            Err(_) => ImageDebug::Malformed,
+        }
+    }
 }
 
 impl Drivers {
@@ -113,7 +141,53 @@ impl Drivers {
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
             })?,
             used: AtomicU32::new(0),
+            debug: spin::Mutex::new(try_boxed_slice(MAX_DRIVERS, |_| {
+                ImageDebugRecord::default()
+            })?),
         })
+    }
+
+    /// Records the PDB identity of the image `id` was last registered for (at `base`).
+    /// Control plane, after [`register`](Self::register).
+    pub fn set_debug(&self, id: DriverId, base: u64, debug: ImageDebug<'_>) {
+        let Some(index) = id.index() else { return };
+        let mut table = self.debug.lock();
+        let Some(rec) = table.get_mut(index) else {
+            return;
+        };
+        let mut r = ImageDebugRecord {
+            driver_id: u32::from(id.0),
+            image_base: base,
+            ..ImageDebugRecord::default()
+        };
+        match debug {
+            ImageDebug::None => {}
+            ImageDebug::Malformed => r.flags = IDF_BAD_DEBUG_DIRECTORY,
+            ImageDebug::CodeView(cv) => {
+                r.flags = IDF_CODEVIEW;
+                r.guid = cv.guid;
+                r.age = cv.age;
+                let name = cv.pdb_file_name();
+                if name.len() > PDB_NAME_LEN {
+                    r.flags |= IDF_NAME_CUT;
+                }
+                for (d, s) in r.pdb_name.iter_mut().zip(name.iter()) {
+                    *d = *s;
+                }
+            }
+        }
+        *rec = r;
+    }
+
+    /// The PDB identity recorded for `id` ([`set_debug`](Self::set_debug)), or `None`
+    /// when none was recorded.
+    pub fn debug(&self, id: DriverId) -> Option<ImageDebugRecord> {
+        let index = id.index()?;
+        self.debug
+            .lock()
+            .get(index)
+            .copied()
+            .filter(|r| r.driver_id != 0)
     }
 
     fn used(&self) -> &[DriverSlot] {

@@ -7,7 +7,8 @@
 //! the slice. On-disk (file) layout is not parsed. From the image it reads the DOS and NT
 //! headers (PE32+ only: a PE32 image is [`PeError::Pe32NotSupported`]), the section
 //! table, the data directories, the import and delay-load import descriptors with their
-//! by-name and by-ordinal thunks, and the export directory.
+//! by-name and by-ordinal thunks, the export directory, and the debug directory's
+//! CodeView record that names the image's PDB ([`PeImage::codeview`]).
 //!
 //! The question the interception asks is [`PeImage::hooked_slots`]: which import address
 //! table (IAT) slots import `MmMapIoSpace`, `MmMapIoSpaceEx`, `MmUnmapIoSpace` or
@@ -61,6 +62,7 @@
 // truncation is an out-of-bounds offset); its tests allow them again.
 #![deny(clippy::as_conversions)]
 
+mod debug;
 mod error;
 mod exports;
 mod imports;
@@ -71,6 +73,7 @@ mod tests;
 use zerocopy::byteorder::little_endian::U32;
 use zerocopy::FromBytes;
 
+pub use debug::{CodeView, CODEVIEW_RSDS, DEBUG_TYPE_CODEVIEW, MAX_DEBUG_ENTRIES};
 pub use error::{PeError, Structure};
 pub use exports::{ExportTarget, ExportedName, ExportedNames, Exports, RoutineOrdinals};
 pub use imports::{
@@ -189,6 +192,8 @@ pub enum Directory {
     Exception,
     /// `IMAGE_DIRECTORY_ENTRY_BASERELOC` (5).
     BaseRelocation,
+    /// `IMAGE_DIRECTORY_ENTRY_DEBUG` (6): where the CodeView record naming the PDB is.
+    Debug,
     /// `IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG` (10): holds the address of the /GS cookie.
     LoadConfig,
     /// `IMAGE_DIRECTORY_ENTRY_IAT` (12): the extent of the regular IATs.
@@ -206,6 +211,7 @@ impl Directory {
             Self::Import => 1,
             Self::Exception => 3,
             Self::BaseRelocation => 5,
+            Self::Debug => 6,
             Self::LoadConfig => 10,
             Self::ImportAddressTable => 12,
             Self::DelayImport => 13,
@@ -220,6 +226,7 @@ impl Directory {
             Self::Import => "import",
             Self::Exception => "exception",
             Self::BaseRelocation => "base relocation",
+            Self::Debug => "debug",
             Self::LoadConfig => "load configuration",
             Self::ImportAddressTable => "import address table",
             Self::DelayImport => "delay-load import",

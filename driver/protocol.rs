@@ -16,6 +16,12 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// [`Status::RevisionMismatch`]. Version 2 added the `prior_*` fields of
 /// [`ViolationRecord`] (IOSV005 after address reuse), rule IOSV014,
 /// `DriverStats::hook_refusal`, `StatsReply::flags` and [`Status::HookRefused`].
+///
+/// Additions that leave every existing struct and code as it was do not change the
+/// version: they are announced by a `CAP_*` bit instead, so clients and endpoints of
+/// either side of the addition keep talking. [`IOCTL_GET_IMAGE_DEBUG`] is one
+/// ([`CAP_IMAGE_DEBUG`]): a client that sees the bit clear (an older `iosv.sys`) does
+/// without symbols; an older client never sends the code.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// NT name of the control device.
@@ -67,8 +73,14 @@ pub const IOCTL_ATTACH: u32 = ctl_code(DEVICE_TYPE, 0x807, METHOD_BUFFERED, FILE
 /// Detach from a driver → [`DriverNameRequest`] / [`AttachReply`].
 pub const IOCTL_DETACH: u32 = ctl_code(DEVICE_TYPE, 0x808, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 
+/// The PDB identity (CodeView GUID, age, file name) of every registered driver image →
+/// [`ImageDebugRequest`] / [`ImageDebugReply`] + [`ImageDebugRecord`]s. Served when the
+/// endpoint sets [`CAP_IMAGE_DEBUG`].
+pub const IOCTL_GET_IMAGE_DEBUG: u32 =
+    ctl_code(DEVICE_TYPE, 0x809, METHOD_BUFFERED, FILE_READ_ACCESS);
+
 /// Every IOCTL code iosv serves, with its name.
-pub const IOCTLS: [(u32, &str); 9] = [
+pub const IOCTLS: [(u32, &str); 10] = [
     (IOCTL_HELLO, "HELLO"),
     (IOCTL_GET_STATS, "GET_STATS"),
     (IOCTL_READ_VIOLATIONS, "READ_VIOLATIONS"),
@@ -78,6 +90,7 @@ pub const IOCTLS: [(u32, &str); 9] = [
     (IOCTL_CLEAR, "CLEAR"),
     (IOCTL_ATTACH, "ATTACH"),
     (IOCTL_DETACH, "DETACH"),
+    (IOCTL_GET_IMAGE_DEBUG, "GET_IMAGE_DEBUG"),
 ];
 
 /// Outcome of a control request: an NTSTATUS value, the same on the device and the host.
@@ -180,6 +193,9 @@ pub const CAP_STACKS: u32 = 1 << 2;
 pub const CAP_ATTACH: u32 = 1 << 3;
 /// `HelloReply::capabilities`: the endpoint is the user-mode host, not the kernel.
 pub const CAP_HOST: u32 = 1 << 4;
+/// `HelloReply::capabilities`: [`IOCTL_GET_IMAGE_DEBUG`] is served (the images' PDB
+/// identities, for symbolizing stacks).
+pub const CAP_IMAGE_DEBUG: u32 = 1 << 5;
 
 /// Request of [`IOCTL_HELLO`].
 #[derive(
@@ -738,6 +754,77 @@ pub struct AttachReply {
     /// Import slots patched (attach) or restored (detach).
     pub slots: u32,
 }
+
+/// Bytes of a PDB file name on the wire (NUL-padded; longer names are cut, and then
+/// [`IDF_NAME_CUT`] is set).
+pub const PDB_NAME_LEN: usize = 64;
+
+/// Request of [`IOCTL_GET_IMAGE_DEBUG`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct ImageDebugRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Most [`ImageDebugRecord`]s to return.
+    pub max_records: u32,
+}
+
+/// Reply header of [`IOCTL_GET_IMAGE_DEBUG`]; `count` [`ImageDebugRecord`]s follow it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct ImageDebugReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Records that follow (one per registered driver, in driver id order).
+    pub count: u32,
+}
+
+/// `ImageDebugRecord::flags`: the image has a CodeView (`RSDS`) record; `guid`, `age`
+/// and `pdb_name` are valid.
+pub const IDF_CODEVIEW: u32 = 1 << 0;
+/// `ImageDebugRecord::flags`: the PDB file name was longer than [`PDB_NAME_LEN`] and is
+/// cut.
+pub const IDF_NAME_CUT: u32 = 1 << 1;
+/// `ImageDebugRecord::flags`: the image's debug directory could not be read (malformed);
+/// nothing else is valid.
+pub const IDF_BAD_DEBUG_DIRECTORY: u32 = 1 << 2;
+
+/// The PDB identity of one registered driver image: what a symbolizer matches a PDB by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ImageDebugRecord {
+    /// The driver id (as in [`DriverStats::driver_id`]).
+    pub driver_id: u32,
+    /// `IDF_*` bits.
+    pub flags: u32,
+    /// The image base of the load this was read from.
+    pub image_base: u64,
+    /// The CodeView GUID, as stored in the image (`GUID` layout: first three fields
+    /// little-endian).
+    pub guid: [u8; 16],
+    /// The CodeView age.
+    pub age: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The PDB's file name (the last component of the path in the record), NUL-padded.
+    pub pdb_name: [u8; PDB_NAME_LEN],
+}
+
+impl Default for ImageDebugRecord {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ImageDebugRequest>() == 8);
+    assert!(core::mem::size_of::<ImageDebugReply>() == 8);
+    assert!(core::mem::size_of::<ImageDebugRecord>() == 104);
+};
 
 const _: () = {
     assert!(core::mem::size_of::<HelloRequest>() == 8);

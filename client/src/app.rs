@@ -53,12 +53,17 @@ fn die_of_sigpipe() -> ! {
 /// Runs one command, writing results to `out` (messages for people go to stderr).
 pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
     let g = &cli.global;
+    // A bad --symbols is a usage error whatever the command.
+    if g.symbols.is_some() {
+        g.symbolizer()?;
+    }
     match &cli.command {
         Command::Rules => {
             cmd::check_format(&cli.command, g)?;
             cmd::rules::run(g, out)
         }
         Command::Inf(a) => cmd::inf::run(a, out),
+        Command::Report(a) => cmd::report::run(a, out),
         #[cfg(feature = "host")]
         Command::Lab(a) => cmd::lab::run(g, a, out),
         #[cfg(feature = "host")]
@@ -86,6 +91,7 @@ pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write)
         Command::Detach(d) => cmd::attach::run(g, &d.name, false, c, out),
         Command::Clear(a) => cmd::clear::run(g, a, c, out),
         Command::Inf(a) => cmd::inf::run(a, out),
+        Command::Report(a) => cmd::report::run(a, out),
         #[cfg(feature = "host")]
         Command::Lab(_) | Command::Host(_) | Command::Run(_) => {
             Err(crate::error::AppError::NoEndpointCommand)

@@ -78,8 +78,9 @@ pub struct Global {
     )]
     pub host: Option<PathBuf>,
 
-    /// Output format: human tables, JSON lines, a SARIF 2.1.0 log or a JUnit XML report
-    /// (sarif and junit only for `violations` and `lab`).
+    /// Output format: human tables, JSON lines, a SARIF 2.1.0 log, a JUnit XML report or
+    /// a self-contained HTML report (sarif and junit only for `violations` and `lab`, html
+    /// only for `lab`; `iosvctl report --html` makes it from saved JSON lines).
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Human, global = true, help_heading = "Global options")]
     pub format: Format,
 
@@ -96,6 +97,23 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options")]
     pub allow_other_user: bool,
 
+    /// Symbolize stack frames with the PDBs in these local directories (`;`-separated;
+    /// each searched as a symbol store, DIR/name.pdb/GUIDAGE/name.pdb, then flat), each
+    /// PDB matched by the image's CodeView GUID and age. Without it, the local parts of
+    /// _NT_SYMBOL_PATH (plain directories, srv*CACHE*…, cache*CACHE) are used. The network
+    /// is never used.
+    #[arg(
+        long,
+        value_name = "DIR[;DIR...]",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub symbols: Option<String>,
+
+    /// The symbolizer made from --symbols / _NT_SYMBOL_PATH, once per run.
+    #[arg(skip)]
+    pub symbolizer: std::sync::OnceLock<Option<std::sync::Arc<crate::symbols::Symbolizer>>>,
+
     /// Seconds to wait for each reply of a host socket before giving up (0 waits forever).
     #[arg(
         long,
@@ -105,6 +123,34 @@ pub struct Global {
         help_heading = "Global options"
     )]
     pub timeout: u64,
+}
+
+impl Global {
+    /// The symbolizer of `--symbols` (else `_NT_SYMBOL_PATH`'s local directories), or
+    /// `None` when neither names one. Skipped `_NT_SYMBOL_PATH` elements (network
+    /// locations, missing directories) are said once on stderr.
+    ///
+    /// # Errors
+    ///
+    /// A `--symbols` element that is not an existing local directory.
+    pub fn symbolizer(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::symbols::Symbolizer>>, crate::symbols::SymbolPathError>
+    {
+        if let Some(s) = self.symbolizer.get() {
+            return Ok(s.clone());
+        }
+        let path = crate::symbols::SymbolPath::resolve(self.symbols.as_deref())?;
+        if let Some(p) = &path {
+            for skipped in &p.skipped {
+                eprintln!("iosvctl: symbols: skipped {skipped}");
+            }
+        }
+        let s = path
+            .filter(|p| !p.dirs.is_empty())
+            .map(|p| std::sync::Arc::new(crate::symbols::Symbolizer::new(p)));
+        Ok(self.symbolizer.get_or_init(|| s).clone())
+    }
 }
 
 /// Severity threshold of `--fail-on`.
@@ -153,6 +199,10 @@ pub enum Command {
     /// Write the installable iosv.inf for the devices and drivers to verify (from the
     /// template iosv.inx); needs at least one --hwid and one --target.
     Inf(InfArgs),
+    /// Write the self-contained HTML report (summary, violations with stacks, live
+    /// mappings, per-driver plots over time) of saved `--format json` output of
+    /// `violations` (also --follow), `mappings`, `status` and `lab`.
+    Report(ReportArgs),
     /// Run a scenario in a user-mode host inside iosvctl, then show what the verifier found.
     #[cfg(feature = "host")]
     Lab(LabArgs),
@@ -229,6 +279,29 @@ pub struct ViolationsArgs {
     /// Only violations blamed on this driver (image name, case-insensitive; repeatable).
     #[arg(long, value_name = "NAME")]
     pub driver: Vec<String>,
+
+    /// No status line while following, even on a terminal (it shows only when the
+    /// results go to a file or pipe and stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `report` options.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the HTML report to FILE (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+
+    /// JSON-lines files to read, in order (`-` or none: standard input), e.g. the saved
+    /// output of `iosvctl violations --follow --format json` and `iosvctl mappings
+    /// --format json`.
+    #[arg(value_name = "INPUT.jsonl")]
+    pub inputs: Vec<PathBuf>,
+
+    /// The report's title (default: the input files' names).
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
 }
 
 /// `mappings` options.

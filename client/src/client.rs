@@ -302,6 +302,37 @@ impl<T: Transport> Client<T> {
         Ok(Stats { header, drivers })
     }
 
+    /// GET_IMAGE_DEBUG: every registered image's PDB identity (CodeView GUID, age, PDB
+    /// name). Empty when the endpoint does not announce [`CAP_IMAGE_DEBUG`] (an older
+    /// `iosv.sys`): stacks then stay `module+offset`.
+    pub fn image_debug(&mut self) -> Result<Vec<ImageDebugRecord>> {
+        if self.hello.capabilities & CAP_IMAGE_DEBUG == 0 {
+            return Ok(Vec::new());
+        }
+        let max = self.hello.max_drivers.max(1);
+        let req = ImageDebugRequest {
+            version: PROTOCOL_VERSION,
+            max_records: max,
+        };
+        let cap = core::mem::size_of::<ImageDebugReply>()
+            + max as usize * core::mem::size_of::<ImageDebugRecord>();
+        let out = call(
+            &mut self.transport,
+            "GET_IMAGE_DEBUG",
+            IOCTL_GET_IMAGE_DEBUG,
+            req.as_bytes(),
+            cap,
+        )?;
+        let header: ImageDebugReply = read("GET_IMAGE_DEBUG", &out)?;
+        version_check("GET_IMAGE_DEBUG", header.version)?;
+        items(
+            "GET_IMAGE_DEBUG",
+            &out,
+            core::mem::size_of::<ImageDebugReply>(),
+            header.count,
+        )
+    }
+
     /// READ_VIOLATIONS: up to `max` records from `cursor` (0 = the oldest held).
     pub fn read_violations(&mut self, cursor: u64, max: u32) -> Result<ViolationBatch> {
         let max = max.clamp(1, VIOLATIONS_PER_CALL);
@@ -565,6 +596,64 @@ mod tests {
             calls: Vec::new(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn image_debug_needs_the_capability_and_checks_the_reply() {
+        // An older endpoint (no CAP_IMAGE_DEBUG): nothing is asked, nothing is known.
+        let mut c = scripted(vec![]);
+        assert_eq!(c.image_debug().unwrap(), vec![]);
+        assert!(c
+            .transport_mut()
+            .calls
+            .iter()
+            .all(|x| x.0 != IOCTL_GET_IMAGE_DEBUG));
+
+        // An endpoint that has it: the records are decoded.
+        let hello = HelloReply {
+            capabilities: CAP_IMAGE_DEBUG,
+            ..good_hello()
+        };
+        let rec = ImageDebugRecord {
+            driver_id: 1,
+            flags: IDF_CODEVIEW,
+            age: 2,
+            ..ImageDebugRecord::default()
+        };
+        let mut reply = ImageDebugReply {
+            version: PROTOCOL_VERSION,
+            count: 1,
+        }
+        .as_bytes()
+        .to_vec();
+        reply.extend_from_slice(rec.as_bytes());
+        let mut c = Client::connect(Scripted {
+            replies: vec![ok(hello.as_bytes().to_vec()), ok(reply.clone())].into(),
+            calls: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(c.image_debug().unwrap(), vec![rec]);
+
+        // A reply claiming more records than it carries is a protocol error, not a panic.
+        let mut short = ImageDebugReply {
+            version: PROTOCOL_VERSION,
+            count: 2,
+        }
+        .as_bytes()
+        .to_vec();
+        short.extend_from_slice(rec.as_bytes());
+        let mut c = Client::connect(Scripted {
+            replies: vec![ok(hello.as_bytes().to_vec()), ok(short)].into(),
+            calls: Vec::new(),
+        })
+        .unwrap();
+        assert!(matches!(
+            c.image_debug(),
+            Err(ClientError::Protocol {
+                op: "GET_IMAGE_DEBUG",
+                ..
+            })
+        ));
     }
 
     #[test]

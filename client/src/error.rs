@@ -28,8 +28,9 @@ pub enum AppError {
         /// The OS error.
         source: io::Error,
     },
-    /// `--format sarif` or `junit` for a command without violations to report.
-    #[error("--format {format} is for `violations` and `lab`; `{command}` prints human or json")]
+    /// `--format sarif` or `junit` for a command without violations to report, or
+    /// `--format html` for another command than `lab`.
+    #[error("--format {format} is for {}; `{command}` prints {}", if *format == "html" { "`lab` (for saved JSON lines: `iosvctl report --html FILE`)" } else { "`violations` and `lab`" }, if *command == "violations" { "human, json, sarif or junit" } else { "human or json" })]
     FormatNotSupported {
         /// The format asked for.
         format: &'static str,
@@ -43,6 +44,12 @@ pub enum AppError {
     /// `run`: a bad argument, or the driver host process could not be run.
     #[error("{0}")]
     Run(String),
+    /// `--symbols` names something that is not a local directory.
+    #[error("--symbols: {0}")]
+    Symbols(#[from] crate::symbols::SymbolPathError),
+    /// `report`: the input cannot be read or holds no usable record.
+    #[error("{0}")]
+    Report(String),
     /// `inf`: the hardware IDs or targets cannot be written into the INF.
     #[error(transparent)]
     Inf(#[from] InfError),

@@ -8,6 +8,8 @@
 //! - [`cli`]: the `iosvctl` command line; [`app`]: running it, with one module of [`cmd`]
 //!   per command, ending in an [`outcome::Outcome`] or an [`error::AppError`] (the exit
 //!   status); [`stop`]: Ctrl-C;
+//! - [`symbols`]: stack frames as function and source line from local PDBs;
+//! - [`report`]: the self-contained HTML report and its SVG plots;
 //! - [`inf`]: the installable `iosv.inf` rendered from the template `iosv.inx`.
 //!
 //! Everything an endpoint sends is hostile input: outside tests the crate denies
@@ -35,7 +37,9 @@ pub mod inf;
 pub mod model;
 pub mod outcome;
 pub mod output;
+pub mod report;
 pub mod stop;
+pub mod symbols;
 pub mod transport;
 
 #[cfg(test)]

@@ -135,10 +135,93 @@ pub fn age(ns: u64) -> String {
     format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
 }
 
-/// Loaded driver images, to print stack frames as `nic.sys+0x1a2b`.
+/// Loaded driver images, to print stack frames as `nic.sys+0x1a2b` — or, with a
+/// [`Symbolizer`](crate::symbols::Symbolizer) and the images' PDB identities, as
+/// `nic.sys!map_registers+0x12 (src\nic.rs:42)`.
 #[derive(Debug, Clone, Default)]
 pub struct Images {
-    images: Vec<(u64, u64, String)>,
+    images: Vec<ImageEntry>,
+    symbols: Option<std::sync::Arc<crate::symbols::Symbolizer>>,
+}
+
+#[derive(Debug, Clone)]
+struct ImageEntry {
+    base: u64,
+    size: u64,
+    name: String,
+    identity: Option<crate::symbols::ImageIdentity>,
+}
+
+/// One stack frame: the address, the module and offset it lies at, and its source
+/// location when a matching PDB resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The return address.
+    pub address: u64,
+    /// The driver image it lies in, if known.
+    pub module: Option<String>,
+    /// Offset from the image base (0 without a module).
+    pub offset: u64,
+    /// Function and line, from the image's PDB.
+    pub source: Option<crate::symbols::Resolved>,
+}
+
+impl Frame {
+    /// `nic.sys!map_registers+0x12 (src\nic.rs:42)` when symbolized, `nic.sys+0x1a2b`
+    /// in a known image, the address otherwise.
+    pub fn text(&self) -> String {
+        let Some(module) = &self.module else {
+            return hex(self.address);
+        };
+        let Some((source, inner)) = self.source.as_ref().and_then(|s| Some((s, s.innermost()?)))
+        else {
+            return format!("{module}+0x{:x}", self.offset);
+        };
+        let outer = source.frames.last().unwrap_or(inner);
+        let mut t = format!("{module}!{}+0x{:x}", outer.function, source.function_offset);
+        if source.frames.len() > 1 {
+            t.push_str(&format!(" [inlined {}]", inner.function));
+        }
+        match (&inner.file, inner.line) {
+            (Some(f), Some(l)) => t.push_str(&format!(" ({f}:{l})")),
+            (Some(f), None) => t.push_str(&format!(" ({f})")),
+            _ => {}
+        }
+        t
+    }
+
+    /// The frame for JSON: address, module, offset, and (when symbolized) function,
+    /// file, line and inlined frames.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "address": hex(self.address),
+            "module": self.module,
+            "offset": self.module.as_ref().map(|_| hex(self.offset)),
+            "text": self.text(),
+        });
+        if let (Some(obj), Some(src)) = (v.as_object_mut(), &self.source) {
+            let outer = src.frames.last();
+            let inner = src.innermost();
+            obj.insert("function".into(), outer.map(|f| f.function.clone()).into());
+            obj.insert("file".into(), inner.and_then(|f| f.file.clone()).into());
+            obj.insert("line".into(), inner.and_then(|f| f.line).into());
+            if src.frames.len() > 1 {
+                let inlined: Vec<serde_json::Value> = src
+                    .frames
+                    .iter()
+                    .map(|f| serde_json::json!({ "function": f.function, "file": f.file, "line": f.line }))
+                    .collect();
+                obj.insert("inlined".into(), inlined.into());
+            }
+        }
+        v
+    }
+
+    /// The innermost source file and line, when known.
+    pub fn file_line(&self) -> Option<(&str, Option<u32>)> {
+        let inner = self.source.as_ref()?.innermost()?;
+        Some((inner.file.as_deref()?, inner.line))
+    }
 }
 
 impl Images {
@@ -147,28 +230,100 @@ impl Images {
         let images = drivers
             .iter()
             .filter(|d| d.image_size != 0)
-            .map(|d| (d.image_base, d.image_size, name(&d.name)))
+            .map(|d| ImageEntry {
+                base: d.image_base,
+                size: d.image_size,
+                name: name(&d.name),
+                identity: None,
+            })
             .collect();
-        Images { images }
+        Images {
+            images,
+            symbols: None,
+        }
     }
 
-    /// `module+0xoffset` when `addr` lies in a known image, the raw address otherwise.
-    pub fn symbol(&self, addr: u64) -> String {
-        for (base, size, n) in &self.images {
-            if addr >= *base && addr - *base < *size {
-                return format!("{n}+0x{:x}", addr - base);
+    /// Adds the images' PDB identities (GET_IMAGE_DEBUG), each matched to the image by
+    /// its base.
+    pub fn with_debug(mut self, records: &[ImageDebugRecord]) -> Images {
+        for e in &mut self.images {
+            if let Some(r) = records.iter().find(|r| r.image_base == e.base) {
+                e.identity = crate::symbols::ImageIdentity::from_record(r);
             }
         }
-        hex(addr)
+        self
+    }
+
+    /// Symbolizes frames through `symbols` (none: frames stay `module+offset`).
+    pub fn with_symbols(
+        mut self,
+        symbols: Option<std::sync::Arc<crate::symbols::Symbolizer>>,
+    ) -> Images {
+        self.symbols = symbols;
+        self
+    }
+
+    /// The symbolizer, if any.
+    pub fn symbolizer(&self) -> Option<&crate::symbols::Symbolizer> {
+        self.symbols.as_deref()
+    }
+
+    /// A shared handle on the symbolizer, if any.
+    pub fn symbols(&self) -> Option<std::sync::Arc<crate::symbols::Symbolizer>> {
+        self.symbols.clone()
+    }
+
+    /// Each image's name and PDB identity (when its CodeView record was read).
+    pub fn identities(&self) -> Vec<(String, Option<crate::symbols::ImageIdentity>)> {
+        self.images
+            .iter()
+            .map(|e| (e.name.clone(), e.identity.clone()))
+            .collect()
+    }
+
+    /// The frame at `addr`.
+    pub fn frame(&self, addr: u64) -> Frame {
+        for e in &self.images {
+            if addr >= e.base && addr - e.base < e.size {
+                let offset = addr - e.base;
+                let source = match (&self.symbols, &e.identity, u32::try_from(offset)) {
+                    (Some(s), Some(id), Ok(rva)) => s.resolve_return_address(id, rva),
+                    _ => None,
+                };
+                return Frame {
+                    address: addr,
+                    module: Some(e.name.clone()),
+                    offset,
+                    source,
+                };
+            }
+        }
+        Frame {
+            address: addr,
+            module: None,
+            offset: 0,
+            source: None,
+        }
+    }
+
+    /// `module+0xoffset` (or `module!function+0xoff (file:line)` when symbolized) when
+    /// `addr` lies in a known image, the raw address otherwise.
+    pub fn symbol(&self, addr: u64) -> String {
+        self.frame(addr).text()
+    }
+
+    /// The first `depth` frames of `stack`.
+    pub fn frames(&self, stack: &[u64; MAX_STACK], depth: u8) -> Vec<Frame> {
+        stack
+            .iter()
+            .take(usize::from(depth))
+            .map(|a| self.frame(*a))
+            .collect()
     }
 
     /// The first `depth` frames of `stack`, symbolized.
     pub fn stack(&self, stack: &[u64; MAX_STACK], depth: u8) -> Vec<String> {
-        stack
-            .iter()
-            .take(usize::from(depth))
-            .map(|a| self.symbol(*a))
-            .collect()
+        self.frames(stack, depth).iter().map(Frame::text).collect()
     }
 }
 

@@ -110,3 +110,28 @@ fn every_command_speaks_json_lines() {
     assert_eq!(rules[3]["id"], "IOSV004");
     assert_eq!(rules[3]["containable"], true);
 }
+
+/// `--symbols` through a host socket: the host's images carry CodeView records, the
+/// endpoint serves them (GET_IMAGE_DEBUG), iosvctl looks each PDB up and says that the
+/// simulated drivers have none; a PDB of the right name but another GUID is not used;
+/// frames stay `module+offset`; a bad symbol path is exit 2.
+#[test]
+fn symbols_through_the_wire_for_simulated_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.pdb"), b"not a PDB").unwrap();
+    let server = Server::start(Some(&data("every_rule.toml")), &[]);
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = parts(&server.run(&["--symbols", d, "violations", "-v"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no PDB for"), "{err}");
+    assert!(err.contains("thief.pdb"), "{err}");
+    // bad.pdb exists but is no PDB: named, not fatal.
+    assert!(
+        err.contains("bad.pdb") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(out.contains("bad.sys+0x"), "{out}");
+    let (code, _, err) = parts(&server.run(&["--symbols", "/no/such/dir", "status"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/dir"), "{err}");
+}

@@ -179,3 +179,44 @@ fn empty_and_lab_sarif_are_schema_valid() {
     assert_valid(&v, &log);
     assert!(log["runs"][0]["results"].as_array().unwrap().len() >= 13);
 }
+
+#[test]
+fn symbolized_locations_are_schema_valid() {
+    use iosv_client::model::Frame;
+    use iosv_client::output::sarif::{file_uri, frame_location};
+    use iosv_client::symbols::{Resolved, SourceFrame};
+    let v = validator();
+    let (code, out, err) = parts(&iosvctl(&["lab", "--format", "sarif", "--no-progress"]));
+    assert_eq!(code, 1, "{err}");
+    let mut log: Value = serde_json::from_str(&out).unwrap();
+    // A frame as a matching PDB resolves it (tests/tests/symbols.rs does it with a real
+    // one), with a Windows path that needs escaping, and one resolved without a file.
+    let frame = |file: Option<&str>, line| Frame {
+        address: 0xffff_f806_0000_1234,
+        module: Some("nic.sys".into()),
+        offset: 0x1234,
+        source: Some(Resolved {
+            frames: vec![SourceFrame {
+                function: "nic::map_registers".into(),
+                file: file.map(str::to_string),
+                line,
+            }],
+            function_offset: 0x1b,
+        }),
+    };
+    let with_file = frame_location(&frame(Some(r"C:\build dir\src\nic#1.rs"), Some(27)));
+    assert_eq!(
+        with_file["physicalLocation"]["artifactLocation"]["uri"],
+        "file:///C:/build%20dir/src/nic%231.rs"
+    );
+    assert_eq!(with_file["physicalLocation"]["region"]["startLine"], 27);
+    let without = frame_location(&frame(None, None));
+    assert!(without.get("physicalLocation").is_none());
+    assert_eq!(file_uri("/src/a.rs"), "file:///src/a.rs");
+    assert_eq!(file_uri("src/a.rs"), "src/a.rs");
+    let result = &mut log["runs"][0]["results"][0];
+    result["locations"][0]["physicalLocation"] = with_file["physicalLocation"].clone();
+    result["stacks"][0]["frames"][0]["location"] = with_file;
+    result["stacks"][0]["frames"][1]["location"] = without;
+    assert_valid(&v, &log);
+}

@@ -420,7 +420,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn random_bytes_never_panic_and_unknown_codes_change_nothing(
-        code_pick in 0usize..11,
+        code_pick in 0usize..12,
         raw_code in any::<u32>(),
         input in prop::collection::vec(any::<u8>(), 0..700),
         out_len in 0usize..5000,
@@ -440,4 +440,93 @@ proptest! {
             prop_assert_eq!(config(&v), before);
         }
     }
+}
+
+#[test]
+fn image_debug_lists_every_driver_with_its_pdb_identity() {
+    use crate::drivers::ImageDebug;
+    use crate::pe::CodeView;
+    let v = engine();
+    let (r, out) = call(
+        &v,
+        IOCTL_HELLO,
+        HelloRequest {
+            version: PROTOCOL_VERSION,
+            reserved: 0,
+        }
+        .as_bytes(),
+        256,
+    );
+    assert_eq!(r.status, Status::Success);
+    let h = HelloReply::read_from_prefix(&out).unwrap().0;
+    assert_ne!(h.capabilities & CAP_IMAGE_DEBUG, 0);
+
+    let nic = v.driver_attached(b"nic.sys", 0x1000_0000, 0x1000).unwrap();
+    let gpu = v.driver_attached(b"gpu.sys", 0x2000_0000, 0x1000).unwrap();
+    let long = [b'x'; 80];
+    let mut path = b"C:\\out\\".to_vec();
+    path.extend_from_slice(&long);
+    v.drivers().set_debug(
+        nic,
+        0x1000_0000,
+        ImageDebug::CodeView(CodeView {
+            guid: [7; 16],
+            age: 3,
+            pdb_path: b"C:\\build\\nic.pdb",
+        }),
+    );
+    v.drivers().set_debug(
+        gpu,
+        0x2000_0000,
+        ImageDebug::CodeView(CodeView {
+            guid: [1; 16],
+            age: 1,
+            pdb_path: &path,
+        }),
+    );
+    let _ = v.driver_attached(b"stor.sys", 0x3000_0000, 0x1000).unwrap();
+    let req = ImageDebugRequest {
+        version: PROTOCOL_VERSION,
+        max_records: 8,
+    };
+    let (r, out) = call(&v, IOCTL_GET_IMAGE_DEBUG, req.as_bytes(), 4096);
+    assert_eq!(r.status, Status::Success);
+    let header = core::mem::size_of::<ImageDebugReply>();
+    let item = core::mem::size_of::<ImageDebugRecord>();
+    assert_eq!(r.information, header + 3 * item);
+    let h = ImageDebugReply::read_from_prefix(&out).unwrap().0;
+    assert_eq!(h.count, 3);
+    let rec = |i: usize| {
+        ImageDebugRecord::read_from_prefix(&out[header + i * item..])
+            .unwrap()
+            .0
+    };
+    let n = rec(0);
+    assert_eq!(
+        (n.driver_id, n.flags, n.age),
+        (u32::from(nic.0), IDF_CODEVIEW, 3)
+    );
+    assert_eq!(n.guid, [7; 16]);
+    assert_eq!(&n.pdb_name[..8], b"nic.pdb\0");
+    let g = rec(1);
+    assert_eq!(g.flags, IDF_CODEVIEW | IDF_NAME_CUT);
+    assert_eq!(g.pdb_name, [b'x'; PDB_NAME_LEN]);
+    let s = rec(2);
+    assert_eq!((s.flags, s.image_base), (0, 0x3000_0000));
+
+    // Output too small for one record; max_records bounds the reply; bad version.
+    let (r, _) = call(&v, IOCTL_GET_IMAGE_DEBUG, req.as_bytes(), header + 3);
+    assert_eq!(r.status, Status::OutputTooSmall);
+    let one = ImageDebugRequest {
+        max_records: 1,
+        ..req
+    };
+    let (r, _) = call(&v, IOCTL_GET_IMAGE_DEBUG, one.as_bytes(), 4096);
+    assert_eq!(r.information, header + item);
+    let bad = ImageDebugRequest {
+        version: PROTOCOL_VERSION + 1,
+        ..req
+    };
+    let (r, _) = call(&v, IOCTL_GET_IMAGE_DEBUG, bad.as_bytes(), 4096);
+    assert_eq!(r.status, Status::RevisionMismatch);
 }

@@ -39,6 +39,10 @@ pub enum Structure {
     ExportOrdinalTable,
     /// A NUL-terminated name that the export directory points at.
     ExportName,
+    /// An `IMAGE_DEBUG_DIRECTORY` entry.
+    DebugDirectory,
+    /// The CodeView (`RSDS`) record a debug directory entry points at.
+    CodeViewRecord,
 }
 
 impl Structure {
@@ -62,6 +66,8 @@ impl Structure {
             Self::ExportNameTable => "export name table",
             Self::ExportOrdinalTable => "export ordinal table",
             Self::ExportName => "export name",
+            Self::DebugDirectory => "debug directory entry",
+            Self::CodeViewRecord => "CodeView record",
         }
     }
 }

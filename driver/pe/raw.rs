@@ -140,6 +140,8 @@ pub const EXPORT_DIRECTORY_SIZE: usize = core::mem::size_of::<ExportDirectory>()
 
 // The layouts above must match the specification byte for byte.
 const _: () = assert!(core::mem::size_of::<DosHeader>() == 64);
+const _: () = assert!(core::mem::size_of::<DebugDirectory>() == 28);
+const _: () = assert!(core::mem::size_of::<CodeViewRsds>() == 24);
 const _: () = assert!(NT_HEADERS_START_SIZE == 24);
 const _: () = assert!(OPTIONAL_HEADER64_FIXED_SIZE == 112);
 const _: () = assert!(DATA_DIRECTORY_SIZE == 8);
@@ -147,3 +149,26 @@ const _: () = assert!(SECTION_HEADER_SIZE == 40);
 const _: () = assert!(IMPORT_DESCRIPTOR_SIZE == 20);
 const _: () = assert!(DELAY_DESCRIPTOR_SIZE == 32);
 const _: () = assert!(EXPORT_DIRECTORY_SIZE == 40);
+
+/// `IMAGE_DEBUG_DIRECTORY`.
+#[derive(FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+pub struct DebugDirectory {
+    pub characteristics: U32,
+    pub time_date_stamp: U32,
+    pub major_version: U16,
+    pub minor_version: U16,
+    pub debug_type: U32,
+    pub size_of_data: U32,
+    pub address_of_raw_data: U32,
+    pub pointer_to_raw_data: U32,
+}
+
+/// The fixed part of a PDB 7.0 CodeView record (`RSDS`, GUID, age); the path follows.
+#[derive(FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+pub struct CodeViewRsds {
+    pub signature: U32,
+    pub guid: [u8; 16],
+    pub age: U32,
+}

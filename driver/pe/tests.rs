@@ -1147,3 +1147,130 @@ fn errors_display() {
     );
     assert!(PeError::Pe32NotSupported.to_string().contains("PE32+"));
 }
+
+/// Writes a debug directory of `entries` (type, RVA of data, size of data) at `at` and
+/// returns the builder.
+fn with_debug(b: &mut Builder, at: usize, entries: &[(u32, u32, u32)]) {
+    b.dir(6, at, 28 * entries.len());
+    for (i, (ty, rva, size)) in entries.iter().enumerate() {
+        let e = at + 28 * i;
+        b.u32(e + 12, *ty);
+        b.u32(e + 16, *size);
+        b.u32(e + 20, *rva);
+    }
+}
+
+fn rsds(b: &mut Builder, at: usize, guid: [u8; 16], age: u32, path: &str) -> u32 {
+    b.u32(at, CODEVIEW_RSDS);
+    b.buf[at + 4..at + 20].copy_from_slice(&guid);
+    b.u32(at + 20, age);
+    b.buf[at + 24..at + 24 + path.len()].copy_from_slice(path.as_bytes());
+    b.buf[at + 24 + path.len()] = 0;
+    (24 + path.len() + 1) as u32
+}
+
+#[test]
+fn codeview_record_is_read() {
+    let mut b = Builder::new();
+    let guid: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+    let size = rsds(&mut b, RDATA + 0x400, guid, 7, r"C:\build\obj\nic.pdb");
+    // A non-CodeView entry first, then the CodeView one.
+    with_debug(
+        &mut b,
+        RDATA + 0x300,
+        &[
+            (16, 0, 0),
+            (DEBUG_TYPE_CODEVIEW, (RDATA + 0x400) as u32, size),
+        ],
+    );
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let cv = pe.codeview().unwrap().unwrap();
+    assert_eq!(cv.guid, guid);
+    assert_eq!(cv.age, 7);
+    assert_eq!(cv.pdb_path, br"C:\build\obj\nic.pdb");
+    assert_eq!(cv.pdb_file_name(), b"nic.pdb");
+    let unix = CodeView {
+        pdb_path: b"/tmp/x/y.pdb",
+        ..cv
+    };
+    assert_eq!(unix.pdb_file_name(), b"y.pdb");
+    let bare = CodeView {
+        pdb_path: b"z.pdb",
+        ..cv
+    };
+    assert_eq!(bare.pdb_file_name(), b"z.pdb");
+    // A reader that may not touch the record's pages finds none; nor one that may not
+    // touch the directory.
+    let record = (RDATA + 0x400) as u32;
+    assert_eq!(pe.codeview_where(|rva, _| rva != record), Ok(None));
+    assert_eq!(
+        pe.codeview_where(|rva, _| rva != (RDATA + 0x300) as u32),
+        Ok(None)
+    );
+    assert_eq!(pe.codeview_where(|_, _| true), Ok(Some(cv)));
+}
+
+#[test]
+fn codeview_absent_or_unusable_is_none() {
+    // No debug directory.
+    let b = Builder::new();
+    assert_eq!(PeImage::parse(&b.buf).unwrap().codeview(), Ok(None));
+    // Entries that are not CodeView, or whose data is not mapped, or not RSDS (NB10).
+    let mut b = Builder::new();
+    b.u32(RDATA + 0x400, 0x3031_424E); // "NB10"
+    with_debug(
+        &mut b,
+        RDATA + 0x300,
+        &[
+            (4, 0x2400, 64),
+            (DEBUG_TYPE_CODEVIEW, 0, 64),
+            (DEBUG_TYPE_CODEVIEW, 0x2400, 8),
+            (DEBUG_TYPE_CODEVIEW, 0x2400, 64),
+        ],
+    );
+    assert_eq!(PeImage::parse(&b.buf).unwrap().codeview(), Ok(None));
+}
+
+#[test]
+fn codeview_malformed_is_an_error() {
+    // Directory past the end of the image.
+    let mut b = Builder::new();
+    b.dir(6, SIZE_OF_IMAGE - 10, 28);
+    assert!(matches!(
+        PeImage::parse(&b.buf).unwrap().codeview(),
+        Err(PeError::DirectoryOutOfImage {
+            directory: Directory::Debug,
+            ..
+        })
+    ));
+    // Directory whose size wraps.
+    let mut b = Builder::new();
+    b.dir(6, RDATA, u32::MAX as usize);
+    assert!(PeImage::parse(&b.buf).unwrap().codeview().is_err());
+    // Record outside the image.
+    let mut b = Builder::new();
+    with_debug(&mut b, RDATA, &[(DEBUG_TYPE_CODEVIEW, 0xFFFF_FFF0, 64)]);
+    assert!(matches!(
+        PeImage::parse(&b.buf).unwrap().codeview(),
+        Err(PeError::RvaOutOfImage {
+            what: Structure::CodeViewRecord,
+            ..
+        })
+    ));
+    // Path without its NUL inside the record.
+    let mut b = Builder::new();
+    let at = RDATA + 0x400;
+    rsds(&mut b, at, [9; 16], 1, "abc.pdb");
+    with_debug(&mut b, RDATA, &[(DEBUG_TYPE_CODEVIEW, at as u32, 24 + 3)]);
+    assert!(matches!(
+        PeImage::parse(&b.buf).unwrap().codeview(),
+        Err(PeError::UnterminatedName {
+            what: Structure::CodeViewRecord,
+            ..
+        })
+    ));
+    // Many entries: bounded by MAX_DEBUG_ENTRIES, none CodeView.
+    let mut b = Builder::with_size(0x8000);
+    b.dir(6, RDATA, 28 * 200);
+    assert_eq!(PeImage::parse(&b.buf).unwrap().codeview(), Ok(None));
+}

@@ -204,6 +204,7 @@ impl Host {
             {
                 let result = patch(self.platform(), &image);
                 self.verifier.drivers().note_attach(id, &result);
+                image.record_debug(self.verifier.drivers(), id);
                 match result {
                     Ok(_) => image.set_driver_id(id.0),
                     Err(_) => self.verifier.driver_detached(id, true),

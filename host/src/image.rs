@@ -95,6 +95,29 @@ const DESCRIPTORS: usize = RDATA;
 const STRINGS: usize = RDATA + 0x100;
 const LOOKUP: usize = RDATA + 0x400;
 const IAT: usize = RDATA + 0x800;
+/// The debug directory (one CodeView entry) and its `RSDS` record.
+const DEBUG_DIR: usize = RDATA + 0xC00;
+const CODEVIEW: usize = RDATA + 0xC20;
+
+/// The CodeView GUID a simulated image of `name` carries: derived from the name (FNV-1a),
+/// stable across runs. No PDB with this GUID exists — the simulated drivers are host code,
+/// not compiled images — so symbolizers find nothing for them and say so; the record is
+/// there so that the path from image to wire to client is the kernel's.
+pub fn simulated_guid(name: &str) -> [u8; 16] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+        for b in name
+            .bytes()
+            .chain(core::iter::once(u8::try_from(i).unwrap_or(0)))
+        {
+            h ^= u64::from(b.to_ascii_lowercase());
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        chunk.copy_from_slice(&h.to_le_bytes());
+    }
+    out
+}
 
 struct Writer {
     buf: Vec<u8>,
@@ -128,7 +151,7 @@ fn rva(offset: usize) -> u32 {
 /// IAT slot, in [`IMPORTS`] order.
 /// With `iat_in_code`, the section holding the import tables is a code section, as in an
 /// image linked with `/MERGE:.rdata=.text`.
-fn build(base: u64, iat_in_code: bool) -> (Vec<u8>, [usize; IMPORTS.len()]) {
+fn build(name: &str, base: u64, iat_in_code: bool) -> (Vec<u8>, [usize; IMPORTS.len()]) {
     let size = usize::try_from(IMAGE_SIZE).unwrap_or(0);
     let mut w = Writer {
         buf: std::vec![0u8; size],
@@ -213,6 +236,21 @@ fn build(base: u64, iat_in_code: bool) -> (Vec<u8>, [usize; IMPORTS.len()]) {
         lookup = lookup.wrapping_add(8);
         iat = iat.wrapping_add(8);
     }
+
+    // The debug directory: one IMAGE_DEBUG_TYPE_CODEVIEW entry whose RSDS record names
+    // `<stem>.pdb` under a build directory, with the simulated GUID and age 1.
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    let path = std::format!("C:\\iosv-host\\{stem}.pdb");
+    let record_len = 24usize.wrapping_add(path.len()).wrapping_add(1);
+    w.u32(DIRECTORIES.wrapping_add(6 * 8), rva(DEBUG_DIR));
+    w.u32(DIRECTORIES.wrapping_add(6 * 8 + 4), 28);
+    w.u32(DEBUG_DIR.wrapping_add(12), iosv::pe::DEBUG_TYPE_CODEVIEW);
+    w.u32(DEBUG_DIR.wrapping_add(16), rva(record_len));
+    w.u32(DEBUG_DIR.wrapping_add(20), rva(CODEVIEW));
+    w.u32(CODEVIEW, iosv::pe::CODEVIEW_RSDS);
+    w.put(CODEVIEW.wrapping_add(4), &simulated_guid(name));
+    w.u32(CODEVIEW.wrapping_add(20), 1);
+    w.put(CODEVIEW.wrapping_add(24), path.as_bytes());
     (w.buf, slots)
 }
 
@@ -242,7 +280,7 @@ impl SimImage {
     /// An image whose import tables lie in a code section when `iat_in_code` (linked with
     /// `/MERGE:.rdata=.text`): iosv refuses to patch it.
     pub fn with_layout(name: &str, base: u64, iat_in_code: bool) -> SimImage {
-        let (bytes, slots) = build(base, iat_in_code);
+        let (bytes, slots) = build(name, base, iat_in_code);
         let words = bytes
             .chunks_exact(8)
             .map(|c| {
@@ -262,6 +300,16 @@ impl SimImage {
             driver_id: AtomicU16::new(0),
             plan: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Records this image's PDB identity (its CodeView record) for driver `id`, as the
+    /// Windows glue does for a real image.
+    pub fn record_debug(&self, drivers: &iosv::drivers::Drivers, id: iosv::drivers::DriverId) {
+        let debug = iosv::pe::PeImage::parse(&self.bytes)
+            .map_or(iosv::drivers::ImageDebug::Malformed, |pe| {
+                iosv::drivers::ImageDebug::of(&pe)
+            });
+        drivers.set_debug(id, self.base, debug);
     }
 
     /// The image name (`nic.sys`).

@@ -69,6 +69,7 @@ pub mod rng;
 mod runtime_io;
 pub mod scenario;
 pub mod thread;
+pub mod timeline;
 
 pub use actor::Actor;
 pub use audit::{Audit, Mismatch};

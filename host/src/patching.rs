@@ -51,6 +51,7 @@ pub(crate) fn attach_image(platform: &HostPlatform, name: &[u8]) -> Result<u32, 
         };
         let result = patch(platform, image);
         verifier.drivers().note_attach(id, &result);
+        image.record_debug(verifier.drivers(), id);
         let patched = result.inspect_err(|_| {
             if attached_id(image).is_none() {
                 verifier.driver_detached(id, true);

@@ -116,6 +116,8 @@ pub struct RunSummary {
     pub stress: Vec<StressSummary>,
     /// Corruptions the simulated Mm recorded during the run (uncontained bad unmaps).
     pub corruptions: u64,
+    /// Every driver's live mappings and bytes before the first step and after each.
+    pub timeline: crate::timeline::Timeline,
 }
 
 impl RunSummary {

@@ -16,6 +16,8 @@
 //!
 //! where each `// iosv-fixture-link-arg: ARG` line of the source adds `-C link-arg=ARG`.
 //! The output goes to a private temporary directory that is removed once read.
+//! [`build_with_pdb`] links with debug information instead (`-C debuginfo=2`,
+//! `/debug /pdb:DIR/NAME.pdb /pdbaltpath:NAME.pdb`) into a directory the caller keeps.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,11 +85,30 @@ pub fn build(name: &str) -> &'static [u8] {
 }
 
 fn compile(name: &str) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("iosv-fixture-{}-{name}", std::process::id()));
+    let image = compile_into(name, &dir, false);
+    let _ = std::fs::remove_dir_all(&dir);
+    image
+}
+
+/// Builds fixture `name` with debug information into `dir`: rustc `-C debuginfo=2` and
+/// rust-lld `/DEBUG /PDB:dir/name.pdb /PDBALTPATH:name.pdb`, so the image's CodeView
+/// record names `name.pdb` with the GUID and age of the PDB written beside it. Returns
+/// the on-disk image; the PDB is `dir/name.pdb` (kept: the caller owns `dir`).
+///
+/// # Panics
+///
+/// As [`build`].
+#[must_use]
+pub fn build_with_pdb(name: &str, dir: &Path) -> Vec<u8> {
+    compile_into(name, dir, true)
+}
+
+fn compile_into(name: &str, dir: &Path, debug: bool) -> Vec<u8> {
     let source = fixtures_dir().join(format!("{name}.rs"));
     let text = std::fs::read_to_string(&source)
         .unwrap_or_else(|e| panic!("read fixture {}: {e}", source.display()));
-    let dir = std::env::temp_dir().join(format!("iosv-fixture-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let out = dir.join(format!("{name}.sys"));
 
     let mut rustc = Command::new("rustc");
@@ -114,8 +135,18 @@ fn compile(name: &str) -> Vec<u8> {
             "link-arg=/entry:DriverEntry",
             "-C",
             "link-arg=/nodefaultlib",
-        ])
-        .args(["-C", "link-arg=/debug:none"]);
+        ]);
+    if debug {
+        let pdb = dir.join(format!("{name}.pdb"));
+        rustc
+            .args(["-C", "debuginfo=2", "-C", "link-arg=/debug"])
+            .arg("-C")
+            .arg(format!("link-arg=/pdb:{}", pdb.display()))
+            .arg("-C")
+            .arg(format!("link-arg=/pdbaltpath:{name}.pdb"));
+    } else {
+        rustc.args(["-C", "link-arg=/debug:none"]);
+    }
     for arg in extra_link_args(&text) {
         rustc.arg("-C").arg(format!("link-arg={arg}"));
     }
@@ -125,7 +156,6 @@ fn compile(name: &str) -> Vec<u8> {
         .output()
         .unwrap_or_else(|e| panic!("run rustc for fixture {name}: {e}"));
     let image = std::fs::read(&out);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         output.status.success(),
         "fixture {name} did not compile (is the {TARGET} target installed? \

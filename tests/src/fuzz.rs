@@ -36,7 +36,7 @@ pub fn run(name: &str, data: &[u8]) {
 
 /// The control codes the first input byte chooses from (a byte past the list takes the
 /// next four bytes as a raw code).
-pub const CODES: [u32; 9] = [
+pub const CODES: [u32; 10] = [
     iosv::protocol::IOCTL_HELLO,
     iosv::protocol::IOCTL_GET_STATS,
     iosv::protocol::IOCTL_READ_VIOLATIONS,
@@ -46,6 +46,7 @@ pub const CODES: [u32; 9] = [
     iosv::protocol::IOCTL_CLEAR,
     iosv::protocol::IOCTL_ATTACH,
     iosv::protocol::IOCTL_DETACH,
+    iosv::protocol::IOCTL_GET_IMAGE_DEBUG,
 ];
 
 fn fuzz_host() -> &'static iosv_host::Host {
@@ -238,10 +239,16 @@ pub fn pe(image: &[u8]) {
         Directory::Export,
         Directory::Import,
         Directory::BaseRelocation,
+        Directory::Debug,
         Directory::ImportAddressTable,
         Directory::DelayImport,
     ] {
         let _ = pe.data_directory(directory);
+    }
+
+    if let Ok(Some(cv)) = pe.codeview() {
+        assert!(cv.pdb_path.len() <= MAX_NAME_LEN);
+        assert!(cv.pdb_file_name().len() <= cv.pdb_path.len());
     }
 
     let mut dlls = pe.imported_dlls();

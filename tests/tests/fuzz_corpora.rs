@@ -37,7 +37,7 @@ fn write_seed_corpora() {
         std::fs::write(dir.join(name), bytes).unwrap();
     };
     let v = PROTOCOL_VERSION;
-    let requests: [(&str, Vec<u8>); 9] = [
+    let requests: [(&str, Vec<u8>); 10] = [
         (
             "hello",
             HelloRequest {
@@ -125,6 +125,15 @@ fn write_seed_corpora() {
             .as_bytes()
             .to_vec(),
         ),
+        (
+            "imagedebug",
+            ImageDebugRequest {
+                version: v,
+                max_records: 4,
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
     ];
     for (i, (name, input)) in requests.iter().enumerate() {
         let mut seed = vec![i as u8];
@@ -150,6 +159,15 @@ fn write_seed_corpora() {
     for name in iosv_tests::fixture::names() {
         put("pe", &name, &iosv_tests::fixture::loaded(&name).bytes);
     }
+    // An image with a debug directory and its CodeView record (linked with /DEBUG).
+    let dir = std::env::temp_dir().join(format!("iosv-seed-{}", std::process::id()));
+    let debug = iosv_tests::fixture::build_with_pdb("symbolized", &dir);
+    put(
+        "pe",
+        "symbolized_debug",
+        &iosv_tests::fixture::load(&debug).bytes,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     for dir in ["../examples", "data"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         for e in std::fs::read_dir(&dir).unwrap() {

@@ -11,6 +11,9 @@ use crate::transport::Transport;
 use iosv::protocol::ViolationRecord;
 use std::time::{Duration, Instant};
 
+/// How often `violations --follow --format json` writes a `sample` line.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// What to read and when to stop.
 #[derive(Debug, Clone, Default)]
 pub struct ReadPlan {
@@ -28,6 +31,52 @@ pub struct ReadPlan {
     pub rules: Vec<iosv::rules::RuleId>,
     /// Only these blamed drivers (empty: all).
     pub drivers: Vec<String>,
+    /// Following with results redirected and stderr a terminal: a status line on stderr
+    /// (violations so far, cursor). `violations --no-progress` turns it off.
+    pub progress: bool,
+}
+
+/// The status line of `violations --follow` on a terminal while the results go to a file
+/// or pipe (when they go to the terminal, they are the progress).
+struct FollowStatus {
+    enabled: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl FollowStatus {
+    fn new(plan: &ReadPlan) -> FollowStatus {
+        use std::io::IsTerminal;
+        FollowStatus {
+            enabled: plan.follow
+                && plan.progress
+                && std::io::stderr().is_terminal()
+                && !std::io::stdout().is_terminal(),
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, matched: u64, cursor: u64) {
+        if !self.enabled
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        eprint!("\r\x1b[2Kiosvctl: following: {matched} violations so far, cursor {cursor} (Ctrl-C to stop)");
+        self.last = Some(Instant::now());
+        self.shown = true;
+    }
+}
+
+impl Drop for FollowStatus {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 impl ReadPlan {
@@ -54,7 +103,19 @@ pub fn read_violations<T: Transport>(
     let mut matched = 0u64;
     let mut idle = 0u32;
     let mut last_images = Instant::now();
+    let mut last_sample: Option<Instant> = None;
+    let mut status = FollowStatus::new(plan);
     loop {
+        status.update(matched, cursor);
+        // Following: a `sample` line (JSON) at most every SAMPLE_EVERY, the time series
+        // of the HTML report (`iosvctl report --html`).
+        if plan.follow
+            && sink.wants_samples()
+            && last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY)
+        {
+            sink.sample(&c.stats()?)?;
+            last_sample = Some(Instant::now());
+        }
         let want = match plan.max {
             Some(m) => u32::try_from(m.saturating_sub(matched))
                 .unwrap_or(u32::MAX)
@@ -74,7 +135,13 @@ pub fn read_violations<T: Transport>(
             && last_images.elapsed() > Duration::from_secs(1)
         {
             // Drivers may have loaded since the stacks' images were read.
-            sink.set_images(Images::from_stats(&c.stats()?.drivers));
+            let fresh = Images::from_stats(&c.stats()?.drivers);
+            let fresh = if sink.images().symbolizer().is_some() {
+                fresh.with_debug(&c.image_debug()?)
+            } else {
+                fresh
+            };
+            sink.set_images(fresh);
             last_images = Instant::now();
         }
         for rec in &batch.records {

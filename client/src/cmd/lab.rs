@@ -6,7 +6,7 @@ use super::{config, driver_names, scenario};
 use crate::cli::{Global, LabArgs};
 use crate::client::{Client, MappingFilter};
 use crate::error::{AppError, AppResult};
-use crate::model::{self, Images};
+use crate::model;
 use crate::output::sink::ViolationSink;
 use crate::output::{human, json, sarif, Format};
 use crate::transport::inproc::InProcess;
@@ -103,8 +103,31 @@ fn audit_problems(a: &Audit, scripted: bool) -> Vec<String> {
     p
 }
 
-/// `iosvctl lab`.
+/// `iosvctl lab`. With `--format html` the run is written as JSON lines into memory and
+/// the HTML report made from them ([`crate::report`]), as `report --html` does from a
+/// saved stream.
 pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
+    if g.format != Format::Html {
+        return run_as(g, g.format, a, out);
+    }
+    let mut lines = Vec::new();
+    let outcome = run_as(g, Format::Json, a, &mut lines)?;
+    let text = String::from_utf8_lossy(&lines);
+    let data = crate::report::ReportData::from_json_lines(&text);
+    let origin = a.scenario.as_ref().map_or_else(
+        || "builtin:lab.toml".to_string(),
+        |p| p.display().to_string(),
+    );
+    write!(
+        out,
+        "{}",
+        crate::report::render(&data, &format!("iosvctl lab {origin}"))
+    )?;
+    out.flush()?;
+    Ok(outcome)
+}
+
+fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppResult {
     let scenario = scenario::load(a.scenario.as_deref(), &a.run)?;
     let params = a
         .params
@@ -125,13 +148,13 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
         .map_err(AppError::Audit)?;
 
     let stats = c.stats()?;
-    let images = Images::from_stats(&stats.drivers);
+    let images = super::images(g, &mut c, &stats)?;
     let mappings = if a.no_mappings {
         None
     } else {
         Some(c.list_mappings(&MappingFilter::default())?)
     };
-    match g.format {
+    match format {
         Format::Human => {
             writeln!(
                 out,
@@ -155,10 +178,20 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
                 o.insert("audit".to_string(), audit_json(&audit));
             }
             writeln!(out, "{v}")?;
+            for smp in &summary.timeline.samples {
+                let line = json::sample(
+                    smp.t_ns,
+                    smp.step,
+                    smp.drivers
+                        .iter()
+                        .map(|d| (d.name.as_str(), d.live, d.live_bytes)),
+                );
+                writeln!(out, "{line}")?;
+            }
         }
-        Format::Sarif | Format::Junit => {}
+        Format::Sarif | Format::Junit | Format::Html => {}
     }
-    let mut sink = ViolationSink::new(g, out, images.clone());
+    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
     let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
     let problems = audit_problems(&audit, scenario.scripts_misuse());
     let info = sarif::RunInfo {
@@ -171,14 +204,14 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
-    if !problems.is_empty() && g.format != Format::Human {
+    if !problems.is_empty() && format != Format::Human {
         eprintln!(
             "iosvctl: error: the lab audit is unclean (exit 4): {}",
             problems.join("; ")
         );
     }
     if let Some(list) = mappings {
-        match g.format {
+        match format {
             Format::Human => {
                 writeln!(out, "\nstill mapped after the run:")?;
                 write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
@@ -188,9 +221,10 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
                     writeln!(out, "{}", json::mapping(m, &list, &images))?;
                 }
             }
-            Format::Sarif | Format::Junit => {}
+            Format::Sarif | Format::Junit | Format::Html => {}
         }
     }
+    super::symbol_notes(&images, true);
     Ok(outcome)
 }
 #[cfg(test)]

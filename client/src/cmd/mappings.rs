@@ -5,7 +5,7 @@ use super::{driver_names, json_line};
 use crate::cli::{Global, MappingsArgs};
 use crate::client::{Client, MappingFilter, MappingList};
 use crate::error::{AppError, AppResult};
-use crate::model::{self, Images};
+use crate::model;
 use crate::outcome::Outcome;
 use crate::output::{human, json, Format};
 use crate::transport::Transport;
@@ -20,7 +20,7 @@ pub fn run<T: Transport>(
     out: &mut dyn Write,
 ) -> AppResult {
     let stats = c.stats()?;
-    let images = Images::from_stats(&stats.drivers);
+    let images = super::images(g, c, &stats)?;
     let base = MappingFilter {
         driver_id: None,
         device: a.device,
@@ -69,6 +69,10 @@ pub fn run<T: Transport>(
         }
         _ => write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?,
     }
+    super::symbol_notes(
+        &images,
+        c.hello().capabilities & iosv::protocol::CAP_HOST != 0,
+    );
     Ok(Outcome::Clean)
 }
 

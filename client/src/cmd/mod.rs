@@ -14,6 +14,7 @@ pub mod lab;
 pub mod mappings;
 #[cfg(feature = "host")]
 mod progress;
+pub mod report;
 pub mod rules;
 #[cfg(feature = "host")]
 pub mod run;
@@ -42,12 +43,25 @@ pub fn check_format(command: &Command, g: &Global) -> AppResult<()> {
         Command::Detach(_) => "detach",
         Command::Clear(_) => "clear",
         Command::Rules => "rules",
-        Command::Violations(_) | Command::Inf(_) => return Ok(()),
+        Command::Violations(_) => {
+            if g.format == Format::Html {
+                return Err(AppError::FormatNotSupported {
+                    format: "html",
+                    command: "violations",
+                });
+            }
+            return Ok(());
+        }
+        Command::Inf(_) | Command::Report(_) => return Ok(()),
         #[cfg(feature = "host")]
         Command::Lab(_) | Command::Host(_) | Command::Run(_) => return Ok(()),
     };
     match g.format {
         Format::Human | Format::Json => Ok(()),
+        Format::Html => Err(AppError::FormatNotSupported {
+            format: "html",
+            command,
+        }),
         Format::Sarif => Err(AppError::FormatNotSupported {
             format: "sarif",
             command,
@@ -56,6 +70,65 @@ pub fn check_format(command: &Command, g: &Global) -> AppResult<()> {
             format: "junit",
             command,
         }),
+    }
+}
+
+/// The images to print stacks with: the drivers of `stats`, their PDB identities
+/// (GET_IMAGE_DEBUG, when the endpoint serves it) and the symbolizer of `--symbols`.
+pub fn images<T: crate::transport::Transport>(
+    g: &Global,
+    c: &mut crate::client::Client<T>,
+    stats: &Stats,
+) -> AppResult<crate::model::Images> {
+    let images = crate::model::Images::from_stats(&stats.drivers);
+    let Some(symbols) = g.symbolizer()? else {
+        return Ok(images);
+    };
+    Ok(images
+        .with_debug(&c.image_debug()?)
+        .with_symbols(Some(symbols)))
+}
+
+/// Says on stderr, once per image, which PDB symbolized its frames or why none did.
+pub fn symbol_notes(images: &crate::model::Images, simulated: bool) {
+    let Some(s) = images.symbolizer() else {
+        return;
+    };
+    let mut simulated_names = Vec::new();
+    for (id, status) in s.statuses() {
+        use crate::symbols::PdbStatus;
+        match status {
+            PdbStatus::Loaded(path) => {
+                eprintln!("iosvctl: symbols: {id}: {}", path.display());
+            }
+            PdbStatus::NotFound { mismatched } if mismatched.is_empty() => {
+                if simulated {
+                    simulated_names.push(id.pdb_name.clone());
+                } else {
+                    eprintln!("iosvctl: symbols: {id}: not found on the symbol path");
+                }
+            }
+            PdbStatus::NotFound { mismatched } => {
+                let files: Vec<String> =
+                    mismatched.iter().map(|p| p.display().to_string()).collect();
+                eprintln!(
+                    "iosvctl: symbols: {id}: {} has another GUID or age; not used",
+                    files.join(", ")
+                );
+            }
+            PdbStatus::Malformed { path, error } => {
+                eprintln!(
+                    "iosvctl: symbols: {id}: cannot read {}: {error}; frames stay module+offset",
+                    path.display()
+                );
+            }
+        }
+    }
+    if !simulated_names.is_empty() {
+        eprintln!(
+            "iosvctl: symbols: no PDB for {}: the host's simulated drivers are host code whose images carry a synthetic CodeView record, not compiled drivers; their frames stay module+offset",
+            simulated_names.join(", ")
+        );
     }
 }
 

@@ -85,8 +85,25 @@ fn connect(_socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
     ))
 }
 
-/// `iosvctl run`.
+/// `iosvctl run`. With `--format html` the run is written as JSON lines into memory and
+/// the HTML report made from them ([`crate::report`]), as `lab` does.
 pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
+    if g.format != Format::Html {
+        return run_as(g, g.format, a, out);
+    }
+    let mut lines = Vec::new();
+    let outcome = run_as(g, Format::Json, a, &mut lines)?;
+    let text = String::from_utf8_lossy(&lines);
+    let data = crate::report::ReportData::from_json_lines(&text);
+    write!(
+        out,
+        "{}",
+        crate::report::render(&data, &format!("iosvctl run {}", a.image.display()))
+    )?;
+    Ok(outcome)
+}
+
+fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
     let opts = options(a)?;
     if !a.image.is_file() {
         return Err(AppError::Run(format!(
@@ -118,7 +135,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         Some(c.list_mappings(&MappingFilter::default())?)
     };
     let elapsed_ms = u64::try_from(session.elapsed.as_millis()).unwrap_or(u64::MAX);
-    match g.format {
+    match format {
         Format::Human => {
             writeln!(
                 out,
@@ -159,9 +176,9 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
             });
             writeln!(out, "{v}")?;
         }
-        Format::Sarif | Format::Junit => {}
+        Format::Sarif | Format::Junit | Format::Html => {}
     }
-    let mut sink = ViolationSink::new(g, out, images.clone());
+    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
     let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
     let info = sarif::RunInfo {
         endpoint: format!("run: {}", a.image.display()),
@@ -173,14 +190,14 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
-    if !info.problems.is_empty() && g.format != Format::Human {
+    if !info.problems.is_empty() && format != Format::Human {
         eprintln!(
             "iosvctl: error: the run's audit is unclean (exit 4): {}",
             info.problems.join("; ")
         );
     }
     if let Some(list) = mappings {
-        match g.format {
+        match format {
             Format::Human => {
                 writeln!(out, "\nstill mapped after the run:")?;
                 write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
@@ -190,7 +207,7 @@ pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
                     writeln!(out, "{}", json::mapping(m, &list, &images))?;
                 }
             }
-            Format::Sarif | Format::Junit => {}
+            Format::Sarif | Format::Junit | Format::Html => {}
         }
     }
     drop(c);

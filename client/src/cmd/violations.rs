@@ -6,7 +6,7 @@ use super::journal::{read_violations, ReadPlan};
 use crate::cli::{Global, ViolationsArgs};
 use crate::client::Client;
 use crate::error::AppResult;
-use crate::model::{self, Images};
+use crate::model;
 use crate::output::sarif;
 use crate::output::sink::ViolationSink;
 use crate::transport::Transport;
@@ -42,12 +42,14 @@ pub fn run<T: Transport>(
         deadline: deadline(a),
         rules: a.rule.clone(),
         drivers: a.driver.clone(),
+        progress: !a.no_progress,
     };
     if plan.follow {
         crate::stop::install_handler();
     }
     let stats = c.stats()?;
-    let mut sink = ViolationSink::new(g, out, Images::from_stats(&stats.drivers));
+    let images = super::images(g, c, &stats)?;
+    let mut sink = ViolationSink::new(g, out, images);
     let next = read_violations(c, &plan, &mut sink)?;
     let drivers = if plan.follow {
         driver_names(&c.stats()?)
@@ -61,13 +63,18 @@ pub fn run<T: Transport>(
         next_cursor: next,
         ..Default::default()
     };
-    sink.finish(&info, &drivers)
+    let outcome = sink.finish(&info, &drivers);
+    super::symbol_notes(
+        sink.images(),
+        c.hello().capabilities & iosv::protocol::CAP_HOST != 0,
+    );
+    outcome
 }
 
 #[cfg(test)]
 mod tests {
     use crate::outcome::Outcome;
-    use crate::testutil::{buggy, json_lines, run_line, run_on, Engine};
+    use crate::testutil::{buggy, json_lines, run_line, run_on, two_mappings, Engine};
 
     #[test]
     fn violations_as_human_lines_with_names_and_a_summary() {
@@ -180,6 +187,44 @@ mod tests {
         let v = json_lines(&out);
         assert_eq!(v[0]["seq"], 1);
         assert_eq!(v.last().unwrap()["next_cursor"], 2);
+    }
+
+    #[test]
+    fn following_as_json_writes_samples_for_the_report() {
+        let e = two_mappings();
+        let (r, out) = run_on(
+            &e,
+            &[
+                "violations",
+                "-f",
+                "json",
+                "--duration",
+                "300ms",
+                "--no-progress",
+            ],
+        );
+        assert_eq!(r.unwrap(), Outcome::Clean);
+        let v = json_lines(&out);
+        let sample = v.iter().find(|o| o["kind"] == "sample").expect(&out);
+        let nic = sample["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "nic.sys")
+            .unwrap();
+        assert_eq!(
+            (nic["live"].as_u64(), nic["live_bytes"].as_u64()),
+            (Some(1), Some(0x2000))
+        );
+        let html =
+            crate::report::render(&crate::report::ReportData::from_json_lines(&out), "follow");
+        assert!(html.contains("<svg class=\"series\""));
+        // Not following: no samples.
+        let (_, out) = run_on(&e, &["violations", "-f", "json"]);
+        assert!(!out.contains("\"sample\""));
+        // HTML is the lab's (and `report`'s) format.
+        let (r, _) = run_on(&e, &["violations", "-f", "html"]);
+        assert!(r.unwrap_err().to_string().contains("report --html"));
     }
 
     #[test]

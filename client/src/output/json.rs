@@ -1,6 +1,9 @@
 //! JSON output: one object per line, each with a `kind` (`violation`, `gap`, `mapping`,
-//! `status`, `config`, `rule`, `summary`, `end`). Addresses are hex strings (kernel
-//! addresses do not fit a JSON consumer's 53-bit integers); sizes and counts are numbers.
+//! `status`, `config`, `rule`, `summary`, `end`, and `sample`: every driver's live
+//! mappings and bytes at one time, written by `lab` after each step and by `violations
+//! --follow` once a second, the time series of the HTML report). Addresses are hex
+//! strings (kernel addresses do not fit a JSON consumer's 53-bit integers); sizes and
+//! counts are numbers.
 //! Cache fields (`cache`, `other_cache`) are objects that name their kind, because the two
 //! kinds share numbers: `{"kind": "MEMORY_CACHING_TYPE", "name": "MmNonCached", "value":
 //! 0}` (MmMapIoSpace) or `{"kind": "PAGE_PROTECTION", "name":
@@ -21,8 +24,40 @@ fn opt_hex(v: u64) -> Value {
     }
 }
 
-/// A violation.
+/// The structured frames of a stack (address, module, offset, function, file, line),
+/// when symbols resolved at least one of them; `None` otherwise (the `*_stack` strings
+/// say everything then).
+fn frames(images: &Images, stack: &[u64; MAX_STACK], depth: u8) -> Option<Value> {
+    let frames = images.frames(stack, depth);
+    frames
+        .iter()
+        .any(|f| f.source.is_some())
+        .then(|| Value::from(frames.iter().map(model::Frame::json).collect::<Vec<_>>()))
+}
+
+/// Adds `key: value` to a JSON object when `value` is some.
+fn insert(mut v: Value, key: &str, value: Option<Value>) -> Value {
+    if let (Some(obj), Some(value)) = (v.as_object_mut(), value) {
+        obj.insert(key.to_string(), value);
+    }
+    v
+}
+
+/// A violation. With symbols, `call_frames` and `map_frames` carry the structured
+/// frames beside the `call_stack` and `map_stack` strings.
 pub fn violation(v: &Violation<'_>, images: &Images) -> Value {
+    let r = v.rec;
+    let call_frames = frames(images, &r.call_stack, r.call_stack_depth);
+    let map_frames = frames(images, &r.map_stack, r.map_stack_depth);
+    let v = violation_fields(v, images);
+    insert(
+        insert(v, "call_frames", call_frames),
+        "map_frames",
+        map_frames,
+    )
+}
+
+fn violation_fields(v: &Violation<'_>, images: &Images) -> Value {
     let r = v.rec;
     let known = r.flags & VF_MAPPING_KNOWN != 0;
     json!({
@@ -92,8 +127,13 @@ pub fn end(next_cursor: u64, violations: u64, lost: u64, discarded: u64, failing
     })
 }
 
-/// A live mapping.
+/// A live mapping. With symbols, `stack_frames` carries the structured frames.
 pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
+    let f = frames(images, &m.stack, m.stack_depth);
+    insert(mapping_fields(m, list, images), "stack_frames", f)
+}
+
+fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
     let ex = m.flags & MF_MAP_EX != 0;
     json!({
         "kind": "mapping",
@@ -113,6 +153,33 @@ pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value 
         "detached": m.flags & MF_DETACHED != 0,
         "stack": images.stack(&m.stack, m.stack_depth),
     })
+}
+
+/// A `sample` line: every driver's live mappings and bytes at endpoint time `t_ns` (the
+/// time series the HTML report plots); `step` is the scenario step just run, if any.
+pub fn sample<'a>(
+    t_ns: u64,
+    step: Option<u64>,
+    drivers: impl IntoIterator<Item = (&'a str, u64, u64)>,
+) -> Value {
+    let drivers: Vec<Value> = drivers
+        .into_iter()
+        .map(|(name, live, live_bytes)| json!({ "name": name, "live": live, "live_bytes": live_bytes }))
+        .collect();
+    json!({ "kind": "sample", "t_ns": t_ns, "step": step, "drivers": drivers })
+}
+
+/// A `sample` line from GET_STATS.
+pub fn stats_sample(stats: &Stats) -> Value {
+    let names: Vec<String> = stats.drivers.iter().map(|d| model::name(&d.name)).collect();
+    sample(
+        stats.header.now_ns,
+        None,
+        names
+            .iter()
+            .zip(&stats.drivers)
+            .map(|(n, d)| (n.as_str(), d.live, d.live_bytes)),
+    )
 }
 
 /// HELLO and GET_STATS.

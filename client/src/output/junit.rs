@@ -2,7 +2,7 @@
 //! seen, one test case per rule in it, and a failure wherever that driver violated that
 //! rule (the failure's text lists every violation).
 
-use crate::model::Violation;
+use crate::model::{Images, Violation};
 use iosv::protocol::ViolationRecord;
 use iosv::rules::RULES;
 use std::collections::BTreeMap;
@@ -37,10 +37,42 @@ pub struct RunCheck {
     pub problem: Option<String>,
 }
 
+fn failure_text(r: &ViolationRecord, v: &Violation<'_>, images: Option<&Images>) -> String {
+    let mut t = format!("#{} {}", r.seq, v.message());
+    if let Some(images) = images {
+        for (label, stack) in [
+            (
+                "call stack",
+                images.stack(&r.call_stack, r.call_stack_depth),
+            ),
+            ("map stack", images.stack(&r.map_stack, r.map_stack_depth)),
+        ] {
+            if !stack.is_empty() {
+                t.push_str(&format!("\n  {label}:"));
+                for f in stack {
+                    t.push_str(&format!("\n    {f}"));
+                }
+            }
+        }
+    }
+    t
+}
+
 /// A JUnit report of `records` over `drivers` (every driver seen, violations or not;
 /// drivers named only by records are added), followed by the suite `iosvctl` with one
 /// test case per check of the run (`checks`).
 pub fn report(records: &[ViolationRecord], drivers: &[String], checks: &[RunCheck]) -> String {
+    report_with_stacks(records, None, drivers, checks)
+}
+
+/// [`report`], with each failure's call and map stacks (symbolized when `images` has
+/// symbols) under its message when `images` is given.
+pub fn report_with_stacks(
+    records: &[ViolationRecord],
+    images: Option<&Images>,
+    drivers: &[String],
+    checks: &[RunCheck],
+) -> String {
     // driver -> rule code -> messages
     let mut by_driver: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for d in drivers {
@@ -53,7 +85,7 @@ pub fn report(records: &[ViolationRecord], drivers: &[String], checks: &[RunChec
             .or_default()
             .entry(v.code())
             .or_default()
-            .push(format!("#{} {}", r.seq, v.message()));
+            .push(failure_text(r, &v, images));
     }
     let mut codes: Vec<(String, String)> = RULES
         .iter()

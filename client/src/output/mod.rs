@@ -22,4 +22,7 @@ pub enum Format {
     Sarif,
     /// One JUnit XML report, a test case per rule and driver (`violations`, `lab`).
     Junit,
+    /// One self-contained HTML report with plots (`lab`; for a device's saved JSON lines,
+    /// `iosvctl report --html FILE`).
+    Html,
 }

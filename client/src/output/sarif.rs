@@ -3,7 +3,7 @@
 //! of the conflict, a logical location naming the driver (and the device, if any), and
 //! the call and map stacks.
 
-use crate::model::{hex, Images, Violation};
+use crate::model::{hex, Frame, Images, Violation};
 use iosv::protocol::ViolationRecord;
 use iosv::rules::RULES;
 use serde_json::{json, Value};
@@ -54,10 +54,47 @@ fn rule_descriptors() -> Vec<Value> {
         .collect()
 }
 
-fn stack(label: &str, frames: Vec<String>) -> Value {
+/// A source path as a SARIF `artifactLocation.uri` (a URI reference): Windows and Unix
+/// absolute paths become `file:` URIs, separators become `/`, and bytes outside the URI
+/// unreserved set are percent-encoded.
+pub fn file_uri(path: &str) -> String {
+    let slashed = path.replace('\\', "/");
+    let (prefix, rest) = if slashed.starts_with('/') {
+        ("file://", slashed.as_str())
+    } else if slashed.len() >= 2 && slashed.as_bytes().get(1) == Some(&b':') {
+        ("file:///", slashed.as_str())
+    } else {
+        ("", slashed.as_str())
+    };
+    let mut out = String::from(prefix);
+    for b in rest.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A SARIF `location` for a frame: its logical location (the symbolized text) and, when
+/// the PDB gave one, its physical location (file and line).
+pub fn frame_location(f: &Frame) -> Value {
+    let mut loc = json!({ "logicalLocations": [{ "fullyQualifiedName": f.text() }] });
+    if let (Some(obj), Some((file, line))) = (loc.as_object_mut(), f.file_line()) {
+        let mut physical = json!({ "artifactLocation": { "uri": file_uri(file) } });
+        if let (Some(p), Some(line)) = (physical.as_object_mut(), line.filter(|l| *l > 0)) {
+            p.insert("region".into(), json!({ "startLine": line }));
+        }
+        obj.insert("physicalLocation".into(), physical);
+    }
+    loc
+}
+
+fn stack(label: &str, frames: &[Frame]) -> Value {
     let frames: Vec<Value> = frames
-        .into_iter()
-        .map(|f| json!({ "location": { "logicalLocations": [{ "fullyQualifiedName": f }] } }))
+        .iter()
+        .map(|f| json!({ "location": frame_location(f) }))
         .collect();
     json!({ "message": { "text": label }, "frames": frames })
 }
@@ -72,29 +109,40 @@ fn result(rec: &ViolationRecord, images: &Images) -> Value {
         logical.push(json!({ "name": dev, "fullyQualifiedName": format!("{driver}/{dev}"), "kind": "object" }));
     }
     let mut stacks = Vec::new();
-    if rec.call_stack_depth > 0 {
-        stacks.push(stack(
-            "stack of the violating call",
-            images.stack(&rec.call_stack, rec.call_stack_depth),
-        ));
+    let call = images.frames(&rec.call_stack, rec.call_stack_depth);
+    let map = images.frames(&rec.map_stack, rec.map_stack_depth);
+    if !call.is_empty() {
+        stacks.push(stack("stack of the violating call", &call));
     }
-    if rec.map_stack_depth > 0 {
-        stacks.push(stack(
-            "stack of the map call",
-            images.stack(&rec.map_stack, rec.map_stack_depth),
-        ));
+    if !map.is_empty() {
+        stacks.push(stack("stack of the map call", &map));
     }
     if v.reused() && rec.prior_map_site != 0 {
         stacks.push(stack(
             "map site of the caller's own earlier mapping at this address",
-            vec![images.symbol(rec.prior_map_site)],
+            &[images.frame(rec.prior_map_site)],
         ));
+    }
+    // The result's location: the driver, and the innermost frame of the violating call
+    // (else of the map) that has a source file, when symbols gave one.
+    let mut location = json!({ "logicalLocations": logical });
+    if let Some(f) = call
+        .iter()
+        .chain(map.iter())
+        .find(|f| f.file_line().is_some())
+    {
+        if let (Some(obj), Some(physical)) = (
+            location.as_object_mut(),
+            frame_location(f).get("physicalLocation").cloned(),
+        ) {
+            obj.insert("physicalLocation".into(), physical);
+        }
     }
     let mut r = json!({
         "ruleId": v.code(),
         "level": v.severity().name(),
         "message": { "text": v.message() },
-        "locations": [{ "logicalLocations": logical }],
+        "locations": [location],
         "properties": {
             "seq": rec.seq,
             "action": v.action(),

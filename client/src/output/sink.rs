@@ -32,10 +32,21 @@ pub struct ViolationSink<'a> {
 }
 
 impl<'a> ViolationSink<'a> {
-    /// A sink printing to `out`.
+    /// A sink printing to `out` in `--format`.
     pub fn new(g: &Global, out: &'a mut dyn Write, images: Images) -> ViolationSink<'a> {
+        ViolationSink::with_format(g, g.format, out, images)
+    }
+
+    /// A sink printing to `out` in `format` (`lab --format html` reads JSON lines into
+    /// its report: [`Format::Html`] prints them too).
+    pub fn with_format(
+        g: &Global,
+        format: Format,
+        out: &'a mut dyn Write,
+        images: Images,
+    ) -> ViolationSink<'a> {
         ViolationSink {
-            format: g.format,
+            format,
             verbose: g.verbose > 0,
             fail_on: g.fail_on.severity(),
             out,
@@ -48,9 +59,33 @@ impl<'a> ViolationSink<'a> {
         }
     }
 
-    /// Replaces the images used to symbolize stacks (drivers loaded since).
+    /// Replaces the images used to symbolize stacks (drivers loaded since); a
+    /// symbolizer already in use is kept when `images` brings none.
     pub fn set_images(&mut self, images: Images) {
-        self.images = images;
+        let keep = self.images.symbols();
+        self.images = if images.symbolizer().is_none() {
+            images.with_symbols(keep)
+        } else {
+            images
+        };
+    }
+
+    /// The images stacks are printed with.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    /// Whether [`sample`](Self::sample) writes anything (JSON lines).
+    pub fn wants_samples(&self) -> bool {
+        matches!(self.format, Format::Json | Format::Html)
+    }
+
+    /// A `sample` line from GET_STATS (JSON lines only: the report's time series).
+    pub fn sample(&mut self, stats: &crate::client::Stats) -> AppResult<()> {
+        if self.wants_samples() {
+            writeln!(self.out, "{}", json::stats_sample(stats))?;
+        }
+        Ok(())
     }
 
     /// One violation.
@@ -70,7 +105,7 @@ impl<'a> ViolationSink<'a> {
                 )?;
                 self.out.flush()?;
             }
-            Format::Json => {
+            Format::Json | Format::Html => {
                 writeln!(self.out, "{}", json::violation(&v, &self.images))?;
                 self.out.flush()?;
             }
@@ -86,7 +121,7 @@ impl<'a> ViolationSink<'a> {
         if lost > 0 {
             eprintln!("iosvctl: warning: {lost} violation records lost to journal overflow between cursors {from} and {to}");
         }
-        if self.format == Format::Json {
+        if self.wants_samples() {
             writeln!(self.out, "{}", json::gap(from, to, lost, discarded))?;
         }
         Ok(())
@@ -127,7 +162,7 @@ impl<'a> ViolationSink<'a> {
                 )?;
                 writeln!(self.out, "next cursor: {}", info.next_cursor)?;
             }
-            Format::Json => writeln!(
+            Format::Json | Format::Html => writeln!(
                 self.out,
                 "{}",
                 json::end(
@@ -165,7 +200,11 @@ impl<'a> ViolationSink<'a> {
                         problem: (!info.problems.is_empty()).then(|| info.problems.join("; ")),
                     });
                 }
-                write!(self.out, "{}", junit::report(&self.kept, drivers, &checks))?
+                write!(
+                    self.out,
+                    "{}",
+                    junit::report_with_stacks(&self.kept, Some(&self.images), drivers, &checks)
+                )?
             }
         }
         self.out.flush()?;

@@ -54,7 +54,7 @@ use wdk_sys::{
 use super::ffi::{self, log_name, log_value, AuxModuleExtendedInfo, Level};
 use super::irql;
 use super::state::{engine, on_big_stack, Glue, InFlight, Plans};
-use crate::drivers::{names_equal, DriverId, DriverState};
+use crate::drivers::{names_equal, DriverId, DriverState, ImageDebug};
 use crate::intercept::{
     is_bound_value, Outcome, Plan, PlanError, Report, SiteRefusal, MAX_PATCHES,
 };
@@ -322,6 +322,29 @@ fn plan_by_value(glue: &Glue, base: usize, image: &PeImage<'_>) -> Result<Plan, 
     Plan::new(base, size, slots.get(..found).unwrap_or(&[]), &glue.hooks).map_err(plan_error)
 }
 
+/// Records the image's PDB identity (its CodeView record) for `id`, for `iosvctl
+/// --symbols`. Reads only pages that are resident at PASSIVE_LEVEL: after `DriverEntry`
+/// (not `at_load`) never a discardable (`INIT`) or pageable section; a record there is
+/// left unread (the client then shows module+offset).
+fn record_debug(glue: &Glue, id: DriverId, base: usize, image: &PeImage<'_>, at_load: bool) {
+    let resident = |rva: u32, len: u32| {
+        image.section_of_rva(rva).is_some_and(|s| {
+            let inside = rva.checked_add(len).is_some_and(|end| {
+                s.virtual_address
+                    .checked_add(s.size)
+                    .is_some_and(|e| end <= e)
+            });
+            inside && (at_load || (!s.is_discardable() && !s.is_pageable()))
+        })
+    };
+    let debug = match image.codeview_where(resident) {
+        Ok(Some(cv)) => ImageDebug::CodeView(cv),
+        Ok(None) => ImageDebug::None,
+        Err(_) => ImageDebug::Malformed,
+    };
+    glue.verifier.drivers().set_debug(id, base as u64, debug);
+}
+
 /// Builds the plan for the image at `[base, base + size)`.
 fn build_plan(glue: &Glue, base: usize, size: usize, at_load: bool) -> Result<Plan, PlatformError> {
     // SAFETY: the image is loaded (load callback, or the module list just now) and stays
@@ -404,6 +427,7 @@ fn attach_locked(
         // SAFETY: the image is loaded at the plan's base (see above).
         let bytes = unsafe { image_bytes(base, size) };
         let image = PeImage::parse(bytes).map_err(|_| PlatformError::BadImage)?;
+        record_debug(glue, id, base, &image, at_load);
         check_sites(glue, &image, &plan)?;
         // From the first write on, a hook may be entered at any time: never unload again.
         // Refused if an unload has begun (then nothing is written).

@@ -139,6 +139,8 @@ pub fn run(
     }
     let mut operations = 0u64;
     let mut stress = Vec::new();
+    let mut timeline = crate::timeline::Timeline::default();
+    timeline.sample(host, None);
     for (i, step) in scenario.steps.iter().enumerate() {
         let index = i as u64;
         progress(&Progress {
@@ -166,6 +168,7 @@ pub fn run(
         });
         thread::set_step(None);
         r.map_err(|m| at(scenario, step, m))?;
+        timeline.sample(host, Some(index));
     }
     progress(&Progress {
         done: total,
@@ -185,6 +188,7 @@ pub fn run(
             .counters()
             .corruptions
             .saturating_sub(corruptions_before),
+        timeline,
     })
 }
 
