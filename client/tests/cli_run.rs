@@ -337,7 +337,7 @@ fn human_output_names_the_driver_and_the_rules() {
 }
 
 #[test]
-fn sarif_and_junit_come_out_whole() {
+fn sarif_junit_and_html_come_out_whole() {
     let path = fixture("leak_on_stop.sys");
     let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "sarif"]));
     assert_eq!(code, 1);
@@ -348,6 +348,10 @@ fn sarif_and_junit_come_out_whole() {
     let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "junit"]));
     assert_eq!(code, 1);
     assert!(out.starts_with("<?xml"), "{out}");
+    assert!(out.contains("IOSV007"), "{out}");
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "html"]));
+    assert_eq!(code, 1);
+    assert!(out.starts_with("<!DOCTYPE html>"), "{out}");
     assert!(out.contains("IOSV007"), "{out}");
 }
 
