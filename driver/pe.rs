@@ -250,10 +250,14 @@ pub enum Directory {
     Export,
     /// `IMAGE_DIRECTORY_ENTRY_IMPORT` (1).
     Import,
+    /// `IMAGE_DIRECTORY_ENTRY_EXCEPTION` (3): the `RUNTIME_FUNCTION` table (`.pdata`).
+    Exception,
     /// `IMAGE_DIRECTORY_ENTRY_BASERELOC` (5).
     BaseRelocation,
     /// `IMAGE_DIRECTORY_ENTRY_DEBUG` (6): where the CodeView record naming the PDB is.
     Debug,
+    /// `IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG` (10): holds the address of the /GS cookie.
+    LoadConfig,
     /// `IMAGE_DIRECTORY_ENTRY_IAT` (12): the extent of the regular IATs.
     ImportAddressTable,
     /// `IMAGE_DIRECTORY_ENTRY_DELAY_IMPORT` (13).
@@ -267,8 +271,10 @@ impl Directory {
         match self {
             Self::Export => 0,
             Self::Import => 1,
+            Self::Exception => 3,
             Self::BaseRelocation => 5,
             Self::Debug => 6,
+            Self::LoadConfig => 10,
             Self::ImportAddressTable => 12,
             Self::DelayImport => 13,
         }
@@ -280,8 +286,10 @@ impl Directory {
         match self {
             Self::Export => "export",
             Self::Import => "import",
+            Self::Exception => "exception",
             Self::BaseRelocation => "base relocation",
             Self::Debug => "debug",
+            Self::LoadConfig => "load configuration",
             Self::ImportAddressTable => "import address table",
             Self::DelayImport => "delay-load import",
         }
@@ -529,6 +537,20 @@ impl<'a> PeImage<'a> {
             return None;
         }
         self.section_header(index).ok().map(|h| section_from(&h))
+    }
+
+    /// Where section `index` lies in the image *file*: `(PointerToRawData,
+    /// SizeOfRawData)`, or `None` past the end of the table. A loader copies these bytes
+    /// of the file to the section's `VirtualAddress`; they are not checked against any
+    /// file here.
+    #[must_use]
+    pub fn section_file_range(&self, index: u16) -> Option<(u32, u32)> {
+        if index >= self.section_count {
+            return None;
+        }
+        self.section_header(index)
+            .ok()
+            .map(|h| (h.pointer_to_raw_data.get(), h.size_of_raw_data.get()))
     }
 
     /// The sections, in table order.

@@ -68,6 +68,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> AppResult {
         Command::Lab(a) => cmd::lab::run(g, a, out),
         #[cfg(feature = "host")]
         Command::Host(HostCommand::Serve(a)) => cmd::serve::run(a),
+        #[cfg(feature = "host")]
+        Command::Run(a) => cmd::run::run(g, a, out),
         _ => {
             let mut c = open(g)?;
             run_with(cli, &mut c, out)
@@ -91,7 +93,9 @@ pub fn run_with<T: Transport>(cli: &Cli, c: &mut Client<T>, out: &mut dyn Write)
         Command::Inf(a) => cmd::inf::run(a, out),
         Command::Report(a) => cmd::report::run(a, out),
         #[cfg(feature = "host")]
-        Command::Lab(_) | Command::Host(_) => Err(crate::error::AppError::NoEndpointCommand),
+        Command::Lab(_) | Command::Host(_) | Command::Run(_) => {
+            Err(crate::error::AppError::NoEndpointCommand)
+        }
     }
 }
 

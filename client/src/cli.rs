@@ -24,11 +24,16 @@ Exit status (the first that applies, top down):
   2  usage error, bad input (scenario file, sizes, --threads), unreachable or misbehaving
      endpoint, I/O error
   4  `lab`: the audit is unclean — iosv's reports or live table differ from what the run
-     did (SARIF: executionSuccessful false; JUnit: an error in suite iosvctl)
+     did; `run`: the live table differs from the simulated Mm or the Mm was corrupted
+     (SARIF: executionSuccessful false; JUnit: an error in suite iosvctl)
   3  violation records were lost to journal overflow: the results are incomplete (SARIF:
      executionSuccessful false; JUnit: an error in suite iosvctl)
-  1  `violations` or `lab` saw a violation at or above --fail-on
+  1  `violations`, `lab` or `run` saw a violation at or above --fail-on
   0  otherwise: success
+  `run` only, instead of a report: 5 the driver crashed (or bug-checked), 6 it called a
+  routine the host does not implement, 7 a driver routine hung (watchdog), 8 the image
+  could not be loaded; 2 also when the platform cannot run driver code (x86-64 Linux
+  only)
   When the reader of stdout goes away (`iosvctl ... | head`), iosvctl ends by SIGPIPE,
   as other filters do.";
 
@@ -205,6 +210,38 @@ pub enum Command {
     #[cfg(feature = "host")]
     #[command(subcommand)]
     Host(HostCommand),
+    /// Load a compiled x64 driver image (.sys) in a child process on this Linux machine,
+    /// take its device through START, the IOCTLs, STOP, REMOVE and unload with iosv
+    /// hooked into its imports, then show what the verifier found (docs/running-drivers.md).
+    #[cfg(feature = "host")]
+    Run(RunImageArgs),
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunImageArgs {
+    /// The driver image: a PE32+ x64 native image (a WDM driver's .sys).
+    #[arg(value_name = "IMAGE.sys")]
+    pub image: PathBuf,
+    /// A memory BAR of the device, as physical address and length (e.g.
+    /// 0xF7800000:0x4000); repeat for several. Default: 0xF7800000:0x4000 and
+    /// 0xF7810000:0x1000.
+    #[arg(long = "bar", value_name = "PA:LEN")]
+    pub bars: Vec<String>,
+    /// An IRP_MJ_DEVICE_CONTROL request sent after START, as control code and input bytes
+    /// in hex (e.g. 0x222000:01000000); repeat for several, sent in order.
+    #[arg(long = "ioctl", value_name = "CODE[:HEX]")]
+    pub ioctls: Vec<String>,
+    /// Seconds one driver routine may run before the watchdog ends the run (exit 7).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub watchdog: u64,
+    /// Do not list the mappings still live after the run.
+    #[arg(long)]
+    pub no_mappings: bool,
+    /// After the IOCTLs, remove the device by surprise (IRP_MN_SURPRISE_REMOVAL, then
+    /// IRP_MN_REMOVE_DEVICE) instead of stopping and removing it.
+    #[arg(long)]
+    pub surprise_removal: bool,
 }
 
 /// `violations` options.

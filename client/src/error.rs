@@ -37,9 +37,13 @@ pub enum AppError {
         /// The command.
         command: &'static str,
     },
-    /// `lab` or `host` given to [`crate::app::run_with`], which talks to an endpoint.
-    #[error("`lab` and `host` run a host of their own; they take no endpoint")]
+    /// `lab`, `run` or `host` given to [`crate::app::run_with`], which talks to an
+    /// endpoint.
+    #[error("`lab`, `run` and `host` run a host of their own; they take no endpoint")]
     NoEndpointCommand,
+    /// `run`: a bad argument, or the driver host process could not be run.
+    #[error("{0}")]
+    Run(String),
     /// `--symbols` names something that is not a local directory.
     #[error("--symbols: {0}")]
     Symbols(#[from] crate::symbols::SymbolPathError),

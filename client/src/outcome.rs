@@ -17,6 +17,14 @@ pub enum Outcome {
     /// `lab`: the audit found iosv's reports or live table differ from what the run did
     /// (exit 4).
     AuditUnclean,
+    /// `run`: driver code crashed or bug-checked (exit 5).
+    DriverCrashed,
+    /// `run`: the driver called a routine the host does not implement (exit 6).
+    Unimplemented,
+    /// `run`: a driver routine did not return within the watchdog's time (exit 7).
+    DriverHung,
+    /// `run`: the image could not be loaded (exit 8).
+    LoadFailed,
 }
 
 impl Outcome {
@@ -27,6 +35,10 @@ impl Outcome {
             Outcome::Violations => 1,
             Outcome::RecordsLost => 3,
             Outcome::AuditUnclean => 4,
+            Outcome::DriverCrashed => 5,
+            Outcome::Unimplemented => 6,
+            Outcome::DriverHung => 7,
+            Outcome::LoadFailed => 8,
         }
     }
 }

@@ -228,6 +228,36 @@ fn parses_headers_and_sections() {
 }
 
 #[test]
+fn section_file_ranges_and_the_loader_directories() {
+    let mut b = Builder::new();
+    // PointerToRawData of section 1 (SizeOfRawData is written by `section`).
+    b.u32(SECTIONS + 40 + 20, 0x600);
+    b.dir(3, 0x2100, 0x18);
+    b.dir(10, 0x2200, 0x140);
+    let pe = PeImage::parse(&b.buf).unwrap();
+    let (raw, raw_size) = pe.section_file_range(1).unwrap();
+    assert_eq!(raw, 0x600);
+    assert_eq!(raw_size, pe.section(1).unwrap().size);
+    assert_eq!(pe.section_file_range(2), None);
+    assert_eq!(
+        pe.data_directory(Directory::Exception),
+        Some(DataDirectory {
+            rva: 0x2100,
+            size: 0x18
+        })
+    );
+    assert_eq!(
+        pe.data_directory(Directory::LoadConfig),
+        Some(DataDirectory {
+            rva: 0x2200,
+            size: 0x140
+        })
+    );
+    assert_eq!(Directory::LoadConfig.index(), 10);
+    assert_eq!(Directory::Exception.name(), "exception");
+}
+
+#[test]
 fn bytes_past_size_of_image_are_ignored() {
     let mut b = Builder::new();
     b.buf.extend_from_slice(&[0xAA; 0x100]);

@@ -17,6 +17,8 @@ mod progress;
 pub mod report;
 pub mod rules;
 #[cfg(feature = "host")]
+pub mod run;
+#[cfg(feature = "host")]
 pub mod scenario;
 #[cfg(feature = "host")]
 pub mod serve;
@@ -52,7 +54,7 @@ pub fn check_format(command: &Command, g: &Global) -> AppResult<()> {
         }
         Command::Inf(_) | Command::Report(_) => return Ok(()),
         #[cfg(feature = "host")]
-        Command::Lab(_) | Command::Host(_) => return Ok(()),
+        Command::Lab(_) | Command::Host(_) | Command::Run(_) => return Ok(()),
     };
     match g.format {
         Format::Human | Format::Json => Ok(()),

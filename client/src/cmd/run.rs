@@ -1,0 +1,218 @@
+//! `iosvctl run IMAGE.sys`: verify a compiled driver image on this Linux machine.
+//!
+//! iosvctl re-executes itself as a child process ([`iosv_runner::CHILD_ARG`]) that loads
+//! the image, runs its device through its life cycle under iosv, and serves the
+//! verifier's control codes on a Unix socket; this process pulls the reports over that
+//! socket, exactly as from `iosvctl host serve`, and prints them like `lab`. A driver
+//! that crashes, calls a routine the host lacks, hangs or does not load ends the run with
+//! its own exit status (5–8) and a report on stderr.
+
+use super::driver_names;
+use super::journal::{read_violations, ReadPlan};
+use crate::cli::{Global, RunImageArgs};
+use crate::client::{Client, MappingFilter};
+use crate::error::{AppError, AppResult};
+use crate::model::{self, Images};
+use crate::outcome::Outcome;
+use crate::output::sink::ViolationSink;
+use crate::output::{human, json, sarif, Format};
+use crate::transport::Transport;
+use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// When this process was started as the child of `iosvctl run`: runs it and returns its
+/// exit status. `None` for every other command line.
+pub fn child_if_requested() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != iosv_runner::CHILD_ARG {
+        return None;
+    }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        let code = iosv_runner::child::main(&rest);
+        Some(ExitCode::from(u8::try_from(code).unwrap_or(2)))
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        drop(args);
+        Some(ExitCode::from(2))
+    }
+}
+
+fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
+    let bars = a
+        .bars
+        .iter()
+        .map(|b| BarSpec::parse(b).map_err(|e| AppError::Run(format!("--bar {e}"))))
+        .collect::<AppResult<Vec<_>>>()?;
+    let ioctls = a
+        .ioctls
+        .iter()
+        .map(|i| IoctlSpec::parse(i).map_err(|e| AppError::Run(format!("--ioctl {e}"))))
+        .collect::<AppResult<Vec<_>>>()?;
+    if a.watchdog == 0 {
+        return Err(AppError::Run(
+            "--watchdog must be at least 1 second".to_string(),
+        ));
+    }
+    Ok(RunOptions {
+        image: a.image.clone(),
+        bars,
+        ioctls,
+        watchdog_secs: a.watchdog,
+        surprise_removal: a.surprise_removal,
+    })
+}
+
+/// The child's socket (it runs as this user).
+#[cfg(unix)]
+fn connect(socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+    let t = crate::transport::socket::SocketTransport::connect(
+        socket,
+        Some(std::time::Duration::from_secs(10)),
+        false,
+    )?;
+    Ok(Box::new(t))
+}
+
+/// No Unix sockets here; [`parent::start`] refuses to run anyway.
+#[cfg(not(unix))]
+fn connect(_socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+    Err(AppError::Run(
+        "running driver images needs x86-64 Linux".to_string(),
+    ))
+}
+
+/// `iosvctl run`. With `--format html` the run is written as JSON lines into memory and
+/// the HTML report made from them ([`crate::report`]), as `lab` does.
+pub fn run(g: &Global, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
+    if g.format != Format::Html {
+        return run_as(g, g.format, a, out);
+    }
+    let mut lines = Vec::new();
+    let outcome = run_as(g, Format::Json, a, &mut lines)?;
+    let text = String::from_utf8_lossy(&lines);
+    let data = crate::report::ReportData::from_json_lines(&text);
+    write!(
+        out,
+        "{}",
+        crate::report::render(&data, &format!("iosvctl run {}", a.image.display()))
+    )?;
+    Ok(outcome)
+}
+
+fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> AppResult {
+    let opts = options(a)?;
+    if !a.image.is_file() {
+        return Err(AppError::Run(format!(
+            "{}: no such file",
+            a.image.display()
+        )));
+    }
+    let program = std::env::current_exe()
+        .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;
+    let session = match parent::start(&program, &opts) {
+        Ok(s) => s,
+        Err(RunError::Ended { kind, report }) => {
+            eprintln!("iosvctl: {report}");
+            return Ok(match kind {
+                ExitKind::Crashed => Outcome::DriverCrashed,
+                ExitKind::Unimplemented => Outcome::Unimplemented,
+                ExitKind::Hung => Outcome::DriverHung,
+                ExitKind::LoadFailed => Outcome::LoadFailed,
+            });
+        }
+        Err(e) => return Err(AppError::Run(e.to_string())),
+    };
+    let mut c = Client::connect(connect(&session.socket)?)?;
+    let stats = c.stats()?;
+    let images = Images::from_stats(&stats.drivers);
+    let mappings = if a.no_mappings {
+        None
+    } else {
+        Some(c.list_mappings(&MappingFilter::default())?)
+    };
+    let elapsed_ms = u64::try_from(session.elapsed.as_millis()).unwrap_or(u64::MAX);
+    match format {
+        Format::Human => {
+            writeln!(
+                out,
+                "driver {} ({}): loaded at {:#x}, life cycle done in {} ms",
+                session.image.name,
+                a.image.display(),
+                session.image.base,
+                elapsed_ms
+            )?;
+            for n in &session.notes {
+                if g.verbose > 0 || !n.starts_with("import slot") {
+                    writeln!(out, "  {n}")?;
+                }
+            }
+            if session.audit_problems.is_empty() {
+                writeln!(
+                    out,
+                    "audit: the verifier's table matches the simulated Mm; no corruption\n"
+                )?;
+            } else {
+                writeln!(out, "audit: unclean:")?;
+                for p in &session.audit_problems {
+                    writeln!(out, "  {p}")?;
+                }
+                writeln!(out)?;
+            }
+        }
+        Format::Json => {
+            let v = serde_json::json!({
+                "kind": "run",
+                "image": a.image.display().to_string(),
+                "driver": session.image.name,
+                "base": format!("{:#x}", session.image.base),
+                "size": session.image.size,
+                "duration_ms": elapsed_ms,
+                "notes": session.notes,
+                "audit": { "clean": session.audit_problems.is_empty(), "problems": session.audit_problems },
+            });
+            writeln!(out, "{v}")?;
+        }
+        Format::Sarif | Format::Junit | Format::Html => {}
+    }
+    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
+    let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
+    let info = sarif::RunInfo {
+        endpoint: format!("run: {}", a.image.display()),
+        component_version: model::text(&c.hello().component_version),
+        from_cursor: 0,
+        next_cursor: next,
+        problems: session.audit_problems.clone(),
+        audited: true,
+        ..Default::default()
+    };
+    let outcome = sink.finish(&info, &driver_names(&stats))?;
+    if !info.problems.is_empty() && format != Format::Human {
+        eprintln!(
+            "iosvctl: error: the run's audit is unclean (exit 4): {}",
+            info.problems.join("; ")
+        );
+    }
+    if let Some(list) = mappings {
+        match format {
+            Format::Human => {
+                writeln!(out, "\nstill mapped after the run:")?;
+                write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
+            }
+            Format::Json => {
+                for m in &list.records {
+                    writeln!(out, "{}", json::mapping(m, &list, &images))?;
+                }
+            }
+            Format::Sarif | Format::Junit | Format::Html => {}
+        }
+    }
+    drop(c);
+    session
+        .finish()
+        .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
+    Ok(outcome)
+}

@@ -1,0 +1,465 @@
+//! `iosvctl run` on compiled driver images: mingw-w64-built WDM PnP drivers
+//! (`runner/fixtures/wdm_pnp.c`, one bug per build) loaded in a child process, with
+//! exact counts of what iosv reports, and the distinct exit statuses of a crash, an
+//! unimplemented routine, a hang and an image that cannot load.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use common::{iosvctl, json_lines, parts};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The fixtures, built once per test binary with `runner/fixtures/build.sh`.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-fixtures");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runner/fixtures/build.sh");
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .expect("run runner/fixtures/build.sh");
+        assert!(
+            o.status.success(),
+            "building the driver fixtures failed (scripts/test installs gcc-mingw-w64-x86-64):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        build_rust_fixture(&out);
+        out
+    })
+}
+
+/// Builds `runner/fixtures/rust_control.rs` with rustc and rust-lld (as
+/// tests/src/fixture.rs builds the PE fixtures): `rust_control.sys`.
+fn build_rust_fixture(out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runner/fixtures/rust_control.rs");
+    let text = std::fs::read_to_string(&src).expect("read rust_control.rs");
+    let mut cmd =
+        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+    cmd.args([
+        "--edition",
+        "2021",
+        "--target",
+        "x86_64-pc-windows-msvc",
+        "--crate-type",
+        "cdylib",
+        "-C",
+        "panic=abort",
+        "-C",
+        "opt-level=1",
+        "-C",
+        "linker=rust-lld",
+        "-C",
+        "link-arg=/driver",
+        "-C",
+        "link-arg=/subsystem:native",
+        "-C",
+        "link-arg=/entry:DriverEntry",
+        "-C",
+        "link-arg=/nodefaultlib",
+        "-C",
+        "link-arg=/debug:none",
+    ]);
+    for arg in text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("// iosv-fixture-link-arg:"))
+    {
+        cmd.arg("-C").arg(format!("link-arg={}", arg.trim()));
+    }
+    let o = cmd
+        .arg("-o")
+        .arg(out.join("rust_control.sys"))
+        .arg(&src)
+        .current_dir(out)
+        .output()
+        .expect("run rustc");
+    assert!(
+        o.status.success(),
+        "building rust_control.sys failed (rustup target add x86_64-pc-windows-msvc):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+/// The ioctl every fixture handles; its bug (if any) fires in the handler.
+const POKE: &str = "0x222000:01000000";
+
+/// Runs `iosvctl run FIXTURE --ioctl POKE -f json` and returns (exit, rule → count, blamed
+/// drivers, live mappings).
+fn run_json(name: &str, extra: &[&str]) -> (i32, BTreeMap<String, u64>, Vec<String>, usize) {
+    let path = fixture(name);
+    let mut args = vec!["run", path.as_str(), "--ioctl", POKE, "-f", "json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = parts(&iosvctl(&args));
+    let lines = json_lines(&out);
+    assert_eq!(
+        lines.first().map(|l| l["kind"].clone()),
+        Some("run".into()),
+        "{out}\n{err}"
+    );
+    let mut rules = BTreeMap::new();
+    let mut drivers = Vec::new();
+    let mut live = 0;
+    for l in &lines {
+        match l["kind"].as_str() {
+            Some("violation") => {
+                *rules
+                    .entry(l["rule"].as_str().unwrap().to_string())
+                    .or_insert(0) += 1;
+                let blamed = if l["rule"]
+                    .as_str()
+                    .is_some_and(|r| ["IOSV007", "IOSV008", "IOSV009"].contains(&r))
+                {
+                    &l["owner"]
+                } else {
+                    &l["caller"]
+                };
+                drivers.push(blamed.as_str().unwrap_or("?").to_string());
+            }
+            Some("mapping") => live += 1,
+            _ => {}
+        }
+    }
+    (code, rules, drivers, live)
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
+#[test]
+fn every_bug_build_gets_exactly_its_reports() {
+    // (fixture, reports, exit status, mappings still live after the run)
+    type Case = (&'static str, &'static [(&'static str, u64)], i32, usize);
+    let cases: &[Case] = &[
+        ("clean.sys", &[], 0, 0),
+        // Vetoes QUERY_STOP; REMOVE unmaps BAR0 with 0x1000 instead of 0x4000 (contained:
+        // unmapped with the tracked size) and forgets BAR1.
+        (
+            "size_and_leak_on_remove.sys",
+            &[("IOSV001", 1), ("IOSV008", 1)],
+            1,
+            1,
+        ),
+        ("leak_on_stop.sys", &[("IOSV007", 2)], 1, 0),
+        ("double_unmap.sys", &[("IOSV005", 1)], 1, 0),
+        ("unmap_at_dirql.sys", &[("IOSV002", 1)], 1, 0),
+        ("map_at_dirql.sys", &[("IOSV003", 1)], 1, 0),
+        ("interior_unmap.sys", &[("IOSV006", 1)], 1, 0),
+        ("bad_params.sys", &[("IOSV011", 2)], 1, 0),
+        ("leak_on_unload.sys", &[("IOSV009", 1)], 1, 1),
+        // Unload ends in `jmp [IAT MmUnmapIoSpace]`: the return address is not in the
+        // driver, yet the report blames it (the routine entered is remembered).
+        ("tail_call_unmap.sys", &[("IOSV001", 1)], 1, 0),
+        // Maps and unmaps inside KeSynchronizeExecution with its connected interrupt: at
+        // the interrupt's DIRQL (5).
+        (
+            "unmap_in_synch.sys",
+            &[("IOSV002", 1), ("IOSV003", 1)],
+            1,
+            0,
+        ),
+        // clang-built: two access violations handled by __try/__except (one through a
+        // __finally frame), then a wrong-size unmap.
+        ("seh.sys", &[("IOSV001", 1)], 1, 0),
+        // The size/leak driver again, preferring a kernel-space base: relocated.
+        ("relocated.sys", &[("IOSV001", 1), ("IOSV008", 1)], 1, 1),
+    ];
+    for (name, expected, exit, live) in cases {
+        let (code, rules, drivers, mapped) = run_json(name, &[]);
+        assert_eq!(rules, counts(expected), "{name}");
+        assert_eq!(code, *exit, "{name}");
+        assert!(
+            drivers.iter().all(|d| d == name),
+            "{name}: blamed {drivers:?}"
+        );
+        assert_eq!(mapped, *live, "{name}: live mappings");
+    }
+}
+
+#[test]
+fn the_tail_call_fixture_really_leaves_unload_by_a_jump_through_the_iat() {
+    let path = fixture("tail_call_unmap.sys");
+    let o = std::process::Command::new("x86_64-w64-mingw32-objdump")
+        .args(["-d", &path])
+        .output()
+        .expect("run x86_64-w64-mingw32-objdump");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let unload = text
+        .split("<Unload>:")
+        .nth(1)
+        .expect("Unload in the disassembly");
+    let body = unload.split("\n\n").next().unwrap_or("");
+    assert!(
+        body.lines()
+            .any(|l| l.contains("jmp") && l.contains("<__imp_MmUnmapIoSpace>")),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_rust_legacy_driver_with_delay_load_imports_is_hooked_and_judged() {
+    let path = fixture("rust_control.sys");
+    let (code, out, err) = parts(&iosvctl(&[
+        "run", &path, "--ioctl", "0x222000", "-f", "json",
+    ]));
+    assert_eq!(code, 1, "{out}\n{err}");
+    let lines = json_lines(&out);
+    let notes = lines[0]["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("5 imports of which 5 delay-load")),
+        "{notes:?}"
+    );
+    let rules: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "violation")
+        .map(|l| (l["rule"].as_str().unwrap(), l["caller"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rules, vec![("IOSV005", "rust_control.sys")]);
+}
+
+#[test]
+fn exceptions_reach_the_drivers_try_except_and_finally_blocks() {
+    let path = fixture("seh.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 1, "{out}\n{err}");
+    // DriverEntry prints what its handlers saw and fails unless both were reached with
+    // STATUS_ACCESS_VIOLATION and the __finally ran once.
+    assert!(
+        err.contains("DbgPrint: seh: first c0000005 second c0000005 finally 1"),
+        "{err}"
+    );
+    assert!(!out.contains("DriverEntry failed"), "{out}");
+}
+
+#[test]
+fn work_items_dpcs_and_timers_run_when_the_routine_returns_at_their_irql() {
+    let path = fixture("clean.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The IOCTL queued a DPC, a work item and a 1 ms timer; they run once the dispatch
+    // routine has returned: the DPC first (at DISPATCH_LEVEL), then the work item
+    // (PASSIVE_LEVEL), then the timer's DPC.
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: work item ran at IRQL 0 (DPCs 1, timer DPCs 0)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: timer DPC ran at IRQL 2"),
+        "{err}"
+    );
+    // The headers' inline lookaside routines over the host's SList routines.
+    assert!(
+        err.contains("DbgPrint: wdm_pnp: lookaside entry reused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn surprise_removal_reports_leaks_at_the_surprise_removal() {
+    // The size/leak driver unmaps in SURPRISE_REMOVAL as in REMOVE: a wrong size for
+    // BAR0, and BAR1 leaked — reported when the surprise removal completes.
+    let (code, rules, drivers, live) =
+        run_json("size_and_leak_on_remove.sys", &["--surprise-removal"]);
+    assert_eq!(rules, counts(&[("IOSV001", 1), ("IOSV008", 1)]));
+    assert_eq!(code, 1);
+    assert!(drivers.iter().all(|d| d == "size_and_leak_on_remove.sys"));
+    assert_eq!(live, 1);
+    let (code, rules, _, live) = run_json("clean.sys", &["--surprise-removal"]);
+    assert_eq!((code, rules.len(), live), (0, 0, 0));
+}
+
+#[test]
+fn the_ground_truth_audit_catches_what_iosv_could_not_see() {
+    // seh.c linked against mingw's import library: its IAT slots are 4-byte aligned, iosv
+    // refuses to patch them, and the driver's wrong-size unmap reaches the simulated Mm
+    // directly. No report, but the audit sees the corruption: exit 4.
+    let path = fixture("unhooked.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(
+        out.contains("iosv could not attach to unhooked.sys: MisalignedSlot"),
+        "{out}"
+    );
+    assert!(out.contains("audit: unclean:"), "{out}");
+    assert!(
+        out.contains("MmUnmapIoSpace(0xffffd00000000000, 0x1000) bypassing iosv of a mapping of 0x2000 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("no violations"), "{out}");
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "sarif"]));
+    assert_eq!(code, 4);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["runs"][0]["invocations"][0]["executionSuccessful"],
+        false
+    );
+    // Where iosv is attached, the same audit is clean.
+    let (code, out, _) = parts(&iosvctl(&["run", &fixture("seh.sys")]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("audit: the verifier's table matches the simulated Mm; no corruption"),
+        "{out}"
+    );
+}
+
+#[test]
+fn human_output_names_the_driver_and_the_rules() {
+    let path = fixture("size_and_leak_on_remove.sys");
+    let (code, out, _) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("driver size_and_leak_on_remove.sys ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("the driver vetoed IRP_MN_QUERY_STOP_DEVICE"),
+        "{out}"
+    );
+    assert!(
+        out.contains("IOSV001  unmap-size-mismatch  error     1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("IOSV008  leak-on-remove       error     1"),
+        "{out}"
+    );
+    assert!(out.contains("1 live mapping, 0x1000 bytes"), "{out}");
+}
+
+#[test]
+fn sarif_junit_and_html_come_out_whole() {
+    let path = fixture("leak_on_stop.sys");
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "sarif"]));
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one SARIF document");
+    let results = doc["runs"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["ruleId"] == "IOSV007"));
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "junit"]));
+    assert_eq!(code, 1);
+    assert!(out.starts_with("<?xml"), "{out}");
+    assert!(out.contains("IOSV007"), "{out}");
+    let (code, out, _) = parts(&iosvctl(&["run", &path, "-f", "html"]));
+    assert_eq!(code, 1);
+    assert!(out.starts_with("<!DOCTYPE html>"), "{out}");
+    assert!(out.contains("IOSV007"), "{out}");
+}
+
+#[test]
+fn bars_given_on_the_command_line_are_what_the_driver_maps() {
+    let path = fixture("leak_on_stop.sys");
+    let (code, out, err) = parts(&iosvctl(&[
+        "run",
+        &path,
+        "--bar",
+        "0xE0000000:0x2000",
+        "--bar",
+        "0xE0100000:0x3000",
+        "-f",
+        "json",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    let leaks: Vec<_> = json_lines(&out)
+        .into_iter()
+        .filter(|l| l["kind"] == "violation")
+        .map(|l| {
+            (
+                l["physical"].as_str().unwrap().to_string(),
+                l["mapped_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leaks,
+        vec![
+            ("0xe0000000".to_string(), 0x2000),
+            ("0xe0100000".to_string(), 0x3000)
+        ]
+    );
+}
+
+#[test]
+fn a_crash_is_a_report_with_module_offset_and_routine_and_exit_5() {
+    let path = fixture("crash.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(
+        err.contains("driver crash.sys crashed: SIGSEGV at crash.sys+0x"),
+        "{err}"
+    );
+    assert!(
+        err.contains("while running IRP_MJ_DEVICE_CONTROL dispatch (entry crash.sys+0x"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn an_unimplemented_routine_is_named_with_exit_6() {
+    let path = fixture("unimplemented.sys");
+    let (code, _, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("driver unimplemented.sys called ntoskrnl.exe!IoGetDmaAdapter, which the host does not implement (in IRP_MJ_DEVICE_CONTROL dispatch)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_spinning_driver_is_ended_by_the_watchdog_with_exit_7() {
+    let path = fixture("spin.sys");
+    let started = std::time::Instant::now();
+    let (code, _, err) = parts(&iosvctl(&[
+        "run",
+        &path,
+        "--ioctl",
+        POKE,
+        "--watchdog",
+        "1",
+    ]));
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains(
+            "driver spin.sys hung: IRP_MJ_DEVICE_CONTROL dispatch did not return within 1 s"
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn an_image_that_needs_relocations_it_lacks_is_refused_with_exit_8() {
+    let path = fixture("no_reloc.sys");
+    let (code, _, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("has no base relocations (.reloc)"), "{err}");
+    let (code, _, err) = parts(&iosvctl(&["run", env!("CARGO_MANIFEST_DIR")]));
+    assert_eq!(code, 2, "{err}");
+    let not_pe = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let (code, _, err) = parts(&iosvctl(&["run", &not_pe.display().to_string()]));
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("no PE headers"), "{err}");
+}
+
+#[test]
+fn bad_run_arguments_are_usage_errors() {
+    let path = fixture("clean.sys");
+    for bad in [
+        ["--bar", "0x1000"],
+        ["--ioctl", "nope"],
+        ["--watchdog", "0"],
+    ] {
+        let (code, _, err) = parts(&iosvctl(&["run", &path, bad[0], bad[1]]));
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! What the runner needs from iosv's host: the simulated memory manager (the "real" Mm
+//! routines, unhooked), the verifier behind the hooks, the per-thread IRQL, and the
+//! interception plan over the loaded image. [`Engine`] is that surface; [`HostEngine`]
+//! implements it over the user-mode host's [`Host`].
+
+use super::loader::LoadedImage;
+use iosv::drivers::DriverId;
+use iosv::intercept::{Hooks, Outcome, Plan, SlotAccess, SlotWriteError};
+use iosv::pe::{IatSlot, PeImage};
+use iosv::platform::{Caller, Irql};
+use iosv::verifier::DeviceEvent;
+use iosv_host::{thread, Host};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The host services the runner's kernel routines and hooks use.
+pub trait Engine: Send + Sync {
+    /// The unhooked `MmMapIoSpace` (`ex == false`) or `MmMapIoSpaceEx` (`ex == true`).
+    fn mm_map(&self, physical: u64, size: u64, cache: u32, ex: bool) -> u64;
+    /// The unhooked `MmUnmapIoSpace`.
+    fn mm_unmap(&self, base: u64, size: u64);
+    /// Whether the memory manager holds `base` as the base of a live mapping.
+    fn mm_is_mapped(&self, base: u64) -> bool;
+    /// `MmMapIoSpace[Ex]` through the verifier, as the hook calls it. `caller` is the
+    /// return address inside the driver (or the entry of the routine it runs), `frames`
+    /// the call chain for the report.
+    fn hook_map(&self, frames: &[u64], physical: u64, size: u64, cache: u32, ex: bool) -> u64;
+    /// `MmUnmapIoSpace` through the verifier.
+    fn hook_unmap(&self, frames: &[u64], base: u64, size: u64);
+    /// The hook to hand out instead of `name` from `MmGetSystemRoutineAddress`.
+    fn routine_override(&self, name: &[u16]) -> Option<usize>;
+    /// The calling thread's IRQL.
+    fn irql(&self) -> u8;
+    /// Sets the calling thread's IRQL; returns the previous one.
+    fn set_irql(&self, irql: u8) -> u8;
+    /// The image is loaded and bound: make it a target, register it and patch its
+    /// import slots with the interception plan. Returns one line per patched slot.
+    ///
+    /// # Errors
+    /// Why it could not be attached.
+    fn attach(&self, image: &LoadedImage) -> Result<Vec<String>, String>;
+    /// The image unloads: leaks at unload are reported, the plan's slots restored.
+    fn unloaded(&self, image: &LoadedImage);
+    /// A PnP event of the device object `device` of the attached driver.
+    fn device_event(&self, device: u64, event: DeviceEvent);
+}
+
+/// The [`Engine`] of the user-mode host: its verifier over its simulated Mm.
+pub struct HostEngine {
+    host: Arc<Host>,
+    hooks: Hooks,
+    state: Mutex<Attached>,
+}
+
+#[derive(Default)]
+struct Attached {
+    driver: Option<DriverId>,
+    plan: Option<Plan>,
+}
+
+/// Slot access over a loaded image: the platform half of the interception plan.
+struct ImageSlots<'a>(&'a LoadedImage);
+
+impl SlotAccess for ImageSlots<'_> {
+    unsafe fn read_slot(&self, address: usize) -> usize {
+        self.0.read_slot(address)
+    }
+
+    unsafe fn compare_exchange_slot(
+        &self,
+        address: usize,
+        current: usize,
+        new: usize,
+    ) -> Result<(), SlotWriteError> {
+        self.0
+            .write_slot(address, current, new)
+            .map_err(|e| match e {
+                Some(found) => SlotWriteError::Changed { found },
+                None => SlotWriteError::Failed,
+            })
+    }
+}
+
+/// Adds `name` to the drivers iosv hooks when they load, through the control codes
+/// (GET_CONFIG, SET_CONFIG), as `iosvctl config set --target` does.
+fn add_target(host: &Host, name: &str) -> Result<(), String> {
+    use iosv::protocol::{
+        wire_name, ConfigBlock, GetConfigRequest, Status, IOCTL_GET_CONFIG, IOCTL_SET_CONFIG,
+        PROTOCOL_VERSION,
+    };
+    use zerocopy::IntoBytes;
+    let req = GetConfigRequest {
+        version: PROTOCOL_VERSION,
+        reserved: 0,
+    };
+    let mut block = ConfigBlock::default();
+    let r = host.control(IOCTL_GET_CONFIG, req.as_bytes(), block.as_mut_bytes());
+    if r.status != Status::Success {
+        return Err(format!("GET_CONFIG failed: {}", r.status.describe()));
+    }
+    let n = block.target_count as usize;
+    let slot = block
+        .targets
+        .get_mut(n)
+        .ok_or_else(|| "the target list is full".to_string())?;
+    *slot = wire_name(name.as_bytes());
+    block.target_count += 1;
+    let r = host.control(IOCTL_SET_CONFIG, block.as_bytes(), &mut []);
+    if r.status != Status::Success {
+        return Err(format!("SET_CONFIG failed: {}", r.status.describe()));
+    }
+    Ok(())
+}
+
+impl HostEngine {
+    /// An engine over `host`, whose hooks are at `hooks`.
+    #[must_use]
+    pub fn new(host: Arc<Host>, hooks: Hooks) -> Self {
+        Self {
+            host,
+            hooks,
+            state: Mutex::new(Attached::default()),
+        }
+    }
+
+    fn driver(&self) -> Option<DriverId> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .driver
+    }
+}
+
+impl Engine for HostEngine {
+    fn mm_map(&self, physical: u64, size: u64, cache: u32, ex: bool) -> u64 {
+        self.host.mm().map(physical, size, cache, ex, false)
+    }
+
+    fn mm_unmap(&self, base: u64, size: u64) {
+        self.host.mm().unmap(base, size, false);
+    }
+
+    fn mm_is_mapped(&self, base: u64) -> bool {
+        self.host.mm().is_mapped(base)
+    }
+
+    fn hook_map(&self, frames: &[u64], physical: u64, size: u64, cache: u32, ex: bool) -> u64 {
+        let caller = Caller {
+            return_address: frames.first().copied().unwrap_or(0),
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        thread::with_call_chain(frames, || {
+            if ex {
+                self.host
+                    .verifier()
+                    .map_io_space_ex(caller, physical, size, cache)
+            } else {
+                self.host
+                    .verifier()
+                    .map_io_space(caller, physical, size, cache)
+            }
+        })
+    }
+
+    fn hook_unmap(&self, frames: &[u64], base: u64, size: u64) {
+        let caller = Caller {
+            return_address: frames.first().copied().unwrap_or(0),
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        thread::with_call_chain(frames, || {
+            self.host.verifier().unmap_io_space(caller, base, size);
+        });
+    }
+
+    fn routine_override(&self, name: &[u16]) -> Option<usize> {
+        iosv::intercept::system_routine_override(name, &self.hooks)
+    }
+
+    fn irql(&self) -> u8 {
+        thread::current_irql().0
+    }
+
+    fn set_irql(&self, irql: u8) -> u8 {
+        thread::set_irql(Irql(irql)).0
+    }
+
+    fn attach(&self, image: &LoadedImage) -> Result<Vec<String>, String> {
+        add_target(&self.host, &image.name)
+            .map_err(|e| format!("cannot make {} a target: {e}", image.name))?;
+        let id = self
+            .host
+            .verifier()
+            .image_loaded(image.name.as_bytes(), image.base as u64, image.size as u64)
+            .ok_or_else(|| format!("iosv did not register {} (driver table full?)", image.name))?;
+        let mut out = [IatSlot::EMPTY; iosv::intercept::MAX_PATCHES];
+        let plan = {
+            // SAFETY: no slot is written while this borrow lives (the plan is built from
+            // the collected slots after the scan, and attached after the borrow ends).
+            let bytes = unsafe { image.bytes() };
+            let pe = PeImage::parse(bytes).map_err(|e| e.to_string())?;
+            let summary = pe
+                .find_hooked_slots(None, &mut out)
+                .map_err(|e| e.to_string())?;
+            let slots = out.get(..summary.slots).unwrap_or(&[]);
+            Plan::new(image.base, image.size, slots, &self.hooks).map_err(|e| format!("{e:?}"))
+        };
+        let mut plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                self.host.verifier().driver_detached(id, true);
+                return Err(e);
+            }
+        };
+        // SAFETY: the image is loaded at plan's base for the life of the process, and the
+        // hooks (this crate's trampolines) are ready to be called.
+        let report = unsafe { plan.attach(&ImageSlots(image)) };
+        let mut lines = Vec::new();
+        for o in report.outcomes() {
+            let routine = plan
+                .patches()
+                .iter()
+                .find(|p| p.address == o.address)
+                .map_or("?", |p| p.routine.name());
+            lines.push(match o.outcome {
+                Outcome::Patched { original } => format!(
+                    "import slot {} ({routine}) hooked (was {original:#x})",
+                    image.describe(o.address).unwrap_or_default()
+                ),
+                other => format!(
+                    "import slot {} ({routine}) not hooked: {other:?}",
+                    image.describe(o.address).unwrap_or_default()
+                ),
+            });
+        }
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.driver = Some(id);
+        st.plan = Some(plan);
+        Ok(lines)
+    }
+
+    fn unloaded(&self, image: &LoadedImage) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(id) = st.driver.take() {
+            self.host.verifier().driver_detached(id, false);
+        }
+        if let Some(mut plan) = st.plan.take() {
+            // SAFETY: the image stays mapped for the life of the process.
+            let _ = unsafe { plan.detach(&ImageSlots(image)) };
+        }
+    }
+
+    fn device_event(&self, device: u64, event: DeviceEvent) {
+        if let Some(id) = self.driver() {
+            self.host.verifier().device_event(id, device, event);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Device memory behind the simulated Mm's mappings, and KUSER_SHARED_DATA.
+//!
+//! The simulated Mm hands out canonical *kernel* addresses (`0xFFFFD000…`), which user
+//! code cannot touch: a driver's `READ_REGISTER_ULONG(Bar0 + 4)` faults. The fault
+//! handler ([`super::trap`]) decodes the instruction and, when its memory operand lies in
+//! a live mapping registered here, performs the access against **device memory**: one
+//! zero-initialised 4 KiB page per physical page, shared by every mapping of that page,
+//! that keeps what was written (registers read back their last value — there is no device
+//! model, so a driver polling for a bit that only hardware sets spins until the watchdog).
+//!
+//! Loads from KUSER_SHARED_DATA (`0xFFFFF780_00000000`, what `KeQueryTickCount` and
+//! friends read) are served from a page whose time fields follow the monotonic clock.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+const PAGE: u64 = 0x1000;
+/// Where KUSER_SHARED_DATA is in the kernel address space.
+pub const KUSER_SHARED_DATA: u64 = 0xFFFF_F780_0000_0000;
+/// Largest mapping given device memory (larger mappings are tracked but not accessible).
+pub const MAX_BACKED: u64 = 64 << 20;
+
+struct Region {
+    base: u64,
+    size: u64,
+    physical: u64,
+}
+
+#[derive(Default)]
+struct State {
+    regions: Vec<Region>,
+    pages: HashMap<u64, Box<[u8; PAGE as usize]>>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// A mapping `[base, base + size)` of `physical` was made: give it device memory.
+pub fn mapped(base: u64, size: u64, physical: u64) {
+    if base == 0 || size == 0 || size > MAX_BACKED {
+        return;
+    }
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    let st = guard.get_or_insert_with(State::default);
+    let first = physical / PAGE;
+    let last = physical.saturating_add(size - 1) / PAGE;
+    for p in first..=last {
+        st.pages
+            .entry(p)
+            .or_insert_with(|| Box::new([0; PAGE as usize]));
+    }
+    st.regions.retain(|r| r.base != base);
+    st.regions.push(Region {
+        base,
+        size,
+        physical,
+    });
+}
+
+/// The mapping at `base` is gone: its addresses fault again.
+pub fn unmapped(base: u64) {
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(st) = guard.as_mut() {
+        st.regions.retain(|r| r.base != base);
+    }
+}
+
+/// Why an access could not be performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The address is in no live mapping (nor KUSER_SHARED_DATA).
+    Unmapped,
+    /// A write to KUSER_SHARED_DATA (read-only to drivers).
+    ReadOnly,
+    /// The access straddles the end of a mapping, or state is busy.
+    Unavailable,
+}
+
+/// Reads `len` (1, 2, 4 or 8) bytes at kernel address `address`. Called from the fault
+/// handler: takes the lock only if free (the faulting driver code never holds it).
+///
+/// # Errors
+/// A [`Miss`] when the address is not device memory or KUSER_SHARED_DATA.
+pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
+    if let Some(off) = address.checked_sub(KUSER_SHARED_DATA).filter(|&o| o < PAGE) {
+        return Ok(kuser(off, len));
+    }
+    let guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
+    let st = guard.as_ref().ok_or(Miss::Unmapped)?;
+    let mut value = 0u64;
+    for i in 0..len {
+        let b = byte_at(st, address.wrapping_add(i as u64))?;
+        value |= u64::from(*b) << (8 * i);
+    }
+    Ok(value)
+}
+
+/// Writes the low `len` bytes of `value` at kernel address `address`.
+///
+/// # Errors
+/// A [`Miss`] when the address is not device memory.
+pub fn write(address: u64, len: usize, value: u64) -> Result<(), Miss> {
+    if address
+        .checked_sub(KUSER_SHARED_DATA)
+        .is_some_and(|o| o < PAGE)
+    {
+        return Err(Miss::ReadOnly);
+    }
+    let mut guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
+    let st = guard.as_mut().ok_or(Miss::Unmapped)?;
+    // Check every byte first, so a straddling write changes nothing.
+    for i in 0..len {
+        byte_at(st, address.wrapping_add(i as u64))?;
+    }
+    for i in 0..len {
+        let at = address.wrapping_add(i as u64);
+        if let Some(page) = page_of(st, at) {
+            if let Some(b) = st
+                .pages
+                .get_mut(&(page / PAGE))
+                .and_then(|p| p.get_mut((page % PAGE) as usize))
+            {
+                *b = (value >> (8 * i)) as u8;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The physical address behind kernel address `at`, if mapped.
+fn page_of(st: &State, at: u64) -> Option<u64> {
+    st.regions
+        .iter()
+        .find(|r| at >= r.base && at - r.base < r.size)
+        .map(|r| r.physical + (at - r.base))
+}
+
+fn byte_at(st: &State, at: u64) -> Result<&u8, Miss> {
+    let phys = page_of(st, at).ok_or(Miss::Unmapped)?;
+    st.pages
+        .get(&(phys / PAGE))
+        .and_then(|p| p.get((phys % PAGE) as usize))
+        .ok_or(Miss::Unavailable)
+}
+
+/// A KUSER_SHARED_DATA read: the time fields follow the monotonic clock (100 ns units;
+/// the tick is 15.625 ms), the version is Windows 10 2004 (19041); the rest reads 0.
+fn kuser(off: u64, len: usize) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let hundred_ns = (ts.tv_sec as u64)
+        .wrapping_mul(10_000_000)
+        .wrapping_add(ts.tv_nsec as u64 / 100);
+    let ticks = hundred_ns / 156_250;
+    // (offset, 8-byte value) of the fields served.
+    let fields: [(u64, u64); 6] = [
+        (0x04, 0x0FA0_0000), // TickCountMultiplier (low dword)
+        (0x08, hundred_ns),  // InterruptTime
+        (0x14, hundred_ns),  // SystemTime
+        (0x260, 19041),      // NtBuildNumber
+        (0x26C, 10),         // NtMajorVersion (then NtMinorVersion 0)
+        (0x320, ticks),      // TickCount
+    ];
+    let mut bytes = [0u8; 16];
+    for (at, v) in fields {
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            let pos = (at + i as u64).wrapping_sub(off);
+            if let Some(slot) = usize::try_from(pos).ok().and_then(|p| bytes.get_mut(p)) {
+                *slot = *b;
+            }
+        }
+    }
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(len.min(8)).enumerate() {
+        value |= u64::from(*b) << (8 * i);
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_memory_keeps_writes_and_is_shared_by_physical_page() {
+        mapped(0xFFFF_D000_0000_0000, 0x2000, 0xE000_0000);
+        write(0xFFFF_D000_0000_1004, 4, 0xDEAD_BEEF).unwrap();
+        assert_eq!(read(0xFFFF_D000_0000_1004, 4), Ok(0xDEAD_BEEF));
+        assert_eq!(read(0xFFFF_D000_0000_1005, 1), Ok(0xBE));
+        mapped(0xFFFF_D000_0001_0000, 0x1000, 0xE000_1000);
+        assert_eq!(read(0xFFFF_D000_0001_0004, 4), Ok(0xDEAD_BEEF));
+        assert_eq!(write(0xFFFF_D000_0000_1FFE, 4, 1), Err(Miss::Unmapped));
+        unmapped(0xFFFF_D000_0000_0000);
+        assert_eq!(read(0xFFFF_D000_0000_1004, 4), Err(Miss::Unmapped));
+        assert_eq!(read(KUSER_SHARED_DATA + 0x260, 4), Ok(19041));
+        assert_eq!(write(KUSER_SHARED_DATA, 4, 0), Err(Miss::ReadOnly));
+    }
+}

@@ -1,0 +1,101 @@
+//! The line protocol from the child (the simulated machine) to the parent, on the child's
+//! standard output. One message per line, a keyword and its text:
+//!
+//! | line | meaning |
+//! |---|---|
+//! | `image NAME BASE SIZE` | the image is mapped at BASE (hex), SIZE bytes |
+//! | `enter ROUTINE` | the child is about to call driver routine ROUTINE (the watchdog restarts) |
+//! | `note TEXT` | something the user should see (e.g. a failed IRP) |
+//! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
+//! | `ready` | the run is complete and the verifier serves its control codes on the socket |
+//! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
+//! | `unimplemented TEXT` | the driver called a routine the host lacks; TEXT names it |
+//! | `loadfail TEXT` | the image could not be loaded or DriverEntry failed |
+//!
+//! The child's standard input stays open while the parent reads reports; the child exits
+//! when it closes.
+
+/// A message from the child, parsed from one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// `image NAME BASE SIZE`.
+    Image {
+        /// File name.
+        name: String,
+        /// Load address.
+        base: u64,
+        /// Bytes mapped.
+        size: u64,
+    },
+    /// `enter ROUTINE`.
+    Enter(String),
+    /// `note TEXT`.
+    Note(String),
+    /// `audit TEXT`.
+    Audit(String),
+    /// `ready`.
+    Ready,
+    /// `crash TEXT`.
+    Crash(String),
+    /// `unimplemented TEXT`.
+    Unimplemented(String),
+    /// `loadfail TEXT`.
+    LoadFail(String),
+}
+
+impl Message {
+    /// Parses one line (without its newline); `None` for an unknown keyword.
+    #[must_use]
+    pub fn parse(line: &str) -> Option<Self> {
+        let (word, text) = line.split_once(' ').unwrap_or((line, ""));
+        let text = text.to_string();
+        Some(match word {
+            "image" => {
+                let mut parts = text.split(' ');
+                let name = parts.next()?.to_string();
+                let hex = |t: Option<&str>| {
+                    t.and_then(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+                };
+                let base = hex(parts.next())?;
+                let size = hex(parts.next())?;
+                Self::Image { name, base, size }
+            }
+            "enter" => Self::Enter(text),
+            "note" => Self::Note(text),
+            "ready" => Self::Ready,
+            "audit" => Self::Audit(text),
+            "crash" => Self::Crash(text),
+            "unimplemented" => Self::Unimplemented(text),
+            "loadfail" => Self::LoadFail(text),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Message;
+
+    #[test]
+    fn lines_parse() {
+        assert_eq!(
+            Message::parse("enter DriverEntry"),
+            Some(Message::Enter("DriverEntry".into()))
+        );
+        assert_eq!(Message::parse("ready"), Some(Message::Ready));
+        assert_eq!(
+            Message::parse("crash SIGSEGV at x"),
+            Some(Message::Crash("SIGSEGV at x".into()))
+        );
+        assert_eq!(Message::parse("bogus 1"), None);
+        assert_eq!(
+            Message::parse("image a.sys 0x140000000 0x8000"),
+            Some(Message::Image {
+                name: "a.sys".into(),
+                base: 0x1_4000_0000,
+                size: 0x8000
+            })
+        );
+        assert_eq!(Message::parse("image a.sys zz 1"), None);
+    }
+}
