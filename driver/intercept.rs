@@ -57,7 +57,6 @@
 //!     map_io_space_ex: 0xB0,
 //!     unmap_io_space: 0xC0,
 //!     get_system_routine_address: 0xD0,
-//!     mdl: iosv::intercept::MdlHooks::NONE,
 //! };
 //! let slot = IatSlot { rva: 0, routine: HookedRoutine::UnmapIoSpace, ..IatSlot::EMPTY };
 //! let mut plan = Plan::new(0x1000, 8, &[slot], &hooks).unwrap();
@@ -267,8 +266,6 @@ pub struct Hooks {
     pub unmap_io_space: usize,
     /// Hook of `MmGetSystemRoutineAddress`.
     pub get_system_routine_address: usize,
-    /// Hooks of the MDL and reserved-mapping family ([`MdlHooks::NONE`]: not hooked).
-    pub mdl: MdlHooks,
 }
 
 /// The hooks of the MDL and reserved-mapping family (issue 11, [`crate::mdl`]). A 0 hook
@@ -314,17 +311,71 @@ impl MdlHooks {
     };
 }
 
+/// Every hook: the I/O-space routines' and `MmGetSystemRoutineAddress`'s ([`Hooks`]) and
+/// the MDL family's ([`MdlHooks`]). What a platform that hooks the family passes to
+/// [`Plan::new`], [`Plan::for_image`] and [`system_routine_override`] (a plain [`Hooks`]
+/// there means the family is not hooked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookTable {
+    /// The I/O-space routines and `MmGetSystemRoutineAddress`.
+    pub io: Hooks,
+    /// The MDL and reserved-mapping family.
+    pub mdl: MdlHooks,
+}
+
+/// A set of hooks the plan and the `MmGetSystemRoutineAddress` body accept: [`Hooks`]
+/// (the family not hooked) or a [`HookTable`].
+pub trait HookSet {
+    /// Every hook, as a table.
+    fn table(&self) -> HookTable;
+}
+
+impl HookSet for Hooks {
+    fn table(&self) -> HookTable {
+        HookTable {
+            io: *self,
+            mdl: MdlHooks::NONE,
+        }
+    }
+}
+
+impl HookSet for HookTable {
+    fn table(&self) -> HookTable {
+        *self
+    }
+}
+
 impl Hooks {
+    /// The hook of `routine` (0 for a routine of the MDL family: see [`HookTable`]).
+    #[must_use]
+    pub const fn get(&self, routine: HookedRoutine) -> usize {
+        match routine {
+            HookedRoutine::MapIoSpace => self.map_io_space,
+            HookedRoutine::MapIoSpaceEx => self.map_io_space_ex,
+            HookedRoutine::UnmapIoSpace => self.unmap_io_space,
+            HookedRoutine::GetSystemRoutineAddress => self.get_system_routine_address,
+            _ => 0,
+        }
+    }
+
+    /// The routine whose hook is at `address`, if any (never for address 0).
+    #[must_use]
+    pub fn routine_at(&self, address: usize) -> Option<HookedRoutine> {
+        self.table().routine_at(address)
+    }
+}
+
+impl HookTable {
     /// The hook of `routine` (0 for a routine of the MDL family the platform does not
     /// hook).
     #[must_use]
     pub const fn get(&self, routine: HookedRoutine) -> usize {
         let m = &self.mdl;
         match routine {
-            HookedRoutine::MapIoSpace => self.map_io_space,
-            HookedRoutine::MapIoSpaceEx => self.map_io_space_ex,
-            HookedRoutine::UnmapIoSpace => self.unmap_io_space,
-            HookedRoutine::GetSystemRoutineAddress => self.get_system_routine_address,
+            HookedRoutine::MapIoSpace
+            | HookedRoutine::MapIoSpaceEx
+            | HookedRoutine::UnmapIoSpace
+            | HookedRoutine::GetSystemRoutineAddress => self.io.get(routine),
             HookedRoutine::MapLockedPagesSpecifyCache => m.map_locked_pages_specify_cache,
             HookedRoutine::MapLockedPages => m.map_locked_pages,
             HookedRoutine::UnmapLockedPages => m.unmap_locked_pages,
@@ -579,7 +630,7 @@ impl Report {
 pub struct Plan {
     image_base: usize,
     image_size: usize,
-    hooks: Hooks,
+    hooks: HookTable,
     patches: [Patch; MAX_PATCHES],
     len: usize,
 }
@@ -598,8 +649,9 @@ impl Plan {
         image_base: usize,
         image_size: usize,
         slots: &[IatSlot<'_>],
-        hooks: &Hooks,
+        hooks: &impl HookSet,
     ) -> Result<Self, PlanError> {
+        let hooks = &hooks.table();
         if let Some(routine) = HookedRoutine::ALL
             .into_iter()
             .find(|&routine| !routine.is_mdl_family() && hooks.get(routine) == 0)
@@ -662,7 +714,7 @@ impl Plan {
         image_base: usize,
         image: &PeImage<'_>,
         resolver: Option<&dyn OrdinalResolver>,
-        hooks: &Hooks,
+        hooks: &impl HookSet,
     ) -> Result<(Self, ScanSummary), PlanError> {
         let mut slots = [IatSlot::EMPTY; MAX_PATCHES];
         let summary = image.find_hooked_slots(resolver, &mut slots)?;
@@ -684,9 +736,16 @@ impl Plan {
         self.image_size
     }
 
-    /// The hooks the plan points slots at.
+    /// The hooks of the I/O-space routines and `MmGetSystemRoutineAddress` the plan
+    /// points slots at.
     #[must_use]
     pub const fn hooks(&self) -> &Hooks {
+        &self.hooks.io
+    }
+
+    /// Every hook the plan points slots at, the MDL family's included.
+    #[must_use]
+    pub const fn table(&self) -> &HookTable {
         &self.hooks
     }
 
@@ -847,7 +906,8 @@ const fn is_unbound(value: usize, image_size: usize) -> bool {
 /// lookup, the name ends at the first NUL, if any; the comparison is exact and
 /// case-sensitive. Names longer than [`MAX_ROUTINE_NAME_UNITS`] are not compared.
 #[must_use]
-pub fn system_routine_override(name: &[u16], hooks: &Hooks) -> Option<usize> {
+pub fn system_routine_override(name: &[u16], hooks: &impl HookSet) -> Option<usize> {
+    let hooks = hooks.table();
     let window = name.get(..=MAX_ROUTINE_NAME_UNITS).unwrap_or(name);
     let name = match window.iter().position(|&unit| unit == 0) {
         Some(end) => window.get(..end)?,
@@ -891,6 +951,10 @@ mod tests {
         map_io_space_ex: 0xFFFF_F807_0000_2000,
         unmap_io_space: 0xFFFF_F807_0000_3000,
         get_system_routine_address: 0xFFFF_F807_0000_4000,
+    };
+    /// The same hooks, with the MDL family's.
+    const TABLE: HookTable = HookTable {
+        io: HOOKS,
         mdl: MdlHooks {
             map_locked_pages_specify_cache: 0xFFFF_F807_0000_5000,
             map_locked_pages: 0xFFFF_F807_0000_5100,
@@ -903,11 +967,6 @@ mod tests {
             unmap_reserved_mapping: 0xFFFF_F807_0000_5800,
             free_mapping_address: 0xFFFF_F807_0000_5900,
         },
-    };
-    /// The same hooks, without the MDL family.
-    const IO_ONLY: Hooks = Hooks {
-        mdl: MdlHooks::NONE,
-        ..HOOKS
     };
     const REAL: usize = 0xFFFF_F800_AAAA_0000;
 
@@ -1300,17 +1359,17 @@ mod tests {
             slot(0x18, HookedRoutine::MapLockedPagesSpecifyCache),
             slot(0x20, HookedRoutine::FreeMdl),
         ];
-        let plan = Plan::new(BASE, 0x100, &slots, &IO_ONLY).unwrap();
+        let plan = Plan::new(BASE, 0x100, &slots, &HOOKS).unwrap();
         let routines: Vec<_> = plan.patches().iter().map(|p| p.routine).collect();
         assert_eq!(routines, [HookedRoutine::MapIoSpace]);
-        assert_eq!(IO_ONLY.routine_at(0), None, "a 0 hook names no routine");
+        assert_eq!(HOOKS.routine_at(0), None, "a 0 hook names no routine");
         assert_eq!(
-            system_routine_override(&utf16("MmMapLockedPagesSpecifyCache"), &IO_ONLY),
+            system_routine_override(&utf16("MmMapLockedPagesSpecifyCache"), &HOOKS),
             None,
             "the real routine is handed out"
         );
         // With the family hooked, its slots are patched like the others.
-        let plan = Plan::new(BASE, 0x100, &slots, &HOOKS).unwrap();
+        let plan = Plan::new(BASE, 0x100, &slots, &TABLE).unwrap();
         assert_eq!(plan.patches().len(), 3);
         assert!(HookedRoutine::ALL
             .iter()
@@ -1320,7 +1379,7 @@ mod tests {
     #[test]
     fn hooks_table() {
         for routine in HookedRoutine::ALL {
-            assert_eq!(HOOKS.routine_at(HOOKS.get(routine)), Some(routine));
+            assert_eq!(TABLE.routine_at(TABLE.get(routine)), Some(routine));
         }
         assert_eq!(HOOKS.routine_at(REAL), None);
     }
@@ -1333,8 +1392,8 @@ mod tests {
     fn system_routine_override_hands_out_hooks() {
         for routine in HookedRoutine::ALL {
             assert_eq!(
-                system_routine_override(&utf16(routine.name()), &HOOKS),
-                Some(HOOKS.get(routine))
+                system_routine_override(&utf16(routine.name()), &TABLE),
+                Some(TABLE.get(routine))
             );
         }
         let with_nul = utf16("MmUnmapIoSpace\0junk");

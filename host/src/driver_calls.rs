@@ -7,7 +7,7 @@
 //! records and the simulated call chain its stack capture sees (see the crate docs).
 
 use crate::drivers::SimDriver;
-use crate::image::{kernel_frames, real_routine, SimImage, HOOKS, REAL, TEXT_RVA};
+use crate::image::{kernel_frames, real_routine, SimImage, HOOKS, HOOK_TABLE, REAL, TEXT_RVA};
 use crate::platform::{attached_id, HostPlatform, System};
 use crate::{thread, HostError};
 use iosv::drivers::DriverId;
@@ -173,7 +173,7 @@ impl DriverRef {
                 n = n.saturating_add(1);
             }
             let hooked =
-                iosv::intercept::system_routine_override(wide.get(..n).unwrap_or(&[]), &HOOKS);
+                iosv::intercept::system_routine_override(wide.get(..n).unwrap_or(&[]), &HOOK_TABLE);
             Ok(hooked.map_or_else(|| real_routine(name), |a| a as u64))
         } else if gsra == REAL.get_system_routine_address as u64 {
             Ok(real_routine(name))

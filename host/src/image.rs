@@ -15,7 +15,7 @@
 //! every load), the simulated `ntoskrnl.exe` lives at `0xFFFFF800_00000000` and `iosv.sys`
 //! at `0xFFFFF807_70000000`.
 
-use iosv::intercept::{Hooks, MdlHooks};
+use iosv::intercept::{HookTable, Hooks, MdlHooks};
 use iosv::pe::HookedRoutine;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -36,18 +36,26 @@ pub const HOOKS: Hooks = Hooks {
     map_io_space_ex: 0xFFFF_F807_7000_1200,
     unmap_io_space: 0xFFFF_F807_7000_1400,
     get_system_routine_address: 0xFFFF_F807_7000_1600,
-    mdl: MdlHooks {
-        map_locked_pages_specify_cache: 0xFFFF_F807_7000_2000,
-        map_locked_pages: 0xFFFF_F807_7000_2100,
-        unmap_locked_pages: 0xFFFF_F807_7000_2200,
-        free_mdl: 0xFFFF_F807_7000_2300,
-        unlock_pages: 0xFFFF_F807_7000_2400,
-        allocate_mapping_address: 0xFFFF_F807_7000_2600,
-        allocate_mapping_address_ex: 0xFFFF_F807_7000_2700,
-        map_locked_pages_with_reserved_mapping: 0xFFFF_F807_7000_2800,
-        unmap_reserved_mapping: 0xFFFF_F807_7000_2900,
-        free_mapping_address: 0xFFFF_F807_7000_2A00,
-    },
+};
+
+/// Addresses of iosv's hooks of the MDL family in the simulated `iosv.sys`.
+pub const HOOKS_MDL: MdlHooks = MdlHooks {
+    map_locked_pages_specify_cache: 0xFFFF_F807_7000_2000,
+    map_locked_pages: 0xFFFF_F807_7000_2100,
+    unmap_locked_pages: 0xFFFF_F807_7000_2200,
+    free_mdl: 0xFFFF_F807_7000_2300,
+    unlock_pages: 0xFFFF_F807_7000_2400,
+    allocate_mapping_address: 0xFFFF_F807_7000_2600,
+    allocate_mapping_address_ex: 0xFFFF_F807_7000_2700,
+    map_locked_pages_with_reserved_mapping: 0xFFFF_F807_7000_2800,
+    unmap_reserved_mapping: 0xFFFF_F807_7000_2900,
+    free_mapping_address: 0xFFFF_F807_7000_2A00,
+};
+
+/// Every hook of the simulated `iosv.sys` (what its plans patch in).
+pub const HOOK_TABLE: HookTable = HookTable {
+    io: HOOKS,
+    mdl: HOOKS_MDL,
 };
 
 /// Addresses of the real routines in the simulated `ntoskrnl.exe`.
@@ -56,18 +64,26 @@ pub const REAL: Hooks = Hooks {
     map_io_space_ex: 0xFFFF_F800_0042_1200,
     unmap_io_space: 0xFFFF_F800_0042_1400,
     get_system_routine_address: 0xFFFF_F800_0051_0000,
-    mdl: MdlHooks {
-        map_locked_pages_specify_cache: 0xFFFF_F800_0043_1000,
-        map_locked_pages: 0xFFFF_F800_0043_1200,
-        unmap_locked_pages: 0xFFFF_F800_0043_1400,
-        free_mdl: 0xFFFF_F800_0037_1000,
-        unlock_pages: 0xFFFF_F800_0043_1600,
-        allocate_mapping_address: 0xFFFF_F800_0043_2000,
-        allocate_mapping_address_ex: 0xFFFF_F800_0043_2200,
-        map_locked_pages_with_reserved_mapping: 0xFFFF_F800_0043_2400,
-        unmap_reserved_mapping: 0xFFFF_F800_0043_2600,
-        free_mapping_address: 0xFFFF_F800_0043_2800,
-    },
+};
+
+/// Addresses of the MDL family's real routines in the simulated `ntoskrnl.exe`.
+pub const REAL_MDL: MdlHooks = MdlHooks {
+    map_locked_pages_specify_cache: 0xFFFF_F800_0043_1000,
+    map_locked_pages: 0xFFFF_F800_0043_1200,
+    unmap_locked_pages: 0xFFFF_F800_0043_1400,
+    free_mdl: 0xFFFF_F800_0037_1000,
+    unlock_pages: 0xFFFF_F800_0043_1600,
+    allocate_mapping_address: 0xFFFF_F800_0043_2000,
+    allocate_mapping_address_ex: 0xFFFF_F800_0043_2200,
+    map_locked_pages_with_reserved_mapping: 0xFFFF_F800_0043_2400,
+    unmap_reserved_mapping: 0xFFFF_F800_0043_2600,
+    free_mapping_address: 0xFFFF_F800_0043_2800,
+};
+
+/// Every real routine of the simulated `ntoskrnl.exe` that iosv hooks.
+pub const REAL_TABLE: HookTable = HookTable {
+    io: REAL,
+    mdl: REAL_MDL,
 };
 
 /// Synthetic kernel frames that call into drivers (the outer frames of simulated stacks).
@@ -107,48 +123,48 @@ const IMPORTS: [(&str, &str, u64); 17] = [
     (
         "ntoskrnl.exe",
         "MmMapLockedPagesSpecifyCache",
-        REAL.mdl.map_locked_pages_specify_cache as u64,
+        REAL_MDL.map_locked_pages_specify_cache as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmMapLockedPages",
-        REAL.mdl.map_locked_pages as u64,
+        REAL_MDL.map_locked_pages as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmUnmapLockedPages",
-        REAL.mdl.unmap_locked_pages as u64,
+        REAL_MDL.unmap_locked_pages as u64,
     ),
-    ("ntoskrnl.exe", "IoFreeMdl", REAL.mdl.free_mdl as u64),
+    ("ntoskrnl.exe", "IoFreeMdl", REAL_MDL.free_mdl as u64),
     (
         "ntoskrnl.exe",
         "MmUnlockPages",
-        REAL.mdl.unlock_pages as u64,
+        REAL_MDL.unlock_pages as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmAllocateMappingAddress",
-        REAL.mdl.allocate_mapping_address as u64,
+        REAL_MDL.allocate_mapping_address as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmAllocateMappingAddressEx",
-        REAL.mdl.allocate_mapping_address_ex as u64,
+        REAL_MDL.allocate_mapping_address_ex as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmMapLockedPagesWithReservedMapping",
-        REAL.mdl.map_locked_pages_with_reserved_mapping as u64,
+        REAL_MDL.map_locked_pages_with_reserved_mapping as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmUnmapReservedMapping",
-        REAL.mdl.unmap_reserved_mapping as u64,
+        REAL_MDL.unmap_reserved_mapping as u64,
     ),
     (
         "ntoskrnl.exe",
         "MmFreeMappingAddress",
-        REAL.mdl.free_mapping_address as u64,
+        REAL_MDL.free_mapping_address as u64,
     ),
     (
         "HAL.dll",
@@ -514,7 +530,7 @@ mod tests {
         for s in &slots {
             let addr = IMAGE_REGION + u64::from(s.rva);
             assert_eq!(addr, img.slot_address(s.routine));
-            assert_eq!(img.read_word(addr), Some(REAL.get(s.routine) as u64));
+            assert_eq!(img.read_word(addr), Some(REAL_TABLE.get(s.routine) as u64));
         }
     }
 }

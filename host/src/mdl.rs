@@ -21,7 +21,7 @@
 //! own MDLs and ranges, so they run beside any other thread's work.
 
 use crate::driver_calls::{DriverRef, Routine};
-use crate::image::{HOOKS, REAL};
+use crate::image::{HOOK_TABLE, REAL_TABLE};
 use crate::mm::{Corruption, PAGE_SIZE};
 use crate::{lock, thread, Host, HostError};
 use iosv::mdl::{
@@ -494,9 +494,9 @@ enum Reached {
 
 fn reach(d: &DriverRef, routine: HookedRoutine) -> Result<Reached, HostError> {
     let target = d.image().slot_value(routine);
-    if target == HOOKS.get(routine) as u64 && target != 0 {
+    if target == HOOK_TABLE.get(routine) as u64 && target != 0 {
         Ok(Reached::Hook)
-    } else if target == REAL.get(routine) as u64 {
+    } else if target == REAL_TABLE.get(routine) as u64 {
         Ok(Reached::Real)
     } else {
         Err(HostError::BadCallTarget(target))

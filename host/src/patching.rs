@@ -5,7 +5,7 @@
 
 use crate::drivers::{name_key, SimDriver};
 use crate::expected::expect_detach_leaks;
-use crate::image::{SimImage, HOOKS};
+use crate::image::{SimImage, HOOK_TABLE};
 use crate::lock;
 use crate::platform::{attached_id, HostPlatform, System};
 use iosv::intercept::{Outcome, Plan};
@@ -71,7 +71,7 @@ pub(crate) fn patch(platform: &HostPlatform, image: &SimImage) -> Result<u32, Pl
         None => {
             let pe = PeImage::parse(image.bytes()).map_err(|_| PlatformError::BadImage)?;
             let base = usize::try_from(image.base()).map_err(|_| PlatformError::BadImage)?;
-            Plan::for_image(base, &pe, None, &HOOKS)
+            Plan::for_image(base, &pe, None, &HOOK_TABLE)
                 .map_err(|_| PlatformError::BadImage)?
                 .0
         }

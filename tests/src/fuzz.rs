@@ -168,7 +168,6 @@ const HOOKS: Hooks = Hooks {
     map_io_space_ex: 0xFFFF_F807_1000_0020,
     unmap_io_space: 0xFFFF_F807_1000_0030,
     get_system_routine_address: 0xFFFF_F807_1000_0040,
-    mdl: iosv::intercept::MdlHooks::NONE,
 };
 
 const BASE: usize = 0xFFFF_F806_4000_0000;

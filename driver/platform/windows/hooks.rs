@@ -240,14 +240,21 @@ pub unsafe extern "system" fn hook_mm_get_system_routine_address(name: PUNICODE_
     }
 }
 
-/// The hook addresses, for the interception plans.
-pub fn hook_addresses() -> crate::intercept::Hooks {
+/// The hook addresses (the MDL family's from `mdl_hooks`), for the interception plans.
+pub fn hook_addresses() -> crate::intercept::HookTable {
+    crate::intercept::HookTable {
+        io: io_hook_addresses(),
+        mdl: super::mdl_hooks::hook_addresses(),
+    }
+}
+
+/// The I/O-space routines' and `MmGetSystemRoutineAddress`'s hook addresses.
+fn io_hook_addresses() -> crate::intercept::Hooks {
     crate::intercept::Hooks {
         map_io_space: hook_mm_map_io_space as *const () as usize,
         map_io_space_ex: hook_mm_map_io_space_ex as *const () as usize,
         unmap_io_space: hook_mm_unmap_io_space as *const () as usize,
         get_system_routine_address: hook_mm_get_system_routine_address as *const () as usize,
-        mdl: super::mdl_hooks::hook_addresses(),
     }
 }
 

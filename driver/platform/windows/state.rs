@@ -36,7 +36,7 @@ use wdk_sys::{
 
 use super::WindowsPlatform;
 use crate::drivers::MAX_DRIVERS;
-use crate::intercept::{Hooks, Plan};
+use crate::intercept::{HookTable, Plan};
 use crate::pe::RoutineOrdinals;
 use crate::sync::try_boxed_slice;
 use crate::verifier::{StartParams, Verifier};
@@ -115,7 +115,7 @@ pub struct Glue {
     /// The engine.
     pub verifier: Verifier<WindowsPlatform>,
     /// The hook addresses patched into import slots.
-    pub hooks: Hooks,
+    pub hooks: HookTable,
     /// The real routines, to recognise snapped import slots.
     pub reals: Reals,
     /// Ordinals of the hooked routines in ntoskrnl's export table, for by-ordinal imports.
@@ -139,7 +139,7 @@ impl Glue {
     pub fn create(
         platform: WindowsPlatform,
         params: StartParams,
-        hooks: Hooks,
+        hooks: HookTable,
         reals: Reals,
         ordinals: RoutineOrdinals,
         driver: PDRIVER_OBJECT,
