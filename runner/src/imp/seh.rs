@@ -60,16 +60,30 @@ fn image_read(address: u64, len: usize) -> Option<u64> {
     Some(v)
 }
 
-/// Reads a stack word. The stack belongs to the thread that faulted; an address outside
-/// its mapped memory would fault in the handler, so only addresses within 1 MiB above the
-/// faulting RSP are read.
+/// Reads a stack word. The stack belongs to the thread that faulted, but its RSP and the
+/// saved values the unwinder follows are the driver's: only addresses within 1 MiB above
+/// the faulting RSP are considered, and they are read with `process_vm_readv` on this
+/// process, which fails with `EFAULT` on an unmapped address instead of faulting (a
+/// fault here, in the fault handler with the signal blocked, would kill the child
+/// without a report). A raw system call: async-signal-safe, no allocation.
 fn stack_read(address: u64, low: u64) -> Option<u64> {
     if address < low || address - low > (1 << 20) || !address.is_multiple_of(8) {
         return None;
     }
-    // SAFETY: an aligned word of the faulting thread's stack, between its RSP at the
-    // fault and 1 MiB above it (the driver's frames).
-    Some(unsafe { (address as *const u64).read() })
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: usize::try_from(address).ok()? as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: `local` describes the 8 bytes of `word`, writable and live for the call;
+    // `remote` is only read, by the kernel, which checks it (EFAULT when unmapped) — no
+    // Rust reference to it exists. getpid and process_vm_readv are plain system calls.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (n == 8).then_some(word)
 }
 
 /// `RUNTIME_FUNCTION` of `pc` in its image: (begin, end, unwind info), absolute.
@@ -119,7 +133,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
         // A leaf function: the return address is at RSP.
         let rsp = ctx.regs[RSP];
         ctx.rip = stack_read(rsp, low)?;
-        ctx.regs[RSP] = rsp + 8;
+        ctx.regs[RSP] = rsp.wrapping_add(8);
         return Some(Frame {
             establisher: rsp,
             handler: None,
@@ -163,7 +177,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                     if applies {
                         let rsp = ctx.regs[RSP];
                         ctx.regs[op_info] = stack_read(rsp, low)?;
-                        ctx.regs[RSP] = rsp + 8;
+                        ctx.regs[RSP] = rsp.wrapping_add(8);
                     }
                     1
                 }
@@ -174,13 +188,13 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                         (next16(1)? | (next16(2)? << 16), 3)
                     };
                     if applies {
-                        ctx.regs[RSP] += size;
+                        ctx.regs[RSP] = ctx.regs[RSP].wrapping_add(size);
                     }
                     n
                 }
                 2 => {
                     if applies {
-                        ctx.regs[RSP] += op_info as u64 * 8 + 8;
+                        ctx.regs[RSP] = ctx.regs[RSP].wrapping_add(op_info as u64 * 8 + 8);
                     }
                     1
                 }
@@ -192,14 +206,14 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                 }
                 4 => {
                     if applies {
-                        ctx.regs[op_info] = stack_read(frame + next16(1)? * 8, low)?;
+                        ctx.regs[op_info] = stack_read(frame.wrapping_add(next16(1)? * 8), low)?;
                     }
                     2
                 }
                 5 => {
                     if applies {
                         let off = next16(1)? | (next16(2)? << 16);
-                        ctx.regs[op_info] = stack_read(frame + off, low)?;
+                        ctx.regs[op_info] = stack_read(frame.wrapping_add(off), low)?;
                     }
                     3
                 }
@@ -207,9 +221,9 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                 9 => 3,
                 10 => {
                     if applies {
-                        let rsp = ctx.regs[RSP] + if op_info == 1 { 8 } else { 0 };
+                        let rsp = ctx.regs[RSP].wrapping_add(if op_info == 1 { 8 } else { 0 });
                         ctx.rip = stack_read(rsp, low)?;
-                        ctx.regs[RSP] = stack_read(rsp + 24, low)?;
+                        ctx.regs[RSP] = stack_read(rsp.wrapping_add(24), low)?;
                         return Some(Frame {
                             establisher: establisher.unwrap_or(frame),
                             handler,
@@ -232,7 +246,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
     }
     let rsp = ctx.regs[RSP];
     ctx.rip = stack_read(rsp, low)?;
-    ctx.regs[RSP] = rsp + 8;
+    ctx.regs[RSP] = rsp.wrapping_add(8);
     Some(Frame {
         establisher: establisher?,
         handler,
@@ -240,6 +254,10 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
 }
 
 /// The absolute address of an RVA of the image holding `inside`.
+fn in_image(address: u64) -> bool {
+    usize::try_from(address).is_ok_and(|a| trap::image_of(a).is_some())
+}
+
 fn begin_of(inside: u64, rva: u64) -> Option<u64> {
     let (base, _) = trap::image_of(usize::try_from(inside).ok()?)?;
     Some(base as u64 + rva)
@@ -351,13 +369,24 @@ pub fn dispatch(fault: &Context, code: u32, handler_marker: u64) -> Option<Resum
             continue;
         }
         for (index, s) in scopes(data).enumerate() {
-            if s.target == 0 || pc < s.begin || pc >= s.end {
+            // The scope table is the driver's data: a handler or target outside its
+            // images is not code it emitted; skip it rather than jump there from here.
+            if s.target == 0
+                || pc < s.begin
+                || pc >= s.end
+                || !in_image(s.target)
+                || (s.handler != 1 && !in_image(s.handler))
+            {
                 continue;
             }
             let verdict = if s.handler == 1 {
                 1
             } else {
-                // SAFETY: a filter the compiler emitted for this scope, of this signature.
+                // SAFETY: not provable from here — the address is code inside a driver
+                // image (checked above) that the scope table names as this scope's filter,
+                // which compilers emit as `LONG filter(EXCEPTION_POINTERS *, establisher)`.
+                // Calling it is running driver code, as the driver itself would through
+                // RtlDispatchException; a bad one faults and ends the child.
                 let f = unsafe { std::mem::transmute::<usize, Filter>(s.handler as usize) };
                 f((&raw const pointers) as usize, frame.establisher)
             };
@@ -390,8 +419,10 @@ pub fn dispatch(fault: &Context, code: u32, handler_marker: u64) -> Option<Resum
             if depth == target_depth && index >= target_index {
                 break;
             }
-            if s.target == 0 && pc >= s.begin && pc < s.end {
-                // SAFETY: a termination handler the compiler emitted, of this signature.
+            if s.target == 0 && pc >= s.begin && pc < s.end && in_image(s.handler) {
+                // SAFETY: as for the filter above: driver code (checked to be inside an
+                // image) the scope table names as a `__finally` block,
+                // `void handler(BOOLEAN abnormal, establisher)`.
                 let f = unsafe { std::mem::transmute::<usize, Termination>(s.handler as usize) };
                 f(1, frame.establisher);
             }
