@@ -48,6 +48,8 @@ impl ImageInfo {
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Kept open so that the child's writes after `ready` do not fail (they are dropped).
+    _lines: mpsc::Receiver<Option<String>>,
     dir: PathBuf,
     /// The Unix socket the child's endpoint listens on.
     pub socket: PathBuf,
@@ -159,7 +161,9 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(RunError::Protocol("no pipe from the child".into()));
     };
-    let (tx, rx) = mpsc::channel::<Option<String>>();
+    // Bounded: a child that floods its output (even after `ready`, when nobody reads the
+    // channel) blocks on its pipe instead of growing this process's memory.
+    let (tx, rx) = mpsc::sync_channel::<Option<String>>(256);
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         while let Some(line) = read_line_bounded(&mut reader) {
@@ -217,6 +221,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
                 return Ok(Session {
                     child,
                     stdin,
+                    _lines: rx,
                     dir,
                     socket,
                     image,
