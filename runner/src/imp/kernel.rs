@@ -1729,7 +1729,8 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
         }
         let mut width = 0usize;
         while i < n && byte(i).is_ascii_digit() {
-            width = width * 10 + usize::from(byte(i) - b'0');
+            // Capped: the format string is the driver's (no overflow, no huge padding).
+            width = (width * 10 + usize::from(byte(i) - b'0')).min(4096);
             i += 1;
         }
         if i < n && byte(i) == b'.' {
@@ -1895,6 +1896,11 @@ mod tests {
         ];
         let out = format_printf(f.as_ptr() as usize, |k| args.get(k).copied().unwrap_or(0));
         assert_eq!(out, "a str -5    42|a  |0000BEEF wide %");
+        // A hostile width neither overflows nor pads without bound.
+        let f = b"%99999999999999999999999d\0";
+        let out = format_printf(f.as_ptr() as usize, |_| 7);
+        assert_eq!(out.len(), 4096, "{}", out.len());
+        assert!(out.ends_with(" 7"));
     }
 
     #[test]
