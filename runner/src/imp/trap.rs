@@ -106,8 +106,16 @@ pub fn install() -> std::io::Result<()> {
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
         sa.sa_sigaction = on_fault as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // SAFETY: installs a handler for a synchronous fault signal; the handler only
-        // touches its own context, atomics, and try-locked state.
+        // SAFETY: a valid sigaction for a synchronous fault signal. The handler is
+        // async-signal-safe with respect to the code it interrupts: it allocates nothing
+        // and takes no blocking lock (image table: atomics; IRQL and the routine entered:
+        // const-initialised thread-locals; device memory: `try_lock`, failing instead of
+        // waiting; reports: `write(2)` of a fixed buffer, then `_exit`). It runs on the
+        // thread's alternate stack (prepare_thread, 256 KiB) when there is one. The
+        // signal is blocked while it runs (no SA_NODEFER): a fault of the same kind
+        // inside it — e.g. in a driver's `__except` filter it calls — makes the kernel
+        // end the child, which the parent reports as killed by that signal. Filters and
+        // `__finally` blocks it calls are driver code: see seh::dispatch.
         if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -123,9 +131,15 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     let rip = reg_at(gregs, libc::REG_RIP) as usize;
     let mut why = "";
     if let Some((base, size)) = image_of(rip) {
-        match emulate(gregs, rip, base + size) {
-            Ok(()) => return,
-            Err(reason) => why = reason,
+        // Only the faults an emulated instruction raises (#GP, #UD, a device-memory or
+        // KUSER_SHARED_DATA access) are emulated. After SIGTRAP (int3) RIP already points
+        // past the instruction, and SIGFPE is a divide error: emulating the instruction
+        // at RIP would execute the wrong one.
+        if matches!(sig, libc::SIGSEGV | libc::SIGILL | libc::SIGBUS) {
+            match emulate(gregs, rip, base + size) {
+                Ok(()) => return,
+                Err(reason) => why = reason,
+            }
         }
         if raise(gregs, sig) {
             return;
