@@ -141,11 +141,13 @@ impl LoadedImage {
         let page_addr = (self.base + page * PAGE) as *mut c_void;
         let writable = prot & libc::PROT_WRITE != 0;
         if !writable {
-            // SAFETY: the page is one of the image's own pages, mapped for the life of
-            // the process; adding write access changes no byte. Execute access is dropped
-            // meanwhile (W^X): an import slot's page holds no code a thread could be
-            // running, and a driver that put code there faults and is reported.
+            // Execute access is dropped meanwhile (W^X): slots are written at attach and
+            // detach, when no driver code runs; code sharing the page would fault and be
+            // reported, never run from a writable page.
             let writable_prot = (prot | libc::PROT_WRITE) & !libc::PROT_EXEC;
+            // SAFETY: the page is one of the image's own pages, mapped for the life of
+            // the process; changing its protection changes no byte, and no Rust reference
+            // into the image exists (bytes() forbids slot writes while one lives).
             if unsafe { libc::mprotect(page_addr, PAGE, writable_prot) } != 0 {
                 return Err(None);
             }
@@ -284,9 +286,9 @@ pub fn load(
             page * PAGE
         )));
     }
-    if !page_prot
+    if page_prot
         .get(entry_rva / PAGE)
-        .is_some_and(|&p| p & libc::PROT_EXEC != 0)
+        .is_none_or(|&p| p & libc::PROT_EXEC == 0)
     {
         return Err(LoadError::Refused(format!(
             "the entry point RVA {entry_rva:#x} is not in an executable section"

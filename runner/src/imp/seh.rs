@@ -79,10 +79,12 @@ fn stack_read(address: u64, low: u64) -> Option<u64> {
         iov_base: usize::try_from(address).ok()? as *mut libc::c_void,
         iov_len: 8,
     };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
     // SAFETY: `local` describes the 8 bytes of `word`, writable and live for the call;
     // `remote` is only read, by the kernel, which checks it (EFAULT when unmapped) — no
-    // Rust reference to it exists. getpid and process_vm_readv are plain system calls.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    // Rust reference to it exists.
+    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
     (n == 8).then_some(word)
 }
 
