@@ -209,9 +209,14 @@ fn random_cookie() -> u64 {
 }
 
 fn obj(addr: usize, len: usize) -> Obj {
-    // SAFETY: every address given here is an object this module allocated with
-    // kernel::alloc_zeroed (or an IRP from kernel::new_irp) of at least `len` bytes,
-    // never freed while used.
+    // SAFETY: the address is either an object this module allocated (kernel::alloc_zeroed,
+    // kernel::new_irp) of at least `len` bytes and never freed while used, or a pointer
+    // read from a field of such an object that the driver may legitimately rewrite (the
+    // IRP's current stack location, DriverExtension, AttachedDevice, a completion
+    // context); for those the argument is the DDI contract, as in kernel::obj: a driver
+    // that stores a bad pointer there faults in host code, which the fault handler
+    // reports as a crash. Obj reads and writes are bounded by `len`, unaligned, and
+    // never create references.
     unsafe { Obj::new(addr, len) }
 }
 
