@@ -141,7 +141,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
                 Err(reason) => why = reason,
             }
         }
-        if raise(gregs, sig) {
+        // SAFETY: for SA_SIGINFO handlers the kernel's ucontext_t is valid.
+        let fp_ptr = unsafe { (*uc).uc_mcontext.fpregs };
+        // SAFETY: `fpregs` points to the interrupted thread's saved FPU/SSE state in the
+        // signal frame (or is null: as_mut gives None), aligned and live until the handler
+        // returns, and only this handler uses it (no other reference exists).
+        let fpregs = unsafe { fp_ptr.as_mut() };
+        if raise(gregs, fpregs, sig) {
             return;
         }
     }
@@ -154,7 +160,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
 
 /// Dispatches the fault as an exception to the driver's `__try`/`__except` blocks;
 /// true when one handled it (and `gregs` now resume there).
-fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
+fn raise(
+    gregs: &mut [libc::greg_t; 23],
+    fpregs: Option<&mut libc::_libc_fpstate>,
+    sig: libc::c_int,
+) -> bool {
     let code = match sig {
         libc::SIGILL => seh::ILLEGAL_INSTRUCTION,
         libc::SIGFPE => seh::INTEGER_DIVIDE_BY_ZERO,
@@ -182,7 +192,17 @@ fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
     let mut ctx = seh::Context {
         regs: [0; 16],
         rip: reg_at(gregs, libc::REG_RIP),
+        xmm: [0; 16],
     };
+    if let Some(fp) = fpregs.as_deref() {
+        for (slot, reg) in ctx.xmm.iter_mut().zip(&fp._xmm) {
+            *slot = reg
+                .element
+                .iter()
+                .rev()
+                .fold(0u128, |v, &e| (v << 32) | u128::from(e));
+        }
+    }
     for (slot, &index) in ctx.regs.iter_mut().zip(&order) {
         *slot = reg_at(gregs, index);
     }
@@ -197,6 +217,14 @@ fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
                 }
             }
             set_reg_at(gregs, libc::REG_RIP, to.rip);
+            // XMM6–XMM15 of the target frame, as the unwinder restored them.
+            if let Some(fp) = fpregs {
+                for (reg, &v) in fp._xmm.iter_mut().zip(&to.xmm).skip(6) {
+                    for (k, e) in reg.element.iter_mut().enumerate() {
+                        *e = (v >> (32 * k)) as u32;
+                    }
+                }
+            }
             true
         }
         None => false,
