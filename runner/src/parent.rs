@@ -141,8 +141,9 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // Its own process group, so the watchdog ends whatever it started too (and a ^C at
-    // the terminal reaches only iosvctl, which then ends the child itself).
+    // Its own process group, so the watchdog ends whatever it started too. A ^C at the
+    // terminal then reaches only iosvctl; the child asked for SIGKILL when its parent
+    // dies (PR_SET_PDEATHSIG, child.rs), so it does not outlive iosvctl.
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;

@@ -74,6 +74,11 @@ fn note(text: &str) {
 }
 
 fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
+    // The parent runs the child in its own process group (its watchdog kills the group),
+    // so a ^C at the terminal does not reach it: die with the parent instead, even when
+    // driver code spins and never reads standard input.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Err(e) = trap::install().and_then(|()| trap::prepare_thread(0)) {
         report::line(&["loadfail cannot set up fault handling: ", &e.to_string()]);
         return LOAD_FAILED_STATUS;
