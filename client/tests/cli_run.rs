@@ -287,7 +287,10 @@ fn the_ground_truth_audit_catches_what_iosv_could_not_see() {
     let (code, out, err) = parts(&iosvctl(&["run", &path]));
     assert_eq!(code, 4, "{out}\n{err}");
     assert!(
-        out.contains("iosv could not attach to unhooked.sys: MisalignedSlot"),
+        out.contains(
+            "iosv could not attach to unhooked.sys: the interception plan was refused: \
+             IAT slot at RVA 0x"
+        ) && out.contains("is not pointer-aligned"),
         "{out}"
     );
     assert!(out.contains("audit: unclean:"), "{out}");
@@ -449,6 +452,172 @@ fn an_image_that_needs_relocations_it_lacks_is_refused_with_exit_8() {
     let (code, _, err) = parts(&iosvctl(&["run", &not_pe.display().to_string()]));
     assert_eq!(code, 8, "{err}");
     assert!(err.contains("no PE headers"), "{err}");
+}
+
+/// `clean.sys` with `edit` applied to its bytes (given the offsets of the NT headers, the
+/// optional header and the first section header), written next to the fixtures.
+fn hostile_copy(name: &str, edit: impl FnOnce(&mut Vec<u8>, usize, usize, usize)) -> String {
+    let mut bytes = std::fs::read(fixtures().join("clean.sys")).unwrap();
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let nt = le32(&bytes, 0x3C) as usize;
+    let opt = nt + 24;
+    let size_of_optional = u16::from_le_bytes(bytes[nt + 20..nt + 22].try_into().unwrap());
+    let section = opt + usize::from(size_of_optional);
+    edit(&mut bytes, nt, opt, section);
+    let path = fixtures().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.display().to_string()
+}
+
+fn put32(bytes: &mut [u8], at: usize, v: u32) {
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn hostile_image_headers_are_load_failures_with_exit_8() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "entry point outside the image",
+            hostile_copy("hostile_entry.sys", |b, _, opt, _| {
+                put32(b, opt + 16, 0xFFFF_FFF0)
+            }),
+            "the entry point RVA 0xfffffff0 is not inside the image",
+        ),
+        (
+            "section data past the end of the file",
+            hostile_copy("hostile_raw.sys", |b, _, _, sec| {
+                put32(b, sec + 20, 0xFFFF_FF00)
+            }),
+            "",
+        ),
+        (
+            "SizeOfImage of 4 GiB",
+            hostile_copy("hostile_size.sys", |b, _, opt, _| {
+                put32(b, opt + 56, 0xFFFF_FFFF)
+            }),
+            "SizeOfImage 0xffffffff is out of range",
+        ),
+        (
+            "truncated after the headers",
+            hostile_copy("hostile_short.sys", |b, _, _, _| b.truncate(0x300)),
+            "",
+        ),
+        (
+            "a writable code section",
+            hostile_copy("hostile_wx.sys", |b, _, _, sec| {
+                let ch = u32::from_le_bytes(b[sec + 36..sec + 40].try_into().unwrap());
+                put32(b, sec + 36, ch | 0x8000_0000 | 0x2000_0000);
+            }),
+            "would be both writable and executable",
+        ),
+        (
+            "a section count past the headers",
+            hostile_copy("hostile_sections.sys", |b, nt, _, _| {
+                b[nt + 6..nt + 8].copy_from_slice(&0xFFFFu16.to_le_bytes());
+            }),
+            "",
+        ),
+    ];
+    for (what, path, says) in cases {
+        let (code, out, err) = parts(&iosvctl(&["run", &path]));
+        assert_eq!(code, 8, "{what}: {out}\n{err}");
+        assert!(err.contains("iosvctl: cannot load "), "{what}: {err}");
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(out.is_empty(), "{what}: {out}");
+    }
+}
+
+/// Header bytes flipped at random (a fixed seed): whatever the child makes of them, the
+/// parent reports one of the run's outcomes and never panics or hangs.
+#[test]
+fn randomly_corrupted_headers_never_break_the_parent() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..12 {
+        let flips: Vec<(usize, u8)> = (0..4)
+            .map(|_| ((next() % 0x400) as usize, next() as u8))
+            .collect();
+        let path = hostile_copy(&format!("hostile_random_{round}.sys"), |b, _, _, _| {
+            for (at, v) in flips {
+                b[at] ^= v | 1;
+            }
+        });
+        let (code, out, err) = parts(&iosvctl(&["run", &path, "--watchdog", "2"]));
+        assert!(
+            [0, 1, 4, 5, 6, 7, 8].contains(&code),
+            "round {round}: exit {code}\n{out}\n{err}"
+        );
+        assert!(!err.contains("panicked"), "round {round}: {err}");
+    }
+}
+
+/// Pids of the processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let state = fields.next().unwrap_or("");
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(parent) && state != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
+}
+
+/// iosvctl killed while the driver spins (the child is in its own process group, out of
+/// reach of a terminal's ^C): the child does not outlive it.
+#[test]
+fn the_child_dies_with_iosvctl() {
+    let path = fixture("spin.sys");
+    let mut parent = std::process::Command::new(common::IOSVCTL)
+        .args(["run", &path, "--ioctl", POKE, "--watchdog", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let child = loop {
+        if let Some(&c) = children_of(parent.id()).first() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no child started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(child) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(child), "child {child} outlived iosvctl");
+    // A killed iosvctl cannot remove its socket directory; the test does.
+    let _ =
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("iosv-run-{}-0", parent.id())));
 }
 
 #[test]

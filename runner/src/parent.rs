@@ -3,7 +3,7 @@
 
 use crate::protocol::Message;
 use crate::{ExitKind, RunError, RunOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 /// Default seconds one driver routine may run ([`RunOptions::watchdog_secs`] 0).
 pub const DEFAULT_WATCHDOG_SECS: u64 = 10;
+/// Longest line the child may send; a longer one is cut there (the rest is dropped).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Most `note`/`audit` lines kept; further ones are counted, not stored.
+pub const MAX_NOTES: usize = 10_000;
+/// How long the parent waits for a child that closed its standard output to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What the child said about the image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +48,8 @@ impl ImageInfo {
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Kept open so that the child's writes after `ready` do not fail (they are dropped).
+    _lines: mpsc::Receiver<Option<String>>,
     dir: PathBuf,
     /// The Unix socket the child's endpoint listens on.
     pub socket: PathBuf,
@@ -69,8 +77,7 @@ impl Session {
                 break Some(s);
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                kill_and_reap(&mut self.child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -94,7 +101,7 @@ impl Drop for Session {
         if matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
             if matches!(self.child.try_wait(), Ok(None)) {
-                let _ = self.child.kill();
+                kill_and_reap(&mut self.child);
             }
         }
         let _ = self.child.wait();
@@ -134,6 +141,14 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // Its own process group, so the watchdog ends whatever it started too. A ^C at the
+    // terminal then reaches only iosvctl; the child asked for SIGKILL when its parent
+    // dies (PR_SET_PDEATHSIG, child.rs), so it does not outlive iosvctl.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -143,21 +158,18 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     };
     let stdin = child.stdin.take();
     let Some(stdout) = child.stdout.take() else {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_and_reap(&mut child);
         let _ = std::fs::remove_dir_all(&dir);
         return Err(RunError::Protocol("no pipe from the child".into()));
     };
-    let (tx, rx) = mpsc::channel::<Option<String>>();
+    // Bounded: a child that floods its output (even after `ready`, when nobody reads the
+    // channel) blocks on its pipe instead of growing this process's memory.
+    let (tx, rx) = mpsc::sync_channel::<Option<String>>(256);
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(Some(l)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
+        let mut reader = BufReader::new(stdout);
+        while let Some(line) = read_line_bounded(&mut reader) {
+            if tx.send(Some(line)).is_err() {
+                return;
             }
         }
         let _ = tx.send(None);
@@ -175,9 +187,18 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         let message = match rx.recv_timeout(watchdog) {
             Ok(Some(line)) => Message::parse(&line),
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // The child's stdout closed without a verdict.
-                let status = child.wait()?;
-                let report = died_report(&image, routine.as_deref(), status);
+                // The child's stdout closed without a verdict; it should be exiting, but
+                // a broken child may have closed the pipe and kept running.
+                let report = match wait_timeout(&mut child, EXIT_GRACE) {
+                    Some(status) => died_report(&image, routine.as_deref(), status),
+                    None => format!(
+                        "the driver host process closed its output without a report and \
+                         did not exit{} (it was killed)",
+                        routine
+                            .as_deref()
+                            .map_or_else(String::new, |r| format!(", while running {r}"))
+                    ),
+                };
                 return ended(&mut child, &dir, ExitKind::Crashed, report);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -195,12 +216,13 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         match message {
             Some(Message::Image { name, base, size }) => image = ImageInfo { name, base, size },
             Some(Message::Enter(r)) => routine = Some(r),
-            Some(Message::Note(n)) => notes.push(n),
-            Some(Message::Audit(a)) => audit_problems.push(a),
+            Some(Message::Note(n)) => push_bounded(&mut notes, n, "notes"),
+            Some(Message::Audit(a)) => push_bounded(&mut audit_problems, a, "audit problems"),
             Some(Message::Ready) => {
                 return Ok(Session {
                     child,
                     stdin,
+                    _lines: rx,
                     dir,
                     socket,
                     image,
@@ -231,10 +253,89 @@ fn ended(
     kind: ExitKind,
     report: String,
 ) -> Result<Session, RunError> {
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_and_reap(child);
     let _ = std::fs::remove_dir_all(dir);
     Err(RunError::Ended { kind, report })
+}
+
+/// Kills the child's whole process group (it leads its own, see [`start`]) and reaps the
+/// child. Harmless when it already exited: the group is then empty or gone (the child is
+/// not reaped yet, so its pid, the group id, cannot have been reused).
+fn kill_and_reap(child: &mut Child) {
+    #[cfg(all(unix, target_os = "linux", target_arch = "x86_64"))]
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals the process group `pid`; the child
+        // was started as the leader of that group and is not reaped yet, so the id still
+        // names it and nothing else.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits up to `limit` for the child to exit.
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Keeps at most [`MAX_NOTES`] lines; the last kept one says how many were dropped.
+fn push_bounded(list: &mut Vec<String>, line: String, what: &str) {
+    match list.len() {
+        n if n < MAX_NOTES => list.push(line),
+        n if n == MAX_NOTES => {
+            list.push(format!("(more {what} than {MAX_NOTES}; the rest dropped)"))
+        }
+        _ => {}
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes (the rest of a longer line is read and
+/// dropped), without its newline, invalid UTF-8 replaced. `None` at the end of the
+/// stream or on a read error.
+fn read_line_bounded(reader: &mut impl BufRead) -> Option<String> {
+    let mut line = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() >= MAX_LINE {
+        // Skip to the end of the overlong line, in bounded chunks.
+        loop {
+            let buf = reader.fill_buf().ok()?;
+            if buf.is_empty() {
+                break;
+            }
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    reader.consume(i + 1);
+                    break;
+                }
+                None => {
+                    let len = buf.len();
+                    reader.consume(len);
+                }
+            }
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
 }
 
 fn display_name(image: &ImageInfo, path: &Path) -> String {
@@ -338,6 +439,81 @@ fn socket_dir() -> Result<PathBuf, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_lines_are_bounded_and_lossy() {
+        let mut input = vec![b'x'; MAX_LINE * 3];
+        input.extend_from_slice(b"\nready\r\nnote \xff\xfe\nlast");
+        let mut r = BufReader::with_capacity(64, &input[..]);
+        let first = read_line_bounded(&mut r).unwrap();
+        assert_eq!(first.len(), MAX_LINE);
+        assert_eq!(read_line_bounded(&mut r).as_deref(), Some("ready"));
+        assert_eq!(
+            read_line_bounded(&mut r).as_deref(),
+            Some("note \u{fffd}\u{fffd}")
+        );
+        assert_eq!(read_line_bounded(&mut r).as_deref(), Some("last"));
+        assert_eq!(read_line_bounded(&mut r), None);
+        let mut notes = Vec::new();
+        for i in 0..MAX_NOTES + 5 {
+            push_bounded(&mut notes, i.to_string(), "notes");
+        }
+        assert_eq!(notes.len(), MAX_NOTES + 1);
+        assert!(notes[MAX_NOTES].contains("dropped"), "{:?}", notes.last());
+    }
+
+    /// A child that floods its output, then closes it and keeps running (in a process
+    /// group with a grandchild) gets a report, is killed with its group and reaped, and
+    /// leaves no socket directory.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn a_hostile_child_is_reported_killed_and_reaped() {
+        let dir = std::env::temp_dir().join(format!("iosv-hostile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("child.sh");
+        let marker = dir.join("grandchild.pid");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\nprintf 'note \\377\\n'\n\
+                 sleep 300 >/dev/null & echo $! > {}\nexec >&-\nsleep 300\n",
+                marker.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let opts = RunOptions {
+            image: "x.sys".into(),
+            bars: vec![],
+            ioctls: vec![],
+            watchdog_secs: 30,
+            surprise_removal: false,
+        };
+        let began = Instant::now();
+        let err = start(&script, &opts).expect_err("no session from a broken child");
+        assert!(began.elapsed() < Duration::from_secs(20));
+        let RunError::Ended { kind, report } = err else {
+            panic!("{err}");
+        };
+        assert_eq!(kind, ExitKind::Crashed);
+        assert!(report.contains("did not exit"), "{report}");
+        // The grandchild went with the group.
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "grandchild {pid} survived");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn crash_reports_name_module_offset_and_routine() {

@@ -51,13 +51,14 @@ impl Message {
         let text = text.to_string();
         Some(match word {
             "image" => {
-                let mut parts = text.split(' ');
-                let name = parts.next()?.to_string();
+                // From the right: the file name may contain spaces.
+                let mut parts = text.rsplitn(3, ' ');
                 let hex = |t: Option<&str>| {
                     t.and_then(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
                 };
-                let base = hex(parts.next())?;
                 let size = hex(parts.next())?;
+                let base = hex(parts.next())?;
+                let name = parts.next().filter(|n| !n.is_empty())?.to_string();
                 Self::Image { name, base, size }
             }
             "enter" => Self::Enter(text),
@@ -97,5 +98,14 @@ mod tests {
             })
         );
         assert_eq!(Message::parse("image a.sys zz 1"), None);
+        assert_eq!(Message::parse("image 0x1 0x2"), None);
+        assert_eq!(
+            Message::parse("image my driver.sys 0x1000 0x2000"),
+            Some(Message::Image {
+                name: "my driver.sys".into(),
+                base: 0x1000,
+                size: 0x2000
+            })
+        );
     }
 }

@@ -74,6 +74,11 @@ fn note(text: &str) {
 }
 
 fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
+    // The parent runs the child in its own process group (its watchdog kills the group),
+    // so a ^C at the terminal does not reach it: die with the parent instead, even when
+    // driver code spins and never reads standard input.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Err(e) = trap::install().and_then(|()| trap::prepare_thread(0)) {
         report::line(&["loadfail cannot set up fault handling: ", &e.to_string()]);
         return LOAD_FAILED_STATUS;
@@ -209,9 +214,14 @@ fn random_cookie() -> u64 {
 }
 
 fn obj(addr: usize, len: usize) -> Obj {
-    // SAFETY: every address given here is an object this module allocated with
-    // kernel::alloc_zeroed (or an IRP from kernel::new_irp) of at least `len` bytes,
-    // never freed while used.
+    // SAFETY: the address is either an object this module allocated (kernel::alloc_zeroed,
+    // kernel::new_irp) of at least `len` bytes and never freed while used, or a pointer
+    // read from a field of such an object that the driver may legitimately rewrite (the
+    // IRP's current stack location, DriverExtension, AttachedDevice, a completion
+    // context); for those the argument is the DDI contract, as in kernel::obj: a driver
+    // that stores a bad pointer there faults in host code, which the fault handler
+    // reports as a crash. Obj reads and writes are bounded by `len`, unaligned, and
+    // never create references.
     unsafe { Obj::new(addr, len) }
 }
 

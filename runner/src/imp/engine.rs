@@ -201,7 +201,8 @@ impl Engine for HostEngine {
                 .find_hooked_slots(None, &mut out)
                 .map_err(|e| e.to_string())?;
             let slots = out.get(..summary.slots).unwrap_or(&[]);
-            Plan::new(image.base, image.size, slots, &self.hooks).map_err(|e| format!("{e:?}"))
+            Plan::new(image.base, image.size, slots, &self.hooks)
+                .map_err(|e| format!("the interception plan was refused: {e}"))
         };
         let mut plan = match plan {
             Ok(p) => p,

@@ -633,10 +633,7 @@ extern "win64" fn ke_cancel_timer(timer: usize) -> u8 {
 
 /// `IO_REMOVE_LOCK_COMMON_BLOCK`: Removed at 0, IoCount at 4, RemoveEvent at 8.
 fn remove_lock_count(lock: usize) -> &'static AtomicI32 {
-    let o = obj(lock, 0x20);
-    // SAFETY: IoCount is an aligned LONG of a live remove lock (DDI contract); all
-    // accesses here are atomic.
-    unsafe { &*((o.addr() + 4) as *const AtomicI32) }
+    atomic_at(lock, 4, "IO_REMOVE_LOCK")
 }
 
 extern "win64" fn io_initialize_remove_lock_ex(
@@ -942,6 +939,24 @@ pub fn alloc_zeroed(len: usize) -> usize {
 }
 
 /// An object of `len` bytes at `addr` handed in by the driver.
+/// The atomic integer at `offset` in the driver's object at `object` (a `what`). A null
+/// or misaligned object — on Windows a fault or a corrupted lock — ends the run with a
+/// bug-check report here, instead of forming a null or misaligned reference.
+fn atomic_at<T>(object: usize, offset: usize, what: &str) -> &'static T {
+    let addr = object.wrapping_add(offset);
+    if object == 0 || addr < object || !addr.is_multiple_of(std::mem::align_of::<T>()) {
+        trap::bugcheck(&format!(
+            "a kernel routine was passed a null or misaligned {what} at {object:#x}"
+        ));
+    }
+    // SAFETY: non-null and aligned for T (checked). The DDI contract makes `object` a
+    // live object of the driver, valid for the duration of the routine, which is as long
+    // as the callers use the reference (the 'static is not relied on). T is only ever an
+    // atomic integer here, with the layout of the LONG/ULONG_PTR field, and the host
+    // accesses that field only atomically.
+    unsafe { &*(addr as *const T) }
+}
+
 fn obj(addr: usize, len: usize) -> Obj {
     // SAFETY: the DDI contract of every routine here: the caller passes pointers to live
     // objects of the documented type. A violating driver faults, which is reported.
@@ -1342,10 +1357,8 @@ extern "win64" fn ke_raise_irql_to_dpc_level() -> u8 {
 }
 
 fn signal_state(event: usize) -> &'static AtomicI32 {
-    let e = obj(event, l::KEVENT);
-    // SAFETY: DISPATCHER_HEADER.SignalState is an aligned LONG at +4 of a live event (DDI
-    // contract); AtomicI32 has its layout, and all accesses here are atomic.
-    unsafe { &*((e.addr() + 4) as *const AtomicI32) }
+    // DISPATCHER_HEADER.SignalState.
+    atomic_at(event, 4, "KEVENT")
 }
 
 extern "win64" fn ke_initialize_event(event: usize, kind: u32, state: u8) {
@@ -1409,10 +1422,7 @@ extern "win64" fn ke_wait_for_single_object(
 }
 
 fn spin_lock(lock: usize) -> &'static AtomicU64 {
-    let o = obj(lock, 8);
-    // SAFETY: a KSPIN_LOCK is an aligned ULONG_PTR the driver owns (DDI contract);
-    // AtomicU64 has its layout, and all accesses here are atomic.
-    unsafe { &*(o.addr() as *const AtomicU64) }
+    atomic_at(lock, 0, "KSPIN_LOCK")
 }
 
 fn acquire(lock: usize) {
@@ -1556,8 +1566,7 @@ extern "win64" fn ex_free_pool(p: usize) {
 extern "win64" fn ex_acquire_fast_mutex(mutex: usize) {
     let m = obj(mutex, 0x38);
     let old = set_irql(1.max(irql()));
-    // SAFETY: FAST_MUTEX.Count is an aligned LONG of a live mutex (DDI contract).
-    let count = unsafe { &*(m.addr() as *const AtomicI32) };
+    let count: &AtomicI32 = atomic_at(mutex, 0, "FAST_MUTEX");
     while count
         .compare_exchange_weak(1, 0, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
@@ -1570,8 +1579,7 @@ extern "win64" fn ex_acquire_fast_mutex(mutex: usize) {
 extern "win64" fn ex_release_fast_mutex(mutex: usize) {
     let m = obj(mutex, 0x38);
     let old = m.get::<u32>(0x30) as u8;
-    // SAFETY: as in ex_acquire_fast_mutex.
-    let count = unsafe { &*(m.addr() as *const AtomicI32) };
+    let count: &AtomicI32 = atomic_at(mutex, 0, "FAST_MUTEX");
     count.store(1, Ordering::Release);
     set_irql(old);
 }
@@ -1729,7 +1737,8 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
         }
         let mut width = 0usize;
         while i < n && byte(i).is_ascii_digit() {
-            width = width * 10 + usize::from(byte(i) - b'0');
+            // Capped: the format string is the driver's (no overflow, no huge padding).
+            width = (width * 10 + usize::from(byte(i) - b'0')).min(4096);
             i += 1;
         }
         if i < n && byte(i) == b'.' {
@@ -1895,6 +1904,11 @@ mod tests {
         ];
         let out = format_printf(f.as_ptr() as usize, |k| args.get(k).copied().unwrap_or(0));
         assert_eq!(out, "a str -5    42|a  |0000BEEF wide %");
+        // A hostile width neither overflows nor pads without bound.
+        let f = b"%99999999999999999999999d\0";
+        let out = format_printf(f.as_ptr() as usize, |_| 7);
+        assert_eq!(out.len(), 4096, "{}", out.len());
+        assert!(out.ends_with(" 7"));
     }
 
     #[test]

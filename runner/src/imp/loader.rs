@@ -133,12 +133,22 @@ impl LoadedImage {
         }
         let page = (address - self.base) / PAGE;
         let prot = self.page_prot.get(page).copied().ok_or(None)?;
+        // Serialises the make-writable / write / restore sequence: without it, one
+        // writer's restore could make the page read-only under another's write (a fault
+        // in host code).
+        static SLOT_WRITES: Mutex<()> = Mutex::new(());
+        let _serial = SLOT_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
         let page_addr = (self.base + page * PAGE) as *mut c_void;
         let writable = prot & libc::PROT_WRITE != 0;
         if !writable {
+            // Execute access is dropped meanwhile (W^X): slots are written at attach and
+            // detach, when no driver code runs; code sharing the page would fault and be
+            // reported, never run from a writable page.
+            let writable_prot = (prot | libc::PROT_WRITE) & !libc::PROT_EXEC;
             // SAFETY: the page is one of the image's own pages, mapped for the life of
-            // the process; adding write access changes no byte.
-            if unsafe { libc::mprotect(page_addr, PAGE, prot | libc::PROT_WRITE) } != 0 {
+            // the process; changing its protection changes no byte, and no Rust reference
+            // into the image exists (bytes() forbids slot writes while one lives).
+            if unsafe { libc::mprotect(page_addr, PAGE, writable_prot) } != 0 {
                 return Err(None);
             }
         }
@@ -220,6 +230,12 @@ pub fn load(
     }
     let preferred = pe.image_base();
     let entry_rva = pe.entry_point() as usize;
+    if entry_rva == 0 || entry_rva >= size_of_image {
+        return Err(LoadError::Refused(format!(
+            "the entry point RVA {entry_rva:#x} is not inside the image (SizeOfImage \
+             {size_of_image:#x})"
+        )));
+    }
     let relocs = pe
         .data_directory(Directory::BaseRelocation)
         .filter(|d| d.rva != 0 && d.size != 0);
@@ -256,30 +272,64 @@ pub fn load(
             .ok_or_else(|| LoadError::Refused("section outside SizeOfImage".into()))?
             .copy_from_slice(from);
     }
+    let size = size_of_image.div_ceil(PAGE) * PAGE;
+    let page_prot = page_protections(size, size_of_headers, &sections);
+    if let Some(page) = page_prot
+        .iter()
+        .position(|&p| p & libc::PROT_WRITE != 0 && p & libc::PROT_EXEC != 0)
+    {
+        // W^X, as HVCI enforces it: no page is ever both writable and executable.
+        return Err(LoadError::Refused(format!(
+            "the page at RVA {:#x} would be both writable and executable (a section with \
+             MEM_WRITE and MEM_EXECUTE, or a writable and an executable section sharing a \
+             page); iosv maps images W^X, as Windows does under HVCI",
+            page * PAGE
+        )));
+    }
+    if page_prot
+        .get(entry_rva / PAGE)
+        .is_none_or(|&p| p & libc::PROT_EXEC == 0)
+    {
+        return Err(LoadError::Refused(format!(
+            "the entry point RVA {entry_rva:#x} is not in an executable section"
+        )));
+    }
     let stripped = file_characteristics(&file) & FILE_RELOCS_STRIPPED != 0;
     let imports = collect_imports(&PeImage::parse(&staging)?)?;
 
     // Map at the preferred base if it is a free user address, else anywhere.
-    let size = size_of_image.div_ceil(PAGE) * PAGE;
     let (base, relocated) = map_region(preferred, size)?;
+    let unmap = || {
+        // SAFETY: the region was mapped by map_region above with this size; nothing
+        // points into it yet (no code ran from it, no slot or address was handed out).
+        unsafe { libc::munmap(base as *mut c_void, size) };
+    };
     let delta = (base as u64).wrapping_sub(preferred);
     if relocated && (relocs.is_none() || stripped) {
-        // SAFETY: the region was just mapped by map_region and nothing points into it.
-        unsafe { libc::munmap(base as *mut c_void, size) };
+        unmap();
         return Err(LoadError::Refused(format!(
             "the image must be loaded at its preferred base {preferred:#x}, which is not \
              available here, and it has no base relocations (.reloc) to load it elsewhere"
         )));
     }
-    if relocated {
-        if let Some(dir) = relocs {
-            apply_relocations(&mut staging, dir.rva as usize, dir.size as usize, delta)?;
+    let fixed = (|| {
+        if relocated {
+            if let Some(dir) = relocs {
+                apply_relocations(&mut staging, dir.rva as usize, dir.size as usize, delta)?;
+            }
         }
-    }
-    let mut security_cookie = None;
-    if let Some(dir) = load_config {
-        security_cookie = set_cookie(&mut staging, dir.rva as usize, base as u64, cookie)?;
-    }
+        match load_config {
+            Some(dir) => set_cookie(&mut staging, dir.rva as usize, base as u64, cookie),
+            None => Ok(None),
+        }
+    })();
+    let security_cookie = match fixed {
+        Ok(c) => c,
+        Err(e) => {
+            unmap();
+            return Err(e);
+        }
+    };
 
     let mut bound = Vec::with_capacity(imports.len());
     for (dll, what, rva, delay_load) in imports {
@@ -307,7 +357,6 @@ pub fn load(
     // at least size_of_image long; staging is a distinct allocation of size_of_image bytes.
     unsafe { std::ptr::copy_nonoverlapping(staging.as_ptr(), base as *mut u8, size_of_image) };
 
-    let page_prot = page_protections(size, size_of_headers, &sections);
     for (i, prot) in page_prot.iter().enumerate() {
         // SAFETY: every page is one of the region's own; only its protection changes.
         let r = unsafe { libc::mprotect((base + i * PAGE) as *mut c_void, PAGE, *prot) };
@@ -506,7 +555,7 @@ fn set_cookie(
     let at = va
         .checked_sub(base)
         .and_then(|o| usize::try_from(o).ok())
-        .filter(|&o| o + 8 <= image.len())
+        .filter(|&o| o.checked_add(8).is_some_and(|end| end <= image.len()))
         .ok_or_else(|| {
             LoadError::Refused(format!(
                 "the /GS cookie address {va:#x} is outside the image"

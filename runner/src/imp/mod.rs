@@ -110,11 +110,18 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
 
 /// Messages to the parent, on standard output (see [`crate::protocol`]).
 pub mod report {
-    /// Writes the concatenation of `parts` and a newline to standard output, with one
-    /// `write` per part; no allocation (callable from the fault handler).
+    /// Writes the concatenation of `parts` and a newline to standard output; no
+    /// allocation (callable from the fault handler). A line break inside a part (a name
+    /// from the image, a driver's string) is written as a space, so it cannot end the
+    /// line early and forge a message (`ready`, `crash ...`) to the parent.
     pub fn line(parts: &[&str]) {
         for p in parts {
-            write_all(p.as_bytes());
+            for (i, piece) in p.split(['\n', '\r']).enumerate() {
+                if i > 0 {
+                    write_all(b" ");
+                }
+                write_all(piece.as_bytes());
+            }
         }
         write_all(b"\n");
     }

@@ -40,6 +40,9 @@ pub struct Context {
     pub regs: [u64; 16],
     /// The instruction pointer.
     pub rip: u64,
+    /// XMM0–XMM15 (XMM6–XMM15 are nonvolatile in the x64 ABI: the unwinder restores
+    /// them from `UWOP_SAVE_XMM128` slots).
+    pub xmm: [u128; 16],
 }
 
 const RSP: usize = 4;
@@ -60,16 +63,39 @@ fn image_read(address: u64, len: usize) -> Option<u64> {
     Some(v)
 }
 
-/// Reads a stack word. The stack belongs to the thread that faulted; an address outside
-/// its mapped memory would fault in the handler, so only addresses within 1 MiB above the
-/// faulting RSP are read.
+/// Reads a stack word. The stack belongs to the thread that faulted, but its RSP and the
+/// saved values the unwinder follows are the driver's: only addresses within 1 MiB above
+/// the faulting RSP are considered, and they are read with `process_vm_readv` on this
+/// process, which fails with `EFAULT` on an unmapped address instead of faulting (a
+/// fault here, in the fault handler with the signal blocked, would kill the child
+/// without a report). A raw system call: async-signal-safe, no allocation.
 fn stack_read(address: u64, low: u64) -> Option<u64> {
     if address < low || address - low > (1 << 20) || !address.is_multiple_of(8) {
         return None;
     }
-    // SAFETY: an aligned word of the faulting thread's stack, between its RSP at the
-    // fault and 1 MiB above it (the driver's frames).
-    Some(unsafe { (address as *const u64).read() })
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: usize::try_from(address).ok()? as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: `local` describes the 8 bytes of `word`, writable and live for the call;
+    // `remote` is only read, by the kernel, which checks it (EFAULT when unmapped) — no
+    // Rust reference to it exists.
+    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+    (n == 8).then_some(word)
+}
+
+/// Reads a 16-byte XMM save slot (8-byte aligned halves, as [`stack_read`]).
+fn xmm_read(address: u64, low: u64) -> Option<u128> {
+    let lo = stack_read(address, low)?;
+    let hi = stack_read(address.wrapping_add(8), low)?;
+    Some(u128::from(lo) | (u128::from(hi) << 64))
 }
 
 /// `RUNTIME_FUNCTION` of `pc` in its image: (begin, end, unwind info), absolute.
@@ -119,7 +145,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
         // A leaf function: the return address is at RSP.
         let rsp = ctx.regs[RSP];
         ctx.rip = stack_read(rsp, low)?;
-        ctx.regs[RSP] = rsp + 8;
+        ctx.regs[RSP] = rsp.wrapping_add(8);
         return Some(Frame {
             establisher: rsp,
             handler: None,
@@ -163,7 +189,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                     if applies {
                         let rsp = ctx.regs[RSP];
                         ctx.regs[op_info] = stack_read(rsp, low)?;
-                        ctx.regs[RSP] = rsp + 8;
+                        ctx.regs[RSP] = rsp.wrapping_add(8);
                     }
                     1
                 }
@@ -174,13 +200,13 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                         (next16(1)? | (next16(2)? << 16), 3)
                     };
                     if applies {
-                        ctx.regs[RSP] += size;
+                        ctx.regs[RSP] = ctx.regs[RSP].wrapping_add(size);
                     }
                     n
                 }
                 2 => {
                     if applies {
-                        ctx.regs[RSP] += op_info as u64 * 8 + 8;
+                        ctx.regs[RSP] = ctx.regs[RSP].wrapping_add(op_info as u64 * 8 + 8);
                     }
                     1
                 }
@@ -192,24 +218,39 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
                 }
                 4 => {
                     if applies {
-                        ctx.regs[op_info] = stack_read(frame + next16(1)? * 8, low)?;
+                        ctx.regs[op_info] = stack_read(frame.wrapping_add(next16(1)? * 8), low)?;
                     }
                     2
                 }
                 5 => {
                     if applies {
                         let off = next16(1)? | (next16(2)? << 16);
-                        ctx.regs[op_info] = stack_read(frame + off, low)?;
+                        ctx.regs[op_info] = stack_read(frame.wrapping_add(off), low)?;
                     }
                     3
                 }
-                6 | 8 => 2,
-                9 => 3,
+                // UWOP_SAVE_XMM128 (offset / 16 in the next slot) and its _FAR form
+                // (unscaled 32-bit offset): nonvolatile XMM registers saved in the frame.
+                8 => {
+                    if applies {
+                        let at = frame.wrapping_add(next16(1)? * 16);
+                        ctx.xmm[op_info] = xmm_read(at, low)?;
+                    }
+                    2
+                }
+                9 => {
+                    if applies {
+                        let off = next16(1)? | (next16(2)? << 16);
+                        ctx.xmm[op_info] = xmm_read(frame.wrapping_add(off), low)?;
+                    }
+                    3
+                }
+                6 => 2,
                 10 => {
                     if applies {
-                        let rsp = ctx.regs[RSP] + if op_info == 1 { 8 } else { 0 };
+                        let rsp = ctx.regs[RSP].wrapping_add(if op_info == 1 { 8 } else { 0 });
                         ctx.rip = stack_read(rsp, low)?;
-                        ctx.regs[RSP] = stack_read(rsp + 24, low)?;
+                        ctx.regs[RSP] = stack_read(rsp.wrapping_add(24), low)?;
                         return Some(Frame {
                             establisher: establisher.unwrap_or(frame),
                             handler,
@@ -232,7 +273,7 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
     }
     let rsp = ctx.regs[RSP];
     ctx.rip = stack_read(rsp, low)?;
-    ctx.regs[RSP] = rsp + 8;
+    ctx.regs[RSP] = rsp.wrapping_add(8);
     Some(Frame {
         establisher: establisher?,
         handler,
@@ -240,6 +281,10 @@ fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
 }
 
 /// The absolute address of an RVA of the image holding `inside`.
+fn in_image(address: u64) -> bool {
+    usize::try_from(address).is_ok_and(|a| trap::image_of(a).is_some())
+}
+
 fn begin_of(inside: u64, rva: u64) -> Option<u64> {
     let (base, _) = trap::image_of(usize::try_from(inside).ok()?)?;
     Some(base as u64 + rva)
@@ -309,6 +354,10 @@ struct Record {
 
 /// Where to resume after a handled exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made and consumed in the fault handler, which must not allocate (no Box)"
+)]
 pub enum Resume {
     /// At the `__except` block: this context (nonvolatile registers, RSP, RIP) with RAX =
     /// the code.
@@ -351,13 +400,24 @@ pub fn dispatch(fault: &Context, code: u32, handler_marker: u64) -> Option<Resum
             continue;
         }
         for (index, s) in scopes(data).enumerate() {
-            if s.target == 0 || pc < s.begin || pc >= s.end {
+            // The scope table is the driver's data: a handler or target outside its
+            // images is not code it emitted; skip it rather than jump there from here.
+            if s.target == 0
+                || pc < s.begin
+                || pc >= s.end
+                || !in_image(s.target)
+                || (s.handler != 1 && !in_image(s.handler))
+            {
                 continue;
             }
             let verdict = if s.handler == 1 {
                 1
             } else {
-                // SAFETY: a filter the compiler emitted for this scope, of this signature.
+                // SAFETY: not provable from here — the address is code inside a driver
+                // image (checked above) that the scope table names as this scope's filter,
+                // which compilers emit as `LONG filter(EXCEPTION_POINTERS *, establisher)`.
+                // Calling it is running driver code, as the driver itself would through
+                // RtlDispatchException; a bad one faults and ends the child.
                 let f = unsafe { std::mem::transmute::<usize, Filter>(s.handler as usize) };
                 f((&raw const pointers) as usize, frame.establisher)
             };
@@ -390,8 +450,10 @@ pub fn dispatch(fault: &Context, code: u32, handler_marker: u64) -> Option<Resum
             if depth == target_depth && index >= target_index {
                 break;
             }
-            if s.target == 0 && pc >= s.begin && pc < s.end {
-                // SAFETY: a termination handler the compiler emitted, of this signature.
+            if s.target == 0 && pc >= s.begin && pc < s.end && in_image(s.handler) {
+                // SAFETY: as for the filter above: driver code (checked to be inside an
+                // image) the scope table names as a `__finally` block,
+                // `void handler(BOOLEAN abnormal, establisher)`.
                 let f = unsafe { std::mem::transmute::<usize, Termination>(s.handler as usize) };
                 f(1, frame.establisher);
             }
@@ -407,11 +469,80 @@ pub fn dispatch(fault: &Context, code: u32, handler_marker: u64) -> Option<Resum
 mod tests {
     use super::*;
 
+    /// A frame whose prolog saved XMM6 (`UWOP_SAVE_XMM128`) after `sub rsp, 0x28`: the
+    /// unwinder restores XMM6 from the frame, RSP and the return address; a save slot on
+    /// an unmapped address fails the unwind instead of faulting.
+    #[test]
+    fn unwinding_restores_nonvolatile_xmm_and_never_faults_on_bad_stack() {
+        let image: &'static mut [u8] = Box::leak(vec![0u8; 0x1000].into_boxed_slice());
+        let put = |img: &mut [u8], at: usize, v: u32| {
+            img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        };
+        put(image, 0x3C, 0x80);
+        put(image, 0x80 + 24 + 108, 16); // NumberOfRvaAndSizes
+        put(image, 0x80 + 24 + 112 + 24, 0x300); // exception directory
+        put(image, 0x80 + 24 + 112 + 28, 12);
+        put(image, 0x300, 0x500); // RUNTIME_FUNCTION: begin, end, unwind info
+        put(image, 0x304, 0x600);
+        put(image, 0x308, 0x400);
+        // UNWIND_INFO v1, prolog 0x10 bytes, 3 code slots, no frame register.
+        image[0x400..0x404].copy_from_slice(&[1, 0x10, 3, 0]);
+        let slot = |offset: u16, op: u16, info: u16| offset | (op << 8) | (info << 12);
+        let codes = [slot(0x0C, 8, 6), 1, slot(0x04, 2, 4)];
+        for (k, c) in codes.iter().enumerate() {
+            image[0x404 + 2 * k..0x406 + 2 * k].copy_from_slice(&c.to_le_bytes());
+        }
+        let base = image.as_ptr() as usize;
+        trap::add_image(base, image.len());
+
+        let xmm6 = 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128;
+        let mut stack = [0u64; 8];
+        stack[2] = xmm6 as u64;
+        stack[3] = (xmm6 >> 64) as u64;
+        stack[5] = 0xDEAD_0000; // return address, at RSP + 0x28
+        let rsp = stack.as_ptr() as u64;
+        let at = |rsp: u64| {
+            let mut regs = [0; 16];
+            regs[RSP] = rsp;
+            Context {
+                regs,
+                rip: base as u64 + 0x520,
+                ..Context::default()
+            }
+        };
+        let mut ctx = at(rsp);
+        let frame = unwind(&mut ctx, rsp).expect("unwinds");
+        assert_eq!(frame.establisher, rsp);
+        assert_eq!(ctx.xmm[6], xmm6);
+        assert_eq!(ctx.rip, 0xDEAD_0000);
+        assert_eq!(ctx.regs[RSP], rsp + 0x30);
+
+        // RSP on an unmapped page: the reads fail, nothing faults.
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: unmaps what was just mapped; nothing refers to it, only its address is
+        // kept.
+        unsafe { libc::munmap(p, 0x1000) };
+        let hole = p as u64;
+        let mut ctx = at(hole);
+        assert!(unwind(&mut ctx, hole).is_none());
+    }
+
     #[test]
     fn nothing_is_dispatched_outside_driver_images() {
         let ctx = Context {
-            regs: [0; 16],
             rip: 0x1000,
+            ..Context::default()
         };
         assert_eq!(dispatch(&ctx, ACCESS_VIOLATION, 0x1234), None);
     }

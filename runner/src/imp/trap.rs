@@ -106,8 +106,16 @@ pub fn install() -> std::io::Result<()> {
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
         sa.sa_sigaction = on_fault as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // SAFETY: installs a handler for a synchronous fault signal; the handler only
-        // touches its own context, atomics, and try-locked state.
+        // SAFETY: a valid sigaction for a synchronous fault signal. The handler is
+        // async-signal-safe with respect to the code it interrupts: it allocates nothing
+        // and takes no blocking lock (image table: atomics; IRQL and the routine entered:
+        // const-initialised thread-locals; device memory: `try_lock`, failing instead of
+        // waiting; reports: `write(2)` of a fixed buffer, then `_exit`). It runs on the
+        // thread's alternate stack (prepare_thread, 256 KiB) when there is one. The
+        // signal is blocked while it runs (no SA_NODEFER): a fault of the same kind
+        // inside it — e.g. in a driver's `__except` filter it calls — makes the kernel
+        // end the child, which the parent reports as killed by that signal. Filters and
+        // `__finally` blocks it calls are driver code: see seh::dispatch.
         if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -123,11 +131,23 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     let rip = reg_at(gregs, libc::REG_RIP) as usize;
     let mut why = "";
     if let Some((base, size)) = image_of(rip) {
-        match emulate(gregs, rip, base + size) {
-            Ok(()) => return,
-            Err(reason) => why = reason,
+        // Only the faults an emulated instruction raises (#GP, #UD, a device-memory or
+        // KUSER_SHARED_DATA access) are emulated. After SIGTRAP (int3) RIP already points
+        // past the instruction, and SIGFPE is a divide error: emulating the instruction
+        // at RIP would execute the wrong one.
+        if matches!(sig, libc::SIGSEGV | libc::SIGILL | libc::SIGBUS) {
+            match emulate(gregs, rip, base + size) {
+                Ok(()) => return,
+                Err(reason) => why = reason,
+            }
         }
-        if raise(gregs, sig) {
+        // SAFETY: for SA_SIGINFO handlers the kernel's ucontext_t is valid.
+        let fp_ptr = unsafe { (*uc).uc_mcontext.fpregs };
+        // SAFETY: `fpregs` points to the interrupted thread's saved FPU/SSE state in the
+        // signal frame (or is null: as_mut gives None), aligned and live until the handler
+        // returns, and only this handler uses it (no other reference exists).
+        let fpregs = unsafe { fp_ptr.as_mut() };
+        if raise(gregs, fpregs, sig) {
             return;
         }
     }
@@ -140,7 +160,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
 
 /// Dispatches the fault as an exception to the driver's `__try`/`__except` blocks;
 /// true when one handled it (and `gregs` now resume there).
-fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
+fn raise(
+    gregs: &mut [libc::greg_t; 23],
+    fpregs: Option<&mut libc::_libc_fpstate>,
+    sig: libc::c_int,
+) -> bool {
     let code = match sig {
         libc::SIGILL => seh::ILLEGAL_INSTRUCTION,
         libc::SIGFPE => seh::INTEGER_DIVIDE_BY_ZERO,
@@ -168,7 +192,17 @@ fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
     let mut ctx = seh::Context {
         regs: [0; 16],
         rip: reg_at(gregs, libc::REG_RIP),
+        xmm: [0; 16],
     };
+    if let Some(fp) = fpregs.as_deref() {
+        for (slot, reg) in ctx.xmm.iter_mut().zip(&fp._xmm) {
+            *slot = reg
+                .element
+                .iter()
+                .rev()
+                .fold(0u128, |v, &e| (v << 32) | u128::from(e));
+        }
+    }
     for (slot, &index) in ctx.regs.iter_mut().zip(&order) {
         *slot = reg_at(gregs, index);
     }
@@ -183,6 +217,14 @@ fn raise(gregs: &mut [libc::greg_t; 23], sig: libc::c_int) -> bool {
                 }
             }
             set_reg_at(gregs, libc::REG_RIP, to.rip);
+            // XMM6–XMM15 of the target frame, as the unwinder restored them.
+            if let Some(fp) = fpregs {
+                for (reg, &v) in fp._xmm.iter_mut().zip(&to.xmm).skip(6) {
+                    for (k, e) in reg.element.iter_mut().enumerate() {
+                        *e = (v >> (32 * k)) as u32;
+                    }
+                }
+            }
             true
         }
         None => false,
