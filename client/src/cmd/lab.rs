@@ -8,7 +8,7 @@ use crate::client::{Client, MappingFilter};
 use crate::error::{AppError, AppResult};
 use crate::model;
 use crate::output::sink::ViolationSink;
-use crate::output::{human, json, sarif, Format};
+use crate::output::{json, sarif, Format};
 use crate::transport::inproc::InProcess;
 use iosv_host::scenario::RunSummary;
 use iosv_host::Audit;
@@ -211,18 +211,7 @@ fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppRe
         );
     }
     if let Some(list) = mappings {
-        match format {
-            Format::Human => {
-                writeln!(out, "\nstill mapped after the run:")?;
-                write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
-            }
-            Format::Json => {
-                for m in &list.records {
-                    writeln!(out, "{}", json::mapping(m, &list, &images))?;
-                }
-            }
-            Format::Sarif | Format::Junit | Format::Html => {}
-        }
+        super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
     }
     super::symbol_notes(&images, true);
     Ok(outcome)

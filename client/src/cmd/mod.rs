@@ -89,6 +89,34 @@ pub fn images<T: crate::transport::Transport>(
         .with_symbols(Some(symbols)))
 }
 
+/// Prints what was still mapped when a `lab` or `run` ended: a table (human) or one line
+/// per mapping (JSON); the other formats carry no leak view.
+pub fn print_leftover_mappings(
+    out: &mut dyn Write,
+    format: Format,
+    list: &crate::client::MappingList,
+    verbose: bool,
+    images: &crate::model::Images,
+) -> AppResult<()> {
+    match format {
+        Format::Human => {
+            writeln!(out, "\nstill mapped after the run:")?;
+            write!(
+                out,
+                "{}",
+                crate::output::human::mappings(list, verbose, images)
+            )?;
+        }
+        Format::Json => {
+            for m in &list.records {
+                writeln!(out, "{}", crate::output::json::mapping(m, list, images))?;
+            }
+        }
+        Format::Sarif | Format::Junit | Format::Html => {}
+    }
+    Ok(())
+}
+
 /// Says on stderr, once per image, which PDB symbolized its frames or why none did.
 pub fn symbol_notes(images: &crate::model::Images, simulated: bool) {
     let Some(s) = images.symbolizer() else {

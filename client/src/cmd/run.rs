@@ -15,7 +15,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{self, Images};
 use crate::outcome::Outcome;
 use crate::output::sink::ViolationSink;
-use crate::output::{human, json, sarif, Format};
+use crate::output::{sarif, Format};
 use crate::transport::Transport;
 use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
 use std::io::Write;
@@ -197,18 +197,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         );
     }
     if let Some(list) = mappings {
-        match format {
-            Format::Human => {
-                writeln!(out, "\nstill mapped after the run:")?;
-                write!(out, "{}", human::mappings(&list, g.verbose > 0, &images))?;
-            }
-            Format::Json => {
-                for m in &list.records {
-                    writeln!(out, "{}", json::mapping(m, &list, &images))?;
-                }
-            }
-            Format::Sarif | Format::Junit | Format::Html => {}
-        }
+        super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
     }
     drop(c);
     session
