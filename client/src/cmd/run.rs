@@ -12,7 +12,7 @@ use super::journal::{read_violations, ReadPlan};
 use crate::cli::{Global, RunImageArgs};
 use crate::client::{Client, MappingFilter};
 use crate::error::{AppError, AppResult};
-use crate::model::{self, Images};
+use crate::model;
 use crate::outcome::Outcome;
 use crate::output::sink::ViolationSink;
 use crate::output::{sarif, Format};
@@ -128,7 +128,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
     };
     let mut c = Client::connect(connect(&session.socket)?)?;
     let stats = c.stats()?;
-    let images = Images::from_stats(&stats.drivers);
+    let images = super::images(g, &mut c, &stats)?;
     let mappings = if a.no_mappings {
         None
     } else {
@@ -199,6 +199,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
     if let Some(list) = mappings {
         super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
     }
+    super::symbol_notes(&images, false);
     drop(c);
     session
         .finish()
