@@ -242,6 +242,13 @@ pub struct RunImageArgs {
     /// IRP_MN_REMOVE_DEVICE) instead of stopping and removing it.
     #[arg(long)]
     pub surprise_removal: bool,
+    /// A registry value the driver finds, as KEY\NAME=TYPE:DATA: KEY relative to its
+    /// service key (e.g. Parameters\LeakOnStop=dword:1), or @hw\ / @sw\ for its
+    /// device's hardware / software key, or absolute (\Registry\...); NAME @ is the
+    /// default value; TYPE dword, qword, sz, expand_sz, multi_sz (a,b) or binary (01,ff).
+    /// Repeat for several.
+    #[arg(long = "registry", value_name = "KEY\\NAME=TYPE:DATA")]
+    pub registry: Vec<String>,
 }
 
 /// `violations` options.

@@ -149,6 +149,11 @@ impl Host {
         &self.sys.mm
     }
 
+    /// The MDL side of the simulated memory manager.
+    pub fn mdls(&self) -> &crate::mdl::SimMdls {
+        &self.sys.mdls
+    }
+
     /// Serves one control request, exactly as the device's dispatch routine does.
     pub fn control(&self, code: u32, input: &[u8], output: &mut [u8]) -> Reply {
         iosv::control::control(&self.verifier, code, input, output)

@@ -183,6 +183,13 @@ impl SimMdls {
         mdl
     }
 
+    /// Registers (or replaces) the header of an MDL the caller built at `mdl` — a real
+    /// `MDL` structure elsewhere, e.g. in the memory of a driver the runner runs
+    /// (`IoAllocateMdl`, `MmBuildMdlForNonPagedPool`, `MmProbeAndLockPages` there).
+    pub fn register_mdl(&self, mdl: u64, info: MdlInfo) {
+        lock(&self.state).mdls.insert(mdl, info);
+    }
+
     /// The header of `mdl`, if it exists.
     pub fn info(&self, mdl: u64) -> Option<MdlInfo> {
         lock(&self.state).mdls.get(&mdl).copied()

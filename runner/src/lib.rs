@@ -29,6 +29,7 @@ pub use imp::{child, kernel, loader};
 
 pub mod parent;
 pub mod protocol;
+pub mod regspec;
 
 /// The hidden first argument that makes `iosvctl` the child (the simulated machine).
 pub const CHILD_ARG: &str = "__iosv-run-child";
@@ -190,6 +191,8 @@ pub struct RunOptions {
     /// End the device with IRP_MN_SURPRISE_REMOVAL then IRP_MN_REMOVE_DEVICE (the device
     /// vanished) instead of QUERY_STOP/STOP and QUERY_REMOVE/REMOVE.
     pub surprise_removal: bool,
+    /// Registry values the child's registry holds before `DriverEntry`.
+    pub registry: Vec<regspec::RegistrySpec>,
 }
 
 impl fmt::Display for BarSpec {

@@ -134,6 +134,9 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     if opts.surprise_removal {
         cmd.arg("--surprise-removal").arg("yes");
     }
+    for r in &opts.registry {
+        cmd.arg("--registry").arg(r.to_string());
+    }
     for io in &opts.ioctls {
         let hex: String = io.input.iter().map(|b| format!("{b:02x}")).collect();
         cmd.arg("--ioctl").arg(format!("{:#x}:{hex}", io.code));
@@ -489,6 +492,7 @@ mod tests {
             ioctls: vec![],
             watchdog_secs: 30,
             surprise_removal: false,
+            registry: vec![],
         };
         let began = Instant::now();
         let err = start(&script, &opts).expect_err("no session from a broken child");

@@ -17,6 +17,7 @@ use crate::outcome::Outcome;
 use crate::output::sink::ViolationSink;
 use crate::output::{sarif, Format};
 use crate::transport::Transport;
+use iosv_runner::regspec::RegistrySpec;
 use iosv_runner::{parent, BarSpec, ExitKind, IoctlSpec, RunError, RunOptions};
 use std::io::Write;
 use std::process::ExitCode;
@@ -52,6 +53,11 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
         .iter()
         .map(|i| IoctlSpec::parse(i).map_err(|e| AppError::Run(format!("--ioctl {e}"))))
         .collect::<AppResult<Vec<_>>>()?;
+    let registry = a
+        .registry
+        .iter()
+        .map(|r| RegistrySpec::parse(r).map_err(|e| AppError::Run(format!("--registry {e}"))))
+        .collect::<AppResult<Vec<_>>>()?;
     if a.watchdog == 0 {
         return Err(AppError::Run(
             "--watchdog must be at least 1 second".to_string(),
@@ -63,6 +69,7 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
         ioctls,
         watchdog_secs: a.watchdog,
         surprise_removal: a.surprise_removal,
+        registry,
     })
 }
 

@@ -44,6 +44,7 @@ pub fn parse_args(args: &[String]) -> Result<(PathBuf, RunOptions), String> {
         ioctls: Vec::new(),
         watchdog_secs: 0,
         surprise_removal: false,
+        registry: Vec::new(),
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -51,6 +52,9 @@ pub fn parse_args(args: &[String]) -> Result<(PathBuf, RunOptions), String> {
             "--bar" => opts.bars.push(BarSpec::parse(value)?),
             "--ioctl" => opts.ioctls.push(IoctlSpec::parse(value)?),
             "--surprise-removal" => opts.surprise_removal = value == "yes",
+            "--registry" => opts
+                .registry
+                .push(crate::regspec::RegistrySpec::parse(value)?),
             other => return Err(format!("unknown child argument {other}")),
         }
     }
@@ -421,10 +425,9 @@ fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions
     d.set::<u64>(l::DRV_START, image.base as u64);
     d.set::<u32>(l::DRV_SIZE, image.size as u32);
     d.set::<u64>(l::DRV_INIT, image.entry as u64);
-    let registry = unicode(&format!(
-        "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{}",
-        image.name.trim_end_matches(".sys")
-    ));
+    let service = image.name.trim_end_matches(".sys");
+    super::registry::init(service, &opts.registry);
+    let registry = unicode(&super::registry::service_key(service));
     // SAFETY: the entry point of a native image is DriverEntry (or GsDriverEntry), with
     // this signature.
     let entry = unsafe { std::mem::transmute::<usize, DriverEntry>(image.entry) };

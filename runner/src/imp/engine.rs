@@ -5,12 +5,90 @@
 
 use super::loader::LoadedImage;
 use iosv::drivers::DriverId;
-use iosv::intercept::{Hooks, Outcome, Plan, SlotAccess, SlotWriteError};
+use iosv::intercept::{HookTable, Outcome, Plan, SlotAccess, SlotWriteError};
+use iosv::mdl::MdlInfo;
 use iosv::pe::{IatSlot, PeImage};
-use iosv::platform::{Caller, Irql};
+use iosv::platform::{Caller, Irql, Platform};
 use iosv::verifier::DeviceEvent;
 use iosv_host::{thread, Host};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// One call of the MDL and reserved-mapping family (docs/mdl.md) with its arguments, as
+/// the driver made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyCall {
+    /// `MmMapLockedPagesSpecifyCache` (`specify`) or `MmMapLockedPages` (the other
+    /// arguments then `MmCached`, 0, 0, 0).
+    MapLocked {
+        /// The MDL.
+        mdl: u64,
+        /// `KernelMode` (0) or `UserMode` (1).
+        mode: u8,
+        /// `MEMORY_CACHING_TYPE`.
+        cache: u32,
+        /// `RequestedAddress`.
+        requested: u64,
+        /// `BugCheckOnFailure`.
+        bugcheck: u32,
+        /// `Priority`.
+        priority: u32,
+        /// `MmMapLockedPagesSpecifyCache` rather than `MmMapLockedPages`.
+        specify: bool,
+    },
+    /// `MmUnmapLockedPages(base, mdl)`.
+    UnmapLocked {
+        /// The address the map returned.
+        base: u64,
+        /// The MDL.
+        mdl: u64,
+    },
+    /// `IoFreeMdl(mdl)` (the MDL's memory is freed by the caller afterwards).
+    FreeMdl {
+        /// The MDL.
+        mdl: u64,
+    },
+    /// `MmUnlockPages(mdl)`.
+    UnlockPages {
+        /// The MDL.
+        mdl: u64,
+    },
+    /// `MmAllocateMappingAddress` (`flags` `None`) or `MmAllocateMappingAddressEx`.
+    AllocateMappingAddress {
+        /// `NumberOfBytes`.
+        size: u64,
+        /// `PoolTag`.
+        tag: u32,
+        /// The `Ex` routine's `Flags`.
+        flags: Option<u32>,
+    },
+    /// `MmMapLockedPagesWithReservedMapping(range, tag, mdl, cache)`.
+    MapReserved {
+        /// `MappingAddress`.
+        range: u64,
+        /// `PoolTag`.
+        tag: u32,
+        /// The MDL.
+        mdl: u64,
+        /// `CacheType`.
+        cache: u32,
+    },
+    /// `MmUnmapReservedMapping(range, tag, mdl)`.
+    UnmapReserved {
+        /// `BaseAddress`.
+        range: u64,
+        /// `PoolTag`.
+        tag: u32,
+        /// The MDL.
+        mdl: u64,
+    },
+    /// `MmFreeMappingAddress(range, tag)`.
+    FreeMappingAddress {
+        /// `BaseAddress`.
+        range: u64,
+        /// `PoolTag`.
+        tag: u32,
+    },
+}
 
 /// The host services the runner's kernel routines and hooks use.
 pub trait Engine: Send + Sync {
@@ -28,6 +106,14 @@ pub trait Engine: Send + Sync {
     fn hook_unmap(&self, frames: &[u64], base: u64, size: u64);
     /// The hook to hand out instead of `name` from `MmGetSystemRoutineAddress`.
     fn routine_override(&self, name: &[u16]) -> Option<usize>;
+    /// A call of the MDL family: through the verifier when `frames` is the hook's call
+    /// chain (as [`hook_map`](Self::hook_map)), else (`None`) the unhooked routine of the
+    /// simulated Mm. Returns what the routine returns (0 for a `VOID` one).
+    fn family(&self, frames: Option<&[u64]>, call: FamilyCall) -> u64;
+    /// The header the simulated Mm holds for the MDL at `mdl`, if it knows it.
+    fn mdl_info(&self, mdl: u64) -> Option<MdlInfo>;
+    /// Tells the simulated Mm the header of the MDL the driver's memory holds at `mdl`.
+    fn register_mdl(&self, mdl: u64, info: MdlInfo);
     /// The calling thread's IRQL.
     fn irql(&self) -> u8;
     /// Sets the calling thread's IRQL; returns the previous one.
@@ -47,7 +133,7 @@ pub trait Engine: Send + Sync {
 /// The [`Engine`] of the user-mode host: its verifier over its simulated Mm.
 pub struct HostEngine {
     host: Arc<Host>,
-    hooks: Hooks,
+    hooks: HookTable,
     state: Mutex<Attached>,
 }
 
@@ -114,11 +200,47 @@ fn add_target(host: &Host, name: &str) -> Result<(), String> {
 impl HostEngine {
     /// An engine over `host`, whose hooks are at `hooks`.
     #[must_use]
-    pub fn new(host: Arc<Host>, hooks: Hooks) -> Self {
+    pub fn new(host: Arc<Host>, hooks: HookTable) -> Self {
         Self {
             host,
             hooks,
             state: Mutex::new(Attached::default()),
+        }
+    }
+
+    /// The family's routine of the simulated Mm itself: what a call through an import
+    /// slot iosv did not patch reaches (unverified, and so not `via_iosv`).
+    fn real_family(&self, call: FamilyCall) -> u64 {
+        let m = self.host.mdls();
+        let process = || self.host.platform().current_process_id();
+        match call {
+            FamilyCall::MapLocked { mdl, mode, .. } => m.map_locked(mdl, mode, process(), false),
+            FamilyCall::UnmapLocked { base, mdl } => {
+                m.unmap_locked(base, mdl, process(), false);
+                0
+            }
+            FamilyCall::FreeMdl { mdl } => {
+                m.prepare_or_free(mdl, true, false);
+                0
+            }
+            FamilyCall::UnlockPages { mdl } => {
+                m.unlock(mdl, false);
+                0
+            }
+            FamilyCall::AllocateMappingAddress { size, tag, .. } => {
+                m.allocate_reserved(size, tag, false)
+            }
+            FamilyCall::MapReserved {
+                range, tag, mdl, ..
+            } => m.map_reserved(range, tag, mdl, false),
+            FamilyCall::UnmapReserved { range, tag, mdl } => {
+                m.unmap_reserved(range, tag, mdl, false);
+                0
+            }
+            FamilyCall::FreeMappingAddress { range, tag } => {
+                m.free_reserved(range, tag, false);
+                0
+            }
         }
     }
 
@@ -169,6 +291,69 @@ impl Engine for HostEngine {
         thread::with_call_chain(frames, || {
             self.host.verifier().unmap_io_space(caller, base, size);
         });
+    }
+
+    fn family(&self, frames: Option<&[u64]>, call: FamilyCall) -> u64 {
+        let Some(frames) = frames else {
+            return self.real_family(call);
+        };
+        let c = Caller {
+            return_address: frames.first().copied().unwrap_or(0),
+        };
+        let v = self.host.verifier();
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        thread::with_call_chain(frames, || match call {
+            FamilyCall::MapLocked {
+                mdl,
+                mode,
+                cache,
+                requested,
+                bugcheck,
+                priority,
+                specify: true,
+            } => {
+                v.map_locked_pages_specify_cache(c, mdl, mode, cache, requested, bugcheck, priority)
+            }
+            FamilyCall::MapLocked { mdl, mode, .. } => v.map_locked_pages(c, mdl, mode),
+            FamilyCall::UnmapLocked { base, mdl } => {
+                v.unmap_locked_pages(c, base, mdl);
+                0
+            }
+            FamilyCall::FreeMdl { mdl } => {
+                v.io_free_mdl(c, mdl);
+                0
+            }
+            FamilyCall::UnlockPages { mdl } => {
+                v.unlock_pages(c, mdl);
+                0
+            }
+            FamilyCall::AllocateMappingAddress { size, tag, flags } => match flags {
+                None => v.allocate_mapping_address(c, bytes(size), tag),
+                Some(f) => v.allocate_mapping_address_ex(c, bytes(size), tag, f),
+            },
+            FamilyCall::MapReserved {
+                range,
+                tag,
+                mdl,
+                cache,
+            } => v.map_reserved(c, range, tag, mdl, cache),
+            FamilyCall::UnmapReserved { range, tag, mdl } => {
+                v.unmap_reserved(c, range, tag, mdl);
+                0
+            }
+            FamilyCall::FreeMappingAddress { range, tag } => {
+                v.free_mapping_address(c, range, tag);
+                0
+            }
+        })
+    }
+
+    fn mdl_info(&self, mdl: u64) -> Option<MdlInfo> {
+        self.host.mdls().info(mdl)
+    }
+
+    fn register_mdl(&self, mdl: u64, info: MdlInfo) {
+        self.host.mdls().register_mdl(mdl, info);
     }
 
     fn routine_override(&self, name: &[u16]) -> Option<usize> {

@@ -10,13 +10,14 @@
 //! which the fault handler reports as a crash of the child.
 
 use super::engine::Engine;
-use super::{current, entering, mmio, report, trap, Obj};
-use iosv::intercept::Hooks;
+use super::{current, entering, mdl, mmio, registry, report, trap, Obj};
+use iosv::intercept::{HookTable, Hooks};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-type Status = i32;
+/// `NTSTATUS`.
+pub type Status = i32;
 /// `STATUS_SUCCESS`.
 pub const STATUS_SUCCESS: Status = 0;
 /// `STATUS_PENDING`.
@@ -29,8 +30,7 @@ pub const STATUS_MORE_PROCESSING_REQUIRED: Status = 0xC000_0016_u32 as i32;
 pub const STATUS_NOT_SUPPORTED: Status = 0xC000_00BB_u32 as i32;
 /// `STATUS_INVALID_DEVICE_REQUEST`.
 pub const STATUS_INVALID_DEVICE_REQUEST: Status = 0xC000_0010_u32 as i32;
-/// `STATUS_OBJECT_NAME_NOT_FOUND`: what every registry read answers (there is no
-/// registry).
+/// `STATUS_OBJECT_NAME_NOT_FOUND`.
 pub const STATUS_OBJECT_NAME_NOT_FOUND: Status = 0xC000_0034_u32 as i32;
 /// `STATUS_INSUFFICIENT_RESOURCES`.
 pub const STATUS_INSUFFICIENT_RESOURCES: Status = 0xC000_009A_u32 as i32;
@@ -115,6 +115,48 @@ pub mod layout {
     pub const KEVENT: usize = 0x18;
     /// `sizeof(UNICODE_STRING)`.
     pub const UNICODE_STRING: usize = 0x10;
+    /// `sizeof(MDL)` (the header; the page frame array follows).
+    pub const MDL: usize = 0x30;
+    /// `MDL.Size`.
+    pub const MDL_SIZE: usize = 0x08;
+    /// `MDL.MdlFlags`.
+    pub const MDL_FLAGS: usize = 0x0A;
+    /// `MDL.MappedSystemVa`.
+    pub const MDL_MAPPED_SYSTEM_VA: usize = 0x18;
+    /// `MDL.StartVa`.
+    pub const MDL_START_VA: usize = 0x20;
+    /// `MDL.ByteCount`.
+    pub const MDL_BYTE_COUNT: usize = 0x28;
+    /// `MDL.ByteOffset`.
+    pub const MDL_BYTE_OFFSET: usize = 0x2C;
+    /// `sizeof(OBJECT_ATTRIBUTES)`.
+    pub const OBJECT_ATTRIBUTES: usize = 0x30;
+    /// `OBJECT_ATTRIBUTES.RootDirectory`.
+    pub const OA_ROOT_DIRECTORY: usize = 0x08;
+    /// `OBJECT_ATTRIBUTES.ObjectName`.
+    pub const OA_OBJECT_NAME: usize = 0x10;
+    /// `KEY_VALUE_BASIC_INFORMATION.Name` (the size of its fixed part).
+    pub const KEY_VALUE_BASIC_NAME: usize = 12;
+    /// `KEY_VALUE_FULL_INFORMATION.Name` (the size of its fixed part).
+    pub const KEY_VALUE_FULL_NAME: usize = 20;
+    /// `KEY_VALUE_PARTIAL_INFORMATION.Data` (the size of its fixed part).
+    pub const KEY_VALUE_PARTIAL_DATA: usize = 12;
+    /// `sizeof(RTL_QUERY_REGISTRY_TABLE)`.
+    pub const RTL_QUERY_REGISTRY_TABLE: usize = 0x38;
+    /// `RTL_QUERY_REGISTRY_TABLE.QueryRoutine`.
+    pub const RQT_QUERY_ROUTINE: usize = 0x00;
+    /// `RTL_QUERY_REGISTRY_TABLE.Flags`.
+    pub const RQT_FLAGS: usize = 0x08;
+    /// `RTL_QUERY_REGISTRY_TABLE.Name`.
+    pub const RQT_NAME: usize = 0x10;
+    /// `RTL_QUERY_REGISTRY_TABLE.EntryContext`.
+    pub const RQT_ENTRY_CONTEXT: usize = 0x18;
+    /// `RTL_QUERY_REGISTRY_TABLE.DefaultType`.
+    pub const RQT_DEFAULT_TYPE: usize = 0x20;
+    /// `RTL_QUERY_REGISTRY_TABLE.DefaultData`.
+    pub const RQT_DEFAULT_DATA: usize = 0x28;
+    /// `RTL_QUERY_REGISTRY_TABLE.DefaultLength`.
+    pub const RQT_DEFAULT_LENGTH: usize = 0x30;
 }
 use layout as l;
 
@@ -199,9 +241,17 @@ unsafe extern "win64" {
     fn iosv_runner_dbgprintex();
 }
 
-/// The addresses of the four hooks, for the interception plan.
+/// The addresses of every hook, for the interception plan: the I/O-space routines,
+/// `MmGetSystemRoutineAddress`'s and the MDL family's ([`mdl::hooks`]).
 #[must_use]
-pub fn hooks() -> Hooks {
+pub fn hooks() -> HookTable {
+    HookTable {
+        io: io_hooks(),
+        mdl: mdl::hooks(),
+    }
+}
+
+fn io_hooks() -> Hooks {
     Hooks {
         map_io_space: iosv_runner_hook_map as *const () as usize,
         map_io_space_ex: iosv_runner_hook_map_ex as *const () as usize,
@@ -213,7 +263,7 @@ pub fn hooks() -> Hooks {
 /// The call chain a hook reports: the return address when it is in a driver image, else
 /// the entry of the driver routine running (a tail call left the driver); then that
 /// entry.
-fn frames(ret: u64) -> ([u64; 2], usize) {
+pub(super) fn frames(ret: u64) -> ([u64; 2], usize) {
     let entry = current().map_or(0, |e| e.entry as u64);
     if trap::image_of(ret as usize).is_some() {
         ([ret, entry], if entry == 0 { 1 } else { 2 })
@@ -309,7 +359,7 @@ routines! {
     "IoSetDeviceInterfaceState" => success2,
     "IoWMIRegistrationControl" => success2,
     "IoIsWdmVersionAvailable" => true2,
-    "IoOpenDeviceRegistryKey" => not_found4,
+    "IoOpenDeviceRegistryKey" => registry::io_open_device_registry_key,
     "IoGetDeviceProperty" => not_found5,
     "IoGetCurrentProcess" => io_get_current_process,
     "ObfReferenceObject" => ob_reference,
@@ -357,12 +407,12 @@ routines! {
     "RtlEqualUnicodeString" => rtl_equal_unicode_string,
     "RtlCompareMemory" => rtl_compare_memory,
     "RtlGetVersion" => rtl_get_version,
-    "RtlQueryRegistryValues" => not_found5,
-    "ZwOpenKey" => not_found3,
-    "ZwCreateKey" => not_found7,
-    "ZwQueryValueKey" => not_found6,
-    "ZwSetValueKey" => not_found6,
-    "ZwClose" => success1,
+    "RtlQueryRegistryValues" => registry::rtl_query_registry_values,
+    "ZwOpenKey" => registry::zw_open_key,
+    "ZwCreateKey" => registry::zw_create_key,
+    "ZwQueryValueKey" => registry::zw_query_value_key,
+    "ZwSetValueKey" => registry::zw_set_value_key,
+    "ZwClose" => registry::zw_close,
     "__C_specific_handler" => c_specific_handler,
     "IoAllocateWorkItem" => io_allocate_work_item,
     "IoQueueWorkItem" => io_queue_work_item,
@@ -392,9 +442,19 @@ routines! {
     "ExpInterlockedPopEntrySList" => exp_interlocked_pop_entry_slist,
     "ExpInterlockedFlushSList" => exp_interlocked_flush_slist,
     "ExQueryDepthSList" => ex_query_depth_slist,
-    "IoAllocateMdl" => io_allocate_mdl,
-    "IoFreeMdl" => io_free_mdl,
-    "MmBuildMdlForNonPagedPool" => mm_build_mdl_for_non_paged_pool,
+    "IoAllocateMdl" => mdl::io_allocate_mdl,
+    "IoFreeMdl" => mdl::io_free_mdl,
+    "MmBuildMdlForNonPagedPool" => mdl::mm_build_mdl_for_non_paged_pool,
+    "MmProbeAndLockPages" => mdl::mm_probe_and_lock_pages,
+    "MmUnlockPages" => mdl::mm_unlock_pages,
+    "MmMapLockedPagesSpecifyCache" => mdl::mm_map_locked_pages_specify_cache,
+    "MmMapLockedPages" => mdl::mm_map_locked_pages,
+    "MmUnmapLockedPages" => mdl::mm_unmap_locked_pages,
+    "MmAllocateMappingAddress" => mdl::mm_allocate_mapping_address,
+    "MmAllocateMappingAddressEx" => mdl::mm_allocate_mapping_address_ex,
+    "MmMapLockedPagesWithReservedMapping" => mdl::mm_map_locked_pages_with_reserved_mapping,
+    "MmUnmapReservedMapping" => mdl::mm_unmap_reserved_mapping,
+    "MmFreeMappingAddress" => mdl::mm_free_mapping_address,
     "DbgPrint" => iosv_runner_dbgprint,
     "DbgPrintEx" => iosv_runner_dbgprintex,
     "memcpy" => c_memmove,
@@ -860,38 +920,6 @@ extern "win64" fn ex_delete_npaged_lookaside_list(lookaside: usize) {
     }
 }
 
-/// `MDL`: Next 0, Size 8, MdlFlags 0xA, Process 0x10, MappedSystemVa 0x18, StartVa 0x20,
-/// ByteCount 0x28, ByteOffset 0x2C.
-extern "win64" fn io_allocate_mdl(
-    va: usize,
-    length: u32,
-    _secondary: u8,
-    _charge: u8,
-    _irp: usize,
-) -> usize {
-    let pages = (va % 0x1000 + length as usize).div_ceil(0x1000);
-    let size = 0x30 + 8 * pages;
-    let m = alloc_zeroed(size);
-    let o = obj(m, size);
-    o.set::<u16>(8, size as u16);
-    o.set::<u64>(0x20, (va & !0xFFF) as u64);
-    o.set::<u32>(0x28, length);
-    o.set::<u32>(0x2C, (va & 0xFFF) as u32);
-    m
-}
-
-extern "win64" fn io_free_mdl(mdl: usize) {
-    // SAFETY: MDLs come from io_allocate_mdl (calloc); the DDI requires freeing only those.
-    unsafe { libc::free(mdl as *mut libc::c_void) };
-}
-
-extern "win64" fn mm_build_mdl_for_non_paged_pool(mdl: usize) {
-    let o = obj(mdl, 0x30);
-    let va = o.get::<u64>(0x20) + u64::from(o.get::<u32>(0x2C));
-    o.set::<u64>(0x18, va);
-    o.set::<u16>(0xA, o.get::<u16>(0xA) | 0x4); // MDL_SOURCE_IS_NONPAGED_POOL
-}
-
 // ---- generic answers ------------------------------------------------------------------
 
 extern "win64" fn success1(_: usize) -> Status {
@@ -904,27 +932,7 @@ extern "win64" fn true2(_: usize, _: usize) -> u8 {
     1
 }
 extern "win64" fn nothing1(_: usize) {}
-extern "win64" fn not_found3(_: usize, _: usize, _: usize) -> Status {
-    STATUS_OBJECT_NAME_NOT_FOUND
-}
-extern "win64" fn not_found4(_: usize, _: usize, _: usize, _: usize) -> Status {
-    STATUS_OBJECT_NAME_NOT_FOUND
-}
 extern "win64" fn not_found5(_: usize, _: usize, _: usize, _: usize, _: usize) -> Status {
-    STATUS_OBJECT_NAME_NOT_FOUND
-}
-extern "win64" fn not_found6(_: usize, _: usize, _: usize, _: usize, _: usize, _: usize) -> Status {
-    STATUS_OBJECT_NAME_NOT_FOUND
-}
-extern "win64" fn not_found7(
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-) -> Status {
     STATUS_OBJECT_NAME_NOT_FOUND
 }
 

@@ -4,7 +4,9 @@ pub mod child;
 pub mod engine;
 pub mod kernel;
 pub mod loader;
+pub mod mdl;
 pub mod mmio;
+pub mod registry;
 pub mod seh;
 pub mod trap;
 

@@ -1,0 +1,399 @@
+//! MDLs and the MDL / reserved-mapping family (docs/mdl.md) for a loaded driver: real
+//! `MDL` structures in the child's memory (DDK layout, so the headers' inline
+//! `MmGetSystemAddressForMdlSafe` and `MmPrepareMdlForReuse` read them), kept in step with
+//! the host's simulated MDLs and PTEs (`iosv_host::mdl::SimMdls`, the ground truth the
+//! audit checks), and the family's routines: unhooked, they are the simulated Mm; hooked
+//! by the interception plan, they go through the verifier (IOSV015–IOSV021 and the leak
+//! rules).
+//!
+//! An MDL mapping's address comes from the simulated Mm (system space, `0xFFFF_A000…`, or
+//! the simulated user space): it has no backing here, so a driver touching the mapped
+//! memory faults (a crash report). The MDL's own buffer works as usual.
+
+use super::engine::{Engine, FamilyCall};
+use super::kernel::{alloc_zeroed, engine, frames, layout as l};
+use super::Obj;
+use iosv::intercept::MdlHooks;
+use iosv::mdl::{
+    MdlInfo, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL_HAS_BEEN_MAPPED,
+    MDL_SOURCE_IS_NONPAGED_POOL,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `MmCached`: what `MmMapLockedPages` maps with.
+const MM_CACHED: u32 = 1;
+/// The flags the simulated Mm owns: copied from it into the driver's MDL after each call.
+const MM_FLAGS: u16 = MDL_MAPPED_TO_SYSTEM_VA | MDL_PAGES_LOCKED | MDL_PARTIAL_HAS_BEEN_MAPPED;
+
+fn mdl_obj(mdl: usize) -> Obj {
+    // SAFETY: the DDI contract of every routine here: the caller passes a live MDL (at
+    // least the fixed header). A driver passing garbage faults, which is reported.
+    unsafe { Obj::new(mdl, l::MDL) }
+}
+
+/// The header fields of the driver's MDL at `mdl`.
+fn header(mdl: usize) -> MdlInfo {
+    let o = mdl_obj(mdl);
+    MdlInfo {
+        byte_count: o.get::<u32>(l::MDL_BYTE_COUNT),
+        byte_offset: o.get::<u32>(l::MDL_BYTE_OFFSET),
+        flags: o.get::<u16>(l::MDL_FLAGS),
+        mapped_system_va: o.get::<u64>(l::MDL_MAPPED_SYSTEM_VA),
+    }
+}
+
+/// The start of the buffer an MDL describes (`StartVa + ByteOffset`).
+fn buffer(mdl: usize) -> u64 {
+    let o = mdl_obj(mdl);
+    o.get::<u64>(l::MDL_START_VA)
+        .wrapping_add(u64::from(o.get::<u32>(l::MDL_BYTE_OFFSET)))
+}
+
+/// Copies what the simulated Mm now says of the MDL (mapped, locked, its system address)
+/// into the driver's MDL, as the real routines update the structure.
+fn sync(e: &dyn Engine, mdl: usize) {
+    let Some(info) = e.mdl_info(mdl as u64) else {
+        return;
+    };
+    let o = mdl_obj(mdl);
+    let flags = (o.get::<u16>(l::MDL_FLAGS) & !MM_FLAGS) | (info.flags & MM_FLAGS);
+    o.set::<u16>(l::MDL_FLAGS, flags);
+    if info.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 {
+        o.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, info.mapped_system_va);
+    } else if flags & MDL_SOURCE_IS_NONPAGED_POOL != 0 {
+        o.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, buffer(mdl));
+    }
+}
+
+/// Tells the simulated Mm the driver's MDL as it is now.
+fn register(mdl: usize) {
+    if let Some(e) = engine() {
+        e.register_mdl(mdl as u64, header(mdl));
+    }
+}
+
+// ---- routines that are never hooked ----------------------------------------------------
+
+/// `IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp)`: an MDL
+/// describing the buffer, no pages locked (the IRP is not given the MDL).
+pub extern "win64" fn io_allocate_mdl(
+    va: usize,
+    length: u32,
+    _secondary: u8,
+    _charge: u8,
+    _irp: usize,
+) -> usize {
+    let pages = (va % 0x1000 + length as usize).div_ceil(0x1000);
+    let size = l::MDL + 8 * pages;
+    let m = alloc_zeroed(size);
+    if m == 0 {
+        return 0;
+    }
+    // SAFETY: `m` is a fresh allocation of `size` bytes.
+    let o = unsafe { Obj::new(m, size) };
+    o.set::<u16>(l::MDL_SIZE, u16::try_from(size).unwrap_or(u16::MAX));
+    o.set::<u64>(l::MDL_START_VA, (va & !0xFFF) as u64);
+    o.set::<u32>(l::MDL_BYTE_COUNT, length);
+    o.set::<u32>(l::MDL_BYTE_OFFSET, (va & 0xFFF) as u32);
+    register(m);
+    m
+}
+
+/// `MmBuildMdlForNonPagedPool`: the buffer is its own system address.
+pub extern "win64" fn mm_build_mdl_for_non_paged_pool(mdl: usize) {
+    let o = mdl_obj(mdl);
+    o.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, buffer(mdl));
+    o.set::<u16>(
+        l::MDL_FLAGS,
+        o.get::<u16>(l::MDL_FLAGS) | MDL_SOURCE_IS_NONPAGED_POOL,
+    );
+    register(mdl);
+}
+
+/// `MmProbeAndLockPages(Mdl, AccessMode, Operation)`: the buffer is the driver's own
+/// memory, always resident here; the MDL is marked locked.
+pub extern "win64" fn mm_probe_and_lock_pages(mdl: usize, _mode: u8, _operation: u32) {
+    let o = mdl_obj(mdl);
+    o.set::<u16>(l::MDL_FLAGS, o.get::<u16>(l::MDL_FLAGS) | MDL_PAGES_LOCKED);
+    register(mdl);
+}
+
+// ---- the family, unhooked (the simulated Mm) and hooked (the verifier) -------------------
+
+/// Runs a family call on `mdl` (0: none) through the verifier (`ret` is the hook's
+/// return address) or unhooked (`None`), then updates the driver's MDL.
+fn call(ret: Option<u64>, mdl: usize, c: FamilyCall) -> u64 {
+    let Some(e) = engine() else { return 0 };
+    let r = match ret {
+        Some(ret) => {
+            let (f, n) = frames(ret);
+            e.family(Some(f.get(..n).unwrap_or(&[])), c)
+        }
+        None => e.family(None, c),
+    };
+    if mdl != 0 && !matches!(c, FamilyCall::FreeMdl { .. }) {
+        sync(e, mdl);
+    }
+    r
+}
+
+fn map_specify(
+    ret: Option<u64>,
+    mdl: usize,
+    mode: u8,
+    cache: u32,
+    requested: u64,
+    bugcheck: u32,
+    priority: u32,
+) -> u64 {
+    let c = FamilyCall::MapLocked {
+        mdl: mdl as u64,
+        mode,
+        cache,
+        requested,
+        bugcheck,
+        priority,
+        specify: true,
+    };
+    call(ret, mdl, c)
+}
+
+fn map(ret: Option<u64>, mdl: usize, mode: u8) -> u64 {
+    let c = FamilyCall::MapLocked {
+        mdl: mdl as u64,
+        mode,
+        cache: MM_CACHED,
+        requested: 0,
+        bugcheck: 0,
+        priority: 0,
+        specify: false,
+    };
+    call(ret, mdl, c)
+}
+
+fn unmap(ret: Option<u64>, base: u64, mdl: usize) {
+    let c = FamilyCall::UnmapLocked {
+        base,
+        mdl: mdl as u64,
+    };
+    call(ret, mdl, c);
+}
+
+fn free_mdl(ret: Option<u64>, mdl: usize) {
+    call(ret, mdl, FamilyCall::FreeMdl { mdl: mdl as u64 });
+    if mdl != 0 {
+        // SAFETY: MDLs come from io_allocate_mdl (calloc); the DDI allows freeing only
+        // those.
+        unsafe { libc::free(mdl as *mut libc::c_void) };
+    }
+}
+
+fn unlock(ret: Option<u64>, mdl: usize) {
+    call(ret, mdl, FamilyCall::UnlockPages { mdl: mdl as u64 });
+}
+
+fn allocate(ret: Option<u64>, size: usize, tag: u32, flags: Option<u32>) -> u64 {
+    let c = FamilyCall::AllocateMappingAddress {
+        size: size as u64,
+        tag,
+        flags,
+    };
+    call(ret, 0, c)
+}
+
+fn map_reserved(ret: Option<u64>, range: u64, tag: u32, mdl: usize, cache: u32) -> u64 {
+    let c = FamilyCall::MapReserved {
+        range,
+        tag,
+        mdl: mdl as u64,
+        cache,
+    };
+    call(ret, mdl, c)
+}
+
+fn unmap_reserved(ret: Option<u64>, range: u64, tag: u32, mdl: usize) {
+    let c = FamilyCall::UnmapReserved {
+        range,
+        tag,
+        mdl: mdl as u64,
+    };
+    call(ret, mdl, c);
+}
+
+fn free_mapping_address(ret: Option<u64>, range: u64, tag: u32) {
+    call(ret, 0, FamilyCall::FreeMappingAddress { range, tag });
+}
+
+/// `MmMapLockedPagesSpecifyCache`, unhooked.
+pub extern "win64" fn mm_map_locked_pages_specify_cache(
+    mdl: usize,
+    mode: u8,
+    cache: u32,
+    requested: u64,
+    bugcheck: u32,
+    priority: u32,
+) -> u64 {
+    map_specify(None, mdl, mode, cache, requested, bugcheck, priority)
+}
+
+/// `MmMapLockedPages`, unhooked.
+pub extern "win64" fn mm_map_locked_pages(mdl: usize, mode: u8) -> u64 {
+    map(None, mdl, mode)
+}
+
+/// `MmUnmapLockedPages`, unhooked.
+pub extern "win64" fn mm_unmap_locked_pages(base: u64, mdl: usize) {
+    unmap(None, base, mdl);
+}
+
+/// `IoFreeMdl`, unhooked.
+pub extern "win64" fn io_free_mdl(mdl: usize) {
+    free_mdl(None, mdl);
+}
+
+/// `MmUnlockPages`, unhooked.
+pub extern "win64" fn mm_unlock_pages(mdl: usize) {
+    unlock(None, mdl);
+}
+
+/// `MmAllocateMappingAddress`, unhooked.
+pub extern "win64" fn mm_allocate_mapping_address(size: usize, tag: u32) -> u64 {
+    allocate(None, size, tag, None)
+}
+
+/// `MmAllocateMappingAddressEx`, unhooked.
+pub extern "win64" fn mm_allocate_mapping_address_ex(size: usize, tag: u32, flags: u32) -> u64 {
+    allocate(None, size, tag, Some(flags))
+}
+
+/// `MmMapLockedPagesWithReservedMapping`, unhooked.
+pub extern "win64" fn mm_map_locked_pages_with_reserved_mapping(
+    range: u64,
+    tag: u32,
+    mdl: usize,
+    cache: u32,
+) -> u64 {
+    map_reserved(None, range, tag, mdl, cache)
+}
+
+/// `MmUnmapReservedMapping`, unhooked.
+pub extern "win64" fn mm_unmap_reserved_mapping(range: u64, tag: u32, mdl: usize) {
+    unmap_reserved(None, range, tag, mdl);
+}
+
+/// `MmFreeMappingAddress`, unhooked.
+pub extern "win64" fn mm_free_mapping_address(range: u64, tag: u32) {
+    free_mapping_address(None, range, tag);
+}
+
+// ---- hooks -----------------------------------------------------------------------------
+
+/// The return address of the family hook being entered. Each trampoline stores it here
+/// before jumping to its body, which reads it first: one thread runs driver code, and
+/// nothing runs in between. (The family's routines take up to six arguments, so no free
+/// argument register can carry it, as the I/O-space hooks' trampolines do.)
+static HOOK_RETURN: AtomicU64 = AtomicU64::new(0);
+
+fn hook_return() -> Option<u64> {
+    Some(HOOK_RETURN.load(Ordering::Relaxed))
+}
+
+macro_rules! trampolines {
+    ($($tramp:ident => $body:ident,)*) => {
+        core::arch::global_asm!(
+            ".pushsection .text.iosv_runner_mdl_hooks,\"ax\",@progbits",
+            $(
+                ".p2align 4",
+                concat!(".globl ", stringify!($tramp)),
+                concat!(stringify!($tramp), ":"),
+                "mov rax, [rsp]",
+                "mov qword ptr [rip + {ret}], rax",
+                concat!("jmp {", stringify!($body), "}"),
+            )*
+            ".popsection",
+            ret = sym HOOK_RETURN,
+            $($body = sym $body,)*
+        );
+        unsafe extern "win64" {
+            $(fn $tramp();)*
+        }
+    };
+}
+
+trampolines! {
+    iosv_runner_hook_map_locked_specify => hook_map_locked_specify,
+    iosv_runner_hook_map_locked => hook_map_locked,
+    iosv_runner_hook_unmap_locked => hook_unmap_locked,
+    iosv_runner_hook_free_mdl => hook_free_mdl,
+    iosv_runner_hook_unlock_pages => hook_unlock_pages,
+    iosv_runner_hook_allocate_mapping => hook_allocate_mapping,
+    iosv_runner_hook_allocate_mapping_ex => hook_allocate_mapping_ex,
+    iosv_runner_hook_map_reserved => hook_map_reserved,
+    iosv_runner_hook_unmap_reserved => hook_unmap_reserved,
+    iosv_runner_hook_free_mapping => hook_free_mapping,
+}
+
+extern "win64" fn hook_map_locked_specify(
+    mdl: usize,
+    mode: u8,
+    cache: u32,
+    requested: u64,
+    bugcheck: u32,
+    priority: u32,
+) -> u64 {
+    let ret = hook_return();
+    map_specify(ret, mdl, mode, cache, requested, bugcheck, priority)
+}
+
+extern "win64" fn hook_map_locked(mdl: usize, mode: u8) -> u64 {
+    map(hook_return(), mdl, mode)
+}
+
+extern "win64" fn hook_unmap_locked(base: u64, mdl: usize) {
+    unmap(hook_return(), base, mdl);
+}
+
+extern "win64" fn hook_free_mdl(mdl: usize) {
+    free_mdl(hook_return(), mdl);
+}
+
+extern "win64" fn hook_unlock_pages(mdl: usize) {
+    unlock(hook_return(), mdl);
+}
+
+extern "win64" fn hook_allocate_mapping(size: usize, tag: u32) -> u64 {
+    allocate(hook_return(), size, tag, None)
+}
+
+extern "win64" fn hook_allocate_mapping_ex(size: usize, tag: u32, flags: u32) -> u64 {
+    allocate(hook_return(), size, tag, Some(flags))
+}
+
+extern "win64" fn hook_map_reserved(range: u64, tag: u32, mdl: usize, cache: u32) -> u64 {
+    map_reserved(hook_return(), range, tag, mdl, cache)
+}
+
+extern "win64" fn hook_unmap_reserved(range: u64, tag: u32, mdl: usize) {
+    unmap_reserved(hook_return(), range, tag, mdl);
+}
+
+extern "win64" fn hook_free_mapping(range: u64, tag: u32) {
+    free_mapping_address(hook_return(), range, tag);
+}
+
+/// The addresses of the family's hooks, for the interception plan.
+#[must_use]
+pub fn hooks() -> MdlHooks {
+    MdlHooks {
+        map_locked_pages_specify_cache: iosv_runner_hook_map_locked_specify as *const () as usize,
+        map_locked_pages: iosv_runner_hook_map_locked as *const () as usize,
+        unmap_locked_pages: iosv_runner_hook_unmap_locked as *const () as usize,
+        free_mdl: iosv_runner_hook_free_mdl as *const () as usize,
+        unlock_pages: iosv_runner_hook_unlock_pages as *const () as usize,
+        allocate_mapping_address: iosv_runner_hook_allocate_mapping as *const () as usize,
+        allocate_mapping_address_ex: iosv_runner_hook_allocate_mapping_ex as *const () as usize,
+        map_locked_pages_with_reserved_mapping: iosv_runner_hook_map_reserved as *const () as usize,
+        unmap_reserved_mapping: iosv_runner_hook_unmap_reserved as *const () as usize,
+        free_mapping_address: iosv_runner_hook_free_mapping as *const () as usize,
+    }
+}

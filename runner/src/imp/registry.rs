@@ -1,0 +1,675 @@
+//! The child's registry: the keys a driver reads — its service key (the `RegistryPath` of
+//! `DriverEntry`) with its `Parameters` subkey, its device's hardware and software keys
+//! (`IoOpenDeviceRegistryKey`) — filled from `iosvctl run --registry` ([`RegistrySpec`]),
+//! and the read routines (`ZwOpenKey`, `ZwQueryValueKey`, `RtlQueryRegistryValues`,
+//! `IoOpenDeviceRegistryKey`, `ZwClose`) as their DDI pages describe them. Writes
+//! (`ZwCreateKey`, `ZwSetValueKey`) update it for the rest of the run.
+//!
+//! Names are case-insensitive, as in the registry. A key exists if it was created, named
+//! by a value, or is an ancestor of one that exists.
+
+use super::kernel::{alloc_zeroed, layout as l, Status, STATUS_OBJECT_NAME_NOT_FOUND};
+use super::Obj;
+use crate::regspec::{RegRoot, RegistrySpec, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+/// Where the services' keys are.
+const SERVICES: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services";
+/// The device's hardware key: `Device Parameters` under its (root-enumerated) instance
+/// key; what `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DEVICE)` opens.
+pub const HARDWARE_KEY: &str =
+    "\\Registry\\Machine\\System\\CurrentControlSet\\Enum\\ROOT\\IOSV_RUN\\0000\\Device Parameters";
+/// The device's software key (setup class `System`, instance 0000); what
+/// `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DRIVER)` opens.
+pub const SOFTWARE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Control\\Class\\{4d36e97d-e325-11ce-bfc1-08002be10318}\\0000";
+
+const STATUS_SUCCESS: Status = 0;
+const STATUS_BUFFER_OVERFLOW: Status = 0x8000_0005_u32 as i32;
+const STATUS_INVALID_HANDLE: Status = 0xC000_0008_u32 as i32;
+const STATUS_INVALID_PARAMETER: Status = 0xC000_000D_u32 as i32;
+const STATUS_BUFFER_TOO_SMALL: Status = 0xC000_0023_u32 as i32;
+const STATUS_OBJECT_TYPE_MISMATCH: Status = 0xC000_0024_u32 as i32;
+const STATUS_OBJECT_PATH_SYNTAX_BAD: Status = 0xC000_003B_u32 as i32;
+
+const REG_NONE: u32 = 0;
+const REG_CREATED_NEW_KEY: u32 = 1;
+const REG_OPENED_EXISTING_KEY: u32 = 2;
+const PLUGPLAY_REGKEY_DEVICE: u32 = 1;
+const PLUGPLAY_REGKEY_DRIVER: u32 = 2;
+
+const RTL_REGISTRY_HANDLE: u32 = 0x4000_0000;
+const RTL_REGISTRY_OPTIONAL: u32 = 0x8000_0000;
+const RTL_QUERY_REGISTRY_SUBKEY: u32 = 0x01;
+const RTL_QUERY_REGISTRY_TOPKEY: u32 = 0x02;
+const RTL_QUERY_REGISTRY_REQUIRED: u32 = 0x04;
+const RTL_QUERY_REGISTRY_NOVALUE: u32 = 0x08;
+const RTL_QUERY_REGISTRY_NOEXPAND: u32 = 0x10;
+const RTL_QUERY_REGISTRY_DIRECT: u32 = 0x20;
+const RTL_QUERY_REGISTRY_DELETE: u32 = 0x40;
+const RTL_QUERY_REGISTRY_TYPECHECK: u32 = 0x100;
+
+/// The longest name read from the driver (a `UNICODE_STRING` holds at most this many).
+const MAX_UNITS: usize = 0x7FFF;
+
+#[derive(Debug, Clone)]
+struct Value {
+    name: String,
+    kind: u32,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Keys by lower-case path (no leading `\`), their values in creation order.
+    keys: BTreeMap<String, Vec<Value>>,
+    /// Open handles: the lower-case path of each.
+    handles: HashMap<u64, String>,
+    opened: u64,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut g = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    f(g.get_or_insert_with(Registry::default))
+}
+
+/// A key path in its canonical form: lower case, no empty components.
+fn norm(path: &str) -> String {
+    path.split('\\')
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .join("\\")
+        .to_lowercase()
+}
+
+fn join(base: &str, rest: &str) -> String {
+    norm(&format!("{base}\\{rest}"))
+}
+
+/// The service key of the driver `name` (the `RegistryPath` its `DriverEntry` gets).
+#[must_use]
+pub fn service_key(name: &str) -> String {
+    format!("{SERVICES}\\{name}")
+}
+
+impl Registry {
+    fn exists(&self, key: &str) -> bool {
+        let prefix = format!("{key}\\");
+        self.keys.contains_key(key)
+            || self
+                .keys
+                .range(prefix.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    fn create(&mut self, key: &str) -> bool {
+        if self.keys.contains_key(key) {
+            return false;
+        }
+        self.keys.insert(key.to_string(), Vec::new());
+        true
+    }
+
+    fn set(&mut self, key: &str, name: &str, kind: u32, data: Vec<u8>) {
+        let values = self.keys.entry(key.to_string()).or_default();
+        let v = Value {
+            name: name.to_string(),
+            kind,
+            data,
+        };
+        match values
+            .iter_mut()
+            .find(|x| x.name.eq_ignore_ascii_case(name))
+        {
+            Some(slot) => *slot = v,
+            None => values.push(v),
+        }
+    }
+
+    fn get(&self, key: &str, name: &str) -> Option<Value> {
+        self.keys
+            .get(key)?
+            .iter()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    fn open(&mut self, key: &str) -> u64 {
+        self.opened = self.opened.wrapping_add(1);
+        // Kernel handles have their top bit set.
+        let h = 0xFFFF_FFFF_8000_0000 | (self.opened << 2);
+        self.handles.insert(h, key.to_string());
+        h
+    }
+}
+
+/// Builds the registry of a run: the driver's service key with `Parameters`, the device's
+/// hardware and software keys, and every `specs` value (its key created as needed).
+pub fn init(driver: &str, specs: &[RegistrySpec]) {
+    let service = norm(&service_key(driver));
+    with(|r| {
+        r.create(&service);
+        r.create(&join(&service, "Parameters"));
+        r.create(&norm(HARDWARE_KEY));
+        r.create(&norm(SOFTWARE_KEY));
+        for s in specs {
+            let base = match s.root {
+                RegRoot::Service => service.clone(),
+                RegRoot::DeviceHardware => norm(HARDWARE_KEY),
+                RegRoot::DeviceSoftware => norm(SOFTWARE_KEY),
+                RegRoot::Absolute => String::new(),
+            };
+            r.set(&join(&base, &s.key), &s.name, s.kind, s.data.clone());
+        }
+    });
+}
+
+// ---- reading the driver's arguments ------------------------------------------------------
+
+fn mem(addr: usize, len: usize) -> Obj {
+    // SAFETY: the DDI contract of the routines here: the caller passes live buffers and
+    // structures of the documented size. A driver passing garbage faults, reported.
+    unsafe { Obj::new(addr, len) }
+}
+
+/// The text of the `UNICODE_STRING` at `us` (empty for NULL).
+fn unicode(us: usize) -> String {
+    if us == 0 {
+        return String::new();
+    }
+    let s = mem(us, l::UNICODE_STRING);
+    let len = usize::from(s.get::<u16>(0) / 2);
+    let b = mem(s.get::<u64>(8) as usize, len * 2);
+    let units: Vec<u16> = (0..len).map(|i| b.get::<u16>(i * 2)).collect();
+    String::from_utf16_lossy(&units)
+}
+
+/// The NUL-terminated UTF-16 string at `p` (empty for NULL).
+fn wide(p: usize) -> String {
+    if p == 0 {
+        return String::new();
+    }
+    let units: Vec<u16> = (0..MAX_UNITS)
+        .map(|i| mem(p + 2 * i, 2).get::<u16>(0))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+fn bytes_at(p: usize, len: usize) -> Vec<u8> {
+    if p == 0 {
+        return Vec::new();
+    }
+    let o = mem(p, len);
+    (0..len).map(|i| o.get::<u8>(i)).collect()
+}
+
+fn put_bytes(p: usize, bytes: &[u8]) {
+    let o = mem(p, bytes.len());
+    for (i, b) in bytes.iter().enumerate() {
+        o.set::<u8>(i, *b);
+    }
+}
+
+fn put_u32(p: usize, v: u32) {
+    if p != 0 {
+        mem(p, 4).set::<u32>(0, v);
+    }
+}
+
+/// The key an `OBJECT_ATTRIBUTES` names: `ObjectName` relative to `RootDirectory` (a key
+/// handle), or absolute.
+fn key_of(oa: usize) -> Result<String, Status> {
+    let o = mem(oa, l::OBJECT_ATTRIBUTES);
+    let name = unicode(o.get::<u64>(l::OA_OBJECT_NAME) as usize);
+    let root = o.get::<u64>(l::OA_ROOT_DIRECTORY);
+    if root != 0 {
+        let base = with(|r| r.handles.get(&root).cloned()).ok_or(STATUS_INVALID_HANDLE)?;
+        return Ok(join(&base, &name));
+    }
+    if !name.starts_with('\\') {
+        return Err(STATUS_OBJECT_PATH_SYNTAX_BAD);
+    }
+    Ok(norm(&name))
+}
+
+fn handle_key(h: u64) -> Result<String, Status> {
+    with(|r| r.handles.get(&h).cloned()).ok_or(STATUS_INVALID_HANDLE)
+}
+
+// ---- the routines -------------------------------------------------------------------------
+
+/// `ZwOpenKey(KeyHandle, DesiredAccess, ObjectAttributes)`.
+pub extern "win64" fn zw_open_key(out: usize, _access: u32, oa: usize) -> Status {
+    let key = match key_of(oa) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    with(|r| {
+        if !r.exists(&key) {
+            return STATUS_OBJECT_NAME_NOT_FOUND;
+        }
+        let h = r.open(&key);
+        mem(out, 8).set::<u64>(0, h);
+        STATUS_SUCCESS
+    })
+}
+
+/// `ZwCreateKey(KeyHandle, DesiredAccess, ObjectAttributes, TitleIndex, Class,
+/// CreateOptions, Disposition)`: opens the key, creating it if needed.
+pub extern "win64" fn zw_create_key(
+    out: usize,
+    _access: u32,
+    oa: usize,
+    _title: u32,
+    _class: usize,
+    _options: u32,
+    disposition: usize,
+) -> Status {
+    let key = match key_of(oa) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    with(|r| {
+        let existed = r.exists(&key);
+        r.create(&key);
+        let h = r.open(&key);
+        mem(out, 8).set::<u64>(0, h);
+        put_u32(
+            disposition,
+            if existed {
+                REG_OPENED_EXISTING_KEY
+            } else {
+                REG_CREATED_NEW_KEY
+            },
+        );
+        STATUS_SUCCESS
+    })
+}
+
+/// `ZwClose`: a key handle is closed; any other handle (the host hands out no others)
+/// succeeds.
+pub extern "win64" fn zw_close(h: u64) -> Status {
+    with(|r| r.handles.remove(&h));
+    STATUS_SUCCESS
+}
+
+/// `ZwSetValueKey(KeyHandle, ValueName, TitleIndex, Type, Data, DataSize)`.
+pub extern "win64" fn zw_set_value_key(
+    h: u64,
+    name: usize,
+    _title: u32,
+    kind: u32,
+    data: usize,
+    size: u32,
+) -> Status {
+    let key = match handle_key(h) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    let name = unicode(name);
+    let data = bytes_at(data, size as usize);
+    with(|r| r.set(&key, &name, kind, data));
+    STATUS_SUCCESS
+}
+
+/// The `KEY_VALUE_*_INFORMATION` of `v` for information class `class`: its fixed part's
+/// size, and the whole structure.
+fn value_information(v: &Value, class: u32) -> Option<(usize, Vec<u8>)> {
+    let name: Vec<u8> = v.name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let name_len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+    let data_len = u32::try_from(v.data.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::new();
+    out.extend(0u32.to_le_bytes()); // TitleIndex
+    out.extend(v.kind.to_le_bytes());
+    match class {
+        0 => {
+            out.extend(name_len.to_le_bytes());
+            out.extend(&name);
+            Some((l::KEY_VALUE_BASIC_NAME, out))
+        }
+        1 => {
+            let data_offset = (l::KEY_VALUE_FULL_NAME + name.len()).next_multiple_of(4);
+            out.extend(u32::try_from(data_offset).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend(data_len.to_le_bytes());
+            out.extend(name_len.to_le_bytes());
+            out.extend(&name);
+            out.resize(data_offset, 0);
+            out.extend(&v.data);
+            Some((l::KEY_VALUE_FULL_NAME, out))
+        }
+        2 => {
+            out.extend(data_len.to_le_bytes());
+            out.extend(&v.data);
+            Some((l::KEY_VALUE_PARTIAL_DATA, out))
+        }
+        _ => None,
+    }
+}
+
+/// `ZwQueryValueKey(KeyHandle, ValueName, KeyValueInformationClass, KeyValueInformation,
+/// Length, ResultLength)`: `KeyValueBasicInformation`, `KeyValueFullInformation`,
+/// `KeyValuePartialInformation`. A buffer shorter than the structure's fixed part gets
+/// nothing (STATUS_BUFFER_TOO_SMALL); one shorter than the whole gets what fits
+/// (STATUS_BUFFER_OVERFLOW); ResultLength is always the size of the whole.
+pub extern "win64" fn zw_query_value_key(
+    h: u64,
+    name: usize,
+    class: u32,
+    buffer: usize,
+    length: u32,
+    result: usize,
+) -> Status {
+    let key = match handle_key(h) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    let name = unicode(name);
+    let Some(v) = with(|r| r.get(&key, &name)) else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    let Some((fixed, info)) = value_information(&v, class) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    put_u32(result, u32::try_from(info.len()).unwrap_or(u32::MAX));
+    let length = length as usize;
+    if length < fixed {
+        return STATUS_BUFFER_TOO_SMALL;
+    }
+    let n = length.min(info.len());
+    put_bytes(buffer, info.get(..n).unwrap_or(&[]));
+    if n < info.len() {
+        STATUS_BUFFER_OVERFLOW
+    } else {
+        STATUS_SUCCESS
+    }
+}
+
+/// `IoOpenDeviceRegistryKey(DeviceObject, DevInstKeyType, DesiredAccess, DevInstRegKey)`:
+/// `PLUGPLAY_REGKEY_DEVICE` opens [`HARDWARE_KEY`], `PLUGPLAY_REGKEY_DRIVER`
+/// [`SOFTWARE_KEY`]; `PLUGPLAY_REGKEY_CURRENT_HWPROFILE` (no hardware profiles here) and
+/// anything else is STATUS_INVALID_PARAMETER.
+pub extern "win64" fn io_open_device_registry_key(
+    _device: usize,
+    kind: u32,
+    _access: u32,
+    out: usize,
+) -> Status {
+    let key = match kind {
+        PLUGPLAY_REGKEY_DEVICE => norm(HARDWARE_KEY),
+        PLUGPLAY_REGKEY_DRIVER => norm(SOFTWARE_KEY),
+        _ => return STATUS_INVALID_PARAMETER,
+    };
+    with(|r| {
+        r.create(&key);
+        let h = r.open(&key);
+        mem(out, 8).set::<u64>(0, h);
+    });
+    STATUS_SUCCESS
+}
+
+/// The key `RtlQueryRegistryValues` starts at.
+fn query_base(relative_to: u32, path: usize) -> Result<String, Status> {
+    if relative_to & RTL_REGISTRY_HANDLE != 0 {
+        return handle_key(path as u64);
+    }
+    let root = match relative_to & !RTL_REGISTRY_OPTIONAL {
+        0 => "",
+        1 => SERVICES,
+        2 => "\\Registry\\Machine\\System\\CurrentControlSet\\Control",
+        3 => "\\Registry\\Machine\\Software\\Microsoft\\Windows NT\\CurrentVersion",
+        4 => "\\Registry\\Machine\\Hardware\\DeviceMap",
+        5 => "\\Registry\\User\\CurrentUser",
+        _ => return Err(STATUS_INVALID_PARAMETER),
+    };
+    Ok(join(root, &wide(path)))
+}
+
+/// One `RTL_QUERY_REGISTRY_TABLE` entry.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    routine: usize,
+    flags: u32,
+    name: usize,
+    context: usize,
+    default_type: u32,
+    default_data: usize,
+    default_length: u32,
+}
+
+impl Entry {
+    fn read(at: usize) -> Self {
+        let o = mem(at, l::RTL_QUERY_REGISTRY_TABLE);
+        Entry {
+            routine: o.get::<u64>(l::RQT_QUERY_ROUTINE) as usize,
+            flags: o.get::<u32>(l::RQT_FLAGS),
+            name: o.get::<u64>(l::RQT_NAME) as usize,
+            context: o.get::<u64>(l::RQT_ENTRY_CONTEXT) as usize,
+            default_type: o.get::<u32>(l::RQT_DEFAULT_TYPE),
+            default_data: o.get::<u64>(l::RQT_DEFAULT_DATA) as usize,
+            default_length: o.get::<u32>(l::RQT_DEFAULT_LENGTH),
+        }
+    }
+
+    /// The default value, if the entry has one (`DefaultType` not REG_NONE); a zero
+    /// `DefaultLength` of a string type is computed from the string.
+    fn default(&self) -> Option<Value> {
+        let kind = self.default_type & 0xFF;
+        if kind == REG_NONE {
+            return None;
+        }
+        let len = match (self.default_length, kind) {
+            (0, REG_SZ | REG_EXPAND_SZ) => (wide(self.default_data).encode_utf16().count() + 1) * 2,
+            (0, REG_MULTI_SZ) => {
+                let mut at = self.default_data;
+                loop {
+                    let s = wide(at);
+                    at += (s.encode_utf16().count() + 1) * 2;
+                    if s.is_empty() || self.default_data == 0 {
+                        break;
+                    }
+                }
+                at - self.default_data
+            }
+            (n, _) => n as usize,
+        };
+        Some(Value {
+            name: wide(self.name),
+            kind,
+            data: bytes_at(self.default_data, len),
+        })
+    }
+}
+
+type QueryRoutine = extern "win64" fn(usize, u32, usize, u32, usize, usize) -> Status;
+
+/// Stores `v` where a `RTL_QUERY_REGISTRY_DIRECT` entry's `EntryContext` points: strings
+/// into its `UNICODE_STRING` (allocated from pool when its Buffer is NULL), other data of
+/// up to 4 bytes in place, longer data in a buffer that starts with its signed size.
+fn store_direct(context: usize, v: &Value) -> Status {
+    let len = v.data.len();
+    if matches!(v.kind, REG_SZ | REG_EXPAND_SZ | REG_MULTI_SZ) {
+        let s = mem(context, l::UNICODE_STRING);
+        let mut data = v.data.clone();
+        if len % 2 != 0 || !data.ends_with(&[0, 0]) {
+            data.extend([0, 0]);
+        }
+        let Ok(max) = u16::try_from(data.len()) else {
+            return STATUS_BUFFER_TOO_SMALL;
+        };
+        let mut buffer = s.get::<u64>(8) as usize;
+        if buffer == 0 {
+            buffer = alloc_zeroed(data.len());
+            s.set::<u64>(8, buffer as u64);
+            s.set::<u16>(2, max);
+        } else if s.get::<u16>(2) < max {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        put_bytes(buffer, &data);
+        s.set::<u16>(0, max - 2);
+        return STATUS_SUCCESS;
+    }
+    if len <= 4 {
+        put_bytes(context, &v.data);
+        return STATUS_SUCCESS;
+    }
+    let size = mem(context, 4).get::<i32>(0);
+    if size < 0 {
+        if len > size.unsigned_abs() as usize {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        put_bytes(context, &v.data);
+    } else {
+        if len + 8 > size as usize {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        put_u32(context, u32::try_from(len).unwrap_or(u32::MAX));
+        put_u32(context + 4, v.kind);
+        put_bytes(context + 8, &v.data);
+    }
+    STATUS_SUCCESS
+}
+
+/// Hands `v` to the entry: stored (DIRECT) or passed to its QueryRoutine (a REG_MULTI_SZ
+/// one string at a time as REG_SZ, unless NOEXPAND). Returns the status that ends the
+/// table, if any.
+fn deliver(e: &Entry, v: &Value, context: usize) -> Result<(), Status> {
+    if e.flags & RTL_QUERY_REGISTRY_DIRECT != 0 {
+        return match store_direct(e.context, v) {
+            STATUS_SUCCESS => Ok(()),
+            s => Err(s),
+        };
+    }
+    // SAFETY: a non-DIRECT entry's QueryRoutine is a routine of the driver with this
+    // signature (checked non-NULL by the caller).
+    let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(e.routine) };
+    let name: Vec<u16> = v.name.encode_utf16().chain([0]).collect();
+    let call = |kind: u32, data: &[u8]| {
+        let copy = data.to_vec();
+        let len = u32::try_from(copy.len()).unwrap_or(u32::MAX);
+        match routine(
+            name.as_ptr() as usize,
+            kind,
+            copy.as_ptr() as usize,
+            len,
+            context,
+            e.context,
+        ) {
+            s if s >= 0 || s == STATUS_BUFFER_TOO_SMALL => Ok(()),
+            s => Err(s),
+        }
+    };
+    if v.kind == REG_MULTI_SZ && e.flags & RTL_QUERY_REGISTRY_NOEXPAND == 0 {
+        let units: Vec<u16> = v
+            .data
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        for s in units.split(|&u| u == 0).filter(|s| !s.is_empty()) {
+            let bytes: Vec<u8> = s.iter().chain(&[0]).flat_map(|u| u.to_le_bytes()).collect();
+            call(REG_SZ, &bytes)?;
+        }
+        return Ok(());
+    }
+    let kind = if v.kind == REG_EXPAND_SZ && e.flags & RTL_QUERY_REGISTRY_NOEXPAND == 0 {
+        REG_SZ
+    } else {
+        v.kind
+    };
+    call(kind, &v.data)
+}
+
+/// One table entry against key `key`.
+fn query_entry(e: &Entry, key: &str, context: usize) -> Result<(), Status> {
+    let direct = e.flags & RTL_QUERY_REGISTRY_DIRECT != 0;
+    if (direct && e.name == 0) || (!direct && e.routine == 0) {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    if !direct && e.flags & RTL_QUERY_REGISTRY_NOVALUE != 0 {
+        let routine = e.routine;
+        // SAFETY: as in `deliver`.
+        let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(routine) };
+        let s = routine(e.name, REG_NONE, 0, 0, context, e.context);
+        return if s >= 0 { Ok(()) } else { Err(s) };
+    }
+    if e.name == 0 {
+        let values = with(|r| r.keys.get(key).cloned().unwrap_or_default());
+        if values.is_empty() && e.flags & RTL_QUERY_REGISTRY_REQUIRED != 0 {
+            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+        }
+        return values.iter().try_for_each(|v| deliver(e, v, context));
+    }
+    let name = wide(e.name);
+    match with(|r| r.get(key, &name)) {
+        Some(v) => {
+            let expected = e.default_type >> 24;
+            if direct && e.flags & RTL_QUERY_REGISTRY_TYPECHECK != 0 && v.kind != expected {
+                return Err(STATUS_OBJECT_TYPE_MISMATCH);
+            }
+            deliver(e, &v, context)?;
+            if e.flags & RTL_QUERY_REGISTRY_DELETE != 0 {
+                with(|r| {
+                    if let Some(values) = r.keys.get_mut(key) {
+                        values.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+                    }
+                });
+            }
+            Ok(())
+        }
+        None if e.flags & RTL_QUERY_REGISTRY_REQUIRED != 0 => Err(STATUS_OBJECT_NAME_NOT_FOUND),
+        None => match e.default() {
+            Some(d) => deliver(e, &d, context),
+            None => Ok(()),
+        },
+    }
+}
+
+/// `RtlQueryRegistryValues(RelativeTo, Path, QueryTable, Context, Environment)`: every
+/// `RelativeTo` root, `RTL_REGISTRY_HANDLE` and `_OPTIONAL`; the entry flags SUBKEY,
+/// TOPKEY, REQUIRED, NOVALUE, NOEXPAND, DIRECT, DELETE and TYPECHECK; default values. No
+/// environment expansion: a REG_EXPAND_SZ is passed as it is stored.
+pub extern "win64" fn rtl_query_registry_values(
+    relative_to: u32,
+    path: usize,
+    table: usize,
+    context: usize,
+    _environment: usize,
+) -> Status {
+    let base = match query_base(relative_to, path) {
+        Ok(b) => b,
+        Err(s) => return s,
+    };
+    if !with(|r| r.exists(&base)) {
+        return if relative_to & RTL_REGISTRY_OPTIONAL != 0 {
+            STATUS_SUCCESS
+        } else {
+            STATUS_OBJECT_NAME_NOT_FOUND
+        };
+    }
+    let mut key = base.clone();
+    let mut at = table;
+    loop {
+        let e = Entry::read(at);
+        if e.routine == 0 && e.name == 0 {
+            return STATUS_SUCCESS;
+        }
+        at += l::RTL_QUERY_REGISTRY_TABLE;
+        if e.flags & RTL_QUERY_REGISTRY_TOPKEY != 0 {
+            key.clone_from(&base);
+            continue;
+        }
+        if e.flags & RTL_QUERY_REGISTRY_SUBKEY != 0 {
+            key = join(&base, &wide(e.name));
+            if !with(|r| r.exists(&key)) && e.flags & RTL_QUERY_REGISTRY_REQUIRED != 0 {
+                return STATUS_OBJECT_NAME_NOT_FOUND;
+            }
+            continue;
+        }
+        if let Err(s) = query_entry(&e, &key, context) {
+            return s;
+        }
+    }
+}
