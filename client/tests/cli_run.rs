@@ -93,6 +93,15 @@ const POKE: &str = "0x222000:01000000";
 /// Runs `iosvctl run FIXTURE --ioctl POKE -f json` and returns (exit, rule → count, blamed
 /// drivers, live mappings).
 fn run_json(name: &str, extra: &[&str]) -> (i32, BTreeMap<String, u64>, Vec<String>, usize) {
+    let (code, rules, drivers, live, _) = run_json_err(name, extra);
+    (code, rules, drivers, live)
+}
+
+/// [`run_json`], and the run's stderr (the driver's DbgPrint lines).
+fn run_json_err(
+    name: &str,
+    extra: &[&str],
+) -> (i32, BTreeMap<String, u64>, Vec<String>, usize, String) {
     let path = fixture(name);
     let mut args = vec!["run", path.as_str(), "--ioctl", POKE, "-f", "json"];
     args.extend_from_slice(extra);
@@ -126,7 +135,7 @@ fn run_json(name: &str, extra: &[&str]) -> (i32, BTreeMap<String, u64>, Vec<Stri
             _ => {}
         }
     }
-    (code, rules, drivers, live)
+    (code, rules, drivers, live, err)
 }
 
 fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -631,4 +640,147 @@ fn bad_run_arguments_are_usage_errors() {
         let (code, _, err) = parts(&iosvctl(&["run", &path, bad[0], bad[1]]));
         assert_eq!(code, 2, "{bad:?}: {err}");
     }
+}
+
+/// `iosvctl run surface.sys --ioctl POKE -f json` with `--registry` values: (exit, rule →
+/// count, live mappings, stderr with the driver's DbgPrint lines); every report blames it.
+fn run_surface(registry: &[&str]) -> (i32, BTreeMap<String, u64>, usize, String) {
+    let mut extra = Vec::new();
+    for r in registry {
+        extra.extend(["--registry", r]);
+    }
+    let (code, rules, drivers, live, err) = run_json_err("surface.sys", &extra);
+    assert!(
+        drivers.iter().all(|d| d == "surface.sys"),
+        "{registry:?}: blamed {drivers:?}"
+    );
+    (code, rules, live, err)
+}
+
+#[test]
+fn registry_values_choose_how_many_bars_leak_at_stop() {
+    // (registry, IOSV007 count): the driver maps Parameters\BarCount BARs (default 2) and
+    // leaks them at STOP only when Parameters\LeakOnStop is 1.
+    let cases: &[(&[&str], u64)] = &[
+        (&[], 0),
+        (&["Parameters\\LeakOnStop=dword:0"], 0),
+        (&["Parameters\\LeakOnStop=dword:1"], 2),
+        (
+            &[
+                "Parameters\\LeakOnStop=dword:1",
+                "Parameters\\BarCount=dword:1",
+            ],
+            1,
+        ),
+        // A value of the wrong type fails RtlQueryRegistryValues' type check: the driver
+        // keeps its defaults for what the table had not stored yet.
+        (&["Parameters\\LeakOnStop=sz:1"], 0),
+    ];
+    for (registry, leaks) in cases {
+        let (code, rules, live, _) = run_surface(registry);
+        let expected = if *leaks == 0 {
+            counts(&[])
+        } else {
+            counts(&[("IOSV007", *leaks)])
+        };
+        assert_eq!(rules, expected, "{registry:?}");
+        assert_eq!(code, i32::from(*leaks > 0), "{registry:?}");
+        assert_eq!(live, 0, "{registry:?}");
+    }
+}
+
+#[test]
+fn registry_reads_answer_as_their_ddi_pages_say() {
+    let (code, _, _, err) = run_surface(&[]);
+    assert_eq!(code, 0, "{err}");
+    // Defaults of RtlQueryRegistryValues (DIRECT + TYPECHECK; a REG_SZ default with a
+    // computed length into an allocated buffer), a missing REQUIRED value, a missing
+    // value for ZwQueryValueKey, and a written value read back (KEY_VALUE_FULL_INFORMATION:
+    // name "Loaded" 12 bytes, data at the 4-aligned 20 + 12 = 32, 36 bytes in all).
+    for line in [
+        "query 00000000 BarCount 2 LeakOnStop 0 MdlBug 0 Greeting hello Lines 0",
+        "required c0000034 0",
+        "blob c0000034",
+        "set 00000000, read back 00000000 name 12 bytes, data 1 at 32 (36 bytes)",
+        "device Flavor c0000034",
+    ] {
+        assert!(
+            err.contains(&format!("DbgPrint: surface: {line}\n")),
+            "{line}\n{err}"
+        );
+    }
+    let (code, _, _, err) = run_surface(&[
+        "Parameters\\Greeting=sz:bonjour",
+        "Parameters\\Lines=multi_sz:one,two",
+        "Parameters\\Blob=binary:0a,0b,0c",
+        "Parameters\\MustExist=dword:0x7",
+        "@hw\\Flavor=sz:fast",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        // A REG_MULTI_SZ reaches the QueryRoutine one REG_SZ at a time.
+        "line one",
+        "line two",
+        "query 00000000 BarCount 2 LeakOnStop 0 MdlBug 0 Greeting bonjour Lines 2",
+        "required 00000000 7",
+        // 4 bytes: less than the fixed part (STATUS_BUFFER_TOO_SMALL, nothing written);
+        // 13: the fixed part and one byte (STATUS_BUFFER_OVERFLOW); ResultLength 12 + 3.
+        "blob c0000023/15 80000005/15 first 0a type 3",
+        "blob whole 3 bytes, last 0c",
+        // IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DEVICE): the hardware key.
+        "device Flavor fast",
+    ] {
+        assert!(
+            err.contains(&format!("DbgPrint: surface: {line}\n")),
+            "{line}\n{err}"
+        );
+    }
+    let (code, _, err) = parts(&iosvctl(&[
+        "run",
+        &fixture("surface.sys"),
+        "--registry",
+        "Parameters\\X=float:1",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown type `float`"), "{err}");
+}
+
+#[test]
+fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
+    // (Parameters\MdlBug, reports, exit, live mappings after the run). Every build first
+    // runs a clean cycle: MmGetSystemAddressForMdlSafe's mapping released by
+    // MmUnlockPages, an explicit map and unmap, a reserved range mapped and unmapped.
+    type Case = (u32, &'static [(&'static str, u64)], i32, usize);
+    let cases: &[Case] = &[
+        (0, &[], 0, 0),
+        // IoFreeMdl under a live mapping: contained (iosv unmaps it first).
+        (1, &[("IOSV017", 1)], 1, 0),
+        // A locked-pages mapping never unmapped: reported at unload, still listed.
+        (2, &[("IOSV009", 1)], 1, 1),
+        (3, &[("IOSV018", 1)], 1, 0),
+        (4, &[("IOSV015", 1)], 1, 0),
+        (5, &[("IOSV019", 1)], 1, 0),
+        (6, &[("IOSV020", 1)], 1, 0),
+        // Unmapped at IRQL 5 (raised through cr8).
+        (7, &[("IOSV016", 1)], 1, 0),
+    ];
+    for (bug, expected, exit, live) in cases {
+        let value = format!("Parameters\\MdlBug=dword:{bug}");
+        let (code, rules, mapped, err) = run_surface(&[&value]);
+        assert_eq!(rules, counts(expected), "MdlBug {bug}");
+        assert_eq!(code, *exit, "MdlBug {bug}");
+        assert_eq!(mapped, *live, "MdlBug {bug}: {err}");
+    }
+    // The MDL the driver sees is a real MDL: the headers' macro reads MdlFlags and
+    // MappedSystemVa (mapped once, at the buffer's byte offset; MDL_MAPPED_TO_SYSTEM_VA |
+    // MDL_PAGES_LOCKED), and MmUnlockPages clears both flags.
+    let (_, _, _, err) = run_surface(&[]);
+    assert!(
+        err.contains("DbgPrint: surface: mdl mapped once, offset 10, flags 3\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DbgPrint: surface: mdl unlocked, flags 0\n"),
+        "{err}"
+    );
 }

@@ -95,6 +95,63 @@ const FIELDS: &[(&str, usize)] = &[
     ("FIELD_OFFSET(IO_STACK_LOCATION, Context)", l::SL_CONTEXT),
     ("sizeof(KEVENT)", l::KEVENT),
     ("sizeof(UNICODE_STRING)", l::UNICODE_STRING),
+    ("sizeof(MDL)", l::MDL),
+    ("FIELD_OFFSET(MDL, Size)", l::MDL_SIZE),
+    ("FIELD_OFFSET(MDL, MdlFlags)", l::MDL_FLAGS),
+    ("FIELD_OFFSET(MDL, MappedSystemVa)", l::MDL_MAPPED_SYSTEM_VA),
+    ("FIELD_OFFSET(MDL, StartVa)", l::MDL_START_VA),
+    ("FIELD_OFFSET(MDL, ByteCount)", l::MDL_BYTE_COUNT),
+    ("FIELD_OFFSET(MDL, ByteOffset)", l::MDL_BYTE_OFFSET),
+    ("sizeof(OBJECT_ATTRIBUTES)", l::OBJECT_ATTRIBUTES),
+    (
+        "FIELD_OFFSET(OBJECT_ATTRIBUTES, RootDirectory)",
+        l::OA_ROOT_DIRECTORY,
+    ),
+    (
+        "FIELD_OFFSET(OBJECT_ATTRIBUTES, ObjectName)",
+        l::OA_OBJECT_NAME,
+    ),
+    (
+        "FIELD_OFFSET(KEY_VALUE_BASIC_INFORMATION, Name)",
+        l::KEY_VALUE_BASIC_NAME,
+    ),
+    (
+        "FIELD_OFFSET(KEY_VALUE_FULL_INFORMATION, Name)",
+        l::KEY_VALUE_FULL_NAME,
+    ),
+    (
+        "FIELD_OFFSET(KEY_VALUE_PARTIAL_INFORMATION, Data)",
+        l::KEY_VALUE_PARTIAL_DATA,
+    ),
+    (
+        "sizeof(RTL_QUERY_REGISTRY_TABLE)",
+        l::RTL_QUERY_REGISTRY_TABLE,
+    ),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, QueryRoutine)",
+        l::RQT_QUERY_ROUTINE,
+    ),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, Flags)",
+        l::RQT_FLAGS,
+    ),
+    ("FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, Name)", l::RQT_NAME),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, EntryContext)",
+        l::RQT_ENTRY_CONTEXT,
+    ),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, DefaultType)",
+        l::RQT_DEFAULT_TYPE,
+    ),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, DefaultData)",
+        l::RQT_DEFAULT_DATA,
+    ),
+    (
+        "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, DefaultLength)",
+        l::RQT_DEFAULT_LENGTH,
+    ),
 ];
 
 #[test]
