@@ -494,7 +494,7 @@ fn store_direct(context: usize, v: &Value) -> Status {
     if matches!(v.kind, REG_SZ | REG_EXPAND_SZ | REG_MULTI_SZ) {
         let s = mem(context, l::UNICODE_STRING);
         let mut data = v.data.clone();
-        if len % 2 != 0 || !data.ends_with(&[0, 0]) {
+        if !len.is_multiple_of(2) || !data.ends_with(&[0, 0]) {
             data.extend([0, 0]);
         }
         let Ok(max) = u16::try_from(data.len()) else {
