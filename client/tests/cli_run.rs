@@ -783,4 +783,15 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         err.contains("DbgPrint: surface: mdl unlocked, flags 0\n"),
         "{err}"
     );
+    // A mapping is a window onto the MDL's buffer pages: a store through the mapping is
+    // in the buffer, a store to the buffer is seen through the mapping and through a
+    // reserved mapping of the same MDL.
+    assert!(
+        err.contains("DbgPrint: surface: through the mapping badf00d, in the buffer 5a5a1234\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DbgPrint: surface: through the reserved mapping 5a5a1234\n"),
+        "{err}"
+    );
 }

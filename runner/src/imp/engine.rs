@@ -114,6 +114,9 @@ pub trait Engine: Send + Sync {
     fn mdl_info(&self, mdl: u64) -> Option<MdlInfo>;
     /// Tells the simulated Mm the header of the MDL the driver's memory holds at `mdl`.
     fn register_mdl(&self, mdl: u64, info: MdlInfo);
+    /// The MDL the simulated Mm holds mapped at `base` (an MDL mapping's address or a
+    /// reserved range's base), if any.
+    fn mdl_mapped_at(&self, base: u64) -> Option<u64>;
     /// The calling thread's IRQL.
     fn irql(&self) -> u8;
     /// Sets the calling thread's IRQL; returns the previous one.
@@ -354,6 +357,15 @@ impl Engine for HostEngine {
 
     fn register_mdl(&self, mdl: u64, info: MdlInfo) {
         self.host.mdls().register_mdl(mdl, info);
+    }
+
+    fn mdl_mapped_at(&self, base: u64) -> Option<u64> {
+        self.host
+            .mdls()
+            .mappings()
+            .iter()
+            .find(|m| m.base == base && m.mdl != 0)
+            .map(|m| m.mdl)
     }
 
     fn routine_override(&self, name: &[u16]) -> Option<usize> {

@@ -7,18 +7,20 @@
 //! rules).
 //!
 //! An MDL mapping's address comes from the simulated Mm (system space, `0xFFFF_A000…`, or
-//! the simulated user space): it has no backing here, so a driver touching the mapped
-//! memory faults (a crash report). The MDL's own buffer works as usual.
+//! the simulated user space), which user code cannot touch: each live mapping is made a
+//! window onto the MDL's buffer pages ([`mmio::aliased`]), so the fault handler performs
+//! the driver's `mov` accesses through it on the buffer.
 
 use super::engine::{Engine, FamilyCall};
 use super::kernel::{alloc_zeroed, engine, frames, layout as l};
-use super::Obj;
+use super::{mmio, Obj};
 use iosv::intercept::MdlHooks;
 use iosv::mdl::{
     MdlInfo, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL_HAS_BEEN_MAPPED,
     MDL_SOURCE_IS_NONPAGED_POOL,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// `MmCached`: what `MmMapLockedPages` maps with.
 const MM_CACHED: u32 = 1;
@@ -63,6 +65,46 @@ fn sync(e: &dyn Engine, mdl: usize) {
     } else if flags & MDL_SOURCE_IS_NONPAGED_POOL != 0 {
         o.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, buffer(mdl));
     }
+}
+
+/// A live MDL mapping made a window onto its buffer: where the simulated Mm keys it
+/// (`key`: the mapping's address, or the reserved range's base), the window's page-aligned
+/// base, and the MDL.
+struct Window {
+    key: u64,
+    base: u64,
+    mdl: u64,
+}
+
+static WINDOWS: Mutex<Vec<Window>> = Mutex::new(Vec::new());
+
+/// After a family call: a mapping it made (`made`: the address returned and the key the
+/// simulated Mm files it under) becomes a window onto the MDL's buffer, and the windows
+/// of mappings the simulated Mm no longer holds close.
+fn update_windows(e: &dyn Engine, made: Option<(u64, u64)>, mdl: usize) {
+    let mut w = WINDOWS.lock().unwrap_or_else(PoisonError::into_inner);
+    w.retain(|x| {
+        let live = e.mdl_mapped_at(x.key) == Some(x.mdl);
+        if !live {
+            mmio::unaliased(x.base);
+        }
+        live
+    });
+    let Some((address, key)) = made.filter(|&(a, _)| a != 0 && mdl != 0) else {
+        return;
+    };
+    let Some(span) = e.mdl_info(mdl as u64).and_then(|i| i.span_bytes()) else {
+        return;
+    };
+    let base = address & !0xFFF;
+    let host = mdl_obj(mdl).get::<u64>(l::MDL_START_VA) & !0xFFF;
+    mmio::aliased(base, span, host);
+    w.retain(|x| x.base != base);
+    w.push(Window {
+        key,
+        base,
+        mdl: mdl as u64,
+    });
 }
 
 /// Tells the simulated Mm the driver's MDL as it is now.
@@ -134,6 +176,12 @@ fn call(ret: Option<u64>, mdl: usize, c: FamilyCall) -> u64 {
     if mdl != 0 && !matches!(c, FamilyCall::FreeMdl { .. }) {
         sync(e, mdl);
     }
+    let made = match c {
+        FamilyCall::MapLocked { .. } => Some((r, r)),
+        FamilyCall::MapReserved { range, .. } => Some((r, range & !0xFFF)),
+        _ => None,
+    };
+    update_windows(e, made, mdl);
     r
 }
 

@@ -8,6 +8,10 @@
 //! that keeps what was written (registers read back their last value — there is no device
 //! model, so a driver polling for a bit that only hardware sets spins until the watchdog).
 //!
+//! MDL mappings ([`aliased`]) are windows onto memory of the child instead: the pages of
+//! the driver's buffer the MDL describes, as a system-space mapping of its physical pages
+//! is on Windows.
+//!
 //! Loads from KUSER_SHARED_DATA (`0xFFFFF780_00000000`, what `KeQueryTickCount` and
 //! friends read) are served from a page whose time fields follow the monotonic clock.
 
@@ -26,9 +30,17 @@ struct Region {
     physical: u64,
 }
 
+/// A window at `base` onto `size` bytes of the child's memory at `host`.
+struct Alias {
+    base: u64,
+    size: u64,
+    host: u64,
+}
+
 #[derive(Default)]
 struct State {
     regions: Vec<Region>,
+    aliases: Vec<Alias>,
     pages: HashMap<u64, Box<[u8; PAGE as usize]>>,
 }
 
@@ -64,6 +76,35 @@ pub fn unmapped(base: u64) {
     }
 }
 
+/// An MDL mapping at `base` (`size` bytes, whole pages) now shows the child's memory at
+/// `host` (the page-aligned start of the MDL's buffer). Replaces an alias at `base`.
+pub fn aliased(base: u64, size: u64, host: u64) {
+    if base == 0 || size == 0 || host == 0 {
+        return;
+    }
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    let st = guard.get_or_insert_with(State::default);
+    st.aliases.retain(|a| a.base != base);
+    st.aliases.push(Alias { base, size, host });
+}
+
+/// The MDL mapping at `base` is gone.
+pub fn unaliased(base: u64) {
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(st) = guard.as_mut() {
+        st.aliases.retain(|a| a.base != base);
+    }
+}
+
+/// The child's address behind `len` bytes at `address` when they lie in one alias.
+fn alias_of(st: &State, address: u64, len: usize) -> Option<u64> {
+    st.aliases.iter().find_map(|a| {
+        let off = address.checked_sub(a.base)?;
+        let end = off.checked_add(len as u64)?;
+        (end <= a.size).then(|| a.host.wrapping_add(off))
+    })
+}
+
 /// Why an access could not be performed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
@@ -86,6 +127,15 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
     }
     let guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
     let st = guard.as_ref().ok_or(Miss::Unmapped)?;
+    if let Some(host) = alias_of(st, address, len) {
+        let mut bytes = [0u8; 8];
+        let n = len.min(8);
+        // SAFETY: `host..host + len` lies in the pages of a buffer an MDL describes, which
+        // the driver keeps allocated while its mapping is live (as on Windows, where the
+        // pages stay locked); `n` bytes fit `bytes`.
+        unsafe { std::ptr::copy_nonoverlapping(host as *const u8, bytes.as_mut_ptr(), n) };
+        return Ok(u64::from_le_bytes(bytes));
+    }
     let mut value = 0u64;
     for i in 0..len {
         let b = byte_at(st, address.wrapping_add(i as u64))?;
@@ -107,6 +157,12 @@ pub fn write(address: u64, len: usize, value: u64) -> Result<(), Miss> {
     }
     let mut guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
     let st = guard.as_mut().ok_or(Miss::Unmapped)?;
+    if let Some(host) = alias_of(st, address, len) {
+        let bytes = value.to_le_bytes();
+        // SAFETY: as in `read`: the MDL's buffer pages, live while the mapping is.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), host as *mut u8, len.min(8)) };
+        return Ok(());
+    }
     // Check every byte first, so a straddling write changes nothing.
     for i in 0..len {
         byte_at(st, address.wrapping_add(i as u64))?;
@@ -197,5 +253,21 @@ mod tests {
         assert_eq!(read(0xFFFF_D000_0000_1004, 4), Err(Miss::Unmapped));
         assert_eq!(read(KUSER_SHARED_DATA + 0x260, 4), Ok(19041));
         assert_eq!(write(KUSER_SHARED_DATA, 4, 0), Err(Miss::ReadOnly));
+    }
+
+    #[test]
+    fn an_mdl_mapping_is_a_window_onto_the_buffer() {
+        let mut buffer = vec![0u8; 0x2000];
+        let host = buffer.as_mut_ptr() as u64;
+        aliased(0xFFFF_A000_0000_0000, 0x2000, host);
+        write(0xFFFF_A000_0000_0010, 4, 0x1122_3344).unwrap();
+        assert_eq!(buffer.get(0x10..0x14), Some(&[0x44, 0x33, 0x22, 0x11][..]));
+        buffer[0x1FFF] = 0xAB;
+        assert_eq!(read(0xFFFF_A000_0000_1FFF, 1), Ok(0xAB));
+        // Past the end, or straddling it: not the buffer.
+        assert_eq!(read(0xFFFF_A000_0000_1FFE, 4), Err(Miss::Unmapped));
+        assert_eq!(read(0xFFFF_A000_0000_2000, 1), Err(Miss::Unmapped));
+        unaliased(0xFFFF_A000_0000_0000);
+        assert_eq!(read(0xFFFF_A000_0000_0010, 4), Err(Miss::Unmapped));
     }
 }
