@@ -673,3 +673,389 @@ pub extern "win64" fn rtl_query_registry_values(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[repr(C)]
+    struct Us {
+        len: u16,
+        max: u16,
+        buf: *const u16,
+    }
+
+    #[repr(C)]
+    struct Oa {
+        length: u32,
+        root: u64,
+        name: *const Us,
+        attributes: u32,
+        sd: usize,
+        qos: usize,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Rqt {
+        routine: usize,
+        flags: u32,
+        name: *const u16,
+        context: usize,
+        default_type: u32,
+        default_data: usize,
+        default_length: u32,
+    }
+
+    const END: Rqt = Rqt {
+        routine: 0,
+        flags: 0,
+        name: std::ptr::null(),
+        context: 0,
+        default_type: 0,
+        default_data: 0,
+        default_length: 0,
+    };
+
+    fn wz(text: &str) -> Vec<u16> {
+        text.encode_utf16().chain([0]).collect()
+    }
+
+    fn us(units: &[u16]) -> Us {
+        let n = units.len().saturating_sub(1) * 2;
+        Us {
+            len: n as u16,
+            max: (n + 2) as u16,
+            buf: units.as_ptr(),
+        }
+    }
+
+    /// Opens `path` (relative to `root` when nonzero).
+    fn open(root: u64, path: &str) -> Result<u64, Status> {
+        let units = wz(path);
+        let name = us(&units);
+        let oa = Oa {
+            length: 0x30,
+            root,
+            name: &name,
+            attributes: 0x240,
+            sd: 0,
+            qos: 0,
+        };
+        let mut h = 0u64;
+        match zw_open_key(&mut h as *mut u64 as usize, 0, &oa as *const Oa as usize) {
+            STATUS_SUCCESS => Ok(h),
+            s => Err(s),
+        }
+    }
+
+    fn query(h: u64, name: &str, class: u32, len: usize) -> (Status, u32, Vec<u8>) {
+        let units = wz(name);
+        let n = us(&units);
+        let mut buf = vec![0xEEu8; 64];
+        let mut result = 0u32;
+        let s = zw_query_value_key(
+            h,
+            &n as *const Us as usize,
+            class,
+            buf.as_mut_ptr() as usize,
+            len as u32,
+            &mut result as *mut u32 as usize,
+        );
+        (s, result, buf)
+    }
+
+    fn spec(text: &str) -> RegistrySpec {
+        RegistrySpec::parse(text).unwrap()
+    }
+
+    #[test]
+    fn query_value_key_answers_each_class_and_buffer_size() {
+        init("regtest1", &[spec("Parameters\\V=binary:01,02,03,04,05")]);
+        // Names are case-insensitive; a key can be opened relative to another.
+        let service = open(
+            0,
+            "\\REGISTRY\\Machine\\System\\CurrentControlSet\\Services\\RegTest1",
+        )
+        .unwrap();
+        let h = open(service, "parameters").unwrap();
+        assert_eq!(open(service, "Nope"), Err(STATUS_OBJECT_NAME_NOT_FOUND));
+        assert_eq!(open(0, "relative"), Err(STATUS_OBJECT_PATH_SYNTAX_BAD));
+        // Partial: fixed part 12, then 5 bytes.
+        let (s, r, buf) = query(h, "v", 2, 11);
+        assert_eq!((s, r), (STATUS_BUFFER_TOO_SMALL, 17));
+        assert!(buf.iter().all(|&b| b == 0xEE), "nothing written");
+        let (s, r, buf) = query(h, "V", 2, 13);
+        assert_eq!((s, r), (STATUS_BUFFER_OVERFLOW, 17));
+        assert_eq!(
+            buf.get(..14),
+            Some(&[0, 0, 0, 0, 3, 0, 0, 0, 5, 0, 0, 0, 1, 0xEE][..])
+        );
+        let (s, r, buf) = query(h, "V", 2, 64);
+        assert_eq!((s, r), (STATUS_SUCCESS, 17));
+        assert_eq!(buf.get(12..17), Some(&[1, 2, 3, 4, 5][..]));
+        // Basic: fixed part 12, then the name.
+        let (s, r, buf) = query(h, "V", 0, 64);
+        assert_eq!((s, r), (STATUS_SUCCESS, 14));
+        assert_eq!(buf.get(8..14), Some(&[2, 0, 0, 0, b'V', 0][..]));
+        // Full: fixed part 20, the name, the data at the next 4-byte boundary (24).
+        let (s, r, buf) = query(h, "V", 1, 64);
+        assert_eq!((s, r), (STATUS_SUCCESS, 29));
+        assert_eq!(buf.get(8..12), Some(&24u32.to_le_bytes()[..]));
+        assert_eq!(buf.get(24..29), Some(&[1, 2, 3, 4, 5][..]));
+        assert_eq!(query(h, "V", 5, 64).0, STATUS_INVALID_PARAMETER);
+        assert_eq!(query(h, "W", 2, 64).0, STATUS_OBJECT_NAME_NOT_FOUND);
+        assert_eq!(zw_close(h), STATUS_SUCCESS);
+        assert_eq!(query(h, "V", 2, 64).0, STATUS_INVALID_HANDLE);
+        zw_close(service);
+    }
+
+    fn rtl(relative: u32, path: &str, table: &[Rqt]) -> Status {
+        let p = wz(path);
+        let mut t = table.to_vec();
+        t.push(END);
+        rtl_query_registry_values(relative, p.as_ptr() as usize, t.as_ptr() as usize, 0, 0)
+    }
+
+    fn direct(name: &[u16], context: usize, flags: u32) -> Rqt {
+        Rqt {
+            flags: RTL_QUERY_REGISTRY_DIRECT | flags,
+            name: name.as_ptr(),
+            context,
+            ..END
+        }
+    }
+
+    #[test]
+    fn query_registry_values_stores_direct_values_as_documented() {
+        init(
+            "regtest2",
+            &[
+                spec("Parameters\\D=dword:7"),
+                spec("Parameters\\Q=qword:0x1122334455667788"),
+                spec("Parameters\\B=binary:01,02,03,04,05,06"),
+                spec("Parameters\\S=sz:abc"),
+                spec("Parameters\\Gone=dword:1"),
+            ],
+        );
+        let path = "regtest2\\Parameters";
+        let services = 1;
+        let (d, q, b, s, gone) = (wz("D"), wz("Q"), wz("B"), wz("S"), wz("Gone"));
+        let mut dword = 0u32;
+        let t = [direct(&d, &mut dword as *mut u32 as usize, 0)];
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        assert_eq!(dword, 7);
+        // Longer than a ULONG, positive size: length, type, data.
+        let mut buf = [0u8; 16];
+        buf[..4].copy_from_slice(&16i32.to_le_bytes());
+        let t = [direct(&q, buf.as_mut_ptr() as usize, 0)];
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        assert_eq!(buf[..8], [8, 0, 0, 0, 11, 0, 0, 0]);
+        assert_eq!(buf[8..], 0x1122_3344_5566_7788u64.to_le_bytes());
+        // Negative size: the data only, and only if it fits.
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&(-6i32).to_le_bytes());
+        let t = [direct(&b, buf.as_mut_ptr() as usize, 0)];
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        assert_eq!(buf[..6], [1, 2, 3, 4, 5, 6]);
+        buf[..4].copy_from_slice(&(-4i32).to_le_bytes());
+        assert_eq!(rtl(services, path, &t), STATUS_BUFFER_TOO_SMALL);
+        // A string into the caller's buffer: too small, then big enough.
+        let mut small = [0u16; 2];
+        let mut str_ = Us {
+            len: 0,
+            max: 4,
+            buf: small.as_mut_ptr(),
+        };
+        let t = [direct(&s, &mut str_ as *mut Us as usize, 0)];
+        assert_eq!(rtl(services, path, &t), STATUS_BUFFER_TOO_SMALL);
+        let mut big = [0u16; 8];
+        str_.max = 16;
+        str_.buf = big.as_mut_ptr();
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        assert_eq!((str_.len, &big[..4]), (6, &[97, 98, 99, 0][..]));
+        // TYPECHECK: a REG_DWORD where a REG_SZ is expected.
+        let mut t = [direct(
+            &d,
+            &mut dword as *mut u32 as usize,
+            RTL_QUERY_REGISTRY_TYPECHECK,
+        )];
+        t[0].default_type = REG_SZ << 24;
+        assert_eq!(rtl(services, path, &t), STATUS_OBJECT_TYPE_MISMATCH);
+        // Missing: REQUIRED fails, a default is stored, REG_NONE leaves the buffer alone.
+        let missing = wz("Missing");
+        let mut v = 0u32;
+        let t = [direct(
+            &missing,
+            &mut v as *mut u32 as usize,
+            RTL_QUERY_REGISTRY_REQUIRED,
+        )];
+        assert_eq!(rtl(services, path, &t), STATUS_OBJECT_NAME_NOT_FOUND);
+        let nine = 9u32;
+        let mut t = [direct(&missing, &mut v as *mut u32 as usize, 0)];
+        t[0].default_type = 4;
+        t[0].default_data = &nine as *const u32 as usize;
+        t[0].default_length = 4;
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        assert_eq!(v, 9);
+        // DELETE removes the value after reading it.
+        let t = [direct(
+            &gone,
+            &mut v as *mut u32 as usize,
+            RTL_QUERY_REGISTRY_DELETE,
+        )];
+        assert_eq!(rtl(services, path, &t), STATUS_SUCCESS);
+        let t = [direct(
+            &gone,
+            &mut v as *mut u32 as usize,
+            RTL_QUERY_REGISTRY_REQUIRED,
+        )];
+        assert_eq!(rtl(services, path, &t), STATUS_OBJECT_NAME_NOT_FOUND);
+        // A missing key: an error, unless OPTIONAL.
+        assert_eq!(
+            rtl(services, "regtest2\\No", &[]),
+            STATUS_OBJECT_NAME_NOT_FOUND
+        );
+        assert_eq!(
+            rtl(services | RTL_REGISTRY_OPTIONAL, "regtest2\\No", &[]),
+            STATUS_SUCCESS
+        );
+        // An entry that is not DIRECT needs a routine.
+        let t = [Rqt {
+            name: d.as_ptr(),
+            ..END
+        }];
+        assert_eq!(rtl(services, path, &t), STATUS_INVALID_PARAMETER);
+    }
+
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+
+    extern "win64" fn count(
+        _name: usize,
+        kind: u32,
+        _data: usize,
+        len: u32,
+        _context: usize,
+        _entry: usize,
+    ) -> Status {
+        SEEN.fetch_add(kind * 100 + len, Ordering::Relaxed);
+        STATUS_SUCCESS
+    }
+
+    #[test]
+    fn query_routines_get_multi_sz_strings_one_at_a_time_and_subkeys_switch_keys() {
+        init(
+            "regtest3",
+            &[
+                spec("Parameters\\M=multi_sz:ab,c"),
+                spec("Parameters\\Sub\\D=dword:1"),
+            ],
+        );
+        let (m, sub, d) = (wz("M"), wz("Sub"), wz("D"));
+        let routine = count as *const () as usize;
+        let entry = |name: &[u16], flags: u32| Rqt {
+            routine,
+            flags,
+            name: name.as_ptr(),
+            ..END
+        };
+        // "ab\0" then "c\0" as REG_SZ (1): 100 + 6, 100 + 4.
+        SEEN.store(0, Ordering::Relaxed);
+        assert_eq!(
+            rtl(1, "regtest3\\Parameters", &[entry(&m, 0)]),
+            STATUS_SUCCESS
+        );
+        assert_eq!(SEEN.load(Ordering::Relaxed), 210);
+        // NOEXPAND: the whole REG_MULTI_SZ (7) once: 700 + 12 ("ab\0c\0\0").
+        SEEN.store(0, Ordering::Relaxed);
+        let t = [entry(&m, RTL_QUERY_REGISTRY_NOEXPAND)];
+        assert_eq!(rtl(1, "regtest3\\Parameters", &t), STATUS_SUCCESS);
+        assert_eq!(SEEN.load(Ordering::Relaxed), 712);
+        // SUBKEY moves to Parameters\Sub (its D: REG_DWORD, 4 bytes), TOPKEY back.
+        SEEN.store(0, Ordering::Relaxed);
+        let t = [
+            Rqt {
+                flags: RTL_QUERY_REGISTRY_SUBKEY,
+                name: sub.as_ptr(),
+                ..END
+            },
+            entry(&d, 0),
+            Rqt {
+                flags: RTL_QUERY_REGISTRY_TOPKEY,
+                routine,
+                ..END
+            },
+            entry(&d, 0),
+        ];
+        assert_eq!(rtl(1, "regtest3\\Parameters", &t), STATUS_SUCCESS);
+        assert_eq!(SEEN.load(Ordering::Relaxed), 404);
+        // A NULL name enumerates the key's values.
+        SEEN.store(0, Ordering::Relaxed);
+        let t = [Rqt {
+            routine,
+            flags: RTL_QUERY_REGISTRY_NOEXPAND,
+            ..END
+        }];
+        assert_eq!(rtl(1, "regtest3\\Parameters", &t), STATUS_SUCCESS);
+        assert_eq!(SEEN.load(Ordering::Relaxed), 712);
+    }
+
+    #[test]
+    fn created_keys_and_set_values_are_read_back() {
+        init("regtest4", &[]);
+        let units = wz("\\Registry\\Machine\\Software\\IosvTest4");
+        let name = us(&units);
+        let oa = Oa {
+            length: 0x30,
+            root: 0,
+            name: &name,
+            attributes: 0x240,
+            sd: 0,
+            qos: 0,
+        };
+        let (mut h, mut disposition) = (0u64, 0u32);
+        let args = (
+            &mut h as *mut u64 as usize,
+            &oa as *const Oa as usize,
+            &mut disposition as *mut u32 as usize,
+        );
+        assert_eq!(
+            zw_create_key(args.0, 0, args.1, 0, 0, 0, args.2),
+            STATUS_SUCCESS
+        );
+        assert_eq!(disposition, REG_CREATED_NEW_KEY);
+        assert_eq!(
+            zw_create_key(args.0, 0, args.1, 0, 0, 0, args.2),
+            STATUS_SUCCESS
+        );
+        assert_eq!(disposition, REG_OPENED_EXISTING_KEY);
+        let vname = wz("X");
+        let vn = us(&vname);
+        let data = 0xABCDu32;
+        let s = zw_set_value_key(
+            h,
+            &vn as *const Us as usize,
+            0,
+            4,
+            &data as *const u32 as usize,
+            4,
+        );
+        assert_eq!(s, STATUS_SUCCESS);
+        let (s, r, buf) = query(h, "x", 2, 64);
+        assert_eq!((s, r), (STATUS_SUCCESS, 16));
+        assert_eq!(buf.get(12..16), Some(&0xABCDu32.to_le_bytes()[..]));
+        // The device keys exist from the start.
+        let mut hw = 0u64;
+        let out = &mut hw as *mut u64 as usize;
+        assert_eq!(io_open_device_registry_key(0, 1, 0, out), STATUS_SUCCESS);
+        assert_eq!(
+            with(|r| r.handles.get(&hw).cloned()),
+            Some(norm(HARDWARE_KEY))
+        );
+        assert_eq!(
+            io_open_device_registry_key(0, 4, 0, out),
+            STATUS_INVALID_PARAMETER
+        );
+    }
+}
