@@ -761,7 +761,8 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         (4, &[("IOSV015", 1)], 1, 0),
         (5, &[("IOSV019", 1)], 1, 0),
         (6, &[("IOSV020", 1)], 1, 0),
-        // Unmapped at IRQL 5 (raised through cr8).
+        // Unmapped at IRQL 5 (raised through cr8) through the routine
+        // MmGetSystemRoutineAddress handed out: iosv's hook.
         (7, &[("IOSV016", 1)], 1, 0),
     ];
     for (bug, expected, exit, live) in cases {

@@ -412,6 +412,8 @@ routines! {
     "ZwCreateKey" => registry::zw_create_key,
     "ZwQueryValueKey" => registry::zw_query_value_key,
     "ZwSetValueKey" => registry::zw_set_value_key,
+    "ZwEnumerateValueKey" => registry::zw_enumerate_value_key,
+    "ZwDeleteValueKey" => registry::zw_delete_value_key,
     "ZwClose" => registry::zw_close,
     "__C_specific_handler" => c_specific_handler,
     "IoAllocateWorkItem" => io_allocate_work_item,

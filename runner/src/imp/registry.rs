@@ -1,9 +1,10 @@
 //! The child's registry: the keys a driver reads — its service key (the `RegistryPath` of
 //! `DriverEntry`) with its `Parameters` subkey, its device's hardware and software keys
 //! (`IoOpenDeviceRegistryKey`) — filled from `iosvctl run --registry` ([`RegistrySpec`]),
-//! and the read routines (`ZwOpenKey`, `ZwQueryValueKey`, `RtlQueryRegistryValues`,
-//! `IoOpenDeviceRegistryKey`, `ZwClose`) as their DDI pages describe them. Writes
-//! (`ZwCreateKey`, `ZwSetValueKey`) update it for the rest of the run.
+//! and the read routines (`ZwOpenKey`, `ZwQueryValueKey`, `ZwEnumerateValueKey`,
+//! `RtlQueryRegistryValues`, `IoOpenDeviceRegistryKey`, `ZwClose`) as their DDI pages
+//! describe them. Writes (`ZwCreateKey`, `ZwSetValueKey`, `ZwDeleteValueKey`) update it
+//! for the rest of the run.
 //!
 //! Names are case-insensitive, as in the registry. A key exists if it was created, named
 //! by a value, or is an ancestor of one that exists.
@@ -26,6 +27,7 @@ pub const SOFTWARE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\
 
 const STATUS_SUCCESS: Status = 0;
 const STATUS_BUFFER_OVERFLOW: Status = 0x8000_0005_u32 as i32;
+const STATUS_NO_MORE_ENTRIES: Status = 0x8000_001A_u32 as i32;
 const STATUS_INVALID_HANDLE: Status = 0xC000_0008_u32 as i32;
 const STATUS_INVALID_PARAMETER: Status = 0xC000_000D_u32 as i32;
 const STATUS_BUFFER_TOO_SMALL: Status = 0xC000_0023_u32 as i32;
@@ -371,7 +373,60 @@ pub extern "win64" fn zw_query_value_key(
     let Some(v) = with(|r| r.get(&key, &name)) else {
         return STATUS_OBJECT_NAME_NOT_FOUND;
     };
-    let Some((fixed, info)) = value_information(&v, class) else {
+    answer(&v, class, buffer, length, result)
+}
+
+/// `ZwEnumerateValueKey(KeyHandle, Index, KeyValueInformationClass, KeyValueInformation,
+/// Length, ResultLength)`: the key's values in the order they were first set, answered as
+/// `ZwQueryValueKey` answers; STATUS_NO_MORE_ENTRIES past the last.
+pub extern "win64" fn zw_enumerate_value_key(
+    h: u64,
+    index: u32,
+    class: u32,
+    buffer: usize,
+    length: u32,
+    result: usize,
+) -> Status {
+    let key = match handle_key(h) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    let v = with(|r| {
+        r.keys
+            .get(&key)
+            .and_then(|values| values.get(index as usize).cloned())
+    });
+    match v {
+        Some(v) => answer(&v, class, buffer, length, result),
+        None => STATUS_NO_MORE_ENTRIES,
+    }
+}
+
+/// `ZwDeleteValueKey(KeyHandle, ValueName)`.
+pub extern "win64" fn zw_delete_value_key(h: u64, name: usize) -> Status {
+    let key = match handle_key(h) {
+        Ok(k) => k,
+        Err(s) => return s,
+    };
+    let name = unicode(name);
+    with(|r| {
+        let Some(values) = r.keys.get_mut(&key) else {
+            return STATUS_OBJECT_NAME_NOT_FOUND;
+        };
+        let before = values.len();
+        values.retain(|v| !v.name.eq_ignore_ascii_case(&name));
+        if values.len() < before {
+            STATUS_SUCCESS
+        } else {
+            STATUS_OBJECT_NAME_NOT_FOUND
+        }
+    })
+}
+
+/// Writes what fits of `v`'s information of class `class` into the driver's buffer: see
+/// [`zw_query_value_key`].
+fn answer(v: &Value, class: u32, buffer: usize, length: u32, result: usize) -> Status {
+    let Some((fixed, info)) = value_information(v, class) else {
         return STATUS_INVALID_PARAMETER;
     };
     put_u32(result, u32::try_from(info.len()).unwrap_or(u32::MAX));
@@ -1045,6 +1100,28 @@ mod tests {
         let (s, r, buf) = query(h, "x", 2, 64);
         assert_eq!((s, r), (STATUS_SUCCESS, 16));
         assert_eq!(buf.get(12..16), Some(&0xABCDu32.to_le_bytes()[..]));
+        // Enumerated in order, then no more; deleted once.
+        let mut buf = [0u8; 32];
+        let mut r = 0u32;
+        let (b, rl) = (buf.as_mut_ptr() as usize, &mut r as *mut u32 as usize);
+        assert_eq!(zw_enumerate_value_key(h, 0, 0, b, 32, rl), STATUS_SUCCESS);
+        assert_eq!((r, buf[12]), (14, b'X'));
+        assert_eq!(
+            zw_enumerate_value_key(h, 1, 0, b, 32, rl),
+            STATUS_NO_MORE_ENTRIES
+        );
+        assert_eq!(
+            zw_delete_value_key(h, &vn as *const Us as usize),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            zw_delete_value_key(h, &vn as *const Us as usize),
+            STATUS_OBJECT_NAME_NOT_FOUND
+        );
+        assert_eq!(
+            zw_enumerate_value_key(h, 0, 0, b, 32, rl),
+            STATUS_NO_MORE_ENTRIES
+        );
         // The device keys exist from the start.
         let mut hw = 0u64;
         let out = &mut hw as *mut u64 as usize;
