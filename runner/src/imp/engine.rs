@@ -452,3 +452,59 @@ impl Engine for HostEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iosv::mdl::{MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED};
+
+    fn map(mdl: u64) -> FamilyCall {
+        FamilyCall::MapLocked {
+            mdl,
+            mode: 0,
+            cache: 1,
+            requested: 0,
+            bugcheck: 0,
+            priority: 16,
+            specify: true,
+        }
+    }
+
+    #[test]
+    fn family_calls_reach_the_simulated_mm_through_the_verifier_or_not() {
+        let host = Arc::new(Host::try_new(iosv::config::StartParams::default()).unwrap());
+        let e = HostEngine::new(Arc::clone(&host), super::super::kernel::hooks());
+        let mdl = 0x7000_0000_1000;
+        e.register_mdl(
+            mdl,
+            MdlInfo {
+                byte_count: 0x1000,
+                byte_offset: 0x10,
+                flags: MDL_PAGES_LOCKED,
+                mapped_system_va: 0,
+            },
+        );
+        // Unhooked: the simulated Mm maps (and says so in the MDL), iosv sees nothing.
+        let va = e.family(None, map(mdl));
+        assert_eq!(va & 0xFFF, 0x10);
+        let info = e.mdl_info(mdl).unwrap();
+        assert_eq!(info.mapped_system_va, va);
+        assert_ne!(info.flags & MDL_MAPPED_TO_SYSTEM_VA, 0);
+        assert_eq!(e.mdl_mapped_at(va), Some(mdl));
+        assert!(host.mdls().mappings().iter().all(|m| !m.via_iosv));
+        e.family(None, FamilyCall::UnmapLocked { base: va, mdl });
+        assert_eq!(e.mdl_mapped_at(va), None);
+        // Hooked: the verifier tracks the mapping; IoFreeMdl under it is IOSV017,
+        // contained (unmapped first), and the audit stays clean.
+        let va = e.family(Some(&[0x1234]), map(mdl));
+        let audit = host.audit(&iosv_host::Injected::new(), true).unwrap();
+        assert_eq!((audit.table_entries, audit.records), (1, 0));
+        assert!(audit.is_clean(), "{audit:?}");
+        e.family(Some(&[0x1234]), FamilyCall::FreeMdl { mdl });
+        assert_eq!(e.mdl_mapped_at(va), None);
+        assert_eq!(e.mdl_info(mdl), None);
+        let audit = host.audit(&iosv_host::Injected::new(), true).unwrap();
+        assert_eq!((audit.table_entries, audit.records), (0, 1));
+        assert!(audit.corruptions.is_empty(), "{audit:?}");
+    }
+}
