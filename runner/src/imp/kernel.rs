@@ -448,6 +448,7 @@ routines! {
     "IoFreeMdl" => mdl::io_free_mdl,
     "MmBuildMdlForNonPagedPool" => mdl::mm_build_mdl_for_non_paged_pool,
     "MmProbeAndLockPages" => mdl::mm_probe_and_lock_pages,
+    "IoBuildPartialMdl" => mdl::io_build_partial_mdl,
     "MmUnlockPages" => mdl::mm_unlock_pages,
     "MmMapLockedPagesSpecifyCache" => mdl::mm_map_locked_pages_specify_cache,
     "MmMapLockedPages" => mdl::mm_map_locked_pages,

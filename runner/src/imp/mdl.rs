@@ -16,7 +16,7 @@ use super::kernel::{alloc_zeroed, engine, frames, layout as l};
 use super::{mmio, Obj};
 use iosv::intercept::MdlHooks;
 use iosv::mdl::{
-    MdlInfo, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL_HAS_BEEN_MAPPED,
+    MdlInfo, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED,
     MDL_SOURCE_IS_NONPAGED_POOL,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,12 +160,50 @@ pub extern "win64" fn mm_probe_and_lock_pages(mdl: usize, _mode: u8, _operation:
     register(mdl);
 }
 
+/// `IoBuildPartialMdl(SourceMdl, TargetMdl, VirtualAddress, Length)`: the target describes
+/// `Length` bytes (0: the rest of the source) at `VirtualAddress`, marked `MDL_PARTIAL`.
+/// A source already mapped into system space (or in nonpaged pool) lends its mapping:
+/// the target inherits the flag and `MappedSystemVa` points into the source's mapping,
+/// so `MmGetSystemAddressForMdlSafe` uses it, as the DDI page says; otherwise mapping the
+/// target makes a mapping of its own (`MDL_PARTIAL_HAS_BEEN_MAPPED`), which `IoFreeMdl`
+/// and `MmPrepareMdlForReuse` release.
+pub extern "win64" fn io_build_partial_mdl(source: usize, target: usize, va: usize, length: u32) {
+    let s = mdl_obj(source);
+    let t = mdl_obj(target);
+    let offset = (va as u64).wrapping_sub(buffer(source));
+    let length = if length == 0 {
+        u64::from(s.get::<u32>(l::MDL_BYTE_COUNT)).saturating_sub(offset)
+    } else {
+        u64::from(length)
+    };
+    t.set::<u64>(l::MDL_START_VA, (va & !0xFFF) as u64);
+    t.set::<u32>(l::MDL_BYTE_OFFSET, (va & 0xFFF) as u32);
+    t.set::<u32>(l::MDL_BYTE_COUNT, u32::try_from(length).unwrap_or(u32::MAX));
+    let lent = s.get::<u16>(l::MDL_FLAGS) & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL);
+    t.set::<u16>(l::MDL_FLAGS, MDL_PARTIAL | lent);
+    let mapped = if lent == 0 {
+        0
+    } else {
+        s.get::<u64>(l::MDL_MAPPED_SYSTEM_VA).wrapping_add(offset)
+    };
+    t.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, mapped);
+    register(target);
+}
+
 // ---- the family, unhooked (the simulated Mm) and hooked (the verifier) -------------------
 
 /// Runs a family call on `mdl` (0: none) through the verifier (`ret` is the hook's
 /// return address) or unhooked (`None`), then updates the driver's MDL.
 fn call(ret: Option<u64>, mdl: usize, c: FamilyCall) -> u64 {
     let Some(e) = engine() else { return 0 };
+    let maps = matches!(
+        c,
+        FamilyCall::MapLocked { .. } | FamilyCall::MapReserved { .. }
+    );
+    if maps && mdl != 0 && e.mdl_info(mdl as u64).is_none() {
+        // An MDL the driver built in its own memory (MmInitializeMdl): Mm reads it.
+        register(mdl);
+    }
     let r = match ret {
         Some(ret) => {
             let (f, n) = frames(ret);
