@@ -1,13 +1,13 @@
 //! Engine tests of the MDL and reserved-mapping family: each new rule fires on its bug and
 //! only on it, containment decides what reaches Mm, implicit releases are silent, and the
-//! leak rules cover the new kinds. A platform of its own records every Mm call in order.
+//! leak rules cover the new kinds. The fake platform records every Mm call in order.
 
 use super::super::*;
 use crate::mdl::{
     MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
     MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
 };
-use crate::platform::mdl_fake::{Call, Fake};
+use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
 use crate::protocol::{ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS};
 use std::sync::atomic::Ordering;
 
@@ -78,7 +78,7 @@ impl Bed {
             .collect()
     }
     fn calls(&self) -> Vec<Call> {
-        std::mem::take(&mut *self.v.platform().calls.lock().unwrap())
+        self.v.platform().take_mm_calls()
     }
     fn irql(&self, irql: Irql) {
         self.v.platform().irql.store(irql.0, Ordering::Relaxed);
