@@ -557,6 +557,34 @@ impl Outcome {
     }
 }
 
+/// One phrase per outcome, for a report line about the slot ("... hooked (was 0x...)").
+impl core::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Patched { original } => write!(f, "hooked (was {original:#x})"),
+            Self::AlreadyAttached => f.write_str("already hooked by this plan"),
+            Self::AlreadyHooked { hook_of } => {
+                write!(f, "already holds the hook of {}", hook_of.name())
+            }
+            Self::NotBound { found } => {
+                write!(f, "not bound yet (holds the import entry {found:#x})")
+            }
+            Self::Restored { original } => write!(f, "restored to {original:#x}"),
+            Self::NotAttached => f.write_str("not hooked by this plan"),
+            Self::Changed { found } => {
+                write!(f, "changed by someone else (holds {found:#x}); left alone")
+            }
+            Self::Raced { found } => {
+                write!(
+                    f,
+                    "changed while being patched (holds {found:#x}); left alone"
+                )
+            }
+            Self::WriteFailed => f.write_str("could not be written"),
+        }
+    }
+}
+
 /// The outcome for one patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotOutcome {
@@ -943,6 +971,27 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
+
+    #[test]
+    fn outcomes_read_as_phrases() {
+        use std::string::ToString;
+        assert_eq!(
+            Outcome::Patched { original: 0x1000 }.to_string(),
+            "hooked (was 0x1000)"
+        );
+        assert_eq!(
+            Outcome::AlreadyHooked {
+                hook_of: HookedRoutine::UnmapIoSpace
+            }
+            .to_string(),
+            "already holds the hook of MmUnmapIoSpace"
+        );
+        assert_eq!(
+            Outcome::NotBound { found: 0x52 }.to_string(),
+            "not bound yet (holds the import entry 0x52)"
+        );
+        assert_eq!(Outcome::WriteFailed.to_string(), "could not be written");
+    }
 
     const BASE: usize = 0xFFFF_F806_1230_0000;
     const SIZE: usize = 0x100;

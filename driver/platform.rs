@@ -11,8 +11,6 @@ use crate::intercept::SlotAccess;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
-#[cfg(test)]
-pub(crate) mod mdl_fake;
 #[cfg(all(feature = "kernel", windows))]
 pub mod windows;
 

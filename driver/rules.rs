@@ -14,7 +14,10 @@ pub enum RuleId {
     UnmapSizeMismatch = 1,
     /// IOSV002: unmap above the selected IRQL ceiling.
     UnmapIrql = 2,
-    /// IOSV003: map above DISPATCH_LEVEL.
+    /// IOSV003: a map above its routine's ceiling: `MmMapIoSpace[Ex]`,
+    /// `MmMapLockedPagesWithReservedMapping` and a system-space `MmMapLockedPages[SpecifyCache]`
+    /// above DISPATCH_LEVEL; a user-space one or `MmAllocateMappingAddress[Ex]` above
+    /// APC_LEVEL.
     MapIrql = 3,
     /// IOSV004: the base address was never mapped by a tracked driver.
     UnmapUnknown = 4,
@@ -45,8 +48,9 @@ pub enum RuleId {
     /// one the mapping was made with.
     MdlUnmapWrongMdl = 15,
     /// IOSV016: `MmUnmapLockedPages` above the ceiling of the mapping's mode
-    /// (DISPATCH_LEVEL for system space, APC_LEVEL for user space), or
-    /// `MmUnmapReservedMapping` above DISPATCH_LEVEL.
+    /// (DISPATCH_LEVEL for system space, APC_LEVEL for user space),
+    /// `MmUnmapReservedMapping` above DISPATCH_LEVEL, or `MmFreeMappingAddress` above
+    /// APC_LEVEL.
     MdlUnmapIrql = 16,
     /// IOSV017: `IoFreeMdl` or `MmUnlockPages` of an MDL whose
     /// explicit mapping is live and is not released by that call.
@@ -339,8 +343,8 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV003",
         name: "map-irql",
         severity: Severity::Error,
-        summary: "MmMapIoSpace/MmMapIoSpaceEx called above DISPATCH_LEVEL",
-        help: "Map at IRQL <= DISPATCH_LEVEL, ideally at PASSIVE_LEVEL during start-device (Driver Verifier 0xC4/0x73).",
+        summary: "MmMapIoSpace/MmMapIoSpaceEx called above DISPATCH_LEVEL; of the MDL family, MmMapLockedPages[SpecifyCache] above DISPATCH_LEVEL (system space) or APC_LEVEL (user space), MmMapLockedPagesWithReservedMapping above DISPATCH_LEVEL, MmAllocateMappingAddress[Ex] above APC_LEVEL",
+        help: "Map at IRQL <= DISPATCH_LEVEL (APC_LEVEL for user-space MDL mappings and reserving ranges), ideally at PASSIVE_LEVEL during start-device (Driver Verifier 0xC4/0x73).",
         reference: DDI_MAP,
         containable: false,
         blames_owner: false,
@@ -487,8 +491,8 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV016",
         name: "mdl-unmap-irql",
         severity: Severity::Error,
-        summary: "MmUnmapLockedPages above DISPATCH_LEVEL for a system-space mapping or above APC_LEVEL for a user-space one, or MmUnmapReservedMapping above DISPATCH_LEVEL",
-        help: "Unmap system-space MDL mappings at IRQL <= DISPATCH_LEVEL and user-space ones at PASSIVE_LEVEL or APC_LEVEL (Driver Verifier 0xC4/0x79-0x7A).",
+        summary: "MmUnmapLockedPages above DISPATCH_LEVEL for a system-space mapping or above APC_LEVEL for a user-space one, MmUnmapReservedMapping above DISPATCH_LEVEL, or MmFreeMappingAddress above APC_LEVEL",
+        help: "Unmap system-space MDL mappings at IRQL <= DISPATCH_LEVEL and user-space ones at PASSIVE_LEVEL or APC_LEVEL; free reserved ranges at IRQL <= APC_LEVEL (Driver Verifier 0xC4/0x79-0x7A).",
         reference: DDI_MDL_UNMAP,
         containable: false,
         blames_owner: false,

@@ -388,10 +388,10 @@ impl<'a> Violation<'a> {
     /// or the record carries the tracked mapping (a graveyard tombstone has no cache).
     pub fn cache_known(&self) -> bool {
         self.rec.flags & VF_MAPPING_KNOWN != 0
-            || matches!(
+            || (matches!(
                 self.rule(),
                 Some(RuleId::MapIrql | RuleId::MapBadParameters | RuleId::CacheConflict)
-            )
+            ) && self.rec.kind == iosv::protocol::MK_IO_SPACE)
     }
 
     /// The cache field (kind, name, value), `None` when the record has none.
@@ -546,6 +546,24 @@ impl<'a> Violation<'a> {
                 "{unmap} at {}, above the unmap IRQL ceiling (DISPATCH_LEVEL; APC_LEVEL in Driver Verifier mode)",
                 irql(r.irql)
             ),
+            Some(RuleId::MapIrql) if kind == iosv::mdl::MappingKind::Mdl => format!(
+                "{caller} called MmMapLockedPages[SpecifyCache](MDL {}) at {}, above the ceiling of its mode (DISPATCH_LEVEL for KernelMode, APC_LEVEL for UserMode){}",
+                hex(r.passed_mdl),
+                irql(r.irql),
+                if r.address != 0 { format!("; mapped at {}", hex(r.address)) } else { String::new() }
+            ),
+            Some(RuleId::MapIrql) if kind == iosv::mdl::MappingKind::Reserved && r.passed_mdl != 0 => format!(
+                "{caller} called MmMapLockedPagesWithReservedMapping({}, MDL {}) at {}, above DISPATCH_LEVEL",
+                hex(r.address),
+                hex(r.passed_mdl),
+                irql(r.irql)
+            ),
+            Some(RuleId::MapIrql) if kind == iosv::mdl::MappingKind::Reserved => format!(
+                "{caller} called MmAllocateMappingAddress(0x{:x}) at {}, above APC_LEVEL{}",
+                r.passed_size,
+                irql(r.irql),
+                if r.address != 0 { format!("; reserved {}", hex(r.address)) } else { String::new() }
+            ),
             Some(RuleId::MapIrql) => format!(
                 "{caller} called {}(physical {}, 0x{:x}, {}) at {}, above DISPATCH_LEVEL",
                 self.map_fn(),
@@ -673,6 +691,16 @@ impl<'a> Violation<'a> {
                 hex(r.address),
                 hex(r.passed_mdl)
             ),
+            Some(RuleId::MdlUnmapIrql)
+                if kind == iosv::mdl::MappingKind::Reserved && r.passed_mdl == 0 =>
+            {
+                format!(
+                    "{caller} called MmFreeMappingAddress({}) at {}, above APC_LEVEL{}",
+                    hex(r.address),
+                    irql(r.irql),
+                    if known { format!(": {mapping}") } else { String::new() }
+                )
+            }
             Some(RuleId::MdlUnmapIrql) => format!(
                 "{caller} unmapped {} at {}: {mapping}; the ceiling is DISPATCH_LEVEL for system space, APC_LEVEL for user space",
                 hex(r.address),
@@ -837,6 +865,48 @@ mod tests {
         };
         let v = Violation::new(&r);
         assert!(v.cache().is_none() && v.other_cache().is_none());
+    }
+
+    #[test]
+    fn family_irql_messages_name_the_routine_and_its_ceiling() {
+        use iosv::protocol::{MK_MDL, MK_RESERVED};
+        let rec = |rule: RuleId, kind: u8, address: u64, passed_mdl: u64, passed_size: u64| {
+            ViolationRecord {
+                rule: rule.number(),
+                kind,
+                irql: 5,
+                driver_id: 1,
+                driver_name: wire_name(b"a.sys"),
+                address,
+                passed_mdl,
+                passed_size,
+                cache: 7,
+                ..Default::default()
+            }
+        };
+        let m = rec(RuleId::MapIrql, MK_MDL, 0xF000, 0xA000, 0);
+        let v = Violation::new(&m);
+        assert_eq!(
+            v.message(),
+            "a.sys called MmMapLockedPages[SpecifyCache](MDL 0xa000) at DIRQL 5, above the ceiling of its mode (DISPATCH_LEVEL for KernelMode, APC_LEVEL for UserMode); mapped at 0xf000"
+        );
+        // A family record's cache field is not an I/O-space cache type: none shown.
+        assert!(v.cache().is_none());
+        let m = rec(RuleId::MapIrql, MK_RESERVED, 0xF000, 0xA000, 0);
+        assert_eq!(
+            Violation::new(&m).message(),
+            "a.sys called MmMapLockedPagesWithReservedMapping(0xf000, MDL 0xa000) at DIRQL 5, above DISPATCH_LEVEL"
+        );
+        let m = rec(RuleId::MapIrql, MK_RESERVED, 0xF000, 0, 0x4000);
+        assert_eq!(
+            Violation::new(&m).message(),
+            "a.sys called MmAllocateMappingAddress(0x4000) at DIRQL 5, above APC_LEVEL; reserved 0xf000"
+        );
+        let m = rec(RuleId::MdlUnmapIrql, MK_RESERVED, 0xF000, 0, 0);
+        assert_eq!(
+            Violation::new(&m).message(),
+            "a.sys called MmFreeMappingAddress(0xf000) at DIRQL 5, above APC_LEVEL"
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! `std`; always compiled for this crate's own tests).
 //!
 //! What it simulates is set once in a [`FakeConfig`]; what a test changes while it runs
-//! (the IRQL, the thread, the top stack frame, addresses Mm should hand out again, failing
-//! maps) and what it observes (unmaps that reached "Mm", bug checks, breaks) are public
-//! fields. Two shapes, chosen by the type so that neither pays for the other's branches:
+//! (the IRQL, the thread, the process, the top stack frame, addresses Mm should hand out
+//! again, failing maps, the MDL headers "Mm" reads) and what it observes (unmaps that
+//! reached "Mm", every call of the MDL and reserved-mapping family in order, bug checks,
+//! breaks) are public fields. Two shapes, chosen by the type so that neither pays for the other's branches:
 //!
 //! - `FakePlatform` (`PER_THREAD = false`, [`FakePlatform::new`] / [`FakePlatform::with`]):
 //!   one IRQL, thread and clock for everyone, a shared bump allocator of virtual addresses
@@ -29,7 +30,9 @@
 
 use super::{BugCheck, Irql, Platform, PlatformError};
 use crate::intercept::{SlotAccess, SlotWriteError};
+use crate::mdl::{MdlInfo, USER_MODE};
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
@@ -91,6 +94,9 @@ impl FakeConfig {
     }
 }
 
+/// The process id reported first: the System process.
+const SYSTEM_PROCESS: u64 = 4;
+
 /// Processors the benchmark shape reports (its `processors` setting is ignored).
 const BENCH_PROCESSORS: u32 = 4;
 
@@ -116,6 +122,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A release of the MDL and reserved-mapping family (or an I/O-space unmap) that reached
+/// "Mm", in [`FakePlatform::mm_calls`] (shared shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmCall {
+    /// `MmUnmapLockedPages(base, mdl)`.
+    UnmapLocked(u64, u64),
+    /// `IoFreeMdl(mdl)`.
+    FreeMdl(u64),
+    /// `MmUnlockPages(mdl)`.
+    Unlock(u64),
+    /// `MmMapLockedPagesWithReservedMapping(range, .., mdl, ..)`.
+    MapReserved(u64, u64),
+    /// `MmUnmapReservedMapping(base, tag, mdl)`.
+    UnmapReserved(u64, u32, u64),
+    /// `MmFreeMappingAddress(base, tag)`.
+    FreeReserved(u64, u32),
+    /// `MmUnmapIoSpace(base, ..)` (also in [`FakePlatform::unmapped`], with its size).
+    UnmapIoSpace(u64),
+}
+
+/// Where user-mode MDL mappings of the shared shape live (`UserMode` maps).
+const USER_VA_BASE: u64 = 0x0000_0200_0000_0000;
+
 /// The fake platform; `PER_THREAD` picks the shape (see the module docs).
 #[derive(Debug)]
 pub struct FakePlatform<const PER_THREAD: bool = false> {
@@ -124,6 +153,8 @@ pub struct FakePlatform<const PER_THREAD: bool = false> {
     pub irql: AtomicU8,
     /// Id of "the current thread" (shared shape).
     pub thread: AtomicU64,
+    /// Id of "the current process" (shared shape; 4, the System process, at first).
+    pub process: AtomicU64,
     /// The next clock reading (shared shape).
     pub now: AtomicU64,
     /// Return address a captured stack reports first (0: the configured pattern's).
@@ -133,6 +164,12 @@ pub struct FakePlatform<const PER_THREAD: bool = false> {
     pub reuse: Mutex<Vec<u64>>,
     /// (base, size) of every unmap that reached Mm (shared shape).
     pub unmapped: Mutex<Vec<(u64, usize)>>,
+    /// The MDL headers "Mm" reads (`mdl_info`, the byte offset of an MDL mapping), by MDL
+    /// address; a test sets them.
+    pub mdls: Mutex<HashMap<u64, MdlInfo>>,
+    /// Every release of the MDL family and every I/O-space unmap that reached Mm, in order
+    /// (shared shape).
+    pub mm_calls: Mutex<Vec<MmCall>>,
     /// Every bug check requested (shared shape).
     pub bugchecks: Mutex<Vec<BugCheck>>,
     /// Debug breaks requested.
@@ -175,11 +212,14 @@ impl<const PER_THREAD: bool> FakePlatform<PER_THREAD> {
             config,
             irql: AtomicU8::new(0),
             thread: AtomicU64::new(config.thread),
+            process: AtomicU64::new(SYSTEM_PROCESS),
             now: AtomicU64::new(config.clock_start),
             frame: AtomicU64::new(0),
             next_va: AtomicU64::new(config.va_base),
             reuse: Mutex::new(Vec::new()),
             unmapped: Mutex::new(Vec::new()),
+            mdls: Mutex::new(HashMap::new()),
+            mm_calls: Mutex::new(Vec::new()),
             bugchecks: Mutex::new(Vec::new()),
             breaks: AtomicU64::new(0),
             fail_maps: AtomicBool::new(false),
@@ -194,6 +234,25 @@ impl<const PER_THREAD: bool> FakePlatform<PER_THREAD> {
     /// Takes the list of unmaps that reached Mm so far.
     pub fn take_unmapped(&self) -> Vec<(u64, usize)> {
         core::mem::take(&mut *lock(&self.unmapped))
+    }
+
+    /// Takes the family's calls that reached Mm so far ([`FakePlatform::mm_calls`]).
+    pub fn take_mm_calls(&self) -> Vec<MmCall> {
+        core::mem::take(&mut *lock(&self.mm_calls))
+    }
+
+    /// Records `call` (shared shape only).
+    fn record(&self, call: MmCall) {
+        if !self.per_thread() {
+            lock(&self.mm_calls).push(call);
+        }
+    }
+
+    /// The byte offset of the MDL at `mdl`, as set in [`FakePlatform::mdls`] (0 if unset).
+    fn byte_offset(&self, mdl: u64) -> u64 {
+        lock(&self.mdls)
+            .get(&mdl)
+            .map_or(0, |i| u64::from(i.byte_offset))
     }
 
     #[inline]
@@ -276,7 +335,10 @@ impl<const PER_THREAD: bool> Platform for FakePlatform<PER_THREAD> {
     }
     #[inline]
     fn current_process_id(&self) -> u64 {
-        4
+        if self.per_thread() {
+            return SYSTEM_PROCESS;
+        }
+        self.process.load(Ordering::Relaxed)
     }
     #[inline]
     fn current_thread_id(&self) -> u64 {
@@ -337,7 +399,68 @@ impl<const PER_THREAD: bool> Platform for FakePlatform<PER_THREAD> {
     fn mm_unmap_io_space(&self, base: u64, size: usize) {
         if !self.per_thread() {
             lock(&self.unmapped).push((base, size));
+            self.record(MmCall::UnmapIoSpace(base));
         }
+    }
+    fn mm_map_locked_pages_specify_cache(
+        &self,
+        mdl: u64,
+        access_mode: u8,
+        _cache_type: u32,
+        _requested_address: u64,
+        _bugcheck_on_failure: u32,
+        _priority: u32,
+    ) -> u64 {
+        let va = self.map(0);
+        if va == 0 {
+            return 0;
+        }
+        let off = self.byte_offset(mdl);
+        if access_mode == USER_MODE {
+            // The same page sequence, moved into the user half of the address space.
+            USER_VA_BASE
+                .wrapping_add(va % 0x1_0000_0000)
+                .wrapping_add(off)
+        } else {
+            va.wrapping_add(off)
+        }
+    }
+    fn mm_map_locked_pages(&self, mdl: u64, access_mode: u8) -> u64 {
+        self.mm_map_locked_pages_specify_cache(mdl, access_mode, 1, 0, 1, 0)
+    }
+    fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
+        self.record(MmCall::UnmapLocked(base, mdl));
+    }
+    fn io_free_mdl(&self, mdl: u64) {
+        self.record(MmCall::FreeMdl(mdl));
+    }
+    fn mm_unlock_pages(&self, mdl: u64) {
+        self.record(MmCall::Unlock(mdl));
+    }
+    fn mm_allocate_mapping_address(&self, _size: usize, _pool_tag: u32) -> u64 {
+        self.map(0)
+    }
+    fn mm_allocate_mapping_address_ex(&self, _size: usize, _pool_tag: u32, _flags: u32) -> u64 {
+        self.map(0)
+    }
+    fn mm_map_locked_pages_with_reserved_mapping(
+        &self,
+        mapping_address: u64,
+        _pool_tag: u32,
+        mdl: u64,
+        _cache_type: u32,
+    ) -> u64 {
+        self.record(MmCall::MapReserved(mapping_address, mdl));
+        mapping_address.wrapping_add(self.byte_offset(mdl))
+    }
+    fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {
+        self.record(MmCall::UnmapReserved(base, pool_tag, mdl));
+    }
+    fn mm_free_mapping_address(&self, base: u64, pool_tag: u32) {
+        self.record(MmCall::FreeReserved(base, pool_tag));
+    }
+    fn mdl_info(&self, mdl: u64) -> Option<MdlInfo> {
+        lock(&self.mdls).get(&mdl).copied()
     }
     #[inline]
     fn debug_break(&self) {

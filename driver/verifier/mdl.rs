@@ -84,13 +84,17 @@ impl<P: Platform> Verifier<P> {
     }
 
     fn track_mdl_mapping(&self, cx: &CallCtx, base: u64, mdl: u64, mode: u8, cache: u32) -> u64 {
+        let user = mode == USER_MODE;
+        // The map routines' ceiling (their DDI pages): APC_LEVEL for a user-space mapping,
+        // DISPATCH_LEVEL for a system-space one. Judged whether or not the map succeeded.
+        let ceiling = if user { Irql::APC } else { Irql::DISPATCH };
+        self.check_family_map_irql(cx, ceiling, MappingKind::Mdl, base, mdl, 0, cache);
         if base == 0 {
             self.stats.bump(cx.processor, Counter::MapFailures);
             return 0;
         }
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
-        let user = mode == USER_MODE;
         let size = self
             .platform
             .mdl_info(mdl)
@@ -312,6 +316,9 @@ impl<P: Platform> Verifier<P> {
     }
 
     fn track_reserved(&self, cx: &CallCtx, base: u64, size: usize, tag: u32) -> u64 {
+        // MmAllocateMappingAddress[Ex]: IRQL <= APC_LEVEL (their DDI pages).
+        let kind = MappingKind::Reserved;
+        self.check_family_map_irql(cx, Irql::APC, kind, base, 0, size as u64, 0);
         if base == 0 {
             self.stats.bump(cx.processor, Counter::MapFailures);
             return 0;
@@ -337,6 +344,17 @@ impl<P: Platform> Verifier<P> {
         cache_type: u32,
     ) -> u64 {
         let cx = self.ctx(caller);
+        // MmMapLockedPagesWithReservedMapping: IRQL <= DISPATCH_LEVEL (its DDI page).
+        let kind = MappingKind::Reserved;
+        self.check_family_map_irql(
+            &cx,
+            Irql::DISPATCH,
+            kind,
+            mapping_address,
+            mdl,
+            0,
+            cache_type,
+        );
         let contain = self.settings.containment();
         let real = || {
             self.platform.mm_map_locked_pages_with_reserved_mapping(
@@ -451,12 +469,26 @@ impl<P: Platform> Verifier<P> {
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
+        // MmFreeMappingAddress: IRQL <= APC_LEVEL (its DDI page); IOSV016, reported and
+        // passed like the family's other releases above their ceiling.
+        let above = cx.irql > Irql::APC;
         let Some(m) = self.take_reserved(&cx, base) else {
+            if above {
+                let mut r = self.blank_record(&cx);
+                r.address = base;
+                r.kind = MappingKind::Reserved as u8;
+                self.violate(RuleId::MdlUnmapIrql, &cx, r);
+            }
             if self.family_not_found(&cx, base, 0, MappingKind::Reserved, contain) {
                 self.platform.mm_free_mapping_address(base, pool_tag);
             }
             return;
         };
+        if above {
+            let mut r = self.family_record(&cx, &m);
+            r.address = base;
+            self.violate(RuleId::MdlUnmapIrql, &cx, r);
+        }
         self.forget_mapping(&m);
         self.bury(&cx, &m);
         if m.flags & FLAG_RESERVED_MAPPED != 0 {
@@ -490,6 +522,34 @@ impl<P: Platform> Verifier<P> {
     }
 
     // ---- shared ------------------------------------------------------------------------
+
+    /// IOSV003 for a map (or reservation) of the family above its documented `ceiling`:
+    /// reported, never contained (the map itself is not wrong, only where it runs), as for
+    /// `MmMapIoSpace`. The record says which routine: its kind, the MDL passed (0 for
+    /// `MmAllocateMappingAddress[Ex]`, which passes a size instead), the address returned
+    /// (or the reserved range mapped into).
+    #[allow(clippy::too_many_arguments)]
+    fn check_family_map_irql(
+        &self,
+        cx: &CallCtx,
+        ceiling: Irql,
+        kind: MappingKind,
+        address: u64,
+        mdl: u64,
+        size: u64,
+        cache: u32,
+    ) {
+        if cx.irql <= ceiling {
+            return;
+        }
+        let mut r = self.blank_record(cx);
+        r.kind = kind as u8;
+        r.address = address;
+        r.passed_mdl = mdl;
+        r.passed_size = size;
+        r.cache = cache;
+        self.violate(RuleId::MapIrql, cx, r);
+    }
 
     /// A head for a new entry of the family made by `cx` (map-site fields filled; the
     /// caller sets kind, MDL and cache).

@@ -25,6 +25,7 @@ pub struct Actor {
     pub(crate) index: u32,
     pub(crate) bad_parameter: u32,
     pub(crate) double_unmap: u32,
+    pub(crate) map_irql: u32,
     private_pages: Option<u64>,
 }
 
@@ -77,6 +78,7 @@ impl Host {
             index,
             bad_parameter: 0,
             double_unmap: 0,
+            map_irql: 0,
             private_pages: None,
         }
     }

@@ -108,8 +108,16 @@ fn unmap_irql(b: &mut Bug<'_>) -> Result<bool, HostError> {
     Ok(b.counted(h.tracked && reached))
 }
 
-/// IOSV003: maps from an ISR, at DIRQL (and unmaps at PASSIVE_LEVEL).
+/// IOSV003: maps from an ISR, at DIRQL (and unmaps at PASSIVE_LEVEL); every other time,
+/// where the MDL family is hooked, maps a user buffer into its process from a DPC
+/// ([`crate::mdl::commit_map_irql`]).
 fn map_irql(b: &mut Bug<'_>) -> Result<bool, HostError> {
+    b.actor.map_irql = b.actor.map_irql.wrapping_add(1);
+    if b.actor.map_irql.is_multiple_of(2) {
+        if let Some(reached) = crate::mdl::commit_map_irql(b.d, b.host)? {
+            return Ok(b.counted(reached));
+        }
+    }
     let (p, size) = b.actor.window();
     let (base, hooked) = thread::with_irql(DIRQL_MAP, || {
         b.d.map_io_space(Routine::Isr, p, size, MM_NON_CACHED)

@@ -821,6 +821,34 @@ pub(crate) fn commit(host: &Host, rule: RuleId, d: &DriverRef) -> Result<bool, H
     Ok(true)
 }
 
+/// IOSV003 of the family: maps a user buffer's MDL into the client process from a DPC
+/// (DISPATCH_LEVEL; the ceiling of a user-space mapping is APC_LEVEL), then unmaps it at
+/// PASSIVE_LEVEL in that process. Returns whether the map reached iosv; `None` if `d`'s
+/// family slots are not hooked (the caller commits the I/O-space form instead).
+pub(crate) fn commit_map_irql(d: &DriverRef, host: &Host) -> Result<Option<bool>, HostError> {
+    if !d.family_hooked() {
+        return Ok(None);
+    }
+    let mdls = &host.sys.mdls;
+    let a = mdls.allocate_mdl(0, 0x1000, false);
+    let (uva, reached) = with_process(CLIENT_PROCESS, || {
+        thread::with_irql(Irql::DISPATCH, || {
+            d.map_locked_pages(Routine::Dpc, a, USER_MODE)
+        })
+    })?;
+    thread::with_irql(Irql::PASSIVE, || -> Result<(), HostError> {
+        if uva != 0 {
+            with_process(CLIENT_PROCESS, || {
+                d.unmap_locked_pages(Routine::Dispatch, uva, a)
+            })?;
+        }
+        d.unlock_pages(Routine::Dispatch, a)?;
+        d.free_mdl(Routine::Dispatch, a)?;
+        Ok(())
+    })?;
+    Ok(Some(reached))
+}
+
 /// True for the rules [`commit`] commits.
 pub fn is_family_rule(rule: RuleId) -> bool {
     rule.number() >= RuleId::MdlUnmapWrongMdl.number()

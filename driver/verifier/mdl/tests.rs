@@ -1,13 +1,13 @@
 //! Engine tests of the MDL and reserved-mapping family: each new rule fires on its bug and
 //! only on it, containment decides what reaches Mm, implicit releases are silent, and the
-//! leak rules cover the new kinds. A platform of its own records every Mm call in order.
+//! leak rules cover the new kinds. The fake platform records every Mm call in order.
 
 use super::super::*;
 use crate::mdl::{
     MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
     MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
 };
-use crate::platform::mdl_fake::{Call, Fake};
+use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
 use crate::protocol::{ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS};
 use std::sync::atomic::Ordering;
 
@@ -78,7 +78,7 @@ impl Bed {
             .collect()
     }
     fn calls(&self) -> Vec<Call> {
-        std::mem::take(&mut *self.v.platform().calls.lock().unwrap())
+        self.v.platform().take_mm_calls()
     }
     fn irql(&self, irql: Irql) {
         self.v.platform().irql.store(irql.0, Ordering::Relaxed);
@@ -457,4 +457,105 @@ fn unknown_mdl_unmap_is_contained() {
     b.v.unmap_locked_pages(me(), 0xFFFF_F800_7777_0000, MDL_A);
     assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
     assert!(b.calls().is_empty());
+}
+
+#[test]
+fn iosv003_map_ceiling_of_mdl_mappings_depends_on_the_mode() {
+    let b = bed();
+    // System space: DISPATCH_LEVEL is the ceiling.
+    b.irql(Irql::DISPATCH);
+    let va = b.map_kernel(MDL_A);
+    assert!(b.rules().is_empty());
+    b.irql(Irql(5));
+    let va2 = b.map_kernel(MDL_B);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MapIrql.number());
+    assert_eq!(
+        (r[0].kind, r[0].passed_mdl, r[0].address),
+        (MK_MDL, MDL_B, va2)
+    );
+    assert_eq!(r[0].irql, 5);
+    // Reported, not contained: the mapping is tracked as usual.
+    assert_eq!(b.live(), 2);
+    b.irql(Irql::PASSIVE);
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    b.v.unmap_locked_pages(me(), va2, MDL_B);
+    // User space: APC_LEVEL is the ceiling, for MmMapLockedPages too.
+    b.irql(Irql::APC);
+    let u = b.v.map_locked_pages(me(), MDL_A, USER_MODE);
+    assert!(b.rules().is_empty());
+    b.irql(Irql::DISPATCH);
+    let u2 = b.v.map_locked_pages(me(), MDL_B, USER_MODE);
+    assert_eq!(b.rules(), [RuleId::MapIrql]);
+    b.irql(Irql::APC);
+    b.v.unmap_locked_pages(me(), u, MDL_A);
+    b.v.unmap_locked_pages(me(), u2, MDL_B);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn iosv003_map_ceiling_of_a_failed_mdl_map_is_judged_too() {
+    let b = bed();
+    b.v.platform().fail_maps.store(true, Ordering::Relaxed);
+    b.irql(Irql(5));
+    assert_eq!(
+        b.v.map_locked_pages_specify_cache(me(), MDL_A, KERNEL_MODE, 1, 0, 0, 16),
+        0
+    );
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].rule, r[0].address), (RuleId::MapIrql.number(), 0));
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv003_reserved_ranges_are_allocated_at_apc_and_mapped_at_dispatch_at_most() {
+    let b = bed();
+    b.irql(Irql::APC);
+    let range = b.reserve(0x4000);
+    assert!(b.rules().is_empty());
+    b.irql(Irql::DISPATCH);
+    let other = b.reserve(0x4000);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MapIrql.number());
+    assert_eq!(
+        (r[0].kind, r[0].passed_mdl, r[0].passed_size, r[0].address),
+        (MK_RESERVED, 0, 0x4000, other)
+    );
+    // Mapping an MDL into a range: DISPATCH_LEVEL is fine, a DIRQL is not.
+    assert_ne!(b.v.map_reserved(me(), range, TAG, MDL_A, 1), 0);
+    assert!(b.rules().is_empty());
+    b.irql(Irql(5));
+    assert_ne!(b.v.map_reserved(me(), other, TAG, MDL_B, 1), 0);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].rule, r[0].kind, r[0].passed_mdl, r[0].address),
+        (RuleId::MapIrql.number(), MK_RESERVED, MDL_B, other)
+    );
+}
+
+#[test]
+fn iosv016_free_of_a_reserved_range_above_apc_is_reported_and_passed() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    b.irql(Irql::APC);
+    b.v.free_mapping_address(me(), range, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::FreeReserved(range, TAG)]);
+    b.irql(Irql::PASSIVE);
+    let range = b.reserve(0x4000);
+    b.irql(Irql::DISPATCH);
+    b.v.free_mapping_address(me(), range, TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::MdlUnmapIrql.number());
+    assert_eq!(
+        (r[0].kind, r[0].address, r[0].base),
+        (MK_RESERVED, range, range)
+    );
+    assert_eq!(b.calls(), [Call::FreeReserved(range, TAG)]);
+    assert_eq!(b.live(), 0);
 }
