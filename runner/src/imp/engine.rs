@@ -418,13 +418,15 @@ impl Engine for HostEngine {
                 .iter()
                 .find(|p| p.address == o.address)
                 .map_or("?", |p| p.routine.name());
+            // "hooked (was 0x…)" or why not (intercept::Outcome's Display).
             lines.push(match o.outcome {
-                Outcome::Patched { original } => format!(
-                    "import slot {} ({routine}) hooked (was {original:#x})",
-                    image.describe(o.address).unwrap_or_default()
+                Outcome::Patched { .. } => format!(
+                    "import slot {} ({routine}) {}",
+                    image.describe(o.address).unwrap_or_default(),
+                    o.outcome
                 ),
                 other => format!(
-                    "import slot {} ({routine}) not hooked: {other:?}",
+                    "import slot {} ({routine}) not hooked: {other}",
                     image.describe(o.address).unwrap_or_default()
                 ),
             });

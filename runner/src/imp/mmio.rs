@@ -259,15 +259,18 @@ mod tests {
     fn an_mdl_mapping_is_a_window_onto_the_buffer() {
         let mut buffer = vec![0u8; 0x2000];
         let host = buffer.as_mut_ptr() as u64;
-        aliased(0xFFFF_A000_0000_0000, 0x2000, host);
-        write(0xFFFF_A000_0000_0010, 4, 0x1122_3344).unwrap();
+        // Far from where the host's simulated Mm hands out MDL mappings
+        // (0xFFFF_A000_0000_0000 up): the alias table is global, and the engine's tests
+        // in this process map there at the same time.
+        aliased(0xFFFF_AFFF_0000_0000, 0x2000, host);
+        write(0xFFFF_AFFF_0000_0010, 4, 0x1122_3344).unwrap();
         assert_eq!(buffer.get(0x10..0x14), Some(&[0x44, 0x33, 0x22, 0x11][..]));
         buffer[0x1FFF] = 0xAB;
-        assert_eq!(read(0xFFFF_A000_0000_1FFF, 1), Ok(0xAB));
+        assert_eq!(read(0xFFFF_AFFF_0000_1FFF, 1), Ok(0xAB));
         // Past the end, or straddling it: not the buffer.
-        assert_eq!(read(0xFFFF_A000_0000_1FFE, 4), Err(Miss::Unmapped));
-        assert_eq!(read(0xFFFF_A000_0000_2000, 1), Err(Miss::Unmapped));
-        unaliased(0xFFFF_A000_0000_0000);
-        assert_eq!(read(0xFFFF_A000_0000_0010, 4), Err(Miss::Unmapped));
+        assert_eq!(read(0xFFFF_AFFF_0000_1FFE, 4), Err(Miss::Unmapped));
+        assert_eq!(read(0xFFFF_AFFF_0000_2000, 1), Err(Miss::Unmapped));
+        unaliased(0xFFFF_AFFF_0000_0000);
+        assert_eq!(read(0xFFFF_AFFF_0000_0010, 4), Err(Miss::Unmapped));
     }
 }
