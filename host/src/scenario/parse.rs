@@ -2,8 +2,8 @@
 //! checked and lowered into a [`Scenario`].
 
 use super::{
-    ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
-    StressSpec, UnmapTarget,
+    ConfigChange, DeviceDecl, DriverDecl, ImageDecl, IoctlDecl, Limit, Location, Scenario,
+    ScenarioError, Step, StepKind, StressSpec, UnmapTarget,
 };
 use crate::devices::{Bar, AUTO_PHYSICAL, MAX_BAR_SIZE};
 use crate::{Behaviour, Routine};
@@ -69,10 +69,20 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDriver {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     behaviour: Option<Spanned<String>>,
     bug_every: Option<Spanned<Value>>,
     target: Option<Spanned<bool>>,
+    image: Option<Spanned<String>>,
+    expect: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    ioctls: Option<Spanned<Vec<Spanned<RawIoctl>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIoctl {
+    code: Spanned<Value>,
+    input: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +136,10 @@ struct RawStep {
     seed: Option<Spanned<Value>>,
     drivers: Option<Names>,
     inject: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    code: Option<Spanned<Value>>,
+    input: Option<Spanned<String>>,
+    image_ops: Option<Spanned<Value>>,
+    image_restart_every: Option<Spanned<Value>>,
 }
 
 impl RawStep {
@@ -168,7 +182,11 @@ impl RawStep {
             duration_ms,
             seed,
             drivers,
-            inject
+            inject,
+            code,
+            input,
+            image_ops,
+            image_restart_every
         );
         v
     }
@@ -404,9 +422,28 @@ fn rule(l: &Lines<'_>, v: &Spanned<String>) -> R<RuleId> {
 struct Names2<'a> {
     drivers: &'a HashSet<String>,
     devices: &'a HashSet<String>,
+    /// Image drivers (lowercase) and the devices of image drivers.
+    images: &'a HashSet<String>,
+    image_devices: &'a HashSet<String>,
 }
 
 impl Names2<'_> {
+    /// A simulated driver: refuses an image driver for `what` (a step only the host's
+    /// simulated drivers can do).
+    fn simulated(&self, l: &Lines<'_>, v: &Spanned<String>, what: &str) -> R<String> {
+        let n = self.driver(l, v)?;
+        if self.images.contains(&n.to_ascii_lowercase()) {
+            return Err(l.err(
+                &v.span(),
+                std::format!("`{n}` is a compiled driver image: {what} only applies to simulated drivers (an image does what its code does)"),
+            ));
+        }
+        Ok(n)
+    }
+    fn is_image_device(&self, device: &str) -> bool {
+        self.image_devices.contains(device)
+    }
+
     fn driver(&self, l: &Lines<'_>, v: &Spanned<String>) -> R<String> {
         let n = v.get_ref();
         if self.drivers.contains(&n.to_ascii_lowercase()) {
@@ -480,7 +517,7 @@ fn config(
     Ok(c)
 }
 
-const STEP_FIELDS: [(&str, &[&str]); 19] = [
+const STEP_FIELDS: [(&str, &[&str]); 20] = [
     ("load", &["driver"]),
     ("unload", &["driver"]),
     ("attach", &["driver"]),
@@ -492,6 +529,7 @@ const STEP_FIELDS: [(&str, &[&str]); 19] = [
     ("surprise-remove", &["device"]),
     ("remove", &["device"]),
     ("io", &["device", "count"]),
+    ("ioctl", &["device", "code", "input", "count"]),
     (
         "map",
         &[
@@ -526,7 +564,16 @@ const STEP_FIELDS: [(&str, &[&str]); 19] = [
     ("clear", &["what"]),
     (
         "stress",
-        &["threads", "ops", "duration_ms", "seed", "drivers", "inject"],
+        &[
+            "threads",
+            "ops",
+            "duration_ms",
+            "seed",
+            "drivers",
+            "inject",
+            "image_ops",
+            "image_restart_every",
+        ],
     ),
 ];
 
@@ -562,6 +609,19 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
     };
     let drv = || -> R<String> { n.driver(l, required(l, &at, op, "driver", s.driver.as_ref())?) };
     let dev = || -> R<String> { n.device(l, required(l, &at, op, "device", s.device.as_ref())?) };
+    let sim = |what: &str| -> R<String> {
+        n.simulated(l, required(l, &at, op, "driver", s.driver.as_ref())?, what)
+    };
+    // A device op that only the host's simulated devices (`image == false`) or only
+    // image drivers' devices (`image == true`) take.
+    let dev_of = |image: bool, why: &str| -> R<String> {
+        let name = dev()?;
+        if n.is_image_device(&name) != image {
+            let span = s.device.as_ref().map_or(at.clone(), Spanned::span);
+            return Err(l.err(&span, std::format!("`{name}` {why}")));
+        }
+        Ok(name)
+    };
     let count = |default: u64| -> R<u64> {
         s.count
             .as_ref()
@@ -579,21 +639,46 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
     let kind = match op {
         "load" => StepKind::Load(drv()?),
         "unload" => StepKind::Unload(drv()?),
-        "attach" => StepKind::Attach(drv()?),
-        "detach" => StepKind::Detach(drv()?),
+        "attach" => StepKind::Attach(sim("`attach`")?),
+        "detach" => StepKind::Detach(sim("`detach`")?),
         "add-device" => StepKind::AddDevice(dev()?),
-        "start" => StepKind::Start {
-            device: dev()?,
-            complete: s.complete.as_ref().is_none_or(|c| *c.get_ref()),
-        },
-        "complete-start" => StepKind::CompleteStart(dev()?),
+        "start" => {
+            let device = dev()?;
+            let complete = s.complete.as_ref().is_none_or(|c| *c.get_ref());
+            if let (Some(c), true) = (&s.complete, n.is_image_device(&device)) {
+                return Err(l.err(
+                    &c.span(),
+                    "`complete` does not apply to a device of a compiled driver image (the driver completes its start IRP itself)",
+                ));
+            }
+            StepKind::Start { device, complete }
+        }
+        "complete-start" => StepKind::CompleteStart(dev_of(
+            false,
+            "belongs to a compiled driver image, whose start completes by itself: `complete-start` applies to simulated devices",
+        )?),
         "stop" => StepKind::Stop(dev()?),
         "surprise-remove" => StepKind::SurpriseRemove(dev()?),
         "remove" => StepKind::Remove(dev()?),
         "io" => StepKind::Io {
-            device: dev()?,
+            device: dev_of(
+                false,
+                "belongs to a compiled driver image: send it requests with op `ioctl` (`io` is a simulated driver's runtime I/O)",
+            )?,
             count: count(1)?,
         },
+        "ioctl" => {
+            let device = dev_of(
+                true,
+                "belongs to a simulated driver: `ioctl` sends IRPs to a compiled driver image's device (use `io` here)",
+            )?;
+            let code = required(l, &at, op, "code", s.code.as_ref())?;
+            StepKind::Ioctl {
+                device,
+                request: ioctl(l, code, s.input.as_ref())?,
+                count: count(1)?,
+            }
+        }
         "map" | "map-ex" => {
             let ex = op == "map-ex";
             let physical = num(
@@ -611,7 +696,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             };
             let irql = irql_of()?;
             StepKind::Map {
-                driver: drv()?,
+                driver: sim(&std::format!("`{op}`"))?,
                 physical,
                 size,
                 cache,
@@ -650,7 +735,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             };
             let irql = irql_of()?;
             StepKind::Unmap {
-                driver: drv()?,
+                driver: sim("`unmap`")?,
                 target,
                 size: s.size.as_ref().map(|v| num(l, v, "size")).transpose()?,
                 irql,
@@ -660,14 +745,24 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
         }
         "bug" => {
             let r = rule(l, required(l, &at, op, "rule", s.rule.as_ref())?)?;
-            let device = s.device.as_ref().map(|d| n.device(l, d)).transpose()?;
+            let device = match &s.device {
+                Some(_) => Some(dev_of(
+                    false,
+                    "belongs to a compiled driver image: bug injection applies to simulated devices",
+                )?),
+                None => None,
+            };
             if device.is_none() && matches!(r, RuleId::LeakOnStop | RuleId::LeakOnRemove) {
                 return Err(l.err(
                     &at,
                     std::format!("a `{}` bug needs `device`", r.info().name),
                 ));
             }
-            let foreign = s.foreign.as_ref().map(|d| n.driver(l, d)).transpose()?;
+            let foreign = s
+                .foreign
+                .as_ref()
+                .map(|d| n.simulated(l, d, "`foreign`"))
+                .transpose()?;
             if let (Some(f), false) = (&s.foreign, r == RuleId::UnmapForeign) {
                 return Err(l.err(
                     &f.span(),
@@ -676,7 +771,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             }
             StepKind::Bug {
                 rule: r,
-                driver: drv()?,
+                driver: sim("bug injection")?,
                 device,
                 foreign,
                 count: count(1)?,
@@ -794,12 +889,106 @@ fn stress(l: &Lines<'_>, n: &Names2<'_>, at: &Span, s: &RawStep) -> R<StressSpec
             ));
         }
     }
+    let image_ops = s
+        .image_ops
+        .as_ref()
+        .map(|v| num_in(l, v, "image_ops", 1, 1_000_000_000))
+        .transpose()?;
+    let image_restart_every = s.image_restart_every.as_ref().map_or(Ok(0), |v| {
+        num_in(l, v, "image_restart_every", 0, 1_000_000_000)
+    })?;
     Ok(StressSpec {
         threads: u32::try_from(threads).unwrap_or(2),
         limit,
         seed,
         drivers,
         inject,
+        image_ops,
+        image_restart_every,
+    })
+}
+
+/// Parses hex bytes (`"0a0B"`, `""`): an even number of hex digits.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err(std::format!(
+            "`{text}`: the input needs an even number of hex digits"
+        ));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i.saturating_add(2))
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| std::format!("`{text}` is not hex"))
+        })
+        .collect()
+}
+
+fn ioctl(l: &Lines<'_>, code: &Spanned<Value>, input: Option<&Spanned<String>>) -> R<IoctlDecl> {
+    let code = u32::try_from(num_in(l, code, "code", 0, u64::from(u32::MAX))?).unwrap_or(0);
+    let input = match input {
+        Some(i) => parse_hex(i.get_ref().trim()).map_err(|e| l.err(&i.span(), e))?,
+        None => Vec::new(),
+    };
+    Ok(IoctlDecl { code, input })
+}
+
+/// The `[[driver]]` keys of a compiled image: `image`, `expect`, `ioctls`. `dir` is the
+/// scenario file's directory.
+fn image_decl(
+    l: &Lines<'_>,
+    rd: &RawDriver,
+    path: &Spanned<String>,
+    dir: &std::path::Path,
+) -> R<ImageDecl> {
+    for (key, span) in [
+        ("behaviour", rd.behaviour.as_ref().map(Spanned::span)),
+        ("bug_every", rd.bug_every.as_ref().map(Spanned::span)),
+        ("target", rd.target.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = span {
+            return Err(l.err(&span, std::format!("`{key}` does not apply to a compiled driver image (it does what its code does, and iosv always hooks it); give `expect` for the violations it should get")));
+        }
+    }
+    let resolved = dir.join(path.get_ref());
+    if !resolved.is_file() {
+        return Err(l.err(
+            &path.span(),
+            std::format!(
+                "no driver image at `{}` (a relative path is relative to the scenario file)",
+                resolved.display()
+            ),
+        ));
+    }
+    let expect = match &rd.expect {
+        Some(map) => {
+            let mut out = Vec::new();
+            for (k, v) in map.get_ref() {
+                out.push((
+                    rule(l, k)?,
+                    num_in(l, v, "an expected count", 0, 1_000_000_000)?,
+                ));
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let ioctls = match &rd.ioctls {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .map(|i| ioctl(l, &i.get_ref().code, i.get_ref().input.as_ref()))
+            .collect::<R<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Ok(ImageDecl {
+        path: resolved,
+        expect,
+        ioctls,
     })
 }
 
@@ -870,7 +1059,7 @@ fn params(l: &Lines<'_>, h: &Spanned<RawHost>) -> R<StartParams> {
     Ok(out)
 }
 
-pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
+pub(crate) fn parse(text: &str, origin: &str, dir: &std::path::Path) -> R<Scenario> {
     let l = Lines::new(text, origin);
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
@@ -886,16 +1075,62 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     })?;
 
     let mut driver_names = HashSet::new();
+    let mut image_names = HashSet::new();
     let mut drivers = Vec::new();
     for d in &raw.driver {
         let rd = d.get_ref();
-        let name = image_name(&l, &rd.name)?;
+        // An image driver's name is its file name, as on Windows (iosv names it so).
+        let file_name = rd.image.as_ref().map(|p| {
+            let n = std::path::Path::new(p.get_ref())
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            Spanned::new(p.span(), n)
+        });
+        let name = match (&rd.name, &file_name) {
+            (Some(n), Some(f)) if !n.get_ref().eq_ignore_ascii_case(f.get_ref()) => return Err(l
+                .err(
+                &n.span(),
+                std::format!(
+                    "an image driver is named after its file: `{}`, not `{}` (leave `name` out)",
+                    f.get_ref(),
+                    n.get_ref()
+                ),
+            )),
+            (_, Some(f)) => image_name(&l, f)?,
+            (Some(n), None) => image_name(&l, n)?,
+            (None, None) => return Err(l.err(&d.span(), "a [[driver]] needs `name` (or `image`)")),
+        };
+        let name_span = rd
+            .name
+            .as_ref()
+            .or(rd.image.as_ref())
+            .map_or(d.span(), Spanned::span);
         if !driver_names.insert(name.to_ascii_lowercase()) {
             return Err(l.err(
-                &rd.name.span(),
+                &name_span,
                 std::format!("driver `{name}` is declared twice"),
             ));
         }
+        let image = match &rd.image {
+            Some(path) => {
+                if !image_names.is_empty() {
+                    return Err(l.err(&path.span(), "only one compiled driver image per scenario: the runner runs one image per child process (declare the others in another scenario)"));
+                }
+                image_names.insert(name.to_ascii_lowercase());
+                Some(image_decl(&l, rd, path, dir)?)
+            }
+            None => {
+                for (key, span) in [
+                    ("expect", rd.expect.as_ref().map(Spanned::span)),
+                    ("ioctls", rd.ioctls.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        return Err(l.err(&span, std::format!("`{key}` applies to a compiled driver image (`image = \"x.sys\"`); a simulated driver's expected violations are what it injects")));
+                    }
+                }
+                None
+            }
+        };
         let behaviour = match &rd.behaviour {
             Some(b) => Behaviour::parse(b.get_ref().trim()).ok_or_else(|| {
                 l.err(&b.span(), std::format!("unknown behaviour `{}` (well-behaved, or a rule id or name such as IOSV005 or double-unmap)", b.get_ref()))
@@ -911,6 +1146,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
             behaviour,
             bug_every,
             target: rd.target.as_ref().is_none_or(|t| *t.get_ref()),
+            image,
         });
     }
     if drivers.len() > iosv::drivers::MAX_DRIVERS {
@@ -921,6 +1157,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     }
 
     let mut device_names = HashSet::new();
+    let mut image_devices = HashSet::new();
     let mut devices = Vec::new();
     let mut taken = Vec::new();
     for d in &raw.device {
@@ -949,6 +1186,17 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
             .as_ref()
             .map(|b| bars(&l, b, &mut taken, &name))
             .transpose()?;
+        if image_names.contains(&rd.driver.get_ref().to_ascii_lowercase()) {
+            image_devices.insert(name.clone());
+            let cache = rd
+                .bars
+                .iter()
+                .flat_map(|b| b.get_ref())
+                .find_map(|b| b.get_ref().cache.as_ref());
+            if let Some(c) = cache {
+                return Err(l.err(&c.span(), "`cache` does not apply to a BAR of a compiled driver's device: the driver chooses how it maps its BARs"));
+            }
+        }
         devices.push(DeviceDecl {
             name,
             driver: rd.driver.get_ref().clone(),
@@ -959,12 +1207,21 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     let names = Names2 {
         drivers: &driver_names,
         devices: &device_names,
+        images: &image_names,
+        image_devices: &image_devices,
     };
-    let steps = raw
-        .step
-        .iter()
-        .map(|s| step(&l, &names, s))
-        .collect::<R<Vec<_>>>()?;
+    let mut steps = Vec::new();
+    let mut loaded_images = HashSet::new();
+    for s in &raw.step {
+        let parsed = step(&l, &names, s)?;
+        if let StepKind::Load(d) = &parsed.kind {
+            let d = d.to_ascii_lowercase();
+            if image_names.contains(&d) && !loaded_images.insert(d) {
+                return Err(l.err(&s.span(), "a compiled driver image is loaded once per scenario (the runner does not map an image twice); its devices can be added, started, stopped and removed again"));
+            }
+        }
+        steps.push(parsed);
+    }
 
     let config = match &raw.config {
         Some(c) => {
@@ -1029,7 +1286,7 @@ mod tests {
 
     #[test]
     fn errors_name_line_column_and_reason() {
-        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`");
+        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`, `image`, `expect`, `ioctls`");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"lod\"\ndriver = \"a.sys\"\n");
         assert!(e.starts_with("t.toml:4:6: unknown op `lod`"), "{e}");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"load\"\ndriver = \"b.sys\"\n");

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod kernel;
 pub mod loader;
 pub mod mmio;
+pub mod scenario;
 pub mod seh;
 pub mod trap;
 
@@ -104,6 +105,9 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
         // within the routines this runs).
         kernel::run_deferred();
         DRAINING.with(|d| d.set(false));
+        // No driver code runs now: the watchdog waits (a scenario's simulated steps may
+        // take long between driver routines).
+        report::line(&["leave"]);
     }
     r
 }
