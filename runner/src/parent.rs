@@ -271,11 +271,9 @@ fn follow(
                 routine = None;
                 idle = true;
             }
-            Some(Message::Lab(line)) => {
-                if lab.len() < MAX_LAB_LINES {
-                    lab.push(line);
-                }
-            }
+            Some(Message::Lab(line)) if lab.len() < MAX_LAB_LINES => lab.push(line),
+            // Past the bound: dropped.
+            Some(Message::Lab(_)) => {}
             Some(Message::Fail(text)) => {
                 kill_and_reap(&mut child);
                 let _ = std::fs::remove_dir_all(&dir);

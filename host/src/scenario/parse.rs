@@ -913,7 +913,7 @@ fn stress(l: &Lines<'_>, n: &Names2<'_>, at: &Span, s: &RawStep) -> R<StressSpec
 /// # Errors
 /// A message naming what is wrong.
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(std::format!(
             "`{text}`: the input needs an even number of hex digits"
         ));
@@ -1087,15 +1087,16 @@ pub(crate) fn parse(text: &str, origin: &str, dir: &std::path::Path) -> R<Scenar
             Spanned::new(p.span(), n)
         });
         let name = match (&rd.name, &file_name) {
-            (Some(n), Some(f)) if !n.get_ref().eq_ignore_ascii_case(f.get_ref()) => return Err(l
-                .err(
-                &n.span(),
-                std::format!(
+            (Some(n), Some(f)) if !n.get_ref().eq_ignore_ascii_case(f.get_ref()) => {
+                return Err(l.err(
+                    &n.span(),
+                    std::format!(
                     "an image driver is named after its file: `{}`, not `{}` (leave `name` out)",
                     f.get_ref(),
                     n.get_ref()
                 ),
-            )),
+                ))
+            }
             (_, Some(f)) => image_name(&l, f)?,
             (Some(n), None) => image_name(&l, n)?,
             (None, None) => return Err(l.err(&d.span(), "a [[driver]] needs `name` (or `image`)")),
@@ -1281,7 +1282,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(text, "t.toml").unwrap_err().to_string()
+        Scenario::parse(text, "t.toml").unwrap_err().to_string()
     }
 
     #[test]
@@ -1310,6 +1311,146 @@ mod tests {
         assert!(e.starts_with("t.toml:"), "{e}");
     }
 
+    /// A directory holding an (empty) `drv.sys`, for `image` keys: the parser checks
+    /// the file exists, not what it is (the runner's loader does).
+    fn image_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(std::format!("iosv-scn-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("drv.sys"), b"MZ").unwrap();
+        dir
+    }
+
+    const IMAGE_HEAD: &str = "[[driver]]\nimage = \"drv.sys\"\n[[driver]]\nname = \"sim.sys\"\n[[device]]\nname = \"d0\"\ndriver = \"drv.sys\"\n[[device]]\nname = \"s0\"\ndriver = \"sim.sys\"\n";
+
+    fn image_err(tail: &str) -> String {
+        let text = std::format!("{IMAGE_HEAD}{tail}");
+        Scenario::parse_in(&text, "t.toml", &image_dir())
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Steps that only simulated drivers can do are refused on an image driver (and the
+    /// reverse), at the offending key.
+    #[test]
+    fn image_drivers_take_only_what_a_binary_can_do() {
+        let ok = std::format!(
+            "{IMAGE_HEAD}[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n[[step]]\nop = \"add-device\"\ndevice = \"d0\"\n[[step]]\nop = \"start\"\ndevice = \"d0\"\n[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ncode = 0x222000\ninput = \"0a0B\"\ncount = 3\n"
+        );
+        let s = Scenario::parse_in(&ok, "t.toml", &image_dir()).unwrap();
+        assert_eq!(s.images().len(), 1);
+        assert_eq!(s.images()[0].0, "drv.sys");
+        assert!(s.images()[0].1.ends_with("drv.sys"));
+        assert!(matches!(
+            &s.steps[3].kind,
+            StepKind::Ioctl { device, request, count: 3 }
+                if device == "d0" && request.code == 0x222000 && request.input == [0x0a, 0x0b]
+        ));
+        let e = image_err("[[step]]\nop = \"map\"\ndriver = \"drv.sys\"\nphysical = 0\nsize = 1\n");
+        assert!(e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `map` only applies to simulated drivers"), "{e}");
+        let e = image_err("[[step]]\nop = \"bug\"\ndriver = \"drv.sys\"\nrule = \"IOSV004\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: bug injection"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"unmap\"\ndriver = \"drv.sys\"\nmapping = \"m\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `unmap`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"io\"\ndevice = \"d0\"\n");
+        assert!(e.starts_with("t.toml:13:10: `d0` belongs to a compiled driver image: send it requests with op `ioctl`"), "{e}");
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"s0\"\ncode = 1\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `s0` belongs to a simulated driver"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ncode = 1\ninput = \"abc\"\n");
+        assert!(
+            e.starts_with("t.toml:15:9: `abc`: the input needs an even number of hex digits"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\n");
+        assert!(
+            e.starts_with("t.toml:11:1: step `ioctl` needs `code`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"start\"\ndevice = \"d0\"\ncomplete = false\n");
+        assert!(
+            e.starts_with(
+                "t.toml:14:12: `complete` does not apply to a device of a compiled driver image"
+            ),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:14:1: a compiled driver image is loaded once per scenario"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"attach\"\ndriver = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `attach`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn image_driver_declarations_are_checked() {
+        let dir = image_dir();
+        let err = |text: &str| {
+            Scenario::parse_in(text, "t.toml", &dir)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nbehaviour = \"IOSV005\"\n");
+        assert!(
+            e.starts_with("t.toml:3:13: `behaviour` does not apply to a compiled driver image"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"missing.sys\"\n");
+        assert!(e.starts_with("t.toml:2:9: no driver image at `"), "{e}");
+        let e = err("[[driver]]\nname = \"other.sys\"\nimage = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:2:8: an image driver is named after its file: `drv.sys`"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nname = \"a.sys\"\nexpect = { IOSV001 = 1 }\n");
+        assert!(
+            e.starts_with("t.toml:3:10: `expect` applies to a compiled driver image"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV999 = 1 }\n");
+        assert!(e.starts_with("t.toml:3:12: unknown rule `IOSV999`"), "{e}");
+        let e = err("[[driver]]\nimage = \"drv.sys\"\n[[driver]]\nimage = \"./drv2.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:4:9: only one compiled driver image per scenario"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\n[[device]]\nname = \"d\"\ndriver = \"drv.sys\"\nbars = [{ physical = 0x1000, size = 0x1000, cache = \"cached\" }]\n");
+        assert!(
+            e.starts_with(
+                "t.toml:6:53: `cache` does not apply to a BAR of a compiled driver's device"
+            ),
+            "{e}"
+        );
+        let e = err("[[driver]]\nbehaviour = \"IOSV005\"\n");
+        assert!(
+            e.starts_with("t.toml:1:1: a [[driver]] needs `name` (or `image`)"),
+            "{e}"
+        );
+        // The name may be given when it is the file's (any case).
+        let s = Scenario::parse_in(
+            "[[driver]]\nname = \"DRV.SYS\"\nimage = \"drv.sys\"\nexpect = { IOSV007 = 2 }\n",
+            "t.toml",
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(s.drivers[0].name, "drv.sys");
+        assert_eq!(
+            s.drivers[0].image.as_ref().and_then(|i| i.expect.clone()),
+            Some(std::vec![(RuleId::LeakOnStop, 2)])
+        );
+    }
+
     #[test]
     fn numbers_and_names() {
         assert_eq!(
@@ -1317,7 +1458,7 @@ mod tests {
             Some(0xFFFF_D000_0000_1000)
         );
         assert_eq!(parse_number("4096"), Some(4096));
-        let s = parse(
+        let s = Scenario::parse(
             "[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = \"0xFFFFE00000000000\"\nsize = 4096\nirql = \"DISPATCH_LEVEL\"\n",
             "x",
         )
@@ -1355,7 +1496,7 @@ mod tests {
     fn parsing_is_linear_in_the_number_of_steps() {
         let scanned = |n: usize| {
             SCANNED.with(|c| c.set(0));
-            let s = parse(&steps(n), "t.toml").expect("parses");
+            let s = Scenario::parse(&steps(n), "t.toml").expect("parses");
             assert_eq!(s.steps.len(), n);
             SCANNED.with(std::cell::Cell::get)
         };

@@ -1080,3 +1080,188 @@ fn well_behaved(host: &Host, owned: &mut Owned, actor: &mut Actor) -> Result<(),
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An [`ImageDriver`] that records the calls it gets; a device stop is vetoed when
+    /// its name starts with `veto`.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+    }
+
+    impl ImageDriver for Recorder {
+        fn load(&mut self, driver: &str, path: &std::path::Path) -> Result<(), String> {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+            self.calls
+                .push(std::format!("load {driver} {}", file.unwrap_or_default()));
+            Ok(())
+        }
+        fn add_device(
+            &mut self,
+            driver: &str,
+            device: &str,
+            bars: &[crate::Bar],
+        ) -> Result<(), String> {
+            self.calls
+                .push(std::format!("add {driver} {device} {} bars", bars.len()));
+            Ok(())
+        }
+        fn start(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("start {device}"));
+            Ok(())
+        }
+        fn stop(&mut self, device: &str) -> Result<bool, String> {
+            self.calls.push(std::format!("stop {device}"));
+            Ok(!device.starts_with("veto"))
+        }
+        fn surprise_remove(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("surprise {device}"));
+            Ok(())
+        }
+        fn remove(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("remove {device}"));
+            Ok(())
+        }
+        fn ioctl(
+            &mut self,
+            device: &str,
+            code: u32,
+            input: &[u8],
+            count: u64,
+        ) -> Result<i32, String> {
+            self.calls
+                .push(std::format!("ioctl {device} {code:#x} {input:?} x{count}"));
+            Ok(0)
+        }
+        fn unload(&mut self, driver: &str) -> Result<(), String> {
+            self.calls.push(std::format!("unload {driver}"));
+            Ok(())
+        }
+    }
+
+    fn scenario(dir: &std::path::Path) -> Scenario {
+        std::fs::write(dir.join("img.sys"), b"MZ").unwrap();
+        let text = "\
+[[driver]]
+name = \"sim.sys\"
+behaviour = \"leak-on-stop\"
+[[driver]]
+image = \"img.sys\"
+expect = { IOSV007 = 3 }
+ioctls = [{ code = 0x10, input = \"01\" }, { code = 0x20 }]
+[[device]]
+name = \"s0\"
+driver = \"sim.sys\"
+[[device]]
+name = \"d0\"
+driver = \"img.sys\"
+[[device]]
+name = \"veto1\"
+driver = \"img.sys\"
+bars = [{ physical = 0x1000_0000, size = 0x1000 }]
+[[step]]
+op = \"load\"
+driver = \"sim.sys\"
+[[step]]
+op = \"add-device\"
+device = \"s0\"
+[[step]]
+op = \"start\"
+device = \"s0\"
+[[step]]
+op = \"stop\"
+device = \"s0\"
+[[step]]
+op = \"load\"
+driver = \"img.sys\"
+[[step]]
+op = \"add-device\"
+device = \"d0\"
+[[step]]
+op = \"add-device\"
+device = \"veto1\"
+[[step]]
+op = \"start\"
+device = \"d0\"
+[[step]]
+op = \"ioctl\"
+device = \"d0\"
+code = 0x30
+count = 2
+[[step]]
+op = \"stress\"
+threads = 1
+ops = 50
+image_ops = 9
+image_restart_every = 4
+[[step]]
+op = \"surprise-remove\"
+device = \"d0\"
+[[step]]
+op = \"remove\"
+device = \"d0\"
+[[step]]
+op = \"remove\"
+device = \"veto1\"
+[[step]]
+op = \"unload\"
+driver = \"img.sys\"
+";
+        Scenario::parse_in(text, "t.toml", dir).unwrap()
+    }
+
+    /// Image steps go to the backend in order; a stress phase starts the image driver's
+    /// devices and sends them `image_ops` operations in a fixed order (IOCTLs in turn,
+    /// every `image_restart_every`-th a stop and start, no start after a veto) beside the
+    /// simulated driver's thread; `expect` joins the expected ledger.
+    #[test]
+    fn image_steps_reach_the_backend_in_a_predictable_order() {
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = scenario(&dir);
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let refused = run(&host, &s, &mut |_| {}).unwrap_err().to_string();
+        assert!(refused.contains("only `iosvctl lab` runs it"), "{refused}");
+
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Recorder::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        let expected_calls = [
+            "load img.sys img.sys",
+            "add img.sys d0 2 bars",
+            "add img.sys veto1 1 bars",
+            "start d0",
+            "ioctl d0 0x30 [] x2",
+            // The stress phase: veto1 is started first, then 9 operations alternating
+            // over d0 and veto1; the 4th and 8th are restarts.
+            "start veto1",
+            "ioctl d0 0x10 [1] x1",
+            "ioctl veto1 0x20 [] x1",
+            "ioctl d0 0x10 [1] x1",
+            "stop veto1",
+            "ioctl d0 0x20 [] x1",
+            "ioctl veto1 0x10 [1] x1",
+            "ioctl d0 0x20 [] x1",
+            "stop veto1",
+            "ioctl d0 0x10 [1] x1",
+            "surprise d0",
+            "remove d0",
+            "remove veto1",
+            "unload img.sys",
+        ];
+        assert_eq!(rec.calls, expected_calls);
+        assert_eq!(
+            summary
+                .expected
+                .get(&(RuleId::LeakOnStop, "img.sys".into())),
+            Some(&3)
+        );
+        assert!(summary.unaudited_drivers.is_empty());
+        assert_eq!(summary.stress.len(), 1);
+        assert!(summary.stress[0].drivers.contains(&String::from("img.sys")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -744,9 +744,9 @@ fn kernel_create_device(driver: usize, name: usize, out: usize) -> i32 {
 ///
 /// # Errors
 /// CREATE's failure status (nothing else is sent).
-pub(crate) fn io_requests<'a>(
+pub(crate) fn io_requests(
     top: usize,
-    requests: &mut dyn Iterator<Item = (u32, &'a [u8])>,
+    requests: &mut dyn Iterator<Item = (u32, &[u8])>,
     verbose: bool,
 ) -> Result<i32, i32> {
     let file = kernel::alloc_zeroed(0x100);

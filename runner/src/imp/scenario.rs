@@ -78,15 +78,19 @@ impl ImageDriver for Backend {
                 "`{driver}`: the runner loads one image once per child process"
             ));
         }
-        let image = child::load_image(&*self.engine, path)
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-        let driver_object = child::driver_entry(&*self.engine, &image).map_err(|status| {
-            self.unloaded = true;
-            format!(
-                "DriverEntry of `{driver}` failed with status {:#010x}",
+        // As for `iosvctl run`, an image that does not load ends the run with its own
+        // exit status (the parent reports it), not as a failed step.
+        let image = match child::load_image(&*self.engine, path) {
+            Ok(i) => i,
+            Err(e) => load_failed(&e),
+        };
+        let driver_object = match child::driver_entry(&*self.engine, &image) {
+            Ok(d) => d,
+            Err(status) => load_failed(&format!(
+                "DriverEntry of {driver} failed with status {:#010x}",
                 status as u32
-            )
-        })?;
+            )),
+        };
         self.loaded = Some(Loaded {
             name: driver.to_string(),
             image,
@@ -213,6 +217,16 @@ impl ImageDriver for Backend {
     }
 }
 
+/// What runs the scenario in the child ([`main`]): given the image backend, the lines
+/// for the parent, or the scenario's error.
+pub type Body<'a> = dyn FnMut(&mut dyn ImageDriver) -> Result<Vec<String>, String> + 'a;
+
+/// Tells the parent the image could not be loaded and ends the child (exit 8).
+fn load_failed(text: &str) -> ! {
+    report::line(&["loadfail ", text]);
+    std::process::exit(child::LOAD_FAILED_STATUS)
+}
+
 /// Tells the parent the scenario child could not run the scenario (`fail TEXT`);
 /// returns the child's exit status.
 #[must_use]
@@ -227,11 +241,7 @@ pub fn fail(text: &str) -> i32 {
 /// `body` runs the scenario and returns the lines the parent prints (sent as `lab`
 /// lines), or the scenario's error (sent as `fail`). Then it serves until the parent
 /// closes its standard input. Returns the child's exit status.
-pub fn main(
-    socket: &Path,
-    host: &Arc<Host>,
-    body: &mut dyn FnMut(&mut dyn ImageDriver) -> Result<Vec<String>, String>,
-) -> i32 {
+pub fn main(socket: &Path, host: &Arc<Host>, body: &mut Body<'_>) -> i32 {
     let (server, engine) = match child::setup(socket, host) {
         Ok(s) => s,
         Err(code) => return code,
