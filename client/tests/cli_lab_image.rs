@@ -267,8 +267,8 @@ driver = "double_unmap.sys"
     assert_eq!(r.lab["injected_total"], 6, "{}", r.lab);
 }
 
-/// run's exit statuses: a crash in driver code is 5 with its report on stderr, an image
-/// that cannot load is 8; a step the image cannot take fails the scenario at the step.
+/// run's exit statuses: a crash in driver code is 5 with its report on stderr, a call of
+/// a routine the host lacks 6, an image that cannot load 8; a step the image cannot take fails the scenario at the step.
 #[test]
 fn crashes_and_load_failures_end_the_lab_run_as_they_end_run() {
     let steps = |image: &str| {
@@ -303,6 +303,14 @@ input = "01000000"
     assert!(
         err.contains("driver crash.sys crashed: SIGSEGV at crash.sys+")
             && err.contains("while running IRP_MJ_DEVICE_CONTROL dispatch"),
+        "{err}"
+    );
+    let path = scenario("unimplemented.toml", &steps("unimplemented.sys"));
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert!(
+        err.contains("driver unimplemented.sys called ")
+            && err.contains("which the host does not implement"),
         "{err}"
     );
     let path = scenario("no-reloc.toml", &steps("no_reloc.sys"));

@@ -139,6 +139,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         &args,
         &opts.image,
         opts.watchdog_secs,
+        false,
     )
 }
 
@@ -155,17 +156,21 @@ pub fn start_scenario(
     image: &Path,
     args: &[OsString],
 ) -> Result<Session, RunError> {
-    follow(program, crate::CHILD_SCENARIO_ARG, args, image, 0)
+    // Watched only while driver code runs: simulated steps may run long before the
+    // image is even loaded.
+    follow(program, crate::CHILD_SCENARIO_ARG, args, image, 0, true)
 }
 
 /// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
-/// names the driver in reports until the child says which it loaded.
+/// names the driver in reports until the child says which it loaded. The watchdog runs
+/// from `enter` to `leave`, and from the start unless `idle_at_start`.
 fn follow(
     program: &Path,
     marker: &str,
     args: &[OsString],
     image_path: &Path,
     watchdog_secs: u64,
+    idle_at_start: bool,
 ) -> Result<Session, RunError> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err(RunError::Unsupported {
@@ -224,8 +229,7 @@ fn follow(
     let mut audit_problems = Vec::new();
     let mut lab = Vec::new();
     let mut routine: Option<String> = None;
-    // Until the first `leave`, the child is setting up or in its first routine: watched.
-    let mut idle = false;
+    let mut idle = idle_at_start;
     loop {
         let received = if idle {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
