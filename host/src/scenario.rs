@@ -123,7 +123,7 @@ pub struct RunSummary {
     pub timeline: crate::timeline::Timeline,
     /// Image drivers (`image = "x.sys"`) without `expect`: what they do is not known in
     /// advance, so their reports are shown but not audited (see
-    /// [`RunSummary::unaudited`]). Image drivers with `expect` have it in
+    /// [`RunSummary::exclude_unaudited`]). Image drivers with `expect` have it in
     /// [`RunSummary::expected`].
     pub unaudited_drivers: Vec<String>,
 }
@@ -149,7 +149,7 @@ impl RunSummary {
 
     /// Removes from `audit` the count mismatches of [`RunSummary::unaudited_drivers`]:
     /// a compiled driver whose scenario states no `expect` has no predicted counts.
-    pub fn unaudited(&self, audit: &mut crate::Audit) {
+    pub fn exclude_unaudited(&self, audit: &mut crate::Audit) {
         audit.mismatches.retain(|m| {
             !self
                 .unaudited_drivers

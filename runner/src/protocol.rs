@@ -96,6 +96,19 @@ mod tests {
             Some(Message::Enter("DriverEntry".into()))
         );
         assert_eq!(Message::parse("ready"), Some(Message::Ready));
+        assert_eq!(Message::parse("leave"), Some(Message::Leave));
+        assert_eq!(
+            Message::parse("lab out {\"kind\":\"lab\"}"),
+            Some(Message::Lab("out {\"kind\":\"lab\"}".into()))
+        );
+        assert_eq!(
+            Message::parse("lab out "),
+            Some(Message::Lab("out ".into()))
+        );
+        assert_eq!(
+            Message::parse("fail x.toml:3:1: step `stop` failed"),
+            Some(Message::Fail("x.toml:3:1: step `stop` failed".into()))
+        );
         assert_eq!(
             Message::parse("crash SIGSEGV at x"),
             Some(Message::Crash("SIGSEGV at x".into()))

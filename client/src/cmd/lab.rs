@@ -173,7 +173,7 @@ fn execute<T: crate::transport::Transport>(
     let mut audit = host
         .audit(&summary.expected, containment)
         .map_err(AppError::Audit)?;
-    summary.unaudited(&mut audit);
+    summary.exclude_unaudited(&mut audit);
     Ok((summary, audit))
 }
 
