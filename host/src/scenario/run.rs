@@ -691,7 +691,11 @@ impl ImageWork {
                 }
             }
         }
-        if let (Some(d), true) = (drivers.first(), devices.is_empty()) {
+        // Named in the phase's `drivers`, an image must have something to drive; taken
+        // by default, one without devices is left out.
+        if let (Some(d), true, false) =
+            (drivers.first(), devices.is_empty(), spec.drivers.is_empty())
+        {
             return Err(std::format!(
                 "the image driver `{d}` has no device the phase can start: add one first"
             ));
@@ -770,12 +774,12 @@ fn run_stress(
     };
     let mut work = ImageWork::prepare(scenario, spec, &image_drivers, images, state)?;
     // Simulated drivers' threads: none when the phase has only image drivers.
-    let threads = if drivers.is_empty() && !image_drivers.is_empty() {
+    let threads = if drivers.is_empty() && !work.devices.is_empty() {
         0
     } else {
         spec.threads.max(1) as usize
     };
-    if drivers.is_empty() && image_drivers.is_empty() {
+    if drivers.is_empty() && work.devices.is_empty() {
         return Err(String::from(
             "no loaded driver that iosv is attached to; load a target driver first",
         ));
@@ -1262,6 +1266,66 @@ driver = \"img.sys\"
         assert!(summary.unaudited_drivers.is_empty());
         assert_eq!(summary.stress.len(), 1);
         assert!(summary.stress[0].drivers.contains(&String::from("img.sys")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod image_only_tests {
+    use super::*;
+
+    /// A phase whose only driver is an image runs no OS thread; without `ioctls` its
+    /// operations are CREATE/CLEANUP/CLOSE alone (an IOCTL count of 0). Without `expect`
+    /// the image is listed as unaudited.
+    #[test]
+    fn a_phase_of_an_image_alone_runs_on_the_scenario_thread() {
+        #[derive(Default)]
+        struct Count(Vec<String>);
+        impl ImageDriver for Count {
+            fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
+                Ok(())
+            }
+            fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
+                Ok(())
+            }
+            fn start(&mut self, d: &str) -> Result<(), String> {
+                self.0.push(std::format!("start {d}"));
+                Ok(())
+            }
+            fn stop(&mut self, _: &str) -> Result<bool, String> {
+                Ok(true)
+            }
+            fn surprise_remove(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+            fn remove(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+            fn ioctl(&mut self, d: &str, code: u32, _: &[u8], n: u64) -> Result<i32, String> {
+                self.0.push(std::format!("ioctl {d} {code} x{n}"));
+                Ok(0)
+            }
+            fn unload(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
+        let text = "[[driver]]\nimage = \"one.sys\"\n[[device]]\nname = \"d\"\ndriver = \"one.sys\"\n\
+            [[step]]\nop = \"load\"\ndriver = \"one.sys\"\n[[step]]\nop = \"add-device\"\ndevice = \"d\"\n\
+            [[step]]\nop = \"stress\"\ndrivers = [\"one.sys\"]\nops = 1\nimage_ops = 3\n";
+        let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Count::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        assert_eq!(
+            rec.0,
+            ["start d", "ioctl d 0 x0", "ioctl d 0 x0", "ioctl d 0 x0"]
+        );
+        assert_eq!(summary.stress[0].threads, 0);
+        assert_eq!(summary.stress[0].operations, 3);
+        assert_eq!(summary.unaudited_drivers, ["one.sys"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
