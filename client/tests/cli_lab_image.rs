@@ -165,10 +165,17 @@ fn two_start_stop_cycles_of_a_leaking_binary_give_exactly_its_leaks() {
     );
     assert!(r.err.contains("the lab audit is unclean"), "{}", r.err);
 
+    assert_eq!(r.lab["unaudited_drivers"], serde_json::json!([]));
+
     let r = lab_json(&scenario("two-cycles-free.toml", &two_cycles("")));
     assert_eq!(r.counts, want);
     assert_eq!(r.code, 1, "{}", r.err);
     assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+    assert_eq!(r.lab["injected_total"], 0, "{}", r.lab);
+    assert_eq!(
+        r.lab["unaudited_drivers"],
+        serde_json::json!(["leak_on_stop.sys"])
+    );
     let (_, out, _) = parts(&iosvctl(&[
         "lab",
         &fixtures()

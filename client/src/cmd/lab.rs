@@ -16,7 +16,8 @@ use iosv_runner::{parent, RunError};
 use std::io::Write;
 use std::sync::Arc;
 
-/// The `lab` JSON line: the scenario, its size and the bugs it injected per rule.
+/// The `lab` JSON line: the scenario, its size, the bugs it injected (and its compiled
+/// drivers' `expect`) per rule, and the compiled drivers whose reports are not audited.
 fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
     let injected: serde_json::Map<String, serde_json::Value> = iosv::rules::RULES
         .iter()
@@ -34,6 +35,7 @@ fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
         "injected": injected,
         "injected_total": s.expected_total(),
         "corruptions": s.corruptions,
+        "unaudited_drivers": s.unaudited_drivers,
     })
 }
 
