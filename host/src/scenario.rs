@@ -259,6 +259,12 @@ pub(crate) enum StepKind {
         request: IoctlDecl,
         count: u64,
     },
+    /// IOCTLs to the device an image driver created in DriverEntry (a legacy driver).
+    ControlIoctl {
+        driver: String,
+        request: IoctlDecl,
+        count: u64,
+    },
     Map {
         driver: String,
         physical: u64,

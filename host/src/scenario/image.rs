@@ -54,6 +54,18 @@ pub trait ImageDriver {
     /// # Errors
     /// The device was not added or CREATE failed.
     fn ioctl(&mut self, device: &str, code: u32, input: &[u8], count: u64) -> Result<i32, String>;
+    /// As [`ImageDriver::ioctl`], to the device the driver created in DriverEntry (a
+    /// legacy driver, without AddDevice: its control device).
+    ///
+    /// # Errors
+    /// The driver is not loaded or created no device, or CREATE failed.
+    fn control_ioctl(
+        &mut self,
+        driver: &str,
+        code: u32,
+        input: &[u8],
+        count: u64,
+    ) -> Result<i32, String>;
     /// DriverUnload; iosv reports what is still mapped (IOSV009) and restores the
     /// import slots.
     ///

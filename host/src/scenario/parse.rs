@@ -529,7 +529,7 @@ const STEP_FIELDS: [(&str, &[&str]); 20] = [
     ("surprise-remove", &["device"]),
     ("remove", &["device"]),
     ("io", &["device", "count"]),
-    ("ioctl", &["device", "code", "input", "count"]),
+    ("ioctl", &["device", "driver", "code", "input", "count"]),
     (
         "map",
         &[
@@ -668,15 +668,34 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             count: count(1)?,
         },
         "ioctl" => {
-            let device = dev_of(
-                true,
-                "belongs to a simulated driver: `ioctl` sends IRPs to a compiled driver image's device (use `io` here)",
-            )?;
             let code = required(l, &at, op, "code", s.code.as_ref())?;
-            StepKind::Ioctl {
-                device,
-                request: ioctl(l, code, s.input.as_ref())?,
-                count: count(1)?,
+            let request = ioctl(l, code, s.input.as_ref())?;
+            match (&s.device, &s.driver) {
+                (Some(_), Some(d)) => {
+                    return Err(l.err(
+                        &d.span(),
+                        "give `device` (a PnP device) or `driver` (a legacy driver's control device), not both",
+                    ))
+                }
+                (None, Some(d)) => {
+                    let driver = n.driver(l, d)?;
+                    if !n.images.contains(&driver.to_ascii_lowercase()) {
+                        return Err(l.err(&d.span(), std::format!("`{driver}` is a simulated driver: `ioctl` with `driver` sends IRPs to the device a compiled driver created in DriverEntry")));
+                    }
+                    StepKind::ControlIoctl {
+                        driver,
+                        request,
+                        count: count(1)?,
+                    }
+                }
+                _ => StepKind::Ioctl {
+                    device: dev_of(
+                        true,
+                        "belongs to a simulated driver: `ioctl` sends IRPs to a compiled driver image's device (use `io` here)",
+                    )?,
+                    request,
+                    count: count(1)?,
+                },
             }
         }
         "map" | "map-ex" => {
@@ -1384,6 +1403,18 @@ mod tests {
         let e = image_err("[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n");
         assert!(
             e.starts_with("t.toml:14:1: a compiled driver image is loaded once per scenario"),
+            "{e}"
+        );
+        let e = image_err(
+            "[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ndriver = \"drv.sys\"\ncode = 1\n",
+        );
+        assert!(
+            e.starts_with("t.toml:14:10: give `device` (a PnP device) or `driver`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndriver = \"sim.sys\"\ncode = 1\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `sim.sys` is a simulated driver: `ioctl` with `driver`"),
             "{e}"
         );
         let e = image_err("[[step]]\nop = \"attach\"\ndriver = \"drv.sys\"\n");

@@ -144,6 +144,9 @@ impl ImageDriver for NoImages {
     fn ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
         Self::refuse().map(|()| 0)
     }
+    fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
+        Self::refuse().map(|()| 0)
+    }
     fn unload(&mut self, _: &str) -> Result<(), String> {
         Self::refuse()
     }
@@ -344,7 +347,11 @@ pub fn run_with_images(
 
 fn describe(step: &Step) -> String {
     match &step.kind {
-        StepKind::Load(d) | StepKind::Unload(d) | StepKind::Attach(d) | StepKind::Detach(d) => {
+        StepKind::Load(d)
+        | StepKind::Unload(d)
+        | StepKind::Attach(d)
+        | StepKind::Detach(d)
+        | StepKind::ControlIoctl { driver: d, .. } => {
             std::format!("{} {d}", step.op)
         }
         StepKind::AddDevice(d)
@@ -441,6 +448,16 @@ fn image_step(c: &mut Ctx<'_, '_>, step: &Step) -> Option<Result<(), String>> {
             *c.operations = c.operations.saturating_add(*count);
             c.images
                 .ioctl(device, request.code, &request.input, *count)
+                .map(|_| ())
+        }
+        StepKind::ControlIoctl {
+            driver,
+            request,
+            count,
+        } => {
+            *c.operations = c.operations.saturating_add(*count);
+            c.images
+                .control_ioctl(driver, request.code, &request.input, *count)
                 .map(|_| ())
         }
         _ => return None,
@@ -597,10 +614,8 @@ fn run_step(
             *operations = operations.saturating_add(s.operations);
             c.stress.push(s);
         }
-        StepKind::Ioctl { .. } => {
-            return Err(String::from(
-                "`ioctl` applies to a compiled driver's device",
-            ))
+        StepKind::Ioctl { .. } | StepKind::ControlIoctl { .. } => {
+            return Err(String::from("`ioctl` applies to a compiled driver"))
         }
     }
     Ok(())
@@ -1140,6 +1155,18 @@ mod tests {
                 .push(std::format!("ioctl {device} {code:#x} {input:?} x{count}"));
             Ok(0)
         }
+        fn control_ioctl(
+            &mut self,
+            driver: &str,
+            code: u32,
+            input: &[u8],
+            count: u64,
+        ) -> Result<i32, String> {
+            self.calls.push(std::format!(
+                "control {driver} {code:#x} {input:?} x{count}"
+            ));
+            Ok(0)
+        }
         fn unload(&mut self, driver: &str) -> Result<(), String> {
             self.calls.push(std::format!("unload {driver}"));
             Ok(())
@@ -1202,6 +1229,11 @@ ops = 50
 image_ops = 9
 image_restart_every = 4
 [[step]]
+op = \"ioctl\"
+driver = \"img.sys\"
+code = 0x40
+input = \"ff\"
+[[step]]
 op = \"surprise-remove\"
 device = \"d0\"
 [[step]]
@@ -1251,6 +1283,7 @@ driver = \"img.sys\"
             "ioctl d0 0x20 [] x1",
             "stop veto1",
             "ioctl d0 0x10 [1] x1",
+            "control img.sys 0x40 [255] x1",
             "surprise d0",
             "remove d0",
             "remove veto1",
@@ -1303,6 +1336,9 @@ mod image_only_tests {
             }
             fn ioctl(&mut self, d: &str, code: u32, _: &[u8], n: u64) -> Result<i32, String> {
                 self.0.push(std::format!("ioctl {d} {code} x{n}"));
+                Ok(0)
+            }
+            fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
                 Ok(0)
             }
             fn unload(&mut self, _: &str) -> Result<(), String> {

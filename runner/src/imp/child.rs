@@ -716,7 +716,7 @@ fn pnp_device(engine: &dyn Engine, driver: &Driver, opts: &RunOptions) {
     dev.remove(engine, true);
 }
 
-fn kernel_top(device: usize) -> usize {
+pub(crate) fn kernel_top(device: usize) -> usize {
     let mut top = device;
     for _ in 0..64 {
         let up = obj(top, l::DEVICE_OBJECT).get::<u64>(l::DEV_ATTACHED) as usize;

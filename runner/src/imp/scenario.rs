@@ -190,6 +190,26 @@ impl ImageDriver for Backend {
         })
     }
 
+    fn control_ioctl(
+        &mut self,
+        driver: &str,
+        code: u32,
+        input: &[u8],
+        count: u64,
+    ) -> Result<i32, String> {
+        let control = self.driver(driver)?.driver.first_device();
+        if control == 0 {
+            return Err(format!("`{driver}` created no device in DriverEntry"));
+        }
+        let mut requests = (0..count).map(|_| (code, input));
+        child::io_requests(child::kernel_top(control), &mut requests, false).map_err(|status| {
+            format!(
+                "IRP_MJ_CREATE on the device of `{driver}` failed with status {:#010x}",
+                status as u32
+            )
+        })
+    }
+
     fn unload(&mut self, driver: &str) -> Result<(), String> {
         self.driver(driver)?;
         if !self.devices.is_empty() {
