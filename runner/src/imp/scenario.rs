@@ -106,10 +106,6 @@ impl ImageDriver for Backend {
         if self.bus == 0 {
             self.bus = child::bus_driver();
         }
-        let (bus, index) = (self.bus, self.next_pdo);
-        let loaded = self.driver(driver)?;
-        let dev = child::add_device(bus, &loaded.driver, index)?;
-        self.next_pdo = self.next_pdo.saturating_add(1);
         let bars = bars
             .iter()
             .map(|b| {
@@ -121,6 +117,10 @@ impl ImageDriver for Backend {
                     .map_err(|_| format!("a BAR of `{device}` is larger than 4 GiB"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (bus, index) = (self.bus, self.next_pdo);
+        let loaded = self.driver(driver)?;
+        let dev = child::add_device(bus, &loaded.driver, index)?;
+        self.next_pdo = self.next_pdo.saturating_add(1);
         self.devices.insert(
             device.to_string(),
             Dev {
