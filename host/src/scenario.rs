@@ -13,10 +13,13 @@
 //! rule and per blamed driver), so a caller can compare them with what iosv reported
 //! ([`Host::audit`]).
 
+mod image;
 mod parse;
 mod run;
 
-pub use run::run;
+pub use image::ImageDriver;
+pub use parse::parse_hex;
+pub use run::{run, run_with_images};
 
 use super::{Host, Injected};
 use crate::Behaviour;
@@ -118,6 +121,11 @@ pub struct RunSummary {
     pub corruptions: u64,
     /// Every driver's live mappings and bytes before the first step and after each.
     pub timeline: crate::timeline::Timeline,
+    /// Image drivers (`image = "x.sys"`) without `expect`: what they do is not known in
+    /// advance, so their reports are shown but not audited (see
+    /// [`RunSummary::exclude_unaudited`]). Image drivers with `expect` have it in
+    /// [`RunSummary::expected`].
+    pub unaudited_drivers: Vec<String>,
 }
 
 impl RunSummary {
@@ -138,6 +146,17 @@ impl RunSummary {
             .values()
             .fold(0u64, |a, n| a.saturating_add(*n))
     }
+
+    /// Removes from `audit` the count mismatches of [`RunSummary::unaudited_drivers`]:
+    /// a compiled driver whose scenario states no `expect` has no predicted counts.
+    pub fn exclude_unaudited(&self, audit: &mut crate::Audit) {
+        audit.mismatches.retain(|m| {
+            !self
+                .unaudited_drivers
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&m.driver))
+        });
+    }
 }
 
 /// A configuration change (the `[config]` table or a `config` step).
@@ -157,6 +176,29 @@ pub(crate) struct DriverDecl {
     pub(crate) behaviour: Behaviour,
     pub(crate) bug_every: u64,
     pub(crate) target: bool,
+    /// A compiled driver image instead of a simulated driver.
+    pub(crate) image: Option<ImageDecl>,
+}
+
+/// A `[[driver]]` with `image = "path.sys"`: a compiled driver run by an [`ImageDriver`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ImageDecl {
+    /// The image file, resolved against the scenario file's directory.
+    pub(crate) path: std::path::PathBuf,
+    /// `expect = { IOSV007 = 2 }`: the violations the driver is expected to commit in the
+    /// whole run; `None`: not audited.
+    pub(crate) expect: Option<Vec<(RuleId, u64)>>,
+    /// `ioctls = [...]`: what a stress phase sends the driver's devices, in turn.
+    pub(crate) ioctls: Vec<IoctlDecl>,
+}
+
+/// One device I/O control request: code and input bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoctlDecl {
+    /// The control code.
+    pub code: u32,
+    /// The input buffer.
+    pub input: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +227,12 @@ pub(crate) struct StressSpec {
     pub(crate) seed: Option<u64>,
     pub(crate) drivers: Vec<String>,
     pub(crate) inject: Vec<(RuleId, f64)>,
+    /// Operations on the image drivers of the phase (`image_ops`; `None`: 100 for a
+    /// phase bounded by `ops`, until the deadline for one bounded by `duration_ms`).
+    pub(crate) image_ops: Option<u64>,
+    /// Every this many image operations one is a stop and start of a device instead of
+    /// an IOCTL (`image_restart_every`; 0: never).
+    pub(crate) image_restart_every: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +252,17 @@ pub(crate) enum StepKind {
     Remove(String),
     Io {
         device: String,
+        count: u64,
+    },
+    Ioctl {
+        device: String,
+        request: IoctlDecl,
+        count: u64,
+    },
+    /// IOCTLs to the device an image driver created in DriverEntry (a legacy driver).
+    ControlIoctl {
+        driver: String,
+        request: IoctlDecl,
         count: u64,
     },
     Map {
@@ -326,12 +385,27 @@ impl Scenario {
     /// refused).
     pub fn from_file(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
         let text = read_file(path)?;
-        Scenario::parse(&text, &path.display().to_string())
+        Scenario::parse_in(
+            &text,
+            &path.display().to_string(),
+            path.parent().unwrap_or(std::path::Path::new("")),
+        )
     }
 
     /// Parses scenario `text`; `origin` names it in errors (usually the file path).
+    /// Relative `image` paths are resolved against the current directory.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        parse::parse(text, origin)
+        parse::parse(text, origin, std::path::Path::new(""))
+    }
+
+    /// [`Scenario::parse`] resolving relative `image` paths against `dir` (the directory
+    /// of the scenario file).
+    pub fn parse_in(
+        text: &str,
+        origin: &str,
+        dir: &std::path::Path,
+    ) -> Result<Scenario, ScenarioError> {
+        parse::parse(text, origin, dir)
     }
 
     /// The realistic default mixed workload `iosvctl lab` runs: a NIC, a GPU, a storage
@@ -373,6 +447,19 @@ impl Scenario {
     /// Steps in the scenario.
     pub fn step_count(&self) -> usize {
         self.steps.len()
+    }
+    /// The compiled driver images the scenario names (`[[driver]]` with `image`): driver
+    /// name and file. Such a scenario runs with an [`ImageDriver`]
+    /// ([`run_with_images`]); `iosvctl lab` runs it in a child process.
+    pub fn images(&self) -> Vec<(&str, &std::path::Path)> {
+        self.drivers
+            .iter()
+            .filter_map(|d| {
+                d.image
+                    .as_ref()
+                    .map(|i| (d.name.as_str(), i.path.as_path()))
+            })
+            .collect()
     }
     /// True if the scenario has a stress phase.
     pub fn has_stress(&self) -> bool {

@@ -25,7 +25,7 @@ use std::fmt;
 mod imp;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use imp::{child, kernel, loader};
+pub use imp::{child, kernel, loader, scenario};
 
 pub mod parent;
 pub mod protocol;
@@ -33,6 +33,12 @@ pub mod regspec;
 
 /// The hidden first argument that makes `iosvctl` the child (the simulated machine).
 pub const CHILD_ARG: &str = "__iosv-run-child";
+
+/// The hidden first argument that makes `iosvctl` the child of `iosvctl lab` for a
+/// scenario naming a compiled driver image: `__iosv-scenario-child SOCKET ARGS…`, ARGS
+/// being `lab`'s own command line, which the child parses and runs as `lab` would,
+/// image steps included ([`scenario::main`]).
+pub const CHILD_SCENARIO_ARG: &str = "__iosv-scenario-child";
 
 /// How a run ended when it did not produce a verifier report: each has its own exit
 /// status, above those of the other `iosvctl` commands (0–4).
@@ -86,6 +92,10 @@ pub enum RunError {
         /// The whole human-readable report (several lines).
         report: String,
     },
+    /// The scenario the child ran failed (a step failed, or the host could not start):
+    /// the scenario's `file:line:col: ...` message.
+    #[error("{0}")]
+    Failed(String),
     /// The child broke the runner protocol (exited without a word, or said nonsense).
     #[error("the driver host process failed: {0}")]
     Protocol(String),
@@ -152,19 +162,7 @@ impl IoctlSpec {
         let code = parse_u64(code)
             .and_then(|c| u32::try_from(c).ok())
             .ok_or_else(|| format!("`{code}` is not a 32-bit control code"))?;
-        if hex.len() % 2 != 0 {
-            return Err(format!(
-                "`{hex}`: the input needs an even number of hex digits"
-            ));
-        }
-        let input = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-                    .ok_or_else(|| format!("`{hex}` is not hex"))
-            })
-            .collect::<Result<Vec<u8>, String>>()?;
+        let input = iosv_host::scenario::parse_hex(hex)?;
         Ok(Self { code, input })
     }
 }

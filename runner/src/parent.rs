@@ -3,6 +3,7 @@
 
 use crate::protocol::Message;
 use crate::{ExitKind, RunError, RunOptions};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -15,6 +16,8 @@ pub const DEFAULT_WATCHDOG_SECS: u64 = 10;
 pub const MAX_LINE: usize = 16 * 1024;
 /// Most `note`/`audit` lines kept; further ones are counted, not stored.
 pub const MAX_NOTES: usize = 10_000;
+/// Most `lab` lines kept (a scenario child's output: a line per step for JSON).
+pub const MAX_LAB_LINES: usize = 4_000_000;
 /// How long the parent waits for a child that closed its standard output to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -62,6 +65,8 @@ pub struct Session {
     pub audit_problems: Vec<String>,
     /// Time from start to the end of the driver's life cycle.
     pub elapsed: Duration,
+    /// What a scenario child sent for the parent to print (`lab` lines), in order.
+    pub lab: Vec<String>,
 }
 
 impl Session {
@@ -109,14 +114,67 @@ impl Drop for Session {
     }
 }
 
-/// Starts `program args… CHILD_ARG SOCKET IMAGE --bar … --ioctl …` (normally
-/// `iosvctl`, re-executed) and follows it through the driver's life cycle.
+/// Starts `program CHILD_ARG SOCKET IMAGE --bar … --registry … --ioctl …` (normally `iosvctl`,
+/// re-executed) and follows it through the driver's life cycle.
 ///
 /// # Errors
 /// [`RunError::Unsupported`] off x86-64 Linux; [`RunError::Ended`] when the driver
 /// crashed, called an unimplemented routine, hung or did not load; [`RunError::Io`] /
 /// [`RunError::Protocol`] when the child could not be run.
 pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
+    let mut args: Vec<OsString> = vec![opts.image.clone().into()];
+    for b in &opts.bars {
+        args.extend(["--bar".into(), b.to_string().into()]);
+    }
+    if opts.surprise_removal {
+        args.extend(["--surprise-removal".into(), "yes".into()]);
+    }
+    for r in &opts.registry {
+        args.extend(["--registry".into(), r.to_string().into()]);
+    }
+    for io in &opts.ioctls {
+        let hex: String = io.input.iter().map(|b| format!("{b:02x}")).collect();
+        args.extend(["--ioctl".into(), format!("{:#x}:{hex}", io.code).into()]);
+    }
+    follow(
+        program,
+        crate::CHILD_ARG,
+        &args,
+        &opts.image,
+        opts.watchdog_secs,
+        false,
+    )
+}
+
+/// Starts `program CHILD_SCENARIO_ARG SOCKET ARGS…` (`iosvctl lab`'s child for a
+/// scenario that names a compiled driver image, `image`; `args` is `lab`'s command line)
+/// and follows it until the scenario ran: the [`Session`]'s `lab` lines are what the
+/// child wrote for the parent to print. The watchdog ([`DEFAULT_WATCHDOG_SECS`]) applies
+/// while driver code runs.
+///
+/// # Errors
+/// As [`start`]; [`RunError::Failed`] when the scenario failed.
+pub fn start_scenario(
+    program: &Path,
+    image: &Path,
+    args: &[OsString],
+) -> Result<Session, RunError> {
+    // Watched only while driver code runs: simulated steps may run long before the
+    // image is even loaded.
+    follow(program, crate::CHILD_SCENARIO_ARG, args, image, 0, true)
+}
+
+/// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
+/// names the driver in reports until the child says which it loaded. The watchdog runs
+/// from `enter` to `leave`, and from the start unless `idle_at_start`.
+fn follow(
+    program: &Path,
+    marker: &str,
+    args: &[OsString],
+    image_path: &Path,
+    watchdog_secs: u64,
+    idle_at_start: bool,
+) -> Result<Session, RunError> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err(RunError::Unsupported {
             os: std::env::consts::OS,
@@ -127,20 +185,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     let dir = socket_dir()?;
     let socket = dir.join("iosv.sock");
     let mut cmd = Command::new(program);
-    cmd.arg(crate::CHILD_ARG).arg(&socket).arg(&opts.image);
-    for b in &opts.bars {
-        cmd.arg("--bar").arg(b.to_string());
-    }
-    if opts.surprise_removal {
-        cmd.arg("--surprise-removal").arg("yes");
-    }
-    for r in &opts.registry {
-        cmd.arg("--registry").arg(r.to_string());
-    }
-    for io in &opts.ioctls {
-        let hex: String = io.input.iter().map(|b| format!("{b:02x}")).collect();
-        cmd.arg("--ioctl").arg(format!("{:#x}:{hex}", io.code));
-    }
+    cmd.arg(marker).arg(&socket).args(args);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -177,17 +222,24 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         }
         let _ = tx.send(None);
     });
-    let watchdog = Duration::from_secs(if opts.watchdog_secs == 0 {
+    let watchdog = Duration::from_secs(if watchdog_secs == 0 {
         DEFAULT_WATCHDOG_SECS
     } else {
-        opts.watchdog_secs
+        watchdog_secs
     });
     let mut image = ImageInfo::default();
     let mut notes = Vec::new();
     let mut audit_problems = Vec::new();
+    let mut lab = Vec::new();
     let mut routine: Option<String> = None;
+    let mut idle = idle_at_start;
     loop {
-        let message = match rx.recv_timeout(watchdog) {
+        let received = if idle {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(watchdog)
+        };
+        let message = match received {
             Ok(Some(line)) => Message::parse(&line),
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // The child's stdout closed without a verdict; it should be exiting, but
@@ -209,7 +261,7 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
                     "driver {} hung: {} did not return within {} s (the watchdog ended it; \
                      MMIO is plain memory here, so a driver polling for a bit that only \
                      hardware sets spins forever)",
-                    display_name(&image, &opts.image),
+                    display_name(&image, image_path),
                     routine.as_deref().unwrap_or("the host"),
                     watchdog.as_secs()
                 );
@@ -218,7 +270,22 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
         };
         match message {
             Some(Message::Image { name, base, size }) => image = ImageInfo { name, base, size },
-            Some(Message::Enter(r)) => routine = Some(r),
+            Some(Message::Enter(r)) => {
+                routine = Some(r);
+                idle = false;
+            }
+            Some(Message::Leave) => {
+                routine = None;
+                idle = true;
+            }
+            Some(Message::Lab(line)) if lab.len() < MAX_LAB_LINES => lab.push(line),
+            // Past the bound: dropped.
+            Some(Message::Lab(_)) => {}
+            Some(Message::Fail(text)) => {
+                kill_and_reap(&mut child);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(RunError::Failed(text));
+            }
             Some(Message::Note(n)) => push_bounded(&mut notes, n, "notes"),
             Some(Message::Audit(a)) => push_bounded(&mut audit_problems, a, "audit problems"),
             Some(Message::Ready) => {
@@ -232,17 +299,18 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
                     notes,
                     audit_problems,
                     elapsed: began.elapsed(),
+                    lab,
                 })
             }
             Some(Message::Crash(text)) => {
-                let report = crash_report(&image, &opts.image, &text);
+                let report = crash_report(&image, image_path, &text);
                 return ended(&mut child, &dir, ExitKind::Crashed, report);
             }
             Some(Message::Unimplemented(text)) => {
                 return ended(&mut child, &dir, ExitKind::Unimplemented, text);
             }
             Some(Message::LoadFail(text)) => {
-                let report = format!("cannot load {}: {text}", opts.image.display());
+                let report = format!("cannot load {}: {text}", image_path.display());
                 return ended(&mut child, &dir, ExitKind::LoadFailed, report);
             }
             None => {}

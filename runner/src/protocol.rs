@@ -7,6 +7,9 @@
 //! | `enter ROUTINE` | the child is about to call driver routine ROUTINE (the watchdog restarts) |
 //! | `note TEXT` | something the user should see (e.g. a failed IRP) |
 //! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
+//! | `leave` | the driver routine returned: no driver code runs until the next `enter` (the watchdog waits) |
+//! | `lab TEXT` | a scenario child's output line for the parent to print (opaque to the runner) |
+//! | `fail TEXT` | a scenario child's scenario failed (a step failed); TEXT says where and why |
 //! | `ready` | the run is complete and the verifier serves its control codes on the socket |
 //! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
 //! | `unimplemented TEXT` | the driver called a routine the host lacks; TEXT names it |
@@ -29,6 +32,12 @@ pub enum Message {
     },
     /// `enter ROUTINE`.
     Enter(String),
+    /// `leave`.
+    Leave,
+    /// `lab TEXT`.
+    Lab(String),
+    /// `fail TEXT`.
+    Fail(String),
     /// `note TEXT`.
     Note(String),
     /// `audit TEXT`.
@@ -62,6 +71,9 @@ impl Message {
                 Self::Image { name, base, size }
             }
             "enter" => Self::Enter(text),
+            "leave" => Self::Leave,
+            "lab" => Self::Lab(text),
+            "fail" => Self::Fail(text),
             "note" => Self::Note(text),
             "ready" => Self::Ready,
             "audit" => Self::Audit(text),
@@ -84,6 +96,19 @@ mod tests {
             Some(Message::Enter("DriverEntry".into()))
         );
         assert_eq!(Message::parse("ready"), Some(Message::Ready));
+        assert_eq!(Message::parse("leave"), Some(Message::Leave));
+        assert_eq!(
+            Message::parse("lab out {\"kind\":\"lab\"}"),
+            Some(Message::Lab("out {\"kind\":\"lab\"}".into()))
+        );
+        assert_eq!(
+            Message::parse("lab out "),
+            Some(Message::Lab("out ".into()))
+        );
+        assert_eq!(
+            Message::parse("fail x.toml:3:1: step `stop` failed"),
+            Some(Message::Fail("x.toml:3:1: step `stop` failed".into()))
+        );
         assert_eq!(
             Message::parse("crash SIGSEGV at x"),
             Some(Message::Crash("SIGSEGV at x".into()))

@@ -10,12 +10,14 @@ use crate::model;
 use crate::output::sink::ViolationSink;
 use crate::output::{json, sarif, Format};
 use crate::transport::inproc::InProcess;
-use iosv_host::scenario::RunSummary;
-use iosv_host::Audit;
+use iosv_host::scenario::{ImageDriver, RunSummary, Scenario};
+use iosv_host::{Audit, Host};
+use iosv_runner::{parent, RunError};
 use std::io::Write;
 use std::sync::Arc;
 
-/// The `lab` JSON line: the scenario, its size and the bugs it injected per rule.
+/// The `lab` JSON line: the scenario, its size, the bugs it injected (and its compiled
+/// drivers' `expect`) per rule, and the compiled drivers whose reports are not audited.
 fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
     let injected: serde_json::Map<String, serde_json::Value> = iosv::rules::RULES
         .iter()
@@ -33,6 +35,7 @@ fn summary_json(s: &RunSummary, origin: &str) -> serde_json::Value {
         "injected": injected,
         "injected_total": s.expected_total(),
         "corruptions": s.corruptions,
+        "unaudited_drivers": s.unaudited_drivers,
     })
 }
 
@@ -129,38 +132,75 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
 
 fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppResult {
     let scenario = scenario::load(a.scenario.as_deref(), &a.run)?;
+    if let Some((_, image)) = scenario.images().first() {
+        return run_in_child(g, format, a, &scenario, image, out);
+    }
+    let host = new_host(a, &scenario)?;
+    let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
+    let (summary, audit) = execute(&host, &mut c, a, &scenario, None)?;
+    header(out, format, &scenario, &summary, &audit)?;
+    let problems = audit_problems(&audit, scenario.scripts_misuse());
+    tail(g, format, a, &mut c, &scenario, &problems, true, out)
+}
+
+/// The host `lab` runs `scenario` in: its `[host]` sizes under the command line's.
+fn new_host(a: &LabArgs, scenario: &Scenario) -> AppResult<Arc<Host>> {
     let params = a
         .params
         .apply(scenario.start_params())
         .map_err(AppError::HostSizes)?;
-    let host = scenario::new_host(params)?;
-    let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
+    scenario::new_host(params)
+}
+
+/// Applies the command line's settings, runs the scenario (its image steps through
+/// `images`), and audits the result against what it injected and expected.
+fn execute<T: crate::transport::Transport>(
+    host: &Host,
+    c: &mut Client<T>,
+    a: &LabArgs,
+    scenario: &Scenario,
+    images: Option<&mut dyn ImageDriver>,
+) -> AppResult<(RunSummary, Audit)> {
     let contained_at_start =
-        config::apply(&mut c, &a.settings)?.flags & iosv::protocol::CF_CONTAINMENT != 0;
-    let summary = scenario::run(&host, &scenario, !a.run.no_progress)?;
+        config::apply(c, &a.settings)?.flags & iosv::protocol::CF_CONTAINMENT != 0;
+    let summary = match images {
+        None => scenario::run(host, scenario, !a.run.no_progress)?,
+        Some(i) => scenario::run_with_images(host, scenario, i, !a.run.no_progress)?,
+    };
     // Corruptions count only if containment was on throughout: on at the start (after
     // the command line's settings), never turned off by the scenario, on at the end.
     let containment = contained_at_start
         && scenario.keeps_containment()
         && c.get_config()?.flags & iosv::protocol::CF_CONTAINMENT != 0;
-    let audit = host
+    let mut audit = host
         .audit(&summary.expected, containment)
         .map_err(AppError::Audit)?;
+    summary.exclude_unaudited(&mut audit);
+    Ok((summary, audit))
+}
 
-    let stats = c.stats()?;
-    let images = super::images(g, &mut c, &stats)?;
-    let mappings = if a.no_mappings {
-        None
-    } else {
-        Some(c.list_mappings(&MappingFilter::default())?)
-    };
+/// What `lab` prints before the violations: the run's summary and its audit.
+fn header(
+    out: &mut dyn Write,
+    format: Format,
+    scenario: &Scenario,
+    summary: &RunSummary,
+    audit: &Audit,
+) -> AppResult<()> {
     match format {
         Format::Human => {
             writeln!(
                 out,
                 "{}",
-                scenario::describe_run(&summary, scenario.origin())
+                scenario::describe_run(summary, scenario.origin())
             )?;
+            if !summary.unaudited_drivers.is_empty() {
+                writeln!(
+                    out,
+                    "not audited: {} (compiled drivers without `expect`: their reports are shown, not compared)",
+                    summary.unaudited_drivers.join(", ")
+                )?;
+            }
             if audit.is_clean() && summary.expected_total() == 0 {
                 writeln!(out, "audit: nothing injected, nothing reported; the table matches the simulated Mm\n")?;
             } else if audit.is_clean() {
@@ -173,9 +213,9 @@ fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppRe
             }
         }
         Format::Json => {
-            let mut v = summary_json(&summary, scenario.origin());
+            let mut v = summary_json(summary, scenario.origin());
             if let Some(o) = v.as_object_mut() {
-                o.insert("audit".to_string(), audit_json(&audit));
+                o.insert("audit".to_string(), audit_json(audit));
             }
             writeln!(out, "{v}")?;
             for smp in &summary.timeline.samples {
@@ -191,15 +231,37 @@ fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppRe
         }
         Format::Sarif | Format::Junit | Format::Html => {}
     }
+    Ok(())
+}
+
+/// What `lab` prints after the header, from the verifier behind `c`: the violations, the
+/// outcome with the audit's `problems`, the mappings still live.
+#[allow(clippy::too_many_arguments)]
+fn tail<T: crate::transport::Transport>(
+    g: &Global,
+    format: Format,
+    a: &LabArgs,
+    c: &mut Client<T>,
+    scenario: &Scenario,
+    problems: &[String],
+    simulated_only: bool,
+    out: &mut dyn Write,
+) -> AppResult {
+    let stats = c.stats()?;
+    let images = super::images(g, c, &stats)?;
+    let mappings = if a.no_mappings {
+        None
+    } else {
+        Some(c.list_mappings(&MappingFilter::default())?)
+    };
     let mut sink = ViolationSink::with_format(g, format, out, images.clone());
-    let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
-    let problems = audit_problems(&audit, scenario.scripts_misuse());
+    let next = read_violations(c, &ReadPlan::default(), &mut sink)?;
     let info = sarif::RunInfo {
         endpoint: format!("lab: {}", scenario.origin()),
         component_version: model::text(&c.hello().component_version),
         from_cursor: 0,
         next_cursor: next,
-        problems: problems.clone(),
+        problems: problems.to_vec(),
         audited: true,
         ..Default::default()
     };
@@ -213,9 +275,124 @@ fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppRe
     if let Some(list) = mappings {
         super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
     }
-    super::symbol_notes(&images, true);
+    super::symbol_notes(&images, simulated_only);
     Ok(outcome)
 }
+
+/// The `lab` lines of the scenario child: `out TEXT` is a line of the header, `problem
+/// TEXT` one of the audit's problems.
+const OUT: &str = "out ";
+const PROBLEM: &str = "problem ";
+
+/// `lab` for a scenario naming a compiled driver image: driver code runs only in a child
+/// process ([`iosv_runner::parent::start_scenario`]), which runs the whole scenario as
+/// [`child`] and serves the verifier; this process prints the child's header, then pulls
+/// the violations over the socket as `iosvctl run` does. A crash, an unimplemented
+/// routine, a hang or an image that does not load ends the run with run's exit status.
+fn run_in_child(
+    g: &Global,
+    format: Format,
+    a: &LabArgs,
+    scenario: &Scenario,
+    image: &std::path::Path,
+    out: &mut dyn Write,
+) -> AppResult {
+    let program = std::env::current_exe()
+        .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;
+    // The child parses and runs this very command line (`lab` and its options).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let session = match parent::start_scenario(&program, image, &args) {
+        Ok(s) => s,
+        Err(RunError::Ended { kind, report }) => {
+            eprintln!("iosvctl: {report}");
+            return Ok(super::run::ended(kind));
+        }
+        Err(RunError::Failed(text)) => return Err(AppError::Run(text)),
+        Err(e) => return Err(AppError::Run(e.to_string())),
+    };
+    let mut problems = Vec::new();
+    for line in &session.lab {
+        if let Some(text) = line.strip_prefix(OUT) {
+            writeln!(out, "{text}")?;
+        } else if let Some(p) = line.strip_prefix(PROBLEM) {
+            problems.push(p.to_string());
+        }
+    }
+    if format == Format::Human {
+        let notes: Vec<&String> = session
+            .notes
+            .iter()
+            .filter(|n| g.verbose > 0 || !n.starts_with("import slot"))
+            .collect();
+        if !notes.is_empty() {
+            writeln!(out, "driver {} ({}):", session.image.name, image.display())?;
+            for n in notes {
+                writeln!(out, "  {n}")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    let mut c = Client::connect(super::run::connect(&session.socket)?)?;
+    let outcome = tail(g, format, a, &mut c, scenario, &problems, false, out)?;
+    drop(c);
+    session
+        .finish()
+        .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
+    Ok(outcome)
+}
+
+/// The child of [`run_in_child`]: `args` are `SOCKET` and `lab`'s command line. It
+/// builds the host as `lab` does, runs the scenario with the runner's image backend,
+/// audits it, and sends the header and the audit's problems to the parent; then serves
+/// the verifier until the parent is done. Returns its exit status.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn child(args: &[std::ffi::OsString]) -> i32 {
+    use clap::Parser as _;
+    let Some((socket, rest)) = args.split_first() else {
+        return iosv_runner::scenario::fail("missing socket path");
+    };
+    let cli = match crate::cli::Cli::try_parse_from(
+        std::iter::once(std::ffi::OsString::from("iosvctl")).chain(rest.iter().cloned()),
+    ) {
+        Ok(c) => c,
+        Err(e) => return iosv_runner::scenario::fail(&e.to_string()),
+    };
+    let crate::cli::Command::Lab(a) = cli.command else {
+        return iosv_runner::scenario::fail("the scenario child runs `lab` only");
+    };
+    // HTML is made from JSON lines by the parent.
+    let format = match cli.global.format {
+        Format::Html => Format::Json,
+        f => f,
+    };
+    let prepared = scenario::load(a.scenario.as_deref(), &a.run)
+        .and_then(|s| new_host(&a, &s).map(|h| (s, h)));
+    let (scenario, host) = match prepared {
+        Ok(p) => p,
+        Err(e) => return iosv_runner::scenario::fail(&e.to_string()),
+    };
+    let mut body = |images: &mut dyn ImageDriver| -> Result<Vec<String>, String> {
+        let mut run = || -> AppResult<Vec<String>> {
+            let mut c = Client::connect(InProcess::new(Arc::clone(&host)))?;
+            let (summary, audit) = execute(&host, &mut c, &a, &scenario, Some(images))?;
+            let mut text = Vec::new();
+            header(&mut text, format, &scenario, &summary, &audit)?;
+            let mut lines: Vec<String> = String::from_utf8_lossy(&text)
+                .lines()
+                .map(|l| format!("{OUT}{l}"))
+                .collect();
+            lines.extend(
+                audit_problems(&audit, scenario.scripts_misuse())
+                    .into_iter()
+                    .map(|p| format!("{PROBLEM}{p}")),
+            );
+            Ok(lines)
+        };
+        run().map_err(|e| e.to_string())
+    };
+    iosv_runner::scenario::main(std::path::Path::new(socket), &host, &mut body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

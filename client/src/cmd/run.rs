@@ -26,13 +26,23 @@ use std::process::ExitCode;
 /// exit status. `None` for every other command line.
 pub fn child_if_requested() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != iosv_runner::CHILD_ARG {
+    let marker = args.next()?;
+    let scenario = marker == iosv_runner::CHILD_SCENARIO_ARG;
+    if marker != iosv_runner::CHILD_ARG && !scenario {
         return None;
     }
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
-        let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
-        let code = iosv_runner::child::main(&rest);
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        let code = if scenario {
+            super::lab::child(&rest)
+        } else {
+            let rest: Vec<String> = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            iosv_runner::child::main(&rest)
+        };
         Some(ExitCode::from(u8::try_from(code).unwrap_or(2)))
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -73,9 +83,19 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
     })
 }
 
+/// The outcome of a run that ended without a report (exit status 5–8).
+pub(crate) fn ended(kind: ExitKind) -> Outcome {
+    match kind {
+        ExitKind::Crashed => Outcome::DriverCrashed,
+        ExitKind::Unimplemented => Outcome::Unimplemented,
+        ExitKind::Hung => Outcome::DriverHung,
+        ExitKind::LoadFailed => Outcome::LoadFailed,
+    }
+}
+
 /// The child's socket (it runs as this user).
 #[cfg(unix)]
-fn connect(socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+pub(crate) fn connect(socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
     let t = crate::transport::socket::SocketTransport::connect(
         socket,
         Some(std::time::Duration::from_secs(10)),
@@ -86,7 +106,7 @@ fn connect(socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
 
 /// No Unix sockets here; [`parent::start`] refuses to run anyway.
 #[cfg(not(unix))]
-fn connect(_socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
+pub(crate) fn connect(_socket: &std::path::Path) -> AppResult<Box<dyn Transport>> {
     Err(AppError::Run(
         "running driver images needs x86-64 Linux".to_string(),
     ))
@@ -124,12 +144,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         Ok(s) => s,
         Err(RunError::Ended { kind, report }) => {
             eprintln!("iosvctl: {report}");
-            return Ok(match kind {
-                ExitKind::Crashed => Outcome::DriverCrashed,
-                ExitKind::Unimplemented => Outcome::Unimplemented,
-                ExitKind::Hung => Outcome::DriverHung,
-                ExitKind::LoadFailed => Outcome::LoadFailed,
-            });
+            return Ok(ended(kind));
         }
         Err(e) => return Err(AppError::Run(e.to_string())),
     };

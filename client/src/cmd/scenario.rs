@@ -38,8 +38,14 @@ pub fn load(path: Option<&Path>, run: &RunArgs) -> AppResult<Scenario> {
         origin: origin.clone(),
         reason,
     })?;
-    let s =
-        Scenario::parse(&rewritten, &format!("{origin} (with --threads/--seed)")).map_err(bad)?;
+    // Image paths stay relative to the scenario file's directory.
+    let dir = path.and_then(Path::parent).unwrap_or(Path::new(""));
+    let s = Scenario::parse_in(
+        &rewritten,
+        &format!("{origin} (with --threads/--seed)"),
+        dir,
+    )
+    .map_err(bad)?;
     if run.threads.is_some() && !s.has_stress() {
         eprintln!("iosvctl: warning: {origin} has no stress phase; --threads changes nothing");
     }
@@ -86,6 +92,20 @@ pub fn new_host(params: StartParams) -> AppResult<Arc<Host>> {
 pub fn run(host: &Host, scenario: &Scenario, progress: bool) -> AppResult<RunSummary> {
     let mut bar = Bar::new(progress);
     let r = scenario::run(host, scenario, &mut |p: &Progress| bar.update(p));
+    bar.finish();
+    r.map_err(AppError::ScenarioRun)
+}
+
+/// [`run`] for a scenario naming a compiled driver image: its steps go to `images`
+/// (in `iosvctl lab`'s child process).
+pub fn run_with_images(
+    host: &Host,
+    scenario: &Scenario,
+    images: &mut dyn scenario::ImageDriver,
+    progress: bool,
+) -> AppResult<RunSummary> {
+    let mut bar = Bar::new(progress);
+    let r = scenario::run_with_images(host, scenario, images, &mut |p: &Progress| bar.update(p));
     bar.finish();
     r.map_err(AppError::ScenarioRun)
 }

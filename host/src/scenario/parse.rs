@@ -2,8 +2,8 @@
 //! checked and lowered into a [`Scenario`].
 
 use super::{
-    ConfigChange, DeviceDecl, DriverDecl, Limit, Location, Scenario, ScenarioError, Step, StepKind,
-    StressSpec, UnmapTarget,
+    ConfigChange, DeviceDecl, DriverDecl, ImageDecl, IoctlDecl, Limit, Location, Scenario,
+    ScenarioError, Step, StepKind, StressSpec, UnmapTarget,
 };
 use crate::devices::{Bar, AUTO_PHYSICAL, MAX_BAR_SIZE};
 use crate::{Behaviour, Routine};
@@ -69,10 +69,20 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDriver {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     behaviour: Option<Spanned<String>>,
     bug_every: Option<Spanned<Value>>,
     target: Option<Spanned<bool>>,
+    image: Option<Spanned<String>>,
+    expect: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    ioctls: Option<Spanned<Vec<Spanned<RawIoctl>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIoctl {
+    code: Spanned<Value>,
+    input: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +136,10 @@ struct RawStep {
     seed: Option<Spanned<Value>>,
     drivers: Option<Names>,
     inject: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    code: Option<Spanned<Value>>,
+    input: Option<Spanned<String>>,
+    image_ops: Option<Spanned<Value>>,
+    image_restart_every: Option<Spanned<Value>>,
 }
 
 impl RawStep {
@@ -168,7 +182,11 @@ impl RawStep {
             duration_ms,
             seed,
             drivers,
-            inject
+            inject,
+            code,
+            input,
+            image_ops,
+            image_restart_every
         );
         v
     }
@@ -404,9 +422,28 @@ fn rule(l: &Lines<'_>, v: &Spanned<String>) -> R<RuleId> {
 struct Names2<'a> {
     drivers: &'a HashSet<String>,
     devices: &'a HashSet<String>,
+    /// Image drivers (lowercase) and the devices of image drivers.
+    images: &'a HashSet<String>,
+    image_devices: &'a HashSet<String>,
 }
 
 impl Names2<'_> {
+    /// A simulated driver: refuses an image driver for `what` (a step only the host's
+    /// simulated drivers can do).
+    fn simulated(&self, l: &Lines<'_>, v: &Spanned<String>, what: &str) -> R<String> {
+        let n = self.driver(l, v)?;
+        if self.images.contains(&n.to_ascii_lowercase()) {
+            return Err(l.err(
+                &v.span(),
+                std::format!("`{n}` is a compiled driver image: {what} only applies to simulated drivers (an image does what its code does)"),
+            ));
+        }
+        Ok(n)
+    }
+    fn is_image_device(&self, device: &str) -> bool {
+        self.image_devices.contains(device)
+    }
+
     fn driver(&self, l: &Lines<'_>, v: &Spanned<String>) -> R<String> {
         let n = v.get_ref();
         if self.drivers.contains(&n.to_ascii_lowercase()) {
@@ -480,7 +517,7 @@ fn config(
     Ok(c)
 }
 
-const STEP_FIELDS: [(&str, &[&str]); 19] = [
+const STEP_FIELDS: [(&str, &[&str]); 20] = [
     ("load", &["driver"]),
     ("unload", &["driver"]),
     ("attach", &["driver"]),
@@ -492,6 +529,7 @@ const STEP_FIELDS: [(&str, &[&str]); 19] = [
     ("surprise-remove", &["device"]),
     ("remove", &["device"]),
     ("io", &["device", "count"]),
+    ("ioctl", &["device", "driver", "code", "input", "count"]),
     (
         "map",
         &[
@@ -526,7 +564,16 @@ const STEP_FIELDS: [(&str, &[&str]); 19] = [
     ("clear", &["what"]),
     (
         "stress",
-        &["threads", "ops", "duration_ms", "seed", "drivers", "inject"],
+        &[
+            "threads",
+            "ops",
+            "duration_ms",
+            "seed",
+            "drivers",
+            "inject",
+            "image_ops",
+            "image_restart_every",
+        ],
     ),
 ];
 
@@ -562,6 +609,19 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
     };
     let drv = || -> R<String> { n.driver(l, required(l, &at, op, "driver", s.driver.as_ref())?) };
     let dev = || -> R<String> { n.device(l, required(l, &at, op, "device", s.device.as_ref())?) };
+    let sim = |what: &str| -> R<String> {
+        n.simulated(l, required(l, &at, op, "driver", s.driver.as_ref())?, what)
+    };
+    // A device op that only the host's simulated devices (`image == false`) or only
+    // image drivers' devices (`image == true`) take.
+    let dev_of = |image: bool, why: &str| -> R<String> {
+        let name = dev()?;
+        if n.is_image_device(&name) != image {
+            let span = s.device.as_ref().map_or(at.clone(), Spanned::span);
+            return Err(l.err(&span, std::format!("`{name}` {why}")));
+        }
+        Ok(name)
+    };
     let count = |default: u64| -> R<u64> {
         s.count
             .as_ref()
@@ -579,21 +639,65 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
     let kind = match op {
         "load" => StepKind::Load(drv()?),
         "unload" => StepKind::Unload(drv()?),
-        "attach" => StepKind::Attach(drv()?),
-        "detach" => StepKind::Detach(drv()?),
+        "attach" => StepKind::Attach(sim("`attach`")?),
+        "detach" => StepKind::Detach(sim("`detach`")?),
         "add-device" => StepKind::AddDevice(dev()?),
-        "start" => StepKind::Start {
-            device: dev()?,
-            complete: s.complete.as_ref().is_none_or(|c| *c.get_ref()),
-        },
-        "complete-start" => StepKind::CompleteStart(dev()?),
+        "start" => {
+            let device = dev()?;
+            let complete = s.complete.as_ref().is_none_or(|c| *c.get_ref());
+            if let (Some(c), true) = (&s.complete, n.is_image_device(&device)) {
+                return Err(l.err(
+                    &c.span(),
+                    "`complete` does not apply to a device of a compiled driver image (the driver completes its start IRP itself)",
+                ));
+            }
+            StepKind::Start { device, complete }
+        }
+        "complete-start" => StepKind::CompleteStart(dev_of(
+            false,
+            "belongs to a compiled driver image, whose start completes by itself: `complete-start` applies to simulated devices",
+        )?),
         "stop" => StepKind::Stop(dev()?),
         "surprise-remove" => StepKind::SurpriseRemove(dev()?),
         "remove" => StepKind::Remove(dev()?),
         "io" => StepKind::Io {
-            device: dev()?,
+            device: dev_of(
+                false,
+                "belongs to a compiled driver image: send it requests with op `ioctl` (`io` is a simulated driver's runtime I/O)",
+            )?,
             count: count(1)?,
         },
+        "ioctl" => {
+            let code = required(l, &at, op, "code", s.code.as_ref())?;
+            let request = ioctl(l, code, s.input.as_ref())?;
+            match (&s.device, &s.driver) {
+                (Some(_), Some(d)) => {
+                    return Err(l.err(
+                        &d.span(),
+                        "give `device` (a PnP device) or `driver` (a legacy driver's control device), not both",
+                    ))
+                }
+                (None, Some(d)) => {
+                    let driver = n.driver(l, d)?;
+                    if !n.images.contains(&driver.to_ascii_lowercase()) {
+                        return Err(l.err(&d.span(), std::format!("`{driver}` is a simulated driver: `ioctl` with `driver` sends IRPs to the device a compiled driver created in DriverEntry")));
+                    }
+                    StepKind::ControlIoctl {
+                        driver,
+                        request,
+                        count: count(1)?,
+                    }
+                }
+                _ => StepKind::Ioctl {
+                    device: dev_of(
+                        true,
+                        "belongs to a simulated driver: `ioctl` sends IRPs to a compiled driver image's device (use `io` here)",
+                    )?,
+                    request,
+                    count: count(1)?,
+                },
+            }
+        }
         "map" | "map-ex" => {
             let ex = op == "map-ex";
             let physical = num(
@@ -611,7 +715,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             };
             let irql = irql_of()?;
             StepKind::Map {
-                driver: drv()?,
+                driver: sim(&std::format!("`{op}`"))?,
                 physical,
                 size,
                 cache,
@@ -650,7 +754,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             };
             let irql = irql_of()?;
             StepKind::Unmap {
-                driver: drv()?,
+                driver: sim("`unmap`")?,
                 target,
                 size: s.size.as_ref().map(|v| num(l, v, "size")).transpose()?,
                 irql,
@@ -660,14 +764,24 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
         }
         "bug" => {
             let r = rule(l, required(l, &at, op, "rule", s.rule.as_ref())?)?;
-            let device = s.device.as_ref().map(|d| n.device(l, d)).transpose()?;
+            let device = match &s.device {
+                Some(_) => Some(dev_of(
+                    false,
+                    "belongs to a compiled driver image: bug injection applies to simulated devices",
+                )?),
+                None => None,
+            };
             if device.is_none() && matches!(r, RuleId::LeakOnStop | RuleId::LeakOnRemove) {
                 return Err(l.err(
                     &at,
                     std::format!("a `{}` bug needs `device`", r.info().name),
                 ));
             }
-            let foreign = s.foreign.as_ref().map(|d| n.driver(l, d)).transpose()?;
+            let foreign = s
+                .foreign
+                .as_ref()
+                .map(|d| n.simulated(l, d, "`foreign`"))
+                .transpose()?;
             if let (Some(f), false) = (&s.foreign, r == RuleId::UnmapForeign) {
                 return Err(l.err(
                     &f.span(),
@@ -676,7 +790,7 @@ fn step(l: &Lines<'_>, n: &Names2<'_>, raw: &Spanned<RawStep>) -> R<Step> {
             }
             StepKind::Bug {
                 rule: r,
-                driver: drv()?,
+                driver: sim("bug injection")?,
                 device,
                 foreign,
                 count: count(1)?,
@@ -794,12 +908,106 @@ fn stress(l: &Lines<'_>, n: &Names2<'_>, at: &Span, s: &RawStep) -> R<StressSpec
             ));
         }
     }
+    let image_ops = s
+        .image_ops
+        .as_ref()
+        .map(|v| num_in(l, v, "image_ops", 1, 1_000_000_000))
+        .transpose()?;
+    let image_restart_every = s.image_restart_every.as_ref().map_or(Ok(0), |v| {
+        num_in(l, v, "image_restart_every", 0, 1_000_000_000)
+    })?;
     Ok(StressSpec {
         threads: u32::try_from(threads).unwrap_or(2),
         limit,
         seed,
         drivers,
         inject,
+        image_ops,
+        image_restart_every,
+    })
+}
+
+/// Parses hex bytes (`"0a0B"`, `""`): an even number of hex digits.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err(std::format!(
+            "`{text}`: the input needs an even number of hex digits"
+        ));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i.saturating_add(2))
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| std::format!("`{text}` is not hex"))
+        })
+        .collect()
+}
+
+fn ioctl(l: &Lines<'_>, code: &Spanned<Value>, input: Option<&Spanned<String>>) -> R<IoctlDecl> {
+    let code = u32::try_from(num_in(l, code, "code", 0, u64::from(u32::MAX))?).unwrap_or(0);
+    let input = match input {
+        Some(i) => parse_hex(i.get_ref().trim()).map_err(|e| l.err(&i.span(), e))?,
+        None => Vec::new(),
+    };
+    Ok(IoctlDecl { code, input })
+}
+
+/// The `[[driver]]` keys of a compiled image: `image`, `expect`, `ioctls`. `dir` is the
+/// scenario file's directory.
+fn image_decl(
+    l: &Lines<'_>,
+    rd: &RawDriver,
+    path: &Spanned<String>,
+    dir: &std::path::Path,
+) -> R<ImageDecl> {
+    for (key, span) in [
+        ("behaviour", rd.behaviour.as_ref().map(Spanned::span)),
+        ("bug_every", rd.bug_every.as_ref().map(Spanned::span)),
+        ("target", rd.target.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = span {
+            return Err(l.err(&span, std::format!("`{key}` does not apply to a compiled driver image (it does what its code does, and iosv always hooks it); give `expect` for the violations it should get")));
+        }
+    }
+    let resolved = dir.join(path.get_ref());
+    if !resolved.is_file() {
+        return Err(l.err(
+            &path.span(),
+            std::format!(
+                "no driver image at `{}` (a relative path is relative to the scenario file)",
+                resolved.display()
+            ),
+        ));
+    }
+    let expect = match &rd.expect {
+        Some(map) => {
+            let mut out = Vec::new();
+            for (k, v) in map.get_ref() {
+                out.push((
+                    rule(l, k)?,
+                    num_in(l, v, "an expected count", 0, 1_000_000_000)?,
+                ));
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let ioctls = match &rd.ioctls {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .map(|i| ioctl(l, &i.get_ref().code, i.get_ref().input.as_ref()))
+            .collect::<R<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Ok(ImageDecl {
+        path: resolved,
+        expect,
+        ioctls,
     })
 }
 
@@ -870,7 +1078,7 @@ fn params(l: &Lines<'_>, h: &Spanned<RawHost>) -> R<StartParams> {
     Ok(out)
 }
 
-pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
+pub(crate) fn parse(text: &str, origin: &str, dir: &std::path::Path) -> R<Scenario> {
     let l = Lines::new(text, origin);
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
@@ -886,16 +1094,63 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     })?;
 
     let mut driver_names = HashSet::new();
+    let mut image_names = HashSet::new();
     let mut drivers = Vec::new();
     for d in &raw.driver {
         let rd = d.get_ref();
-        let name = image_name(&l, &rd.name)?;
+        // An image driver's name is its file name, as on Windows (iosv names it so).
+        let file_name = rd.image.as_ref().map(|p| {
+            let n = std::path::Path::new(p.get_ref())
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            Spanned::new(p.span(), n)
+        });
+        let name = match (&rd.name, &file_name) {
+            (Some(n), Some(f)) if !n.get_ref().eq_ignore_ascii_case(f.get_ref()) => {
+                return Err(l.err(
+                    &n.span(),
+                    std::format!(
+                    "an image driver is named after its file: `{}`, not `{}` (leave `name` out)",
+                    f.get_ref(),
+                    n.get_ref()
+                ),
+                ))
+            }
+            (_, Some(f)) => image_name(&l, f)?,
+            (Some(n), None) => image_name(&l, n)?,
+            (None, None) => return Err(l.err(&d.span(), "a [[driver]] needs `name` (or `image`)")),
+        };
+        let name_span = rd
+            .name
+            .as_ref()
+            .or(rd.image.as_ref())
+            .map_or(d.span(), Spanned::span);
         if !driver_names.insert(name.to_ascii_lowercase()) {
             return Err(l.err(
-                &rd.name.span(),
+                &name_span,
                 std::format!("driver `{name}` is declared twice"),
             ));
         }
+        let image = match &rd.image {
+            Some(path) => {
+                if !image_names.is_empty() {
+                    return Err(l.err(&path.span(), "only one compiled driver image per scenario: the runner runs one image per child process (declare the others in another scenario)"));
+                }
+                image_names.insert(name.to_ascii_lowercase());
+                Some(image_decl(&l, rd, path, dir)?)
+            }
+            None => {
+                for (key, span) in [
+                    ("expect", rd.expect.as_ref().map(Spanned::span)),
+                    ("ioctls", rd.ioctls.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        return Err(l.err(&span, std::format!("`{key}` applies to a compiled driver image (`image = \"x.sys\"`); a simulated driver's expected violations are what it injects")));
+                    }
+                }
+                None
+            }
+        };
         let behaviour = match &rd.behaviour {
             Some(b) => Behaviour::parse(b.get_ref().trim()).ok_or_else(|| {
                 l.err(&b.span(), std::format!("unknown behaviour `{}` (well-behaved, or a rule id or name such as IOSV005 or double-unmap)", b.get_ref()))
@@ -911,6 +1166,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
             behaviour,
             bug_every,
             target: rd.target.as_ref().is_none_or(|t| *t.get_ref()),
+            image,
         });
     }
     if drivers.len() > iosv::drivers::MAX_DRIVERS {
@@ -921,6 +1177,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     }
 
     let mut device_names = HashSet::new();
+    let mut image_devices = HashSet::new();
     let mut devices = Vec::new();
     let mut taken = Vec::new();
     for d in &raw.device {
@@ -949,6 +1206,17 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
             .as_ref()
             .map(|b| bars(&l, b, &mut taken, &name))
             .transpose()?;
+        if image_names.contains(&rd.driver.get_ref().to_ascii_lowercase()) {
+            image_devices.insert(name.clone());
+            let cache = rd
+                .bars
+                .iter()
+                .flat_map(|b| b.get_ref())
+                .find_map(|b| b.get_ref().cache.as_ref());
+            if let Some(c) = cache {
+                return Err(l.err(&c.span(), "`cache` does not apply to a BAR of a compiled driver's device: the driver chooses how it maps its BARs"));
+            }
+        }
         devices.push(DeviceDecl {
             name,
             driver: rd.driver.get_ref().clone(),
@@ -959,12 +1227,21 @@ pub(crate) fn parse(text: &str, origin: &str) -> R<Scenario> {
     let names = Names2 {
         drivers: &driver_names,
         devices: &device_names,
+        images: &image_names,
+        image_devices: &image_devices,
     };
-    let steps = raw
-        .step
-        .iter()
-        .map(|s| step(&l, &names, s))
-        .collect::<R<Vec<_>>>()?;
+    let mut steps = Vec::new();
+    let mut loaded_images = HashSet::new();
+    for s in &raw.step {
+        let parsed = step(&l, &names, s)?;
+        if let StepKind::Load(d) = &parsed.kind {
+            let d = d.to_ascii_lowercase();
+            if image_names.contains(&d) && !loaded_images.insert(d) {
+                return Err(l.err(&s.span(), "a compiled driver image is loaded once per scenario (the runner does not map an image twice); its devices can be added, started, stopped and removed again"));
+            }
+        }
+        steps.push(parsed);
+    }
 
     let config = match &raw.config {
         Some(c) => {
@@ -1024,12 +1301,12 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(text, "t.toml").unwrap_err().to_string()
+        Scenario::parse(text, "t.toml").unwrap_err().to_string()
     }
 
     #[test]
     fn errors_name_line_column_and_reason() {
-        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`");
+        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`, `image`, `expect`, `ioctls`");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"lod\"\ndriver = \"a.sys\"\n");
         assert!(e.starts_with("t.toml:4:6: unknown op `lod`"), "{e}");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"load\"\ndriver = \"b.sys\"\n");
@@ -1053,6 +1330,158 @@ mod tests {
         assert!(e.starts_with("t.toml:"), "{e}");
     }
 
+    /// A directory holding an (empty) `drv.sys`, for `image` keys: the parser checks
+    /// the file exists, not what it is (the runner's loader does).
+    fn image_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(std::format!("iosv-scn-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("drv.sys"), b"MZ").unwrap();
+        dir
+    }
+
+    const IMAGE_HEAD: &str = "[[driver]]\nimage = \"drv.sys\"\n[[driver]]\nname = \"sim.sys\"\n[[device]]\nname = \"d0\"\ndriver = \"drv.sys\"\n[[device]]\nname = \"s0\"\ndriver = \"sim.sys\"\n";
+
+    fn image_err(tail: &str) -> String {
+        let text = std::format!("{IMAGE_HEAD}{tail}");
+        Scenario::parse_in(&text, "t.toml", &image_dir())
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Steps that only simulated drivers can do are refused on an image driver (and the
+    /// reverse), at the offending key.
+    #[test]
+    fn image_drivers_take_only_what_a_binary_can_do() {
+        let ok = std::format!(
+            "{IMAGE_HEAD}[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n[[step]]\nop = \"add-device\"\ndevice = \"d0\"\n[[step]]\nop = \"start\"\ndevice = \"d0\"\n[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ncode = 0x222000\ninput = \"0a0B\"\ncount = 3\n"
+        );
+        let s = Scenario::parse_in(&ok, "t.toml", &image_dir()).unwrap();
+        assert_eq!(s.images().len(), 1);
+        assert_eq!(s.images()[0].0, "drv.sys");
+        assert!(s.images()[0].1.ends_with("drv.sys"));
+        assert!(matches!(
+            &s.steps[3].kind,
+            StepKind::Ioctl { device, request, count: 3 }
+                if device == "d0" && request.code == 0x222000 && request.input == [0x0a, 0x0b]
+        ));
+        let e = image_err("[[step]]\nop = \"map\"\ndriver = \"drv.sys\"\nphysical = 0\nsize = 1\n");
+        assert!(e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `map` only applies to simulated drivers"), "{e}");
+        let e = image_err("[[step]]\nop = \"bug\"\ndriver = \"drv.sys\"\nrule = \"IOSV004\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: bug injection"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"unmap\"\ndriver = \"drv.sys\"\nmapping = \"m\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `unmap`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"io\"\ndevice = \"d0\"\n");
+        assert!(e.starts_with("t.toml:13:10: `d0` belongs to a compiled driver image: send it requests with op `ioctl`"), "{e}");
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"s0\"\ncode = 1\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `s0` belongs to a simulated driver"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ncode = 1\ninput = \"abc\"\n");
+        assert!(
+            e.starts_with("t.toml:15:9: `abc`: the input needs an even number of hex digits"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\n");
+        assert!(
+            e.starts_with("t.toml:11:1: step `ioctl` needs `code`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"start\"\ndevice = \"d0\"\ncomplete = false\n");
+        assert!(
+            e.starts_with(
+                "t.toml:14:12: `complete` does not apply to a device of a compiled driver image"
+            ),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n[[step]]\nop = \"load\"\ndriver = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:14:1: a compiled driver image is loaded once per scenario"),
+            "{e}"
+        );
+        let e = image_err(
+            "[[step]]\nop = \"ioctl\"\ndevice = \"d0\"\ndriver = \"drv.sys\"\ncode = 1\n",
+        );
+        assert!(
+            e.starts_with("t.toml:14:10: give `device` (a PnP device) or `driver`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"ioctl\"\ndriver = \"sim.sys\"\ncode = 1\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `sim.sys` is a simulated driver: `ioctl` with `driver`"),
+            "{e}"
+        );
+        let e = image_err("[[step]]\nop = \"attach\"\ndriver = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:13:10: `drv.sys` is a compiled driver image: `attach`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn image_driver_declarations_are_checked() {
+        let dir = image_dir();
+        let err = |text: &str| {
+            Scenario::parse_in(text, "t.toml", &dir)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nbehaviour = \"IOSV005\"\n");
+        assert!(
+            e.starts_with("t.toml:3:13: `behaviour` does not apply to a compiled driver image"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"missing.sys\"\n");
+        assert!(e.starts_with("t.toml:2:9: no driver image at `"), "{e}");
+        let e = err("[[driver]]\nname = \"other.sys\"\nimage = \"drv.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:2:8: an image driver is named after its file: `drv.sys`"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nname = \"a.sys\"\nexpect = { IOSV001 = 1 }\n");
+        assert!(
+            e.starts_with("t.toml:3:10: `expect` applies to a compiled driver image"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV999 = 1 }\n");
+        assert!(e.starts_with("t.toml:3:12: unknown rule `IOSV999`"), "{e}");
+        let e = err("[[driver]]\nimage = \"drv.sys\"\n[[driver]]\nimage = \"./drv2.sys\"\n");
+        assert!(
+            e.starts_with("t.toml:4:9: only one compiled driver image per scenario"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\n[[device]]\nname = \"d\"\ndriver = \"drv.sys\"\nbars = [{ physical = 0x1000, size = 0x1000, cache = \"cached\" }]\n");
+        assert!(
+            e.starts_with(
+                "t.toml:6:53: `cache` does not apply to a BAR of a compiled driver's device"
+            ),
+            "{e}"
+        );
+        let e = err("[[driver]]\nbehaviour = \"IOSV005\"\n");
+        assert!(
+            e.starts_with("t.toml:1:1: a [[driver]] needs `name` (or `image`)"),
+            "{e}"
+        );
+        // The name may be given when it is the file's (any case).
+        let s = Scenario::parse_in(
+            "[[driver]]\nname = \"DRV.SYS\"\nimage = \"drv.sys\"\nexpect = { IOSV007 = 2 }\n",
+            "t.toml",
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(s.drivers[0].name, "drv.sys");
+        assert_eq!(
+            s.drivers[0].image.as_ref().and_then(|i| i.expect.clone()),
+            Some(std::vec![(RuleId::LeakOnStop, 2)])
+        );
+    }
+
     #[test]
     fn numbers_and_names() {
         assert_eq!(
@@ -1060,7 +1489,7 @@ mod tests {
             Some(0xFFFF_D000_0000_1000)
         );
         assert_eq!(parse_number("4096"), Some(4096));
-        let s = parse(
+        let s = Scenario::parse(
             "[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"unmap\"\ndriver = \"a.sys\"\naddress = \"0xFFFFE00000000000\"\nsize = 4096\nirql = \"DISPATCH_LEVEL\"\n",
             "x",
         )
@@ -1098,7 +1527,7 @@ mod tests {
     fn parsing_is_linear_in_the_number_of_steps() {
         let scanned = |n: usize| {
             SCANNED.with(|c| c.set(0));
-            let s = parse(&steps(n), "t.toml").expect("parses");
+            let s = Scenario::parse(&steps(n), "t.toml").expect("parses");
             assert_eq!(s.steps.len(), n);
             SCANNED.with(std::cell::Cell::get)
         };

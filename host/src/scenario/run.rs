@@ -12,9 +12,17 @@
 //! Ownership is what keeps every injected bug reported exactly once: iosv attributes a map
 //! made while a device of the same driver is starting to that device, so two threads
 //! sharing a driver could turn one thread's runtime mapping into the other's leak.
+//!
+//! # Compiled driver images
+//! Steps on a `[[driver]]` with `image` go to an [`ImageDriver`] ([`run_with_images`]),
+//! on the calling thread — the only thread that runs driver code. In a stress phase the
+//! calling thread drives the phase's image drivers while the OS threads drive the
+//! simulated ones: `image_ops` operations in a fixed order (IOCTLs from the driver's
+//! `ioctls` in turn over its started devices; every `image_restart_every`-th operation
+//! a stop and start instead), so what a compiled driver does there is predictable.
 
 use super::{
-    Limit, Progress, RunSummary, Scenario, ScenarioError, Step, StepKind, StressSpec,
+    ImageDriver, Limit, Progress, RunSummary, Scenario, ScenarioError, Step, StepKind, StressSpec,
     StressSummary, UnmapTarget,
 };
 use crate::requests::{add_target, clear, configure};
@@ -23,7 +31,7 @@ use crate::{Actor, Device};
 use iosv::platform::Irql;
 use iosv::protocol::{CF_CONTAINMENT, CF_VERIFIER_IRQL};
 use iosv::rules::{RuleId, RULE_COUNT};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,13 +110,137 @@ struct Named {
     size: u64,
 }
 
+/// The [`ImageDriver`] of a scenario that names no image: never called ([`run`] refuses
+/// a scenario with images first).
+struct NoImages;
+
+impl NoImages {
+    fn refuse() -> Result<(), String> {
+        Err(String::from(
+            "compiled driver images run only with an image backend (iosvctl lab)",
+        ))
+    }
+}
+
+impl ImageDriver for NoImages {
+    fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
+        Self::refuse()
+    }
+    fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
+        Self::refuse()
+    }
+    fn start(&mut self, _: &str) -> Result<(), String> {
+        Self::refuse()
+    }
+    fn stop(&mut self, _: &str) -> Result<bool, String> {
+        Self::refuse().map(|()| false)
+    }
+    fn surprise_remove(&mut self, _: &str) -> Result<(), String> {
+        Self::refuse()
+    }
+    fn remove(&mut self, _: &str) -> Result<(), String> {
+        Self::refuse()
+    }
+    fn ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
+        Self::refuse().map(|()| 0)
+    }
+    fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
+        Self::refuse().map(|()| 0)
+    }
+    fn unload(&mut self, _: &str) -> Result<(), String> {
+        Self::refuse()
+    }
+}
+
+/// PnP state of an image driver's device, as the scenario drove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageState {
+    Added,
+    Started,
+    Stopped,
+    SurpriseRemoved,
+}
+
+/// What the run knows about its image drivers: which are loaded, their devices' states.
+#[derive(Default)]
+struct Images {
+    loaded: Vec<String>,
+    /// Device name → (driver, state), in the order added.
+    devices: BTreeMap<String, (String, ImageState)>,
+    order: Vec<String>,
+}
+
+impl Images {
+    fn devices_of(&self, driver: &str) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|d| {
+                self.devices
+                    .get(*d)
+                    .is_some_and(|(drv, _)| drv.eq_ignore_ascii_case(driver))
+            })
+            .cloned()
+            .collect()
+    }
+    fn set(&mut self, device: &str, state: ImageState) {
+        if let Some(e) = self.devices.get_mut(device) {
+            e.1 = state;
+        }
+    }
+    fn state(&self, device: &str) -> Option<ImageState> {
+        self.devices.get(device).map(|e| e.1)
+    }
+}
+
+fn image_driver<'a>(scenario: &'a Scenario, name: &str) -> Option<&'a super::ImageDecl> {
+    scenario
+        .drivers
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(name))
+        .and_then(|d| d.image.as_ref())
+}
+
+fn is_image_device(scenario: &Scenario, device: &str) -> bool {
+    scenario
+        .devices
+        .iter()
+        .find(|d| d.name == device)
+        .is_some_and(|d| image_driver(scenario, &d.driver).is_some())
+}
+
 /// Runs `scenario` against `host`, reporting progress to `progress` (on the calling
 /// thread). Declarations come first: every `[[driver]]` is declared with its behaviour,
 /// the `[config]` table and the drivers' `target` keys are applied through SET_CONFIG.
 /// Then the steps run in order. A failing step stops the run with its location.
+///
+/// A scenario that names a compiled driver image is refused: it needs
+/// [`run_with_images`].
 pub fn run(
     host: &Host,
     scenario: &Scenario,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunSummary, ScenarioError> {
+    if let Some((name, _)) = scenario.images().first() {
+        return Err(ScenarioError {
+            origin: scenario.origin.clone(),
+            line: 0,
+            column: 0,
+            message: std::format!(
+                "the scenario names the compiled driver image {name}: only `iosvctl lab` runs it (in a child process, the only place driver code may run)"
+            ),
+        });
+    }
+    run_with_images(host, scenario, &mut NoImages, progress)
+}
+
+/// [`run`] for a scenario that may name compiled driver images: their steps go to
+/// `images`, on the calling thread. After the run, each image driver's `expect` is added
+/// to [`RunSummary::expected`]; image drivers without one are listed in
+/// [`RunSummary::unaudited_drivers`].
+pub fn run_with_images(
+    host: &Host,
+    scenario: &Scenario,
+    images: &mut dyn ImageDriver,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunSummary, ScenarioError> {
     let started = Instant::now();
@@ -120,12 +252,13 @@ pub fn run(
         column: 0,
         message,
     };
-    for d in &scenario.drivers {
+    let simulated = || scenario.drivers.iter().filter(|d| d.image.is_none());
+    for d in simulated() {
         host.declare_driver(&d.name, d.behaviour, d.bug_every);
     }
     apply_config(host, &scenario.config)
         .map_err(|e| top(std::format!("applying [config]: {e}")))?;
-    for d in scenario.drivers.iter().filter(|d| d.target) {
+    for d in simulated().filter(|d| d.target) {
         add_target(host, &d.name)
             .map_err(|e| top(std::format!("adding target {}: {e}", d.name)))?;
     }
@@ -139,6 +272,7 @@ pub fn run(
     }
     let mut operations = 0u64;
     let mut stress = Vec::new();
+    let mut state = Images::default();
     let mut timeline = crate::timeline::Timeline::default();
     timeline.sample(host, None);
     for (i, step) in scenario.steps.iter().enumerate() {
@@ -156,13 +290,17 @@ pub fn run(
         thread::set_step(Some(index));
         let r = thread::with_simulated_thread(step.thread, || {
             run_step(
-                host,
-                scenario,
+                &mut Ctx {
+                    host,
+                    scenario,
+                    names: &mut names,
+                    actor: &mut actor,
+                    operations: &mut operations,
+                    stress: &mut stress,
+                    images: &mut *images,
+                    state: &mut state,
+                },
                 step,
-                &mut names,
-                &mut actor,
-                &mut operations,
-                &mut stress,
                 progress,
             )
         });
@@ -176,11 +314,26 @@ pub fn run(
         phase: String::from("done"),
     });
     let after = host.injected();
+    let mut expected = diff(&after, &before);
+    let mut unaudited_drivers = Vec::new();
+    for d in &scenario.drivers {
+        match d.image.as_ref().map(|i| &i.expect) {
+            Some(Some(expect)) => {
+                for (rule, n) in expect.iter().filter(|(_, n)| *n > 0) {
+                    let slot = expected.entry((*rule, d.name.clone())).or_insert(0);
+                    *slot = slot.saturating_add(*n);
+                }
+            }
+            Some(None) => unaudited_drivers.push(d.name.clone()),
+            None => {}
+        }
+    }
     Ok(RunSummary {
         name: scenario.name.clone(),
         steps: total,
         operations,
-        expected: diff(&after, &before),
+        expected,
+        unaudited_drivers,
         duration: started.elapsed(),
         stress,
         corruptions: host
@@ -194,7 +347,11 @@ pub fn run(
 
 fn describe(step: &Step) -> String {
     match &step.kind {
-        StepKind::Load(d) | StepKind::Unload(d) | StepKind::Attach(d) | StepKind::Detach(d) => {
+        StepKind::Load(d)
+        | StepKind::Unload(d)
+        | StepKind::Attach(d)
+        | StepKind::Detach(d)
+        | StepKind::ControlIoctl { driver: d, .. } => {
             std::format!("{} {d}", step.op)
         }
         StepKind::AddDevice(d)
@@ -203,7 +360,8 @@ fn describe(step: &Step) -> String {
         | StepKind::Stop(d)
         | StepKind::SurpriseRemove(d)
         | StepKind::Remove(d)
-        | StepKind::Io { device: d, .. } => std::format!("{} {d}", step.op),
+        | StepKind::Io { device: d, .. }
+        | StepKind::Ioctl { device: d, .. } => std::format!("{} {d}", step.op),
         StepKind::Map { driver, .. } | StepKind::Unmap { driver, .. } => {
             std::format!("{} by {driver}", step.op)
         }
@@ -213,19 +371,113 @@ fn describe(step: &Step) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a step works on.
+struct Ctx<'a, 'b> {
+    host: &'a Host,
+    scenario: &'a Scenario,
+    names: &'b mut HashMap<String, Named>,
+    actor: &'b mut Actor,
+    operations: &'b mut u64,
+    stress: &'b mut Vec<StressSummary>,
+    images: &'b mut dyn ImageDriver,
+    state: &'b mut Images,
+}
+
+/// A step on a compiled driver image or its device; `None` when the step is not one.
+fn image_step(c: &mut Ctx<'_, '_>, step: &Step) -> Option<Result<(), String>> {
+    let scenario = c.scenario;
+    let op = |n: &mut u64| *n = n.saturating_add(1);
+    Some(match &step.kind {
+        StepKind::Load(d) => {
+            let image = image_driver(scenario, d)?;
+            c.images
+                .load(d, &image.path)
+                .map(|()| c.state.loaded.push(d.clone()))
+        }
+        StepKind::Unload(d) => {
+            image_driver(scenario, d)?;
+            c.images
+                .unload(d)
+                .map(|()| c.state.loaded.retain(|l| l != d))
+        }
+        StepKind::AddDevice(name) if is_image_device(scenario, name) => {
+            let Some(decl) = scenario.devices.iter().find(|d| &d.name == name) else {
+                return Some(Err(std::format!("no device `{name}`")));
+            };
+            let bars = decl.bars.clone().unwrap_or_else(|| c.host.auto_bars());
+            c.images.add_device(&decl.driver, name, &bars).map(|()| {
+                c.state
+                    .devices
+                    .insert(name.clone(), (decl.driver.clone(), ImageState::Added));
+                c.state.order.retain(|o| o != name);
+                c.state.order.push(name.clone());
+            })
+        }
+        StepKind::Start { device, .. } if is_image_device(scenario, device) => {
+            op(c.operations);
+            c.images
+                .start(device)
+                .map(|()| c.state.set(device, ImageState::Started))
+        }
+        StepKind::Stop(device) if is_image_device(scenario, device) => {
+            op(c.operations);
+            c.images.stop(device).map(|stopped| {
+                if stopped {
+                    c.state.set(device, ImageState::Stopped);
+                }
+            })
+        }
+        StepKind::SurpriseRemove(device) if is_image_device(scenario, device) => {
+            op(c.operations);
+            c.images
+                .surprise_remove(device)
+                .map(|()| c.state.set(device, ImageState::SurpriseRemoved))
+        }
+        StepKind::Remove(device) if is_image_device(scenario, device) => {
+            op(c.operations);
+            c.images.remove(device).map(|()| {
+                c.state.devices.remove(device);
+                c.state.order.retain(|o| o != device);
+            })
+        }
+        StepKind::Ioctl {
+            device,
+            request,
+            count,
+        } => {
+            *c.operations = c.operations.saturating_add(*count);
+            c.images
+                .ioctl(device, request.code, &request.input, *count)
+                .map(|_| ())
+        }
+        StepKind::ControlIoctl {
+            driver,
+            request,
+            count,
+        } => {
+            *c.operations = c.operations.saturating_add(*count);
+            c.images
+                .control_ioctl(driver, request.code, &request.input, *count)
+                .map(|_| ())
+        }
+        _ => return None,
+    })
+}
+
 fn run_step(
-    host: &Host,
-    scenario: &Scenario,
+    c: &mut Ctx<'_, '_>,
     step: &Step,
-    names: &mut HashMap<String, Named>,
-    actor: &mut Actor,
-    operations: &mut u64,
-    stress: &mut Vec<StressSummary>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(), String> {
+    if let Some(r) = image_step(c, step) {
+        return r;
+    }
+    let (host, scenario) = (c.host, c.scenario);
     let e = |e: HostError| e.to_string();
     let op = |n: &mut u64| *n = n.saturating_add(1);
+    let operations = &mut *c.operations;
+    let actor = &mut *c.actor;
+    let names = &mut *c.names;
     match &step.kind {
         StepKind::Load(d) => {
             host.load_driver(d).map_err(e)?;
@@ -350,9 +602,20 @@ fn run_step(
         StepKind::MmFail(n) => host.mm().fail_next_maps(*n),
         StepKind::Clear(what) => clear(host, *what).map_err(e)?,
         StepKind::Stress(spec) => {
-            let s = run_stress(host, scenario, step, spec, progress)?;
+            let s = run_stress(
+                host,
+                scenario,
+                step,
+                spec,
+                &mut *c.images,
+                &mut *c.state,
+                progress,
+            )?;
             *operations = operations.saturating_add(s.operations);
-            stress.push(s);
+            c.stress.push(s);
+        }
+        StepKind::Ioctl { .. } | StepKind::ControlIoctl { .. } => {
+            return Err(String::from("`ioctl` applies to a compiled driver"))
         }
     }
     Ok(())
@@ -405,25 +668,133 @@ fn prepare(host: &Host, name: &str) -> Result<Owned, HostError> {
     })
 }
 
+/// The image side of a stress phase: its devices (started), what each gets, and the
+/// budget.
+struct ImageWork {
+    /// (device, the IOCTLs of its driver).
+    devices: Vec<(String, Vec<super::IoctlDecl>)>,
+    budget: Option<u64>,
+    restart_every: u64,
+    done: u64,
+    ioctls_sent: u64,
+}
+
+impl ImageWork {
+    fn prepare(
+        scenario: &Scenario,
+        spec: &StressSpec,
+        drivers: &[String],
+        images: &mut dyn ImageDriver,
+        state: &mut Images,
+    ) -> Result<Self, String> {
+        let mut devices = Vec::new();
+        for d in drivers {
+            if !state.loaded.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+                return Err(std::format!("the image driver `{d}` is not loaded"));
+            }
+            let ioctls = image_driver(scenario, d).map_or_else(Vec::new, |i| i.ioctls.clone());
+            for dev in state.devices_of(d) {
+                if matches!(
+                    state.state(&dev),
+                    Some(ImageState::Added | ImageState::Stopped)
+                ) {
+                    images.start(&dev)?;
+                    state.set(&dev, ImageState::Started);
+                }
+                if state.state(&dev) == Some(ImageState::Started) {
+                    devices.push((dev, ioctls.clone()));
+                }
+            }
+        }
+        // Named in the phase's `drivers`, an image must have something to drive; taken
+        // by default, one without devices is left out.
+        if let (Some(d), true, false) =
+            (drivers.first(), devices.is_empty(), spec.drivers.is_empty())
+        {
+            return Err(std::format!(
+                "the image driver `{d}` has no device the phase can start: add one first"
+            ));
+        }
+        Ok(Self {
+            devices,
+            budget: spec.image_ops.or(match spec.limit {
+                Limit::Ops(_) => Some(100),
+                Limit::Millis(_) => None,
+            }),
+            restart_every: spec.image_restart_every,
+            done: 0,
+            ioctls_sent: 0,
+        })
+    }
+
+    fn finished(&self, deadline: Option<Instant>) -> bool {
+        self.devices.is_empty()
+            || match self.budget {
+                Some(b) => self.done >= b,
+                None => deadline.is_none_or(|d| Instant::now() >= d),
+            }
+    }
+
+    /// The next operation: an IOCTL (the device's driver's `ioctls` in turn; without
+    /// any, CREATE/CLEANUP/CLOSE alone), or every `restart_every`-th a stop and start.
+    fn step(&mut self, images: &mut dyn ImageDriver) -> Result<(), String> {
+        let n = self.devices.len() as u64;
+        let i = self.done;
+        self.done = self.done.saturating_add(1);
+        let Some((dev, ioctls)) = self
+            .devices
+            .get(usize::try_from(i.checked_rem(n).unwrap_or(0)).unwrap_or(0))
+        else {
+            return Ok(());
+        };
+        if self.restart_every > 0 && self.done.is_multiple_of(self.restart_every) {
+            if images.stop(dev)? {
+                images.start(dev)?;
+            }
+            return Ok(());
+        }
+        let k = ioctls.len() as u64;
+        let pick = usize::try_from(self.ioctls_sent.checked_rem(k).unwrap_or(0)).unwrap_or(0);
+        self.ioctls_sent = self.ioctls_sent.saturating_add(1);
+        match ioctls.get(pick) {
+            Some(io) => images.ioctl(dev, io.code, &io.input, 1).map(|_| ()),
+            None => images.ioctl(dev, 0, &[], 0).map(|_| ()),
+        }
+    }
+}
+
 fn run_stress(
     host: &Host,
     scenario: &Scenario,
     step: &Step,
     spec: &StressSpec,
+    images: &mut dyn ImageDriver,
+    state: &mut Images,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<StressSummary, String> {
     let started = Instant::now();
     let before = host.injected();
-    let threads = spec.threads.max(1) as usize;
-    let mut drivers: Vec<String> = if spec.drivers.is_empty() {
-        host.driver_names()
+    let (image_drivers, mut drivers): (Vec<String>, Vec<String>) = if spec.drivers.is_empty() {
+        let simulated = host
+            .driver_names()
             .into_iter()
             .filter(|n| host.driver(n).is_ok_and(|d| d.driver_id().is_some()))
-            .collect()
+            .collect();
+        (state.loaded.clone(), simulated)
     } else {
-        spec.drivers.clone()
+        spec.drivers
+            .iter()
+            .cloned()
+            .partition(|d| image_driver(scenario, d).is_some())
     };
-    if drivers.is_empty() {
+    let mut work = ImageWork::prepare(scenario, spec, &image_drivers, images, state)?;
+    // Simulated drivers' threads: none when the phase has only image drivers.
+    let threads = if drivers.is_empty() && !work.devices.is_empty() {
+        0
+    } else {
+        spec.threads.max(1) as usize
+    };
+    if drivers.is_empty() && work.devices.is_empty() {
         return Err(String::from(
             "no loaded driver that iosv is attached to; load a target driver first",
         ));
@@ -484,9 +855,11 @@ fn run_stress(
         Limit::Ops(_) => None,
     };
     let total = match spec.limit {
-        Limit::Ops(n) => n,
+        Limit::Ops(n) if threads > 0 => n,
+        Limit::Ops(_) => 0,
         Limit::Millis(ms) => ms,
-    };
+    }
+    .saturating_add(work.budget.unwrap_or(0));
     let all_drivers = drivers.clone();
     // A page count per thread that nothing else in the phase maps (IOSV005 and IOSV013).
     let private = host.private_page_counts(threads);
@@ -521,28 +894,49 @@ fn run_stress(
                 }
             });
         }
-        let phase = std::format!("stress: {threads} threads");
+        let phase = if work.devices.is_empty() {
+            std::format!("stress: {threads} threads")
+        } else {
+            std::format!("stress: {threads} threads and the image drivers")
+        };
+        let mut shown: Option<Instant> = None;
         loop {
-            let finished = abort.load(Ordering::Relaxed)
+            let aborted = abort.load(Ordering::Relaxed);
+            let simulated_done = threads == 0
                 || match spec.limit {
                     Limit::Ops(n) => done.load(Ordering::Relaxed) >= n,
                     Limit::Millis(_) => deadline.is_some_and(|d| Instant::now() >= d),
                 };
-            let units = match spec.limit {
-                Limit::Ops(_) => done.load(Ordering::Relaxed),
-                Limit::Millis(ms) => u64::try_from(started.elapsed().as_millis())
-                    .unwrap_or(u64::MAX)
-                    .min(ms),
-            };
-            progress(&Progress {
-                done: units,
-                total,
-                phase: phase.clone(),
-            });
+            let images_done = work.finished(deadline);
+            let finished = aborted || (simulated_done && images_done);
+            if finished || shown.is_none_or(|t| t.elapsed() >= Duration::from_millis(50)) {
+                let units = match spec.limit {
+                    Limit::Ops(_) => done.load(Ordering::Relaxed),
+                    Limit::Millis(ms) => u64::try_from(started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX)
+                        .min(ms),
+                };
+                progress(&Progress {
+                    done: units.saturating_add(work.budget.map_or(0, |_| work.done)),
+                    total,
+                    phase: phase.clone(),
+                });
+                shown = Some(Instant::now());
+            }
             if finished {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if images_done {
+                std::thread::sleep(Duration::from_millis(50));
+            } else if let Err(e) = work.step(images) {
+                abort.store(true, Ordering::Relaxed);
+                let mut f = failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if f.is_none() {
+                    *f = Some(std::format!("image driver operation: {e}"));
+                }
+            }
         }
     });
     if let Some(f) = failure
@@ -551,10 +945,11 @@ fn run_stress(
     {
         return Err(f);
     }
+    drivers.extend(image_drivers);
     Ok(StressSummary {
         location: step.location,
-        threads: spec.threads,
-        operations: done.load(Ordering::Relaxed),
+        threads: u32::try_from(threads).unwrap_or(spec.threads),
+        operations: done.load(Ordering::Relaxed).saturating_add(work.done),
         duration: started.elapsed(),
         seed,
         drivers,
@@ -702,5 +1097,271 @@ fn well_behaved(host: &Host, owned: &mut Owned, actor: &mut Actor) -> Result<(),
             refresh(host, owned);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An [`ImageDriver`] that records the calls it gets; a device stop is vetoed when
+    /// its name starts with `veto`.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+    }
+
+    impl ImageDriver for Recorder {
+        fn load(&mut self, driver: &str, path: &std::path::Path) -> Result<(), String> {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+            self.calls
+                .push(std::format!("load {driver} {}", file.unwrap_or_default()));
+            Ok(())
+        }
+        fn add_device(
+            &mut self,
+            driver: &str,
+            device: &str,
+            bars: &[crate::Bar],
+        ) -> Result<(), String> {
+            self.calls
+                .push(std::format!("add {driver} {device} {} bars", bars.len()));
+            Ok(())
+        }
+        fn start(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("start {device}"));
+            Ok(())
+        }
+        fn stop(&mut self, device: &str) -> Result<bool, String> {
+            self.calls.push(std::format!("stop {device}"));
+            Ok(!device.starts_with("veto"))
+        }
+        fn surprise_remove(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("surprise {device}"));
+            Ok(())
+        }
+        fn remove(&mut self, device: &str) -> Result<(), String> {
+            self.calls.push(std::format!("remove {device}"));
+            Ok(())
+        }
+        fn ioctl(
+            &mut self,
+            device: &str,
+            code: u32,
+            input: &[u8],
+            count: u64,
+        ) -> Result<i32, String> {
+            self.calls
+                .push(std::format!("ioctl {device} {code:#x} {input:?} x{count}"));
+            Ok(0)
+        }
+        fn control_ioctl(
+            &mut self,
+            driver: &str,
+            code: u32,
+            input: &[u8],
+            count: u64,
+        ) -> Result<i32, String> {
+            self.calls.push(std::format!(
+                "control {driver} {code:#x} {input:?} x{count}"
+            ));
+            Ok(0)
+        }
+        fn unload(&mut self, driver: &str) -> Result<(), String> {
+            self.calls.push(std::format!("unload {driver}"));
+            Ok(())
+        }
+    }
+
+    fn scenario(dir: &std::path::Path) -> Scenario {
+        std::fs::write(dir.join("img.sys"), b"MZ").unwrap();
+        let text = "\
+[[driver]]
+name = \"sim.sys\"
+behaviour = \"leak-on-stop\"
+[[driver]]
+image = \"img.sys\"
+expect = { IOSV007 = 3 }
+ioctls = [{ code = 0x10, input = \"01\" }, { code = 0x20 }]
+[[device]]
+name = \"s0\"
+driver = \"sim.sys\"
+[[device]]
+name = \"d0\"
+driver = \"img.sys\"
+[[device]]
+name = \"veto1\"
+driver = \"img.sys\"
+bars = [{ physical = 0x1000_0000, size = 0x1000 }]
+[[step]]
+op = \"load\"
+driver = \"sim.sys\"
+[[step]]
+op = \"add-device\"
+device = \"s0\"
+[[step]]
+op = \"start\"
+device = \"s0\"
+[[step]]
+op = \"stop\"
+device = \"s0\"
+[[step]]
+op = \"load\"
+driver = \"img.sys\"
+[[step]]
+op = \"add-device\"
+device = \"d0\"
+[[step]]
+op = \"add-device\"
+device = \"veto1\"
+[[step]]
+op = \"start\"
+device = \"d0\"
+[[step]]
+op = \"ioctl\"
+device = \"d0\"
+code = 0x30
+count = 2
+[[step]]
+op = \"stress\"
+threads = 1
+ops = 50
+image_ops = 9
+image_restart_every = 4
+[[step]]
+op = \"ioctl\"
+driver = \"img.sys\"
+code = 0x40
+input = \"ff\"
+[[step]]
+op = \"surprise-remove\"
+device = \"d0\"
+[[step]]
+op = \"remove\"
+device = \"d0\"
+[[step]]
+op = \"remove\"
+device = \"veto1\"
+[[step]]
+op = \"unload\"
+driver = \"img.sys\"
+";
+        Scenario::parse_in(text, "t.toml", dir).unwrap()
+    }
+
+    /// Image steps go to the backend in order; a stress phase starts the image driver's
+    /// devices and sends them `image_ops` operations in a fixed order (IOCTLs in turn,
+    /// every `image_restart_every`-th a stop and start, no start after a veto) beside the
+    /// simulated driver's thread; `expect` joins the expected ledger.
+    #[test]
+    fn image_steps_reach_the_backend_in_a_predictable_order() {
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = scenario(&dir);
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let refused = run(&host, &s, &mut |_| {}).unwrap_err().to_string();
+        assert!(refused.contains("only `iosvctl lab` runs it"), "{refused}");
+
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Recorder::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        let expected_calls = [
+            "load img.sys img.sys",
+            "add img.sys d0 2 bars",
+            "add img.sys veto1 1 bars",
+            "start d0",
+            "ioctl d0 0x30 [] x2",
+            // The stress phase: veto1 is started first, then 9 operations alternating
+            // over d0 and veto1; the 4th and 8th are restarts.
+            "start veto1",
+            "ioctl d0 0x10 [1] x1",
+            "ioctl veto1 0x20 [] x1",
+            "ioctl d0 0x10 [1] x1",
+            "stop veto1",
+            "ioctl d0 0x20 [] x1",
+            "ioctl veto1 0x10 [1] x1",
+            "ioctl d0 0x20 [] x1",
+            "stop veto1",
+            "ioctl d0 0x10 [1] x1",
+            "control img.sys 0x40 [255] x1",
+            "surprise d0",
+            "remove d0",
+            "remove veto1",
+            "unload img.sys",
+        ];
+        assert_eq!(rec.calls, expected_calls);
+        assert_eq!(
+            summary
+                .expected
+                .get(&(RuleId::LeakOnStop, "img.sys".into())),
+            Some(&3)
+        );
+        assert!(summary.unaudited_drivers.is_empty());
+        assert_eq!(summary.stress.len(), 1);
+        assert!(summary.stress[0].drivers.contains(&String::from("img.sys")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod image_only_tests {
+    use super::*;
+
+    /// A phase whose only driver is an image runs no OS thread; without `ioctls` its
+    /// operations are CREATE/CLEANUP/CLOSE alone (an IOCTL count of 0). Without `expect`
+    /// the image is listed as unaudited.
+    #[test]
+    fn a_phase_of_an_image_alone_runs_on_the_scenario_thread() {
+        #[derive(Default)]
+        struct Count(Vec<String>);
+        impl ImageDriver for Count {
+            fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
+                Ok(())
+            }
+            fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
+                Ok(())
+            }
+            fn start(&mut self, d: &str) -> Result<(), String> {
+                self.0.push(std::format!("start {d}"));
+                Ok(())
+            }
+            fn stop(&mut self, _: &str) -> Result<bool, String> {
+                Ok(true)
+            }
+            fn surprise_remove(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+            fn remove(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+            fn ioctl(&mut self, d: &str, code: u32, _: &[u8], n: u64) -> Result<i32, String> {
+                self.0.push(std::format!("ioctl {d} {code} x{n}"));
+                Ok(0)
+            }
+            fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
+                Ok(0)
+            }
+            fn unload(&mut self, _: &str) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
+        let text = "[[driver]]\nimage = \"one.sys\"\n[[device]]\nname = \"d\"\ndriver = \"one.sys\"\n\
+            [[step]]\nop = \"load\"\ndriver = \"one.sys\"\n[[step]]\nop = \"add-device\"\ndevice = \"d\"\n\
+            [[step]]\nop = \"stress\"\ndrivers = [\"one.sys\"]\nops = 1\nimage_ops = 3\n";
+        let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Count::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        assert_eq!(
+            rec.0,
+            ["start d", "ioctl d 0 x0", "ioctl d 0 x0", "ioctl d 0 x0"]
+        );
+        assert_eq!(summary.stress[0].threads, 0);
+        assert_eq!(summary.stress[0].operations, 3);
+        assert_eq!(summary.unaudited_drivers, ["one.sys"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

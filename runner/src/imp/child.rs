@@ -73,11 +73,17 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-fn note(text: &str) {
+pub(crate) fn note(text: &str) {
     report::line(&["note ", text]);
 }
 
-fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
+/// What every child sets up before driver code runs: fault handling, the endpoint
+/// serving the control codes on `socket`, and the engine over `host`. `Err` is the
+/// child's exit status (the reason was sent to the parent).
+pub(crate) fn setup(
+    socket: &std::path::Path,
+    host: &Arc<Host>,
+) -> Result<(endpoint::EndpointHandle, Arc<HostEngine>), i32> {
     // The parent runs the child in its own process group (its watchdog kills the group),
     // so a ^C at the terminal does not reach it: die with the parent instead, even when
     // driver code spins and never reads standard input.
@@ -85,16 +91,9 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Err(e) = trap::install().and_then(|()| trap::prepare_thread(0)) {
         report::line(&["loadfail cannot set up fault handling: ", &e.to_string()]);
-        return LOAD_FAILED_STATUS;
+        return Err(LOAD_FAILED_STATUS);
     }
-    let host = match Host::try_new(iosv::config::StartParams::default()) {
-        Ok(h) => Arc::new(h),
-        Err(e) => {
-            report::line(&["loadfail cannot start the host: ", &e.to_string()]);
-            return LOAD_FAILED_STATUS;
-        }
-    };
-    let server = match endpoint::spawn(Arc::clone(&host), socket) {
+    let server = match endpoint::spawn(Arc::clone(host), socket) {
         Ok(s) => s,
         Err(e) => {
             report::line(&[
@@ -103,20 +102,35 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
                 ": ",
                 &e.to_string(),
             ]);
-            return LOAD_FAILED_STATUS;
+            return Err(LOAD_FAILED_STATUS);
         }
     };
-    let engine = Arc::new(HostEngine::new(Arc::clone(&host), kernel::hooks()));
+    let engine = Arc::new(HostEngine::new(Arc::clone(host), kernel::hooks()));
     kernel::set_engine(engine.clone());
+    Ok((server, engine))
+}
 
-    let cookie = random_cookie();
-    let image = match loader::load(&opts.image, &kernel::resolve, cookie) {
-        Ok(i) => i,
-        Err(e) => {
-            report::line(&["loadfail ", &e.to_string()]);
-            return LOAD_FAILED_STATUS;
-        }
-    };
+/// Tells the parent the run is complete, then serves the control codes until the parent
+/// closes our standard input.
+pub(crate) fn serve_until_closed(server: endpoint::EndpointHandle) -> i32 {
+    report::line(&["ready"]);
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    let _ = server.stop();
+    0
+}
+
+/// Loads the image at `path`, binds its imports, tells the parent where it is, and lets
+/// iosv attach to it (patching its import slots).
+///
+/// # Errors
+/// Why the image could not be loaded.
+pub(crate) fn load_image(
+    engine: &dyn Engine,
+    path: &std::path::Path,
+) -> Result<loader::LoadedImage, String> {
+    let image = loader::load(path, &kernel::resolve, random_cookie()).map_err(|e| e.to_string())?;
     trap::add_image(image.base, image.size);
     report::line(&[
         "image ",
@@ -153,17 +167,31 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
         Ok(lines) => lines.iter().for_each(|l| note(l)),
         Err(e) => note(&format!("iosv could not attach to {}: {e}", image.name)),
     }
+    Ok(image)
+}
 
+fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
+    let host = match Host::try_new(iosv::config::StartParams::default()) {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            report::line(&["loadfail cannot start the host: ", &e.to_string()]);
+            return LOAD_FAILED_STATUS;
+        }
+    };
+    let (server, engine) = match setup(socket, &host) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let image = match load_image(&*engine, &opts.image) {
+        Ok(i) => i,
+        Err(e) => {
+            report::line(&["loadfail ", &e]);
+            return LOAD_FAILED_STATUS;
+        }
+    };
     lifecycle(&*engine, &image, opts);
     audit(&host);
-
-    report::line(&["ready"]);
-    // Serve until the parent closes our standard input.
-    let mut sink = [0u8; 64];
-    let mut stdin = std::io::stdin();
-    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-    let _ = server.stop();
-    0
+    serve_until_closed(server)
 }
 
 /// Compares the verifier's live table with the simulated Mm's ground truth (what was
@@ -416,7 +444,41 @@ fn resource_list(bars: &[BarSpec], translated: bool) -> usize {
     list
 }
 
-fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions) {
+/// The driver object of a loaded image, after a successful DriverEntry.
+pub(crate) struct Driver {
+    /// Its `DRIVER_OBJECT`.
+    pub(crate) object: usize,
+}
+
+impl Driver {
+    /// The AddDevice routine DriverEntry registered (0: none, a legacy driver).
+    pub(crate) fn add_device(&self) -> usize {
+        let d = obj(self.object, l::DRIVER_OBJECT);
+        obj(d.get::<u64>(l::DRV_EXTENSION) as usize, 0x40).get::<u64>(l::EXT_ADD_DEVICE) as usize
+    }
+
+    /// The first device object the driver created (a legacy driver's control device).
+    pub(crate) fn first_device(&self) -> usize {
+        obj(self.object, l::DRIVER_OBJECT).get::<u64>(l::DRV_DEVICE_OBJECT) as usize
+    }
+
+    /// The DriverUnload routine (0: none).
+    pub(crate) fn unload_routine(&self) -> usize {
+        obj(self.object, l::DRIVER_OBJECT).get::<u64>(l::DRV_UNLOAD) as usize
+    }
+}
+
+/// Fills the child's registry with `registry` (the service key and its `Parameters`
+/// subkey always exist), builds the driver object and calls DriverEntry with its
+/// RegistryPath.
+///
+/// # Errors
+/// DriverEntry's failure status (the image is then unloaded without an unload routine).
+pub(crate) fn driver_entry(
+    engine: &dyn Engine,
+    image: &loader::LoadedImage,
+    registry: &[crate::regspec::RegistrySpec],
+) -> Result<Driver, i32> {
     let driver = driver_object(
         &format!("\\Driver\\{}", image.name.trim_end_matches(".sys")),
         kernel::invalid_request as *const () as usize,
@@ -426,7 +488,7 @@ fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions
     d.set::<u32>(l::DRV_SIZE, image.size as u32);
     d.set::<u64>(l::DRV_INIT, image.entry as u64);
     let service = image.name.trim_end_matches(".sys");
-    super::registry::init(service, &opts.registry);
+    super::registry::init(service, registry);
     let registry = unicode(&super::registry::service_key(service));
     // SAFETY: the entry point of a native image is DriverEntry (or GsDriverEntry), with
     // this signature.
@@ -438,108 +500,144 @@ fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions
             status as u32
         ));
         engine.unloaded(image);
-        return;
+        return Err(status);
     }
-    let ext = obj(d.get::<u64>(l::DRV_EXTENSION) as usize, 0x40);
-    let add_device = ext.get::<u64>(l::EXT_ADD_DEVICE) as usize;
-    let control = d.get::<u64>(l::DRV_DEVICE_OBJECT) as usize;
-    if add_device != 0 {
-        pnp_device(engine, driver, add_device, opts);
-    } else if control != 0 {
-        note("the driver has no AddDevice routine (a legacy driver): its requests go to the device it created in DriverEntry");
-        io_requests(kernel_top(control), opts);
-    } else {
-        note("the driver has no AddDevice routine and created no device: only DriverEntry and unload run");
-    }
-    let unload = d.get::<u64>(l::DRV_UNLOAD) as usize;
+    Ok(Driver { object: driver })
+}
+
+/// Calls DriverUnload; iosv then reports what is still mapped and restores the slots.
+/// `false` when the driver has no DriverUnload (nothing is called).
+pub(crate) fn unload_driver(
+    engine: &dyn Engine,
+    image: &loader::LoadedImage,
+    driver: &Driver,
+) -> bool {
+    let unload = driver.unload_routine();
     if unload == 0 {
-        note("the driver has no DriverUnload routine: it cannot unload, so leaks at unload are not checked");
-        return;
+        return false;
     }
     // SAFETY: DriverUnload has this signature (DDI).
     let f = unsafe { std::mem::transmute::<usize, Unload>(unload) };
-    entering("DriverUnload", unload, || f(driver));
+    entering("DriverUnload", unload, || f(driver.object));
     engine.unloaded(image);
+    true
 }
 
-fn pnp_device(engine: &dyn Engine, driver: usize, add_device: usize, opts: &RunOptions) {
-    let bars: Vec<BarSpec> = if opts.bars.is_empty() {
-        BarSpec::DEFAULTS.to_vec()
-    } else {
-        opts.bars.clone()
+fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions) {
+    let Ok(driver) = driver_entry(engine, image, &opts.registry) else {
+        return;
     };
-    let bus = driver_object("\\Driver\\iosv-run-bus", pdo_dispatch as *const () as usize);
+    let add_device = driver.add_device();
+    let control = driver.first_device();
+    if add_device != 0 {
+        pnp_device(engine, &driver, opts);
+    } else if control != 0 {
+        note("the driver has no AddDevice routine (a legacy driver): its requests go to the device it created in DriverEntry");
+        let requests: Vec<(u32, &[u8])> = opts
+            .ioctls
+            .iter()
+            .map(|i| (i.code, i.input.as_slice()))
+            .collect();
+        let _ = io_requests(kernel_top(control), &mut requests.into_iter(), true);
+    } else {
+        note("the driver has no AddDevice routine and created no device: only DriverEntry and unload run");
+    }
+    if !unload_driver(engine, image, &driver) {
+        note("the driver has no DriverUnload routine: it cannot unload, so leaks at unload are not checked");
+    }
+}
+
+/// The bus driver that owns the physical device objects the runner creates.
+pub(crate) fn bus_driver() -> usize {
+    driver_object("\\Driver\\iosv-run-bus", pdo_dispatch as *const () as usize)
+}
+
+/// A device of a loaded driver: its PDO (owned by [`bus_driver`]) and the FDO its
+/// AddDevice attached.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Device {
+    pub(crate) pdo: usize,
+    pub(crate) fdo: usize,
+}
+
+/// Creates PDO number `index` of `bus` and calls the driver's AddDevice with it.
+///
+/// # Errors
+/// What failed (no PDO, AddDevice failed or attached nothing).
+pub(crate) fn add_device(bus: usize, driver: &Driver, index: u32) -> Result<Device, String> {
+    let add_device = driver.add_device();
+    if add_device == 0 {
+        return Err("the driver has no AddDevice routine (a legacy driver)".to_string());
+    }
     let pdo_out = [0u64; 1];
-    let pdo_name = unicode("\\Device\\IosvRunPdo0");
+    let pdo_name = unicode(&format!("\\Device\\IosvRunPdo{index}"));
     let st = kernel_create_device(bus, pdo_name, pdo_out.as_ptr() as usize);
     let pdo = pdo_out[0] as usize;
     if st < 0 || pdo == 0 {
-        note("cannot create the physical device object");
-        return;
+        return Err("cannot create the physical device object".to_string());
     }
     let p = obj(pdo, l::DEVICE_OBJECT);
     p.set::<u32>(l::DEV_FLAGS, p.get::<u32>(l::DEV_FLAGS) & !0x80);
     // SAFETY: AddDevice has this signature (DDI).
     let f = unsafe { std::mem::transmute::<usize, AddDevice>(add_device) };
-    let status = entering("AddDevice", add_device, || f(driver, pdo));
+    let status = entering("AddDevice", add_device, || f(driver.object, pdo));
     if status < 0 {
-        note(&format!(
+        return Err(format!(
             "AddDevice failed with status {:#010x}",
             status as u32
         ));
-        return;
     }
     let fdo = p.get::<u64>(l::DEV_ATTACHED) as usize;
     if fdo == 0 {
-        note("AddDevice attached no device to the PDO");
-        return;
+        return Err("AddDevice attached no device to the PDO".to_string());
     }
-    let top = fdo;
-    let raw = resource_list(&bars, false);
-    let translated = resource_list(&bars, true);
-    engine.device_event(fdo as u64, DeviceEvent::StartBegin);
-    let started = pnp(
-        top,
-        IRP_MN_START_DEVICE,
-        "IRP_MN_START_DEVICE",
-        [(8, raw as u64), (0x10, translated as u64), (0, 0), (0, 0)],
-    ) >= 0;
-    engine.device_event(fdo as u64, DeviceEvent::StartEnd);
-    if started {
-        // D0: Parameters.Power { SystemContext, Type = DevicePowerState, State = D0 }.
-        let s = send(
+    Ok(Device { pdo, fdo })
+}
+
+impl Device {
+    /// The top of the device's stack, where IRPs are sent.
+    pub(crate) fn top(self) -> usize {
+        kernel_top(self.pdo)
+    }
+
+    /// IRP_MN_START_DEVICE with `bars` (raw and translated), then D0. `true` if the
+    /// driver started the device.
+    pub(crate) fn start(self, engine: &dyn Engine, bars: &[BarSpec]) -> bool {
+        let top = self.top();
+        let raw = resource_list(bars, false);
+        let translated = resource_list(bars, true);
+        engine.device_event(self.fdo as u64, DeviceEvent::StartBegin);
+        let started = pnp(
             top,
-            IRP_MJ_POWER,
-            IRP_MN_SET_POWER,
-            &Parameters {
-                words: [(0x10, 1), (0x18, 1), (0, 0), (0, 0)],
-                ..Parameters::none()
-            },
-        );
-        if s < 0 {
-            note(&format!(
-                "IRP_MN_SET_POWER (D0) failed with status {:#010x}",
-                s as u32
-            ));
-        }
-        io_requests(top, opts);
-        if opts.surprise_removal {
-            pnp(
+            IRP_MN_START_DEVICE,
+            "IRP_MN_START_DEVICE",
+            [(8, raw as u64), (0x10, translated as u64), (0, 0), (0, 0)],
+        ) >= 0;
+        engine.device_event(self.fdo as u64, DeviceEvent::StartEnd);
+        if started {
+            // D0: Parameters.Power { SystemContext, Type = DevicePowerState, State = D0 }.
+            let s = send(
                 top,
-                IRP_MN_SURPRISE_REMOVAL,
-                "IRP_MN_SURPRISE_REMOVAL",
-                [(0, 0); 4],
+                IRP_MJ_POWER,
+                IRP_MN_SET_POWER,
+                &Parameters {
+                    words: [(0x10, 1), (0x18, 1), (0, 0), (0, 0)],
+                    ..Parameters::none()
+                },
             );
-            engine.device_event(fdo as u64, DeviceEvent::SurpriseRemoved);
-            pnp(
-                top,
-                IRP_MN_REMOVE_DEVICE,
-                "IRP_MN_REMOVE_DEVICE",
-                [(0, 0); 4],
-            );
-            engine.device_event(fdo as u64, DeviceEvent::Removed);
-            return;
+            if s < 0 {
+                note(&format!(
+                    "IRP_MN_SET_POWER (D0) failed with status {:#010x}",
+                    s as u32
+                ));
+            }
         }
+        started
+    }
+
+    /// QUERY_STOP, then STOP, or CANCEL_STOP when the driver vetoes: `true` if stopped.
+    pub(crate) fn stop(self, engine: &dyn Engine) -> bool {
+        let top = self.top();
         let query = pnp(
             top,
             IRP_MN_QUERY_STOP_DEVICE,
@@ -548,7 +646,8 @@ fn pnp_device(engine: &dyn Engine, driver: usize, add_device: usize, opts: &RunO
         );
         if query >= 0 {
             pnp(top, IRP_MN_STOP_DEVICE, "IRP_MN_STOP_DEVICE", [(0, 0); 4]);
-            engine.device_event(fdo as u64, DeviceEvent::Stopped);
+            engine.device_event(self.fdo as u64, DeviceEvent::Stopped);
+            true
         } else {
             note("the driver vetoed IRP_MN_QUERY_STOP_DEVICE: no STOP is sent");
             pnp(
@@ -557,24 +656,73 @@ fn pnp_device(engine: &dyn Engine, driver: usize, add_device: usize, opts: &RunO
                 "IRP_MN_CANCEL_STOP_DEVICE",
                 [(0, 0); 4],
             );
+            false
         }
     }
-    pnp(
-        top,
-        IRP_MN_QUERY_REMOVE_DEVICE,
-        "IRP_MN_QUERY_REMOVE_DEVICE",
-        [(0, 0); 4],
-    );
-    pnp(
-        top,
-        IRP_MN_REMOVE_DEVICE,
-        "IRP_MN_REMOVE_DEVICE",
-        [(0, 0); 4],
-    );
-    engine.device_event(fdo as u64, DeviceEvent::Removed);
+
+    /// IRP_MN_SURPRISE_REMOVAL.
+    pub(crate) fn surprise_remove(self, engine: &dyn Engine) {
+        pnp(
+            self.top(),
+            IRP_MN_SURPRISE_REMOVAL,
+            "IRP_MN_SURPRISE_REMOVAL",
+            [(0, 0); 4],
+        );
+        engine.device_event(self.fdo as u64, DeviceEvent::SurpriseRemoved);
+    }
+
+    /// QUERY_REMOVE (unless `query` is false: after a surprise removal) and REMOVE.
+    pub(crate) fn remove(self, engine: &dyn Engine, query: bool) {
+        let top = self.top();
+        if query {
+            pnp(
+                top,
+                IRP_MN_QUERY_REMOVE_DEVICE,
+                "IRP_MN_QUERY_REMOVE_DEVICE",
+                [(0, 0); 4],
+            );
+        }
+        pnp(
+            top,
+            IRP_MN_REMOVE_DEVICE,
+            "IRP_MN_REMOVE_DEVICE",
+            [(0, 0); 4],
+        );
+        engine.device_event(self.fdo as u64, DeviceEvent::Removed);
+    }
 }
 
-fn kernel_top(device: usize) -> usize {
+fn pnp_device(engine: &dyn Engine, driver: &Driver, opts: &RunOptions) {
+    let bars: Vec<BarSpec> = if opts.bars.is_empty() {
+        BarSpec::DEFAULTS.to_vec()
+    } else {
+        opts.bars.clone()
+    };
+    let dev = match add_device(bus_driver(), driver, 0) {
+        Ok(d) => d,
+        Err(e) => {
+            note(&e);
+            return;
+        }
+    };
+    if dev.start(engine, &bars) {
+        let requests: Vec<(u32, &[u8])> = opts
+            .ioctls
+            .iter()
+            .map(|i| (i.code, i.input.as_slice()))
+            .collect();
+        let _ = io_requests(dev.top(), &mut requests.into_iter(), true);
+        if opts.surprise_removal {
+            dev.surprise_remove(engine);
+            dev.remove(engine, false);
+            return;
+        }
+        dev.stop(engine);
+    }
+    dev.remove(engine, true);
+}
+
+pub(crate) fn kernel_top(device: usize) -> usize {
     let mut top = device;
     for _ in 0..64 {
         let up = obj(top, l::DEVICE_OBJECT).get::<u64>(l::DEV_ATTACHED) as usize;
@@ -596,8 +744,17 @@ fn kernel_create_device(driver: usize, name: usize, out: usize) -> i32 {
     f(driver, 0, name, 0x22, 0, 0, out)
 }
 
-/// CREATE, the IOCTLs, CLEANUP and CLOSE on one file object.
-fn io_requests(top: usize, opts: &RunOptions) {
+/// CREATE, the IOCTLs in `requests` (code, input), CLEANUP and CLOSE on one file object;
+/// with `verbose` one note per IOCTL. Returns the status of the last IOCTL (or of
+/// CREATE when there is none).
+///
+/// # Errors
+/// CREATE's failure status (nothing else is sent).
+pub(crate) fn io_requests(
+    top: usize,
+    requests: &mut dyn Iterator<Item = (u32, &[u8])>,
+    verbose: bool,
+) -> Result<i32, i32> {
     let file = kernel::alloc_zeroed(0x100);
     let security = kernel::alloc_zeroed(0x40);
     let create = Parameters {
@@ -611,27 +768,30 @@ fn io_requests(top: usize, opts: &RunOptions) {
             "IRP_MJ_CREATE failed with status {:#010x}: no IOCTL is sent",
             s as u32
         ));
-        return;
+        return Err(s);
     }
-    for io in &opts.ioctls {
+    let mut last = s;
+    for (code, input) in requests {
         let p = Parameters {
             words: [
                 (8, 0x1000),
-                (0x10, io.input.len() as u64),
-                (0x18, u64::from(io.code)),
+                (0x10, input.len() as u64),
+                (0x18, u64::from(code)),
                 (0, 0),
             ],
-            buffer: Some(&io.input),
+            buffer: Some(input),
             output: 0x1000,
             file,
         };
-        let s = send(top, IRP_MJ_DEVICE_CONTROL, 0, &p);
-        note(&format!(
-            "IOCTL {:#x} ({} input bytes) completed with status {:#010x}",
-            io.code,
-            io.input.len(),
-            s as u32
-        ));
+        last = send(top, IRP_MJ_DEVICE_CONTROL, 0, &p);
+        if verbose {
+            note(&format!(
+                "IOCTL {:#x} ({} input bytes) completed with status {:#010x}",
+                code,
+                input.len(),
+                last as u32
+            ));
+        }
     }
     let done = Parameters {
         file,
@@ -639,4 +799,5 @@ fn io_requests(top: usize, opts: &RunOptions) {
     };
     send(top, IRP_MJ_CLEANUP, 0, &done);
     send(top, IRP_MJ_CLOSE, 0, &done);
+    Ok(last)
 }

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod mdl;
 pub mod mmio;
 pub mod registry;
+pub mod scenario;
 pub mod seh;
 pub mod trap;
 
@@ -106,6 +107,9 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
         // within the routines this runs).
         kernel::run_deferred();
         DRAINING.with(|d| d.set(false));
+        // No driver code runs now: the watchdog waits (a scenario's simulated steps may
+        // take long between driver routines).
+        report::line(&["leave"]);
     }
     r
 }

@@ -1,0 +1,359 @@
+//! `iosvctl lab` on scenarios that name a compiled driver image (`image = "x.sys"`): the
+//! mingw-w64-built fixtures of `iosvctl run` (`runner/fixtures/wdm_pnp.c`, one bug per
+//! build) driven through scripted PnP cycles, IOCTLs and stress phases in a runner child,
+//! with exact counts, the audit of `expect`, run's exit statuses, and parse errors.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use common::{iosvctl, json_lines, parts};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The fixtures, built once per test binary with `runner/fixtures/build.sh` (as
+/// `cli_run.rs` builds them, into a directory of this binary's own).
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-fixtures-lab");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runner/fixtures/build.sh");
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .expect("run runner/fixtures/build.sh");
+        assert!(
+            o.status.success(),
+            "building the driver fixtures failed (scripts/test installs gcc-mingw-w64-x86-64):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+/// Writes `text` as `name` beside the fixtures (so `image = "x.sys"` finds them) and
+/// returns its path.
+fn scenario(name: &str, text: &str) -> String {
+    let path = fixtures().join(name);
+    std::fs::write(&path, text).expect("write the scenario");
+    path.display().to_string()
+}
+
+/// What a JSON `lab` run printed: exit status, the lab line, violations per (rule,
+/// blamed driver).
+struct Lab {
+    code: i32,
+    lab: serde_json::Value,
+    counts: BTreeMap<(String, String), u64>,
+    err: String,
+}
+
+fn lab_json(path: &str) -> Lab {
+    let (code, out, err) = parts(&iosvctl(&["lab", path, "--no-progress", "-f", "json"]));
+    let lines = json_lines(&out);
+    let lab = lines
+        .iter()
+        .find(|l| l["kind"] == "lab")
+        .cloned()
+        .unwrap_or_else(|| panic!("no lab line (exit {code}):\n{out}\n{err}"));
+    let mut counts = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["kind"] == "violation") {
+        let rule = l["rule"].as_str().unwrap().to_string();
+        let blamed = if ["IOSV007", "IOSV008", "IOSV009"].contains(&rule.as_str()) {
+            &l["owner"]
+        } else {
+            &l["caller"]
+        };
+        *counts
+            .entry((rule, blamed.as_str().unwrap_or("?").to_string()))
+            .or_insert(0) += 1;
+    }
+    Lab {
+        code,
+        lab,
+        counts,
+        err,
+    }
+}
+
+fn counts(pairs: &[(&str, &str, u64)]) -> BTreeMap<(String, String), u64> {
+    pairs
+        .iter()
+        .map(|(r, d, n)| ((r.to_string(), d.to_string()), *n))
+        .collect()
+}
+
+/// `leak_on_stop.sys` through two start/stop cycles, with `expect` on the driver.
+fn two_cycles(expect: &str) -> String {
+    format!(
+        r#"
+name = "two cycles"
+[[driver]]
+image = "leak_on_stop.sys"
+{expect}
+[[device]]
+name = "dev0"
+driver = "leak_on_stop.sys"
+[[step]]
+op = "load"
+driver = "leak_on_stop.sys"
+[[step]]
+op = "add-device"
+device = "dev0"
+[[step]]
+op = "start"
+device = "dev0"
+[[step]]
+op = "ioctl"
+device = "dev0"
+code = 0x222000
+input = "01000000"
+[[step]]
+op = "stop"
+device = "dev0"
+[[step]]
+op = "start"
+device = "dev0"
+[[step]]
+op = "stop"
+device = "dev0"
+[[step]]
+op = "remove"
+device = "dev0"
+[[step]]
+op = "unload"
+driver = "leak_on_stop.sys"
+"#
+    )
+}
+
+/// Each STOP of `leak_on_stop.sys` forgets both BARs: two cycles, four IOSV007, all
+/// blamed on the driver; the audit compares them with `expect` (exit 1: violations, a
+/// clean audit), an expectation that is off makes the audit unclean (exit 4), and no
+/// `expect` shows the reports without auditing them.
+#[test]
+fn two_start_stop_cycles_of_a_leaking_binary_give_exactly_its_leaks() {
+    let want = counts(&[("IOSV007", "leak_on_stop.sys", 4)]);
+    let r = lab_json(&scenario(
+        "two-cycles-ok.toml",
+        &two_cycles("expect = { IOSV007 = 4 }"),
+    ));
+    assert_eq!(r.counts, want, "{}", r.err);
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+    assert_eq!(r.lab["injected"]["IOSV007"], 4, "{}", r.lab);
+    assert_eq!(r.lab["steps"], 9);
+
+    let r = lab_json(&scenario(
+        "two-cycles-off.toml",
+        &two_cycles("expect = { IOSV007 = 3 }"),
+    ));
+    assert_eq!(r.counts, want);
+    assert_eq!(r.code, 4, "{}", r.err);
+    let m = &r.lab["audit"]["mismatches"][0];
+    assert_eq!(
+        (&m["rule"], &m["driver"], &m["injected"], &m["reported"]),
+        (
+            &"IOSV007".into(),
+            &"leak_on_stop.sys".into(),
+            &3.into(),
+            &4.into()
+        ),
+        "{}",
+        r.lab
+    );
+    assert!(r.err.contains("the lab audit is unclean"), "{}", r.err);
+
+    assert_eq!(r.lab["unaudited_drivers"], serde_json::json!([]));
+
+    let r = lab_json(&scenario("two-cycles-free.toml", &two_cycles("")));
+    assert_eq!(r.counts, want);
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+    assert_eq!(r.lab["injected_total"], 0, "{}", r.lab);
+    assert_eq!(
+        r.lab["unaudited_drivers"],
+        serde_json::json!(["leak_on_stop.sys"])
+    );
+    let (_, out, _) = parts(&iosvctl(&[
+        "lab",
+        &fixtures()
+            .join("two-cycles-free.toml")
+            .display()
+            .to_string(),
+        "--no-progress",
+    ]));
+    assert!(
+        out.contains("not audited: leak_on_stop.sys"),
+        "human output names the unaudited driver:\n{out}"
+    );
+}
+
+/// A simulated driver's injected bugs and a compiled driver's expected ones in one run:
+/// the reports are the sum, each blamed on its driver, and the audit is clean. The image
+/// has two devices (one with its own BARs); `double_unmap.sys` unmaps BAR0 twice at every
+/// stop and surprise removal: 2 stops in the stress phase (its 3rd and 6th operations,
+/// one per device), 1 scripted stop, 1 surprise removal.
+#[test]
+fn a_mixed_scenario_reports_the_sum() {
+    let path = scenario(
+        "mixed.toml",
+        r#"
+[[driver]]
+name = "sim.sys"
+[[driver]]
+image = "double_unmap.sys"
+expect = { IOSV005 = 4 }
+ioctls = [{ code = 0x222000, input = "01000000" }]
+[[device]]
+name = "s0"
+driver = "sim.sys"
+[[device]]
+name = "d0"
+driver = "double_unmap.sys"
+[[device]]
+name = "d1"
+driver = "double_unmap.sys"
+bars = [{ physical = 0xF000_0000, size = 0x4000 }, { physical = 0xF001_0000, size = 0x1000 }]
+[[step]]
+op = "load"
+driver = "sim.sys"
+[[step]]
+op = "add-device"
+device = "s0"
+[[step]]
+op = "bug"
+driver = "sim.sys"
+rule = "IOSV004"
+count = 2
+[[step]]
+op = "load"
+driver = "double_unmap.sys"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "add-device"
+device = "d1"
+[[step]]
+op = "stress"
+threads = 1
+ops = 500
+image_ops = 6
+image_restart_every = 3
+[[step]]
+op = "surprise-remove"
+device = "d0"
+[[step]]
+op = "remove"
+device = "d0"
+[[step]]
+op = "stop"
+device = "d1"
+[[step]]
+op = "remove"
+device = "d1"
+[[step]]
+op = "unload"
+driver = "double_unmap.sys"
+"#,
+    );
+    let r = lab_json(&path);
+    assert_eq!(
+        r.counts,
+        counts(&[
+            ("IOSV004", "sim.sys", 2),
+            ("IOSV005", "double_unmap.sys", 4)
+        ]),
+        "{}",
+        r.err
+    );
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+    assert_eq!(r.lab["injected_total"], 6, "{}", r.lab);
+}
+
+/// run's exit statuses: a crash in driver code is 5 with its report on stderr, a call of
+/// a routine the host lacks 6, an image that cannot load 8; a step the image cannot take fails the scenario at the step.
+#[test]
+fn crashes_and_load_failures_end_the_lab_run_as_they_end_run() {
+    let steps = |image: &str| {
+        format!(
+            r#"
+[[driver]]
+image = "{image}"
+[[device]]
+name = "d0"
+driver = "{image}"
+[[step]]
+op = "load"
+driver = "{image}"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "start"
+device = "d0"
+[[step]]
+op = "ioctl"
+device = "d0"
+code = 0x222000
+input = "01000000"
+"#
+        )
+    };
+    let path = scenario("crash.toml", &steps("crash.sys"));
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("driver crash.sys crashed: SIGSEGV at crash.sys+")
+            && err.contains("while running IRP_MJ_DEVICE_CONTROL dispatch"),
+        "{err}"
+    );
+    let path = scenario("unimplemented.toml", &steps("unimplemented.sys"));
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert!(
+        err.contains("driver unimplemented.sys called ")
+            && err.contains("which the host does not implement"),
+        "{err}"
+    );
+    let path = scenario("no-reloc.toml", &steps("no_reloc.sys"));
+    let (code, _, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("cannot load") && err.contains(".reloc"),
+        "{err}"
+    );
+    let path = scenario(
+        "stop-unstarted.toml",
+        &steps("clean.sys").replace("op = \"start\"", "op = \"stop\""),
+    );
+    let (code, _, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:13:1: step `stop` failed: device `d0` is not started"
+        )),
+        "{err}"
+    );
+}
+
+/// Steps only simulated drivers can do are refused before anything runs, at their key.
+#[test]
+fn simulated_only_steps_on_an_image_are_parse_errors() {
+    let path = scenario(
+        "map-on-image.toml",
+        "[[driver]]\nimage = \"clean.sys\"\n[[step]]\nop = \"map\"\ndriver = \"clean.sys\"\nphysical = 0x1000\nsize = 0x1000\n",
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &path]));
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:5:10: `clean.sys` is a compiled driver image: `map` only applies to simulated drivers"
+        )),
+        "{err}"
+    );
+}
