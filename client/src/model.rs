@@ -107,6 +107,20 @@ pub fn cache_kind(map_ex: bool) -> &'static str {
     }
 }
 
+/// The cache field of a mapping of `kind` for machine-readable reports: a reserved range
+/// keeps its pool tag there (`{"kind": "POOL_TAG", "name": "'Rsvd'", ...}`), every other
+/// kind a cache type or protection ([`cache_json`]).
+pub fn mapping_cache_json(
+    kind: iosv::mdl::MappingKind,
+    value: u32,
+    map_ex: bool,
+) -> serde_json::Value {
+    if kind == iosv::mdl::MappingKind::Reserved {
+        return serde_json::json!({ "kind": "POOL_TAG", "name": pool_tag(value), "value": value });
+    }
+    cache_json(value, map_ex)
+}
+
 /// A cache field for machine-readable reports: its kind, its name and its value.
 pub fn cache_json(value: u32, map_ex: bool) -> serde_json::Value {
     serde_json::json!({
@@ -397,7 +411,7 @@ impl<'a> Violation<'a> {
     /// The cache field (kind, name, value), `None` when the record has none.
     pub fn cache(&self) -> Option<serde_json::Value> {
         self.cache_known()
-            .then(|| cache_json(self.rec.cache, self.map_ex()))
+            .then(|| mapping_cache_json(mapping_kind(self.rec.kind), self.rec.cache, self.map_ex()))
     }
 
     /// IOSV010: the conflicting live mapping's cache field.
@@ -865,6 +879,19 @@ mod tests {
         };
         let v = Violation::new(&r);
         assert!(v.cache().is_none() && v.other_cache().is_none());
+        // A reserved range keeps its pool tag in the cache field.
+        r = ViolationRecord {
+            rule: RuleId::ReservedFreedWhileMapped.number(),
+            flags: VF_MAPPING_KNOWN,
+            kind: iosv::protocol::MK_RESERVED,
+            cache: u32::from_le_bytes(*b"Rsvd"),
+            ..Default::default()
+        };
+        let c = Violation::new(&r).cache().unwrap();
+        assert_eq!(
+            (c["kind"].as_str(), c["name"].as_str()),
+            (Some("POOL_TAG"), Some("'Rsvd'"))
+        );
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Val
         "base": hex(m.base),
         "size": m.size,
         "physical": hex(m.physical),
-        "cache": model::cache_json(m.cache, ex),
+        "cache": model::mapping_cache_json(model::mapping_kind(m.kind), m.cache, ex),
         "map_ex": ex,
         "age_ns": list.now_ns.saturating_sub(m.map_time_ns),
         "map_time_ns": m.map_time_ns,
