@@ -35,7 +35,8 @@
 //!
 //! # Indexes
 //! Every live entry is also filed by virtual and by physical address in a [`SpanIndex`]
-//! (filed before the slot is published, unfiled after it is taken), so that the lookups
+//! (filed before the slot is published, unfiled after it is taken; entries of at most a
+//! page are not filed by virtual address, as the table's own hash is by page), so that the lookups
 //! by address ([`Table::visit_around`], [`Table::visit_physical`],
 //! [`Table::find_containing`]) do bounded work instead of walking every slot.
 
@@ -76,6 +77,8 @@ pub const PHYS_PROBE_LIMIT: usize = 1 << 14;
 const READ_RETRIES: u32 = 4;
 
 const MASK57: u64 = (1 << 57) - 1;
+/// log2 of a page: the table hashes bases by page ([`Table::home`]).
+const PAGE_SHIFT: u32 = 12;
 const LIVE: u64 = 1 << 62;
 const BUSY: u64 = 1 << 61;
 
@@ -357,9 +360,16 @@ impl Table {
             .saturating_add(self.index.memory_bytes())
     }
 
+    /// The home bucket of `base`: a hash of its *page*, so that every live entry whose base
+    /// lies in one page is on that page's probe chain ([`Table::visit_page`]: the virtual
+    /// lookup of mappings of at most a page reads the chain instead of an index).
     fn home(&self, base: u64) -> usize {
+        self.home_of_page(base >> PAGE_SHIFT)
+    }
+
+    fn home_of_page(&self, page: u64) -> usize {
         // Fibonacci hashing, then Lemire's multiply-shift range reduction (any bucket count).
-        let h = base.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = page.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize
     }
 
@@ -855,16 +865,59 @@ impl Table {
     /// Hands `visit` a consistent copy of every live mapping that may contain the virtual
     /// address `addr` (and possibly others: `visit` must test), until it returns false.
     /// Every live mapping that contains `addr`, or whose base lies in the page of a
-    /// page-aligned `addr`, is among them. Bounded work ([`index::LEVELS`] × 2 probe
-    /// windows), unless the index is incomplete (an entry could not be filed): then a walk.
+    /// page-aligned `addr`, is among them. Bounded work (the table's probe chains of two
+    /// pages and [`index::LEVELS`]` - 1` × 2 index probe windows), unless the index is
+    /// incomplete (an entry could not be filed): then a walk.
     pub fn visit_around(&self, addr: u64, mut visit: impl FnMut(&Mapping) -> bool) {
         if !self.index.complete() {
             self.walk(0, usize::MAX, visit);
             return;
         }
-        self.index.around(Space::Virtual, addr, &mut |slot| {
+        // Level 0 (mappings of at most a page) is not filed in the virtual index: such a
+        // mapping containing `addr` starts in `addr`'s page or the one before, and every
+        // entry whose base lies in a page is on that page's probe chain. Entries of the
+        // other levels on those chains are filed, and found there (visited once).
+        let page = addr >> PAGE_SHIFT;
+        let mut level0 = |slot: usize| {
+            self.read_shared(slot)
+                .is_none_or(|(m, _)| index::level_of(m.size) != Some(0) || visit(&m))
+        };
+        if !self.visit_page(page, &mut level0) {
+            return;
+        }
+        if let Some(prev) = page.checked_sub(1) {
+            if !self.visit_page(prev, &mut level0) {
+                return;
+            }
+        }
+        self.index.around(Space::Virtual, addr, 1, &mut |slot| {
             self.read_shared(slot).is_none_or(|(m, _)| visit(&m))
         });
+    }
+
+    /// Hands `visit` the slot of every live entry whose base lies in page `page` (base
+    /// `>> 12`), following the page's probe chain as a lookup does, until it returns
+    /// false; returns false then. Bounded: at most the probe window.
+    fn visit_page(&self, page: u64, visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let mut bucket = self.home_of_page(page);
+        for _ in 0..MAX_PROBE_BUCKETS {
+            if let Some(kb) = self.keys.get(bucket) {
+                for (j, key) in kb.0.iter().enumerate() {
+                    let k = key.load(Ordering::Acquire);
+                    if k & LIVE != 0 && sign_extend57(k & MASK57) >> PAGE_SHIFT == page {
+                        let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                        if !visit(slot) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            if !self.more_after(bucket) {
+                break;
+            }
+            bucket = self.next_bucket(bucket);
+        }
+        true
     }
 
     /// Hands `visit` a consistent copy of every live mapping whose physical range may share
