@@ -557,7 +557,9 @@ impl Table {
     }
 
     /// Takes the live entry for `base` at `slot` (found `distance` buckets from home) out
-    /// of the table; `None` if another thread got it first.
+    /// of the table; `None` if another thread got it first. (The insert's stale path:
+    /// out of line.)
+    #[inline(never)]
     fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
         let mut head = MappingHead::new(base, 0);
         let mut frames = [0u64; MAX_STACK_DEPTH];
@@ -566,6 +568,8 @@ impl Table {
     }
 
     /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]).
+    /// Inlined into the remove (the unmap hook's path).
+    #[inline(always)]
     fn take_into(
         &self,
         slot: usize,
