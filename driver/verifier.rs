@@ -85,7 +85,6 @@ struct CallCtx {
     irql: Irql,
     processor: u32,
     driver: DriverId,
-    thread: u64,
     now: u64,
 }
 
@@ -213,7 +212,6 @@ impl<P: Platform> Verifier<P> {
             irql: self.platform.current_irql(),
             processor: self.platform.current_processor(),
             driver: self.drivers.attribute(caller.return_address),
-            thread: self.platform.current_thread_id(),
             now: self.platform.now_ns(),
         }
     }
@@ -274,7 +272,9 @@ impl<P: Platform> Verifier<P> {
         // configured depth, and at depth 0 there are none to build, zero or copy.
         let mut m = MappingHead::new(base, size64);
         m.physical = physical;
-        m.device = self.drivers.starting_device(cx.driver, cx.thread);
+        m.device = self
+            .drivers
+            .starting_device(cx.driver, || self.platform.current_thread_id());
         m.map_time_ns = cx.now;
         m.cache = cache;
         m.driver = cx.driver.0;
@@ -731,7 +731,8 @@ impl<P: Platform> Verifier<P> {
             // Read here, not on every hook call: only records and user-space MDL
             // mappings need it.
             process_id: self.platform.current_process_id(),
-            thread_id: cx.thread,
+            // Read here, not on every hook call, as the process id.
+            thread_id: self.platform.current_thread_id(),
             driver_name: self.drivers.name(cx.driver),
             ..Default::default()
         };
