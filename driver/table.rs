@@ -466,6 +466,29 @@ impl Table {
         }
         let live_key = LIVE | (entry.base & MASK57);
         let home = self.home(entry.base);
+        // The common case: the home bucket holds no copy of this base and has a free slot,
+        // and no key passed it (so no copy lies further on): what the first round of the
+        // general pass below would find, without its bookkeeping.
+        let (live, free) = self.match_keys(home, live_key, 0);
+        if live == 0 && free != 0 && !self.more_after(home) {
+            if self.claim_inline(Self::slot_of(home, free), home, 0, entry, frames) {
+                return InsertOutcome::Inserted;
+            }
+            return self.claim_any(home, entry, frames, None);
+        }
+        self.insert_far(home, live_key, entry, frames)
+    }
+
+    /// [`insert_head`](Self::insert_head) past the common case: a stale copy, a full home
+    /// bucket or keys that passed it. Out of line.
+    #[inline(never)]
+    fn insert_far(
+        &self,
+        home: usize,
+        live_key: u64,
+        entry: &MappingHead,
+        frames: &[u64],
+    ) -> InsertOutcome {
         // One pass over the probe chain: look for a stale copy of this base (following
         // overflow counts, as a lookup does) and note the first free slot on the way.
         let mut stale_at = None;
@@ -486,11 +509,22 @@ impl Table {
         }
         let stale = stale_at.and_then(|(slot, distance)| self.take(slot, entry.base, distance));
         if let Some((slot, distance)) = free_at {
-            if self.claim_inline(slot, home, distance, entry, frames) {
+            if self.claim(slot, home, distance, entry, frames) {
                 return Self::inserted(stale);
             }
         }
-        // The noted slot was taken meanwhile: claim the first free one in the window.
+        self.claim_any(home, entry, frames, stale)
+    }
+
+    /// The noted free slot was taken meanwhile: claims the first free one in the window.
+    #[inline(never)]
+    fn claim_any(
+        &self,
+        home: usize,
+        entry: &MappingHead,
+        frames: &[u64],
+        stale: Option<Mapping>,
+    ) -> InsertOutcome {
         let mut bucket = home;
         for distance in 0..MAX_PROBE_BUCKETS {
             for j in 0..BUCKET {
