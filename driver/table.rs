@@ -719,6 +719,7 @@ impl Table {
             .unwrap_or(&[])
     }
 
+    #[inline(always)]
     fn write_payload(&self, slot: usize, e: &MappingHead, src_frames: &[u64]) {
         let Some(s) = self.slots.get(slot) else {
             return;
