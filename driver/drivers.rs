@@ -190,6 +190,7 @@ impl Drivers {
             .filter(|r| r.driver_id != 0)
     }
 
+    #[inline]
     fn used(&self) -> &[DriverSlot] {
         let n = (self.used.load(Ordering::Acquire) as usize).min(MAX_DRIVERS);
         self.slots.get(..n).unwrap_or(&[])
@@ -200,6 +201,7 @@ impl Drivers {
     }
 
     /// The driver whose loaded image contains `addr` (hot path: a scan of used slots).
+    #[inline]
     pub fn attribute(&self, addr: u64) -> DriverId {
         if addr == 0 {
             return DriverId::NONE;

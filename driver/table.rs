@@ -337,6 +337,7 @@ impl Table {
     }
 
     /// Stack frames stored per mapping.
+    #[inline]
     pub fn stack_depth(&self) -> usize {
         self.stack_depth
     }
