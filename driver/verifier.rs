@@ -281,7 +281,11 @@ impl<P: Platform> Verifier<P> {
         m.processor = u16::try_from(cx.processor).unwrap_or(u16::MAX);
         m.irql = cx.irql.0;
         m.flags = if ex { FLAG_MAP_EX } else { 0 };
-        let depth = self.settings.stack_depth().min(self.table.stack_depth());
+        // A depth-0 table stores no frames, whatever the setting (not read then).
+        let depth = match self.table.stack_depth() {
+            0 => 0,
+            table => self.settings.stack_depth().min(table),
+        };
         let outcome = if depth == 0 {
             let n = self.platform.capture_stack(OWN_FRAMES, &mut []);
             m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
@@ -395,7 +399,10 @@ impl<P: Platform> Verifier<P> {
         let size64 = size as u64;
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
-        let contain = self.settings.containment();
+        // Settings are read where they decide something, not on every call: the
+        // containment switch only on a violation or a size mismatch, the Driver Verifier
+        // ceiling only above APC_LEVEL.
+        let contain = || self.settings.containment();
         let call = || {
             let mut r = self.blank_record(&cx);
             r.address = base;
@@ -403,15 +410,14 @@ impl<P: Platform> Verifier<P> {
             r
         };
 
-        let ceiling = if self.settings.verifier_irql() {
-            Irql::APC
-        } else {
-            Irql::DISPATCH
-        };
+        // Above the ceiling: APC_LEVEL under the Driver Verifier setting, else
+        // DISPATCH_LEVEL.
+        let above_ceiling =
+            cx.irql > Irql::DISPATCH || (cx.irql > Irql::APC && self.settings.verifier_irql());
         let mut h = MappingHead::new(base, 0);
         let found = self.table.remove_head(base, &mut h, frames);
         let frames: &[u64] = frames.get(..usize::from(h.stack_depth)).unwrap_or(&[]);
-        if cx.irql > ceiling {
+        if above_ceiling {
             let mut r = call();
             if found == Removal::Removed {
                 r = self.mapping_record(&cx, &h.with_frames(frames));
@@ -423,17 +429,18 @@ impl<P: Platform> Verifier<P> {
 
         match found {
             Removal::Removed if !is_io_space(h.flags) => {
-                self.unmap_io_space_of_family(&cx, &h.with_frames(frames), size, contain);
+                self.unmap_io_space_of_family(&cx, &h.with_frames(frames), size, contain());
             }
             Removal::Removed
                 if h.driver != 0 && cx.driver != DriverId::NONE && h.driver != cx.driver.0 =>
             {
-                self.foreign_unmap(&cx, &h.with_frames(frames), base, size, contain);
+                self.foreign_unmap(&cx, &h.with_frames(frames), base, size, contain());
             }
             Removal::Removed => {
                 self.forget_head(&h);
                 self.bury_head(&cx, &h, frames.first().copied().unwrap_or(0));
                 if size64 != h.size {
+                    let contain = contain();
                     let mut r = self.mapping_record(&cx, &h.with_frames(frames));
                     r.address = base;
                     r.passed_size = size64;
@@ -453,9 +460,9 @@ impl<P: Platform> Verifier<P> {
                 }
             }
             Removal::Racing => {
-                self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
+                self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain(), base, size);
             }
-            Removal::NotFound => self.unmap_not_found(&cx, base, size, contain),
+            Removal::NotFound => self.unmap_not_found(&cx, base, size, contain()),
         }
     }
 
