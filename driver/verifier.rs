@@ -287,8 +287,7 @@ impl<P: Platform> Verifier<P> {
             table => self.settings.stack_depth().min(table),
         };
         let outcome = if depth == 0 {
-            let n = self.platform.capture_stack(OWN_FRAMES, &mut []);
-            m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+            // No frames to capture (`m.stack_depth` stays 0).
             self.table.insert_head(&m, &[])
         } else {
             let mut stack = [0u64; MAX_STACK_DEPTH];
