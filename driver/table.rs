@@ -383,6 +383,17 @@ impl Table {
         }
     }
 
+    /// The keys of `bucket`, in slot order (one cache line); past the end, keys that are
+    /// neither free nor any entry's (`1`).
+    #[inline(always)]
+    fn load_bucket(&self, bucket: usize) -> [u64; BUCKET] {
+        let kb = self.keys.get(bucket);
+        core::array::from_fn(|j| match kb.and_then(|kb| kb.0.get(j)) {
+            Some(key) => key.load(Ordering::Acquire),
+            None => 1,
+        })
+    }
+
     /// Bit masks of the lowest slot of `bucket` whose key is `a` and of the lowest whose
     /// key is `b` (bit `j` for slot `j`); both empty if none or past the end. A fixed-size, branch-free pass over one
     /// cache line that the compiler unrolls. Each mask holds only the lowest match (all
@@ -470,12 +481,17 @@ impl Table {
         // The common case: the home bucket holds no copy of this base and has a free slot,
         // and no key passed it (so no copy lies further on): what the first round of the
         // general pass below would find, without its bookkeeping.
-        let (live, free) = self.match_keys(home, live_key, 0);
-        if live == 0 && free != 0 && !self.more_after(home) {
-            if self.claim_inline(Self::slot_of(home, free), home, 0, entry, frames) {
-                return InsertOutcome::Inserted;
+        // The line is read once; the test for a copy compares every key, the free slot is
+        // the lowest one (found at once when the bucket's first slot is free).
+        let keys = self.load_bucket(home);
+        if !keys.contains(&live_key) && !self.more_after(home) {
+            if let Some(j) = keys.iter().position(|&k| k == 0) {
+                let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
+                if self.claim_inline(slot, home, 0, entry, frames) {
+                    return InsertOutcome::Inserted;
+                }
+                return self.claim_any(home, entry, frames, None);
             }
-            return self.claim_any(home, entry, frames, None);
         }
         self.insert_far(home, live_key, entry, frames)
     }
