@@ -441,15 +441,21 @@ impl Table {
         let mut bucket = self.home(base);
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
-            // Stops at the first match (a lookup usually finds its key in the home bucket).
-            // The whole bucket in one branch-free pass (the lowest live match wins, as a
-            // scan that stops at the first would find).
-            let (live, busy) = self.match_keys(bucket, live_key, busy_key);
-            if live != 0 {
-                let slot = Self::slot_of(bucket, live);
-                return Found::Live { slot, distance };
+            // Stops at the first (lowest) live match, reading keys in slot order: a lookup
+            // usually finds its key in the home bucket, and reads only up to it.
+            if let Some(kb) = self.keys.get(bucket) {
+                if let Some(j) =
+                    kb.0.iter()
+                        .position(|k| k.load(Ordering::Acquire) == live_key)
+                {
+                    let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                    return Found::Live { slot, distance };
+                }
+                // No live copy here: only then is a BUSY one looked for (error paths).
+                if want_busy_too && !busy_seen {
+                    busy_seen = kb.0.iter().any(|k| k.load(Ordering::Acquire) == busy_key);
+                }
             }
-            busy_seen |= want_busy_too && busy != 0;
             if !self.more_after(bucket) {
                 break;
             }
