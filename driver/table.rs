@@ -11,6 +11,12 @@
 //! that window reports the table full (the mapping is then *untracked*), so every
 //! operation does bounded work.
 //!
+//! Keys are hashed by the *page* of their base (`Table::home`), so that every entry
+//! whose base lies in one page is on that page's probe chain (the virtual lookup of
+//! mappings of at most a page reads it instead of an index). Live entries whose bases
+//! share a page share a home bucket: more than a probe window of them cannot all be
+//! stored (kernel-space mappings never share a page).
+//!
 //! # Slot states (the key word)
 //! `0` = free; `BUSY | base57` = owned by one thread that is writing it (insert) or
 //! tearing it down (remove); `LIVE | base57` = published. Bases are canonical virtual
