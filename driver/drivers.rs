@@ -190,6 +190,7 @@ impl Drivers {
             .filter(|r| r.driver_id != 0)
     }
 
+    #[inline]
     fn used(&self) -> &[DriverSlot] {
         let n = (self.used.load(Ordering::Acquire) as usize).min(MAX_DRIVERS);
         self.slots.get(..n).unwrap_or(&[])
@@ -200,6 +201,7 @@ impl Drivers {
     }
 
     /// The driver whose loaded image contains `addr` (hot path: a scan of used slots).
+    #[inline]
     pub fn attribute(&self, addr: u64) -> DriverId {
         if addr == 0 {
             return DriverId::NONE;
@@ -362,15 +364,16 @@ impl Drivers {
         }
     }
 
-    /// The device a map by driver `id` on `thread` is attributed to: the device that
-    /// thread is starting, else the driver's only starting device, else none (0).
+    /// The device a map by driver `id` on the thread `thread()` returns is attributed to:
+    /// the device that thread is starting, else the driver's only starting device, else
+    /// none (0). `thread` is called only while a start of the driver is in progress.
     #[inline]
-    pub fn starting_device(&self, id: DriverId, thread: u64) -> u64 {
+    pub fn starting_device(&self, id: DriverId, thread: impl FnOnce() -> u64) -> u64 {
         let Some(s) = self.slot(id) else { return 0 };
         if s.starting.load(Ordering::Acquire) == 0 {
             return 0; // the common case: no start in progress (inlined into the hook)
         }
-        Self::starting_device_of(s, thread)
+        Self::starting_device_of(s, thread())
     }
 
     /// [`starting_device`](Self::starting_device) while a start is in progress.
@@ -449,11 +452,11 @@ mod tests {
         let d = Drivers::new().unwrap();
         let a = d.register(b"nic.sys", 0x1000, 0x1000, true, false).unwrap();
         assert!(d.start_begin(a, 0xD1, 7));
-        assert_eq!(d.starting_device(a, 99), 0xD1);
+        assert_eq!(d.starting_device(a, || 99), 0xD1);
         assert!(d.start_begin(a, 0xD2, 8));
-        assert_eq!(d.starting_device(a, 8), 0xD2);
-        assert_eq!(d.starting_device(a, 99), 0);
+        assert_eq!(d.starting_device(a, || 8), 0xD2);
+        assert_eq!(d.starting_device(a, || 99), 0);
         d.start_end(a, 0xD1);
-        assert_eq!(d.starting_device(a, 99), 0xD2);
+        assert_eq!(d.starting_device(a, || 99), 0xD2);
     }
 }

@@ -183,12 +183,21 @@ impl RegionCounts {
 
     /// True if a class other than `class` has a live mapping here.
     fn other_live(&self, class: CacheClass) -> bool {
-        self.0
-            .iter()
-            .take(CLASSES)
-            .enumerate()
-            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0)
+        other_live(&self.0, class)
     }
+}
+
+/// True if a counter of `counts` (indexed by class) other than `class`'s is non-zero:
+/// both other counters are read, without a branch between them.
+#[inline(always)]
+fn other_live(counts: &[AtomicU32], class: CacheClass) -> bool {
+    let (a, b) = match class {
+        CacheClass::NonCached => (1, 2),
+        CacheClass::Cached => (0, 2),
+        CacheClass::WriteCombined => (0, 1),
+    };
+    let load = |i: usize| counts.get(i).map_or(0, |c| c.load(Ordering::Acquire));
+    load(a) | load(b) != 0
 }
 
 /// The conflict filter. See the module docs.
@@ -226,6 +235,7 @@ impl ConflictFilter {
         self.counts.get(b)
     }
 
+    #[inline(always)]
     fn each_counter(
         &self,
         physical: u64,
@@ -234,6 +244,12 @@ impl ConflictFilter {
         mut f: impl FnMut(&AtomicU32),
     ) {
         match Self::regions(physical, size) {
+            // The common case, one region, without the loop.
+            Some((first, 1)) => {
+                if let Some(b) = self.bucket(first) {
+                    f(b.of(class));
+                }
+            }
             Some((first, n)) => {
                 for r in 0..n {
                     if let Some(b) = self.bucket(first.wrapping_add(r)) {
@@ -260,12 +276,16 @@ impl ConflictFilter {
     /// so this mapping's own count does not matter) in one pass: each region's bucket is
     /// hashed once. Returns true if a live mapping of another class may overlap.
     pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        let huge_other = self
-            .huge
-            .iter()
-            .enumerate()
-            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0);
+        let huge_other = other_live(&self.huge, class);
         match Self::regions(physical, size) {
+            // The common case, one region, without the loop.
+            Some((first, 1)) => match self.bucket(first) {
+                Some(b) => {
+                    b.of(class).fetch_add(1, Ordering::AcqRel);
+                    huge_other | b.other_live(class)
+                }
+                None => huge_other,
+            },
             Some((first, n)) => {
                 let mut other = huge_other;
                 for r in 0..n {
@@ -295,23 +315,12 @@ impl ConflictFilter {
     /// True if a live mapping of another class than `class` may lie (partly) in 2 MiB
     /// region `region` (never false when one does).
     pub fn region_may_conflict(&self, region: u64, class: CacheClass) -> bool {
-        self.huge
-            .iter()
-            .enumerate()
-            .any(|(i, c)| i != class as usize && c.load(Ordering::Acquire) > 0)
-            || self.bucket(region).is_some_and(|b| b.other_live(class))
+        other_live(&self.huge, class) || self.bucket(region).is_some_and(|b| b.other_live(class))
     }
 
     /// True if a live mapping of another class may overlap `[physical, physical + size)`.
     pub fn may_conflict(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        let other = |i: usize| i != class as usize;
-        let live = |c: &AtomicU32| c.load(Ordering::Acquire) > 0;
-        if self
-            .huge
-            .iter()
-            .enumerate()
-            .any(|(i, c)| other(i) && live(c))
-        {
+        if other_live(&self.huge, class) {
             return true;
         }
         match Self::regions(physical, size) {

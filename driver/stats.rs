@@ -107,6 +107,7 @@ impl Stats {
         })
     }
 
+    #[inline]
     fn cell(&self, processor: u32, index: usize) -> Option<&AtomicU64> {
         // Rows are per processor; an index past the allocated rows shares the last one.
         let row = (processor as usize).min(self.processors.saturating_sub(1));
@@ -130,6 +131,7 @@ impl Stats {
     }
 
     /// Adds one to a driver's counter on `processor`'s row.
+    #[inline]
     pub fn bump_driver(&self, processor: u32, driver: DriverId, counter: DriverCounter) {
         let i = usize::from(driver.0);
         if i <= MAX_DRIVERS {

@@ -11,6 +11,12 @@
 //! that window reports the table full (the mapping is then *untracked*), so every
 //! operation does bounded work.
 //!
+//! Keys are hashed by the *page* of their base (`Table::home`), so that every entry
+//! whose base lies in one page is on that page's probe chain (the virtual lookup of
+//! mappings of at most a page reads it instead of an index). Live entries whose bases
+//! share a page share a home bucket: more than a probe window of them cannot all be
+//! stored (kernel-space mappings never share a page).
+//!
 //! # Slot states (the key word)
 //! `0` = free; `BUSY | base57` = owned by one thread that is writing it (insert) or
 //! tearing it down (remove); `LIVE | base57` = published. Bases are canonical virtual
@@ -35,7 +41,8 @@
 //!
 //! # Indexes
 //! Every live entry is also filed by virtual and by physical address in a [`SpanIndex`]
-//! (filed before the slot is published, unfiled after it is taken), so that the lookups
+//! (filed before the slot is published, unfiled after it is taken; entries of at most a
+//! page are not filed by virtual address, as the table's own hash is by page), so that the lookups
 //! by address ([`Table::visit_around`], [`Table::visit_physical`],
 //! [`Table::find_containing`]) do bounded work instead of walking every slot.
 
@@ -76,6 +83,8 @@ pub const PHYS_PROBE_LIMIT: usize = 1 << 14;
 const READ_RETRIES: u32 = 4;
 
 const MASK57: u64 = (1 << 57) - 1;
+/// log2 of a page: the table hashes bases by page ([`Table::home`]).
+const PAGE_SHIFT: u32 = 12;
 const LIVE: u64 = 1 << 62;
 const BUSY: u64 = 1 << 61;
 
@@ -334,6 +343,7 @@ impl Table {
     }
 
     /// Stack frames stored per mapping.
+    #[inline]
     pub fn stack_depth(&self) -> usize {
         self.stack_depth
     }
@@ -357,9 +367,16 @@ impl Table {
             .saturating_add(self.index.memory_bytes())
     }
 
+    /// The home bucket of `base`: a hash of its *page*, so that every live entry whose base
+    /// lies in one page is on that page's probe chain ([`Table::visit_page`]: the virtual
+    /// lookup of mappings of at most a page reads the chain instead of an index).
     fn home(&self, base: u64) -> usize {
+        self.home_of_page(base >> PAGE_SHIFT)
+    }
+
+    fn home_of_page(&self, page: u64) -> usize {
         // Fibonacci hashing, then Lemire's multiply-shift range reduction (any bucket count).
-        let h = base.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = page.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize
     }
 
@@ -370,6 +387,17 @@ impl Table {
         } else {
             n
         }
+    }
+
+    /// The keys of `bucket`, in slot order (one cache line); past the end, keys that are
+    /// neither free nor any entry's (`1`).
+    #[inline(always)]
+    fn load_bucket(&self, bucket: usize) -> [u64; BUCKET] {
+        let kb = self.keys.get(bucket);
+        core::array::from_fn(|j| match kb.and_then(|kb| kb.0.get(j)) {
+            Some(key) => key.load(Ordering::Acquire),
+            None => 1,
+        })
     }
 
     /// Bit masks of the lowest slot of `bucket` whose key is `a` and of the lowest whose
@@ -419,15 +447,21 @@ impl Table {
         let mut bucket = self.home(base);
         let mut busy_seen = false;
         for distance in 0..MAX_PROBE_BUCKETS {
-            // Stops at the first match (a lookup usually finds its key in the home bucket).
-            // The whole bucket in one branch-free pass (the lowest live match wins, as a
-            // scan that stops at the first would find).
-            let (live, busy) = self.match_keys(bucket, live_key, busy_key);
-            if live != 0 {
-                let slot = Self::slot_of(bucket, live);
-                return Found::Live { slot, distance };
+            // Stops at the first (lowest) live match, reading keys in slot order: a lookup
+            // usually finds its key in the home bucket, and reads only up to it.
+            if let Some(kb) = self.keys.get(bucket) {
+                if let Some(j) =
+                    kb.0.iter()
+                        .position(|k| k.load(Ordering::Acquire) == live_key)
+                {
+                    let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                    return Found::Live { slot, distance };
+                }
+                // No live copy here: only then is a BUSY one looked for (error paths).
+                if want_busy_too && !busy_seen {
+                    busy_seen = kb.0.iter().any(|k| k.load(Ordering::Acquire) == busy_key);
+                }
             }
-            busy_seen |= want_busy_too && busy != 0;
             if !self.more_after(bucket) {
                 break;
             }
@@ -456,6 +490,34 @@ impl Table {
         }
         let live_key = LIVE | (entry.base & MASK57);
         let home = self.home(entry.base);
+        // The common case: the home bucket holds no copy of this base and has a free slot,
+        // and no key passed it (so no copy lies further on): what the first round of the
+        // general pass below would find, without its bookkeeping.
+        // The line is read once; the test for a copy compares every key, the free slot is
+        // the lowest one (found at once when the bucket's first slot is free).
+        let keys = self.load_bucket(home);
+        if !keys.contains(&live_key) && !self.more_after(home) {
+            if let Some(j) = keys.iter().position(|&k| k == 0) {
+                let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
+                if self.claim_inline(slot, home, 0, entry, frames) {
+                    return InsertOutcome::Inserted;
+                }
+                return self.claim_any(home, entry, frames, None);
+            }
+        }
+        self.insert_far(home, live_key, entry, frames)
+    }
+
+    /// [`insert_head`](Self::insert_head) past the common case: a stale copy, a full home
+    /// bucket or keys that passed it. Out of line.
+    #[inline(never)]
+    fn insert_far(
+        &self,
+        home: usize,
+        live_key: u64,
+        entry: &MappingHead,
+        frames: &[u64],
+    ) -> InsertOutcome {
         // One pass over the probe chain: look for a stale copy of this base (following
         // overflow counts, as a lookup does) and note the first free slot on the way.
         let mut stale_at = None;
@@ -476,11 +538,22 @@ impl Table {
         }
         let stale = stale_at.and_then(|(slot, distance)| self.take(slot, entry.base, distance));
         if let Some((slot, distance)) = free_at {
-            if self.claim_inline(slot, home, distance, entry, frames) {
+            if self.claim(slot, home, distance, entry, frames) {
                 return Self::inserted(stale);
             }
         }
-        // The noted slot was taken meanwhile: claim the first free one in the window.
+        self.claim_any(home, entry, frames, stale)
+    }
+
+    /// The noted free slot was taken meanwhile: claims the first free one in the window.
+    #[inline(never)]
+    fn claim_any(
+        &self,
+        home: usize,
+        entry: &MappingHead,
+        frames: &[u64],
+        stale: Option<Mapping>,
+    ) -> InsertOutcome {
         let mut bucket = home;
         for distance in 0..MAX_PROBE_BUCKETS {
             for j in 0..BUCKET {
@@ -547,7 +620,9 @@ impl Table {
     }
 
     /// Takes the live entry for `base` at `slot` (found `distance` buckets from home) out
-    /// of the table; `None` if another thread got it first.
+    /// of the table; `None` if another thread got it first. (The insert's stale path:
+    /// out of line.)
+    #[inline(never)]
     fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
         let mut head = MappingHead::new(base, 0);
         let mut frames = [0u64; MAX_STACK_DEPTH];
@@ -556,6 +631,8 @@ impl Table {
     }
 
     /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]).
+    /// Inlined into the remove (the unmap hook's path).
+    #[inline(always)]
     fn take_into(
         &self,
         slot: usize,
@@ -671,6 +748,7 @@ impl Table {
             .unwrap_or(&[])
     }
 
+    #[inline(always)]
     fn write_payload(&self, slot: usize, e: &MappingHead, src_frames: &[u64]) {
         let Some(s) = self.slots.get(slot) else {
             return;
@@ -855,16 +933,59 @@ impl Table {
     /// Hands `visit` a consistent copy of every live mapping that may contain the virtual
     /// address `addr` (and possibly others: `visit` must test), until it returns false.
     /// Every live mapping that contains `addr`, or whose base lies in the page of a
-    /// page-aligned `addr`, is among them. Bounded work ([`index::LEVELS`] × 2 probe
-    /// windows), unless the index is incomplete (an entry could not be filed): then a walk.
+    /// page-aligned `addr`, is among them. Bounded work (the table's probe chains of two
+    /// pages and [`index::LEVELS`]` - 1` × 2 index probe windows), unless the index is
+    /// incomplete (an entry could not be filed): then a walk.
     pub fn visit_around(&self, addr: u64, mut visit: impl FnMut(&Mapping) -> bool) {
         if !self.index.complete() {
             self.walk(0, usize::MAX, visit);
             return;
         }
-        self.index.around(Space::Virtual, addr, &mut |slot| {
+        // Level 0 (mappings of at most a page) is not filed in the virtual index: such a
+        // mapping containing `addr` starts in `addr`'s page or the one before, and every
+        // entry whose base lies in a page is on that page's probe chain. Entries of the
+        // other levels on those chains are filed, and found there (visited once).
+        let page = addr >> PAGE_SHIFT;
+        let mut level0 = |slot: usize| {
+            self.read_shared(slot)
+                .is_none_or(|(m, _)| index::level_of(m.size) != Some(0) || visit(&m))
+        };
+        if !self.visit_page(page, &mut level0) {
+            return;
+        }
+        if let Some(prev) = page.checked_sub(1) {
+            if !self.visit_page(prev, &mut level0) {
+                return;
+            }
+        }
+        self.index.around(Space::Virtual, addr, 1, &mut |slot| {
             self.read_shared(slot).is_none_or(|(m, _)| visit(&m))
         });
+    }
+
+    /// Hands `visit` the slot of every live entry whose base lies in page `page` (base
+    /// `>> 12`), following the page's probe chain as a lookup does, until it returns
+    /// false; returns false then. Bounded: at most the probe window.
+    fn visit_page(&self, page: u64, visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let mut bucket = self.home_of_page(page);
+        for _ in 0..MAX_PROBE_BUCKETS {
+            if let Some(kb) = self.keys.get(bucket) {
+                for (j, key) in kb.0.iter().enumerate() {
+                    let k = key.load(Ordering::Acquire);
+                    if k & LIVE != 0 && sign_extend57(k & MASK57) >> PAGE_SHIFT == page {
+                        let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
+                        if !visit(slot) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            if !self.more_after(bucket) {
+                break;
+            }
+            bucket = self.next_bucket(bucket);
+        }
+        true
     }
 
     /// Hands `visit` a consistent copy of every live mapping whose physical range may share

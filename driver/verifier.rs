@@ -85,7 +85,6 @@ struct CallCtx {
     irql: Irql,
     processor: u32,
     driver: DriverId,
-    thread: u64,
     now: u64,
 }
 
@@ -213,7 +212,6 @@ impl<P: Platform> Verifier<P> {
             irql: self.platform.current_irql(),
             processor: self.platform.current_processor(),
             driver: self.drivers.attribute(caller.return_address),
-            thread: self.platform.current_thread_id(),
             now: self.platform.now_ns(),
         }
     }
@@ -274,17 +272,22 @@ impl<P: Platform> Verifier<P> {
         // configured depth, and at depth 0 there are none to build, zero or copy.
         let mut m = MappingHead::new(base, size64);
         m.physical = physical;
-        m.device = self.drivers.starting_device(cx.driver, cx.thread);
+        m.device = self
+            .drivers
+            .starting_device(cx.driver, || self.platform.current_thread_id());
         m.map_time_ns = cx.now;
         m.cache = cache;
         m.driver = cx.driver.0;
         m.processor = u16::try_from(cx.processor).unwrap_or(u16::MAX);
         m.irql = cx.irql.0;
         m.flags = if ex { FLAG_MAP_EX } else { 0 };
-        let depth = self.settings.stack_depth().min(self.table.stack_depth());
+        // A depth-0 table stores no frames, whatever the setting (not read then).
+        let depth = match self.table.stack_depth() {
+            0 => 0,
+            table => self.settings.stack_depth().min(table),
+        };
         let outcome = if depth == 0 {
-            let n = self.platform.capture_stack(OWN_FRAMES, &mut []);
-            m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
+            // No frames to capture (`m.stack_depth` stays 0).
             self.table.insert_head(&m, &[])
         } else {
             let mut stack = [0u64; MAX_STACK_DEPTH];
@@ -395,7 +398,10 @@ impl<P: Platform> Verifier<P> {
         let size64 = size as u64;
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
-        let contain = self.settings.containment();
+        // Settings are read where they decide something, not on every call: the
+        // containment switch only on a violation or a size mismatch, the Driver Verifier
+        // ceiling only above APC_LEVEL.
+        let contain = || self.settings.containment();
         let call = || {
             let mut r = self.blank_record(&cx);
             r.address = base;
@@ -403,15 +409,14 @@ impl<P: Platform> Verifier<P> {
             r
         };
 
-        let ceiling = if self.settings.verifier_irql() {
-            Irql::APC
-        } else {
-            Irql::DISPATCH
-        };
+        // Above the ceiling: APC_LEVEL under the Driver Verifier setting, else
+        // DISPATCH_LEVEL.
+        let above_ceiling =
+            cx.irql > Irql::DISPATCH || (cx.irql > Irql::APC && self.settings.verifier_irql());
         let mut h = MappingHead::new(base, 0);
         let found = self.table.remove_head(base, &mut h, frames);
         let frames: &[u64] = frames.get(..usize::from(h.stack_depth)).unwrap_or(&[]);
-        if cx.irql > ceiling {
+        if above_ceiling {
             let mut r = call();
             if found == Removal::Removed {
                 r = self.mapping_record(&cx, &h.with_frames(frames));
@@ -423,17 +428,18 @@ impl<P: Platform> Verifier<P> {
 
         match found {
             Removal::Removed if !is_io_space(h.flags) => {
-                self.unmap_io_space_of_family(&cx, &h.with_frames(frames), size, contain);
+                self.unmap_io_space_of_family(&cx, &h.with_frames(frames), size, contain());
             }
             Removal::Removed
                 if h.driver != 0 && cx.driver != DriverId::NONE && h.driver != cx.driver.0 =>
             {
-                self.foreign_unmap(&cx, &h.with_frames(frames), base, size, contain);
+                self.foreign_unmap(&cx, &h.with_frames(frames), base, size, contain());
             }
             Removal::Removed => {
                 self.forget_head(&h);
                 self.bury_head(&cx, &h, frames.first().copied().unwrap_or(0));
                 if size64 != h.size {
+                    let contain = contain();
                     let mut r = self.mapping_record(&cx, &h.with_frames(frames));
                     r.address = base;
                     r.passed_size = size64;
@@ -453,9 +459,9 @@ impl<P: Platform> Verifier<P> {
                 }
             }
             Removal::Racing => {
-                self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain, base, size);
+                self.contained_violation(RuleId::DoubleUnmap, &cx, call(), contain(), base, size);
             }
-            Removal::NotFound => self.unmap_not_found(&cx, base, size, contain),
+            Removal::NotFound => self.unmap_not_found(&cx, base, size, contain()),
         }
     }
 
@@ -731,7 +737,8 @@ impl<P: Platform> Verifier<P> {
             // Read here, not on every hook call: only records and user-space MDL
             // mappings need it.
             process_id: self.platform.current_process_id(),
-            thread_id: cx.thread,
+            // Read here, not on every hook call, as the process id.
+            thread_id: self.platform.current_thread_id(),
             driver_name: self.drivers.name(cx.driver),
             ..Default::default()
         };

@@ -120,6 +120,18 @@ impl Graveyard {
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
         let set = self.set(t.base);
+        // A whole set (every graveyard of at least WAYS slots) as a fixed-size array, so
+        // the scan and the claim loop below are unrolled; a smaller graveyard's one short
+        // set takes the same code over a slice.
+        match <&[GraveSlot; WAYS]>::try_from(set) {
+            Ok(ways) => Self::bury_in(ways, t),
+            Err(_) => Self::bury_in(set, t),
+        }
+    }
+
+    /// [`bury`](Self::bury) in `set`.
+    #[inline(always)]
+    fn bury_in(set: &[GraveSlot], t: &Tombstone) -> bool {
         let n = set.len();
         // One pass with plain indexes (no Option juggling): the first slot holding this
         // base, else the first free one, else the oldest (the first of equal times). The

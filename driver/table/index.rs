@@ -27,6 +27,12 @@
 //! through the table's seqlock and checked against the exact predicate, so the index can
 //! return too much, never too little.
 //!
+//! The table's insert and remove ([`SpanIndex::add_both`], [`SpanIndex::remove_both`]) do
+//! not file virtual entries of level 0 (mappings of at most a page): the table hashes its
+//! entries by the page of their base, so a page's probe chain in the table already lists
+//! every mapping starting in it (`Table::visit_around` reads the chains of `addr`'s page
+//! and the one before for level 0, and this index for the others).
+//!
 //! Buckets of [`BUCKET`] words (one aligned line) with F14-style overflow counts and a
 //! bounded probe window, as the table itself. An entry that finds no free word in its
 //! window (or a mapping larger than the last level's chunk, or a slot number that does not
@@ -183,12 +189,15 @@ impl SpanIndex {
     }
 
     /// [`add`](Self::add) in both spaces at once (the table's insert: one level and one
-    /// slot word for the two keys).
+    /// slot word for the two keys), except that a virtual entry of level 0 is not filed:
+    /// the table finds those by its own hash (see the module docs).
     #[inline(always)]
     pub fn add_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
         match Self::both(virt, phys, size, slot) {
             Some((v, p, n)) => {
-                self.add_word(v, v.tag | n);
+                if let Some(v) = v {
+                    self.add_word(v, v.tag | n);
+                }
                 self.add_word(p, p.tag | n);
             }
             None => {
@@ -203,7 +212,9 @@ impl SpanIndex {
     pub fn remove_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
         match Self::both(virt, phys, size, slot) {
             Some((v, p, n)) => {
-                self.remove_word(v, v.tag | n);
+                if let Some(v) = v {
+                    self.remove_word(v, v.tag | n);
+                }
                 self.remove_word(p, p.tag | n);
             }
             None => {
@@ -213,9 +224,9 @@ impl SpanIndex {
         }
     }
 
-    /// The virtual and physical keys of a mapping and its slot number + 1.
+    /// The virtual (none at level 0) and physical keys of a mapping and its slot number + 1.
     #[inline(always)]
-    fn both(virt: u64, phys: u64, size: u64, slot: usize) -> Option<(Key, Key, u64)> {
+    fn both(virt: u64, phys: u64, size: u64, slot: usize) -> Option<(Option<Key>, Key, u64)> {
         let level = level_of(size)?;
         let n = (slot as u64).wrapping_add(1);
         if n > SLOT_MASK || n == 0 {
@@ -223,7 +234,7 @@ impl SpanIndex {
         }
         let s = shift(level);
         Some((
-            Key::new(Space::Virtual, level, virt >> s),
+            (level != 0).then(|| Key::new(Space::Virtual, level, virt >> s)),
             Key::new(Space::Physical, level, phys >> s),
             n,
         ))
@@ -372,9 +383,16 @@ impl SpanIndex {
     }
 
     /// Every slot filed in `space` whose mapping may contain `addr` (the chunks of `addr`
-    /// and the one before it at every level), until `visit` returns false.
-    pub fn around(&self, space: Space, addr: u64, visit: &mut impl FnMut(usize) -> bool) -> bool {
-        for level in 0..LEVELS {
+    /// and the one before it at every level from `first_level` on), until `visit` returns
+    /// false.
+    pub fn around(
+        &self,
+        space: Space,
+        addr: u64,
+        first_level: u32,
+        visit: &mut impl FnMut(usize) -> bool,
+    ) -> bool {
+        for level in first_level..LEVELS {
             let c = addr >> shift(level);
             if !self.candidates(space, level, c, visit) {
                 return false;
@@ -409,7 +427,7 @@ mod tests {
 
     fn all(ix: &SpanIndex, space: Space, addr: u64) -> Vec<usize> {
         let mut v = Vec::new();
-        ix.around(space, addr, &mut |s| {
+        ix.around(space, addr, 0, &mut |s| {
             v.push(s);
             true
         });

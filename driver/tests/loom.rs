@@ -140,30 +140,43 @@ fn index_adds_and_removes_of_one_key_race_cleanly() {
 
 #[test]
 fn index_lookup_during_insert_and_remove() {
+    // Mappings of two pages: the virtual lookup asks the index.
+    lookup_during_insert_and_remove(0x2000);
+}
+
+#[test]
+fn page_chain_lookup_during_insert_and_remove() {
+    // Mappings of one page: the virtual lookup reads the table's probe chain of the page
+    // (level 0 is not in the virtual index), the physical one still asks the index.
+    lookup_during_insert_and_remove(0x1000);
+}
+
+fn lookup_during_insert_and_remove(size: u64) {
     // A mapping is filed before it is published and unfiled only after it is taken: a
     // lookup racing an insert and a remove never misses a mapping that stays live.
-    model(|| {
+    model(move || {
         let t = Arc::new(Table::new(3, 0).unwrap());
-        let mut b = Mapping::new(BASE + 0x10_0000, 0x2000);
+        let mut b = Mapping::new(BASE + 0x10_0000, size);
         b.physical = 0x9000_0000;
         t.insert(&b);
         let t2 = Arc::clone(&t);
         let h = thread::spawn(move || {
-            let mut a = Mapping::new(BASE, 0x2000);
+            let mut a = Mapping::new(BASE, size);
             a.physical = 0x8000_0000;
             t2.insert(&a);
         });
         let _ = t.remove(BASE + 0x10_0000);
-        if let Some(m) = t.find_containing(BASE + 0x1000) {
+        let inside = BASE + size - 0x800;
+        if let Some(m) = t.find_containing(inside) {
             assert_eq!((m.base, m.physical), (BASE, 0x8000_0000));
         }
         h.join().unwrap();
-        assert_eq!(t.find_containing(BASE + 0x1000).map(|m| m.base), Some(BASE));
-        assert_eq!(t.find_containing(BASE + 0x10_1000), None);
+        assert_eq!(t.find_containing(inside).map(|m| m.base), Some(BASE));
+        assert_eq!(t.find_containing(BASE + 0x10_0000 + size - 0x800), None);
         let mut phys = Vec::new();
         t.visit_physical(
-            0x8000_1000,
-            0x8000_2000,
+            0x8000_0000 + size - 0x1000,
+            0x8000_0000 + size,
             |_| true,
             |m| {
                 phys.push(m.base);

@@ -555,7 +555,9 @@ impl<P: Platform> Verifier<P> {
     /// caller sets kind, MDL and cache).
     fn family_head(&self, cx: &CallCtx, base: u64, size: u64) -> MappingHead {
         let mut m = MappingHead::new(base, size);
-        m.device = self.drivers.starting_device(cx.driver, cx.thread);
+        m.device = self
+            .drivers
+            .starting_device(cx.driver, || self.platform.current_thread_id());
         m.map_time_ns = cx.now;
         m.driver = cx.driver.0;
         m.processor = u16::try_from(cx.processor).unwrap_or(u16::MAX);
