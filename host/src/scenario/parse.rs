@@ -937,6 +937,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
             "`{text}`: the input needs an even number of hex digits"
         ));
     }
+    // Digits only: `from_str_radix` alone would take a sign (`+a` as 0x0a).
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(std::format!("`{text}` is not hex"));
+    }
     (0..text.len())
         .step_by(2)
         .map(|i| {
@@ -1480,6 +1484,17 @@ mod tests {
             s.drivers[0].image.as_ref().and_then(|i| i.expect.clone()),
             Some(std::vec![(RuleId::LeakOnStop, 2)])
         );
+    }
+
+    /// Hex input is digits only: a sign is not a digit (`+a` was read as 0x0a).
+    #[test]
+    fn hex_input_is_digits_only() {
+        assert_eq!(parse_hex("0a0B"), Ok(std::vec![0x0a, 0x0b]));
+        assert_eq!(parse_hex(""), Ok(std::vec![]));
+        for bad in ["+a", "-1", "+a0b", "0x", "zz", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_hex("+a").unwrap_err(), "`+a` is not hex");
     }
 
     #[test]
