@@ -190,6 +190,8 @@ pub(crate) struct ImageDecl {
     pub(crate) expect: Option<Vec<(RuleId, u64)>>,
     /// `ioctls = [...]`: what a stress phase sends the driver's devices, in turn.
     pub(crate) ioctls: Vec<IoctlDecl>,
+    /// Where the `image` key's value is, for errors about the image as a whole.
+    pub(crate) location: Location,
 }
 
 /// One device I/O control request: code and input bytes.

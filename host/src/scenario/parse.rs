@@ -1012,6 +1012,7 @@ fn image_decl(
         path: resolved,
         expect,
         ioctls,
+        location: l.location(path.span().start),
     })
 }
 

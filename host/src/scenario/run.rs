@@ -220,11 +220,15 @@ pub fn run(
     scenario: &Scenario,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunSummary, ScenarioError> {
-    if let Some((name, _)) = scenario.images().first() {
+    let image = scenario
+        .drivers
+        .iter()
+        .find_map(|d| d.image.as_ref().map(|i| (&d.name, i.location)));
+    if let Some((name, at)) = image {
         return Err(ScenarioError {
             origin: scenario.origin.clone(),
-            line: 0,
-            column: 0,
+            line: at.line,
+            column: at.column,
             message: std::format!(
                 "the scenario names the compiled driver image {name}: only `iosvctl lab` runs it (in a child process, the only place driver code may run)"
             ),
@@ -1261,6 +1265,8 @@ driver = \"img.sys\"
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
         let refused = run(&host, &s, &mut |_| {}).unwrap_err().to_string();
         assert!(refused.contains("only `iosvctl lab` runs it"), "{refused}");
+        // At the `image` key's value (line 5, column 9).
+        assert!(refused.starts_with("t.toml:5:9: "), "{refused}");
 
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
         let mut rec = Recorder::default();
