@@ -989,12 +989,17 @@ fn image_decl(
     }
     let expect = match &rd.expect {
         Some(map) => {
-            let mut out = Vec::new();
+            let mut out: Vec<(RuleId, u64)> = Vec::new();
             for (k, v) in map.get_ref() {
-                out.push((
-                    rule(l, k)?,
-                    num_in(l, v, "an expected count", 0, 1_000_000_000)?,
-                ));
+                let r = rule(l, k)?;
+                // One count per rule: an id and a name of the same rule would be added up.
+                if out.iter().any(|(seen, _)| *seen == r) {
+                    return Err(l.err(
+                        &k.span(),
+                        std::format!("`expect` gives rule {} twice", r.info().code),
+                    ));
+                }
+                out.push((r, num_in(l, v, "an expected count", 0, 1_000_000_000)?));
             }
             Some(out)
         }
@@ -1452,6 +1457,12 @@ mod tests {
         let e = err("[[driver]]\nname = \"a.sys\"\nexpect = { IOSV001 = 1 }\n");
         assert!(
             e.starts_with("t.toml:3:10: `expect` applies to a compiled driver image"),
+            "{e}"
+        );
+        let e =
+            err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV007 = 1, leak-on-stop = 2 }\n");
+        assert!(
+            e.starts_with("t.toml:3:") && e.contains("`expect` gives rule IOSV007 twice"),
             "{e}"
         );
         let e = err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV999 = 1 }\n");
