@@ -805,3 +805,24 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         "{err}"
     );
 }
+
+/// A driver misusing a registry routine gets a bug-check report naming the routine and
+/// argument (exit 5), not a fault deep in host code or an allocation of the length it
+/// claimed: a ZwSetValueKey DataSize of 2 GiB past a 4-byte buffer, and a QueryRoutine
+/// that is not driver code.
+#[test]
+fn registry_misuse_is_a_bug_check_naming_the_routine() {
+    let path = fixture("surface.sys");
+    for (bug, says) in [
+        (1, "bug-checked: ZwSetValueKey Data: 2147483632 bytes at 0x"),
+        (
+            2,
+            "bug-checked: RtlQueryRegistryValues: the QueryRoutine 0x1000 of a table entry is not in a driver image",
+        ),
+    ] {
+        let value = format!("Parameters\\RegBug=dword:{bug}");
+        let (code, _, err) = parts(&iosvctl(&["run", &path, "--registry", &value]));
+        assert_eq!(code, 5, "RegBug {bug}: {err}");
+        assert!(err.contains(says), "RegBug {bug}: {err}");
+    }
+}

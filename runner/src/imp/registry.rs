@@ -611,6 +611,20 @@ impl Entry {
 
 type QueryRoutine = extern "win64" fn(usize, u32, usize, u32, usize, usize) -> Status;
 
+/// The entry's `QueryRoutine` as a callable routine: it must lie in a loaded driver image
+/// (anything else — a stale or garbage pointer — ends the run with a bug-check report
+/// instead of a jump to wherever it points, host code included).
+fn query_routine(routine: usize) -> QueryRoutine {
+    if super::trap::image_of(routine).is_none() {
+        super::trap::bugcheck(&format!(
+            "RtlQueryRegistryValues: the QueryRoutine {routine:#x} of a table entry is not in a driver image"
+        ));
+    }
+    // SAFETY: `routine` is code of a loaded driver image (checked above), which the DDI
+    // contract makes a QueryRoutine of this signature.
+    unsafe { std::mem::transmute::<usize, QueryRoutine>(routine) }
+}
+
 /// Stores `v` where a `RTL_QUERY_REGISTRY_DIRECT` entry's `EntryContext` points: strings
 /// into its `UNICODE_STRING` (allocated from pool when its Buffer is NULL), other data of
 /// up to 4 bytes in place, longer data in a buffer that starts with its signed size.
@@ -668,9 +682,7 @@ fn deliver(e: &Entry, v: &Value, context: usize) -> Result<(), Status> {
             s => Err(s),
         };
     }
-    // SAFETY: a non-DIRECT entry's QueryRoutine is a routine of the driver with this
-    // signature (checked non-NULL by the caller).
-    let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(e.routine) };
+    let routine = query_routine(e.routine);
     let name: Vec<u16> = v.name.encode_utf16().chain([0]).collect();
     let call = |kind: u32, data: &[u8]| {
         let copy = data.to_vec();
@@ -714,10 +726,7 @@ fn query_entry(e: &Entry, key: &str, context: usize) -> Result<(), Status> {
         return Err(STATUS_INVALID_PARAMETER);
     }
     if !direct && e.flags & RTL_QUERY_REGISTRY_NOVALUE != 0 {
-        let routine = e.routine;
-        // SAFETY: as in `deliver`.
-        let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(routine) };
-        let s = routine(e.name, REG_NONE, 0, 0, context, e.context);
+        let s = query_routine(e.routine)(e.name, REG_NONE, 0, 0, context, e.context);
         return if s >= 0 { Ok(()) } else { Err(s) };
     }
     if e.name == 0 {
@@ -1129,6 +1138,8 @@ mod tests {
         );
         let (m, sub, d) = (wz("M"), wz("Sub"), wz("D"));
         let routine = count as *const () as usize;
+        // QueryRoutines must be driver code: this test's routine stands for it.
+        super::super::trap::add_image(routine & !0xFFF, 0x2000);
         let entry = |name: &[u16], flags: u32| Rqt {
             routine,
             flags,
