@@ -1111,8 +1111,8 @@ mod tests {
     /// An [`ImageDriver`] that records the calls it gets; a device stop is vetoed when
     /// its name starts with `veto`.
     #[derive(Default)]
-    struct Recorder {
-        calls: Vec<String>,
+    pub(super) struct Recorder {
+        pub(super) calls: Vec<String>,
     }
 
     impl ImageDriver for Recorder {
@@ -1311,6 +1311,7 @@ driver = \"img.sys\"
 
 #[cfg(test)]
 mod image_only_tests {
+    use super::tests::Recorder;
     use super::*;
 
     /// A phase whose only driver is an image runs no OS thread; without `ioctls` its
@@ -1318,39 +1319,6 @@ mod image_only_tests {
     /// the image is listed as unaudited.
     #[test]
     fn a_phase_of_an_image_alone_runs_on_the_scenario_thread() {
-        #[derive(Default)]
-        struct Count(Vec<String>);
-        impl ImageDriver for Count {
-            fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
-                Ok(())
-            }
-            fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
-                Ok(())
-            }
-            fn start(&mut self, d: &str) -> Result<(), String> {
-                self.0.push(std::format!("start {d}"));
-                Ok(())
-            }
-            fn stop(&mut self, _: &str) -> Result<bool, String> {
-                Ok(true)
-            }
-            fn surprise_remove(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-            fn remove(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-            fn ioctl(&mut self, d: &str, code: u32, _: &[u8], n: u64) -> Result<i32, String> {
-                self.0.push(std::format!("ioctl {d} {code} x{n}"));
-                Ok(0)
-            }
-            fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
-                Ok(0)
-            }
-            fn unload(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-        }
         let dir = std::env::temp_dir().join(std::format!("iosv-run-img1-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
@@ -1359,11 +1327,18 @@ mod image_only_tests {
             [[step]]\nop = \"stress\"\ndrivers = [\"one.sys\"]\nops = 1\nimage_ops = 3\n";
         let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
-        let mut rec = Count::default();
+        let mut rec = Recorder::default();
         let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
         assert_eq!(
-            rec.0,
-            ["start d", "ioctl d 0 x0", "ioctl d 0 x0", "ioctl d 0 x0"]
+            rec.calls,
+            [
+                "load one.sys one.sys",
+                "add one.sys d 2 bars",
+                "start d",
+                "ioctl d 0x0 [] x0",
+                "ioctl d 0x0 [] x0",
+                "ioctl d 0x0 [] x0"
+            ]
         );
         assert_eq!(summary.stress[0].threads, 0);
         assert_eq!(summary.stress[0].operations, 3);
