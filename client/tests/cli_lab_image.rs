@@ -357,3 +357,55 @@ fn simulated_only_steps_on_an_image_are_parse_errors() {
         "{err}"
     );
 }
+
+/// A driver routine that spins is ended by the watchdog (exit 7, as `run`), also after
+/// simulated steps ran with no driver code (the watchdog waits while none runs).
+#[test]
+fn a_spinning_image_is_ended_by_the_watchdog_with_exit_7() {
+    let path = scenario(
+        "spin.toml",
+        r#"
+[[driver]]
+name = "sim.sys"
+[[driver]]
+image = "spin.sys"
+[[device]]
+name = "s0"
+driver = "sim.sys"
+[[device]]
+name = "d0"
+driver = "spin.sys"
+[[step]]
+op = "load"
+driver = "spin.sys"
+[[step]]
+op = "load"
+driver = "sim.sys"
+[[step]]
+op = "add-device"
+device = "s0"
+[[step]]
+op = "start"
+device = "s0"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "start"
+device = "d0"
+[[step]]
+op = "ioctl"
+device = "d0"
+code = 0x222000
+input = "01000000"
+"#,
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(
+        err.contains(
+            "driver spin.sys hung: IRP_MJ_DEVICE_CONTROL dispatch did not return within 10 s"
+        ),
+        "{err}"
+    );
+}
