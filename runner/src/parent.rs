@@ -166,15 +166,19 @@ pub fn start_scenario(
 }
 
 /// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
-/// names the driver in reports until the child says which it loaded. The watchdog runs
-/// from `enter` to `leave`, and from the start unless `idle_at_start`.
+/// names the driver in reports until the child says which it loaded. With
+/// `pause_between_routines` (a scenario child, whose simulated steps may take long) the
+/// watchdog runs only from `enter` to `leave`; without it (`iosvctl run`) it runs from the
+/// start to the end: the child's own code between driver routines is watched too — a
+/// wait for an IRP the driver returned pending and never completes, a walk of a structure
+/// the driver corrupted.
 fn follow(
     program: &Path,
     marker: &str,
     args: &[OsString],
     image_path: &Path,
     watchdog_secs: u64,
-    idle_at_start: bool,
+    pause_between_routines: bool,
 ) -> Result<Session, RunError> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err(RunError::Unsupported {
@@ -234,7 +238,7 @@ fn follow(
     let mut lab = Vec::new();
     let (mut lab_line, mut lab_bytes) = (String::new(), 0usize);
     let mut routine: Option<String> = None;
-    let mut idle = idle_at_start;
+    let mut idle = pause_between_routines;
     loop {
         let received = if idle {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -259,14 +263,21 @@ fn follow(
                 return ended(&mut child, &dir, ExitKind::Crashed, report);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let report = format!(
-                    "driver {} hung: {} did not return within {} s (the watchdog ended it; \
-                     MMIO is plain memory here, so a driver polling for a bit that only \
-                     hardware sets spins forever)",
-                    display_name(&image, image_path),
-                    routine.as_deref().unwrap_or("the host"),
-                    watchdog.as_secs()
-                );
+                let name = display_name(&image, image_path);
+                let secs = watchdog.as_secs();
+                let report = match &routine {
+                    Some(r) => format!(
+                        "driver {name} hung: {r} did not return within {secs} s (the watchdog \
+                         ended it; MMIO is plain memory here, so a driver polling for a bit \
+                         that only hardware sets spins forever)"
+                    ),
+                    // Between driver routines: the host waits for the driver.
+                    None => format!(
+                        "driver {name} hung: no driver routine ran and the host had not \
+                         finished within {secs} s (the watchdog ended it; e.g. an IRP the \
+                         driver returned pending and never completed)"
+                    ),
+                };
                 return ended(&mut child, &dir, ExitKind::Hung, report);
             }
         };
@@ -278,7 +289,7 @@ fn follow(
             }
             Some(Message::Leave) => {
                 routine = None;
-                idle = true;
+                idle = pause_between_routines;
             }
             Some(Message::LabMore(piece)) => {
                 if let Err(e) = lab_piece(&mut lab_bytes, &mut lab_line, &piece) {
