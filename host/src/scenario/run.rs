@@ -402,7 +402,7 @@ fn image_step(c: &mut Ctx<'_, '_>, step: &Step) -> Option<Result<(), String>> {
             image_driver(scenario, d)?;
             c.images
                 .unload(d)
-                .map(|()| c.state.loaded.retain(|l| l != d))
+                .map(|()| c.state.loaded.retain(|l| !l.eq_ignore_ascii_case(d)))
         }
         StepKind::AddDevice(name) if is_image_device(scenario, name) => {
             let Some(decl) = scenario.devices.iter().find(|d| &d.name == name) else {
@@ -1343,6 +1343,26 @@ mod image_only_tests {
         assert_eq!(summary.stress[0].threads, 0);
         assert_eq!(summary.stress[0].operations, 3);
         assert_eq!(summary.unaudited_drivers, ["one.sys"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Driver names are case-insensitive: an image unloaded as `ONE.SYS` is no longer
+    /// one of a later phase's drivers.
+    #[test]
+    fn an_image_unloaded_under_another_case_is_unloaded() {
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
+        let text = "[[driver]]\nimage = \"one.sys\"\n[[driver]]\nname = \"sim.sys\"\n\
+            [[step]]\nop = \"load\"\ndriver = \"one.sys\"\n[[step]]\nop = \"load\"\ndriver = \"sim.sys\"\n\
+            [[step]]\nop = \"unload\"\ndriver = \"ONE.SYS\"\n\
+            [[step]]\nop = \"stress\"\nthreads = 1\nops = 10\n";
+        let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Recorder::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        assert_eq!(rec.calls, ["load one.sys one.sys", "unload ONE.SYS"]);
+        assert_eq!(summary.stress[0].drivers, ["sim.sys"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
