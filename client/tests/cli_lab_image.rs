@@ -409,3 +409,19 @@ input = "01000000"
         "{err}"
     );
 }
+
+/// A missing image is refused before anything runs, at its `image` key (parsing alone
+/// accepts it: a scenario may name a build product not built yet).
+#[test]
+fn a_missing_image_is_refused_before_the_run_at_its_key() {
+    let path = scenario(
+        "missing-image.toml",
+        "[[driver]]\nimage = \"not_built.sys\"\n[[step]]\nop = \"load\"\ndriver = \"not_built.sys\"\n",
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("{path}:2:9: no driver image at `")) && err.contains("not_built.sys"),
+        "{err}"
+    );
+}

@@ -463,6 +463,29 @@ impl Scenario {
             })
             .collect()
     }
+    /// Checks that every compiled driver image the scenario names is a file, as the last
+    /// check before a run: parsing does not look (a scenario may name a build product
+    /// not built yet).
+    ///
+    /// # Errors
+    /// The first missing image, at its `image` key.
+    pub fn check_images(&self) -> Result<(), ScenarioError> {
+        for d in &self.drivers {
+            let Some(i) = &d.image else { continue };
+            if !i.path.is_file() {
+                return Err(ScenarioError {
+                    origin: self.origin.clone(),
+                    line: i.location.line,
+                    column: i.location.column,
+                    message: std::format!(
+                        "no driver image at `{}` (a relative path is relative to the scenario file)",
+                        i.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
     /// True if the scenario has a stress phase.
     pub fn has_stress(&self) -> bool {
         self.steps

@@ -977,16 +977,9 @@ fn image_decl(
             return Err(l.err(&span, std::format!("`{key}` does not apply to a compiled driver image (it does what its code does, and iosv always hooks it); give `expect` for the violations it should get")));
         }
     }
+    // Whether the file is there is checked before a run ([`Scenario::check_images`]), not
+    // here: a scenario naming a build product parses before it is built.
     let resolved = dir.join(path.get_ref());
-    if !resolved.is_file() {
-        return Err(l.err(
-            &path.span(),
-            std::format!(
-                "no driver image at `{}` (a relative path is relative to the scenario file)",
-                resolved.display()
-            ),
-        ));
-    }
     let expect = match &rd.expect {
         Some(map) => {
             let mut out: Vec<(RuleId, u64)> = Vec::new();
@@ -1447,8 +1440,14 @@ mod tests {
             e.starts_with("t.toml:3:13: `behaviour` does not apply to a compiled driver image"),
             "{e}"
         );
-        let e = err("[[driver]]\nimage = \"missing.sys\"\n");
+        // A missing file parses; the check before a run refuses it at its key.
+        let missing =
+            Scenario::parse_in("[[driver]]\nimage = \"missing.sys\"\n", "t.toml", &dir).unwrap();
+        let e = missing.check_images().unwrap_err().to_string();
         assert!(e.starts_with("t.toml:2:9: no driver image at `"), "{e}");
+        assert!(e.contains("missing.sys"), "{e}");
+        let present = Scenario::parse_in("[[driver]]\nimage = \"drv.sys\"\n", "t.toml", &dir);
+        assert_eq!(present.unwrap().check_images(), Ok(()));
         let e = err("[[driver]]\nname = \"other.sys\"\nimage = \"drv.sys\"\n");
         assert!(
             e.starts_with("t.toml:2:8: an image driver is named after its file: `drv.sys`"),
