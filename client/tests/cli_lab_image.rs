@@ -425,3 +425,28 @@ fn a_missing_image_is_refused_before_the_run_at_its_key() {
         "{err}"
     );
 }
+
+/// The shipped `examples/image-leaks.toml` does what its comments say: six IOSV007 of
+/// the compiled driver (as its `expect` states), the simulated NIC's leaks as injected, a
+/// clean audit. Run beside the fixtures (its image path points at a build directory).
+#[test]
+fn the_shipped_image_example_runs_as_documented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-leaks.toml");
+    let text = std::fs::read_to_string(&example).expect("read the example");
+    let from = "image = \"../target/fixtures/leak_on_stop.sys\"";
+    assert!(text.contains(from), "the example's image path changed");
+    let path = scenario(
+        "image-leaks.toml",
+        &text.replace(from, "image = \"leak_on_stop.sys\""),
+    );
+    let r = lab_json(&path);
+    assert_eq!(
+        r.counts.get(&("IOSV007".into(), "leak_on_stop.sys".into())),
+        Some(&6),
+        "{:?}\n{}",
+        r.counts,
+        r.err
+    );
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+}
