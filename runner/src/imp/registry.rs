@@ -39,6 +39,7 @@ const REG_CREATED_NEW_KEY: u32 = 1;
 const REG_OPENED_EXISTING_KEY: u32 = 2;
 const PLUGPLAY_REGKEY_DEVICE: u32 = 1;
 const PLUGPLAY_REGKEY_DRIVER: u32 = 2;
+const PLUGPLAY_REGKEY_CURRENT_HWPROFILE: u32 = 4;
 
 const RTL_REGISTRY_HANDLE: u32 = 0x4000_0000;
 const RTL_REGISTRY_OPTIONAL: u32 = 0x8000_0000;
@@ -513,15 +514,16 @@ fn answer(v: &Value, class: u32, buffer: usize, length: u32, result: usize) -> S
 
 /// `IoOpenDeviceRegistryKey(DeviceObject, DevInstKeyType, DesiredAccess, DevInstRegKey)`:
 /// `PLUGPLAY_REGKEY_DEVICE` opens [`HARDWARE_KEY`], `PLUGPLAY_REGKEY_DRIVER`
-/// [`SOFTWARE_KEY`]; `PLUGPLAY_REGKEY_CURRENT_HWPROFILE` (no hardware profiles here) and
-/// anything else is STATUS_INVALID_PARAMETER.
+/// [`SOFTWARE_KEY`]; with `PLUGPLAY_REGKEY_CURRENT_HWPROFILE`, which the DDI page allows
+/// with either, the same keys (one hardware profile here). Neither or both of DEVICE and
+/// DRIVER, or another flag, is STATUS_INVALID_PARAMETER.
 pub extern "win64" fn io_open_device_registry_key(
     _device: usize,
     kind: u32,
     _access: u32,
     out: usize,
 ) -> Status {
-    let key = match kind {
+    let key = match kind & !PLUGPLAY_REGKEY_CURRENT_HWPROFILE {
         PLUGPLAY_REGKEY_DEVICE => norm(HARDWARE_KEY),
         PLUGPLAY_REGKEY_DRIVER => norm(SOFTWARE_KEY),
         _ => return STATUS_INVALID_PARAMETER,
@@ -1261,9 +1263,22 @@ mod tests {
             with(|r| r.handles.get(&hw).cloned()),
             Some(norm(HARDWARE_KEY))
         );
+        // The current hardware profile (4) goes with DEVICE or DRIVER, not alone; DEVICE
+        // and DRIVER together are refused.
         assert_eq!(
-            io_open_device_registry_key(0, 4, 0, out),
-            STATUS_INVALID_PARAMETER
+            io_open_device_registry_key(0, 2 | 4, 0, out),
+            STATUS_SUCCESS
         );
+        assert_eq!(
+            with(|r| r.handles.get(&hw).cloned()),
+            Some(norm(SOFTWARE_KEY))
+        );
+        for bad in [0, 4, 1 | 2, 8, 1 | 8] {
+            assert_eq!(
+                io_open_device_registry_key(0, bad, 0, out),
+                STATUS_INVALID_PARAMETER,
+                "{bad}"
+            );
+        }
     }
 }
