@@ -190,6 +190,8 @@ fn copy_in(p: usize, len: usize) -> Result<Vec<u8>, usize> {
     if p == 0 {
         return Ok(Vec::new());
     }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
     let mut out = Vec::new();
     while out.len() < len {
         let done = out.len();
@@ -207,7 +209,7 @@ fn copy_in(p: usize, len: usize) -> Result<Vec<u8>, usize> {
         // SAFETY: `local` describes the last `chunk` bytes of `out`, writable and live for
         // the call; `remote` is only read, by the kernel, which checks it (EFAULT when
         // unmapped); no Rust reference to it exists.
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
         if usize::try_from(n).ok() != Some(chunk) {
             return Err(done);
         }
@@ -1070,23 +1072,22 @@ mod tests {
 
     /// Two pages: the first readable, the second not.
     fn guarded() -> usize {
-        // SAFETY: a fresh anonymous mapping; its second page is made inaccessible.
-        unsafe {
-            let p = libc::mmap(
+        // SAFETY: a fresh anonymous mapping of two pages; no memory is touched.
+        let p = unsafe {
+            libc::mmap(
                 std::ptr::null_mut(),
                 2 * PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            assert_eq!(
-                libc::mprotect(p.cast::<u8>().add(PAGE).cast(), PAGE, libc::PROT_NONE),
-                0
-            );
-            p as usize
-        }
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let second = (p as usize + PAGE) as *mut libc::c_void;
+        // SAFETY: the second page of the mapping just made, which nothing uses.
+        assert_eq!(unsafe { libc::mprotect(second, PAGE, libc::PROT_NONE) }, 0);
+        p as usize
     }
 
     /// A length the driver claims beyond its buffer is answered with what is readable,
