@@ -357,3 +357,96 @@ fn simulated_only_steps_on_an_image_are_parse_errors() {
         "{err}"
     );
 }
+
+/// A driver routine that spins is ended by the watchdog (exit 7, as `run`), also after
+/// simulated steps ran with no driver code (the watchdog waits while none runs).
+#[test]
+fn a_spinning_image_is_ended_by_the_watchdog_with_exit_7() {
+    let path = scenario(
+        "spin.toml",
+        r#"
+[[driver]]
+name = "sim.sys"
+[[driver]]
+image = "spin.sys"
+[[device]]
+name = "s0"
+driver = "sim.sys"
+[[device]]
+name = "d0"
+driver = "spin.sys"
+[[step]]
+op = "load"
+driver = "spin.sys"
+[[step]]
+op = "load"
+driver = "sim.sys"
+[[step]]
+op = "add-device"
+device = "s0"
+[[step]]
+op = "start"
+device = "s0"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "start"
+device = "d0"
+[[step]]
+op = "ioctl"
+device = "d0"
+code = 0x222000
+input = "01000000"
+"#,
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(
+        err.contains(
+            "driver spin.sys hung: IRP_MJ_DEVICE_CONTROL dispatch did not return within 10 s"
+        ),
+        "{err}"
+    );
+}
+
+/// A missing image is refused before anything runs, at its `image` key (parsing alone
+/// accepts it: a scenario may name a build product not built yet).
+#[test]
+fn a_missing_image_is_refused_before_the_run_at_its_key() {
+    let path = scenario(
+        "missing-image.toml",
+        "[[driver]]\nimage = \"not_built.sys\"\n[[step]]\nop = \"load\"\ndriver = \"not_built.sys\"\n",
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("{path}:2:9: no driver image at `")) && err.contains("not_built.sys"),
+        "{err}"
+    );
+}
+
+/// The shipped `examples/image-leaks.toml` does what its comments say: six IOSV007 of
+/// the compiled driver (as its `expect` states), the simulated NIC's leaks as injected, a
+/// clean audit. Run beside the fixtures (its image path points at a build directory).
+#[test]
+fn the_shipped_image_example_runs_as_documented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-leaks.toml");
+    let text = std::fs::read_to_string(&example).expect("read the example");
+    let from = "image = \"../target/fixtures/leak_on_stop.sys\"";
+    assert!(text.contains(from), "the example's image path changed");
+    let path = scenario(
+        "image-leaks.toml",
+        &text.replace(from, "image = \"leak_on_stop.sys\""),
+    );
+    let r = lab_json(&path);
+    assert_eq!(
+        r.counts.get(&("IOSV007".into(), "leak_on_stop.sys".into())),
+        Some(&6),
+        "{:?}\n{}",
+        r.counts,
+        r.err
+    );
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+}

@@ -805,3 +805,64 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         "{err}"
     );
 }
+
+/// A driver misusing a registry routine gets a bug-check report naming the routine and
+/// argument (exit 5), not a fault deep in host code or an allocation of the length it
+/// claimed: a ZwSetValueKey DataSize of 2 GiB past a 4-byte buffer, and a QueryRoutine
+/// that is not driver code.
+#[test]
+fn registry_misuse_is_a_bug_check_naming_the_routine() {
+    let path = fixture("surface.sys");
+    for (bug, says) in [
+        (1, "bug-checked: ZwSetValueKey Data: 2147483632 bytes at 0x"),
+        (
+            2,
+            "bug-checked: RtlQueryRegistryValues: the QueryRoutine 0x1000 of a table entry is not in a driver image",
+        ),
+    ] {
+        let value = format!("Parameters\\RegBug=dword:{bug}");
+        let (code, _, err) = parts(&iosvctl(&["run", &path, "--registry", &value]));
+        assert_eq!(code, 5, "RegBug {bug}: {err}");
+        assert!(err.contains(says), "RegBug {bug}: {err}");
+    }
+}
+
+/// A driver that returns STATUS_PENDING for an IOCTL and never completes it leaves the
+/// child waiting in its own code, after the dispatch routine returned: the watchdog ends
+/// the run (exit 7) instead of `iosvctl run` waiting forever. The test gives up after
+/// 60 s (a hang) rather than hang itself.
+#[test]
+fn an_irp_pended_forever_is_ended_by_the_watchdog() {
+    let path = fixture("surface.sys");
+    let mut child = std::process::Command::new(common::IOSVCTL)
+        .args([
+            "run",
+            &path,
+            "--ioctl",
+            POKE,
+            "--registry",
+            "Parameters\\RegBug=dword:3",
+            "--watchdog",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iosvctl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("iosvctl run waited for the pended IRP forever");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, _, err) = parts(&child.wait_with_output().expect("output"));
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("driver surface.sys hung: no driver routine ran and the host had not finished within 1 s"),
+        "{err}"
+    );
+}

@@ -190,6 +190,8 @@ pub(crate) struct ImageDecl {
     pub(crate) expect: Option<Vec<(RuleId, u64)>>,
     /// `ioctls = [...]`: what a stress phase sends the driver's devices, in turn.
     pub(crate) ioctls: Vec<IoctlDecl>,
+    /// Where the `image` key's value is, for errors about the image as a whole.
+    pub(crate) location: Location,
 }
 
 /// One device I/O control request: code and input bytes.
@@ -460,6 +462,29 @@ impl Scenario {
                     .map(|i| (d.name.as_str(), i.path.as_path()))
             })
             .collect()
+    }
+    /// Checks that every compiled driver image the scenario names is a file, as the last
+    /// check before a run: parsing does not look (a scenario may name a build product
+    /// not built yet).
+    ///
+    /// # Errors
+    /// The first missing image, at its `image` key.
+    pub fn check_images(&self) -> Result<(), ScenarioError> {
+        for d in &self.drivers {
+            let Some(i) = &d.image else { continue };
+            if !i.path.is_file() {
+                return Err(ScenarioError {
+                    origin: self.origin.clone(),
+                    line: i.location.line,
+                    column: i.location.column,
+                    message: std::format!(
+                        "no driver image at `{}` (a relative path is relative to the scenario file)",
+                        i.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
     /// True if the scenario has a stress phase.
     pub fn has_stress(&self) -> bool {

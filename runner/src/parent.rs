@@ -16,8 +16,9 @@ pub const DEFAULT_WATCHDOG_SECS: u64 = 10;
 pub const MAX_LINE: usize = 16 * 1024;
 /// Most `note`/`audit` lines kept; further ones are counted, not stored.
 pub const MAX_NOTES: usize = 10_000;
-/// Most `lab` lines kept (a scenario child's output: a line per step for JSON).
-pub const MAX_LAB_LINES: usize = 4_000_000;
+/// Most bytes of `lab` lines kept (a scenario child's output: a line per step for JSON);
+/// a child that sends more ends the run with an error (not output cut short).
+pub const MAX_LAB_BYTES: usize = 256 * 1024 * 1024;
 /// How long the parent waits for a child that closed its standard output to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -165,15 +166,19 @@ pub fn start_scenario(
 }
 
 /// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
-/// names the driver in reports until the child says which it loaded. The watchdog runs
-/// from `enter` to `leave`, and from the start unless `idle_at_start`.
+/// names the driver in reports until the child says which it loaded. With
+/// `pause_between_routines` (a scenario child, whose simulated steps may take long) the
+/// watchdog runs only from `enter` to `leave`; without it (`iosvctl run`) it runs from the
+/// start to the end: the child's own code between driver routines is watched too — a
+/// wait for an IRP the driver returned pending and never completes, a walk of a structure
+/// the driver corrupted.
 fn follow(
     program: &Path,
     marker: &str,
     args: &[OsString],
     image_path: &Path,
     watchdog_secs: u64,
-    idle_at_start: bool,
+    pause_between_routines: bool,
 ) -> Result<Session, RunError> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err(RunError::Unsupported {
@@ -231,8 +236,9 @@ fn follow(
     let mut notes = Vec::new();
     let mut audit_problems = Vec::new();
     let mut lab = Vec::new();
+    let (mut lab_line, mut lab_bytes) = (String::new(), 0usize);
     let mut routine: Option<String> = None;
-    let mut idle = idle_at_start;
+    let mut idle = pause_between_routines;
     loop {
         let received = if idle {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -257,14 +263,21 @@ fn follow(
                 return ended(&mut child, &dir, ExitKind::Crashed, report);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let report = format!(
-                    "driver {} hung: {} did not return within {} s (the watchdog ended it; \
-                     MMIO is plain memory here, so a driver polling for a bit that only \
-                     hardware sets spins forever)",
-                    display_name(&image, image_path),
-                    routine.as_deref().unwrap_or("the host"),
-                    watchdog.as_secs()
-                );
+                let name = display_name(&image, image_path);
+                let secs = watchdog.as_secs();
+                let report = match &routine {
+                    Some(r) => format!(
+                        "driver {name} hung: {r} did not return within {secs} s (the watchdog \
+                         ended it; MMIO is plain memory here, so a driver polling for a bit \
+                         that only hardware sets spins forever)"
+                    ),
+                    // Between driver routines: the host waits for the driver.
+                    None => format!(
+                        "driver {name} hung: no driver routine ran and the host had not \
+                         finished within {secs} s (the watchdog ended it; e.g. an IRP the \
+                         driver returned pending and never completed)"
+                    ),
+                };
                 return ended(&mut child, &dir, ExitKind::Hung, report);
             }
         };
@@ -276,11 +289,23 @@ fn follow(
             }
             Some(Message::Leave) => {
                 routine = None;
-                idle = true;
+                idle = pause_between_routines;
             }
-            Some(Message::Lab(line)) if lab.len() < MAX_LAB_LINES => lab.push(line),
-            // Past the bound: dropped.
-            Some(Message::Lab(_)) => {}
+            Some(Message::LabMore(piece)) => {
+                if let Err(e) = lab_piece(&mut lab_bytes, &mut lab_line, &piece) {
+                    kill_and_reap(&mut child);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(RunError::Protocol(e));
+                }
+            }
+            Some(Message::Lab(piece)) => {
+                if let Err(e) = lab_piece(&mut lab_bytes, &mut lab_line, &piece) {
+                    kill_and_reap(&mut child);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(RunError::Protocol(e));
+                }
+                lab.push(std::mem::take(&mut lab_line));
+            }
             Some(Message::Fail(text)) => {
                 kill_and_reap(&mut child);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -359,6 +384,20 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 }
 
 /// Keeps at most [`MAX_NOTES`] lines; the last kept one says how many were dropped.
+/// Adds a piece of a `lab` line (`lab+` or `lab`) to `line`, counting `total` against
+/// [`MAX_LAB_BYTES`].
+fn lab_piece(total: &mut usize, line: &mut String, piece: &str) -> Result<(), String> {
+    *total = total.saturating_add(piece.len().saturating_add(1));
+    if *total > MAX_LAB_BYTES {
+        return Err(format!(
+            "the scenario child sent more than {} MiB of output lines",
+            MAX_LAB_BYTES / (1024 * 1024)
+        ));
+    }
+    line.push_str(piece);
+    Ok(())
+}
+
 fn push_bounded(list: &mut Vec<String>, line: String, what: &str) {
     match list.len() {
         n if n < MAX_NOTES => list.push(line),
@@ -585,6 +624,33 @@ mod tests {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
         assert!(!alive, "grandchild {pid} survived");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A scenario child's `lab` lines arrive whole, joined from their `lab+` pieces; the
+    /// output's size is bounded with an error, not cut short.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn lab_lines_are_joined_from_pieces_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("iosv-lab-pieces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("child.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nprintf 'lab+ ab\\nlab+ c\\nlab d\\nlab e\\nready\\n'\ncat >/dev/null\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let session = start_scenario(&script, Path::new("x.sys"), &[]).unwrap();
+        assert_eq!(session.lab, ["abcd", "e"]);
+        drop(session);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let (mut total, mut line) = (MAX_LAB_BYTES - 4, String::new());
+        assert_eq!(lab_piece(&mut total, &mut line, "ab"), Ok(()));
+        assert_eq!(line, "ab");
+        let e = lab_piece(&mut total, &mut line, "c").unwrap_err();
+        assert!(e.contains("more than 256 MiB"), "{e}");
     }
 
     #[test]

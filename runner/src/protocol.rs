@@ -9,6 +9,7 @@
 //! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
 //! | `leave` | the driver routine returned: no driver code runs until the next `enter` (the watchdog waits) |
 //! | `lab TEXT` | a scenario child's output line for the parent to print (opaque to the runner) |
+//! | `lab+ TEXT` | the first pieces of a `lab` line longer than [`LAB_PIECE`] bytes: the parent joins them with the `lab` line that ends it |
 //! | `fail TEXT` | a scenario child's scenario failed (a step failed); TEXT says where and why |
 //! | `ready` | the run is complete and the verifier serves its control codes on the socket |
 //! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
@@ -17,6 +18,10 @@
 //!
 //! The child's standard input stays open while the parent reads reports; the child exits
 //! when it closes.
+
+/// The longest piece of a `lab` line the child sends in one protocol line (within the
+/// parent's line bound, `parent::MAX_LINE`); a longer `lab` line goes as `lab+` pieces.
+pub const LAB_PIECE: usize = 8 * 1024;
 
 /// A message from the child, parsed from one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub enum Message {
     Leave,
     /// `lab TEXT`.
     Lab(String),
+    /// `lab+ TEXT`.
+    LabMore(String),
     /// `fail TEXT`.
     Fail(String),
     /// `note TEXT`.
@@ -73,6 +80,7 @@ impl Message {
             "enter" => Self::Enter(text),
             "leave" => Self::Leave,
             "lab" => Self::Lab(text),
+            "lab+" => Self::LabMore(text),
             "fail" => Self::Fail(text),
             "note" => Self::Note(text),
             "ready" => Self::Ready,
@@ -100,6 +108,10 @@ mod tests {
         assert_eq!(
             Message::parse("lab out {\"kind\":\"lab\"}"),
             Some(Message::Lab("out {\"kind\":\"lab\"}".into()))
+        );
+        assert_eq!(
+            Message::parse("lab+ out {\"ki"),
+            Some(Message::LabMore("out {\"ki".into()))
         );
         assert_eq!(
             Message::parse("lab out "),

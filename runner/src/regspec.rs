@@ -60,11 +60,15 @@ fn utf16z(text: &str) -> Vec<u8> {
 
 fn number(text: &str, what: &str) -> Result<u64, String> {
     let t = text.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => t.parse(),
-    };
-    parsed.map_err(|_| format!("`{text}` is not a {what} (decimal, or hex with 0x)"))
+    let bad = || format!("`{text}` is not a {what} (decimal, or hex with 0x)");
+    // Digits only: the std parsers would take a sign (`+5`).
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) if hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).map_err(|_| bad())
+        }
+        None if t.bytes().all(|b| b.is_ascii_digit()) => t.parse().map_err(|_| bad()),
+        _ => Err(bad()),
+    }
 }
 
 impl RegistrySpec {
@@ -98,6 +102,12 @@ impl RegistrySpec {
                 let mut bytes: Vec<u8> = if data.is_empty() {
                     Vec::new()
                 } else {
+                    // An empty string is the list's end: one inside would cut it short.
+                    if data.split(',').any(str::is_empty) {
+                        return Err(format!(
+                            "`{data}`: an empty string in a multi_sz would end the list there"
+                        ));
+                    }
                     data.split(',').flat_map(utf16z).collect()
                 };
                 bytes.extend([0, 0]);
@@ -109,8 +119,12 @@ impl RegistrySpec {
                 } else {
                     data.split(',')
                         .map(|b| {
-                            u8::from_str_radix(b.trim(), 16)
-                                .map_err(|_| format!("`{b}` is not a hex byte"))
+                            let t = b.trim();
+                            t.bytes()
+                                .all(|c| c.is_ascii_hexdigit())
+                                .then(|| u8::from_str_radix(t, 16).ok())
+                                .flatten()
+                                .ok_or_else(|| format!("`{b}` is not a hex byte"))
                         })
                         .collect::<Result<Vec<u8>, String>>()?
                 };
@@ -227,6 +241,12 @@ mod tests {
             "Parameters\\=dword:1",
             "Parameters\\\\X=dword:1",
             "X=binary:1,zz",
+            // Signs are not digits (the std parsers take them).
+            "X=dword:+5",
+            "X=qword:0x+5",
+            "X=binary:+1",
+            "X=multi_sz:a,,b",
+            "X=multi_sz:a,",
         ] {
             assert!(RegistrySpec::parse(bad).is_err(), "{bad}");
         }

@@ -133,6 +133,7 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
 fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppResult {
     let scenario = scenario::load(a.scenario.as_deref(), &a.run)?;
     if let Some((_, image)) = scenario.images().first() {
+        scenario.check_images().map_err(AppError::Scenario)?;
         return run_in_child(g, format, a, &scenario, image, out);
     }
     let host = new_host(a, &scenario)?;

@@ -937,6 +937,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
             "`{text}`: the input needs an even number of hex digits"
         ));
     }
+    // Digits only: `from_str_radix` alone would take a sign (`+a` as 0x0a).
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(std::format!("`{text}` is not hex"));
+    }
     (0..text.len())
         .step_by(2)
         .map(|i| {
@@ -973,24 +977,22 @@ fn image_decl(
             return Err(l.err(&span, std::format!("`{key}` does not apply to a compiled driver image (it does what its code does, and iosv always hooks it); give `expect` for the violations it should get")));
         }
     }
+    // Whether the file is there is checked before a run ([`Scenario::check_images`]), not
+    // here: a scenario naming a build product parses before it is built.
     let resolved = dir.join(path.get_ref());
-    if !resolved.is_file() {
-        return Err(l.err(
-            &path.span(),
-            std::format!(
-                "no driver image at `{}` (a relative path is relative to the scenario file)",
-                resolved.display()
-            ),
-        ));
-    }
     let expect = match &rd.expect {
         Some(map) => {
-            let mut out = Vec::new();
+            let mut out: Vec<(RuleId, u64)> = Vec::new();
             for (k, v) in map.get_ref() {
-                out.push((
-                    rule(l, k)?,
-                    num_in(l, v, "an expected count", 0, 1_000_000_000)?,
-                ));
+                let r = rule(l, k)?;
+                // One count per rule: an id and a name of the same rule would be added up.
+                if out.iter().any(|(seen, _)| *seen == r) {
+                    return Err(l.err(
+                        &k.span(),
+                        std::format!("`expect` gives rule {} twice", r.info().code),
+                    ));
+                }
+                out.push((r, num_in(l, v, "an expected count", 0, 1_000_000_000)?));
             }
             Some(out)
         }
@@ -1008,6 +1010,7 @@ fn image_decl(
         path: resolved,
         expect,
         ioctls,
+        location: l.location(path.span().start),
     })
 }
 
@@ -1437,8 +1440,14 @@ mod tests {
             e.starts_with("t.toml:3:13: `behaviour` does not apply to a compiled driver image"),
             "{e}"
         );
-        let e = err("[[driver]]\nimage = \"missing.sys\"\n");
+        // A missing file parses; the check before a run refuses it at its key.
+        let missing =
+            Scenario::parse_in("[[driver]]\nimage = \"missing.sys\"\n", "t.toml", &dir).unwrap();
+        let e = missing.check_images().unwrap_err().to_string();
         assert!(e.starts_with("t.toml:2:9: no driver image at `"), "{e}");
+        assert!(e.contains("missing.sys"), "{e}");
+        let present = Scenario::parse_in("[[driver]]\nimage = \"drv.sys\"\n", "t.toml", &dir);
+        assert_eq!(present.unwrap().check_images(), Ok(()));
         let e = err("[[driver]]\nname = \"other.sys\"\nimage = \"drv.sys\"\n");
         assert!(
             e.starts_with("t.toml:2:8: an image driver is named after its file: `drv.sys`"),
@@ -1447,6 +1456,12 @@ mod tests {
         let e = err("[[driver]]\nname = \"a.sys\"\nexpect = { IOSV001 = 1 }\n");
         assert!(
             e.starts_with("t.toml:3:10: `expect` applies to a compiled driver image"),
+            "{e}"
+        );
+        let e =
+            err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV007 = 1, leak-on-stop = 2 }\n");
+        assert!(
+            e.starts_with("t.toml:3:") && e.contains("`expect` gives rule IOSV007 twice"),
             "{e}"
         );
         let e = err("[[driver]]\nimage = \"drv.sys\"\nexpect = { IOSV999 = 1 }\n");
@@ -1480,6 +1495,17 @@ mod tests {
             s.drivers[0].image.as_ref().and_then(|i| i.expect.clone()),
             Some(std::vec![(RuleId::LeakOnStop, 2)])
         );
+    }
+
+    /// Hex input is digits only: a sign is not a digit (`+a` was read as 0x0a).
+    #[test]
+    fn hex_input_is_digits_only() {
+        assert_eq!(parse_hex("0a0B"), Ok(std::vec![0x0a, 0x0b]));
+        assert_eq!(parse_hex(""), Ok(std::vec![]));
+        for bad in ["+a", "-1", "+a0b", "0x", "zz", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_hex("+a").unwrap_err(), "`+a` is not hex");
     }
 
     #[test]

@@ -220,11 +220,15 @@ pub fn run(
     scenario: &Scenario,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunSummary, ScenarioError> {
-    if let Some((name, _)) = scenario.images().first() {
+    let image = scenario
+        .drivers
+        .iter()
+        .find_map(|d| d.image.as_ref().map(|i| (&d.name, i.location)));
+    if let Some((name, at)) = image {
         return Err(ScenarioError {
             origin: scenario.origin.clone(),
-            line: 0,
-            column: 0,
+            line: at.line,
+            column: at.column,
             message: std::format!(
                 "the scenario names the compiled driver image {name}: only `iosvctl lab` runs it (in a child process, the only place driver code may run)"
             ),
@@ -398,7 +402,7 @@ fn image_step(c: &mut Ctx<'_, '_>, step: &Step) -> Option<Result<(), String>> {
             image_driver(scenario, d)?;
             c.images
                 .unload(d)
-                .map(|()| c.state.loaded.retain(|l| l != d))
+                .map(|()| c.state.loaded.retain(|l| !l.eq_ignore_ascii_case(d)))
         }
         StepKind::AddDevice(name) if is_image_device(scenario, name) => {
             let Some(decl) = scenario.devices.iter().find(|d| &d.name == name) else {
@@ -1107,8 +1111,8 @@ mod tests {
     /// An [`ImageDriver`] that records the calls it gets; a device stop is vetoed when
     /// its name starts with `veto`.
     #[derive(Default)]
-    struct Recorder {
-        calls: Vec<String>,
+    pub(super) struct Recorder {
+        pub(super) calls: Vec<String>,
     }
 
     impl ImageDriver for Recorder {
@@ -1261,6 +1265,8 @@ driver = \"img.sys\"
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
         let refused = run(&host, &s, &mut |_| {}).unwrap_err().to_string();
         assert!(refused.contains("only `iosvctl lab` runs it"), "{refused}");
+        // At the `image` key's value (line 5, column 9).
+        assert!(refused.starts_with("t.toml:5:9: "), "{refused}");
 
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
         let mut rec = Recorder::default();
@@ -1305,6 +1311,7 @@ driver = \"img.sys\"
 
 #[cfg(test)]
 mod image_only_tests {
+    use super::tests::Recorder;
     use super::*;
 
     /// A phase whose only driver is an image runs no OS thread; without `ioctls` its
@@ -1312,39 +1319,6 @@ mod image_only_tests {
     /// the image is listed as unaudited.
     #[test]
     fn a_phase_of_an_image_alone_runs_on_the_scenario_thread() {
-        #[derive(Default)]
-        struct Count(Vec<String>);
-        impl ImageDriver for Count {
-            fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
-                Ok(())
-            }
-            fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
-                Ok(())
-            }
-            fn start(&mut self, d: &str) -> Result<(), String> {
-                self.0.push(std::format!("start {d}"));
-                Ok(())
-            }
-            fn stop(&mut self, _: &str) -> Result<bool, String> {
-                Ok(true)
-            }
-            fn surprise_remove(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-            fn remove(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-            fn ioctl(&mut self, d: &str, code: u32, _: &[u8], n: u64) -> Result<i32, String> {
-                self.0.push(std::format!("ioctl {d} {code} x{n}"));
-                Ok(0)
-            }
-            fn control_ioctl(&mut self, _: &str, _: u32, _: &[u8], _: u64) -> Result<i32, String> {
-                Ok(0)
-            }
-            fn unload(&mut self, _: &str) -> Result<(), String> {
-                Ok(())
-            }
-        }
         let dir = std::env::temp_dir().join(std::format!("iosv-run-img1-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
@@ -1353,15 +1327,42 @@ mod image_only_tests {
             [[step]]\nop = \"stress\"\ndrivers = [\"one.sys\"]\nops = 1\nimage_ops = 3\n";
         let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
         let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
-        let mut rec = Count::default();
+        let mut rec = Recorder::default();
         let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
         assert_eq!(
-            rec.0,
-            ["start d", "ioctl d 0 x0", "ioctl d 0 x0", "ioctl d 0 x0"]
+            rec.calls,
+            [
+                "load one.sys one.sys",
+                "add one.sys d 2 bars",
+                "start d",
+                "ioctl d 0x0 [] x0",
+                "ioctl d 0x0 [] x0",
+                "ioctl d 0x0 [] x0"
+            ]
         );
         assert_eq!(summary.stress[0].threads, 0);
         assert_eq!(summary.stress[0].operations, 3);
         assert_eq!(summary.unaudited_drivers, ["one.sys"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Driver names are case-insensitive: an image unloaded as `ONE.SYS` is no longer
+    /// one of a later phase's drivers.
+    #[test]
+    fn an_image_unloaded_under_another_case_is_unloaded() {
+        let dir = std::env::temp_dir().join(std::format!("iosv-run-img2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("one.sys"), b"MZ").unwrap();
+        let text = "[[driver]]\nimage = \"one.sys\"\n[[driver]]\nname = \"sim.sys\"\n\
+            [[step]]\nop = \"load\"\ndriver = \"one.sys\"\n[[step]]\nop = \"load\"\ndriver = \"sim.sys\"\n\
+            [[step]]\nop = \"unload\"\ndriver = \"ONE.SYS\"\n\
+            [[step]]\nop = \"stress\"\nthreads = 1\nops = 10\n";
+        let s = Scenario::parse_in(text, "t.toml", &dir).unwrap();
+        let host = Host::try_new(iosv::config::StartParams::default()).unwrap();
+        let mut rec = Recorder::default();
+        let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
+        assert_eq!(rec.calls, ["load one.sys one.sys", "unload ONE.SYS"]);
+        assert_eq!(summary.stress[0].drivers, ["sim.sys"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,6 +39,7 @@ const REG_CREATED_NEW_KEY: u32 = 1;
 const REG_OPENED_EXISTING_KEY: u32 = 2;
 const PLUGPLAY_REGKEY_DEVICE: u32 = 1;
 const PLUGPLAY_REGKEY_DRIVER: u32 = 2;
+const PLUGPLAY_REGKEY_CURRENT_HWPROFILE: u32 = 4;
 
 const RTL_REGISTRY_HANDLE: u32 = 0x4000_0000;
 const RTL_REGISTRY_OPTIONAL: u32 = 0x8000_0000;
@@ -177,36 +178,106 @@ fn mem(addr: usize, len: usize) -> Obj {
     unsafe { Obj::new(addr, len) }
 }
 
+/// Reads of the driver's memory go through the kernel (`process_vm_readv` on this
+/// process) a page at a time: a buffer shorter than the length the driver claims, or an
+/// unmapped one, is an answer (how many bytes were readable) rather than a fault, and the
+/// copy grows with what is read, not with the claimed length (up to 4 GiB for a ULONG).
+const PAGE: usize = 0x1000;
+
+/// Copies `len` bytes of the driver's memory at `p`; `Err(n)`: only the first `n` are
+/// readable (to page granularity). NULL reads as nothing.
+fn copy_in(p: usize, len: usize) -> Result<Vec<u8>, usize> {
+    if p == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut out = Vec::new();
+    while out.len() < len {
+        let done = out.len();
+        let at = p.checked_add(done).ok_or(done)?;
+        let chunk = (PAGE - at % PAGE).min(len - done);
+        out.resize(done + chunk, 0);
+        let local = libc::iovec {
+            iov_base: out[done..].as_mut_ptr().cast(),
+            iov_len: chunk,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: chunk,
+        };
+        // SAFETY: `local` describes the last `chunk` bytes of `out`, writable and live for
+        // the call; `remote` is only read, by the kernel, which checks it (EFAULT when
+        // unmapped); no Rust reference to it exists.
+        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+        if usize::try_from(n).ok() != Some(chunk) {
+            return Err(done);
+        }
+    }
+    Ok(out)
+}
+
+/// [`copy_in`] of what routine `what` was given; an unreadable buffer ends the run with a
+/// bug-check report naming it (on Windows the read faults in the kernel: a bug check).
+fn bytes_in(what: &str, p: usize, len: usize) -> Vec<u8> {
+    copy_in(p, len).unwrap_or_else(|n| {
+        super::trap::bugcheck(&format!(
+            "{what}: {len} bytes at {p:#x} were passed, only {n} of them are readable"
+        ))
+    })
+}
+
+fn units(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+}
+
 /// The text of the `UNICODE_STRING` at `us` (empty for NULL).
-fn unicode(us: usize) -> String {
+fn unicode(what: &str, us: usize) -> String {
     if us == 0 {
         return String::new();
     }
     let s = mem(us, l::UNICODE_STRING);
     let len = usize::from(s.get::<u16>(0) / 2);
-    let b = mem(s.get::<u64>(8) as usize, len * 2);
-    let units: Vec<u16> = (0..len).map(|i| b.get::<u16>(i * 2)).collect();
-    String::from_utf16_lossy(&units)
+    let b = bytes_in(what, s.get::<u64>(8) as usize, len * 2);
+    String::from_utf16_lossy(&units(&b).collect::<Vec<_>>())
+}
+
+/// The UTF-16 units of the NUL-terminated string at `p`, without the NUL (at most
+/// [`MAX_UNITS`]; none for NULL).
+fn wide_units(what: &str, p: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut at = p;
+    while p != 0 && out.len() < MAX_UNITS {
+        // Up to the end of the page: what is readable of the string is read.
+        // To the end of the page, even so the units stay whole: a misaligned string's
+        // last unit on the page straddles into the next.
+        let rest = PAGE - at % PAGE;
+        let chunk = match rest {
+            1 => 2,
+            r => r & !1,
+        }
+        .min(2 * (MAX_UNITS - out.len()));
+        let bytes = bytes_in(what, at, chunk);
+        for u in units(&bytes) {
+            if u == 0 {
+                return out;
+            }
+            out.push(u);
+        }
+        let Some(next) = at.checked_add(bytes.len()) else {
+            break;
+        };
+        at = next;
+    }
+    out.truncate(MAX_UNITS);
+    out
 }
 
 /// The NUL-terminated UTF-16 string at `p` (empty for NULL).
-fn wide(p: usize) -> String {
-    if p == 0 {
-        return String::new();
-    }
-    let units: Vec<u16> = (0..MAX_UNITS)
-        .map(|i| mem(p + 2 * i, 2).get::<u16>(0))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
-}
-
-fn bytes_at(p: usize, len: usize) -> Vec<u8> {
-    if p == 0 {
-        return Vec::new();
-    }
-    let o = mem(p, len);
-    (0..len).map(|i| o.get::<u8>(i)).collect()
+fn wide(what: &str, p: usize) -> String {
+    String::from_utf16_lossy(&wide_units(what, p))
 }
 
 fn put_bytes(p: usize, bytes: &[u8]) {
@@ -226,7 +297,7 @@ fn put_u32(p: usize, v: u32) {
 /// handle), or absolute.
 fn key_of(oa: usize) -> Result<String, Status> {
     let o = mem(oa, l::OBJECT_ATTRIBUTES);
-    let name = unicode(o.get::<u64>(l::OA_OBJECT_NAME) as usize);
+    let name = unicode("ObjectName", o.get::<u64>(l::OA_OBJECT_NAME) as usize);
     let root = o.get::<u64>(l::OA_ROOT_DIRECTORY);
     if root != 0 {
         let base = with(|r| r.handles.get(&root).cloned()).ok_or(STATUS_INVALID_HANDLE)?;
@@ -312,8 +383,8 @@ pub extern "win64" fn zw_set_value_key(
         Ok(k) => k,
         Err(s) => return s,
     };
-    let name = unicode(name);
-    let data = bytes_at(data, size as usize);
+    let name = unicode("ZwSetValueKey ValueName", name);
+    let data = bytes_in("ZwSetValueKey Data", data, size as usize);
     with(|r| r.set(&key, &name, kind, data));
     STATUS_SUCCESS
 }
@@ -369,7 +440,7 @@ pub extern "win64" fn zw_query_value_key(
         Ok(k) => k,
         Err(s) => return s,
     };
-    let name = unicode(name);
+    let name = unicode("ZwQueryValueKey ValueName", name);
     let Some(v) = with(|r| r.get(&key, &name)) else {
         return STATUS_OBJECT_NAME_NOT_FOUND;
     };
@@ -408,7 +479,7 @@ pub extern "win64" fn zw_delete_value_key(h: u64, name: usize) -> Status {
         Ok(k) => k,
         Err(s) => return s,
     };
-    let name = unicode(name);
+    let name = unicode("ZwDeleteValueKey ValueName", name);
     with(|r| {
         let Some(values) = r.keys.get_mut(&key) else {
             return STATUS_OBJECT_NAME_NOT_FOUND;
@@ -445,15 +516,16 @@ fn answer(v: &Value, class: u32, buffer: usize, length: u32, result: usize) -> S
 
 /// `IoOpenDeviceRegistryKey(DeviceObject, DevInstKeyType, DesiredAccess, DevInstRegKey)`:
 /// `PLUGPLAY_REGKEY_DEVICE` opens [`HARDWARE_KEY`], `PLUGPLAY_REGKEY_DRIVER`
-/// [`SOFTWARE_KEY`]; `PLUGPLAY_REGKEY_CURRENT_HWPROFILE` (no hardware profiles here) and
-/// anything else is STATUS_INVALID_PARAMETER.
+/// [`SOFTWARE_KEY`]; with `PLUGPLAY_REGKEY_CURRENT_HWPROFILE`, which the DDI page allows
+/// with either, the same keys (one hardware profile here). Neither or both of DEVICE and
+/// DRIVER, or another flag, is STATUS_INVALID_PARAMETER.
 pub extern "win64" fn io_open_device_registry_key(
     _device: usize,
     kind: u32,
     _access: u32,
     out: usize,
 ) -> Status {
-    let key = match kind {
+    let key = match kind & !PLUGPLAY_REGKEY_CURRENT_HWPROFILE {
         PLUGPLAY_REGKEY_DEVICE => norm(HARDWARE_KEY),
         PLUGPLAY_REGKEY_DRIVER => norm(SOFTWARE_KEY),
         _ => return STATUS_INVALID_PARAMETER,
@@ -480,7 +552,7 @@ fn query_base(relative_to: u32, path: usize) -> Result<String, Status> {
         5 => "\\Registry\\User\\CurrentUser",
         _ => return Err(STATUS_INVALID_PARAMETER),
     };
-    Ok(join(root, &wide(path)))
+    Ok(join(root, &wide("RtlQueryRegistryValues Path", path)))
 }
 
 /// One `RTL_QUERY_REGISTRY_TABLE` entry.
@@ -516,30 +588,46 @@ impl Entry {
         if kind == REG_NONE {
             return None;
         }
+        const WHAT: &str = "RtlQueryRegistryValues DefaultData";
         let len = match (self.default_length, kind) {
-            (0, REG_SZ | REG_EXPAND_SZ) => (wide(self.default_data).encode_utf16().count() + 1) * 2,
+            (0, REG_SZ | REG_EXPAND_SZ) => (wide_units(WHAT, self.default_data).len() + 1) * 2,
             (0, REG_MULTI_SZ) => {
-                let mut at = self.default_data;
-                loop {
-                    let s = wide(at);
-                    at += (s.encode_utf16().count() + 1) * 2;
-                    if s.is_empty() || self.default_data == 0 {
+                // Strings up to an empty one; a list longer than a ULONG is cut there.
+                let mut len = 0usize;
+                while self.default_data != 0 && len <= u32::MAX as usize {
+                    let n = wide_units(WHAT, self.default_data.wrapping_add(len)).len();
+                    len += (n + 1) * 2;
+                    if n == 0 {
                         break;
                     }
                 }
-                at - self.default_data
+                len.min(u32::MAX as usize)
             }
             (n, _) => n as usize,
         };
         Some(Value {
-            name: wide(self.name),
+            name: wide("RtlQueryRegistryValues QueryTable Name", self.name),
             kind,
-            data: bytes_at(self.default_data, len),
+            data: bytes_in(WHAT, self.default_data, len),
         })
     }
 }
 
 type QueryRoutine = extern "win64" fn(usize, u32, usize, u32, usize, usize) -> Status;
+
+/// The entry's `QueryRoutine` as a callable routine: it must lie in a loaded driver image
+/// (anything else — a stale or garbage pointer — ends the run with a bug-check report
+/// instead of a jump to wherever it points, host code included).
+fn query_routine(routine: usize) -> QueryRoutine {
+    if super::trap::image_of(routine).is_none() {
+        super::trap::bugcheck(&format!(
+            "RtlQueryRegistryValues: the QueryRoutine {routine:#x} of a table entry is not in a driver image"
+        ));
+    }
+    // SAFETY: `routine` is code of a loaded driver image (checked above), which the DDI
+    // contract makes a QueryRoutine of this signature.
+    unsafe { std::mem::transmute::<usize, QueryRoutine>(routine) }
+}
 
 /// Stores `v` where a `RTL_QUERY_REGISTRY_DIRECT` entry's `EntryContext` points: strings
 /// into its `UNICODE_STRING` (allocated from pool when its Buffer is NULL), other data of
@@ -598,9 +686,7 @@ fn deliver(e: &Entry, v: &Value, context: usize) -> Result<(), Status> {
             s => Err(s),
         };
     }
-    // SAFETY: a non-DIRECT entry's QueryRoutine is a routine of the driver with this
-    // signature (checked non-NULL by the caller).
-    let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(e.routine) };
+    let routine = query_routine(e.routine);
     let name: Vec<u16> = v.name.encode_utf16().chain([0]).collect();
     let call = |kind: u32, data: &[u8]| {
         let copy = data.to_vec();
@@ -644,10 +730,7 @@ fn query_entry(e: &Entry, key: &str, context: usize) -> Result<(), Status> {
         return Err(STATUS_INVALID_PARAMETER);
     }
     if !direct && e.flags & RTL_QUERY_REGISTRY_NOVALUE != 0 {
-        let routine = e.routine;
-        // SAFETY: as in `deliver`.
-        let routine = unsafe { std::mem::transmute::<usize, QueryRoutine>(routine) };
-        let s = routine(e.name, REG_NONE, 0, 0, context, e.context);
+        let s = query_routine(e.routine)(e.name, REG_NONE, 0, 0, context, e.context);
         return if s >= 0 { Ok(()) } else { Err(s) };
     }
     if e.name == 0 {
@@ -657,7 +740,7 @@ fn query_entry(e: &Entry, key: &str, context: usize) -> Result<(), Status> {
         }
         return values.iter().try_for_each(|v| deliver(e, v, context));
     }
-    let name = wide(e.name);
+    let name = wide("RtlQueryRegistryValues QueryTable Name", e.name);
     match with(|r| r.get(key, &name)) {
         Some(v) => {
             let expected = e.default_type >> 24;
@@ -717,7 +800,10 @@ pub extern "win64" fn rtl_query_registry_values(
             continue;
         }
         if e.flags & RTL_QUERY_REGISTRY_SUBKEY != 0 {
-            key = join(&base, &wide(e.name));
+            key = join(
+                &base,
+                &wide("RtlQueryRegistryValues QueryTable Name", e.name),
+            );
             if !with(|r| r.exists(&key)) && e.flags & RTL_QUERY_REGISTRY_REQUIRED != 0 {
                 return STATUS_OBJECT_NAME_NOT_FOUND;
             }
@@ -984,6 +1070,52 @@ mod tests {
         assert_eq!(rtl(services, path, &t), STATUS_INVALID_PARAMETER);
     }
 
+    /// Two pages: the first readable, the second not.
+    fn guarded() -> usize {
+        // SAFETY: a fresh anonymous mapping of two pages; no memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let second = (p as usize + PAGE) as *mut libc::c_void;
+        // SAFETY: the second page of the mapping just made, which nothing uses.
+        assert_eq!(unsafe { libc::mprotect(second, PAGE, libc::PROT_NONE) }, 0);
+        p as usize
+    }
+
+    /// A length the driver claims beyond its buffer is answered with what is readable,
+    /// without a fault and without allocating the claimed length (4 GiB here).
+    #[test]
+    fn reads_of_driver_memory_stop_at_what_is_readable() {
+        let p = guarded();
+        let page = copy_in(p, PAGE).unwrap();
+        assert_eq!(page.len(), PAGE);
+        assert_eq!(copy_in(p + 10, 2 * PAGE), Err(PAGE - 10));
+        assert_eq!(copy_in(p + 10, u32::MAX as usize), Err(PAGE - 10));
+        assert_eq!(copy_in(p + PAGE, 1), Err(0));
+        assert_eq!(copy_in(0, 100), Ok(Vec::new()));
+        assert_eq!(copy_in(usize::MAX, 2), Err(0));
+        // A string whose NUL is the page's last unit is read without touching the next;
+        // a misaligned one too.
+        for start in [p, p + 1] {
+            let n = (p + PAGE - start) / 2;
+            // SAFETY: the first page of `guarded`, writable.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, 2 * n) };
+            for (i, c) in bytes.chunks_exact_mut(2).enumerate() {
+                c.copy_from_slice(&if i + 1 == n { 0u16 } else { 0x61 }.to_le_bytes());
+            }
+            assert_eq!(wide_units("test", start).len(), n - 1);
+        }
+        assert_eq!(wide("test", 0), "");
+    }
+
     static SEEN: AtomicU32 = AtomicU32::new(0);
 
     extern "win64" fn count(
@@ -1009,6 +1141,8 @@ mod tests {
         );
         let (m, sub, d) = (wz("M"), wz("Sub"), wz("D"));
         let routine = count as *const () as usize;
+        // QueryRoutines must be driver code: this test's routine stands for it.
+        super::super::trap::add_image(routine & !0xFFF, 0x2000);
         let entry = |name: &[u16], flags: u32| Rqt {
             routine,
             flags,
@@ -1130,9 +1264,22 @@ mod tests {
             with(|r| r.handles.get(&hw).cloned()),
             Some(norm(HARDWARE_KEY))
         );
+        // The current hardware profile (4) goes with DEVICE or DRIVER, not alone; DEVICE
+        // and DRIVER together are refused.
         assert_eq!(
-            io_open_device_registry_key(0, 4, 0, out),
-            STATUS_INVALID_PARAMETER
+            io_open_device_registry_key(0, 2 | 4, 0, out),
+            STATUS_SUCCESS
         );
+        assert_eq!(
+            with(|r| r.handles.get(&hw).cloned()),
+            Some(norm(SOFTWARE_KEY))
+        );
+        for bad in [0, 4, 1 | 2, 8, 1 | 8] {
+            assert_eq!(
+                io_open_device_registry_key(0, bad, 0, out),
+                STATUS_INVALID_PARAMETER,
+                "{bad}"
+            );
+        }
     }
 }

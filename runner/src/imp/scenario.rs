@@ -7,6 +7,7 @@
 use super::child::{self, Device, Driver};
 use super::engine::HostEngine;
 use super::{loader, report};
+use crate::protocol::LAB_PIECE;
 use crate::BarSpec;
 use iosv_host::scenario::ImageDriver;
 use iosv_host::{Bar, Host};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 /// The protocol keyword of the lines a scenario child sends the parent besides the
 /// runner's own (see [`crate::protocol`]): `lab TEXT`.
 const LAB: &str = "lab ";
+/// The keyword of the first pieces of a long `lab` line.
+const LAB_MORE: &str = "lab+ ";
 
 /// A scenario device of the image driver.
 struct Dev {
@@ -241,6 +244,25 @@ impl ImageDriver for Backend {
 /// for the parent, or the scenario's error.
 pub type Body<'a> = dyn FnMut(&mut dyn ImageDriver) -> Result<Vec<String>, String> + 'a;
 
+/// `line` as the protocol lines that carry it: `lab+` pieces of at most [`LAB_PIECE`]
+/// bytes (cut at character boundaries) and a last `lab` piece, so no protocol line passes
+/// the parent's line bound (which would cut the line short).
+fn lab_pieces(line: &str) -> Vec<[&str; 2]> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while rest.len() > LAB_PIECE {
+        let mut cut = LAB_PIECE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        out.push([LAB_MORE, piece]);
+        rest = tail;
+    }
+    out.push([LAB, rest]);
+    out
+}
+
 /// Tells the parent the image could not be loaded and ends the child (exit 8).
 fn load_failed(text: &str) -> ! {
     report::line(&["loadfail ", text]);
@@ -269,8 +291,8 @@ pub fn main(socket: &Path, host: &Arc<Host>, body: &mut Body<'_>) -> i32 {
     let mut backend = Backend::new(engine);
     match body(&mut backend) {
         Ok(lines) => {
-            for l in &lines {
-                report::line(&[LAB, l]);
+            for p in lines.iter().flat_map(|l| lab_pieces(l)) {
+                report::line(&p);
             }
         }
         Err(e) => {
@@ -279,4 +301,29 @@ pub fn main(socket: &Path, host: &Arc<Host>, body: &mut Body<'_>) -> i32 {
         }
     }
     child::serve_until_closed(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `lab` line longer than a protocol piece goes in pieces the parent joins; none
+    /// passes the bound, and none splits a character.
+    #[test]
+    fn long_lab_lines_go_in_pieces() {
+        assert_eq!(lab_pieces("short"), vec![[LAB, "short"]]);
+        assert_eq!(lab_pieces(""), vec![[LAB, ""]]);
+        let line = format!(
+            "{}é{}",
+            "x".repeat(LAB_PIECE - 1),
+            "y".repeat(2 * LAB_PIECE)
+        );
+        let pieces = lab_pieces(&line);
+        assert!(pieces.len() >= 3, "{}", pieces.len());
+        assert!(pieces.iter().all(|[_, p]| p.len() <= LAB_PIECE));
+        let (last, first) = pieces.split_last().unwrap();
+        assert_eq!(last[0], LAB);
+        assert!(first.iter().all(|[k, _]| *k == LAB_MORE));
+        assert_eq!(pieces.iter().map(|[_, p]| *p).collect::<String>(), line);
+    }
 }
