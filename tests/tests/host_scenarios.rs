@@ -39,43 +39,13 @@ fn owner(r: &ViolationRecord) -> &str {
     std::str::from_utf8(name_bytes(&r.owner_name)).unwrap()
 }
 
-/// Builds the compiled driver fixtures where the examples that name an image expect them
-/// (`target/fixtures`, as their comments say). `false` when the fixtures' compiler is
-/// missing outside CI (those examples are then skipped, with a message); under CI a
-/// failure fails.
-fn build_example_fixtures() -> bool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(root.join("runner/fixtures/build.sh"))
-        .arg(root.join("target/fixtures"))
-        .output()
-        .expect("run runner/fixtures/build.sh");
-    if out.status.success() {
-        return true;
-    }
-    let why = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() == Some(3) && std::env::var_os("CI").is_none(),
-        "runner/fixtures/build.sh failed: {why}"
-    );
-    eprintln!("skipping the examples that name a driver image: {why}");
-    false
-}
-
 #[test]
 fn every_example_parses() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut n = 0;
-    let mut fixtures = None;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            // A scenario that names a compiled image is checked with the image there.
-            let text = std::fs::read_to_string(&path).unwrap();
-            if text.lines().any(|l| l.trim_start().starts_with("image"))
-                && !*fixtures.get_or_insert_with(build_example_fixtures)
-            {
-                continue;
-            }
             Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }
