@@ -123,6 +123,9 @@ impl Drop for Session {
 /// [`RunError::Protocol`] when the child could not be run.
 pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     let mut args: Vec<OsString> = vec![opts.image.clone().into()];
+    if let Some(v) = &opts.verifier {
+        args.extend(["--verifier".into(), v.clone().into()]);
+    }
     for b in &opts.bars {
         args.extend(["--bar".into(), b.to_string().into()]);
     }
@@ -561,6 +564,7 @@ mod tests {
             watchdog_secs: 30,
             surprise_removal: false,
             registry: vec![],
+            verifier: None,
         };
         let began = Instant::now();
         let err = start(&script, &opts).expect_err("no session from a broken child");

@@ -2,13 +2,19 @@
 
 pub mod child;
 pub mod engine;
+pub mod guarded;
+pub mod kaddr;
 pub mod kernel;
+pub mod kernel_component;
 pub mod loader;
 pub mod mdl;
 pub mod mmio;
+pub mod ob;
+pub mod ps;
 pub mod registry;
 pub mod scenario;
 pub mod seh;
+pub mod stack;
 pub mod trap;
 
 use std::cell::Cell;
