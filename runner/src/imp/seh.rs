@@ -290,13 +290,18 @@ fn begin_of(inside: u64, rva: u64) -> Option<u64> {
     Some(base as u64 + rva)
 }
 
-/// The address `handler` really is: itself, or what its `jmp [rip+disp32]` thunk jumps to.
+/// The address `handler` really is: itself, or what its `jmp [rip+disp32]` thunk jumps to
+/// (the host routine behind an alias).
 fn resolve_thunk(handler: u64) -> u64 {
     if image_read(handler, 2) == Some(0x25FF) {
         if let Some(disp) = image_read(handler + 2, 4) {
             let slot = (handler + 6).wrapping_add(disp as u32 as i32 as i64 as u64);
             if let Some(target) = image_read(slot, 8) {
-                return target;
+                // The slot may hold the routine's kernel-space alias (kaddr).
+                return usize::try_from(target)
+                    .ok()
+                    .and_then(super::kaddr::target_of)
+                    .map_or(target, |r| r as u64);
             }
         }
     }
