@@ -118,6 +118,11 @@ struct Outcome {
 /// `iosvctl run [--verifier IOSV.sys] FIXTURE --ioctl POKE -f json`: the outcome and the
 /// run's notes.
 fn run(fixture: &str, verifier: Option<&Path>) -> (Outcome, Vec<String>) {
+    run_with(fixture, verifier, &[])
+}
+
+/// [`run`] with `extra` arguments.
+fn run_with(fixture: &str, verifier: Option<&Path>, extra: &[&str]) -> (Outcome, Vec<String>) {
     let path = fixtures().join(fixture).display().to_string();
     let v = verifier.map(|v| v.display().to_string());
     let mut args = vec!["run"];
@@ -125,6 +130,7 @@ fn run(fixture: &str, verifier: Option<&Path>) -> (Outcome, Vec<String>) {
         args.extend(["--verifier", v.as_str()]);
     }
     args.extend([path.as_str(), "--ioctl", POKE, "-f", "json"]);
+    args.extend_from_slice(extra);
     let (exit, out, err) = parts(&iosvctl(&args));
     let lines = json_lines(&out);
     let head = lines.first().cloned().unwrap_or_default();
@@ -203,6 +209,27 @@ fn the_kernel_component_reports_exactly_what_the_host_engine_reports() {
     }
     // Not vacuous: the fixtures do report.
     assert!(reported >= 15, "{reported} reports in all");
+}
+
+#[test]
+fn the_kernel_component_verifies_the_mdl_family_like_the_host_engine() {
+    let Some(iosv) = iosv_sys() else { return };
+    // surface.sys: a clean MDL cycle, then the bug Parameters\MdlBug names (0: none,
+    // 1-7: IOSV017, IOSV009, IOSV018, IOSV015, IOSV019, IOSV020, IOSV016; 8: a partial
+    // MDL freed mapped, clean) — through iosv.sys's MDL hooks and the runner's Mm.
+    let mut reported = 0;
+    for bug in 0..=8 {
+        let value = format!("Parameters\\MdlBug=dword:{bug}");
+        let extra = ["--registry", value.as_str()];
+        let (host, _) = run_with("surface.sys", None, &extra);
+        let (kernel, notes) = run_with("surface.sys", Some(iosv), &extra);
+        assert_eq!(
+            kernel, host,
+            "MdlBug={bug}: iosv.sys vs the host engine\n{notes:#?}"
+        );
+        reported += host.rules.values().sum::<u64>();
+    }
+    assert_eq!(reported, 7);
 }
 
 #[test]

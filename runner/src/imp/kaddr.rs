@@ -14,7 +14,7 @@
 //!
 //! Off by default (a plain `iosvctl run` binds the routines' own addresses).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Start of kernel space on x64 (`intercept::KERNEL_SPACE_START`); alias = routine +
@@ -22,6 +22,8 @@ use std::sync::OnceLock;
 pub const WINDOW: usize = 0xFFFF_8000_0000_0000;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Calls resumed at a routine ([`target_of`] answered).
+static REDIRECTS: AtomicU64 = AtomicU64::new(0);
 /// Every host routine's own address, sorted (read by the fault handler: no lock).
 static ROUTINES: OnceLock<Vec<usize>> = OnceLock::new();
 
@@ -64,7 +66,17 @@ pub fn target_of(rip: usize) -> Option<usize> {
         return None;
     }
     let real = rip.checked_sub(WINDOW)?;
-    is_routine(real).then_some(real)
+    let found = is_routine(real).then_some(real);
+    if found.is_some() {
+        REDIRECTS.fetch_add(1, Ordering::Relaxed);
+    }
+    found
+}
+
+/// How many calls went through an alias so far.
+#[must_use]
+pub fn redirects() -> u64 {
+    REDIRECTS.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

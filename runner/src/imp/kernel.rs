@@ -393,7 +393,7 @@ routines! {
     "KeAcquireGuardedMutex" => guarded::ke_acquire_guarded_mutex,
     "KeReleaseGuardedMutex" => guarded::ke_release_guarded_mutex,
     "KeExpandKernelStackAndCallout" => stack::ke_expand_kernel_stack_and_callout,
-    "RtlCaptureStackBackTrace" => stack::rtl_capture_stack_back_trace,
+    "RtlCaptureStackBackTrace" => stack::iosv_runner_capture_stack_back_trace,
     "__chkstk" => stack::iosv_runner_chkstk,
     "KdRefreshDebuggerNotPresent" => kd_refresh_debugger_not_present,
     "KeQueryInterruptTimePrecise" => ke_query_interrupt_time_precise,
@@ -1861,17 +1861,39 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
             i += 1;
         }
         let mut width = 0usize;
+        if i < n && byte(i) == b'*' {
+            // The width is the next argument (an int; negative: left-justified).
+            let w = arg(next) as u32 as i32;
+            next += 1;
+            left |= w < 0;
+            width = (w.unsigned_abs() as usize).min(4096);
+            i += 1;
+        }
         while i < n && byte(i).is_ascii_digit() {
             // Capped: the format string is the driver's (no overflow, no huge padding).
             width = (width * 10 + usize::from(byte(i) - b'0')).min(4096);
             i += 1;
         }
+        // The precision: at most this many characters of a string.
+        let mut precision: Option<usize> = None;
         if i < n && byte(i) == b'.' {
             i += 1;
-            while i < n && byte(i).is_ascii_digit() {
+            if i < n && byte(i) == b'*' {
+                // The next argument (an int; negative: as if omitted).
+                let p = arg(next) as u32 as i32;
+                next += 1;
+                precision = usize::try_from(p).ok();
                 i += 1;
+            } else {
+                let mut p = 0usize;
+                while i < n && byte(i).is_ascii_digit() {
+                    p = (p * 10 + usize::from(byte(i) - b'0')).min(1 << 20);
+                    i += 1;
+                }
+                precision = Some(p);
             }
         }
+        let limit = |len: usize| precision.map_or(len, |p| len.min(p));
         let mut wide = false;
         let mut long = false;
         loop {
@@ -1931,7 +1953,7 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
                     "(null)".into()
                 } else {
                     String::from_utf8_lossy(
-                        &(0..narrow_len(p))
+                        &(0..limit(narrow_len(p)))
                             .map(|k| obj(p + k, 1).get::<u8>(0))
                             .collect::<Vec<u8>>(),
                     )
@@ -1944,7 +1966,7 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
                     "(null)".into()
                 } else {
                     String::from_utf16_lossy(
-                        &(0..wide_len(p))
+                        &(0..limit(wide_len(p)))
                             .map(|k| obj(p + 2 * k, 2).get::<u16>(0))
                             .collect::<Vec<u16>>(),
                     )
@@ -2034,6 +2056,20 @@ mod tests {
         let out = format_printf(f.as_ptr() as usize, |_| 7);
         assert_eq!(out.len(), 4096, "{}", out.len());
         assert!(out.ends_with(" 7"));
+        // `*` width and precision take int arguments (the glue logs names with `%.*s`).
+        let f = b"[%.*s|%*d|%-*d|%.2s]\0";
+        let name = b"clean.sys\0";
+        let args = [
+            5,
+            name.as_ptr() as u64,
+            4,
+            7,
+            (-3i32) as u32 as u64,
+            8,
+            s.as_ptr() as u64,
+        ];
+        let out = format_printf(f.as_ptr() as usize, |k| args.get(k).copied().unwrap_or(0));
+        assert_eq!(out, "[clean|   7|8  |st]");
     }
 
     #[test]

@@ -219,6 +219,11 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
     child::lifecycle_with(&*engine, &target, opts, &filter);
     note_slots("after the target's unload", &target, &verifier);
     unload_verifier(&verifier, &iosv, &target);
+    note(&format!(
+        "{} calls of kernel routines through their kernel-space aliases (one fault each), {} __chkstk probes",
+        super::kaddr::redirects(),
+        super::stack::chkstk_calls()
+    ));
     let control = links.first().map(|(name, _)| name.clone());
     let server = std::thread::Builder::new()
         .name("iosv-control".into())
@@ -270,7 +275,7 @@ fn unload_verifier(verifier: &LoadedImage, iosv: &Driver, target: &LoadedImage) 
     let unload = iosv.unload_routine();
     if unload == 0 {
         note(&format!(
-            "{} has no DriverUnload now (its unload policy clears it once a slot was patched): it stays loaded, {} image-load routine(s) still registered",
+            "{} has no DriverUnload: it stays loaded, {} image-load routine(s) still registered",
             verifier.name,
             ps::notify_routines()
         ));

@@ -138,6 +138,13 @@ struct Frame {
     handler: Option<(u64, u64)>,
 }
 
+/// Virtually unwinds `ctx` one frame, to its caller's context (driver code only: a PC
+/// outside an image is taken for a leaf). Stack words below `low` are never read. `None`
+/// when a word cannot be read.
+pub(crate) fn unwind_to_caller(ctx: &mut Context, low: u64) -> Option<()> {
+    unwind(ctx, low).map(|_| ())
+}
+
 /// Virtually unwinds one frame: `ctx` becomes the caller's context. Returns the frame's
 /// establisher and handler.
 fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {

@@ -6,6 +6,7 @@
 //! call.
 
 use super::kernel::{Status, STATUS_SUCCESS};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // `__chkstk`: called by functions whose frame is 4 KiB or more, with the frame size in
 // RAX, before they `sub rsp, rax`. It touches every page from the caller's stack pointer
@@ -18,6 +19,8 @@ core::arch::global_asm!(
     ".p2align 4",
     ".globl iosv_runner_chkstk",
     "iosv_runner_chkstk:",
+    // Counted (memory and flags only).
+    "lock inc qword ptr [rip + {calls}]",
     // r10 = the caller's stack pointer (above our return address), r11 = lowest address.
     "lea r10, [rsp + 8]",
     "mov r11, r10",
@@ -32,7 +35,17 @@ core::arch::global_asm!(
     "3:",
     "ret",
     ".popsection",
+    calls = sym CHKSTK_CALLS,
 );
+
+/// Calls of `__chkstk` so far (all threads).
+static CHKSTK_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times driver code called `__chkstk`.
+#[must_use]
+pub fn chkstk_calls() -> u64 {
+    CHKSTK_CALLS.load(Ordering::Relaxed)
+}
 
 unsafe extern "win64" {
     /// `__chkstk` (special ABI, above): the address bound to `__chkstk` imports.
@@ -54,20 +67,97 @@ pub extern "win64" fn ke_expand_kernel_stack_and_callout(
     STATUS_SUCCESS
 }
 
-/// `RtlCaptureStackBackTrace(FramesToSkip, FramesToCapture, BackTrace, BackTraceHash)`:
-/// captures no frame (returns 0; the hash, if asked, is 0). The runner has no stack
-/// walker for frames without unwind data; callers treat 0 frames as "unknown caller".
-pub extern "win64" fn rtl_capture_stack_back_trace(
-    _skip: u32,
-    _capture: u32,
-    _trace: usize,
+// `RtlCaptureStackBackTrace(FramesToSkip, FramesToCapture, BackTrace, BackTraceHash)`:
+// the caller's nonvolatile registers and stack pointer are still as they were at the
+// call; the trampoline saves them (RSP at entry, RBX, RBP, RSI, RDI, R12–R15) and passes
+// their address as a fifth argument to `capture_body`.
+core::arch::global_asm!(
+    ".pushsection .text.iosv_runner_capture,\"ax\",@progbits",
+    ".p2align 4",
+    ".globl iosv_runner_capture_stack_back_trace",
+    "iosv_runner_capture_stack_back_trace:",
+    "sub rsp, 0x78",
+    "lea rax, [rsp + 0x78]",
+    "mov [rsp + 0x28], rax",
+    "mov [rsp + 0x30], rbx",
+    "mov [rsp + 0x38], rbp",
+    "mov [rsp + 0x40], rsi",
+    "mov [rsp + 0x48], rdi",
+    "mov [rsp + 0x50], r12",
+    "mov [rsp + 0x58], r13",
+    "mov [rsp + 0x60], r14",
+    "mov [rsp + 0x68], r15",
+    "lea rax, [rsp + 0x28]",
+    "mov [rsp + 0x20], rax",
+    "call {body}",
+    "add rsp, 0x78",
+    "ret",
+    ".popsection",
+    body = sym capture_body,
+);
+
+unsafe extern "win64" {
+    /// `RtlCaptureStackBackTrace` (trampoline above).
+    pub fn iosv_runner_capture_stack_back_trace();
+}
+
+/// The body of `RtlCaptureStackBackTrace`: frame 0 is the return address of the call
+/// (in the routine that called it), each further frame the return address one frame up,
+/// found with the x64 unwinder over the images' unwind data ([`super::seh`]); the walk
+/// stops at the first address outside a driver image (the runner's own frames). Writes
+/// at most `capture` frames after skipping `skip`; returns how many it wrote. The hash,
+/// if asked, is the sum of the frames written (the DDI leaves its computation open).
+extern "win64" fn capture_body(
+    skip: u32,
+    capture: u32,
+    trace: usize,
     hash: usize,
+    saved: *const [u64; 9],
 ) -> u16 {
-    if hash != 0 {
-        // SAFETY: the caller's optional ULONG out parameter (DDI).
-        unsafe { super::Obj::new(hash, 4) }.set::<u32>(0, 0);
+    // SAFETY: the trampoline passes the 9 words it stored on its own frame, live for this
+    // call.
+    let saved = unsafe { *saved };
+    let [entry_rsp, rbx, rbp, rsi, rdi, r12, r13, r14, r15] = saved;
+    let mut ctx = super::seh::Context::default();
+    // SAFETY: `entry_rsp` is the stack pointer at the call: it holds the return address.
+    ctx.rip = unsafe { *(entry_rsp as *const u64) };
+    ctx.regs = [
+        0,
+        0,
+        0,
+        rbx,
+        entry_rsp.wrapping_add(8),
+        rbp,
+        rsi,
+        rdi,
+        0,
+        0,
+        0,
+        0,
+        r12,
+        r13,
+        r14,
+        r15,
+    ];
+    let wanted = skip.saturating_add(capture).min(256) as usize;
+    let mut frames = Vec::with_capacity(wanted);
+    while frames.len() < wanted && super::trap::image_of(ctx.rip as usize).is_some() {
+        frames.push(ctx.rip);
+        if super::seh::unwind_to_caller(&mut ctx, entry_rsp).is_none() {
+            break;
+        }
     }
-    0
+    let out: Vec<u64> = frames.into_iter().skip(skip as usize).collect();
+    for (k, f) in out.iter().enumerate() {
+        // SAFETY: `BackTrace` holds `FramesToCapture` pointers (DDI); k < capture.
+        unsafe { super::Obj::new(trace + 8 * k, 8) }.set::<u64>(0, *f);
+    }
+    if hash != 0 {
+        let sum = out.iter().fold(0u32, |h, f| h.wrapping_add(*f as u32));
+        // SAFETY: the caller's optional ULONG out parameter (DDI).
+        unsafe { super::Obj::new(hash, 4) }.set::<u32>(0, sum);
+    }
+    u16::try_from(out.len()).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]
