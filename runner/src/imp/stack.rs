@@ -118,27 +118,30 @@ extern "win64" fn capture_body(
     // call.
     let saved = unsafe { *saved };
     let [entry_rsp, rbx, rbp, rsi, rdi, r12, r13, r14, r15] = saved;
-    let mut ctx = super::seh::Context::default();
     // SAFETY: `entry_rsp` is the stack pointer at the call: it holds the return address.
-    ctx.rip = unsafe { *(entry_rsp as *const u64) };
-    ctx.regs = [
-        0,
-        0,
-        0,
-        rbx,
-        entry_rsp.wrapping_add(8),
-        rbp,
-        rsi,
-        rdi,
-        0,
-        0,
-        0,
-        0,
-        r12,
-        r13,
-        r14,
-        r15,
-    ];
+    let rip = unsafe { *(entry_rsp as *const u64) };
+    let mut ctx = super::seh::Context {
+        rip,
+        regs: [
+            0,
+            0,
+            0,
+            rbx,
+            entry_rsp.wrapping_add(8),
+            rbp,
+            rsi,
+            rdi,
+            0,
+            0,
+            0,
+            0,
+            r12,
+            r13,
+            r14,
+            r15,
+        ],
+        ..super::seh::Context::default()
+    };
     let wanted = skip.saturating_add(capture).min(256) as usize;
     let mut frames = Vec::with_capacity(wanted);
     while frames.len() < wanted && super::trap::image_of(ctx.rip as usize).is_some() {
