@@ -30,3 +30,25 @@ pub extern "win64" fn ke_acquire_guarded_mutex(mutex: usize) {
 pub extern "win64" fn ke_release_guarded_mutex(mutex: usize) {
     count(mutex).store(1, Ordering::Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guarded_mutex_excludes_another_thread() {
+        let m = Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+        let addr = m as *const _ as usize;
+        ke_initialize_guarded_mutex(addr);
+        ke_acquire_guarded_mutex(addr);
+        let t = std::thread::spawn(move || {
+            ke_acquire_guarded_mutex(addr);
+            ke_release_guarded_mutex(addr);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!t.is_finished(), "the second owner waits");
+        ke_release_guarded_mutex(addr);
+        t.join().unwrap();
+        assert_eq!(count(addr).load(Ordering::SeqCst), 1);
+    }
+}

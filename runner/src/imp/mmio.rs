@@ -339,4 +339,40 @@ mod tests {
         unaliased(0xFFFF_AFFF_0000_0000);
         assert_eq!(read(0xFFFF_AFFF_0000_0010, 4), Err(Miss::Unmapped));
     }
+
+    #[test]
+    fn a_window_writes_a_read_only_page_until_protected_read_only() {
+        // SAFETY: a fresh private anonymous page, unmapped at the end.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        let host = page as u64;
+        let base = 0xFFFF_AFFE_0000_0000;
+        aliased(base, 0x1000, host);
+        // A system mapping is read-write: the write lands although the page is read-only
+        // to this process (as an import table's page is).
+        write(base + 8, 8, 0x1122_3344_5566_7788).unwrap();
+        // SAFETY: the page is mapped and readable.
+        assert_eq!(
+            unsafe { *((host + 8) as *const u64) },
+            0x1122_3344_5566_7788
+        );
+        assert!(protect_alias(base + 0x10, true, false));
+        assert_eq!(write(base + 8, 8, 0), Err(Miss::ReadOnly));
+        assert_eq!(read(base + 8, 8), Ok(0x1122_3344_5566_7788));
+        assert!(protect_alias(base, false, false));
+        assert_eq!(read(base + 8, 8), Err(Miss::ReadOnly));
+        unaliased(base);
+        assert!(!protect_alias(base, true, true));
+        // SAFETY: mapped above, no reference into it remains.
+        unsafe { libc::munmap(page, 0x1000) };
+    }
 }

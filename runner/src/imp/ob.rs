@@ -171,3 +171,69 @@ pub fn admin_token() -> usize {
 pub extern "win64" fn se_token_is_admin(token: usize) -> u8 {
     u8::from(token == admin_token())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(text: &str) -> (Vec<u16>, [u64; 2]) {
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let len = (units.len() * 2) as u64;
+        let s = [len | (len << 16), units.as_ptr() as u64];
+        (units, s)
+    }
+
+    #[test]
+    fn links_lead_to_named_devices_and_driver_objects_are_found_by_name() {
+        let device = [0u64; 0x150 / 8];
+        let device_addr = device.as_ptr() as usize;
+        register_device("\\Device\\ObTestDev", device_addr);
+        let (_l, link) = us("\\DosDevices\\ObTestLink");
+        let (_d, name) = us("\\Device\\ObTestDev");
+        let link_addr = link.as_ptr() as usize;
+        assert_eq!(
+            io_create_symbolic_link(link_addr, name.as_ptr() as usize),
+            0
+        );
+        assert_eq!(
+            io_create_symbolic_link(link_addr, name.as_ptr() as usize),
+            STATUS_OBJECT_NAME_COLLISION
+        );
+        assert_eq!(open_device("\\dosdevices\\OBTESTLINK"), Some(device_addr));
+        assert_eq!(io_delete_symbolic_link(link_addr), 0);
+        assert_eq!(open_device("\\DosDevices\\ObTestLink"), None);
+        assert_eq!(
+            io_delete_symbolic_link(link_addr),
+            STATUS_OBJECT_NAME_NOT_FOUND
+        );
+        forget_device(device_addr);
+        assert_eq!(open_device("\\Device\\ObTestDev"), None);
+
+        let driver = 0x1234_5000usize;
+        register_driver("\\Driver\\ObTest", driver);
+        let (_n, dname) = us("\\Driver\\OBTEST");
+        let mut out = 0u64;
+        let ty = &raw const DRIVER_TYPE as usize;
+        let by_name = |object_type: usize, out: &mut u64| {
+            ob_reference_object_by_name(
+                dname.as_ptr() as usize,
+                0,
+                0,
+                0,
+                object_type,
+                0,
+                0,
+                out as *mut u64 as usize,
+            )
+        };
+        assert_eq!(by_name(ty, &mut out), 0);
+        assert_eq!(out, driver as u64);
+        assert_eq!(by_name(ty + 8, &mut out), STATUS_OBJECT_TYPE_MISMATCH);
+        // The import of IoDriverObjectType reads the type's address.
+        // SAFETY: io_driver_object_type() is the address of a static pointer.
+        let read = unsafe { *(io_driver_object_type() as *const usize) };
+        assert_eq!(read, ty);
+        assert_eq!(se_token_is_admin(admin_token()), 1);
+        assert_eq!(se_token_is_admin(admin_token() + 8), 0);
+    }
+}

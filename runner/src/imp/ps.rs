@@ -183,3 +183,67 @@ pub extern "win64" fn zw_query_system_information(
         _ => STATUS_INVALID_INFO_CLASS,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_module_list_has_the_rtl_process_modules_layout() {
+        module_loaded("kmtest_a.sys", 0x7100_0000, 0x9000);
+        module_loaded("kmtest_b.sys", 0x7200_0000, 0x3000);
+        let mut needed = 0u32;
+        // Too small: the size needed, STATUS_INFO_LENGTH_MISMATCH.
+        let status =
+            zw_query_system_information(SYSTEM_MODULE_INFORMATION, 0, 0, &raw mut needed as usize);
+        assert_eq!(status, STATUS_INFO_LENGTH_MISMATCH);
+        let n = (needed as usize - MODULES_ARRAY) / MODULE_ENTRY;
+        assert!(n >= 2, "{n}");
+        let mut buf = vec![0u8; needed as usize];
+        let status = zw_query_system_information(
+            SYSTEM_MODULE_INFORMATION,
+            buf.as_mut_ptr() as usize,
+            needed,
+            0,
+        );
+        assert_eq!(status, STATUS_SUCCESS);
+        let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
+        assert_eq!(u32_at(0) as usize, n);
+        let entry = (0..n)
+            .map(|i| MODULES_ARRAY + MODULE_ENTRY * i)
+            .find(|&e| u64_at(e + 0x10) == 0x7100_0000)
+            .expect("kmtest_a.sys listed");
+        assert_eq!(u32_at(entry + 0x18), 0x9000);
+        let path = &buf[entry + 0x28..entry + 0x28 + 256];
+        let path = &path[..path.iter().position(|&b| b == 0).unwrap()];
+        assert_eq!(path, full_path("kmtest_a.sys").as_bytes());
+        let file = u16::from_le_bytes([buf[entry + 0x26], buf[entry + 0x27]]) as usize;
+        assert_eq!(&path[file..], b"kmtest_a.sys");
+        module_unloaded(0x7100_0000);
+        module_unloaded(0x7200_0000);
+        let mut after = 0u32;
+        zw_query_system_information(SYSTEM_MODULE_INFORMATION, 0, 0, &raw mut after as usize);
+        assert_eq!(after as usize, needed as usize - 2 * MODULE_ENTRY);
+        assert_eq!(
+            zw_query_system_information(99, buf.as_mut_ptr() as usize, needed, 0),
+            STATUS_INVALID_INFO_CLASS
+        );
+    }
+
+    #[test]
+    fn notify_routines_register_and_deregister() {
+        extern "win64" fn routine(_: usize, _: usize, _: usize) {}
+        let r = routine as *const () as usize;
+        assert_eq!(
+            ps_set_load_image_notify_routine(0),
+            STATUS_INVALID_PARAMETER
+        );
+        assert_eq!(ps_set_load_image_notify_routine(r), STATUS_SUCCESS);
+        assert_eq!(ps_remove_load_image_notify_routine(r), STATUS_SUCCESS);
+        assert_eq!(
+            ps_remove_load_image_notify_routine(r),
+            STATUS_PROCEDURE_NOT_FOUND
+        );
+    }
+}
