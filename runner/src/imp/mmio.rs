@@ -361,10 +361,8 @@ mod tests {
         // to this process (as an import table's page is).
         write(base + 8, 8, 0x1122_3344_5566_7788).unwrap();
         // SAFETY: the page is mapped and readable.
-        assert_eq!(
-            unsafe { *((host + 8) as *const u64) },
-            0x1122_3344_5566_7788
-        );
+        let value = unsafe { *((host + 8) as *const u64) };
+        assert_eq!(value, 0x1122_3344_5566_7788);
         assert!(protect_alias(base + 0x10, true, false));
         assert_eq!(write(base + 8, 8, 0), Err(Miss::ReadOnly));
         assert_eq!(read(base + 8, 8), Ok(0x1122_3344_5566_7788));
