@@ -154,7 +154,8 @@ pub(crate) fn load_image(
 
 /// Loads the image at `path` and binds its imports; it joins the module list. With
 /// `announce`, the parent is told it is *the* image of the run (its reports and crash
-/// offsets name it); a note says how it was loaded either way.
+/// offsets name it), else that it is another module (crash offsets in it are named); a
+/// note says how it was loaded either way.
 ///
 /// # Errors
 /// Why the image could not be loaded.
@@ -165,13 +166,11 @@ pub(crate) fn map_image(
     let image = loader::load(path, &kernel::resolve, random_cookie()).map_err(|e| e.to_string())?;
     trap::add_image(image.base, image.size);
     super::ps::module_loaded(&image.name, image.base, image.size);
-    if announce {
-        report::line(&[
-            "image ",
-            &image.name,
-            &format!(" {:#x} {:#x}", image.base, image.size),
-        ]);
-    }
+    report::line(&[
+        if announce { "image " } else { "module " },
+        &image.name,
+        &format!(" {:#x} {:#x}", image.base, image.size),
+    ]);
     let missing: Vec<String> = image
         .imports
         .iter()
