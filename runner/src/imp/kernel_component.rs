@@ -296,8 +296,9 @@ fn unload_verifier(verifier: &LoadedImage, iosv: &Driver, target: &LoadedImage) 
 
 // ---- the control codes -------------------------------------------------------------------
 
-/// Serves each connection in turn: one CREATE on the control device, then one IOCTL per
-/// request frame. `control`: the control device's symbolic link.
+/// Serves each connection in turn: one CREATE on the control device, one IOCTL per
+/// request frame, CLEANUP and CLOSE when the connection ends. `control`: the control
+/// device's symbolic link.
 fn serve(listener: &UnixListener, control: Option<&str>) {
     if trap::prepare_thread(0).is_err() {
         return;
@@ -307,8 +308,22 @@ fn serve(listener: &UnixListener, control: Option<&str>) {
         let device = control.and_then(ob::open_device);
         let file = device.and_then(|d| create(child::kernel_top(d)).ok());
         connection(&mut stream, device.zip(file));
+        if let Some((device, file)) = device.zip(file) {
+            // The handle closes with the connection.
+            let p = Parameters {
+                file,
+                ..Parameters::none()
+            };
+            child::send(child::kernel_top(device), IRP_MJ_CLEANUP, 0, &p);
+            child::send(child::kernel_top(device), IRP_MJ_CLOSE, 0, &p);
+        }
     }
 }
+
+/// `IRP_MJ_CLOSE`.
+const IRP_MJ_CLOSE: u8 = 2;
+/// `IRP_MJ_CLEANUP`.
+const IRP_MJ_CLEANUP: u8 = 18;
 
 /// `STATUS_NO_SUCH_DEVICE`: the reply when iosv.sys's control device cannot be opened.
 const STATUS_NO_SUCH_DEVICE: u32 = 0xC000_000E;
