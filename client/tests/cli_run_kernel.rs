@@ -284,3 +284,21 @@ fn iosv_sys_patches_the_slots_at_load_and_keeps_them_at_its_unload() {
         "{unload}"
     );
 }
+
+#[test]
+fn a_verifier_image_that_is_not_iosv_is_a_load_failure() {
+    // A driver that creates no control device link cannot serve the control codes.
+    let not_iosv = fixtures().join("leak_on_stop.sys").display().to_string();
+    let target = fixtures().join("clean.sys").display().to_string();
+    let (code, _, err) = parts(&iosvctl(&["run", "--verifier", &not_iosv, &target]));
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("leak_on_stop.sys created no control device with a symbolic link"),
+        "{err}"
+    );
+    // Not an image at all.
+    let text = root().join("README.md").display().to_string();
+    let (code, _, err) = parts(&iosvctl(&["run", "--verifier", &text, &target]));
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("the verifier image"), "{err}");
+}

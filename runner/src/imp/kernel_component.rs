@@ -166,7 +166,12 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
     let verifier = match child::map_image(verifier_path, false) {
         Ok(i) => i,
         Err(e) => {
-            report::line(&["loadfail the verifier image: ", &e]);
+            report::line(&[
+                "loadfail the verifier image ",
+                &verifier_path.display().to_string(),
+                ": ",
+                &e,
+            ]);
             return child::LOAD_FAILED_STATUS;
         }
     };
@@ -192,6 +197,15 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
         return child::LOAD_FAILED_STATUS;
     };
     let links = ob::links_of(iosv.object);
+    if links.is_empty() {
+        report::line(&[
+            "loadfail ",
+            &verifier.name,
+            " created no control device with a symbolic link: it is not iosv's kernel \
+             component (scripts/check-glue links that into target/check-glue/iosv.sys)",
+        ]);
+        return child::LOAD_FAILED_STATUS;
+    }
     note(&format!(
         "{}: DriverEntry succeeded; {} image-load routine(s) registered; control device link(s): {}",
         verifier.name,
