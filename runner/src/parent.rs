@@ -51,8 +51,9 @@ impl ImageInfo {
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
-    /// Kept open so that the child's writes after `ready` do not fail (they are dropped).
-    _lines: mpsc::Receiver<Option<String>>,
+    /// Kept open so that the child's writes after `ready` do not fail; read by
+    /// [`Session::finish_with_notes`].
+    lines: mpsc::Receiver<Option<String>>,
     dir: PathBuf,
     /// The Unix socket the child's endpoint listens on.
     pub socket: PathBuf,
@@ -74,7 +75,16 @@ impl Session {
     ///
     /// # Errors
     /// When the child does not exit cleanly.
-    pub fn finish(mut self) -> Result<(), RunError> {
+    pub fn finish(self) -> Result<(), RunError> {
+        self.finish_with_notes().map(|_| ())
+    }
+
+    /// [`Session::finish`], returning the notes the child wrote after `ready` (with
+    /// `--verifier`: what iosv.sys's unload did).
+    ///
+    /// # Errors
+    /// When the child does not exit cleanly.
+    pub fn finish_with_notes(mut self) -> Result<Vec<String>, RunError> {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -88,8 +98,16 @@ impl Session {
             std::thread::sleep(Duration::from_millis(5));
         };
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The child has exited: what it wrote after `ready` is in the channel (the reader
+        // thread ends at end of file); at most MAX_NOTES notes are kept.
+        let mut late = Vec::new();
+        while let Ok(Some(line)) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            if let Some(Message::Note(n)) = Message::parse(&line) {
+                push_bounded(&mut late, n, "notes");
+            }
+        }
         match status {
-            Some(s) if s.success() => Ok(()),
+            Some(s) if s.success() => Ok(late),
             Some(s) => Err(RunError::Protocol(format!(
                 "the driver host process exited with {s} after the run"
             ))),
@@ -300,7 +318,7 @@ fn follow(
                 return Ok(Session {
                     child,
                     stdin,
-                    _lines: rx,
+                    lines: rx,
                     dir,
                     socket,
                     image,

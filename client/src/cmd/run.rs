@@ -138,9 +138,9 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
             return Err(AppError::Run(format!("{}: no such file", path.display())));
         }
     }
-    // With --verifier the host's verifier table is not used (iosv.sys keeps its own), so
-    // there is nothing to audit it against.
-    let audited = a.verifier.is_none();
+    // With --verifier the host's verifier table is unused (iosv.sys keeps its own): the
+    // audit can only find a corruption of the simulated Mm.
+    let kernel_component = a.verifier.is_some();
     let program = std::env::current_exe()
         .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;
     let session = match parent::start(&program, &opts) {
@@ -175,10 +175,10 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
                     writeln!(out, "  {n}")?;
                 }
             }
-            if !audited {
+            if kernel_component && session.audit_problems.is_empty() {
                 writeln!(
                     out,
-                    "audit: not run (the kernel component keeps its own table)\n"
+                    "audit: the simulated Mm recorded no corruption (the kernel component keeps its own table)\n"
                 )?;
             } else if session.audit_problems.is_empty() {
                 writeln!(
@@ -202,7 +202,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
                 "size": session.image.size,
                 "duration_ms": elapsed_ms,
                 "notes": session.notes,
-                "audit": { "clean": session.audit_problems.is_empty(), "problems": session.audit_problems, "audited": audited },
+                "audit": { "clean": session.audit_problems.is_empty(), "problems": session.audit_problems, "table_compared": !kernel_component },
             });
             writeln!(out, "{v}")?;
         }
@@ -216,7 +216,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         from_cursor: 0,
         next_cursor: next,
         problems: session.audit_problems.clone(),
-        audited,
+        audited: true,
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
@@ -231,8 +231,21 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
     }
     super::symbol_notes(&images, false);
     drop(c);
-    session
-        .finish()
+    let late = session
+        .finish_with_notes()
         .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
+    // With --verifier: what iosv.sys's unload did, after the reports were read.
+    if !late.is_empty() {
+        if format == Format::Human {
+            writeln!(out, "after the run:")?;
+            for n in &late {
+                writeln!(out, "  {n}")?;
+            }
+        } else {
+            for n in &late {
+                eprintln!("iosvctl: note: {n}");
+            }
+        }
+    }
     Ok(outcome)
 }

@@ -231,7 +231,7 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
 /// mapped through the hooks and is still mapped) and checks the Mm was not corrupted:
 /// one `audit` line per problem. What the driver did is not known in advance, so the
 /// reports themselves are not audited (`lab`'s injected counts have no equivalent).
-fn audit(host: &Host) {
+pub(crate) fn audit(host: &Host) {
     let a = match host.audit(&iosv_host::Injected::new(), true) {
         Ok(a) => a,
         Err(e) => {

@@ -8,14 +8,16 @@
 //! full name and `IMAGE_INFO` — iosv.sys patches the target's import slots there, through
 //! the MDL routines. The target's life cycle follows as in a plain run, with iosv.sys's
 //! `AddDevice` called right after the target's (the upper filter), then the target's
-//! unload (it leaves the module list), then iosv.sys's own `DriverUnload` if it still has
-//! one. Notes say what happened to the slots at each step.
+//! unload (it leaves the module list). Once the parent has read the reports, the handle
+//! on the control device closes and iosv.sys's own `DriverUnload` runs; its notes reach
+//! the parent after the run. Notes say what happened to the slots at each step.
 //!
 //! The runner's engine hooks nothing in this mode: the kernel routines are the "real" Mm
 //! that iosv.sys's own, unpatched imports call. The parent's control codes reach iosv.sys:
-//! each connection on the socket is served by sending the control device one
-//! `IRP_MJ_CREATE` (from an administrator's token) and then one `IRP_MJ_DEVICE_CONTROL`
-//! (METHOD_BUFFERED) per request, on a thread of its own.
+//! the child opens the control device once after iosv.sys's `DriverEntry`
+//! (`IRP_MJ_CREATE` from an administrator's token), and serves each request on the socket
+//! as one `IRP_MJ_DEVICE_CONTROL` (METHOD_BUFFERED) on that handle, on a thread of its
+//! own.
 
 use super::child::{self, note, Device, Driver, Parameters};
 use super::engine::{Engine, FamilyCall, HostEngine};
@@ -149,7 +151,10 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
         return code;
     }
     super::kaddr::enable();
-    let engine = Arc::new(KernelModeEngine(HostEngine::new(host, kernel::hooks())));
+    let engine = Arc::new(KernelModeEngine(HostEngine::new(
+        Arc::clone(&host),
+        kernel::hooks(),
+    )));
     kernel::set_engine(engine.clone());
     let listener = match bind(socket) {
         Ok(l) => l,
@@ -206,6 +211,21 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
         ]);
         return child::LOAD_FAILED_STATUS;
     }
+    // Opened now, as a session of iosvctl would hold it open during the run: a handle
+    // keeps reaching the device even after iosv.sys deletes it with its last filter
+    // device (which it does when it never patched a slot).
+    let Some(control) = links.first().and_then(|(name, _)| ob::open_device(name)) else {
+        report::line(&["loadfail iosv.sys's control device link leads nowhere"]);
+        return child::LOAD_FAILED_STATUS;
+    };
+    let Ok(file) = create(child::kernel_top(control)) else {
+        report::line(&[
+            "loadfail IRP_MJ_CREATE on ",
+            &verifier.name,
+            "'s control device failed (see the notes)",
+        ]);
+        return child::LOAD_FAILED_STATUS;
+    };
     note(&format!(
         "{}: DriverEntry succeeded; {} image-load routine(s) registered; control device link(s): {}",
         verifier.name,
@@ -232,21 +252,39 @@ pub fn run(socket: &Path, opts: &RunOptions, verifier_path: &Path) -> i32 {
     let filter = |dev: Device| add_filter(&verifier, &iosv, dev);
     child::lifecycle_with(&*engine, &target, opts, &filter);
     note_slots("after the target's unload", &target, &verifier);
-    unload_verifier(&verifier, &iosv, &target);
+    // The host's verifier saw nothing (its table is empty): what the audit can still find
+    // is a corruption of the simulated Mm, e.g. an unmap of the wrong size iosv.sys did
+    // not hook.
+    child::audit(&host);
+    if ob::links_of(iosv.object).is_empty() {
+        note(&format!(
+            "{} deleted its control device and link with its last filter device (it never patched a slot, so it may unload); the handle opened after its DriverEntry still reaches it",
+            verifier.name
+        ));
+    }
     note(&format!(
-        "{} calls of kernel routines through their kernel-space aliases (one fault each), {} __chkstk probes",
+        "{} calls of kernel routines through their kernel-space aliases (one fault each), {} __chkstk probes, during the life cycle",
         super::kaddr::redirects(),
         super::stack::chkstk_calls()
     ));
-    let control = links.first().map(|(name, _)| name.clone());
     let server = std::thread::Builder::new()
         .name("iosv-control".into())
         .stack_size(SERVER_STACK)
-        .spawn(move || serve(&listener, control.as_deref()));
+        .spawn(move || serve(&listener, control, file));
     if let Err(e) = server {
         note(&format!("cannot start the control-code thread: {e}"));
     }
     child::ready_until_closed();
+    // The parent read the reports: the handle closes, then iosv.sys unloads. Notes from
+    // here on reach the parent after the run (parent::Session::finish_with_notes).
+    super::silence_thread();
+    let p = Parameters {
+        file,
+        ..Parameters::none()
+    };
+    child::send(child::kernel_top(control), IRP_MJ_CLEANUP, 0, &p);
+    child::send(child::kernel_top(control), IRP_MJ_CLOSE, 0, &p);
+    unload_verifier(&verifier, &iosv, &target);
     0
 }
 
@@ -310,27 +348,16 @@ fn unload_verifier(verifier: &LoadedImage, iosv: &Driver, target: &LoadedImage) 
 
 // ---- the control codes -------------------------------------------------------------------
 
-/// Serves each connection in turn: one CREATE on the control device, one IOCTL per
-/// request frame, CLEANUP and CLOSE when the connection ends. `control`: the control
-/// device's symbolic link.
-fn serve(listener: &UnixListener, control: Option<&str>) {
+/// Serves each connection in turn, one IOCTL per request frame, on the handle (`file`)
+/// opened on the control device `control`.
+fn serve(listener: &UnixListener, control: usize, file: usize) {
     if trap::prepare_thread(0).is_err() {
         return;
     }
+    super::silence_thread();
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let device = control.and_then(ob::open_device);
-        let file = device.and_then(|d| create(child::kernel_top(d)).ok());
-        connection(&mut stream, device.zip(file));
-        if let Some((device, file)) = device.zip(file) {
-            // The handle closes with the connection.
-            let p = Parameters {
-                file,
-                ..Parameters::none()
-            };
-            child::send(child::kernel_top(device), IRP_MJ_CLEANUP, 0, &p);
-            child::send(child::kernel_top(device), IRP_MJ_CLOSE, 0, &p);
-        }
+        connection(&mut stream, control, file);
     }
 }
 
@@ -339,10 +366,7 @@ const IRP_MJ_CLOSE: u8 = 2;
 /// `IRP_MJ_CLEANUP`.
 const IRP_MJ_CLEANUP: u8 = 18;
 
-/// `STATUS_NO_SUCH_DEVICE`: the reply when iosv.sys's control device cannot be opened.
-const STATUS_NO_SUCH_DEVICE: u32 = 0xC000_000E;
-
-fn connection(stream: &mut UnixStream, opened: Option<(usize, usize)>) {
+fn connection(stream: &mut UnixStream, device: usize, file: usize) {
     loop {
         let (header, input) = match endpoint::read_request(stream) {
             Ok(r) => r,
@@ -353,19 +377,14 @@ fn connection(stream: &mut UnixStream, opened: Option<(usize, usize)>) {
                 return;
             }
         };
-        let reply = match opened {
-            Some((device, file)) => {
-                let (status, information, output) = device_control(
-                    child::kernel_top(device),
-                    file,
-                    header.code,
-                    &input,
-                    header.output_capacity,
-                );
-                endpoint::encode_reply(status as u32, information, &output)
-            }
-            None => endpoint::encode_reply(STATUS_NO_SUCH_DEVICE, 0, &[]),
-        };
+        let (status, information, output) = device_control(
+            child::kernel_top(device),
+            file,
+            header.code,
+            &input,
+            header.output_capacity,
+        );
+        let reply = endpoint::encode_reply(status as u32, information, &output);
         if endpoint::write_frame(stream, &reply).is_err() {
             return;
         }
