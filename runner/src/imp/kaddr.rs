@@ -86,6 +86,8 @@ mod tests {
     #[test]
     fn aliases_are_kernel_addresses_that_lead_back_to_the_routine() {
         let routine = super::super::kernel::lookup("KeGetCurrentIrql").unwrap();
+        // Process-wide from here on: no other unit test runs code through bound imports
+        // or compares them with `lookup`.
         enable();
         let a = alias(routine);
         assert!(a >= iosv::intercept::KERNEL_SPACE_START);
