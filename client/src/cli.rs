@@ -249,6 +249,14 @@ pub struct RunImageArgs {
     /// Repeat for several.
     #[arg(long = "registry", value_name = "KEY\\NAME=TYPE:DATA")]
     pub registry: Vec<String>,
+    /// Load iosv's own kernel component first — the Windows glue's image, as
+    /// scripts/check-glue links it (target/check-glue/iosv.sys) — and let it verify the
+    /// driver: its image-load callback patches the driver's import slots, its filter
+    /// device joins the stack, and the reports are pulled from its control device. The
+    /// runner's own engine then hooks nothing. See docs/running-drivers.md, "The kernel
+    /// component itself".
+    #[arg(long = "verifier", value_name = "IOSV.sys")]
+    pub verifier: Option<PathBuf>,
 }
 
 /// `violations` options.

@@ -191,6 +191,11 @@ pub struct RunOptions {
     pub surprise_removal: bool,
     /// Registry values the child's registry holds before `DriverEntry`.
     pub registry: Vec<regspec::RegistrySpec>,
+    /// iosv's own kernel component (the glue's linked `iosv.sys`) to load first, as the
+    /// verifier of the image: it hooks the image, and the reports come from it
+    /// (docs/running-drivers.md, "The kernel component itself"). `None`: the runner's
+    /// engine verifies.
+    pub verifier: Option<std::path::PathBuf>,
 }
 
 impl fmt::Display for BarSpec {

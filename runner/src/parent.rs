@@ -52,8 +52,9 @@ impl ImageInfo {
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
-    /// Kept open so that the child's writes after `ready` do not fail (they are dropped).
-    _lines: mpsc::Receiver<Option<String>>,
+    /// Kept open so that the child's writes after `ready` do not fail; read by
+    /// [`Session::finish_with_notes`].
+    lines: mpsc::Receiver<Option<String>>,
     dir: PathBuf,
     /// The Unix socket the child's endpoint listens on.
     pub socket: PathBuf,
@@ -75,7 +76,16 @@ impl Session {
     ///
     /// # Errors
     /// When the child does not exit cleanly.
-    pub fn finish(mut self) -> Result<(), RunError> {
+    pub fn finish(self) -> Result<(), RunError> {
+        self.finish_with_notes().map(|_| ())
+    }
+
+    /// [`Session::finish`], returning the notes the child wrote after `ready` (with
+    /// `--verifier`: what iosv.sys's unload did).
+    ///
+    /// # Errors
+    /// When the child does not exit cleanly.
+    pub fn finish_with_notes(mut self) -> Result<Vec<String>, RunError> {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -89,8 +99,16 @@ impl Session {
             std::thread::sleep(Duration::from_millis(5));
         };
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The child has exited: what it wrote after `ready` is in the channel (the reader
+        // thread ends at end of file); at most MAX_NOTES notes are kept.
+        let mut late = Vec::new();
+        while let Ok(Some(line)) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            if let Some(Message::Note(n)) = Message::parse(&line) {
+                push_bounded(&mut late, n, "notes");
+            }
+        }
         match status {
-            Some(s) if s.success() => Ok(()),
+            Some(s) if s.success() => Ok(late),
             Some(s) => Err(RunError::Protocol(format!(
                 "the driver host process exited with {s} after the run"
             ))),
@@ -124,6 +142,9 @@ impl Drop for Session {
 /// [`RunError::Protocol`] when the child could not be run.
 pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
     let mut args: Vec<OsString> = vec![opts.image.clone().into()];
+    if let Some(v) = &opts.verifier {
+        args.extend(["--verifier".into(), v.clone().into()]);
+    }
     for b in &opts.bars {
         args.extend(["--bar".into(), b.to_string().into()]);
     }
@@ -233,6 +254,7 @@ fn follow(
         watchdog_secs
     });
     let mut image = ImageInfo::default();
+    let mut modules: Vec<ImageInfo> = Vec::new();
     let mut notes = Vec::new();
     let mut audit_problems = Vec::new();
     let mut lab = Vec::new();
@@ -283,6 +305,10 @@ fn follow(
         };
         match message {
             Some(Message::Image { name, base, size }) => image = ImageInfo { name, base, size },
+            Some(Message::Module { name, base, size }) if modules.len() < 16 => {
+                modules.push(ImageInfo { name, base, size });
+            }
+            Some(Message::Module { .. }) => {}
             Some(Message::Enter(r)) => {
                 routine = Some(r);
                 idle = false;
@@ -317,7 +343,7 @@ fn follow(
                 return Ok(Session {
                     child,
                     stdin,
-                    _lines: rx,
+                    lines: rx,
                     dir,
                     socket,
                     image,
@@ -328,7 +354,7 @@ fn follow(
                 })
             }
             Some(Message::Crash(text)) => {
-                let report = crash_report(&image, image_path, &text);
+                let report = crash_report(&image, &modules, image_path, &text);
                 return ended(&mut child, &dir, ExitKind::Crashed, report);
             }
             Some(Message::Unimplemented(text)) => {
@@ -483,8 +509,9 @@ fn died_report(
     )
 }
 
-/// Turns the child's `crash` fields into the report.
-fn crash_report(image: &ImageInfo, path: &Path, text: &str) -> String {
+/// Turns the child's `crash` fields into the report. `modules`: the other images mapped
+/// (iosv's kernel component), whose offsets the report names too.
+fn crash_report(image: &ImageInfo, modules: &[ImageInfo], path: &Path, text: &str) -> String {
     let name = display_name(image, path);
     if let Some(rest) = text.strip_prefix("bugcheck ") {
         return format!("driver {name} bug-checked: {rest}");
@@ -499,11 +526,24 @@ fn crash_report(image: &ImageInfo, path: &Path, text: &str) -> String {
     let rip = hex(field("rip")).unwrap_or(0);
     let address = hex(field("address")).unwrap_or(0);
     let routine = field("routine").filter(|r| *r != "-");
-    let in_image = rip.checked_sub(image.base).is_some_and(|o| o < image.size);
+    let contains = |m: &ImageInfo, a: u64| a.checked_sub(m.base).is_some_and(|o| o < m.size);
+    let in_image = contains(image, rip);
+    let module = modules.iter().find(|m| contains(m, rip));
+    let describe = |a: u64| match modules.iter().find(|m| contains(m, a)) {
+        Some(m) => m.describe(a),
+        None => image.describe(a),
+    };
     let mut out = if in_image {
         format!(
             "driver {name} crashed: {signal} at {} (rip {rip:#x}), fault address {address:#x}",
             image.describe(rip)
+        )
+    } else if let Some(m) = module {
+        format!(
+            "{} crashed (beside driver {name}): {signal} at {} (rip {rip:#x}), fault address \
+             {address:#x}",
+            m.name,
+            m.describe(rip)
         )
     } else {
         format!(
@@ -517,9 +557,7 @@ fn crash_report(image: &ImageInfo, path: &Path, text: &str) -> String {
             .split_once("routine=")
             .map(|(_, rest)| rest.split(" entry=").next().unwrap_or(rest))
             .unwrap_or(r);
-        let entry = hex(field("entry"))
-            .map(|e| image.describe(e))
-            .unwrap_or_default();
+        let entry = hex(field("entry")).map(describe).unwrap_or_default();
         out.push_str(&format!("\n  while running {full} (entry {entry})"));
     }
     if let Some(why) = field("why") {
@@ -600,6 +638,7 @@ mod tests {
             watchdog_secs: 30,
             surprise_removal: false,
             registry: vec![],
+            verifier: None,
         };
         let began = Instant::now();
         let err = start(&script, &opts).expect_err("no session from a broken child");
@@ -662,6 +701,7 @@ mod tests {
         };
         let r = crash_report(
             &image,
+            &[],
             Path::new("d.sys"),
             "signal=SIGSEGV address=0x0 rip=0x1234 routine=IRP_MJ_DEVICE_CONTROL dispatch entry=0x1200",
         );
@@ -672,6 +712,7 @@ mod tests {
         );
         let r = crash_report(
             &image,
+            &[],
             Path::new("d.sys"),
             "signal=SIGSEGV address=0x8 rip=0x9999 routine=-",
         );
@@ -679,12 +720,32 @@ mod tests {
         assert!(!r.contains("while running"), "{r}");
         let r = crash_report(
             &image,
+            &[],
             Path::new("d.sys"),
             "bugcheck KeBugCheckEx(0x1, 0x0, 0x0, 0x0, 0x0)",
         );
         assert_eq!(
             r,
             "driver d.sys bug-checked: KeBugCheckEx(0x1, 0x0, 0x0, 0x0, 0x0)"
+        ); // A fault in another module (iosv's kernel component) names its offset.
+        let iosv = ImageInfo {
+            name: "iosv.sys".into(),
+            base: 0x8000,
+            size: 0x2000,
+        };
+        let r = crash_report(
+            &image,
+            std::slice::from_ref(&iosv),
+            Path::new("d.sys"),
+            "signal=SIGSEGV address=0x10 rip=0x9010 routine=load-image notify routine entry=0x8100",
+        );
+        assert!(
+            r.starts_with("iosv.sys crashed (beside driver d.sys): SIGSEGV at iosv.sys+0x1010"),
+            "{r}"
+        );
+        assert!(
+            r.contains("while running load-image notify routine (entry iosv.sys+0x100)"),
+            "{r}"
         );
     }
 }

@@ -4,6 +4,7 @@
 //! | line | meaning |
 //! |---|---|
 //! | `image NAME BASE SIZE` | the image is mapped at BASE (hex), SIZE bytes |
+//! | `module NAME BASE SIZE` | another image is mapped (iosv's kernel component, `--verifier`): crash reports name offsets in it too |
 //! | `enter ROUTINE` | the child is about to call driver routine ROUTINE (the watchdog restarts) |
 //! | `note TEXT` | something the user should see (e.g. a failed IRP) |
 //! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
@@ -28,6 +29,15 @@ pub const LAB_PIECE: usize = 8 * 1024;
 pub enum Message {
     /// `image NAME BASE SIZE`.
     Image {
+        /// File name.
+        name: String,
+        /// Load address.
+        base: u64,
+        /// Bytes mapped.
+        size: u64,
+    },
+    /// `module NAME BASE SIZE`.
+    Module {
         /// File name.
         name: String,
         /// Load address.
@@ -66,7 +76,7 @@ impl Message {
         let (word, text) = line.split_once(' ').unwrap_or((line, ""));
         let text = text.to_string();
         Some(match word {
-            "image" => {
+            "image" | "module" => {
                 // From the right: the file name may contain spaces.
                 let mut parts = text.rsplitn(3, ' ');
                 let hex = |t: Option<&str>| {
@@ -75,7 +85,11 @@ impl Message {
                 let size = hex(parts.next())?;
                 let base = hex(parts.next())?;
                 let name = parts.next().filter(|n| !n.is_empty())?.to_string();
-                Self::Image { name, base, size }
+                if word == "image" {
+                    Self::Image { name, base, size }
+                } else {
+                    Self::Module { name, base, size }
+                }
             }
             "enter" => Self::Enter(text),
             "leave" => Self::Leave,
@@ -126,6 +140,14 @@ mod tests {
             Some(Message::Crash("SIGSEGV at x".into()))
         );
         assert_eq!(Message::parse("bogus 1"), None);
+        assert_eq!(
+            Message::parse("module iosv.sys 0x180000000 0x29000"),
+            Some(Message::Module {
+                name: "iosv.sys".into(),
+                base: 0x1_8000_0000,
+                size: 0x29000
+            })
+        );
         assert_eq!(
             Message::parse("image a.sys 0x140000000 0x8000"),
             Some(Message::Image {

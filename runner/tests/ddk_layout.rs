@@ -152,6 +152,25 @@ const FIELDS: &[(&str, usize)] = &[
         "FIELD_OFFSET(RTL_QUERY_REGISTRY_TABLE, DefaultLength)",
         l::RQT_DEFAULT_LENGTH,
     ),
+    ("sizeof(IMAGE_INFO)", l::IMAGE_INFO),
+    ("FIELD_OFFSET(IMAGE_INFO, Properties)", l::II_PROPERTIES),
+    ("FIELD_OFFSET(IMAGE_INFO, ImageBase)", l::II_IMAGE_BASE),
+    ("FIELD_OFFSET(IMAGE_INFO, ImageSize)", l::II_IMAGE_SIZE),
+    (
+        "FIELD_OFFSET(IO_SECURITY_CONTEXT, AccessState)",
+        l::ISC_ACCESS_STATE,
+    ),
+    ("sizeof(IO_SECURITY_CONTEXT)", l::IO_SECURITY_CONTEXT),
+    ("sizeof(ACCESS_STATE)", l::ACCESS_STATE),
+    (
+        "FIELD_OFFSET(ACCESS_STATE, SubjectSecurityContext.ClientToken)",
+        l::AS_CLIENT_TOKEN,
+    ),
+    (
+        "FIELD_OFFSET(ACCESS_STATE, SubjectSecurityContext.PrimaryToken)",
+        l::AS_PRIMARY_TOKEN,
+    ),
+    ("sizeof(KGUARDED_MUTEX)", l::KGUARDED_MUTEX),
 ];
 
 #[test]

@@ -45,6 +45,7 @@ pub fn parse_args(args: &[String]) -> Result<(PathBuf, RunOptions), String> {
         watchdog_secs: 0,
         surprise_removal: false,
         registry: Vec::new(),
+        verifier: None,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -55,6 +56,7 @@ pub fn parse_args(args: &[String]) -> Result<(PathBuf, RunOptions), String> {
             "--registry" => opts
                 .registry
                 .push(crate::regspec::RegistrySpec::parse(value)?),
+            "--verifier" => opts.verifier = Some(PathBuf::from(value)),
             other => return Err(format!("unknown child argument {other}")),
         }
     }
@@ -77,13 +79,9 @@ pub(crate) fn note(text: &str) {
     report::line(&["note ", text]);
 }
 
-/// What every child sets up before driver code runs: fault handling, the endpoint
-/// serving the control codes on `socket`, and the engine over `host`. `Err` is the
-/// child's exit status (the reason was sent to the parent).
-pub(crate) fn setup(
-    socket: &std::path::Path,
-    host: &Arc<Host>,
-) -> Result<(endpoint::EndpointHandle, Arc<HostEngine>), i32> {
+/// What every child sets up before driver code runs: dying with the parent, and fault
+/// handling. `Err` is the child's exit status (the reason was sent to the parent).
+pub(crate) fn prepare_process() -> Result<(), i32> {
     // The parent runs the child in its own process group (its watchdog kills the group),
     // so a ^C at the terminal does not reach it: die with the parent instead, even when
     // driver code spins and never reads standard input.
@@ -93,6 +91,17 @@ pub(crate) fn setup(
         report::line(&["loadfail cannot set up fault handling: ", &e.to_string()]);
         return Err(LOAD_FAILED_STATUS);
     }
+    Ok(())
+}
+
+/// [`prepare_process`], then the endpoint serving the control codes on `socket`, and the
+/// engine over `host`. `Err` is the child's exit status (the reason was sent to the
+/// parent).
+pub(crate) fn setup(
+    socket: &std::path::Path,
+    host: &Arc<Host>,
+) -> Result<(endpoint::EndpointHandle, Arc<HostEngine>), i32> {
+    prepare_process()?;
     let server = match endpoint::spawn(Arc::clone(host), socket) {
         Ok(s) => s,
         Err(e) => {
@@ -113,12 +122,17 @@ pub(crate) fn setup(
 /// Tells the parent the run is complete, then serves the control codes until the parent
 /// closes our standard input.
 pub(crate) fn serve_until_closed(server: endpoint::EndpointHandle) -> i32 {
+    ready_until_closed();
+    let _ = server.stop();
+    0
+}
+
+/// Tells the parent the run is complete and waits until it closes our standard input.
+pub(crate) fn ready_until_closed() {
     report::line(&["ready"]);
     let mut sink = [0u8; 64];
     let mut stdin = std::io::stdin();
     while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-    let _ = server.stop();
-    0
 }
 
 /// Loads the image at `path`, binds its imports, tells the parent where it is, and lets
@@ -130,10 +144,30 @@ pub(crate) fn load_image(
     engine: &dyn Engine,
     path: &std::path::Path,
 ) -> Result<loader::LoadedImage, String> {
+    let image = map_image(path, true)?;
+    match engine.attach(&image) {
+        Ok(lines) => lines.iter().for_each(|l| note(l)),
+        Err(e) => note(&format!("iosv could not attach to {}: {e}", image.name)),
+    }
+    Ok(image)
+}
+
+/// Loads the image at `path` and binds its imports; it joins the module list. With
+/// `announce`, the parent is told it is *the* image of the run (its reports and crash
+/// offsets name it), else that it is another module (crash offsets in it are named); a
+/// note says how it was loaded either way.
+///
+/// # Errors
+/// Why the image could not be loaded.
+pub(crate) fn map_image(
+    path: &std::path::Path,
+    announce: bool,
+) -> Result<loader::LoadedImage, String> {
     let image = loader::load(path, &kernel::resolve, random_cookie()).map_err(|e| e.to_string())?;
     trap::add_image(image.base, image.size);
+    super::ps::module_loaded(&image.name, image.base, image.size);
     report::line(&[
-        "image ",
+        if announce { "image " } else { "module " },
         &image.name,
         &format!(" {:#x} {:#x}", image.base, image.size),
     ]);
@@ -163,14 +197,13 @@ pub(crate) fn load_image(
         if missing.is_empty() { "" } else { ": " },
         missing.join(", ")
     ));
-    match engine.attach(&image) {
-        Ok(lines) => lines.iter().for_each(|l| note(l)),
-        Err(e) => note(&format!("iosv could not attach to {}: {e}", image.name)),
-    }
     Ok(image)
 }
 
 fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
+    if let Some(verifier) = &opts.verifier {
+        return super::kernel_component::run(socket, opts, verifier);
+    }
     let host = match Host::try_new(iosv::config::StartParams::default()) {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -198,7 +231,7 @@ fn run(socket: &std::path::Path, opts: &RunOptions) -> i32 {
 /// mapped through the hooks and is still mapped) and checks the Mm was not corrupted:
 /// one `audit` line per problem. What the driver did is not known in advance, so the
 /// reports themselves are not audited (`lab`'s injected counts have no equivalent).
-fn audit(host: &Host) {
+pub(crate) fn audit(host: &Host) {
     let a = match host.audit(&iosv_host::Injected::new(), true) {
         Ok(a) => a,
         Err(e) => {
@@ -232,7 +265,7 @@ fn audit(host: &Host) {
     }
 }
 
-fn random_cookie() -> u64 {
+pub(crate) fn random_cookie() -> u64 {
     let mut v = 0u64;
     // SAFETY: getrandom fills the 8 bytes of `v`.
     let n = unsafe { libc::getrandom((&raw mut v).cast(), 8, 0) };
@@ -258,7 +291,7 @@ fn obj(addr: usize, len: usize) -> Obj {
 }
 
 /// A `UNICODE_STRING` for `text`, leaked.
-fn unicode(text: &str) -> usize {
+pub(crate) fn unicode(text: &str) -> usize {
     let units: Vec<u16> = text.encode_utf16().chain([0]).collect();
     let buffer = Box::leak(units.into_boxed_slice());
     let s = kernel::alloc_zeroed(l::UNICODE_STRING);
@@ -279,6 +312,7 @@ fn driver_object(name: &str, dispatch: usize) -> usize {
     o.set::<u16>(2, l::DRIVER_OBJECT as u16);
     o.set::<u64>(l::DRV_EXTENSION, ext as u64);
     obj(ext, 0x40).set::<u64>(0, d as u64);
+    super::ob::register_driver(name, d);
     let n = unicode(name);
     let ns = obj(n, l::UNICODE_STRING);
     o.set::<u64>(l::DRV_NAME, ns.get::<u64>(0));
@@ -309,15 +343,18 @@ extern "win64" fn pdo_dispatch(_device: usize, irp: usize) -> i32 {
     status
 }
 
-struct Parameters<'a> {
-    words: [(usize, u64); 4],
-    buffer: Option<&'a [u8]>,
-    output: u32,
-    file: usize,
+/// What an IRP the runner sends carries: up to four (offset, value) words of the stack
+/// location's `Parameters` (offset 0: unused), the system buffer's input, the output
+/// capacity, the file object.
+pub(crate) struct Parameters<'a> {
+    pub(crate) words: [(usize, u64); 4],
+    pub(crate) buffer: Option<&'a [u8]>,
+    pub(crate) output: u32,
+    pub(crate) file: usize,
 }
 
 impl Parameters<'_> {
-    fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self {
             words: [(0, 0); 4],
             buffer: None,
@@ -328,7 +365,7 @@ impl Parameters<'_> {
 }
 
 /// Sends an IRP to the top of `device`'s stack, waits for it, returns its final status.
-fn send(top: usize, major: u8, minor: u8, p: &Parameters<'_>) -> i32 {
+pub(crate) fn send(top: usize, major: u8, minor: u8, p: &Parameters<'_>) -> i32 {
     let stack = obj(top, l::DEVICE_OBJECT)
         .get::<u8>(l::DEV_STACK_SIZE)
         .max(1);
@@ -524,13 +561,24 @@ pub(crate) fn unload_driver(
 }
 
 fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions) {
+    lifecycle_with(engine, image, opts, &|_| {});
+}
+
+/// The driver's life cycle: DriverEntry, its device (with `after_add` right after its
+/// AddDevice, [`pnp_device_with`]) or its legacy control device, and unload.
+pub(crate) fn lifecycle_with(
+    engine: &dyn Engine,
+    image: &loader::LoadedImage,
+    opts: &RunOptions,
+    after_add: &dyn Fn(Device),
+) {
     let Ok(driver) = driver_entry(engine, image, &opts.registry) else {
         return;
     };
     let add_device = driver.add_device();
     let control = driver.first_device();
     if add_device != 0 {
-        pnp_device(engine, &driver, opts);
+        pnp_device_with(engine, &driver, opts, after_add);
     } else if control != 0 {
         note("the driver has no AddDevice routine (a legacy driver): its requests go to the device it created in DriverEntry");
         let requests: Vec<(u32, &[u8])> = opts
@@ -692,7 +740,15 @@ impl Device {
     }
 }
 
-fn pnp_device(engine: &dyn Engine, driver: &Driver, opts: &RunOptions) {
+/// The device of `driver` through its PnP life cycle: AddDevice, then `after_add` (e.g.
+/// a filter's AddDevice), START with the BARs of `opts`, the IOCTLs, then STOP and
+/// REMOVE (or a surprise removal).
+pub(crate) fn pnp_device_with(
+    engine: &dyn Engine,
+    driver: &Driver,
+    opts: &RunOptions,
+    after_add: &dyn Fn(Device),
+) {
     let bars: Vec<BarSpec> = if opts.bars.is_empty() {
         BarSpec::DEFAULTS.to_vec()
     } else {
@@ -705,6 +761,7 @@ fn pnp_device(engine: &dyn Engine, driver: &Driver, opts: &RunOptions) {
             return;
         }
     };
+    after_add(dev);
     if dev.start(engine, &bars) {
         let requests: Vec<(u32, &[u8])> = opts
             .ioctls

@@ -10,7 +10,9 @@
 //! which the fault handler reports as a crash of the child.
 
 use super::engine::Engine;
-use super::{current, entering, mdl, mmio, registry, report, trap, Obj};
+use super::{
+    current, entering, guarded, kaddr, mdl, mmio, ob, ps, registry, report, stack, trap, Obj,
+};
 use iosv::intercept::{HookTable, Hooks};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -157,6 +159,26 @@ pub mod layout {
     pub const RQT_DEFAULT_DATA: usize = 0x28;
     /// `RTL_QUERY_REGISTRY_TABLE.DefaultLength`.
     pub const RQT_DEFAULT_LENGTH: usize = 0x30;
+    /// `sizeof(IMAGE_INFO)`.
+    pub const IMAGE_INFO: usize = 0x28;
+    /// `IMAGE_INFO.Properties` (the bit fields' union).
+    pub const II_PROPERTIES: usize = 0x00;
+    /// `IMAGE_INFO.ImageBase`.
+    pub const II_IMAGE_BASE: usize = 0x08;
+    /// `IMAGE_INFO.ImageSize`.
+    pub const II_IMAGE_SIZE: usize = 0x18;
+    /// `IO_SECURITY_CONTEXT.AccessState`.
+    pub const ISC_ACCESS_STATE: usize = 0x08;
+    /// `sizeof(IO_SECURITY_CONTEXT)`.
+    pub const IO_SECURITY_CONTEXT: usize = 0x18;
+    /// `sizeof(ACCESS_STATE)`.
+    pub const ACCESS_STATE: usize = 0xA0;
+    /// `ACCESS_STATE.SubjectSecurityContext.ClientToken`.
+    pub const AS_CLIENT_TOKEN: usize = 0x20;
+    /// `ACCESS_STATE.SubjectSecurityContext.PrimaryToken`.
+    pub const AS_PRIMARY_TOKEN: usize = 0x30;
+    /// `sizeof(KGUARDED_MUTEX)`.
+    pub const KGUARDED_MUTEX: usize = 0x38;
 }
 use layout as l;
 
@@ -319,17 +341,22 @@ extern "win64" fn hook_get_system_routine_address(name: usize) -> usize {
 
 // ---- the routine table ----------------------------------------------------------------
 
+/// The exported *variables* the host provides (an import of one is bound to the
+/// variable's address, not to code).
+pub const DATA_EXPORTS: &[&str] = &["IoDriverObjectType"];
+
 macro_rules! routines {
     ($($name:literal => $f:expr,)*) => {
         /// Every routine the host implements, by its exported name (ntoskrnl.exe and
         /// hal.dll).
         pub const IMPLEMENTED: &[&str] = &[$($name),*];
 
-        /// The host routine exported as `name`.
+        /// The host routine (or, for [`DATA_EXPORTS`], variable) exported as `name`.
         #[must_use]
         pub fn lookup(name: &str) -> Option<usize> {
             match name {
                 $($name => Some($f as *const () as usize),)*
+                "IoDriverObjectType" => Some(ob::io_driver_object_type()),
                 _ => None,
             }
         }
@@ -353,8 +380,24 @@ routines! {
     "IoAllocateIrp" => io_allocate_irp,
     "IoInitializeIrp" => io_initialize_irp,
     "IoFreeIrp" => io_free_irp,
-    "IoCreateSymbolicLink" => success2,
-    "IoDeleteSymbolicLink" => success1,
+    "IoCreateSymbolicLink" => ob::io_create_symbolic_link,
+    "IoDeleteSymbolicLink" => ob::io_delete_symbolic_link,
+    "IoForwardIrpSynchronously" => io_forward_irp_synchronously,
+    "ObReferenceObjectByName" => ob::ob_reference_object_by_name,
+    "ObDereferenceObjectDeferDelete" => ob::ob_dereference_object_defer_delete,
+    "SeTokenIsAdmin" => ob::se_token_is_admin,
+    "PsSetLoadImageNotifyRoutine" => ps::ps_set_load_image_notify_routine,
+    "PsRemoveLoadImageNotifyRoutine" => ps::ps_remove_load_image_notify_routine,
+    "ZwQuerySystemInformation" => ps::zw_query_system_information,
+    "KeInitializeGuardedMutex" => guarded::ke_initialize_guarded_mutex,
+    "KeAcquireGuardedMutex" => guarded::ke_acquire_guarded_mutex,
+    "KeReleaseGuardedMutex" => guarded::ke_release_guarded_mutex,
+    "KeExpandKernelStackAndCallout" => stack::ke_expand_kernel_stack_and_callout,
+    "RtlCaptureStackBackTrace" => stack::iosv_runner_capture_stack_back_trace,
+    "__chkstk" => stack::iosv_runner_chkstk,
+    "KdRefreshDebuggerNotPresent" => kd_refresh_debugger_not_present,
+    "KeQueryInterruptTimePrecise" => ke_query_interrupt_time_precise,
+    "MmIsAddressValid" => mm_is_address_valid,
     "IoRegisterDeviceInterface" => io_register_device_interface,
     "IoSetDeviceInterfaceState" => success2,
     "IoWMIRegistrationControl" => success2,
@@ -370,6 +413,7 @@ routines! {
     "KeGetCurrentIrql" => ke_get_current_irql,
     "KfRaiseIrql" => kf_raise_irql,
     "KfLowerIrql" => kf_lower_irql,
+    "KeLowerIrql" => kf_lower_irql,
     "KeRaiseIrqlToDpcLevel" => ke_raise_irql_to_dpc_level,
     "KeInitializeEvent" => ke_initialize_event,
     "KeSetEvent" => ke_set_event,
@@ -458,6 +502,7 @@ routines! {
     "MmMapLockedPagesWithReservedMapping" => mdl::mm_map_locked_pages_with_reserved_mapping,
     "MmUnmapReservedMapping" => mdl::mm_unmap_reserved_mapping,
     "MmFreeMappingAddress" => mdl::mm_free_mapping_address,
+    "MmProtectMdlSystemAddress" => mdl::mm_protect_mdl_system_address,
     "DbgPrint" => iosv_runner_dbgprint,
     "DbgPrintEx" => iosv_runner_dbgprintex,
     "memcpy" => c_memmove,
@@ -468,14 +513,15 @@ routines! {
     "wcslen" => c_wcslen,
 }
 
-/// The host routine `dll!name` for the loader: ntoskrnl.exe and hal.dll only.
+/// The host routine `dll!name` for the loader: ntoskrnl.exe and hal.dll only (a routine
+/// by its kernel-space alias when those are on, [`kaddr`]).
 #[must_use]
 pub fn resolve(dll: &str, name: &str) -> Option<usize> {
     let known = ["ntoskrnl.exe", "hal.dll"]
         .iter()
         .any(|d| d.eq_ignore_ascii_case(dll));
     if known {
-        lookup(name)
+        lookup(name).map(kaddr::alias)
     } else {
         None
     }
@@ -925,12 +971,10 @@ extern "win64" fn ex_delete_npaged_lookaside_list(lookaside: usize) {
 
 // ---- generic answers ------------------------------------------------------------------
 
-extern "win64" fn success1(_: usize) -> Status {
-    STATUS_SUCCESS
-}
 extern "win64" fn success2(_: usize, _: usize) -> Status {
     STATUS_SUCCESS
 }
+
 extern "win64" fn true2(_: usize, _: usize) -> u8 {
     1
 }
@@ -953,7 +997,7 @@ pub fn alloc_zeroed(len: usize) -> usize {
 /// The atomic integer at `offset` in the driver's object at `object` (a `what`). A null
 /// or misaligned object — on Windows a fault or a corrupted lock — ends the run with a
 /// bug-check report here, instead of forming a null or misaligned reference.
-fn atomic_at<T>(object: usize, offset: usize, what: &str) -> &'static T {
+pub(crate) fn atomic_at<T>(object: usize, offset: usize, what: &str) -> &'static T {
     let addr = object.wrapping_add(offset);
     if object == 0 || addr < object || !addr.is_multiple_of(std::mem::align_of::<T>()) {
         trap::bugcheck(&format!(
@@ -1007,12 +1051,13 @@ fn unicode_units(us: usize) -> Vec<u16> {
     (0..len).map(|i| b.get::<u16>(i * 2)).collect()
 }
 
-fn unicode_string(us: usize) -> String {
+/// The text of a `UNICODE_STRING` (at most 256 units).
+pub(crate) fn unicode_string(us: usize) -> String {
     String::from_utf16_lossy(&unicode_units(us))
 }
 
 extern "win64" fn mm_get_system_routine_address(name: usize) -> usize {
-    lookup(&unicode_string(name)).unwrap_or(0)
+    lookup(&unicode_string(name)).map_or(0, kaddr::alias)
 }
 
 // ---- I/O manager ----------------------------------------------------------------------
@@ -1059,11 +1104,15 @@ extern "win64" fn io_create_device(
     let devobj_ext = block + l::DEVICE_OBJECT + ext;
     obj(devobj_ext, 0x60).set::<u64>(8, block as u64);
     dev.set::<u64>(l::DEV_OBJECT_EXTENSION, devobj_ext as u64);
+    if name != 0 {
+        ob::register_device(&unicode_string(name), block);
+    }
     obj(out, 8).set::<u64>(0, block as u64);
     STATUS_SUCCESS
 }
 
 extern "win64" fn io_delete_device(device: usize) {
+    ob::forget_device(device);
     let dev = obj(device, l::DEVICE_OBJECT);
     let drv = obj(dev.get::<u64>(l::DEV_DRIVER) as usize, l::DRIVER_OBJECT);
     // Unlink from the driver's list; the memory stays (stale pointers must not land in
@@ -1262,6 +1311,41 @@ pub extern "win64" fn iof_call_driver(device: usize, irp: usize) -> Status {
     } else {
         dispatch(device, irp)
     }
+}
+
+/// The completion routine of [`io_forward_irp_synchronously`]: signals the event in
+/// `context` and stops completion (the forwarding driver completes the IRP itself).
+extern "win64" fn forwarded_complete(_device: usize, _irp: usize, event: usize) -> Status {
+    ke_set_event(event, 0, 0);
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+/// `IoForwardIrpSynchronously(DeviceObject, Irp)`: copies the current stack location to
+/// the next (completion routine cleared), sends the IRP to `device` and waits until the
+/// lower driver completed it; the IRP is then back at the caller's stack location, not
+/// completed. FALSE (nothing sent) when the IRP has no stack location left.
+extern "win64" fn io_forward_irp_synchronously(device: usize, irp: usize) -> u8 {
+    let i = irp_obj(irp);
+    if i.get::<u8>(l::IRP_CURRENT_LOCATION) <= 1 {
+        return 0;
+    }
+    let current = obj(i.get::<u64>(l::IRP_CURRENT_STACK) as usize, l::STACK);
+    let next = obj(current.addr().wrapping_sub(l::STACK), l::STACK);
+    for off in 0..l::SL_COMPLETION {
+        next.set::<u8>(off, current.get::<u8>(off));
+    }
+    let event = alloc_zeroed(l::KEVENT);
+    ke_initialize_event(event, 0, 0);
+    next.set::<u8>(
+        l::SL_CONTROL,
+        SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL,
+    );
+    next.set::<u64>(l::SL_COMPLETION, forwarded_complete as *const () as u64);
+    next.set::<u64>(l::SL_CONTEXT, event as u64);
+    if iof_call_driver(device, irp) == STATUS_PENDING {
+        ke_wait_for_single_object(event, 0, 0, 0, 0);
+    }
+    1
 }
 
 type Dispatch = extern "win64" fn(usize, usize) -> Status;
@@ -1514,6 +1598,36 @@ extern "win64" fn ke_query_performance_counter(frequency: usize) -> i64 {
     monotonic_100ns()
 }
 
+/// `KeQueryInterruptTimePrecise(QpcTimeStamp)`: the interrupt time (100 ns units since
+/// start-up, the monotonic clock here), and the performance counter at that moment
+/// (the same clock: its frequency is 10 MHz, [`ke_query_performance_counter`]).
+extern "win64" fn ke_query_interrupt_time_precise(qpc: usize) -> u64 {
+    let now = monotonic_100ns();
+    if qpc != 0 {
+        obj(qpc, 8).set::<i64>(0, now);
+    }
+    now as u64
+}
+
+/// `KdRefreshDebuggerNotPresent()`: TRUE, no kernel debugger is attached.
+extern "win64" fn kd_refresh_debugger_not_present() -> u8 {
+    1
+}
+
+/// `MmIsAddressValid(VirtualAddress)`: whether a read of the byte would not fault — in a
+/// loaded image or mapped memory of this process (device memory behind kernel addresses
+/// is not: it is only reachable by emulated accesses).
+extern "win64" fn mm_is_address_valid(address: usize) -> u8 {
+    if trap::image_of(address).is_some() {
+        return 1;
+    }
+    let page = address & !0xFFF;
+    // SAFETY: msync only inspects the mapping of the page (ENOMEM if unmapped); with
+    // MS_ASYNC on a private mapping it writes nothing.
+    let r = unsafe { libc::msync(page as *mut libc::c_void, 0x1000, libc::MS_ASYNC) };
+    u8::from(page != 0 && r == 0)
+}
+
 extern "win64" fn ke_query_system_time(time: usize) {
     // 1601-based 100 ns units: 1970 is 116444736000000000.
     let now = std::time::SystemTime::now()
@@ -1747,17 +1861,39 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
             i += 1;
         }
         let mut width = 0usize;
+        if i < n && byte(i) == b'*' {
+            // The width is the next argument (an int; negative: left-justified).
+            let w = arg(next) as u32 as i32;
+            next += 1;
+            left |= w < 0;
+            width = (w.unsigned_abs() as usize).min(4096);
+            i += 1;
+        }
         while i < n && byte(i).is_ascii_digit() {
             // Capped: the format string is the driver's (no overflow, no huge padding).
             width = (width * 10 + usize::from(byte(i) - b'0')).min(4096);
             i += 1;
         }
+        // The precision: at most this many characters of a string.
+        let mut precision: Option<usize> = None;
         if i < n && byte(i) == b'.' {
             i += 1;
-            while i < n && byte(i).is_ascii_digit() {
+            if i < n && byte(i) == b'*' {
+                // The next argument (an int; negative: as if omitted).
+                let p = arg(next) as u32 as i32;
+                next += 1;
+                precision = usize::try_from(p).ok();
                 i += 1;
+            } else {
+                let mut p = 0usize;
+                while i < n && byte(i).is_ascii_digit() {
+                    p = (p * 10 + usize::from(byte(i) - b'0')).min(1 << 20);
+                    i += 1;
+                }
+                precision = Some(p);
             }
         }
+        let limit = |len: usize| precision.map_or(len, |p| len.min(p));
         let mut wide = false;
         let mut long = false;
         loop {
@@ -1817,7 +1953,7 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
                     "(null)".into()
                 } else {
                     String::from_utf8_lossy(
-                        &(0..narrow_len(p))
+                        &(0..limit(narrow_len(p)))
                             .map(|k| obj(p + k, 1).get::<u8>(0))
                             .collect::<Vec<u8>>(),
                     )
@@ -1830,7 +1966,7 @@ pub fn format_printf(format: usize, arg: impl Fn(usize) -> u64) -> String {
                     "(null)".into()
                 } else {
                     String::from_utf16_lossy(
-                        &(0..wide_len(p))
+                        &(0..limit(wide_len(p)))
                             .map(|k| obj(p + 2 * k, 2).get::<u16>(0))
                             .collect::<Vec<u16>>(),
                     )
@@ -1891,7 +2027,7 @@ mod tests {
             "/../docs/running-drivers.md"
         ))
         .unwrap();
-        for name in IMPLEMENTED {
+        for name in IMPLEMENTED.iter().chain(DATA_EXPORTS) {
             assert!(
                 doc.contains(&format!("`{name}`")),
                 "docs/running-drivers.md lacks {name}"
@@ -1920,6 +2056,20 @@ mod tests {
         let out = format_printf(f.as_ptr() as usize, |_| 7);
         assert_eq!(out.len(), 4096, "{}", out.len());
         assert!(out.ends_with(" 7"));
+        // `*` width and precision take int arguments (the glue logs names with `%.*s`).
+        let f = b"[%.*s|%*d|%-*d|%.2s]\0";
+        let name = b"clean.sys\0";
+        let args = [
+            5,
+            name.as_ptr() as u64,
+            4,
+            7,
+            (-3i32) as u32 as u64,
+            8,
+            s.as_ptr() as u64,
+        ];
+        let out = format_printf(f.as_ptr() as usize, |k| args.get(k).copied().unwrap_or(0));
+        assert_eq!(out, "[clean|   7|8  |st]");
     }
 
     #[test]

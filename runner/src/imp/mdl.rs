@@ -190,6 +190,35 @@ pub extern "win64" fn io_build_partial_mdl(source: usize, target: usize, va: usi
     register(target);
 }
 
+/// `STATUS_INVALID_PAGE_PROTECTION`.
+const STATUS_INVALID_PAGE_PROTECTION: i32 = 0xC000_0045_u32 as i32;
+/// `STATUS_NOT_MAPPED_VIEW`.
+const STATUS_NOT_MAPPED_VIEW: i32 = 0xC000_0019_u32 as i32;
+
+/// `MmProtectMdlSystemAddress(MemoryDescriptorList, NewProtect)`: sets what the MDL's
+/// system mapping allows. `NewProtect` is one of `PAGE_NOACCESS`, `PAGE_READONLY`,
+/// `PAGE_READWRITE`, `PAGE_EXECUTE`, `PAGE_EXECUTE_READ`, `PAGE_EXECUTE_READWRITE`
+/// (else `STATUS_INVALID_PAGE_PROTECTION`); an MDL not mapped to system space is
+/// `STATUS_NOT_MAPPED_VIEW` (the DDI page). The mapping is a window onto the buffer
+/// ([`mmio::aliased`]): a writable one writes the buffer even where this process maps it
+/// read-only, as a second mapping of the physical page does on Windows.
+pub extern "win64" fn mm_protect_mdl_system_address(mdl: usize, protect: u32) -> i32 {
+    let (readable, writable) = match protect {
+        0x01 => (false, false),
+        0x02 | 0x10 | 0x20 => (true, false),
+        0x04 | 0x40 => (true, true),
+        _ => return STATUS_INVALID_PAGE_PROTECTION,
+    };
+    let info = header(mdl);
+    if info.flags & MDL_MAPPED_TO_SYSTEM_VA == 0 || info.mapped_system_va == 0 {
+        return STATUS_NOT_MAPPED_VIEW;
+    }
+    if !mmio::protect_alias(info.mapped_system_va, readable, writable) {
+        return STATUS_NOT_MAPPED_VIEW;
+    }
+    0
+}
+
 // ---- the family, unhooked (the simulated Mm) and hooked (the verifier) -------------------
 
 /// Runs a family call on `mdl` (0: none) through the verifier (`ret` is the hook's

@@ -35,6 +35,11 @@ struct Alias {
     base: u64,
     size: u64,
     host: u64,
+    /// Writes allowed (a system mapping is read-write until `MmProtectMdlSystemAddress`
+    /// says otherwise), whatever the protection of the memory behind it.
+    writable: bool,
+    /// Reads allowed (not `PAGE_NOACCESS`).
+    readable: bool,
 }
 
 #[derive(Default)]
@@ -82,10 +87,66 @@ pub fn aliased(base: u64, size: u64, host: u64) {
     if base == 0 || size == 0 || host == 0 {
         return;
     }
+    // Opened now, outside the fault handler, which writes through it.
+    let _ = self_mem();
     let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
     let st = guard.get_or_insert_with(State::default);
     st.aliases.retain(|a| a.base != base);
-    st.aliases.push(Alias { base, size, host });
+    st.aliases.push(Alias {
+        base,
+        size,
+        host,
+        writable: true,
+        readable: true,
+    });
+}
+
+/// Sets what the MDL mapping containing `address` allows (`MmProtectMdlSystemAddress`).
+/// `false` when no alias contains it.
+pub fn protect_alias(address: u64, readable: bool, writable: bool) -> bool {
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(st) = guard.as_mut() else {
+        return false;
+    };
+    let Some(a) = st
+        .aliases
+        .iter_mut()
+        .find(|a| address.checked_sub(a.base).is_some_and(|o| o < a.size))
+    else {
+        return false;
+    };
+    a.readable = readable;
+    a.writable = writable;
+    true
+}
+
+/// `/proc/self/mem`, opened once: writes through an alias go there, so they land even on
+/// a page this process maps read-only (an image's import table), as a write through a
+/// second, writable system mapping of the same physical page does on Windows.
+fn self_mem() -> i32 {
+    static FD: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *FD.get_or_init(|| {
+        // SAFETY: a NUL-terminated path; the descriptor is kept for the process's life.
+        unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) }
+    })
+}
+
+/// Writes `bytes` at `host` in this process's memory, whatever its protection.
+fn write_through(host: u64, bytes: &[u8]) -> Result<(), Miss> {
+    let fd = self_mem();
+    if fd < 0 {
+        return Err(Miss::Unavailable);
+    }
+    let offset = libc::off64_t::try_from(host).map_err(|_| Miss::Unavailable)?;
+    // SAFETY: pwrite64 reads `bytes` and writes the process's own memory at `host`,
+    // which lies in the buffer of a live MDL mapping (the caller found it in an alias);
+    // async-signal-safe.
+    let n = unsafe { libc::pwrite64(fd, bytes.as_ptr().cast(), bytes.len(), offset) };
+    if usize::try_from(n) == Ok(bytes.len()) {
+        Ok(())
+    } else {
+        Err(Miss::Unavailable)
+    }
 }
 
 /// The MDL mapping at `base` is gone.
@@ -96,12 +157,12 @@ pub fn unaliased(base: u64) {
     }
 }
 
-/// The child's address behind `len` bytes at `address` when they lie in one alias.
-fn alias_of(st: &State, address: u64, len: usize) -> Option<u64> {
+/// The alias holding `len` bytes at `address`, and the child's address behind them.
+fn alias_of(st: &State, address: u64, len: usize) -> Option<(&Alias, u64)> {
     st.aliases.iter().find_map(|a| {
         let off = address.checked_sub(a.base)?;
         let end = off.checked_add(len as u64)?;
-        (end <= a.size).then(|| a.host.wrapping_add(off))
+        (end <= a.size).then(|| (a, a.host.wrapping_add(off)))
     })
 }
 
@@ -110,7 +171,8 @@ fn alias_of(st: &State, address: u64, len: usize) -> Option<u64> {
 pub enum Miss {
     /// The address is in no live mapping (nor KUSER_SHARED_DATA).
     Unmapped,
-    /// A write to KUSER_SHARED_DATA (read-only to drivers).
+    /// A write to KUSER_SHARED_DATA (read-only to drivers), or an access an MDL
+    /// mapping's protection (`MmProtectMdlSystemAddress`) forbids.
     ReadOnly,
     /// The access straddles the end of a mapping, or state is busy.
     Unavailable,
@@ -127,7 +189,10 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
     }
     let guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
     let st = guard.as_ref().ok_or(Miss::Unmapped)?;
-    if let Some(host) = alias_of(st, address, len) {
+    if let Some((alias, host)) = alias_of(st, address, len) {
+        if !alias.readable {
+            return Err(Miss::ReadOnly);
+        }
         let mut bytes = [0u8; 8];
         let n = len.min(8);
         // SAFETY: `host..host + len` lies in the pages of a buffer an MDL describes, which
@@ -157,11 +222,12 @@ pub fn write(address: u64, len: usize, value: u64) -> Result<(), Miss> {
     }
     let mut guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
     let st = guard.as_mut().ok_or(Miss::Unmapped)?;
-    if let Some(host) = alias_of(st, address, len) {
+    if let Some((alias, host)) = alias_of(st, address, len) {
+        if !alias.writable {
+            return Err(Miss::ReadOnly);
+        }
         let bytes = value.to_le_bytes();
-        // SAFETY: as in `read`: the MDL's buffer pages, live while the mapping is.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), host as *mut u8, len.min(8)) };
-        return Ok(());
+        return write_through(host, bytes.get(..len.min(8)).unwrap_or(&[]));
     }
     // Check every byte first, so a straddling write changes nothing.
     for i in 0..len {
@@ -272,5 +338,39 @@ mod tests {
         assert_eq!(read(0xFFFF_AFFF_0000_2000, 1), Err(Miss::Unmapped));
         unaliased(0xFFFF_AFFF_0000_0000);
         assert_eq!(read(0xFFFF_AFFF_0000_0010, 4), Err(Miss::Unmapped));
+    }
+
+    #[test]
+    fn a_window_writes_a_read_only_page_until_protected_read_only() {
+        // SAFETY: a fresh private anonymous page, unmapped at the end.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        let host = page as u64;
+        let base = 0xFFFF_AFFE_0000_0000;
+        aliased(base, 0x1000, host);
+        // A system mapping is read-write: the write lands although the page is read-only
+        // to this process (as an import table's page is).
+        write(base + 8, 8, 0x1122_3344_5566_7788).unwrap();
+        // SAFETY: the page is mapped and readable.
+        let value = unsafe { *((host + 8) as *const u64) };
+        assert_eq!(value, 0x1122_3344_5566_7788);
+        assert!(protect_alias(base + 0x10, true, false));
+        assert_eq!(write(base + 8, 8, 0), Err(Miss::ReadOnly));
+        assert_eq!(read(base + 8, 8), Ok(0x1122_3344_5566_7788));
+        assert!(protect_alias(base, false, false));
+        assert_eq!(read(base + 8, 8), Err(Miss::ReadOnly));
+        unaliased(base);
+        assert!(!protect_alias(base, true, true));
+        // SAFETY: mapped above, no reference into it remains.
+        unsafe { libc::munmap(page, 0x1000) };
     }
 }

@@ -2,13 +2,19 @@
 
 pub mod child;
 pub mod engine;
+pub mod guarded;
+pub mod kaddr;
 pub mod kernel;
+pub mod kernel_component;
 pub mod loader;
 pub mod mdl;
 pub mod mmio;
+pub mod ob;
+pub mod ps;
 pub mod registry;
 pub mod scenario;
 pub mod seh;
+pub mod stack;
 pub mod trap;
 
 use std::cell::Cell;
@@ -86,6 +92,14 @@ pub struct Entered {
 thread_local! {
     static CURRENT: Cell<Option<Entered>> = const { Cell::new(None) };
     static DRAINING: Cell<bool> = const { Cell::new(false) };
+    static SILENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From now on the calling thread's driver routines are not announced to the parent
+/// (`enter` / `leave`): for a thread that runs driver code after `ready`, when the parent
+/// no longer reads the child's output and its watchdog is off.
+pub fn silence_thread() {
+    SILENT.with(|s| s.set(true));
 }
 
 /// The driver routine the calling thread runs, if any.
@@ -98,7 +112,10 @@ pub fn current() -> Option<Entered> {
 /// watchdog restarts), and the routine is remembered for attribution — a hooked call
 /// reached by a tail call (`jmp [IAT]`) has a return address outside the driver.
 pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R {
-    report::line(&["enter ", name]);
+    let silent = SILENT.with(Cell::get);
+    if !silent {
+        report::line(&["enter ", name]);
+    }
     let previous = CURRENT.with(|c| c.replace(Some(Entered { name, entry })));
     let r = f();
     CURRENT.with(|c| c.set(previous));
@@ -109,7 +126,9 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
         DRAINING.with(|d| d.set(false));
         // No driver code runs now: the watchdog waits (a scenario's simulated steps may
         // take long between driver routines).
-        report::line(&["leave"]);
+        if !silent {
+            report::line(&["leave"]);
+        }
     }
     r
 }

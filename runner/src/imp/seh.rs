@@ -138,6 +138,13 @@ struct Frame {
     handler: Option<(u64, u64)>,
 }
 
+/// Virtually unwinds `ctx` one frame, to its caller's context (driver code only: a PC
+/// outside an image is taken for a leaf). Stack words below `low` are never read. `None`
+/// when a word cannot be read.
+pub(crate) fn unwind_to_caller(ctx: &mut Context, low: u64) -> Option<()> {
+    unwind(ctx, low).map(|_| ())
+}
+
 /// Virtually unwinds one frame: `ctx` becomes the caller's context. Returns the frame's
 /// establisher and handler.
 fn unwind(ctx: &mut Context, low: u64) -> Option<Frame> {
@@ -290,13 +297,18 @@ fn begin_of(inside: u64, rva: u64) -> Option<u64> {
     Some(base as u64 + rva)
 }
 
-/// The address `handler` really is: itself, or what its `jmp [rip+disp32]` thunk jumps to.
+/// The address `handler` really is: itself, or what its `jmp [rip+disp32]` thunk jumps to
+/// (the host routine behind an alias).
 fn resolve_thunk(handler: u64) -> u64 {
     if image_read(handler, 2) == Some(0x25FF) {
         if let Some(disp) = image_read(handler + 2, 4) {
             let slot = (handler + 6).wrapping_add(disp as u32 as i32 as i64 as u64);
             if let Some(target) = image_read(slot, 8) {
-                return target;
+                // The slot may hold the routine's kernel-space alias (kaddr).
+                return usize::try_from(target)
+                    .ok()
+                    .and_then(super::kaddr::target_of)
+                    .map_or(target, |r| r as u64);
             }
         }
     }

@@ -129,6 +129,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     // is the only code using it until it returns.
     let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
     let rip = reg_at(gregs, libc::REG_RIP) as usize;
+    if sig == libc::SIGSEGV {
+        // A call through a kernel-space alias of a host routine: resume at the routine.
+        if let Some(routine) = super::kaddr::target_of(rip) {
+            set_reg_at(gregs, libc::REG_RIP, routine as u64);
+            return;
+        }
+    }
     let mut why = "";
     if let Some((base, size)) = image_of(rip) {
         // Only the faults an emulated instruction raises (#GP, #UD, a device-memory or
@@ -414,6 +421,9 @@ fn emulate(gregs: &mut [libc::greg_t; 23], rip: usize, end: usize) -> Result<(),
     Ok(())
 }
 
+/// The zero flag in RFLAGS.
+const ZF: u64 = 1 << 6;
+
 fn emulate_memory(gregs: &mut [libc::greg_t; 23], ins: &Instruction) -> Result<(), &'static str> {
     let memory_op = (0..ins.op_count()).find(|&i| ins.op_kind(i) == OpKind::Memory);
     let Some(memory_op) = memory_op else {
@@ -423,7 +433,7 @@ fn emulate_memory(gregs: &mut [libc::greg_t; 23], ins: &Instruction) -> Result<(
     let size = ins.memory_size().size();
     let miss = |m: mmio::Miss| match m {
         mmio::Miss::Unmapped => "address-not-mapped",
-        mmio::Miss::ReadOnly => "write-to-kuser-shared-data",
+        mmio::Miss::ReadOnly => "access-denied-by-protection",
         mmio::Miss::Unavailable => "device-memory-unavailable",
     };
     match ins.code() {
@@ -470,6 +480,34 @@ fn emulate_memory(gregs: &mut [libc::greg_t; 23], ins: &Instruction) -> Result<(
         {
             let v = get(gregs, ins.op1_register()).ok_or("bad-register")?;
             mmio::write(ea, size, v).map_err(miss)?;
+        }
+        // Compare-exchange (`lock cmpxchg`, what an atomic compare_exchange compiles to):
+        // if memory == rAX, memory <- source and ZF = 1; else rAX <- memory and ZF = 0.
+        // One thread runs driver code at a time, and the emulation runs with it stopped,
+        // so read-compare-write is atomic with respect to driver code.
+        Code::Cmpxchg_rm64_r64 | Code::Cmpxchg_rm32_r32 if memory_op == 0 => {
+            let current = mmio::read(ea, size).map_err(miss)?;
+            let acc = if size == 8 {
+                Register::RAX
+            } else {
+                Register::EAX
+            };
+            let expected = get(gregs, acc).ok_or("bad-register")?;
+            let mask = if size == 8 {
+                u64::MAX
+            } else {
+                u64::from(u32::MAX)
+            };
+            let mut flags = reg_at(gregs, libc::REG_EFL);
+            if current & mask == expected & mask {
+                let v = get(gregs, ins.op1_register()).ok_or("bad-register")?;
+                mmio::write(ea, size, v).map_err(miss)?;
+                flags |= ZF;
+            } else {
+                put(gregs, acc, current).ok_or("bad-register")?;
+                flags &= !ZF;
+            }
+            set_reg_at(gregs, libc::REG_EFL, flags);
         }
         // Stores: memory <- immediate.
         Code::Mov_rm8_imm8 | Code::Mov_rm16_imm16 | Code::Mov_rm32_imm32 | Code::Mov_rm64_imm32 => {
