@@ -105,6 +105,37 @@ fn alias_of(st: &State, address: u64, len: usize) -> Option<u64> {
     })
 }
 
+/// Copies `buf.len()` bytes between `buf` and this process's memory at `address`
+/// (`write`: from `buf` to `address`; else the other way) with `process_vm_readv` /
+/// `process_vm_writev` on this process: the kernel checks `address` (EFAULT when it is
+/// not mapped or not writable), so a bad address is `false`, never a fault. Safe to call
+/// from the SIGSEGV handler (one system call, no allocation).
+fn own_memory(address: u64, buf: &mut [u8], write: bool) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let n = if write {
+        // SAFETY: `local` describes `buf`, live and readable for the call; `remote` is
+        // written by the kernel, which checks it; no Rust reference to it exists.
+        unsafe { libc::process_vm_writev(me, &local, 1, &remote, 1, 0) }
+    } else {
+        // SAFETY: `local` describes `buf`, live and writable for the call; `remote` is
+        // only read, by the kernel, which checks it.
+        unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) }
+    };
+    usize::try_from(n).ok() == Some(buf.len())
+}
+
 /// Why an access could not be performed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
@@ -130,10 +161,11 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
     if let Some(host) = alias_of(st, address, len) {
         let mut bytes = [0u8; 8];
         let n = len.min(8);
-        // SAFETY: `host..host + len` lies in the pages of a buffer an MDL describes, which
-        // the driver keeps allocated while its mapping is live (as on Windows, where the
-        // pages stay locked); `n` bytes fit `bytes`.
-        unsafe { std::ptr::copy_nonoverlapping(host as *const u8, bytes.as_mut_ptr(), n) };
+        // Through the kernel, not a plain copy: this runs in the SIGSEGV handler, where a
+        // bogus MDL buffer faulting again would kill the child without a report.
+        if !own_memory(host, bytes.get_mut(..n).unwrap_or(&mut []), false) {
+            return Err(Miss::Unmapped);
+        }
         return Ok(u64::from_le_bytes(bytes));
     }
     let mut value = 0u64;
@@ -158,9 +190,11 @@ pub fn write(address: u64, len: usize, value: u64) -> Result<(), Miss> {
     let mut guard = STATE.try_lock().map_err(|_| Miss::Unavailable)?;
     let st = guard.as_mut().ok_or(Miss::Unmapped)?;
     if let Some(host) = alias_of(st, address, len) {
-        let bytes = value.to_le_bytes();
-        // SAFETY: as in `read`: the MDL's buffer pages, live while the mapping is.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), host as *mut u8, len.min(8)) };
+        let mut bytes = value.to_le_bytes();
+        // As in `read`: through the kernel, which refuses an unmapped buffer.
+        if !own_memory(host, bytes.get_mut(..len.min(8)).unwrap_or(&mut []), true) {
+            return Err(Miss::Unmapped);
+        }
         return Ok(());
     }
     // Check every byte first, so a straddling write changes nothing.
@@ -270,6 +304,11 @@ mod tests {
         // Past the end, or straddling it: not the buffer.
         assert_eq!(read(0xFFFF_AFFF_0000_1FFE, 4), Err(Miss::Unmapped));
         assert_eq!(read(0xFFFF_AFFF_0000_2000, 1), Err(Miss::Unmapped));
+        // A window onto a buffer that is not there: refused, not a fault.
+        aliased(0xFFFF_AFFF_0010_0000, 0x1000, 0x10);
+        assert_eq!(read(0xFFFF_AFFF_0010_0000, 4), Err(Miss::Unmapped));
+        assert_eq!(write(0xFFFF_AFFF_0010_0000, 4, 1), Err(Miss::Unmapped));
+        unaliased(0xFFFF_AFFF_0010_0000);
         unaliased(0xFFFF_AFFF_0000_0000);
         assert_eq!(read(0xFFFF_AFFF_0000_0010, 4), Err(Miss::Unmapped));
     }
