@@ -866,3 +866,15 @@ fn an_irp_pended_forever_is_ended_by_the_watchdog() {
         "{err}"
     );
 }
+
+#[test]
+fn a_double_free_of_pool_is_a_bug_check_report_not_heap_corruption() {
+    let path = fixture("double_free_pool.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(
+        err.contains("ExFreePoolWithTag(0x") && err.contains("not a live pool block"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}

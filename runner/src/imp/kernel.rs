@@ -1226,7 +1226,7 @@ extern "win64" fn po_set_power_state(_device: usize, _kind: u32, state: u32) -> 
 #[must_use]
 pub fn new_irp(stack_size: u8) -> usize {
     let len = l::IRP + l::STACK * usize::from(stack_size);
-    let irp = alloc_zeroed(len);
+    let irp = super::blocks::allocate(super::blocks::Kind::Irp, len);
     if irp != 0 {
         io_initialize_irp(irp, len as u16, stack_size);
     }
@@ -1254,9 +1254,7 @@ extern "win64" fn io_initialize_irp(irp: usize, size: u16, stack_size: u8) {
 }
 
 extern "win64" fn io_free_irp(irp: usize) {
-    // SAFETY: IRPs come from new_irp (calloc); the driver frees only IRPs it allocated
-    // with IoAllocateIrp, as the DDI requires.
-    unsafe { libc::free(irp as *mut libc::c_void) };
+    super::blocks::free(super::blocks::Kind::Irp, irp, "IoFreeIrp");
 }
 
 /// The IRP's full length in bytes (header and stack locations).
@@ -1666,25 +1664,23 @@ extern "win64" fn ps_get_current_process_id() -> usize {
 // ---- pool, fast mutexes ---------------------------------------------------------------
 
 extern "win64" fn ex_allocate_pool_with_tag(_pool: u32, size: usize, _tag: u32) -> usize {
-    alloc_zeroed(size)
+    super::blocks::allocate(super::blocks::Kind::Pool, size)
 }
 
 extern "win64" fn ex_allocate_pool(_pool: u32, size: usize) -> usize {
-    alloc_zeroed(size)
+    super::blocks::allocate(super::blocks::Kind::Pool, size)
 }
 
 extern "win64" fn ex_allocate_pool2(_flags: u64, size: usize, _tag: u32) -> usize {
-    alloc_zeroed(size)
+    super::blocks::allocate(super::blocks::Kind::Pool, size)
 }
 
 extern "win64" fn ex_free_pool_with_tag(p: usize, _tag: u32) {
-    // SAFETY: pool blocks come from calloc (alloc_zeroed); the DDI requires the driver to
-    // free only blocks it allocated.
-    unsafe { libc::free(p as *mut libc::c_void) };
+    super::blocks::free(super::blocks::Kind::Pool, p, "ExFreePoolWithTag");
 }
 
 extern "win64" fn ex_free_pool(p: usize) {
-    ex_free_pool_with_tag(p, 0);
+    super::blocks::free(super::blocks::Kind::Pool, p, "ExFreePool");
 }
 
 /// `FAST_MUTEX`: `Count` (1 = free) at +0, `OldIrql` at +0x30.

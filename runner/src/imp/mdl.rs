@@ -12,7 +12,7 @@
 //! the driver's `mov` accesses through it on the buffer.
 
 use super::engine::{Engine, FamilyCall};
-use super::kernel::{alloc_zeroed, engine, frames, layout as l};
+use super::kernel::{engine, frames, layout as l};
 use super::{mmio, Obj};
 use iosv::intercept::MdlHooks;
 use iosv::mdl::{
@@ -127,7 +127,7 @@ pub extern "win64" fn io_allocate_mdl(
 ) -> usize {
     let pages = (va % 0x1000 + length as usize).div_ceil(0x1000);
     let size = l::MDL + 8 * pages;
-    let m = alloc_zeroed(size);
+    let m = super::blocks::allocate(super::blocks::Kind::Mdl, size);
     if m == 0 {
         return 0;
     }
@@ -295,12 +295,13 @@ fn unmap(ret: Option<u64>, base: u64, mdl: usize) {
 }
 
 fn free_mdl(ret: Option<u64>, mdl: usize) {
-    call(ret, mdl, FamilyCall::FreeMdl { mdl: mdl as u64 });
-    if mdl != 0 {
-        // SAFETY: MDLs come from io_allocate_mdl (calloc); the DDI allows freeing only
-        // those.
-        unsafe { libc::free(mdl as *mut libc::c_void) };
+    // Checked first: a foreign or freed MDL is a bug-check report before anything
+    // (the engine included) looks at it.
+    if !super::blocks::is_live(super::blocks::Kind::Mdl, mdl) {
+        super::blocks::free(super::blocks::Kind::Mdl, mdl, "IoFreeMdl");
     }
+    call(ret, mdl, FamilyCall::FreeMdl { mdl: mdl as u64 });
+    super::blocks::free(super::blocks::Kind::Mdl, mdl, "IoFreeMdl");
 }
 
 fn unlock(ret: Option<u64>, mdl: usize) {

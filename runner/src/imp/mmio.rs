@@ -145,7 +145,9 @@ fn write_through(host: u64, bytes: &[u8]) -> Result<(), Miss> {
     if usize::try_from(n) == Ok(bytes.len()) {
         Ok(())
     } else {
-        Err(Miss::Unavailable)
+        // The kernel refused the address (EIO / EFAULT: the MDL's buffer is not there):
+        // a fault of the driver's, as on Windows.
+        Err(Miss::Unmapped)
     }
 }
 
@@ -164,6 +166,30 @@ fn alias_of(st: &State, address: u64, len: usize) -> Option<(&Alias, u64)> {
         let end = off.checked_add(len as u64)?;
         (end <= a.size).then(|| (a, a.host.wrapping_add(off)))
     })
+}
+
+/// Reads `buf.len()` bytes of this process's memory at `address` with
+/// `process_vm_readv` on this process: the kernel checks `address` (EFAULT when it is not
+/// mapped), so a bad address is `false`, never a fault. Safe to call from the SIGSEGV
+/// handler (one system call, no allocation). Writes go through [`write_through`].
+fn read_own(address: u64, buf: &mut [u8]) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: `local` describes `buf`, live and writable for the call; `remote` is only
+    // read, by the kernel, which checks it.
+    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+    usize::try_from(n).ok() == Some(buf.len())
 }
 
 /// Why an access could not be performed.
@@ -195,10 +221,11 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
         }
         let mut bytes = [0u8; 8];
         let n = len.min(8);
-        // SAFETY: `host..host + len` lies in the pages of a buffer an MDL describes, which
-        // the driver keeps allocated while its mapping is live (as on Windows, where the
-        // pages stay locked); `n` bytes fit `bytes`.
-        unsafe { std::ptr::copy_nonoverlapping(host as *const u8, bytes.as_mut_ptr(), n) };
+        // Through the kernel, not a plain copy: this runs in the SIGSEGV handler, where a
+        // bogus MDL buffer faulting again would kill the child without a report.
+        if !read_own(host, bytes.get_mut(..n).unwrap_or(&mut [])) {
+            return Err(Miss::Unmapped);
+        }
         return Ok(u64::from_le_bytes(bytes));
     }
     let mut value = 0u64;
@@ -336,6 +363,11 @@ mod tests {
         // Past the end, or straddling it: not the buffer.
         assert_eq!(read(0xFFFF_AFFF_0000_1FFE, 4), Err(Miss::Unmapped));
         assert_eq!(read(0xFFFF_AFFF_0000_2000, 1), Err(Miss::Unmapped));
+        // A window onto a buffer that is not there: refused, not a fault.
+        aliased(0xFFFF_AFFF_0010_0000, 0x1000, 0x10);
+        assert_eq!(read(0xFFFF_AFFF_0010_0000, 4), Err(Miss::Unmapped));
+        assert_eq!(write(0xFFFF_AFFF_0010_0000, 4, 1), Err(Miss::Unmapped));
+        unaliased(0xFFFF_AFFF_0010_0000);
         unaliased(0xFFFF_AFFF_0000_0000);
         assert_eq!(read(0xFFFF_AFFF_0000_0010, 4), Err(Miss::Unmapped));
     }

@@ -1,5 +1,6 @@
 //! The x86-64 Linux implementation: loader, kernel surface, traps and the child.
 
+pub mod blocks;
 pub mod child;
 pub mod engine;
 pub mod guarded;
@@ -46,8 +47,11 @@ impl Obj {
     }
 
     fn fits<T>(self, off: usize) -> bool {
+        // The end must not wrap the address space either: a driver pointer near the top
+        // would otherwise overflow `addr + off` inside an `extern "win64"` routine, where
+        // a panic aborts the child without a report.
         off.checked_add(std::mem::size_of::<T>())
-            .is_some_and(|end| end <= self.len)
+            .is_some_and(|end| end <= self.len && self.addr.checked_add(end).is_some())
             && self.addr != 0
     }
 
@@ -204,5 +208,18 @@ pub mod report {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod obj_tests {
+    use super::Obj;
+
+    #[test]
+    fn an_object_that_would_wrap_the_address_space_reads_zero_and_ignores_writes() {
+        // SAFETY: nothing is read or written: every access wraps and is refused first.
+        let o = unsafe { Obj::new(usize::MAX - 7, 64) };
+        assert_eq!(o.get::<u64>(8), 0);
+        o.set::<u64>(16, 1);
     }
 }

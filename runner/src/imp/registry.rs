@@ -9,7 +9,7 @@
 //! Names are case-insensitive, as in the registry. A key exists if it was created, named
 //! by a value, or is an ancestor of one that exists.
 
-use super::kernel::{alloc_zeroed, layout as l, Status, STATUS_OBJECT_NAME_NOT_FOUND};
+use super::kernel::{layout as l, Status, STATUS_OBJECT_NAME_NOT_FOUND};
 use super::Obj;
 use crate::regspec::{RegRoot, RegistrySpec, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ};
 use std::collections::{BTreeMap, HashMap};
@@ -645,7 +645,8 @@ fn store_direct(context: usize, v: &Value) -> Status {
         };
         let mut buffer = s.get::<u64>(8) as usize;
         if buffer == 0 {
-            buffer = alloc_zeroed(data.len());
+            // Pool the driver frees with ExFreePool (the DDI page), so a pool block.
+            buffer = super::blocks::allocate(super::blocks::Kind::Pool, data.len());
             s.set::<u64>(8, buffer as u64);
             s.set::<u16>(2, max);
         } else if s.get::<u16>(2) < max {
