@@ -9,6 +9,7 @@
 //! tombstone only when all four are held, never waiting; readers validate the sequence
 //! around their reads (seqlock) and treat a torn slot as a miss.
 
+use super::MappingHead;
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
 
 /// Slots per set: a tombstone can live in any of the [`WAYS`] slots of its set.
@@ -119,19 +120,60 @@ impl Graveyard {
     /// else in a free slot, else in place of the oldest. Returns false if every slot of
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
-        let set = self.set(t.base);
+        self.bury_with(t.base, |s| {
+            s.size.store(t.size, Ordering::Relaxed);
+            s.physical.store(t.physical, Ordering::Relaxed);
+            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
+            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
+            s.map_site.store(t.map_site, Ordering::Relaxed);
+            s.drivers.store(
+                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
+                Ordering::Relaxed,
+            );
+        })
+    }
+
+    /// [`bury`](Self::bury) of the tombstone of mapping `m`, unmapped at `unmap_time_ns` by
+    /// driver `unmapped_by`, `map_site` its innermost map-site frame (0 if none): the
+    /// unmap hook's path, which reads the fields from the removed entry instead of
+    /// building a [`Tombstone`] first.
+    pub fn bury_mapping(
+        &self,
+        m: &MappingHead,
+        unmap_time_ns: u64,
+        unmapped_by: u16,
+        map_site: u64,
+    ) -> bool {
+        self.bury_with(m.base, |s| {
+            s.size.store(m.size, Ordering::Relaxed);
+            s.physical.store(m.physical, Ordering::Relaxed);
+            s.map_time_ns.store(m.map_time_ns, Ordering::Relaxed);
+            s.unmap_time_ns.store(unmap_time_ns, Ordering::Relaxed);
+            s.map_site.store(map_site, Ordering::Relaxed);
+            s.drivers.store(
+                u32::from(m.driver) | u32::from(unmapped_by) << 16,
+                Ordering::Relaxed,
+            );
+        })
+    }
+
+    /// [`bury`](Self::bury) of a tombstone of `base` whose other fields `write` stores
+    /// into the claimed slot.
+    #[inline(always)]
+    fn bury_with(&self, base: u64, write: impl FnOnce(&GraveSlot)) -> bool {
+        let set = self.set(base);
         // A whole set (every graveyard of at least WAYS slots) as a fixed-size array, so
         // the scan and the claim loop below are unrolled; a smaller graveyard's one short
         // set takes the same code over a slice.
         match <&[GraveSlot; WAYS]>::try_from(set) {
-            Ok(ways) => Self::bury_in(ways, t),
-            Err(_) => Self::bury_in(set, t),
+            Ok(ways) => Self::bury_in(ways, base, write),
+            Err(_) => Self::bury_in(set, base, write),
         }
     }
 
-    /// [`bury`](Self::bury) in `set`.
+    /// [`bury_with`](Self::bury_with) in `set`.
     #[inline(always)]
-    fn bury_in(set: &[GraveSlot], t: &Tombstone) -> bool {
+    fn bury_in(set: &[GraveSlot], tbase: u64, write: impl FnOnce(&GraveSlot)) -> bool {
         let n = set.len();
         // One pass with plain indexes (no Option juggling): the first slot holding this
         // base, else the first free one, else the oldest (the first of equal times). The
@@ -140,7 +182,7 @@ impl Graveyard {
         let (mut own, mut free, mut oldest, mut oldest_when) = (NONE, NONE, 0usize, u64::MAX);
         for (i, s) in set.iter().enumerate() {
             let base = s.base.load(Ordering::Relaxed);
-            if base == t.base {
+            if base == tbase {
                 own = i;
                 break;
             }
@@ -172,16 +214,8 @@ impl Graveyard {
             let Some(s) = set.get(i) else { break };
             i = i.wrapping_add(1);
             let Some(seq) = Self::claim(s) else { continue };
-            s.base.store(t.base, Ordering::Relaxed);
-            s.size.store(t.size, Ordering::Relaxed);
-            s.physical.store(t.physical, Ordering::Relaxed);
-            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
-            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
-            s.map_site.store(t.map_site, Ordering::Relaxed);
-            s.drivers.store(
-                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
-                Ordering::Relaxed,
-            );
+            s.base.store(tbase, Ordering::Relaxed);
+            write(s);
             s.seq.store(seq.wrapping_add(2), Ordering::Release);
             return true;
         }
