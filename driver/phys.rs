@@ -172,6 +172,7 @@ struct RegionCounts([AtomicU32; 4]);
 
 impl RegionCounts {
     /// The counter of `class`.
+    #[inline]
     fn of(&self, class: CacheClass) -> &AtomicU32 {
         let [non_cached, cached, write_combined, _] = &self.0;
         match class {
@@ -182,6 +183,7 @@ impl RegionCounts {
     }
 
     /// True if a class other than `class` has a live mapping here.
+    #[inline]
     fn other_live(&self, class: CacheClass) -> bool {
         other_live(&self.0, class)
     }
@@ -220,6 +222,7 @@ impl ConflictFilter {
         })
     }
 
+    #[inline]
     fn regions(physical: u64, size: u64) -> Option<(u64, u64)> {
         let last = physical.checked_add(size.checked_sub(1)?)?;
         let first = physical >> REGION_SHIFT;
@@ -229,6 +232,7 @@ impl ConflictFilter {
     }
 
     /// The class counters of `region`'s bucket.
+    #[inline]
     fn bucket(&self, region: u64) -> Option<&RegionCounts> {
         let h = region.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize;
@@ -275,17 +279,29 @@ impl ConflictFilter {
     /// [`add`](Self::add) and [`may_conflict`](Self::may_conflict) (for the other classes,
     /// so this mapping's own count does not matter) in one pass: each region's bucket is
     /// hashed once. Returns true if a live mapping of another class may overlap.
+    /// The common case (one region) is inlined into the caller; the others are not.
+    #[inline]
     pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        let huge_other = other_live(&self.huge, class);
         match Self::regions(physical, size) {
-            // The common case, one region, without the loop.
-            Some((first, 1)) => match self.bucket(first) {
-                Some(b) => {
-                    b.of(class).fetch_add(1, Ordering::AcqRel);
-                    huge_other | b.other_live(class)
+            Some((first, 1)) => {
+                let huge_other = other_live(&self.huge, class);
+                match self.bucket(first) {
+                    Some(b) => {
+                        b.of(class).fetch_add(1, Ordering::AcqRel);
+                        huge_other | b.other_live(class)
+                    }
+                    None => huge_other,
                 }
-                None => huge_other,
-            },
+            }
+            regions => self.add_checked_many(regions, class),
+        }
+    }
+
+    /// [`add_checked`](Self::add_checked) of a mapping of several regions or a huge one.
+    #[inline(never)]
+    fn add_checked_many(&self, regions: Option<(u64, u64)>, class: CacheClass) -> bool {
+        let huge_other = other_live(&self.huge, class);
+        match regions {
             Some((first, n)) => {
                 let mut other = huge_other;
                 for r in 0..n {
@@ -305,8 +321,23 @@ impl ConflictFilter {
         }
     }
 
-    /// Uncounts a mapping that is gone.
+    /// Uncounts a mapping that is gone. The common case (one region) is inlined into the
+    /// caller; the others are not.
+    #[inline]
     pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
+        match Self::regions(physical, size) {
+            Some((first, 1)) => {
+                if let Some(b) = self.bucket(first) {
+                    b.of(class).fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            _ => self.remove_many(physical, size, class),
+        }
+    }
+
+    /// [`remove`](Self::remove) of a mapping of several regions or a huge one.
+    #[inline(never)]
+    fn remove_many(&self, physical: u64, size: u64, class: CacheClass) {
         self.each_counter(physical, size, class, |c| {
             c.fetch_sub(1, Ordering::AcqRel);
         });
