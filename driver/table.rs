@@ -52,7 +52,7 @@ mod graveyard;
 pub mod index;
 mod untracked;
 
-pub use graveyard::{Graveyard, Tombstone};
+pub use graveyard::{Graveyard, Tombstone, WAYS};
 pub use index::{Space, SpanIndex};
 pub use untracked::UntrackedSet;
 
