@@ -101,11 +101,22 @@ impl CacheClass {
                 CacheClass::Cached
             }
         } else {
-            match cache {
-                1 | 3 => CacheClass::Cached,
-                2 | 5 => CacheClass::WriteCombined,
-                _ => CacheClass::NonCached,
-            }
+            // MmNonCached 0, MmCached 1, MmWriteCombined 2, MmHardwareCoherentCached 3,
+            // MmNonCachedUnordered 4, MmUSWCCached 5; anything else (invalid) as
+            // non-cached. A table lookup instead of a match (the map hook's path).
+            const OF_TYPE: [CacheClass; 6] = [
+                CacheClass::NonCached,
+                CacheClass::Cached,
+                CacheClass::WriteCombined,
+                CacheClass::Cached,
+                CacheClass::NonCached,
+                CacheClass::WriteCombined,
+            ];
+            usize::try_from(cache)
+                .ok()
+                .and_then(|i| OF_TYPE.get(i))
+                .copied()
+                .unwrap_or(CacheClass::NonCached)
         }
     }
 
@@ -174,12 +185,9 @@ impl RegionCounts {
     /// The counter of `class`.
     #[inline]
     fn of(&self, class: CacheClass) -> &AtomicU32 {
-        let [non_cached, cached, write_combined, _] = &self.0;
-        match class {
-            CacheClass::NonCached => non_cached,
-            CacheClass::Cached => cached,
-            CacheClass::WriteCombined => write_combined,
-        }
+        // The class is the counter's index (0..=2 of 4: never out of range).
+        let [non_cached, ..] = &self.0;
+        self.0.get(class as usize).unwrap_or(non_cached)
     }
 
     /// True if a class other than `class` has a live mapping here.
@@ -193,11 +201,10 @@ impl RegionCounts {
 /// both other counters are read, without a branch between them.
 #[inline(always)]
 fn other_live(counts: &[AtomicU32], class: CacheClass) -> bool {
-    let (a, b) = match class {
-        CacheClass::NonCached => (1, 2),
-        CacheClass::Cached => (0, 2),
-        CacheClass::WriteCombined => (0, 1),
-    };
+    // The other two classes are `class + 1` and `class + 2`, modulo 3, found in a table
+    // (no branch on the class).
+    const OTHERS: [(usize, usize); 3] = [(1, 2), (0, 2), (0, 1)];
+    let (a, b) = OTHERS.get(class as usize).copied().unwrap_or((1, 2));
     let load = |i: usize| counts.get(i).map_or(0, |c| c.load(Ordering::Acquire));
     load(a) | load(b) != 0
 }
