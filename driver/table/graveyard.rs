@@ -53,32 +53,39 @@ struct GraveSlot {
 
 /// See the module docs.
 pub struct Graveyard {
-    slots: Box<[GraveSlot]>,
-    /// Number of sets: `len / WAYS`, at least 1 (fixed at start).
-    sets: usize,
+    /// The sets, `len / WAYS` of them (none for a graveyard of fewer than [`WAYS`] slots).
+    sets: Box<[[GraveSlot; WAYS]]>,
+    /// The `len % WAYS` slots past the last whole set: the one (short) set of a graveyard
+    /// of fewer than [`WAYS`] slots, unused otherwise (as before: `len / WAYS` sets).
+    tail: Box<[GraveSlot]>,
 }
 
 impl Graveyard {
     /// A graveyard of `len` slots (at least 1).
     pub fn new(len: usize) -> Result<Graveyard, OutOfMemory> {
+        let len = len.max(1);
+        let slot = |_| GraveSlot {
+            seq: AtomicU32::new(0),
+            base: AtomicU64::new(0),
+            size: AtomicU64::new(0),
+            physical: AtomicU64::new(0),
+            map_time_ns: AtomicU64::new(0),
+            unmap_time_ns: AtomicU64::new(0),
+            map_site: AtomicU64::new(0),
+            drivers: AtomicU32::new(0),
+        };
         Ok(Graveyard {
-            sets: (len.max(1) / WAYS).max(1),
-            slots: try_boxed_slice(len.max(1), |_| GraveSlot {
-                seq: AtomicU32::new(0),
-                base: AtomicU64::new(0),
-                size: AtomicU64::new(0),
-                physical: AtomicU64::new(0),
-                map_time_ns: AtomicU64::new(0),
-                unmap_time_ns: AtomicU64::new(0),
-                map_site: AtomicU64::new(0),
-                drivers: AtomicU32::new(0),
-            })?,
+            sets: try_boxed_slice(len / WAYS, |_| core::array::from_fn(slot))?,
+            tail: try_boxed_slice(len % WAYS, slot)?,
         })
     }
 
     /// Slots held.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.sets
+            .len()
+            .saturating_mul(WAYS)
+            .saturating_add(self.tail.len())
     }
 
     /// Always false: a graveyard has at least one slot.
@@ -86,15 +93,26 @@ impl Graveyard {
         false
     }
 
-    /// The set of [`WAYS`] slots `base` may be remembered in.
-    fn set(&self, base: u64) -> &[GraveSlot] {
+    /// Every slot (whole sets, then the tail).
+    fn slots(&self) -> impl Iterator<Item = &GraveSlot> {
+        self.sets.iter().flatten().chain(self.tail.iter())
+    }
+
+    /// The whole set `base` may be remembered in; `None` for a graveyard of fewer than
+    /// [`WAYS`] slots (its one set is the tail).
+    #[inline(always)]
+    fn full_set(&self, base: u64) -> Option<&[GraveSlot; WAYS]> {
         let h = base.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let set = (u128::from(h).wrapping_mul(self.sets as u128) >> 64) as usize;
-        // `set < sets <= max(len / WAYS, 1)`: `first + WAYS` cannot overflow.
-        let first = set.wrapping_mul(WAYS);
-        self.slots
-            .get(first..first.wrapping_add(WAYS).min(self.slots.len()))
-            .unwrap_or(&[])
+        let set = (u128::from(h).wrapping_mul(self.sets.len() as u128) >> 64) as usize;
+        self.sets.get(set)
+    }
+
+    /// The set of (at most) [`WAYS`] slots `base` may be remembered in.
+    fn set(&self, base: u64) -> &[GraveSlot] {
+        match self.full_set(base) {
+            Some(set) => set,
+            None => &self.tail,
+        }
     }
 
     /// Claims `s` for writing (seq even → odd); the even value it had, or `None` if
@@ -161,13 +179,12 @@ impl Graveyard {
     /// into the claimed slot.
     #[inline(always)]
     fn bury_with(&self, base: u64, write: impl FnOnce(&GraveSlot)) -> bool {
-        let set = self.set(base);
         // A whole set (every graveyard of at least WAYS slots) as a fixed-size array, so
         // the scan and the claim loop below are unrolled; a smaller graveyard's one short
         // set takes the same code over a slice.
-        match <&[GraveSlot; WAYS]>::try_from(set) {
-            Ok(ways) => Self::bury_in(ways, base, write),
-            Err(_) => Self::bury_in(set, base, write),
+        match self.full_set(base) {
+            Some(ways) => Self::bury_in(ways, base, write),
+            None => Self::bury_in(&self.tail, base, write),
         }
     }
 
@@ -277,7 +294,7 @@ impl Graveyard {
 
     /// Forgets everything (CLEAR). Slots busy with a writer keep what it writes.
     pub fn clear(&self) {
-        for s in self.slots.iter() {
+        for s in self.slots() {
             let seq = s.seq.load(Ordering::Relaxed);
             if seq & 1 == 0
                 && s.seq
@@ -305,7 +322,9 @@ mod tests {
         assert_eq!(core::mem::align_of::<GraveSlot>(), 64);
         assert_eq!(core::mem::size_of::<GraveSlot>(), 64);
         let g = Graveyard::new(9).unwrap();
-        for s in g.slots.iter() {
+        assert_eq!(g.len(), 9);
+        assert_eq!(g.slots().count(), 9);
+        for s in g.slots() {
             assert_eq!(core::ptr::from_ref(s) as usize % 64, 0);
         }
     }
