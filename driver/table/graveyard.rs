@@ -8,6 +8,12 @@
 //! move on to the next slot of the set if another writer holds it — dropping the
 //! tombstone only when all four are held, never waiting; readers validate the sequence
 //! around their reads (seqlock) and treat a torn slot as a miss.
+//!
+//! The claim excludes only a writer that *holds* the slot: two burials into one set at
+//! the same time may choose the same free slot from their scans, and the later one then
+//! replaces the other's fresh tombstone (the loom model
+//! `graveyard_racing_burials_and_a_reader` shows it). Under such races the graveyard is a
+//! lossy memory of recent unmaps; a lost tombstone turns a later IOSV005 into IOSV004.
 
 use super::MappingHead;
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
