@@ -101,11 +101,22 @@ impl CacheClass {
                 CacheClass::Cached
             }
         } else {
-            match cache {
-                1 | 3 => CacheClass::Cached,
-                2 | 5 => CacheClass::WriteCombined,
-                _ => CacheClass::NonCached,
-            }
+            // MmNonCached 0, MmCached 1, MmWriteCombined 2, MmHardwareCoherentCached 3,
+            // MmNonCachedUnordered 4, MmUSWCCached 5; anything else (invalid) as
+            // non-cached. A table lookup instead of a match (the map hook's path).
+            const OF_TYPE: [CacheClass; 6] = [
+                CacheClass::NonCached,
+                CacheClass::Cached,
+                CacheClass::WriteCombined,
+                CacheClass::Cached,
+                CacheClass::NonCached,
+                CacheClass::WriteCombined,
+            ];
+            usize::try_from(cache)
+                .ok()
+                .and_then(|i| OF_TYPE.get(i))
+                .copied()
+                .unwrap_or(CacheClass::NonCached)
         }
     }
 
@@ -172,16 +183,15 @@ struct RegionCounts([AtomicU32; 4]);
 
 impl RegionCounts {
     /// The counter of `class`.
+    #[inline]
     fn of(&self, class: CacheClass) -> &AtomicU32 {
-        let [non_cached, cached, write_combined, _] = &self.0;
-        match class {
-            CacheClass::NonCached => non_cached,
-            CacheClass::Cached => cached,
-            CacheClass::WriteCombined => write_combined,
-        }
+        // The class is the counter's index (0..=2 of 4: never out of range).
+        let [non_cached, ..] = &self.0;
+        self.0.get(class as usize).unwrap_or(non_cached)
     }
 
     /// True if a class other than `class` has a live mapping here.
+    #[inline]
     fn other_live(&self, class: CacheClass) -> bool {
         other_live(&self.0, class)
     }
@@ -191,11 +201,10 @@ impl RegionCounts {
 /// both other counters are read, without a branch between them.
 #[inline(always)]
 fn other_live(counts: &[AtomicU32], class: CacheClass) -> bool {
-    let (a, b) = match class {
-        CacheClass::NonCached => (1, 2),
-        CacheClass::Cached => (0, 2),
-        CacheClass::WriteCombined => (0, 1),
-    };
+    // The other two classes are `class + 1` and `class + 2`, modulo 3, found in a table
+    // (no branch on the class).
+    const OTHERS: [(usize, usize); 3] = [(1, 2), (0, 2), (0, 1)];
+    let (a, b) = OTHERS.get(class as usize).copied().unwrap_or((1, 2));
     let load = |i: usize| counts.get(i).map_or(0, |c| c.load(Ordering::Acquire));
     load(a) | load(b) != 0
 }
@@ -220,6 +229,7 @@ impl ConflictFilter {
         })
     }
 
+    #[inline]
     fn regions(physical: u64, size: u64) -> Option<(u64, u64)> {
         let last = physical.checked_add(size.checked_sub(1)?)?;
         let first = physical >> REGION_SHIFT;
@@ -229,6 +239,7 @@ impl ConflictFilter {
     }
 
     /// The class counters of `region`'s bucket.
+    #[inline]
     fn bucket(&self, region: u64) -> Option<&RegionCounts> {
         let h = region.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize;
@@ -275,17 +286,29 @@ impl ConflictFilter {
     /// [`add`](Self::add) and [`may_conflict`](Self::may_conflict) (for the other classes,
     /// so this mapping's own count does not matter) in one pass: each region's bucket is
     /// hashed once. Returns true if a live mapping of another class may overlap.
+    /// The common case (one region) is inlined into the caller; the others are not.
+    #[inline]
     pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        let huge_other = other_live(&self.huge, class);
         match Self::regions(physical, size) {
-            // The common case, one region, without the loop.
-            Some((first, 1)) => match self.bucket(first) {
-                Some(b) => {
-                    b.of(class).fetch_add(1, Ordering::AcqRel);
-                    huge_other | b.other_live(class)
+            Some((first, 1)) => {
+                let huge_other = other_live(&self.huge, class);
+                match self.bucket(first) {
+                    Some(b) => {
+                        b.of(class).fetch_add(1, Ordering::AcqRel);
+                        huge_other | b.other_live(class)
+                    }
+                    None => huge_other,
                 }
-                None => huge_other,
-            },
+            }
+            regions => self.add_checked_many(regions, class),
+        }
+    }
+
+    /// [`add_checked`](Self::add_checked) of a mapping of several regions or a huge one.
+    #[inline(never)]
+    fn add_checked_many(&self, regions: Option<(u64, u64)>, class: CacheClass) -> bool {
+        let huge_other = other_live(&self.huge, class);
+        match regions {
             Some((first, n)) => {
                 let mut other = huge_other;
                 for r in 0..n {
@@ -305,8 +328,23 @@ impl ConflictFilter {
         }
     }
 
-    /// Uncounts a mapping that is gone.
+    /// Uncounts a mapping that is gone. The common case (one region) is inlined into the
+    /// caller; the others are not.
+    #[inline]
     pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
+        match Self::regions(physical, size) {
+            Some((first, 1)) => {
+                if let Some(b) = self.bucket(first) {
+                    b.of(class).fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            _ => self.remove_many(physical, size, class),
+        }
+    }
+
+    /// [`remove`](Self::remove) of a mapping of several regions or a huge one.
+    #[inline(never)]
+    fn remove_many(&self, physical: u64, size: u64, class: CacheClass) {
         self.each_counter(physical, size, class, |c| {
             c.fetch_sub(1, Ordering::AcqRel);
         });

@@ -52,7 +52,7 @@ mod graveyard;
 pub mod index;
 mod untracked;
 
-pub use graveyard::{Graveyard, Tombstone};
+pub use graveyard::{Graveyard, Tombstone, WAYS};
 pub use index::{Space, SpanIndex};
 pub use untracked::UntrackedSet;
 
@@ -499,7 +499,7 @@ impl Table {
         if !keys.contains(&live_key) && !self.more_after(home) {
             if let Some(j) = keys.iter().position(|&k| k == 0) {
                 let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
-                if self.claim_inline(slot, home, 0, entry, frames) {
+                if self.claim_inline(slot, home, 0, entry, frames, true) {
                     return InsertOutcome::Inserted;
                 }
                 return self.claim_any(home, entry, frames, None);
@@ -584,7 +584,7 @@ impl Table {
         entry: &MappingHead,
         frames: &[u64],
     ) -> bool {
-        self.claim_inline(slot, home, distance, entry, frames)
+        self.claim_inline(slot, home, distance, entry, frames, false)
     }
 
     /// [`claim`](Self::claim), inlined into the insert's first try (the common path).
@@ -596,11 +596,14 @@ impl Table {
         distance: usize,
         entry: &MappingHead,
         frames: &[u64],
+        just_seen_free: bool,
     ) -> bool {
         let Some(key) = self.key(slot) else {
             return false;
         };
-        if key.load(Ordering::Relaxed) != 0 {
+        // Read first (a failing CAS is dearer than a load), unless the caller has just
+        // read the key as free: then the CAS alone decides.
+        if !just_seen_free && key.load(Ordering::Relaxed) != 0 {
             return false;
         }
         let busy_key = BUSY | (entry.base & MASK57);

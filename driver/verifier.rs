@@ -549,16 +549,8 @@ impl<P: Platform> Verifier<P> {
     /// [`bury`](Self::bury) of a mapping without its stack, `map_site` its innermost frame
     /// (0 if none).
     fn bury_head(&self, cx: &CallCtx, m: &MappingHead, map_site: u64) {
-        self.graveyard.bury(&Tombstone {
-            base: m.base,
-            size: m.size,
-            physical: m.physical,
-            map_time_ns: m.map_time_ns,
-            unmap_time_ns: cx.now,
-            driver: m.driver,
-            unmapped_by: cx.driver.0,
-            map_site,
-        });
+        self.graveyard
+            .bury_mapping(m, cx.now, cx.driver.0, map_site);
     }
 
     /// Puts a mapping taken out of the table for a contained unmap back (hook path:

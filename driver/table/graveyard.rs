@@ -8,7 +8,14 @@
 //! move on to the next slot of the set if another writer holds it — dropping the
 //! tombstone only when all four are held, never waiting; readers validate the sequence
 //! around their reads (seqlock) and treat a torn slot as a miss.
+//!
+//! The claim excludes only a writer that *holds* the slot: two burials into one set at
+//! the same time may choose the same free slot from their scans, and the later one then
+//! replaces the other's fresh tombstone (the loom model
+//! `graveyard_racing_burials_and_a_reader` shows it). Under such races the graveyard is a
+//! lossy memory of recent unmaps; a lost tombstone turns a later IOSV005 into IOSV004.
 
+use super::MappingHead;
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
 
 /// Slots per set: a tombstone can live in any of the [`WAYS`] slots of its set.
@@ -52,32 +59,39 @@ struct GraveSlot {
 
 /// See the module docs.
 pub struct Graveyard {
-    slots: Box<[GraveSlot]>,
-    /// Number of sets: `len / WAYS`, at least 1 (fixed at start).
-    sets: usize,
+    /// The sets, `len / WAYS` of them (none for a graveyard of fewer than [`WAYS`] slots).
+    sets: Box<[[GraveSlot; WAYS]]>,
+    /// The `len % WAYS` slots past the last whole set: the one (short) set of a graveyard
+    /// of fewer than [`WAYS`] slots, unused otherwise (as before: `len / WAYS` sets).
+    tail: Box<[GraveSlot]>,
 }
 
 impl Graveyard {
     /// A graveyard of `len` slots (at least 1).
     pub fn new(len: usize) -> Result<Graveyard, OutOfMemory> {
+        let len = len.max(1);
+        let slot = |_| GraveSlot {
+            seq: AtomicU32::new(0),
+            base: AtomicU64::new(0),
+            size: AtomicU64::new(0),
+            physical: AtomicU64::new(0),
+            map_time_ns: AtomicU64::new(0),
+            unmap_time_ns: AtomicU64::new(0),
+            map_site: AtomicU64::new(0),
+            drivers: AtomicU32::new(0),
+        };
         Ok(Graveyard {
-            sets: (len.max(1) / WAYS).max(1),
-            slots: try_boxed_slice(len.max(1), |_| GraveSlot {
-                seq: AtomicU32::new(0),
-                base: AtomicU64::new(0),
-                size: AtomicU64::new(0),
-                physical: AtomicU64::new(0),
-                map_time_ns: AtomicU64::new(0),
-                unmap_time_ns: AtomicU64::new(0),
-                map_site: AtomicU64::new(0),
-                drivers: AtomicU32::new(0),
-            })?,
+            sets: try_boxed_slice(len / WAYS, |_| core::array::from_fn(slot))?,
+            tail: try_boxed_slice(len % WAYS, slot)?,
         })
     }
 
     /// Slots held.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.sets
+            .len()
+            .saturating_mul(WAYS)
+            .saturating_add(self.tail.len())
     }
 
     /// Always false: a graveyard has at least one slot.
@@ -85,15 +99,26 @@ impl Graveyard {
         false
     }
 
-    /// The set of [`WAYS`] slots `base` may be remembered in.
-    fn set(&self, base: u64) -> &[GraveSlot] {
+    /// Every slot (whole sets, then the tail).
+    fn slots(&self) -> impl Iterator<Item = &GraveSlot> {
+        self.sets.iter().flatten().chain(self.tail.iter())
+    }
+
+    /// The whole set `base` may be remembered in; `None` for a graveyard of fewer than
+    /// [`WAYS`] slots (its one set is the tail).
+    #[inline(always)]
+    fn full_set(&self, base: u64) -> Option<&[GraveSlot; WAYS]> {
         let h = base.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let set = (u128::from(h).wrapping_mul(self.sets as u128) >> 64) as usize;
-        // `set < sets <= max(len / WAYS, 1)`: `first + WAYS` cannot overflow.
-        let first = set.wrapping_mul(WAYS);
-        self.slots
-            .get(first..first.wrapping_add(WAYS).min(self.slots.len()))
-            .unwrap_or(&[])
+        let set = (u128::from(h).wrapping_mul(self.sets.len() as u128) >> 64) as usize;
+        self.sets.get(set)
+    }
+
+    /// The set of (at most) [`WAYS`] slots `base` may be remembered in.
+    fn set(&self, base: u64) -> &[GraveSlot] {
+        match self.full_set(base) {
+            Some(set) => set,
+            None => &self.tail,
+        }
     }
 
     /// Claims `s` for writing (seq even → odd); the even value it had, or `None` if
@@ -119,19 +144,59 @@ impl Graveyard {
     /// else in a free slot, else in place of the oldest. Returns false if every slot of
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
-        let set = self.set(t.base);
+        self.bury_with(t.base, |s| {
+            s.size.store(t.size, Ordering::Relaxed);
+            s.physical.store(t.physical, Ordering::Relaxed);
+            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
+            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
+            s.map_site.store(t.map_site, Ordering::Relaxed);
+            s.drivers.store(
+                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
+                Ordering::Relaxed,
+            );
+        })
+    }
+
+    /// [`bury`](Self::bury) of the tombstone of mapping `m`, unmapped at `unmap_time_ns` by
+    /// driver `unmapped_by`, `map_site` its innermost map-site frame (0 if none): the
+    /// unmap hook's path, which reads the fields from the removed entry instead of
+    /// building a [`Tombstone`] first.
+    pub fn bury_mapping(
+        &self,
+        m: &MappingHead,
+        unmap_time_ns: u64,
+        unmapped_by: u16,
+        map_site: u64,
+    ) -> bool {
+        self.bury_with(m.base, |s| {
+            s.size.store(m.size, Ordering::Relaxed);
+            s.physical.store(m.physical, Ordering::Relaxed);
+            s.map_time_ns.store(m.map_time_ns, Ordering::Relaxed);
+            s.unmap_time_ns.store(unmap_time_ns, Ordering::Relaxed);
+            s.map_site.store(map_site, Ordering::Relaxed);
+            s.drivers.store(
+                u32::from(m.driver) | u32::from(unmapped_by) << 16,
+                Ordering::Relaxed,
+            );
+        })
+    }
+
+    /// [`bury`](Self::bury) of a tombstone of `base` whose other fields `write` stores
+    /// into the claimed slot.
+    #[inline(always)]
+    fn bury_with(&self, base: u64, write: impl FnOnce(&GraveSlot)) -> bool {
         // A whole set (every graveyard of at least WAYS slots) as a fixed-size array, so
         // the scan and the claim loop below are unrolled; a smaller graveyard's one short
         // set takes the same code over a slice.
-        match <&[GraveSlot; WAYS]>::try_from(set) {
-            Ok(ways) => Self::bury_in(ways, t),
-            Err(_) => Self::bury_in(set, t),
+        match self.full_set(base) {
+            Some(ways) => Self::bury_in(ways, base, write),
+            None => Self::bury_in(&self.tail, base, write),
         }
     }
 
-    /// [`bury`](Self::bury) in `set`.
+    /// [`bury_with`](Self::bury_with) in `set`.
     #[inline(always)]
-    fn bury_in(set: &[GraveSlot], t: &Tombstone) -> bool {
+    fn bury_in(set: &[GraveSlot], tbase: u64, write: impl FnOnce(&GraveSlot)) -> bool {
         let n = set.len();
         // One pass with plain indexes (no Option juggling): the first slot holding this
         // base, else the first free one, else the oldest (the first of equal times). The
@@ -140,7 +205,7 @@ impl Graveyard {
         let (mut own, mut free, mut oldest, mut oldest_when) = (NONE, NONE, 0usize, u64::MAX);
         for (i, s) in set.iter().enumerate() {
             let base = s.base.load(Ordering::Relaxed);
-            if base == t.base {
+            if base == tbase {
                 own = i;
                 break;
             }
@@ -172,16 +237,8 @@ impl Graveyard {
             let Some(s) = set.get(i) else { break };
             i = i.wrapping_add(1);
             let Some(seq) = Self::claim(s) else { continue };
-            s.base.store(t.base, Ordering::Relaxed);
-            s.size.store(t.size, Ordering::Relaxed);
-            s.physical.store(t.physical, Ordering::Relaxed);
-            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
-            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
-            s.map_site.store(t.map_site, Ordering::Relaxed);
-            s.drivers.store(
-                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
-                Ordering::Relaxed,
-            );
+            s.base.store(tbase, Ordering::Relaxed);
+            write(s);
             s.seq.store(seq.wrapping_add(2), Ordering::Release);
             return true;
         }
@@ -243,7 +300,7 @@ impl Graveyard {
 
     /// Forgets everything (CLEAR). Slots busy with a writer keep what it writes.
     pub fn clear(&self) {
-        for s in self.slots.iter() {
+        for s in self.slots() {
             let seq = s.seq.load(Ordering::Relaxed);
             if seq & 1 == 0
                 && s.seq
@@ -271,7 +328,9 @@ mod tests {
         assert_eq!(core::mem::align_of::<GraveSlot>(), 64);
         assert_eq!(core::mem::size_of::<GraveSlot>(), 64);
         let g = Graveyard::new(9).unwrap();
-        for s in g.slots.iter() {
+        assert_eq!(g.len(), 9);
+        assert_eq!(g.slots().count(), 9);
+        for s in g.slots() {
             assert_eq!(core::ptr::from_ref(s) as usize % 64, 0);
         }
     }

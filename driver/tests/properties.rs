@@ -352,3 +352,164 @@ proptest! {
         }
     }
 }
+
+/// One step on a one-set graveyard: bury `base` (key % 6) at the next time, or forget it.
+#[derive(Debug, Clone)]
+enum GraveOp {
+    Bury { key: u8, unmapped_by: u16 },
+    Forget { key: u8 },
+    Clear,
+}
+
+fn grave_op() -> impl Strategy<Value = GraveOp> {
+    prop_oneof![
+        8 => (0u8..6, any::<u16>()).prop_map(|(key, unmapped_by)| GraveOp::Bury { key, unmapped_by }),
+        2 => (0u8..6).prop_map(|key| GraveOp::Forget { key }),
+        1 => Just(GraveOp::Clear),
+    ]
+}
+
+proptest! {
+    /// A graveyard of one set (4 slots, or a short one of 1 to 3) against a model of its documented policy: a base
+    /// buried again replaces its own tombstone in place, else the first free slot, else the
+    /// oldest by unmap time (the first of equal times); `forget` and `clear` free slots.
+    /// The unmap hook's `bury_mapping` and `bury` are used alternately: they must agree.
+    #[test]
+    fn graveyard_matches_model(len in 1usize..=4, ops in prop::collection::vec(grave_op(), 1..200)) {
+        use iosv::table::{Graveyard, MappingHead, Tombstone, WAYS};
+        let g = Graveyard::new(len).unwrap();
+        prop_assert!(len <= WAYS);
+        let mut model: Vec<Option<Tombstone>> = vec![None; len];
+        let base = |key: u8| BASE + (u64::from(key) + 1) * 0x1000;
+        for (now, op) in (1u64..).zip(ops) {
+            match op {
+                GraveOp::Bury { key, unmapped_by } => {
+                    let t = Tombstone {
+                        base: base(key),
+                        size: u64::from(key) * 0x1000 + 1,
+                        physical: 0xF000_0000 + now,
+                        map_time_ns: now / 2,
+                        unmap_time_ns: now,
+                        driver: u16::from(key),
+                        unmapped_by,
+                        map_site: now ^ 0x55,
+                    };
+                    if now % 2 == 0 {
+                        prop_assert!(g.bury(&t));
+                    } else {
+                        let mut m = MappingHead::new(t.base, t.size);
+                        m.physical = t.physical;
+                        m.map_time_ns = t.map_time_ns;
+                        m.driver = t.driver;
+                        prop_assert!(g.bury_mapping(&m, now, unmapped_by, t.map_site));
+                    }
+                    let own = model.iter().position(|s| s.is_some_and(|s| s.base == t.base));
+                    let free = model.iter().position(Option::is_none);
+                    let oldest = (0..len)
+                        .min_by_key(|&i| model[i].map_or(u64::MAX, |s| s.unmap_time_ns))
+                        .unwrap();
+                    model[own.or(free).unwrap_or(oldest)] = Some(t);
+                }
+                GraveOp::Forget { key } => {
+                    g.forget(base(key));
+                    for s in model.iter_mut() {
+                        if s.is_some_and(|s| s.base == base(key)) {
+                            *s = None;
+                        }
+                    }
+                }
+                GraveOp::Clear => {
+                    g.clear();
+                    model = vec![None; len];
+                }
+            }
+            for key in 0..6u8 {
+                let want = model.iter().flatten().find(|s| s.base == base(key)).copied();
+                prop_assert_eq!(g.find(base(key)), want, "base key {}", key);
+            }
+        }
+    }
+}
+
+/// One step on the conflict filter: count a mapping (key chooses one of a few physical
+/// ranges, of one page up to past the huge bound), or uncount a live one.
+#[derive(Debug, Clone)]
+enum FilterOp {
+    Add { range: u8, class: u8 },
+    Remove { index: usize },
+}
+
+fn filter_op() -> impl Strategy<Value = FilterOp> {
+    prop_oneof![
+        3 => (0u8..8, 0u8..3).prop_map(|(range, class)| FilterOp::Add { range, class }),
+        2 => any::<usize>().prop_map(|index| FilterOp::Remove { index }),
+    ]
+}
+
+proptest! {
+    /// The conflict filter against a list of live mappings: it never says "no conflict"
+    /// while a live mapping of another class shares a 2 MiB region with the range (or is
+    /// huge), `add_checked` answers exactly what `may_conflict` answers after the add, and
+    /// with every mapping uncounted nothing may conflict any more.
+    #[test]
+    fn conflict_filter_never_misses(buckets in 1usize..8, ops in prop::collection::vec(filter_op(), 1..120)) {
+        use iosv::phys::{CacheClass, ConflictFilter, MAX_REGIONS, REGION_SHIFT};
+        let region = 1u64 << REGION_SHIFT;
+        let ranges: [(u64, u64); 8] = [
+            (0x1000_0000, 0x1000),
+            (0x1000_0800, 0x10),
+            (0x1000_0000 + region - 0x800, 0x1000), // two regions
+            (0x2000_0000, 3 * region),
+            (0x2000_0000 + region, 0x1000),
+            (0x4000_0000, (MAX_REGIONS + 1) * region), // huge
+            (0x7000_0000, 0x1000),
+            (0x1000_0000 + 5 * region, 0x1000),
+        ];
+        let classes = [CacheClass::NonCached, CacheClass::Cached, CacheClass::WriteCombined];
+        let f = ConflictFilter::new(buckets).unwrap();
+        let mut live: Vec<(u64, u64, CacheClass)> = Vec::new();
+        let regions = |p: u64, s: u64| (p >> REGION_SHIFT, (p + s - 1) >> REGION_SHIFT);
+        let truly = |live: &[(u64, u64, CacheClass)], p: u64, s: u64, c: CacheClass| {
+            let (a0, a1) = regions(p, s);
+            let huge = |p: u64, s: u64| {
+                let (r0, r1) = regions(p, s);
+                r1 - r0 + 1 > MAX_REGIONS
+            };
+            live.iter().any(|&(q, t, d)| {
+                let (b0, b1) = regions(q, t);
+                d != c && (huge(q, t) || huge(p, s) || (a0 <= b1 && b0 <= a1))
+            })
+        };
+        for op in ops {
+            match op {
+                FilterOp::Add { range, class } => {
+                    let (p, s) = ranges[usize::from(range)];
+                    let c = classes[usize::from(class)];
+                    let said = f.add_checked(p, s, c);
+                    prop_assert_eq!(said, f.may_conflict(p, s, c));
+                    prop_assert!(said || !truly(&live, p, s, c), "missed a conflict");
+                    live.push((p, s, c));
+                }
+                FilterOp::Remove { index } => {
+                    if !live.is_empty() {
+                        let (p, s, c) = live.swap_remove(index % live.len());
+                        f.remove(p, s, c);
+                    }
+                }
+            }
+            for &(p, s) in &ranges {
+                for c in classes {
+                    prop_assert!(f.may_conflict(p, s, c) || !truly(&live, p, s, c));
+                }
+            }
+        }
+        for (p, s, c) in live.drain(..) {
+            f.remove(p, s, c);
+        }
+        for &(p, s) in &ranges {
+            for c in classes {
+                prop_assert!(!f.may_conflict(p, s, c), "counts left behind");
+            }
+        }
+    }
+}
