@@ -9,11 +9,14 @@
 //! tombstone only when all four are held, never waiting; readers validate the sequence
 //! around their reads (seqlock) and treat a torn slot as a miss.
 //!
-//! The claim excludes only a writer that *holds* the slot: two burials into one set at
-//! the same time may choose the same free slot from their scans, and the later one then
-//! replaces the other's fresh tombstone (the loom model
-//! `graveyard_racing_burials_and_a_reader` shows it). Under such races the graveyard is a
-//! lossy memory of recent unmaps; a lost tombstone turns a later IOSV005 into IOSV004.
+//! Two burials into one set at the same time may choose the same free slot (or the same
+//! oldest one) from their scans. The claim alone would let the later one replace the
+//! other's fresh tombstone (a later IOSV005 would then read as IOSV004), so a writer uses
+//! a claimed slot only if it still holds what its scan saw; otherwise it gives the slot
+//! back unchanged and scans again, and the other's tombstone, now the newest, is kept
+//! (loom model `graveyard_racing_burials_and_a_reader`). Retries are bounded (each
+//! follows a burial that completed in the set); a tombstone is dropped only when every
+//! slot of its set is held by another writer, never waiting.
 
 use super::MappingHead;
 use crate::sync::{fence, try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
@@ -194,20 +197,50 @@ impl Graveyard {
         }
     }
 
-    /// [`bury_with`](Self::bury_with) in `set`.
+    /// [`bury_with`](Self::bury_with) in `set`. The common case takes one scan and one
+    /// CAS: the chosen slot's sequence number is read, then its base checked against what
+    /// the scan chose, then the slot claimed from that sequence number — so the claim
+    /// fails if anyone wrote the slot since (a racing burial filled "the free slot" or
+    /// replaced "the oldest"). Then, or when the slot is held, the careful path runs out
+    /// of line ([`bury_after_race`](Self::bury_after_race)).
     #[inline(always)]
-    fn bury_in(set: &[GraveSlot], tbase: u64, write: impl FnOnce(&GraveSlot)) -> bool {
-        let n = set.len();
-        // One pass with plain indexes (no Option juggling): the first slot holding this
-        // base, else the first free one, else the oldest (the first of equal times). The
-        // oldest is tracked over every used slot, but used only when none is free.
+    fn bury_in<F: FnOnce(&GraveSlot)>(set: &[GraveSlot], tbase: u64, write: F) -> bool {
+        let (preferred, expected) = Self::choose(set, tbase);
+        if let Some(s) = set.get(preferred) {
+            let seq = s.seq.load(Ordering::Acquire);
+            if seq & 1 == 0
+                && s.base.load(Ordering::Relaxed) == expected
+                && s.seq
+                    .compare_exchange(
+                        seq,
+                        seq.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                fence(Ordering::Release);
+                Self::fill(s, seq, tbase, write);
+                return true;
+            }
+        }
+        Self::bury_after_race(set, tbase, write)
+    }
+
+    /// The slot a tombstone of `tbase` should go to: the first slot holding this base,
+    /// else the first free one, else the oldest (the first of equal times); with the base
+    /// it held.
+    #[inline(always)]
+    fn choose(set: &[GraveSlot], tbase: u64) -> (usize, u64) {
+        // One pass with plain indexes (no Option juggling). The oldest is tracked over
+        // every used slot, but used only when none is free.
         const NONE: usize = usize::MAX;
-        let (mut own, mut free, mut oldest, mut oldest_when) = (NONE, NONE, 0usize, u64::MAX);
+        let mut free = NONE;
+        let (mut oldest, mut oldest_when, mut oldest_base) = (0usize, u64::MAX, 0u64);
         for (i, s) in set.iter().enumerate() {
             let base = s.base.load(Ordering::Relaxed);
             if base == tbase {
-                own = i;
-                break;
+                return (i, base);
             }
             if base == 0 {
                 if free == NONE {
@@ -218,31 +251,60 @@ impl Graveyard {
                 if when < oldest_when {
                     oldest = i;
                     oldest_when = when;
+                    oldest_base = base;
                 }
             }
         }
-        let preferred = if own != NONE {
-            own
-        } else if free != NONE {
-            free
+        if free != NONE {
+            (free, 0)
         } else {
-            oldest
-        };
-        // Claim order: the preferred slot, then the ones after it, wrapping around.
-        let mut i = preferred;
-        for _ in 0..n {
-            if i >= n {
-                i = 0;
+            (oldest, oldest_base)
+        }
+    }
+
+    /// The careful path, after the chosen slot's claim failed (held by a writer, or
+    /// written since the scan): at most [`WAYS`] scans, each followed by claims of the
+    /// chosen slot and then the ones after it, wrapping around. A claimed slot is kept
+    /// only if it still holds what was chosen: the chosen slot what the scan read there,
+    /// any other slot nothing (or this base); otherwise another burial got there between
+    /// the scan and the claim, the slot is given back unchanged and the set scanned
+    /// again (each retry follows a burial that completed in this set). Dropped only when
+    /// every slot is held by another writer, never waiting.
+    #[cold]
+    #[inline(never)]
+    fn bury_after_race<F: FnOnce(&GraveSlot)>(set: &[GraveSlot], tbase: u64, write: F) -> bool {
+        let n = set.len();
+        'scan: for _ in 0..WAYS {
+            let (preferred, expected) = Self::choose(set, tbase);
+            let mut i = preferred;
+            for _ in 0..n {
+                if i >= n {
+                    i = 0;
+                }
+                let Some(s) = set.get(i) else { break };
+                let want = if i == preferred { expected } else { 0 };
+                i = i.wrapping_add(1);
+                let Some(seq) = Self::claim(s) else { continue };
+                let now = s.base.load(Ordering::Relaxed);
+                if now != want && now != tbase {
+                    // Filled or replaced since the scan: give it back as it was.
+                    s.seq.store(seq, Ordering::Release);
+                    continue 'scan;
+                }
+                Self::fill(s, seq, tbase, write);
+                return true;
             }
-            let Some(s) = set.get(i) else { break };
-            i = i.wrapping_add(1);
-            let Some(seq) = Self::claim(s) else { continue };
-            s.base.store(tbase, Ordering::Relaxed);
-            write(s);
-            s.seq.store(seq.wrapping_add(2), Ordering::Release);
-            return true;
+            return false;
         }
         false
+    }
+
+    /// Writes the tombstone of `tbase` into the claimed slot `s` and releases it.
+    #[inline(always)]
+    fn fill<F: FnOnce(&GraveSlot)>(s: &GraveSlot, seq: u32, tbase: u64, write: F) {
+        s.base.store(tbase, Ordering::Relaxed);
+        write(s);
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
     /// A consistent copy of slot `s`, or `None` if it kept changing.
