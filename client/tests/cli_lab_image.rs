@@ -15,21 +15,7 @@ use std::sync::OnceLock;
 /// `cli_run.rs` builds them, into a directory of this binary's own).
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-fixtures-lab");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runner/fixtures/build.sh");
-        let o = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(&out)
-            .output()
-            .expect("run runner/fixtures/build.sh");
-        assert!(
-            o.status.success(),
-            "building the driver fixtures failed (scripts/test installs gcc-mingw-w64-x86-64):\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
-    })
+    DIR.get_or_init(|| common::build_runner_fixtures("runner-fixtures-lab"))
 }
 
 /// Writes `text` as `name` beside the fixtures (so `image = "x.sys"` finds them) and

@@ -86,20 +86,7 @@ fn iosv_sys() -> Option<&'static Path> {
 /// The C fixtures, built once per test binary with `runner/fixtures/build.sh`.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-fixtures-kernel");
-        let o = Command::new("bash")
-            .arg(root().join("runner/fixtures/build.sh"))
-            .arg(&out)
-            .output()
-            .expect("run runner/fixtures/build.sh");
-        assert!(
-            o.status.success(),
-            "building the driver fixtures failed (scripts/test installs gcc-mingw-w64-x86-64):\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
-    })
+    DIR.get_or_init(|| common::build_runner_fixtures("runner-fixtures-kernel"))
 }
 
 /// The ioctl every fixture handles; its bug (if any) fires in the handler.

@@ -11,6 +11,25 @@ use std::time::{Duration, Instant};
 /// The `iosvctl` binary Cargo built for these tests.
 pub const IOSVCTL: &str = env!("CARGO_BIN_EXE_iosvctl");
 
+/// Builds the compiled driver fixtures of `iosvctl run` (`runner/fixtures/build.sh`,
+/// mingw-w64 GCC) into `dir` under this test binary's temporary directory; returns it.
+/// Each test binary calls this once (behind a `OnceLock`), into a directory of its own.
+pub fn build_runner_fixtures(dir: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runner/fixtures/build.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .expect("run runner/fixtures/build.sh");
+    assert!(
+        o.status.success(),
+        "building the driver fixtures failed (scripts/test installs gcc-mingw-w64-x86-64):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 /// A file under the workspace's `tests/data/`.
 pub fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
