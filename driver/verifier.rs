@@ -32,6 +32,10 @@ use crate::table::{
     UntrackedSet, FLAG_DETACHED, FLAG_LEAK_REPORTED, FLAG_MAP_EX, MAX_STACK_DEPTH,
 };
 
+/// Mappings a leak report (stop, removal, unload, detach) takes from one walk of the table
+/// at a time; those reports run on the expanded 64 KiB stack on Windows.
+const LEAK_BATCH: usize = 32;
+
 /// Frames of iosv's own the stack capture skips (the hook and the engine).
 const OWN_FRAMES: u32 = 2;
 
@@ -830,7 +834,7 @@ impl<P: Platform> Verifier<P> {
     /// Reports every live, not yet reported mapping that `pick` selects as a leak.
     fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
         let cx = self.ctx(Caller { return_address: 0 });
-        self.for_each_picked(
+        self.for_each_picked::<LEAK_BATCH>(
             |m| m.flags & FLAG_LEAK_REPORTED == 0 && pick(m),
             |m| {
                 if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
@@ -844,11 +848,18 @@ impl<P: Platform> Verifier<P> {
     }
 
     /// Walks the table and runs `act` on each live mapping `pick` selects — outside the
-    /// walk, in batches, so `act` may change the table (mark or remove entries).
-    fn for_each_picked(&self, pick: impl Fn(&Mapping) -> bool, mut act: impl FnMut(&Mapping)) {
+    /// walk, in batches of `BATCH`, so `act` may change the table (mark or remove
+    /// entries). The batch is on the stack (`BATCH` × ~190 bytes): `LEAK_BATCH` for the
+    /// leak reports, which run on the expanded stack; a hook on the caller's stack takes a
+    /// small one.
+    fn for_each_picked<const BATCH: usize>(
+        &self,
+        pick: impl Fn(&Mapping) -> bool,
+        mut act: impl FnMut(&Mapping),
+    ) {
         let mut cursor = 0usize;
         loop {
-            let mut batch = [None::<Mapping>; 32];
+            let mut batch = [None::<Mapping>; BATCH];
             let mut n = 0usize;
             let end = self.table.walk(cursor, usize::MAX, |m| {
                 if !pick(m) {
@@ -905,14 +916,14 @@ impl<P: Platform> Verifier<P> {
         self.report_leaks(RuleId::LeakOnUnload, |m| m.driver == driver.0, flags);
         self.drivers.set_state(driver, DriverState::Gone);
         if detach {
-            self.for_each_picked(
+            self.for_each_picked::<LEAK_BATCH>(
                 |m| m.driver == driver.0 && m.flags & FLAG_DETACHED == 0,
                 |m| {
                     self.table.mark(m.base, m.map_time_ns, FLAG_DETACHED);
                 },
             );
         } else {
-            self.for_each_picked(
+            self.for_each_picked::<LEAK_BATCH>(
                 |m| m.driver == driver.0 && m.flags & FLAG_DETACHED != 0,
                 |m| {
                     if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
