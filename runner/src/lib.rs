@@ -52,7 +52,10 @@ pub enum ExitKind {
     /// A driver routine did not return within the watchdog's time: exit status 7.
     Hung,
     /// The image could not be loaded (not a PE32+ x64 native image, needs relocation
-    /// without `.reloc`, ...) or its DriverEntry failed: exit status 8.
+    /// without `.reloc`, ...): exit status 8. Also a scenario's image whose DriverEntry
+    /// fails (the scenario cannot go on). In `iosvctl run` a failing DriverEntry is a
+    /// note and the run goes on to its reports: what the driver mapped before failing
+    /// and did not unmap is IOSV009, which a status of 8 would hide.
     LoadFailed,
 }
 
