@@ -17,7 +17,7 @@
 //! [`USER_REGION`] (unique across the simulated processes, so the table's keys never
 //! collide; on Windows two processes can map the same user address — see docs).
 //!
-//! The simulated drivers' bugs of rules IOSV015–IOSV021 ([`commit`]) each allocate their
+//! The simulated drivers' bugs of rules IOSV015–IOSV021 (`commit`) each allocate their
 //! own MDLs and ranges, so they run beside any other thread's work.
 
 use crate::driver_calls::{DriverRef, Routine};
@@ -849,7 +849,7 @@ pub(crate) fn commit_map_irql(d: &DriverRef, host: &Host) -> Result<Option<bool>
     Ok(Some(reached))
 }
 
-/// True for the rules [`commit`] commits.
+/// True for the rules `commit` commits.
 pub fn is_family_rule(rule: RuleId) -> bool {
     rule.number() >= RuleId::MdlUnmapWrongMdl.number()
 }

@@ -1,5 +1,5 @@
 //! The control requests tests make of a [`Host`], through the typed client
-//! ([`iosv_client::Client`]) over its in-process transport: the same requests, replies and
+//! ([`iosv_client::client::Client`]) over its in-process transport: the same requests, replies and
 //! checks `iosvctl` uses. The client has no "add one target" or "read everything" call,
 //! so those few compositions live here.
 

@@ -342,7 +342,7 @@ fn run_in_child(
     Ok(outcome)
 }
 
-/// The child of [`run_in_child`]: `args` are `SOCKET` and `lab`'s command line. It
+/// The child of `run_in_child`: `args` are `SOCKET` and `lab`'s command line. It
 /// builds the host as `lab` does, runs the scenario with the runner's image backend,
 /// audits it, and sends the header and the audit's problems to the parent; then serves
 /// the verifier until the parent is done. Returns its exit status.

@@ -264,7 +264,7 @@ unsafe extern "win64" {
 }
 
 /// The addresses of every hook, for the interception plan: the I/O-space routines,
-/// `MmGetSystemRoutineAddress`'s and the MDL family's ([`mdl::hooks`]).
+/// `MmGetSystemRoutineAddress`'s and the MDL family's (`mdl::hooks`).
 #[must_use]
 pub fn hooks() -> HookTable {
     HookTable {
@@ -514,7 +514,7 @@ routines! {
 }
 
 /// The host routine `dll!name` for the loader: ntoskrnl.exe and hal.dll only (a routine
-/// by its kernel-space alias when those are on, [`kaddr`]).
+/// by its kernel-space alias when those are on, `kaddr`).
 #[must_use]
 pub fn resolve(dll: &str, name: &str) -> Option<usize> {
     let known = ["ntoskrnl.exe", "hal.dll"]
