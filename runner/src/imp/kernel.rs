@@ -295,29 +295,19 @@ pub(super) fn frames(ret: u64) -> ([u64; 2], usize) {
 }
 
 extern "win64" fn hook_map(physical: u64, size: usize, cache: u32, ret: u64) -> u64 {
-    let Some(e) = engine() else { return 0 };
-    let (f, n) = frames(ret);
-    let base = e.hook_map(
-        f.get(..n).unwrap_or(&[]),
-        physical,
-        size as u64,
-        cache,
-        false,
-    );
-    mmio::mapped(base, size as u64, physical);
-    base
+    hooked_map(physical, size, cache, false, ret)
 }
 
 extern "win64" fn hook_map_ex(physical: u64, size: usize, protect: u32, ret: u64) -> u64 {
+    hooked_map(physical, size, protect, true, ret)
+}
+
+/// `MmMapIoSpace` (`ex == false`, `cache` a cache type) or `MmMapIoSpaceEx` (`cache` a
+/// protection) through the engine, called from `ret`; the mapping becomes device memory.
+fn hooked_map(physical: u64, size: usize, cache: u32, ex: bool, ret: u64) -> u64 {
     let Some(e) = engine() else { return 0 };
     let (f, n) = frames(ret);
-    let base = e.hook_map(
-        f.get(..n).unwrap_or(&[]),
-        physical,
-        size as u64,
-        protect,
-        true,
-    );
+    let base = e.hook_map(f.get(..n).unwrap_or(&[]), physical, size as u64, cache, ex);
     mmio::mapped(base, size as u64, physical);
     base
 }
