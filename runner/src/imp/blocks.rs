@@ -49,40 +49,38 @@ pub fn allocate(kind: Kind, len: usize) -> usize {
     p
 }
 
-/// Whether `p` is a live block of `kind`.
-#[must_use]
-pub fn is_live(kind: Kind, p: usize) -> bool {
-    with(|m| m.get(&p) == Some(&kind))
+/// Ends the run with a bug-check report naming `routine` unless `p` is a live block of
+/// `kind` (a double free, a foreign pointer, another kind's block).
+pub fn require_live(kind: Kind, p: usize, routine: &str) {
+    let Err(other) = with(|m| match m.get(&p).copied() {
+        Some(k) if k == kind => Ok(()),
+        other => Err(other),
+    }) else {
+        return;
+    };
+    let why = match other {
+        Some(k) => format!("a live {}, not a {}", k.what(), kind.what()),
+        None => format!(
+            "not a live {} (freed already, or never allocated by the {} routines)",
+            kind.what(),
+            match kind {
+                Kind::Pool => "ExAllocatePool",
+                Kind::Irp => "IoAllocateIrp",
+                Kind::Mdl => "IoAllocateMdl",
+            }
+        ),
+    };
+    trap::bugcheck(&format!("{routine}({p:#x}): {why}"));
 }
 
 /// Frees the live block `p` of `kind` on behalf of `routine`; anything else is a
-/// bug-check report (the run ends here).
+/// bug-check report ([`require_live`]; the run ends there).
 pub fn free(kind: Kind, p: usize, routine: &str) {
-    // Removed only when it is a live block of this kind; otherwise what it is, if any.
-    let outcome: Result<(), Option<Kind>> = with(|m| match m.get(&p).copied() {
-        Some(k) if k == kind => {
-            m.remove(&p);
-            Ok(())
-        }
-        other => Err(other),
-    });
-    if let Err(other) = outcome {
-        let why = match other {
-            Some(k) => format!("a live {}, not a {}", k.what(), kind.what()),
-            None => format!(
-                "not a live {} (freed already, or never allocated by the {} routines)",
-                kind.what(),
-                match kind {
-                    Kind::Pool => "ExAllocatePool",
-                    Kind::Irp => "IoAllocateIrp",
-                    Kind::Mdl => "IoAllocateMdl",
-                }
-            ),
-        };
-        trap::bugcheck(&format!("{routine}({p:#x}): {why}"));
-    }
+    require_live(kind, p, routine);
+    with(|m| m.remove(&p));
     // SAFETY: `p` was a live block of this kind (allocated by calloc in `allocate`) and
-    // is no longer in the table, so no later free can reach it again.
+    // is no longer in the table, so no later free can reach it again (driver code runs on
+    // one thread at a time, so nothing freed it between the check and the removal).
     unsafe { libc::free(p as *mut libc::c_void) };
 }
 
@@ -93,9 +91,10 @@ mod tests {
     #[test]
     fn blocks_are_remembered_by_kind_until_freed() {
         let p = allocate(Kind::Pool, 32);
-        assert!(is_live(Kind::Pool, p));
-        assert!(!is_live(Kind::Mdl, p));
+        let kind_of = |p| with(|m| m.get(&p).copied());
+        assert_eq!(kind_of(p), Some(Kind::Pool));
+        require_live(Kind::Pool, p, "ExFreePool");
         free(Kind::Pool, p, "ExFreePool");
-        assert!(!is_live(Kind::Pool, p));
+        assert_eq!(kind_of(p), None);
     }
 }

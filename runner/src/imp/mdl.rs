@@ -297,9 +297,7 @@ fn unmap(ret: Option<u64>, base: u64, mdl: usize) {
 fn free_mdl(ret: Option<u64>, mdl: usize) {
     // Checked first: a foreign or freed MDL is a bug-check report before anything
     // (the engine included) looks at it.
-    if !super::blocks::is_live(super::blocks::Kind::Mdl, mdl) {
-        super::blocks::free(super::blocks::Kind::Mdl, mdl, "IoFreeMdl");
-    }
+    super::blocks::require_live(super::blocks::Kind::Mdl, mdl, "IoFreeMdl");
     call(ret, mdl, FamilyCall::FreeMdl { mdl: mdl as u64 });
     super::blocks::free(super::blocks::Kind::Mdl, mdl, "IoFreeMdl");
 }
