@@ -7,8 +7,9 @@
 //! the control device; the image-load callback; finally an attach to every configured
 //! target that is already loaded.
 //!
-//! Unload happens only while no import slot was ever patched and no hook handed out (the
-//! unload policy, `state` module docs: after that `DriverUnload` is cleared). Order:
+//! Unload tears down only while no import slot was ever patched and no hook handed out
+//! (the unload policy, `state` module docs: after that `DriverUnload` stays set but
+//! leaves everything in place, and an extra reference keeps the image mapped). Order:
 //! remove the image-load callback; drop the attachments (none holds a patch) and their
 //! driver object references; unpublish the engine; wait for callbacks to drain; delete
 //! the control device and its link; free the engine.
