@@ -18,7 +18,8 @@ mod common;
 mod peers;
 
 use peers::{
-    assert_clean, concurrent, engine, engine_with, iosv_pair, DashPeer, JournalPeers, MutexPeer,
+    assert_clean, concurrent, engine, engine_with, iosv_pair, private_pair, DashPeer, JournalPeers,
+    MutexPeer,
 };
 use std::time::Duration;
 
@@ -71,6 +72,7 @@ fn main() {
     let dm = DashPeer::new();
     let mx = MutexPeer::new();
     let j = JournalPeers::new();
+    let platform = common::BenchPlatform::bench();
 
     let subjects = [
         subject(PAIR_BATCH, "iosv", 1, Box::new(|i| iosv_pair(&v, i))),
@@ -79,6 +81,18 @@ fn main() {
         subject(PAIR_BATCH, "dashmap", 2, Box::new(|i| dm.pair(i))),
         subject(PAIR_BATCH, "mutex_hashmap", 1, Box::new(|i| mx.pair(i))),
         subject(PAIR_BATCH, "mutex_hashmap", 2, Box::new(|i| mx.pair(i))),
+        subject(
+            PAIR_BATCH,
+            "thread-local HashMap (nothing shared)",
+            1,
+            Box::new(|i| private_pair(&platform, i)),
+        ),
+        subject(
+            PAIR_BATCH,
+            "thread-local HashMap (nothing shared)",
+            2,
+            Box::new(|i| private_pair(&platform, i)),
+        ),
         subject(
             PAIR_BATCH,
             "iosv 1k live",
@@ -163,6 +177,12 @@ fn main() {
             find("iosv", 2),
             find("iosv", 1),
             "≤ 1.2",
+        ),
+        (
+            "control: thread-local HashMap 2 threads / 1 thread (nothing shared)",
+            find("thread-local HashMap (nothing shared)", 2),
+            find("thread-local HashMap (nothing shared)", 1),
+            "— (the machine's own 2-thread cost)",
         ),
         (
             "DashMap 2 threads / 1 thread",

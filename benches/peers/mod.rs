@@ -149,6 +149,32 @@ impl MutexPeer {
     }
 }
 
+std::thread_local! {
+    /// [`private_pair`]'s table: one per thread, so nothing is shared.
+    static PRIVATE: std::cell::RefCell<HashMap<u64, Entry>> = std::cell::RefCell::new({
+        let mut map = HashMap::with_capacity(65_536);
+        for i in 0..LIVE {
+            map.insert(BACKGROUND + (i << 12), entry(0x1000, 0));
+        }
+        map
+    });
+}
+
+/// A control with nothing shared between threads: the same churn as [`MutexPeer::pair`]
+/// on a `HashMap` of the calling thread's own (built on its first call). Its 2-thread /
+/// 1-thread ratio is what the machine itself adds when two threads run at once.
+#[inline]
+pub fn private_pair(platform: &BenchPlatform, i: u64) {
+    let phys = thread_phys(i);
+    let base = platform.mm_map_io_space(phys, 0x1000, 0);
+    PRIVATE.with(|m| {
+        let mut m = m.borrow_mut();
+        m.insert(base, entry(0x1000, phys));
+        let e = m.remove(&black_box(base)).unwrap();
+        assert_eq!(e.size, 0x1000);
+    });
+}
+
 /// The violation record both journal subjects carry (472 bytes).
 pub fn record() -> ViolationRecord {
     ViolationRecord {
