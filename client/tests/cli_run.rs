@@ -816,6 +816,38 @@ fn registry_misuse_is_a_bug_check_naming_the_routine() {
     }
 }
 
+/// IoBuildPartialMdl of a range outside the source MDL's buffer, or into a target MDL
+/// too small for it, is the bug check Windows raises (0x12E INVALID_MDL_RANGE, 0x40
+/// TARGET_MDL_TOO_SMALL), exit 5, not a partial MDL describing memory the source does
+/// not.
+#[test]
+fn partial_mdl_misuse_is_the_documented_bug_check() {
+    let path = fixture("surface.sys");
+    for (bug, says) in [
+        (
+            9,
+            "bug-checked: INVALID_MDL_RANGE (0x12e): IoBuildPartialMdl(0x",
+        ),
+        (
+            10,
+            "bug-checked: TARGET_MDL_TOO_SMALL (0x40): IoBuildPartialMdl(0x",
+        ),
+    ] {
+        let value = format!("Parameters\\MdlBug=dword:{bug}");
+        let (code, out, err) = parts(&iosvctl(&[
+            "run",
+            &path,
+            "--ioctl",
+            POKE,
+            "--registry",
+            &value,
+        ]));
+        assert_eq!(code, 5, "MdlBug {bug}: {err}");
+        assert!(err.contains(says), "MdlBug {bug}: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+}
+
 /// A driver that returns STATUS_PENDING for an IOCTL and never completes it leaves the
 /// child waiting in its own code, after the dispatch routine returned: the watchdog ends
 /// the run (exit 7) instead of `iosvctl run` waiting forever. The test gives up after

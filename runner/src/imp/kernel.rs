@@ -81,6 +81,8 @@ pub mod layout {
     pub const DEV_OBJECT_EXTENSION: usize = 0x138;
     /// `sizeof(IRP)` without stack locations.
     pub const IRP: usize = 0xD0;
+    /// `IRP.MdlAddress`.
+    pub const IRP_MDL_ADDRESS: usize = 0x08;
     /// `IRP.AssociatedIrp.SystemBuffer`.
     pub const IRP_SYSTEM_BUFFER: usize = 0x18;
     /// `IRP.IoStatus.Status`.
@@ -119,6 +121,8 @@ pub mod layout {
     pub const UNICODE_STRING: usize = 0x10;
     /// `sizeof(MDL)` (the header; the page frame array follows).
     pub const MDL: usize = 0x30;
+    /// `MDL.Next`.
+    pub const MDL_NEXT: usize = 0x00;
     /// `MDL.Size`.
     pub const MDL_SIZE: usize = 0x08;
     /// `MDL.MdlFlags`.
