@@ -902,3 +902,20 @@ fn a_double_free_of_pool_is_a_bug_check_report_not_heap_corruption() {
     );
     assert!(out.is_empty(), "{out}");
 }
+
+/// Freeing a pool block while a locked, mapped MDL still describes it is a bug-check
+/// report naming the routine and the MDL (exit 5), as the double free is: the pages would
+/// be freed under the MDL and its mapping.
+#[test]
+fn freeing_pool_under_an_mdl_in_use_is_a_bug_check_report() {
+    let path = fixture("free_pool_under_mdl.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(
+        err.contains("bug-checked: ExFreePoolWithTag(0x")
+            && err.contains("the pool block is still described by MDL 0x")
+            && err.contains("(its pages locked and mapped, buffer ["),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}

@@ -114,6 +114,47 @@ fn register(mdl: usize) {
     }
 }
 
+/// Ends the run with a bug-check report naming `routine` if the `len` bytes at `p`, a pool
+/// block about to be freed, overlap the buffer of an MDL still in use: its pages locked
+/// (`MmProbeAndLockPages`), mapped (`MDL_MAPPED_TO_SYSTEM_VA`, a partial MDL's own
+/// mapping), or aliased by a live mapping window ([`mmio::aliased`]). Freeing the pages
+/// under such an MDL is a use-after-free: on Windows the pool's next owner shares the
+/// locked pages and the mapping, which later DMA or stores through it corrupt. An MDL
+/// merely describing the block (built, not locked or mapped) is no use of it.
+pub fn require_undescribed(p: usize, len: usize, routine: &str) {
+    const IN_USE: u16 = MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED;
+    let windowed: Vec<u64> = WINDOWS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|w| w.mdl)
+        .collect();
+    let mut candidates = super::blocks::live_mdls();
+    candidates.extend(windowed.iter().map(|&m| m as usize));
+    let (lo, hi) = (p as u64, (p as u64).saturating_add(len as u64));
+    for m in candidates {
+        let h = header(m);
+        let start = buffer(m);
+        let end = start.saturating_add(u64::from(h.byte_count));
+        let mapped = windowed.contains(&(m as u64));
+        if (h.flags & IN_USE == 0 && !mapped) || end <= lo || start >= hi {
+            continue;
+        }
+        let how = match (
+            h.flags & MDL_PAGES_LOCKED != 0,
+            h.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 || mapped,
+        ) {
+            (true, true) => "its pages locked and mapped",
+            (true, false) => "its pages locked",
+            _ => "mapped",
+        };
+        super::trap::bugcheck(&format!(
+            "{routine}({p:#x}): the pool block is still described by MDL {m:#x} ({how}, buffer \
+             [{start:#x}, {end:#x})): its pages would be freed under the MDL, a use-after-free"
+        ));
+    }
+}
+
 // ---- routines that are never hooked ----------------------------------------------------
 
 /// The longest buffer `IoAllocateMdl` describes: 4 GiB − PAGE_SIZE (the DDI page, for
@@ -628,6 +669,27 @@ mod tests {
         let again = io_allocate_mdl(va, 0x10, 0, 0, i);
         assert_eq!(irp[l::IRP_MDL_ADDRESS / 8] as usize, again);
         for m in [first, second, third, alone, again] {
+            io_free_mdl(m);
+        }
+    }
+
+    /// Only an MDL in use (locked or mapped) over the block stops a pool free: one merely
+    /// built over it, or one in use over other memory, does not (the run goes on; the
+    /// report itself ends the process: client/tests/cli_run.rs).
+    #[test]
+    fn a_pool_free_is_stopped_only_by_an_mdl_in_use_over_it() {
+        let block = super::super::blocks::allocate(super::super::blocks::Kind::Pool, 0x200);
+        let other = vec![0u8; 0x200];
+        let idle = io_allocate_mdl(block + 0x10, 0x100, 0, 0, 0);
+        let elsewhere = io_allocate_mdl(other.as_ptr() as usize, 0x100, 0, 0, 0);
+        mm_probe_and_lock_pages(elsewhere, 0, 1);
+        assert_ne!(flags(elsewhere) & MDL_PAGES_LOCKED, 0);
+        // Right after the block's end: no overlap.
+        let after = io_allocate_mdl(block + 0x200, 0x100, 0, 0, 0);
+        mm_probe_and_lock_pages(after, 0, 1);
+        require_undescribed(block, 0x200, "ExFreePool");
+        super::super::blocks::free(super::super::blocks::Kind::Pool, block, "ExFreePool");
+        for m in [idle, elsewhere, after] {
             io_free_mdl(m);
         }
     }
