@@ -692,6 +692,9 @@ fn registry_reads_answer_as_their_ddi_pages_say() {
         "blob c0000034",
         "set 00000000, read back 00000000 name 12 bytes, data 1 at 32 (36 bytes)",
         "device Flavor c0000034",
+        // IoOpenDeviceRegistryKey of a device object that is not a PDO (the driver's
+        // FDO): STATUS_INVALID_DEVICE_REQUEST.
+        "fdo key c0000010",
     ] {
         assert!(
             err.contains(&format!("DbgPrint: surface: {line}\n")),

@@ -629,6 +629,7 @@ pub(crate) fn add_device(bus: usize, driver: &Driver, index: u32) -> Result<Devi
     if st < 0 || pdo == 0 {
         return Err("cannot create the physical device object".to_string());
     }
+    super::registry::add_pdo(pdo, index);
     let p = obj(pdo, l::DEVICE_OBJECT);
     p.set::<u32>(l::DEV_FLAGS, p.get::<u32>(l::DEV_FLAGS) & !0x80);
     // SAFETY: AddDevice has this signature (DDI).
