@@ -168,30 +168,6 @@ fn alias_of(st: &State, address: u64, len: usize) -> Option<(&Alias, u64)> {
     })
 }
 
-/// Reads `buf.len()` bytes of this process's memory at `address` with
-/// `process_vm_readv` on this process: the kernel checks `address` (EFAULT when it is not
-/// mapped), so a bad address is `false`, never a fault. Safe to call from the SIGSEGV
-/// handler (one system call, no allocation). Writes go through [`write_through`].
-fn read_own(address: u64, buf: &mut [u8]) -> bool {
-    if buf.is_empty() {
-        return true;
-    }
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    // SAFETY: `local` describes `buf`, live and writable for the call; `remote` is only
-    // read, by the kernel, which checks it.
-    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-    usize::try_from(n).ok() == Some(buf.len())
-}
-
 /// Why an access could not be performed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
@@ -223,7 +199,7 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
         let n = len.min(8);
         // Through the kernel, not a plain copy: this runs in the SIGSEGV handler, where a
         // bogus MDL buffer faulting again would kill the child without a report.
-        if !read_own(host, bytes.get_mut(..n).unwrap_or(&mut [])) {
+        if !super::trap::read_own(host, bytes.get_mut(..n).unwrap_or(&mut [])) {
             return Err(Miss::Unmapped);
         }
         return Ok(u64::from_le_bytes(bytes));

@@ -204,10 +204,10 @@ fn mem(addr: usize, len: usize) -> Obj {
     unsafe { Obj::new(addr, len) }
 }
 
-/// Reads of the driver's memory go through the kernel (`process_vm_readv` on this
-/// process) a page at a time: a buffer shorter than the length the driver claims, or an
-/// unmapped one, is an answer (how many bytes were readable) rather than a fault, and the
-/// copy grows with what is read, not with the claimed length (up to 4 GiB for a ULONG).
+/// Reads of the driver's memory go through the kernel ([`super::trap::read_own`]) a page
+/// at a time: a buffer shorter than the length the driver claims, or an unmapped one, is
+/// an answer (how many bytes were readable) rather than a fault, and the copy grows with
+/// what is read, not with the claimed length (up to 4 GiB for a ULONG).
 const PAGE: usize = 0x1000;
 
 /// Copies `len` bytes of the driver's memory at `p`; `Err(n)`: only the first `n` are
@@ -216,27 +216,14 @@ fn copy_in(p: usize, len: usize) -> Result<Vec<u8>, usize> {
     if p == 0 {
         return Ok(Vec::new());
     }
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
     let mut out = Vec::new();
     while out.len() < len {
         let done = out.len();
         let at = p.checked_add(done).ok_or(done)?;
         let chunk = (PAGE - at % PAGE).min(len - done);
         out.resize(done + chunk, 0);
-        let local = libc::iovec {
-            iov_base: out[done..].as_mut_ptr().cast(),
-            iov_len: chunk,
-        };
-        let remote = libc::iovec {
-            iov_base: at as *mut libc::c_void,
-            iov_len: chunk,
-        };
-        // SAFETY: `local` describes the last `chunk` bytes of `out`, writable and live for
-        // the call; `remote` is only read, by the kernel, which checks it (EFAULT when
-        // unmapped); no Rust reference to it exists.
-        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-        if usize::try_from(n).ok() != Some(chunk) {
+        let dest = out.get_mut(done..).unwrap_or(&mut []);
+        if !super::trap::read_own(at as u64, dest) {
             return Err(done);
         }
     }
