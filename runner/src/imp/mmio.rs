@@ -309,8 +309,18 @@ fn kuser(off: u64, len: usize) -> u64 {
 mod tests {
     use super::*;
 
+    /// One test at a time: `read` and `write` only try the state's lock (they run in the
+    /// fault handler), so a test holding it while another reads made that read
+    /// `Unavailable`, now and then.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     #[test]
     fn device_memory_keeps_writes_and_is_shared_by_physical_page() {
+        let _one = serial();
         mapped(0xFFFF_D000_0000_0000, 0x2000, 0xE000_0000);
         write(0xFFFF_D000_0000_1004, 4, 0xDEAD_BEEF).unwrap();
         assert_eq!(read(0xFFFF_D000_0000_1004, 4), Ok(0xDEAD_BEEF));
@@ -326,6 +336,7 @@ mod tests {
 
     #[test]
     fn an_mdl_mapping_is_a_window_onto_the_buffer() {
+        let _one = serial();
         let mut buffer = vec![0u8; 0x2000];
         let host = buffer.as_mut_ptr() as u64;
         // Far from where the host's simulated Mm hands out MDL mappings
@@ -350,6 +361,7 @@ mod tests {
 
     #[test]
     fn a_window_writes_a_read_only_page_until_protected_read_only() {
+        let _one = serial();
         // SAFETY: a fresh private anonymous page, unmapped at the end.
         let page = unsafe {
             libc::mmap(
