@@ -634,6 +634,11 @@ pub struct LabArgs {
     /// Do not list the mappings still live after the run.
     #[arg(long)]
     pub no_mappings: bool,
+    /// For a scenario with a compiled driver image: seconds one driver routine may run, or
+    /// the host wait for an IRP the driver returned pending, before the watchdog ends the
+    /// run (exit 7), as `run --watchdog`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub watchdog: u64,
     /// How the scenario runs.
     #[command(flatten)]
     pub run: RunArgs,

@@ -436,3 +436,67 @@ fn the_shipped_image_example_runs_as_documented() {
     assert_eq!(r.code, 1, "{}", r.err);
     assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
 }
+
+/// An IRP the driver returns pending and never completes ends a lab run with exit 7 after
+/// `--watchdog` seconds, as in `run`, instead of the run waiting forever (the watchdog
+/// pauses between driver routines, not while the runner waits for the driver). The test
+/// gives up after 60 s (a hang) rather than hang itself. `--watchdog 0` is refused as by
+/// `run`.
+#[test]
+fn an_irp_pended_forever_ends_a_lab_run_with_exit_7() {
+    let path = scenario(
+        "pend.toml",
+        r#"
+[[driver]]
+image = "pend_forever.sys"
+[[device]]
+name = "d0"
+driver = "pend_forever.sys"
+[[step]]
+op = "load"
+driver = "pend_forever.sys"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "start"
+device = "d0"
+[[step]]
+op = "ioctl"
+device = "d0"
+code = 0x222000
+input = "01000000"
+"#,
+    );
+    let mut child = std::process::Command::new(common::IOSVCTL)
+        .args(["lab", &path, "--no-progress", "--watchdog", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iosvctl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("iosvctl lab waited for the pended IRP forever");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = parts(&child.wait_with_output().expect("output"));
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(
+        err.contains(
+            "driver pend_forever.sys hung: the host waited 1 s for the IRP (major 14, minor 0) \
+             the driver returned pending to complete (the watchdog ended it)"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = parts(&iosvctl(&["lab", &path, "--watchdog", "0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--watchdog must be at least 1 second"),
+        "{err}"
+    );
+}

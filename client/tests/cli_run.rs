@@ -692,6 +692,9 @@ fn registry_reads_answer_as_their_ddi_pages_say() {
         "blob c0000034",
         "set 00000000, read back 00000000 name 12 bytes, data 1 at 32 (36 bytes)",
         "device Flavor c0000034",
+        // IoOpenDeviceRegistryKey of a device object that is not a PDO (the driver's
+        // FDO): STATUS_INVALID_DEVICE_REQUEST.
+        "fdo key c0000010",
     ] {
         assert!(
             err.contains(&format!("DbgPrint: surface: {line}\n")),
@@ -816,6 +819,38 @@ fn registry_misuse_is_a_bug_check_naming_the_routine() {
     }
 }
 
+/// IoBuildPartialMdl of a range outside the source MDL's buffer, or into a target MDL
+/// too small for it, is the bug check Windows raises (0x12E INVALID_MDL_RANGE, 0x40
+/// TARGET_MDL_TOO_SMALL), exit 5, not a partial MDL describing memory the source does
+/// not.
+#[test]
+fn partial_mdl_misuse_is_the_documented_bug_check() {
+    let path = fixture("surface.sys");
+    for (bug, says) in [
+        (
+            9,
+            "bug-checked: INVALID_MDL_RANGE (0x12e): IoBuildPartialMdl(0x",
+        ),
+        (
+            10,
+            "bug-checked: TARGET_MDL_TOO_SMALL (0x40): IoBuildPartialMdl(0x",
+        ),
+    ] {
+        let value = format!("Parameters\\MdlBug=dword:{bug}");
+        let (code, out, err) = parts(&iosvctl(&[
+            "run",
+            &path,
+            "--ioctl",
+            POKE,
+            "--registry",
+            &value,
+        ]));
+        assert_eq!(code, 5, "MdlBug {bug}: {err}");
+        assert!(err.contains(says), "MdlBug {bug}: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+}
+
 /// A driver that returns STATUS_PENDING for an IOCTL and never completes it leaves the
 /// child waiting in its own code, after the dispatch routine returned: the watchdog ends
 /// the run (exit 7) instead of `iosvctl run` waiting forever. The test gives up after
@@ -851,7 +886,10 @@ fn an_irp_pended_forever_is_ended_by_the_watchdog() {
     let (code, _, err) = parts(&child.wait_with_output().expect("output"));
     assert_eq!(code, 7, "{err}");
     assert!(
-        err.contains("driver surface.sys hung: no driver routine ran and the host had not finished within 1 s"),
+        err.contains(
+            "driver surface.sys hung: the host waited 1 s for the IRP (major 14, minor 0) the \
+             driver returned pending to complete (the watchdog ended it)"
+        ),
         "{err}"
     );
 }
@@ -863,6 +901,23 @@ fn a_double_free_of_pool_is_a_bug_check_report_not_heap_corruption() {
     assert_eq!(code, 5, "{out}\n{err}");
     assert!(
         err.contains("ExFreePoolWithTag(0x") && err.contains("not a live pool block"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+/// Freeing a pool block while a locked, mapped MDL still describes it is a bug-check
+/// report naming the routine and the MDL (exit 5), as the double free is: the pages would
+/// be freed under the MDL and its mapping.
+#[test]
+fn freeing_pool_under_an_mdl_in_use_is_a_bug_check_report() {
+    let path = fixture("free_pool_under_mdl.sys");
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "--ioctl", POKE]));
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(
+        err.contains("bug-checked: ExFreePoolWithTag(0x")
+            && err.contains("the pool block is still described by MDL 0x")
+            && err.contains("(its pages locked and mapped, buffer ["),
         "{err}"
     );
     assert!(out.is_empty(), "{out}");

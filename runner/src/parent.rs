@@ -171,8 +171,9 @@ pub fn start(program: &Path, opts: &RunOptions) -> Result<Session, RunError> {
 /// Starts `program CHILD_SCENARIO_ARG SOCKET ARGS…` (`iosvctl lab`'s child for a
 /// scenario that names a compiled driver image, `image`; `args` is `lab`'s command line)
 /// and follows it until the scenario ran: the [`Session`]'s `lab` lines are what the
-/// child wrote for the parent to print. The watchdog ([`DEFAULT_WATCHDOG_SECS`]) applies
-/// while driver code runs.
+/// child wrote for the parent to print. The watchdog (`watchdog_secs`, 0:
+/// [`DEFAULT_WATCHDOG_SECS`]) applies while driver code runs and while the host waits for
+/// the driver (an IRP it returned pending).
 ///
 /// # Errors
 /// As [`start`]; [`RunError::Failed`] when the scenario failed.
@@ -180,19 +181,27 @@ pub fn start_scenario(
     program: &Path,
     image: &Path,
     args: &[OsString],
+    watchdog_secs: u64,
 ) -> Result<Session, RunError> {
-    // Watched only while driver code runs: simulated steps may run long before the
-    // image is even loaded.
-    follow(program, crate::CHILD_SCENARIO_ARG, args, image, 0, true)
+    // Watched only while driver code runs or is waited for: simulated steps may run long
+    // before the image is even loaded.
+    follow(
+        program,
+        crate::CHILD_SCENARIO_ARG,
+        args,
+        image,
+        watchdog_secs,
+        true,
+    )
 }
 
 /// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
 /// names the driver in reports until the child says which it loaded. With
 /// `pause_between_routines` (a scenario child, whose simulated steps may take long) the
-/// watchdog runs only from `enter` to `leave`; without it (`iosvctl run`) it runs from the
-/// start to the end: the child's own code between driver routines is watched too — a
-/// wait for an IRP the driver returned pending and never completes, a walk of a structure
-/// the driver corrupted.
+/// watchdog runs only from `enter` to `leave` and from `wait` to `waited` (the host
+/// waiting for the driver: an IRP it returned pending); without it (`iosvctl run`) it
+/// runs from the start to the end: the child's own code between driver routines is
+/// watched too — such a wait, a walk of a structure the driver corrupted.
 fn follow(
     program: &Path,
     marker: &str,
@@ -260,8 +269,10 @@ fn follow(
     let mut lab = Vec::new();
     let (mut lab_line, mut lab_bytes) = (String::new(), 0usize);
     let mut routine: Option<String> = None;
-    let mut idle = pause_between_routines;
+    // What the host waits for between driver routines (`wait`), watched like a routine.
+    let mut waiting: Option<String> = None;
     loop {
+        let idle = pause_between_routines && routine.is_none() && waiting.is_none();
         let received = if idle {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
         } else {
@@ -287,14 +298,18 @@ fn follow(
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let name = display_name(&image, image_path);
                 let secs = watchdog.as_secs();
-                let report = match &routine {
-                    Some(r) => format!(
+                let report = match (&routine, &waiting) {
+                    (Some(r), _) => format!(
                         "driver {name} hung: {r} did not return within {secs} s (the watchdog \
                          ended it; MMIO is plain memory here, so a driver polling for a bit \
                          that only hardware sets spins forever)"
                     ),
+                    (None, Some(w)) => format!(
+                        "driver {name} hung: the host waited {secs} s for {w} (the watchdog \
+                         ended it)"
+                    ),
                     // Between driver routines: the host waits for the driver.
-                    None => format!(
+                    (None, None) => format!(
                         "driver {name} hung: no driver routine ran and the host had not \
                          finished within {secs} s (the watchdog ended it; e.g. an IRP the \
                          driver returned pending and never completed)"
@@ -309,14 +324,10 @@ fn follow(
                 modules.push(ImageInfo { name, base, size });
             }
             Some(Message::Module { .. }) => {}
-            Some(Message::Enter(r)) => {
-                routine = Some(r);
-                idle = false;
-            }
-            Some(Message::Leave) => {
-                routine = None;
-                idle = pause_between_routines;
-            }
+            Some(Message::Enter(r)) => routine = Some(r),
+            Some(Message::Leave) => routine = None,
+            Some(Message::Wait(w)) => waiting = Some(w),
+            Some(Message::Waited) => waiting = None,
             Some(Message::LabMore(piece)) => {
                 if let Err(e) = lab_piece(&mut lab_bytes, &mut lab_line, &piece) {
                     kill_and_reap(&mut child);
@@ -680,7 +691,7 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let session = start_scenario(&script, Path::new("x.sys"), &[]).unwrap();
+        let session = start_scenario(&script, Path::new("x.sys"), &[], 0).unwrap();
         assert_eq!(session.lab, ["abcd", "e"]);
         drop(session);
         let _ = std::fs::remove_dir_all(&dir);
@@ -690,6 +701,38 @@ mod tests {
         assert_eq!(line, "ab");
         let e = lab_piece(&mut total, &mut line, "c").unwrap_err();
         assert!(e.contains("more than 256 MiB"), "{e}");
+    }
+
+    /// A scenario child that waits for the driver (`wait`, e.g. an IRP it returned
+    /// pending and never completes) between driver routines is ended by the watchdog, as
+    /// a routine that does not return is: the parent stops watching only between `leave`
+    /// and the next `enter` or `wait`.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn a_scenario_child_waiting_for_the_driver_is_ended_by_the_watchdog() {
+        let dir = std::env::temp_dir().join(format!("iosv-lab-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("child.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter AddDevice\\nleave\\n\
+             wait the IRP (major 14, minor 0)\\n'\nsleep 60\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = start_scenario(&script, Path::new("x.sys"), &[], 1)
+            .expect_err("the watchdog ends the wait");
+        let _ = std::fs::remove_dir_all(&dir);
+        let RunError::Ended { kind, report } = err else {
+            panic!("{err}");
+        };
+        assert_eq!(kind, ExitKind::Hung, "{report}");
+        assert_eq!(
+            report,
+            "driver x.sys hung: the host waited 1 s for the IRP (major 14, minor 0) (the \
+             watchdog ended it)"
+        );
     }
 
     #[test]

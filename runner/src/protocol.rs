@@ -9,6 +9,8 @@
 //! | `note TEXT` | something the user should see (e.g. a failed IRP) |
 //! | `audit TEXT` | the verifier's live table and the simulated Mm's ground truth differ, or the Mm was corrupted (one line per problem) |
 //! | `leave` | the driver routine returned: no driver code runs until the next `enter` (the watchdog waits) |
+//! | `wait TEXT` | the host waits for the driver between its routines (TEXT: for what, e.g. an IRP it returned pending): the watchdog runs until `waited` |
+//! | `waited` | that wait is over |
 //! | `lab TEXT` | a scenario child's output line for the parent to print (opaque to the runner) |
 //! | `lab+ TEXT` | the first pieces of a `lab` line longer than [`LAB_PIECE`] bytes: the parent joins them with the `lab` line that ends it |
 //! | `fail TEXT` | a scenario child's scenario failed (a step failed); TEXT says where and why |
@@ -49,6 +51,10 @@ pub enum Message {
     Enter(String),
     /// `leave`.
     Leave,
+    /// `wait TEXT`.
+    Wait(String),
+    /// `waited`.
+    Waited,
     /// `lab TEXT`.
     Lab(String),
     /// `lab+ TEXT`.
@@ -93,6 +99,8 @@ impl Message {
             }
             "enter" => Self::Enter(text),
             "leave" => Self::Leave,
+            "wait" => Self::Wait(text),
+            "waited" => Self::Waited,
             "lab" => Self::Lab(text),
             "lab+" => Self::LabMore(text),
             "fail" => Self::Fail(text),
@@ -119,6 +127,11 @@ mod tests {
         );
         assert_eq!(Message::parse("ready"), Some(Message::Ready));
         assert_eq!(Message::parse("leave"), Some(Message::Leave));
+        assert_eq!(
+            Message::parse("wait an IRP"),
+            Some(Message::Wait("an IRP".into()))
+        );
+        assert_eq!(Message::parse("waited"), Some(Message::Waited));
         assert_eq!(
             Message::parse("lab out {\"kind\":\"lab\"}"),
             Some(Message::Lab("out {\"kind\":\"lab\"}".into()))

@@ -53,6 +53,7 @@ const FIELDS: &[(&str, usize)] = &[
         l::DEV_OBJECT_EXTENSION,
     ),
     ("sizeof(IRP)", l::IRP),
+    ("FIELD_OFFSET(IRP, MdlAddress)", l::IRP_MDL_ADDRESS),
     (
         "FIELD_OFFSET(IRP, AssociatedIrp.SystemBuffer)",
         l::IRP_SYSTEM_BUFFER,
@@ -96,6 +97,7 @@ const FIELDS: &[(&str, usize)] = &[
     ("sizeof(KEVENT)", l::KEVENT),
     ("sizeof(UNICODE_STRING)", l::UNICODE_STRING),
     ("sizeof(MDL)", l::MDL),
+    ("FIELD_OFFSET(MDL, Next)", l::MDL_NEXT),
     ("FIELD_OFFSET(MDL, Size)", l::MDL_SIZE),
     ("FIELD_OFFSET(MDL, MdlFlags)", l::MDL_FLAGS),
     ("FIELD_OFFSET(MDL, MappedSystemVa)", l::MDL_MAPPED_SYSTEM_VA),

@@ -131,6 +131,7 @@ pub fn run(g: &Global, a: &LabArgs, out: &mut dyn Write) -> AppResult {
 }
 
 fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppResult {
+    super::run::watchdog(a.watchdog)?;
     let scenario = scenario::load(a.scenario.as_deref(), &a.run)?;
     if let Some((_, image)) = scenario.images().first() {
         scenario.check_images().map_err(AppError::Scenario)?;
@@ -302,7 +303,8 @@ fn run_in_child(
         .map_err(|e| AppError::Run(format!("cannot find iosvctl's own executable: {e}")))?;
     // The child parses and runs this very command line (`lab` and its options).
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let session = match parent::start_scenario(&program, image, &args) {
+    let watchdog = super::run::watchdog(a.watchdog)?;
+    let session = match parent::start_scenario(&program, image, &args, watchdog) {
         Ok(s) => s,
         Err(RunError::Ended { kind, report }) => {
             eprintln!("iosvctl: {report}");

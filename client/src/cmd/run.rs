@@ -68,20 +68,25 @@ fn options(a: &RunImageArgs) -> AppResult<RunOptions> {
         .iter()
         .map(|r| RegistrySpec::parse(r).map_err(|e| AppError::Run(format!("--registry {e}"))))
         .collect::<AppResult<Vec<_>>>()?;
-    if a.watchdog == 0 {
-        return Err(AppError::Run(
-            "--watchdog must be at least 1 second".to_string(),
-        ));
-    }
     Ok(RunOptions {
         image: a.image.clone(),
         bars,
         ioctls,
-        watchdog_secs: a.watchdog,
+        watchdog_secs: watchdog(a.watchdog)?,
         surprise_removal: a.surprise_removal,
         registry,
         verifier: a.verifier.clone(),
     })
+}
+
+/// The `--watchdog` seconds of `run` and `lab`, checked: at least 1.
+pub(crate) fn watchdog(secs: u64) -> AppResult<u64> {
+    if secs == 0 {
+        return Err(AppError::Run(
+            "--watchdog must be at least 1 second".to_string(),
+        ));
+    }
+    Ok(secs)
 }
 
 /// The outcome of a run that ended without a report (exit status 5–8).

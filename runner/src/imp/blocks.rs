@@ -31,12 +31,18 @@ impl Kind {
     }
 }
 
-/// Live blocks: address → kind.
-static LIVE: Mutex<Option<HashMap<usize, Kind>>> = Mutex::new(None);
+/// Live blocks: address → (kind, length).
+static LIVE: Mutex<Option<HashMap<usize, (Kind, usize)>>> = Mutex::new(None);
+/// The live MDL blocks, kept apart too: [`live_mdls`] is asked on every pool free.
+static MDLS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-fn with<R>(f: impl FnOnce(&mut HashMap<usize, Kind>) -> R) -> R {
+fn with<R>(f: impl FnOnce(&mut HashMap<usize, (Kind, usize)>) -> R) -> R {
     let mut g = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
     f(g.get_or_insert_with(HashMap::new))
+}
+
+fn mdls() -> std::sync::MutexGuard<'static, Vec<usize>> {
+    MDLS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Zeroed memory of `len` bytes, remembered as a live block of `kind` (0: out of memory).
@@ -44,22 +50,26 @@ fn with<R>(f: impl FnOnce(&mut HashMap<usize, Kind>) -> R) -> R {
 pub fn allocate(kind: Kind, len: usize) -> usize {
     let p = alloc_zeroed(len);
     if p != 0 {
-        with(|m| m.insert(p, kind));
+        with(|m| m.insert(p, (kind, len)));
+        if kind == Kind::Mdl {
+            mdls().push(p);
+        }
     }
     p
 }
 
-/// Ends the run with a bug-check report naming `routine` unless `p` is a live block of
-/// `kind` (a double free, a foreign pointer, another kind's block).
-pub fn require_live(kind: Kind, p: usize, routine: &str) {
-    let Err(other) = with(|m| match m.get(&p).copied() {
-        Some(k) if k == kind => Ok(()),
-        other => Err(other),
-    }) else {
-        return;
-    };
-    let why = match other {
-        Some(k) => format!("a live {}, not a {}", k.what(), kind.what()),
+/// The live MDL blocks (`IoAllocateMdl`'s, not yet freed).
+#[must_use]
+pub fn live_mdls() -> Vec<usize> {
+    mdls().clone()
+}
+
+/// The length of the live block `p` of `kind`. Anything else — a double free, a foreign
+/// pointer, another kind's block — ends the run with a bug-check report naming `routine`.
+pub fn require_live(kind: Kind, p: usize, routine: &str) -> usize {
+    let why = match with(|m| m.get(&p).copied()) {
+        Some((k, len)) if k == kind => return len,
+        Some((k, _)) => format!("a live {}, not a {}", k.what(), kind.what()),
         None => format!(
             "not a live {} (freed already, or never allocated by the {} routines)",
             kind.what(),
@@ -78,6 +88,9 @@ pub fn require_live(kind: Kind, p: usize, routine: &str) {
 pub fn free(kind: Kind, p: usize, routine: &str) {
     require_live(kind, p, routine);
     with(|m| m.remove(&p));
+    if kind == Kind::Mdl {
+        mdls().retain(|&m| m != p);
+    }
     // SAFETY: `p` was a live block of this kind (allocated by calloc in `allocate`) and
     // is no longer in the table, so no later free can reach it again (driver code runs on
     // one thread at a time, so nothing freed it between the check and the removal).
@@ -92,9 +105,13 @@ mod tests {
     fn blocks_are_remembered_by_kind_until_freed() {
         let p = allocate(Kind::Pool, 32);
         let kind_of = |p| with(|m| m.get(&p).copied());
-        assert_eq!(kind_of(p), Some(Kind::Pool));
-        require_live(Kind::Pool, p, "ExFreePool");
+        assert_eq!(kind_of(p), Some((Kind::Pool, 32)));
+        assert_eq!(require_live(Kind::Pool, p, "ExFreePool"), 32);
         free(Kind::Pool, p, "ExFreePool");
         assert_eq!(kind_of(p), None);
+        let m = allocate(Kind::Mdl, 0x38);
+        assert!(live_mdls().contains(&m));
+        free(Kind::Mdl, m, "IoFreeMdl");
+        assert!(!live_mdls().contains(&m));
     }
 }

@@ -410,9 +410,14 @@ pub(crate) fn send(top: usize, major: u8, minor: u8, p: &Parameters<'_>) -> i32 
     let event_state = || obj(event, l::KEVENT).get::<i32>(4);
     if status == STATUS_PENDING {
         // The parent's watchdog ends a wait that never finishes.
-        while event_state() == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let what = format!(
+            "the IRP (major {major}, minor {minor}) the driver returned pending to complete"
+        );
+        super::waiting_for(&what, || {
+            while event_state() == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
     }
     if event_state() == 0 {
         note(&format!(
@@ -624,6 +629,7 @@ pub(crate) fn add_device(bus: usize, driver: &Driver, index: u32) -> Result<Devi
     if st < 0 || pdo == 0 {
         return Err("cannot create the physical device object".to_string());
     }
+    super::registry::add_pdo(pdo, index);
     let p = obj(pdo, l::DEVICE_OBJECT);
     p.set::<u32>(l::DEV_FLAGS, p.get::<u32>(l::DEV_FLAGS) & !0x80);
     // SAFETY: AddDevice has this signature (DDI).

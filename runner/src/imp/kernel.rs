@@ -81,6 +81,8 @@ pub mod layout {
     pub const DEV_OBJECT_EXTENSION: usize = 0x138;
     /// `sizeof(IRP)` without stack locations.
     pub const IRP: usize = 0xD0;
+    /// `IRP.MdlAddress`.
+    pub const IRP_MDL_ADDRESS: usize = 0x08;
     /// `IRP.AssociatedIrp.SystemBuffer`.
     pub const IRP_SYSTEM_BUFFER: usize = 0x18;
     /// `IRP.IoStatus.Status`.
@@ -119,6 +121,8 @@ pub mod layout {
     pub const UNICODE_STRING: usize = 0x10;
     /// `sizeof(MDL)` (the header; the page frame array follows).
     pub const MDL: usize = 0x30;
+    /// `MDL.Next`.
+    pub const MDL_NEXT: usize = 0x00;
     /// `MDL.Size`.
     pub const MDL_SIZE: usize = 0x08;
     /// `MDL.MdlFlags`.
@@ -1666,11 +1670,20 @@ extern "win64" fn ex_allocate_pool2(_flags: u64, size: usize, _tag: u32) -> usiz
 }
 
 extern "win64" fn ex_free_pool_with_tag(p: usize, _tag: u32) {
-    super::blocks::free(super::blocks::Kind::Pool, p, "ExFreePoolWithTag");
+    free_pool(p, "ExFreePoolWithTag");
 }
 
 extern "win64" fn ex_free_pool(p: usize) {
-    super::blocks::free(super::blocks::Kind::Pool, p, "ExFreePool");
+    free_pool(p, "ExFreePool");
+}
+
+/// Frees the pool block `p` for `routine`: a bug-check report instead if it is not a live
+/// pool block, or an MDL in use still describes it ([`super::mdl::require_undescribed`]).
+fn free_pool(p: usize, routine: &str) {
+    use super::blocks::{self, Kind};
+    let len = blocks::require_live(Kind::Pool, p, routine);
+    super::mdl::require_undescribed(p, len, routine);
+    blocks::free(Kind::Pool, p, routine);
 }
 
 /// `FAST_MUTEX`: `Count` (1 = free) at +0, `OldIrql` at +0x30.

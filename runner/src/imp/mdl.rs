@@ -114,17 +114,67 @@ fn register(mdl: usize) {
     }
 }
 
+/// Ends the run with a bug-check report naming `routine` if the `len` bytes at `p`, a pool
+/// block about to be freed, overlap the buffer of an MDL still in use: its pages locked
+/// (`MmProbeAndLockPages`), mapped (`MDL_MAPPED_TO_SYSTEM_VA`, a partial MDL's own
+/// mapping), or aliased by a live mapping window ([`mmio::aliased`]). Freeing the pages
+/// under such an MDL is a use-after-free: on Windows the pool's next owner shares the
+/// locked pages and the mapping, which later DMA or stores through it corrupt. An MDL
+/// merely describing the block (built, not locked or mapped) is no use of it.
+pub fn require_undescribed(p: usize, len: usize, routine: &str) {
+    const IN_USE: u16 = MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED;
+    let windowed: Vec<u64> = WINDOWS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|w| w.mdl)
+        .collect();
+    let mut candidates = super::blocks::live_mdls();
+    candidates.extend(windowed.iter().map(|&m| m as usize));
+    let (lo, hi) = (p as u64, (p as u64).saturating_add(len as u64));
+    for m in candidates {
+        let h = header(m);
+        let start = buffer(m);
+        let end = start.saturating_add(u64::from(h.byte_count));
+        let mapped = windowed.contains(&(m as u64));
+        if (h.flags & IN_USE == 0 && !mapped) || end <= lo || start >= hi {
+            continue;
+        }
+        let how = match (
+            h.flags & MDL_PAGES_LOCKED != 0,
+            h.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 || mapped,
+        ) {
+            (true, true) => "its pages locked and mapped",
+            (true, false) => "its pages locked",
+            _ => "mapped",
+        };
+        super::trap::bugcheck(&format!(
+            "{routine}({p:#x}): the pool block is still described by MDL {m:#x} ({how}, buffer \
+             [{start:#x}, {end:#x})): its pages would be freed under the MDL, a use-after-free"
+        ));
+    }
+}
+
 // ---- routines that are never hooked ----------------------------------------------------
 
+/// The longest buffer `IoAllocateMdl` describes: 4 GiB − PAGE_SIZE (the DDI page, for
+/// Windows 7 and later); longer is NULL.
+const MAX_MDL_LENGTH: u32 = 0xFFFF_F000;
+
 /// `IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp)`: an MDL
-/// describing the buffer, no pages locked (the IRP is not given the MDL).
+/// describing the buffer, no pages locked; NULL past [`MAX_MDL_LENGTH`]. With an `Irp`
+/// the MDL goes into its MDL list as the DDI page says: `SecondaryBuffer` FALSE makes it
+/// `Irp->MdlAddress`, TRUE appends it to the chain `Irp->MdlAddress` starts.
 pub extern "win64" fn io_allocate_mdl(
     va: usize,
     length: u32,
-    _secondary: u8,
+    secondary: u8,
     _charge: u8,
-    _irp: usize,
+    irp: usize,
 ) -> usize {
+    if length > MAX_MDL_LENGTH {
+        return 0;
+    }
     let pages = (va % 0x1000 + length as usize).div_ceil(0x1000);
     let size = l::MDL + 8 * pages;
     let m = super::blocks::allocate(super::blocks::Kind::Mdl, size);
@@ -138,8 +188,46 @@ pub extern "win64" fn io_allocate_mdl(
     o.set::<u32>(l::MDL_BYTE_COUNT, length);
     o.set::<u32>(l::MDL_BYTE_OFFSET, (va & 0xFFF) as u32);
     register(m);
+    if irp != 0 {
+        give_to_irp(irp, m, secondary != 0);
+    }
     m
 }
+
+/// Puts the new MDL `m` into the MDL list of `irp`: first (`Irp->MdlAddress`), or at the
+/// end of the chain (`secondary`). A secondary buffer of an IRP with no MDL, or a chain
+/// that does not end (a cycle the driver made), is a bug-check report: the page makes
+/// every buffer but the first secondary, and Windows would walk the chain from NULL or
+/// forever.
+fn give_to_irp(irp: usize, m: usize, secondary: bool) {
+    // SAFETY: the DDI contract: a non-NULL Irp is a live IRP (its fixed part).
+    let i = unsafe { Obj::new(irp, l::IRP) };
+    if !secondary {
+        i.set::<u64>(l::IRP_MDL_ADDRESS, m as u64);
+        return;
+    }
+    let mut last = i.get::<u64>(l::IRP_MDL_ADDRESS) as usize;
+    if last == 0 {
+        super::trap::bugcheck(&format!(
+            "IoAllocateMdl: SecondaryBuffer TRUE for IRP {irp:#x}, which has no MDL \
+             (Irp->MdlAddress is NULL): there is no chain to append to"
+        ));
+    }
+    for _ in 0..MAX_CHAIN {
+        let next = mdl_obj(last).get::<u64>(l::MDL_NEXT) as usize;
+        if next == 0 {
+            mdl_obj(last).set::<u64>(l::MDL_NEXT, m as u64);
+            return;
+        }
+        last = next;
+    }
+    super::trap::bugcheck(&format!(
+        "IoAllocateMdl: the MDL chain of IRP {irp:#x} does not end within {MAX_CHAIN} MDLs"
+    ));
+}
+
+/// The most MDLs [`give_to_irp`] follows in an IRP's chain.
+const MAX_CHAIN: usize = 1 << 16;
 
 /// `MmBuildMdlForNonPagedPool`: the buffer is its own system address.
 pub extern "win64" fn mm_build_mdl_for_non_paged_pool(mdl: usize) {
@@ -160,27 +248,68 @@ pub extern "win64" fn mm_probe_and_lock_pages(mdl: usize, _mode: u8, _operation:
     register(mdl);
 }
 
+/// `MDL_ALLOCATED_FIXED_SIZE` (wdm.h): how the MDL was allocated.
+const MDL_ALLOCATED_FIXED_SIZE: u16 = 0x0008;
+/// `MDL_IO_PAGE_READ` (wdm.h).
+const MDL_IO_PAGE_READ: u16 = 0x0040;
+/// `MDL_IO_SPACE` (wdm.h): the pages are device memory.
+const MDL_IO_SPACE: u16 = 0x0800;
+/// `MDL_ALLOCATED_MUST_SUCCEED` (wdm.h): how the MDL was allocated.
+const MDL_ALLOCATED_MUST_SUCCEED: u16 = 0x4000;
+/// The target's own flags `IoBuildPartialMdl` keeps: how the target was allocated.
+const PARTIAL_KEEPS: u16 = MDL_ALLOCATED_FIXED_SIZE | MDL_ALLOCATED_MUST_SUCCEED;
+/// The source's flags a partial MDL inherits: where the pages are (nonpaged pool, I/O
+/// space), the read in progress, and the source's system mapping, which it shares. (The
+/// DDI page's remarks; MDL_IO_SPACE per Microsoft KB 828274, whose fix made
+/// IoBuildPartialMdl carry it across; ReactOS's IoBuildPartialMdl keeps the same sets.)
+const PARTIAL_INHERITS: u16 =
+    MDL_SOURCE_IS_NONPAGED_POOL | MDL_MAPPED_TO_SYSTEM_VA | MDL_IO_PAGE_READ | MDL_IO_SPACE;
+
 /// `IoBuildPartialMdl(SourceMdl, TargetMdl, VirtualAddress, Length)`: the target describes
-/// `Length` bytes (0: the rest of the source) at `VirtualAddress`, marked `MDL_PARTIAL`.
-/// A source already mapped into system space (or in nonpaged pool) lends its mapping:
-/// the target inherits the flag and `MappedSystemVa` points into the source's mapping,
+/// `Length` bytes (0: the rest of the source) at `VirtualAddress`, which must be a
+/// subrange of the source's buffer — else bug check 0x12E INVALID_MDL_RANGE, as Windows
+/// (its parameters: source, target, address, length) — and fit the target's page array
+/// (`MDL.Size`) — else bug check 0x40 TARGET_MDL_TOO_SMALL. The target keeps only its
+/// allocation flags ([`PARTIAL_KEEPS`]), inherits [`PARTIAL_INHERITS`] from the source,
+/// and is marked `MDL_PARTIAL`. A source already mapped into system space (or in
+/// nonpaged pool) lends its mapping: `MappedSystemVa` points into the source's mapping,
 /// so `MmGetSystemAddressForMdlSafe` uses it, as the DDI page says; otherwise mapping the
 /// target makes a mapping of its own (`MDL_PARTIAL_HAS_BEEN_MAPPED`), which `IoFreeMdl`
 /// and `MmPrepareMdlForReuse` release.
 pub extern "win64" fn io_build_partial_mdl(source: usize, target: usize, va: usize, length: u32) {
     let s = mdl_obj(source);
     let t = mdl_obj(target);
-    let offset = (va as u64).wrapping_sub(buffer(source));
+    let start = buffer(source);
+    let end = start.saturating_add(u64::from(s.get::<u32>(l::MDL_BYTE_COUNT)));
+    let at = va as u64;
     let length = if length == 0 {
-        u64::from(s.get::<u32>(l::MDL_BYTE_COUNT)).saturating_sub(offset)
+        end.saturating_sub(at)
     } else {
         u64::from(length)
     };
+    if at < start || at.saturating_add(length) > end {
+        super::trap::bugcheck(&format!(
+            "INVALID_MDL_RANGE (0x12e): IoBuildPartialMdl({source:#x}, {target:#x}, {va:#x}, \
+             {length:#x}): the range is not inside the source MDL's buffer [{start:#x}, \
+             {end:#x})"
+        ));
+    }
+    let pages = ((at & 0xFFF) + length).div_ceil(0x1000);
+    let room = (usize::from(t.get::<u16>(l::MDL_SIZE)).saturating_sub(l::MDL) / 8) as u64;
+    if pages > room {
+        super::trap::bugcheck(&format!(
+            "TARGET_MDL_TOO_SMALL (0x40): IoBuildPartialMdl({source:#x}, {target:#x}, {va:#x}, \
+             {length:#x}): the range spans {pages} pages, the target MDL has room for {room}"
+        ));
+    }
+    let offset = at - start;
     t.set::<u64>(l::MDL_START_VA, (va & !0xFFF) as u64);
     t.set::<u32>(l::MDL_BYTE_OFFSET, (va & 0xFFF) as u32);
     t.set::<u32>(l::MDL_BYTE_COUNT, u32::try_from(length).unwrap_or(u32::MAX));
-    let lent = s.get::<u16>(l::MDL_FLAGS) & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL);
-    t.set::<u16>(l::MDL_FLAGS, MDL_PARTIAL | lent);
+    let inherited = s.get::<u16>(l::MDL_FLAGS) & PARTIAL_INHERITS;
+    let kept = t.get::<u16>(l::MDL_FLAGS) & PARTIAL_KEEPS;
+    t.set::<u16>(l::MDL_FLAGS, kept | inherited | MDL_PARTIAL);
+    let lent = inherited & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL);
     let mapped = if lent == 0 {
         0
     } else {
@@ -509,5 +638,112 @@ pub fn hooks() -> MdlHooks {
         map_locked_pages_with_reserved_mapping: iosv_runner_hook_map_reserved as *const () as usize,
         unmap_reserved_mapping: iosv_runner_hook_unmap_reserved as *const () as usize,
         free_mapping_address: iosv_runner_hook_free_mapping as *const () as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(mdl: usize) -> u16 {
+        mdl_obj(mdl).get::<u16>(l::MDL_FLAGS)
+    }
+
+    /// With an IRP, the first MDL becomes `Irp->MdlAddress` and secondary ones are
+    /// chained at the end, in order; without one, nothing is linked.
+    #[test]
+    fn allocated_mdls_go_into_the_irps_mdl_list() {
+        let mut irp = vec![0u64; l::IRP / 8];
+        let i = irp.as_mut_ptr() as usize;
+        let buf = vec![0u8; 0x3000];
+        let va = buf.as_ptr() as usize;
+        let first = io_allocate_mdl(va, 0x100, 0, 0, i);
+        let second = io_allocate_mdl(va + 0x100, 0x100, 1, 0, i);
+        let third = io_allocate_mdl(va + 0x200, 0x100, 1, 0, i);
+        let alone = io_allocate_mdl(va, 0x100, 0, 0, 0);
+        assert!(first != 0 && second != 0 && third != 0 && alone != 0);
+        let next = |m: usize| mdl_obj(m).get::<u64>(l::MDL_NEXT) as usize;
+        assert_eq!(irp[l::IRP_MDL_ADDRESS / 8] as usize, first);
+        assert_eq!((next(first), next(second), next(third)), (second, third, 0));
+        // A new primary buffer replaces Irp->MdlAddress.
+        let again = io_allocate_mdl(va, 0x10, 0, 0, i);
+        assert_eq!(irp[l::IRP_MDL_ADDRESS / 8] as usize, again);
+        for m in [first, second, third, alone, again] {
+            io_free_mdl(m);
+        }
+    }
+
+    /// Only an MDL in use (locked or mapped) over the block stops a pool free: one merely
+    /// built over it, or one in use over other memory, does not (the run goes on; the
+    /// report itself ends the process: client/tests/cli_run.rs).
+    #[test]
+    fn a_pool_free_is_stopped_only_by_an_mdl_in_use_over_it() {
+        let block = super::super::blocks::allocate(super::super::blocks::Kind::Pool, 0x200);
+        let other = vec![0u8; 0x200];
+        let idle = io_allocate_mdl(block + 0x10, 0x100, 0, 0, 0);
+        let elsewhere = io_allocate_mdl(other.as_ptr() as usize, 0x100, 0, 0, 0);
+        mm_probe_and_lock_pages(elsewhere, 0, 1);
+        assert_ne!(flags(elsewhere) & MDL_PAGES_LOCKED, 0);
+        // Right after the block's end: no overlap.
+        let after = io_allocate_mdl(block + 0x200, 0x100, 0, 0, 0);
+        mm_probe_and_lock_pages(after, 0, 1);
+        require_undescribed(block, 0x200, "ExFreePool");
+        super::super::blocks::free(super::super::blocks::Kind::Pool, block, "ExFreePool");
+        for m in [idle, elsewhere, after] {
+            io_free_mdl(m);
+        }
+    }
+
+    /// Past 4 GiB − PAGE_SIZE, IoAllocateMdl returns NULL (the DDI page's limit).
+    #[test]
+    fn allocate_mdl_refuses_lengths_past_the_documented_limit() {
+        assert_eq!(io_allocate_mdl(0x10_0000, MAX_MDL_LENGTH + 1, 0, 0, 0), 0);
+        assert_eq!(io_allocate_mdl(0x10_0000, u32::MAX, 0, 0, 0), 0);
+        let m = io_allocate_mdl(0x10_0000, MAX_MDL_LENGTH, 0, 0, 0);
+        assert_ne!(m, 0);
+        assert_eq!(mdl_obj(m).get::<u32>(l::MDL_BYTE_COUNT), MAX_MDL_LENGTH);
+        io_free_mdl(m);
+    }
+
+    /// A partial MDL keeps only its own allocation flags, inherits where the source's
+    /// pages are and its system mapping (at the subrange's offset), and is MDL_PARTIAL;
+    /// Length 0 is the rest of the source.
+    #[test]
+    fn a_partial_mdl_keeps_its_allocation_flags_and_inherits_the_sources() {
+        let buf = vec![0u8; 0x3000];
+        let va = buf.as_ptr() as usize;
+        let source = io_allocate_mdl(va + 0x10, 0x2000, 0, 0, 0);
+        let target = io_allocate_mdl(va, 0x2000, 0, 0, 0);
+        let s = mdl_obj(source);
+        s.set::<u16>(
+            l::MDL_FLAGS,
+            MDL_SOURCE_IS_NONPAGED_POOL
+                | MDL_IO_SPACE
+                | MDL_PAGES_LOCKED
+                | MDL_ALLOCATED_FIXED_SIZE,
+        );
+        s.set::<u64>(l::MDL_MAPPED_SYSTEM_VA, 0xFFFF_A000_0000_0010);
+        mdl_obj(target).set::<u16>(
+            l::MDL_FLAGS,
+            MDL_ALLOCATED_MUST_SUCCEED | MDL_PAGES_LOCKED | MDL_PARTIAL_HAS_BEEN_MAPPED,
+        );
+        io_build_partial_mdl(source, target, va + 0x110, 0x100);
+        assert_eq!(
+            flags(target),
+            MDL_ALLOCATED_MUST_SUCCEED | MDL_SOURCE_IS_NONPAGED_POOL | MDL_IO_SPACE | MDL_PARTIAL
+        );
+        let t = mdl_obj(target);
+        assert_eq!(t.get::<u64>(l::MDL_MAPPED_SYSTEM_VA), 0xFFFF_A000_0000_0110);
+        assert_eq!(t.get::<u32>(l::MDL_BYTE_COUNT), 0x100);
+        assert_eq!(
+            t.get::<u32>(l::MDL_BYTE_OFFSET),
+            ((va + 0x110) & 0xFFF) as u32
+        );
+        // Length 0: from the address to the source's end.
+        io_build_partial_mdl(source, target, va + 0x1010, 0);
+        assert_eq!(t.get::<u32>(l::MDL_BYTE_COUNT), 0x1000);
+        for m in [source, target] {
+            io_free_mdl(m);
+        }
     }
 }

@@ -168,30 +168,6 @@ fn alias_of(st: &State, address: u64, len: usize) -> Option<(&Alias, u64)> {
     })
 }
 
-/// Reads `buf.len()` bytes of this process's memory at `address` with
-/// `process_vm_readv` on this process: the kernel checks `address` (EFAULT when it is not
-/// mapped), so a bad address is `false`, never a fault. Safe to call from the SIGSEGV
-/// handler (one system call, no allocation). Writes go through [`write_through`].
-fn read_own(address: u64, buf: &mut [u8]) -> bool {
-    if buf.is_empty() {
-        return true;
-    }
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    // SAFETY: `local` describes `buf`, live and writable for the call; `remote` is only
-    // read, by the kernel, which checks it.
-    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-    usize::try_from(n).ok() == Some(buf.len())
-}
-
 /// Why an access could not be performed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
@@ -223,7 +199,7 @@ pub fn read(address: u64, len: usize) -> Result<u64, Miss> {
         let n = len.min(8);
         // Through the kernel, not a plain copy: this runs in the SIGSEGV handler, where a
         // bogus MDL buffer faulting again would kill the child without a report.
-        if !read_own(host, bytes.get_mut(..n).unwrap_or(&mut [])) {
+        if !super::trap::read_own(host, bytes.get_mut(..n).unwrap_or(&mut [])) {
             return Err(Miss::Unmapped);
         }
         return Ok(u64::from_le_bytes(bytes));
@@ -333,8 +309,18 @@ fn kuser(off: u64, len: usize) -> u64 {
 mod tests {
     use super::*;
 
+    /// One test at a time: `read` and `write` only try the state's lock (they run in the
+    /// fault handler), so a test holding it while another reads made that read
+    /// `Unavailable`, now and then.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     #[test]
     fn device_memory_keeps_writes_and_is_shared_by_physical_page() {
+        let _one = serial();
         mapped(0xFFFF_D000_0000_0000, 0x2000, 0xE000_0000);
         write(0xFFFF_D000_0000_1004, 4, 0xDEAD_BEEF).unwrap();
         assert_eq!(read(0xFFFF_D000_0000_1004, 4), Ok(0xDEAD_BEEF));
@@ -350,6 +336,7 @@ mod tests {
 
     #[test]
     fn an_mdl_mapping_is_a_window_onto_the_buffer() {
+        let _one = serial();
         let mut buffer = vec![0u8; 0x2000];
         let host = buffer.as_mut_ptr() as u64;
         // Far from where the host's simulated Mm hands out MDL mappings
@@ -374,6 +361,7 @@ mod tests {
 
     #[test]
     fn a_window_writes_a_read_only_page_until_protected_read_only() {
+        let _one = serial();
         // SAFETY: a fresh private anonymous page, unmapped at the end.
         let page = unsafe {
             libc::mmap(

@@ -137,6 +137,21 @@ pub fn entering<R>(name: &'static str, entry: usize, f: impl FnOnce() -> R) -> R
     r
 }
 
+/// Runs `f`, the host waiting for the driver between its routines (for `what`, e.g. an
+/// IRP it returned pending): the parent is told, so its watchdog runs during the wait
+/// also in a scenario, where it otherwise waits only while driver code runs.
+pub fn waiting_for<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    let silent = SILENT.with(Cell::get);
+    if !silent {
+        report::line(&["wait ", what]);
+    }
+    let r = f();
+    if !silent {
+        report::line(&["waited"]);
+    }
+    r
+}
+
 /// Messages to the parent, on standard output (see [`crate::protocol`]).
 pub mod report {
     /// Writes the concatenation of `parts` and a newline to standard output; no

@@ -9,7 +9,9 @@
 //! Names are case-insensitive, as in the registry. A key exists if it was created, named
 //! by a value, or is an ancestor of one that exists.
 
-use super::kernel::{layout as l, Status, STATUS_OBJECT_NAME_NOT_FOUND};
+use super::kernel::{
+    layout as l, Status, STATUS_INVALID_DEVICE_REQUEST, STATUS_OBJECT_NAME_NOT_FOUND,
+};
 use super::Obj;
 use crate::regspec::{RegRoot, RegistrySpec, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ};
 use std::collections::{BTreeMap, HashMap};
@@ -17,13 +19,24 @@ use std::sync::{Mutex, PoisonError};
 
 /// Where the services' keys are.
 const SERVICES: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services";
-/// The device's hardware key: `Device Parameters` under its (root-enumerated) instance
-/// key; what `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DEVICE)` opens.
-pub const HARDWARE_KEY: &str =
-    "\\Registry\\Machine\\System\\CurrentControlSet\\Enum\\ROOT\\IOSV_RUN\\0000\\Device Parameters";
-/// The device's software key (setup class `System`, instance 0000); what
-/// `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DRIVER)` opens.
-pub const SOFTWARE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Control\\Class\\{4d36e97d-e325-11ce-bfc1-08002be10318}\\0000";
+/// Where the devices' (root-enumerated) instance keys are.
+const ENUM: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Enum\\ROOT\\IOSV_RUN";
+/// Where the devices' software keys are (setup class `System`).
+const CLASS: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Control\\Class\\{4d36e97d-e325-11ce-bfc1-08002be10318}";
+
+/// The hardware key of device instance `index`: `Device Parameters` under its instance
+/// key; what `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DEVICE)` opens for its PDO.
+#[must_use]
+pub fn hardware_key(index: u32) -> String {
+    format!("{ENUM}\\{index:04}\\Device Parameters")
+}
+
+/// The software key of device instance `index`; what
+/// `IoOpenDeviceRegistryKey(PLUGPLAY_REGKEY_DRIVER)` opens for its PDO.
+#[must_use]
+pub fn software_key(index: u32) -> String {
+    format!("{CLASS}\\{index:04}")
+}
 
 const STATUS_SUCCESS: Status = 0;
 const STATUS_BUFFER_OVERFLOW: Status = 0x8000_0005_u32 as i32;
@@ -68,6 +81,8 @@ struct Registry {
     keys: BTreeMap<String, Vec<Value>>,
     /// Open handles: the lower-case path of each.
     handles: HashMap<u64, String>,
+    /// The PDOs the runner created: their device instance numbers.
+    pdos: HashMap<usize, u32>,
     opened: u64,
 }
 
@@ -149,24 +164,35 @@ impl Registry {
     }
 }
 
-/// Builds the registry of a run: the driver's service key with `Parameters`, the device's
-/// hardware and software keys, and every `specs` value (its key created as needed).
+/// Builds the registry of a run: the driver's service key with `Parameters`, the first
+/// device's (instance 0: `run`'s device, a scenario's first) hardware and software keys,
+/// and every `specs` value (its key created as needed; `@hw` / `@sw` are instance 0's).
 pub fn init(driver: &str, specs: &[RegistrySpec]) {
     let service = norm(&service_key(driver));
     with(|r| {
         r.create(&service);
         r.create(&join(&service, "Parameters"));
-        r.create(&norm(HARDWARE_KEY));
-        r.create(&norm(SOFTWARE_KEY));
+        r.create(&norm(&hardware_key(0)));
+        r.create(&norm(&software_key(0)));
         for s in specs {
             let base = match s.root {
                 RegRoot::Service => service.clone(),
-                RegRoot::DeviceHardware => norm(HARDWARE_KEY),
-                RegRoot::DeviceSoftware => norm(SOFTWARE_KEY),
+                RegRoot::DeviceHardware => norm(&hardware_key(0)),
+                RegRoot::DeviceSoftware => norm(&software_key(0)),
                 RegRoot::Absolute => String::new(),
             };
             r.set(&join(&base, &s.key), &s.name, s.kind, s.data.clone());
         }
+    });
+}
+
+/// `pdo` is the physical device object of device instance `index`: `IoOpenDeviceRegistryKey`
+/// opens that instance's keys for it (created here, empty unless `init` filled them).
+pub fn add_pdo(pdo: usize, index: u32) {
+    with(|r| {
+        r.pdos.insert(pdo, index);
+        r.create(&norm(&hardware_key(index)));
+        r.create(&norm(&software_key(index)));
     });
 }
 
@@ -178,10 +204,10 @@ fn mem(addr: usize, len: usize) -> Obj {
     unsafe { Obj::new(addr, len) }
 }
 
-/// Reads of the driver's memory go through the kernel (`process_vm_readv` on this
-/// process) a page at a time: a buffer shorter than the length the driver claims, or an
-/// unmapped one, is an answer (how many bytes were readable) rather than a fault, and the
-/// copy grows with what is read, not with the claimed length (up to 4 GiB for a ULONG).
+/// Reads of the driver's memory go through the kernel ([`super::trap::read_own`]) a page
+/// at a time: a buffer shorter than the length the driver claims, or an unmapped one, is
+/// an answer (how many bytes were readable) rather than a fault, and the copy grows with
+/// what is read, not with the claimed length (up to 4 GiB for a ULONG).
 const PAGE: usize = 0x1000;
 
 /// Copies `len` bytes of the driver's memory at `p`; `Err(n)`: only the first `n` are
@@ -190,27 +216,14 @@ fn copy_in(p: usize, len: usize) -> Result<Vec<u8>, usize> {
     if p == 0 {
         return Ok(Vec::new());
     }
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
     let mut out = Vec::new();
     while out.len() < len {
         let done = out.len();
         let at = p.checked_add(done).ok_or(done)?;
         let chunk = (PAGE - at % PAGE).min(len - done);
         out.resize(done + chunk, 0);
-        let local = libc::iovec {
-            iov_base: out[done..].as_mut_ptr().cast(),
-            iov_len: chunk,
-        };
-        let remote = libc::iovec {
-            iov_base: at as *mut libc::c_void,
-            iov_len: chunk,
-        };
-        // SAFETY: `local` describes the last `chunk` bytes of `out`, writable and live for
-        // the call; `remote` is only read, by the kernel, which checks it (EFAULT when
-        // unmapped); no Rust reference to it exists.
-        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-        if usize::try_from(n).ok() != Some(chunk) {
+        let dest = out.get_mut(done..).unwrap_or(&mut []);
+        if !super::trap::read_own(at as u64, dest) {
             return Err(done);
         }
     }
@@ -515,27 +528,38 @@ fn answer(v: &Value, class: u32, buffer: usize, length: u32, result: usize) -> S
 }
 
 /// `IoOpenDeviceRegistryKey(DeviceObject, DevInstKeyType, DesiredAccess, DevInstRegKey)`:
-/// `PLUGPLAY_REGKEY_DEVICE` opens [`HARDWARE_KEY`], `PLUGPLAY_REGKEY_DRIVER`
-/// [`SOFTWARE_KEY`]; with `PLUGPLAY_REGKEY_CURRENT_HWPROFILE`, which the DDI page allows
-/// with either, the same keys (one hardware profile here). Neither or both of DEVICE and
-/// DRIVER, or another flag, is STATUS_INVALID_PARAMETER.
+/// `PLUGPLAY_REGKEY_DEVICE` opens the device's [`hardware_key`], `PLUGPLAY_REGKEY_DRIVER`
+/// its [`software_key`]; with `PLUGPLAY_REGKEY_CURRENT_HWPROFILE`, which the DDI page
+/// allows with either, the same keys (one hardware profile here). Neither or both of
+/// DEVICE and DRIVER, or another flag, is STATUS_INVALID_PARAMETER. A `DeviceObject`
+/// that is not a PDO (an FDO, a control device, NULL) is STATUS_INVALID_DEVICE_REQUEST,
+/// as the DDI page's earlier versions and Windows' PnP manager answer it (the current
+/// page folds it into STATUS_INVALID_PARAMETER's "may indicate").
 pub extern "win64" fn io_open_device_registry_key(
-    _device: usize,
+    device: usize,
     kind: u32,
     _access: u32,
     out: usize,
 ) -> Status {
-    let key = match kind & !PLUGPLAY_REGKEY_CURRENT_HWPROFILE {
-        PLUGPLAY_REGKEY_DEVICE => norm(HARDWARE_KEY),
-        PLUGPLAY_REGKEY_DRIVER => norm(SOFTWARE_KEY),
+    let hardware = match kind & !PLUGPLAY_REGKEY_CURRENT_HWPROFILE {
+        PLUGPLAY_REGKEY_DEVICE => true,
+        PLUGPLAY_REGKEY_DRIVER => false,
         _ => return STATUS_INVALID_PARAMETER,
     };
     with(|r| {
+        let Some(&index) = r.pdos.get(&device) else {
+            return STATUS_INVALID_DEVICE_REQUEST;
+        };
+        let key = norm(&if hardware {
+            hardware_key(index)
+        } else {
+            software_key(index)
+        });
         r.create(&key);
         let h = r.open(&key);
         mem(out, 8).set::<u64>(0, h);
-    });
-    STATUS_SUCCESS
+        STATUS_SUCCESS
+    })
 }
 
 /// The key `RtlQueryRegistryValues` starts at.
@@ -1257,27 +1281,42 @@ mod tests {
             zw_enumerate_value_key(h, 0, 0, b, 32, rl),
             STATUS_NO_MORE_ENTRIES
         );
-        // The device keys exist from the start.
+        // Each PDO opens its own instance's keys; instance 0's exist from the start.
+        let (pdo0, pdo1, fdo) = (0x7000_0000_usize, 0x7000_1000_usize, 0x7000_2000_usize);
+        add_pdo(pdo0, 0);
+        add_pdo(pdo1, 1);
         let mut hw = 0u64;
         let out = &mut hw as *mut u64 as usize;
-        assert_eq!(io_open_device_registry_key(0, 1, 0, out), STATUS_SUCCESS);
+        let opened = |device: usize, kind: u32| {
+            let mut h = 0u64;
+            let st = io_open_device_registry_key(device, kind, 0, &mut h as *mut u64 as usize);
+            (st, with(|r| r.handles.get(&h).cloned()))
+        };
         assert_eq!(
-            with(|r| r.handles.get(&hw).cloned()),
-            Some(norm(HARDWARE_KEY))
+            opened(pdo0, 1),
+            (STATUS_SUCCESS, Some(norm(&hardware_key(0))))
         );
+        assert_eq!(
+            opened(pdo1, 1),
+            (STATUS_SUCCESS, Some(norm(&hardware_key(1))))
+        );
+        assert_ne!(hardware_key(0), hardware_key(1));
         // The current hardware profile (4) goes with DEVICE or DRIVER, not alone; DEVICE
         // and DRIVER together are refused.
         assert_eq!(
-            io_open_device_registry_key(0, 2 | 4, 0, out),
-            STATUS_SUCCESS
+            opened(pdo1, 2 | 4),
+            (STATUS_SUCCESS, Some(norm(&software_key(1))))
         );
-        assert_eq!(
-            with(|r| r.handles.get(&hw).cloned()),
-            Some(norm(SOFTWARE_KEY))
-        );
+        // Not a PDO: an FDO, NULL.
+        for device in [fdo, 0] {
+            assert_eq!(
+                io_open_device_registry_key(device, 1, 0, out),
+                STATUS_INVALID_DEVICE_REQUEST
+            );
+        }
         for bad in [0, 4, 1 | 2, 8, 1 | 8] {
             assert_eq!(
-                io_open_device_registry_key(0, bad, 0, out),
+                io_open_device_registry_key(pdo0, bad, 0, out),
                 STATUS_INVALID_PARAMETER,
                 "{bad}"
             );

@@ -65,30 +65,15 @@ fn image_read(address: u64, len: usize) -> Option<u64> {
 
 /// Reads a stack word. The stack belongs to the thread that faulted, but its RSP and the
 /// saved values the unwinder follows are the driver's: only addresses within 1 MiB above
-/// the faulting RSP are considered, and they are read with `process_vm_readv` on this
-/// process, which fails with `EFAULT` on an unmapped address instead of faulting (a
-/// fault here, in the fault handler with the signal blocked, would kill the child
-/// without a report). A raw system call: async-signal-safe, no allocation.
+/// the faulting RSP are considered, and they are read with [`trap::read_own`] (a fault
+/// here, in the fault handler with the signal blocked, would kill the child without a
+/// report).
 fn stack_read(address: u64, low: u64) -> Option<u64> {
     if address < low || address - low > (1 << 20) || !address.is_multiple_of(8) {
         return None;
     }
-    let mut word = 0u64;
-    let local = libc::iovec {
-        iov_base: (&raw mut word).cast(),
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: usize::try_from(address).ok()? as *mut libc::c_void,
-        iov_len: 8,
-    };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    // SAFETY: `local` describes the 8 bytes of `word`, writable and live for the call;
-    // `remote` is only read, by the kernel, which checks it (EFAULT when unmapped) — no
-    // Rust reference to it exists.
-    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-    (n == 8).then_some(word)
+    let mut word = [0u8; 8];
+    trap::read_own(address, &mut word).then(|| u64::from_le_bytes(word))
 }
 
 /// Reads a 16-byte XMM save slot (8-byte aligned halves, as [`stack_read`]).

@@ -20,6 +20,37 @@ use core::fmt::Write as _;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Reads `buf.len()` bytes of this process's memory at `address` through the kernel
+/// (`process_vm_readv` on this process), which checks the address: an unmapped or
+/// unreadable one is `false`, never a fault — for reads of what the driver hands in or
+/// left behind (buffers, its stack, an MDL's pages), where a fault in host code, or a
+/// second one in the fault handler, would end the child without a report. One system
+/// call, no allocation: safe in the signal handler. `true` only when every byte was read
+/// (a read that crosses into an unreadable page is `false`).
+pub fn read_own(address: u64, buf: &mut [u8]) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let Ok(at) = usize::try_from(address) else {
+        return false;
+    };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: at as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: `local` describes `buf`, live and writable for the call; `remote` is only
+    // read, by the kernel, which checks it (EFAULT when unmapped); no Rust reference to
+    // it exists.
+    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+    usize::try_from(n).ok() == Some(buf.len())
+}
+
 /// Exit status of the child after a crash report.
 pub const CRASH_STATUS: i32 = 5;
 /// Exit status of the child after an unimplemented-routine report.
