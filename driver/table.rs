@@ -89,6 +89,11 @@ const MASK57: u64 = (1 << 57) - 1;
 const PAGE_SHIFT: u32 = 12;
 const LIVE: u64 = 1 << 62;
 const BUSY: u64 = 1 << 61;
+/// Where a slot's `meta` word keeps the index level of its entry (bits 24..28), written
+/// with the payload, so that the remove unfiles the entry without recomputing it.
+const META_LEVEL_SHIFT: u32 = 24;
+/// The level code of an entry that has none (larger than the last level: unindexed).
+const META_NO_LEVEL: u32 = 0xF;
 
 /// Mapping flag: made by MmMapIoSpaceEx (`cache` holds the page protection).
 pub const FLAG_MAP_EX: u8 = 1 << 0;
@@ -225,7 +230,8 @@ impl MappingHead {
 struct Slot {
     /// Seqlock: odd while the owner writes the payload.
     seq: AtomicU32,
-    /// `flags | irql << 8 | stack_depth << 16`; flag bits may be set by non-owners.
+    /// `flags | irql << 8 | stack_depth << 16 | index level << 24` (the level as
+    /// [`index::level_of`] the size, `0xF` for none); flag bits may be set by non-owners.
     meta: AtomicU32,
     size: AtomicU64,
     physical: AtomicU64,
@@ -391,17 +397,6 @@ impl Table {
         }
     }
 
-    /// The keys of `bucket`, in slot order (one cache line); past the end, keys that are
-    /// neither free nor any entry's (`1`).
-    #[inline(always)]
-    fn load_bucket(&self, bucket: usize) -> [u64; BUCKET] {
-        let kb = self.keys.get(bucket);
-        core::array::from_fn(|j| match kb.and_then(|kb| kb.0.get(j)) {
-            Some(key) => key.load(Ordering::Acquire),
-            None => 1,
-        })
-    }
-
     /// Bit masks of the lowest slot of `bucket` whose key is `a` and of the lowest whose
     /// key is `b` (bit `j` for slot `j`); both empty if none or past the end. A fixed-size, branch-free pass over one
     /// cache line that the compiler unrolls. Each mask holds only the lowest match (all
@@ -497,14 +492,17 @@ impl Table {
         // general pass below would find, without its bookkeeping.
         // The line is read once; the test for a copy compares every key, the free slot is
         // the lowest one (found at once when the bucket's first slot is free).
-        let keys = self.load_bucket(home);
-        if !keys.contains(&live_key) && !self.more_after(home) {
-            if let Some(j) = keys.iter().position(|&k| k == 0) {
-                let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
-                if self.claim_inline(slot, home, 0, entry, frames, true) {
-                    return InsertOutcome::Inserted;
+        if let Some(kb) = self.keys.get(home) {
+            let keys = kb.0.each_ref().map(|k| k.load(Ordering::Acquire));
+            if !keys.contains(&live_key) && !self.more_after(home) {
+                let free = keys.iter().position(|&k| k == 0);
+                if let Some((j, key)) = free.and_then(|j| Some((j, kb.0.get(j)?))) {
+                    let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
+                    if self.claim_inline(key, slot, home, 0, entry, frames, true) {
+                        return InsertOutcome::Inserted;
+                    }
+                    return self.claim_any(home, entry, frames, None);
                 }
-                return self.claim_any(home, entry, frames, None);
             }
         }
         self.insert_far(home, live_key, entry, frames)
@@ -586,13 +584,19 @@ impl Table {
         entry: &MappingHead,
         frames: &[u64],
     ) -> bool {
-        self.claim_inline(slot, home, distance, entry, frames, false)
+        let Some(key) = self.key(slot) else {
+            return false;
+        };
+        self.claim_inline(key, slot, home, distance, entry, frames, false)
     }
 
-    /// [`claim`](Self::claim), inlined into the insert's first try (the common path).
+    /// [`claim`](Self::claim), inlined into the insert's first try (the common path);
+    /// `key` is the key word of `slot`.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn claim_inline(
         &self,
+        key: &AtomicU64,
         slot: usize,
         home: usize,
         distance: usize,
@@ -600,9 +604,6 @@ impl Table {
         frames: &[u64],
         just_seen_free: bool,
     ) -> bool {
-        let Some(key) = self.key(slot) else {
-            return false;
-        };
         // Read first (a failing CAS is dearer than a load), unless the caller has just
         // read the key as free: then the CAS alone decides.
         if !just_seen_free && key.load(Ordering::Relaxed) != 0 {
@@ -618,8 +619,9 @@ impl Table {
         // Owned. Count this key in the overflow of every bucket it passed, and file it in
         // the indexes before it is published (a live slot is always filed or counted).
         self.adjust_overflow(home, distance, true);
-        self.index_add(slot, entry);
-        self.write_payload(slot, entry, frames);
+        let level = index::level_of(entry.size);
+        self.index.add_both(level, entry.base, entry.physical, slot);
+        self.write_payload(slot, entry, frames, level);
         key.store(LIVE | (entry.base & MASK57), Ordering::Release);
         true
     }
@@ -657,9 +659,10 @@ impl Table {
         {
             return false;
         }
-        // Owned (BUSY by this thread): no other writer can exist.
-        self.load_payload_into(slot, base, out, frames);
-        self.index_remove(slot, out);
+        // Owned (BUSY by this thread): no other writer can exist. The entry is unfiled at
+        // the level its insert filed it at (kept in `meta`).
+        let level = self.load_payload_into(slot, base, out, frames);
+        self.index.remove_both(level, base, out.physical, slot);
         key.store(0, Ordering::Release);
         self.adjust_overflow(self.home(base), distance, false);
         true
@@ -720,18 +723,6 @@ impl Table {
         }
     }
 
-    /// Files the entry about to be published in `slot` in both indexes.
-    #[inline(always)]
-    fn index_add(&self, slot: usize, e: &MappingHead) {
-        self.index.add_both(e.base, e.physical, e.size, slot);
-    }
-
-    /// Unfiles the entry just taken out of `slot` (its payload as read by the owner).
-    #[inline(always)]
-    fn index_remove(&self, slot: usize, e: &MappingHead) {
-        self.index.remove_both(e.base, e.physical, e.size, slot);
-    }
-
     fn adjust_overflow(&self, home: usize, distance: usize, add: bool) {
         let mut b = home;
         for _ in 0..distance {
@@ -754,7 +745,7 @@ impl Table {
     }
 
     #[inline(always)]
-    fn write_payload(&self, slot: usize, e: &MappingHead, src_frames: &[u64]) {
+    fn write_payload(&self, slot: usize, e: &MappingHead, src_frames: &[u64], level: Option<u32>) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
@@ -780,8 +771,9 @@ impl Table {
             u64::from(e.cache) | u64::from(e.driver) << 32 | u64::from(e.processor) << 48,
             Ordering::Relaxed,
         );
+        let level = level.unwrap_or(META_NO_LEVEL) << META_LEVEL_SHIFT;
         s.meta.store(
-            u32::from(e.flags) | u32::from(e.irql) << 8 | (depth as u32) << 16,
+            u32::from(e.flags) | u32::from(e.irql) << 8 | (depth as u32) << 16 | level,
             Ordering::Relaxed,
         );
         s.seq.store(seq.wrapping_add(2), Ordering::Release);
@@ -790,13 +782,19 @@ impl Table {
     fn load_payload(&self, slot: usize, base: u64) -> Mapping {
         let mut m = MappingHead::new(base, 0);
         let mut frames = [0u64; MAX_STACK_DEPTH];
-        self.load_payload_into(slot, base, &mut m, &mut frames);
+        let _level = self.load_payload_into(slot, base, &mut m, &mut frames);
         m.with_frames(&frames)
     }
 
     /// Writes the payload of `slot` with key `base` into `m` (every field but the frames
-    /// of `m.stack` past the stored depth).
-    fn load_payload_into(&self, slot: usize, base: u64, m: &mut MappingHead, out: &mut [u64]) {
+    /// of `m.stack` past the stored depth); returns the index level kept with it.
+    fn load_payload_into(
+        &self,
+        slot: usize,
+        base: u64,
+        m: &mut MappingHead,
+        out: &mut [u64],
+    ) -> Option<u32> {
         m.base = base;
         let Some(s) = self.slots.get(slot) else {
             m.size = 0;
@@ -809,7 +807,8 @@ impl Table {
             m.irql = 0;
             m.flags = 0;
             m.stack_depth = 0;
-            return;
+            // Not reached: a slot whose key exists is below `slots.len()`.
+            return None;
         };
         m.size = s.size.load(Ordering::Relaxed);
         m.physical = s.physical.load(Ordering::Relaxed);
@@ -833,6 +832,8 @@ impl Table {
             }
         }
         m.stack_depth = depth as u8;
+        let level = (meta >> META_LEVEL_SHIFT) & 0xF;
+        (level != META_NO_LEVEL).then_some(level)
     }
 
     /// Reads a slot the caller does not own. Returns the entry and its key word if it was

@@ -130,6 +130,8 @@ pub struct SpanIndex {
     unindexed: AtomicU32,
     /// The slot bits of a word (slot + 1; the largest slot + 1 that fits).
     slot_mask: u32,
+    /// Slots below this fit in the slot bits (`slot_mask` as a slot count).
+    slot_limit: usize,
     /// The fingerprint bits of a word (between the slot bits and the space bit).
     fp_mask: u32,
 }
@@ -159,6 +161,7 @@ impl SpanIndex {
             overflow: try_boxed_slice(n, |_| AtomicU32::new(0))?,
             unindexed: AtomicU32::new(0),
             slot_mask,
+            slot_limit: usize::try_from(slot_mask).unwrap_or(usize::MAX),
             fp_mask: !(slot_mask | VIRTUAL),
         })
     }
@@ -172,8 +175,9 @@ impl SpanIndex {
     /// Slot `slot` + 1 as the slot bits of a word; `None` if it does not fit.
     #[inline(always)]
     fn slot_word(&self, slot: usize) -> Option<u32> {
-        let n = u32::try_from(slot).ok()?.checked_add(1)?;
-        (n <= self.slot_mask).then_some(n)
+        // One compare: below `slot_limit` (at most 2^31 - 1), `slot` + 1 fits in the slot
+        // bits, so the cast keeps every bit.
+        (slot < self.slot_limit).then_some((slot as u32).wrapping_add(1))
     }
 
     /// Bytes of memory the index holds.
@@ -232,10 +236,11 @@ impl SpanIndex {
 
     /// [`add`](Self::add) in both spaces at once (the table's insert: one level and one
     /// slot word for the two keys), except that a virtual entry of level 0 is not filed:
-    /// the table finds those by its own hash (see the module docs).
+    /// the table finds those by its own hash (see the module docs). `level` is
+    /// [`level_of`] the mapping's size (the caller has it already).
     #[inline(always)]
-    pub fn add_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
-        match self.both(virt, phys, size, slot) {
+    pub fn add_both(&self, level: Option<u32>, virt: u64, phys: u64, slot: usize) {
+        match self.both(level, virt, phys, slot) {
             Some((v, p, n)) => {
                 if let Some(v) = v {
                     self.add_word(v, v.tag | n);
@@ -249,10 +254,10 @@ impl SpanIndex {
         }
     }
 
-    /// [`remove`](Self::remove) in both spaces at once.
+    /// [`remove`](Self::remove) in both spaces at once (`level` as the add's).
     #[inline(always)]
-    pub fn remove_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
-        match self.both(virt, phys, size, slot) {
+    pub fn remove_both(&self, level: Option<u32>, virt: u64, phys: u64, slot: usize) {
+        match self.both(level, virt, phys, slot) {
             Some((v, p, n)) => {
                 if let Some(v) = v {
                     self.remove_word(v, v.tag | n);
@@ -270,12 +275,12 @@ impl SpanIndex {
     #[inline(always)]
     fn both(
         &self,
+        level: Option<u32>,
         virt: u64,
         phys: u64,
-        size: u64,
         slot: usize,
     ) -> Option<(Option<Key>, Key, u32)> {
-        let level = level_of(size)?;
+        let level = level?;
         let n = self.slot_word(slot)?;
         let s = shift(level);
         Some((
