@@ -438,7 +438,7 @@ impl Table {
     /// bucket distance from home. With no live entry, `Busy` if `want_busy_too` and a
     /// BUSY key for `base` was seen on the way (an owner is writing or removing it), else
     /// `None`.
-    fn find(&self, base: u64, want_busy_too: bool) -> Found {
+    fn find(&self, base: u64, want_busy_too: bool) -> Found<'_> {
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
         let mut bucket = self.home(base);
@@ -447,12 +447,17 @@ impl Table {
             // Stops at the first (lowest) live match, reading keys in slot order: a lookup
             // usually finds its key in the home bucket, and reads only up to it.
             if let Some(kb) = self.keys.get(bucket) {
-                if let Some(j) =
+                if let Some((j, key)) =
                     kb.0.iter()
-                        .position(|k| k.load(Ordering::Acquire) == live_key)
+                        .enumerate()
+                        .find(|(_, k)| k.load(Ordering::Acquire) == live_key)
                 {
                     let slot = bucket.wrapping_mul(BUCKET).wrapping_add(j);
-                    return Found::Live { slot, distance };
+                    return Found::Live {
+                        slot,
+                        distance,
+                        key,
+                    };
                 }
                 // No live copy here: only then is a BUSY one looked for (error paths).
                 if want_busy_too && !busy_seen {
@@ -489,14 +494,19 @@ impl Table {
         let home = self.home(entry.base);
         // The common case: the home bucket holds no copy of this base and has a free slot,
         // and no key passed it (so no copy lies further on): what the first round of the
-        // general pass below would find, without its bookkeeping.
-        // The line is read once; the test for a copy compares every key, the free slot is
-        // the lowest one (found at once when the bucket's first slot is free).
+        // general pass below would find, without its bookkeeping. The free slot is the
+        // lowest one (found at once when the bucket's first slot is free).
         if let Some(kb) = self.keys.get(home) {
-            let keys = kb.0.each_ref().map(|k| k.load(Ordering::Acquire));
-            if !keys.contains(&live_key) && !self.more_after(home) {
-                let free = keys.iter().position(|&k| k == 0);
-                if let Some((j, key)) = free.and_then(|j| Some((j, kb.0.get(j)?))) {
+            // Each key is compared as it is read (nothing held across the line); the free
+            // slot is then looked for by reading the keys again up to it (a key that
+            // changed in between only moves the choice: the CAS from 0 decides).
+            let copy = kb.0.iter().any(|k| k.load(Ordering::Acquire) == live_key);
+            if !copy && !self.more_after(home) {
+                let free =
+                    kb.0.iter()
+                        .enumerate()
+                        .find(|(_, k)| k.load(Ordering::Relaxed) == 0);
+                if let Some((j, key)) = free {
                     let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
                     if self.claim_inline(key, slot, home, 0, entry, frames, true) {
                         return InsertOutcome::Inserted;
@@ -631,26 +641,25 @@ impl Table {
     /// out of line.)
     #[inline(never)]
     fn take(&self, slot: usize, base: u64, distance: usize) -> Option<Mapping> {
+        let key = self.key(slot)?;
         let mut head = MappingHead::new(base, 0);
         let mut frames = [0u64; MAX_STACK_DEPTH];
-        self.take_into(slot, base, distance, &mut head, &mut frames)
+        self.take_into(key, slot, base, distance, &mut head, &mut frames)
             .then(|| head.with_frames(&frames))
     }
 
-    /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]).
-    /// Inlined into the remove (the unmap hook's path).
+    /// [`take`](Self::take), writing the entry to `out` (see [`Table::remove_into`]);
+    /// `key` is the key word of `slot`. Inlined into the remove (the unmap hook's path).
     #[inline(always)]
     fn take_into(
         &self,
+        key: &AtomicU64,
         slot: usize,
         base: u64,
         distance: usize,
         out: &mut MappingHead,
         frames: &mut [u64],
     ) -> bool {
-        let Some(key) = self.key(slot) else {
-            return false;
-        };
         let live_key = LIVE | (base & MASK57);
         let busy_key = BUSY | (base & MASK57);
         if key
@@ -700,8 +709,12 @@ impl Table {
             return Removal::NotFound;
         }
         match self.find(base, true) {
-            Found::Live { slot, distance } => {
-                if self.take_into(slot, base, distance, out, frames) {
+            Found::Live {
+                slot,
+                distance,
+                key,
+            } => {
+                if self.take_into(key, slot, base, distance, out, frames) {
                     Removal::Removed
                 } else {
                     Removal::Racing
@@ -1075,8 +1088,13 @@ impl Table {
     }
 }
 
-enum Found {
-    Live { slot: usize, distance: usize },
+enum Found<'a> {
+    /// The live entry's slot, its distance from home and its key word.
+    Live {
+        slot: usize,
+        distance: usize,
+        key: &'a AtomicU64,
+    },
     Busy,
     None,
 }

@@ -80,9 +80,10 @@ pub const fn shift(level: u32) -> u32 {
 
 /// The level a mapping of `size` bytes is filed at (`None`: larger than the last chunk).
 pub fn level_of(size: u64) -> Option<u32> {
-    // Smallest L with size <= 1 << (12 + 4L).
+    // Smallest L with size <= 1 << (12 + 4L): with `bits` the bit length of size - 1,
+    // L = ceil((bits - 12) / 4) = (bits - 9) / 4 (and 0 while bits <= 12).
     let bits = 64u32.saturating_sub(size.saturating_sub(1).leading_zeros());
-    let level = bits.saturating_sub(12).div_ceil(4);
+    let level = bits.saturating_sub(9) >> 2;
     (level < LEVELS).then_some(level)
 }
 
