@@ -628,10 +628,12 @@ impl Table {
         }
         // Owned. Count this key in the overflow of every bucket it passed, and file it in
         // the indexes before it is published (a live slot is always filed or counted).
+        // The payload is written first, so that little is live across the filing (whose
+        // far probes are a call).
         self.adjust_overflow(home, distance, true);
         let level = index::level_of(entry.size);
-        self.index.add_both(level, entry.base, entry.physical, slot);
         self.write_payload(slot, entry, frames, level);
+        self.index.add_both(level, entry.base, entry.physical, slot);
         key.store(LIVE | (entry.base & MASK57), Ordering::Release);
         true
     }
