@@ -81,6 +81,9 @@ pub const MAX_PROBE_BUCKETS: usize = 2;
 pub const MAX_STACK_DEPTH: usize = 16;
 /// Most chunk probes of one [`Table::visit_physical`] before it walks instead.
 pub const PHYS_PROBE_LIMIT: usize = 1 << 14;
+/// The Fibonacci-hashing multiplier (2^64 / golden ratio) of the table's, the index's and
+/// the untracked set's hashes.
+const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Times a non-owning reader retries a slot that changes under it before skipping it.
 const READ_RETRIES: u32 = 4;
 
@@ -384,7 +387,7 @@ impl Table {
 
     fn home_of_page(&self, page: u64) -> usize {
         // Fibonacci hashing, then Lemire's multiply-shift range reduction (any bucket count).
-        let h = page.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = page.wrapping_mul(FIB);
         (u128::from(h).wrapping_mul(self.buckets as u128) >> 64) as usize
     }
 
@@ -1252,6 +1255,36 @@ mod tests {
             per <= MEMORY_BUDGET_PER_MAPPING,
             "{per:.2} B per mapping of capacity"
         );
+    }
+
+    #[test]
+    fn removes_unfile_what_inserts_filed_at_every_level() {
+        // The remove unfiles at the level the insert kept in the slot (not recomputed):
+        // after inserting and removing mappings of every level (and one too large for any,
+        // counted as unindexed instead), stale replacements included, the index is empty.
+        let t = Table::new(256, 2).unwrap();
+        let mut bases = Vec::new();
+        for (i, size) in (0..14u32)
+            .map(|l| 1u64 << (12 + 4 * l.min(12)))
+            .chain([1, 0x1001, u64::MAX])
+            .enumerate()
+        {
+            let base = B + ((i as u64) << 32);
+            let mut e = m(base, size);
+            e.physical = 0x1_0000_0000 * (i as u64 + 1);
+            assert_eq!(t.insert(&e), InsertOutcome::Inserted, "size {size:#x}");
+            e.physical += 0x1000;
+            assert!(matches!(t.insert(&e), InsertOutcome::ReplacedStale(_)));
+            bases.push(base);
+        }
+        assert!(
+            !t.index.complete(),
+            "the huge mapping is counted, not filed"
+        );
+        for base in bases {
+            assert!(matches!(t.remove(base), RemoveOutcome::Removed(_)));
+        }
+        assert!(t.index.is_empty());
     }
 
     #[test]

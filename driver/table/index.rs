@@ -95,9 +95,6 @@ struct Key {
     tag: u32,
 }
 
-/// The Fibonacci-hash multiplier (the key's hash and, for the table, the page's).
-const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
-
 impl Key {
     /// The key under `fp_mask` (the fingerprint bits of the index's words).
     #[inline(always)]
@@ -106,7 +103,7 @@ impl Key {
         // the product pick the home bucket; the fingerprint is taken from its middle bits
         // (24..55), which mix the key's low bits and do not repeat the home's.
         let k = (chunk << 4) | u64::from(level);
-        let hash = k.wrapping_mul(FIB);
+        let hash = k.wrapping_mul(super::FIB);
         let space_bit = match space {
             Space::Physical => 0,
             Space::Virtual => VIRTUAL,
@@ -186,6 +183,18 @@ impl SpanIndex {
         self.buckets.len().saturating_mul(
             core::mem::size_of::<Bucket>().saturating_add(core::mem::size_of::<AtomicU32>()),
         )
+    }
+
+    /// True if no entry is filed, none is counted as unindexed and no overflow count is
+    /// left (tests: everything added was removed again).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.complete()
+            && self.overflow.iter().all(|o| o.load(Ordering::Relaxed) == 0)
+            && self
+                .buckets
+                .iter()
+                .all(|b| b.0.iter().all(|w| w.load(Ordering::Relaxed) == 0))
     }
 
     /// True while every live entry is filed (lookups are exact without a walk).
