@@ -713,6 +713,31 @@ impl Table {
         if base == 0 || !is_canonical(base) {
             return Removal::NotFound;
         }
+        // The common case inline: the live entry in its home bucket (the lowest one there,
+        // as `find` would return), taken at distance 0 (no overflow count to lower).
+        let live_key = LIVE | (base & MASK57);
+        let home = self.home(base);
+        if let Some(kb) = self.keys.get(home) {
+            if let Some((j, key)) =
+                kb.0.iter()
+                    .enumerate()
+                    .find(|(_, k)| k.load(Ordering::Acquire) == live_key)
+            {
+                let slot = home.wrapping_mul(BUCKET).wrapping_add(j);
+                return if self.take_into(key, slot, base, 0, out, frames) {
+                    Removal::Removed
+                } else {
+                    Removal::Racing
+                };
+            }
+        }
+        self.remove_far(base, out, frames)
+    }
+
+    /// [`remove_head`](Self::remove_head) past its common case: the whole lookup again
+    /// (as one a little later), then the take. Out of line.
+    #[inline(never)]
+    fn remove_far(&self, base: u64, out: &mut MappingHead, frames: &mut [u64]) -> Removal {
         match self.find(base, true) {
             Found::Live {
                 slot,
