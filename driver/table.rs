@@ -1274,6 +1274,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 64 Ki-mapping table: slow under miri")]
     fn memory_per_mapping_stays_in_budget() {
         let per = bytes_per_mapping_of_default_capacity();
         assert!(
