@@ -19,11 +19,13 @@
 //! smaller than a conflict-filter region only inside the regions the filter flags.
 //!
 //! # Entries
-//! One `u64` word per filed mapping: bit 63 = address space (1 = virtual), bits 26..63 = a
-//! 37-bit fingerprint of the key (level and chunk), bits 0..26 = table slot + 1 (`0` =
-//! free). A word is unique (one entry per slot and space), written only by the thread that
-//! owns the table slot while it is BUSY: claimed by a CAS `0 → word`, released by a CAS
-//! `word → 0`. Fingerprint collisions only add candidates: every candidate slot is read
+//! One `u32` word per filed mapping: bit 31 = address space (1 = virtual), bits `s..31` =
+//! a fingerprint of the key (level and chunk), bits `0..s` = table slot + 1 (`0` = free),
+//! where `s` is the fewest bits that hold the table's slot count (17 for the default 64 Ki
+//! mappings: a 14-bit fingerprint; at most 31). A word is unique (one entry per slot and
+//! space), written only by the thread that owns the table slot while it is BUSY: claimed by
+//! a CAS `0 → word`, released by a CAS `word → 0`. Fingerprint collisions only add
+//! candidates (the home bucket already tells most keys apart): every candidate slot is read
 //! through the table's seqlock and checked against the exact predicate, so the index can
 //! return too much, never too little.
 //!
@@ -35,16 +37,16 @@
 //!
 //! Buckets of [`BUCKET`] words (one aligned line) with F14-style overflow counts and a
 //! bounded probe window, as the table itself. An entry that finds no free word in its
-//! window (or a mapping larger than the last level's chunk, or a slot number that does not
-//! fit in 26 bits) is *unindexed*: counted, and while that count is non-zero lookups fall
+//! window (or a mapping larger than the last level's chunk, or a slot number past the
+//! index's slot bits) is *unindexed*: counted, and while that count is non-zero lookups fall
 //! back to a walk of the table — the index can never make a check miss a mapping.
 
-use crate::sync::{try_boxed_slice, AtomicU32, AtomicU64, Ordering, OutOfMemory};
+use crate::sync::{try_boxed_slice, AtomicU32, Ordering, OutOfMemory};
 use alloc::boxed::Box;
 
-/// Words per bucket (one cache line).
+/// Words per bucket (one cache line of 4-byte words).
 #[cfg(not(loom))]
-pub const BUCKET: usize = 8;
+pub const BUCKET: usize = 16;
 /// Buckets an insert probes at most.
 #[cfg(not(loom))]
 pub const MAX_PROBE_BUCKETS: usize = 16;
@@ -57,11 +59,10 @@ pub const MAX_PROBE_BUCKETS: usize = 2;
 
 /// Levels: chunk shifts 12, 16, …, 60.
 pub const LEVELS: u32 = 13;
-/// Bits of the slot number (plus one) in an entry.
-const SLOT_BITS: u32 = 26;
-const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
-const FP_MASK: u64 = ((1 << 37) - 1) << SLOT_BITS;
-const VIRTUAL: u64 = 1 << 63;
+/// Bits of the slot number (plus one) in an entry of an index made by [`SpanIndex::new`].
+const DEFAULT_SLOT_BITS: u32 = 24;
+/// The address-space bit of an entry.
+const VIRTUAL: u32 = 1 << 31;
 
 /// Address space of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,46 +80,46 @@ pub const fn shift(level: u32) -> u32 {
 
 /// The level a mapping of `size` bytes is filed at (`None`: larger than the last chunk).
 pub fn level_of(size: u64) -> Option<u32> {
-    // Smallest L with size <= 1 << (12 + 4L).
+    // Smallest L with size <= 1 << (12 + 4L): with `bits` the bit length of size - 1,
+    // L = ceil((bits - 12) / 4) = (bits - 9) / 4 (and 0 while bits <= 12).
     let bits = 64u32.saturating_sub(size.saturating_sub(1).leading_zeros());
-    let level = bits.saturating_sub(12).div_ceil(4);
+    let level = bits.saturating_sub(9) >> 2;
     (level < LEVELS).then_some(level)
 }
 
 /// The key of chunk `chunk` of `level` in `space`: its home bucket hash and its entry
-/// fingerprint.
+/// fingerprint (with the space bit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     hash: u64,
-    tag: u64,
+    tag: u32,
 }
 
 impl Key {
-    fn new(space: Space, level: u32, chunk: u64) -> Key {
-        // chunk < 2^52 (shift >= 12), level < 16: both fit in 56 bits; the multiply keeps
-        // the low 37 bits a bijection of the key's low 37 bits (the fingerprint), its high
-        // bits pick the home bucket.
+    /// The key under `fp_mask` (the fingerprint bits of the index's words).
+    #[inline(always)]
+    fn new(space: Space, level: u32, chunk: u64, fp_mask: u32) -> Key {
+        // chunk < 2^52 (shift >= 12), level < 16: both fit in 56 bits. The high bits of
+        // the product pick the home bucket; the fingerprint is taken from bits 8..39, below
+        // those (for fewer than 2^24 buckets), so that keys sharing a home bucket do not
+        // share their fingerprint too (bits 24..55 did, at a million mappings).
         let k = (chunk << 4) | u64::from(level);
-        let hash = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = k.wrapping_mul(super::FIB);
         let space_bit = match space {
             Space::Physical => 0,
             Space::Virtual => VIRTUAL,
         };
+        let mid = u32::try_from((hash >> 8) & u64::from(u32::MAX)).unwrap_or(0);
         Key {
             hash,
-            tag: space_bit | ((hash << SLOT_BITS) & FP_MASK),
+            tag: space_bit | (mid & fp_mask),
         }
-    }
-
-    fn word(self, slot: usize) -> Option<u64> {
-        let n = (slot as u64).checked_add(1)?;
-        (n <= SLOT_MASK).then_some(self.tag | n)
     }
 }
 
 /// One bucket's words, one cache line.
 #[repr(align(64))]
-struct Bucket([AtomicU64; BUCKET]);
+struct Bucket([AtomicU32; BUCKET]);
 
 /// A lock-free multimap from (space, level, chunk) to table slots. See the module docs.
 pub struct SpanIndex {
@@ -126,18 +127,56 @@ pub struct SpanIndex {
     overflow: Box<[AtomicU32]>,
     /// Entries that could not be filed (see the module docs).
     unindexed: AtomicU32,
+    /// The slot bits of a word (slot + 1; the largest slot + 1 that fits).
+    slot_mask: u32,
+    /// Slots below this fit in the slot bits (`slot_mask` as a slot count).
+    slot_limit: usize,
+    /// The fingerprint bits of a word (between the slot bits and the space bit).
+    fp_mask: u32,
 }
 
 impl SpanIndex {
-    /// An index with room for about `entries` entries at a 3/4 load.
+    /// An index with room for about `entries` entries at a 3/4 load, for slot numbers
+    /// below 2^24 - 1.
     pub fn new(entries: usize) -> Result<SpanIndex, OutOfMemory> {
+        Self::with_slot_bits(entries, DEFAULT_SLOT_BITS)
+    }
+
+    /// An index with room for about `entries` entries at a 3/4 load, for the slots of a
+    /// table of `slots` slots (the fewer slot bits, the longer the fingerprint).
+    pub fn for_slots(entries: usize, slots: usize) -> Result<SpanIndex, OutOfMemory> {
+        // Slot numbers + 1 up to `slots` must fit.
+        let bits = usize::BITS.saturating_sub(slots.leading_zeros());
+        Self::with_slot_bits(entries, bits)
+    }
+
+    fn with_slot_bits(entries: usize, slot_bits: u32) -> Result<SpanIndex, OutOfMemory> {
+        let slot_bits = slot_bits.clamp(1, 31);
+        let slot_mask = u32::MAX >> 32u32.saturating_sub(slot_bits);
         let words = entries.saturating_mul(4) / 3;
         let n = words.div_ceil(BUCKET).max(MAX_PROBE_BUCKETS);
         Ok(SpanIndex {
-            buckets: try_boxed_slice(n, |_| Bucket(core::array::from_fn(|_| AtomicU64::new(0))))?,
+            buckets: try_boxed_slice(n, |_| Bucket(core::array::from_fn(|_| AtomicU32::new(0))))?,
             overflow: try_boxed_slice(n, |_| AtomicU32::new(0))?,
             unindexed: AtomicU32::new(0),
+            slot_mask,
+            slot_limit: usize::try_from(slot_mask).unwrap_or(usize::MAX),
+            fp_mask: !(slot_mask | VIRTUAL),
         })
+    }
+
+    /// The key of chunk `chunk` of `level` in `space`.
+    #[inline(always)]
+    fn key_of(&self, space: Space, level: u32, chunk: u64) -> Key {
+        Key::new(space, level, chunk, self.fp_mask)
+    }
+
+    /// Slot `slot` + 1 as the slot bits of a word; `None` if it does not fit.
+    #[inline(always)]
+    fn slot_word(&self, slot: usize) -> Option<u32> {
+        // One compare: below `slot_limit` (at most 2^31 - 1), `slot` + 1 fits in the slot
+        // bits, so the cast keeps every bit.
+        (slot < self.slot_limit).then_some((slot as u32).wrapping_add(1))
     }
 
     /// Bytes of memory the index holds.
@@ -145,6 +184,18 @@ impl SpanIndex {
         self.buckets.len().saturating_mul(
             core::mem::size_of::<Bucket>().saturating_add(core::mem::size_of::<AtomicU32>()),
         )
+    }
+
+    /// True if no entry is filed, none is counted as unindexed and no overflow count is
+    /// left (tests: everything added was removed again).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.complete()
+            && self.overflow.iter().all(|o| o.load(Ordering::Relaxed) == 0)
+            && self
+                .buckets
+                .iter()
+                .all(|b| b.0.iter().all(|w| w.load(Ordering::Relaxed) == 0))
     }
 
     /// True while every live entry is filed (lookups are exact without a walk).
@@ -165,15 +216,18 @@ impl SpanIndex {
         }
     }
 
-    fn key(space: Space, start: u64, size: u64) -> Option<Key> {
+    fn key(&self, space: Space, start: u64, size: u64) -> Option<Key> {
         let level = level_of(size)?;
-        Some(Key::new(space, level, start >> shift(level)))
+        Some(self.key_of(space, level, start >> shift(level)))
     }
 
     /// Files table slot `slot`, holding a mapping of `size` bytes from `start`, in `space`.
     /// Called by the slot's owner before it publishes the slot. Bounded work.
     pub fn add(&self, space: Space, start: u64, size: u64, slot: usize) {
-        match Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?))) {
+        match self
+            .key(space, start, size)
+            .and_then(|k| Some((k, k.tag | self.slot_word(slot)?)))
+        {
             Some((key, word)) => self.add_word(key, word),
             None => self.count_unindexed(),
         }
@@ -182,7 +236,10 @@ impl SpanIndex {
     /// Unfiles what [`add`](Self::add) filed for the same arguments. Called by the slot's
     /// owner after it took the slot (BUSY), before it frees it. Bounded work.
     pub fn remove(&self, space: Space, start: u64, size: u64, slot: usize) {
-        match Self::key(space, start, size).and_then(|k| Some((k, k.word(slot)?))) {
+        match self
+            .key(space, start, size)
+            .and_then(|k| Some((k, k.tag | self.slot_word(slot)?)))
+        {
             Some((key, word)) => self.remove_word(key, word),
             None => self.uncount_unindexed(),
         }
@@ -190,10 +247,11 @@ impl SpanIndex {
 
     /// [`add`](Self::add) in both spaces at once (the table's insert: one level and one
     /// slot word for the two keys), except that a virtual entry of level 0 is not filed:
-    /// the table finds those by its own hash (see the module docs).
+    /// the table finds those by its own hash (see the module docs). `level` is
+    /// [`level_of`] the mapping's size (the caller has it already).
     #[inline(always)]
-    pub fn add_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
-        match Self::both(virt, phys, size, slot) {
+    pub fn add_both(&self, level: Option<u32>, virt: u64, phys: u64, slot: usize) {
+        match self.both(level, virt, phys, slot) {
             Some((v, p, n)) => {
                 if let Some(v) = v {
                     self.add_word(v, v.tag | n);
@@ -207,10 +265,10 @@ impl SpanIndex {
         }
     }
 
-    /// [`remove`](Self::remove) in both spaces at once.
+    /// [`remove`](Self::remove) in both spaces at once (`level` as the add's).
     #[inline(always)]
-    pub fn remove_both(&self, virt: u64, phys: u64, size: u64, slot: usize) {
-        match Self::both(virt, phys, size, slot) {
+    pub fn remove_both(&self, level: Option<u32>, virt: u64, phys: u64, slot: usize) {
+        match self.both(level, virt, phys, slot) {
             Some((v, p, n)) => {
                 if let Some(v) = v {
                     self.remove_word(v, v.tag | n);
@@ -226,16 +284,19 @@ impl SpanIndex {
 
     /// The virtual (none at level 0) and physical keys of a mapping and its slot number + 1.
     #[inline(always)]
-    fn both(virt: u64, phys: u64, size: u64, slot: usize) -> Option<(Option<Key>, Key, u64)> {
-        let level = level_of(size)?;
-        let n = (slot as u64).wrapping_add(1);
-        if n > SLOT_MASK || n == 0 {
-            return None;
-        }
+    fn both(
+        &self,
+        level: Option<u32>,
+        virt: u64,
+        phys: u64,
+        slot: usize,
+    ) -> Option<(Option<Key>, Key, u32)> {
+        let level = level?;
+        let n = self.slot_word(slot)?;
         let s = shift(level);
         Some((
-            (level != 0).then(|| Key::new(Space::Virtual, level, virt >> s)),
-            Key::new(Space::Physical, level, phys >> s),
+            (level != 0).then(|| self.key_of(Space::Virtual, level, virt >> s)),
+            self.key_of(Space::Physical, level, phys >> s),
             n,
         ))
     }
@@ -253,7 +314,7 @@ impl SpanIndex {
     }
 
     #[inline(always)]
-    fn add_word(&self, key: Key, word: u64) {
+    fn add_word(&self, key: Key, word: u32) {
         let home = self.home(key);
         // The common case: a free word in the home bucket.
         if let Some(bucket) = self.buckets.get(home) {
@@ -271,7 +332,7 @@ impl SpanIndex {
 
     /// [`add_word`](Self::add_word) past the home bucket.
     #[inline(never)]
-    fn add_far(&self, home: usize, word: u64) {
+    fn add_far(&self, home: usize, word: u32) {
         let mut b = self.next(home);
         for distance in 1..MAX_PROBE_BUCKETS {
             if let Some(bucket) = self.buckets.get(b) {
@@ -291,7 +352,7 @@ impl SpanIndex {
     }
 
     #[inline(always)]
-    fn remove_word(&self, key: Key, word: u64) {
+    fn remove_word(&self, key: Key, word: u32) {
         let home = self.home(key);
         if let Some(bucket) = self.buckets.get(home) {
             for w in &bucket.0 {
@@ -308,7 +369,7 @@ impl SpanIndex {
 
     /// [`remove_word`](Self::remove_word) past the home bucket.
     #[inline(never)]
-    fn remove_far(&self, home: usize, word: u64) {
+    fn remove_far(&self, home: usize, word: u32) {
         let mut b = home;
         for distance in 1..MAX_PROBE_BUCKETS {
             if !self.more_after(b) {
@@ -360,14 +421,16 @@ impl SpanIndex {
         chunk: u64,
         visit: &mut impl FnMut(usize) -> bool,
     ) -> bool {
-        let key = Key::new(space, level, chunk);
+        let key = self.key_of(space, level, chunk);
         let mut b = self.home(key);
         for _ in 0..MAX_PROBE_BUCKETS {
             if let Some(bucket) = self.buckets.get(b) {
                 for w in &bucket.0 {
                     let v = w.load(Ordering::Acquire);
-                    if v != 0 && v & !SLOT_MASK == key.tag {
-                        let slot = ((v & SLOT_MASK) as usize).wrapping_sub(1);
+                    if v != 0 && v & !self.slot_mask == key.tag {
+                        let slot = usize::try_from(v & self.slot_mask)
+                            .unwrap_or(0)
+                            .wrapping_sub(1);
                         if !visit(slot) {
                             return false;
                         }
@@ -477,6 +540,37 @@ mod tests {
             .buckets
             .iter()
             .all(|b| b.0.iter().all(|w| w.load(Ordering::Relaxed) == 0)));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "a 2 Mi-word index: slow under miri")]
+    fn fingerprints_tell_the_keys_of_a_bucket_apart() {
+        // An index for a 1.5 Mi-slot table (21 slot bits, a 10-bit fingerprint), filled to
+        // its design load with distinct physical keys: a lookup of one key hands out few
+        // slots of other keys (each would cost a seqlock read and a test).
+        let slots = 3 << 19;
+        let ix = SpanIndex::for_slots(2 << 20, slots).unwrap();
+        let n = 2 << 20;
+        // Distinct pages in no particular order (an odd multiplier is a bijection mod 2^40).
+        let page = |i: usize| (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) & ((1 << 40) - 1);
+        for i in 0..n {
+            ix.add(Space::Physical, page(i) << 12, 0x1000, i % slots);
+        }
+        assert!(ix.complete());
+        let mut foreign = 0usize;
+        let lookups = 4096;
+        for i in (0..n).step_by(n / lookups) {
+            ix.candidates(Space::Physical, 0, page(i), &mut |s| {
+                foreign += usize::from(s != i % slots);
+                true
+            });
+        }
+        // About 2 x 16 words in a probe chain at 3/4 load, each a false candidate with
+        // probability 2^-10: ~0.03 per lookup. Allow 0.1.
+        assert!(
+            foreign * 10 <= lookups,
+            "{foreign} foreign candidates in {lookups} lookups"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl UntrackedSet {
     }
 
     fn start(&self, base: u64) -> usize {
-        let h = base.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = base.wrapping_mul(super::FIB);
         (u128::from(h).wrapping_mul(self.bases.len() as u128) >> 64) as usize
     }
 
