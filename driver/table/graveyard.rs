@@ -246,21 +246,11 @@ impl Graveyard {
         let w = |s: &GraveSlot| s.unmap_time_ns.load(Ordering::Relaxed);
         let (w0, w1, w2, w3) = (w(s0), w(s1), w(s2), w(s3));
         // Strictly older wins, so on equal times the lower index stays.
-        let (x01, t01) = if w1 < w0 {
-            ((s1, b1), w1)
-        } else {
-            ((s0, b0), w0)
-        };
-        let (x23, t23) = if w3 < w2 {
-            ((s3, b3), w3)
-        } else {
-            ((s2, b2), w2)
-        };
-        if t23 < t01 {
-            x23
-        } else {
-            x01
-        }
+        let (i01, b01, t01) = if w1 < w0 { (1, b1, w1) } else { (0, b0, w0) };
+        let (i23, b23, t23) = if w3 < w2 { (3, b3, w3) } else { (2, b2, w2) };
+        let (i, expected) = if t23 < t01 { (i23, b23) } else { (i01, b01) };
+        // `i` is below WAYS: the mask only lets the compiler see it.
+        (set.get(i & (WAYS - 1)).unwrap_or(s0), expected)
     }
 
     /// [`choose`](Self::choose) in a whole set that holds this base or a free slot (out
