@@ -4,13 +4,20 @@
 //! # Algorithm
 //! A producer takes a sequence number with one `fetch_add` on the tail and owns slot
 //! `seq % capacity` for that lap. Each slot has a *stamp* that only grows
-//! (`fetch_max`): `2·seq + 1` while record `seq` is being written, `2·seq + 2` once it is
-//! published. A producer raises the stamp to "writing", writes the words, then raises it
-//! to "published". Nothing waits: a producer interrupted on its own processor by a
-//! higher-IRQL producer (design.md §5) just finishes later, and the interrupting producer
-//! uses its own slot. If the ring laps a slow producer, both may write the same slot;
-//! the stamp of the newer lap wins and every record carries a checksum of its words, so
-//! a torn record is detected by the reader and counted as lost, never delivered.
+//! (`fetch_max`): `2·seq + 2` once record `seq` is published. A producer reads the stamp
+//! (a newer lap already there: its record is lost, it writes nothing), writes the words
+//! and their checksum, then raises the stamp to "published" — two atomic
+//! read-modify-writes per push (the tail and the publication). While it writes, the slot
+//! still carries the previous lap's stamp: a reader waiting for `seq` sees it as not yet
+//! published and stops there, and a reader of the previous lap's record (already
+//! overwritten: it is older than the tail minus the capacity) reads words that no longer
+//! match that record's checksum, which covers its sequence number, and counts it lost.
+//! Nothing waits: a producer interrupted on its own processor by a higher-IRQL producer
+//! (design.md §5) just finishes later, and the interrupting producer uses its own slot.
+//! If the ring laps a slow producer, both may write the same slot; the stamp of the
+//! newer lap wins and every record carries a checksum of its words and its sequence
+//! number, so a torn record is detected by the reader and counted as lost, never
+//! delivered.
 //!
 //! Readers hold a cursor (the next sequence number they want). A read returns the
 //! published records from the cursor on, in order, stopping at the first record not yet
@@ -55,28 +62,35 @@ pub struct RawJournal<const W: usize> {
     tail: AtomicU64,
     floor: AtomicU64,
     slots: Box<[RingSlot<W>]>,
+    /// `capacity - 1` when the capacity is a power of two (the default 4096): a slot's
+    /// index is then `seq & mask`, with no division on the push path.
+    mask: Option<u64>,
 }
 
-/// Checksum of a record: the sequence number and then each word folded in by a bijective
-/// mixing round, so two writers' words interleaved in one slot (a lapped producer) are
-/// detected. The sequence number is its own round: records whose first word repeats the
-/// sequence number (every [`ViolationRecord`]) must not cancel it out (loom found that).
+/// Checksum of a record, `first` its first word and `rest` the others: the sequence
+/// number and then each word folded in by a bijective mixing round, so two writers' words
+/// interleaved in one slot (a lapped producer) are detected. The sequence number is its
+/// own round: records whose first word repeats the sequence number (every
+/// [`ViolationRecord`]) must not cancel it out (loom found that).
 ///
-/// Four independent chains (word `i` in chain `i % 4`, each seeded with the sequence
-/// number) folded into one at the end: the same mixing round per word, but a quarter of
-/// the serial multiply chain, which is what a push waited on (59 dependent rounds).
-fn checksum(seq: u64, words: &[u64]) -> u64 {
+/// Four independent chains, each seeded with the sequence number (the first word in
+/// chain 0, then word `i` of `rest` in chain `i % 4`), folded into one at the end: a
+/// quarter of the serial multiply chain a push would otherwise wait on. A round is
+/// rotate, xor, multiply by an odd constant (three instructions, each bijective): the
+/// rotation brings the multiply's well-mixed high bits down, so a difference in a word
+/// spreads over the whole state by the next round of its chain.
+fn checksum(seq: u64, first: u64, rest: &[u64]) -> u64 {
+    #[inline(always)]
     fn round(h: u64, w: u64) -> u64 {
-        let h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 29)
+        (h.rotate_left(23) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
     let mut lanes = [
-        round(0x243F_6A88_85A3_08D3, seq),
+        round(round(0x243F_6A88_85A3_08D3, seq), first),
         round(0x1319_8A2E_0370_7344, seq),
         round(0xA409_3822_299F_31D0, seq),
         round(0x082E_FA98_EC4E_6C89, seq),
     ];
-    let mut chunks = words.chunks_exact(4);
+    let mut chunks = rest.chunks_exact(4);
     for c in &mut chunks {
         for (l, w) in lanes.iter_mut().zip(c) {
             *l = round(*l, *w);
@@ -93,10 +107,15 @@ fn checksum(seq: u64, words: &[u64]) -> u64 {
 impl<const W: usize> RawJournal<W> {
     /// A ring of `capacity` records (at least 1), allocated here, once.
     pub fn new(capacity: usize) -> Result<Self, OutOfMemory> {
+        let capacity = capacity.max(1);
         Ok(RawJournal {
             tail: AtomicU64::new(0),
             floor: AtomicU64::new(0),
-            slots: try_boxed_slice(capacity.max(1), |_| RingSlot {
+            mask: capacity
+                .is_power_of_two()
+                .then(|| u64::try_from(capacity.wrapping_sub(1)).ok())
+                .flatten(),
+            slots: try_boxed_slice(capacity, |_| RingSlot {
                 stamp: AtomicU64::new(0),
                 check: AtomicU64::new(0),
                 words: core::array::from_fn(|_| AtomicU64::new(0)),
@@ -114,8 +133,12 @@ impl<const W: usize> RawJournal<W> {
         self.tail.load(Ordering::Acquire)
     }
 
+    #[inline]
     fn slot(&self, seq: u64) -> Option<&RingSlot<W>> {
-        let idx = seq.checked_rem(self.capacity())?;
+        let idx = match self.mask {
+            Some(mask) => seq & mask,
+            None => seq.checked_rem(self.capacity())?,
+        };
         self.slots.get(usize::try_from(idx).ok()?)
     }
 
@@ -125,23 +148,35 @@ impl<const W: usize> RawJournal<W> {
         let seq = self.tail.fetch_add(1, Ordering::AcqRel);
         let mut words = [0u64; W];
         fill(seq, &mut words);
-        let Some(slot) = self.slot(seq) else {
-            return seq;
-        };
-        let writing = seq.wrapping_mul(2).wrapping_add(1);
-        let before = slot.stamp.fetch_max(writing, Ordering::AcqRel);
-        if before > writing {
-            // Lapped before we started: a newer record owns the slot; ours is lost.
-            return seq;
-        }
-        fence(Ordering::Release);
-        for (dst, src) in slot.words.iter().zip(words.iter()) {
-            dst.store(*src, Ordering::Relaxed);
-        }
-        slot.check.store(checksum(seq, &words), Ordering::Relaxed);
-        slot.stamp
-            .fetch_max(writing.wrapping_add(1), Ordering::Release);
+        let first = words.first().copied().unwrap_or(0);
+        self.write(seq, first, &words);
         seq
+    }
+
+    /// Writes record `seq` into its slot and publishes it: `first` as its first word,
+    /// then the words of `words` after its first (so a caller can replace the first
+    /// word without copying the rest).
+    #[inline(always)]
+    fn write(&self, seq: u64, first: u64, words: &[u64; W]) {
+        let Some(slot) = self.slot(seq) else {
+            return;
+        };
+        let published = seq.wrapping_mul(2).wrapping_add(2);
+        if slot.stamp.load(Ordering::Relaxed) > published {
+            // Lapped before we started: a newer record owns the slot; ours is lost.
+            return;
+        }
+        let rest = words.get(1..).unwrap_or(&[]);
+        if let Some((dst0, dst)) = slot.words.split_first() {
+            dst0.store(first, Ordering::Relaxed);
+            for (d, w) in dst.iter().zip(rest) {
+                d.store(*w, Ordering::Relaxed);
+            }
+        }
+        slot.check
+            .store(checksum(seq, first, rest), Ordering::Relaxed);
+        // Release: a reader that sees this stamp sees the words and the check above.
+        slot.stamp.fetch_max(published, Ordering::Release);
     }
 
     /// Reads up to `max` records from `cursor` on, handing each (with its sequence
@@ -186,7 +221,8 @@ impl<const W: usize> RawJournal<W> {
                 }
                 let check = slot.check.load(Ordering::Relaxed);
                 fence(Ordering::Acquire);
-                if slot.stamp.load(Ordering::Relaxed) == st && check == checksum(seq, &words) {
+                let (first, rest) = words.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
+                if slot.stamp.load(Ordering::Relaxed) == st && check == checksum(seq, first, rest) {
                     deliver(seq, &words);
                     delivered = delivered.saturating_add(1);
                     ok = true;
@@ -214,19 +250,27 @@ pub type Journal = RawJournal<RECORD_WORDS>;
 impl RawJournal<RECORD_WORDS> {
     /// Appends a violation record; its `seq` field is set to the sequence number it gets.
     pub fn push_record(&self, record: &ViolationRecord) -> u64 {
-        // `seq` is the record's first word: the words come straight from `record` (no
-        // copy of the whole record to set one field), then the first is replaced.
+        // `seq` is the record's first word: the words are read straight from `record` (no
+        // copy of the whole record to set one field), the first replaced by `seq`.
         const _: () = assert!(core::mem::offset_of!(ViolationRecord, seq) == 0);
-        self.push(|seq, words| {
-            for (dst, chunk) in words.iter_mut().zip(record.as_bytes().chunks_exact(8)) {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(chunk);
-                *dst = u64::from_le_bytes(b);
+        match <[u64; RECORD_WORDS]>::ref_from_bytes(record.as_bytes()) {
+            Ok(words) => {
+                let seq = self.tail.fetch_add(1, Ordering::AcqRel);
+                self.write(seq, seq, words);
+                seq
             }
-            if let Some(first) = words.first_mut() {
-                *first = seq;
-            }
-        })
+            // A record not 8-aligned (never: it holds u64 fields): copied word by word.
+            Err(_) => self.push(|seq, words| {
+                for (dst, chunk) in words.iter_mut().zip(record.as_bytes().chunks_exact(8)) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(chunk);
+                    *dst = u64::from_le_bytes(b);
+                }
+                if let Some(first) = words.first_mut() {
+                    *first = seq;
+                }
+            }),
+        }
     }
 
     /// Reads records as [`ViolationRecord`]s. See [`RawJournal::read`].
@@ -313,6 +357,40 @@ mod tests {
         let mut n = 0;
         let e = j.read(0, 10, |_, _| n += 1);
         assert_eq!((n, e.lost, e.next), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_record_being_overwritten_is_lost_not_delivered() {
+        // A producer of the next lap writes its words before it raises the stamp: a
+        // reader of the old record in between sees the old stamp over new words.
+        let j = RawJournal::<4>::new(1).unwrap();
+        j.push(|s, w| *w = [s, 1, 1 << 63, 7]);
+        for (i, v) in [9u64, 1, 0, 7 | 1 << 28].into_iter().enumerate() {
+            j.slots[0].words[i].store(v, Ordering::Relaxed);
+            let mut n = 0;
+            let e = j.read(0, 10, |_, _| n += 1);
+            assert_eq!((n, e.lost, e.next), (0, 1, 1), "after word {i}");
+        }
+        // The next push publishes its own record whole.
+        let s = j.push(|s, w| *w = [s, 2, 3, 4]);
+        let mut got = Vec::new();
+        j.read(s, 10, |s, w| got.push((s, *w)));
+        assert_eq!(got, [(1, [1, 2, 3, 4])]);
+    }
+
+    #[test]
+    fn power_of_two_and_other_capacities_use_every_slot() {
+        for capacity in [1usize, 3, 4, 5, 8] {
+            let j = RawJournal::<1>::new(capacity).unwrap();
+            for _ in 0..2 * capacity {
+                j.push(|s, w| w[0] = s);
+            }
+            let mut got = Vec::new();
+            let e = j.read(0, 100, |s, w| got.push((s, w[0])));
+            let newest = capacity as u64..2 * capacity as u64;
+            assert_eq!(got, newest.map(|s| (s, s)).collect::<Vec<_>>());
+            assert_eq!(e.lost, capacity as u64);
+        }
     }
 
     #[test]

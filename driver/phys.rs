@@ -229,6 +229,20 @@ impl ConflictFilter {
         })
     }
 
+    /// The one region `[physical, physical + size)` lies in, if it lies in one (`None`
+    /// for an empty, wrapping or several-region range): the hooks' common case, without
+    /// the overflow checks of [`regions`](Self::regions) (same answer as
+    /// `regions(..) == Some((region, 1))`).
+    #[inline(always)]
+    fn one_region(physical: u64, size: u64) -> Option<u64> {
+        const REGION: u64 = 1 << REGION_SHIFT;
+        // Bytes from `physical` to the end of its region: 1..=REGION. `size - 1` below
+        // it means the last byte is in the same region (and cannot wrap); `size` 0 wraps
+        // to u64::MAX and fails.
+        let room = REGION.wrapping_sub(physical & (REGION - 1));
+        (size.wrapping_sub(1) < room).then_some(physical >> REGION_SHIFT)
+    }
+
     #[inline]
     fn regions(physical: u64, size: u64) -> Option<(u64, u64)> {
         let last = physical.checked_add(size.checked_sub(1)?)?;
@@ -289,10 +303,10 @@ impl ConflictFilter {
     /// The common case (one region) is inlined into the caller; the others are not.
     #[inline]
     pub fn add_checked(&self, physical: u64, size: u64, class: CacheClass) -> bool {
-        match Self::regions(physical, size) {
-            Some((first, 1)) => {
+        match Self::one_region(physical, size) {
+            Some(region) => {
                 let huge_other = other_live(&self.huge, class);
-                match self.bucket(first) {
+                match self.bucket(region) {
                     Some(b) => {
                         b.of(class).fetch_add(1, Ordering::AcqRel);
                         huge_other | b.other_live(class)
@@ -300,15 +314,15 @@ impl ConflictFilter {
                     None => huge_other,
                 }
             }
-            regions => self.add_checked_many(regions, class),
+            None => self.add_checked_many(physical, size, class),
         }
     }
 
     /// [`add_checked`](Self::add_checked) of a mapping of several regions or a huge one.
     #[inline(never)]
-    fn add_checked_many(&self, regions: Option<(u64, u64)>, class: CacheClass) -> bool {
+    fn add_checked_many(&self, physical: u64, size: u64, class: CacheClass) -> bool {
         let huge_other = other_live(&self.huge, class);
-        match regions {
+        match Self::regions(physical, size) {
             Some((first, n)) => {
                 let mut other = huge_other;
                 for r in 0..n {
@@ -332,13 +346,13 @@ impl ConflictFilter {
     /// caller; the others are not.
     #[inline]
     pub fn remove(&self, physical: u64, size: u64, class: CacheClass) {
-        match Self::regions(physical, size) {
-            Some((first, 1)) => {
-                if let Some(b) = self.bucket(first) {
+        match Self::one_region(physical, size) {
+            Some(region) => {
+                if let Some(b) = self.bucket(region) {
                     b.of(class).fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            _ => self.remove_many(physical, size, class),
+            None => self.remove_many(physical, size, class),
         }
     }
 
@@ -456,6 +470,40 @@ mod tests {
             CacheClass::of(PAGE_READWRITE | PAGE_WRITECOMBINE, true),
             CacheClass::WriteCombined
         );
+    }
+
+    #[test]
+    fn one_region_is_regions_of_one() {
+        let region = 1u64 << REGION_SHIFT;
+        let edges = [
+            0,
+            1,
+            0x1000,
+            region - 0x1000,
+            region - 1,
+            region,
+            5 * region + 7,
+        ];
+        let edges = edges
+            .into_iter()
+            .chain([u64::MAX - region, u64::MAX - 0x1000, u64::MAX]);
+        let sizes = [0, 1, 0x1000, region - 1, region, region + 1, u64::MAX];
+        for physical in edges {
+            for size in sizes
+                .into_iter()
+                .chain([region - (physical & (region - 1))])
+            {
+                let want = match ConflictFilter::regions(physical, size) {
+                    Some((first, 1)) => Some(first),
+                    _ => None,
+                };
+                assert_eq!(
+                    ConflictFilter::one_region(physical, size),
+                    want,
+                    "{physical:#x} + {size:#x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -62,8 +62,8 @@ struct Row([AtomicU64; ROW]);
 
 /// Per-processor counters. See the module docs.
 pub struct Stats {
+    /// At least one row.
     rows: Box<[Row]>,
-    processors: usize,
 }
 
 /// The sums.
@@ -103,15 +103,29 @@ impl Stats {
             rows: try_boxed_slice(processors, |_| {
                 Row(core::array::from_fn(|_| AtomicU64::new(0)))
             })?,
-            processors,
         })
+    }
+
+    /// `processor`'s row; an index past the allocated rows shares the last one (one
+    /// compare on the hooks' path, the last row only off it).
+    #[inline(always)]
+    fn row(&self, processor: u32) -> Option<&Row> {
+        match self.rows.get(processor as usize) {
+            Some(row) => Some(row),
+            None => self.last_row(),
+        }
+    }
+
+    /// The row processors past the allocated rows share.
+    #[cold]
+    #[inline(never)]
+    fn last_row(&self) -> Option<&Row> {
+        self.rows.last()
     }
 
     #[inline]
     fn cell(&self, processor: u32, index: usize) -> Option<&AtomicU64> {
-        // Rows are per processor; an index past the allocated rows shares the last one.
-        let row = (processor as usize).min(self.processors.saturating_sub(1));
-        self.rows.get(row)?.0.get(index)
+        self.row(processor)?.0.get(index)
     }
 
     /// Adds one to `counter` on `processor`'s row.

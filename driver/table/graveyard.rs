@@ -147,17 +147,21 @@ impl Graveyard {
     /// else in a free slot, else in place of the oldest. Returns false if every slot of
     /// the set was busy with another writer (the tombstone is then dropped).
     pub fn bury(&self, t: &Tombstone) -> bool {
-        self.bury_with(t.base, |s| {
-            s.size.store(t.size, Ordering::Relaxed);
-            s.physical.store(t.physical, Ordering::Relaxed);
-            s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
-            s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
-            s.map_site.store(t.map_site, Ordering::Relaxed);
-            s.drivers.store(
-                u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
-                Ordering::Relaxed,
-            );
-        })
+        let Some((s, seq)) = self.claim_for(t.base) else {
+            return false;
+        };
+        s.base.store(t.base, Ordering::Relaxed);
+        s.size.store(t.size, Ordering::Relaxed);
+        s.physical.store(t.physical, Ordering::Relaxed);
+        s.map_time_ns.store(t.map_time_ns, Ordering::Relaxed);
+        s.unmap_time_ns.store(t.unmap_time_ns, Ordering::Relaxed);
+        s.map_site.store(t.map_site, Ordering::Relaxed);
+        s.drivers.store(
+            u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
+            Ordering::Relaxed,
+        );
+        Self::release(s, seq);
+        true
     }
 
     /// [`bury`](Self::bury) of the tombstone of mapping `m`, unmapped at `unmap_time_ns` by
@@ -171,66 +175,96 @@ impl Graveyard {
         unmapped_by: u16,
         map_site: u64,
     ) -> bool {
-        self.bury_with(m.base, |s| {
-            s.size.store(m.size, Ordering::Relaxed);
-            s.physical.store(m.physical, Ordering::Relaxed);
-            s.map_time_ns.store(m.map_time_ns, Ordering::Relaxed);
-            s.unmap_time_ns.store(unmap_time_ns, Ordering::Relaxed);
-            s.map_site.store(map_site, Ordering::Relaxed);
-            s.drivers.store(
-                u32::from(m.driver) | u32::from(unmapped_by) << 16,
-                Ordering::Relaxed,
-            );
-        })
+        let Some((s, seq)) = self.claim_for(m.base) else {
+            return false;
+        };
+        s.base.store(m.base, Ordering::Relaxed);
+        s.size.store(m.size, Ordering::Relaxed);
+        s.physical.store(m.physical, Ordering::Relaxed);
+        s.map_time_ns.store(m.map_time_ns, Ordering::Relaxed);
+        s.unmap_time_ns.store(unmap_time_ns, Ordering::Relaxed);
+        s.map_site.store(map_site, Ordering::Relaxed);
+        s.drivers.store(
+            u32::from(m.driver) | u32::from(unmapped_by) << 16,
+            Ordering::Relaxed,
+        );
+        Self::release(s, seq);
+        true
     }
 
-    /// [`bury`](Self::bury) of a tombstone of `base` whose other fields `write` stores
-    /// into the claimed slot.
+    /// The slot a tombstone of `tbase` goes to, claimed for writing (with the even
+    /// sequence number it had), or `None` if every slot of its set was held by another
+    /// writer. The caller writes the tombstone and [`release`](Self::release)s it.
+    ///
+    /// The common case takes one scan and one CAS: the chosen slot's sequence number is
+    /// read, then its base checked against what the scan chose, then the slot claimed
+    /// from that sequence number — so the claim fails if anyone wrote the slot since (a
+    /// racing burial filled "the free slot" or replaced "the oldest"). Then, or when the
+    /// slot is held, the careful path runs out of line
+    /// ([`claim_after_race`](Self::claim_after_race)).
     #[inline(always)]
-    fn bury_with(&self, base: u64, write: impl FnOnce(&GraveSlot)) -> bool {
+    fn claim_for(&self, tbase: u64) -> Option<(&GraveSlot, u32)> {
         // A whole set (every graveyard of at least WAYS slots) as a fixed-size array, so
-        // the scan and the claim loop below are unrolled; a smaller graveyard's one short
-        // set takes the same code over a slice.
-        match self.full_set(base) {
-            Some(ways) => Self::bury_in(ways, base, write),
-            None => Self::bury_in(&self.tail, base, write),
+        // the scan needs no index and no bounds check; a smaller graveyard's one short set
+        // takes the general scan over a slice.
+        let (set, (s, expected)): (&[GraveSlot], _) = match self.full_set(tbase) {
+            Some(ways) => (ways, Self::choose_in_set(ways, tbase)),
+            None => {
+                let (i, expected) = Self::choose(&self.tail, tbase);
+                match self.tail.get(i) {
+                    Some(s) => (&self.tail, (s, expected)),
+                    None => return None,
+                }
+            }
+        };
+        // Any odd value is held by a writer: the CAS from the even value then fails.
+        let seq = s.seq.load(Ordering::Acquire) & !1;
+        if s.base.load(Ordering::Relaxed) == expected
+            && s.seq
+                .compare_exchange(seq, seq | 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            fence(Ordering::Release);
+            return Some((s, seq));
         }
+        Self::claim_after_race(set, tbase)
     }
 
-    /// [`bury_with`](Self::bury_with) in `set`. The common case takes one scan and one
-    /// CAS: the chosen slot's sequence number is read, then its base checked against what
-    /// the scan chose, then the slot claimed from that sequence number — so the claim
-    /// fails if anyone wrote the slot since (a racing burial filled "the free slot" or
-    /// replaced "the oldest"). Then, or when the slot is held, the careful path runs out
-    /// of line ([`bury_after_race`](Self::bury_after_race)).
+    /// [`choose`](Self::choose) in a whole set: the slot and the base it held. The four
+    /// bases are read first; when none is this base or free (a full set, the steady
+    /// state) the oldest is found by a branch-free tournament (the first of equal
+    /// times, as in `choose`); otherwise `choose` runs out of line.
     #[inline(always)]
-    fn bury_in<F: FnOnce(&GraveSlot)>(set: &[GraveSlot], tbase: u64, write: F) -> bool {
-        let (preferred, expected) = Self::choose(set, tbase);
-        if let Some(s) = set.get(preferred) {
-            let seq = s.seq.load(Ordering::Acquire);
-            if seq & 1 == 0
-                && s.base.load(Ordering::Relaxed) == expected
-                && s.seq
-                    .compare_exchange(
-                        seq,
-                        seq.wrapping_add(1),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                fence(Ordering::Release);
-                Self::fill(s, seq, tbase, write);
-                return true;
-            }
+    fn choose_in_set(set: &[GraveSlot; WAYS], tbase: u64) -> (&GraveSlot, u64) {
+        let [s0, s1, s2, s3] = set;
+        let b = |s: &GraveSlot| s.base.load(Ordering::Relaxed);
+        let (b0, b1, b2, b3) = (b(s0), b(s1), b(s2), b(s3));
+        let special = |x: u64| x == tbase || x == 0;
+        if special(b0) || special(b1) || special(b2) || special(b3) {
+            return Self::choose_own_or_free(set, tbase);
         }
-        Self::bury_after_race(set, tbase, write)
+        let w = |s: &GraveSlot| s.unmap_time_ns.load(Ordering::Relaxed);
+        let (w0, w1, w2, w3) = (w(s0), w(s1), w(s2), w(s3));
+        // Strictly older wins, so on equal times the lower index stays.
+        let (i01, b01, t01) = if w1 < w0 { (1, b1, w1) } else { (0, b0, w0) };
+        let (i23, b23, t23) = if w3 < w2 { (3, b3, w3) } else { (2, b2, w2) };
+        let (i, expected) = if t23 < t01 { (i23, b23) } else { (i01, b01) };
+        // `i` is below WAYS: the mask only lets the compiler see it.
+        (set.get(i & (WAYS - 1)).unwrap_or(s0), expected)
+    }
+
+    /// [`choose`](Self::choose) in a whole set that holds this base or a free slot (out
+    /// of line: the steady state is a full set).
+    #[inline(never)]
+    fn choose_own_or_free(set: &[GraveSlot; WAYS], tbase: u64) -> (&GraveSlot, u64) {
+        let [s0, ..] = set;
+        let (i, expected) = Self::choose(set, tbase);
+        (set.get(i).unwrap_or(s0), expected)
     }
 
     /// The slot a tombstone of `tbase` should go to: the first slot holding this base,
-    /// else the first free one, else the oldest (the first of equal times); with the base
-    /// it held.
-    #[inline(always)]
+    /// else the first free one, else the oldest (the first of equal times, whatever the
+    /// time); with the base it held.
     fn choose(set: &[GraveSlot], tbase: u64) -> (usize, u64) {
         // One pass with plain indexes (no Option juggling). The oldest is tracked over
         // every used slot, but used only when none is free.
@@ -248,7 +282,7 @@ impl Graveyard {
                 }
             } else {
                 let when = s.unmap_time_ns.load(Ordering::Relaxed);
-                if when < oldest_when {
+                if when < oldest_when || oldest_base == 0 {
                     oldest = i;
                     oldest_when = when;
                     oldest_base = base;
@@ -268,11 +302,11 @@ impl Graveyard {
     /// only if it still holds what was chosen: the chosen slot what the scan read there,
     /// any other slot nothing (or this base); otherwise another burial got there between
     /// the scan and the claim, the slot is given back unchanged and the set scanned
-    /// again (each retry follows a burial that completed in this set). Dropped only when
+    /// again (each retry follows a burial that completed in this set). `None` only when
     /// every slot is held by another writer, never waiting.
     #[cold]
     #[inline(never)]
-    fn bury_after_race<F: FnOnce(&GraveSlot)>(set: &[GraveSlot], tbase: u64, write: F) -> bool {
+    fn claim_after_race(set: &[GraveSlot], tbase: u64) -> Option<(&GraveSlot, u32)> {
         let n = set.len();
         'scan: for _ in 0..WAYS {
             let (preferred, expected) = Self::choose(set, tbase);
@@ -291,19 +325,17 @@ impl Graveyard {
                     s.seq.store(seq, Ordering::Release);
                     continue 'scan;
                 }
-                Self::fill(s, seq, tbase, write);
-                return true;
+                return Some((s, seq));
             }
-            return false;
+            return None;
         }
-        false
+        None
     }
 
-    /// Writes the tombstone of `tbase` into the claimed slot `s` and releases it.
+    /// Releases slot `s`, claimed from the even sequence number `seq`, after its
+    /// tombstone was written: readers see the new tombstone whole from now on.
     #[inline(always)]
-    fn fill<F: FnOnce(&GraveSlot)>(s: &GraveSlot, seq: u32, tbase: u64, write: F) {
-        s.base.store(tbase, Ordering::Relaxed);
-        write(s);
+    fn release(s: &GraveSlot, seq: u32) {
         s.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
@@ -432,6 +464,36 @@ mod tests {
         g.bury(&y);
         assert_eq!(g.find(3 << 12).unwrap().unmap_time_ns, 9);
         assert!(g.find(2 << 12).is_some() && g.find(4 << 12).is_some());
+    }
+
+    #[test]
+    fn a_full_set_evicts_the_first_of_the_oldest() {
+        // Whatever order the times come in: the smallest unmap time goes first, the
+        // lowest slot among equal times, and any used slot can be evicted (u64::MAX too).
+        let cases: [([u64; 4], usize); 6] = [
+            ([4, 3, 2, 1], 3),
+            ([2, 1, 1, 3], 1),
+            ([5, 5, 5, 5], 0),
+            ([9, 7, 7, 7], 1),
+            ([3, 8, 1, 1], 2),
+            ([u64::MAX; 4], 0),
+        ];
+        for (times, victim) in cases {
+            let g = Graveyard::new(4).unwrap(); // one set
+            let bases: [u64; 4] = core::array::from_fn(|i| (i as u64 + 1) << 12);
+            for (&base, &when) in bases.iter().zip(&times) {
+                let mut x = t(base);
+                x.unmap_time_ns = when;
+                assert!(g.bury(&x));
+            }
+            let mut m = MappingHead::new(0x77 << 12, 0x1000);
+            m.driver = 3;
+            assert!(g.bury_mapping(&m, 6, 4, 0));
+            for (i, &base) in bases.iter().enumerate() {
+                assert_eq!(g.find(base).is_none(), i == victim, "{times:?}: slot {i}");
+            }
+            assert_eq!(g.find(0x77 << 12).map(|t| t.unmap_time_ns), Some(6));
+        }
     }
 
     #[test]
