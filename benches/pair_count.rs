@@ -16,8 +16,11 @@
 //! (IOSV006, contained), `conflict` = `n` map + unmap pairs whose map shares a page with a
 //! live mapping of another cache type (IOSV010), `walk` = `n` lookups of an interior
 //! address by a walk over every slot (what `interior` cost before the virtual index).
+//! `journal` = `n` pushes of a violation record into the journal, `queue` = `n` push + pop
+//! of the same record on a crossbeam `ArrayQueue` (issue #10's journal peer).
 
 mod common;
+mod peers;
 
 use common::{thread_phys, BenchPlatform, IMAGE};
 use iosv::platform::Caller;
@@ -41,6 +44,18 @@ fn main() {
     };
     let mut args = std::env::args().skip(2);
     let mode = args.next().unwrap_or_default();
+    if mode == "journal" || mode == "queue" {
+        let peers = peers::JournalPeers::new();
+        for _ in 0..pairs {
+            if mode == "journal" {
+                peers.push();
+            } else {
+                peers.push_pop();
+            }
+        }
+        println!("{pairs} {mode} records");
+        return;
+    }
     let live: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     if !mode.is_empty() {
         // Live mappings of one page each, non-cached, on consecutive physical pages.
@@ -63,7 +78,7 @@ fn main() {
                     let base = v.map_io_space(at, phys(i), 0x1000, 1);
                     v.unmap_io_space(at, black_box(base), 0x1000);
                 }
-                _ => panic!("mode: interior, walk or conflict"),
+                _ => panic!("mode: interior, walk, conflict, journal or queue"),
             }
         }
         println!("{pairs} {mode} with {live} live");
