@@ -17,12 +17,14 @@
 //! live mapping of another cache type (IOSV010), `walk` = `n` lookups of an interior
 //! address by a walk over every slot (what `interior` cost before the virtual index).
 //! `journal` = `n` pushes of a violation record into the journal, `queue` = `n` push + pop
-//! of the same record on a crossbeam `ArrayQueue` (issue #10's journal peer).
+//! of the same record on a crossbeam `ArrayQueue` (issue #10's journal peer); `depth8` =
+//! the clean pair with 8-frame stacks captured and stored (depth 0 otherwise).
 
 mod common;
 mod peers;
 
 use common::{thread_phys, BenchPlatform, IMAGE};
+use iosv::platform::fake::FakeConfig;
 use iosv::platform::Caller;
 use iosv::verifier::{StartParams, Verifier};
 use std::hint::black_box;
@@ -32,18 +34,29 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let mut args = std::env::args().skip(2);
+    let mode = args.next().unwrap_or_default();
+    // `depth8`: the clean pair with stacks of 8 frames captured (by the fake platform: 8
+    // stores, nothing like RtlWalkFrameChain's cost) and stored with the mapping.
+    let depth: usize = if mode == "depth8" { 8 } else { 0 };
     let params = StartParams {
-        max_stack_depth: 0,
+        max_stack_depth: depth,
         ..Default::default()
     };
-    let v = Verifier::new(BenchPlatform::bench(), params).expect("engine");
+    let platform = if depth == 0 {
+        BenchPlatform::bench()
+    } else {
+        BenchPlatform::bench_with(FakeConfig {
+            stack: Some((IMAGE + 0x100, 0x10)),
+            ..FakeConfig::bench()
+        })
+    };
+    let v = Verifier::new(platform, params).expect("engine");
     v.driver_attached(b"bench.sys", IMAGE, 0x10_0000)
         .expect("driver slot");
     let at = Caller {
         return_address: IMAGE + 0x40,
     };
-    let mut args = std::env::args().skip(2);
-    let mode = args.next().unwrap_or_default();
     if mode == "journal" || mode == "queue" {
         let peers = peers::JournalPeers::new();
         for _ in 0..pairs {
@@ -57,7 +70,7 @@ fn main() {
         return;
     }
     let live: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-    if !mode.is_empty() {
+    if !mode.is_empty() && mode != "depth8" {
         // Live mappings of one page each, non-cached, on consecutive physical pages.
         let phys = |i: u64| 0x9_0000_0000 + ((i % live.max(1)) << 12);
         let bases: Vec<u64> = (0..live)

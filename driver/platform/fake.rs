@@ -204,6 +204,12 @@ impl BenchPlatform {
     pub fn bench() -> Self {
         FakePlatform::build(FakeConfig::bench())
     }
+
+    /// A benchmark platform that behaves as `config` says (e.g. [`FakeConfig::bench`] with
+    /// stacks, to measure the engine's share of capturing and storing them).
+    pub fn bench_with(config: FakeConfig) -> Self {
+        FakePlatform::build(config)
+    }
 }
 
 impl<const PER_THREAD: bool> FakePlatform<PER_THREAD> {
