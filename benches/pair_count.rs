@@ -18,7 +18,8 @@
 //! address by a walk over every slot (what `interior` cost before the virtual index).
 //! `journal` = `n` pushes of a violation record into the journal, `queue` = `n` push + pop
 //! of the same record on a crossbeam `ArrayQueue` (issue #10's journal peer); `depth8` =
-//! the clean pair with 8-frame stacks captured and stored (depth 0 otherwise).
+//! the clean pair with 8-frame stacks captured and stored (depth 0 otherwise); `iosv10k`,
+//! `dashmap`, `mutex` = the wall-time benches' pair subjects (10 000 other entries live).
 
 mod common;
 mod peers;
@@ -57,6 +58,24 @@ fn main() {
     let at = Caller {
         return_address: IMAGE + 0x40,
     };
+    if mode == "dashmap" || mode == "mutex" || mode == "iosv10k" {
+        // The wall-time benches' subjects (benches/peers, 10 000 live), counted the same
+        // way: the instruction ratio that their time ratio is made of.
+        let (dash, mutex, engine) = (
+            peers::DashPeer::new(),
+            peers::MutexPeer::new(),
+            peers::engine(),
+        );
+        for i in 0..pairs {
+            match mode.as_str() {
+                "dashmap" => dash.pair(i),
+                "mutex" => mutex.pair(i),
+                _ => peers::iosv_pair(&engine, i),
+            }
+        }
+        println!("{pairs} {mode} pairs");
+        return;
+    }
     if mode == "journal" || mode == "queue" {
         let peers = peers::JournalPeers::new();
         for _ in 0..pairs {
