@@ -313,6 +313,22 @@ input = "01000000"
         err.contains("cannot load") && err.contains(".reloc"),
         "{err}"
     );
+    // DriverEntry fails (it leaves a mapping behind): the scenario cannot go on; exit 8
+    // with the report `iosvctl run` gives (client/tests/cli_run.rs).
+    let path = scenario("fail-entry.toml", &steps("fail_entry.sys"));
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 8, "{out}\n{err}");
+    assert!(out.is_empty(), "{out}");
+    let image = fixtures().join("fail_entry.sys");
+    assert!(
+        err.lines().any(|l| l
+            == format!(
+                "iosvctl: cannot load {}: DriverEntry of fail_entry.sys failed with status \
+                 0xc0000182 (STATUS_DEVICE_CONFIGURATION_ERROR)",
+                image.display()
+            )),
+        "{err}"
+    );
     let path = scenario(
         "stop-unstarted.toml",
         &steps("clean.sys").replace("op = \"start\"", "op = \"stop\""),

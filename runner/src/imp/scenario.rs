@@ -87,12 +87,14 @@ impl ImageDriver for Backend {
             Ok(i) => i,
             Err(e) => load_failed(&e),
         };
+        // A failed DriverEntry too, reported as `iosvctl run` reports it (the parent
+        // words both): the scenario cannot go on without the driver.
         let driver_object = match child::driver_entry(&*self.engine, &image, &[]) {
             Ok(d) => d,
-            Err(status) => load_failed(&format!(
-                "DriverEntry of {driver} failed with status {:#010x}",
-                status as u32
-            )),
+            Err(status) => {
+                child::entry_failed(status);
+                std::process::exit(child::LOAD_FAILED_STATUS)
+            }
         };
         self.loaded = Some(Loaded {
             name: driver.to_string(),
