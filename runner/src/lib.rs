@@ -29,7 +29,9 @@ pub use imp::{child, kernel, loader, scenario};
 
 pub mod parent;
 pub mod protocol;
-pub mod regspec;
+/// `--registry 'KEY\NAME=TYPE:DATA'` values: the host's parser
+/// ([`iosv_host::regspec`]), which a scenario's `registry` key uses too.
+pub use iosv_host::regspec;
 
 /// The hidden first argument that makes `iosvctl` the child (the simulated machine).
 pub const CHILD_ARG: &str = "__iosv-run-child";

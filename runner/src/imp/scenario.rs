@@ -8,6 +8,7 @@ use super::child::{self, Device, Driver};
 use super::engine::HostEngine;
 use super::{loader, report};
 use crate::protocol::LAB_PIECE;
+use crate::regspec::RegistrySpec;
 use crate::BarSpec;
 use iosv_host::scenario::ImageDriver;
 use iosv_host::{Bar, Host};
@@ -75,7 +76,7 @@ impl Backend {
 }
 
 impl ImageDriver for Backend {
-    fn load(&mut self, driver: &str, path: &Path) -> Result<(), String> {
+    fn load(&mut self, driver: &str, path: &Path, registry: &[RegistrySpec]) -> Result<(), String> {
         if self.loaded.is_some() || self.unloaded {
             return Err(format!(
                 "`{driver}`: the runner loads one image once per child process"
@@ -89,7 +90,7 @@ impl ImageDriver for Backend {
         };
         // A failed DriverEntry too, reported as `iosvctl run` reports it (the parent
         // words both): the scenario cannot go on without the driver.
-        let driver_object = match child::driver_entry(&*self.engine, &image, &[]) {
+        let driver_object = match child::driver_entry(&*self.engine, &image, registry) {
             Ok(d) => d,
             Err(status) => {
                 child::entry_failed(status);
