@@ -23,7 +23,8 @@ pub enum Outcome {
     Unimplemented,
     /// `run`: a driver routine did not return within the watchdog's time (exit 7).
     DriverHung,
-    /// `run`: the image could not be loaded (exit 8).
+    /// `run` (and `lab` with an image): the image could not be loaded, or its
+    /// DriverEntry failed (exit 8).
     LoadFailed,
 }
 

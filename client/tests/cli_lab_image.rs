@@ -313,6 +313,22 @@ input = "01000000"
         err.contains("cannot load") && err.contains(".reloc"),
         "{err}"
     );
+    // DriverEntry fails (it leaves a mapping behind): the scenario cannot go on; exit 8
+    // with the report `iosvctl run` gives (client/tests/cli_run.rs).
+    let path = scenario("fail-entry.toml", &steps("fail_entry.sys"));
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 8, "{out}\n{err}");
+    assert!(out.is_empty(), "{out}");
+    let image = fixtures().join("fail_entry.sys");
+    assert!(
+        err.lines().any(|l| l
+            == format!(
+                "iosvctl: cannot load {}: DriverEntry of fail_entry.sys failed with status \
+                 0xc0000182 (STATUS_DEVICE_CONFIGURATION_ERROR)",
+                image.display()
+            )),
+        "{err}"
+    );
     let path = scenario(
         "stop-unstarted.toml",
         &steps("clean.sys").replace("op = \"start\"", "op = \"stop\""),
@@ -435,6 +451,75 @@ fn the_shipped_image_example_runs_as_documented() {
     );
     assert_eq!(r.code, 1, "{}", r.err);
     assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+}
+
+/// The shipped `examples/image-registry.toml`: the image driver's `registry` values reach
+/// its registry before DriverEntry as `iosvctl run --registry` puts them — the service
+/// key's Parameters (one BAR mapped per start, leaked at each stop: two IOSV007, as its
+/// `expect` states; the greeting read) and `@hw` in the hardware key of device instance
+/// 0000, the first device added, only. A malformed value stops the scenario before
+/// anything runs, naming the driver and the value.
+#[test]
+fn the_shipped_registry_example_gives_the_driver_its_values() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-registry.toml");
+    let text = std::fs::read_to_string(&example).expect("read the example");
+    let from = "image = \"../target/fixtures/surface.sys\"";
+    assert!(text.contains(from), "the example's image path changed");
+    let text = text.replace(from, "image = \"surface.sys\"");
+    let path = scenario("image-registry.toml", &text);
+    let r = lab_json(&path);
+    assert_eq!(
+        r.counts,
+        counts(&[("IOSV007", "surface.sys", 2)]),
+        "{}",
+        r.err
+    );
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(r.lab["audit"]["clean"], true, "{}", r.lab);
+    let said = |line: &str| {
+        r.err
+            .lines()
+            .filter(|l| *l == format!("DbgPrint: surface: {line}"))
+            .count()
+    };
+    assert_eq!(
+        said("query 00000000 BarCount 1 LeakOnStop 1 MdlBug 0 Greeting bonjour Lines 0"),
+        1,
+        "{}",
+        r.err
+    );
+    assert_eq!(said("started with 1 BARs mapped"), 2, "{}", r.err);
+    // fx0 is instance 0000 and has the @hw value; fx1 (0001) has an empty key.
+    assert_eq!(said("device Flavor fast"), 1, "{}", r.err);
+    assert_eq!(said("device Flavor c0000034"), 1, "{}", r.err);
+
+    // Without the values the driver keeps its defaults: two BARs per start, no leak
+    // (and `expect` then fails the audit).
+    let start = text.find("registry = [").unwrap();
+    let end = start + text[start..].find("]\n").unwrap() + 2;
+    let bare = scenario(
+        "image-registry-bare.toml",
+        &format!("{}{}", &text[..start], &text[end..]),
+    );
+    let r = lab_json(&bare);
+    assert!(r.counts.is_empty(), "{:?}\n{}", r.counts, r.err);
+    assert_eq!(r.code, 4, "the audit misses the expected leaks: {}", r.err);
+
+    let bad = scenario(
+        "image-registry-bad.toml",
+        &text.replace("dword:1", "dword:one"),
+    );
+    let (code, out, err) = parts(&iosvctl(&["lab", &bad, "--no-progress"]));
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!(
+            "{bad}:24:5: driver `surface.sys`: registry value `Parameters\\LeakOnStop=dword:one`: \
+             `one` is not a 32-bit number"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("DbgPrint"), "nothing ran: {err}");
 }
 
 /// An IRP the driver returns pending and never completes ends a lab run with exit 7 after

@@ -452,6 +452,75 @@ fn an_image_that_needs_relocations_it_lacks_is_refused_with_exit_8() {
     assert!(err.contains("no PE headers"), "{err}");
 }
 
+/// What `iosvctl run` and `iosvctl lab` print on stderr for fail_entry.sys at `path`.
+fn fail_entry_report(path: &str) -> String {
+    format!(
+        "iosvctl: cannot load {path}: DriverEntry of fail_entry.sys failed with status \
+         0xc0000182 (STATUS_DEVICE_CONFIGURATION_ERROR)"
+    )
+}
+
+/// A driver that fails to load fails the run, as on Windows: DriverEntry maps two pages,
+/// fails with STATUS_DEVICE_CONFIGURATION_ERROR and leaves them mapped. The reports come
+/// first (the image is unloaded without DriverUnload: the mapping is IOSV009, and stays
+/// mapped), then exit status 8 and a message naming the NTSTATUS, in every format.
+#[test]
+fn a_failed_driver_entry_fails_the_run_with_exit_8_after_its_reports() {
+    let path = fixture("fail_entry.sys");
+    let (code, rules, drivers, live, err) = run_json_err("fail_entry.sys", &[]);
+    assert_eq!(code, 8, "{err}");
+    assert_eq!(rules, counts(&[("IOSV009", 1)]), "{err}");
+    assert_eq!(drivers, ["fail_entry.sys"]);
+    assert_eq!(live, 1, "the leaked mapping stays mapped");
+    assert!(err.lines().any(|l| l == fail_entry_report(&path)), "{err}");
+
+    let (code, out, err) = parts(&iosvctl(&["run", &path]));
+    assert_eq!(code, 8, "{out}\n{err}");
+    assert!(out.contains("IOSV009"), "{out}");
+    assert!(
+        out.contains("DriverEntry failed with status 0xc0000182"),
+        "the note: {out}"
+    );
+    assert!(
+        !out.contains("AddDevice"),
+        "nothing runs after DriverEntry: {out}"
+    );
+    assert_eq!(
+        err.lines().last(),
+        Some(fail_entry_report(&path).as_str()),
+        "{err}"
+    );
+
+    let (code, out, err) = parts(&iosvctl(&["run", &path, "-f", "sarif"]));
+    assert_eq!(code, 8, "{err}");
+    let log: serde_json::Value = serde_json::from_str(&out).expect("SARIF");
+    let invocation = &log["runs"][0]["invocations"][0];
+    assert_eq!(invocation["executionSuccessful"], false, "{invocation}");
+    assert_eq!(invocation["exitCode"], 8, "{invocation}");
+    let notes = invocation["toolExecutionNotifications"].to_string();
+    assert!(
+        notes.contains("STATUS_DEVICE_CONFIGURATION_ERROR"),
+        "{notes}"
+    );
+    assert_eq!(log["runs"][0]["results"][0]["ruleId"], "IOSV009");
+
+    // Whatever --fail-on counts, the load failure decides the status; JUnit fails a case
+    // for it.
+    let (code, out, err) = parts(&iosvctl(&[
+        "run",
+        &path,
+        "--fail-on",
+        "error",
+        "-f",
+        "junit",
+    ]));
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        out.contains("run: the driver loads (DriverEntry succeeds)"),
+        "{out}"
+    );
+}
+
 /// `clean.sys` with `edit` applied to its bytes (given the offsets of the NT headers, the
 /// optional header and the first section header), written next to the fixtures.
 fn hostile_copy(name: &str, edit: impl FnOnce(&mut Vec<u8>, usize, usize, usize)) -> String {

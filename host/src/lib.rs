@@ -66,6 +66,7 @@ pub mod mdl;
 pub mod mm;
 mod patching;
 pub mod platform;
+pub mod regspec;
 mod requests;
 pub mod rng;
 mod runtime_io;

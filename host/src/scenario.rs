@@ -190,6 +190,9 @@ pub(crate) struct ImageDecl {
     pub(crate) expect: Option<Vec<(RuleId, u64)>>,
     /// `ioctls = [...]`: what a stress phase sends the driver's devices, in turn.
     pub(crate) ioctls: Vec<IoctlDecl>,
+    /// `registry = ["KEY\\NAME=TYPE:DATA", ...]`: the values its registry holds before
+    /// DriverEntry, as `iosvctl run --registry` gives them.
+    pub(crate) registry: Vec<crate::regspec::RegistrySpec>,
     /// Where the `image` key's value is, for errors about the image as a whole.
     pub(crate) location: Location,
 }

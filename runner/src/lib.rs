@@ -29,7 +29,9 @@ pub use imp::{child, kernel, loader, scenario};
 
 pub mod parent;
 pub mod protocol;
-pub mod regspec;
+/// `--registry 'KEY\NAME=TYPE:DATA'` values: the host's parser
+/// ([`iosv_host::regspec`]), which a scenario's `registry` key uses too.
+pub use iosv_host::regspec;
 
 /// The hidden first argument that makes `iosvctl` the child (the simulated machine).
 pub const CHILD_ARG: &str = "__iosv-run-child";
@@ -52,10 +54,13 @@ pub enum ExitKind {
     /// A driver routine did not return within the watchdog's time: exit status 7.
     Hung,
     /// The image could not be loaded (not a PE32+ x64 native image, needs relocation
-    /// without `.reloc`, ...): exit status 8. Also a scenario's image whose DriverEntry
-    /// fails (the scenario cannot go on). In `iosvctl run` a failing DriverEntry is a
-    /// note and the run goes on to its reports: what the driver mapped before failing
-    /// and did not unmap is IOSV009, which a status of 8 would hide.
+    /// without `.reloc`, ...), or its DriverEntry failed: exit status 8, as a driver that
+    /// fails to load fails on Windows. A failed DriverEntry is reported by
+    /// [`driver_entry_failure`] in both commands: `iosvctl run` first goes on to its
+    /// reports (what the driver mapped before failing and did not unmap is IOSV009 when
+    /// the image is unloaded) and ends with this status after them
+    /// ([`parent::Session::load_failure`]); a scenario (`iosvctl lab`) cannot go on and
+    /// ends at once ([`RunError::Ended`]).
     LoadFailed,
 }
 
@@ -70,6 +75,48 @@ impl ExitKind {
             Self::LoadFailed => 8,
         }
     }
+}
+
+/// The name of a common NTSTATUS failure code (as `ntstatus.h` spells it), `None` for
+/// one this table does not know.
+#[must_use]
+pub fn ntstatus_name(status: u32) -> Option<&'static str> {
+    Some(match status {
+        0xC000_0001 => "STATUS_UNSUCCESSFUL",
+        0xC000_0002 => "STATUS_NOT_IMPLEMENTED",
+        0xC000_0005 => "STATUS_ACCESS_VIOLATION",
+        0xC000_000D => "STATUS_INVALID_PARAMETER",
+        0xC000_000E => "STATUS_NO_SUCH_DEVICE",
+        0xC000_0010 => "STATUS_INVALID_DEVICE_REQUEST",
+        0xC000_0017 => "STATUS_NO_MEMORY",
+        0xC000_0022 => "STATUS_ACCESS_DENIED",
+        0xC000_0023 => "STATUS_BUFFER_TOO_SMALL",
+        0xC000_0034 => "STATUS_OBJECT_NAME_NOT_FOUND",
+        0xC000_0035 => "STATUS_OBJECT_NAME_COLLISION",
+        0xC000_009A => "STATUS_INSUFFICIENT_RESOURCES",
+        0xC000_00BB => "STATUS_NOT_SUPPORTED",
+        0xC000_00C0 => "STATUS_DEVICE_DOES_NOT_EXIST",
+        0xC000_0182 => "STATUS_DEVICE_CONFIGURATION_ERROR",
+        0xC000_0184 => "STATUS_INVALID_DEVICE_STATE",
+        0xC000_0185 => "STATUS_IO_DEVICE_ERROR",
+        0xC000_01A0 => "STATUS_DRIVER_UNABLE_TO_LOAD",
+        0xC000_0263 => "STATUS_DRIVER_ENTRYPOINT_NOT_FOUND",
+        0xC000_0365 => "STATUS_FAILED_DRIVER_ENTRY",
+        _ => return None,
+    })
+}
+
+/// The report of an image whose DriverEntry returned the failure `status`: one form for
+/// `iosvctl run` (after its reports) and `iosvctl lab` (a scenario's `load` step), both
+/// ending with [`ExitKind::LoadFailed`]. `image` is the path the user named, `driver` the
+/// driver's name.
+#[must_use]
+pub fn driver_entry_failure(image: &std::path::Path, driver: &str, status: u32) -> String {
+    format!(
+        "cannot load {}: DriverEntry of {driver} failed with status {status:#010x}{}",
+        image.display(),
+        ntstatus_name(status).map_or_else(String::new, |n| format!(" ({n})"))
+    )
 }
 
 /// Why [`parent::start`] could not give a verifiable session.
@@ -233,5 +280,19 @@ mod tests {
         assert_eq!(IoctlSpec::parse("8").map(|s| s.input.len()), Ok(0));
         assert!(IoctlSpec::parse("0x222000:abc").is_err());
         assert!(IoctlSpec::parse("0x222000:zz").is_err());
+    }
+
+    #[test]
+    fn a_failed_driver_entry_names_the_image_the_driver_and_the_status() {
+        assert_eq!(
+            driver_entry_failure(std::path::Path::new("out/x.sys"), "x.sys", 0xC000_0182),
+            "cannot load out/x.sys: DriverEntry of x.sys failed with status 0xc0000182 \
+             (STATUS_DEVICE_CONFIGURATION_ERROR)"
+        );
+        assert_eq!(
+            driver_entry_failure(std::path::Path::new("x.sys"), "x.sys", 0xC0DE_0001),
+            "cannot load x.sys: DriverEntry of x.sys failed with status 0xc0de0001"
+        );
+        assert_eq!(ntstatus_name(0), None);
     }
 }

@@ -69,6 +69,12 @@ pub struct Session {
     pub elapsed: Duration,
     /// What a scenario child sent for the parent to print (`lab` lines), in order.
     pub lab: Vec<String>,
+    /// `Some` when the image's DriverEntry failed (`iosvctl run`): the report
+    /// ([`crate::driver_entry_failure`]). The child still ran to the end — the image
+    /// unloaded, what DriverEntry left mapped reported as leaked — so the reports can be
+    /// read; the run must then end with [`ExitKind::LoadFailed`], as a driver that fails
+    /// to load fails on Windows.
+    pub load_failure: Option<String>,
 }
 
 impl Session {
@@ -196,19 +202,21 @@ pub fn start_scenario(
 }
 
 /// Starts `program MARKER SOCKET ARGS…` and follows it to `ready` or an ending. `image`
-/// names the driver in reports until the child says which it loaded. With
-/// `pause_between_routines` (a scenario child, whose simulated steps may take long) the
-/// watchdog runs only from `enter` to `leave` and from `wait` to `waited` (the host
-/// waiting for the driver: an IRP it returned pending); without it (`iosvctl run`) it
-/// runs from the start to the end: the child's own code between driver routines is
-/// watched too — such a wait, a walk of a structure the driver corrupted.
+/// names the driver in reports until the child says which it loaded. For a `scenario`
+/// child, whose simulated steps may take long, the watchdog runs only from `enter` to
+/// `leave` and from `wait` to `waited` (the host waiting for the driver: an IRP it
+/// returned pending), and a failed DriverEntry (`entryfail`) ends the run at once; for
+/// `iosvctl run`'s child the watchdog runs from the start to the end — the child's own
+/// code between driver routines is watched too: such a wait, a walk of a structure the
+/// driver corrupted — and a failed DriverEntry is kept for after the reports
+/// ([`Session::load_failure`]).
 fn follow(
     program: &Path,
     marker: &str,
     args: &[OsString],
     image_path: &Path,
     watchdog_secs: u64,
-    pause_between_routines: bool,
+    scenario: bool,
 ) -> Result<Session, RunError> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err(RunError::Unsupported {
@@ -271,8 +279,9 @@ fn follow(
     let mut routine: Option<String> = None;
     // What the host waits for between driver routines (`wait`), watched like a routine.
     let mut waiting: Option<String> = None;
+    let mut load_failure: Option<String> = None;
     loop {
-        let idle = pause_between_routines && routine.is_none() && waiting.is_none();
+        let idle = scenario && routine.is_none() && waiting.is_none();
         let received = if idle {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
         } else {
@@ -362,6 +371,7 @@ fn follow(
                     audit_problems,
                     elapsed: began.elapsed(),
                     lab,
+                    load_failure,
                 })
             }
             Some(Message::Crash(text)) => {
@@ -374,6 +384,17 @@ fn follow(
             Some(Message::LoadFail(text)) => {
                 let report = format!("cannot load {}: {text}", image_path.display());
                 return ended(&mut child, &dir, ExitKind::LoadFailed, report);
+            }
+            Some(Message::EntryFail(status)) => {
+                let report = crate::driver_entry_failure(
+                    image_path,
+                    &display_name(&image, image_path),
+                    status,
+                );
+                if scenario {
+                    return ended(&mut child, &dir, ExitKind::LoadFailed, report);
+                }
+                load_failure = Some(report);
             }
             None => {}
         }

@@ -17,7 +17,8 @@
 //! | `ready` | the run is complete and the verifier serves its control codes on the socket |
 //! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
 //! | `unimplemented TEXT` | the driver called a routine the host lacks; TEXT names it |
-//! | `loadfail TEXT` | the image could not be loaded or DriverEntry failed |
+//! | `loadfail TEXT` | the image could not be loaded |
+//! | `entryfail STATUS` | the image's DriverEntry failed with STATUS (hex): a `run` child goes on to its reports (the run then ends with exit 8), a scenario child exits 8 |
 //!
 //! The child's standard input stays open while the parent reads reports; the child exits
 //! when it closes.
@@ -73,6 +74,8 @@ pub enum Message {
     Unimplemented(String),
     /// `loadfail TEXT`.
     LoadFail(String),
+    /// `entryfail STATUS`: DriverEntry's NTSTATUS.
+    EntryFail(u32),
 }
 
 impl Message {
@@ -110,6 +113,9 @@ impl Message {
             "crash" => Self::Crash(text),
             "unimplemented" => Self::Unimplemented(text),
             "loadfail" => Self::LoadFail(text),
+            "entryfail" => {
+                Self::EntryFail(u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()?)
+            }
             _ => return None,
         })
     }
@@ -153,6 +159,11 @@ mod tests {
             Some(Message::Crash("SIGSEGV at x".into()))
         );
         assert_eq!(Message::parse("bogus 1"), None);
+        assert_eq!(
+            Message::parse("entryfail 0xc0000182"),
+            Some(Message::EntryFail(0xC000_0182))
+        );
+        assert_eq!(Message::parse("entryfail nonsense"), None);
         assert_eq!(
             Message::parse("module iosv.sys 0x180000000 0x29000"),
             Some(Message::Module {

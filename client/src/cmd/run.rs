@@ -5,7 +5,8 @@
 //! verifier's control codes on a Unix socket; this process pulls the reports over that
 //! socket, exactly as from `iosvctl host serve`, and prints them like `lab`. A driver
 //! that crashes, calls a routine the host lacks, hangs or does not load ends the run with
-//! its own exit status (5–8) and a report on stderr.
+//! its own exit status (5–8) and a report on stderr; a driver whose DriverEntry fails gets
+//! its reports first, then exit status 8 and the report.
 
 use super::driver_names;
 use super::journal::{read_violations, ReadPlan};
@@ -222,6 +223,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         next_cursor: next,
         problems: session.audit_problems.clone(),
         audited: true,
+        load_failure: session.load_failure.clone(),
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
@@ -236,6 +238,7 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
     }
     super::symbol_notes(&images, false);
     drop(c);
+    let load_failure = session.load_failure.clone();
     let late = session
         .finish_with_notes()
         .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
@@ -251,6 +254,11 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
                 eprintln!("iosvctl: note: {n}");
             }
         }
+    }
+    // A driver that fails to load fails the run (exit 8), after its reports: what
+    // DriverEntry left mapped is among them (IOSV009 at the image's unload).
+    if let Some(report) = load_failure {
+        eprintln!("iosvctl: {report}");
     }
     Ok(outcome)
 }

@@ -34,6 +34,11 @@ pub struct RunInfo {
     pub exit_code: u8,
     /// The run was audited (`lab`): JUnit shows the audit as a test case.
     pub audited: bool,
+    /// `run`: the driver's DriverEntry failed (the report): an error notification,
+    /// `executionSuccessful` false, and the run's outcome is
+    /// [`Outcome::LoadFailed`](crate::outcome::Outcome::LoadFailed) (exit 8) whatever the
+    /// reports say.
+    pub load_failure: Option<String>,
 }
 
 fn rule_descriptors() -> Vec<Value> {
@@ -183,10 +188,10 @@ pub fn log(records: &[ViolationRecord], images: &Images, info: &RunInfo) -> Valu
             "message": { "text": format!("{} violation records were lost to journal overflow before they could be read: the results are incomplete", info.lost) },
         }));
     }
-    for p in &info.problems {
+    for p in info.problems.iter().chain(&info.load_failure) {
         notifications.push(json!({ "level": "error", "message": { "text": p } }));
     }
-    let successful = info.lost == 0 && info.problems.is_empty();
+    let successful = info.lost == 0 && info.problems.is_empty() && info.load_failure.is_none();
     let mut driver = json!({ "name": "iosv", "rules": rule_descriptors() });
     if !info.component_version.is_empty() {
         if let Some(obj) = driver.as_object_mut() {

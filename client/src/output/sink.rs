@@ -147,9 +147,14 @@ impl<'a> ViolationSink<'a> {
     }
 
     /// Prints the end: the human summary, the JSON end line, or the SARIF/JUnit document.
-    /// `info.problems` (an unclean lab audit) make the outcome [`Outcome::AuditUnclean`].
+    /// `info.problems` (an unclean lab audit) make the outcome [`Outcome::AuditUnclean`];
+    /// `info.load_failure` (a failed DriverEntry) makes it [`Outcome::LoadFailed`].
     pub fn finish(&mut self, info: &sarif::RunInfo, drivers: &[String]) -> AppResult {
-        let outcome = self.outcome(!info.problems.is_empty());
+        let outcome = if info.load_failure.is_some() {
+            Outcome::LoadFailed
+        } else {
+            self.outcome(!info.problems.is_empty())
+        };
         match self.format {
             Format::Human => {
                 if self.tally.total > 0 {
@@ -198,6 +203,12 @@ impl<'a> ViolationSink<'a> {
                     checks.push(junit::RunCheck {
                         name: "lab audit: reports match what the run did".to_string(),
                         problem: (!info.problems.is_empty()).then(|| info.problems.join("; ")),
+                    });
+                }
+                if let Some(failure) = &info.load_failure {
+                    checks.push(junit::RunCheck {
+                        name: "run: the driver loads (DriverEntry succeeds)".to_string(),
+                        problem: Some(failure.clone()),
                     });
                 }
                 write!(

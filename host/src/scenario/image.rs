@@ -3,6 +3,7 @@
 //! an image driver to an [`ImageDriver`] — in `iosvctl lab`, the runner's child process
 //! (package `iosv-runner`), which loads the image and plays the PnP and I/O managers.
 
+use crate::regspec::RegistrySpec;
 use crate::Bar;
 use std::path::Path;
 use std::string::String;
@@ -13,11 +14,14 @@ use std::string::String;
 /// stops there and reports it at the step). What the driver does wrong is not an error:
 /// iosv reports it.
 pub trait ImageDriver {
-    /// Loads the image at `path`, lets iosv hook its imports, and calls DriverEntry.
+    /// Loads the image at `path`, lets iosv hook its imports, fills the registry with
+    /// `registry` (the `[[driver]]`'s `registry` values, placed as `iosvctl run
+    /// --registry` places them: `@hw` / `@sw` in the keys of device instance 0000, the
+    /// first device added), and calls DriverEntry.
     ///
     /// # Errors
     /// The image cannot be loaded or DriverEntry failed.
-    fn load(&mut self, driver: &str, path: &Path) -> Result<(), String>;
+    fn load(&mut self, driver: &str, path: &Path, registry: &[RegistrySpec]) -> Result<(), String>;
     /// Creates a physical device object and calls the driver's AddDevice with it; the
     /// device is started later with `bars` as its memory resources.
     ///

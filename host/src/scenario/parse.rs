@@ -6,6 +6,7 @@ use super::{
     ScenarioError, Step, StepKind, StressSpec, UnmapTarget,
 };
 use crate::devices::{Bar, AUTO_PHYSICAL, MAX_BAR_SIZE};
+use crate::regspec::RegistrySpec;
 use crate::{Behaviour, Routine};
 use iosv::config::{SizeParam, StartParams};
 use iosv::phys::{
@@ -76,6 +77,7 @@ struct RawDriver {
     image: Option<Spanned<String>>,
     expect: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
     ioctls: Option<Spanned<Vec<Spanned<RawIoctl>>>>,
+    registry: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -960,11 +962,12 @@ fn ioctl(l: &Lines<'_>, code: &Spanned<Value>, input: Option<&Spanned<String>>) 
     Ok(IoctlDecl { code, input })
 }
 
-/// The `[[driver]]` keys of a compiled image: `image`, `expect`, `ioctls`. `dir` is the
-/// scenario file's directory.
+/// The `[[driver]]` keys of a compiled image: `image`, `expect`, `ioctls`, `registry`.
+/// `name` is the driver's name, `dir` the scenario file's directory.
 fn image_decl(
     l: &Lines<'_>,
     rd: &RawDriver,
+    name: &str,
     path: &Spanned<String>,
     dir: &std::path::Path,
 ) -> R<ImageDecl> {
@@ -1006,10 +1009,28 @@ fn image_decl(
             .collect::<R<Vec<_>>>()?,
         None => Vec::new(),
     };
+    // Parsed by the runner's own `--registry` parser, so a malformed value stops the
+    // scenario here, at its place in the file, before anything runs.
+    let registry = match &rd.registry {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .map(|v| {
+                RegistrySpec::parse(v.get_ref()).map_err(|e| {
+                    l.err(
+                        &v.span(),
+                        std::format!("driver `{name}`: registry value `{}`: {e}", v.get_ref()),
+                    )
+                })
+            })
+            .collect::<R<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     Ok(ImageDecl {
         path: resolved,
         expect,
         ioctls,
+        registry,
         location: l.location(path.span().start),
     })
 }
@@ -1140,7 +1161,7 @@ pub(crate) fn parse(text: &str, origin: &str, dir: &std::path::Path) -> R<Scenar
                     return Err(l.err(&path.span(), "only one compiled driver image per scenario: the runner runs one image per child process (declare the others in another scenario)"));
                 }
                 image_names.insert(name.to_ascii_lowercase());
-                Some(image_decl(&l, rd, path, dir)?)
+                Some(image_decl(&l, rd, &name, path, dir)?)
             }
             None => {
                 for (key, span) in [
@@ -1150,6 +1171,9 @@ pub(crate) fn parse(text: &str, origin: &str, dir: &std::path::Path) -> R<Scenar
                     if let Some(span) = span {
                         return Err(l.err(&span, std::format!("`{key}` applies to a compiled driver image (`image = \"x.sys\"`); a simulated driver's expected violations are what it injects")));
                     }
+                }
+                if let Some(r) = &rd.registry {
+                    return Err(l.err(&r.span(), std::format!("`registry` applies to a compiled driver image (`image = \"x.sys\"`): driver `{name}` is simulated and reads no registry")));
                 }
                 None
             }
@@ -1309,7 +1333,7 @@ mod tests {
 
     #[test]
     fn errors_name_line_column_and_reason() {
-        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`, `image`, `expect`, `ioctls`");
+        assert_eq!(err("[[driver]]\nname = \"a.sys\"\nbogus = 1\n"), "t.toml:3:1: unknown field `bogus`, expected one of `name`, `behaviour`, `bug_every`, `target`, `image`, `expect`, `ioctls`, `registry`");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"lod\"\ndriver = \"a.sys\"\n");
         assert!(e.starts_with("t.toml:4:6: unknown op `lod`"), "{e}");
         let e = err("[[driver]]\nname = \"a.sys\"\n[[step]]\nop = \"load\"\ndriver = \"b.sys\"\n");
@@ -1495,6 +1519,64 @@ mod tests {
             s.drivers[0].image.as_ref().and_then(|i| i.expect.clone()),
             Some(std::vec![(RuleId::LeakOnStop, 2)])
         );
+    }
+
+    /// An image driver's `registry` values are parsed by the `--registry` parser when
+    /// the scenario is; a malformed one is refused at its place, naming the driver and
+    /// the value; a simulated driver has no registry.
+    #[test]
+    fn image_driver_registry_values_are_parsed_with_the_scenario() {
+        use crate::regspec::{RegRoot, REG_DWORD, REG_SZ};
+        let dir = image_dir();
+        let s = Scenario::parse_in(
+            "[[driver]]\nimage = \"drv.sys\"\nregistry = [\n  \"Parameters\\\\LeakOnStop=dword:1\",\n  '@hw\\Flavor=sz:fast',\n]\n",
+            "t.toml",
+            &dir,
+        )
+        .unwrap();
+        let registry = &s.drivers[0].image.as_ref().unwrap().registry;
+        let got: Vec<_> = registry
+            .iter()
+            .map(|r| (r.root, r.key.as_str(), r.name.as_str(), r.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (RegRoot::Service, "Parameters", "LeakOnStop", REG_DWORD),
+                (RegRoot::DeviceHardware, "", "Flavor", REG_SZ),
+            ]
+        );
+        assert_eq!(registry[0].to_string(), "Parameters\\LeakOnStop=dword:1");
+        let none = Scenario::parse_in("[[driver]]\nimage = \"drv.sys\"\n", "t.toml", &dir);
+        assert!(none.unwrap().drivers[0]
+            .image
+            .as_ref()
+            .unwrap()
+            .registry
+            .is_empty());
+
+        let err = |text: &str| {
+            Scenario::parse_in(text, "t.toml", &dir)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nregistry = ['Parameters\\X=dword:1', 'Parameters\\X=float:1']\n");
+        assert!(
+            e.starts_with("t.toml:3:37: driver `drv.sys`: registry value `Parameters\\X=float:1`: unknown type `float`"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nregistry = ['NoEquals']\n");
+        assert!(
+            e.starts_with("t.toml:3:13: driver `drv.sys`: registry value `NoEquals`: "),
+            "{e}"
+        );
+        let e = err("[[driver]]\nname = \"sim.sys\"\nregistry = ['Parameters\\X=dword:1']\n");
+        assert!(
+            e.starts_with("t.toml:3:12: `registry` applies to a compiled driver image (`image = \"x.sys\"`): driver `sim.sys` is simulated"),
+            "{e}"
+        );
+        let e = err("[[driver]]\nimage = \"drv.sys\"\nregistry = 'Parameters\\X=dword:1'\n");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
     }
 
     /// Hex input is digits only: a sign is not a digit (`+a` was read as 0x0a).

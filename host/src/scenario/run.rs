@@ -123,7 +123,12 @@ impl NoImages {
 }
 
 impl ImageDriver for NoImages {
-    fn load(&mut self, _: &str, _: &std::path::Path) -> Result<(), String> {
+    fn load(
+        &mut self,
+        _: &str,
+        _: &std::path::Path,
+        _: &[crate::regspec::RegistrySpec],
+    ) -> Result<(), String> {
         Self::refuse()
     }
     fn add_device(&mut self, _: &str, _: &str, _: &[crate::Bar]) -> Result<(), String> {
@@ -395,7 +400,7 @@ fn image_step(c: &mut Ctx<'_, '_>, step: &Step) -> Option<Result<(), String>> {
         StepKind::Load(d) => {
             let image = image_driver(scenario, d)?;
             c.images
-                .load(d, &image.path)
+                .load(d, &image.path, &image.registry)
                 .map(|()| c.state.loaded.push(d.clone()))
         }
         StepKind::Unload(d) => {
@@ -1116,10 +1121,18 @@ mod tests {
     }
 
     impl ImageDriver for Recorder {
-        fn load(&mut self, driver: &str, path: &std::path::Path) -> Result<(), String> {
+        fn load(
+            &mut self,
+            driver: &str,
+            path: &std::path::Path,
+            registry: &[crate::regspec::RegistrySpec],
+        ) -> Result<(), String> {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-            self.calls
-                .push(std::format!("load {driver} {}", file.unwrap_or_default()));
+            let mut call = std::format!("load {driver} {}", file.unwrap_or_default());
+            for r in registry {
+                call.push_str(&std::format!(" {r}"));
+            }
+            self.calls.push(call);
             Ok(())
         }
         fn add_device(
@@ -1187,6 +1200,7 @@ behaviour = \"leak-on-stop\"
 image = \"img.sys\"
 expect = { IOSV007 = 3 }
 ioctls = [{ code = 0x10, input = \"01\" }, { code = 0x20 }]
+registry = [\"Parameters\\\\LeakOnStop=dword:1\", \"@hw\\\\Flavor=sz:fast\"]
 [[device]]
 name = \"s0\"
 driver = \"sim.sys\"
@@ -1272,7 +1286,8 @@ driver = \"img.sys\"
         let mut rec = Recorder::default();
         let summary = run_with_images(&host, &s, &mut rec, &mut |_| {}).unwrap();
         let expected_calls = [
-            "load img.sys img.sys",
+            // With the driver's `registry` values, in order.
+            "load img.sys img.sys Parameters\\LeakOnStop=dword:1 @hw\\Flavor=sz:fast",
             "add img.sys d0 2 bars",
             "add img.sys veto1 1 bars",
             "start d0",

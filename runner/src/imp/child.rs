@@ -547,6 +547,13 @@ pub(crate) fn driver_entry(
     Ok(Driver { object: driver })
 }
 
+/// Tells the parent the image's DriverEntry failed with `status` (`entryfail`): the
+/// parent reports it in one form ([`crate::driver_entry_failure`]) and the run ends with
+/// exit status 8 — after its reports in `iosvctl run`, at once in a scenario.
+pub(crate) fn entry_failed(status: i32) {
+    report::line(&["entryfail ", &format!("{:#010x}", status as u32)]);
+}
+
 /// Calls DriverUnload; iosv then reports what is still mapped and restores the slots.
 /// `false` when the driver has no DriverUnload (nothing is called).
 pub(crate) fn unload_driver(
@@ -570,15 +577,21 @@ fn lifecycle(engine: &dyn Engine, image: &loader::LoadedImage, opts: &RunOptions
 }
 
 /// The driver's life cycle: DriverEntry, its device (with `after_add` right after its
-/// AddDevice, [`pnp_device_with`]) or its legacy control device, and unload.
+/// AddDevice, [`pnp_device_with`]) or its legacy control device, and unload. A failed
+/// DriverEntry ends it (the image was unloaded) and is sent to the parent
+/// ([`entry_failed`]), which ends the run with exit status 8 after the reports.
 pub(crate) fn lifecycle_with(
     engine: &dyn Engine,
     image: &loader::LoadedImage,
     opts: &RunOptions,
     after_add: &dyn Fn(Device),
 ) {
-    let Ok(driver) = driver_entry(engine, image, &opts.registry) else {
-        return;
+    let driver = match driver_entry(engine, image, &opts.registry) {
+        Ok(d) => d,
+        Err(status) => {
+            entry_failed(status);
+            return;
+        }
     };
     let add_device = driver.add_device();
     let control = driver.first_device();

@@ -8,6 +8,7 @@ use super::child::{self, Device, Driver};
 use super::engine::HostEngine;
 use super::{loader, report};
 use crate::protocol::LAB_PIECE;
+use crate::regspec::RegistrySpec;
 use crate::BarSpec;
 use iosv_host::scenario::ImageDriver;
 use iosv_host::{Bar, Host};
@@ -75,7 +76,7 @@ impl Backend {
 }
 
 impl ImageDriver for Backend {
-    fn load(&mut self, driver: &str, path: &Path) -> Result<(), String> {
+    fn load(&mut self, driver: &str, path: &Path, registry: &[RegistrySpec]) -> Result<(), String> {
         if self.loaded.is_some() || self.unloaded {
             return Err(format!(
                 "`{driver}`: the runner loads one image once per child process"
@@ -87,12 +88,14 @@ impl ImageDriver for Backend {
             Ok(i) => i,
             Err(e) => load_failed(&e),
         };
-        let driver_object = match child::driver_entry(&*self.engine, &image, &[]) {
+        // A failed DriverEntry too, reported as `iosvctl run` reports it (the parent
+        // words both): the scenario cannot go on without the driver.
+        let driver_object = match child::driver_entry(&*self.engine, &image, registry) {
             Ok(d) => d,
-            Err(status) => load_failed(&format!(
-                "DriverEntry of {driver} failed with status {:#010x}",
-                status as u32
-            )),
+            Err(status) => {
+                child::entry_failed(status);
+                std::process::exit(child::LOAD_FAILED_STATUS)
+            }
         };
         self.loaded = Some(Loaded {
             name: driver.to_string(),

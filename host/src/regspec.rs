@@ -1,5 +1,8 @@
-//! `iosvctl run --registry 'KEY\NAME=TYPE:DATA'`: one registry value the child's registry
-//! holds before `DriverEntry` (docs/running-drivers.md, "Registry").
+//! `iosvctl run --registry 'KEY\NAME=TYPE:DATA'` and a scenario image driver's
+//! `registry = [...]`: one registry value the runner child's registry holds before
+//! `DriverEntry` (docs/running-drivers.md, "Registry"; docs/scenarios.md). It lives here
+//! so that a scenario's values are checked when the scenario is parsed; the runner
+//! re-exports it (`iosv_runner::regspec`).
 //!
 //! `KEY` is relative to the driver's service key (`Parameters\LeakOnStop=dword:1`), or to
 //! its device's hardware key (`@hw\…`, what `IoOpenDeviceRegistryKey` opens for
