@@ -45,6 +45,16 @@ impl DriverState {
     }
 }
 
+/// The image range a hook attributes calls to, apart from the rest of the slot so the
+/// scan reads 16 bytes per driver: `span` is the image size while the driver is Attached
+/// or Loaded and 0 otherwise, so one unsigned compare (`addr - base < span`) tests both
+/// the state and the range.
+struct AttributionRange {
+    base: AtomicU64,
+    /// Written after `base` (Release), read before it (Acquire).
+    span: AtomicU64,
+}
+
 /// A driver's id: its slot number + 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DriverId(pub u16);
@@ -95,7 +105,13 @@ pub struct DriverInfo {
 /// The registry. See the module docs.
 pub struct Drivers {
     slots: Box<[DriverSlot]>,
+    /// Per slot, what [`attribute`](Self::attribute) scans (an array of fixed length: no
+    /// bounds checks on the hook path; on the heap, like the slots).
+    ranges: Box<[AttributionRange; MAX_DRIVERS]>,
     used: AtomicU32,
+    /// Devices starting now, all drivers together: maps read only this while no start is
+    /// in progress (the common case), not their driver's slot.
+    starting: AtomicU32,
     /// Per slot: the PDB identity of the image's latest load (control plane only, so
     /// behind a lock and apart from the slots the hook paths scan).
     debug: spin::Mutex<Box<[ImageDebugRecord]>>,
@@ -140,7 +156,14 @@ impl Drivers {
                 starting_device: core::array::from_fn(|_| AtomicU64::new(0)),
                 starting_thread: core::array::from_fn(|_| AtomicU64::new(0)),
             })?,
+            ranges: try_boxed_slice(MAX_DRIVERS, |_| AttributionRange {
+                base: AtomicU64::new(0),
+                span: AtomicU64::new(0),
+            })?
+            .try_into()
+            .map_err(|_| OutOfMemory)?,
             used: AtomicU32::new(0),
+            starting: AtomicU32::new(0),
             debug: spin::Mutex::new(try_boxed_slice(MAX_DRIVERS, |_| {
                 ImageDebugRecord::default()
             })?),
@@ -201,25 +224,40 @@ impl Drivers {
     }
 
     /// The driver whose loaded image contains `addr` (hot path: a scan of used slots).
+    /// One unsigned compare per used slot ([`AttributionRange`]).
     #[inline]
     pub fn attribute(&self, addr: u64) -> DriverId {
         if addr == 0 {
             return DriverId::NONE;
         }
-        for (i, s) in self.used().iter().enumerate() {
-            // Attached (1) or Loaded (2), in one compare.
-            const _: () = assert!(DriverState::Loaded as u32 == DriverState::Attached as u32 + 1);
-            let st = s.state.load(Ordering::Acquire);
-            if st.wrapping_sub(DriverState::Attached as u32) > 1 {
-                continue;
-            }
-            let base = s.image_base.load(Ordering::Relaxed);
-            let size = s.image_size.load(Ordering::Relaxed);
-            if addr >= base && addr.wrapping_sub(base) < size {
+        let used = self.used.load(Ordering::Acquire) as usize;
+        for (i, r) in self.ranges.iter().take(used).enumerate() {
+            let span = r.span.load(Ordering::Acquire);
+            if addr.wrapping_sub(r.base.load(Ordering::Relaxed)) < span {
                 return DriverId(u16::try_from(i.saturating_add(1)).unwrap_or(0));
             }
         }
         DriverId::NONE
+    }
+
+    /// Publishes slot `id`'s state, and its attribution range to match: the image's
+    /// while it is Attached or Loaded, none otherwise. Control plane.
+    fn publish(&self, id: DriverId, s: &DriverSlot, state: DriverState) {
+        s.state.store(state as u32, Ordering::Release);
+        let Some(r) = id.index().and_then(|i| self.ranges.get(i)) else {
+            return;
+        };
+        match state {
+            DriverState::Attached | DriverState::Loaded => {
+                // No window in which the old span covers the new base: none first.
+                r.span.store(0, Ordering::Release);
+                r.base
+                    .store(s.image_base.load(Ordering::Relaxed), Ordering::Relaxed);
+                r.span
+                    .store(s.image_size.load(Ordering::Relaxed), Ordering::Release);
+            }
+            DriverState::Free | DriverState::Gone => r.span.store(0, Ordering::Release),
+        }
     }
 
     /// The id of the slot named `name` (case-insensitive), whatever its state.
@@ -268,14 +306,14 @@ impl Drivers {
         } else {
             DriverState::Loaded
         };
-        s.state.store(state as u32, Ordering::Release);
+        self.publish(id, s, state);
         Some(id)
     }
 
     /// Sets a driver's state (attach/detach/unload).
     pub fn set_state(&self, id: DriverId, state: DriverState) {
         if let Some(s) = self.slot(id) {
-            s.state.store(state as u32, Ordering::Release);
+            self.publish(id, s, state);
         }
     }
 
@@ -332,15 +370,19 @@ impl Drivers {
     }
 
     /// Notes that `device` of driver `id` starts on thread `thread`. False if the driver
-    /// already has [`MAX_STARTING`] devices starting.
+    /// already has [`MAX_STARTING`] devices starting, or `device` is 0 (no device).
     pub fn start_begin(&self, id: DriverId, device: u64, thread: u64) -> bool {
         let Some(s) = self.slot(id) else { return false };
+        if device == 0 {
+            return false; // 0 marks a free entry
+        }
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
             if d.compare_exchange(0, device, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 t.store(thread, Ordering::Release);
                 s.starting.fetch_add(1, Ordering::AcqRel);
+                self.starting.fetch_add(1, Ordering::AcqRel);
                 return true;
             }
         }
@@ -350,6 +392,9 @@ impl Drivers {
     /// Notes that `device` finished starting (or failed to).
     pub fn start_end(&self, id: DriverId, device: u64) {
         let Some(s) = self.slot(id) else { return };
+        if device == 0 {
+            return; // not a device: it would match the free entries
+        }
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
             if d.load(Ordering::Acquire) == device {
                 // Clear the thread before freeing the entry, so a start_begin that takes
@@ -359,6 +404,7 @@ impl Drivers {
                     .is_ok()
                 {
                     s.starting.fetch_sub(1, Ordering::AcqRel);
+                    self.starting.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
@@ -369,16 +415,20 @@ impl Drivers {
     /// none (0). `thread` is called only while a start of the driver is in progress.
     #[inline]
     pub fn starting_device(&self, id: DriverId, thread: impl FnOnce() -> u64) -> u64 {
-        let Some(s) = self.slot(id) else { return 0 };
-        if s.starting.load(Ordering::Acquire) == 0 {
+        if self.starting.load(Ordering::Acquire) == 0 {
             return 0; // the common case: no start in progress (inlined into the hook)
         }
-        Self::starting_device_of(s, thread())
+        self.starting_device_of(id, thread)
     }
 
-    /// [`starting_device`](Self::starting_device) while a start is in progress.
+    /// [`starting_device`](Self::starting_device) while some start is in progress.
     #[inline(never)]
-    fn starting_device_of(s: &DriverSlot, thread: u64) -> u64 {
+    fn starting_device_of(&self, id: DriverId, thread: impl FnOnce() -> u64) -> u64 {
+        let Some(s) = self.slot(id) else { return 0 };
+        if s.starting.load(Ordering::Acquire) == 0 {
+            return 0; // another driver's device is starting
+        }
+        let thread = thread();
         let mut only = 0u64;
         let mut count = 0u32;
         for (d, t) in s.starting_device.iter().zip(s.starting_thread.iter()) {
@@ -458,5 +508,49 @@ mod tests {
         assert_eq!(d.starting_device(a, || 99), 0);
         d.start_end(a, 0xD1);
         assert_eq!(d.starting_device(a, || 99), 0xD2);
+    }
+
+    #[test]
+    fn device_zero_neither_starts_nor_ends() {
+        let d = Drivers::new().unwrap();
+        let a = d.register(b"nic.sys", 0x1000, 0x1000, true, false).unwrap();
+        assert!(!d.start_begin(a, 0, 7), "0 marks a free entry");
+        assert!(d.start_begin(a, 0xD1, 7));
+        // An end for device 0 matched the three free entries and took 3 from the
+        // counts (wrapping them), so every later map took the slow path.
+        d.start_end(a, 0);
+        assert_eq!(d.starting.load(Ordering::Relaxed), 1);
+        assert_eq!(d.starting_device(a, || 7), 0xD1);
+        d.start_end(a, 0xD1);
+        assert_eq!(d.starting.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_driver_starting_while_another_is_not() {
+        let d = Drivers::new().unwrap();
+        let a = d.register(b"nic.sys", 0x1000, 0x1000, true, false).unwrap();
+        let b = d.register(b"gpu.sys", 0x4000, 0x1000, true, false).unwrap();
+        assert!(d.start_begin(a, 0xD1, 7));
+        assert_eq!(d.starting_device(b, || 7), 0, "only A is starting");
+        assert_eq!(d.starting_device(DriverId::NONE, || 7), 0);
+        assert_eq!(d.starting_device(a, || 7), 0xD1);
+    }
+
+    #[test]
+    fn attribution_follows_the_state() {
+        let d = Drivers::new().unwrap();
+        let a = d
+            .register(b"nic.sys", 0x1000, 0x1000, false, false)
+            .unwrap();
+        assert_eq!(d.attribute(0x1800), a, "a Loaded driver is attributed");
+        d.set_state(a, DriverState::Attached);
+        assert_eq!(d.attribute(0x1FFF), a);
+        assert_eq!(d.attribute(0x2000), DriverId::NONE);
+        assert_eq!(d.attribute(0xFFF), DriverId::NONE);
+        d.set_state(a, DriverState::Gone);
+        assert_eq!(d.attribute(0x1800), DriverId::NONE);
+        d.set_state(a, DriverState::Loaded);
+        assert_eq!(d.attribute(0x1800), a, "back with the image range it had");
+        assert_eq!(d.attribute(0), DriverId::NONE);
     }
 }

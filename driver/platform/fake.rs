@@ -105,7 +105,8 @@ const BENCH_PROCESSORS: u32 = 4;
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
 
 std::thread_local! {
-    static THREAD: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    // Const-initialised (no lazy-init state behind each read); numbered on first use.
+    static THREAD: Cell<u32> = const { Cell::new(u32::MAX) };
     static NEXT_VA: Cell<u64> = const { Cell::new(0) };
     static CLOCK: Cell<u64> = const { Cell::new(1) };
 }
@@ -114,7 +115,15 @@ std::thread_local! {
 /// use), e.g. to give each benchmark thread its own physical range.
 #[inline]
 pub fn thread_number() -> u32 {
-    THREAD.with(|t| *t)
+    THREAD.with(|t| {
+        let n = t.get();
+        if n != u32::MAX {
+            return n;
+        }
+        let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        t.set(n);
+        n
+    })
 }
 
 /// Locks `m`, ignoring poisoning (a test that panicked holding it has failed anyway).

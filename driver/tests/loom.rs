@@ -275,3 +275,57 @@ fn graveyard_racing_burials_and_a_reader() {
         assert_eq!(g.find(OLD), Some(t(OLD, 1)));
     });
 }
+
+#[test]
+fn starting_device_while_another_driver_starts_and_ends() {
+    use iosv::drivers::Drivers;
+    // Driver A's device is starting on thread 1 throughout; driver B's device starts and
+    // ends meanwhile. The registry-wide count maps read first never reads 0 while A's
+    // start is in progress, so a map by A on thread 1 always finds A's device.
+    model(|| {
+        let d = Arc::new(Drivers::new().unwrap());
+        let a = d.register(b"a.sys", 0x1000, 0x1000, true, false).unwrap();
+        let b = d.register(b"b.sys", 0x4000, 0x1000, true, false).unwrap();
+        assert!(d.start_begin(a, 0xA1, 1));
+        let d2 = Arc::clone(&d);
+        let h = thread::spawn(move || {
+            assert!(d2.start_begin(b, 0xB1, 2));
+            d2.start_end(b, 0xB1);
+        });
+        assert_eq!(d.starting_device(a, || 1), 0xA1);
+        h.join().unwrap();
+        assert_eq!(d.starting_device(a, || 1), 0xA1);
+        assert_eq!(d.starting_device(b, || 2), 0, "B's start ended");
+        d.start_end(a, 0xA1);
+        assert_eq!(d.starting_device(a, || 1), 0, "every start ended");
+    });
+}
+
+#[test]
+fn attribution_while_a_driver_reloads_elsewhere() {
+    use iosv::drivers::{DriverId, DriverState, Drivers};
+    // A's image unloads and loads again at another base while a hook attributes: an
+    // address of either image is A's or nobody's, never another driver's, and an
+    // address in neither image is nobody's.
+    model(|| {
+        let d = Arc::new(Drivers::new().unwrap());
+        let a = d.register(b"a.sys", 0x10_000, 0x1000, true, false).unwrap();
+        let d2 = Arc::clone(&d);
+        let h = thread::spawn(move || {
+            d2.set_state(a, DriverState::Gone);
+            d2.register(b"a.sys", 0x20_000, 0x1000, true, false);
+        });
+        for addr in [0x10_010, 0x20_010] {
+            let who = d.attribute(addr);
+            assert!(who == a || who == DriverId::NONE, "{who:?}");
+        }
+        assert_eq!(d.attribute(0x30_010), DriverId::NONE);
+        h.join().unwrap();
+        assert_eq!(
+            d.attribute(0x10_010),
+            DriverId::NONE,
+            "the old image is gone"
+        );
+        assert_eq!(d.attribute(0x20_010), a);
+    });
+}
