@@ -489,6 +489,7 @@ impl Table {
     /// [`insert`](Self::insert) for the hook path: the entry without its stack, and its
     /// first `entry.stack_depth` frames at the front of `frames` (empty at depth 0; the table
     /// stores at most its own depth of them).
+    #[inline(always)]
     pub fn insert_head(&self, entry: &MappingHead, frames: &[u64]) -> InsertOutcome {
         if entry.base == 0 || !is_canonical(entry.base) {
             return InsertOutcome::Full;
@@ -709,6 +710,7 @@ impl Table {
     /// [`remove_into`](Self::remove_into) without a whole [`Mapping`]: the entry's stack
     /// goes to the front of `frames` (at most `frames.len()` of them; `out.stack_depth`
     /// says how many), the rest to `out`, only when the result is [`Removal::Removed`].
+    #[inline(always)]
     pub fn remove_head(&self, base: u64, out: &mut MappingHead, frames: &mut [u64]) -> Removal {
         if base == 0 || !is_canonical(base) {
             return Removal::NotFound;
@@ -831,6 +833,7 @@ impl Table {
 
     /// Writes the payload of `slot` with key `base` into `m` (every field but the frames
     /// of `m.stack` past the stored depth); returns the index level kept with it.
+    #[inline(always)]
     fn load_payload_into(
         &self,
         slot: usize,

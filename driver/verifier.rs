@@ -563,6 +563,7 @@ impl<P: Platform> Verifier<P> {
 
     /// [`bury`](Self::bury) of a mapping without its stack, `map_site` its innermost frame
     /// (0 if none).
+    #[inline(always)]
     fn bury_head(&self, cx: &CallCtx, m: &MappingHead, map_site: u64) {
         self.graveyard
             .bury_mapping(m, cx.now, cx.driver.0, map_site);

@@ -168,6 +168,7 @@ impl Graveyard {
     /// driver `unmapped_by`, `map_site` its innermost map-site frame (0 if none): the
     /// unmap hook's path, which reads the fields from the removed entry instead of
     /// building a [`Tombstone`] first.
+    #[inline(always)]
     pub fn bury_mapping(
         &self,
         m: &MappingHead,
