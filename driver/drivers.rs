@@ -249,7 +249,11 @@ impl Drivers {
         };
         match state {
             DriverState::Attached | DriverState::Loaded => {
-                // No window in which the old span covers the new base: none first.
+                // Cleared first, so a reader that sees the new span sees the new base.
+                // A reader that read the old span just before may still pair it with the
+                // new base (a hook preempted across a whole reload): that one call may be
+                // misattributed, as with the unversioned fields before; a seqlock would
+                // close it at two more loads per driver on the hook path.
                 r.span.store(0, Ordering::Release);
                 r.base
                     .store(s.image_base.load(Ordering::Relaxed), Ordering::Relaxed);
