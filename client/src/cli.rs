@@ -32,8 +32,9 @@ Exit status (the first that applies, top down):
   0  otherwise: success
   `run` only, instead of a report: 5 the driver crashed (or bug-checked), 6 it called a
   routine the host does not implement, 7 a driver routine hung (watchdog), 8 the image
-  could not be loaded (8 also when its DriverEntry failed: `run` prints its reports
-  first); 2 also when the platform cannot run driver code (x86-64 Linux only)
+  could not be loaded (8 also when its DriverEntry failed: `run`, and `lab` with an
+  image, print the reports collected up to it first); 2 also when the platform cannot
+  run driver code (x86-64 Linux only)
   When the reader of stdout goes away (`iosvctl ... | head`), iosvctl ends by SIGPIPE,
   as other filters do.";
 

@@ -313,22 +313,7 @@ input = "01000000"
         err.contains("cannot load") && err.contains(".reloc"),
         "{err}"
     );
-    // DriverEntry fails (it leaves a mapping behind): the scenario cannot go on; exit 8
-    // with the report `iosvctl run` gives (client/tests/cli_run.rs).
-    let path = scenario("fail-entry.toml", &steps("fail_entry.sys"));
-    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
-    assert_eq!(code, 8, "{out}\n{err}");
-    assert!(out.is_empty(), "{out}");
-    let image = fixtures().join("fail_entry.sys");
-    assert!(
-        err.lines().any(|l| l
-            == format!(
-                "iosvctl: cannot load {}: DriverEntry of fail_entry.sys failed with status \
-                 0xc0000182 (STATUS_DEVICE_CONFIGURATION_ERROR)",
-                image.display()
-            )),
-        "{err}"
-    );
+    // A failed DriverEntry: a_failed_driver_entry_stops_the_scenario_after_its_reports.
     let path = scenario(
         "stop-unstarted.toml",
         &steps("clean.sys").replace("op = \"start\"", "op = \"stop\""),
@@ -341,6 +326,130 @@ input = "01000000"
         )),
         "{err}"
     );
+}
+
+/// A failed DriverEntry ends `lab` as it ends `iosvctl run` (client/tests/cli_run.rs):
+/// `fail_entry.sys` maps two pages in DriverEntry and fails with
+/// STATUS_DEVICE_CONFIGURATION_ERROR without unmapping them. The scenario stops at the
+/// `load` step (the steps after it do not run), the reports collected up to there are
+/// printed — the simulated driver's injected IOSV004 before the load, and the leaked
+/// mapping, IOSV009, when the image is unloaded without DriverUnload — then the message
+/// on stderr as its last line, and exit 8, in every format.
+#[test]
+fn a_failed_driver_entry_stops_the_scenario_after_its_reports() {
+    let path = scenario(
+        "fail-entry.toml",
+        r#"
+name = "fail entry"
+[[driver]]
+name = "sim.sys"
+[[driver]]
+image = "fail_entry.sys"
+[[device]]
+name = "s0"
+driver = "sim.sys"
+[[device]]
+name = "d0"
+driver = "fail_entry.sys"
+[[step]]
+op = "load"
+driver = "sim.sys"
+[[step]]
+op = "add-device"
+device = "s0"
+[[step]]
+op = "bug"
+driver = "sim.sys"
+rule = "IOSV004"
+count = 1
+[[step]]
+op = "load"
+driver = "fail_entry.sys"
+[[step]]
+op = "add-device"
+device = "d0"
+[[step]]
+op = "start"
+device = "d0"
+"#,
+    );
+    let message = format!(
+        "iosvctl: cannot load {}: DriverEntry of fail_entry.sys failed with status \
+         0xc0000182 (STATUS_DEVICE_CONFIGURATION_ERROR)",
+        fixtures().join("fail_entry.sys").display()
+    );
+
+    // JSON: the violations, the end line and the leaked mapping, still live; no `lab`
+    // line (the scenario did not finish, so there is no summary or audit).
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress", "-f", "json"]));
+    assert_eq!(code, 8, "{out}\n{err}");
+    let lines = json_lines(&out);
+    let mut reported = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["kind"] == "violation") {
+        let rule = l["rule"].as_str().unwrap().to_string();
+        let blamed = if rule == "IOSV009" {
+            &l["owner"]
+        } else {
+            &l["caller"]
+        };
+        *reported
+            .entry((rule, blamed.as_str().unwrap_or("?").to_string()))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        reported,
+        counts(&[("IOSV004", "sim.sys", 1), ("IOSV009", "fail_entry.sys", 1)]),
+        "{out}\n{err}"
+    );
+    assert!(!lines.iter().any(|l| l["kind"] == "lab"), "{out}");
+    assert_eq!(
+        lines.iter().filter(|l| l["kind"] == "end").count(),
+        1,
+        "{out}"
+    );
+    let live: Vec<_> = lines.iter().filter(|l| l["kind"] == "mapping").collect();
+    assert_eq!(live.len(), 1, "the leaked mapping stays mapped: {out}");
+    assert_eq!(live[0]["driver"], "fail_entry.sys");
+    assert_eq!(err.lines().last(), Some(message.as_str()), "{err}");
+
+    // Human: the child's notes say where the scenario stopped; nothing after the `load`
+    // step ran.
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress"]));
+    assert_eq!(code, 8, "{out}\n{err}");
+    assert!(
+        out.contains("IOSV009") && out.contains("leak-on-unload"),
+        "{out}"
+    );
+    assert!(out.contains("IOSV004"), "{out}");
+    assert!(
+        out.contains("DriverEntry failed with status 0xc0000182"),
+        "the child's note: {out}"
+    );
+    assert!(
+        out.contains(&format!("{path}:24:1: step `load` failed")),
+        "where the scenario stopped: {out}"
+    );
+    assert!(
+        !out.contains("AddDevice"),
+        "nothing runs after the load: {out}"
+    );
+    assert_eq!(err.lines().last(), Some(message.as_str()), "{err}");
+
+    // SARIF: the run failed (exit 8), with the reports as results.
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress", "-f", "sarif"]));
+    assert_eq!(code, 8, "{err}");
+    let log: serde_json::Value = serde_json::from_str(&out).expect("SARIF");
+    let invocation = &log["runs"][0]["invocations"][0];
+    assert_eq!(invocation["executionSuccessful"], false, "{invocation}");
+    assert_eq!(invocation["exitCode"], 8, "{invocation}");
+    let rules: Vec<&str> = log["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ruleId"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"IOSV009"), "{rules:?}");
+    assert_eq!(err.lines().last(), Some(message.as_str()), "{err}");
 }
 
 /// Steps only simulated drivers can do are refused before anything runs, at their key.

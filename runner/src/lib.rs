@@ -56,11 +56,11 @@ pub enum ExitKind {
     /// The image could not be loaded (not a PE32+ x64 native image, needs relocation
     /// without `.reloc`, ...), or its DriverEntry failed: exit status 8, as a driver that
     /// fails to load fails on Windows. A failed DriverEntry is reported by
-    /// [`driver_entry_failure`] in both commands: `iosvctl run` first goes on to its
-    /// reports (what the driver mapped before failing and did not unmap is IOSV009 when
-    /// the image is unloaded) and ends with this status after them
-    /// ([`parent::Session::load_failure`]); a scenario (`iosvctl lab`) cannot go on and
-    /// ends at once ([`RunError::Ended`]).
+    /// [`driver_entry_failure`] in both commands, after the reports collected up to the
+    /// failure (what the driver mapped before failing and did not unmap is IOSV009 when
+    /// the image is unloaded; [`parent::Session::load_failure`]): `iosvctl run` prints
+    /// them and ends with this status, and so does a scenario (`iosvctl lab`), which
+    /// stops at its `load` step.
     LoadFailed,
 }
 
@@ -107,8 +107,8 @@ pub fn ntstatus_name(status: u32) -> Option<&'static str> {
 }
 
 /// The report of an image whose DriverEntry returned the failure `status`: one form for
-/// `iosvctl run` (after its reports) and `iosvctl lab` (a scenario's `load` step), both
-/// ending with [`ExitKind::LoadFailed`]. `image` is the path the user named, `driver` the
+/// `iosvctl run` and `iosvctl lab` (a scenario's `load` step), both printing it after
+/// their reports and ending with [`ExitKind::LoadFailed`]. `image` is the path the user named, `driver` the
 /// driver's name.
 #[must_use]
 pub fn driver_entry_failure(image: &std::path::Path, driver: &str, status: u32) -> String {

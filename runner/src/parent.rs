@@ -69,11 +69,12 @@ pub struct Session {
     pub elapsed: Duration,
     /// What a scenario child sent for the parent to print (`lab` lines), in order.
     pub lab: Vec<String>,
-    /// `Some` when the image's DriverEntry failed (`iosvctl run`): the report
-    /// ([`crate::driver_entry_failure`]). The child still ran to the end — the image
-    /// unloaded, what DriverEntry left mapped reported as leaked — so the reports can be
-    /// read; the run must then end with [`ExitKind::LoadFailed`], as a driver that fails
-    /// to load fails on Windows.
+    /// `Some` when the image's DriverEntry failed: the report
+    /// ([`crate::driver_entry_failure`]). The child still went on to `ready` — the image
+    /// unloaded, what DriverEntry left mapped reported as leaked; a scenario child stopped
+    /// the scenario at its `load` step — so the reports collected up to the failure can
+    /// be read; the run must then end with [`ExitKind::LoadFailed`], as a driver that
+    /// fails to load fails on Windows.
     pub load_failure: Option<String>,
 }
 
@@ -205,11 +206,11 @@ pub fn start_scenario(
 /// names the driver in reports until the child says which it loaded. For a `scenario`
 /// child, whose simulated steps may take long, the watchdog runs only from `enter` to
 /// `leave` and from `wait` to `waited` (the host waiting for the driver: an IRP it
-/// returned pending), and a failed DriverEntry (`entryfail`) ends the run at once; for
-/// `iosvctl run`'s child the watchdog runs from the start to the end — the child's own
-/// code between driver routines is watched too: such a wait, a walk of a structure the
-/// driver corrupted — and a failed DriverEntry is kept for after the reports
-/// ([`Session::load_failure`]).
+/// returned pending); for `iosvctl run`'s child the watchdog runs from the start to the
+/// end — the child's own code between driver routines is watched too: such a wait, a
+/// walk of a structure the driver corrupted. In both, a failed DriverEntry (`entryfail`)
+/// is kept for after the reports ([`Session::load_failure`]): the child goes on to
+/// `ready` and serves them.
 fn follow(
     program: &Path,
     marker: &str,
@@ -391,9 +392,6 @@ fn follow(
                     &display_name(&image, image_path),
                     status,
                 );
-                if scenario {
-                    return ended(&mut child, &dir, ExitKind::LoadFailed, report);
-                }
                 load_failure = Some(report);
             }
             None => {}
@@ -722,6 +720,36 @@ mod tests {
         assert_eq!(line, "ab");
         let e = lab_piece(&mut total, &mut line, "c").unwrap_err();
         assert!(e.contains("more than 256 MiB"), "{e}");
+    }
+
+    /// A scenario child whose image's DriverEntry failed (`entryfail`) goes on to `ready`
+    /// and serves the reports collected so far, as `iosvctl run`'s child does: the
+    /// session carries the failure (for exit 8 after the reports) and the notes.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn a_scenario_child_whose_driver_entry_failed_still_serves_its_reports() {
+        let dir = std::env::temp_dir().join(format!("iosv-lab-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("child.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter DriverEntry\\nleave\\n\
+             entryfail 0xc0000182\\nnote x.toml:4:1: step `load` failed\\nready\\n'\ncat >/dev/null\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let session = start_scenario(&script, Path::new("dir/x.sys"), &[], 0).unwrap();
+        assert_eq!(
+            session.load_failure.as_deref(),
+            Some(
+                "cannot load dir/x.sys: DriverEntry of x.sys failed with status 0xc0000182 \
+                 (STATUS_DEVICE_CONFIGURATION_ERROR)"
+            )
+        );
+        assert_eq!(session.notes, ["x.toml:4:1: step `load` failed"]);
+        session.finish().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A scenario child that waits for the driver (`wait`, e.g. an IRP it returned

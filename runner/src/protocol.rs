@@ -18,7 +18,7 @@
 //! | `crash TEXT` | driver code faulted; TEXT says signal, address, module+offset |
 //! | `unimplemented TEXT` | the driver called a routine the host lacks; TEXT names it |
 //! | `loadfail TEXT` | the image could not be loaded |
-//! | `entryfail STATUS` | the image's DriverEntry failed with STATUS (hex): a `run` child goes on to its reports (the run then ends with exit 8), a scenario child exits 8 |
+//! | `entryfail STATUS` | the image's DriverEntry failed with STATUS (hex): the child goes on to `ready` and serves the reports collected so far (a scenario child stops its scenario at the `load` step); the run then ends with exit 8 |
 //!
 //! The child's standard input stays open while the parent reads reports; the child exits
 //! when it closes.

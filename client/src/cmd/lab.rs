@@ -1,14 +1,12 @@
 //! `iosvctl lab`: run a scenario in a user-mode host inside iosvctl (design.md §7), then
 //! report what the verifier found, audited against what the run did.
 
-use super::journal::{read_violations, ReadPlan};
-use super::{config, driver_names, scenario};
+use super::run::{reports, session_reports, RunEnd};
+use super::{config, scenario};
 use crate::cli::{Global, LabArgs};
-use crate::client::{Client, MappingFilter};
+use crate::client::Client;
 use crate::error::{AppError, AppResult};
-use crate::model;
-use crate::output::sink::ViolationSink;
-use crate::output::{json, sarif, Format};
+use crate::output::{json, Format};
 use crate::transport::inproc::InProcess;
 use iosv_host::scenario::{ImageDriver, RunSummary, Scenario};
 use iosv_host::{Audit, Host};
@@ -142,7 +140,8 @@ fn run_as(g: &Global, format: Format, a: &LabArgs, out: &mut dyn Write) -> AppRe
     let (summary, audit) = execute(&host, &mut c, a, &scenario, None)?;
     header(out, format, &scenario, &summary, &audit)?;
     let problems = audit_problems(&audit, scenario.scripts_misuse());
-    tail(g, format, a, &mut c, &scenario, &problems, true, out)
+    let end = run_end(a, &scenario, &problems, true);
+    reports(g, format, &mut c, &end, None, out)
 }
 
 /// The host `lab` runs `scenario` in: its `[host]` sizes under the command line's.
@@ -236,49 +235,21 @@ fn header(
     Ok(())
 }
 
-/// What `lab` prints after the header, from the verifier behind `c`: the violations, the
-/// outcome with the audit's `problems`, the mappings still live.
-#[allow(clippy::too_many_arguments)]
-fn tail<T: crate::transport::Transport>(
-    g: &Global,
-    format: Format,
+/// How `lab` names its run for [`super::run::reports`]: the audit's `problems`, and
+/// whether only simulated drivers ran.
+fn run_end<'a>(
     a: &LabArgs,
-    c: &mut Client<T>,
     scenario: &Scenario,
-    problems: &[String],
+    problems: &'a [String],
     simulated_only: bool,
-    out: &mut dyn Write,
-) -> AppResult {
-    let stats = c.stats()?;
-    let images = super::images(g, c, &stats)?;
-    let mappings = if a.no_mappings {
-        None
-    } else {
-        Some(c.list_mappings(&MappingFilter::default())?)
-    };
-    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
-    let next = read_violations(c, &ReadPlan::default(), &mut sink)?;
-    let info = sarif::RunInfo {
+) -> RunEnd<'a> {
+    RunEnd {
         endpoint: format!("lab: {}", scenario.origin()),
-        component_version: model::text(&c.hello().component_version),
-        from_cursor: 0,
-        next_cursor: next,
-        problems: problems.to_vec(),
-        audited: true,
-        ..Default::default()
-    };
-    let outcome = sink.finish(&info, &driver_names(&stats))?;
-    if !problems.is_empty() && format != Format::Human {
-        eprintln!(
-            "iosvctl: error: the lab audit is unclean (exit 4): {}",
-            problems.join("; ")
-        );
+        problems,
+        audit: "the lab audit",
+        no_mappings: a.no_mappings,
+        simulated_only,
     }
-    if let Some(list) = mappings {
-        super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
-    }
-    super::symbol_notes(&images, simulated_only);
-    Ok(outcome)
 }
 
 /// The `lab` lines of the scenario child: `out TEXT` is a line of the header, `problem
@@ -289,8 +260,12 @@ const PROBLEM: &str = "problem ";
 /// `lab` for a scenario naming a compiled driver image: driver code runs only in a child
 /// process ([`iosv_runner::parent::start_scenario`]), which runs the whole scenario as
 /// [`child`] and serves the verifier; this process prints the child's header, then pulls
-/// the violations over the socket as `iosvctl run` does. A crash, an unimplemented
-/// routine, a hang or an image that does not load ends the run with run's exit status.
+/// the violations over the socket as `iosvctl run` does ([`session_reports`]). A crash, an
+/// unimplemented routine, a hang or an image that does not load ends the run with run's
+/// exit status; a failed DriverEntry stops the scenario at its `load` step and, as in
+/// `iosvctl run`, ends the run with exit status 8 and its message after the reports
+/// collected up to it (no header: the scenario did not finish; in human form the
+/// child's notes say where it stopped).
 fn run_in_child(
     g: &Global,
     format: Format,
@@ -335,13 +310,16 @@ fn run_in_child(
             writeln!(out)?;
         }
     }
-    let mut c = Client::connect(super::run::connect(&session.socket)?)?;
-    let outcome = tail(g, format, a, &mut c, scenario, &problems, false, out)?;
-    drop(c);
-    session
-        .finish()
-        .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
-    Ok(outcome)
+    // Then the reports, as `iosvctl run` prints them; after a failed DriverEntry, those
+    // collected up to it (the scenario stopped at its `load` step), then the failure
+    // (exit 8).
+    session_reports(
+        g,
+        format,
+        session,
+        &run_end(a, scenario, &problems, false),
+        out,
+    )
 }
 
 /// The child of `run_in_child`: `args` are `SOCKET` and `lab`'s command line. It

@@ -157,14 +157,6 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         }
         Err(e) => return Err(AppError::Run(e.to_string())),
     };
-    let mut c = Client::connect(connect(&session.socket)?)?;
-    let stats = c.stats()?;
-    let images = super::images(g, &mut c, &stats)?;
-    let mappings = if a.no_mappings {
-        None
-    } else {
-        Some(c.list_mappings(&MappingFilter::default())?)
-    };
     let elapsed_ms = u64::try_from(session.elapsed.as_millis()).unwrap_or(u64::MAX);
     match format {
         Format::Human => {
@@ -214,31 +206,101 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
         }
         Format::Sarif | Format::Junit | Format::Html => {}
     }
-    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
-    let next = read_violations(&mut c, &ReadPlan::default(), &mut sink)?;
-    let info = sarif::RunInfo {
+    let problems = session.audit_problems.clone();
+    let end = RunEnd {
         endpoint: format!("run: {}", a.image.display()),
+        problems: &problems,
+        audit: "the run's audit",
+        no_mappings: a.no_mappings,
+        simulated_only: false,
+    };
+    session_reports(g, format, session, &end, out)
+}
+
+/// How [`reports`] names a run and what the run found besides the verifier's reports.
+pub(crate) struct RunEnd<'a> {
+    /// The SARIF invocation's endpoint: `run: PATH`, `lab: ORIGIN`.
+    pub(crate) endpoint: String,
+    /// What the run's audit found wrong (exit 4; empty: clean).
+    pub(crate) problems: &'a [String],
+    /// How the error on stderr names that audit: `the run's audit`, `the lab audit`.
+    pub(crate) audit: &'a str,
+    /// `--no-mappings`: no list of what is still mapped.
+    pub(crate) no_mappings: bool,
+    /// Only the host's simulated drivers ran (their frames have no PDB to find).
+    pub(crate) simulated_only: bool,
+}
+
+/// What `run` and `lab` print after their header, from the verifier behind `c`: the
+/// violations, the end (human summary, JSON end line, SARIF or JUnit document) with the
+/// outcome, the mappings still live, the symbol notes. `load_failure` (a failed
+/// DriverEntry's report, [`parent::Session::load_failure`]) makes the outcome
+/// [`Outcome::LoadFailed`] (exit 8) whatever the reports say; its message is
+/// [`session_reports`]'s to print, last.
+pub(crate) fn reports<T: Transport>(
+    g: &Global,
+    format: Format,
+    c: &mut Client<T>,
+    end: &RunEnd<'_>,
+    load_failure: Option<String>,
+    out: &mut dyn Write,
+) -> AppResult {
+    let stats = c.stats()?;
+    let images = super::images(g, c, &stats)?;
+    let mappings = if end.no_mappings {
+        None
+    } else {
+        Some(c.list_mappings(&MappingFilter::default())?)
+    };
+    let mut sink = ViolationSink::with_format(g, format, out, images.clone());
+    let next = read_violations(c, &ReadPlan::default(), &mut sink)?;
+    let info = sarif::RunInfo {
+        endpoint: end.endpoint.clone(),
         component_version: model::text(&c.hello().component_version),
         from_cursor: 0,
         next_cursor: next,
-        problems: session.audit_problems.clone(),
+        problems: end.problems.to_vec(),
         audited: true,
-        load_failure: session.load_failure.clone(),
+        load_failure,
         ..Default::default()
     };
     let outcome = sink.finish(&info, &driver_names(&stats))?;
     if !info.problems.is_empty() && format != Format::Human {
         eprintln!(
-            "iosvctl: error: the run's audit is unclean (exit 4): {}",
+            "iosvctl: error: {} is unclean (exit 4): {}",
+            end.audit,
             info.problems.join("; ")
         );
     }
     if let Some(list) = mappings {
         super::print_leftover_mappings(out, format, &list, g.verbose > 0, &images)?;
     }
-    super::symbol_notes(&images, false);
-    drop(c);
+    super::symbol_notes(&images, end.simulated_only);
+    Ok(outcome)
+}
+
+/// The end of `run` and of `lab` with a compiled driver image, once the runner child is
+/// `ready` and the header is printed: pulls the reports from the child's verifier over
+/// its socket and prints them ([`reports`]), ends the child (printing what it noted after
+/// the run: with `--verifier`, what iosv.sys's unload did), and — when the image's
+/// DriverEntry failed — says so on stderr as the last line ([`Session::load_failure`]:
+/// `cannot load PATH: DriverEntry of NAME failed with status 0x… (NAME)`); the outcome
+/// is then [`Outcome::LoadFailed`] (exit 8). A driver that fails to load fails the run,
+/// as on Windows, after its reports: what DriverEntry left mapped is among them (IOSV009
+/// at the image's unload), with whatever else ran before it (a scenario's earlier steps).
+///
+/// [`Session::load_failure`]: parent::Session::load_failure
+pub(crate) fn session_reports(
+    g: &Global,
+    format: Format,
+    session: parent::Session,
+    end: &RunEnd<'_>,
+    out: &mut dyn Write,
+) -> AppResult {
+    let mut c = Client::connect(connect(&session.socket)?)?;
     let load_failure = session.load_failure.clone();
+    let outcome = reports(g, format, &mut c, end, load_failure.clone(), out)?;
+    drop(c);
     let late = session
         .finish_with_notes()
         .map_err(|e| AppError::Run(format!("after the run: {e}")))?;
@@ -255,8 +317,6 @@ fn run_as(g: &Global, format: Format, a: &RunImageArgs, out: &mut dyn Write) -> 
             }
         }
     }
-    // A driver that fails to load fails the run (exit 8), after its reports: what
-    // DriverEntry left mapped is among them (IOSV009 at the image's unload).
     if let Some(report) = load_failure {
         eprintln!("iosvctl: {report}");
     }

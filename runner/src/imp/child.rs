@@ -549,7 +549,8 @@ pub(crate) fn driver_entry(
 
 /// Tells the parent the image's DriverEntry failed with `status` (`entryfail`): the
 /// parent reports it in one form ([`crate::driver_entry_failure`]) and the run ends with
-/// exit status 8 — after its reports in `iosvctl run`, at once in a scenario.
+/// exit status 8 after its reports — in `iosvctl run` and in a scenario (which stops at
+/// its `load` step, [`super::scenario::main`]).
 pub(crate) fn entry_failed(status: i32) {
     report::line(&["entryfail ", &format!("{:#010x}", status as u32)]);
 }

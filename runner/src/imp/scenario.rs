@@ -44,6 +44,10 @@ pub struct Backend {
     loaded: Option<Loaded>,
     /// Set once the image unloaded: it is not loaded again.
     unloaded: bool,
+    /// Set when the image's DriverEntry failed (the parent was told, `entryfail`): the
+    /// scenario stops at its `load` step, and [`main`] serves the reports collected so
+    /// far instead of failing the scenario.
+    entry_failed: bool,
     bus: usize,
     devices: HashMap<String, Dev>,
     next_pdo: u32,
@@ -55,6 +59,7 @@ impl Backend {
             engine,
             loaded: None,
             unloaded: false,
+            entry_failed: false,
             bus: 0,
             devices: HashMap::new(),
             next_pdo: 0,
@@ -88,13 +93,20 @@ impl ImageDriver for Backend {
             Ok(i) => i,
             Err(e) => load_failed(&e),
         };
-        // A failed DriverEntry too, reported as `iosvctl run` reports it (the parent
-        // words both): the scenario cannot go on without the driver.
+        // A failed DriverEntry is told to the parent as `iosvctl run` tells it (the image
+        // was unloaded: what DriverEntry left mapped is reported as leaked). The scenario
+        // cannot go on without the driver: this step fails, and [`main`] then serves the
+        // reports collected so far, after which the run ends with exit status 8.
         let driver_object = match child::driver_entry(&*self.engine, &image, registry) {
             Ok(d) => d,
             Err(status) => {
                 child::entry_failed(status);
-                std::process::exit(child::LOAD_FAILED_STATUS)
+                self.entry_failed = true;
+                self.unloaded = true;
+                return Err(format!(
+                    "DriverEntry of {driver} failed with status {:#010x}",
+                    status as u32
+                ));
             }
         };
         self.loaded = Some(Loaded {
@@ -286,6 +298,11 @@ pub fn fail(text: &str) -> i32 {
 /// `body` runs the scenario and returns the lines the parent prints (sent as `lab`
 /// lines), or the scenario's error (sent as `fail`). Then it serves until the parent
 /// closes its standard input. Returns the child's exit status.
+///
+/// A failed DriverEntry stops the scenario at its `load` step, but is not a failed
+/// scenario: the parent was told (`entryfail`) and, as for `iosvctl run`'s child, the
+/// verifier then serves the reports collected up to the failure (the `load` step's error
+/// is sent as a `note`); the parent prints them and ends the run with exit status 8.
 pub fn main(socket: &Path, host: &Arc<Host>, body: &mut Body<'_>) -> i32 {
     let (server, engine) = match child::setup(socket, host) {
         Ok(s) => s,
@@ -298,6 +315,7 @@ pub fn main(socket: &Path, host: &Arc<Host>, body: &mut Body<'_>) -> i32 {
                 report::line(&p);
             }
         }
+        Err(e) if backend.entry_failed => child::note(&e),
         Err(e) => {
             let _ = server.stop();
             return fail(&e);
