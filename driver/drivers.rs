@@ -224,7 +224,7 @@ impl Drivers {
     }
 
     /// The driver whose loaded image contains `addr` (hot path: a scan of used slots).
-    /// One unsigned compare per used slot ([`AttributionRange`]).
+    /// One unsigned compare per used slot: its image span is 0 unless it is loaded.
     #[inline]
     pub fn attribute(&self, addr: u64) -> DriverId {
         if addr == 0 {
