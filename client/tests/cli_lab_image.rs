@@ -450,6 +450,16 @@ device = "d0"
         .collect();
     assert!(rules.contains(&"IOSV009"), "{rules:?}");
     assert_eq!(err.lines().last(), Some(message.as_str()), "{err}");
+
+    // JUnit: a failed check named after the command.
+    let (code, out, err) = parts(&iosvctl(&["lab", &path, "--no-progress", "-f", "junit"]));
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        out.contains("lab: the driver loads (DriverEntry succeeds)")
+            && !out.contains("run: the driver loads"),
+        "{out}"
+    );
+    assert_eq!(err.lines().last(), Some(message.as_str()), "{err}");
 }
 
 /// Steps only simulated drivers can do are refused before anything runs, at their key.

@@ -207,7 +207,11 @@ impl<'a> ViolationSink<'a> {
                 }
                 if let Some(failure) = &info.load_failure {
                     checks.push(junit::RunCheck {
-                        name: "run: the driver loads (DriverEntry succeeds)".to_string(),
+                        // Named after the command (`run: PATH`, `lab: ORIGIN`).
+                        name: format!(
+                            "{}: the driver loads (DriverEntry succeeds)",
+                            info.endpoint.split(':').next().unwrap_or("run")
+                        ),
                         problem: Some(failure.clone()),
                     });
                 }
