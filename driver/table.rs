@@ -431,6 +431,7 @@ impl Table {
             .wrapping_add(mask.trailing_zeros() as usize)
     }
 
+    #[inline(always)]
     fn more_after(&self, bucket: usize) -> bool {
         self.overflow
             .get(bucket)
