@@ -18,7 +18,10 @@
 //! address by a walk over every slot (what `interior` cost before the virtual index).
 //! `journal` = `n` pushes of a violation record into the journal, `queue` = `n` push + pop
 //! of the same record on a crossbeam `ArrayQueue` (issue #10's journal peer); `depth8` =
-//! the clean pair with 8-frame stacks captured and stored (depth 0 otherwise); `iosv10k`,
+//! the clean pair with 8-frame stacks captured and stored (depth 0 otherwise);
+//! `attributed` = the clean pair with the caller known by its return address alone (the
+//! host engine's and the MDL family's hooks; the default is a call through the driver's
+//! own thunk, as iosv.sys's I/O-space hooks make it); `iosv10k`,
 //! `dashmap`, `mutex` = the wall-time benches' pair subjects (10 000 other entries live).
 
 mod common;
@@ -53,10 +56,16 @@ fn main() {
         })
     };
     let v = Verifier::new(platform, params).expect("engine");
-    v.driver_attached(b"bench.sys", IMAGE, 0x10_0000)
+    let id = v
+        .driver_attached(b"bench.sys", IMAGE, 0x10_0000)
         .expect("driver slot");
-    let at = Caller {
-        return_address: IMAGE + 0x40,
+    // As iosv.sys's I/O-space hooks call the engine: through the driver's own thunk
+    // (`attributed` = as the host engine and the MDL family's hooks do: by the return
+    // address alone).
+    let at = if mode == "attributed" {
+        Caller::at(IMAGE + 0x40)
+    } else {
+        Caller::through(id, IMAGE + 0x40)
     };
     if mode == "dashmap" || mode == "mutex" || mode == "iosv10k" {
         // The wall-time benches' subjects (benches/peers, 10 000 live), counted the same
@@ -89,7 +98,7 @@ fn main() {
         return;
     }
     let live: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-    if !mode.is_empty() && mode != "depth8" {
+    if !mode.is_empty() && mode != "depth8" && mode != "attributed" {
         // Live mappings of one page each, non-cached, on consecutive physical pages.
         let phys = |i: u64| 0x9_0000_0000 + ((i % live.max(1)) << 12);
         let bases: Vec<u64> = (0..live)

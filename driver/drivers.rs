@@ -240,6 +240,21 @@ impl Drivers {
         DriverId::NONE
     }
 
+    /// The driver to blame for a call through `importer`'s import slot that returns to
+    /// `addr` ([`Caller`](crate::platform::Caller)): `importer` while it is Attached or
+    /// Loaded (one load), else [`attribute`](Self::attribute)`(addr)` — also when the hook
+    /// cannot tell the importer ([`DriverId::NONE`]), or a call was in flight through a
+    /// slot of a driver that has since been detached.
+    #[inline(always)]
+    pub fn attribute_call(&self, importer: DriverId, addr: u64) -> DriverId {
+        if let Some(r) = importer.index().and_then(|i| self.ranges.get(i)) {
+            if r.span.load(Ordering::Acquire) != 0 {
+                return importer;
+            }
+        }
+        self.attribute(addr)
+    }
+
     /// Publishes slot `id`'s state, and its attribution range to match: the image's
     /// while it is Attached or Loaded, none otherwise. Control plane.
     fn publish(&self, id: DriverId, s: &DriverSlot, state: DriverState) {

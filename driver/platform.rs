@@ -7,6 +7,7 @@
 //! capture, the real Mm routines, break and bug check, patching one import slot — is a
 //! method here, so the engine itself is portable and tested on Linux.
 
+use crate::drivers::DriverId;
 use crate::intercept::SlotAccess;
 
 #[cfg(any(test, feature = "test-support"))]
@@ -44,12 +45,42 @@ impl Irql {
     }
 }
 
-/// Who made an intercepted call: the return address the hook saw, which the engine maps to
-/// the target driver whose image contains it.
+/// Who made an intercepted call: the driver whose import slot the call came through, when
+/// the hook knows it, and the return address the hook saw.
+///
+/// The engine blames the importer while it is attached or loaded, else the driver whose
+/// image contains the return address. The importer is the better witness: a driver that
+/// leaves a routine by a tail call (`jmp [IAT]`, what an optimizing compiler makes of a
+/// last `MmUnmapIoSpace(...)` in a callback) hands the hook its own caller's return
+/// address, which lies in another module (the I/O manager, KMDF) or another driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    /// Address in the calling image the hooked routine returns to (0 if unknown).
+    /// Address the hooked routine returns to (0 if unknown): in the calling image, or
+    /// after a tail call in whatever called it.
     pub return_address: u64,
+    /// The driver whose import slot (or `MmGetSystemRoutineAddress` answer) the call went
+    /// through; [`DriverId::NONE`] when the hook cannot tell.
+    pub importer: DriverId,
+}
+
+impl Caller {
+    /// A call known only by its return address.
+    #[must_use]
+    pub const fn at(return_address: u64) -> Caller {
+        Caller {
+            return_address,
+            importer: DriverId::NONE,
+        }
+    }
+
+    /// A call through driver `importer`'s import slot, returning to `return_address`.
+    #[must_use]
+    pub const fn through(importer: DriverId, return_address: u64) -> Caller {
+        Caller {
+            return_address,
+            importer,
+        }
+    }
 }
 
 /// Bug-check code iosv raises when a rule's action is `bugcheck`:

@@ -215,7 +215,9 @@ impl<P: Platform> Verifier<P> {
         CallCtx {
             irql: self.platform.current_irql(),
             processor: self.platform.current_processor(),
-            driver: self.drivers.attribute(caller.return_address),
+            driver: self
+                .drivers
+                .attribute_call(caller.importer, caller.return_address),
             now: self.platform.now_ns(),
         }
     }
@@ -845,7 +847,7 @@ impl<P: Platform> Verifier<P> {
 
     /// Reports every live, not yet reported mapping that `pick` selects as a leak.
     fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
-        let cx = self.ctx(Caller { return_address: 0 });
+        let cx = self.ctx(Caller::at(0));
         self.for_each_picked::<LEAK_BATCH>(
             |m| m.flags & FLAG_LEAK_REPORTED == 0 && pick(m),
             |m| {

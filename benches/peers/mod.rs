@@ -9,6 +9,7 @@
 use crate::common::{thread_phys, BenchPlatform, IMAGE};
 use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
+use iosv::drivers::DriverId;
 use iosv::journal::Journal;
 use iosv::platform::{Caller, Platform};
 use iosv::protocol::ViolationRecord;
@@ -56,7 +57,8 @@ pub fn engine_with(capacity: usize, live: u64) -> Verifier<BenchPlatform> {
         ..Default::default()
     };
     let v = Verifier::new(BenchPlatform::bench(), params).unwrap();
-    v.driver_attached(b"bench.sys", IMAGE, 0x10_0000).unwrap();
+    let id = v.driver_attached(b"bench.sys", IMAGE, 0x10_0000).unwrap();
+    assert_eq!(id, BENCH_DRIVER);
     for i in 0..live {
         v.table()
             .insert(&iosv::table::Mapping::new(BACKGROUND + (i << 12), 0x1000));
@@ -69,12 +71,14 @@ pub fn engine() -> Verifier<BenchPlatform> {
     engine_with(64 * 1024, LIVE)
 }
 
-/// One map + unmap pair (`i`-th of this thread) through the engine.
+/// The id of the bench engines' one driver.
+pub const BENCH_DRIVER: DriverId = DriverId(1);
+
+/// One map + unmap pair (`i`-th of this thread) through the engine, called as iosv.sys's
+/// I/O-space hooks call it: through the driver's own import-slot thunk.
 #[inline]
 pub fn iosv_pair(v: &Verifier<BenchPlatform>, i: u64) {
-    let at = Caller {
-        return_address: IMAGE + 0x40,
-    };
+    let at = Caller::through(BENCH_DRIVER, IMAGE + 0x40);
     let base = v.map_io_space(at, thread_phys(i), 0x1000, 0);
     v.unmap_io_space(at, black_box(base), 0x1000);
 }

@@ -58,9 +58,7 @@ impl Engine {
     }
 
     fn caller(base: u64) -> Caller {
-        Caller {
-            return_address: base + 0x1a2b,
-        }
+        Caller::at(base + 0x1a2b)
     }
 
     /// nic.sys maps `size` bytes of `physical` non-cached (returns the base).

@@ -210,7 +210,7 @@ use crate::rules::Action;
 fn read_violations_cursor_lost_and_clear() {
     let v = engine();
     for _ in 0..12 {
-        v.unmap_io_space(Caller { return_address: 0 }, 0xFFFF_F800_0BAD_0000, 0x1000);
+        v.unmap_io_space(Caller::at(0), 0xFFFF_F800_0BAD_0000, 0x1000);
     }
     let req = |cursor: u64, max: u32| ReadViolationsRequest {
         version: PROTOCOL_VERSION,
@@ -264,13 +264,11 @@ fn read_violations_cursor_lost_and_clear() {
 fn list_mappings_filters_and_resumes() {
     let v = engine();
     let nic = v.driver_attached(b"nic.sys", 0x1000_0000, 0x1000).unwrap();
-    let at = Caller {
-        return_address: 0x1000_0010,
-    };
+    let at = Caller::at(0x1000_0010);
     let bases: Vec<u64> = (0..5)
         .map(|i| v.map_io_space(at, 0xF000_0000 + i * 0x1000, 0x1000, 0))
         .collect();
-    v.map_io_space(Caller { return_address: 0 }, 0xE000_0000, 0x1000, 0);
+    v.map_io_space(Caller::at(0), 0xE000_0000, 0x1000, 0);
     let hdr = core::mem::size_of::<ListMappingsReply>();
     let rec = core::mem::size_of::<MappingRecord>();
     let mut req = ListMappingsRequest {
@@ -337,9 +335,7 @@ fn list_mappings_filters_and_resumes() {
 fn stats_count_per_driver_and_live() {
     let v = engine();
     let nic = v.driver_attached(b"nic.sys", 0x1000_0000, 0x1000).unwrap();
-    let at = Caller {
-        return_address: 0x1000_0010,
-    };
+    let at = Caller::at(0x1000_0010);
     let a = v.map_io_space(at, 0xF000_0000, 0x3000, 0);
     v.map_io_space(at, 0xF001_0000, 0x1000, 0);
     v.unmap_io_space(at, a, 0x1000);

@@ -320,7 +320,12 @@ fn attribution_while_a_driver_reloads_elsewhere() {
             assert!(who == a || who == DriverId::NONE, "{who:?}");
         }
         assert_eq!(d.attribute(0x30_010), DriverId::NONE);
+        // A call through A's own thunk returning outside every image (a tail call): A's
+        // while A is loaded, else nobody's, never another driver's.
+        let who = d.attribute_call(a, 0x30_010);
+        assert!(who == a || who == DriverId::NONE, "{who:?}");
         h.join().unwrap();
+        assert_eq!(d.attribute_call(a, 0x30_010), a);
         assert_eq!(
             d.attribute(0x10_010),
             DriverId::NONE,

@@ -38,9 +38,7 @@ fn bed_with(params: StartParams) -> Bed {
 }
 
 fn at(image: u64) -> Caller {
-    Caller {
-        return_address: image + 0x123,
-    }
+    Caller::at(image + 0x123)
 }
 
 impl Bed {
@@ -265,7 +263,7 @@ fn per_driver_violation_counts_follow_the_blame_rule() {
     assert_eq!((count(b.gpu), count(b.nic)), (1, 1));
     // IOSV001 by an unattributed caller on gpu's mapping: unattributed (slot 0), not gpu.
     let g = b.v.map_io_space(at(GPU), 0xFED1_0000, 0x1000, 0);
-    b.v.unmap_io_space(Caller { return_address: 0 }, g, 0x2000);
+    b.v.unmap_io_space(Caller::at(0), g, 0x2000);
     let r = b.new_records();
     assert_eq!((r.len(), r[0].rule), (1, 1));
     assert_eq!((r[0].owner_id, r[0].blamed_driver()), (b.gpu.0, 0));
@@ -494,11 +492,65 @@ fn image_loaded_registers_only_targets() {
 #[test]
 fn unattributed_callers_are_still_checked() {
     let b = bed();
-    let a =
-        b.v.map_io_space(Caller { return_address: 0 }, 0xFED0_0000, 0x1000, 0);
-    b.v.unmap_io_space(Caller { return_address: 0 }, a, 0x2000);
+    let a = b.v.map_io_space(Caller::at(0), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(Caller::at(0), a, 0x2000);
     let r = b.new_records();
     assert_eq!((r[0].rule, r[0].driver_id), (1, 0));
+}
+
+#[test]
+fn a_call_through_a_drivers_import_slot_is_blamed_on_that_driver() {
+    // A tail call (`jmp [IAT]`) hands the hook the return address of whoever called the
+    // routine that jumped: outside every driver (the I/O manager, KMDF), or inside
+    // another driver. The importer the hook names wins over it.
+    let b = bed();
+    let outside = Caller::through(b.nic, 0xFFFF_F800_0000_1000);
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x2000, 0);
+    b.v.unmap_io_space(outside, a, 0x1000);
+    let r = b.new_records();
+    assert_eq!((r.len(), r[0].rule, r[0].driver_id), (1, 1, b.nic.0));
+    assert_eq!(
+        b.v.stats().totals().per_driver[usize::from(b.nic.0)][1],
+        1,
+        "the unmap is counted for the importer"
+    );
+    // Returning into the GPU driver's image: still the NIC driver's own unmap, so no
+    // IOSV012 (foreign unmap) either.
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(Caller::through(b.nic, GPU + 0x40), a, 0x1000);
+    assert!(b.rules().is_empty());
+    // Without the importer, the same call is judged by its return address: foreign.
+    let a = b.v.map_io_space(at(NIC), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_io_space(at(GPU), a, 0x1000);
+    assert_eq!(b.rules(), [12]);
+}
+
+#[test]
+fn an_importer_no_longer_attached_falls_back_to_the_return_address() {
+    let b = bed();
+    // A call that was in flight through the NIC driver's slot when it was detached.
+    b.v.driver_detached(b.nic, true);
+    let a =
+        b.v.map_io_space(Caller::through(b.nic, GPU + 0x40), 0xFED0_0000, 0x1000, 0);
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.gpu.0);
+    let a =
+        b.v.map_io_space(Caller::through(b.nic, 0), 0xFED1_0000, 0x1000, 0);
+    assert_eq!(b.v.table().get(a).unwrap().driver, 0);
+    // An id past the registry, or none, is no importer either.
+    let a = b.v.map_io_space(
+        Caller::through(DriverId(999), GPU + 0x40),
+        0xFED2_0000,
+        0x1000,
+        0,
+    );
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.gpu.0);
+    let a = b.v.map_io_space(
+        Caller::through(DriverId::NONE, GPU + 0x40),
+        0xFED3_0000,
+        0x1000,
+        0,
+    );
+    assert_eq!(b.v.table().get(a).unwrap().driver, b.gpu.0);
 }
 
 #[test]
@@ -518,9 +570,7 @@ fn late_attached_driver_unmaps_of_unknown_bases_pass_through_unverified() {
     let late =
         b.v.driver_attached(b"late.sys", 0x3000_0000, 0x1000)
             .unwrap();
-    let at_late = Caller {
-        return_address: 0x3000_0010,
-    };
+    let at_late = Caller::at(0x3000_0010);
     // Mapped before the attach: iosv never saw it.
     b.v.unmap_io_space(at_late, 0xFFFF_F800_1234_0000, 0x1000);
     assert!(b.rules().is_empty());

@@ -218,9 +218,7 @@ impl DriverRef {
             .ok_or_else(|| HostError::NotLoaded(self.driver.name.clone()))?;
         let ret = return_address(routine, self.image.base(), kind);
         let (frames, n) = self.frames(routine, ret);
-        let caller = Caller {
-            return_address: ret,
-        };
+        let caller = Caller::at(ret);
         thread::with_call_chain(frames.get(..n).unwrap_or(&[]), || call(caller))
     }
 

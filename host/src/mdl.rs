@@ -531,12 +531,7 @@ fn call<R>(
     let (frames, n) = d.frames(from, ret);
     let how = reach(d, routine)?;
     thread::with_call_chain(frames.get(..n).unwrap_or(&[]), || match how {
-        Reached::Hook => Ok((
-            hooked(Caller {
-                return_address: ret,
-            }),
-            true,
-        )),
+        Reached::Hook => Ok((hooked(Caller::at(ret)), true)),
         Reached::Real => Ok((real(), false)),
     })
 }

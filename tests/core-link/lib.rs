@@ -144,7 +144,7 @@ pub extern "system" fn driver_entry(_driver: *mut u8, _registry: *const u8) -> i
     let Ok(v) = Verifier::new(KernelStandIn, StartParams::default()) else {
         return 0xC000_009Au32 as i32; // STATUS_INSUFFICIENT_RESOURCES
     };
-    let at = Caller { return_address: 0 };
+    let at = Caller::at(0);
     let base = v.map_io_space(at, 0xFED0_0000, 0x1000, 0);
     v.unmap_io_space(at, base, 0x1000);
     let mut out = [0u8; 64];

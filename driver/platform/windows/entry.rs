@@ -27,7 +27,6 @@ use wdk_sys::{
 
 use super::dispatch::{add_device, create_control_device, delete_control_device, dispatch};
 use super::ffi::{self, ascii_wide, log, log_name, log_value, Level};
-use super::hooks::hook_addresses;
 use super::images::{attach_by_name, detach_all, load_image_notify, ntoskrnl_ordinals, Modules};
 use super::registry;
 use super::state::{on_big_stack, wait_for_drain, Glue, Reals, GLUE};
@@ -83,16 +82,7 @@ pub unsafe extern "system" fn driver_entry(
         WindowsPlatform::new(d.DriverStart as usize as u64, u64::from(d.DriverSize))
     };
     platform.refresh_debugger();
-    let created = on_big_stack(|| {
-        Glue::create(
-            platform,
-            config.params,
-            hook_addresses(),
-            reals,
-            ordinals,
-            driver,
-        )
-    });
+    let created = on_big_stack(|| Glue::create(platform, config.params, reals, ordinals, driver));
     let glue = match created {
         Some(Ok(glue)) => glue,
         Some(Err(status)) => {

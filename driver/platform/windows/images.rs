@@ -52,11 +52,12 @@ use wdk_sys::{
 };
 
 use super::ffi::{self, log_name, log_value, AuxModuleExtendedInfo, Level};
+use super::hooks::{hooks_for, routine_of_hook};
 use super::irql;
 use super::state::{engine, on_big_stack, Glue, InFlight, Plans};
 use crate::drivers::{names_equal, DriverId, DriverState, ImageDebug};
 use crate::intercept::{
-    is_bound_value, Outcome, Plan, PlanError, Report, SiteRefusal, MAX_PATCHES,
+    is_bound_value, HookTable, Outcome, Plan, PlanError, Report, SiteRefusal, MAX_PATCHES,
 };
 use crate::pe::{Directory, HookedRoutine, IatSlot, PeImage, NTOSKRNL};
 use crate::platform::PlatformError;
@@ -279,12 +280,18 @@ fn routine_of_value(glue: &Glue, value: usize) -> Option<HookedRoutine> {
     {
         Some(routine)
     } else {
-        glue.hooks.routine_at(value)
+        routine_of_hook(value)
     }
 }
 
-/// A plan from the IAT directory's current values (late attach; see module docs).
-fn plan_by_value(glue: &Glue, base: usize, image: &PeImage<'_>) -> Result<Plan, PlatformError> {
+/// A plan from the IAT directory's current values (late attach; see module docs), with
+/// `hooks`.
+fn plan_by_value(
+    glue: &Glue,
+    hooks: &HookTable,
+    base: usize,
+    image: &PeImage<'_>,
+) -> Result<Plan, PlatformError> {
     let dir = image
         .data_directory(Directory::ImportAddressTable)
         .filter(|d| d.rva != 0 && d.size != 0)
@@ -324,7 +331,7 @@ fn plan_by_value(glue: &Glue, base: usize, image: &PeImage<'_>) -> Result<Plan, 
         rva = next;
     }
     let size = image.size_of_image() as usize;
-    Plan::new(base, size, slots.get(..found).unwrap_or(&[]), &glue.hooks).map_err(plan_error)
+    Plan::new(base, size, slots.get(..found).unwrap_or(&[]), hooks).map_err(plan_error)
 }
 
 /// Records the image's PDB identity (its CodeView record) for `id`, for `iosvctl
@@ -350,8 +357,15 @@ fn record_debug(glue: &Glue, id: DriverId, base: usize, image: &PeImage<'_>, at_
     glue.verifier.drivers().set_debug(id, base as u64, debug);
 }
 
-/// Builds the plan for the image at `[base, base + size)`.
-fn build_plan(glue: &Glue, base: usize, size: usize, at_load: bool) -> Result<Plan, PlatformError> {
+/// Builds the plan for driver `id`'s image at `[base, base + size)`, with its own thunks
+/// (`hooks::hooks_for`).
+fn build_plan(
+    glue: &Glue,
+    id: DriverId,
+    (base, size): (usize, usize),
+    at_load: bool,
+) -> Result<Plan, PlatformError> {
+    let hooks = hooks_for(id).ok_or(PlatformError::NoResources)?;
     // SAFETY: the image is loaded (load callback, or the module list just now) and stays
     // loaded while the control-plane mutex is held; discarded pages are avoided below.
     let bytes = unsafe { image_bytes(base, size) };
@@ -366,11 +380,11 @@ fn build_plan(glue: &Glue, base: usize, size: usize, at_load: bool) -> Result<Pl
                     .is_some_and(|s| !s.is_discardable())
             });
     let plan = if imports_resident {
-        Plan::for_image(base, &image, Some(&glue.ordinals), &glue.hooks)
+        Plan::for_image(base, &image, Some(&glue.ordinals), &hooks)
             .map(|(plan, _summary)| plan)
             .map_err(plan_error)?
     } else {
-        plan_by_value(glue, base, &image)?
+        plan_by_value(glue, &hooks, base, &image)?
     };
     Ok(plan)
 }
@@ -426,7 +440,7 @@ fn attach_locked(
     }
     let mut plan = match slot.take() {
         Some(existing) => existing,
-        None => build_plan(glue, base, size, at_load)?,
+        None => build_plan(glue, id, (base, size), at_load)?,
     };
     let result = (|| {
         // SAFETY: the image is loaded at the plan's base (see above).

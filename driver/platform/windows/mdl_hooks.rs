@@ -118,9 +118,7 @@ trampoline!(
 );
 
 fn caller(return_address: usize) -> Caller {
-    Caller {
-        return_address: return_address as u64,
-    }
+    Caller::at(return_address as u64)
 }
 
 /// The return address of the hook that called this (one frame up), at IRQL <=
@@ -270,7 +268,7 @@ extern "C" fn iosv_after_map_locked_pages(
 ) -> PVOID {
     match engine() {
         Some(glue) => glue.verifier.track_locked_pages(
-            Caller { return_address },
+            Caller::at(return_address),
             va as usize as u64,
             mdl as usize as u64,
             mode as u8,

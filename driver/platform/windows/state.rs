@@ -36,7 +36,7 @@ use wdk_sys::{
 
 use super::WindowsPlatform;
 use crate::drivers::MAX_DRIVERS;
-use crate::intercept::{HookTable, Plan};
+use crate::intercept::Plan;
 use crate::pe::RoutineOrdinals;
 use crate::sync::try_boxed_slice;
 use crate::verifier::{StartParams, Verifier};
@@ -114,8 +114,6 @@ pub type Plans = Box<[Option<Plan>]>;
 pub struct Glue {
     /// The engine.
     pub verifier: Verifier<WindowsPlatform>,
-    /// The hook addresses patched into import slots.
-    pub hooks: HookTable,
     /// The real routines, to recognise snapped import slots.
     pub reals: Reals,
     /// Ordinals of the hooked routines in ntoskrnl's export table, for by-ordinal imports.
@@ -139,7 +137,6 @@ impl Glue {
     pub fn create(
         platform: WindowsPlatform,
         params: StartParams,
-        hooks: HookTable,
         reals: Reals,
         ordinals: RoutineOrdinals,
         driver: PDRIVER_OBJECT,
@@ -153,7 +150,6 @@ impl Glue {
             .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         one.push(Glue {
             verifier,
-            hooks,
             reals,
             ordinals,
             driver: AtomicPtr::new(driver),

@@ -45,9 +45,7 @@ fn bed() -> Bed {
 }
 
 fn me() -> Caller {
-    Caller {
-        return_address: DRV + 0x123,
-    }
+    Caller::at(DRV + 0x123)
 }
 
 impl Bed {
@@ -437,9 +435,7 @@ fn wrong_routine_unmaps_are_unknown_and_contained() {
 fn another_drivers_mdl_mapping_is_a_foreign_unmap_contained() {
     let b = bed();
     let va = b.map_kernel(MDL_A);
-    let other = Caller {
-        return_address: OTHER + 0x40,
-    };
+    let other = Caller::at(OTHER + 0x40);
     b.v.unmap_locked_pages(other, va, MDL_A);
     let r = b.records();
     assert_eq!(r.len(), 1);

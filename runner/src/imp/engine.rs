@@ -269,9 +269,7 @@ impl Engine for HostEngine {
     }
 
     fn hook_map(&self, frames: &[u64], physical: u64, size: u64, cache: u32, ex: bool) -> u64 {
-        let caller = Caller {
-            return_address: frames.first().copied().unwrap_or(0),
-        };
+        let caller = Caller::at(frames.first().copied().unwrap_or(0));
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         thread::with_call_chain(frames, || {
             if ex {
@@ -287,9 +285,7 @@ impl Engine for HostEngine {
     }
 
     fn hook_unmap(&self, frames: &[u64], base: u64, size: u64) {
-        let caller = Caller {
-            return_address: frames.first().copied().unwrap_or(0),
-        };
+        let caller = Caller::at(frames.first().copied().unwrap_or(0));
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         thread::with_call_chain(frames, || {
             self.host.verifier().unmap_io_space(caller, base, size);
@@ -300,9 +296,7 @@ impl Engine for HostEngine {
         let Some(frames) = frames else {
             return self.real_family(call);
         };
-        let c = Caller {
-            return_address: frames.first().copied().unwrap_or(0),
-        };
+        let c = Caller::at(frames.first().copied().unwrap_or(0));
         let v = self.host.verifier();
         let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         thread::with_call_chain(frames, || match call {
