@@ -192,6 +192,9 @@ fn the_kernel_component_reports_exactly_what_the_host_engine_reports() {
         "unmap_in_synch.sys",
         "seh.sys",
         "relocated.sys",
+        // DriverEntry maps, then fails: the image unloads without DriverUnload and without
+        // an unload notification; both report the mapping as IOSV009 and exit 8.
+        "fail_entry.sys",
         // Its 4-byte aligned import slots are refused (iosv.sys's own plan refuses them
         // too): no report, but the wrong-size unmap corrupts the simulated Mm — the audit
         // says so, exit 4, with or without iosv.sys.
@@ -201,6 +204,13 @@ fn the_kernel_component_reports_exactly_what_the_host_engine_reports() {
     for name in fixtures {
         let (host, _) = run(name, None);
         let (kernel, notes) = run(name, Some(iosv));
+        if name == "fail_entry.sys" {
+            assert_eq!(
+                (host.exit, host.rules.get("IOSV009")),
+                (8, Some(&1)),
+                "{name}"
+            );
+        }
         assert_eq!(
             kernel, host,
             "{name}: iosv.sys vs the host engine\n{notes:#?}"
@@ -208,7 +218,7 @@ fn the_kernel_component_reports_exactly_what_the_host_engine_reports() {
         reported += host.rules.values().sum::<u64>();
     }
     // Not vacuous: the fixtures do report.
-    assert!(reported >= 15, "{reported} reports in all");
+    assert!(reported >= 16, "{reported} reports in all");
 }
 
 #[test]
