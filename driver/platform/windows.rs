@@ -26,6 +26,7 @@ pub mod mdl_hooks;
 pub mod registry;
 pub mod slots;
 pub mod state;
+pub mod thunks;
 
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};

@@ -1,17 +1,19 @@
 //! The hooks of the MDL and reserved-mapping family (issue 11, `crate::mdl`), the real
 //! routines the engine calls for them, and the read of an MDL's header.
 //!
-//! Routines with at most three arguments get the same naked trampolines as the I/O-space
-//! hooks (`hooks` module docs): the caller's return address goes into the first free
-//! argument register and the body runs with it. `MmMapLockedPagesSpecifyCache` and
-//! `MmMapLockedPages` raise an exception on a user-mode failure, which must not unwind
-//! through Rust: their hooks are C (`seh.c`), which calls the real routine and then
-//! [`iosv_after_map_locked_pages`] with `_ReturnAddress()`.
-//! `MmMapLockedPagesWithReservedMapping` (four arguments) has no free register: its hook is
-//! the body itself, and reads its return address with
-//! `RtlCaptureStackBackTrace` (two frames up from a helper) — documented for IRQL <= DISPATCH_LEVEL, which is the
-//! documented ceiling of the routine; above it (a caller already in violation) the call
-//! is unattributed.
+//! Seven of the ten routines get per-driver thunks, as the I/O-space routines do (`thunks`
+//! module): the body has the caller's return address and the driver whose import slot the
+//! call came through. `MmAllocateMappingAddressEx` and `MmUnmapReservedMapping` have no
+//! second free register: the id rides in the upper half of the register of their 32-bit
+//! `Flags` / `PoolTag` argument. The other three are shared by every driver and attributed
+//! by return address alone: `MmMapLockedPagesSpecifyCache` and `MmMapLockedPages` raise an
+//! exception on a user-mode failure, which must not unwind through Rust, so their hooks
+//! are C (`seh.c`), which calls the real routine and then [`iosv_after_map_locked_pages`]
+//! with `_ReturnAddress()`; `MmMapLockedPagesWithReservedMapping` (four arguments) has no
+//! free register: its hook is the body itself, and reads its return address with
+//! `RtlCaptureStackBackTrace` (two frames up from a helper) — documented for IRQL <=
+//! DISPATCH_LEVEL, which is the documented ceiling of the routine; above it (a caller
+//! already in violation) the call is unattributed.
 //!
 //! `MmPrepareMdlForReuse` and `MmGetSystemAddressForMdlSafe` are wdm.h macros over
 //! `MmUnmapLockedPages` and `MmMapLockedPagesSpecifyCache`: they reach these hooks.
@@ -29,96 +31,84 @@ use wdk_sys::{DISPATCH_LEVEL, KPROCESSOR_MODE, MEMORY_CACHING_TYPE, PMDL, PVOID,
 
 use super::irql;
 use super::state::engine;
+use super::thunks::{importer, thunk_of, thunks};
+use crate::drivers::DriverId;
 use crate::intercept::MdlHooks;
 use crate::mdl::MdlInfo;
+use crate::pe::HookedRoutine;
 use crate::platform::Caller;
 
-/// Declares a naked trampoline for a routine of at most three arguments: x64 copies the
-/// return address (`[rsp]`) into register `$x64`, ARM64 copies LR into `$arm`, then both
-/// jump to `$body`, which takes the routine's arguments plus that address.
-macro_rules! trampoline {
-    ($(#[$doc:meta])* $name:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?,
-     $x64:literal, $arm:literal, $body:ident) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        ///
-        /// Only ever called by a target driver through a patched import slot, as the
-        /// routine it replaces.
-        #[cfg(target_arch = "x86_64")]
-        #[allow(
-            clippy::unnecessary_safety_comment,
-            reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
-        )]
-        // SAFETY: a naked function: two instructions, no stack use, ends in a tail jump to
-        // a function with the same arguments plus one register argument the ABI leaves
-        // free (the routine has fewer than four arguments).
-        #[unsafe(naked)]
-        pub unsafe extern "system" fn $name($($arg: $ty),*) $(-> $ret)? {
-            core::arch::naked_asm!(
-                concat!("mov ", $x64, ", qword ptr [rsp]"),
-                "jmp {body}",
-                body = sym $body
-            )
-        }
+// Per-driver thunks (`thunks` module) of the seven routines that leave a register for
+// the driver id, or a 32-bit argument whose register's upper half can carry it. Each
+// comment: the routine's arguments → what the thunk adds (x64 / ARM64).
 
-        $(#[$doc])*
-        ///
-        /// # Safety
-        ///
-        /// As for the x64 version.
-        #[cfg(target_arch = "aarch64")]
-        #[allow(
-            clippy::unnecessary_safety_comment,
-            reason = "the SAFETY comment is for #[unsafe(naked)]; the fn's contract is its # Safety doc"
-        )]
-        // SAFETY: a naked function: two instructions, no stack use, ends in a tail branch
-        // to a function with the same arguments plus one register argument.
-        #[unsafe(naked)]
-        pub unsafe extern "system" fn $name($($arg: $ty),*) $(-> $ret)? {
-            core::arch::naked_asm!(concat!("mov ", $arm, ", x30"), "b {body}", body = sym $body)
-        }
-    };
-}
-
-trampoline!(
-    /// Replaces `MmUnmapLockedPages`.
-    hook_mm_unmap_locked_pages(_base: PVOID, _mdl: PMDL),
-    "r8", "x2", unmap_locked_pages_body
+// MmUnmapLockedPages(base, mdl) → r8 / x2 = return address, r9 / x3 = id.
+thunks!(
+    /// `MmUnmapLockedPages`'s thunks.
+    static iosv_thunks_unmap_locked_pages, fn unmap_locked_pages_thunks,
+    "iosv_thunk_unmap_locked_pages_",
+    x64: ["mov r8, qword ptr [rsp]", "mov r9d, \\id"],
+    arm: ["mov x2, x30", "mov x3, #\\id"],
+    unmap_locked_pages_body
 );
-trampoline!(
-    /// Replaces `IoFreeMdl`.
-    hook_io_free_mdl(_mdl: PMDL),
-    "rdx", "x1", io_free_mdl_body
+// IoFreeMdl(mdl) → rdx / x1 = return address, r8 / x2 = id.
+thunks!(
+    /// `IoFreeMdl`'s thunks.
+    static iosv_thunks_free_mdl, fn free_mdl_thunks, "iosv_thunk_free_mdl_",
+    x64: ["mov rdx, qword ptr [rsp]", "mov r8d, \\id"],
+    arm: ["mov x1, x30", "mov x2, #\\id"],
+    io_free_mdl_body
 );
-trampoline!(
-    /// Replaces `MmUnlockPages`.
-    hook_mm_unlock_pages(_mdl: PMDL),
-    "rdx", "x1", unlock_pages_body
+// MmUnlockPages(mdl) → rdx / x1 = return address, r8 / x2 = id.
+thunks!(
+    /// `MmUnlockPages`'s thunks.
+    static iosv_thunks_unlock_pages, fn unlock_pages_thunks, "iosv_thunk_unlock_pages_",
+    x64: ["mov rdx, qword ptr [rsp]", "mov r8d, \\id"],
+    arm: ["mov x1, x30", "mov x2, #\\id"],
+    unlock_pages_body
 );
-trampoline!(
-    /// Replaces `MmAllocateMappingAddress`.
-    hook_mm_allocate_mapping_address(_size: SIZE_T, _tag: ULONG) -> PVOID,
-    "r8", "x2", allocate_mapping_address_body
+// MmAllocateMappingAddress(size, tag) → r8 / x2 = return address, r9 / x3 = id.
+thunks!(
+    /// `MmAllocateMappingAddress`'s thunks.
+    static iosv_thunks_allocate_mapping_address, fn allocate_mapping_address_thunks,
+    "iosv_thunk_allocate_mapping_address_",
+    x64: ["mov r8, qword ptr [rsp]", "mov r9d, \\id"],
+    arm: ["mov x2, x30", "mov x3, #\\id"],
+    allocate_mapping_address_body
 );
-trampoline!(
-    /// Replaces `MmAllocateMappingAddressEx`.
-    hook_mm_allocate_mapping_address_ex(_size: SIZE_T, _tag: ULONG, _flags: ULONG) -> PVOID,
-    "r9", "x3", allocate_mapping_address_ex_body
+// MmAllocateMappingAddressEx(size, tag, flags: 32 bits in r8d / w2) → r8 / x2 = flags |
+// id << 32, r9 / x3 = return address.
+thunks!(
+    /// `MmAllocateMappingAddressEx`'s thunks.
+    static iosv_thunks_allocate_mapping_address_ex, fn allocate_mapping_address_ex_thunks,
+    "iosv_thunk_allocate_mapping_address_ex_",
+    x64: ["mov r8d, r8d", "mov rax, \\id << 32", "or r8, rax", "mov r9, qword ptr [rsp]"],
+    arm: ["mov w2, w2", "movz x16, #\\id, lsl #32", "orr x2, x2, x16", "mov x3, x30"],
+    allocate_mapping_address_ex_body
 );
-trampoline!(
-    /// Replaces `MmUnmapReservedMapping`.
-    hook_mm_unmap_reserved_mapping(_base: PVOID, _tag: ULONG, _mdl: PMDL),
-    "r9", "x3", unmap_reserved_mapping_body
+// MmUnmapReservedMapping(base, tag: 32 bits in edx / w1, mdl) → rdx / x1 = tag | id << 32,
+// r9 / x3 = return address.
+thunks!(
+    /// `MmUnmapReservedMapping`'s thunks.
+    static iosv_thunks_unmap_reserved_mapping, fn unmap_reserved_mapping_thunks,
+    "iosv_thunk_unmap_reserved_mapping_",
+    x64: ["mov edx, edx", "mov rax, \\id << 32", "or rdx, rax", "mov r9, qword ptr [rsp]"],
+    arm: ["mov w1, w1", "movz x16, #\\id, lsl #32", "orr x1, x1, x16", "mov x3, x30"],
+    unmap_reserved_mapping_body
 );
-trampoline!(
-    /// Replaces `MmFreeMappingAddress`.
-    hook_mm_free_mapping_address(_base: PVOID, _tag: ULONG),
-    "r8", "x2", free_mapping_address_body
+// MmFreeMappingAddress(base, tag) → r8 / x2 = return address, r9 / x3 = id.
+thunks!(
+    /// `MmFreeMappingAddress`'s thunks.
+    static iosv_thunks_free_mapping_address, fn free_mapping_address_thunks,
+    "iosv_thunk_free_mapping_address_",
+    x64: ["mov r8, qword ptr [rsp]", "mov r9d, \\id"],
+    arm: ["mov x2, x30", "mov x3, #\\id"],
+    free_mapping_address_body
 );
 
-fn caller(return_address: usize) -> Caller {
-    Caller::at(return_address as u64)
+/// A call through driver `id`'s thunk that returns to `return_address`.
+fn caller(id: u64, return_address: usize) -> Caller {
+    Caller::through(importer(id), return_address as u64)
 }
 
 /// The return address of the hook that called this (one frame up), at IRQL <=
@@ -139,10 +129,15 @@ fn hook_return_address() -> usize {
     frames.get(2).map_or(0, |f| *f as usize)
 }
 
-unsafe extern "system" fn unmap_locked_pages_body(base: PVOID, mdl: PMDL, return_address: usize) {
+unsafe extern "system" fn unmap_locked_pages_body(
+    base: PVOID,
+    mdl: PMDL,
+    return_address: usize,
+    id: u64,
+) {
     match engine() {
         Some(glue) => glue.verifier.unmap_locked_pages(
-            caller(return_address),
+            caller(id, return_address),
             base as usize as u64,
             mdl as usize as u64,
         ),
@@ -151,21 +146,21 @@ unsafe extern "system" fn unmap_locked_pages_body(base: PVOID, mdl: PMDL, return
     }
 }
 
-unsafe extern "system" fn io_free_mdl_body(mdl: PMDL, return_address: usize) {
+unsafe extern "system" fn io_free_mdl_body(mdl: PMDL, return_address: usize, id: u64) {
     match engine() {
         Some(glue) => glue
             .verifier
-            .io_free_mdl(caller(return_address), mdl as usize as u64),
+            .io_free_mdl(caller(id, return_address), mdl as usize as u64),
         // SAFETY: as above.
         None => unsafe { IoFreeMdl(mdl) },
     }
 }
 
-unsafe extern "system" fn unlock_pages_body(mdl: PMDL, return_address: usize) {
+unsafe extern "system" fn unlock_pages_body(mdl: PMDL, return_address: usize, id: u64) {
     match engine() {
         Some(glue) => glue
             .verifier
-            .unlock_pages(caller(return_address), mdl as usize as u64),
+            .unlock_pages(caller(id, return_address), mdl as usize as u64),
         // SAFETY: as above.
         None => unsafe { MmUnlockPages(mdl) },
     }
@@ -175,11 +170,12 @@ unsafe extern "system" fn allocate_mapping_address_body(
     size: SIZE_T,
     tag: ULONG,
     return_address: usize,
+    id: u64,
 ) -> PVOID {
     match engine() {
         Some(glue) => {
             glue.verifier
-                .allocate_mapping_address(caller(return_address), size as usize, tag)
+                .allocate_mapping_address(caller(id, return_address), size as usize, tag)
                 as usize as PVOID
         }
         // SAFETY: as above.
@@ -187,15 +183,17 @@ unsafe extern "system" fn allocate_mapping_address_body(
     }
 }
 
+/// `flags_and_id`: the flags in the low half, the thunk's driver id in the high one.
 unsafe extern "system" fn allocate_mapping_address_ex_body(
     size: SIZE_T,
     tag: ULONG,
-    flags: ULONG,
+    flags_and_id: u64,
     return_address: usize,
 ) -> PVOID {
+    let flags = flags_and_id as ULONG;
     match engine() {
         Some(glue) => glue.verifier.allocate_mapping_address_ex(
-            caller(return_address),
+            caller(flags_and_id >> 32, return_address),
             size as usize,
             tag,
             flags,
@@ -205,15 +203,17 @@ unsafe extern "system" fn allocate_mapping_address_ex_body(
     }
 }
 
+/// `tag_and_id`: the tag in the low half, the thunk's driver id in the high one.
 unsafe extern "system" fn unmap_reserved_mapping_body(
     base: PVOID,
-    tag: ULONG,
+    tag_and_id: u64,
     mdl: PMDL,
     return_address: usize,
 ) {
+    let tag = tag_and_id as ULONG;
     match engine() {
         Some(glue) => glue.verifier.unmap_reserved(
-            caller(return_address),
+            caller(tag_and_id >> 32, return_address),
             base as usize as u64,
             tag,
             mdl as usize as u64,
@@ -227,11 +227,15 @@ unsafe extern "system" fn free_mapping_address_body(
     base: PVOID,
     tag: ULONG,
     return_address: usize,
+    id: u64,
 ) {
     match engine() {
         Some(glue) => {
-            glue.verifier
-                .free_mapping_address(caller(return_address), base as usize as u64, tag);
+            glue.verifier.free_mapping_address(
+                caller(id, return_address),
+                base as usize as u64,
+                tag,
+            );
         }
         // SAFETY: as above.
         None => unsafe { MmFreeMappingAddress(base, tag) },
@@ -292,7 +296,7 @@ pub unsafe extern "system" fn hook_mm_map_locked_pages_with_reserved_mapping(
 ) -> PVOID {
     match engine() {
         Some(glue) => glue.verifier.map_reserved(
-            caller(hook_return_address()),
+            Caller::at(hook_return_address() as u64),
             address as usize as u64,
             tag,
             mdl as usize as u64,
@@ -303,22 +307,81 @@ pub unsafe extern "system" fn hook_mm_map_locked_pages_with_reserved_mapping(
     }
 }
 
-/// The family's hook addresses, for the interception plans.
-pub fn hook_addresses() -> MdlHooks {
+/// Driver `id`'s hooks of the family: its own thunks where the routine has them, the
+/// shared hooks of the two C map routines and of `MmMapLockedPagesWithReservedMapping`
+/// (attributed by return address alone). `None` for an id without thunks.
+pub fn hooks_for(id: DriverId) -> Option<MdlHooks> {
+    Some(MdlHooks {
+        unmap_locked_pages: thunk_of(unmap_locked_pages_thunks(), id)?,
+        free_mdl: thunk_of(free_mdl_thunks(), id)?,
+        unlock_pages: thunk_of(unlock_pages_thunks(), id)?,
+        allocate_mapping_address: thunk_of(allocate_mapping_address_thunks(), id)?,
+        allocate_mapping_address_ex: thunk_of(allocate_mapping_address_ex_thunks(), id)?,
+        unmap_reserved_mapping: thunk_of(unmap_reserved_mapping_thunks(), id)?,
+        free_mapping_address: thunk_of(free_mapping_address_thunks(), id)?,
+        ..shared()
+    })
+}
+
+/// The hooks every driver shares (the other fields 0: those routines have per-driver
+/// thunks).
+fn shared() -> MdlHooks {
     MdlHooks {
         map_locked_pages_specify_cache: iosv_hook_map_locked_pages_specify_cache as *const ()
             as usize,
         map_locked_pages: iosv_hook_map_locked_pages as *const () as usize,
-        unmap_locked_pages: hook_mm_unmap_locked_pages as *const () as usize,
-        free_mdl: hook_io_free_mdl as *const () as usize,
-        unlock_pages: hook_mm_unlock_pages as *const () as usize,
-        allocate_mapping_address: hook_mm_allocate_mapping_address as *const () as usize,
-        allocate_mapping_address_ex: hook_mm_allocate_mapping_address_ex as *const () as usize,
         map_locked_pages_with_reserved_mapping: hook_mm_map_locked_pages_with_reserved_mapping
             as *const () as usize,
-        unmap_reserved_mapping: hook_mm_unmap_reserved_mapping as *const () as usize,
-        free_mapping_address: hook_mm_free_mapping_address as *const () as usize,
+        ..MdlHooks::NONE
     }
+}
+
+/// The family routine whose hook — any driver's thunk or a shared hook — is at `address`.
+pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
+    if address == 0 {
+        return None;
+    }
+    [
+        (unmap_locked_pages_thunks(), HookedRoutine::UnmapLockedPages),
+        (free_mdl_thunks(), HookedRoutine::FreeMdl),
+        (unlock_pages_thunks(), HookedRoutine::UnlockPages),
+        (
+            allocate_mapping_address_thunks(),
+            HookedRoutine::AllocateMappingAddress,
+        ),
+        (
+            allocate_mapping_address_ex_thunks(),
+            HookedRoutine::AllocateMappingAddressEx,
+        ),
+        (
+            unmap_reserved_mapping_thunks(),
+            HookedRoutine::UnmapReservedMapping,
+        ),
+        (
+            free_mapping_address_thunks(),
+            HookedRoutine::FreeMappingAddress,
+        ),
+    ]
+    .into_iter()
+    .find(|(table, _)| table.contains(&address))
+    .map(|(_, routine)| routine)
+    .or_else(|| {
+        let shared = shared();
+        [
+            (
+                shared.map_locked_pages_specify_cache,
+                HookedRoutine::MapLockedPagesSpecifyCache,
+            ),
+            (shared.map_locked_pages, HookedRoutine::MapLockedPages),
+            (
+                shared.map_locked_pages_with_reserved_mapping,
+                HookedRoutine::MapLockedPagesWithReservedMapping,
+            ),
+        ]
+        .into_iter()
+        .find(|(hook, _)| *hook == address)
+        .map(|(_, routine)| routine)
+    })
 }
 
 // ---- the real routines (iosv's own imports, never patched) ------------------------------

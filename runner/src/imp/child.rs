@@ -636,9 +636,11 @@ pub(crate) fn add_device(bus: usize, driver: &Driver, index: u32) -> Result<Devi
     if add_device == 0 {
         return Err("the driver has no AddDevice routine (a legacy driver)".to_string());
     }
-    let pdo_out = [0u64; 1];
+    // Written by IoCreateDevice through the address: a mutable place, so that the read
+    // below is not folded to the initial 0 (it was, in release builds).
+    let mut pdo_out = [0u64; 1];
     let pdo_name = unicode(&format!("\\Device\\IosvRunPdo{index}"));
-    let st = kernel_create_device(bus, pdo_name, pdo_out.as_ptr() as usize);
+    let st = kernel_create_device(bus, pdo_name, pdo_out.as_mut_ptr() as usize);
     let pdo = pdo_out[0] as usize;
     if st < 0 || pdo == 0 {
         return Err("cannot create the physical device object".to_string());

@@ -2081,18 +2081,18 @@ mod tests {
         let i = irp_obj(irp);
         // The caller sets up location 2 (index 1) with a completion routine, as
         // IoSetCompletionRoutine on the next location does; the callee is at index 1.
-        let seen = [0u32; 1];
+        let mut seen = [0u32; 1];
         let top = irp + l::IRP + l::STACK;
         let s = obj(top, l::STACK);
         s.set::<u64>(l::SL_COMPLETION, more as *const () as usize as u64);
-        s.set::<u64>(l::SL_CONTEXT, seen.as_ptr() as u64);
+        s.set::<u64>(l::SL_CONTEXT, seen.as_mut_ptr() as u64);
         s.set::<u8>(l::SL_CONTROL, SL_INVOKE_ON_SUCCESS);
         i.set::<u8>(l::IRP_CURRENT_LOCATION, 2);
         i.set::<u64>(l::IRP_CURRENT_STACK, top as u64);
         i.set::<i32>(l::IRP_STATUS, 7);
-        let ev = [0u64; 3];
-        ke_initialize_event(ev.as_ptr() as usize, 0, 0);
-        i.set::<u64>(l::IRP_USER_EVENT, ev.as_ptr() as u64);
+        let mut ev = [0u64; 3];
+        ke_initialize_event(ev.as_mut_ptr() as usize, 0, 0);
+        i.set::<u64>(l::IRP_USER_EVENT, ev.as_mut_ptr() as u64);
         iof_complete_request(irp, 0);
         assert_eq!(seen[0], 7);
         // Stopped by MORE_PROCESSING_REQUIRED: the event is not signalled.
