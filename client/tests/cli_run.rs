@@ -181,14 +181,18 @@ fn every_bug_build_gets_exactly_its_reports() {
     }
 }
 
-#[test]
-fn the_tail_call_fixture_really_leaves_unload_by_a_jump_through_the_iat() {
-    let path = fixture("tail_call_unmap.sys");
+/// The disassembly of fixture `name` (mingw's objdump).
+fn disassembly(name: &str) -> String {
     let o = std::process::Command::new("x86_64-w64-mingw32-objdump")
-        .args(["-d", &path])
+        .args(["-d", &fixture(name)])
         .output()
         .expect("run x86_64-w64-mingw32-objdump");
-    let text = String::from_utf8_lossy(&o.stdout);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_tail_call_fixture_really_leaves_unload_by_a_jump_through_the_iat() {
+    let text = disassembly("tail_call_unmap.sys");
     let unload = text
         .split("<Unload>:")
         .nth(1)
@@ -206,12 +210,7 @@ fn the_surface_fixture_frees_an_mdl_at_unload_by_a_jump_through_the_iat() {
     // MdlBug 11's IoFreeMdl is Unload's last call: GCC makes it a tail call, a jump
     // through __imp_IoFreeMdl right after an epilogue (`add $…,%rsp`). (Unload is static:
     // no label to split at; the import stub `IoFreeMdl` jumps there too, with no epilogue.)
-    let path = fixture("surface.sys");
-    let o = std::process::Command::new("x86_64-w64-mingw32-objdump")
-        .args(["-d", &path])
-        .output()
-        .expect("run x86_64-w64-mingw32-objdump");
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = disassembly("surface.sys");
     let lines: Vec<&str> = text.lines().collect();
     let tail_calls = lines
         .windows(2)

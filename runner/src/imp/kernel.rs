@@ -548,10 +548,14 @@ extern "win64" fn c_specific_handler(
     1
 }
 
-/// The address bound to `__C_specific_handler` imports.
+/// The address bound to `__C_specific_handler` imports: the routine table's, the one the
+/// loader bound. Not `c_specific_handler as usize` taken here: Rust does not promise one
+/// address per function (it is `unnamed_addr`), and an optimized build bound imports to a
+/// merged copy whose address differed, so no `__try` of a driver was ever found
+/// (`iosvctl run` reported the driver's own caught exceptions as crashes).
 #[must_use]
 pub fn c_specific_handler_address() -> usize {
-    c_specific_handler as *const () as usize
+    lookup("__C_specific_handler").unwrap_or(0)
 }
 
 // ---- deferred work: work items, DPCs, timers ------------------------------------------
