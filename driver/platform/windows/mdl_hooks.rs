@@ -1,19 +1,22 @@
 //! The hooks of the MDL and reserved-mapping family (issue 11, `crate::mdl`), the real
 //! routines the engine calls for them, and the read of an MDL's header.
 //!
-//! Seven of the ten routines get per-driver thunks, as the I/O-space routines do (`thunks`
-//! module): the body has the caller's return address and the driver whose import slot the
-//! call came through. `MmAllocateMappingAddressEx` and `MmUnmapReservedMapping` have no
-//! second free register: the id rides in the upper half of the register of their 32-bit
-//! `Flags` / `PoolTag` argument. The other three are shared by every driver and attributed
-//! by return address alone: `MmMapLockedPagesSpecifyCache` and `MmMapLockedPages` raise an
-//! exception on a user-mode failure, which must not unwind through Rust, so their hooks
-//! are C (`seh.c`), which calls the real routine and then [`iosv_after_map_locked_pages`]
-//! with `_ReturnAddress()`; `MmMapLockedPagesWithReservedMapping` (four arguments) has no
-//! free register: its hook is the body itself, and reads its return address with
-//! `RtlCaptureStackBackTrace` (two frames up from a helper) — documented for IRQL <=
-//! DISPATCH_LEVEL, which is the documented ceiling of the routine; above it (a caller
-//! already in violation) the call is unattributed.
+//! Every routine gets per-driver thunks, as the I/O-space routines do (`thunks` module):
+//! the body has the caller's return address and the driver whose import slot the call
+//! came through. Where the routine leaves no second free register, the id rides in the
+//! upper half of the register of a narrower argument: `Flags` of
+//! `MmAllocateMappingAddressEx`, `PoolTag` of `MmUnmapReservedMapping` and
+//! `MmMapLockedPagesWithReservedMapping`, `AccessMode` of `MmMapLockedPagesSpecifyCache`.
+//!
+//! `MmMapLockedPagesSpecifyCache` and `MmMapLockedPages` raise an exception on a user-mode
+//! failure, which must not unwind through Rust: their thunks jump to C hooks (`seh.c`),
+//! which call the real routine and then [`iosv_after_map_locked_pages`] with
+//! `_ReturnAddress()` (still the target's: a thunk has no frame) and the id.
+//! `MmMapLockedPagesWithReservedMapping` (four arguments) has no register for the return
+//! address: its body reads it with `RtlCaptureStackBackTrace` (two frames up from a
+//! helper) — documented for IRQL <= DISPATCH_LEVEL, which is the documented ceiling of the
+//! routine; above it (a caller already in violation) the call is still blamed on the
+//! importer, only its return address is unknown.
 //!
 //! `MmPrepareMdlForReuse` and `MmGetSystemAddressForMdlSafe` are wdm.h macros over
 //! `MmUnmapLockedPages` and `MmMapLockedPagesSpecifyCache`: they reach these hooks.
@@ -245,18 +248,39 @@ unsafe extern "system" fn free_mapping_address_body(
 // The hooks of MmMapLockedPagesSpecifyCache (and so MmGetSystemAddressForMdlSafe) and
 // MmMapLockedPages are C (seh.c): with UserMode a failure raises an exception, which must
 // not unwind through Rust frames. They call the real routine, then this.
+// Their thunks: MmMapLockedPagesSpecifyCache(mdl, AccessMode: 8 bits in dl / w1, …) →
+// rdx / x1 = the mode zero-extended | id << 32; MmMapLockedPages(mdl, AccessMode) → r8 /
+// x2 = id. (Six and two arguments; the C hooks read their own return address.)
+thunks!(
+    /// `MmMapLockedPagesSpecifyCache`'s thunks (into seh.c's hook).
+    static iosv_thunks_map_locked_pages_specify_cache, fn map_locked_pages_specify_cache_thunks,
+    "iosv_thunk_map_locked_pages_specify_cache_",
+    x64: ["movzx edx, dl", "mov rax, \\id << 32", "or rdx, rax"],
+    arm: ["and x1, x1, #0xff", "movz x16, #\\id, lsl #32", "orr x1, x1, x16"],
+    iosv_hook_map_locked_pages_specify_cache
+);
+thunks!(
+    /// `MmMapLockedPages`'s thunks (into seh.c's hook).
+    static iosv_thunks_map_locked_pages, fn map_locked_pages_thunks,
+    "iosv_thunk_map_locked_pages_",
+    x64: ["mov r8d, \\id"],
+    arm: ["mov x2, #\\id"],
+    iosv_hook_map_locked_pages
+);
+
 unsafe extern "C" {
-    /// seh.c: the hook of `MmMapLockedPagesSpecifyCache`.
+    /// seh.c: the hook of `MmMapLockedPagesSpecifyCache`; `mode_and_id` = the mode in the
+    /// low byte, the thunk's driver id in the upper half.
     fn iosv_hook_map_locked_pages_specify_cache(
         mdl: PMDL,
-        mode: KPROCESSOR_MODE,
+        mode_and_id: u64,
         cache: MEMORY_CACHING_TYPE,
         requested: PVOID,
         bugcheck_on_failure: ULONG,
         priority: ULONG,
     ) -> PVOID;
-    /// seh.c: the hook of `MmMapLockedPages`.
-    fn iosv_hook_map_locked_pages(mdl: PMDL, mode: KPROCESSOR_MODE) -> PVOID;
+    /// seh.c: the hook of `MmMapLockedPages`, with the thunk's driver id.
+    fn iosv_hook_map_locked_pages(mdl: PMDL, mode: KPROCESSOR_MODE, importer: u64) -> PVOID;
 }
 
 /// Called by the C hooks of the two map routines after the real routine returned `va`
@@ -269,10 +293,11 @@ extern "C" fn iosv_after_map_locked_pages(
     mode: KPROCESSOR_MODE,
     cache: MEMORY_CACHING_TYPE,
     return_address: u64,
+    id: u64,
 ) -> PVOID {
     match engine() {
         Some(glue) => glue.verifier.track_locked_pages(
-            Caller::at(return_address),
+            Caller::through(importer(id), return_address),
             va as usize as u64,
             mdl as usize as u64,
             mode as u8,
@@ -282,21 +307,33 @@ extern "C" fn iosv_after_map_locked_pages(
     }
 }
 
-/// Replaces `MmMapLockedPagesWithReservedMapping`.
-///
-/// # Safety
-///
-/// Only called through a patched import slot (or a resolved pointer), as the routine.
+// MmMapLockedPagesWithReservedMapping(address, tag: 32 bits in edx / w1, mdl, cache) →
+// rdx / x1 = tag | id << 32 (four arguments: no register left for the return address,
+// which the body reads from the stack).
+thunks!(
+    /// `MmMapLockedPagesWithReservedMapping`'s thunks.
+    static iosv_thunks_map_locked_pages_with_reserved_mapping,
+    fn map_locked_pages_with_reserved_mapping_thunks,
+    "iosv_thunk_map_locked_pages_with_reserved_mapping_",
+    x64: ["mov edx, edx", "mov rax, \\id << 32", "or rdx, rax"],
+    arm: ["mov w1, w1", "movz x16, #\\id, lsl #32", "orr x1, x1, x16"],
+    map_locked_pages_with_reserved_mapping_body
+);
+
+/// `MmMapLockedPagesWithReservedMapping` through driver `tag_and_id >> 32`'s thunk (the
+/// tag in the low half). Its own frame is the one [`hook_return_address`] skips: the
+/// thunk jumped here without one.
 #[inline(never)]
-pub unsafe extern "system" fn hook_mm_map_locked_pages_with_reserved_mapping(
+unsafe extern "system" fn map_locked_pages_with_reserved_mapping_body(
     address: PVOID,
-    tag: ULONG,
+    tag_and_id: u64,
     mdl: PMDL,
     cache: MEMORY_CACHING_TYPE,
 ) -> PVOID {
+    let tag = tag_and_id as ULONG;
     match engine() {
         Some(glue) => glue.verifier.map_reserved(
-            Caller::at(hook_return_address() as u64),
+            caller(tag_and_id >> 32, hook_return_address()),
             address as usize as u64,
             tag,
             mdl as usize as u64,
@@ -307,41 +344,36 @@ pub unsafe extern "system" fn hook_mm_map_locked_pages_with_reserved_mapping(
     }
 }
 
-/// Driver `id`'s hooks of the family: its own thunks where the routine has them, the
-/// shared hooks of the two C map routines and of `MmMapLockedPagesWithReservedMapping`
-/// (attributed by return address alone). `None` for an id without thunks.
+/// Driver `id`'s thunks of the family (`None` for an id without thunks).
 pub fn hooks_for(id: DriverId) -> Option<MdlHooks> {
     Some(MdlHooks {
+        map_locked_pages_specify_cache: thunk_of(map_locked_pages_specify_cache_thunks(), id)?,
+        map_locked_pages: thunk_of(map_locked_pages_thunks(), id)?,
         unmap_locked_pages: thunk_of(unmap_locked_pages_thunks(), id)?,
         free_mdl: thunk_of(free_mdl_thunks(), id)?,
         unlock_pages: thunk_of(unlock_pages_thunks(), id)?,
         allocate_mapping_address: thunk_of(allocate_mapping_address_thunks(), id)?,
         allocate_mapping_address_ex: thunk_of(allocate_mapping_address_ex_thunks(), id)?,
+        map_locked_pages_with_reserved_mapping: thunk_of(
+            map_locked_pages_with_reserved_mapping_thunks(),
+            id,
+        )?,
         unmap_reserved_mapping: thunk_of(unmap_reserved_mapping_thunks(), id)?,
         free_mapping_address: thunk_of(free_mapping_address_thunks(), id)?,
-        ..shared()
     })
 }
 
-/// The hooks every driver shares (the other fields 0: those routines have per-driver
-/// thunks).
-fn shared() -> MdlHooks {
-    MdlHooks {
-        map_locked_pages_specify_cache: iosv_hook_map_locked_pages_specify_cache as *const ()
-            as usize,
-        map_locked_pages: iosv_hook_map_locked_pages as *const () as usize,
-        map_locked_pages_with_reserved_mapping: hook_mm_map_locked_pages_with_reserved_mapping
-            as *const () as usize,
-        ..MdlHooks::NONE
-    }
-}
-
-/// The family routine whose hook — any driver's thunk or a shared hook — is at `address`.
+/// The family routine whose hook — any driver's thunk — is at `address`.
 pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
     if address == 0 {
         return None;
     }
     [
+        (
+            map_locked_pages_specify_cache_thunks(),
+            HookedRoutine::MapLockedPagesSpecifyCache,
+        ),
+        (map_locked_pages_thunks(), HookedRoutine::MapLockedPages),
         (unmap_locked_pages_thunks(), HookedRoutine::UnmapLockedPages),
         (free_mdl_thunks(), HookedRoutine::FreeMdl),
         (unlock_pages_thunks(), HookedRoutine::UnlockPages),
@@ -352,6 +384,10 @@ pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
         (
             allocate_mapping_address_ex_thunks(),
             HookedRoutine::AllocateMappingAddressEx,
+        ),
+        (
+            map_locked_pages_with_reserved_mapping_thunks(),
+            HookedRoutine::MapLockedPagesWithReservedMapping,
         ),
         (
             unmap_reserved_mapping_thunks(),
@@ -365,23 +401,6 @@ pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
     .into_iter()
     .find(|(table, _)| table.contains(&address))
     .map(|(_, routine)| routine)
-    .or_else(|| {
-        let shared = shared();
-        [
-            (
-                shared.map_locked_pages_specify_cache,
-                HookedRoutine::MapLockedPagesSpecifyCache,
-            ),
-            (shared.map_locked_pages, HookedRoutine::MapLockedPages),
-            (
-                shared.map_locked_pages_with_reserved_mapping,
-                HookedRoutine::MapLockedPagesWithReservedMapping,
-            ),
-        ]
-        .into_iter()
-        .find(|(hook, _)| *hook == address)
-        .map(|(_, routine)| routine)
-    })
 }
 
 // ---- the real routines (iosv's own imports, never patched) ------------------------------

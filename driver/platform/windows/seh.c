@@ -50,21 +50,31 @@ __declspec(dllimport) PVOID __stdcall MmMapLockedPages(MDL *Mdl, char AccessMode
 void *_ReturnAddress(void);
 #pragma intrinsic(_ReturnAddress)
 PVOID iosv_after_map_locked_pages(PVOID va, MDL *mdl, char access_mode, int cache_type,
-    unsigned long long return_address);
+    unsigned long long return_address, unsigned long long importer);
 
-PVOID iosv_hook_map_locked_pages_specify_cache(MDL *mdl, char access_mode, int cache_type,
-    PVOID requested_address, unsigned long bugcheck_on_failure, unsigned long priority)
+/*
+ * Each is reached through a per-driver thunk (platform/windows/mdl_hooks.rs), which jumps
+ * here without a frame of its own, so _ReturnAddress() is still the target's. The thunk
+ * passes its driver id: MmMapLockedPagesSpecifyCache's in the upper half of AccessMode's
+ * register (mode_and_id: the mode in the low byte), MmMapLockedPages's as a third
+ * argument.
+ */
+PVOID iosv_hook_map_locked_pages_specify_cache(MDL *mdl, unsigned long long mode_and_id,
+    int cache_type, PVOID requested_address, unsigned long bugcheck_on_failure,
+    unsigned long priority)
 {
     unsigned long long ret = (unsigned long long)_ReturnAddress();
+    char access_mode = (char)mode_and_id;
     PVOID va = MmMapLockedPagesSpecifyCache(mdl, access_mode, cache_type, requested_address,
         bugcheck_on_failure, priority);
-    return iosv_after_map_locked_pages(va, mdl, access_mode, cache_type, ret);
+    return iosv_after_map_locked_pages(va, mdl, access_mode, cache_type, ret,
+        mode_and_id >> 32);
 }
 
 /* MmMapLockedPages maps cached (MmCached = 1). */
-PVOID iosv_hook_map_locked_pages(MDL *mdl, char access_mode)
+PVOID iosv_hook_map_locked_pages(MDL *mdl, char access_mode, unsigned long long importer)
 {
     unsigned long long ret = (unsigned long long)_ReturnAddress();
     PVOID va = MmMapLockedPages(mdl, access_mode);
-    return iosv_after_map_locked_pages(va, mdl, access_mode, 1, ret);
+    return iosv_after_map_locked_pages(va, mdl, access_mode, 1, ret, importer);
 }
