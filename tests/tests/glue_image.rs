@@ -204,3 +204,61 @@ fn glue_links_into_a_native_driver_importing_only_real_kernel_exports() {
     }
     assert_eq!(imported, theirs, "iosv::pe and object agree on the imports");
 }
+
+/// The per-driver hook thunks (driver/platform/windows/thunks.rs): every table the glue
+/// defines (`iosv_thunks_<routine>`, one per hooked routine) holds, in order, the addresses
+/// of the thunks labelled `iosv_thunk_<routine>_1` … `_64` in `.text`, and each of its
+/// words has a base relocation (the loader must fix them when iosv.sys is not loaded at
+/// its preferred base). The label and the id a thunk passes come from the same `.irp`
+/// token, so a thunk in the right place passes the right id.
+#[test]
+fn every_hook_thunk_table_lists_its_64_thunks_and_is_relocated() {
+    let (file, map) = build_image();
+    let loaded = fixture::load(&file);
+    let image = PeImage::parse(&loaded.bytes).expect("iosv::pe parses iosv.sys");
+    let tables: Vec<&str> = map
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|s| s.starts_with("iosv_thunks_"))
+        .collect();
+    // The four I/O-space ones (with MmGetSystemRoutineAddress) and the MDL family's ten.
+    assert_eq!(tables.len(), 14, "{tables:?}");
+
+    let pe = object::read::pe::PeFile64::parse(&*file).expect("object parses iosv.sys");
+    let mut relocated = BTreeSet::new();
+    let mut blocks = pe
+        .data_directories()
+        .relocation_blocks(pe.data(), &pe.section_table())
+        .expect("relocation directory")
+        .expect("has base relocations");
+    while let Some(block) = blocks.next().expect("relocation block") {
+        for r in block {
+            if r.typ == object::pe::IMAGE_REL_BASED_DIR64 {
+                relocated.insert(r.virtual_address);
+            }
+        }
+    }
+
+    for table in tables {
+        let label = format!("iosv_thunk_{}_", &table["iosv_thunks_".len()..]);
+        let rva = map_rva(&map, table, loaded.image_base);
+        for id in 1..=64u32 {
+            let at = (rva + 8 * (id - 1)) as usize;
+            let word = u64::from_le_bytes(loaded.bytes[at..at + 8].try_into().unwrap());
+            let thunk = map_rva(&map, &format!("{label}{id}"), loaded.image_base);
+            assert_eq!(
+                word,
+                loaded.image_base + u64::from(thunk),
+                "{table}[{}] is {label}{id}",
+                id - 1
+            );
+            let section = image.section_of_rva(thunk).expect("thunk inside a section");
+            assert_eq!(&section.name[..5], b".text", "{label}{id} in .text");
+            assert!(
+                relocated.contains(&(rva + 8 * (id - 1))),
+                "{table}[{}] has no base relocation",
+                id - 1
+            );
+        }
+    }
+}
