@@ -108,11 +108,29 @@ impl<P: Platform> Verifier<P> {
         if user {
             m.flags = FLAG_KIND_MDL | FLAG_USER;
             m.device = self.platform.current_process_id();
+            if self.another_process_maps(base, m.device) {
+                // User address spaces are per process: Mm gave this process an address
+                // another process has a live mapping at. The table holds one entry per
+                // address, so that one stays tracked and this one is remembered as
+                // untracked (its unmap passes, `unmap_mdl_entry`). Inserting it would have
+                // replaced and forgotten the other as a stale entry (a false IOSV013, and
+                // then a false IOSV004 at its unmap).
+                self.untracked.add(base);
+                return base;
+            }
         } else {
             m.flags = FLAG_KIND_MDL;
         }
         self.insert_family(cx, m);
         base
+    }
+
+    /// Whether the table holds a live user-space mapping at `base` made in another process
+    /// than `process`.
+    fn another_process_maps(&self, base: u64, process: u64) -> bool {
+        self.table
+            .get(base)
+            .is_some_and(|old| old.flags & FLAG_USER != 0 && old.device != process)
     }
 
     /// The `MmUnmapLockedPages` hook: validates and removes the entry, then calls the real
@@ -171,6 +189,19 @@ impl<P: Platform> Verifier<P> {
     /// An `MmUnmapLockedPages` of the live MDL mapping `m` (already out of the table).
     fn unmap_mdl_entry(&self, cx: &CallCtx, m: &Mapping, base: u64, mdl: u64, contain: bool) {
         let user = m.flags & FLAG_USER != 0;
+        if user
+            && m.device != self.platform.current_process_id()
+            && self.untracked.take_remembered(base)
+        {
+            // This process's own mapping at the address of another process's tracked one
+            // (remembered as untracked at its map, `track_mdl_mapping`): the other stays
+            // tracked, and this unmap, which Mm applies to the current process, passes (as
+            // every unmap of a remembered untracked mapping does, uncounted: the mapping
+            // showed in `untracked_live` while it lived).
+            self.restore(cx, m);
+            self.platform.mm_unmap_locked_pages(base, mdl);
+            return;
+        }
         let record = || {
             let mut r = self.family_record(cx, m);
             r.address = base;

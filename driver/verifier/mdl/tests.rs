@@ -311,6 +311,55 @@ fn iosv021_user_mapping_unmapped_in_another_process_is_contained() {
 }
 
 #[test]
+fn the_same_user_address_in_two_processes_is_no_stale_entry_and_no_foreign_unmap() {
+    // User address spaces are per process: Mm may hand two processes the same address for
+    // two MDL mappings. The table holds one entry per address: the first process's stays
+    // tracked, the second's is remembered as untracked. Nothing is reported (IOSV013
+    // replaced and forgot the first mapping; its unmap then became IOSV004), and each
+    // process's unmap reaches Mm with its own MDL, in either order.
+    const MDL_C: u64 = 0xFFFF_C000_0000_3000;
+    for first_unmapper in [4, 8] {
+        let b = bed();
+        b.mdl(MDL_C, 0, 0x1000, MDL_PAGES_LOCKED);
+        let page = 0x7_0000_0000;
+        b.v.platform().reuse.lock().unwrap().push(page);
+        let uva =
+            b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+        b.process(8);
+        b.v.platform().reuse.lock().unwrap().push(page);
+        let other = Caller::at(OTHER + 0x40);
+        let again =
+            b.v.map_locked_pages_specify_cache(other, MDL_C, USER_MODE, 1, 0, 0, 16);
+        assert_eq!(again, uva, "the same user address in both processes");
+        assert!(b.rules().is_empty(), "no IOSV013");
+        assert_eq!(b.v.table().get(uva).map(|m| m.device), Some(4));
+        assert_eq!(b.v.untracked().live(), 1);
+        b.calls();
+
+        let (process, caller, mdl) = if first_unmapper == 8 {
+            (8, other, MDL_C)
+        } else {
+            (4, me(), MDL_B)
+        };
+        b.process(process);
+        b.v.unmap_locked_pages(caller, uva, mdl);
+        assert!(b.rules().is_empty(), "process {process} unmaps its own");
+        assert_eq!(b.calls(), [Call::UnmapLocked(uva, mdl)]);
+        let (process, caller, mdl) = if first_unmapper == 8 {
+            (4, me(), MDL_B)
+        } else {
+            (8, other, MDL_C)
+        };
+        b.process(process);
+        b.v.unmap_locked_pages(caller, uva, mdl);
+        assert!(b.rules().is_empty(), "then process {process}");
+        assert_eq!(b.calls(), [Call::UnmapLocked(uva, mdl)]);
+        assert_eq!(b.live(), 0);
+        assert_eq!(b.v.untracked().live(), 0);
+    }
+}
+
+#[test]
 fn a_clean_reserved_cycle_is_silent() {
     let b = bed();
     let range = b.reserve(0x4000);
