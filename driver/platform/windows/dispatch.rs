@@ -392,8 +392,19 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
     // The function driver (or the upper filter below us) owns the device we attached to.
     let function_driver = lower_ref.DriverObject;
     if !function_driver.is_null() {
-        // SAFETY: the driver object of a device in the stack, valid while we are attached.
-        let id = unsafe { super::images::function_driver(function_driver) };
+        // On the expanded stack: hooking the function driver builds and writes a plan,
+        // a frame over 4 KiB, and AddDevice runs on the PnP manager's stack. Without one
+        // the driver is not hooked (logged), rather than risk a double fault.
+        // SAFETY: the driver object of a device in the stack, valid while we are attached
+        // (the callout runs synchronously, within this call).
+        let id = on_big_stack(|| unsafe { super::images::function_driver(function_driver) });
+        let id = id.unwrap_or_else(|| {
+            super::ffi::log(
+                super::ffi::Level::Error,
+                c"no stack to hook the function driver",
+            );
+            crate::drivers::DriverId::NONE
+        });
         // SAFETY: our extension, not yet reachable by IRPs.
         unsafe { (*ext).driver = id.0 };
     }

@@ -158,10 +158,12 @@ pub unsafe extern "system" fn driver_entry(
     }
 
     for name in config.targets.iter() {
-        match attach_by_name(name) {
-            Ok(_) => log_name(Level::Info, c"attached to loaded target", name),
-            Err(crate::platform::PlatformError::NotFound) => {}
-            Err(_) => log_name(Level::Warning, c"cannot attach to loaded target", name),
+        // On the expanded stack, as every attach: its plan and patch frame is over 4 KiB.
+        match on_big_stack(|| attach_by_name(name)) {
+            Some(Ok(_)) => log_name(Level::Info, c"attached to loaded target", name),
+            Some(Err(crate::platform::PlatformError::NotFound)) => {}
+            Some(Err(_)) => log_name(Level::Warning, c"cannot attach to loaded target", name),
+            None => log_name(Level::Error, c"no stack to attach to loaded target", name),
         }
     }
     STATUS_SUCCESS
