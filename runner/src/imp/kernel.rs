@@ -550,9 +550,10 @@ extern "win64" fn c_specific_handler(
 
 /// The address bound to `__C_specific_handler` imports: the routine table's, the one the
 /// loader bound. Not `c_specific_handler as usize` taken here: Rust does not promise one
-/// address per function (it is `unnamed_addr`), and an optimized build bound imports to a
-/// merged copy whose address differed, so no `__try` of a driver was ever found
-/// (`iosvctl run` reported the driver's own caught exceptions as crashes).
+/// address per function (it is `unnamed_addr`), and in an optimized build the two
+/// addresses differed (observed, not traced to the pass that split them), so no `__try` of
+/// a driver was ever found (`iosvctl run` reported the driver's own caught exceptions as
+/// crashes).
 #[must_use]
 pub fn c_specific_handler_address() -> usize {
     lookup("__C_specific_handler").unwrap_or(0)
