@@ -618,6 +618,26 @@ fn socket_dir() -> Result<PathBuf, RunError> {
 mod tests {
     use super::*;
 
+    /// A fresh directory `iosv-<tag>-<pid>` under the temporary directory, for a stand-in
+    /// child.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn child_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("iosv-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Writes the stand-in child `dir/child.sh` (`body`, a shell script) and makes it
+    /// executable; returns its path.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn write_child(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = dir.join("child.sh");
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
     #[test]
     fn child_lines_are_bounded_and_lossy() {
         let mut input = vec![b'x'; MAX_LINE * 3];
@@ -646,21 +666,16 @@ mod tests {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn a_hostile_child_is_reported_killed_and_reaped() {
-        let dir = std::env::temp_dir().join(format!("iosv-hostile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("child.sh");
+        let dir = child_dir("hostile");
         let marker = dir.join("grandchild.pid");
-        std::fs::write(
-            &script,
-            format!(
+        let script = write_child(
+            &dir,
+            &format!(
                 "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\nprintf 'note \\377\\n'\n\
                  sleep 300 >/dev/null & echo $! > {}\nexec >&-\nsleep 300\n",
                 marker.display()
             ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let opts = RunOptions {
             image: "x.sys".into(),
             bars: vec![],
@@ -700,16 +715,11 @@ mod tests {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn lab_lines_are_joined_from_pieces_and_bounded() {
-        let dir = std::env::temp_dir().join(format!("iosv-lab-pieces-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("child.sh");
-        std::fs::write(
-            &script,
+        let dir = child_dir("lab-pieces");
+        let script = write_child(
+            &dir,
             "#!/bin/sh\nprintf 'lab+ ab\\nlab+ c\\nlab d\\nlab e\\nready\\n'\ncat >/dev/null\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let session = start_scenario(&script, Path::new("x.sys"), &[], 0).unwrap();
         assert_eq!(session.lab, ["abcd", "e"]);
         drop(session);
@@ -728,17 +738,12 @@ mod tests {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn a_scenario_child_whose_driver_entry_failed_still_serves_its_reports() {
-        let dir = std::env::temp_dir().join(format!("iosv-lab-entry-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("child.sh");
-        std::fs::write(
-            &script,
+        let dir = child_dir("lab-entry");
+        let script = write_child(
+            &dir,
             "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter DriverEntry\\nleave\\n\
              entryfail 0xc0000182\\nnote x.toml:4:1: step `load` failed\\nready\\n'\ncat >/dev/null\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let session = start_scenario(&script, Path::new("dir/x.sys"), &[], 0).unwrap();
         assert_eq!(
             session.load_failure.as_deref(),
@@ -759,17 +764,12 @@ mod tests {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn a_scenario_child_waiting_for_the_driver_is_ended_by_the_watchdog() {
-        let dir = std::env::temp_dir().join(format!("iosv-lab-wait-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("child.sh");
-        std::fs::write(
-            &script,
+        let dir = child_dir("lab-wait");
+        let script = write_child(
+            &dir,
             "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter AddDevice\\nleave\\n\
              wait the IRP (major 14, minor 0)\\n'\nsleep 60\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let err = start_scenario(&script, Path::new("x.sys"), &[], 1)
             .expect_err("the watchdog ends the wait");
         let _ = std::fs::remove_dir_all(&dir);
