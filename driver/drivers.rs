@@ -247,7 +247,7 @@ impl Drivers {
     /// slot of a driver that has since been detached.
     #[inline(always)]
     pub fn attribute_call(&self, importer: DriverId, addr: u64) -> DriverId {
-        if let Some(r) = importer.index().and_then(|i| self.ranges.get(i)) {
+        if let Some(r) = self.range(importer) {
             if r.span.load(Ordering::Acquire) != 0 {
                 return importer;
             }
@@ -255,11 +255,18 @@ impl Drivers {
         self.attribute(addr)
     }
 
+    /// Slot `id`'s attribution range (`None` for [`DriverId::NONE`] and ids past the
+    /// registry).
+    #[inline(always)]
+    fn range(&self, id: DriverId) -> Option<&AttributionRange> {
+        id.index().and_then(|i| self.ranges.get(i))
+    }
+
     /// Publishes slot `id`'s state, and its attribution range to match: the image's
     /// while it is Attached or Loaded, none otherwise. Control plane.
     fn publish(&self, id: DriverId, s: &DriverSlot, state: DriverState) {
         s.state.store(state as u32, Ordering::Release);
-        let Some(r) = id.index().and_then(|i| self.ranges.get(i)) else {
+        let Some(r) = self.range(id) else {
             return;
         };
         match state {

@@ -29,11 +29,10 @@ use wdk_sys::{MEMORY_CACHING_TYPE, PHYSICAL_ADDRESS, PUNICODE_STRING, PVOID, SIZ
 
 use super::ffi::unicode_units;
 use super::state::engine;
-use super::thunks::{importer, thunk_of, thunks};
-use crate::drivers::DriverId;
+use super::thunks::{caller, importer, thunk_of, thunks};
+use crate::drivers::{DriverId, MAX_DRIVERS};
 use crate::intercept::{system_routine_override, HookTable, Hooks};
 use crate::pe::HookedRoutine;
-use crate::platform::Caller;
 
 // ---- thunks ----------------------------------------------------------------------------
 
@@ -92,22 +91,12 @@ pub fn hooks_for(id: DriverId) -> Option<HookTable> {
     })
 }
 
-/// The hooked routine whose hook — any driver's thunk, or a shared hook — is at
-/// `address` (a slot iosv patched before, seen again by a late attach).
+/// The hooked routine whose hook — any driver's thunk — is at `address` (a slot iosv
+/// patched before, seen again by a late attach): each id's [`hooks_for`] asked in turn.
 pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
-    if address == 0 {
-        return None;
-    }
-    [
-        (map_thunks(), HookedRoutine::MapIoSpace),
-        (map_ex_thunks(), HookedRoutine::MapIoSpaceEx),
-        (unmap_thunks(), HookedRoutine::UnmapIoSpace),
-        (get_routine_thunks(), HookedRoutine::GetSystemRoutineAddress),
-    ]
-    .into_iter()
-    .find(|(table, _)| table.contains(&address))
-    .map(|(_, routine)| routine)
-    .or_else(|| super::mdl_hooks::routine_of_hook(address))
+    (1..=MAX_DRIVERS)
+        .filter_map(|i| u16::try_from(i).ok())
+        .find_map(|i| hooks_for(DriverId(i))?.routine_at(address))
 }
 
 // ---- bodies ----------------------------------------------------------------------------
@@ -125,7 +114,7 @@ unsafe extern "system" fn map_io_space_body(
         Some(glue) => {
             // SAFETY: every bit pattern of the 8-byte union is a valid i64.
             let pa = unsafe { physical.QuadPart } as u64;
-            let caller = Caller::through(importer(cache_and_id >> 32), return_address as u64);
+            let caller = caller(cache_and_id >> 32, return_address);
             let base = glue.verifier.map_io_space(caller, pa, size as usize, cache);
             base as usize as PVOID
         }
@@ -147,7 +136,7 @@ unsafe extern "system" fn map_io_space_ex_body(
         Some(glue) => {
             // SAFETY: every bit pattern of the 8-byte union is a valid i64.
             let pa = unsafe { physical.QuadPart } as u64;
-            let caller = Caller::through(importer(protect_and_id >> 32), return_address as u64);
+            let caller = caller(protect_and_id >> 32, return_address);
             let base = glue
                 .verifier
                 .map_io_space_ex(caller, pa, size as usize, protect);
@@ -167,7 +156,7 @@ unsafe extern "system" fn unmap_io_space_body(
 ) {
     match engine() {
         Some(glue) => {
-            let caller = Caller::through(importer(id as u64), return_address as u64);
+            let caller = caller(id as u64, return_address);
             glue.verifier
                 .unmap_io_space(caller, base as usize as u64, size as usize);
         }

@@ -34,12 +34,10 @@ use wdk_sys::{DISPATCH_LEVEL, KPROCESSOR_MODE, MEMORY_CACHING_TYPE, PMDL, PVOID,
 
 use super::irql;
 use super::state::engine;
-use super::thunks::{importer, thunk_of, thunks};
+use super::thunks::{caller, thunk_of, thunks};
 use crate::drivers::DriverId;
 use crate::intercept::MdlHooks;
 use crate::mdl::MdlInfo;
-use crate::pe::HookedRoutine;
-use crate::platform::Caller;
 
 // Per-driver thunks (`thunks` module) of the seven routines that leave a register for
 // the driver id, or a 32-bit argument whose register's upper half can carry it. Each
@@ -108,11 +106,6 @@ thunks!(
     arm: ["mov x2, x30", "mov x3, #\\id"],
     free_mapping_address_body
 );
-
-/// A call through driver `id`'s thunk that returns to `return_address`.
-fn caller(id: u64, return_address: usize) -> Caller {
-    Caller::through(importer(id), return_address as u64)
-}
 
 /// The return address of the hook that called this (one frame up), at IRQL <=
 /// DISPATCH_LEVEL; 0 above it. Never inlined, so the frame it skips is its caller's.
@@ -297,7 +290,7 @@ extern "C" fn iosv_after_map_locked_pages(
 ) -> PVOID {
     match engine() {
         Some(glue) => glue.verifier.track_locked_pages(
-            Caller::through(importer(id), return_address),
+            caller(id, return_address as usize),
             va as usize as u64,
             mdl as usize as u64,
             mode as u8,
@@ -361,46 +354,6 @@ pub fn hooks_for(id: DriverId) -> Option<MdlHooks> {
         unmap_reserved_mapping: thunk_of(unmap_reserved_mapping_thunks(), id)?,
         free_mapping_address: thunk_of(free_mapping_address_thunks(), id)?,
     })
-}
-
-/// The family routine whose hook — any driver's thunk — is at `address`.
-pub fn routine_of_hook(address: usize) -> Option<HookedRoutine> {
-    if address == 0 {
-        return None;
-    }
-    [
-        (
-            map_locked_pages_specify_cache_thunks(),
-            HookedRoutine::MapLockedPagesSpecifyCache,
-        ),
-        (map_locked_pages_thunks(), HookedRoutine::MapLockedPages),
-        (unmap_locked_pages_thunks(), HookedRoutine::UnmapLockedPages),
-        (free_mdl_thunks(), HookedRoutine::FreeMdl),
-        (unlock_pages_thunks(), HookedRoutine::UnlockPages),
-        (
-            allocate_mapping_address_thunks(),
-            HookedRoutine::AllocateMappingAddress,
-        ),
-        (
-            allocate_mapping_address_ex_thunks(),
-            HookedRoutine::AllocateMappingAddressEx,
-        ),
-        (
-            map_locked_pages_with_reserved_mapping_thunks(),
-            HookedRoutine::MapLockedPagesWithReservedMapping,
-        ),
-        (
-            unmap_reserved_mapping_thunks(),
-            HookedRoutine::UnmapReservedMapping,
-        ),
-        (
-            free_mapping_address_thunks(),
-            HookedRoutine::FreeMappingAddress,
-        ),
-    ]
-    .into_iter()
-    .find(|(table, _)| table.contains(&address))
-    .map(|(_, routine)| routine)
 }
 
 // ---- the real routines (iosv's own imports, never patched) ------------------------------

@@ -20,6 +20,7 @@
 //! `global_asm!`, 16 or 32 bytes each.
 
 use crate::drivers::{DriverId, MAX_DRIVERS};
+use crate::platform::Caller;
 
 /// The driver ids the thunk tables cover, as the assembler's `.irp` list (one thunk per
 /// id, 1..=MAX_DRIVERS; checked against `MAX_DRIVERS` below).
@@ -112,4 +113,10 @@ pub fn thunk_of(table: &[usize; MAX_DRIVERS], id: DriverId) -> Option<usize> {
 /// The driver a thunk named in its register argument.
 pub fn importer(id: u64) -> DriverId {
     DriverId(u16::try_from(id).unwrap_or(0))
+}
+
+/// The caller of a hook body: driver `id` (its thunk's register argument), returning to
+/// `return_address`.
+pub fn caller(id: u64, return_address: usize) -> Caller {
+    Caller::through(importer(id), return_address as u64)
 }
