@@ -19,14 +19,16 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Version 3 added the MDL and reserved mapping family (issue 11): rules
 /// IOSV015–IOSV021 (`RULE_SLOTS` 32), `kind`, `mdl` and `passed_mdl` of
 /// [`ViolationRecord`], `kind`, `mdl` and `process_id` of [`MappingRecord`] (struct
-/// sizes changed, so the version did).
+/// sizes changed, so the version did). Version 4 added rule IOSV022: no struct changed,
+/// but a version-3 client zeroes the action slots past its last rule, so against a
+/// newer endpoint it would turn the new rule off without a word.
 ///
 /// Additions that leave every existing struct and code as it was do not change the
 /// version: they are announced by a `CAP_*` bit instead, so clients and endpoints of
 /// either side of the addition keep talking. [`IOCTL_GET_IMAGE_DEBUG`] is one
 /// ([`CAP_IMAGE_DEBUG`]): a client that sees the bit clear (an older `iosv.sys`) does
 /// without symbols; an older client never sends the code.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &str = r"\Device\IoSpaceVerifier";
@@ -182,7 +184,7 @@ const ALL_STATUSES: [Status; 14] = [
 pub const NAME_LEN: usize = 32;
 /// Frames in a wire stack (entries past a record's depth are zero).
 pub const MAX_STACK: usize = 16;
-/// Slots in per-rule arrays on the wire (21 rules used, room to grow).
+/// Slots in per-rule arrays on the wire (22 rules used, room to grow).
 pub const RULE_SLOTS: usize = 32;
 /// Target image names a configuration holds.
 pub const MAX_TARGETS: usize = 16;
@@ -481,7 +483,7 @@ pub struct ViolationRecord {
     pub seq: u64,
     /// When it happened (endpoint time, ns).
     pub timestamp_ns: u64,
-    /// Rule number (1..=21).
+    /// Rule number (1..=22).
     pub rule: u8,
     /// [`crate::rules::Action`] taken.
     pub action: u8,
@@ -522,14 +524,16 @@ pub struct ViolationRecord {
     /// (MmMapIoSpaceEx, with [`VF_MAP_EX`]) of the call/mapping.
     pub cache: u32,
     /// IOSV010: cache type of the conflicting live mapping (a page protection with
-    /// [`VF_OTHER_MAP_EX`]).
+    /// [`VF_OTHER_MAP_EX`]); IOSV022: the pool tag the call passed (the range's own is
+    /// in `cache`).
     pub other_cache: u32,
     /// Device object the mapping is attributed to (0 = none).
     pub device: u64,
     /// When the mapping was made (ns).
     pub map_time_ns: u64,
     /// IOSV010: physical address of the conflicting mapping (its base and size are in
-    /// `base` and `mapped_size`); IOSV005: when the earlier unmap happened.
+    /// `base` and `mapped_size`); IOSV005: when the earlier unmap happened; IOSV022: the
+    /// routine that passed the tag, as its [`HookedRoutine::index`](crate::pe::HookedRoutine::index).
     pub other: u64,
     /// Name of `driver_id`.
     pub driver_name: [u8; NAME_LEN],

@@ -4,8 +4,8 @@
 
 #![forbid(unsafe_code)]
 
-/// A rule's stable identity (`IOSV001`..`IOSV021`); the discriminant is the rule number.
-/// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV021 the MDL and reserved
+/// A rule's stable identity (`IOSV001`..`IOSV022`); the discriminant is the rule number.
+/// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV022 the MDL and reserved
 /// mapping family (see [`crate::mdl`]). The leak rules IOSV007–IOSV009 cover every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -66,10 +66,13 @@ pub enum RuleId {
     /// IOSV021: a user-space MDL mapping unmapped from another process than the one it
     /// was mapped into.
     UnmapOtherProcess = 21,
+    /// IOSV022: `MmMapLockedPagesWithReservedMapping`, `MmUnmapReservedMapping` or
+    /// `MmFreeMappingAddress` with a pool tag other than the range's.
+    ReservedTagMismatch = 22,
 }
 
 /// Number of rules.
-pub const RULE_COUNT: usize = 21;
+pub const RULE_COUNT: usize = 22;
 
 impl RuleId {
     /// Every rule, in id order.
@@ -95,9 +98,10 @@ impl RuleId {
         RuleId::ReservedMappedTwice,
         RuleId::ReservedSize,
         RuleId::UnmapOtherProcess,
+        RuleId::ReservedTagMismatch,
     ];
 
-    /// The rule with number `n` (1..=21).
+    /// The rule with number `n` (1..=22).
     pub const fn from_number(n: u8) -> Option<RuleId> {
         Some(match n {
             1 => RuleId::UnmapSizeMismatch,
@@ -121,16 +125,17 @@ impl RuleId {
             19 => RuleId::ReservedMappedTwice,
             20 => RuleId::ReservedSize,
             21 => RuleId::UnmapOtherProcess,
+            22 => RuleId::ReservedTagMismatch,
             _ => return None,
         })
     }
 
-    /// The rule's number (1..=21).
+    /// The rule's number (1..=22).
     pub const fn number(self) -> u8 {
         self as u8
     }
 
-    /// Index into per-rule arrays (0..21).
+    /// Index into per-rule arrays (0..22).
     pub const fn index(self) -> usize {
         (self as u8).wrapping_sub(1) as usize
     }
@@ -297,6 +302,8 @@ const DDI_FREE_MAPPING: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmfreemappingaddress";
 const DDI_RESERVED_MAP: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmmaplockedpageswithreservedmapping";
+const DDI_RESERVED_UNMAP: &str =
+    "https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-mmunmapreservedmapping";
 const BUGCHECK_DA: &str =
     "https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-0xda--system-pte-misuse";
 const BUGCHECK_C4: &str =
@@ -552,6 +559,17 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         containable: true,
         blames_owner: false,
     },
+    RuleInfo {
+        id: RuleId::ReservedTagMismatch,
+        code: "IOSV022",
+        name: "reserved-tag-mismatch",
+        severity: Severity::Error,
+        summary: "MmMapLockedPagesWithReservedMapping, MmUnmapReservedMapping or MmFreeMappingAddress with a PoolTag other than the one MmAllocateMappingAddress reserved the range with (Windows bug-checks: 0xDA/0x104, 0x108, 0x101) (contained: a map is not passed to Mm and returns NULL; an unmap or free is passed with the range's own tag)",
+        help: "Pass every routine of a reserved range the PoolTag it was allocated with; keep the tag in one constant beside the range.",
+        reference: DDI_RESERVED_UNMAP,
+        containable: true,
+        blames_owner: false,
+    },
 ];
 
 #[cfg(test)]
@@ -647,6 +665,7 @@ mod tests {
         iosv019_reserved_mapped_twice_blames_the_caller: ReservedMappedTwice => Caller;
         iosv020_reserved_size_blames_the_caller: ReservedSize => Caller;
         iosv021_unmap_other_process_blames_the_caller: UnmapOtherProcess => Caller;
+        iosv022_reserved_tag_mismatch_blames_the_caller: ReservedTagMismatch => Caller;
     }
 
     #[test]
@@ -666,7 +685,7 @@ mod tests {
             assert_eq!(RuleId::parse(&r.code.to_lowercase()), Some(r.id));
         }
         assert_eq!(RuleId::from_number(0), None);
-        assert_eq!(RuleId::from_number(22), None);
+        assert_eq!(RuleId::from_number(23), None);
         assert_eq!(RuleId::ALL.len(), RULE_COUNT);
     }
 
@@ -692,6 +711,7 @@ mod tests {
                 RuleId::ReservedMappedTwice,
                 RuleId::ReservedSize,
                 RuleId::UnmapOtherProcess,
+                RuleId::ReservedTagMismatch,
             ]
         );
     }

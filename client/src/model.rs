@@ -3,6 +3,7 @@
 //! frames as `module+offset`. Every output format reads these, so the human table, JSON,
 //! SARIF and JUnit say the same thing.
 
+use iosv::pe::HookedRoutine;
 use iosv::phys::{byte_offset, check_parameters, shared_pages, span_pages, BadParameter};
 use iosv::platform::Irql;
 use iosv::protocol::*;
@@ -414,10 +415,21 @@ impl<'a> Violation<'a> {
             .then(|| mapping_cache_json(mapping_kind(self.rec.kind), self.rec.cache, self.map_ex()))
     }
 
-    /// IOSV010: the conflicting live mapping's cache field.
+    /// IOSV010: the conflicting live mapping's cache field; IOSV022: the pool tag the call
+    /// passed (the range's own is [`cache`](Self::cache)).
     pub fn other_cache(&self) -> Option<serde_json::Value> {
-        (self.rule() == Some(RuleId::CacheConflict))
-            .then(|| cache_json(self.rec.other_cache, self.rec.flags & VF_OTHER_MAP_EX != 0))
+        match self.rule() {
+            Some(RuleId::CacheConflict) => Some(cache_json(
+                self.rec.other_cache,
+                self.rec.flags & VF_OTHER_MAP_EX != 0,
+            )),
+            Some(RuleId::ReservedTagMismatch) => Some(mapping_cache_json(
+                iosv::mdl::MappingKind::Reserved,
+                self.rec.other_cache,
+                false,
+            )),
+            _ => None,
+        }
     }
 
     /// IOSV010: the physical pages both mappings cover, `[first, end)`.
@@ -463,6 +475,17 @@ impl<'a> Violation<'a> {
     pub fn driver_label(&self) -> String {
         self.driver()
             .unwrap_or_else(|| "(unattributed)".to_string())
+    }
+
+    /// IOSV022: the routine that passed the wrong tag (`other` holds its index); `None`
+    /// for every other rule.
+    pub fn routine(&self) -> Option<HookedRoutine> {
+        if self.rule() != Some(RuleId::ReservedTagMismatch) {
+            return None;
+        }
+        usize::try_from(self.rec.other)
+            .ok()
+            .and_then(|i| HookedRoutine::ALL.get(i).copied())
     }
 
     fn map_fn(&self) -> &'static str {
@@ -541,6 +564,14 @@ impl<'a> Violation<'a> {
                 }
                 Some(RuleId::UnmapOtherProcess) => {
                     "; contained: not passed to MmUnmapLockedPages, the mapping stays tracked".to_string()
+                }
+                Some(RuleId::ReservedTagMismatch)
+                    if self.routine() == Some(HookedRoutine::MapLockedPagesWithReservedMapping) =>
+                {
+                    "; contained: not passed to Mm, NULL returned".to_string()
+                }
+                Some(RuleId::ReservedTagMismatch) => {
+                    "; contained: passed with the range's own tag".to_string()
                 }
                 _ if kind != iosv::mdl::MappingKind::IoSpace => {
                     "; contained: the call was not passed to Mm".to_string()
@@ -745,6 +776,13 @@ impl<'a> Violation<'a> {
                 hex(r.address),
                 r.process_id
             ),
+            Some(RuleId::ReservedTagMismatch) => format!(
+                "{caller} called {}({}) with pool tag {}, but {mapping} was reserved with {}",
+                self.routine().map_or("a reserved-range routine", HookedRoutine::name),
+                hex(r.address),
+                pool_tag(r.other_cache),
+                pool_tag(r.cache)
+            ),
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
         format!("{text}{contained}")
@@ -892,6 +930,47 @@ mod tests {
             (c["kind"].as_str(), c["name"].as_str()),
             (Some("POOL_TAG"), Some("'Rsvd'"))
         );
+    }
+
+    #[test]
+    fn a_tag_mismatch_names_the_routine_and_both_tags() {
+        let mut r = ViolationRecord {
+            rule: RuleId::ReservedTagMismatch.number(),
+            flags: VF_MAPPING_KNOWN | VF_CONTAINED,
+            kind: iosv::protocol::MK_RESERVED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 1,
+            owner_name: wire_name(b"a.sys"),
+            address: 0xF000,
+            base: 0xF000,
+            mapped_size: 0x2000,
+            mdl: 0xA000,
+            cache: u32::from_le_bytes(*b"Rsvd"),
+            other_cache: u32::from_le_bytes(*b"Rsv2"),
+            other: HookedRoutine::UnmapReservedMapping.index() as u64,
+            ..Default::default()
+        };
+        let v = Violation::new(&r);
+        assert_eq!(v.routine(), Some(HookedRoutine::UnmapReservedMapping));
+        assert_eq!(
+            v.message(),
+            "a.sys called MmUnmapReservedMapping(0xf000) with pool tag 'Rsv2', but the reserved range at 0xf000 (0x2000 bytes, MDL 0xa000) made by a.sys was reserved with 'Rsvd'; contained: passed with the range's own tag"
+        );
+        let tag = v.other_cache().unwrap();
+        assert_eq!(
+            (tag["kind"].as_str(), tag["name"].as_str()),
+            (Some("POOL_TAG"), Some("'Rsv2'"))
+        );
+        r.other = HookedRoutine::MapLockedPagesWithReservedMapping.index() as u64;
+        assert!(Violation::new(&r)
+            .message()
+            .ends_with("; contained: not passed to Mm, NULL returned"));
+        // A routine index this iosvctl does not know is not guessed at.
+        r.other = 99;
+        assert!(Violation::new(&r)
+            .message()
+            .starts_with("a.sys called a reserved-range routine(0xf000)"));
     }
 
     #[test]

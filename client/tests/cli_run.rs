@@ -850,10 +850,15 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         (7, &[("IOSV016", 1)], 1, 0),
         // Not a bug: IoFreeMdl releases the mapping of a partial MDL (IoBuildPartialMdl)
         // itself — no report, and the audit finds the mapping gone from both sides.
-        (8, &[], 0, 0), // IoFreeMdl under a live mapping as DriverUnload's last call, a tail call: the
+        (8, &[], 0, 0),
+        // IoFreeMdl under a live mapping as DriverUnload's last call, a tail call: the
         // hook's return address is the runner's, still blamed on surface.sys
         // (run_surface asserts every report's driver).
         (11, &[("IOSV017", 1)], 1, 0),
+        // MmUnmapReservedMapping with another pool tag: contained (passed with the
+        // range's own), so the runner's Mm, which records a wrong tag as the corruption it
+        // is (Windows bug-checks 0xDA), unmaps and frees the range cleanly: exit 1, not 4.
+        (12, &[("IOSV022", 1)], 1, 0),
     ];
     for (bug, expected, exit, live) in cases {
         let value = format!("Parameters\\MdlBug=dword:{bug}");

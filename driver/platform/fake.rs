@@ -141,8 +141,8 @@ pub enum MmCall {
     FreeMdl(u64),
     /// `MmUnlockPages(mdl)`.
     Unlock(u64),
-    /// `MmMapLockedPagesWithReservedMapping(range, .., mdl, ..)`.
-    MapReserved(u64, u64),
+    /// `MmMapLockedPagesWithReservedMapping(range, tag, mdl, ..)`.
+    MapReserved(u64, u32, u64),
     /// `MmUnmapReservedMapping(base, tag, mdl)`.
     UnmapReserved(u64, u32, u64),
     /// `MmFreeMappingAddress(base, tag)`.
@@ -461,11 +461,11 @@ impl<const PER_THREAD: bool> Platform for FakePlatform<PER_THREAD> {
     fn mm_map_locked_pages_with_reserved_mapping(
         &self,
         mapping_address: u64,
-        _pool_tag: u32,
+        pool_tag: u32,
         mdl: u64,
         _cache_type: u32,
     ) -> u64 {
-        self.record(MmCall::MapReserved(mapping_address, mdl));
+        self.record(MmCall::MapReserved(mapping_address, pool_tag, mdl));
         mapping_address.wrapping_add(self.byte_offset(mdl))
     }
     fn mm_unmap_reserved_mapping(&self, base: u64, pool_tag: u32, mdl: u64) {

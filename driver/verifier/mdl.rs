@@ -18,6 +18,7 @@ use crate::mdl::{
     MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED, FLAG_USER,
     USER_MODE,
 };
+use crate::pe::HookedRoutine;
 use crate::phys::page_align;
 use crate::platform::{Caller, Irql, Platform};
 use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
@@ -412,6 +413,22 @@ impl<P: Platform> Verifier<P> {
             r.passed_mdl = mdl;
             r
         };
+        if pool_tag != m.cache {
+            // Windows checks the tag first (bug check 0xDA/0x104).
+            let mut r = record(&m);
+            self.tag_mismatch(
+                &mut r,
+                pool_tag,
+                HookedRoutine::MapLockedPagesWithReservedMapping,
+            );
+            if contain {
+                self.restore(&cx, &m);
+                self.contain_record(&cx, &mut r);
+                self.violate(RuleId::ReservedTagMismatch, &cx, r);
+                return 0;
+            }
+            self.violate(RuleId::ReservedTagMismatch, &cx, r);
+        }
         let rule = if m.flags & FLAG_RESERVED_MAPPED != 0 {
             Some(RuleId::ReservedMappedTwice)
         } else if self
@@ -452,10 +469,9 @@ impl<P: Platform> Verifier<P> {
     pub fn unmap_reserved(&self, caller: Caller, base: u64, pool_tag: u32, mdl: u64) {
         let cx = self.ctx(caller);
         let contain = self.settings.containment();
-        let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
         let Some(mut m) = self.take_reserved(&cx, page_align(base)) else {
             if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
-                real(mdl);
+                self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
             }
             return;
         };
@@ -465,6 +481,16 @@ impl<P: Platform> Verifier<P> {
             r.passed_mdl = mdl;
             r
         };
+        // Windows checks the tag before anything else (bug check 0xDA/0x108).
+        let tag = self.checked_tag(
+            &cx,
+            || record(&m),
+            m.cache,
+            pool_tag,
+            HookedRoutine::UnmapReservedMapping,
+            contain,
+        );
+        let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, tag, mdl);
         if m.flags & FLAG_RESERVED_MAPPED == 0 {
             // Nothing is mapped into the range: an unmap of an unmapped range.
             let mut r = record(&m);
@@ -526,6 +552,19 @@ impl<P: Platform> Verifier<P> {
             r.address = base;
             self.violate(RuleId::MdlUnmapIrql, &cx, r);
         }
+        let record = || {
+            let mut r = self.family_record(&cx, &m);
+            r.address = base;
+            r
+        };
+        let tag = self.checked_tag(
+            &cx,
+            record,
+            m.cache,
+            pool_tag,
+            HookedRoutine::FreeMappingAddress,
+            contain,
+        );
         self.forget_mapping(&m);
         self.bury(&cx, &m);
         if m.flags & FLAG_RESERVED_MAPPED != 0 {
@@ -540,7 +579,41 @@ impl<P: Platform> Verifier<P> {
                 self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
             }
         }
-        self.platform.mm_free_mapping_address(base, pool_tag);
+        self.platform.mm_free_mapping_address(base, tag);
+    }
+
+    /// The pool tag to pass Mm for a call of `routine` on a reserved range allocated with
+    /// tag `own`: `passed` if it is `own`; otherwise IOSV022 is reported (with the range's
+    /// `record`) and, contained, `own` is passed instead.
+    fn checked_tag(
+        &self,
+        cx: &CallCtx,
+        record: impl FnOnce() -> ViolationRecord,
+        own: u32,
+        passed: u32,
+        routine: HookedRoutine,
+        contain: bool,
+    ) -> u32 {
+        if passed == own {
+            return passed;
+        }
+        let mut r = record();
+        self.tag_mismatch(&mut r, passed, routine);
+        if contain {
+            self.contain_record(cx, &mut r);
+        }
+        self.violate(RuleId::ReservedTagMismatch, cx, r);
+        if contain {
+            own
+        } else {
+            passed
+        }
+    }
+
+    /// Fills IOSV022's own fields of `r`: the tag the call passed and its routine.
+    fn tag_mismatch(&self, r: &mut ViolationRecord, passed: u32, routine: HookedRoutine) {
+        r.other_cache = passed;
+        r.other = routine.index() as u64;
     }
 
     /// Takes the reserved range at `base` out of the table. `None` if no reserved range

@@ -78,11 +78,12 @@ pub(crate) fn injector(rule: RuleId) -> Injector {
         | RuleId::ReservedFreedWhileMapped
         | RuleId::ReservedMappedTwice
         | RuleId::ReservedSize
-        | RuleId::UnmapOtherProcess => mdl_family,
+        | RuleId::UnmapOtherProcess
+        | RuleId::ReservedTagMismatch => mdl_family,
     }
 }
 
-/// IOSV015–IOSV021: the MDL and reserved-mapping family (`crate::mdl::commit`).
+/// IOSV015–IOSV022: the MDL and reserved-mapping family (`crate::mdl::commit`).
 fn mdl_family(b: &mut Bug<'_>) -> Result<bool, HostError> {
     crate::mdl::commit(b.host, b.rule, b.d)
 }

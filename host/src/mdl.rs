@@ -17,7 +17,7 @@
 //! [`USER_REGION`] (unique across the simulated processes, so the table's keys never
 //! collide; on Windows two processes can map the same user address — see docs).
 //!
-//! The simulated drivers' bugs of rules IOSV015–IOSV021 (`commit`) each allocate their
+//! The simulated drivers' bugs of rules IOSV015–IOSV022 (`commit`) each allocate their
 //! own MDLs and ranges, so they run beside any other thread's work.
 
 use crate::driver_calls::{DriverRef, Routine};
@@ -49,6 +49,8 @@ pub const CLIENT_PROCESS: u64 = 0x1F00;
 pub const OTHER_PROCESS: u64 = 0x2F00;
 /// Pool tag of the simulated drivers' reserved ranges (`'Rsvd'`).
 pub const RESERVED_TAG: u32 = u32::from_le_bytes(*b"Rsvd");
+/// The wrong tag of the IOSV022 bug (`'Rsv2'`).
+const OTHER_TAG: u32 = u32::from_le_bytes(*b"Rsv2");
 /// `MmCached`.
 const MM_CACHED: u32 = 1;
 /// DIRQL of IOSV016's bad unmap.
@@ -642,16 +644,24 @@ impl DriverRef {
 
     /// `MmUnmapReservedMapping(range, RESERVED_TAG, mdl)`.
     pub fn unmap_reserved(&self, from: Routine, range: u64, mdl: u64) -> Result<bool, HostError> {
+        self.unmap_reserved_tagged(from, range, RESERVED_TAG, mdl)
+    }
+
+    /// `MmUnmapReservedMapping(range, tag, mdl)`: [`unmap_reserved`](Self::unmap_reserved)
+    /// with a tag of the caller's choosing.
+    pub fn unmap_reserved_tagged(
+        &self,
+        from: Routine,
+        range: u64,
+        tag: u32,
+        mdl: u64,
+    ) -> Result<bool, HostError> {
         call(
             self,
             from,
             HookedRoutine::UnmapReservedMapping,
-            |c| self.verifier.unmap_reserved(c, range, RESERVED_TAG, mdl),
-            || {
-                self.sys
-                    .mdls
-                    .unmap_reserved(range, RESERVED_TAG, mdl, false)
-            },
+            |c| self.verifier.unmap_reserved(c, range, tag, mdl),
+            || self.sys.mdls.unmap_reserved(range, tag, mdl, false),
         )
         .map(|(_, hooked)| hooked)
     }
@@ -712,7 +722,7 @@ pub fn clean_cycle(host: &Host, d: &DriverRef) -> Result<(), HostError> {
     })
 }
 
-/// Commits one bug of rule `rule` (IOSV015–IOSV021) as driver `d`: exactly one violation
+/// Commits one bug of rule `rule` (IOSV015–IOSV022) as driver `d`: exactly one violation
 /// of that rule when iosv hooks the family in `d`, and everything it allocated released
 /// again (by iosv's containment, or by the driver). Returns whether the bug reached iosv
 /// (then it was counted as injected). A driver iosv does not hook commits nothing (the
@@ -784,6 +794,20 @@ pub(crate) fn commit(host: &Host, rule: RuleId, d: &DriverRef) -> Result<bool, H
             let (va, _) = d.map_reserved(Routine::Dispatch, range, a)?;
             if va != 0 {
                 d.unmap_reserved(Routine::Dispatch, range, a)?;
+            }
+            d.free_mapping_address(Routine::Dispatch, range)?;
+            d.unlock_pages(Routine::Dispatch, a)?;
+            d.free_mdl(Routine::Dispatch, a)?;
+            Ok(())
+        })?,
+        RuleId::ReservedTagMismatch => passive(&|| {
+            // The range is reserved with one tag and unmapped with another (a second
+            // constant for the same range); freed with the right one.
+            let a = mdls.allocate_mdl(0, 0x1000, false);
+            let (range, _) = d.allocate_mapping_address(Routine::Dispatch, 0x2000)?;
+            let (va, _) = d.map_reserved(Routine::Dispatch, range, a)?;
+            if va != 0 {
+                d.unmap_reserved_tagged(Routine::Dispatch, range, OTHER_TAG, a)?;
             }
             d.free_mapping_address(Routine::Dispatch, range)?;
             d.unlock_pages(Routine::Dispatch, a)?;

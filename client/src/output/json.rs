@@ -78,6 +78,7 @@ fn violation_fields(v: &Violation<'_>, images: &Images) -> Value {
         "physical": hex(r.physical),
         "cache": v.cache(),
         "other_cache": v.other_cache(),
+        "routine": v.routine().map(|r| r.name()),
         "shared_pages": v.shared_pages().map(|(first, end)| json!({ "first": hex(first), "end": hex(end) })),
         "other": opt_hex(r.other),
         "reused": v.reused(),

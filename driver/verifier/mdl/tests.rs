@@ -7,8 +7,11 @@ use crate::mdl::{
     MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
     MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
 };
+use crate::pe::HookedRoutine;
 use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
-use crate::protocol::{ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS};
+use crate::protocol::{
+    ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS, VF_CONTAINED,
+};
 use std::sync::atomic::Ordering;
 
 const DRV: u64 = 0x3000_0000;
@@ -374,7 +377,7 @@ fn a_clean_reserved_cycle_is_silent() {
     assert_eq!(
         b.calls(),
         [
-            Call::MapReserved(range, MDL_A),
+            Call::MapReserved(range, TAG, MDL_A),
             Call::UnmapReserved(range, TAG, MDL_A),
             Call::FreeReserved(range, TAG)
         ]
@@ -446,6 +449,100 @@ fn iosv015_and_iosv016_for_reserved_unmaps() {
     b.v.unmap_reserved(me(), range, TAG, MDL_A);
     assert_eq!(b.rules(), [RuleId::DoubleUnmap]);
     assert!(b.calls().is_empty());
+}
+
+const WRONG_TAG: u32 = u32::from_le_bytes(*b"Tag2");
+
+/// Checks one IOSV022 record: the routine, both tags, whether it was contained.
+fn assert_tag_mismatch(r: &ViolationRecord, routine: HookedRoutine, contained: bool) {
+    assert_eq!(r.rule, RuleId::ReservedTagMismatch.number());
+    assert_eq!((r.cache, r.other_cache), (TAG, WRONG_TAG));
+    assert_eq!(r.other, routine.index() as u64);
+    assert_eq!(r.kind, MK_RESERVED);
+    assert_eq!(r.flags & VF_CONTAINED != 0, contained);
+}
+
+#[test]
+fn iosv022_every_reserved_routine_with_another_tag_is_contained_with_the_ranges_own() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    // The map is refused: nothing reaches Mm, NULL, the range stays unmapped.
+    assert_eq!(b.v.map_reserved(me(), range, WRONG_TAG, MDL_A, 1), 0);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_tag_mismatch(
+        &r[0],
+        HookedRoutine::MapLockedPagesWithReservedMapping,
+        true,
+    );
+    assert_eq!(r[0].passed_mdl, MDL_A);
+    assert!(b.calls().is_empty());
+    assert_eq!(b.v.table().get(range).unwrap().physical, 0);
+    // Mapped right, then unmapped and freed with the wrong tag: both passed with the
+    // range's own.
+    assert_ne!(b.v.map_reserved(me(), range, TAG, MDL_A, 1), 0);
+    b.calls();
+    b.v.unmap_reserved(me(), range, WRONG_TAG, MDL_A);
+    b.v.free_mapping_address(me(), range, WRONG_TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 2);
+    assert_tag_mismatch(&r[0], HookedRoutine::UnmapReservedMapping, true);
+    assert_tag_mismatch(&r[1], HookedRoutine::FreeMappingAddress, true);
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(range, TAG, MDL_A),
+            Call::FreeReserved(range, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv022_without_containment_passes_the_drivers_tag_and_checks_the_rest() {
+    let b = bed();
+    b.containment_off();
+    let range = b.reserve(0x2000);
+    // Another tag and an MDL too large: both reported, the call passed as made.
+    assert_eq!(b.v.map_reserved(me(), range, WRONG_TAG, MDL_B, 1), range);
+    assert_eq!(
+        b.rules(),
+        [RuleId::ReservedTagMismatch, RuleId::ReservedSize]
+    );
+    assert_eq!(b.calls(), [Call::MapReserved(range, WRONG_TAG, MDL_B)]);
+    b.v.unmap_reserved(me(), range, WRONG_TAG, MDL_B);
+    b.v.free_mapping_address(me(), range, TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_tag_mismatch(&r[0], HookedRoutine::UnmapReservedMapping, false);
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(range, WRONG_TAG, MDL_B),
+            Call::FreeReserved(range, TAG)
+        ]
+    );
+}
+
+#[test]
+fn iosv022_a_free_of_a_mapped_range_with_another_tag_unmaps_and_frees_with_its_own() {
+    let b = bed();
+    let range = b.reserve(0x4000);
+    b.v.map_reserved(me(), range, TAG, MDL_A, 1);
+    b.calls();
+    b.v.free_mapping_address(me(), range, WRONG_TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 2);
+    assert_tag_mismatch(&r[0], HookedRoutine::FreeMappingAddress, true);
+    assert_eq!(r[1].rule, RuleId::ReservedFreedWhileMapped.number());
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(range, TAG, MDL_A),
+            Call::FreeReserved(range, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
 }
 
 #[test]
