@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::pe::HookedRoutine;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Version of this protocol. A request with another version gets
@@ -19,9 +20,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Version 3 added the MDL and reserved mapping family (issue 11): rules
 /// IOSV015–IOSV021 (`RULE_SLOTS` 32), `kind`, `mdl` and `passed_mdl` of
 /// [`ViolationRecord`], `kind`, `mdl` and `process_id` of [`MappingRecord`] (struct
-/// sizes changed, so the version did). Version 4 added rule IOSV022: no struct changed,
-/// but a version-3 client zeroes the action slots past its last rule, so against a
-/// newer endpoint it would turn the new rule off without a word.
+/// sizes changed, so the version did). Version 4 added rule IOSV022 (a version-3 client
+/// zeroes the action slots past its last rule, so against a newer endpoint it would turn
+/// the new rule off without a word) and `routine` of [`ViolationRecord`] (in half of
+/// what was its `processor`, now 16 bits as in [`MappingRecord`]).
 ///
 /// Additions that leave every existing struct and code as it was do not change the
 /// version: they are announced by a `CAP_*` bit instead, so clients and endpoints of
@@ -491,8 +493,14 @@ pub struct ViolationRecord {
     pub flags: u8,
     /// IRQL of the call (or of the PnP/unload event).
     pub irql: u8,
-    /// Processor of the call.
-    pub processor: u32,
+    /// Processor of the call (as in [`MappingRecord::processor`]; `u16::MAX` for a
+    /// processor number that does not fit).
+    pub processor: u16,
+    /// The routine whose call the record judges ([`routine_code`]); 0 for an event (a
+    /// leak found at stop, removal, unload or detach).
+    pub routine: u8,
+    /// Zero.
+    pub reserved3: u8,
     /// Driver that made the call (0 = unattributed).
     pub driver_id: u16,
     /// Driver that owns the mapping (0 = none/unknown).
@@ -532,8 +540,7 @@ pub struct ViolationRecord {
     /// When the mapping was made (ns).
     pub map_time_ns: u64,
     /// IOSV010: physical address of the conflicting mapping (its base and size are in
-    /// `base` and `mapped_size`); IOSV005: when the earlier unmap happened; IOSV022: the
-    /// routine that passed the tag, as its [`HookedRoutine::index`](crate::pe::HookedRoutine::index).
+    /// `base` and `mapped_size`); IOSV005: when the earlier unmap happened.
     pub other: u64,
     /// Name of `driver_id`.
     pub driver_name: [u8; NAME_LEN],
@@ -557,6 +564,20 @@ pub struct ViolationRecord {
     pub mdl: u64,
     /// MDL and reserved kinds: the MDL the call passed (0 if none).
     pub passed_mdl: u64,
+}
+
+/// `ViolationRecord::routine` of a call of `r`: its [`HookedRoutine::index`] + 1.
+pub const fn routine_code(r: HookedRoutine) -> u8 {
+    // At most HookedRoutine::COUNT (14).
+    (r.index() as u8).wrapping_add(1)
+}
+
+/// The routine a `ViolationRecord::routine` names; `None` for 0 (an event) and for codes
+/// this build does not know.
+pub fn routine_of_code(code: u8) -> Option<HookedRoutine> {
+    HookedRoutine::ALL
+        .get(usize::from(code).checked_sub(1)?)
+        .copied()
 }
 
 /// `ViolationRecord::kind` / `MappingRecord::kind`: an I/O-space mapping

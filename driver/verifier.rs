@@ -15,15 +15,16 @@ use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
 use crate::mdl::{is_io_space, MappingKind, MdlIndex, FLAG_USER};
+use crate::pe::HookedRoutine;
 use crate::phys::{
     byte_offset, check_parameters, page_align, page_range, CacheClass, ConflictFilter,
 };
 use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
+use crate::protocol::{routine_code, STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::protocol::{
     ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
     VF_OTHER_MAP_EX, VF_REUSED,
 };
-use crate::protocol::{STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::rules::{Action, Blamed, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
 use crate::sync::{AtomicU32, Ordering, OutOfMemory};
@@ -90,6 +91,8 @@ struct CallCtx {
     processor: u32,
     driver: DriverId,
     now: u64,
+    /// `ViolationRecord::routine` of the call (0: an event, not a call).
+    routine: u8,
 }
 
 /// The verification engine. One per system (or per host instance).
@@ -211,7 +214,7 @@ impl<P: Platform> Verifier<P> {
         self.control.with(&self.platform, f)
     }
 
-    fn ctx(&self, caller: Caller) -> CallCtx {
+    fn ctx(&self, caller: Caller, routine: HookedRoutine) -> CallCtx {
         CallCtx {
             irql: self.platform.current_irql(),
             processor: self.platform.current_processor(),
@@ -219,6 +222,15 @@ impl<P: Platform> Verifier<P> {
                 .drivers
                 .attribute_call(caller.importer, caller.return_address),
             now: self.platform.now_ns(),
+            routine: routine_code(routine),
+        }
+    }
+
+    /// The context of an event (PnP, unload, detach): no caller, no routine.
+    fn event_ctx(&self) -> CallCtx {
+        CallCtx {
+            routine: 0,
+            ..self.ctx(Caller::at(0), HookedRoutine::UnmapIoSpace)
         }
     }
 
@@ -238,7 +250,12 @@ impl<P: Platform> Verifier<P> {
     // a pair; the price is the body twice in the image).
     #[inline(always)]
     fn map_common(&self, caller: Caller, physical: u64, size: usize, cache: u32, ex: bool) -> u64 {
-        let cx = self.ctx(caller);
+        let routine = if ex {
+            HookedRoutine::MapIoSpaceEx
+        } else {
+            HookedRoutine::MapIoSpace
+        };
+        let cx = self.ctx(caller, routine);
         let size64 = size as u64;
         let probe = || {
             let mut r = self.blank_record(&cx);
@@ -410,7 +427,7 @@ impl<P: Platform> Verifier<P> {
     /// (inlined into both of its calls, like `map_common`).
     #[inline(always)]
     fn unmap_with(&self, caller: Caller, base: u64, size: usize, frames: &mut [u64]) {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::UnmapIoSpace);
         let size64 = size as u64;
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
@@ -742,7 +759,7 @@ impl<P: Platform> Verifier<P> {
         let mut r = ViolationRecord {
             timestamp_ns: cx.now,
             irql: cx.irql.0,
-            processor: cx.processor,
+            processor: u16::try_from(cx.processor).unwrap_or(u16::MAX),
             driver_id: cx.driver.0,
             // Read here, not on every hook call: only records and user-space MDL
             // mappings need it.
@@ -750,6 +767,7 @@ impl<P: Platform> Verifier<P> {
             // Read here, not on every hook call, as the process id.
             thread_id: self.platform.current_thread_id(),
             driver_name: self.drivers.name(cx.driver),
+            routine: cx.routine,
             ..Default::default()
         };
         let depth = self.settings.stack_depth().min(MAX_STACK);
@@ -847,7 +865,7 @@ impl<P: Platform> Verifier<P> {
 
     /// Reports every live, not yet reported mapping that `pick` selects as a leak.
     fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
-        let cx = self.ctx(Caller::at(0));
+        let cx = self.event_ctx();
         self.for_each_picked::<LEAK_BATCH>(
             |m| m.flags & FLAG_LEAK_REPORTED == 0 && pick(m),
             |m| {

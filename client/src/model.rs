@@ -477,15 +477,10 @@ impl<'a> Violation<'a> {
             .unwrap_or_else(|| "(unattributed)".to_string())
     }
 
-    /// IOSV022: the routine that passed the wrong tag (`other` holds its index); `None`
-    /// for every other rule.
+    /// The routine whose call the record judges; `None` for an event (a leak found at
+    /// stop, removal, unload or detach) and for a record of an older `iosv.sys`.
     pub fn routine(&self) -> Option<HookedRoutine> {
-        if self.rule() != Some(RuleId::ReservedTagMismatch) {
-            return None;
-        }
-        usize::try_from(self.rec.other)
-            .ok()
-            .and_then(|i| HookedRoutine::ALL.get(i).copied())
+        routine_of_code(self.rec.routine)
     }
 
     fn map_fn(&self) -> &'static str {
@@ -507,11 +502,26 @@ impl<'a> Violation<'a> {
             .owner()
             .unwrap_or_else(|| "an unknown driver".to_string());
         let known = r.flags & VF_MAPPING_KNOWN != 0;
-        let unmap = format!(
-            "{caller} called MmUnmapIoSpace({}, 0x{:x})",
-            hex(r.address),
-            r.passed_size
-        );
+        let unmap = match self.routine() {
+            Some(HookedRoutine::UnmapLockedPages) => format!(
+                "{caller} called MmUnmapLockedPages({}, MDL {})",
+                hex(r.address),
+                hex(r.passed_mdl)
+            ),
+            Some(HookedRoutine::UnmapReservedMapping) => format!(
+                "{caller} called MmUnmapReservedMapping({}, MDL {})",
+                hex(r.address),
+                hex(r.passed_mdl)
+            ),
+            Some(HookedRoutine::FreeMappingAddress) => {
+                format!("{caller} called MmFreeMappingAddress({})", hex(r.address))
+            }
+            _ => format!(
+                "{caller} called MmUnmapIoSpace({}, 0x{:x})",
+                hex(r.address),
+                r.passed_size
+            ),
+        };
         let kind =
             iosv::mdl::MappingKind::from_u8(r.kind).unwrap_or(iosv::mdl::MappingKind::IoSpace);
         let mapping = if kind != iosv::mdl::MappingKind::IoSpace {
@@ -616,6 +626,15 @@ impl<'a> Violation<'a> {
                 r.passed_size,
                 cache(r.cache, self.map_ex()),
                 irql(r.irql)
+            ),
+            Some(RuleId::UnmapUnknown) if known => format!(
+                "{unmap}, but {mapping} is not released by that routine ({} releases it)",
+                match kind {
+                    iosv::mdl::MappingKind::IoSpace => "MmUnmapIoSpace",
+                    iosv::mdl::MappingKind::Mdl => "MmUnmapLockedPages",
+                    iosv::mdl::MappingKind::Reserved =>
+                        "MmFreeMappingAddress, after MmUnmapReservedMapping of its MDL",
+                }
             ),
             Some(RuleId::UnmapUnknown) => format!("{unmap}, but no tracked mapping has that base"),
             Some(RuleId::DoubleUnmap) if self.reused() => {
@@ -933,6 +952,75 @@ mod tests {
     }
 
     #[test]
+    fn unmaps_of_the_family_name_their_routine_and_the_right_one() {
+        use iosv::protocol::{MK_IO_SPACE, MK_MDL, MK_RESERVED};
+        let rec = |rule: RuleId, routine: HookedRoutine, kind: u8, known: bool| ViolationRecord {
+            rule: rule.number(),
+            routine: routine_code(routine),
+            kind,
+            flags: if known { VF_MAPPING_KNOWN } else { 0 },
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 1,
+            owner_name: wire_name(b"a.sys"),
+            address: 0xF000,
+            base: 0xF000,
+            mapped_size: 0x1000,
+            passed_size: 0x1000,
+            passed_mdl: if routine == HookedRoutine::FreeMappingAddress {
+                0
+            } else {
+                0xA000
+            },
+            mdl: if kind == MK_IO_SPACE { 0 } else { 0xA000 },
+            ..Default::default()
+        };
+        let message = |r: ViolationRecord| Violation::new(&r).message();
+        // MmUnmapIoSpace of an MDL mapping, MmUnmapLockedPages of an I/O-space one.
+        assert_eq!(
+            message(rec(RuleId::UnmapUnknown, HookedRoutine::UnmapIoSpace, MK_MDL, true)),
+            "a.sys called MmUnmapIoSpace(0xf000, 0x1000), but the MDL mapping at 0xf000 (0x1000 bytes, MDL 0xa000) made by a.sys is not released by that routine (MmUnmapLockedPages releases it)"
+        );
+        assert!(message(rec(
+            RuleId::UnmapUnknown,
+            HookedRoutine::UnmapLockedPages,
+            MK_IO_SPACE,
+            true
+        ))
+        .starts_with(
+            "a.sys called MmUnmapLockedPages(0xf000, MDL 0xa000), but the mapping at 0xf000"
+        ));
+        // Double unmaps name the routine called twice.
+        assert!(message(rec(
+            RuleId::DoubleUnmap,
+            HookedRoutine::FreeMappingAddress,
+            MK_RESERVED,
+            false
+        ))
+        .starts_with(
+            "a.sys called MmFreeMappingAddress(0xf000), but that base was already unmapped"
+        ));
+        assert!(message(rec(
+            RuleId::UnmapUnknown,
+            HookedRoutine::UnmapReservedMapping,
+            MK_RESERVED,
+            false
+        ))
+        .starts_with(
+            "a.sys called MmUnmapReservedMapping(0xf000, MDL 0xa000), but no tracked mapping has that base"
+        ));
+        // A record that names no routine (an event's): the I/O-space form.
+        let mut old = rec(
+            RuleId::UnmapUnknown,
+            HookedRoutine::UnmapIoSpace,
+            MK_IO_SPACE,
+            false,
+        );
+        old.routine = 0;
+        assert!(message(old).starts_with("a.sys called MmUnmapIoSpace(0xf000, 0x1000)"));
+    }
+
+    #[test]
     fn a_tag_mismatch_names_the_routine_and_both_tags() {
         let mut r = ViolationRecord {
             rule: RuleId::ReservedTagMismatch.number(),
@@ -948,7 +1036,7 @@ mod tests {
             mdl: 0xA000,
             cache: u32::from_le_bytes(*b"Rsvd"),
             other_cache: u32::from_le_bytes(*b"Rsv2"),
-            other: HookedRoutine::UnmapReservedMapping.index() as u64,
+            routine: routine_code(HookedRoutine::UnmapReservedMapping),
             ..Default::default()
         };
         let v = Violation::new(&r);
@@ -962,12 +1050,12 @@ mod tests {
             (tag["kind"].as_str(), tag["name"].as_str()),
             (Some("POOL_TAG"), Some("'Rsv2'"))
         );
-        r.other = HookedRoutine::MapLockedPagesWithReservedMapping.index() as u64;
+        r.routine = routine_code(HookedRoutine::MapLockedPagesWithReservedMapping);
         assert!(Violation::new(&r)
             .message()
             .ends_with("; contained: not passed to Mm, NULL returned"));
-        // A routine index this iosvctl does not know is not guessed at.
-        r.other = 99;
+        // A routine code this iosvctl does not know is not guessed at.
+        r.routine = 99;
         assert!(Violation::new(&r)
             .message()
             .starts_with("a.sys called a reserved-range routine(0xf000)"));

@@ -51,7 +51,7 @@ impl<P: Platform> Verifier<P> {
         bugcheck_on_failure: u32,
         priority: u32,
     ) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::MapLockedPagesSpecifyCache);
         let base = self.platform.mm_map_locked_pages_specify_cache(
             mdl,
             access_mode,
@@ -66,7 +66,7 @@ impl<P: Platform> Verifier<P> {
     /// The `MmMapLockedPages` hook (the legacy form: cached, bug check on failure in
     /// kernel mode).
     pub fn map_locked_pages(&self, caller: Caller, mdl: u64, access_mode: u8) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::MapLockedPages);
         let base = self.platform.mm_map_locked_pages(mdl, access_mode);
         self.track_mdl_mapping(&cx, base, mdl, access_mode, MM_CACHED)
     }
@@ -78,12 +78,13 @@ impl<P: Platform> Verifier<P> {
     pub fn track_locked_pages(
         &self,
         caller: Caller,
+        routine: HookedRoutine,
         base: u64,
         mdl: u64,
         access_mode: u8,
         cache_type: u32,
     ) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, routine);
         self.track_mdl_mapping(&cx, base, mdl, access_mode, cache_type)
     }
 
@@ -137,7 +138,7 @@ impl<P: Platform> Verifier<P> {
     /// The `MmUnmapLockedPages` hook: validates and removes the entry, then calls the real
     /// routine (with the tracked MDL for a contained IOSV015) or contains the call.
     pub fn unmap_locked_pages(&self, caller: Caller, base: u64, mdl: u64) {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::UnmapLockedPages);
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
         let contain = self.settings.containment();
@@ -281,7 +282,11 @@ impl<P: Platform> Verifier<P> {
         if mdl == 0 || !self.mdls.may_hold(mdl) {
             return;
         }
-        let cx = self.ctx(caller);
+        let routine = match how {
+            MdlRelease::Free => HookedRoutine::FreeMdl,
+            MdlRelease::Unlock => HookedRoutine::UnlockPages,
+        };
+        let cx = self.ctx(caller, routine);
         let info = self.platform.mdl_info(mdl);
         let contain = self.settings.containment();
         // A small batch: this runs inside the IoFreeMdl / MmUnlockPages hooks, on the
@@ -333,7 +338,7 @@ impl<P: Platform> Verifier<P> {
 
     /// The `MmAllocateMappingAddress` hook.
     pub fn allocate_mapping_address(&self, caller: Caller, size: usize, pool_tag: u32) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::AllocateMappingAddress);
         let base = self.platform.mm_allocate_mapping_address(size, pool_tag);
         self.track_reserved(&cx, base, size, pool_tag)
     }
@@ -346,7 +351,7 @@ impl<P: Platform> Verifier<P> {
         pool_tag: u32,
         flags: u32,
     ) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::AllocateMappingAddressEx);
         let base = self
             .platform
             .mm_allocate_mapping_address_ex(size, pool_tag, flags);
@@ -381,7 +386,7 @@ impl<P: Platform> Verifier<P> {
         mdl: u64,
         cache_type: u32,
     ) -> u64 {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::MapLockedPagesWithReservedMapping);
         // MmMapLockedPagesWithReservedMapping: IRQL <= DISPATCH_LEVEL (its DDI page).
         let kind = MappingKind::Reserved;
         self.check_family_map_irql(
@@ -416,11 +421,7 @@ impl<P: Platform> Verifier<P> {
         if pool_tag != m.cache {
             // Windows checks the tag first (bug check 0xDA/0x104).
             let mut r = record(&m);
-            self.tag_mismatch(
-                &mut r,
-                pool_tag,
-                HookedRoutine::MapLockedPagesWithReservedMapping,
-            );
+            r.other_cache = pool_tag;
             if contain {
                 self.restore(&cx, &m);
                 self.contain_record(&cx, &mut r);
@@ -467,7 +468,7 @@ impl<P: Platform> Verifier<P> {
 
     /// The `MmUnmapReservedMapping` hook.
     pub fn unmap_reserved(&self, caller: Caller, base: u64, pool_tag: u32, mdl: u64) {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::UnmapReservedMapping);
         let contain = self.settings.containment();
         let Some(mut m) = self.take_reserved(&cx, page_align(base)) else {
             if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
@@ -482,14 +483,7 @@ impl<P: Platform> Verifier<P> {
             r
         };
         // Windows checks the tag before anything else (bug check 0xDA/0x108).
-        let tag = self.checked_tag(
-            &cx,
-            || record(&m),
-            m.cache,
-            pool_tag,
-            HookedRoutine::UnmapReservedMapping,
-            contain,
-        );
+        let tag = self.checked_tag(&cx, || record(&m), m.cache, pool_tag, contain);
         let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, tag, mdl);
         if m.flags & FLAG_RESERVED_MAPPED == 0 {
             // Nothing is mapped into the range: an unmap of an unmapped range.
@@ -526,7 +520,7 @@ impl<P: Platform> Verifier<P> {
     /// The `MmFreeMappingAddress` hook: IOSV018 if the range is still mapped (contained:
     /// iosv unmaps it first, with the tracked MDL).
     pub fn free_mapping_address(&self, caller: Caller, base: u64, pool_tag: u32) {
-        let cx = self.ctx(caller);
+        let cx = self.ctx(caller, HookedRoutine::FreeMappingAddress);
         // Statistics count a reserved range as one map (its allocation) and one unmap
         // (its free); mapping MDLs into it and out again is not counted.
         self.stats
@@ -557,14 +551,7 @@ impl<P: Platform> Verifier<P> {
             r.address = base;
             r
         };
-        let tag = self.checked_tag(
-            &cx,
-            record,
-            m.cache,
-            pool_tag,
-            HookedRoutine::FreeMappingAddress,
-            contain,
-        );
+        let tag = self.checked_tag(&cx, record, m.cache, pool_tag, contain);
         self.forget_mapping(&m);
         self.bury(&cx, &m);
         if m.flags & FLAG_RESERVED_MAPPED != 0 {
@@ -582,23 +569,22 @@ impl<P: Platform> Verifier<P> {
         self.platform.mm_free_mapping_address(base, tag);
     }
 
-    /// The pool tag to pass Mm for a call of `routine` on a reserved range allocated with
-    /// tag `own`: `passed` if it is `own`; otherwise IOSV022 is reported (with the range's
-    /// `record`) and, contained, `own` is passed instead.
+    /// The pool tag to pass Mm for a call on a reserved range allocated with tag `own`:
+    /// `passed` if it is `own`; otherwise IOSV022 is reported (with the range's `record`,
+    /// the passed tag in `other_cache`) and, contained, `own` is passed instead.
     fn checked_tag(
         &self,
         cx: &CallCtx,
         record: impl FnOnce() -> ViolationRecord,
         own: u32,
         passed: u32,
-        routine: HookedRoutine,
         contain: bool,
     ) -> u32 {
         if passed == own {
             return passed;
         }
         let mut r = record();
-        self.tag_mismatch(&mut r, passed, routine);
+        r.other_cache = passed;
         if contain {
             self.contain_record(cx, &mut r);
         }
@@ -608,12 +594,6 @@ impl<P: Platform> Verifier<P> {
         } else {
             passed
         }
-    }
-
-    /// Fills IOSV022's own fields of `r`: the tag the call passed and its routine.
-    fn tag_mismatch(&self, r: &mut ViolationRecord, passed: u32, routine: HookedRoutine) {
-        r.other_cache = passed;
-        r.other = routine.index() as u64;
     }
 
     /// Takes the reserved range at `base` out of the table. `None` if no reserved range

@@ -161,6 +161,7 @@ fn result(rec: &ViolationRecord, images: &Images) -> Value {
             "irql": crate::model::irql(rec.irql),
             "cache": v.cache(),
             "otherCache": v.other_cache(),
+            "routine": v.routine().map(|r| r.name()),
             "sharedPages": v.shared_pages().map(|(first, end)| json!({ "first": hex(first), "end": hex(end) })),
             "reused": v.reused(),
             "contained": v.contained(),

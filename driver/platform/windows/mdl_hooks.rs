@@ -38,6 +38,7 @@ use super::thunks::{caller, thunk_of, thunks};
 use crate::drivers::DriverId;
 use crate::intercept::MdlHooks;
 use crate::mdl::MdlInfo;
+use crate::pe::HookedRoutine;
 
 // Per-driver thunks (`thunks` module) of the seven routines that leave a register for
 // the driver id, or a 32-bit argument whose register's upper half can carry it. Each
@@ -278,7 +279,8 @@ unsafe extern "C" {
 
 /// Called by the C hooks of the two map routines after the real routine returned `va`
 /// (it did not raise): tracks the mapping (the engine's
-/// [`track_locked_pages`](crate::verifier::Verifier::track_locked_pages)). Returns `va`.
+/// [`track_locked_pages`](crate::verifier::Verifier::track_locked_pages)). `legacy` is
+/// nonzero when the routine was `MmMapLockedPages`. Returns `va`.
 #[unsafe(no_mangle)]
 extern "C" fn iosv_after_map_locked_pages(
     va: PVOID,
@@ -287,10 +289,17 @@ extern "C" fn iosv_after_map_locked_pages(
     cache: MEMORY_CACHING_TYPE,
     return_address: u64,
     id: u64,
+    legacy: i32,
 ) -> PVOID {
+    let routine = if legacy != 0 {
+        HookedRoutine::MapLockedPages
+    } else {
+        HookedRoutine::MapLockedPagesSpecifyCache
+    };
     match engine() {
         Some(glue) => glue.verifier.track_locked_pages(
             caller(id, return_address as usize),
+            routine,
             va as usize as u64,
             mdl as usize as u64,
             mode as u8,

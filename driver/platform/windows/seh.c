@@ -50,7 +50,7 @@ __declspec(dllimport) PVOID __stdcall MmMapLockedPages(MDL *Mdl, char AccessMode
 void *_ReturnAddress(void);
 #pragma intrinsic(_ReturnAddress)
 PVOID iosv_after_map_locked_pages(PVOID va, MDL *mdl, char access_mode, int cache_type,
-    unsigned long long return_address, unsigned long long importer);
+    unsigned long long return_address, unsigned long long importer, int legacy);
 
 /*
  * Each is reached through a per-driver thunk (platform/windows/mdl_hooks.rs), which jumps
@@ -68,7 +68,7 @@ PVOID iosv_hook_map_locked_pages_specify_cache(MDL *mdl, unsigned long long mode
     PVOID va = MmMapLockedPagesSpecifyCache(mdl, access_mode, cache_type, requested_address,
         bugcheck_on_failure, priority);
     return iosv_after_map_locked_pages(va, mdl, access_mode, cache_type, ret,
-        mode_and_id >> 32);
+        mode_and_id >> 32, 0);
 }
 
 /* MmMapLockedPages maps cached (MmCached = 1). */
@@ -76,5 +76,7 @@ PVOID iosv_hook_map_locked_pages(MDL *mdl, char access_mode, unsigned long long 
 {
     unsigned long long ret = (unsigned long long)_ReturnAddress();
     PVOID va = MmMapLockedPages(mdl, access_mode);
-    return iosv_after_map_locked_pages(va, mdl, access_mode, 1, ret, importer);
+    /* 1: MmCached, what MmMapLockedPages maps with; legacy 1: the routine was
+       MmMapLockedPages. */
+    return iosv_after_map_locked_pages(va, mdl, access_mode, 1, ret, importer, 1);
 }

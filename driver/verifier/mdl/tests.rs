@@ -10,7 +10,7 @@ use crate::mdl::{
 use crate::pe::HookedRoutine;
 use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
 use crate::protocol::{
-    ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS, VF_CONTAINED,
+    routine_of_code, ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS, VF_CONTAINED,
 };
 use std::sync::atomic::Ordering;
 
@@ -142,10 +142,27 @@ fn a_map_made_by_the_platform_is_tracked_the_same() {
     let b = bed();
     // What the Windows glue's C hook does: the real call, then the engine.
     let va = b.v.platform().mm_map_locked_pages(MDL_A, KERNEL_MODE);
-    assert_eq!(b.v.track_locked_pages(me(), va, MDL_A, KERNEL_MODE, 1), va);
+    assert_eq!(
+        b.v.track_locked_pages(
+            me(),
+            HookedRoutine::MapLockedPages,
+            va,
+            MDL_A,
+            KERNEL_MODE,
+            1
+        ),
+        va
+    );
     assert_eq!(b.v.table().get(va).unwrap().physical, MDL_A);
     assert_eq!(
-        b.v.track_locked_pages(me(), 0, MDL_A, KERNEL_MODE, 1),
+        b.v.track_locked_pages(
+            me(),
+            HookedRoutine::MapLockedPages,
+            0,
+            MDL_A,
+            KERNEL_MODE,
+            1
+        ),
         0,
         "failed: nothing"
     );
@@ -457,7 +474,7 @@ const WRONG_TAG: u32 = u32::from_le_bytes(*b"Tag2");
 fn assert_tag_mismatch(r: &ViolationRecord, routine: HookedRoutine, contained: bool) {
     assert_eq!(r.rule, RuleId::ReservedTagMismatch.number());
     assert_eq!((r.cache, r.other_cache), (TAG, WRONG_TAG));
-    assert_eq!(r.other, routine.index() as u64);
+    assert_eq!(routine_of_code(r.routine), Some(routine));
     assert_eq!(r.kind, MK_RESERVED);
     assert_eq!(r.flags & VF_CONTAINED != 0, contained);
 }
@@ -575,6 +592,52 @@ fn wrong_routine_unmaps_are_unknown_and_contained() {
     b.v.unmap_io_space(me(), io, 0x1000);
     assert!(b.rules().is_empty());
     assert_eq!(b.live(), 0);
+}
+
+/// Every record names the routine it judges; the leaks, found at an event, none.
+#[test]
+fn records_name_the_routine_of_the_call_and_none_for_an_event() {
+    let b = bed();
+    let va = b.map_kernel(MDL_A);
+    b.v.unmap_io_space(me(), va, 0x1800);
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    b.v.unmap_locked_pages(me(), io, MDL_A);
+    let range = b.reserve(0x4000);
+    b.v.free_mapping_address(me(), range, TAG);
+    b.v.free_mapping_address(me(), range, TAG);
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    let routines: Vec<_> = b
+        .records()
+        .iter()
+        .map(|r| (RuleId::from_number(r.rule), routine_of_code(r.routine)))
+        .collect();
+    assert_eq!(
+        routines,
+        [
+            (
+                Some(RuleId::UnmapUnknown),
+                Some(HookedRoutine::UnmapIoSpace)
+            ),
+            (
+                Some(RuleId::UnmapUnknown),
+                Some(HookedRoutine::UnmapLockedPages)
+            ),
+            (
+                Some(RuleId::DoubleUnmap),
+                Some(HookedRoutine::FreeMappingAddress)
+            ),
+            (
+                Some(RuleId::DoubleUnmap),
+                Some(HookedRoutine::UnmapLockedPages)
+            ),
+        ]
+    );
+    b.v.driver_detached(b.drv, false);
+    let leaks = b.records();
+    assert_eq!(leaks.len(), 1, "the I/O-space mapping");
+    assert_eq!(leaks[0].rule, RuleId::LeakOnUnload.number());
+    assert_eq!(leaks[0].routine, 0);
 }
 
 #[test]
