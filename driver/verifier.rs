@@ -471,7 +471,7 @@ impl<P: Platform> Verifier<P> {
             }
             Removal::Removed => {
                 self.forget_head(&h);
-                self.bury_head(&cx, &h, frames.first().copied().unwrap_or(0));
+                self.bury_io_space(&cx, &h, frames.first().copied().unwrap_or(0));
                 if size64 != h.size {
                     let contain = contain();
                     let mut r = self.mapping_record(&cx, &h.with_frames(frames));
@@ -575,17 +575,29 @@ impl<P: Platform> Verifier<P> {
         }
     }
 
-    /// Remembers the unmap of `m` (by the caller of `cx`) in the graveyard.
+    /// Remembers the unmap of `m` (by the caller of `cx`) in the graveyard, with the
+    /// process of a user-space mapping.
     fn bury(&self, cx: &CallCtx, m: &Mapping) {
-        self.bury_head(cx, &m.head, m.frames().first().copied().unwrap_or(0));
+        let process = if m.flags & FLAG_USER != 0 {
+            m.device
+        } else {
+            0
+        };
+        self.graveyard.bury_mapping(
+            &m.head,
+            cx.now,
+            cx.driver.0,
+            m.frames().first().copied().unwrap_or(0),
+            process,
+        );
     }
 
-    /// [`bury`](Self::bury) of a mapping without its stack, `map_site` its innermost frame
-    /// (0 if none).
+    /// [`bury`](Self::bury) of an I/O-space mapping without its stack (the unmap hook's
+    /// path), `map_site` its innermost frame (0 if none).
     #[inline(always)]
-    fn bury_head(&self, cx: &CallCtx, m: &MappingHead, map_site: u64) {
+    fn bury_io_space(&self, cx: &CallCtx, m: &MappingHead, map_site: u64) {
         self.graveyard
-            .bury_mapping(m, cx.now, cx.driver.0, map_site);
+            .bury_mapping(m, cx.now, cx.driver.0, map_site, 0);
     }
 
     /// Puts a mapping taken out of the table for a contained unmap back (hook path:

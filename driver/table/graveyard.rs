@@ -44,6 +44,9 @@ pub struct Tombstone {
     pub unmapped_by: u16,
     /// Map site: the innermost frame of the map call's stack (0 if none was captured).
     pub map_site: u64,
+    /// The process a user-space mapping was mapped into (0 for system space): one user
+    /// address can be mapped in two processes.
+    pub process: u64,
 }
 
 /// One slot: a cache line of its own (really aligned), so writers of neighbouring
@@ -58,6 +61,7 @@ struct GraveSlot {
     unmap_time_ns: AtomicU64,
     map_site: AtomicU64,
     drivers: AtomicU32,
+    process: AtomicU64,
 }
 
 /// See the module docs.
@@ -82,6 +86,7 @@ impl Graveyard {
             unmap_time_ns: AtomicU64::new(0),
             map_site: AtomicU64::new(0),
             drivers: AtomicU32::new(0),
+            process: AtomicU64::new(0),
         };
         Ok(Graveyard {
             sets: try_boxed_slice(len / WAYS, |_| core::array::from_fn(slot))?,
@@ -160,14 +165,15 @@ impl Graveyard {
             u32::from(t.driver) | u32::from(t.unmapped_by) << 16,
             Ordering::Relaxed,
         );
+        s.process.store(t.process, Ordering::Relaxed);
         Self::release(s, seq);
         true
     }
 
     /// [`bury`](Self::bury) of the tombstone of mapping `m`, unmapped at `unmap_time_ns` by
-    /// driver `unmapped_by`, `map_site` its innermost map-site frame (0 if none): the
-    /// unmap hook's path, which reads the fields from the removed entry instead of
-    /// building a [`Tombstone`] first.
+    /// driver `unmapped_by`, `map_site` its innermost map-site frame (0 if none), mapped
+    /// into user-space `process` (0 for system space): the unmap hook's path, which reads
+    /// the fields from the removed entry instead of building a [`Tombstone`] first.
     #[inline(always)]
     pub fn bury_mapping(
         &self,
@@ -175,6 +181,7 @@ impl Graveyard {
         unmap_time_ns: u64,
         unmapped_by: u16,
         map_site: u64,
+        process: u64,
     ) -> bool {
         let Some((s, seq)) = self.claim_for(m.base) else {
             return false;
@@ -189,6 +196,7 @@ impl Graveyard {
             u32::from(m.driver) | u32::from(unmapped_by) << 16,
             Ordering::Relaxed,
         );
+        s.process.store(process, Ordering::Relaxed);
         Self::release(s, seq);
         true
     }
@@ -358,6 +366,7 @@ impl Graveyard {
                 driver: drivers as u16,
                 unmapped_by: (drivers >> 16) as u16,
                 map_site: s.map_site.load(Ordering::Relaxed),
+                process: s.process.load(Ordering::Relaxed),
             };
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) == s1 {
@@ -440,6 +449,7 @@ mod tests {
             driver: 3,
             unmapped_by: 4,
             map_site: 0x1000_0123,
+            process: 0,
         }
     }
 
@@ -489,7 +499,7 @@ mod tests {
             }
             let mut m = MappingHead::new(0x77 << 12, 0x1000);
             m.driver = 3;
-            assert!(g.bury_mapping(&m, 6, 4, 0));
+            assert!(g.bury_mapping(&m, 6, 4, 0, 0));
             for (i, &base) in bases.iter().enumerate() {
                 assert_eq!(g.find(base).is_none(), i == victim, "{times:?}: slot {i}");
             }

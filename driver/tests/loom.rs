@@ -253,6 +253,7 @@ fn graveyard_racing_burials_and_a_reader() {
         driver: 1,
         unmapped_by: 2,
         map_site: when,
+        process: when << 12,
     };
     model(move || {
         let g = Arc::new(Graveyard::new(WAYS).unwrap());
@@ -263,7 +264,7 @@ fn graveyard_racing_burials_and_a_reader() {
             m.physical = 2 ^ 0xF0;
             m.map_time_ns = 2;
             m.driver = 1;
-            assert!(g2.bury_mapping(&m, 2, 2, 2));
+            assert!(g2.bury_mapping(&m, 2, 2, 2, 2 << 12));
         });
         assert!(g.bury(&t(B, 3)));
         if let Some(seen) = g.find(A) {

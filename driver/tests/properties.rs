@@ -393,6 +393,7 @@ proptest! {
                         driver: u16::from(key),
                         unmapped_by,
                         map_site: now ^ 0x55,
+                        process: if key % 2 == 0 { 0 } else { 0x1000 + now },
                     };
                     if now % 2 == 0 {
                         prop_assert!(g.bury(&t));
@@ -401,7 +402,7 @@ proptest! {
                         m.physical = t.physical;
                         m.map_time_ns = t.map_time_ns;
                         m.driver = t.driver;
-                        prop_assert!(g.bury_mapping(&m, now, unmapped_by, t.map_site));
+                        prop_assert!(g.bury_mapping(&m, now, unmapped_by, t.map_site, t.process));
                     }
                     let own = model.iter().position(|s| s.is_some_and(|s| s.base == t.base));
                     let free = model.iter().position(Option::is_none);

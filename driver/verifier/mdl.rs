@@ -25,8 +25,8 @@ use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
 use crate::rules::RuleId;
 use crate::stats::{Counter, DriverCounter};
 use crate::table::{
-    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, FLAG_DETACHED, FLAG_LEAK_REPORTED,
-    MAX_STACK_DEPTH,
+    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, Tombstone, FLAG_DETACHED,
+    FLAG_LEAK_REPORTED, MAX_STACK_DEPTH,
 };
 
 /// Mappings of one MDL `mdl_released` takes from one walk of the table at a time.
@@ -191,10 +191,13 @@ impl<P: Platform> Verifier<P> {
     /// An `MmUnmapLockedPages` of the live MDL mapping `m` (already out of the table).
     fn unmap_mdl_entry(&self, cx: &CallCtx, m: &Mapping, base: u64, mdl: u64, contain: bool) {
         let user = m.flags & FLAG_USER != 0;
-        if user
-            && m.device != self.platform.current_process_id()
-            && self.untracked.take_remembered(base)
-        {
+        // The process the call runs in (only a user-space mapping needs it).
+        let process = if user {
+            self.platform.current_process_id()
+        } else {
+            0
+        };
+        if user && m.device != process && self.untracked.take_remembered(base) {
             // This process's own mapping at the address of another process's tracked one
             // (remembered as untracked at its map, `track_mdl_mapping`): the other stays
             // tracked, and this unmap, which Mm applies to the current process, passes (as
@@ -230,18 +233,31 @@ impl<P: Platform> Verifier<P> {
             }
             return;
         }
-        if user && m.device != self.platform.current_process_id() {
-            // Mm would unmap that range of the *current* process. Contained: nothing
-            // reaches Mm and the mapping stays tracked (its process still maps it).
-            let mut r = record();
+        if user && m.device != process {
+            // Mm would unmap that range of the *current* process. If this process's own
+            // earlier mapping at this address was unmapped already, that is what the call
+            // repeats (IOSV005: another process maps the address now); otherwise the
+            // mapping was made in another process (IOSV021). Contained: nothing reaches
+            // Mm and the other process's mapping stays tracked (it still maps it).
+            let (rule, mut r) = match self.graveyard.find(base).filter(|t| t.process == process) {
+                Some(t) => {
+                    let mut r = self.blank_record(cx);
+                    r.address = base;
+                    r.passed_mdl = mdl;
+                    r.kind = MappingKind::Mdl as u8;
+                    self.describe_tombstone(&mut r, &t);
+                    (RuleId::DoubleUnmap, r)
+                }
+                None => (RuleId::UnmapOtherProcess, record()),
+            };
             if contain {
                 self.restore(cx, m);
                 self.contain_record(cx, &mut r);
-                self.violate(RuleId::UnmapOtherProcess, cx, r);
+                self.violate(rule, cx, r);
             } else {
                 self.forget_mapping(m);
                 self.bury(cx, m);
-                self.violate(RuleId::UnmapOtherProcess, cx, r);
+                self.violate(rule, cx, r);
                 self.platform.mm_unmap_locked_pages(base, mdl);
             }
             return;
@@ -708,6 +724,20 @@ impl<P: Platform> Verifier<P> {
         self.stats.bump(cx.processor, Counter::Contained);
     }
 
+    /// Fills an IOSV005 record with what the graveyard remembers of the earlier unmap `t`.
+    fn describe_tombstone(&self, r: &mut ViolationRecord, t: &Tombstone) {
+        r.base = t.base;
+        r.mapped_size = t.size;
+        r.map_time_ns = t.map_time_ns;
+        r.other = t.unmap_time_ns;
+        r.owner_id = t.driver;
+        r.owner_name = self.drivers.name(DriverId(t.driver));
+        r.prior_map_site = t.map_site;
+        if t.map_site != 0 {
+            copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
+        }
+    }
+
     /// An unmap (or free) of the family at `base` that the table does not hold: an
     /// untracked mapping (passed), a double unmap (the graveyard remembers it: IOSV005),
     /// a late-attached driver's (passed, counted unverified) or unknown (IOSV004). True if
@@ -728,16 +758,7 @@ impl<P: Platform> Verifier<P> {
         r.passed_mdl = mdl;
         r.kind = kind as u8;
         let rule = if let Some(t) = self.graveyard.find(base) {
-            r.base = t.base;
-            r.mapped_size = t.size;
-            r.map_time_ns = t.map_time_ns;
-            r.other = t.unmap_time_ns;
-            r.owner_id = t.driver;
-            r.owner_name = self.drivers.name(DriverId(t.driver));
-            r.prior_map_site = t.map_site;
-            if t.map_site != 0 {
-                copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
-            }
+            self.describe_tombstone(&mut r, &t);
             RuleId::DoubleUnmap
         } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
             self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);

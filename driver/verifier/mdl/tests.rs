@@ -380,6 +380,47 @@ fn the_same_user_address_in_two_processes_is_no_stale_entry_and_no_foreign_unmap
 }
 
 #[test]
+fn a_double_unmap_of_a_user_address_another_process_maps_now_is_iosv005() {
+    // Process 4 maps and unmaps a user address; process 8 is then handed the same
+    // address. Process 4's second unmap repeats its own (IOSV005, contained: process 8's
+    // mapping stays tracked), where an unmap from a process that never mapped the
+    // address is IOSV021.
+    let b = bed();
+    let page = 0x7_0000_0000;
+    b.v.platform().reuse.lock().unwrap().push(page);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    b.process(8);
+    b.v.platform().reuse.lock().unwrap().push(page);
+    let again =
+        b.v.map_locked_pages_specify_cache(me(), MDL_B, USER_MODE, 1, 0, 0, 16);
+    assert_eq!(again, uva, "the same user address in process 8");
+    b.calls();
+    b.process(4);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    let r = b.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].rule, RuleId::DoubleUnmap.number());
+    assert_eq!(
+        (r[0].base, r[0].mapped_size, r[0].process_id),
+        (uva, 0x3000, 4)
+    );
+    assert_ne!(r[0].flags & VF_CONTAINED, 0);
+    assert!(b.calls().is_empty());
+    assert_eq!(b.v.table().get(uva).map(|m| m.device), Some(8));
+    // A process that never mapped it: IOSV021.
+    b.process(12);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert_eq!(b.rules(), [RuleId::UnmapOtherProcess]);
+    // Its own process unmaps it cleanly.
+    b.process(8);
+    b.v.unmap_locked_pages(me(), uva, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
 fn a_clean_reserved_cycle_is_silent() {
     let b = bed();
     let range = b.reserve(0x4000);
