@@ -54,13 +54,26 @@ unsafe extern "win64" {
 
 type Callout = extern "win64" fn(usize);
 
+/// `MAXIMUM_EXPANSION_SIZE` on x64 (ntddk.h: `KERNEL_LARGE_STACK_SIZE` 0x12000 less half
+/// a page): the most `KeExpandKernelStackAndCallout` may be asked for.
+const MAXIMUM_EXPANSION_SIZE: usize = 0x12000 - 0x800;
+
+/// `STATUS_INVALID_PARAMETER_3`.
+const STATUS_INVALID_PARAMETER_3: Status = 0xC000_00F1_u32 as i32;
+
 /// `KeExpandKernelStackAndCallout(Callout, Parameter, Size)`: calls `Callout(Parameter)`
-/// on the current stack (large enough for any `Size` a kernel allows).
+/// on the current stack (large enough for any `Size` a kernel allows). A `Size` past
+/// [`MAXIMUM_EXPANSION_SIZE`], which the DDI page forbids, fails with
+/// `STATUS_INVALID_PARAMETER_3` and the callout is not called, as the Windows kernel
+/// does (the Windows Research Kernel's `KeExpandKernelStackAndCalloutEx`).
 pub extern "win64" fn ke_expand_kernel_stack_and_callout(
     callout: usize,
     parameter: usize,
-    _size: usize,
+    size: usize,
 ) -> Status {
+    if size > MAXIMUM_EXPANSION_SIZE {
+        return STATUS_INVALID_PARAMETER_3;
+    }
     // SAFETY: the DDI gives the callout this signature (EXPAND_STACK_CALLOUT).
     let f = unsafe { std::mem::transmute::<usize, Callout>(callout) };
     f(parameter);
@@ -189,6 +202,28 @@ mod tests {
             );
         }
         (rax, rcx, rdx)
+    }
+
+    static CALLED: AtomicU64 = AtomicU64::new(0);
+
+    extern "win64" fn count(parameter: usize) {
+        CALLED.fetch_add(parameter as u64, Ordering::Relaxed);
+    }
+
+    /// Up to MAXIMUM_EXPANSION_SIZE the callout runs; past it the call fails with
+    /// STATUS_INVALID_PARAMETER_3 and the callout does not run.
+    #[test]
+    fn stack_expansion_refuses_more_than_the_maximum() {
+        let f = count as extern "win64" fn(usize) as usize;
+        assert_eq!(
+            ke_expand_kernel_stack_and_callout(f, 1, MAXIMUM_EXPANSION_SIZE),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            ke_expand_kernel_stack_and_callout(f, 2, MAXIMUM_EXPANSION_SIZE + 1),
+            STATUS_INVALID_PARAMETER_3
+        );
+        assert_eq!(CALLED.load(Ordering::Relaxed), 1);
     }
 
     #[test]
