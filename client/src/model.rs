@@ -581,7 +581,7 @@ impl<'a> Violation<'a> {
                     "; contained: not passed to Mm, NULL returned".to_string()
                 }
                 Some(RuleId::ReservedTagMismatch) => {
-                    "; contained: passed with the range's own tag".to_string()
+                    "; contained: the wrong tag did not reach Mm".to_string()
                 }
                 _ if kind != iosv::mdl::MappingKind::IoSpace => {
                     "; contained: the call was not passed to Mm".to_string()
@@ -1043,7 +1043,7 @@ mod tests {
         assert_eq!(v.routine(), Some(HookedRoutine::UnmapReservedMapping));
         assert_eq!(
             v.message(),
-            "a.sys called MmUnmapReservedMapping(0xf000) with pool tag 'Rsv2', but the reserved range at 0xf000 (0x2000 bytes, MDL 0xa000) made by a.sys was reserved with 'Rsvd'; contained: passed with the range's own tag"
+            "a.sys called MmUnmapReservedMapping(0xf000) with pool tag 'Rsv2', but the reserved range at 0xf000 (0x2000 bytes, MDL 0xa000) made by a.sys was reserved with 'Rsvd'; contained: the wrong tag did not reach Mm"
         );
         let tag = v.other_cache().unwrap();
         assert_eq!(
