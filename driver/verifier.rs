@@ -547,17 +547,8 @@ impl<P: Platform> Verifier<P> {
             self.page_base_unmap(cx, &m, base, size, contain);
         } else if let Some(t) = self.graveyard.find(base) {
             let mut r = call();
-            r.base = t.base;
-            r.mapped_size = t.size;
+            self.describe_tombstone(&mut r, &t);
             r.physical = t.physical;
-            r.map_time_ns = t.map_time_ns;
-            r.other = t.unmap_time_ns;
-            r.owner_id = t.driver;
-            r.owner_name = self.drivers.name(DriverId(t.driver));
-            r.prior_map_site = t.map_site;
-            if t.map_site != 0 {
-                copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
-            }
             self.contained_violation(RuleId::DoubleUnmap, cx, r, contain, base, size);
         } else if let Some(m) = match scan {
             Some((_, containing)) => containing,
@@ -572,6 +563,21 @@ impl<P: Platform> Verifier<P> {
             self.platform.mm_unmap_io_space(base, size);
         } else {
             self.contained_violation(RuleId::UnmapUnknown, cx, call(), contain, base, size);
+        }
+    }
+
+    /// Fills an IOSV005 record with what the graveyard remembers of the earlier unmap `t`
+    /// (not its physical address: the MDL kinds keep their MDL there).
+    fn describe_tombstone(&self, r: &mut ViolationRecord, t: &Tombstone) {
+        r.base = t.base;
+        r.mapped_size = t.size;
+        r.map_time_ns = t.map_time_ns;
+        r.other = t.unmap_time_ns;
+        r.owner_id = t.driver;
+        r.owner_name = self.drivers.name(DriverId(t.driver));
+        r.prior_map_site = t.map_site;
+        if t.map_site != 0 {
+            copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
         }
     }
 

@@ -12,7 +12,7 @@
 //!
 //! [`MdlIndex`]: crate::mdl::MdlIndex
 
-use super::{copy_frames, CallCtx, Verifier, OWN_FRAMES};
+use super::{CallCtx, Verifier, OWN_FRAMES};
 use crate::drivers::DriverId;
 use crate::mdl::{
     MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED, FLAG_USER,
@@ -25,8 +25,8 @@ use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
 use crate::rules::RuleId;
 use crate::stats::{Counter, DriverCounter};
 use crate::table::{
-    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, Tombstone, FLAG_DETACHED,
-    FLAG_LEAK_REPORTED, MAX_STACK_DEPTH,
+    InsertOutcome, Mapping, MappingHead, Removal, RemoveOutcome, FLAG_DETACHED, FLAG_LEAK_REPORTED,
+    MAX_STACK_DEPTH,
 };
 
 /// Mappings of one MDL `mdl_released` takes from one walk of the table at a time.
@@ -722,20 +722,6 @@ impl<P: Platform> Verifier<P> {
     fn contain_record(&self, cx: &CallCtx, r: &mut ViolationRecord) {
         r.flags |= VF_CONTAINED;
         self.stats.bump(cx.processor, Counter::Contained);
-    }
-
-    /// Fills an IOSV005 record with what the graveyard remembers of the earlier unmap `t`.
-    fn describe_tombstone(&self, r: &mut ViolationRecord, t: &Tombstone) {
-        r.base = t.base;
-        r.mapped_size = t.size;
-        r.map_time_ns = t.map_time_ns;
-        r.other = t.unmap_time_ns;
-        r.owner_id = t.driver;
-        r.owner_name = self.drivers.name(DriverId(t.driver));
-        r.prior_map_site = t.map_site;
-        if t.map_site != 0 {
-            copy_frames(&mut r.map_stack, &mut r.map_stack_depth, &[t.map_site]);
-        }
     }
 
     /// An unmap (or free) of the family at `base` that the table does not hold: an
