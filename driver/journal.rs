@@ -25,7 +25,8 @@
 //! as lost, exactly: every sequence number between the old and the new cursor is either
 //! delivered, counted lost, or counted discarded (by CLEAR).
 //!
-//! Memory: `(8 × W + 16)` bytes per record slot (488 B for [`ViolationRecord`]).
+//! Memory: `(8 × W + 16)` bytes per record slot (504 B for the 488-byte
+//! [`ViolationRecord`]).
 
 #![forbid(unsafe_code)]
 
