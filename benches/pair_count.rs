@@ -23,6 +23,8 @@
 //! host engine's and the MDL family's hooks; the default is a call through the driver's
 //! own thunk, as iosv.sys's I/O-space hooks make it); `iosv10k`,
 //! `dashmap`, `mutex` = the wall-time benches' pair subjects (10 000 other entries live).
+//! `IOSV_BENCH_CAPACITY`, `IOSV_BENCH_GRAVEYARD` and `IOSV_BENCH_CONFLICT_BUCKETS` size
+//! the engine's table, graveyard and conflict filter (defaults otherwise).
 
 mod common;
 mod peers;
@@ -43,9 +45,22 @@ fn main() {
     // `depth8`: the clean pair with stacks of 8 frames captured (by the fake platform: 8
     // stores, nothing like RtlWalkFrameChain's cost) and stored with the mapping.
     let depth: usize = if mode == "depth8" { 8 } else { 0 };
+    // Structure sizes from the environment (IOSV_BENCH_CAPACITY, _GRAVEYARD,
+    // _CONFLICT_BUCKETS; the defaults otherwise): how much of a pair's time is cache
+    // misses in each structure, by shrinking it until it stays in cache.
+    let size = |name: &str, default: usize| {
+        std::env::var(format!("IOSV_BENCH_{name}"))
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let defaults = StartParams::default();
     let params = StartParams {
         max_stack_depth: depth,
-        ..Default::default()
+        capacity: size("CAPACITY", defaults.capacity),
+        graveyard: size("GRAVEYARD", defaults.graveyard),
+        conflict_buckets: size("CONFLICT_BUCKETS", defaults.conflict_buckets),
+        ..defaults
     };
     let platform = if depth == 0 {
         BenchPlatform::bench()
