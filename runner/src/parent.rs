@@ -638,6 +638,24 @@ mod tests {
         script
     }
 
+    /// `start(..)` or `start_scenario(..)` of a stand-in child, again while it fails with
+    /// ETXTBSY: the script was just written, and another test's thread may have forked
+    /// while its file was open for writing (the fork holds the descriptor until it
+    /// execs), which makes exec of the script fail for that instant.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn retrying<T>(start: impl Fn() -> Result<T, RunError>) -> Result<T, RunError> {
+        let mut tries = 0;
+        loop {
+            match start() {
+                Err(RunError::Io(e)) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[test]
     fn child_lines_are_bounded_and_lossy() {
         let mut input = vec![b'x'; MAX_LINE * 3];
@@ -686,7 +704,7 @@ mod tests {
             verifier: None,
         };
         let began = Instant::now();
-        let err = start(&script, &opts).expect_err("no session from a broken child");
+        let err = retrying(|| start(&script, &opts)).expect_err("no session from a broken child");
         assert!(began.elapsed() < Duration::from_secs(20));
         let RunError::Ended { kind, report } = err else {
             panic!("{err}");
@@ -720,7 +738,7 @@ mod tests {
             &dir,
             "#!/bin/sh\nprintf 'lab+ ab\\nlab+ c\\nlab d\\nlab e\\nready\\n'\ncat >/dev/null\n",
         );
-        let session = start_scenario(&script, Path::new("x.sys"), &[], 0).unwrap();
+        let session = retrying(|| start_scenario(&script, Path::new("x.sys"), &[], 0)).unwrap();
         assert_eq!(session.lab, ["abcd", "e"]);
         drop(session);
         let _ = std::fs::remove_dir_all(&dir);
@@ -744,7 +762,7 @@ mod tests {
             "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter DriverEntry\\nleave\\n\
              entryfail 0xc0000182\\nnote x.toml:4:1: step `load` failed\\nready\\n'\ncat >/dev/null\n",
         );
-        let session = start_scenario(&script, Path::new("dir/x.sys"), &[], 0).unwrap();
+        let session = retrying(|| start_scenario(&script, Path::new("dir/x.sys"), &[], 0)).unwrap();
         assert_eq!(
             session.load_failure.as_deref(),
             Some(
@@ -770,7 +788,7 @@ mod tests {
             "#!/bin/sh\nprintf 'image x.sys 0x1000 0x1000\\nenter AddDevice\\nleave\\n\
              wait the IRP (major 14, minor 0)\\n'\nsleep 60\n",
         );
-        let err = start_scenario(&script, Path::new("x.sys"), &[], 1)
+        let err = retrying(|| start_scenario(&script, Path::new("x.sys"), &[], 1))
             .expect_err("the watchdog ends the wait");
         let _ = std::fs::remove_dir_all(&dir);
         let RunError::Ended { kind, report } = err else {

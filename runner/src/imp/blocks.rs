@@ -58,10 +58,12 @@ pub fn allocate(kind: Kind, len: usize) -> usize {
     p
 }
 
-/// The live MDL blocks (`IoAllocateMdl`'s, not yet freed).
-#[must_use]
-pub fn live_mdls() -> Vec<usize> {
-    mdls().clone()
+/// Runs `f` on the live MDL blocks (`IoAllocateMdl`'s, not yet freed): none of them is
+/// freed while it runs ([`free`] releases an MDL under the same lock), so `f` may read
+/// them even where another thread frees MDLs — the unit tests do, in parallel; the child
+/// runs driver code on one thread at a time.
+pub fn with_live_mdls<R>(f: impl FnOnce(&[usize]) -> R) -> R {
+    f(&mdls())
 }
 
 /// The length of the live block `p` of `kind`. Anything else — a double free, a foreign
@@ -88,13 +90,18 @@ pub fn require_live(kind: Kind, p: usize, routine: &str) -> usize {
 pub fn free(kind: Kind, p: usize, routine: &str) {
     require_live(kind, p, routine);
     with(|m| m.remove(&p));
-    if kind == Kind::Mdl {
-        mdls().retain(|&m| m != p);
-    }
+    // An MDL leaves the list and the heap under the list's lock: a scan of the live MDLs
+    // (`with_live_mdls`) never reads one freed under it.
+    let live_mdls = (kind == Kind::Mdl).then(|| {
+        let mut live = mdls();
+        live.retain(|&m| m != p);
+        live
+    });
     // SAFETY: `p` was a live block of this kind (allocated by calloc in `allocate`) and
     // is no longer in the table, so no later free can reach it again (driver code runs on
     // one thread at a time, so nothing freed it between the check and the removal).
     unsafe { libc::free(p as *mut libc::c_void) };
+    drop(live_mdls);
 }
 
 #[cfg(test)]
@@ -110,8 +117,8 @@ mod tests {
         free(Kind::Pool, p, "ExFreePool");
         assert_eq!(kind_of(p), None);
         let m = allocate(Kind::Mdl, 0x38);
-        assert!(live_mdls().contains(&m));
+        assert!(with_live_mdls(|live| live.contains(&m)));
         free(Kind::Mdl, m, "IoFreeMdl");
-        assert!(!live_mdls().contains(&m));
+        assert!(!with_live_mdls(|live| live.contains(&m)));
     }
 }

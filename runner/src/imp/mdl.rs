@@ -129,30 +129,33 @@ pub fn require_undescribed(p: usize, len: usize, routine: &str) {
         .iter()
         .map(|w| w.mdl)
         .collect();
-    let mut candidates = super::blocks::live_mdls();
-    candidates.extend(windowed.iter().map(|&m| m as usize));
     let (lo, hi) = (p as u64, (p as u64).saturating_add(len as u64));
-    for m in candidates {
-        let h = header(m);
-        let start = buffer(m);
-        let end = start.saturating_add(u64::from(h.byte_count));
-        let mapped = windowed.contains(&(m as u64));
-        if (h.flags & IN_USE == 0 && !mapped) || end <= lo || start >= hi {
-            continue;
+    // Under the live-MDL list's lock: no MDL read here is freed meanwhile.
+    super::blocks::with_live_mdls(|live| {
+        let windows = windowed.iter().map(|&m| m as usize);
+        for m in live.iter().copied().chain(windows) {
+            let h = header(m);
+            let start = buffer(m);
+            let end = start.saturating_add(u64::from(h.byte_count));
+            let mapped = windowed.contains(&(m as u64));
+            if (h.flags & IN_USE == 0 && !mapped) || end <= lo || start >= hi {
+                continue;
+            }
+            let how = match (
+                h.flags & MDL_PAGES_LOCKED != 0,
+                h.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 || mapped,
+            ) {
+                (true, true) => "its pages locked and mapped",
+                (true, false) => "its pages locked",
+                _ => "mapped",
+            };
+            super::trap::bugcheck(&format!(
+                "{routine}({p:#x}): the pool block is still described by MDL {m:#x} ({how}, \
+                 buffer [{start:#x}, {end:#x})): its pages would be freed under the MDL, a \
+                 use-after-free"
+            ));
         }
-        let how = match (
-            h.flags & MDL_PAGES_LOCKED != 0,
-            h.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 || mapped,
-        ) {
-            (true, true) => "its pages locked and mapped",
-            (true, false) => "its pages locked",
-            _ => "mapped",
-        };
-        super::trap::bugcheck(&format!(
-            "{routine}({p:#x}): the pool block is still described by MDL {m:#x} ({how}, buffer \
-             [{start:#x}, {end:#x})): its pages would be freed under the MDL, a use-after-free"
-        ));
-    }
+    });
 }
 
 // ---- routines that are never hooked ----------------------------------------------------
