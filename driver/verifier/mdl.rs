@@ -29,6 +29,17 @@ use crate::table::{
     MAX_STACK_DEPTH,
 };
 
+/// What a routine of reserved ranges found at its base ([`Verifier::take_reserved`]);
+/// an entry found is out of the table until the caller puts it back or releases it.
+enum ReservedAt {
+    /// A reserved range.
+    Range(Mapping),
+    /// An entry of another kind (an I/O-space or MDL mapping).
+    OtherKind(Mapping),
+    /// No entry.
+    Nothing,
+}
+
 /// Mappings of one MDL `mdl_released` takes from one walk of the table at a time.
 const MDL_RELEASE_BATCH: usize = 2;
 
@@ -151,20 +162,8 @@ impl<P: Platform> Verifier<P> {
         match found {
             Removal::Removed if MappingKind::of(m.flags) != MappingKind::Mdl => {
                 // MmUnmapLockedPages of an I/O-space mapping or a reserved range: not an
-                // MDL mapping (Mm would bug-check 0xDA). Contained, the entry stays.
-                let mut r = self.family_record(&cx, &m);
-                r.address = base;
-                r.passed_mdl = mdl;
-                if contain {
-                    self.restore(&cx, &m);
-                    self.contain_record(&cx, &mut r);
-                    self.violate(RuleId::UnmapUnknown, &cx, r);
-                } else {
-                    self.forget_mapping(&m);
-                    self.bury(&cx, &m);
-                    self.violate(RuleId::UnmapUnknown, &cx, r);
-                    real(mdl);
-                }
+                // MDL mapping (Mm would bug-check 0xDA).
+                self.wrong_routine_unmap(&cx, &m, base, mdl, contain, || real(mdl));
             }
             Removal::Removed => self.unmap_mdl_entry(&cx, &m, base, mdl, contain),
             Removal::Racing => {
@@ -423,10 +422,17 @@ impl<P: Platform> Verifier<P> {
                 cache_type,
             )
         };
-        let Some(mut m) = self.take_reserved(&cx, page_align(mapping_address)) else {
-            // Not a range iosv tracks (allocated before the attach, or untracked): pass.
-            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-            return real();
+        let mut m = match self.take_reserved(page_align(mapping_address)) {
+            ReservedAt::Range(m) => m,
+            found => {
+                // Not a range iosv tracks (allocated before the attach, or untracked):
+                // pass. Another kind's entry there goes back.
+                if let ReservedAt::OtherKind(other) = found {
+                    self.restore(&cx, &other);
+                }
+                self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+                return real();
+            }
         };
         let record = |m: &Mapping| {
             let mut r = self.family_record(&cx, m);
@@ -486,11 +492,20 @@ impl<P: Platform> Verifier<P> {
     pub fn unmap_reserved(&self, caller: Caller, base: u64, pool_tag: u32, mdl: u64) {
         let cx = self.ctx(caller, HookedRoutine::UnmapReservedMapping);
         let contain = self.settings.containment();
-        let Some(mut m) = self.take_reserved(&cx, page_align(base)) else {
-            if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
-                self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
+        let real_as_made = || self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
+        let mut m = match self.take_reserved(page_align(base)) {
+            ReservedAt::Range(m) => m,
+            ReservedAt::OtherKind(other) => {
+                // An MDL mapping or I/O-space mapping there, not a reserved range.
+                self.wrong_routine_unmap(&cx, &other, base, mdl, contain, real_as_made);
+                return;
             }
-            return;
+            ReservedAt::Nothing => {
+                if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
+                    real_as_made();
+                }
+                return;
+            }
         };
         let record = |m: &Mapping| {
             let mut r = self.family_record(&cx, m);
@@ -545,17 +560,29 @@ impl<P: Platform> Verifier<P> {
         // MmFreeMappingAddress: IRQL <= APC_LEVEL (its DDI page); IOSV016, reported and
         // passed like the family's other releases above their ceiling.
         let above = cx.irql > Irql::APC;
-        let Some(m) = self.take_reserved(&cx, base) else {
-            if above {
-                let mut r = self.blank_record(&cx);
-                r.address = base;
-                r.kind = MappingKind::Reserved as u8;
-                self.violate(RuleId::MdlUnmapIrql, &cx, r);
+        let real_as_made = || self.platform.mm_free_mapping_address(base, pool_tag);
+        let m = match self.take_reserved(base) {
+            ReservedAt::Range(m) => m,
+            found => {
+                if above {
+                    let mut r = self.blank_record(&cx);
+                    r.address = base;
+                    r.kind = MappingKind::Reserved as u8;
+                    self.violate(RuleId::MdlUnmapIrql, &cx, r);
+                }
+                match found {
+                    // An MDL mapping or I/O-space mapping there, not a reserved range.
+                    ReservedAt::OtherKind(other) => {
+                        self.wrong_routine_unmap(&cx, &other, base, 0, contain, real_as_made)
+                    }
+                    _ => {
+                        if self.family_not_found(&cx, base, 0, MappingKind::Reserved, contain) {
+                            real_as_made();
+                        }
+                    }
+                }
+                return;
             }
-            if self.family_not_found(&cx, base, 0, MappingKind::Reserved, contain) {
-                self.platform.mm_free_mapping_address(base, pool_tag);
-            }
-            return;
         };
         if above {
             let mut r = self.family_record(&cx, &m);
@@ -612,18 +639,42 @@ impl<P: Platform> Verifier<P> {
         }
     }
 
-    /// Takes the reserved range at `base` out of the table. `None` if no reserved range
-    /// is there (another kind's entry found there is put back).
-    fn take_reserved(&self, cx: &CallCtx, base: u64) -> Option<Mapping> {
+    /// Takes the entry at `base` out of the table, for a routine of reserved ranges.
+    fn take_reserved(&self, base: u64) -> ReservedAt {
         match self.table.remove(base) {
             RemoveOutcome::Removed(m) if MappingKind::of(m.flags) == MappingKind::Reserved => {
-                Some(m)
+                ReservedAt::Range(m)
             }
-            RemoveOutcome::Removed(other) => {
-                self.restore(cx, &other);
-                None
-            }
-            RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
+            RemoveOutcome::Removed(other) => ReservedAt::OtherKind(other),
+            RemoveOutcome::Racing | RemoveOutcome::NotFound => ReservedAt::Nothing,
+        }
+    }
+
+    /// An unmap routine of the family called on `m`, an entry of a kind it does not
+    /// release (taken out of the table): IOSV004 naming the mapping. Contained, the entry
+    /// goes back and the call does not reach Mm (which would bug-check 0xDA); otherwise the
+    /// entry is released and `real` makes the call as made.
+    fn wrong_routine_unmap(
+        &self,
+        cx: &CallCtx,
+        m: &Mapping,
+        base: u64,
+        mdl: u64,
+        contain: bool,
+        real: impl FnOnce(),
+    ) {
+        let mut r = self.family_record(cx, m);
+        r.address = base;
+        r.passed_mdl = mdl;
+        if contain {
+            self.restore(cx, m);
+            self.contain_record(cx, &mut r);
+            self.violate(RuleId::UnmapUnknown, cx, r);
+        } else {
+            self.forget_mapping(m);
+            self.bury(cx, m);
+            self.violate(RuleId::UnmapUnknown, cx, r);
+            real();
         }
     }
 

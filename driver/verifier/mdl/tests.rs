@@ -10,7 +10,8 @@ use crate::mdl::{
 use crate::pe::HookedRoutine;
 use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
 use crate::protocol::{
-    routine_of_code, ConfigBlock, ViolationRecord, MK_MDL, MK_RESERVED, RULE_SLOTS, VF_CONTAINED,
+    routine_of_code, ConfigBlock, ViolationRecord, MK_IO_SPACE, MK_MDL, MK_RESERVED, RULE_SLOTS,
+    VF_CONTAINED, VF_MAPPING_KNOWN,
 };
 use std::sync::atomic::Ordering;
 
@@ -628,10 +629,34 @@ fn wrong_routine_unmaps_are_unknown_and_contained() {
     b.v.unmap_locked_pages(me(), io, MDL_A);
     assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
     assert!(b.calls().is_empty());
+    // The reserved routines on an I/O-space mapping (page-aligned, as a range is): IOSV004
+    // naming the mapping, not passed, the entry kept.
+    b.v.unmap_reserved(me(), io, TAG, MDL_A);
+    b.v.free_mapping_address(me(), io, TAG);
+    let r = b.records();
+    assert_eq!(r.len(), 2);
+    for r in &r {
+        assert_eq!(r.rule, RuleId::UnmapUnknown.number());
+        assert_eq!((r.base, r.physical, r.kind), (io, 0xFED0_0000, MK_IO_SPACE));
+        assert_ne!(r.flags & VF_MAPPING_KNOWN, 0);
+        assert_ne!(r.flags & VF_CONTAINED, 0);
+    }
+    assert!(b.calls().is_empty());
     // Both entries survived and unmap cleanly with their own routines.
     b.v.unmap_locked_pages(me(), va, MDL_A);
     b.v.unmap_io_space(me(), io, 0x1000);
     assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn a_reserved_routine_on_another_kind_without_containment_releases_it_and_passes() {
+    let b = bed();
+    b.containment_off();
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    b.v.free_mapping_address(me(), io, TAG);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert_eq!(b.calls(), [Call::FreeReserved(io, TAG)]);
     assert_eq!(b.live(), 0);
 }
 
