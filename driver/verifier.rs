@@ -478,8 +478,7 @@ impl<P: Platform> Verifier<P> {
                     r.address = base;
                     r.passed_size = size64;
                     if contain {
-                        r.flags |= VF_CONTAINED;
-                        self.stats.bump(cx.processor, Counter::Contained);
+                        self.contain_record(&cx, &mut r);
                     }
                     self.violate(RuleId::UnmapSizeMismatch, &cx, r);
                     let real = if contain {
@@ -508,17 +507,9 @@ impl<P: Platform> Verifier<P> {
         let mut r = self.mapping_record(cx, m);
         r.address = m.base;
         r.passed_size = size as u64;
-        if contain {
-            self.restore(cx, m);
-            r.flags |= VF_CONTAINED;
-            self.stats.bump(cx.processor, Counter::Contained);
-            self.violate(RuleId::UnmapUnknown, cx, r);
-        } else {
-            self.forget_mapping(m);
-            self.bury(cx, m);
-            self.violate(RuleId::UnmapUnknown, cx, r);
+        self.refuse_or_release(cx, m, RuleId::UnmapUnknown, r, contain, || {
             self.platform.mm_unmap_io_space(m.base, size);
-        }
+        });
     }
 
     /// An unmap of a base the table does not hold: untracked, IOSV014, IOSV005, IOSV006,
@@ -641,16 +632,38 @@ impl<P: Platform> Verifier<P> {
             }
             None => RuleId::UnmapForeign,
         };
+        self.refuse_or_release(cx, m, rule, r, contain, || {
+            self.platform.mm_unmap_io_space(base, size);
+        });
+    }
+
+    /// Marks `r` contained (the call was not passed to Mm as made) and counts it.
+    fn contain_record(&self, cx: &CallCtx, r: &mut ViolationRecord) {
+        r.flags |= VF_CONTAINED;
+        self.stats.bump(cx.processor, Counter::Contained);
+    }
+
+    /// Reports `rule` (record `r`) for an unmap of `m` (taken out of the table) that must
+    /// not tear it down: contained, `m` goes back and the call does not reach Mm;
+    /// otherwise `m` is released and `real` makes the call as made.
+    fn refuse_or_release(
+        &self,
+        cx: &CallCtx,
+        m: &Mapping,
+        rule: RuleId,
+        mut r: ViolationRecord,
+        contain: bool,
+        real: impl FnOnce(),
+    ) {
         if contain {
             self.restore(cx, m);
-            r.flags |= VF_CONTAINED;
-            self.stats.bump(cx.processor, Counter::Contained);
+            self.contain_record(cx, &mut r);
             self.violate(rule, cx, r);
         } else {
             self.forget_mapping(m);
             self.bury(cx, m);
             self.violate(rule, cx, r);
-            self.platform.mm_unmap_io_space(base, size);
+            real();
         }
     }
 
@@ -699,8 +712,7 @@ impl<P: Platform> Verifier<P> {
         if let Some(t) = &stale {
             note_reuse(&mut r, t);
             if contain {
-                r.flags |= VF_CONTAINED;
-                self.stats.bump(cx.processor, Counter::Contained);
+                self.contain_record(cx, &mut r);
                 self.violate(RuleId::DoubleUnmap, cx, r);
                 return;
             }
@@ -719,8 +731,7 @@ impl<P: Platform> Verifier<P> {
             RemoveOutcome::Racing | RemoveOutcome::NotFound => None,
         };
         if contain {
-            r.flags |= VF_CONTAINED;
-            self.stats.bump(cx.processor, Counter::Contained);
+            self.contain_record(cx, &mut r);
             self.violate(rule, cx, r);
             if let Some(gone) = removed {
                 let real = usize::try_from(gone.size).unwrap_or(size);
@@ -742,8 +753,7 @@ impl<P: Platform> Verifier<P> {
         size: usize,
     ) {
         if contain {
-            r.flags |= VF_CONTAINED;
-            self.stats.bump(cx.processor, Counter::Contained);
+            self.contain_record(cx, &mut r);
         }
         self.violate(rule, cx, r);
         if !contain {

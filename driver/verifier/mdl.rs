@@ -21,7 +21,7 @@ use crate::mdl::{
 use crate::pe::HookedRoutine;
 use crate::phys::page_align;
 use crate::platform::{Caller, Irql, Platform};
-use crate::protocol::{ViolationRecord, VF_CONTAINED, VF_MAPPING_KNOWN};
+use crate::protocol::{ViolationRecord, VF_MAPPING_KNOWN};
 use crate::rules::RuleId;
 use crate::stats::{Counter, DriverCounter};
 use crate::table::{
@@ -219,17 +219,9 @@ impl<P: Platform> Verifier<P> {
         if m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0 {
             // Another driver's live MDL mapping (IOSV012, as for I/O space). Contained:
             // the owner's mapping stays mapped and tracked.
-            let mut r = record();
-            if contain {
-                self.restore(cx, m);
-                self.contain_record(cx, &mut r);
-                self.violate(RuleId::UnmapForeign, cx, r);
-            } else {
-                self.forget_mapping(m);
-                self.bury(cx, m);
-                self.violate(RuleId::UnmapForeign, cx, r);
+            self.refuse_or_release(cx, m, RuleId::UnmapForeign, record(), contain, || {
                 self.platform.mm_unmap_locked_pages(base, mdl);
-            }
+            });
             return;
         }
         if user && m.device != process {
@@ -238,7 +230,7 @@ impl<P: Platform> Verifier<P> {
             // repeats (IOSV005: another process maps the address now); otherwise the
             // mapping was made in another process (IOSV021). Contained: nothing reaches
             // Mm and the other process's mapping stays tracked (it still maps it).
-            let (rule, mut r) = match self.graveyard.find(base).filter(|t| t.process == process) {
+            let (rule, r) = match self.graveyard.find(base).filter(|t| t.process == process) {
                 Some(t) => {
                     let mut r = self.blank_record(cx);
                     r.address = base;
@@ -249,16 +241,9 @@ impl<P: Platform> Verifier<P> {
                 }
                 None => (RuleId::UnmapOtherProcess, record()),
             };
-            if contain {
-                self.restore(cx, m);
-                self.contain_record(cx, &mut r);
-                self.violate(rule, cx, r);
-            } else {
-                self.forget_mapping(m);
-                self.bury(cx, m);
-                self.violate(rule, cx, r);
+            self.refuse_or_release(cx, m, rule, r, contain, || {
                 self.platform.mm_unmap_locked_pages(base, mdl);
-            }
+            });
             return;
         }
         self.forget_mapping(m);
@@ -666,16 +651,7 @@ impl<P: Platform> Verifier<P> {
         let mut r = self.family_record(cx, m);
         r.address = base;
         r.passed_mdl = mdl;
-        if contain {
-            self.restore(cx, m);
-            self.contain_record(cx, &mut r);
-            self.violate(RuleId::UnmapUnknown, cx, r);
-        } else {
-            self.forget_mapping(m);
-            self.bury(cx, m);
-            self.violate(RuleId::UnmapUnknown, cx, r);
-            real();
-        }
+        self.refuse_or_release(cx, m, RuleId::UnmapUnknown, r, contain, real);
     }
 
     // ---- shared ------------------------------------------------------------------------
@@ -768,11 +744,6 @@ impl<P: Platform> Verifier<P> {
         let mut r = self.mapping_record(cx, m);
         r.flags |= VF_MAPPING_KNOWN;
         r
-    }
-
-    fn contain_record(&self, cx: &CallCtx, r: &mut ViolationRecord) {
-        r.flags |= VF_CONTAINED;
-        self.stats.bump(cx.processor, Counter::Contained);
     }
 
     /// An unmap (or free) of the family at `base` that the table does not hold: an
