@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use iosv::pe::{ImportedName, PeImage, MACHINE_AMD64, SUBSYSTEM_NATIVE};
 use iosv_tests::fixture;
@@ -24,26 +25,33 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs scripts/check-glue (without its clippy step) and returns the linked image.
-fn build_image() -> (Vec<u8>, String) {
-    let root = root();
-    let out = Command::new(root.join("scripts/check-glue"))
-        .env("IOSV_GLUE_NO_CLIPPY", "1")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run scripts/check-glue");
-    assert!(
-        out.status.success(),
-        "scripts/check-glue failed (the glue does not compile or link against the \
-         mingw-derived stand-ins):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = root.join("target/check-glue");
-    let image = std::fs::read(dir.join("iosv.sys")).expect("read target/check-glue/iosv.sys");
-    let map =
-        std::fs::read_to_string(dir.join("iosv.map")).expect("read target/check-glue/iosv.map");
+/// Runs scripts/check-glue (without its clippy step) once for every test of this binary
+/// and returns the linked image and its map. Once: the script links the image again on
+/// every run, so two tests running it at the same time could each read the file while
+/// the other's link was rewriting it.
+fn build_image() -> (&'static [u8], &'static str) {
+    static IMAGE: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+    let (image, map) = IMAGE.get_or_init(|| {
+        let root = root();
+        let out = Command::new(root.join("scripts/check-glue"))
+            .env("IOSV_GLUE_NO_CLIPPY", "1")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run scripts/check-glue");
+        assert!(
+            out.status.success(),
+            "scripts/check-glue failed (the glue does not compile or link against the \
+             mingw-derived stand-ins):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = root.join("target/check-glue");
+        let image = std::fs::read(dir.join("iosv.sys")).expect("read target/check-glue/iosv.sys");
+        let map =
+            std::fs::read_to_string(dir.join("iosv.map")).expect("read target/check-glue/iosv.map");
+        (image, map)
+    });
     (image, map)
 }
 
@@ -105,7 +113,7 @@ fn map_rva(map: &str, symbol: &str, image_base: u64) -> u32 {
 #[test]
 fn glue_links_into_a_native_driver_importing_only_real_kernel_exports() {
     let (file, map) = build_image();
-    let loaded = fixture::load(&file);
+    let loaded = fixture::load(file);
     let image = PeImage::parse(&loaded.bytes).expect("iosv::pe parses iosv.sys");
 
     assert_eq!(image.machine(), MACHINE_AMD64, "AMD64 image");
@@ -130,7 +138,7 @@ fn glue_links_into_a_native_driver_importing_only_real_kernel_exports() {
     );
     assert_eq!(
         entry,
-        map_rva(&map, "DriverEntry", loaded.image_base),
+        map_rva(map, "DriverEntry", loaded.image_base),
         "map agrees"
     );
     let text = image.section_of_rva(entry).expect("entry inside a section");
@@ -180,7 +188,7 @@ fn glue_links_into_a_native_driver_importing_only_real_kernel_exports() {
     }
 
     // An independent reader (the object crate) sees the same imports.
-    let pe = object::read::pe::PeFile64::parse(&*file).expect("object parses iosv.sys");
+    let pe = object::read::pe::PeFile64::parse(file).expect("object parses iosv.sys");
     let table = pe
         .import_table()
         .expect("import table")
@@ -214,7 +222,7 @@ fn glue_links_into_a_native_driver_importing_only_real_kernel_exports() {
 #[test]
 fn every_hook_thunk_table_lists_its_64_thunks_and_is_relocated() {
     let (file, map) = build_image();
-    let loaded = fixture::load(&file);
+    let loaded = fixture::load(file);
     let image = PeImage::parse(&loaded.bytes).expect("iosv::pe parses iosv.sys");
     let tables: Vec<&str> = map
         .lines()
@@ -224,7 +232,7 @@ fn every_hook_thunk_table_lists_its_64_thunks_and_is_relocated() {
     // The four I/O-space ones (with MmGetSystemRoutineAddress) and the MDL family's ten.
     assert_eq!(tables.len(), 14, "{tables:?}");
 
-    let pe = object::read::pe::PeFile64::parse(&*file).expect("object parses iosv.sys");
+    let pe = object::read::pe::PeFile64::parse(file).expect("object parses iosv.sys");
     let mut relocated = BTreeSet::new();
     let mut blocks = pe
         .data_directories()
@@ -241,11 +249,11 @@ fn every_hook_thunk_table_lists_its_64_thunks_and_is_relocated() {
 
     for table in tables {
         let label = format!("iosv_thunk_{}_", &table["iosv_thunks_".len()..]);
-        let rva = map_rva(&map, table, loaded.image_base);
+        let rva = map_rva(map, table, loaded.image_base);
         for id in 1..=64u32 {
             let at = (rva + 8 * (id - 1)) as usize;
             let word = u64::from_le_bytes(loaded.bytes[at..at + 8].try_into().unwrap());
-            let thunk = map_rva(&map, &format!("{label}{id}"), loaded.image_base);
+            let thunk = map_rva(map, &format!("{label}{id}"), loaded.image_base);
             assert_eq!(
                 word,
                 loaded.image_base + u64::from(thunk),
