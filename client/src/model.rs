@@ -478,7 +478,8 @@ impl<'a> Violation<'a> {
     }
 
     /// The routine whose call the record judges; `None` for an event (a leak found at
-    /// stop, removal, unload or detach) and for a record of an older `iosv.sys`.
+    /// stop, removal, unload or detach) and for a routine code this `iosvctl` does not
+    /// know.
     pub fn routine(&self) -> Option<HookedRoutine> {
         routine_of_code(self.rec.routine)
     }

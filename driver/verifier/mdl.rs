@@ -425,17 +425,11 @@ impl<P: Platform> Verifier<P> {
             r.passed_mdl = mdl;
             r
         };
-        if pool_tag != m.cache {
-            // Windows checks the tag first (bug check 0xDA/0x104).
-            let mut r = record(&m);
-            r.other_cache = pool_tag;
-            if contain {
-                self.restore(&cx, &m);
-                self.contain_record(&cx, &mut r);
-                self.violate(RuleId::ReservedTagMismatch, &cx, r);
-                return 0;
-            }
-            self.violate(RuleId::ReservedTagMismatch, &cx, r);
+        // Windows checks the tag first (bug check 0xDA/0x104). Contained, a map with the
+        // wrong tag is refused rather than made with the right one.
+        if self.checked_tag(&cx, || record(&m), m.cache, pool_tag, contain) != pool_tag {
+            self.restore(&cx, &m);
+            return 0;
         }
         let rule = if m.flags & FLAG_RESERVED_MAPPED != 0 {
             Some(RuleId::ReservedMappedTwice)
@@ -599,7 +593,8 @@ impl<P: Platform> Verifier<P> {
 
     /// The pool tag to pass Mm for a call on a reserved range allocated with tag `own`:
     /// `passed` if it is `own`; otherwise IOSV022 is reported (with the range's `record`,
-    /// the passed tag in `other_cache`) and, contained, `own` is passed instead.
+    /// the passed tag in `other_cache`) and, contained, `own` is returned instead (an
+    /// unmap or free passes it; a map is refused).
     fn checked_tag(
         &self,
         cx: &CallCtx,
