@@ -24,7 +24,8 @@
 //! where `s` is the fewest bits that hold the table's slot count (17 for the default 64 Ki
 //! mappings: a 14-bit fingerprint; at most 31). A word is unique (one entry per slot and
 //! space), written only by the thread that owns the table slot while it is BUSY: claimed by
-//! a CAS `0 → word`, released by a CAS `word → 0`. Fingerprint collisions only add
+//! a CAS `0 → word`, released by a plain store of `0` (no other thread ever writes a word
+//! that holds a value, so the release needs no read-modify-write). Fingerprint collisions only add
 //! candidates (the home bucket already tells most keys apart): every candidate slot is read
 //! through the table's seqlock and checked against the exact predicate, so the index can
 //! return too much, never too little.
@@ -356,10 +357,9 @@ impl SpanIndex {
         let home = self.home(key);
         if let Some(bucket) = self.buckets.get(home) {
             for w in &bucket.0 {
-                if w.load(Ordering::Relaxed) == word
-                    && w.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                {
+                // Only this slot's owner ever holds `word` (module docs): no CAS.
+                if w.load(Ordering::Relaxed) == word {
+                    w.store(0, Ordering::Release);
                     return;
                 }
             }
@@ -378,10 +378,8 @@ impl SpanIndex {
             b = self.next(b);
             if let Some(bucket) = self.buckets.get(b) {
                 for w in &bucket.0 {
-                    if w.load(Ordering::Relaxed) == word
-                        && w.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok()
-                    {
+                    if w.load(Ordering::Relaxed) == word {
+                        w.store(0, Ordering::Release);
                         self.adjust(home, distance, false);
                         return;
                     }
