@@ -23,14 +23,15 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// sizes changed, so the version did). Version 4 added rule IOSV022 (a version-3 client
 /// zeroes the action slots past its last rule, so against a newer endpoint it would turn
 /// the new rule off without a word) and `routine` of [`ViolationRecord`] (in half of
-/// what was its `processor`, now 16 bits as in [`MappingRecord`]).
+/// what was its `processor`, now 16 bits as in [`MappingRecord`]). Version 5 added rule
+/// IOSV023 (no struct changed; the version did for the action slots, as in version 4).
 ///
 /// Additions that leave every existing struct and code as it was do not change the
 /// version: they are announced by a `CAP_*` bit instead, so clients and endpoints of
 /// either side of the addition keep talking. [`IOCTL_GET_IMAGE_DEBUG`] is one
 /// ([`CAP_IMAGE_DEBUG`]): a client that sees the bit clear (an older `iosv.sys`) does
 /// without symbols; an older client never sends the code.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &str = r"\Device\IoSpaceVerifier";
@@ -186,7 +187,7 @@ const ALL_STATUSES: [Status; 14] = [
 pub const NAME_LEN: usize = 32;
 /// Frames in a wire stack (entries past a record's depth are zero).
 pub const MAX_STACK: usize = 16;
-/// Slots in per-rule arrays on the wire (22 rules used, room to grow).
+/// Slots in per-rule arrays on the wire (23 rules used, room to grow).
 pub const RULE_SLOTS: usize = 32;
 /// Target image names a configuration holds.
 pub const MAX_TARGETS: usize = 16;
@@ -485,7 +486,7 @@ pub struct ViolationRecord {
     pub seq: u64,
     /// When it happened (endpoint time, ns).
     pub timestamp_ns: u64,
-    /// Rule number (1..=22).
+    /// Rule number (1..=23).
     pub rule: u8,
     /// [`crate::rules::Action`] taken.
     pub action: u8,

@@ -4,8 +4,8 @@
 
 #![forbid(unsafe_code)]
 
-/// A rule's stable identity (`IOSV001`..`IOSV022`); the discriminant is the rule number.
-/// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV022 the MDL and reserved
+/// A rule's stable identity (`IOSV001`..`IOSV023`); the discriminant is the rule number.
+/// IOSV001–IOSV014 check the I/O-space routines; IOSV015–IOSV023 the MDL and reserved
 /// mapping family (see [`crate::mdl`]). The leak rules IOSV007–IOSV009 cover every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -69,10 +69,13 @@ pub enum RuleId {
     /// IOSV022: `MmMapLockedPagesWithReservedMapping`, `MmUnmapReservedMapping` or
     /// `MmFreeMappingAddress` with a pool tag other than the range's.
     ReservedTagMismatch = 22,
+    /// IOSV023: `MmMapLockedPagesWithReservedMapping` at the base of another kind's live
+    /// mapping, not a reserved range.
+    ReservedMapNotReserved = 23,
 }
 
 /// Number of rules.
-pub const RULE_COUNT: usize = 22;
+pub const RULE_COUNT: usize = 23;
 
 impl RuleId {
     /// Every rule, in id order.
@@ -99,9 +102,10 @@ impl RuleId {
         RuleId::ReservedSize,
         RuleId::UnmapOtherProcess,
         RuleId::ReservedTagMismatch,
+        RuleId::ReservedMapNotReserved,
     ];
 
-    /// The rule with number `n` (1..=22).
+    /// The rule with number `n` (1..=23).
     pub const fn from_number(n: u8) -> Option<RuleId> {
         Some(match n {
             1 => RuleId::UnmapSizeMismatch,
@@ -126,16 +130,17 @@ impl RuleId {
             20 => RuleId::ReservedSize,
             21 => RuleId::UnmapOtherProcess,
             22 => RuleId::ReservedTagMismatch,
+            23 => RuleId::ReservedMapNotReserved,
             _ => return None,
         })
     }
 
-    /// The rule's number (1..=22).
+    /// The rule's number (1..=23).
     pub const fn number(self) -> u8 {
         self as u8
     }
 
-    /// Index into per-rule arrays (0..22).
+    /// Index into per-rule arrays (0..23).
     pub const fn index(self) -> usize {
         (self as u8).wrapping_sub(1) as usize
     }
@@ -570,6 +575,17 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         containable: true,
         blames_owner: false,
     },
+    RuleInfo {
+        id: RuleId::ReservedMapNotReserved,
+        code: "IOSV023",
+        name: "reserved-map-not-reserved",
+        severity: Severity::Error,
+        summary: "MmMapLockedPagesWithReservedMapping at the base of a live I/O-space or MDL mapping, not of a range MmAllocateMappingAddress reserved (Windows bug-checks 0xDA: the address is in no reserved range) (contained: not passed to Mm, NULL returned, the other mapping stays tracked)",
+        help: "Pass the address MmAllocateMappingAddress returned, kept in its own field beside the range's tag; a field shared with a mapping's address is the usual cause.",
+        reference: DDI_RESERVED_MAP,
+        containable: true,
+        blames_owner: false,
+    },
 ];
 
 #[cfg(test)]
@@ -666,6 +682,7 @@ mod tests {
         iosv020_reserved_size_blames_the_caller: ReservedSize => Caller;
         iosv021_unmap_other_process_blames_the_caller: UnmapOtherProcess => Caller;
         iosv022_reserved_tag_mismatch_blames_the_caller: ReservedTagMismatch => Caller;
+        iosv023_reserved_map_not_reserved_blames_the_caller: ReservedMapNotReserved => Caller;
     }
 
     #[test]
@@ -685,7 +702,7 @@ mod tests {
             assert_eq!(RuleId::parse(&r.code.to_lowercase()), Some(r.id));
         }
         assert_eq!(RuleId::from_number(0), None);
-        assert_eq!(RuleId::from_number(23), None);
+        assert_eq!(RuleId::from_number(24), None);
         assert_eq!(RuleId::ALL.len(), RULE_COUNT);
     }
 
@@ -712,6 +729,7 @@ mod tests {
                 RuleId::ReservedSize,
                 RuleId::UnmapOtherProcess,
                 RuleId::ReservedTagMismatch,
+                RuleId::ReservedMapNotReserved,
             ]
         );
     }

@@ -573,6 +573,9 @@ impl<'a> Violation<'a> {
                 Some(RuleId::ReservedMappedTwice | RuleId::ReservedSize) => {
                     "; contained: not passed to Mm, NULL returned".to_string()
                 }
+                Some(RuleId::ReservedMapNotReserved) => format!(
+                    "; contained: not passed to Mm, NULL returned; {owner}'s mapping stays tracked"
+                ),
                 Some(RuleId::UnmapOtherProcess) => {
                     "; contained: not passed to MmUnmapLockedPages, the mapping stays tracked".to_string()
                 }
@@ -802,6 +805,11 @@ impl<'a> Violation<'a> {
                 hex(r.address),
                 pool_tag(r.other_cache),
                 pool_tag(r.cache)
+            ),
+            Some(RuleId::ReservedMapNotReserved) => format!(
+                "{caller} called MmMapLockedPagesWithReservedMapping({}, MDL {}), but that page is {mapping}, not a range MmAllocateMappingAddress reserved",
+                hex(r.address),
+                hex(r.passed_mdl)
             ),
             None => format!("rule {} fired at {} (unknown to this iosvctl)", r.rule, hex(r.address)),
         };
@@ -1060,6 +1068,30 @@ mod tests {
         assert!(Violation::new(&r)
             .message()
             .starts_with("a.sys called a reserved-range routine(0xf000)"));
+    }
+
+    #[test]
+    fn a_reserved_map_at_another_mapping_names_that_mapping() {
+        let r = ViolationRecord {
+            rule: RuleId::ReservedMapNotReserved.number(),
+            flags: VF_MAPPING_KNOWN | VF_CONTAINED,
+            kind: iosv::protocol::MK_MDL,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 2,
+            owner_name: wire_name(b"b.sys"),
+            address: 0xF000,
+            base: 0xF000,
+            mapped_size: 0x1000,
+            mdl: 0xA000,
+            passed_mdl: 0xB000,
+            routine: routine_code(HookedRoutine::MapLockedPagesWithReservedMapping),
+            ..Default::default()
+        };
+        assert_eq!(
+            Violation::new(&r).message(),
+            "a.sys called MmMapLockedPagesWithReservedMapping(0xf000, MDL 0xb000), but that page is the MDL mapping at 0xf000 (0x1000 bytes, MDL 0xa000) made by b.sys, not a range MmAllocateMappingAddress reserved; contained: not passed to Mm, NULL returned; b.sys's mapping stays tracked"
+        );
     }
 
     #[test]

@@ -859,6 +859,10 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         // range's own), so the runner's Mm, which records a wrong tag as the corruption it
         // is (Windows bug-checks 0xDA), unmaps and frees the range cleanly: exit 1, not 4.
         (12, &[("IOSV022", 1)], 1, 0),
+        // An MDL mapping's address passed to MmMapLockedPagesWithReservedMapping:
+        // contained (NULL, not passed to the runner's Mm, which would record it as the
+        // corruption it is), and the driver unmaps its MDL mapping cleanly.
+        (13, &[("IOSV023", 1)], 1, 0),
     ];
     for (bug, expected, exit, live) in cases {
         let value = format!("Parameters\\MdlBug=dword:{bug}");

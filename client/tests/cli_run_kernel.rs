@@ -228,9 +228,10 @@ fn the_kernel_component_verifies_the_mdl_family_like_the_host_engine() {
     // 1-7: IOSV017, IOSV009, IOSV018, IOSV015, IOSV019, IOSV020, IOSV016; 8: a partial
     // MDL freed mapped, clean; 11: IOSV017 by a tail call from DriverUnload, blamed on the
     // driver through IoFreeMdl's per-driver thunk; 12: IOSV022, an unmap with another pool
-    // tag, contained) — through iosv.sys's MDL hooks and the runner's Mm.
+    // tag, contained; 13: IOSV023, an MDL mapping's address passed as a reserved range,
+    // contained) — through iosv.sys's MDL hooks and the runner's Mm.
     let mut reported = 0;
-    for bug in (0..=8).chain([11, 12]) {
+    for bug in (0..=8).chain([11, 12, 13]) {
         let value = format!("Parameters\\MdlBug=dword:{bug}");
         let extra = ["--registry", value.as_str()];
         let (host, _) = run_with("surface.sys", None, &extra);
@@ -241,7 +242,7 @@ fn the_kernel_component_verifies_the_mdl_family_like_the_host_engine() {
         );
         reported += host.rules.values().sum::<u64>();
     }
-    assert_eq!(reported, 9);
+    assert_eq!(reported, 10);
 }
 
 #[test]

@@ -375,9 +375,10 @@ impl<P: Platform> Verifier<P> {
         base
     }
 
-    /// The `MmMapLockedPagesWithReservedMapping` hook: IOSV019 if the range is mapped
-    /// already, IOSV020 if the MDL does not fit it (both contained: NULL, nothing reaches
-    /// Mm); otherwise the real routine, and the range records the MDL.
+    /// The `MmMapLockedPagesWithReservedMapping` hook: IOSV023 if the address is the base
+    /// of another kind's mapping, IOSV022 if the tag is not the range's, IOSV019 if the
+    /// range is mapped already, IOSV020 if the MDL does not fit it (all contained: NULL,
+    /// nothing reaches Mm); otherwise the real routine, and the range records the MDL.
     pub fn map_reserved(
         &self,
         caller: Caller,
@@ -409,9 +410,26 @@ impl<P: Platform> Verifier<P> {
         };
         let mut m = match self.take_reserved(page_align(mapping_address)) {
             ReservedAt::Range(m) => m,
+            // The base of another kind's live mapping: that page is in no reserved range
+            // (Windows bug-checks 0xDA). A detached driver's entry may be stale (it may
+            // have been unmapped unhooked and the address reserved since): judged as
+            // unknown below.
+            ReservedAt::OtherKind(other) if other.flags & FLAG_DETACHED == 0 => {
+                let mut r = self.family_record(&cx, &other);
+                r.address = mapping_address;
+                r.passed_mdl = mdl;
+                self.restore(&cx, &other);
+                if contain {
+                    self.contain_record(&cx, &mut r);
+                    self.violate(RuleId::ReservedMapNotReserved, &cx, r);
+                    return 0;
+                }
+                self.violate(RuleId::ReservedMapNotReserved, &cx, r);
+                return real();
+            }
             found => {
-                // Not a range iosv tracks (allocated before the attach, or untracked):
-                // pass. Another kind's entry there goes back.
+                // Not a range iosv tracks (allocated before the attach, or untracked), or
+                // a detached driver's entry: pass. Another kind's entry there goes back.
                 if let ReservedAt::OtherKind(other) = found {
                     self.restore(&cx, &other);
                 }

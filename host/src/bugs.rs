@@ -79,11 +79,12 @@ pub(crate) fn injector(rule: RuleId) -> Injector {
         | RuleId::ReservedMappedTwice
         | RuleId::ReservedSize
         | RuleId::UnmapOtherProcess
-        | RuleId::ReservedTagMismatch => mdl_family,
+        | RuleId::ReservedTagMismatch
+        | RuleId::ReservedMapNotReserved => mdl_family,
     }
 }
 
-/// IOSV015–IOSV022: the MDL and reserved-mapping family (`crate::mdl::commit`).
+/// IOSV015–IOSV023: the MDL and reserved-mapping family (`crate::mdl::commit`).
 fn mdl_family(b: &mut Bug<'_>) -> Result<bool, HostError> {
     crate::mdl::commit(b.host, b.rule, b.d)
 }

@@ -17,7 +17,7 @@
 //! [`USER_REGION`] (unique across the simulated processes, so the table's keys never
 //! collide; on Windows two processes can map the same user address — see docs).
 //!
-//! The simulated drivers' bugs of rules IOSV015–IOSV022 (`commit`) each allocate their
+//! The simulated drivers' bugs of rules IOSV015–IOSV023 (`commit`) each allocate their
 //! own MDLs and ranges, so they run beside any other thread's work.
 
 use crate::driver_calls::{DriverRef, Routine};
@@ -722,7 +722,7 @@ pub fn clean_cycle(host: &Host, d: &DriverRef) -> Result<(), HostError> {
     })
 }
 
-/// Commits one bug of rule `rule` (IOSV015–IOSV022) as driver `d`: exactly one violation
+/// Commits one bug of rule `rule` (IOSV015–IOSV023) as driver `d`: exactly one violation
 /// of that rule when iosv hooks the family in `d`, and everything it allocated released
 /// again (by iosv's containment, or by the driver). Returns whether the bug reached iosv
 /// (then it was counted as injected). A driver iosv does not hook commits nothing (the
@@ -812,6 +812,20 @@ pub(crate) fn commit(host: &Host, rule: RuleId, d: &DriverRef) -> Result<bool, H
             d.free_mapping_address(Routine::Dispatch, range)?;
             d.unlock_pages(Routine::Dispatch, a)?;
             d.free_mdl(Routine::Dispatch, a)?;
+            Ok(())
+        })?,
+        RuleId::ReservedMapNotReserved => passive(&|| {
+            // One pointer field serves two buffers: the address of an MDL mapping is
+            // passed where the reserved range's belongs.
+            let a = mdls.allocate_mdl(0, 0x1000, false);
+            let b = mdls.allocate_mdl(0, 0x1000, false);
+            let (va, _) = d.map_locked_pages(Routine::Dispatch, a, KERNEL_MODE)?;
+            d.map_reserved(Routine::Dispatch, va, b)?;
+            d.unmap_locked_pages(Routine::Dispatch, va, a)?;
+            for m in [a, b] {
+                d.unlock_pages(Routine::Dispatch, m)?;
+                d.free_mdl(Routine::Dispatch, m)?;
+            }
             Ok(())
         })?,
         RuleId::UnmapOtherProcess => passive(&|| {

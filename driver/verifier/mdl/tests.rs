@@ -660,6 +660,63 @@ fn a_reserved_routine_on_another_kind_without_containment_releases_it_and_passes
     assert_eq!(b.live(), 0);
 }
 
+#[test]
+fn iosv023_mapping_into_another_kinds_mapping_is_refused_and_both_stay() {
+    let b = bed();
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    // MDL_B starts at offset 0 of its page: its mapping's base is a page, as a range's is.
+    let va = b.map_kernel(MDL_B);
+    b.calls();
+    for (base, kind) in [(io, MK_IO_SPACE), (va, MK_MDL)] {
+        assert_eq!(b.v.map_reserved(me(), base, TAG, MDL_A, 1), 0);
+        let r = b.records();
+        assert_eq!(r.len(), 1);
+        let r = r[0];
+        assert_eq!(r.rule, RuleId::ReservedMapNotReserved.number());
+        assert_eq!((r.base, r.address, r.kind), (base, base, kind));
+        assert_eq!(r.passed_mdl, MDL_A);
+        assert_eq!(
+            routine_of_code(r.routine),
+            Some(HookedRoutine::MapLockedPagesWithReservedMapping)
+        );
+        assert_ne!(r.flags & VF_MAPPING_KNOWN, 0);
+        assert_ne!(r.flags & VF_CONTAINED, 0);
+        assert!(b.calls().is_empty(), "nothing reaches Mm");
+    }
+    // Both mappings are still tracked and unmap cleanly with their own routines.
+    b.v.unmap_io_space(me(), io, 0x1000);
+    b.v.unmap_locked_pages(me(), va, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn iosv023_without_containment_is_reported_and_passed_and_the_mapping_stays() {
+    let b = bed();
+    b.containment_off();
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    b.calls();
+    b.v.map_reserved(me(), io, TAG, MDL_A, 1);
+    assert_eq!(b.rules(), [RuleId::ReservedMapNotReserved]);
+    assert_eq!(b.calls(), [Call::MapReserved(io, TAG, MDL_A)]);
+    assert_eq!(b.v.table().get(io).map(|m| m.physical), Some(0xFED0_0000));
+}
+
+#[test]
+fn a_detached_drivers_mapping_may_be_gone_so_a_reserved_map_there_is_not_judged() {
+    let b = bed();
+    let other = Caller::at(OTHER + 0x10);
+    let io = b.v.map_io_space(other, 0xFED0_0000, 0x1000, 0);
+    let other_id = b.v.table().get(io).map(|m| DriverId(m.driver)).unwrap();
+    b.v.driver_detached(other_id, true);
+    b.records();
+    b.calls();
+    // other.sys may have unmapped it unhooked, and the address may be a range now.
+    assert_ne!(b.v.map_reserved(me(), io, TAG, MDL_A, 1), 0);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::MapReserved(io, TAG, MDL_A)]);
+}
+
 /// Every record names the routine it judges; the leaks, found at an event, none.
 #[test]
 fn records_name_the_routine_of_the_call_and_none_for_an_event() {

@@ -3,7 +3,7 @@
 //! `MmGetSystemAddressForMdlSafe` and `MmPrepareMdlForReuse` read them), kept in step with
 //! the host's simulated MDLs and PTEs (`iosv_host::mdl::SimMdls`, the ground truth the
 //! audit checks), and the family's routines: unhooked, they are the simulated Mm; hooked
-//! by the interception plan, they go through the verifier (IOSV015–IOSV022 and the leak
+//! by the interception plan, they go through the verifier (IOSV015–IOSV023 and the leak
 //! rules).
 //!
 //! An MDL mapping's address comes from the simulated Mm (system space, `0xFFFF_A000…`, or
