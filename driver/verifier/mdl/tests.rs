@@ -717,6 +717,43 @@ fn a_detached_drivers_mapping_may_be_gone_so_a_reserved_map_there_is_not_judged(
     assert_eq!(b.calls(), [Call::MapReserved(io, TAG, MDL_A)]);
 }
 
+/// MM_MAPPING_ADDRESS_DIVISIBLE (`MmAllocateMappingAddressEx` flag 1).
+const DIVISIBLE: u32 = 1;
+
+#[test]
+fn a_divisible_range_mapped_back_to_back_is_silent_and_its_second_half_passed() {
+    // The double buffer of Microsoft's MIDI drivers: one range of two buffers' size,
+    // one MDL mapped at its base and another at its middle, each unmapped at its own
+    // address, then the range freed.
+    let b = bed();
+    let r =
+        b.v.allocate_mapping_address_ex(me(), 0x4000, TAG, DIVISIBLE);
+    assert_ne!(r, 0);
+    let half = r + 0x2000;
+    b.mdl(MDL_A, 0, 0x2000, MDL_PAGES_LOCKED);
+    b.mdl(MDL_B, 0, 0x2000, MDL_PAGES_LOCKED);
+    assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_A, 1), r);
+    assert_eq!(b.v.map_reserved(me(), half, TAG, MDL_B, 1), half);
+    b.calls();
+    b.v.unmap_reserved(me(), r, TAG, MDL_A);
+    b.v.unmap_reserved(me(), half, TAG, MDL_B);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(r, TAG, MDL_A),
+            Call::UnmapReserved(half, TAG, MDL_B),
+            Call::FreeReserved(r, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
+    // With the range freed, the same unmap names nothing iosv knows: IOSV004, contained.
+    b.v.unmap_reserved(me(), half, TAG, MDL_B);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert!(b.calls().is_empty());
+}
+
 /// Every record names the routine it judges; the leaks, found at an event, none.
 #[test]
 fn records_name_the_routine_of_the_call_and_none_for_an_event() {
