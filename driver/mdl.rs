@@ -71,6 +71,15 @@ pub const FLAG_KIND_RESERVED: u8 = 1 << 4;
 pub const FLAG_USER: u8 = 1 << 5;
 /// Entry flag: a reserved range with an MDL mapped into it (`physical` holds the MDL).
 pub const FLAG_RESERVED_MAPPED: u8 = 1 << 6;
+/// Entry flag: a reserved range allocated with [`MM_MAPPING_ADDRESS_DIVISIBLE`], or an
+/// MDL mapping at a page inside such a range past its first (a *sub-range* mapping: its
+/// own entry, kind reserved, [`FLAG_RESERVED_MAPPED`], `physical` the MDL, `size` the
+/// MDL's pages; told from the range by the range's lower base around it).
+pub const FLAG_RESERVED_DIVISIBLE: u8 = 1 << 7;
+/// `MM_MAPPING_ADDRESS_DIVISIBLE`, the `MmAllocateMappingAddressEx` flag that lets MDLs be
+/// mapped at any page-aligned address inside the range (Microsoft's MIDI drivers define
+/// it as 1; a decompiled Windows kernel tests bit 0 of the range's flags).
+pub const MM_MAPPING_ADDRESS_DIVISIBLE: u32 = 1;
 /// The kind bits of an entry's flags.
 pub const KIND_MASK: u8 = FLAG_KIND_MDL | FLAG_KIND_RESERVED;
 
@@ -280,7 +289,10 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_and_flags_match_the_wire() {
-        use crate::protocol::{MF_KIND_MDL, MF_KIND_RESERVED, MF_RESERVED_MAPPED, MF_USER};
+        use crate::protocol::{
+            MF_KIND_MDL, MF_KIND_RESERVED, MF_RESERVED_DIVISIBLE, MF_RESERVED_MAPPED, MF_USER,
+        };
+        assert_eq!(FLAG_RESERVED_DIVISIBLE, MF_RESERVED_DIVISIBLE);
         assert_eq!(FLAG_KIND_MDL, MF_KIND_MDL);
         assert_eq!(FLAG_KIND_RESERVED, MF_KIND_RESERVED);
         assert_eq!(FLAG_USER, MF_USER);

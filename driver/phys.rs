@@ -33,6 +33,11 @@ pub const fn page_align(va: u64) -> u64 {
     va & !(PAGE_SIZE - 1)
 }
 
+/// `ROUND_TO_PAGES(size)`: `size` rounded up to whole pages (saturating).
+pub const fn page_round(size: u64) -> u64 {
+    page_align(size.saturating_add(PAGE_SIZE - 1))
+}
+
 /// `ADDRESS_AND_SIZE_TO_SPAN_PAGES(va, size)`: the pages `[va, va + size)` touches — what
 /// MmMapIoSpace maps for an address and a size, and what MmUnmapIoSpace unmaps from
 /// `PAGE_ALIGN(va)`. `None` if the range wraps.

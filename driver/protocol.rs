@@ -474,6 +474,10 @@ pub const VF_OTHER_MAP_EX: u8 = 1 << 4;
 /// the caller's own earlier mapping is in the `prior_*` fields and its unmap time in
 /// `other`.
 pub const VF_REUSED: u8 = 1 << 5;
+/// `ViolationRecord::flags`: the mapping (kind [`MK_RESERVED`]) is a sub-range mapping, an
+/// MDL mapped at a page inside a range allocated with `MM_MAPPING_ADDRESS_DIVISIBLE`,
+/// past its first ([`MF_RESERVED_DIVISIBLE`]); released by `MmUnmapReservedMapping`.
+pub const VF_SUB_RANGE: u8 = 1 << 6;
 
 /// One violation, as journaled and as sent. Names both sides of a conflict: what the call
 /// passed and what the tracked mapping holds.
@@ -686,6 +690,10 @@ pub const MF_KIND_RESERVED: u8 = 1 << 4;
 pub const MF_USER: u8 = 1 << 5;
 /// `MappingRecord::flags`: a reserved range with an MDL mapped into it now.
 pub const MF_RESERVED_MAPPED: u8 = 1 << 6;
+/// `MappingRecord::flags`: a reserved range allocated with `MM_MAPPING_ADDRESS_DIVISIBLE`,
+/// or (with [`MF_RESERVED_MAPPED`]) an MDL mapped at a page inside such a range past its
+/// first: a sub-range mapping, listed as its own entry.
+pub const MF_RESERVED_DIVISIBLE: u8 = 1 << 7;
 
 /// One live mapping.
 #[derive(

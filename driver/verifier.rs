@@ -23,7 +23,7 @@ use crate::platform::{BugCheck, Caller, Irql, Platform, BUGCHECK_SIGNATURE};
 use crate::protocol::{routine_code, STATE_NO_TARGETS, STATE_UNLOAD_BLOCKED};
 use crate::protocol::{
     ViolationRecord, MAX_STACK, VF_CONTAINED, VF_DETACH, VF_MAPPING_KNOWN, VF_MAP_EX,
-    VF_OTHER_MAP_EX, VF_REUSED,
+    VF_OTHER_MAP_EX, VF_REUSED, VF_SUB_RANGE,
 };
 use crate::rules::{Action, Blamed, RuleId};
 use crate::stats::{Counter, DriverCounter, Stats};
@@ -823,16 +823,26 @@ impl<P: Platform> Verifier<P> {
         r.owner_name = self.drivers.name(DriverId(m.driver));
         copy_frames(&mut r.map_stack, &mut r.map_stack_depth, m.frames());
         if !is_io_space(m.flags) {
-            // The MDL and reserved kinds keep their MDL in `physical` (crate::mdl), and a
-            // user-space mapping its process in `device`.
-            r.kind = MappingKind::of(m.flags) as u8;
-            r.mdl = m.physical;
-            r.physical = 0;
-            if m.flags & FLAG_USER != 0 {
-                r.device = 0;
-            }
+            self.family_fields(&mut r, m);
         }
         r
+    }
+
+    /// The fields of a record of an MDL mapping or reserved range: they keep their MDL in
+    /// `physical` (crate::mdl), a user-space mapping its process in `device`. Out of line:
+    /// the I/O-space hooks' records never take it.
+    #[cold]
+    #[inline(never)]
+    fn family_fields(&self, r: &mut ViolationRecord, m: &Mapping) {
+        r.kind = MappingKind::of(m.flags) as u8;
+        r.mdl = m.physical;
+        r.physical = 0;
+        if m.flags & FLAG_USER != 0 {
+            r.device = 0;
+        }
+        if self.is_sub_range(m) {
+            r.flags |= VF_SUB_RANGE;
+        }
     }
 
     /// Applies `rule`'s action to a violation described by `r`.

@@ -525,10 +525,14 @@ impl<'a> Violation<'a> {
         };
         let kind =
             iosv::mdl::MappingKind::from_u8(r.kind).unwrap_or(iosv::mdl::MappingKind::IoSpace);
+        let sub_range = r.flags & iosv::protocol::VF_SUB_RANGE != 0;
         let mapping = if kind != iosv::mdl::MappingKind::IoSpace {
             format!(
                 "the {} at {} (0x{:x} bytes, MDL {}) made by {owner}",
                 match kind {
+                    iosv::mdl::MappingKind::Reserved if sub_range => {
+                        "sub-range mapping of a divisible reserved range"
+                    }
                     iosv::mdl::MappingKind::Reserved => "reserved range",
                     _ => "MDL mapping",
                 },
@@ -636,6 +640,7 @@ impl<'a> Violation<'a> {
                 match kind {
                     iosv::mdl::MappingKind::IoSpace => "MmUnmapIoSpace",
                     iosv::mdl::MappingKind::Mdl => "MmUnmapLockedPages",
+                    iosv::mdl::MappingKind::Reserved if sub_range => "MmUnmapReservedMapping",
                     iosv::mdl::MappingKind::Reserved =>
                         "MmFreeMappingAddress, after MmUnmapReservedMapping of its MDL",
                 }
@@ -1092,6 +1097,33 @@ mod tests {
             Violation::new(&r).message(),
             "a.sys called MmMapLockedPagesWithReservedMapping(0xf000, MDL 0xb000), but that page is the MDL mapping at 0xf000 (0x1000 bytes, MDL 0xa000) made by b.sys, not a range MmAllocateMappingAddress reserved; contained: not passed to Mm, NULL returned; b.sys's mapping stays tracked"
         );
+    }
+
+    #[test]
+    fn a_sub_range_mapping_is_named_as_such() {
+        let mut r = ViolationRecord {
+            rule: RuleId::UnmapUnknown.number(),
+            flags: VF_MAPPING_KNOWN | VF_CONTAINED | iosv::protocol::VF_SUB_RANGE,
+            kind: iosv::protocol::MK_RESERVED,
+            driver_id: 1,
+            driver_name: wire_name(b"a.sys"),
+            owner_id: 1,
+            owner_name: wire_name(b"a.sys"),
+            address: 0xF000,
+            base: 0xF000,
+            mapped_size: 0x2000,
+            mdl: 0xA000,
+            routine: routine_code(HookedRoutine::FreeMappingAddress),
+            ..Default::default()
+        };
+        assert_eq!(
+            Violation::new(&r).message(),
+            "a.sys called MmFreeMappingAddress(0xf000), but the sub-range mapping of a divisible reserved range at 0xf000 (0x2000 bytes, MDL 0xa000) made by a.sys is not released by that routine (MmUnmapReservedMapping releases it); contained: the call was not passed to Mm"
+        );
+        r.flags &= !iosv::protocol::VF_SUB_RANGE;
+        assert!(Violation::new(&r)
+            .message()
+            .contains("the reserved range at 0xf000"));
     }
 
     #[test]

@@ -15,13 +15,13 @@
 use super::{CallCtx, Verifier, OWN_FRAMES};
 use crate::drivers::DriverId;
 use crate::mdl::{
-    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_MAPPED, FLAG_USER,
-    USER_MODE,
+    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_DIVISIBLE,
+    FLAG_RESERVED_MAPPED, FLAG_USER, MM_MAPPING_ADDRESS_DIVISIBLE, USER_MODE,
 };
 use crate::pe::HookedRoutine;
-use crate::phys::page_align;
+use crate::phys::{page_align, page_round, PAGE_SIZE as PAGE};
 use crate::platform::{Caller, Irql, Platform};
-use crate::protocol::{ViolationRecord, VF_MAPPING_KNOWN};
+use crate::protocol::{ViolationRecord, VF_MAPPING_KNOWN, VF_SUB_RANGE};
 use crate::rules::RuleId;
 use crate::stats::{Counter, DriverCounter};
 use crate::table::{
@@ -340,7 +340,7 @@ impl<P: Platform> Verifier<P> {
     pub fn allocate_mapping_address(&self, caller: Caller, size: usize, pool_tag: u32) -> u64 {
         let cx = self.ctx(caller, HookedRoutine::AllocateMappingAddress);
         let base = self.platform.mm_allocate_mapping_address(size, pool_tag);
-        self.track_reserved(&cx, base, size, pool_tag)
+        self.track_reserved(&cx, base, size, pool_tag, false)
     }
 
     /// The `MmAllocateMappingAddressEx` hook.
@@ -355,10 +355,18 @@ impl<P: Platform> Verifier<P> {
         let base = self
             .platform
             .mm_allocate_mapping_address_ex(size, pool_tag, flags);
-        self.track_reserved(&cx, base, size, pool_tag)
+        let divisible = flags & MM_MAPPING_ADDRESS_DIVISIBLE != 0;
+        self.track_reserved(&cx, base, size, pool_tag, divisible)
     }
 
-    fn track_reserved(&self, cx: &CallCtx, base: u64, size: usize, tag: u32) -> u64 {
+    fn track_reserved(
+        &self,
+        cx: &CallCtx,
+        base: u64,
+        size: usize,
+        tag: u32,
+        divisible: bool,
+    ) -> u64 {
         // MmAllocateMappingAddress[Ex]: IRQL <= APC_LEVEL (their DDI pages).
         let kind = MappingKind::Reserved;
         self.check_family_map_irql(cx, Irql::APC, kind, base, 0, size as u64, 0);
@@ -370,7 +378,11 @@ impl<P: Platform> Verifier<P> {
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
         let mut m = self.family_head(cx, base, size as u64);
         m.cache = tag;
-        m.flags = FLAG_KIND_RESERVED;
+        m.flags = if divisible {
+            FLAG_KIND_RESERVED | FLAG_RESERVED_DIVISIBLE
+        } else {
+            FLAG_KIND_RESERVED
+        };
         self.insert_family(cx, m);
         base
     }
@@ -428,13 +440,19 @@ impl<P: Platform> Verifier<P> {
                 return real();
             }
             found => {
-                // Not a range iosv tracks (allocated before the attach, or untracked), a
-                // page inside a range past its first (a sub-range of a range allocated with
-                // MM_MAPPING_ADDRESS_DIVISIBLE, not tracked), or a detached driver's entry:
-                // pass. Another kind's entry there goes back.
+                // A page inside a divisible range past its first: a sub-range mapping.
                 if let ReservedAt::OtherKind(other) = found {
                     self.restore(&cx, &other);
+                } else if let Some(range) = self
+                    .range_around(page_align(mapping_address))
+                    .filter(|r| r.flags & FLAG_RESERVED_DIVISIBLE != 0)
+                {
+                    return self.map_sub_range(&cx, &range, mapping_address, pool_tag, mdl, real);
                 }
+                // Not a range iosv tracks (allocated before the attach, or untracked), a
+                // page inside a range allocated without MM_MAPPING_ADDRESS_DIVISIBLE (Mm
+                // maps at its base), or a detached driver's entry: pass. Another kind's
+                // entry there goes back.
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                 return real();
             }
@@ -451,25 +469,22 @@ impl<P: Platform> Verifier<P> {
             self.restore(&cx, &m);
             return 0;
         }
+        let span = self.platform.mdl_info(mdl).and_then(|i| i.span_bytes());
         let rule = if m.flags & FLAG_RESERVED_MAPPED != 0 {
             Some(RuleId::ReservedMappedTwice)
-        } else if self
-            .platform
-            .mdl_info(mdl)
-            .and_then(|i| i.span_bytes())
-            .is_some_and(|span| span > m.size)
-        {
+        } else if span.is_some_and(|span| span > page_round(m.size)) {
             Some(RuleId::ReservedSize)
+        } else if m.flags & FLAG_RESERVED_DIVISIBLE != 0
+            && self.sub_range_taken(&m, m.base, m.base.saturating_add(span.unwrap_or(PAGE)))
+        {
+            // A divisible range's sub-range mapping holds one of the pages.
+            Some(RuleId::ReservedMappedTwice)
         } else {
             None
         };
         if let Some(rule) = rule {
             let mut r = record(&m);
-            r.passed_size = self
-                .platform
-                .mdl_info(mdl)
-                .and_then(|i| i.span_bytes())
-                .unwrap_or(0);
+            r.passed_size = span.unwrap_or(0);
             if contain {
                 self.restore(&cx, &m);
                 self.contain_record(&cx, &mut r);
@@ -493,22 +508,23 @@ impl<P: Platform> Verifier<P> {
         let contain = self.settings.containment();
         let real_as_made = || self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
         let mut m = match self.take_reserved(page_align(base)) {
+            ReservedAt::Range(m) if self.is_sub_range(&m) => {
+                self.unmap_sub_range(&cx, &m, base, pool_tag, mdl, contain);
+                return;
+            }
             ReservedAt::Range(m) => m,
             ReservedAt::OtherKind(other) => {
                 // An MDL mapping or I/O-space mapping there, not a reserved range.
                 self.wrong_routine_unmap(&cx, &other, base, mdl, contain, real_as_made);
                 return;
             }
-            ReservedAt::Nothing if self.inside_reserved_range(page_align(base)) => {
-                // A sub-range of a range: a range allocated with MM_MAPPING_ADDRESS_DIVISIBLE
-                // takes MDLs at page-aligned addresses inside it, which iosv does not track.
-                // Passed, unverified (neither IOSV004 nor, from an older tombstone at that
-                // address, IOSV005: the driver may be right).
-                self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-                real_as_made();
-                return;
-            }
             ReservedAt::Nothing => {
+                if let Some(range) = self.range_around(page_align(base)) {
+                    if self.sub_range_unmapped_again(&cx, &range, base, mdl, contain) {
+                        real_as_made();
+                    }
+                    return;
+                }
                 if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
                     real_as_made();
                 }
@@ -570,6 +586,11 @@ impl<P: Platform> Verifier<P> {
         let above = cx.irql > Irql::APC;
         let real_as_made = || self.platform.mm_free_mapping_address(base, pool_tag);
         let m = match self.take_reserved(base) {
+            ReservedAt::Range(m) if self.is_sub_range(&m) => {
+                // A sub-range mapping's address, not the range's: IOSV004 naming it.
+                self.wrong_routine_unmap(&cx, &m, base, 0, contain, real_as_made);
+                return;
+            }
             ReservedAt::Range(m) => m,
             found => {
                 if above {
@@ -617,6 +638,9 @@ impl<P: Platform> Verifier<P> {
                 self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
             }
         }
+        if m.flags & FLAG_RESERVED_DIVISIBLE != 0 {
+            self.release_sub_ranges(&cx, &m, contain);
+        }
         self.platform.mm_free_mapping_address(base, tag);
     }
 
@@ -648,12 +672,220 @@ impl<P: Platform> Verifier<P> {
         }
     }
 
-    /// True if `page` lies inside a live reserved range iosv tracks, past its first page
-    /// (bounded: the table's virtual index).
-    fn inside_reserved_range(&self, page: u64) -> bool {
-        self.table.find_containing(page).is_some_and(|m| {
-            MappingKind::of(m.flags) == MappingKind::Reserved && page_align(m.base) != page
-        })
+    // ---- sub-ranges of divisible ranges -------------------------------------------------
+
+    /// The live reserved range that holds `page` past its first page: of the reserved
+    /// entries around `page`, the one with the lowest base (a divisible range's sub-range
+    /// mappings lie inside it, above its base). Bounded: the table's virtual index.
+    fn range_around(&self, page: u64) -> Option<Mapping> {
+        let mut range: Option<Mapping> = None;
+        self.table.visit_around(page, |m| {
+            if MappingKind::of(m.flags) == MappingKind::Reserved
+                && m.base < page
+                && m.contains(page)
+                && range.is_none_or(|r| m.base < r.base)
+            {
+                range = Some(*m);
+            }
+            true
+        });
+        range
+    }
+
+    /// True if the reserved entry `m` is a sub-range mapping (not a range).
+    pub(super) fn is_sub_range(&self, m: &Mapping) -> bool {
+        m.flags & FLAG_RESERVED_DIVISIBLE != 0 && self.range_around(m.base).is_some()
+    }
+
+    /// `MmMapLockedPagesWithReservedMapping` at `address`, a page inside the divisible
+    /// `range` past its first: IOSV022 for another tag, IOSV020 if the MDL's pages run past
+    /// the range's end, IOSV019 if they overlap a mapping already in the range (all
+    /// contained: NULL, nothing reaches Mm; uncontained, passed and not tracked);
+    /// otherwise `real`, and the sub-range mapping gets its own entry.
+    fn map_sub_range(
+        &self,
+        cx: &CallCtx,
+        range: &Mapping,
+        address: u64,
+        tag: u32,
+        mdl: u64,
+        real: impl FnOnce() -> u64,
+    ) -> u64 {
+        let contain = self.settings.containment();
+        let record = || {
+            let mut r = self.family_record(cx, range);
+            r.address = address;
+            r.passed_mdl = mdl;
+            r
+        };
+        if self.checked_tag(cx, record, range.cache, tag, contain) != tag {
+            return 0;
+        }
+        let span = self.platform.mdl_info(mdl).and_then(|i| i.span_bytes());
+        let (Some(span), 0) = (span, address & (PAGE - 1)) else {
+            // An address inside a page (Mm returns NULL) or an MDL iosv cannot read:
+            // passed, not tracked.
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            return real();
+        };
+        let end = address.saturating_add(span);
+        let rule = if end > range.base.saturating_add(page_round(range.size)) {
+            Some(RuleId::ReservedSize)
+        } else if self.sub_range_taken(range, address, end) {
+            Some(RuleId::ReservedMappedTwice)
+        } else {
+            None
+        };
+        if let Some(rule) = rule {
+            let mut r = record();
+            r.passed_size = span;
+            if contain {
+                self.contain_record(cx, &mut r);
+            }
+            self.violate(rule, cx, r);
+            return if contain { 0 } else { real() };
+        }
+        let va = real();
+        if va != 0 {
+            let mut m = self.family_head(cx, address, span);
+            m.cache = tag;
+            m.physical = mdl;
+            m.flags = FLAG_KIND_RESERVED | FLAG_RESERVED_MAPPED | FLAG_RESERVED_DIVISIBLE;
+            self.insert_family(cx, m);
+        }
+        va
+    }
+
+    /// True if a mapping in the divisible `range` already holds a page of
+    /// `[start, end)`: the MDL mapped at its base, or a sub-range mapping. Bounded by the
+    /// pages of `[start, end)`.
+    fn sub_range_taken(&self, range: &Mapping, start: u64, end: u64) -> bool {
+        if range.flags & FLAG_RESERVED_MAPPED != 0 {
+            let at_base = self
+                .platform
+                .mdl_info(range.physical)
+                .and_then(|i| i.span_bytes())
+                .unwrap_or(PAGE);
+            if range.base.saturating_add(at_base) > start {
+                return true;
+            }
+        }
+        let mut page = start;
+        while page < end {
+            let mut taken = false;
+            self.table.visit_around(page, |m| {
+                taken = MappingKind::of(m.flags) == MappingKind::Reserved
+                    && m.base > range.base
+                    && m.contains(page);
+                !taken
+            });
+            if taken {
+                return true;
+            }
+            page = page.saturating_add(PAGE);
+        }
+        false
+    }
+
+    /// `MmUnmapReservedMapping` of the sub-range mapping `m` (taken out of the table) at
+    /// `address`: IOSV022, IOSV016 and IOSV015 as for a range's own mapping; the entry is
+    /// released and remembered (a second unmap is IOSV005).
+    fn unmap_sub_range(
+        &self,
+        cx: &CallCtx,
+        m: &Mapping,
+        address: u64,
+        tag: u32,
+        mdl: u64,
+        contain: bool,
+    ) {
+        let record = || {
+            let mut r = self.family_record(cx, m);
+            r.address = address;
+            r.passed_mdl = mdl;
+            r
+        };
+        let tag = self.checked_tag(cx, record, m.cache, tag, contain);
+        if cx.irql > Irql::DISPATCH {
+            self.violate(RuleId::MdlUnmapIrql, cx, record());
+        }
+        let mut pass = mdl;
+        if mdl != m.physical {
+            let mut r = record();
+            if contain {
+                self.contain_record(cx, &mut r);
+                pass = m.physical;
+            }
+            self.violate(RuleId::MdlUnmapWrongMdl, cx, r);
+        }
+        self.forget_mapping(m);
+        self.bury(cx, m);
+        self.platform.mm_unmap_reserved_mapping(address, tag, pass);
+    }
+
+    /// `MmUnmapReservedMapping` at a page inside `range` past its first that holds no
+    /// entry. In a divisible range, a sub-range mapping of this range unmapped already
+    /// (the graveyard remembers one there, unmapped since the range was allocated) is
+    /// IOSV005; anything else (a sub-range mapped before the attach or untracked, or a
+    /// range without MM_MAPPING_ADDRESS_DIVISIBLE, which Mm unmaps at its base) is passed,
+    /// counted as unverified. True if the call should reach Mm.
+    fn sub_range_unmapped_again(
+        &self,
+        cx: &CallCtx,
+        range: &Mapping,
+        address: u64,
+        mdl: u64,
+        contain: bool,
+    ) -> bool {
+        let again = (range.flags & FLAG_RESERVED_DIVISIBLE != 0)
+            .then(|| self.graveyard.find(page_align(address)))
+            .flatten()
+            .filter(|t| t.unmap_time_ns >= range.map_time_ns);
+        let Some(t) = again else {
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            return true;
+        };
+        let mut r = self.blank_record(cx);
+        r.address = address;
+        r.passed_mdl = mdl;
+        r.kind = MappingKind::Reserved as u8;
+        self.describe_tombstone(&mut r, &t);
+        if contain {
+            self.contain_record(cx, &mut r);
+        }
+        self.violate(RuleId::DoubleUnmap, cx, r);
+        !contain
+    }
+
+    /// IOSV018 for every sub-range mapping still live in the divisible `range`, which is
+    /// being freed: contained, iosv unmaps each first, with its tracked MDL. Bounded by
+    /// the range's pages.
+    fn release_sub_ranges(&self, cx: &CallCtx, range: &Mapping, contain: bool) {
+        let end = range.base.saturating_add(page_round(range.size));
+        let mut page = range.base.saturating_add(PAGE);
+        while page < end {
+            let mut next = page.saturating_add(PAGE);
+            match self.take_reserved(page) {
+                ReservedAt::Range(sub) => {
+                    // The range is out of the table now: the record cannot find it.
+                    let mut r = self.family_record(cx, &sub);
+                    r.flags |= VF_SUB_RANGE;
+                    r.address = range.base;
+                    self.forget_mapping(&sub);
+                    self.bury(cx, &sub);
+                    if contain {
+                        self.contain_record(cx, &mut r);
+                        self.platform
+                            .mm_unmap_reserved_mapping(sub.base, sub.cache, sub.physical);
+                    }
+                    self.violate(RuleId::ReservedFreedWhileMapped, cx, r);
+                    next = next.max(sub.base.saturating_add(page_round(sub.size)));
+                }
+                ReservedAt::OtherKind(other) => self.restore(cx, &other),
+                ReservedAt::Nothing => {}
+            }
+            page = next;
+        }
     }
 
     /// Takes the entry at `base` out of the table, for a routine of reserved ranges.

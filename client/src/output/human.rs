@@ -265,6 +265,9 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
         if m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0 {
             flags.push("mapped");
         }
+        if m.flags & iosv::protocol::MF_RESERVED_DIVISIBLE != 0 {
+            flags.push("divisible");
+        }
         let io = kind == iosv::mdl::MappingKind::IoSpace;
         rows.push(vec![
             hex(m.base),

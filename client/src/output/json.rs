@@ -104,6 +104,7 @@ fn violation_fields(v: &Violation<'_>, images: &Images) -> Value {
         "mapping_known": known,
         "detach": r.flags & VF_DETACH != 0,
         "mapping_kind": model::mapping_kind(r.kind).name(),
+        "sub_range": r.flags & iosv::protocol::VF_SUB_RANGE != 0,
         "mdl": opt_hex(r.mdl),
         "passed_mdl": opt_hex(r.passed_mdl),
         "timestamp_ns": r.timestamp_ns,
@@ -160,6 +161,7 @@ fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Val
         "user_mode": m.flags & iosv::protocol::MF_USER != 0,
         "process_id": m.process_id,
         "reserved_mapped": m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0,
+        "reserved_divisible": m.flags & iosv::protocol::MF_RESERVED_DIVISIBLE != 0,
         "stack": images.stack(&m.stack, m.stack_depth),
     })
 }

@@ -11,13 +11,14 @@ use crate::pe::HookedRoutine;
 use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
 use crate::protocol::{
     routine_of_code, ConfigBlock, ViolationRecord, MK_IO_SPACE, MK_MDL, MK_RESERVED, RULE_SLOTS,
-    VF_CONTAINED, VF_MAPPING_KNOWN,
+    VF_CONTAINED, VF_MAPPING_KNOWN, VF_SUB_RANGE,
 };
 use std::sync::atomic::Ordering;
 
 const DRV: u64 = 0x3000_0000;
 const MDL_A: u64 = 0xFFFF_C000_0000_1000;
 const MDL_B: u64 = 0xFFFF_C000_0000_2000;
+const MDL_C: u64 = 0xFFFF_C000_0000_3000;
 
 const OTHER: u64 = 0x4000_0000;
 
@@ -720,20 +721,36 @@ fn a_detached_drivers_mapping_may_be_gone_so_a_reserved_map_there_is_not_judged(
 /// MM_MAPPING_ADDRESS_DIVISIBLE (`MmAllocateMappingAddressEx` flag 1).
 const DIVISIBLE: u32 = 1;
 
+impl Bed {
+    /// A divisible range of four pages, and MDLs A and B of two pages each at offset 0.
+    fn divisible(&self) -> u64 {
+        let r = self
+            .v
+            .allocate_mapping_address_ex(me(), 0x4000, TAG, DIVISIBLE);
+        assert_ne!(r, 0);
+        self.mdl(MDL_A, 0, 0x2000, MDL_PAGES_LOCKED);
+        self.mdl(MDL_B, 0, 0x2000, MDL_PAGES_LOCKED);
+        r
+    }
+}
+
 #[test]
-fn a_divisible_range_mapped_back_to_back_is_silent_and_its_second_half_passed() {
+fn a_divisible_range_mapped_back_to_back_is_verified_and_silent() {
     // The double buffer of Microsoft's MIDI drivers: one range of two buffers' size,
     // one MDL mapped at its base and another at its middle, each unmapped at its own
     // address, then the range freed.
     let b = bed();
-    let r =
-        b.v.allocate_mapping_address_ex(me(), 0x4000, TAG, DIVISIBLE);
-    assert_ne!(r, 0);
+    let r = b.divisible();
     let half = r + 0x2000;
-    b.mdl(MDL_A, 0, 0x2000, MDL_PAGES_LOCKED);
-    b.mdl(MDL_B, 0, 0x2000, MDL_PAGES_LOCKED);
     assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_A, 1), r);
     assert_eq!(b.v.map_reserved(me(), half, TAG, MDL_B, 1), half);
+    // The second half is an entry of its own: a sub-range mapping of MDL B.
+    let sub =
+        b.v.table()
+            .get(half)
+            .expect("the sub-range mapping is tracked");
+    assert_eq!((sub.size, sub.physical, sub.cache), (0x2000, MDL_B, TAG));
+    assert_eq!(b.live(), 2);
     b.calls();
     b.v.unmap_reserved(me(), r, TAG, MDL_A);
     b.v.unmap_reserved(me(), half, TAG, MDL_B);
@@ -748,10 +765,144 @@ fn a_divisible_range_mapped_back_to_back_is_silent_and_its_second_half_passed() 
         ]
     );
     assert_eq!(b.live(), 0);
-    // With the range freed, the same unmap names nothing iosv knows: IOSV004, contained.
+    // The same unmap again: the graveyard remembers it, IOSV005, contained.
     b.v.unmap_reserved(me(), half, TAG, MDL_B);
-    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert_eq!(b.rules(), [RuleId::DoubleUnmap]);
     assert!(b.calls().is_empty());
+}
+
+#[test]
+fn sub_range_unmaps_are_checked_like_the_ranges_own() {
+    let b = bed();
+    let r = b.divisible();
+    let half = r + 0x2000;
+    b.v.map_reserved(me(), half, TAG, MDL_B, 1);
+    b.calls();
+    // Another MDL: IOSV015, contained by unmapping the tracked one.
+    b.v.unmap_reserved(me(), half, TAG, MDL_A);
+    assert_eq!(b.rules(), [RuleId::MdlUnmapWrongMdl]);
+    assert_eq!(b.calls(), [Call::UnmapReserved(half, TAG, MDL_B)]);
+    // Again, while the range lives: IOSV005, not passed.
+    b.v.unmap_reserved(me(), half, TAG, MDL_B);
+    let r5 = b.records();
+    assert_eq!(r5.len(), 1);
+    assert_eq!(r5[0].rule, RuleId::DoubleUnmap.number());
+    assert_eq!((r5[0].base, r5[0].mapped_size), (half, 0x2000));
+    assert!(b.calls().is_empty());
+    // Another tag: IOSV022, passed with the range's own.
+    b.v.map_reserved(me(), half, TAG, MDL_B, 1);
+    b.calls();
+    b.v.unmap_reserved(me(), half, WRONG_TAG, MDL_B);
+    assert_eq!(b.rules(), [RuleId::ReservedTagMismatch]);
+    assert_eq!(b.calls(), [Call::UnmapReserved(half, TAG, MDL_B)]);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn sub_range_maps_that_overlap_or_overrun_or_mistag_are_refused() {
+    let b = bed();
+    let r = b.divisible();
+    // Three pages at the base reach into the third page.
+    b.mdl(MDL_C, 0, 0x3000, MDL_PAGES_LOCKED);
+    b.v.map_reserved(me(), r, TAG, MDL_C, 1);
+    b.calls();
+    assert_eq!(b.v.map_reserved(me(), r + 0x2000, TAG, MDL_B, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    // Two pages from the last page run past the range's end.
+    assert_eq!(b.v.map_reserved(me(), r + 0x3000, TAG, MDL_B, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedSize]);
+    // Another tag.
+    b.v.unmap_reserved(me(), r, TAG, MDL_C);
+    b.calls();
+    assert_eq!(b.v.map_reserved(me(), r + 0x2000, WRONG_TAG, MDL_B, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedTagMismatch]);
+    assert!(b.calls().is_empty(), "nothing reached Mm");
+    // A sub-range inside a live sub-range.
+    b.v.map_reserved(me(), r + 0x1000, TAG, MDL_B, 1);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::MapReserved(r + 0x1000, TAG, MDL_B)]);
+    assert_eq!(b.v.map_reserved(me(), r + 0x2000, TAG, MDL_A, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    // Three pages at the base reach into that sub-range too.
+    assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_C, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    assert!(b.calls().is_empty(), "nothing reached Mm");
+    assert_eq!(b.live(), 2);
+}
+
+#[test]
+fn freeing_a_divisible_range_with_a_live_sub_range_unmaps_it_first() {
+    let b = bed();
+    let r = b.divisible();
+    let half = r + 0x2000;
+    b.v.map_reserved(me(), half, TAG, MDL_B, 1);
+    b.calls();
+    b.v.free_mapping_address(me(), r, TAG);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].rule, RuleId::ReservedFreedWhileMapped.number());
+    assert_eq!((rec[0].base, rec[0].mdl), (half, MDL_B));
+    assert_ne!(rec[0].flags & VF_SUB_RANGE, 0, "named a sub-range mapping");
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(half, TAG, MDL_B),
+            Call::FreeReserved(r, TAG)
+        ]
+    );
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
+fn a_sub_range_leaks_on_its_own_and_cannot_be_freed_as_a_range() {
+    let b = bed();
+    let r = b.divisible();
+    let half = r + 0x2000;
+    b.v.map_reserved(me(), half, TAG, MDL_B, 1);
+    b.calls();
+    // MmFreeMappingAddress of the sub-range's address: IOSV004 naming it, not passed.
+    b.v.free_mapping_address(me(), half, TAG);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].rule, rec[0].base),
+        (RuleId::UnmapUnknown.number(), half)
+    );
+    assert_ne!(rec[0].flags & VF_SUB_RANGE, 0);
+    assert!(b.calls().is_empty());
+    b.v.driver_detached(b.drv, false);
+    let mut leaked: Vec<(u64, bool)> = b
+        .records()
+        .iter()
+        .map(|r| (r.base, r.flags & VF_SUB_RANGE != 0))
+        .collect();
+    leaked.sort_unstable();
+    assert_eq!(leaked, [(r, false), (half, true)]);
+}
+
+#[test]
+fn a_range_without_the_flag_is_not_split() {
+    let b = bed();
+    let r = b.reserve(0x4000);
+    b.mdl(MDL_B, 0, 0x2000, MDL_PAGES_LOCKED);
+    b.calls();
+    // Mm maps it at the range's base: passed, unverified, nothing tracked of it.
+    b.v.map_reserved(me(), r + 0x2000, TAG, MDL_B, 1);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::MapReserved(r + 0x2000, TAG, MDL_B)]);
+    assert_eq!(b.live(), 1);
+}
+
+#[test]
+fn a_range_of_part_pages_holds_whole_pages() {
+    // 0x1800 bytes reserve two pages: an MDL of two pages fits (no IOSV020).
+    let b = bed();
+    let r = b.reserve(0x1800);
+    b.mdl(MDL_B, 0, 0x1800, MDL_PAGES_LOCKED);
+    assert_ne!(b.v.map_reserved(me(), r, TAG, MDL_B, 1), 0);
+    assert!(b.rules().is_empty());
 }
 
 /// Every record names the routine it judges; the leaks, found at an event, none.
