@@ -863,6 +863,12 @@ fn every_mdl_bug_of_a_compiled_driver_gets_exactly_its_reports() {
         // contained (NULL, not passed to the runner's Mm, which would record it as the
         // corruption it is), and the driver unmaps its MDL mapping cleanly.
         (13, &[("IOSV023", 1)], 1, 0),
+        // Not a bug: a double buffer in a divisible range (MmAllocateMappingAddressEx
+        // through MmGetSystemRoutineAddress), each half unmapped at its own address.
+        (14, &[], 0, 0),
+        // That range freed with its second half still mapped: contained (iosv unmaps the
+        // sub-range mapping first).
+        (15, &[("IOSV018", 1)], 1, 0),
     ];
     for (bug, expected, exit, live) in cases {
         let value = format!("Parameters\\MdlBug=dword:{bug}");

@@ -100,6 +100,17 @@ pub struct FamilyMapping {
 struct Reserved {
     m: FamilyMapping,
     tag: u32,
+    /// Allocated with `MM_MAPPING_ADDRESS_DIVISIBLE`: MDLs may be mapped at any page of it.
+    divisible: bool,
+}
+
+/// An MDL mapped at a page of a divisible range past its first (a sub-range mapping).
+#[derive(Debug, Clone, Copy)]
+struct SubRange {
+    /// `base` the page, `size` the MDL's pages, `mdl` the MDL.
+    m: FamilyMapping,
+    /// The range's base.
+    range: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +118,8 @@ struct State {
     mdls: HashMap<u64, MdlInfo>,
     live: HashMap<u64, FamilyMapping>,
     reserved: HashMap<u64, Reserved>,
+    /// Sub-range mappings of divisible ranges, by page.
+    subs: HashMap<u64, SubRange>,
     next_mdl: u64,
     next_va: u64,
     next_user: u64,
@@ -114,6 +127,25 @@ struct State {
     ptes: u64,
     /// Most system PTEs ever in use at once.
     peak_ptes: u64,
+}
+
+impl State {
+    /// The reserved range whose pages hold `page`.
+    fn range_of(&self, page: u64) -> Option<Reserved> {
+        self.reserved
+            .values()
+            .find(|r| {
+                page >= r.m.base && page - r.m.base < pages(r.m.size).saturating_mul(PAGE_SIZE)
+            })
+            .copied()
+    }
+
+    /// True if a sub-range mapping holds a page of `[start, end)`.
+    fn sub_held(&self, start: u64, end: u64) -> bool {
+        self.subs
+            .values()
+            .any(|sub| sub.m.base < end && start < sub.m.base.saturating_add(sub.m.size))
+    }
 }
 
 /// The simulated MDL side of Mm. See the module docs.
@@ -356,8 +388,13 @@ impl SimMdls {
         }
     }
 
-    /// `MmAllocateMappingAddress(Ex)`.
+    /// `MmAllocateMappingAddress`.
     pub fn allocate_reserved(&self, size: u64, tag: u32, via_iosv: bool) -> u64 {
+        self.allocate_reserved_ex(size, tag, 0, via_iosv)
+    }
+
+    /// `MmAllocateMappingAddressEx`: `flags` bit 0 is `MM_MAPPING_ADDRESS_DIVISIBLE`.
+    pub fn allocate_reserved_ex(&self, size: u64, tag: u32, flags: u32, via_iosv: bool) -> u64 {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if size == 0 {
             return 0;
@@ -382,17 +419,29 @@ impl SimMdls {
                     via_iosv,
                 },
                 tag,
+                divisible: flags & iosv::mdl::MM_MAPPING_ADDRESS_DIVISIBLE != 0,
             },
         );
         base
     }
 
-    /// `MmMapLockedPagesWithReservedMapping`: NULL if the range cannot span the MDL.
+    /// `MmMapLockedPagesWithReservedMapping`: NULL if the range cannot span the MDL. A
+    /// page of a divisible range past its first takes a sub-range mapping; any other
+    /// address inside a range maps at the range's base (as Windows does).
     pub fn map_reserved(&self, address: u64, tag: u32, mdl: u64, via_iosv: bool) -> u64 {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.state);
         let info = s.mdls.get(&mdl).copied();
-        let base = address & !(PAGE_SIZE - 1);
+        let page = address & !(PAGE_SIZE - 1);
+        let base = match s.range_of(page) {
+            Some(r) if r.m.base != page && r.divisible => {
+                return self.map_sub_range(s, r, address, tag, mdl, via_iosv);
+            }
+            Some(r) => r.m.base,
+            None => page,
+        };
+        let span = info.and_then(|i| i.span_bytes()).unwrap_or(u64::MAX);
+        let held = s.sub_held(base, base.saturating_add(span));
         let Some(r) = s.reserved.get(&base).copied() else {
             drop(s);
             self.corrupt(
@@ -407,7 +456,7 @@ impl SimMdls {
         if span > pages(r.m.size).saturating_mul(PAGE_SIZE) {
             return 0;
         }
-        if r.m.mdl != 0 || r.tag != tag {
+        if r.m.mdl != 0 || r.tag != tag || held {
             drop(s);
             self.corrupt(
                 "MmMapLockedPagesWithReservedMapping into a mapped range (or with another tag)",
@@ -423,11 +472,95 @@ impl SimMdls {
         base | u64::from(info.map_or(0, |i| i.byte_offset))
     }
 
-    /// `MmUnmapReservedMapping`.
+    /// [`map_reserved`](Self::map_reserved) at `address`, a page of the divisible range
+    /// `r` past its first: NULL for an address inside a page or an MDL that runs past the
+    /// range's end; a corruption for another tag or a page held already.
+    fn map_sub_range(
+        &self,
+        mut s: std::sync::MutexGuard<'_, State>,
+        r: Reserved,
+        address: u64,
+        tag: u32,
+        mdl: u64,
+        via_iosv: bool,
+    ) -> u64 {
+        let info = s.mdls.get(&mdl).copied();
+        let span = info.and_then(|i| i.span_bytes()).unwrap_or(u64::MAX);
+        let end =
+            r.m.base
+                .saturating_add(pages(r.m.size).saturating_mul(PAGE_SIZE));
+        if !address.is_multiple_of(PAGE_SIZE) || address.saturating_add(span) > end {
+            return 0;
+        }
+        let at_base = s
+            .mdls
+            .get(&r.m.mdl)
+            .and_then(|i| i.span_bytes())
+            .unwrap_or(PAGE_SIZE);
+        let held = (r.m.mdl != 0 && r.m.base.saturating_add(at_base) > address)
+            || s.sub_held(address, address.saturating_add(span));
+        if held || r.tag != tag {
+            drop(s);
+            self.corrupt(
+                "MmMapLockedPagesWithReservedMapping into a mapped sub-range (or with another tag)",
+                address,
+                mdl,
+                via_iosv,
+            );
+            return 0;
+        }
+        s.subs.insert(
+            address,
+            SubRange {
+                m: FamilyMapping {
+                    base: address,
+                    size: span,
+                    mdl,
+                    reserved: true,
+                    user: false,
+                    process: 0,
+                    via_iosv,
+                },
+                range: r.m.base,
+            },
+        );
+        address | u64::from(info.map_or(0, |i| i.byte_offset))
+    }
+
+    /// `MmUnmapReservedMapping`: of a sub-range mapping at its page; at any other address
+    /// inside a range, of the range's own mapping.
     pub fn unmap_reserved(&self, base: u64, tag: u32, mdl: u64, via_iosv: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.state);
-        let block = base & !(PAGE_SIZE - 1);
+        let page = base & !(PAGE_SIZE - 1);
+        if let Some(sub) = s.subs.get(&page).copied() {
+            let tag_ok = s.reserved.get(&sub.range).is_some_and(|r| r.tag == tag);
+            s.subs.remove(&page);
+            drop(s);
+            if sub.m.mdl != mdl || !tag_ok {
+                self.corrupt(
+                    "MmUnmapReservedMapping of a sub-range with another MDL (or tag)",
+                    base,
+                    mdl,
+                    via_iosv,
+                );
+            }
+            return;
+        }
+        let block = match s.range_of(page) {
+            Some(r) if r.divisible && r.m.base != page => {
+                drop(s);
+                self.corrupt(
+                    "MmUnmapReservedMapping of an unmapped sub-range",
+                    base,
+                    mdl,
+                    via_iosv,
+                );
+                return;
+            }
+            Some(r) => r.m.base,
+            None => page,
+        };
         let what = match s.reserved.get_mut(&block) {
             None => Some("MmUnmapReservedMapping of no reserved range"),
             Some(r) if r.m.mdl == 0 => Some("MmUnmapReservedMapping of an unmapped range"),
@@ -451,7 +584,9 @@ impl SimMdls {
             None => Some("MmFreeMappingAddress of no reserved range"),
             Some(r) => {
                 s.ptes = s.ptes.saturating_sub(pages(r.m.size));
-                if r.m.mdl != 0 {
+                let subs = s.subs.len();
+                s.subs.retain(|_, sub| sub.range != base);
+                if r.m.mdl != 0 || s.subs.len() != subs {
                     Some("MmFreeMappingAddress of a mapped range")
                 } else if r.tag != tag {
                     Some("MmFreeMappingAddress with another tag")
@@ -471,6 +606,7 @@ impl SimMdls {
         let s = lock(&self.state);
         let mut v: Vec<FamilyMapping> = s.live.values().copied().collect();
         v.extend(s.reserved.values().map(|r| r.m));
+        v.extend(s.subs.values().map(|sub| sub.m));
         v.sort_by_key(|m| m.base);
         v
     }
@@ -483,7 +619,7 @@ impl SimMdls {
     /// True if an MDL mapping or a reserved range at `base` is live.
     pub fn holds(&self, base: u64) -> bool {
         let s = lock(&self.state);
-        s.live.contains_key(&base) || s.reserved.contains_key(&base)
+        s.live.contains_key(&base) || s.reserved.contains_key(&base) || s.subs.contains_key(&base)
     }
 
     /// System PTEs in use now and at most so far (MDL mappings and reserved ranges).
@@ -623,6 +759,30 @@ impl DriverRef {
         )
     }
 
+    /// `MmAllocateMappingAddressEx(size, RESERVED_TAG, flags)` from `from`.
+    pub fn allocate_mapping_address_ex(
+        &self,
+        from: Routine,
+        size: u64,
+        flags: u32,
+    ) -> Result<(u64, bool), HostError> {
+        let bytes = usize::try_from(size).unwrap_or(usize::MAX);
+        call(
+            self,
+            from,
+            HookedRoutine::AllocateMappingAddressEx,
+            |c| {
+                self.verifier
+                    .allocate_mapping_address_ex(c, bytes, RESERVED_TAG, flags)
+            },
+            || {
+                self.sys
+                    .mdls
+                    .allocate_reserved_ex(size, RESERVED_TAG, flags, false)
+            },
+        )
+    }
+
     /// `MmMapLockedPagesWithReservedMapping(range, RESERVED_TAG, mdl, MmCached)`.
     pub fn map_reserved(
         &self,
@@ -689,7 +849,8 @@ impl DriverRef {
 
 /// A clean MDL cycle of driver `d` (what a well-behaved driver does with an IRP's buffer):
 /// lock, map into system space, unmap, unlock, free; then a reserved range mapped and
-/// unmapped twice and freed. Nothing to report.
+/// unmapped twice and freed, and a divisible one holding a double buffer. Nothing to
+/// report.
 pub fn clean_cycle(host: &Host, d: &DriverRef) -> Result<(), HostError> {
     let mdls = &host.sys.mdls;
     thread::with_irql(Irql::PASSIVE, || {
@@ -716,6 +877,29 @@ pub fn clean_cycle(host: &Host, d: &DriverRef) -> Result<(), HostError> {
             }
             d.unlock_pages(Routine::Dispatch, b)?;
             d.free_mdl(Routine::Dispatch, b)?;
+        }
+        d.free_mapping_address(Routine::Dispatch, range)?;
+        // A double buffer in a divisible range, as Microsoft's MIDI drivers build it:
+        // one MDL at the range's base, one at its middle, each unmapped at its address.
+        let (range, _) = d.allocate_mapping_address_ex(
+            Routine::Dispatch,
+            0x4000,
+            iosv::mdl::MM_MAPPING_ADDRESS_DIVISIBLE,
+        )?;
+        if range == 0 {
+            return Err(HostError::MapFailed("divisible reserved range"));
+        }
+        let halves = [range, range + 0x2000].map(|at| (at, mdls.allocate_mdl(0, 0x2000, false)));
+        for (at, m) in halves {
+            let (v, _) = d.map_reserved(Routine::Dispatch, at, m)?;
+            if v == 0 {
+                return Err(HostError::MapFailed("reserved sub-range"));
+            }
+        }
+        for (at, m) in halves {
+            d.unmap_reserved(Routine::Dispatch, at, m)?;
+            d.unlock_pages(Routine::Dispatch, m)?;
+            d.free_mdl(Routine::Dispatch, m)?;
         }
         d.free_mapping_address(Routine::Dispatch, range)?;
         Ok(())
@@ -933,6 +1117,47 @@ mod tests {
         assert_eq!(m.corruptions().len(), 1, "unlocked under a user mapping");
         m.unmap_locked(uva, a, OTHER_PROCESS, true);
         assert_eq!(m.corruptions().len(), 2, "unmapped from another process");
+    }
+
+    #[test]
+    fn divisible_ranges_take_sub_ranges_and_others_map_at_their_base() {
+        let m = SimMdls::new();
+        let r = m.allocate_reserved_ex(0x4000, RESERVED_TAG, 1, true);
+        let a = m.allocate_mdl(0, 0x2000, false);
+        let b = m.allocate_mdl(0, 0x2000, false);
+        assert_eq!(m.map_reserved(r, RESERVED_TAG, a, true), r);
+        assert_eq!(
+            m.map_reserved(r + 0x2000, RESERVED_TAG, b, true),
+            r + 0x2000
+        );
+        let listed: Vec<(u64, u64)> = m.mappings().iter().map(|x| (x.base, x.size)).collect();
+        assert_eq!(listed, [(r, 0x4000), (r + 0x2000, 0x2000)]);
+        // A page held already, and two pages past the end.
+        assert_eq!(m.map_reserved(r + 0x1000, RESERVED_TAG, b, true), 0);
+        assert_eq!(m.corruptions().len(), 1);
+        assert_eq!(m.map_reserved(r + 0x3000, RESERVED_TAG, b, true), 0);
+        assert_eq!(
+            m.corruptions().len(),
+            1,
+            "does not fit: NULL, no corruption"
+        );
+        m.unmap_reserved(r + 0x2000, RESERVED_TAG, b, true);
+        m.unmap_reserved(r, RESERVED_TAG, a, true);
+        m.free_reserved(r, RESERVED_TAG, true);
+        assert_eq!(m.corruptions().len(), 1);
+        assert!(m.mappings().is_empty());
+        // Without the flag, an address inside the range maps (and unmaps) at its base.
+        let r = m.allocate_reserved(0x4000, RESERVED_TAG, true);
+        assert_eq!(m.map_reserved(r + 0x2000, RESERVED_TAG, a, true), r);
+        m.unmap_reserved(r + 0x2000, RESERVED_TAG, a, true);
+        m.free_reserved(r, RESERVED_TAG, true);
+        assert_eq!(m.corruptions().len(), 1);
+        // A range freed with a sub-range mapped: a corruption, and nothing stays listed.
+        let r = m.allocate_reserved_ex(0x4000, RESERVED_TAG, 1, true);
+        m.map_reserved(r + 0x1000, RESERVED_TAG, b, true);
+        m.free_reserved(r, RESERVED_TAG, true);
+        assert_eq!(m.corruptions().len(), 2);
+        assert!(m.mappings().is_empty());
     }
 
     #[test]

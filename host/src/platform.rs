@@ -205,8 +205,10 @@ impl Platform for HostPlatform {
     fn mm_allocate_mapping_address(&self, size: usize, pool_tag: u32) -> u64 {
         self.sys.mdls.allocate_reserved(size as u64, pool_tag, true)
     }
-    fn mm_allocate_mapping_address_ex(&self, size: usize, pool_tag: u32, _flags: u32) -> u64 {
-        self.sys.mdls.allocate_reserved(size as u64, pool_tag, true)
+    fn mm_allocate_mapping_address_ex(&self, size: usize, pool_tag: u32, flags: u32) -> u64 {
+        self.sys
+            .mdls
+            .allocate_reserved_ex(size as u64, pool_tag, flags, true)
     }
     fn mm_map_locked_pages_with_reserved_mapping(
         &self,

@@ -230,8 +230,8 @@ impl HostEngine {
                 m.unlock(mdl, false);
                 0
             }
-            FamilyCall::AllocateMappingAddress { size, tag, .. } => {
-                m.allocate_reserved(size, tag, false)
+            FamilyCall::AllocateMappingAddress { size, tag, flags } => {
+                m.allocate_reserved_ex(size, tag, flags.unwrap_or(0), false)
             }
             FamilyCall::MapReserved {
                 range, tag, mdl, ..
