@@ -1034,12 +1034,13 @@ mod tests {
         assert!(message(old).starts_with("a.sys called MmUnmapIoSpace(0xf000, 0x1000)"));
     }
 
-    #[test]
-    fn a_tag_mismatch_names_the_routine_and_both_tags() {
-        let mut r = ViolationRecord {
-            rule: RuleId::ReservedTagMismatch.number(),
+    /// A known, contained record of a family mapping at 0xf000 (MDL 0xa000) made by
+    /// a.sys, judging a call of `routine` by a.sys.
+    fn family_rec(rule: RuleId, kind: u8, routine: HookedRoutine) -> ViolationRecord {
+        ViolationRecord {
+            rule: rule.number(),
             flags: VF_MAPPING_KNOWN | VF_CONTAINED,
-            kind: iosv::protocol::MK_RESERVED,
+            kind,
             driver_id: 1,
             driver_name: wire_name(b"a.sys"),
             owner_id: 1,
@@ -1048,10 +1049,21 @@ mod tests {
             base: 0xF000,
             mapped_size: 0x2000,
             mdl: 0xA000,
+            routine: routine_code(routine),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tag_mismatch_names_the_routine_and_both_tags() {
+        let mut r = ViolationRecord {
             cache: u32::from_le_bytes(*b"Rsvd"),
             other_cache: u32::from_le_bytes(*b"Rsv2"),
-            routine: routine_code(HookedRoutine::UnmapReservedMapping),
-            ..Default::default()
+            ..family_rec(
+                RuleId::ReservedTagMismatch,
+                iosv::protocol::MK_RESERVED,
+                HookedRoutine::UnmapReservedMapping,
+            )
         };
         let v = Violation::new(&r);
         assert_eq!(v.routine(), Some(HookedRoutine::UnmapReservedMapping));
@@ -1078,20 +1090,15 @@ mod tests {
     #[test]
     fn a_reserved_map_at_another_mapping_names_that_mapping() {
         let r = ViolationRecord {
-            rule: RuleId::ReservedMapNotReserved.number(),
-            flags: VF_MAPPING_KNOWN | VF_CONTAINED,
-            kind: iosv::protocol::MK_MDL,
-            driver_id: 1,
-            driver_name: wire_name(b"a.sys"),
             owner_id: 2,
             owner_name: wire_name(b"b.sys"),
-            address: 0xF000,
-            base: 0xF000,
             mapped_size: 0x1000,
-            mdl: 0xA000,
             passed_mdl: 0xB000,
-            routine: routine_code(HookedRoutine::MapLockedPagesWithReservedMapping),
-            ..Default::default()
+            ..family_rec(
+                RuleId::ReservedMapNotReserved,
+                iosv::protocol::MK_MDL,
+                HookedRoutine::MapLockedPagesWithReservedMapping,
+            )
         };
         assert_eq!(
             Violation::new(&r).message(),
@@ -1101,21 +1108,12 @@ mod tests {
 
     #[test]
     fn a_sub_range_mapping_is_named_as_such() {
-        let mut r = ViolationRecord {
-            rule: RuleId::UnmapUnknown.number(),
-            flags: VF_MAPPING_KNOWN | VF_CONTAINED | iosv::protocol::VF_SUB_RANGE,
-            kind: iosv::protocol::MK_RESERVED,
-            driver_id: 1,
-            driver_name: wire_name(b"a.sys"),
-            owner_id: 1,
-            owner_name: wire_name(b"a.sys"),
-            address: 0xF000,
-            base: 0xF000,
-            mapped_size: 0x2000,
-            mdl: 0xA000,
-            routine: routine_code(HookedRoutine::FreeMappingAddress),
-            ..Default::default()
-        };
+        let mut r = family_rec(
+            RuleId::UnmapUnknown,
+            iosv::protocol::MK_RESERVED,
+            HookedRoutine::FreeMappingAddress,
+        );
+        r.flags |= iosv::protocol::VF_SUB_RANGE;
         assert_eq!(
             Violation::new(&r).message(),
             "a.sys called MmFreeMappingAddress(0xf000), but the sub-range mapping of a divisible reserved range at 0xf000 (0x2000 bytes, MDL 0xa000) made by a.sys is not released by that routine (MmUnmapReservedMapping releases it); contained: the call was not passed to Mm"
