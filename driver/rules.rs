@@ -569,7 +569,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV022",
         name: "reserved-tag-mismatch",
         severity: Severity::Error,
-        summary: "MmMapLockedPagesWithReservedMapping, MmUnmapReservedMapping or MmFreeMappingAddress with a PoolTag other than the one MmAllocateMappingAddress reserved the range with (Windows bug-checks: 0xDA/0x104, 0x108, 0x101) (contained: a map is not passed to Mm and returns NULL; an unmap or free is passed with the range's own tag)",
+        summary: "MmMapLockedPagesWithReservedMapping, MmUnmapReservedMapping or MmFreeMappingAddress with a PoolTag other than the one MmAllocateMappingAddress reserved the range with (Windows bug-checks 0xDA: 0x104 for the map, 0x102 or 0x108 for the unmap, 0x101 for the free) (contained: a map is not passed to Mm and returns NULL; an unmap or free is passed with the range's own tag)",
         help: "Pass every routine of a reserved range the PoolTag it was allocated with; keep the tag in one constant beside the range.",
         reference: DDI_RESERVED_UNMAP,
         containable: true,
