@@ -420,7 +420,7 @@ impl<P: Platform> Verifier<P> {
                 cache_type,
             )
         };
-        let mut m = match self.take_reserved(page_align(mapping_address)) {
+        let mut m = match self.take_reserved_at(page_align(mapping_address)) {
             ReservedAt::Range(m) => m,
             // The base of another kind's live mapping: that page is in no reserved range
             // (Windows bug-checks 0xDA). A detached driver's entry may be stale (it may
@@ -449,10 +449,8 @@ impl<P: Platform> Verifier<P> {
                 {
                     return self.map_sub_range(&cx, &range, mapping_address, pool_tag, mdl, real);
                 }
-                // Not a range iosv tracks (allocated before the attach, or untracked), a
-                // page inside a range allocated without MM_MAPPING_ADDRESS_DIVISIBLE (Mm
-                // maps at its base), or a detached driver's entry: pass. Another kind's
-                // entry there goes back.
+                // Not a range iosv tracks (allocated before the attach, or untracked), or
+                // a detached driver's entry: pass. Another kind's entry there goes back.
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                 return real();
             }
@@ -507,7 +505,7 @@ impl<P: Platform> Verifier<P> {
         let cx = self.ctx(caller, HookedRoutine::UnmapReservedMapping);
         let contain = self.settings.containment();
         let real_as_made = || self.platform.mm_unmap_reserved_mapping(base, pool_tag, mdl);
-        let mut m = match self.take_reserved(page_align(base)) {
+        let mut m = match self.take_reserved_at(page_align(base)) {
             ReservedAt::Range(m) if self.is_sub_range(&m) => {
                 self.unmap_sub_range(&cx, &m, base, pool_tag, mdl, contain);
                 return;
@@ -885,6 +883,22 @@ impl<P: Platform> Verifier<P> {
                 ReservedAt::Nothing => {}
             }
             page = next;
+        }
+    }
+
+    /// [`take_reserved`](Self::take_reserved) at `page`, or, when `page` holds no entry
+    /// and lies inside a range allocated without MM_MAPPING_ADDRESS_DIVISIBLE, that range:
+    /// Mm maps and unmaps such a range at its base whatever address inside it the driver
+    /// passes (the map and unmap routines; the free takes the base only).
+    fn take_reserved_at(&self, page: u64) -> ReservedAt {
+        match self.take_reserved(page) {
+            ReservedAt::Nothing => match self.range_around(page) {
+                Some(range) if range.flags & FLAG_RESERVED_DIVISIBLE == 0 => {
+                    self.take_reserved(range.base)
+                }
+                _ => ReservedAt::Nothing,
+            },
+            found => found,
         }
     }
 

@@ -883,16 +883,31 @@ fn a_sub_range_leaks_on_its_own_and_cannot_be_freed_as_a_range() {
 }
 
 #[test]
-fn a_range_without_the_flag_is_not_split() {
+fn a_range_without_the_flag_is_mapped_and_unmapped_at_its_base() {
     let b = bed();
     let r = b.reserve(0x4000);
     b.mdl(MDL_B, 0, 0x2000, MDL_PAGES_LOCKED);
     b.calls();
-    // Mm maps it at the range's base: passed, unverified, nothing tracked of it.
+    // Mm maps an address inside it at the range's base: the range's own mapping.
     b.v.map_reserved(me(), r + 0x2000, TAG, MDL_B, 1);
     assert!(b.rules().is_empty());
     assert_eq!(b.calls(), [Call::MapReserved(r + 0x2000, TAG, MDL_B)]);
     assert_eq!(b.live(), 1);
+    assert_eq!(b.v.table().get(r).map(|m| m.physical), Some(MDL_B));
+    // Mapped twice through another address inside it: IOSV019.
+    assert_eq!(b.v.map_reserved(me(), r + 0x1000, TAG, MDL_A, 1), 0);
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    // Unmapped through an address inside it, then freed: clean.
+    b.v.unmap_reserved(me(), r + 0x3000, TAG, MDL_B);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(r + 0x3000, TAG, MDL_B),
+            Call::FreeReserved(r, TAG)
+        ]
+    );
 }
 
 #[test]
