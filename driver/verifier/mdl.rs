@@ -36,6 +36,9 @@ enum ReservedAt {
     Range(Mapping),
     /// An entry of another kind (an I/O-space or MDL mapping).
     OtherKind(Mapping),
+    /// No entry, at a page inside a divisible range past its first: the range (left in
+    /// the table). Only [`Verifier::take_reserved_at`] says this.
+    InsideDivisible(Mapping),
     /// No entry.
     Nothing,
 }
@@ -439,15 +442,13 @@ impl<P: Platform> Verifier<P> {
                 self.violate(RuleId::ReservedMapNotReserved, &cx, r);
                 return real();
             }
+            // A page inside a divisible range past its first: a sub-range mapping.
+            ReservedAt::InsideDivisible(range) => {
+                return self.map_sub_range(&cx, &range, mapping_address, pool_tag, mdl, real);
+            }
             found => {
-                // A page inside a divisible range past its first: a sub-range mapping.
                 if let ReservedAt::OtherKind(other) = found {
                     self.restore(&cx, &other);
-                } else if let Some(range) = self
-                    .range_around(page_align(mapping_address))
-                    .filter(|r| r.flags & FLAG_RESERVED_DIVISIBLE != 0)
-                {
-                    return self.map_sub_range(&cx, &range, mapping_address, pool_tag, mdl, real);
                 }
                 // Not a range iosv tracks (allocated before the attach, or untracked), or
                 // a detached driver's entry: pass. Another kind's entry there goes back.
@@ -516,13 +517,13 @@ impl<P: Platform> Verifier<P> {
                 self.wrong_routine_unmap(&cx, &other, base, mdl, contain, real_as_made);
                 return;
             }
-            ReservedAt::Nothing => {
-                if let Some(range) = self.range_around(page_align(base)) {
-                    if self.sub_range_unmapped_again(&cx, &range, base, mdl, contain) {
-                        real_as_made();
-                    }
-                    return;
+            ReservedAt::InsideDivisible(range) => {
+                if self.sub_range_unmapped_again(&cx, &range, base, mdl, contain) {
+                    real_as_made();
                 }
+                return;
+            }
+            ReservedAt::Nothing => {
                 if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
                     real_as_made();
                 }
@@ -551,20 +552,7 @@ impl<P: Platform> Verifier<P> {
             }
             return;
         }
-        if cx.irql > Irql::DISPATCH {
-            self.violate(RuleId::MdlUnmapIrql, &cx, record(&m));
-        }
-        let mapped = m.physical;
-        if mdl != mapped {
-            let mut r = record(&m);
-            if contain {
-                self.contain_record(&cx, &mut r);
-            }
-            self.violate(RuleId::MdlUnmapWrongMdl, &cx, r);
-            real(if contain { mapped } else { mdl });
-        } else {
-            real(mdl);
-        }
+        real(self.reserved_unmap_mdl(&cx, || record(&m), m.physical, mdl, contain));
         m.physical = 0;
         m.flags &= !FLAG_RESERVED_MAPPED;
         self.restore(&cx, &m);
@@ -627,14 +615,7 @@ impl<P: Platform> Verifier<P> {
         if m.flags & FLAG_RESERVED_MAPPED != 0 {
             let mut r = self.family_record(&cx, &m);
             r.address = base;
-            if contain {
-                self.contain_record(&cx, &mut r);
-                self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
-                self.platform
-                    .mm_unmap_reserved_mapping(m.base, m.cache, m.physical);
-            } else {
-                self.violate(RuleId::ReservedFreedWhileMapped, &cx, r);
-            }
+            self.freed_while_mapped(&cx, r, &m, contain);
         }
         if m.flags & FLAG_RESERVED_DIVISIBLE != 0 {
             self.release_sub_ranges(&cx, &m, contain);
@@ -667,6 +648,48 @@ impl<P: Platform> Verifier<P> {
             own
         } else {
             passed
+        }
+    }
+
+    /// IOSV016 above DISPATCH_LEVEL and IOSV015 for an MDL other than `mapped`, for an
+    /// `MmUnmapReservedMapping` of the MDL a range (or sub-range) holds (`record` names
+    /// it); returns the MDL to pass Mm: contained, the tracked one.
+    fn reserved_unmap_mdl(
+        &self,
+        cx: &CallCtx,
+        record: impl Fn() -> ViolationRecord,
+        mapped: u64,
+        mdl: u64,
+        contain: bool,
+    ) -> u64 {
+        if cx.irql > Irql::DISPATCH {
+            self.violate(RuleId::MdlUnmapIrql, cx, record());
+        }
+        if mdl == mapped {
+            return mdl;
+        }
+        let mut r = record();
+        if contain {
+            self.contain_record(cx, &mut r);
+        }
+        self.violate(RuleId::MdlUnmapWrongMdl, cx, r);
+        if contain {
+            mapped
+        } else {
+            mdl
+        }
+    }
+
+    /// IOSV018 (record `r`) for `m`, a range or sub-range whose MDL is still mapped while
+    /// its range is freed: contained, iosv unmaps it first with the tracked MDL.
+    fn freed_while_mapped(&self, cx: &CallCtx, mut r: ViolationRecord, m: &Mapping, contain: bool) {
+        if contain {
+            self.contain_record(cx, &mut r);
+            self.violate(RuleId::ReservedFreedWhileMapped, cx, r);
+            self.platform
+                .mm_unmap_reserved_mapping(m.base, m.cache, m.physical);
+        } else {
+            self.violate(RuleId::ReservedFreedWhileMapped, cx, r);
         }
     }
 
@@ -804,29 +827,17 @@ impl<P: Platform> Verifier<P> {
             r
         };
         let tag = self.checked_tag(cx, record, m.cache, tag, contain);
-        if cx.irql > Irql::DISPATCH {
-            self.violate(RuleId::MdlUnmapIrql, cx, record());
-        }
-        let mut pass = mdl;
-        if mdl != m.physical {
-            let mut r = record();
-            if contain {
-                self.contain_record(cx, &mut r);
-                pass = m.physical;
-            }
-            self.violate(RuleId::MdlUnmapWrongMdl, cx, r);
-        }
+        let pass = self.reserved_unmap_mdl(cx, record, m.physical, mdl, contain);
         self.forget_mapping(m);
         self.bury(cx, m);
         self.platform.mm_unmap_reserved_mapping(address, tag, pass);
     }
 
-    /// `MmUnmapReservedMapping` at a page inside `range` past its first that holds no
-    /// entry. In a divisible range, a sub-range mapping of this range unmapped already
-    /// (the graveyard remembers one there, unmapped since the range was allocated) is
-    /// IOSV005; anything else (a sub-range mapped before the attach or untracked, or a
-    /// range without MM_MAPPING_ADDRESS_DIVISIBLE, which Mm unmaps at its base) is passed,
-    /// counted as unverified. True if the call should reach Mm.
+    /// `MmUnmapReservedMapping` at a page inside the divisible `range` past its first that
+    /// holds no entry. A sub-range mapping of this range unmapped already (the graveyard
+    /// remembers one there, unmapped since the range was allocated) is IOSV005; anything
+    /// else (a sub-range mapped before the attach, or untracked) is passed, counted as
+    /// unverified. True if the call should reach Mm.
     fn sub_range_unmapped_again(
         &self,
         cx: &CallCtx,
@@ -835,9 +846,9 @@ impl<P: Platform> Verifier<P> {
         mdl: u64,
         contain: bool,
     ) -> bool {
-        let again = (range.flags & FLAG_RESERVED_DIVISIBLE != 0)
-            .then(|| self.graveyard.find(page_align(address)))
-            .flatten()
+        let again = self
+            .graveyard
+            .find(page_align(address))
             .filter(|t| t.unmap_time_ns >= range.map_time_ns);
         let Some(t) = again else {
             self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
@@ -871,32 +882,29 @@ impl<P: Platform> Verifier<P> {
                     r.address = range.base;
                     self.forget_mapping(&sub);
                     self.bury(cx, &sub);
-                    if contain {
-                        self.contain_record(cx, &mut r);
-                        self.platform
-                            .mm_unmap_reserved_mapping(sub.base, sub.cache, sub.physical);
-                    }
-                    self.violate(RuleId::ReservedFreedWhileMapped, cx, r);
+                    self.freed_while_mapped(cx, r, &sub, contain);
                     next = next.max(sub.base.saturating_add(page_round(sub.size)));
                 }
                 ReservedAt::OtherKind(other) => self.restore(cx, &other),
-                ReservedAt::Nothing => {}
+                ReservedAt::InsideDivisible(_) | ReservedAt::Nothing => {}
             }
             page = next;
         }
     }
 
-    /// [`take_reserved`](Self::take_reserved) at `page`, or, when `page` holds no entry
-    /// and lies inside a range allocated without MM_MAPPING_ADDRESS_DIVISIBLE, that range:
-    /// Mm maps and unmaps such a range at its base whatever address inside it the driver
-    /// passes (the map and unmap routines; the free takes the base only).
+    /// [`take_reserved`](Self::take_reserved) at `page`; when `page` holds no entry but
+    /// lies inside a range past its first page: a range allocated without
+    /// MM_MAPPING_ADDRESS_DIVISIBLE is taken (Mm maps and unmaps such a range at its base
+    /// whatever address inside it the driver passes; the free takes the base only), a
+    /// divisible one is named ([`ReservedAt::InsideDivisible`]) and left in the table.
     fn take_reserved_at(&self, page: u64) -> ReservedAt {
         match self.take_reserved(page) {
             ReservedAt::Nothing => match self.range_around(page) {
-                Some(range) if range.flags & FLAG_RESERVED_DIVISIBLE == 0 => {
-                    self.take_reserved(range.base)
+                Some(range) if range.flags & FLAG_RESERVED_DIVISIBLE != 0 => {
+                    ReservedAt::InsideDivisible(range)
                 }
-                _ => ReservedAt::Nothing,
+                Some(range) => self.take_reserved(range.base),
+                None => ReservedAt::Nothing,
             },
             found => found,
         }

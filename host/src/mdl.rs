@@ -746,17 +746,7 @@ impl DriverRef {
         from: Routine,
         size: u64,
     ) -> Result<(u64, bool), HostError> {
-        let bytes = usize::try_from(size).unwrap_or(usize::MAX);
-        call(
-            self,
-            from,
-            HookedRoutine::AllocateMappingAddress,
-            |c| {
-                self.verifier
-                    .allocate_mapping_address(c, bytes, RESERVED_TAG)
-            },
-            || self.sys.mdls.allocate_reserved(size, RESERVED_TAG, false),
-        )
+        self.allocate_range(from, size, None)
     }
 
     /// `MmAllocateMappingAddressEx(size, RESERVED_TAG, flags)` from `from`.
@@ -766,19 +756,37 @@ impl DriverRef {
         size: u64,
         flags: u32,
     ) -> Result<(u64, bool), HostError> {
+        self.allocate_range(from, size, Some(flags))
+    }
+
+    /// `MmAllocateMappingAddress` (`flags` `None`) or `MmAllocateMappingAddressEx`.
+    fn allocate_range(
+        &self,
+        from: Routine,
+        size: u64,
+        flags: Option<u32>,
+    ) -> Result<(u64, bool), HostError> {
         let bytes = usize::try_from(size).unwrap_or(usize::MAX);
+        let routine = match flags {
+            None => HookedRoutine::AllocateMappingAddress,
+            Some(_) => HookedRoutine::AllocateMappingAddressEx,
+        };
         call(
             self,
             from,
-            HookedRoutine::AllocateMappingAddressEx,
-            |c| {
-                self.verifier
-                    .allocate_mapping_address_ex(c, bytes, RESERVED_TAG, flags)
+            routine,
+            |c| match flags {
+                None => self
+                    .verifier
+                    .allocate_mapping_address(c, bytes, RESERVED_TAG),
+                Some(f) => self
+                    .verifier
+                    .allocate_mapping_address_ex(c, bytes, RESERVED_TAG, f),
             },
             || {
                 self.sys
                     .mdls
-                    .allocate_reserved_ex(size, RESERVED_TAG, flags, false)
+                    .allocate_reserved_ex(size, RESERVED_TAG, flags.unwrap_or(0), false)
             },
         )
     }
