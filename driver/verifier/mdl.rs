@@ -453,7 +453,7 @@ impl<P: Platform> Verifier<P> {
                 // Not a range iosv tracks (allocated before the attach, or untracked), or
                 // a detached driver's entry: pass. Another kind's entry there goes back.
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-                return real();
+                return self.passed_untracked(real());
             }
         };
         let record = |m: &Mapping| {
@@ -518,13 +518,17 @@ impl<P: Platform> Verifier<P> {
                 return;
             }
             ReservedAt::InsideDivisible(range) => {
-                if self.sub_range_unmapped_again(&cx, &range, base, mdl, contain) {
+                if self.unmap_inside_divisible(&cx, &range, base, mdl, contain) {
                     real_as_made();
                 }
                 return;
             }
             ReservedAt::Nothing => {
-                if self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain) {
+                // A mapping passed untracked is remembered by its page (`passed_untracked`);
+                // the address Mm returned carries the MDL's byte offset.
+                if self.untracked.take_remembered(page_align(base))
+                    || self.family_not_found(&cx, base, mdl, MappingKind::Reserved, contain)
+                {
                     real_as_made();
                 }
                 return;
@@ -747,7 +751,7 @@ impl<P: Platform> Verifier<P> {
             // An address inside a page (Mm returns NULL) or an MDL iosv cannot read:
             // passed, not tracked.
             self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-            return real();
+            return self.passed_untracked(real());
         };
         let end = address.saturating_add(span);
         let rule = if end > range.base.saturating_add(page_round(range.size)) {
@@ -764,7 +768,11 @@ impl<P: Platform> Verifier<P> {
                 self.contain_record(cx, &mut r);
             }
             self.violate(rule, cx, r);
-            return if contain { 0 } else { real() };
+            return if contain {
+                0
+            } else {
+                self.passed_untracked(real())
+            };
         }
         let va = real();
         if va != 0 {
@@ -834,11 +842,14 @@ impl<P: Platform> Verifier<P> {
     }
 
     /// `MmUnmapReservedMapping` at a page inside the divisible `range` past its first that
-    /// holds no entry. A sub-range mapping of this range unmapped already (the graveyard
-    /// remembers one there, unmapped since the range was allocated) is IOSV005; anything
-    /// else (a sub-range mapped before the attach, or untracked) is passed, counted as
-    /// unverified. True if the call should reach Mm.
-    fn sub_range_unmapped_again(
+    /// holds no entry: not an address MmMapLockedPagesWithReservedMapping returned (none
+    /// is mapped there, or the page is inside a live mapping of the range past its base).
+    /// Judged as an unmap of the family that finds nothing: a mapping passed untracked
+    /// there is passed again; a sub-range mapping unmapped there since the range was
+    /// allocated (the graveyard remembers it) is IOSV005; a range whose driver was
+    /// detached, a driver attached late or an only-counted untracked mapping leave it
+    /// unverified (passed); anything else is IOSV004. True if the call should reach Mm.
+    fn unmap_inside_divisible(
         &self,
         cx: &CallCtx,
         range: &Mapping,
@@ -846,24 +857,44 @@ impl<P: Platform> Verifier<P> {
         mdl: u64,
         contain: bool,
     ) -> bool {
-        let again = self
-            .graveyard
-            .find(page_align(address))
-            .filter(|t| t.unmap_time_ns >= range.map_time_ns);
-        let Some(t) = again else {
-            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+        let page = page_align(address);
+        if self.untracked.take_remembered(page) {
             return true;
-        };
+        }
         let mut r = self.blank_record(cx);
         r.address = address;
         r.passed_mdl = mdl;
         r.kind = MappingKind::Reserved as u8;
-        self.describe_tombstone(&mut r, &t);
+        let again = self
+            .graveyard
+            .find(page)
+            .filter(|t| t.unmap_time_ns >= range.map_time_ns);
+        let rule = if let Some(t) = again {
+            self.describe_tombstone(&mut r, &t);
+            RuleId::DoubleUnmap
+        } else if range.flags & FLAG_DETACHED != 0
+            || self.drivers.attached_late(cx.driver)
+            || self.untracked.take_uncounted()
+        {
+            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
+            return true;
+        } else {
+            RuleId::UnmapUnknown
+        };
         if contain {
             self.contain_record(cx, &mut r);
         }
-        self.violate(RuleId::DoubleUnmap, cx, r);
+        self.violate(rule, cx, r);
         !contain
+    }
+
+    /// A reserved map passed to Mm without an entry (`va` its result): remembered as
+    /// untracked by its page, so its unmap is passed rather than judged unknown.
+    fn passed_untracked(&self, va: u64) -> u64 {
+        if va != 0 {
+            self.untracked.add(page_align(va));
+        }
+        va
     }
 
     /// IOSV018 for every sub-range mapping still live in the divisible `range`, which is

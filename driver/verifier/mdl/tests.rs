@@ -29,9 +29,13 @@ struct Bed {
 }
 
 fn bed() -> Bed {
+    bed_with(256)
+}
+
+fn bed_with(capacity: usize) -> Bed {
     let fake = Fake::new();
     let params = StartParams {
-        capacity: 256,
+        capacity,
         journal_records: 256,
         ..Default::default()
     };
@@ -880,6 +884,104 @@ fn a_sub_range_leaks_on_its_own_and_cannot_be_freed_as_a_range() {
         .collect();
     leaked.sort_unstable();
     assert_eq!(leaked, [(r, false), (half, true)]);
+}
+
+#[test]
+fn an_unmap_inside_a_divisible_range_at_no_mapped_address_is_iosv004() {
+    // MmUnmapReservedMapping's BaseAddress must be an address the map returned.
+    let b = bed();
+    let r = b.divisible();
+    b.calls();
+    // Nothing was ever mapped at the range's third page: contained, not passed.
+    b.v.unmap_reserved(me(), r + 0x2000, TAG, MDL_B);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].rule, RuleId::UnmapUnknown.number());
+    assert_eq!((rec[0].address, rec[0].passed_mdl), (r + 0x2000, MDL_B));
+    assert_ne!(rec[0].flags & VF_CONTAINED, 0);
+    assert!(b.calls().is_empty());
+    // Two pages mapped at the second page; an unmap at their second page is not their
+    // address either, and leaves them mapped.
+    assert_eq!(
+        b.v.map_reserved(me(), r + 0x1000, TAG, MDL_B, 1),
+        r + 0x1000
+    );
+    b.calls();
+    b.v.unmap_reserved(me(), r + 0x2000, TAG, MDL_B);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert!(b.calls().is_empty());
+    assert!(b.v.table().get(r + 0x1000).is_some());
+    // At the address the map returned: clean.
+    b.v.unmap_reserved(me(), r + 0x1000, TAG, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::UnmapReserved(r + 0x1000, TAG, MDL_B)]);
+    // Uncontained, the call reaches Mm as made.
+    b.containment_off();
+    b.v.unmap_reserved(me(), r + 0x3000, TAG, MDL_B);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown]);
+    assert_eq!(b.calls(), [Call::UnmapReserved(r + 0x3000, TAG, MDL_B)]);
+}
+
+#[test]
+fn a_sub_range_map_passed_untracked_is_unmapped_without_a_report() {
+    // Uncontained, an overlapping sub-range map is reported (IOSV019) and passed; iosv
+    // keeps no entry for it, so its unmap is not judged.
+    let b = bed();
+    let r = b.divisible();
+    b.containment_off();
+    assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_A, 1), r);
+    assert_eq!(
+        b.v.map_reserved(me(), r + 0x1000, TAG, MDL_B, 1),
+        r + 0x1000
+    );
+    assert_eq!(b.rules(), [RuleId::ReservedMappedTwice]);
+    b.calls();
+    b.v.unmap_reserved(me(), r + 0x1000, TAG, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::UnmapReserved(r + 0x1000, TAG, MDL_B)]);
+    assert_eq!(b.v.untracked().live(), 0);
+    b.v.unmap_reserved(me(), r, TAG, MDL_A);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+}
+
+#[test]
+fn a_detached_drivers_divisible_range_may_hold_unhooked_mappings() {
+    let b = bed();
+    let r = b.divisible();
+    b.v.driver_detached(b.drv, true);
+    b.records();
+    b.calls();
+    b.v.unmap_reserved(me(), r + 0x2000, TAG, MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::UnmapReserved(r + 0x2000, TAG, MDL_B)]);
+}
+
+#[test]
+fn a_range_the_full_table_could_not_hold_is_used_and_freed_without_a_report() {
+    let b = bed_with(16);
+    // Fill every slot of the table.
+    for i in 0..2000u64 {
+        b.v.map_io_space(me(), 0xF000_0000 + i * 0x1000, 0x1000, 0);
+    }
+    let r = b.reserve(0x2000);
+    assert!(b.v.table().get(r).is_none(), "the table had no room");
+    b.mdl(MDL_B, 0x80, 0x1000, MDL_PAGES_LOCKED);
+    b.calls();
+    // The address returned carries the MDL's byte offset.
+    let va = b.v.map_reserved(me(), r, TAG, MDL_B, 1);
+    assert_eq!(va, r + 0x80);
+    b.v.unmap_reserved(me(), va, TAG, MDL_B);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+    assert_eq!(
+        b.calls(),
+        [
+            Call::MapReserved(r, TAG, MDL_B),
+            Call::UnmapReserved(va, TAG, MDL_B),
+            Call::FreeReserved(r, TAG)
+        ]
+    );
 }
 
 #[test]
