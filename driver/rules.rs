@@ -481,7 +481,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV014",
         name: "unmap-page-base",
         severity: Severity::Error,
-        summary: "MmUnmapIoSpace of the page-aligned address of a live mapping whose base is not page-aligned (MmMapIoSpace of an unaligned physical address returns page + offset); Mm would round down and unmap ceil(NumberOfBytes / PAGE_SIZE) pages, missing the mapping's last page when offset + size crosses one more page (contained: unmapped with the tracked base and size)",
+        summary: "MmUnmapIoSpace of the page-aligned address of the caller's own live mapping whose base is not page-aligned (MmMapIoSpace of an unaligned physical address returns page + offset); Mm would round down and unmap ceil(NumberOfBytes / PAGE_SIZE) pages, missing the mapping's last page when offset + size crosses one more page (contained: unmapped with the tracked base and size)",
         help: "Pass MmUnmapIoSpace the exact pointer MmMapIoSpace returned, offset included; do not round it down to the page.",
         reference: DDI_UNMAP,
         containable: true,

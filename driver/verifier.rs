@@ -701,27 +701,32 @@ impl<P: Platform> Verifier<P> {
     /// mapping is unmapped with its tracked base and size; without containment the call
     /// reaches Mm as made. Either way the entry is removed (Mm unmaps from that page).
     ///
-    /// If the page was the base of the caller's own earlier mapping and `m` is another
-    /// driver's, the caller's pointer is stale (IOSV005 after reuse): contained, nothing
-    /// reaches Mm and `m` stays; without containment the call reaches Mm as made.
+    /// Only for the caller's own I/O-space mapping. If `m` is another driver's, the call
+    /// is judged as at its exact base: IOSV005 if the page was the base of the caller's
+    /// own earlier mapping (its pointer is stale, Mm reused the address), else IOSV012;
+    /// an MDL mapping or reserved range there is IOSV004 (not MmUnmapIoSpace's to
+    /// release). For these, contained, nothing reaches Mm and `m` stays tracked; without
+    /// containment the call reaches Mm as made and the entry is removed.
     fn page_base_unmap(&self, cx: &CallCtx, m: &Mapping, addr: u64, size: usize, contain: bool) {
         let mut r = self.mapping_record(cx, m);
         r.address = addr;
         r.passed_size = size as u64;
-        let stale = self.stale_prior(cx, addr, m.driver);
-        if let Some(t) = &stale {
-            note_reuse(&mut r, t);
-            if contain {
-                self.contain_record(cx, &mut r);
-                self.violate(RuleId::DoubleUnmap, cx, r);
-                return;
-            }
-        }
-        let rule = if stale.is_some() {
+        let foreign = m.driver != 0 && cx.driver != DriverId::NONE && m.driver != cx.driver.0;
+        let rule = if let Some(t) = self.stale_prior(cx, addr, m.driver) {
+            note_reuse(&mut r, &t);
             RuleId::DoubleUnmap
+        } else if !is_io_space(m.flags) {
+            RuleId::UnmapUnknown
+        } else if foreign {
+            RuleId::UnmapForeign
         } else {
             RuleId::UnmapPageBase
         };
+        if rule != RuleId::UnmapPageBase && contain {
+            self.contain_record(cx, &mut r);
+            self.violate(rule, cx, r);
+            return;
+        }
         let removed = match self.table.remove(m.base) {
             RemoveOutcome::Removed(gone) => {
                 self.forget_mapping(&gone);

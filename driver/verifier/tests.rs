@@ -763,6 +763,42 @@ fn iosv014_wins_over_an_old_tombstone_of_the_same_page_and_a_stale_page_is_iosv0
 }
 
 #[test]
+fn an_unmap_at_the_page_of_another_drivers_unaligned_base_is_iosv012_and_leaves_it_mapped() {
+    let b = bed();
+    let theirs = b.v.map_io_space(at(NIC), 0xFED0_0800, 0x1000, 0);
+    let page = theirs & !0xFFF;
+    b.unmapped();
+    // gpu never mapped that page: a foreign unmap, as at the exact base (not IOSV014,
+    // whose containment unmaps the mapping).
+    b.v.unmap_io_space(at(GPU), page, 0x1000);
+    let r = b.new_records();
+    assert_eq!(
+        (r.len(), r[0].rule, r[0].driver_id, r[0].owner_id),
+        (1, RuleId::UnmapForeign.number(), b.gpu.0, b.nic.0)
+    );
+    assert_eq!((r[0].address, r[0].base), (page, theirs));
+    assert_ne!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    assert!(b.unmapped().is_empty(), "contained: nothing reaches Mm");
+    assert!(
+        b.v.table().get(theirs).is_some(),
+        "nic's mapping stays tracked"
+    );
+    // nic's own unmap is clean.
+    b.v.unmap_io_space(at(NIC), theirs, 0x1000);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.unmapped(), [(theirs, 0x1000)]);
+
+    // Uncontained: reported, passed as made, the entry leaves the table.
+    b.containment_off();
+    let theirs = b.v.map_io_space(at(NIC), 0xFED1_0800, 0x1000, 0);
+    let page = theirs & !0xFFF;
+    b.v.unmap_io_space(at(GPU), page, 0x1000);
+    assert_eq!(b.rules(), [RuleId::UnmapForeign.number()]);
+    assert_eq!(b.unmapped(), [(page, 0x1000)]);
+    assert!(b.v.table().get(theirs).is_none());
+}
+
+#[test]
 fn mapping_records_carry_the_detached_flag_on_the_wire() {
     assert_eq!(FLAG_DETACHED, crate::protocol::MF_DETACHED);
     assert_eq!(FLAG_LEAK_REPORTED, crate::protocol::MF_LEAK_REPORTED);

@@ -887,6 +887,28 @@ fn a_sub_range_leaks_on_its_own_and_cannot_be_freed_as_a_range() {
 }
 
 #[test]
+fn mm_unmap_io_space_at_the_page_of_an_mdl_mapping_is_iosv004_and_leaves_it_mapped() {
+    let b = bed();
+    // MDL A starts 0x200 into its page: the mapping's base does too.
+    let va = b.map_kernel(MDL_A);
+    assert_eq!(va & 0xFFF, 0x200);
+    b.calls();
+    b.v.unmap_io_space(me(), va & !0xFFF, 0x1800);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].rule, rec[0].base, rec[0].kind),
+        (RuleId::UnmapUnknown.number(), va, MK_MDL)
+    );
+    assert_ne!(rec[0].flags & VF_CONTAINED, 0);
+    assert!(b.v.platform().unmapped.lock().unwrap().is_empty());
+    assert!(b.v.table().get(va).is_some());
+    b.v.unmap_locked_pages(me(), va, MDL_A);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.live(), 0);
+}
+
+#[test]
 fn an_unmap_inside_a_divisible_range_at_no_mapped_address_is_iosv004() {
     // MmUnmapReservedMapping's BaseAddress must be an address the map returned.
     let b = bed();
