@@ -47,6 +47,15 @@
 //!   span the MDL (IOSV020); mapping a range that is mapped already is IOSV019;
 //!   `MmUnmapReservedMapping` with another MDL than the mapped one is bug check
 //!   0xDA/0x02 territory (IOSV015), above DISPATCH_LEVEL IOSV016.
+//!   Both release only the mapping the MDL records (`MappedSystemVa`); another system
+//!   mapping of the same MDL stays mapped: IOSV017.
+//! - A direct-I/O MDL's own system mapping ([`FLAG_MDL_DIRECT_IO`]) lives as long as the
+//!   MDL's lock, and the I/O manager unlocks and frees a request's MDL at completion
+//!   (after the driver's `MmGetSystemAddressForMdlSafe`), where iosv cannot see; pool then
+//!   hands the MDL's address out again. Such a mapping is not reported as leaked, is
+//!   dropped without IOSV013 when Mm hands its address out again, and is dropped without
+//!   a report (and without any Mm call) when a release of its MDL finds that the MDL no
+//!   longer records it.
 //! - Leaks: the existing rules IOSV007 (stop), IOSV008 (removal) and IOSV009 (unload,
 //!   detach) cover every kind (the record's `kind` says which), so each mapping is still
 //!   reported once, by the first event that finds it live.
@@ -55,7 +64,8 @@
 //! `IoFreeMdl` and `MmUnlockPages` run for every MDL in the system,
 //! and almost none of those MDLs has an explicit mapping iosv tracks. [`MdlIndex`] is a
 //! counting filter over MDL addresses (one `AtomicU32` per bucket, incremented when an MDL
-//! mapping is tracked, decremented when it leaves the table): a release of an MDL whose
+//! mapping is tracked or an MDL is mapped into a reserved range, decremented when it
+//! leaves the table or the range): a release of an MDL whose
 //! bucket is zero costs one load; only a non-zero bucket walks the table.
 
 #![forbid(unsafe_code)]
@@ -71,6 +81,16 @@ pub const FLAG_KIND_RESERVED: u8 = 1 << 4;
 pub const FLAG_USER: u8 = 1 << 5;
 /// Entry flag: a reserved range with an MDL mapped into it (`physical` holds the MDL).
 pub const FLAG_RESERVED_MAPPED: u8 = 1 << 6;
+/// Entry flag of an MDL mapping (the bit of [`FLAG_RESERVED_MAPPED`], which only reserved
+/// ranges use): a system mapping of an MDL that locks pages of a process's user space
+/// (`MmProbeAndLockPages` set its `Process`), recorded in the MDL as its own
+/// (`MDL_MAPPED_TO_SYSTEM_VA`, `MappedSystemVa` the base) — the direct-I/O MDL of a
+/// user-mode request, mapped by `MmGetSystemAddressForMdlSafe`. `MmUnlockPages` of the MDL
+/// releases the mapping, and the I/O manager calls it at the request's completion, where
+/// iosv cannot see: such a mapping is never reported as leaked, and is dropped silently
+/// when its MDL no longer records it or Mm hands its address out again
+/// ([`released_with_its_mdl`]).
+pub const FLAG_MDL_DIRECT_IO: u8 = 1 << 6;
 /// Entry flag: a reserved range allocated with [`MM_MAPPING_ADDRESS_DIVISIBLE`], or an
 /// MDL mapping at a page inside such a range past its first (a *sub-range* mapping: its
 /// own entry, kind reserved, [`FLAG_RESERVED_MAPPED`], `physical` the MDL, `size` the
@@ -153,6 +173,13 @@ pub const fn is_io_space(flags: u8) -> bool {
     flags & KIND_MASK == 0
 }
 
+/// True if an entry with these flags is a direct-I/O MDL's own system mapping
+/// ([`FLAG_MDL_DIRECT_IO`]): released with its MDL, possibly where iosv cannot see.
+pub const fn released_with_its_mdl(flags: u8) -> bool {
+    flags & KIND_MASK == FLAG_KIND_MDL
+        && flags & (FLAG_MDL_DIRECT_IO | FLAG_USER) == FLAG_MDL_DIRECT_IO
+}
+
 /// What the platform reads of an MDL's header (the documented `MDL` structure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MdlInfo {
@@ -164,6 +191,9 @@ pub struct MdlInfo {
     pub flags: u16,
     /// `MappedSystemVa` (meaningful with [`MDL_MAPPED_TO_SYSTEM_VA`]).
     pub mapped_system_va: u64,
+    /// `Process`: the process whose user-space pages `MmProbeAndLockPages` locked (0 for
+    /// system-space pages, or an MDL no probe locked).
+    pub process: u64,
 }
 
 impl MdlInfo {
@@ -178,6 +208,13 @@ impl MdlInfo {
     /// mapping: a partial MDL whose mapping was made (`MDL_PARTIAL_HAS_BEEN_MAPPED`).
     pub const fn released_by_prepare_for_reuse(&self) -> bool {
         self.flags & MDL_PARTIAL != 0 && self.flags & MDL_PARTIAL_HAS_BEEN_MAPPED != 0
+    }
+
+    /// True if the MDL records the system mapping at `base` as its own
+    /// (`MDL_MAPPED_TO_SYSTEM_VA`, `MappedSystemVa == base`: what `MmUnlockPages` and
+    /// `MmPrepareMdlForReuse` release).
+    pub const fn records(&self, base: u64) -> bool {
+        self.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 && self.mapped_system_va == base
     }
 }
 
@@ -199,16 +236,23 @@ impl MdlRelease {
         }
     }
 
-    /// True if this routine releases a live explicit mapping of an MDL described by
-    /// `info` (`None`: the MDL could not be read) with these entry flags by itself.
-    pub fn releases(self, entry_flags: u8, info: Option<MdlInfo>) -> bool {
+    /// True if this routine releases the live explicit mapping at `base` (entry flags
+    /// `entry_flags`) of an MDL described by `info` (`None`: the MDL could not be read)
+    /// by itself: only the system mapping the MDL records (`MappedSystemVa`) —
+    /// `MmUnlockPages` releases it if the MDL is mapped to system space,
+    /// `MmPrepareMdlForReuse` (run by `IoFreeMdl`) if a partial MDL's mapping was made.
+    /// Any other mapping of the MDL stays mapped. An MDL that cannot be read is taken to
+    /// record the mapping for `MmUnlockPages` (no report on a guess).
+    pub fn releases(self, base: u64, entry_flags: u8, info: Option<MdlInfo>) -> bool {
         if entry_flags & FLAG_USER != 0 {
             // No MDL routine releases a user-space mapping.
             return false;
         }
         match self {
-            MdlRelease::Unlock => true,
-            MdlRelease::Free => info.is_some_and(|i| i.released_by_prepare_for_reuse()),
+            MdlRelease::Unlock => info.is_none_or(|i| i.records(base)),
+            MdlRelease::Free => {
+                info.is_some_and(|i| i.released_by_prepare_for_reuse() && i.records(base))
+            }
         }
     }
 }
@@ -220,8 +264,9 @@ pub const MDL_INDEX_BUCKETS: usize = 4096;
 #[cfg(loom)]
 pub const MDL_INDEX_BUCKETS: usize = 2;
 
-/// A counting filter over the MDLs of live MDL mappings (module docs). Never gives a false
-/// negative while every tracked MDL mapping was added once and removed at most once:
+/// A counting filter over the MDLs of live MDL mappings and of MDLs mapped into reserved
+/// ranges (module docs). Never gives a false negative while every tracked MDL mapping
+/// was added once and removed at most once:
 /// [`MdlIndex::may_hold`] is true for every MDL with a live tracked mapping. Each
 /// operation is one atomic instruction (no retry loop); nothing waits.
 pub struct MdlIndex {
@@ -290,8 +335,10 @@ mod tests {
     #[test]
     fn kinds_round_trip_and_flags_match_the_wire() {
         use crate::protocol::{
-            MF_KIND_MDL, MF_KIND_RESERVED, MF_RESERVED_DIVISIBLE, MF_RESERVED_MAPPED, MF_USER,
+            MF_KIND_MDL, MF_KIND_RESERVED, MF_MDL_DIRECT_IO, MF_RESERVED_DIVISIBLE,
+            MF_RESERVED_MAPPED, MF_USER,
         };
+        assert_eq!(FLAG_MDL_DIRECT_IO, MF_MDL_DIRECT_IO);
         assert_eq!(FLAG_RESERVED_DIVISIBLE, MF_RESERVED_DIVISIBLE);
         assert_eq!(FLAG_KIND_MDL, MF_KIND_MDL);
         assert_eq!(FLAG_KIND_RESERVED, MF_KIND_RESERVED);
@@ -328,19 +375,38 @@ mod tests {
 
     #[test]
     fn which_release_releases_what() {
+        const VA: u64 = 0xFFFF_D000_0000_0200;
         let partial = Some(MdlInfo {
             flags: MDL_PARTIAL | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_MAPPED_TO_SYSTEM_VA,
+            mapped_system_va: VA,
             ..Default::default()
         });
         let locked = Some(MdlInfo {
             flags: MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA,
+            mapped_system_va: VA,
             ..Default::default()
         });
-        assert!(MdlRelease::Unlock.releases(FLAG_KIND_MDL, locked));
-        assert!(!MdlRelease::Unlock.releases(FLAG_KIND_MDL | FLAG_USER, locked));
-        assert!(!MdlRelease::Free.releases(FLAG_KIND_MDL, locked));
-        assert!(MdlRelease::Free.releases(FLAG_KIND_MDL, partial));
-        assert!(!MdlRelease::Free.releases(FLAG_KIND_MDL, None));
+        let unmapped = Some(MdlInfo {
+            flags: MDL_PAGES_LOCKED,
+            ..Default::default()
+        });
+        let k = FLAG_KIND_MDL;
+        assert!(MdlRelease::Unlock.releases(VA, k, locked));
+        assert!(MdlRelease::Unlock.releases(VA, k, None));
+        // Only the mapping the MDL records: not a second one, not one it no longer maps.
+        assert!(!MdlRelease::Unlock.releases(VA + 0x1000, k, locked));
+        assert!(!MdlRelease::Unlock.releases(VA, k, unmapped));
+        assert!(!MdlRelease::Unlock.releases(VA, k | FLAG_USER, locked));
+        assert!(!MdlRelease::Free.releases(VA, k, locked));
+        assert!(MdlRelease::Free.releases(VA, k, partial));
+        assert!(!MdlRelease::Free.releases(VA + 0x1000, k, partial));
+        assert!(!MdlRelease::Free.releases(VA, k, None));
+        assert!(released_with_its_mdl(k | FLAG_MDL_DIRECT_IO));
+        assert!(!released_with_its_mdl(k | FLAG_MDL_DIRECT_IO | FLAG_USER));
+        assert!(!released_with_its_mdl(
+            FLAG_KIND_RESERVED | FLAG_RESERVED_MAPPED
+        ));
+        assert!(!released_with_its_mdl(k));
     }
 
     #[test]

@@ -690,6 +690,11 @@ pub const MF_KIND_RESERVED: u8 = 1 << 4;
 pub const MF_USER: u8 = 1 << 5;
 /// `MappingRecord::flags`: a reserved range with an MDL mapped into it now.
 pub const MF_RESERVED_MAPPED: u8 = 1 << 6;
+/// `MappingRecord::flags` of an MDL mapping (`kind` [`MK_MDL`]; the bit of
+/// [`MF_RESERVED_MAPPED`]): a direct-I/O MDL's own system mapping, released with the MDL
+/// by `MmUnlockPages` whoever calls it (the I/O manager at the request's completion), so
+/// never reported as leaked.
+pub const MF_MDL_DIRECT_IO: u8 = 1 << 6;
 /// `MappingRecord::flags`: a reserved range allocated with `MM_MAPPING_ADDRESS_DIVISIBLE`,
 /// or (with [`MF_RESERVED_MAPPED`]) an MDL mapped at a page inside such a range past its
 /// first: a sub-range mapping, listed as its own entry.

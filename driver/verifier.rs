@@ -14,7 +14,7 @@ pub use crate::config::StartParams;
 use crate::config::{Settings, Targets};
 use crate::drivers::{DriverId, DriverState, Drivers};
 use crate::journal::Journal;
-use crate::mdl::{is_io_space, MappingKind, MdlIndex, FLAG_USER};
+use crate::mdl::{is_io_space, released_with_its_mdl, MappingKind, MdlIndex, FLAG_USER};
 use crate::pe::HookedRoutine;
 use crate::phys::{
     byte_offset, check_parameters, page_align, page_range, CacheClass, ConflictFilter,
@@ -330,9 +330,12 @@ impl<P: Platform> Verifier<P> {
         };
         match outcome {
             InsertOutcome::Inserted => {}
-            InsertOutcome::ReplacedStale(old) if old.flags & FLAG_DETACHED != 0 => {
+            InsertOutcome::ReplacedStale(old)
+                if old.flags & FLAG_DETACHED != 0 || released_with_its_mdl(old.flags) =>
+            {
                 // Its driver was detached and unmapped it unhooked, as a detached driver
-                // may: not a missed unmap of a tracked driver, so no IOSV013.
+                // may, or it was an MDL's own system mapping, released with its MDL where
+                // iosv cannot see (crate::mdl): not a missed unmap, so no IOSV013.
                 self.forget_mapping(&old);
                 self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
             }
@@ -909,8 +912,10 @@ impl<P: Platform> Verifier<P> {
     /// Reports every live, not yet reported mapping that `pick` selects as a leak.
     fn report_leaks(&self, rule: RuleId, pick: impl Fn(&Mapping) -> bool, extra_flags: u8) {
         let cx = self.event_ctx();
+        // An MDL's own system mapping is released with its MDL, possibly unseen
+        // (crate::mdl): never a leak of the mapping.
         self.for_each_picked::<LEAK_BATCH>(
-            |m| m.flags & FLAG_LEAK_REPORTED == 0 && pick(m),
+            |m| m.flags & FLAG_LEAK_REPORTED == 0 && !released_with_its_mdl(m.flags) && pick(m),
             |m| {
                 if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
                     let mut r = self.mapping_record(&cx, m);

@@ -30,7 +30,9 @@
 
 use super::{BugCheck, Irql, Platform, PlatformError};
 use crate::intercept::{SlotAccess, SlotWriteError};
-use crate::mdl::{MdlInfo, USER_MODE};
+use crate::mdl::{
+    MdlInfo, MDL_MAPPED_TO_SYSTEM_VA, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
+};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -263,6 +265,17 @@ impl<const PER_THREAD: bool> FakePlatform<PER_THREAD> {
         }
     }
 
+    /// As Mm: the MDL at `mdl` no longer records a system mapping, if `which` says the
+    /// routine released the one it recorded.
+    fn mdl_forgets_mapping(&self, mdl: u64, which: impl FnOnce(&MdlInfo) -> bool) {
+        if let Some(i) = lock(&self.mdls).get_mut(&mdl) {
+            if i.flags & MDL_MAPPED_TO_SYSTEM_VA != 0 && which(i) {
+                i.flags &= !(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED);
+                i.mapped_system_va = 0;
+            }
+        }
+    }
+
     /// The byte offset of the MDL at `mdl`, as set in [`FakePlatform::mdls`] (0 if unset).
     fn byte_offset(&self, mdl: u64) -> u64 {
         lock(&self.mdls)
@@ -437,7 +450,16 @@ impl<const PER_THREAD: bool> Platform for FakePlatform<PER_THREAD> {
                 .wrapping_add(va % 0x1_0000_0000)
                 .wrapping_add(off)
         } else {
-            va.wrapping_add(off)
+            // As Mm: the MDL records its system mapping.
+            let base = va.wrapping_add(off);
+            if let Some(i) = lock(&self.mdls).get_mut(&mdl) {
+                i.flags |= MDL_MAPPED_TO_SYSTEM_VA;
+                if i.flags & MDL_PARTIAL != 0 {
+                    i.flags |= MDL_PARTIAL_HAS_BEEN_MAPPED;
+                }
+                i.mapped_system_va = base;
+            }
+            base
         }
     }
     fn mm_map_locked_pages(&self, mdl: u64, access_mode: u8) -> u64 {
@@ -445,12 +467,15 @@ impl<const PER_THREAD: bool> Platform for FakePlatform<PER_THREAD> {
     }
     fn mm_unmap_locked_pages(&self, base: u64, mdl: u64) {
         self.record(MmCall::UnmapLocked(base, mdl));
+        self.mdl_forgets_mapping(mdl, |i| i.mapped_system_va == base);
     }
     fn io_free_mdl(&self, mdl: u64) {
         self.record(MmCall::FreeMdl(mdl));
+        self.mdl_forgets_mapping(mdl, |i| i.released_by_prepare_for_reuse());
     }
     fn mm_unlock_pages(&self, mdl: u64) {
         self.record(MmCall::Unlock(mdl));
+        self.mdl_forgets_mapping(mdl, |_| true);
     }
     fn mm_allocate_mapping_address(&self, _size: usize, _pool_tag: u32) -> u64 {
         self.map(0)

@@ -15,8 +15,9 @@
 use super::{CallCtx, Verifier, OWN_FRAMES};
 use crate::drivers::DriverId;
 use crate::mdl::{
-    MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED, FLAG_RESERVED_DIVISIBLE,
-    FLAG_RESERVED_MAPPED, FLAG_USER, MM_MAPPING_ADDRESS_DIVISIBLE, USER_MODE,
+    released_with_its_mdl, MappingKind, MdlRelease, FLAG_KIND_MDL, FLAG_KIND_RESERVED,
+    FLAG_MDL_DIRECT_IO, FLAG_RESERVED_DIVISIBLE, FLAG_RESERVED_MAPPED, FLAG_USER,
+    MM_MAPPING_ADDRESS_DIVISIBLE, USER_MODE,
 };
 use crate::pe::HookedRoutine;
 use crate::phys::{page_align, page_round, PAGE_SIZE as PAGE};
@@ -48,6 +49,16 @@ const MDL_RELEASE_BATCH: usize = 2;
 
 /// `MmCached`: the cache type `MmMapLockedPages` maps with.
 const MM_CACHED: u32 = 1;
+
+/// The MDL an entry keeps mapped: an MDL mapping's, or the one mapped into a reserved
+/// range or sub-range (`None` for an I/O-space mapping or an unmapped range).
+fn mapped_mdl(m: &MappingHead) -> Option<u64> {
+    match MappingKind::of(m.flags) {
+        MappingKind::Mdl => Some(m.physical),
+        MappingKind::Reserved if m.flags & FLAG_RESERVED_MAPPED != 0 => Some(m.physical),
+        _ => None,
+    }
+}
 
 impl<P: Platform> Verifier<P> {
     // ---- MDL mappings -------------------------------------------------------------------
@@ -114,10 +125,8 @@ impl<P: Platform> Verifier<P> {
         }
         self.stats
             .bump_driver(cx.processor, cx.driver, DriverCounter::Maps);
-        let size = self
-            .platform
-            .mdl_info(mdl)
-            .map_or(0, |i| u64::from(i.byte_count));
+        let info = self.platform.mdl_info(mdl);
+        let size = info.map_or(0, |i| u64::from(i.byte_count));
         let mut m = self.family_head(cx, base, size);
         m.physical = mdl;
         m.cache = cache;
@@ -134,6 +143,10 @@ impl<P: Platform> Verifier<P> {
                 self.untracked.add(base);
                 return base;
             }
+        } else if info.is_some_and(|i| i.process != 0 && i.records(base)) {
+            // A direct-I/O MDL's own system mapping: released with the MDL, by the I/O
+            // manager at the request's completion (crate::mdl).
+            m.flags = FLAG_KIND_MDL | FLAG_MDL_DIRECT_IO;
         } else {
             m.flags = FLAG_KIND_MDL;
         }
@@ -296,15 +309,30 @@ impl<P: Platform> Verifier<P> {
         // calling driver's stack at up to DISPATCH_LEVEL (an MDL has one mapping or a
         // few; more take further walks). With the leak reports' 32 the frame was 6.5 KiB.
         self.for_each_picked::<MDL_RELEASE_BATCH>(
-            |m| MappingKind::of(m.flags) == MappingKind::Mdl && m.physical == mdl,
+            |m| mapped_mdl(m) == Some(mdl),
             |m| {
-                if how.releases(m.flags, info) {
+                if MappingKind::of(m.flags) == MappingKind::Reserved {
+                    self.reserved_mdl_released(&cx, m, mdl, contain);
+                    return;
+                }
+                if how.releases(m.base, m.flags, info) {
                     if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
                         self.forget_mapping(&gone);
                         self.bury(&cx, &gone);
                         // An implicit release is an unmap (maps and unmaps stay equal).
                         self.stats
                             .bump_driver(cx.processor, cx.driver, DriverCounter::Unmaps);
+                    }
+                    return;
+                }
+                if released_with_its_mdl(m.flags) && info.is_some_and(|i| !i.records(m.base)) {
+                    // The MDL no longer records this system mapping as its own: it was
+                    // released where iosv cannot see (the MDL unlocked by the I/O manager
+                    // or another driver; this may be a new MDL at the same address). No
+                    // report, and no Mm call on an address Mm may have reused.
+                    if let RemoveOutcome::Removed(gone) = self.table.remove(m.base) {
+                        self.forget_mapping(&gone);
+                        self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                     }
                     return;
                 }
@@ -335,6 +363,49 @@ impl<P: Platform> Verifier<P> {
                 }
             },
         );
+    }
+
+    /// `IoFreeMdl` / `MmUnlockPages` of `mdl` while it is mapped into the reserved range
+    /// or sub-range mapping `m`: neither routine releases a reserved mapping (only
+    /// `MmUnmapReservedMapping` does; `MmUnlockPages` would take the MDL's
+    /// `MappedSystemVa`, which the reserved map set, for a mapping of its own), so the
+    /// range's PTEs would keep mapping pages that are no longer locked, or an MDL that is
+    /// freed: IOSV017. Contained at IRQL <= DISPATCH_LEVEL (`MmUnmapReservedMapping`'s
+    /// ceiling) by unmapping it first with the range's tag; otherwise reported once and
+    /// flagged leak-reported.
+    fn reserved_mdl_released(&self, cx: &CallCtx, m: &Mapping, mdl: u64, contain: bool) {
+        if m.flags & FLAG_LEAK_REPORTED != 0 {
+            return;
+        }
+        let mut r = self.family_record(cx, m);
+        r.address = m.base;
+        r.passed_mdl = mdl;
+        if !contain || cx.irql > Irql::DISPATCH {
+            if self.table.mark(m.base, m.map_time_ns, FLAG_LEAK_REPORTED) {
+                self.violate(RuleId::MdlReleasedWhileMapped, cx, r);
+            }
+            return;
+        }
+        match self.take_reserved(m.base) {
+            ReservedAt::Range(mut e) if mapped_mdl(&e) == Some(mdl) => {
+                self.contain_record(cx, &mut r);
+                self.violate(RuleId::MdlReleasedWhileMapped, cx, r);
+                self.platform
+                    .mm_unmap_reserved_mapping(e.base, e.cache, mdl);
+                if self.is_sub_range(&e) {
+                    self.forget_mapping(&e);
+                    self.bury(cx, &e);
+                } else {
+                    self.mdls.remove(mdl);
+                    e.physical = 0;
+                    e.flags &= !FLAG_RESERVED_MAPPED;
+                    self.restore(cx, &e);
+                }
+            }
+            // Changed since the walk saw it (unmapped or remapped meanwhile): put back.
+            ReservedAt::Range(e) | ReservedAt::OtherKind(e) => self.restore(cx, &e),
+            ReservedAt::InsideDivisible(_) | ReservedAt::Nothing => {}
+        }
     }
 
     // ---- reserved ranges ---------------------------------------------------------------
@@ -494,8 +565,13 @@ impl<P: Platform> Verifier<P> {
         }
         let va = real();
         if va != 0 {
+            if let Some(old) = mapped_mdl(&m) {
+                // Mapped twice, uncontained: the range now records the new MDL.
+                self.mdls.remove(old);
+            }
             m.physical = mdl;
             m.flags |= FLAG_RESERVED_MAPPED;
+            self.mdls.add(mdl);
         }
         self.restore(&cx, &m);
         va
@@ -557,6 +633,7 @@ impl<P: Platform> Verifier<P> {
             return;
         }
         real(self.reserved_unmap_mdl(&cx, || record(&m), m.physical, mdl, contain));
+        self.mdls.remove(m.physical);
         m.physical = 0;
         m.flags &= !FLAG_RESERVED_MAPPED;
         self.restore(&cx, &m);
@@ -1025,14 +1102,16 @@ impl<P: Platform> Verifier<P> {
             m.stack_depth = u8::try_from(n.min(depth)).unwrap_or(0);
         }
         let outcome = self.table.insert_head(&m, &stack);
-        if !matches!(outcome, InsertOutcome::Full) && MappingKind::of(m.flags) == MappingKind::Mdl {
-            self.mdls.add(m.physical);
+        if !matches!(outcome, InsertOutcome::Full) {
+            if let Some(mdl) = mapped_mdl(&m) {
+                self.mdls.add(mdl);
+            }
         }
         match outcome {
             InsertOutcome::Inserted => {}
             InsertOutcome::ReplacedStale(old) => {
                 self.forget_mapping(&old);
-                if old.flags & FLAG_DETACHED != 0 {
+                if old.flags & FLAG_DETACHED != 0 || released_with_its_mdl(old.flags) {
                     self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
                 } else {
                     let mut r = self.mapping_record(cx, &old);
@@ -1048,11 +1127,11 @@ impl<P: Platform> Verifier<P> {
         }
     }
 
-    /// The family's part of [`forget_mapping`](Self::forget_mapping): an MDL mapping
-    /// leaves the MDL index.
+    /// The family's part of [`forget_mapping`](Self::forget_mapping): the MDL of an MDL
+    /// mapping, or of a reserved range's or sub-range's mapping, leaves the MDL index.
     pub(super) fn forget_family(&self, m: &MappingHead) {
-        if MappingKind::of(m.flags) == MappingKind::Mdl {
-            self.mdls.remove(m.physical);
+        if let Some(mdl) = mapped_mdl(m) {
+            self.mdls.remove(mdl);
         }
     }
 

@@ -212,6 +212,7 @@ impl SimMdls {
                 byte_offset: byte_offset % 0x1000,
                 flags,
                 mapped_system_va: 0,
+                process: 0,
             },
         );
         mdl

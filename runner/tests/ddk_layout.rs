@@ -100,6 +100,7 @@ const FIELDS: &[(&str, usize)] = &[
     ("FIELD_OFFSET(MDL, Next)", l::MDL_NEXT),
     ("FIELD_OFFSET(MDL, Size)", l::MDL_SIZE),
     ("FIELD_OFFSET(MDL, MdlFlags)", l::MDL_FLAGS),
+    ("FIELD_OFFSET(MDL, Process)", l::MDL_PROCESS),
     ("FIELD_OFFSET(MDL, MappedSystemVa)", l::MDL_MAPPED_SYSTEM_VA),
     ("FIELD_OFFSET(MDL, StartVa)", l::MDL_START_VA),
     ("FIELD_OFFSET(MDL, ByteCount)", l::MDL_BYTE_COUNT),

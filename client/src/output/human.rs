@@ -263,7 +263,12 @@ pub fn mappings(list: &MappingList, verbose: bool, images: &Images) -> String {
             flags.push(&user);
         }
         if m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0 {
-            flags.push("mapped");
+            // One bit, two meanings by kind.
+            flags.push(if kind == iosv::mdl::MappingKind::Mdl {
+                "direct-io"
+            } else {
+                "mapped"
+            });
         }
         if m.flags & iosv::protocol::MF_RESERVED_DIVISIBLE != 0 {
             flags.push("divisible");

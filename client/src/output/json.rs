@@ -140,6 +140,7 @@ pub fn mapping(m: &MappingRecord, list: &MappingList, images: &Images) -> Value 
 
 fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Value {
     let ex = m.flags & MF_MAP_EX != 0;
+    let kind = model::mapping_kind(m.kind);
     json!({
         "kind": "mapping",
         "driver": model::name(&m.driver_name),
@@ -156,11 +157,14 @@ fn mapping_fields(m: &MappingRecord, list: &MappingList, images: &Images) -> Val
         "processor": m.processor,
         "leak_reported": m.flags & MF_LEAK_REPORTED != 0,
         "detached": m.flags & MF_DETACHED != 0,
-        "mapping_kind": model::mapping_kind(m.kind).name(),
+        "mapping_kind": kind.name(),
         "mdl": opt_hex(m.mdl),
         "user_mode": m.flags & iosv::protocol::MF_USER != 0,
         "process_id": m.process_id,
-        "reserved_mapped": m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0,
+        "reserved_mapped": kind == iosv::mdl::MappingKind::Reserved
+            && m.flags & iosv::protocol::MF_RESERVED_MAPPED != 0,
+        "mdl_direct_io": kind == iosv::mdl::MappingKind::Mdl
+            && m.flags & iosv::protocol::MF_MDL_DIRECT_IO != 0,
         "reserved_divisible": m.flags & iosv::protocol::MF_RESERVED_DIVISIBLE != 0,
         "stack": images.stack(&m.stack, m.stack_depth),
     })

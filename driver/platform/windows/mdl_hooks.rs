@@ -474,5 +474,6 @@ pub fn mdl_info(mdl: u64) -> Option<MdlInfo> {
         byte_offset: m.ByteOffset,
         flags: m.MdlFlags as u16,
         mapped_system_va: m.MappedSystemVa as usize as u64,
+        process: m.Process as usize as u64,
     })
 }

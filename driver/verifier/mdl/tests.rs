@@ -4,8 +4,8 @@
 
 use super::super::*;
 use crate::mdl::{
-    MdlInfo, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
-    MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
+    MdlInfo, FLAG_MDL_DIRECT_IO, KERNEL_MODE, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED,
+    MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED, USER_MODE,
 };
 use crate::pe::HookedRoutine;
 use crate::platform::fake::{FakePlatform as Fake, MmCall as Call};
@@ -66,8 +66,16 @@ impl Bed {
                 byte_offset,
                 flags,
                 mapped_system_va: 0,
+                process: 0,
             },
         );
+    }
+    /// Marks the MDL as locking user-space pages of a process (`MDL.Process`), as
+    /// `MmProbeAndLockPages` does for a direct-I/O request's buffer.
+    fn user_pages(&self, mdl: u64) {
+        if let Some(i) = self.v.platform().mdls.lock().unwrap().get_mut(&mdl) {
+            i.process = 0x4711;
+        }
     }
     fn records(&self) -> Vec<ViolationRecord> {
         let mut out = Vec::new();
@@ -612,15 +620,97 @@ fn iosv022_a_free_of_a_mapped_range_with_another_tag_unmaps_and_frees_with_its_o
 #[test]
 fn leaks_cover_the_new_kinds_once_each() {
     let b = bed();
-    let va = b.map_kernel(MDL_A);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_A, USER_MODE, 1, 0, 0, 16);
+    // A direct-I/O MDL's own system mapping is released with the MDL: not a leak.
+    b.user_pages(MDL_B);
+    let own = b.map_kernel(MDL_B);
     let range = b.reserve(0x1000);
     b.v.driver_detached(b.drv, false);
     let r = b.records();
     let mut seen: Vec<(u8, u64, u8)> = r.iter().map(|r| (r.rule, r.base, r.kind)).collect();
     seen.sort_unstable();
-    let mut want = vec![(9, va, MK_MDL), (9, range, MK_RESERVED)];
+    let mut want = vec![(9, uva, MK_MDL), (9, range, MK_RESERVED)];
     want.sort_unstable();
     assert_eq!(seen, want);
+    assert!(b.v.table().get(own).is_some(), "tracked, not reported");
+}
+
+#[test]
+fn an_mdls_own_system_mapping_released_unseen_is_dropped_without_a_report() {
+    // A direct-I/O dispatch maps the IRP's MDL (MmGetSystemAddressForMdlSafe); at
+    // completion the I/O manager unlocks and frees it where iosv cannot see, and pool
+    // hands the MDL's address out again.
+    let b = bed();
+    b.user_pages(MDL_B);
+    let va = b.map_kernel(MDL_B);
+    let m = b.v.table().get(va).unwrap();
+    assert_ne!(m.flags & FLAG_MDL_DIRECT_IO, 0);
+    b.v.platform().mm_unlock_pages(MDL_B); // not through iosv
+    b.calls();
+    // The driver frees an MDL at that address: the MDL no longer records the mapping.
+    // No IOSV017, and no MmUnmapLockedPages of an address Mm may have reused.
+    b.v.io_free_mdl(me(), MDL_B);
+    assert!(b.rules().is_empty());
+    assert_eq!(b.calls(), [Call::FreeMdl(MDL_B)]);
+    assert_eq!(b.live(), 0);
+
+    // Released unseen again, then Mm hands the address to an I/O-space mapping: no
+    // IOSV013 (no unmap was missed), and the unload reports only the new mapping.
+    let va = b.map_kernel(MDL_B);
+    b.v.platform().mm_unlock_pages(MDL_B);
+    b.v.platform().reuse.lock().unwrap().push(va);
+    let io = b.v.map_io_space(me(), 0xFED0_0000, 0x1000, 0);
+    assert_eq!(io, va);
+    assert!(b.rules().is_empty());
+    b.v.driver_detached(b.drv, false);
+    let r = b.records();
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.rule, r.base, r.kind))
+            .collect::<Vec<_>>(),
+        [(9, io, MK_IO_SPACE)]
+    );
+}
+
+#[test]
+fn only_the_mapping_its_mdl_records_is_released_by_an_unlock() {
+    let b = bed();
+    // Mapped twice: Mm records the second; MmUnlockPages releases only that one, and the
+    // first stays mapped: IOSV017, contained by unmapping it.
+    let first = b.map_kernel(MDL_B);
+    let second = b.map_kernel(MDL_B);
+    assert_eq!(
+        b.v.table().get(first).unwrap().flags & FLAG_MDL_DIRECT_IO,
+        0
+    );
+    b.calls();
+    b.v.unlock_pages(me(), MDL_B);
+    let r = b.records();
+    assert_eq!(
+        r.iter().map(|r| (r.rule, r.base)).collect::<Vec<_>>(),
+        [(RuleId::MdlReleasedWhileMapped.number(), first)]
+    );
+    assert_eq!(
+        b.calls(),
+        [Call::UnmapLocked(first, MDL_B), Call::Unlock(MDL_B)]
+    );
+    assert!(b.v.table().get(second).is_none(), "released by the unlock");
+    assert_eq!(b.live(), 0);
+    // A partial MDL's recorded mapping is released by IoFreeMdl; a user-space mapping of
+    // it is not (IOSV017).
+    b.mdl(MDL_C, 0, 0x1000, MDL_PAGES_LOCKED | MDL_PARTIAL);
+    let sys = b.map_kernel(MDL_C);
+    let uva =
+        b.v.map_locked_pages_specify_cache(me(), MDL_C, USER_MODE, 1, 0, 0, 16);
+    b.calls();
+    b.v.io_free_mdl(me(), MDL_C);
+    let r = b.records();
+    assert_eq!(
+        r.iter().map(|r| (r.rule, r.base)).collect::<Vec<_>>(),
+        [(RuleId::MdlReleasedWhileMapped.number(), uva)]
+    );
+    assert!(b.v.table().get(sys).is_none());
 }
 
 #[test]
@@ -1004,6 +1094,71 @@ fn a_range_the_full_table_could_not_hold_is_used_and_freed_without_a_report() {
             Call::FreeReserved(r, TAG)
         ]
     );
+}
+
+#[test]
+fn iosv017_an_mdl_still_mapped_into_a_reserved_range_is_unlocked_or_freed() {
+    let b = bed();
+    let r = b.reserve(0x4000);
+    assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_B, 1), r);
+    b.calls();
+    // MmUnlockPages does not release a reserved mapping: contained by unmapping it.
+    b.v.unlock_pages(me(), MDL_B);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].rule, rec[0].base, rec[0].kind, rec[0].mdl),
+        (
+            RuleId::MdlReleasedWhileMapped.number(),
+            r,
+            MK_RESERVED,
+            MDL_B
+        )
+    );
+    assert_ne!(rec[0].flags & VF_CONTAINED, 0);
+    assert_eq!(
+        b.calls(),
+        [Call::UnmapReserved(r, TAG, MDL_B), Call::Unlock(MDL_B)]
+    );
+    // The range stays allocated, unmapped: mapping it again and freeing it are clean.
+    assert_eq!(b.v.map_reserved(me(), r, TAG, MDL_A, 1), r + 0x200);
+    b.v.unmap_reserved(me(), r + 0x200, TAG, MDL_A);
+    b.v.free_mapping_address(me(), r, TAG);
+    assert!(b.rules().is_empty());
+
+    // A divisible range's sub-range mapping, its MDL freed: the same.
+    let d = b.divisible();
+    b.v.map_reserved(me(), d + 0x2000, TAG, MDL_B, 1);
+    b.calls();
+    b.v.io_free_mdl(me(), MDL_B);
+    let rec = b.records();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].rule, rec[0].base),
+        (RuleId::MdlReleasedWhileMapped.number(), d + 0x2000)
+    );
+    assert_ne!(rec[0].flags & VF_SUB_RANGE, 0);
+    assert_eq!(
+        b.calls(),
+        [
+            Call::UnmapReserved(d + 0x2000, TAG, MDL_B),
+            Call::FreeMdl(MDL_B)
+        ]
+    );
+    assert_eq!(b.live(), 1, "the range itself");
+    b.v.free_mapping_address(me(), d, TAG);
+    assert!(b.rules().is_empty());
+
+    // Uncontained: reported once, the range stays mapped and listed.
+    b.containment_off();
+    let r = b.reserve(0x4000);
+    b.v.map_reserved(me(), r, TAG, MDL_A, 1);
+    b.calls();
+    b.v.unlock_pages(me(), MDL_A);
+    b.v.io_free_mdl(me(), MDL_A);
+    assert_eq!(b.rules(), [RuleId::MdlReleasedWhileMapped]);
+    assert_eq!(b.calls(), [Call::Unlock(MDL_A), Call::FreeMdl(MDL_A)]);
+    assert_eq!(b.live(), 1);
 }
 
 #[test]

@@ -478,6 +478,7 @@ mod tests {
                 byte_offset: 0x10,
                 flags: MDL_PAGES_LOCKED,
                 mapped_system_va: 0,
+                process: 0,
             },
         );
         // Unhooked: the simulated Mm maps (and says so in the MDL), iosv sees nothing.

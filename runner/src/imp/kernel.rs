@@ -127,6 +127,8 @@ pub mod layout {
     pub const MDL_SIZE: usize = 0x08;
     /// `MDL.MdlFlags`.
     pub const MDL_FLAGS: usize = 0x0A;
+    /// `MDL.Process`.
+    pub const MDL_PROCESS: usize = 0x10;
     /// `MDL.MappedSystemVa`.
     pub const MDL_MAPPED_SYSTEM_VA: usize = 0x18;
     /// `MDL.StartVa`.

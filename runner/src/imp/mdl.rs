@@ -41,6 +41,7 @@ fn header(mdl: usize) -> MdlInfo {
         byte_offset: o.get::<u32>(l::MDL_BYTE_OFFSET),
         flags: o.get::<u16>(l::MDL_FLAGS),
         mapped_system_va: o.get::<u64>(l::MDL_MAPPED_SYSTEM_VA),
+        process: o.get::<u64>(l::MDL_PROCESS),
     }
 }
 
