@@ -388,7 +388,7 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         code: "IOSV006",
         name: "unmap-interior",
         severity: Severity::Error,
-        summary: "MmUnmapIoSpace of an address inside a live mapping that is not its base",
+        summary: "MmUnmapIoSpace of an address inside a live mapping that is not its base (inside its bytes, or outside them in one of its pages: Mm rounds the address down to its page and unmaps whole pages from there)",
         help: "Unmap with the base MmMapIoSpace returned, not a register pointer derived from it.",
         reference: DDI_UNMAP,
         containable: true,

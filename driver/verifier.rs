@@ -516,7 +516,9 @@ impl<P: Platform> Verifier<P> {
     }
 
     /// An unmap of a base the table does not hold: untracked, IOSV014, IOSV005, IOSV006,
-    /// unverified or IOSV004, in that order of checks.
+    /// unverified or IOSV004, in that order of checks. IOSV006 takes an address inside a
+    /// live mapping's bytes, or else inside one of its pages (Mm unmaps whole pages from
+    /// the address's page).
     fn unmap_not_found(&self, cx: &CallCtx, base: u64, size: usize, contain: bool) {
         if self.untracked.take_remembered(base) {
             self.platform.mm_unmap_io_space(base, size);
@@ -546,7 +548,12 @@ impl<P: Platform> Verifier<P> {
             self.contained_violation(RuleId::DoubleUnmap, cx, r, contain, base, size);
         } else if let Some(m) = match scan {
             Some((_, containing)) => containing,
-            None => self.table.find_containing(base),
+            None => self.table.find_containing(base).or_else(|| {
+                // In no mapping's bytes, but in a mapping's pages: Mm rounds the address
+                // down to its page and would unmap from there.
+                let (owner, containing) = self.scan_page(page_align(base));
+                owner.or(containing)
+            }),
         } {
             let mut r = self.mapping_record(cx, &m);
             r.address = base;

@@ -672,6 +672,16 @@ impl<'a> Violation<'a> {
                 format!("{unmap}, but that base was already unmapped{when}; {mapping}")
             }
             Some(RuleId::DoubleUnmap) => format!("{unmap} while another unmap of that base was in progress"),
+            Some(RuleId::UnmapInterior)
+                if r.address < r.base || r.address - r.base >= r.mapped_size =>
+            {
+                format!(
+                    "{unmap}, outside the bytes of the live mapping at {} (0x{:x} bytes, physical {}, made by {owner}) but in one of its pages, which MmUnmapIoSpace would unmap from (it rounds the address down to its page); pass the base",
+                    hex(r.base),
+                    r.mapped_size,
+                    hex(r.physical)
+                )
+            }
             Some(RuleId::UnmapInterior) => format!(
                 "{unmap}, 0x{:x} bytes inside the live mapping at {} (0x{:x} bytes, physical {}, made by {owner}); pass the base",
                 r.address.wrapping_sub(r.base),
@@ -963,6 +973,33 @@ mod tests {
             (c["kind"].as_str(), c["name"].as_str()),
             (Some("POOL_TAG"), Some("'Rsvd'"))
         );
+    }
+
+    #[test]
+    fn an_interior_unmap_outside_the_bytes_says_so() {
+        let r = |address: u64| ViolationRecord {
+            rule: RuleId::UnmapInterior.number(),
+            routine: routine_code(HookedRoutine::UnmapIoSpace),
+            flags: VF_MAPPING_KNOWN,
+            address,
+            base: 0xF800,
+            mapped_size: 0x100,
+            passed_size: 0x1000,
+            ..Default::default()
+        };
+        let inside = Violation::new(&r(0xF880)).message();
+        assert!(
+            inside.contains("0x80 bytes inside the live mapping at 0xf800"),
+            "{inside}"
+        );
+        for outside in [0xF400, 0xFA00] {
+            let m = Violation::new(&r(outside)).message();
+            assert!(
+                m.contains("outside the bytes of the live mapping at 0xf800")
+                    && m.contains("rounds the address down to its page"),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -763,6 +763,41 @@ fn iosv014_wins_over_an_old_tombstone_of_the_same_page_and_a_stale_page_is_iosv0
 }
 
 #[test]
+fn an_unmap_in_a_mappings_page_but_outside_its_bytes_is_iosv006_not_unknown() {
+    // Mm unmaps whole pages from the address's page: an address in a mapping's page is
+    // that mapping's business, whether or not it falls in the bytes mapped.
+    let b = bed();
+    // Below an unaligned base, in its first page.
+    let hi = b.v.map_io_space(at(NIC), 0xFED0_0800, 0x1000, 0);
+    // Past a short mapping's bytes, in its page.
+    let short = b.v.map_io_space(at(NIC), 0xFED1_0000, 0x100, 0);
+    // Past a mapping's last byte, in its last page.
+    let long = b.v.map_io_space(at(NIC), 0xFED2_0000, 0x1100, 0);
+    b.unmapped();
+    for (addr, owner) in [
+        (hi - 0x400, hi),
+        (short + 0x800, short),
+        (long + 0x1800, long),
+    ] {
+        b.v.unmap_io_space(at(NIC), addr, 0x1000);
+        let r = b.new_records();
+        assert_eq!(
+            (r.len(), r[0].rule, r[0].address, r[0].base),
+            (1, RuleId::UnmapInterior.number(), addr, owner),
+            "{addr:#x}"
+        );
+        assert_ne!(r[0].flags & crate::protocol::VF_CONTAINED, 0);
+    }
+    assert!(b.unmapped().is_empty(), "contained: nothing reached Mm");
+    // In no mapping's page at all: still unknown.
+    b.v.unmap_io_space(at(NIC), long + 0x2800, 0x1000);
+    assert_eq!(b.rules(), [RuleId::UnmapUnknown.number()]);
+    for base in [hi, short, long] {
+        assert!(b.v.table().get(base).is_some());
+    }
+}
+
+#[test]
 fn an_unmap_at_the_page_of_another_drivers_unaligned_base_is_iosv012_and_leaves_it_mapped() {
     let b = bed();
     let theirs = b.v.map_io_space(at(NIC), 0xFED0_0800, 0x1000, 0);
