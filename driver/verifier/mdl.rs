@@ -620,7 +620,11 @@ impl<P: Platform> Verifier<P> {
         let tag = self.checked_tag(&cx, || record(&m), m.cache, pool_tag, contain);
         let real = |mdl: u64| self.platform.mm_unmap_reserved_mapping(base, tag, mdl);
         if m.flags & FLAG_RESERVED_MAPPED == 0 {
-            // Nothing is mapped into the range: an unmap of an unmapped range.
+            // Nothing is mapped into the range: an unmap of an unmapped range (above its
+            // ceiling too: IOSV016, as for a mapped one).
+            if cx.irql > Irql::DISPATCH {
+                self.violate(RuleId::MdlUnmapIrql, &cx, record(&m));
+            }
             let mut r = record(&m);
             self.restore(&cx, &m);
             if contain {

@@ -521,6 +521,10 @@ fn iosv015_and_iosv016_for_reserved_unmaps() {
     b.v.unmap_reserved(me(), range, TAG, MDL_A);
     assert_eq!(b.rules(), [RuleId::DoubleUnmap]);
     assert!(b.calls().is_empty());
+    // And above the ceiling, both.
+    b.irql(Irql(5));
+    b.v.unmap_reserved(me(), range, TAG, MDL_A);
+    assert_eq!(b.rules(), [RuleId::MdlUnmapIrql, RuleId::DoubleUnmap]);
 }
 
 const WRONG_TAG: u32 = u32::from_le_bytes(*b"Tag2");
