@@ -389,8 +389,14 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
     filter_ref.DeviceType = lower_ref.DeviceType;
     filter_ref.Characteristics = lower_ref.Characteristics;
     filter_ref.Flags |= lower_ref.Flags & (DO_BUFFERED_IO | DO_DIRECT_IO | DO_POWER_PAGABLE);
-    // The function driver (or the upper filter below us) owns the device we attached to.
-    let function_driver = lower_ref.DriverObject;
+    // The target in the stack below us: the lowest device above the PDO whose driver is a
+    // configured target (a lower filter, the function driver, or an upper filter below
+    // iosv: installed class-wide, iosv sits above the device's own upper filters, and
+    // filters of one level have no fixed order); else the owner of the device we attached
+    // to (the function driver, or the upper filter below us).
+    // SAFETY: AddDevice: `pdo` is the stack's PDO and `filter` was just attached on top.
+    let in_stack = on_big_stack(|| unsafe { target_in_stack(pdo, filter) }).flatten();
+    let function_driver = in_stack.unwrap_or(lower_ref.DriverObject);
     if !function_driver.is_null() {
         // On the expanded stack: hooking the function driver builds and writes a plan,
         // a frame over 4 KiB, and AddDevice runs on the PnP manager's stack. Without one
@@ -424,6 +430,36 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pdo: PDEVICE_OBJECT)
     filter_ref.Flags &= !DO_DEVICE_INITIALIZING;
     STATUS_SUCCESS
 }
+
+/// The driver of the lowest device between `pdo` and `top` (both excluded) that is a
+/// configured target, walking the stack up through `AttachedDevice`; bounded.
+///
+/// # Safety
+///
+/// AddDevice: `pdo` is the PDO of the stack being built and `top` our filter device, just
+/// attached on it. The PnP manager builds one stack at a time, so the devices between are
+/// attached and stay so for the call.
+unsafe fn target_in_stack(pdo: PDEVICE_OBJECT, top: PDEVICE_OBJECT) -> Option<PDRIVER_OBJECT> {
+    // SAFETY: the stack's PDO, valid for the call (contract).
+    let mut device = unsafe { (*pdo).AttachedDevice };
+    for _ in 0..STACK_WALK_LIMIT {
+        if device.is_null() || device == top {
+            return None;
+        }
+        // SAFETY: a device attached in this stack, below `top` (contract).
+        let driver = unsafe { (*device).DriverObject };
+        // SAFETY: the driver object of a device in the stack being built.
+        if !driver.is_null() && unsafe { super::images::is_target_driver(driver) } {
+            return Some(driver);
+        }
+        // SAFETY: as above.
+        device = unsafe { (*device).AttachedDevice };
+    }
+    None
+}
+
+/// Devices [`target_in_stack`] looks at above a PDO, at most (real stacks hold a few).
+const STACK_WALK_LIMIT: usize = 32;
 
 /// # Safety
 ///

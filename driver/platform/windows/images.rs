@@ -693,27 +693,62 @@ pub fn sweep(glue: &Glue) {
 /// `object` is the driver object of a device in the stack being built (valid for the
 /// call).
 pub unsafe fn function_driver(object: PDRIVER_OBJECT) -> DriverId {
-    let Some(glue) = engine() else {
-        return DriverId::NONE;
+    if let Some(glue) = engine() {
+        sweep(glue);
+    }
+    let register = |glue: &Glue, base: usize, name: &[u8]| {
+        // SAFETY: the driver object, referenced by `with_image` for the call.
+        let size = unsafe { (*object).DriverSize } as usize;
+        register_function_driver(glue, base, size, name)
     };
     // SAFETY: valid for the call per the contract.
-    let Some(held) = (unsafe { DriverRef::new(object) }) else {
-        return DriverId::NONE;
-    };
-    let base = held.driver_start();
-    // SAFETY: a referenced driver object.
-    let size = unsafe { (*object).DriverSize } as usize;
-    sweep(glue);
-    let Ok(modules) = Modules::query() else {
-        return DriverId::NONE;
-    };
-    let Some(module) = modules.by_base(base) else {
-        return DriverId::NONE;
-    };
-    let name = module.file_name();
-    if name.is_empty() {
-        return DriverId::NONE;
+    unsafe { with_image(object, register) }.unwrap_or(DriverId::NONE)
+}
+
+/// AddDevice: true if `object`, the driver of a device in the stack being built, is a
+/// configured target (and not iosv itself).
+///
+/// # Safety
+///
+/// `object` is the driver object of a device in the stack being built (valid for the
+/// call).
+pub unsafe fn is_target_driver(object: PDRIVER_OBJECT) -> bool {
+    // SAFETY: valid for the call per the contract.
+    unsafe {
+        with_image(object, |glue, base, name| {
+            !glue.verifier.platform().is_own_image(base)
+                && glue.verifier.with_control(|c| c.targets.contains(name))
+        })
     }
+    .unwrap_or(false)
+}
+
+/// Runs `f` with the engine, the image base of `object` and its file name (from the
+/// loaded-module list), holding a reference on the driver object (so the image stays
+/// loaded) for the call. `None` if there is no engine or the image cannot be named.
+///
+/// # Safety
+///
+/// `object` is a valid driver object for the call.
+unsafe fn with_image<T>(
+    object: PDRIVER_OBJECT,
+    f: impl FnOnce(&Glue, usize, &[u8]) -> T,
+) -> Option<T> {
+    let glue = engine()?;
+    // SAFETY: valid for the call per the contract.
+    let held = unsafe { DriverRef::new(object) }?;
+    let base = held.driver_start();
+    let modules = Modules::query().ok()?;
+    let name = modules.by_base(base)?.file_name();
+    if name.is_empty() {
+        return None;
+    }
+    Some(f(glue, base, name))
+}
+
+/// [`function_driver`]'s registration of the image `name` at `base` (`size` bytes), while
+/// a reference on its driver object keeps it loaded.
+fn register_function_driver(glue: &Glue, base: usize, size: usize, name: &[u8]) -> DriverId {
     let is_target = glue.verifier.with_control(|c| c.targets.contains(name));
     let own = glue.verifier.platform().is_own_image(base);
     glue.with_plans(|plans| {
@@ -737,7 +772,7 @@ pub unsafe fn function_driver(object: PDRIVER_OBJECT) -> DriverId {
                 .verifier
                 .driver_attached(name, base as u64, size as u64)
             {
-                // `held` keeps the image loaded for the call.
+                // `with_image`'s reference keeps the image loaded for the call.
                 match attach_locked(glue, plans, id, (base, size), false) {
                     Ok(_) => return id,
                     Err(_) => {
