@@ -925,11 +925,12 @@ impl<P: Platform> Verifier<P> {
     /// `MmUnmapReservedMapping` at a page inside the divisible `range` past its first that
     /// holds no entry: not an address MmMapLockedPagesWithReservedMapping returned (none
     /// is mapped there, or the page is inside a live mapping of the range past its base).
-    /// Judged as an unmap of the family that finds nothing: a mapping passed untracked
-    /// there is passed again; a sub-range mapping unmapped there since the range was
-    /// allocated (the graveyard remembers it) is IOSV005; a range whose driver was
-    /// detached, a driver attached late or an only-counted untracked mapping leave it
-    /// unverified (passed); anything else is IOSV004. True if the call should reach Mm.
+    /// Judged as an unmap of the family that finds nothing, looked up by the page: a
+    /// mapping passed untracked there is passed again; a sub-range mapping unmapped there
+    /// since the range was allocated (the graveyard remembers it) is IOSV005; a range
+    /// whose driver was detached, a driver attached late or an only-counted untracked
+    /// mapping leave it unverified (passed); anything else is IOSV004. True if the call
+    /// should reach Mm.
     fn unmap_inside_divisible(
         &self,
         cx: &CallCtx,
@@ -938,35 +939,12 @@ impl<P: Platform> Verifier<P> {
         mdl: u64,
         contain: bool,
     ) -> bool {
-        let page = page_align(address);
-        if self.untracked.take_remembered(page) {
-            return true;
-        }
-        let mut r = self.blank_record(cx);
-        r.address = address;
-        r.passed_mdl = mdl;
-        r.kind = MappingKind::Reserved as u8;
-        let again = self
-            .graveyard
-            .find(page)
-            .filter(|t| t.unmap_time_ns >= range.map_time_ns);
-        let rule = if let Some(t) = again {
-            self.describe_tombstone(&mut r, &t);
-            RuleId::DoubleUnmap
-        } else if range.flags & FLAG_DETACHED != 0
-            || self.drivers.attached_late(cx.driver)
-            || self.untracked.take_uncounted()
-        {
-            self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
-            return true;
-        } else {
-            RuleId::UnmapUnknown
+        let at = NotFoundAt {
+            key: page_align(address),
+            since: range.map_time_ns,
+            detached: range.flags & FLAG_DETACHED != 0,
         };
-        if contain {
-            self.contain_record(cx, &mut r);
-        }
-        self.violate(rule, cx, r);
-        !contain
+        self.judge_not_found(cx, address, mdl, MappingKind::Reserved, contain, at)
     }
 
     /// A reserved map passed to Mm without an entry (`va` its result): remembered as
@@ -1158,17 +1136,44 @@ impl<P: Platform> Verifier<P> {
         kind: MappingKind,
         contain: bool,
     ) -> bool {
-        if self.untracked.take_remembered(base) {
+        let at = NotFoundAt {
+            key: base,
+            since: 0,
+            detached: false,
+        };
+        self.judge_not_found(cx, base, mdl, kind, contain, at)
+    }
+
+    /// The judgement of [`family_not_found`](Self::family_not_found) and
+    /// [`unmap_inside_divisible`](Self::unmap_inside_divisible): a call at `address`
+    /// (`mdl` passed, of `kind`) that found no entry, looked up as `at` says.
+    fn judge_not_found(
+        &self,
+        cx: &CallCtx,
+        address: u64,
+        mdl: u64,
+        kind: MappingKind,
+        contain: bool,
+        at: NotFoundAt,
+    ) -> bool {
+        if self.untracked.take_remembered(at.key) {
             return true;
         }
         let mut r = self.blank_record(cx);
-        r.address = base;
+        r.address = address;
         r.passed_mdl = mdl;
         r.kind = kind as u8;
-        let rule = if let Some(t) = self.graveyard.find(base) {
+        let again = self
+            .graveyard
+            .find(at.key)
+            .filter(|t| t.unmap_time_ns >= at.since);
+        let rule = if let Some(t) = again {
             self.describe_tombstone(&mut r, &t);
             RuleId::DoubleUnmap
-        } else if self.drivers.attached_late(cx.driver) || self.untracked.take_uncounted() {
+        } else if at.detached
+            || self.drivers.attached_late(cx.driver)
+            || self.untracked.take_uncounted()
+        {
             self.stats.bump(cx.processor, Counter::UnverifiedUnmaps);
             return true;
         } else {
@@ -1180,6 +1185,17 @@ impl<P: Platform> Verifier<P> {
         self.violate(rule, cx, r);
         !contain
     }
+}
+
+/// How [`Verifier::judge_not_found`] looks an address with no entry up.
+struct NotFoundAt {
+    /// The base asked of the untracked set and the graveyard.
+    key: u64,
+    /// A tombstone counts only if its unmap is this recent (platform ns; 0: any).
+    since: u64,
+    /// The address lies in a range of a detached driver, which may have mapped it
+    /// unhooked: never judged.
+    detached: bool,
 }
 
 #[cfg(test)]
